@@ -1,0 +1,107 @@
+package session
+
+import (
+	"log/slog"
+	"time"
+)
+
+// Kind names an event type. The audit log stores it as is: never rename one.
+type Kind string
+
+const (
+	KindSessionStart     Kind = "session.start"
+	KindSessionEnd       Kind = "session.end"
+	KindStatement        Kind = "statement"
+	KindCredentialCreate Kind = "credential.create"
+	KindCredentialRevoke Kind = "credential.revoke"
+	KindRefused          Kind = "session.refused"
+)
+
+// Event is one recorded fact about a session. Exactly the pointer fields that
+// fit Kind are set. No field may ever hold a secret.
+type Event struct {
+	Time       time.Time   `json:"time"`
+	Kind       Kind        `json:"kind"`
+	Session    string      `json:"session"`
+	Start      *Session    `json:"start,omitempty"`
+	End        *End        `json:"end,omitempty"`
+	Statement  *Statement  `json:"statement,omitempty"`
+	Credential *Credential `json:"credential,omitempty"`
+	Refusal    *Refusal    `json:"refusal,omitempty"`
+}
+
+// End closes a session.
+type End struct {
+	Reason   string        `json:"reason"`
+	Duration time.Duration `json:"duration"`
+	BytesIn  int64         `json:"bytes_in"`  // client to upstream
+	BytesOut int64         `json:"bytes_out"` // upstream to client
+}
+
+// Statement is one SQL statement and its outcome.
+type Statement struct {
+	Protocol string        `json:"protocol"` // "simple" or "extended"
+	SQL      string        `json:"sql"`
+	Name     string        `json:"name,omitempty"` // prepared statement name
+	Params   []string      `json:"params,omitempty"`
+	Tag      string        `json:"tag,omitempty"`
+	Rows     int64         `json:"rows"`
+	Bytes    int64         `json:"bytes"`
+	Duration time.Duration `json:"duration"`
+	SQLState string        `json:"sqlstate,omitempty"`
+	Error    string        `json:"error,omitempty"`
+}
+
+// Credential is a just-in-time upstream credential being created or revoked.
+type Credential struct {
+	Mode     string    `json:"mode"` // "ephemeral" or "static"
+	Role     string    `json:"role"`
+	Groups   []string  `json:"groups,omitempty"`
+	Expires  time.Time `json:"expires,omitempty"`
+	Outcome  string    `json:"outcome"` // "ok", "nologin", "failed"
+	Error    string    `json:"error,omitempty"`
+}
+
+// Refusal is a connection or session that Airlock turned away.
+type Refusal struct {
+	Reason   string `json:"reason"`
+	SQLState string `json:"sqlstate,omitempty"`
+}
+
+// LogSink writes events as structured log lines until the audit store lands.
+type LogSink struct{ Logger *slog.Logger }
+
+// Record logs ev at info level.
+func (l LogSink) Record(ev Event) {
+	attrs := []any{"kind", string(ev.Kind), "session", ev.Session}
+	switch {
+	case ev.Start != nil:
+		s := ev.Start
+		attrs = append(attrs, "person", s.Person.Name, "uid", s.Origin.UID, "pid", s.Origin.PID,
+			"exe", s.Origin.Exe, "dest", s.Dest.String(), "target", s.Target, "protocol", s.Protocol)
+	case ev.End != nil:
+		attrs = append(attrs, "reason", ev.End.Reason, "duration", ev.End.Duration,
+			"bytes_in", ev.End.BytesIn, "bytes_out", ev.End.BytesOut)
+	case ev.Statement != nil:
+		st := ev.Statement
+		attrs = append(attrs, "sql", st.SQL, "params", st.Params, "tag", st.Tag, "rows", st.Rows,
+			"bytes", st.Bytes, "duration", st.Duration, "sqlstate", st.SQLState)
+	case ev.Credential != nil:
+		c := ev.Credential
+		attrs = append(attrs, "mode", c.Mode, "role", c.Role, "groups", c.Groups,
+			"expires", c.Expires, "outcome", c.Outcome, "error", c.Error)
+	case ev.Refusal != nil:
+		attrs = append(attrs, "reason", ev.Refusal.Reason, "sqlstate", ev.Refusal.SQLState)
+	}
+	l.Logger.Info("event", attrs...)
+}
+
+// Fanout sends each event to every sink.
+type Fanout []Sink
+
+// Record hands ev to each sink in turn.
+func (f Fanout) Record(ev Event) {
+	for _, s := range f {
+		s.Record(ev)
+	}
+}

@@ -1,0 +1,111 @@
+// Package session holds what Airlock knows about one intercepted connection:
+// where it was going, which process opened it, and the person behind it. It
+// also carries the session's event stream towards the audit log.
+package session
+
+import (
+	"crypto/rand"
+	"encoding/base32"
+	"net/netip"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/airlockhq/airlock/internal/identity"
+)
+
+// Proc is one process in an origin's ancestry.
+type Proc struct {
+	PID     uint32   `json:"pid"`
+	Exe     string   `json:"exe"`
+	Cmdline []string `json:"cmdline,omitempty"`
+	UID     uint32   `json:"uid"`
+}
+
+// Origin is who connected, as the kernel recorded it at connect() time and
+// as /proc described it when the proxy accepted the connection.
+type Origin struct {
+	PID        uint32    `json:"pid"`
+	TGID       uint32    `json:"tgid"`
+	UID        uint32    `json:"uid"`
+	GID        uint32    `json:"gid"`
+	Comm       string    `json:"comm"`
+	Exe        string    `json:"exe"`
+	Cmdline    []string  `json:"cmdline,omitempty"`
+	CgroupID   uint64    `json:"cgroup_id"`
+	CgroupPath string    `json:"cgroup_path,omitempty"`
+	Parents    []Proc    `json:"parents,omitempty"`
+	ConnectAt  time.Time `json:"connect_at"`
+}
+
+// Session is one intercepted connection.
+type Session struct {
+	ID         string          `json:"id"`
+	Target     string          `json:"target"`
+	Connection string          `json:"connection"`
+	Protocol   string          `json:"protocol"`
+	Dest       netip.AddrPort  `json:"dest"`
+	Client     netip.AddrPort  `json:"client"`
+	Origin     Origin          `json:"origin"`
+	Person     identity.Person `json:"person"`
+	Started    time.Time       `json:"started"`
+
+	sink Sink
+
+	mu    sync.Mutex
+	attrs map[string]string // live facts for `airlock status`, e.g. upstream role, database
+}
+
+// Sink receives a session's events. Implementations must not block for long:
+// they are called on the data path.
+type Sink interface {
+	Record(Event)
+}
+
+// New returns a session with a fresh random ID.
+func New(sink Sink) *Session {
+	return &Session{ID: NewID(), Started: time.Now(), sink: sink}
+}
+
+// NewID returns a random, lowercase session id that is also a valid SQL
+// identifier fragment (no quoting needed), 16 characters long.
+func NewID() string {
+	var b [10]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		panic("session: no randomness: " + err.Error())
+	}
+	return strings.ToLower(base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(b[:]))
+}
+
+// Emit stamps ev with the session and hands it to the sink.
+func (s *Session) Emit(ev Event) {
+	if s.sink == nil {
+		return
+	}
+	if ev.Time.IsZero() {
+		ev.Time = time.Now()
+	}
+	ev.Session = s.ID
+	s.sink.Record(ev)
+}
+
+// SetAttr records a live fact about the session (never a secret).
+func (s *Session) SetAttr(k, v string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.attrs == nil {
+		s.attrs = map[string]string{}
+	}
+	s.attrs[k] = v
+}
+
+// Attrs returns a copy of the live facts.
+func (s *Session) Attrs() map[string]string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make(map[string]string, len(s.attrs))
+	for k, v := range s.attrs {
+		out[k] = v
+	}
+	return out
+}
