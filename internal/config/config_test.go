@@ -1,0 +1,150 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+const valid = `
+proxy:
+  port: 15432
+intercept:
+  mode: tree
+  executables: [cursor, /opt/Cursor.AppImage]
+dns:
+  min_ttl: 2s
+targets:
+  - name: appdb
+    address: db.internal:5432
+  - name: subnet
+    address: 10.20.0.0/16:5432
+  - name: v6
+    address: "[fd00::5]:5432"
+  - name: api
+    address: 192.0.2.7:443
+connections:
+  - name: appdb
+    protocol: postgres
+    targets: [appdb, subnet]
+    postgres:
+      databases: [app]
+      credential:
+        admin_user: airlock_admin
+        admin_password_file: /etc/airlock/secrets/appdb-admin
+        group_roles: [app_readonly]
+        ttl: 30m
+`
+
+func TestParseValid(t *testing.T) {
+	c, err := Parse("airlock.yaml", []byte(valid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Proxy.Port != 15432 || c.Intercept.Mode != "tree" || c.DNS.MinTTL.D() != 2*time.Second {
+		t.Fatalf("unexpected values: %+v", c)
+	}
+	want := []struct {
+		name, host, prefix string
+		port               uint16
+	}{
+		{"appdb", "db.internal", "invalid Prefix", 5432},
+		{"subnet", "", "10.20.0.0/16", 5432},
+		{"v6", "", "fd00::5/128", 5432},
+		{"api", "", "192.0.2.7/32", 443},
+	}
+	for i, w := range want {
+		got := c.Targets[i]
+		if got.Name != w.name || got.Host != w.host || got.Prefix.String() != w.prefix || got.Port != w.port {
+			t.Errorf("target %d = %+v, want %+v", i, got, w)
+		}
+	}
+	pg := c.Connections[0].Postgres
+	if pg.Upstream.Host != "db.internal" || pg.Upstream.Port != 5432 || pg.Upstream.TLS.Mode != "prefer" {
+		t.Errorf("upstream defaults: %+v", pg.Upstream)
+	}
+	if pg.Credential.Mode != "ephemeral" || pg.Credential.TTL.D() != 30*time.Minute || pg.Credential.RolePrefix != "airlock_" {
+		t.Errorf("credential: %+v", pg.Credential)
+	}
+	if conn, ok := c.ConnectionFor("subnet"); !ok || conn.Name != "appdb" {
+		t.Errorf("ConnectionFor(subnet) = %v, %v", conn.Name, ok)
+	}
+	if _, ok := c.ConnectionFor("api"); ok {
+		t.Errorf("api target has no connection")
+	}
+}
+
+func TestParseErrors(t *testing.T) {
+	tests := []struct {
+		name, yaml, want string
+	}{
+		{"unknown top key", "proxi:\n  port: 1\n", `airlock.yaml:1: proxi: unknown key`},
+		{"unknown nested key", "intercept:\n  mode: all\n  colour: red\n", `airlock.yaml:3: intercept.colour: unknown key`},
+		{"unknown key in list item", "targets:\n  - name: a\n    adress: x:1\n", `airlock.yaml:3: targets[0].adress: unknown key`},
+		{"bad mode", "intercept:\n  mode: some\n", `airlock.yaml:2: intercept.mode: "some" is not one of tree, cgroup, all`},
+		{"tree needs executables", "intercept:\n  mode: tree\n", `intercept.executables: tree mode needs`},
+		{"bad duration", "intercept:\n  mode: all\ndns:\n  min_ttl: soon\n", `airlock.yaml:4: dns.min_ttl: "soon" is not a duration`},
+		{"port too large", "proxy:\n  port: 70000\n", `airlock.yaml:2`},
+		{"no port", "intercept: {mode: all}\ntargets:\n  - name: a\n    address: db.internal\n", `airlock.yaml:4: targets[0].address: "db.internal" has no port`},
+		{"bad cidr", "intercept: {mode: all}\ntargets:\n  - name: a\n    address: 10.0.0.0/99:5432\n", `is not a CIDR range`},
+		{"duplicate target", "intercept: {mode: all}\ntargets:\n  - {name: a, address: 'x:1'}\n  - {name: a, address: 'y:1'}\n", `airlock.yaml:4: targets[1].name: target "a" is defined twice`},
+		{"unknown target ref", "intercept: {mode: all}\ntargets:\n  - {name: a, address: 'x:1'}\nconnections:\n  - name: c\n    targets: [b]\n", `airlock.yaml:6: connections[0].targets[0]: no target named "b"`},
+		{"postgres without section", "intercept: {mode: all}\ntargets:\n  - {name: a, address: 'x:1'}\nconnections:\n  - name: c\n    protocol: postgres\n    targets: [a]\n", `protocol postgres needs a postgres section`},
+		{"static without file", "intercept: {mode: all}\ntargets:\n  - {name: a, address: 'x:1'}\nconnections:\n  - name: c\n    protocol: postgres\n    targets: [a]\n    postgres:\n      databases: [d]\n      credential:\n        mode: static\n        user: u\n", `static mode needs user and password_file`},
+		{"not a mapping", "proxy: 5\n", `airlock.yaml:1: proxy: must be a mapping`},
+		{"twice", "proxy:\n  port: 1\nproxy:\n  port: 2\n", `key given twice`},
+		{"syntax", "proxy: [\n", `airlock.yaml`},
+		{"empty", "", `empty configuration`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Parse("airlock.yaml", []byte(tt.yaml))
+			if err == nil {
+				t.Fatalf("no error, want %q", tt.want)
+			}
+			if !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("error %q does not contain %q", err, tt.want)
+			}
+		})
+	}
+}
+
+// The commented examples shipped in deploy/examples must stay valid.
+func TestExamplesParse(t *testing.T) {
+	files, _ := filepath.Glob("../../deploy/examples/*.yaml")
+	for _, f := range files {
+		if _, err := Load(f); err != nil {
+			t.Errorf("%s: %v", f, err)
+		}
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	f.Add([]byte(valid))
+	f.Add([]byte("targets:\n  - {name: a, address: '[::1]:5'}\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		c, err := Parse("fuzz.yaml", data)
+		if err == nil && c == nil {
+			t.Fatal("nil config without error")
+		}
+	})
+}
+
+func TestLoadMissingFile(t *testing.T) {
+	_, err := Load(filepath.Join(t.TempDir(), "nope.yaml"))
+	if err == nil || !os.IsNotExist(unwrapAll(err)) {
+		t.Fatalf("want not-exist error, got %v", err)
+	}
+}
+
+func unwrapAll(err error) error {
+	for {
+		u, ok := err.(interface{ Unwrap() error })
+		if !ok {
+			return err
+		}
+		err = u.Unwrap()
+	}
+}

@@ -1,0 +1,424 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"path/filepath"
+	"reflect"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Parse decodes and validates data; name is used in errors.
+func Parse(name string, data []byte) (*Config, error) {
+	c := &Config{file: name, lines: map[string]int{}}
+	var doc yaml.Node
+	if err := yaml.Unmarshal(data, &doc); err != nil {
+		return nil, &Error{File: name, Msg: strings.TrimPrefix(err.Error(), "yaml: ")}
+	}
+	if len(doc.Content) == 0 {
+		return nil, &Error{File: name, Msg: "empty configuration"}
+	}
+	root := doc.Content[0]
+	// yaml.v3's KnownFields is lost below custom unmarshalers and gives no
+	// key path, so keys are checked against the struct tags first, by hand.
+	if err := c.checkKeys(root, reflect.TypeOf(*c), ""); err != nil {
+		return nil, err
+	}
+	if err := root.Decode(c); err != nil {
+		var de *durationError
+		if errors.As(err, &de) {
+			return nil, c.errAt(c.pathAtLine(de.line), de.line, fmt.Sprintf("%q is not a duration (write e.g. 30s, 5m, 1h)", de.value))
+		}
+		var te *yaml.TypeError
+		if errors.As(err, &te) && len(te.Errors) > 0 {
+			msg := te.Errors[0]
+			var line int
+			if _, err := fmt.Sscanf(msg, "line %d:", &line); err == nil {
+				msg = strings.TrimSpace(msg[strings.Index(msg, ":")+1:])
+				return nil, c.errAt(c.pathAtLine(line), line, msg)
+			}
+			return nil, &Error{File: name, Msg: msg}
+		}
+		return nil, &Error{File: name, Msg: err.Error()}
+	}
+	c.defaults()
+	if err := c.validate(); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+func (c *Config) checkKeys(n *yaml.Node, t reflect.Type, path string) error {
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	c.lines[path] = n.Line
+	switch {
+	case t == reflect.TypeOf(Duration(0)):
+		return nil
+	case t.Kind() == reflect.Struct:
+		if n.Kind != yaml.MappingNode {
+			if n.Tag == "!!null" {
+				return nil
+			}
+			return c.errAt(path, n.Line, "must be a mapping of keys")
+		}
+		fields := map[string]reflect.StructField{}
+		for i := 0; i < t.NumField(); i++ {
+			f := t.Field(i)
+			tag := strings.Split(f.Tag.Get("yaml"), ",")[0]
+			if tag != "" && tag != "-" && f.IsExported() {
+				fields[tag] = f
+			}
+		}
+		seen := map[string]bool{}
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			k, v := n.Content[i], n.Content[i+1]
+			p := join(path, k.Value)
+			f, ok := fields[k.Value]
+			if !ok {
+				return c.errAt(p, k.Line, fmt.Sprintf("unknown key (known keys: %s)", known(fields)))
+			}
+			if seen[k.Value] {
+				return c.errAt(p, k.Line, "key given twice")
+			}
+			seen[k.Value] = true
+			c.lines[p] = k.Line
+			if err := c.checkKeys(v, f.Type, p); err != nil {
+				return err
+			}
+		}
+	case t.Kind() == reflect.Slice:
+		if n.Kind != yaml.SequenceNode {
+			if n.Tag == "!!null" {
+				return nil
+			}
+			return c.errAt(path, n.Line, "must be a list")
+		}
+		for i, item := range n.Content {
+			if err := c.checkKeys(item, t.Elem(), fmt.Sprintf("%s[%d]", path, i)); err != nil {
+				return err
+			}
+		}
+	default:
+		if n.Kind != yaml.ScalarNode {
+			return c.errAt(path, n.Line, "must be a single value")
+		}
+	}
+	return nil
+}
+
+func known(fields map[string]reflect.StructField) string {
+	names := make([]string, 0, len(fields))
+	for k := range fields {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	return strings.Join(names, ", ")
+}
+
+func join(path, key string) string {
+	if path == "" {
+		return key
+	}
+	return path + "." + key
+}
+
+func (c *Config) errAt(path string, line int, msg string) error {
+	return &Error{File: c.file, Line: line, Key: path, Msg: msg}
+}
+
+// errKey reports msg at the line where path was written (or its closest
+// written parent, for a value that was left out).
+func (c *Config) errKey(path, msg string) error {
+	p := path
+	for {
+		if l, ok := c.lines[p]; ok {
+			return c.errAt(path, l, msg)
+		}
+		i := strings.LastIndexAny(p, ".[")
+		if i < 0 {
+			return c.errAt(path, 0, msg)
+		}
+		p = p[:i]
+	}
+}
+
+// UnmarshalYAML reads a Go duration string.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	v, err := time.ParseDuration(n.Value)
+	if err != nil || v < 0 {
+		return &durationError{line: n.Line, value: n.Value}
+	}
+	*d = Duration(v)
+	return nil
+}
+
+func (c *Config) defaults() {
+	def := func(s *string, v string) {
+		if *s == "" {
+			*s = v
+		}
+	}
+	def(&c.StateDir, "/var/lib/airlock")
+	def(&c.RuntimeDir, "/run/airlock")
+	def(&c.LogLevel, "info")
+	if c.Proxy.Port == 0 {
+		c.Proxy.Port = 15432
+	}
+	def(&c.Intercept.Mode, "tree")
+	def(&c.Intercept.AttachCgroup, "/")
+	def(&c.Intercept.BPFFS, "/sys/fs/bpf")
+	if c.Intercept.Mark == 0 {
+		c.Intercept.Mark = 0xa1c0
+	}
+	if c.DNS.MinTTL == 0 {
+		c.DNS.MinTTL = Duration(5 * time.Second)
+	}
+	if c.DNS.MaxTTL == 0 {
+		c.DNS.MaxTTL = Duration(10 * time.Minute)
+	}
+	for i := range c.Connections {
+		conn := &c.Connections[i]
+		def(&conn.Protocol, "tcp")
+		if pg := conn.Postgres; pg != nil {
+			def(&pg.Upstream.TLS.Mode, "prefer")
+			def(&pg.Credential.Mode, "ephemeral")
+			def(&pg.Credential.AdminDatabase, "postgres")
+			def(&pg.Credential.RolePrefix, "airlock_")
+			if pg.Credential.TTL == 0 {
+				pg.Credential.TTL = Duration(time.Hour)
+			}
+		}
+	}
+}
+
+func (c *Config) validate() error {
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		return c.errKey("log_level", fmt.Sprintf("%q is not one of debug, info, warn, error", c.LogLevel))
+	}
+	for _, d := range []struct{ key, v string }{{"state_dir", c.StateDir}, {"runtime_dir", c.RuntimeDir}, {"intercept.bpffs", c.Intercept.BPFFS}} {
+		if !filepath.IsAbs(d.v) {
+			return c.errKey(d.key, fmt.Sprintf("%q must be an absolute path", d.v))
+		}
+	}
+	switch c.Intercept.Mode {
+	case "tree":
+		if len(c.Intercept.Executables) == 0 {
+			return c.errKey("intercept.executables", "tree mode needs at least one executable name or path (e.g. cursor)")
+		}
+	case "cgroup", "all":
+	default:
+		return c.errKey("intercept.mode", fmt.Sprintf("%q is not one of tree, cgroup, all", c.Intercept.Mode))
+	}
+	if !strings.HasPrefix(c.Intercept.AttachCgroup, "/") {
+		return c.errKey("intercept.attach_cgroup", "must start with / (it is relative to the cgroup v2 mount)")
+	}
+	for i, p := range c.Intercept.Cgroups {
+		if !strings.HasPrefix(p, "/") {
+			return c.errKey(fmt.Sprintf("intercept.cgroups[%d]", i), "must start with / (it is relative to the cgroup v2 mount)")
+		}
+	}
+	for i, s := range c.DNS.Servers {
+		if _, err := netip.ParseAddrPort(s); err != nil {
+			return c.errKey(fmt.Sprintf("dns.servers[%d]", i), fmt.Sprintf("%q is not ip:port", s))
+		}
+	}
+	if c.DNS.MinTTL > c.DNS.MaxTTL {
+		return c.errKey("dns.min_ttl", "is larger than dns.max_ttl")
+	}
+	names := map[string]bool{}
+	for i := range c.Targets {
+		t := &c.Targets[i]
+		key := fmt.Sprintf("targets[%d]", i)
+		if t.Name == "" {
+			return c.errKey(key+".name", "every target needs a name")
+		}
+		if names[t.Name] {
+			return c.errKey(key+".name", fmt.Sprintf("target %q is defined twice", t.Name))
+		}
+		names[t.Name] = true
+		if err := parseAddress(t); err != nil {
+			return c.errKey(key+".address", err.Error())
+		}
+	}
+	claimed := map[string]string{}
+	connNames := map[string]bool{}
+	for i := range c.Connections {
+		conn := &c.Connections[i]
+		key := fmt.Sprintf("connections[%d]", i)
+		if conn.Name == "" {
+			return c.errKey(key+".name", "every connection needs a name")
+		}
+		if connNames[conn.Name] {
+			return c.errKey(key+".name", fmt.Sprintf("connection %q is defined twice", conn.Name))
+		}
+		connNames[conn.Name] = true
+		if len(conn.Targets) == 0 {
+			return c.errKey(key+".targets", "a connection needs at least one target")
+		}
+		for j, tn := range conn.Targets {
+			if !names[tn] {
+				return c.errKey(fmt.Sprintf("%s.targets[%d]", key, j), fmt.Sprintf("no target named %q", tn))
+			}
+			if other, ok := claimed[tn]; ok {
+				return c.errKey(fmt.Sprintf("%s.targets[%d]", key, j), fmt.Sprintf("target %q is already served by connection %q", tn, other))
+			}
+			claimed[tn] = conn.Name
+		}
+		switch conn.Protocol {
+		case "tcp":
+			if conn.Postgres != nil {
+				return c.errKey(key+".postgres", "only a connection with protocol: postgres takes a postgres section")
+			}
+		case "postgres":
+			if conn.Postgres == nil {
+				return c.errKey(key+".postgres", "protocol postgres needs a postgres section (upstream, databases, credential)")
+			}
+			if err := c.validatePostgres(key+".postgres", conn); err != nil {
+				return err
+			}
+		default:
+			return c.errKey(key+".protocol", fmt.Sprintf("%q is not one of postgres, tcp", conn.Protocol))
+		}
+	}
+	return nil
+}
+
+func (c *Config) validatePostgres(key string, conn *Connection) error {
+	pg := conn.Postgres
+	first, _ := c.TargetByName(conn.Targets[0])
+	if pg.Upstream.Host == "" {
+		pg.Upstream.Host = first.Host
+		if pg.Upstream.Host == "" && first.Prefix.IsSingleIP() {
+			pg.Upstream.Host = first.Prefix.Addr().String()
+		}
+		if pg.Upstream.Host == "" {
+			return c.errKey(key+".upstream.host", "needed when the first target is a CIDR range")
+		}
+	}
+	if pg.Upstream.Port == 0 {
+		pg.Upstream.Port = first.Port
+	}
+	switch pg.Upstream.TLS.Mode {
+	case "disable", "prefer", "require":
+	case "verify-full":
+		if pg.Upstream.TLS.CAFile == "" {
+			return c.errKey(key+".upstream.tls.ca_file", "verify-full needs a CA file")
+		}
+	default:
+		return c.errKey(key+".upstream.tls.mode", fmt.Sprintf("%q is not one of disable, prefer, require, verify-full", pg.Upstream.TLS.Mode))
+	}
+	if len(pg.Databases) == 0 {
+		return c.errKey(key+".databases", "list the databases sessions may open (at least one)")
+	}
+	cr := &pg.Credential
+	switch cr.Mode {
+	case "ephemeral":
+		if cr.AdminUser == "" || cr.AdminPasswordFile == "" {
+			return c.errKey(key+".credential", "ephemeral mode needs admin_user and admin_password_file")
+		}
+		if len(cr.GroupRoles) == 0 {
+			return c.errKey(key+".credential.group_roles", "ephemeral roles must be granted at least one group role")
+		}
+		if cr.User != "" || cr.PasswordFile != "" {
+			return c.errKey(key+".credential", "user and password_file belong to static mode")
+		}
+		if cr.TTL.D() < time.Minute {
+			return c.errKey(key+".credential.ttl", "must be at least 1m")
+		}
+	case "static":
+		if cr.User == "" || cr.PasswordFile == "" {
+			return c.errKey(key+".credential", "static mode needs user and password_file")
+		}
+	default:
+		return c.errKey(key+".credential.mode", fmt.Sprintf("%q is not one of ephemeral, static", cr.Mode))
+	}
+	return nil
+}
+
+// parseAddress accepts host:port, ip:port, [v6]:port and CIDR:port.
+func parseAddress(t *Target) error {
+	a := t.Address
+	if a == "" {
+		return errors.New("every target needs an address (host:port or CIDR:port)")
+	}
+	i := strings.LastIndex(a, ":")
+	if i <= 0 {
+		return fmt.Errorf("%q has no port (write host:port or CIDR:port)", a)
+	}
+	hostPart, portPart := a[:i], a[i+1:]
+	port, err := strconv.ParseUint(portPart, 10, 16)
+	if err != nil || port == 0 {
+		return fmt.Errorf("%q: port %q is not a number from 1 to 65535", a, portPart)
+	}
+	t.Port = uint16(port)
+	hostPart = strings.TrimSuffix(strings.TrimPrefix(hostPart, "["), "]")
+	if strings.Contains(hostPart, "/") {
+		p, err := netip.ParsePrefix(hostPart)
+		if err != nil {
+			return fmt.Errorf("%q: %q is not a CIDR range", a, hostPart)
+		}
+		t.Prefix = p.Masked()
+		return nil
+	}
+	if ip, err := netip.ParseAddr(hostPart); err == nil {
+		ip = ip.Unmap()
+		t.Prefix = netip.PrefixFrom(ip, ip.BitLen())
+		return nil
+	}
+	if strings.Contains(hostPart, ":") || hostPart == "" || !validHostname(hostPart) {
+		return fmt.Errorf("%q: %q is neither an IP address, a CIDR range nor a hostname", a, hostPart)
+	}
+	if ip := net.ParseIP(hostPart); ip != nil {
+		return fmt.Errorf("%q: %q is not a valid address", a, hostPart)
+	}
+	t.Host = strings.TrimSuffix(hostPart, ".")
+	return nil
+}
+
+func validHostname(h string) bool {
+	if len(h) > 253 {
+		return false
+	}
+	for _, label := range strings.Split(strings.TrimSuffix(h, "."), ".") {
+		if label == "" || len(label) > 63 {
+			return false
+		}
+		for _, r := range label {
+			if !(r == '-' || r == '_' || r >= '0' && r <= '9' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z') {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+
+type durationError struct {
+	line  int
+	value string
+}
+
+func (e *durationError) Error() string { return fmt.Sprintf("line %d: bad duration %q", e.line, e.value) }
+
+// pathAtLine finds the key written on line, for errors raised where only the
+// line is known.
+func (c *Config) pathAtLine(line int) string {
+	best := ""
+	for p, l := range c.lines {
+		if l == line && len(p) > len(best) {
+			best = p
+		}
+	}
+	return best
+}
