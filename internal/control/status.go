@@ -1,0 +1,79 @@
+package control
+
+import (
+	"time"
+
+	"github.com/airlockhq/airlock/internal/session"
+)
+
+// Status is what `airlock status` shows.
+type Status struct {
+	Daemon   DaemonStatus     `json:"daemon"`
+	Kernel   KernelStatus     `json:"kernel"`
+	Programs []ProgramStatus  `json:"programs"`
+	Targets  []TargetStatus   `json:"targets"`
+	Tracked  []TrackedProcess `json:"tracked"`
+	Sessions []SessionStatus  `json:"sessions"`
+	// Counters are the kernel programs' counters (redirected, skip_*...).
+	Counters   map[string]uint64 `json:"counters,omitempty"`
+	MapEntries map[string]int    `json:"map_entries,omitempty"`
+}
+
+// DaemonStatus describes airlockd itself.
+type DaemonStatus struct {
+	Version   string    `json:"version"`
+	PID       int       `json:"pid"`
+	Started   time.Time `json:"started"`
+	Config    string    `json:"config"`
+	Mode      string    `json:"mode"`
+	Cgroup    string    `json:"attach_cgroup"`
+	ProxyPort uint16    `json:"proxy_port"`
+	PinDir    string    `json:"pin_dir"`
+}
+
+// KernelStatus is what the feature probe found.
+type KernelStatus struct {
+	Release string   `json:"release"`
+	Found   []string `json:"found"`
+	Missing []string `json:"missing,omitempty"`
+}
+
+// ProgramStatus is one attached eBPF program.
+type ProgramStatus struct {
+	Name   string `json:"name"`
+	Type   string `json:"type"`
+	Attach string `json:"attach"`
+	LinkID uint32 `json:"link_id"`
+	Pinned bool   `json:"pinned"`
+}
+
+// TargetStatus is one configured target.
+type TargetStatus struct {
+	Name       string    `json:"name"`
+	Address    string    `json:"address"`
+	Connection string    `json:"connection,omitempty"`
+	Protocol   string    `json:"protocol"`
+	Resolved   []string  `json:"resolved"`
+	TTL        string    `json:"ttl,omitempty"`
+	ResolvedAt time.Time `json:"resolved_at,omitempty"`
+	Error      string    `json:"error,omitempty"`
+}
+
+// TrackedProcess is a process selected in tree mode.
+type TrackedProcess struct {
+	PID uint32 `json:"pid"`
+	Exe string `json:"exe"`
+}
+
+// SessionStatus is one live session.
+type SessionStatus struct {
+	ID         string            `json:"id"`
+	Target     string            `json:"target"`
+	Connection string            `json:"connection"`
+	Protocol   string            `json:"protocol"`
+	Dest       string            `json:"dest"`
+	Person     string            `json:"person"`
+	Started    time.Time         `json:"started"`
+	Origin     session.Origin    `json:"origin"`
+	Attrs      map[string]string `json:"attrs,omitempty"`
+}

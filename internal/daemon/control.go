@@ -1,0 +1,126 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/airlockhq/airlock/internal/cgroups"
+	"github.com/airlockhq/airlock/internal/control"
+	"github.com/airlockhq/airlock/internal/intercept"
+	"github.com/airlockhq/airlock/internal/procinfo"
+	"github.com/airlockhq/airlock/internal/session"
+)
+
+// Status implements control.Handler. Root sees every session; other users
+// see only their own.
+func (d *Daemon) Status(_ context.Context, p control.Peer) (*control.Status, error) {
+	st := &control.Status{
+		Daemon: control.DaemonStatus{
+			Version: Version, PID: os.Getpid(), Started: d.started, Config: d.cfg.File(),
+			Mode: d.cfg.Intercept.Mode, Cgroup: d.cfg.Intercept.AttachCgroup,
+			ProxyPort: d.cfg.Proxy.Port, PinDir: PinDir(d.cfg),
+		},
+		Kernel: control.KernelStatus{Release: d.features.Kernel, Found: foundFeatures(d.features), Missing: d.features.Missing()},
+	}
+	ist := d.ic.Status()
+	for _, prog := range ist.Programs {
+		st.Programs = append(st.Programs, control.ProgramStatus{
+			Name: prog.Name, Type: prog.Type, Attach: prog.AttachPoint, LinkID: prog.LinkID, Pinned: prog.Pinned,
+		})
+	}
+	st.Counters, st.MapEntries = ist.Counters, ist.MapEntries
+	resolved := map[string][]string{}
+	for _, e := range d.set.All() {
+		resolved[e.Name] = append(resolved[e.Name], e.Prefix.String())
+	}
+	dns := map[string]control.TargetStatus{}
+	for _, r := range d.res.Snapshot() {
+		ts := control.TargetStatus{ResolvedAt: r.Resolved, Error: r.Err}
+		if r.TTL > 0 {
+			ts.TTL = r.TTL.String()
+		}
+		dns[r.Name] = ts
+	}
+	for _, t := range d.cfg.Targets {
+		ts := dns[t.Name]
+		ts.Name, ts.Address, ts.Resolved = t.Name, t.Address, resolved[t.Name]
+		ts.Protocol = "tcp"
+		if conn, ok := d.cfg.ConnectionFor(t.Name); ok {
+			ts.Connection, ts.Protocol = conn.Name, conn.Protocol
+		}
+		st.Targets = append(st.Targets, ts)
+	}
+	if tracked, err := d.ic.Tracked(); err == nil {
+		for _, pid := range tracked {
+			tp := control.TrackedProcess{PID: pid}
+			if pr, err := procinfo.Read(pid); err == nil {
+				tp.Exe = pr.Exe
+			}
+			st.Tracked = append(st.Tracked, tp)
+		}
+	}
+	for _, s := range d.fd.Sessions() {
+		if p.UID != 0 && s.Origin.UID != p.UID {
+			continue
+		}
+		st.Sessions = append(st.Sessions, sessionStatus(s))
+	}
+	return st, nil
+}
+
+func sessionStatus(s *session.Session) control.SessionStatus {
+	return control.SessionStatus{
+		ID: s.ID, Target: s.Target, Connection: s.Connection, Protocol: s.Protocol,
+		Dest: s.Dest.String(), Person: s.Person.Name, Started: s.Started, Origin: s.Origin, Attrs: s.Attrs(),
+	}
+}
+
+// Run implements control.Handler: the caller's own process (by
+// SO_PEERCRED, never a pid it names) moves into a fresh cgroup under the run
+// group, then execs the command, which with every descendant is intercepted.
+func (d *Daemon) Run(_ context.Context, p control.Peer) (*control.RunReply, error) {
+	if p.PID == 0 {
+		return nil, errors.New("caller has no pid")
+	}
+	dir := filepath.Join(d.runGroup, fmt.Sprintf("run-%d-%d", p.PID, time.Now().UnixNano()))
+	if err := cgroups.Create(dir); err != nil {
+		return nil, fmt.Errorf("create cgroup: %w", err)
+	}
+	id, err := cgroups.ID(dir)
+	if err != nil {
+		return nil, err
+	}
+	if err := d.ic.SelectCgroup(id); err != nil {
+		_ = cgroups.Remove(dir)
+		return nil, fmt.Errorf("select cgroup: %w", err)
+	}
+	if err := cgroups.MovePID(dir, int(p.PID)); err != nil {
+		_ = d.ic.UnselectCgroup(id)
+		_ = cgroups.Remove(dir)
+		return nil, fmt.Errorf("move pid %d into %s: %w", p.PID, dir, err)
+	}
+	d.log.Info("airlock run: process placed in an intercepted cgroup", "pid", p.PID, "uid", p.UID, "cgroup", dir)
+	rel, _ := filepath.Rel(d.cgRoot, dir)
+	return &control.RunReply{Cgroup: "/" + rel}, nil
+}
+
+func foundFeatures(f intercept.Features) []string {
+	var out []string
+	if f.BTF {
+		out = append(out, "BTF (/sys/kernel/btf/vmlinux)")
+	}
+	if f.Cgroup2Mount != "" {
+		out = append(out, "cgroup v2 at "+f.Cgroup2Mount)
+	}
+	if f.BPFFS {
+		out = append(out, "bpffs")
+	}
+	if len(f.Missing()) == 0 {
+		out = append(out, "cgroup connect4/6, sockops, getpeername4/6, tp_btf sched tracepoints")
+	}
+	return out
+}

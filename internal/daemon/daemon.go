@@ -1,0 +1,342 @@
+// Package daemon is airlockd: it wires the kernel interception, the target
+// set, the front door, the protocol proxies and the control socket together
+// and owns every goroutine they need.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/airlockhq/airlock/internal/cgroups"
+	"github.com/airlockhq/airlock/internal/config"
+	"github.com/airlockhq/airlock/internal/control"
+	"github.com/airlockhq/airlock/internal/frontdoor"
+	"github.com/airlockhq/airlock/internal/identity"
+	"github.com/airlockhq/airlock/internal/intercept"
+	"github.com/airlockhq/airlock/internal/resolve"
+	"github.com/airlockhq/airlock/internal/session"
+	"github.com/airlockhq/airlock/internal/targets"
+	"github.com/airlockhq/airlock/internal/upstream"
+)
+
+// Version is set at build time.
+var Version = "dev"
+
+// PinDir is where a configuration's kernel state is pinned. The folder is
+// versioned: a daemon whose map layout differs must not adopt old pins.
+func PinDir(cfg *config.Config) string {
+	return filepath.Join(cfg.Intercept.BPFFS, "airlock", fmt.Sprintf("v%d", intercept.LayoutVersion))
+}
+
+// SocketPath is the control socket of a configuration.
+func SocketPath(cfg *config.Config) string {
+	return filepath.Join(cfg.RuntimeDir, "airlock.sock")
+}
+
+// Daemon is one running airlockd.
+type Daemon struct {
+	cfg      *config.Config
+	log      *slog.Logger
+	started  time.Time
+	features intercept.Features
+
+	ic       *intercept.Interceptor
+	set      *targets.Set
+	res      *resolve.Resolver
+	fd       *frontdoor.Server
+	ctl      *control.Server
+	routes   *router
+	closers  []func()
+	cgRoot   string // cgroup v2 mount
+	runGroup string // parent of `airlock run` cgroups
+
+	mu sync.Mutex
+}
+
+// Run starts the daemon and blocks until ctx is done, then shuts down:
+// sessions are told and closed, credentials revoked, and the kernel programs
+// stay pinned so that intercepted connects are refused while it is down.
+func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
+	d := &Daemon{cfg: cfg, log: log, started: time.Now()}
+	defer d.close()
+	if err := d.start(ctx); err != nil {
+		return err
+	}
+	return d.serve(ctx)
+}
+
+func (d *Daemon) start(ctx context.Context) error {
+	feats, err := intercept.ProbeFeatures()
+	if err != nil {
+		return fmt.Errorf("probe kernel features: %w", err)
+	}
+	d.features = feats
+	if missing := feats.Missing(); len(missing) > 0 {
+		return fmt.Errorf("this kernel cannot run Airlock:\n  - %s", strings.Join(missing, "\n  - "))
+	}
+	if err := os.MkdirAll(d.cfg.StateDir, 0o700); err != nil {
+		return fmt.Errorf("create state dir %s: %w", d.cfg.StateDir, err)
+	}
+	root, err := cgroups.Mount()
+	if err != nil {
+		return fmt.Errorf("find cgroup v2 mount: %w", err)
+	}
+	d.cgRoot = root
+	attach := filepath.Join(root, d.cfg.Intercept.AttachCgroup)
+	mode, err := intercept.ParseMode(d.cfg.Intercept.Mode)
+	if err != nil {
+		return err
+	}
+
+	// Static targets first, so the programs never run with an empty or
+	// stale destination map after a takeover.
+	var static []targets.Entry
+	var hosts []resolve.Spec
+	for _, t := range d.cfg.Targets {
+		if t.Host != "" {
+			hosts = append(hosts, resolve.Spec{Name: t.Name, Host: t.Host, Port: t.Port})
+			continue
+		}
+		static = append(static, targets.Entry{Name: t.Name, Prefix: t.Prefix, Port: t.Port})
+	}
+	d.set = targets.NewSet(static)
+
+	d.ic, err = intercept.Open(ctx, intercept.Options{
+		PinDir:     PinDir(d.cfg),
+		CgroupPath: attach,
+		ProxyPort:  d.cfg.Proxy.Port,
+		Mode:       mode,
+		DaemonTGID: uint32(os.Getpid()),
+		Mark:       d.cfg.Intercept.Mark,
+		Logger:     d.log,
+	})
+	if err != nil {
+		return fmt.Errorf("set up kernel interception: %w", err)
+	}
+
+	d.res, err = resolve.New(resolve.Options{
+		Servers: d.cfg.DNS.Servers,
+		MinTTL:  d.cfg.DNS.MinTTL.D(),
+		MaxTTL:  d.cfg.DNS.MaxTTL.D(),
+		Hosts:   d.cfg.DNS.Hosts,
+		Logger:  d.log,
+	})
+	if err != nil {
+		return fmt.Errorf("set up DNS resolution of targets: %w", err)
+	}
+	// Resolve once before serving, so hostname targets are intercepted from
+	// the first moment; failures are retried by the watcher.
+	for _, h := range hosts {
+		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		addrs, _, err := d.res.Resolve(rctx, h.Host)
+		cancel()
+		if err != nil {
+			d.log.Warn("target hostname did not resolve yet; will retry", "target", h.Name, "host", h.Host, "err", err)
+			continue
+		}
+		d.set.SetResolved(h.Name, h.Port, addrs)
+	}
+	if err := d.syncTargets(); err != nil {
+		return err
+	}
+	d.closers = append(d.closers, d.watch(ctx, func(ctx context.Context) {
+		if len(hosts) == 0 {
+			return
+		}
+		d.res.Watch(ctx, hosts, func(rs []resolve.Result) {
+			for _, r := range rs {
+				if r.Err == "" || len(r.Addrs) > 0 {
+					d.set.SetResolved(r.Name, r.Port, r.Addrs)
+				}
+			}
+			if err := d.syncTargets(); err != nil {
+				d.log.Error("update destination map", "err", err)
+			}
+		})
+	}))
+
+	if err := d.selectProcesses(ctx, mode); err != nil {
+		return err
+	}
+
+	dialer := upstream.Dialer{Mark: d.cfg.Intercept.Mark, Timeout: 10 * time.Second}
+	d.routes, err = newRouter(ctx, d.cfg, d.set, dialer, d.log)
+	if err != nil {
+		return err
+	}
+	d.closers = append(d.closers, d.routes.close)
+
+	sink := session.LogSink{Logger: d.log}
+	d.fd, err = frontdoor.Listen(frontdoor.Options{
+		Port:    d.cfg.Proxy.Port,
+		Records: d.ic,
+		Router:  d.routes,
+		People:  identity.LocalUsers{},
+		Sink:    sink,
+		Logger:  d.log,
+		IsRoot:  d.isTrackedRoot,
+	})
+	if err != nil {
+		return err
+	}
+	d.ctl, err = control.Listen(SocketPath(d.cfg), d, d.log)
+	if err != nil {
+		return err
+	}
+	d.log.Info("airlockd ready", "version", Version, "mode", d.cfg.Intercept.Mode, "proxy_port", d.cfg.Proxy.Port,
+		"attach_cgroup", attach, "pins", PinDir(d.cfg), "targets", len(d.cfg.Targets))
+	return nil
+}
+
+// watch runs fn in a goroutine owned by the daemon; the returned func stops
+// it and waits.
+func (d *Daemon) watch(ctx context.Context, fn func(context.Context)) func() {
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { defer close(done); fn(ctx) }()
+	return func() { cancel(); <-done }
+}
+
+func (d *Daemon) syncTargets() error {
+	var ts []intercept.Target
+	for _, e := range d.set.All() {
+		ts = append(ts, intercept.Target{Prefix: e.Prefix, Port: e.Port})
+	}
+	if err := d.ic.SetTargets(ts); err != nil {
+		return fmt.Errorf("write %d destinations to the kernel: %w", len(ts), err)
+	}
+	return nil
+}
+
+func (d *Daemon) selectProcesses(ctx context.Context, mode intercept.Mode) error {
+	// `airlock run` places processes under this cgroup; it is selected in
+	// every mode so that the command works whatever the configuration.
+	d.runGroup = filepath.Join(d.cgRoot, strings.TrimSuffix(d.cfg.Intercept.AttachCgroup, "/"), "airlock.run")
+	if err := cgroups.Create(d.runGroup); err != nil {
+		return fmt.Errorf("create cgroup for `airlock run`: %w", err)
+	}
+	id, err := cgroups.ID(d.runGroup)
+	if err != nil {
+		return err
+	}
+	if err := d.ic.SelectCgroup(id); err != nil {
+		return fmt.Errorf("select cgroup %s: %w", d.runGroup, err)
+	}
+	for _, p := range d.cfg.Intercept.Cgroups {
+		full := filepath.Join(d.cgRoot, p)
+		id, err := cgroups.ID(full)
+		if err != nil {
+			return fmt.Errorf("configured cgroup %s: %w", p, err)
+		}
+		if err := d.ic.SelectCgroup(id); err != nil {
+			return fmt.Errorf("select cgroup %s: %w", p, err)
+		}
+	}
+	d.closers = append(d.closers, d.watch(ctx, d.reapRunGroups))
+	if mode == intercept.ModeTree {
+		exes := d.cfg.Intercept.Executables
+		if err := d.ic.SeedTree(ctx, exes); err != nil {
+			return fmt.Errorf("seed process tree from /proc: %w", err)
+		}
+		d.closers = append(d.closers, d.watch(ctx, func(ctx context.Context) {
+			if err := d.ic.WatchExec(ctx, exes); err != nil && ctx.Err() == nil {
+				d.log.Error("watch exec events", "err", err)
+			}
+		}))
+	}
+	return nil
+}
+
+// reapRunGroups removes `airlock run` cgroups whose processes have all
+// exited, so they do not pile up.
+func (d *Daemon) reapRunGroups(ctx context.Context) {
+	t := time.NewTicker(10 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		entries, _ := os.ReadDir(d.runGroup)
+		for _, e := range entries {
+			if !e.IsDir() {
+				continue
+			}
+			p := filepath.Join(d.runGroup, e.Name())
+			b, err := os.ReadFile(filepath.Join(p, "cgroup.procs"))
+			if err != nil || len(strings.TrimSpace(string(b))) > 0 {
+				continue
+			}
+			if id, err := cgroups.ID(p); err == nil {
+				_ = d.ic.UnselectCgroup(id)
+			}
+			_ = os.Remove(p)
+		}
+	}
+}
+
+func (d *Daemon) isTrackedRoot(pid uint32) bool {
+	tracked, err := d.ic.Tracked()
+	if err != nil {
+		return false
+	}
+	for _, t := range tracked {
+		if t == pid {
+			return true
+		}
+	}
+	return false
+}
+
+func (d *Daemon) serve(ctx context.Context) error {
+	errc := make(chan error, 2)
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); errc <- d.fd.Serve(ctx) }()
+	go func() { defer wg.Done(); errc <- d.ctl.Serve(ctx) }()
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+	}
+	wg.Wait()
+	d.log.Info("airlockd stopped; kernel programs stay pinned, intercepted connects are refused until it returns")
+	return err
+}
+
+func (d *Daemon) close() {
+	for i := len(d.closers) - 1; i >= 0; i-- {
+		d.closers[i]()
+	}
+	if d.ic != nil {
+		if err := d.ic.Close(); err != nil {
+			d.log.Warn("close interceptor", "err", err)
+		}
+	}
+}
+
+// Uninstall detaches and unpins everything a configuration installed.
+func Uninstall(cfg *config.Config) error {
+	err := intercept.Uninstall(PinDir(cfg))
+	if root, rerr := cgroups.Mount(); rerr == nil {
+		run := filepath.Join(root, cfg.Intercept.AttachCgroup, "airlock.run")
+		entries, _ := os.ReadDir(run)
+		for _, e := range entries {
+			if e.IsDir() {
+				_ = cgroups.Remove(filepath.Join(run, e.Name()))
+			}
+		}
+		if rerr := cgroups.Remove(run); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
+			err = errors.Join(err, rerr)
+		}
+	}
+	return err
+}
