@@ -1,0 +1,280 @@
+// Package procinfo describes processes from /proc, to say where a session came
+// from: which program, run by whom, started by which parent.
+//
+// Everything here races with the processes it describes: a process may exit,
+// or its PID be reused, between two reads. Read guards against PID reuse by
+// comparing the stat start time before and after; callers that keep a Proc
+// should compare (PID, StartTime), never PID alone.
+package procinfo
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+)
+
+// procRoot is where procfs is mounted; tests may point it elsewhere.
+var procRoot = "/proc"
+
+// Proc describes one process.
+type Proc struct {
+	PID       uint32
+	PPID      uint32
+	UID       uint32   // real UID
+	Exe       string   // target of /proc/PID/exe; "" when unreadable (kernel threads, other users' processes without privilege)
+	Cmdline   []string // argv as the process presents it; empty for kernel threads and zombies
+	Comm      string   // kernel command name (at most 15 bytes), from stat
+	StartTime uint64   // stat field 22, clock ticks since boot: (PID, StartTime) identifies a process across PID reuse
+}
+
+// ErrReused means the PID was reused by a new process while it was being read.
+var ErrReused = errors.New("pid reused while reading")
+
+// statInfo is the part of /proc/PID/stat this package uses.
+type statInfo struct {
+	PID       uint32
+	Comm      string
+	State     byte
+	PPID      uint32
+	StartTime uint64
+}
+
+// parseStat parses the contents of /proc/PID/stat. The comm field is in
+// parentheses and may itself contain spaces, parentheses and ") (", so it is
+// taken as everything between the first '(' and the last ')'.
+func parseStat(b []byte) (statInfo, error) {
+	var s statInfo
+	open := bytes.IndexByte(b, '(')
+	closing := bytes.LastIndexByte(b, ')')
+	if open < 0 || closing < open {
+		return s, errors.New("stat: no (comm)")
+	}
+	pid, err := strconv.ParseUint(string(bytes.TrimSpace(b[:open])), 10, 32)
+	if err != nil {
+		return s, fmt.Errorf("stat: pid: %w", err)
+	}
+	s.PID = uint32(pid)
+	s.Comm = string(b[open+1 : closing])
+	// Fields after comm, starting with field 3 (state).
+	rest := strings.Fields(string(b[closing+1:]))
+	const (
+		fState     = 3 - 3
+		fPPID      = 4 - 3
+		fStartTime = 22 - 3
+	)
+	if len(rest) <= fStartTime {
+		return s, fmt.Errorf("stat: %d fields after comm, want at least %d", len(rest), fStartTime+1)
+	}
+	if len(rest[fState]) != 1 {
+		return s, fmt.Errorf("stat: bad state %q", rest[fState])
+	}
+	s.State = rest[fState][0]
+	ppid, err := strconv.ParseUint(rest[fPPID], 10, 32)
+	if err != nil {
+		return s, fmt.Errorf("stat: ppid: %w", err)
+	}
+	s.PPID = uint32(ppid)
+	if s.StartTime, err = strconv.ParseUint(rest[fStartTime], 10, 64); err != nil {
+		return s, fmt.Errorf("stat: starttime: %w", err)
+	}
+	return s, nil
+}
+
+// status holds the fields of /proc/PID/status this package uses.
+type status struct {
+	UID  uint32
+	PPID uint32
+}
+
+func parseStatus(b []byte) (status, error) {
+	var st status
+	var haveUID, havePPID bool
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	for sc.Scan() {
+		key, val, ok := strings.Cut(sc.Text(), ":")
+		if !ok {
+			continue
+		}
+		switch key {
+		case "Uid": // real, effective, saved, filesystem
+			f := strings.Fields(val)
+			if len(f) == 0 {
+				return st, errors.New("status: empty Uid")
+			}
+			u, err := strconv.ParseUint(f[0], 10, 32)
+			if err != nil {
+				return st, fmt.Errorf("status: Uid: %w", err)
+			}
+			st.UID, haveUID = uint32(u), true
+		case "PPid":
+			p, err := strconv.ParseUint(strings.TrimSpace(val), 10, 32)
+			if err != nil {
+				return st, fmt.Errorf("status: PPid: %w", err)
+			}
+			st.PPID, havePPID = uint32(p), true
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return st, err
+	}
+	if !haveUID || !havePPID {
+		return st, errors.New("status: missing Uid or PPid")
+	}
+	return st, nil
+}
+
+// splitCmdline splits /proc/PID/cmdline on NULs. A process may overwrite its
+// argv area (setproctitle), so the result is what it presents, not
+// necessarily what it was started with.
+func splitCmdline(b []byte) []string {
+	b = bytes.TrimRight(b, "\x00")
+	if len(b) == 0 {
+		return nil
+	}
+	return strings.Split(string(b), "\x00")
+}
+
+func pidDir(pid uint32) string {
+	return filepath.Join(procRoot, strconv.FormatUint(uint64(pid), 10))
+}
+
+// Read describes process pid. An unreadable exe link leaves Exe empty and is
+// not an error; a process that does not exist (or exits while being read)
+// gives an error wrapping os.ErrNotExist, and one whose PID is reused while
+// being read gives ErrReused.
+func Read(pid uint32) (Proc, error) {
+	dir := pidDir(pid)
+	st1, err := readStat(dir)
+	if err != nil {
+		return Proc{}, err
+	}
+	p := Proc{PID: pid, PPID: st1.PPID, Comm: st1.Comm, StartTime: st1.StartTime}
+
+	b, err := os.ReadFile(filepath.Join(dir, "status"))
+	if err != nil {
+		return Proc{}, fmt.Errorf("procinfo: pid %d: %w", pid, err)
+	}
+	status, err := parseStatus(b)
+	if err != nil {
+		return Proc{}, fmt.Errorf("procinfo: pid %d: %w", pid, err)
+	}
+	p.UID, p.PPID = status.UID, status.PPID
+
+	if exe, err := os.Readlink(filepath.Join(dir, "exe")); err == nil {
+		p.Exe = exe
+	}
+	if b, err := os.ReadFile(filepath.Join(dir, "cmdline")); err == nil {
+		p.Cmdline = splitCmdline(b)
+	} else if !errors.Is(err, os.ErrPermission) {
+		return Proc{}, fmt.Errorf("procinfo: pid %d: %w", pid, err)
+	}
+
+	// Everything above must describe one process: if the PID now names a
+	// different one, what was read is a mix.
+	st2, err := readStat(dir)
+	if err != nil {
+		return Proc{}, err
+	}
+	if st2.StartTime != st1.StartTime {
+		return Proc{}, fmt.Errorf("procinfo: pid %d: %w", pid, ErrReused)
+	}
+	return p, nil
+}
+
+func readStat(dir string) (statInfo, error) {
+	b, err := os.ReadFile(filepath.Join(dir, "stat"))
+	if err != nil {
+		return statInfo{}, fmt.Errorf("procinfo: %w", err)
+	}
+	st, err := parseStat(b)
+	if err != nil {
+		return statInfo{}, fmt.Errorf("procinfo: %s: %w", dir, err)
+	}
+	return st, nil
+}
+
+// Ancestry returns the parent chain of pid, nearest first, starting at its
+// parent. It stops after the first ancestor for which stop returns true
+// (stop may be nil), after PID 1, at a PID whose parent is 0 (the top of a
+// PID namespace or a kernel thread), or after max entries (max <= 0: no
+// limit beyond loop protection). If an ancestor cannot be read (it exited),
+// the chain so far is returned together with the error.
+func Ancestry(pid uint32, stop func(Proc) bool, max int) ([]Proc, error) {
+	p, err := Read(pid)
+	if err != nil {
+		return nil, err
+	}
+	var chain []Proc
+	seen := map[uint32]bool{pid: true}
+	for next := p.PPID; next != 0; {
+		if max > 0 && len(chain) >= max {
+			break
+		}
+		if seen[next] {
+			return chain, fmt.Errorf("procinfo: ancestry of %d: loop at pid %d", pid, next)
+		}
+		seen[next] = true
+		a, err := Read(next)
+		if err != nil {
+			return chain, err
+		}
+		chain = append(chain, a)
+		if a.PID == 1 || (stop != nil && stop(a)) {
+			break
+		}
+		next = a.PPID
+	}
+	return chain, nil
+}
+
+// CgroupPath returns pid's cgroup v2 path, the path of the "0::" line of
+// /proc/PID/cgroup, e.g. "/user.slice/user-1000.slice/session-2.scope".
+func CgroupPath(pid uint32) (string, error) {
+	b, err := os.ReadFile(filepath.Join(pidDir(pid), "cgroup"))
+	if err != nil {
+		return "", fmt.Errorf("procinfo: %w", err)
+	}
+	path, ok := parseCgroup(b)
+	if !ok {
+		return "", fmt.Errorf("procinfo: pid %d: no cgroup v2 entry", pid)
+	}
+	return path, nil
+}
+
+// parseCgroup finds the cgroup v2 ("0::") path in the contents of
+// /proc/PID/cgroup.
+func parseCgroup(b []byte) (string, bool) {
+	for line := range strings.SplitSeq(string(b), "\n") {
+		if path, ok := strings.CutPrefix(line, "0::"); ok {
+			return path, true
+		}
+	}
+	return "", false
+}
+
+// List returns the PIDs of all processes in /proc, ascending.
+func List() ([]uint32, error) {
+	ents, err := os.ReadDir(procRoot)
+	if err != nil {
+		return nil, fmt.Errorf("procinfo: %w", err)
+	}
+	pids := make([]uint32, 0, len(ents))
+	for _, e := range ents {
+		if !e.IsDir() {
+			continue
+		}
+		n, err := strconv.ParseUint(e.Name(), 10, 32)
+		if err != nil {
+			continue
+		}
+		pids = append(pids, uint32(n))
+	}
+	slices.Sort(pids)
+	return pids, nil
+}
