@@ -1,6 +1,5 @@
 # Airlock. `make help` lists the targets.
 GO       ?= go
-CLANG    ?= clang-16
 VERSION  ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS  := -X github.com/airlockhq/airlock/internal/daemon.Version=$(VERSION)
 BIN      := bin
@@ -9,7 +8,7 @@ BIN      := bin
 
 help:
 	@echo "make build     build bin/airlockd and bin/airlock (no clang needed)"
-	@echo "make generate  recompile bpf/*.c with $(CLANG) via bpf2go (commit the output)"
+	@echo "make generate  recompile bpf/*.c with clang-16 via bpf2go (commit the output)"
 	@echo "make test      the whole test suite; privileged tests need root (sudo make test)"
 	@echo "make fuzz      run every fuzz target briefly"
 	@echo "make bench     connect() latency and pgbench benchmarks, written to docs/BENCHMARKS.md"
@@ -21,7 +20,7 @@ build:
 	$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN)/airlock ./cmd/airlock
 
 generate:
-	BPF_CLANG=$(CLANG) $(GO) generate ./internal/intercept/
+	$(GO) generate ./internal/intercept/
 
 # Packages are tested one at a time (-p 1): the privileged tests create
 # namespaces, cgroups and PostgreSQL servers, and two cores are all we have.

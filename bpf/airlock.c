@@ -1,0 +1,527 @@
+// SPDX-License-Identifier: GPL-2.0-only OR BSD-2-Clause
+//
+// Airlock interception programs.
+//
+// connect4/connect6 rewrite the destination of selected TCP connects to the
+// local proxy and remember who connected and where to; sockops re-keys that
+// record by the client's address as the proxy will see it on accept;
+// getpeername4/6 hide the rewrite from the application; three BTF tracepoints
+// keep the set of tracked process trees current.
+//
+// Map layouts are part of the on-disk (bpffs) contract: a daemon upgrade takes
+// over pinned maps, so any change to a struct below or to a map definition must
+// bump AIRLOCK_LAYOUT_VERSION and the Go side's pin folder version with it.
+
+#include <linux/bpf.h>
+#include <linux/types.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_tracing.h>
+
+#define AIRLOCK_LAYOUT_VERSION 1
+
+// Not in the UAPI headers, and pulling in libc headers for BPF is fragile.
+#define AF_INET 2
+#define AF_INET6 10
+#define IPPROTO_TCP 6
+#define TCP_CLOSE 7
+
+#define MODE_ALL 0
+#define MODE_TREE 1
+#define MODE_CGROUP 2
+
+// How many cgroup ancestor levels cgroup mode inspects (level 0 is the root).
+#define MAX_CGROUP_LEVELS 16
+
+// Minimal CO-RE view of the kernel's task_struct: only the fields used,
+// relocated against the running kernel's BTF at load time, so no vmlinux.h.
+struct task_struct {
+	int pid;
+	int tgid;
+	struct task_struct *real_parent;
+} __attribute__((preserve_access_index));
+
+struct config {
+	__u32 proxy_port; // host order; 0 = not configured, never redirect
+	__u32 mode;
+	__u32 daemon_tgid;
+	__u32 mark; // 0 = no mark check
+	__u64 netns_cookie; // 0 = no network namespace check
+	__u32 layout_version;
+	__u32 _pad;
+};
+
+// LPM key: the port is the first 16 bits of the matched data, so a prefix of
+// length 16+N matches that exact port and the first N address bits.
+// IPv4 is stored v4-mapped (::ffff:a.b.c.d), so an IPv4 /24 is 16+96+24.
+struct target_key {
+	__u32 prefixlen;
+	__be16 port; // network order; 0 = any port (looked up separately)
+	__u8 addr[16];
+	__u8 _pad[2]; // never covered by prefixlen, always zero
+};
+
+struct record {
+	__u8 addr[16]; // original destination, v4-mapped for IPv4
+	__u16 port; // host order
+	__u16 _pad;
+	__u32 pid;
+	__u32 tgid;
+	__u32 uid;
+	__u32 gid;
+	__u32 _pad2;
+	__u64 cgroup_id;
+	__u64 ktime_ns; // bpf_ktime_get_ns (CLOCK_MONOTONIC) at connect
+	char comm[16];
+};
+
+// The proxy's view of an accepted connection's remote side.
+struct client_key {
+	__u8 addr[16]; // v4-mapped for IPv4
+	__u16 port; // host order
+	__u16 _pad;
+};
+
+struct peer {
+	__u8 addr[16];
+	__u16 port; // host order
+	__u16 _pad;
+};
+
+struct exec_event {
+	__u32 tgid;
+	__u32 ppid; // parent's tgid
+	char comm[16];
+};
+
+// The ring buffer carries no type; this gives exec_event BTF for bpf2go.
+const struct exec_event *unused_exec_event __attribute__((unused));
+
+enum stat_idx {
+	STAT_REDIRECTED,
+	STAT_SKIP_LOOPBACK,
+	STAT_SKIP_MARK,
+	STAT_SKIP_DAEMON,
+	STAT_SKIP_NETNS,
+	STAT_SKIP_SELECTION,
+	STAT_RECORD_MOVED,
+	STAT_RECORD_MISSING,
+	STAT_EXEC_DROPPED,
+	STAT_TRACKED_FORK,
+	STAT_MAX,
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct config);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} airlock_config SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 16384);
+	__type(key, struct target_key);
+	__type(value, __u32);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} airlock_targets SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u32); // tgid
+	__type(value, __u32); // reserved: why it is tracked (1 user space, 2 fork)
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} airlock_tracked SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u64); // cgroup id
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} airlock_cgroups SEC(".maps");
+
+// Records between connect and the handshake completing, by socket cookie.
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, struct record);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} airlock_pending SEC(".maps");
+
+// Records waiting for the proxy to accept, by the client's address.
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct client_key);
+	__type(value, struct record);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} airlock_records SEC(".maps");
+
+// Original peer of each redirected socket for getpeername, by socket cookie;
+// removed when the socket closes (STATE_CB), LRU as a backstop.
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, struct peer);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} airlock_peers SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 256 * 1024);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} airlock_execs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, STAT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} airlock_stats SEC(".maps");
+
+static __always_inline void stat_inc(__u32 idx)
+{
+	__u64 *v = bpf_map_lookup_elem(&airlock_stats, &idx);
+	if (v)
+		*v += 1;
+}
+
+static __always_inline struct config *get_config(void)
+{
+	__u32 zero = 0;
+	return bpf_map_lookup_elem(&airlock_config, &zero);
+}
+
+static __always_inline int is_target(const __u8 addr[16], __u16 port_be)
+{
+	struct target_key k = {};
+
+	__builtin_memcpy(k.addr, addr, 16);
+	k.prefixlen = 16 + 128;
+	k.port = port_be;
+	if (bpf_map_lookup_elem(&airlock_targets, &k))
+		return 1;
+	k.port = 0;
+	return bpf_map_lookup_elem(&airlock_targets, &k) != NULL;
+}
+
+static __always_inline int cgroup_selected(void)
+{
+	__u64 id = bpf_get_current_cgroup_id();
+
+	if (bpf_map_lookup_elem(&airlock_cgroups, &id))
+		return 1;
+#pragma unroll
+	for (int level = 1; level < MAX_CGROUP_LEVELS; level++) {
+		id = bpf_get_current_ancestor_cgroup_id(level);
+		if (id == 0)
+			break;
+		if (bpf_map_lookup_elem(&airlock_cgroups, &id))
+			return 1;
+	}
+	return 0;
+}
+
+// Everything that decides "not this socket" apart from the destination.
+static __always_inline int should_skip(struct bpf_sock_addr *ctx, struct config *cfg)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u32 tgid = pid_tgid >> 32;
+
+	if (cfg->daemon_tgid && tgid == cfg->daemon_tgid) {
+		stat_inc(STAT_SKIP_DAEMON);
+		return 1;
+	}
+	if (cfg->mark) {
+		struct bpf_sock *sk = ctx->sk;
+		if (sk && sk->mark == cfg->mark) {
+			stat_inc(STAT_SKIP_MARK);
+			return 1;
+		}
+	}
+	if (cfg->netns_cookie && bpf_get_netns_cookie(ctx) != cfg->netns_cookie) {
+		stat_inc(STAT_SKIP_NETNS);
+		return 1;
+	}
+	switch (cfg->mode) {
+	case MODE_ALL:
+		return 0;
+	case MODE_TREE:
+		if (bpf_map_lookup_elem(&airlock_tracked, &tgid))
+			return 0;
+		break;
+	case MODE_CGROUP:
+		if (cgroup_selected())
+			return 0;
+		break;
+	}
+	stat_inc(STAT_SKIP_SELECTION);
+	return 1;
+}
+
+static __always_inline void remember(struct bpf_sock_addr *ctx, const __u8 addr[16], __u16 port_be)
+{
+	__u64 cookie = bpf_get_socket_cookie(ctx);
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u64 uid_gid = bpf_get_current_uid_gid();
+	struct record r = {};
+	struct peer p = {};
+
+	__builtin_memcpy(r.addr, addr, 16);
+	r.port = bpf_ntohs(port_be);
+	r.pid = (__u32)pid_tgid;
+	r.tgid = pid_tgid >> 32;
+	r.uid = (__u32)uid_gid;
+	r.gid = uid_gid >> 32;
+	r.cgroup_id = bpf_get_current_cgroup_id();
+	r.ktime_ns = bpf_ktime_get_ns();
+	bpf_get_current_comm(r.comm, sizeof(r.comm));
+	bpf_map_update_elem(&airlock_pending, &cookie, &r, BPF_ANY);
+
+	__builtin_memcpy(p.addr, addr, 16);
+	p.port = r.port;
+	bpf_map_update_elem(&airlock_peers, &cookie, &p, BPF_ANY);
+	stat_inc(STAT_REDIRECTED);
+}
+
+SEC("cgroup/connect4")
+int airlock_connect4(struct bpf_sock_addr *ctx)
+{
+	struct config *cfg;
+	__u8 addr[16] = {};
+	__u32 ip4 = ctx->user_ip4;
+	__u16 port_be = (__u16)ctx->user_port;
+
+	if (ctx->protocol != IPPROTO_TCP)
+		return 1;
+	cfg = get_config();
+	if (!cfg || !cfg->proxy_port)
+		return 1;
+	if ((bpf_ntohl(ip4) >> 24) == 127) {
+		stat_inc(STAT_SKIP_LOOPBACK);
+		return 1;
+	}
+	addr[10] = 0xff;
+	addr[11] = 0xff;
+	__builtin_memcpy(&addr[12], &ip4, 4);
+	if (!is_target(addr, port_be))
+		return 1;
+	if (should_skip(ctx, cfg))
+		return 1;
+
+	remember(ctx, addr, port_be);
+	ctx->user_ip4 = bpf_htonl(0x7f000001);
+	// A full 32-bit store: narrower stores to user_port are rejected by some verifiers.
+	ctx->user_port = (__u32)bpf_htons((__u16)cfg->proxy_port);
+	return 1;
+}
+
+SEC("cgroup/connect6")
+int airlock_connect6(struct bpf_sock_addr *ctx)
+{
+	struct config *cfg;
+	__u32 ip6[4];
+	__u16 port_be = (__u16)ctx->user_port;
+	int mapped;
+
+	if (ctx->protocol != IPPROTO_TCP)
+		return 1;
+	cfg = get_config();
+	if (!cfg || !cfg->proxy_port)
+		return 1;
+	ip6[0] = ctx->user_ip6[0];
+	ip6[1] = ctx->user_ip6[1];
+	ip6[2] = ctx->user_ip6[2];
+	ip6[3] = ctx->user_ip6[3];
+
+	mapped = ip6[0] == 0 && ip6[1] == 0 && ip6[2] == bpf_htonl(0x0000ffff);
+	if (mapped && (bpf_ntohl(ip6[3]) >> 24) == 127) {
+		stat_inc(STAT_SKIP_LOOPBACK);
+		return 1;
+	}
+	if (ip6[0] == 0 && ip6[1] == 0 && ip6[2] == 0 && ip6[3] == bpf_htonl(1)) {
+		stat_inc(STAT_SKIP_LOOPBACK);
+		return 1;
+	}
+	if (!is_target((__u8 *)ip6, port_be))
+		return 1;
+	if (should_skip(ctx, cfg))
+		return 1;
+
+	remember(ctx, (__u8 *)ip6, port_be);
+	if (mapped) {
+		// The socket may be dual-stack talking IPv4: keep it on the IPv4 path.
+		ctx->user_ip6[0] = 0;
+		ctx->user_ip6[1] = 0;
+		ctx->user_ip6[2] = bpf_htonl(0x0000ffff);
+		ctx->user_ip6[3] = bpf_htonl(0x7f000001);
+	} else {
+		ctx->user_ip6[0] = 0;
+		ctx->user_ip6[1] = 0;
+		ctx->user_ip6[2] = 0;
+		ctx->user_ip6[3] = bpf_htonl(1);
+	}
+	ctx->user_port = (__u32)bpf_htons((__u16)cfg->proxy_port);
+	return 1;
+}
+
+SEC("cgroup/getpeername4")
+int airlock_getpeername4(struct bpf_sock_addr *ctx)
+{
+	__u64 cookie = bpf_get_socket_cookie(ctx);
+	struct peer *p = bpf_map_lookup_elem(&airlock_peers, &cookie);
+	__u32 ip4;
+
+	if (!p)
+		return 1;
+	__builtin_memcpy(&ip4, &p->addr[12], 4);
+	ctx->user_ip4 = ip4;
+	ctx->user_port = (__u32)bpf_htons(p->port);
+	return 1;
+}
+
+SEC("cgroup/getpeername6")
+int airlock_getpeername6(struct bpf_sock_addr *ctx)
+{
+	__u64 cookie = bpf_get_socket_cookie(ctx);
+	struct peer *p = bpf_map_lookup_elem(&airlock_peers, &cookie);
+	__u32 ip6[4];
+
+	if (!p)
+		return 1;
+	__builtin_memcpy(ip6, p->addr, 16);
+	ctx->user_ip6[0] = ip6[0];
+	ctx->user_ip6[1] = ip6[1];
+	ctx->user_ip6[2] = ip6[2];
+	ctx->user_ip6[3] = ip6[3];
+	ctx->user_port = (__u32)bpf_htons(p->port);
+	return 1;
+}
+
+SEC("sockops")
+int airlock_sockops(struct bpf_sock_ops *ctx)
+{
+	__u64 cookie;
+	struct record *r;
+	struct client_key k = {};
+
+	switch (ctx->op) {
+	case BPF_SOCK_OPS_TCP_CONNECT_CB:
+		cookie = bpf_get_socket_cookie(ctx);
+		// Only redirected sockets pay for state callbacks: they let us drop
+		// the getpeername entry when the socket closes.
+		if (bpf_map_lookup_elem(&airlock_peers, &cookie))
+			bpf_sock_ops_cb_flags_set(ctx, ctx->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
+		return 1;
+
+	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
+		cookie = bpf_get_socket_cookie(ctx);
+		r = bpf_map_lookup_elem(&airlock_pending, &cookie);
+		if (!r)
+			return 1;
+		if (ctx->family == AF_INET) {
+			__u32 ip4 = ctx->local_ip4;
+			k.addr[10] = 0xff;
+			k.addr[11] = 0xff;
+			__builtin_memcpy(&k.addr[12], &ip4, 4);
+		} else if (ctx->family == AF_INET6) {
+			// volatile: clang would merge these into 8-byte loads, which the
+			// verifier rejects for bpf_sock_ops.
+			__u32 ip6[4];
+			ip6[0] = *(volatile __u32 *)&ctx->local_ip6[0];
+			ip6[1] = *(volatile __u32 *)&ctx->local_ip6[1];
+			ip6[2] = *(volatile __u32 *)&ctx->local_ip6[2];
+			ip6[3] = *(volatile __u32 *)&ctx->local_ip6[3];
+			__builtin_memcpy(k.addr, ip6, 16);
+		} else {
+			return 1;
+		}
+		k.port = (__u16)ctx->local_port; // already host order
+		if (bpf_map_update_elem(&airlock_records, &k, r, BPF_ANY) == 0)
+			stat_inc(STAT_RECORD_MOVED);
+		else
+			stat_inc(STAT_RECORD_MISSING);
+		bpf_map_delete_elem(&airlock_pending, &cookie);
+		return 1;
+
+	case BPF_SOCK_OPS_STATE_CB:
+		if (ctx->args[1] != TCP_CLOSE)
+			return 1;
+		cookie = bpf_get_socket_cookie(ctx);
+		bpf_map_delete_elem(&airlock_peers, &cookie);
+		// A connect that never completed leaves its record here.
+		bpf_map_delete_elem(&airlock_pending, &cookie);
+		return 1;
+	}
+	return 1;
+}
+
+static __always_inline int tracking_enabled(void)
+{
+	struct config *cfg = get_config();
+	return cfg && cfg->mode == MODE_TREE;
+}
+
+SEC("tp_btf/sched_process_fork")
+int BPF_PROG(airlock_fork, struct task_struct *parent, struct task_struct *child)
+{
+	__u32 ptgid = parent->tgid;
+	__u32 ctgid = child->tgid;
+	__u32 reason = 2;
+
+	// New threads share the tgid; only new processes need an entry.
+	if (ptgid == ctgid)
+		return 0;
+	if (!bpf_map_lookup_elem(&airlock_tracked, &ptgid))
+		return 0;
+	bpf_map_update_elem(&airlock_tracked, &ctgid, &reason, BPF_ANY);
+	stat_inc(STAT_TRACKED_FORK);
+	return 0;
+}
+
+SEC("tp_btf/sched_process_exec")
+int BPF_PROG(airlock_exec, struct task_struct *p, int old_pid, void *bprm)
+{
+	__u32 tgid = p->tgid;
+	struct exec_event *e;
+
+	if (!tracking_enabled())
+		return 0;
+	// Tracked processes stay tracked across exec; only strangers need a look
+	// from user space, which matches /proc/PID/exe against the configured list.
+	if (bpf_map_lookup_elem(&airlock_tracked, &tgid))
+		return 0;
+	e = bpf_ringbuf_reserve(&airlock_execs, sizeof(*e), 0);
+	if (!e) {
+		stat_inc(STAT_EXEC_DROPPED);
+		return 0;
+	}
+	e->tgid = tgid;
+	e->ppid = BPF_CORE_READ(p, real_parent, tgid);
+	bpf_get_current_comm(e->comm, sizeof(e->comm));
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+SEC("tp_btf/sched_process_exit")
+int BPF_PROG(airlock_exit, struct task_struct *p)
+{
+	__u32 tgid = p->tgid;
+
+	// The tgid is freed for reuse only when the whole group is gone; the
+	// leader's exit is the closest event that is cheap to catch here.
+	if (p->pid != p->tgid)
+		return 0;
+	bpf_map_delete_elem(&airlock_tracked, &tgid);
+	return 0;
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";

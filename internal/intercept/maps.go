@@ -1,0 +1,227 @@
+package intercept
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net/netip"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+)
+
+// ErrNoRecord means the kernel has no record for an accepted connection: it
+// was not redirected by us, or its record was evicted. The caller must refuse
+// the connection rather than guess where it was going.
+var ErrNoRecord = errors.New("no interception record for connection")
+
+// Record is what the kernel saw when it redirected a connection.
+type Record struct {
+	Orig                netip.AddrPort // original destination; IPv4 unmapped
+	PID, TGID, UID, GID uint32
+	CgroupID            uint64
+	Comm                string // thread name at connect time, not authoritative
+	At                  time.Time
+}
+
+// Target is a destination to intercept. An exact address is a /32 or /128
+// prefix. Port 0 means every port of the prefix.
+type Target struct {
+	Prefix netip.Prefix
+	Port   uint16
+}
+
+func (t Target) String() string {
+	if t.Port == 0 {
+		return t.Prefix.String() + ":*"
+	}
+	return fmt.Sprintf("%s:%d", t.Prefix, t.Port)
+}
+
+// targetKey encodes t as the LPM key of bpf/airlock.c: the port (network
+// order) leads the matched data, so prefixlen covers 16 port bits, then the
+// address bits with IPv4 as ::ffff:a.b.c.d.
+func targetKey(t Target) (airlockTargetKey, error) {
+	if !t.Prefix.IsValid() {
+		return airlockTargetKey{}, fmt.Errorf("invalid target prefix %v", t.Prefix)
+	}
+	p := t.Prefix.Masked()
+	bits := p.Bits()
+	if p.Addr().Is4() {
+		bits += 96
+	}
+	var port [2]byte
+	binary.BigEndian.PutUint16(port[:], t.Port)
+	return airlockTargetKey{
+		Prefixlen: uint32(16 + bits),
+		Port:      binary.NativeEndian.Uint16(port[:]),
+		Addr:      p.Addr().As16(),
+	}, nil
+}
+
+func keyTarget(k airlockTargetKey) Target {
+	var port [2]byte
+	binary.NativeEndian.PutUint16(port[:], k.Port)
+	addr := netip.AddrFrom16(k.Addr)
+	bits := int(k.Prefixlen) - 16
+	if addr.Is4In6() && bits >= 96 {
+		addr, bits = addr.Unmap(), bits-96
+	}
+	return Target{Prefix: netip.PrefixFrom(addr, bits), Port: binary.BigEndian.Uint16(port[:])}
+}
+
+// SetTargets makes the set of intercepted destinations equal to ts. New
+// entries are added before stale ones are removed, so a target present in
+// both the old and new set is never briefly missing.
+func (i *Interceptor) SetTargets(ts []Target) error {
+	want := make(map[airlockTargetKey]bool, len(ts))
+	for _, t := range ts {
+		k, err := targetKey(t)
+		if err != nil {
+			return fmt.Errorf("set targets: %w", err)
+		}
+		want[k] = true
+	}
+	m := i.objs.AirlockTargets
+	one := uint32(1)
+	for k := range want {
+		if err := m.Put(&k, &one); err != nil {
+			return fmt.Errorf("set targets: add %v: %w", keyTarget(k), err)
+		}
+	}
+	var stale []airlockTargetKey
+	var k airlockTargetKey
+	var v uint32
+	it := m.Iterate()
+	for it.Next(&k, &v) {
+		if !want[k] {
+			stale = append(stale, k)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("set targets: list current: %w", err)
+	}
+	for _, k := range stale {
+		if err := m.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("set targets: remove %v: %w", keyTarget(k), err)
+		}
+	}
+	i.log.Debug("targets set", "count", len(want), "removed", len(stale))
+	return nil
+}
+
+// Targets returns the destinations currently intercepted.
+func (i *Interceptor) Targets() ([]Target, error) {
+	var out []Target
+	var k airlockTargetKey
+	var v uint32
+	it := i.objs.AirlockTargets.Iterate()
+	for it.Next(&k, &v) {
+		out = append(out, keyTarget(k))
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("list targets: %w", err)
+	}
+	return out, nil
+}
+
+// Track adds a process (by tgid) to the tracked set of ModeTree; the kernel
+// then tracks its future children itself.
+func (i *Interceptor) Track(tgid uint32) error {
+	reason := uint32(1)
+	if err := i.objs.AirlockTracked.Put(tgid, reason); err != nil {
+		return fmt.Errorf("track %d: %w", tgid, err)
+	}
+	return nil
+}
+
+// Untrack removes a process from the tracked set (its children stay).
+func (i *Interceptor) Untrack(tgid uint32) error {
+	if err := i.objs.AirlockTracked.Delete(tgid); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("untrack %d: %w", tgid, err)
+	}
+	return nil
+}
+
+// Tracked lists the tracked tgids.
+func (i *Interceptor) Tracked() ([]uint32, error) {
+	var out []uint32
+	var k, v uint32
+	it := i.objs.AirlockTracked.Iterate()
+	for it.Next(&k, &v) {
+		out = append(out, k)
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("list tracked processes: %w", err)
+	}
+	return out, nil
+}
+
+// SelectCgroup makes processes in the cgroup with this id (see cgroups.ID)
+// and in its descendants intercepted in ModeCgroup.
+func (i *Interceptor) SelectCgroup(id uint64) error {
+	if err := i.objs.AirlockCgroups.Put(id, uint32(1)); err != nil {
+		return fmt.Errorf("select cgroup %d: %w", id, err)
+	}
+	return nil
+}
+
+// UnselectCgroup reverses SelectCgroup.
+func (i *Interceptor) UnselectCgroup(id uint64) error {
+	if err := i.objs.AirlockCgroups.Delete(id); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("unselect cgroup %d: %w", id, err)
+	}
+	return nil
+}
+
+// Lookup returns and forgets the record of a connection the proxy accepted,
+// by the connection's remote address (the client's local address).
+func (i *Interceptor) Lookup(client netip.AddrPort) (Record, error) {
+	k := airlockClientKey{Addr: client.Addr().As16(), Port: client.Port()}
+	var r airlockRecord
+	err := i.objs.AirlockRecords.LookupAndDelete(&k, &r)
+	if errors.Is(err, ebpf.ErrNotSupported) {
+		err = i.objs.AirlockRecords.Lookup(&k, &r)
+		if err == nil {
+			_ = i.objs.AirlockRecords.Delete(&k)
+		}
+	}
+	if errors.Is(err, ebpf.ErrKeyNotExist) {
+		return Record{}, fmt.Errorf("look up %v: %w", client, ErrNoRecord)
+	}
+	if err != nil {
+		return Record{}, fmt.Errorf("look up %v: %w", client, err)
+	}
+	return Record{
+		Orig:     netip.AddrPortFrom(netip.AddrFrom16(r.Addr).Unmap(), r.Port),
+		PID:      r.Pid,
+		TGID:     r.Tgid,
+		UID:      r.Uid,
+		GID:      r.Gid,
+		CgroupID: r.CgroupId,
+		Comm:     commString(r.Comm),
+		At:       ktimeToTime(r.KtimeNs),
+	}, nil
+}
+
+func commString(c [16]int8) string {
+	b := make([]byte, 0, len(c))
+	for _, ch := range c {
+		if ch == 0 {
+			break
+		}
+		b = append(b, byte(ch))
+	}
+	return string(b)
+}
+
+// ktimeToTime converts bpf_ktime_get_ns (CLOCK_MONOTONIC) to wall time.
+func ktimeToTime(ns uint64) time.Time {
+	var ts unix.Timespec
+	now := time.Now()
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+		return now
+	}
+	return now.Add(-time.Duration(ts.Nano() - int64(ns)))
+}

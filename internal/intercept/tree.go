@@ -1,0 +1,191 @@
+package intercept
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/cilium/ebpf/ringbuf"
+)
+
+// matcher decides whether an executable is one the user asked to intercept.
+// Entries with a slash are absolute paths, others are base names. Matching
+// uses /proc/PID/exe, never comm: programs rename their threads (Electron).
+type matcher struct {
+	paths map[string]bool
+	names map[string]bool
+}
+
+func newMatcher(match []string) matcher {
+	m := matcher{paths: map[string]bool{}, names: map[string]bool{}}
+	for _, s := range match {
+		s = strings.TrimSpace(s)
+		switch {
+		case s == "":
+		case strings.Contains(s, "/"):
+			m.paths[filepath.Clean(s)] = true
+		default:
+			m.names[s] = true
+		}
+	}
+	return m
+}
+
+func (m matcher) empty() bool { return len(m.paths) == 0 && len(m.names) == 0 }
+
+// matchPID reports whether the process runs a matching executable. A
+// vanished or kernel process simply does not match.
+func (m matcher) matchPID(pid int) bool {
+	exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
+	if err != nil {
+		return false
+	}
+	// The kernel appends this when the file was replaced, e.g. on upgrade.
+	exe = strings.TrimSuffix(exe, " (deleted)")
+	return m.paths[exe] || m.names[filepath.Base(exe)]
+}
+
+// procParents maps every visible tgid to its parent's tgid.
+func procParents() (map[int]int, error) {
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil, fmt.Errorf("list /proc: %w", err)
+	}
+	parents := make(map[int]int, len(entries))
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		stat, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		// comm may contain spaces and parentheses: the fields after it start
+		// after the last ')'. They are: state ppid ...
+		end := bytes.LastIndexByte(stat, ')')
+		if end < 0 {
+			continue
+		}
+		fields := strings.Fields(string(stat[end+1:]))
+		if len(fields) < 2 {
+			continue
+		}
+		ppid, err := strconv.Atoi(fields[1])
+		if err != nil {
+			continue
+		}
+		parents[pid] = ppid
+	}
+	return parents, nil
+}
+
+// SeedTree tracks every running process whose executable matches (base
+// name or absolute path) and all their descendants. The kernel follows
+// forks only from the moment a parent is tracked, so the scan repeats until
+// it finds nothing new, catching children forked while it ran.
+func (i *Interceptor) SeedTree(ctx context.Context, match []string) error {
+	m := newMatcher(match)
+	if m.empty() {
+		return nil
+	}
+	tracked := map[int]bool{}
+	if cur, err := i.Tracked(); err == nil {
+		for _, t := range cur {
+			tracked[int(t)] = true
+		}
+	}
+	added := 0
+	for pass := 0; pass < 5; pass++ {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		parents, err := procParents()
+		if err != nil {
+			return fmt.Errorf("seed process tree: %w", err)
+		}
+		var isTracked func(pid, depth int) bool
+		memo := map[int]bool{}
+		isTracked = func(pid, depth int) bool {
+			if pid <= 1 || depth > 4096 {
+				return false
+			}
+			if v, ok := memo[pid]; ok {
+				return v
+			}
+			v := tracked[pid] || m.matchPID(pid)
+			if !v {
+				if ppid, ok := parents[pid]; ok {
+					v = isTracked(ppid, depth+1)
+				}
+			}
+			memo[pid] = v
+			return v
+		}
+		newThisPass := 0
+		for pid := range parents {
+			if tracked[pid] || !isTracked(pid, 0) {
+				continue
+			}
+			if err := i.Track(uint32(pid)); err != nil {
+				return fmt.Errorf("seed process tree: %w", err)
+			}
+			tracked[pid] = true
+			newThisPass++
+		}
+		added += newThisPass
+		if newThisPass == 0 {
+			break
+		}
+	}
+	i.log.Info("process trees seeded", "match", match, "added", added)
+	return nil
+}
+
+// WatchExec tracks processes that exec a matching executable while the
+// daemon runs. The kernel reports execs of untracked processes (in
+// ModeTree); each is checked against /proc/PID/exe. It blocks until ctx is
+// done and then returns nil; it returns an error only if the ring buffer
+// cannot be read. Events queued while no daemon ran are processed too.
+func (i *Interceptor) WatchExec(ctx context.Context, match []string) error {
+	m := newMatcher(match)
+	rd, err := ringbuf.NewReader(i.objs.AirlockExecs)
+	if err != nil {
+		return fmt.Errorf("watch execs: open ring buffer: %w", err)
+	}
+	stop := context.AfterFunc(ctx, func() { rd.Close() })
+	defer stop()
+	defer rd.Close()
+
+	var rec ringbuf.Record
+	var ev airlockExecEvent
+	for {
+		if err := rd.ReadInto(&rec); err != nil {
+			if errors.Is(err, ringbuf.ErrClosed) {
+				return nil
+			}
+			return fmt.Errorf("watch execs: %w", err)
+		}
+		if m.empty() {
+			continue
+		}
+		if _, err := binary.Decode(rec.RawSample, binary.NativeEndian, &ev); err != nil {
+			i.log.Warn("bad exec event", "len", len(rec.RawSample), "err", err)
+			continue
+		}
+		if !m.matchPID(int(ev.Tgid)) {
+			continue
+		}
+		if err := i.Track(ev.Tgid); err != nil {
+			i.log.Warn("cannot track exec'd process", "tgid", ev.Tgid, "err", err)
+			continue
+		}
+		i.log.Info("tracking exec'd process", "tgid", ev.Tgid, "ppid", ev.Ppid, "comm", commString(ev.Comm))
+	}
+}
