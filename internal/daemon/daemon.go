@@ -167,7 +167,7 @@ func (d *Daemon) start(ctx context.Context) error {
 	}
 
 	dialer := upstream.Dialer{Mark: d.cfg.Intercept.Mark, Timeout: 10 * time.Second}
-	d.routes, err = newRouter(ctx, d.cfg, d.set, dialer, d.log)
+	d.routes, err = newRouter(ctx, d.cfg, d.set, dialer, d.lookup, d.log)
 	if err != nil {
 		return err
 	}
@@ -281,6 +281,18 @@ func (d *Daemon) reapRunGroups(ctx context.Context) {
 			_ = os.Remove(p)
 		}
 	}
+}
+
+func (d *Daemon) lookup(ctx context.Context, host string) ([]string, error) {
+	addrs, _, err := d.res.Resolve(ctx, host)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]string, len(addrs))
+	for i, a := range addrs {
+		out[i] = a.String()
+	}
+	return out, nil
 }
 
 func (d *Daemon) isTrackedRoot(pid uint32) bool {

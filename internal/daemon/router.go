@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/airlockhq/airlock/internal/config"
 	"github.com/airlockhq/airlock/internal/frontdoor"
@@ -31,7 +32,11 @@ type router struct {
 	closers  []func()
 }
 
-func newRouter(ctx context.Context, cfg *config.Config, set *targets.Set, dialer upstream.Dialer, log *slog.Logger) (*router, error) {
+// lookupFunc resolves upstream hostnames with the daemon's resolver, so the
+// names and hosts file that define targets also define where upstreams are.
+type lookupFunc func(ctx context.Context, host string) ([]string, error)
+
+func newRouter(ctx context.Context, cfg *config.Config, set *targets.Set, dialer upstream.Dialer, lookup lookupFunc, log *slog.Logger) (*router, error) {
 	r := &router{set: set, byTarget: map[string]frontdoor.Route{}, fallback: relay.TCP{Dialer: dialer}}
 	var clientTLS *tls.Config
 	for _, conn := range cfg.Connections {
@@ -47,7 +52,7 @@ func newRouter(ctx context.Context, cfg *config.Config, set *targets.Set, dialer
 					return nil, fmt.Errorf("client-leg TLS certificate: %w", err)
 				}
 			}
-			p, err := r.postgres(ctx, conn, clientTLS, dialer, log)
+			p, err := r.postgres(ctx, conn, clientTLS, dialer, lookup, log)
 			if err != nil {
 				r.close()
 				return nil, fmt.Errorf("connection %s: %w", conn.Name, err)
@@ -61,7 +66,7 @@ func newRouter(ctx context.Context, cfg *config.Config, set *targets.Set, dialer
 	return r, nil
 }
 
-func (r *router) postgres(ctx context.Context, conn config.Connection, clientTLS *tls.Config, dialer upstream.Dialer, log *slog.Logger) (*pgwire.Proxy, error) {
+func (r *router) postgres(ctx context.Context, conn config.Connection, clientTLS *tls.Config, dialer upstream.Dialer, lookup lookupFunc, log *slog.Logger) (*pgwire.Proxy, error) {
 	pg := conn.Postgres
 	var creds pgwire.Credentials
 	switch pg.Credential.Mode {
@@ -76,7 +81,7 @@ func (r *router) postgres(ctx context.Context, conn config.Connection, clientTLS
 		if err != nil {
 			return nil, err
 		}
-		admin, err := adminConfig(pg, pw, dialer)
+		admin, err := adminConfig(pg, pw, dialer, lookup)
 		if err != nil {
 			return nil, err
 		}
@@ -114,7 +119,7 @@ func (r *router) postgres(ctx context.Context, conn config.Connection, clientTLS
 	})
 }
 
-func adminConfig(pg *config.Postgres, password string, dialer upstream.Dialer) (*pgx.ConnConfig, error) {
+func adminConfig(pg *config.Postgres, password string, dialer upstream.Dialer, lookup lookupFunc) (*pgx.ConnConfig, error) {
 	sslmode := pg.Upstream.TLS.Mode
 	dsn := "host=" + quoteDSN(pg.Upstream.Host) + " port=" + strconv.Itoa(int(pg.Upstream.Port)) +
 		" user=" + quoteDSN(pg.Credential.AdminUser) + " dbname=" + quoteDSN(pg.Credential.AdminDatabase) +
@@ -130,6 +135,7 @@ func adminConfig(pg *config.Postgres, password string, dialer upstream.Dialer) (
 	// an error message could quote.
 	cc.Password = password
 	cc.DialFunc = dialer.DialContext
+	cc.LookupFunc = pgconn.LookupFunc(lookup)
 	if pg.Upstream.TLS.ServerName != "" && cc.TLSConfig != nil {
 		cc.TLSConfig.ServerName = pg.Upstream.TLS.ServerName
 	}
