@@ -147,7 +147,6 @@ func Start(t testing.TB, opts Options) *Server {
 		done := make(chan struct{})
 		go func() { _ = cmd.Wait(); close(done) }()
 		t.Cleanup(func() {
-			_ = cmd.Process.Signal(os.Interrupt)
 			select {
 			case <-done:
 			case <-time.After(15 * time.Second):
@@ -155,6 +154,15 @@ func Start(t testing.TB, opts Options) *Server {
 			}
 		})
 	}
+	// runuser does not pass signals on to the postmaster, so the server is
+	// stopped with pg_ctl (fast shutdown) before its runuser is reaped
+	// (cleanups run last-registered first).
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		_ = exec.CommandContext(ctx, "runuser", "-u", "postgres", "--", filepath.Join(bin, "pg_ctl"),
+			"stop", "-D", data, "-m", "fast", "-w", "-t", "20").Run()
+	})
 	s.waitReady(t, bin)
 	return s
 }
