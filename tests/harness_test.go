@@ -42,6 +42,9 @@ func TestMain(m *testing.M) {
 	case "tree":
 		helperTree()
 		return
+	case "pgx":
+		helperPgx()
+		return
 	default:
 		fmt.Fprintln(os.Stderr, "unknown helper")
 		os.Exit(2)

@@ -333,8 +333,8 @@ func (c *Config) validatePostgres(key string, conn *Connection) error {
 		if cr.User != "" || cr.PasswordFile != "" {
 			return c.errKey(key+".credential", "user and password_file belong to static mode")
 		}
-		if cr.TTL.D() < time.Minute {
-			return c.errKey(key+".credential.ttl", "must be at least 1m")
+		if cr.TTL.D() < 5*time.Second {
+			return c.errKey(key+".credential.ttl", "must be at least 5s")
 		}
 	case "static":
 		if cr.User == "" || cr.PasswordFile == "" {

@@ -135,7 +135,16 @@ func Start(t testing.TB, opts Options) *Server {
 	}
 	_ = os.Chown(filepath.Join(data, "pg_hba.conf"), uid, gid)
 
-	args := []string{"-u", "postgres", "--", filepath.Join(bin, "postgres"), "-D", data}
+	// The server's log goes to a file, shown only when the test fails.
+	logFile := filepath.Join(dir, "server.log")
+	args := []string{"-u", "postgres", "--", "sh", "-c", `exec "$0" -D "$1" 2>>"$2"`, filepath.Join(bin, "postgres"), data, logFile}
+	t.Cleanup(func() {
+		if t.Failed() {
+			if b, err := os.ReadFile(logFile); err == nil {
+				t.Logf("pgtest: server log:\n%s", b)
+			}
+		}
+	})
 	if opts.Host != nil {
 		opts.Host.Serve(t, "runuser", args...)
 	} else {
@@ -203,8 +212,12 @@ func (s *Server) Psql(t testing.TB, db, sql string) string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	out, err := exec.CommandContext(ctx, "psql", "-X", "-At", "-v", "ON_ERROR_STOP=1", "-h", s.Dir,
-		"-p", strconv.Itoa(s.Port), "-U", s.AdminUser, "-d", db, "-c", sql).CombinedOutput()
+	// Through stdin, not -c: several statements then run one by one, as
+	// CREATE DATABASE needs, instead of in one implicit transaction.
+	cmd := exec.CommandContext(ctx, "psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-h", s.Dir,
+		"-p", strconv.Itoa(s.Port), "-U", s.AdminUser, "-d", db, "-f", "-")
+	cmd.Stdin = strings.NewReader(sql)
+	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("pgtest: psql %q: %v: %s", sql, err, out)
 	}

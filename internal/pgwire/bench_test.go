@@ -1,0 +1,225 @@
+package pgwire
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/airlockhq/airlock/internal/pgtest"
+)
+
+// BenchmarkSelect1 measures one round trip of "select 1", direct and through
+// the proxy, in the same run: the difference is the proxy's added latency.
+func BenchmarkSelect1(b *testing.B) {
+	pg := startPG(b, pgtest.Options{})
+	h := newHarness(b, pg, nil)
+	targets := []struct{ name, url string }{
+		{"Direct", pg.AdminURL("postgres")},
+		{"Proxy", h.url("postgres")},
+	}
+	for _, tgt := range targets {
+		for _, mode := range []string{"simple", "prepared"} {
+			b.Run(tgt.name+"/"+mode, func(b *testing.B) {
+				ctx := context.Background()
+				c, err := pgconn.Connect(ctx, tgt.url)
+				if err != nil {
+					b.Fatal(err)
+				}
+				defer c.Close(ctx)
+				if _, err := c.Prepare(ctx, "s1", "select 1", nil); err != nil {
+					b.Fatal(err)
+				}
+				b.ResetTimer()
+				for i := 0; i < b.N; i++ {
+					if mode == "simple" {
+						_, err = c.Exec(ctx, "select 1").ReadAll()
+					} else {
+						err = c.ExecPrepared(ctx, "s1", nil, nil, nil).Read().Err
+					}
+					if err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+		}
+	}
+}
+
+// TestPgbenchRatio compares pgbench TPS direct and through the proxy. It is
+// slow and load-sensitive, so it only runs with AIRLOCK_PERF=1.
+func TestPgbenchRatio(t *testing.T) {
+	if os.Getenv("AIRLOCK_PERF") == "" {
+		t.Skip("set AIRLOCK_PERF=1 to compare pgbench throughput")
+	}
+	pg := startPG(t, pgtest.Options{})
+	h := newHarness(t, pg, nil)
+	direct := []string{"PGPORT=" + itoa(pg.Port), "PGUSER=" + pg.AdminUser, "PGPASSWORD=" + pg.AdminPassword}
+	run(t, h, direct, "pgbench", "-i", "-q", "-s", "10")
+	tps := regexp.MustCompile(`tps = ([0-9.]+) \(without initial`)
+	measure := func(env []string, args ...string) float64 {
+		out := run(t, h, env, "pgbench", append([]string{"-n", "-T", "8"}, args...)...)
+		m := tps.FindStringSubmatch(out)
+		if m == nil {
+			t.Fatalf("no tps in %s", out)
+		}
+		f, _ := strconv.ParseFloat(m[1], 64)
+		return f
+	}
+	bouncer := startPgBouncer(t, pg)
+	cases := [][]string{{"-c", "1", "-S"}, {"-c", "10", "-j", "2", "-S"}, {"-c", "10", "-j", "2"}, {"-c", "10", "-j", "2", "-M", "prepared"}}
+	if os.Getenv("AIRLOCK_PERF") == "quick" {
+		cases = cases[:2]
+	}
+	for _, tc := range cases {
+		d := measure(direct, tc...)
+		p := measure(nil, tc...)
+		line := fmt.Sprintf("pgbench %v: direct %.0f tps, proxy %.0f tps (%.2f)", tc, d, p, p/d)
+		if bouncer != 0 {
+			b := measure([]string{"PGPORT=" + itoa(bouncer)}, tc...)
+			line += fmt.Sprintf(", pgbouncer %.0f tps (%.2f)", b, b/d)
+		}
+		t.Log(line)
+	}
+}
+
+// TestIdleSessionMemory bounds what an idle relayed session costs the
+// daemon: both pumps, the goroutine, the sockets and the tracker.
+func TestIdleSessionMemory(t *testing.T) {
+	pg := startPG(t, pgtest.Options{Conf: []string{"max_connections = 300"}})
+	h := newHarness(t, pg, nil)
+	login := startupPacket(3<<16, "user", "x", "database", "postgres")
+	const n = 200
+	// Warm up so that one-time allocations do not count.
+	warm := idleClients(t, h, login, 5)
+	defer closeAll(warm)
+	before := heapAndStacks()
+	conns := idleClients(t, h, login, n)
+	defer closeAll(conns)
+	time.Sleep(200 * time.Millisecond)
+	per := (heapAndStacks() - before) / n
+	t.Logf("idle session: %d bytes in the daemon (heap in use + stacks), client side excluded", per)
+	if per > 64<<10 {
+		t.Fatalf("idle session costs %d bytes, want < 64 KiB", per)
+	}
+}
+
+func idleClients(t *testing.T, h *harness, login []byte, n int) []net.Conn {
+	var out []net.Conn
+	for i := 0; i < n; i++ {
+		c, err := net.Dial("tcp", h.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, c)
+		if _, err := c.Write(login); err != nil {
+			t.Fatal(err)
+		}
+		fe := pgproto3.NewFrontend(c, c)
+		for {
+			m, err := fe.Receive()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, ok := m.(*pgproto3.ReadyForQuery); ok {
+				break
+			}
+		}
+		// One query so the session has relayed something.
+		fe.Send(&pgproto3.Query{String: "select 1"})
+		_ = fe.Flush()
+		for {
+			m, err := fe.Receive()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, ok := m.(*pgproto3.ReadyForQuery); ok {
+				break
+			}
+		}
+	}
+	return out
+}
+
+func closeAll(cs []net.Conn) {
+	for _, c := range cs {
+		_ = c.Close()
+	}
+}
+
+func heapAndStacks() int64 {
+	runtime.GC()
+	runtime.GC()
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return int64(m.HeapInuse + m.StackInuse)
+}
+
+// startPgBouncer runs a session-pooling PgBouncer in front of pg, as the
+// reference point for the proxy's overhead; 0 when it is not installed.
+func startPgBouncer(t *testing.T, pg *pgtest.Server) int {
+	bin, err := exec.LookPath("pgbouncer")
+	if err != nil {
+		return 0
+	}
+	port := freeTCPPort(t)
+	// Not t.TempDir: its parent is private to root, and PgBouncer runs as
+	// postgres.
+	dir, err := os.MkdirTemp("", "airlock-pgbouncer-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.RemoveAll(dir) })
+	_ = os.Chmod(dir, 0o777)
+	users := filepath.Join(dir, "users.txt")
+	_ = os.WriteFile(users, []byte(`"whoever" ""`+"\n"), 0o644)
+	cfg := filepath.Join(dir, "pgbouncer.ini")
+	_ = os.WriteFile(cfg, []byte(fmt.Sprintf(`[databases]
+postgres = host=%s port=%d dbname=postgres user=%s password=%s
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = %d
+unix_socket_dir =
+auth_type = trust
+auth_file = %s
+pool_mode = session
+max_client_conn = 100
+default_pool_size = 20
+logfile = %s/pgbouncer.log
+`, pg.Addr, pg.Port, pg.AdminUser, pg.AdminPassword, port, users, dir)), 0o644)
+	cmd := exec.Command(bin, "-u", "postgres", cfg)
+	if err := cmd.Start(); err != nil {
+		t.Logf("pgbouncer: %v", err)
+		return 0
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	for i := 0; i < 50; i++ {
+		if c, err := net.Dial("tcp", "127.0.0.1:"+itoa(port)); err == nil {
+			_ = c.Close()
+			return port
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	log, _ := os.ReadFile(filepath.Join(dir, "pgbouncer.log"))
+	t.Logf("pgbouncer did not start: %s", log)
+	return 0
+}
+
+func freeTCPPort(t *testing.T) int {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}

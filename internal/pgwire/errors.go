@@ -1,0 +1,57 @@
+package pgwire
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/airlockhq/airlock/internal/session"
+)
+
+// Why a session ended, for the daemon's session.end record. A nil error from
+// Serve means the client ended the session itself.
+var (
+	ErrRefused        = errors.New("refused")
+	ErrShutdown       = errors.New("airlock is shutting down")
+	ErrExpired        = errors.New("just-in-time credential expired")
+	ErrUpstreamClosed = errors.New("upstream closed the connection")
+	ErrProtocol       = errors.New("protocol violation")
+)
+
+// SQLSTATEs the proxy itself reports.
+const (
+	codeProtocolViolation = "08P01"
+	codeFeatureNotSupp    = "0A000"
+	codeInvalidAuth       = "28000"
+	codeInvalidDatabase   = "3D000"
+	codeUnableToConnect   = "08001"
+	codeConnectionFailure = "08006"
+	codeAdminShutdown     = "57P01"
+	codeProgramLimit      = "54000"
+)
+
+// fatal is an ErrorResponse the proxy sends before it closes the client.
+type fatal struct {
+	code string
+	msg  string
+}
+
+func (f fatal) encode(dst []byte) []byte {
+	out, _ := (&pgproto3.ErrorResponse{Severity: "FATAL", SeverityUnlocalized: "FATAL",
+		Code: f.code, Message: f.msg}).Encode(dst)
+	return out
+}
+
+// refuse tells the client why it is turned away, records the refusal and
+// returns the error Serve reports.
+func (p *Proxy) refuse(client net.Conn, sess *session.Session, f fatal) error {
+	// Recorded before the client hears it, so the record never lags.
+	sess.Emit(session.Event{Kind: session.KindRefused, Refusal: &session.Refusal{Reason: f.msg, SQLState: f.code}})
+	p.log.Info("pgwire: refused", "session", sess.ID, "connection", p.opts.Name, "sqlstate", f.code, "reason", f.msg)
+	_ = client.SetWriteDeadline(time.Now().Add(time.Second))
+	_, _ = client.Write(f.encode(nil))
+	return fmt.Errorf("%w: %s (%s)", ErrRefused, f.msg, f.code)
+}

@@ -1,0 +1,94 @@
+package pgwire
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"testing"
+	"testing/iotest"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+)
+
+// TestPumpFraming checks that the pump forwards streams unchanged however
+// the reads are cut, and hands the decoder whole bodies of every size.
+func TestPumpFraming(t *testing.T) {
+	big := bytes.Repeat([]byte("q"), 3*bigBuf+17)
+	stream := encodeAll(
+		&pgproto3.Query{String: "select 1"},
+		&pgproto3.CopyData{Data: big},                     // streamed, never held whole
+		&pgproto3.Query{String: string(big[:bigBuf-100])}, // decoded within a big buffer
+		&pgproto3.Query{String: string(big)},              // decoded from its own allocation
+		&pgproto3.Sync{},
+		&pgproto3.Terminate{},
+	)
+	readers := []struct {
+		name string
+		r    func() io.Reader
+	}{
+		{"whole", func() io.Reader { return bytes.NewReader(stream) }},
+		{"one byte", func() io.Reader { return iotest.OneByteReader(bytes.NewReader(stream)) }},
+		{"half", func() io.Reader { return iotest.HalfReader(bytes.NewReader(stream)) }},
+		{"data with EOF", func() io.Reader { return iotest.DataErrReader(bytes.NewReader(stream)) }},
+	}
+	for _, rc := range readers {
+		t.Run(rc.name, func(t *testing.T) {
+			var out bytes.Buffer
+			var seen []string
+			p := newPump(rc.r(), &out, func(typ byte, n int, body []byte) error {
+				if typ == 'Q' {
+					var q pgproto3.Query
+					if err := q.Decode(body); err != nil {
+						t.Fatalf("decode: %v", err)
+					}
+					seen = append(seen, "Q"+itoa(len(q.String)))
+				} else {
+					seen = append(seen, string(typ)+itoa(n))
+				}
+				if typ == 'X' {
+					return errClientTerminate
+				}
+				return nil
+			}, "Q", 1<<22, 1<<22)
+			if err := p.run(); !errors.Is(err, errClientTerminate) {
+				t.Fatalf("run: %v", err)
+			}
+			if !bytes.Equal(out.Bytes(), stream) {
+				t.Fatalf("forwarded %d bytes, want the %d-byte stream unchanged", out.Len(), len(stream))
+			}
+			want := []string{"Q8", "d" + itoa(len(big)+4), "Q" + itoa(bigBuf-100), "Q" + itoa(len(big)), "S4", "X4"}
+			if len(seen) != len(want) {
+				t.Fatalf("seen %v, want %v", seen, want)
+			}
+			for i := range want {
+				if seen[i] != want[i] {
+					t.Fatalf("seen %v, want %v", seen, want)
+				}
+			}
+			if p.big != nil {
+				t.Fatal("pump kept a big buffer after the stream ended")
+			}
+		})
+	}
+}
+
+func TestPumpLimits(t *testing.T) {
+	tests := []struct {
+		name string
+		in   []byte
+		want error
+	}{
+		{"too long", []byte{'Q', 0, 1, 0, 5}, errTooLong{65537, 65536}},
+		{"bad length", []byte{'Q', 0, 0, 0, 3}, errBadLength},
+		{"clean end", encodeAll(&pgproto3.Sync{}), io.EOF},
+		{"cut mid-message", []byte{'Q', 0, 0, 0, 9, 's'}, io.ErrUnexpectedEOF},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			p := newPump(bytes.NewReader(tc.in), io.Discard, func(byte, int, []byte) error { return nil }, "Q", 1<<16, 1<<16)
+			if err := p.run(); !errors.Is(err, tc.want) && err != tc.want {
+				t.Fatalf("run: %v, want %v", err, tc.want)
+			}
+		})
+	}
+}

@@ -1,0 +1,138 @@
+package pgwire
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/airlockhq/airlock/internal/identity"
+	"github.com/airlockhq/airlock/internal/session"
+)
+
+func encodeAll(msgs ...interface{ Encode([]byte) ([]byte, error) }) []byte {
+	var b []byte
+	for _, m := range msgs {
+		b, _ = m.Encode(b)
+	}
+	return b
+}
+
+func clientSeeds() [][]byte {
+	return [][]byte{
+		encodeAll(&pgproto3.Query{String: "select 1; select 2"}, &pgproto3.Terminate{}),
+		encodeAll(&pgproto3.Parse{Name: "s1", Query: "select $1"}, &pgproto3.Bind{PreparedStatement: "s1",
+			ParameterFormatCodes: []int16{1}, Parameters: [][]byte{{0, 0, 0, 1}, nil}}, &pgproto3.Describe{ObjectType: 'P'},
+			&pgproto3.Execute{}, &pgproto3.Sync{}, &pgproto3.Close{ObjectType: 'S', Name: "s1"}, &pgproto3.Flush{}),
+		encodeAll(&pgproto3.Query{String: "copy t from stdin"}, &pgproto3.CopyData{Data: []byte("1\tx\n")},
+			&pgproto3.CopyDone{}, &pgproto3.CopyFail{Message: "no"}),
+		{'Q', 0, 0, 0, 3},
+		{'Q', 0x7f, 0xff, 0xff, 0xff, 's'},
+		{'P', 0, 0, 0, 4},
+		{'B', 0, 0, 0, 8, 0, 0, 0xff, 0xff},
+	}
+}
+
+func serverSeeds() [][]byte {
+	return [][]byte{
+		encodeAll(&pgproto3.RowDescription{Fields: []pgproto3.FieldDescription{{Name: []byte("a")}}},
+			&pgproto3.DataRow{Values: [][]byte{[]byte("1")}}, &pgproto3.CommandComplete{CommandTag: []byte("SELECT 1")},
+			&pgproto3.ReadyForQuery{TxStatus: 'I'}),
+		encodeAll(&pgproto3.ParseComplete{}, &pgproto3.BindComplete{}, &pgproto3.ErrorResponse{Severity: "ERROR", Code: "22012"},
+			&pgproto3.ReadyForQuery{TxStatus: 'I'}),
+		encodeAll(&pgproto3.NoticeResponse{Message: "n"}, &pgproto3.NotificationResponse{Channel: "c"},
+			&pgproto3.ParameterStatus{Name: "a", Value: "b"}, &pgproto3.PortalSuspended{}, &pgproto3.EmptyQueryResponse{},
+			&pgproto3.CopyOutResponse{}, &pgproto3.CopyData{Data: []byte("x")}, &pgproto3.CopyDone{}),
+		{'C', 0, 0, 0, 4},
+		{'E', 0, 0, 0, 5, 0},
+	}
+}
+
+// FuzzClientMessages relays arbitrary client bytes: the pump must forward an
+// exact prefix of its input, never panic, and stop.
+func FuzzClientMessages(f *testing.F) {
+	for _, s := range clientSeeds() {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		tr := newTracker(session.New(&capSink{}))
+		var out bytes.Buffer
+		p := newPump(bytes.NewReader(data), &out, func(typ byte, _ int, body []byte) error { return tr.client(typ, body) },
+			clientDecoded, 1<<16, 1<<16)
+		_ = p.run()
+		if !bytes.HasPrefix(data, out.Bytes()) {
+			t.Fatalf("forwarded bytes are not a prefix of the input")
+		}
+	})
+}
+
+// FuzzSessionStreams feeds a client stream and then a server stream through
+// one tracker, as the two pumps of a session would.
+func FuzzSessionStreams(f *testing.F) {
+	for _, c := range clientSeeds() {
+		for _, s := range serverSeeds() {
+			f.Add(c, s)
+		}
+	}
+	f.Fuzz(func(t *testing.T, client, server []byte) {
+		tr := newTracker(session.New(&capSink{}))
+		c2s := newPump(bytes.NewReader(client), io.Discard, func(typ byte, _ int, body []byte) error { return tr.client(typ, body) },
+			clientDecoded, 1<<16, 1<<16)
+		_ = c2s.run()
+		var out bytes.Buffer
+		s2c := newPump(bytes.NewReader(server), &out, tr.server, serverDecoded, serverDecodeMax, 0)
+		_ = s2c.run()
+		if !bytes.HasPrefix(server, out.Bytes()) {
+			t.Fatalf("forwarded bytes are not a prefix of the input")
+		}
+	})
+}
+
+type failCreds struct{}
+
+func (failCreds) Acquire(context.Context, *session.Session, string) (Lease, error) {
+	return nil, errors.New("no credentials in fuzzing")
+}
+
+// FuzzClientStartup serves arbitrary pre-startup bytes: Serve must answer
+// or close, and return, without panicking.
+func FuzzClientStartup(f *testing.F) {
+	f.Add(startupPacket(3<<16, "user", "x", "database", "postgres"))
+	f.Add(startupPacket(3<<16|2, "user", "x", "_pq_.opt", "1"))
+	f.Add(startupPacket(2<<16, "user", "x"))
+	f.Add(append(append([]byte{}, sslReq...), startupPacket(3<<16, "database", "postgres")...))
+	f.Add([]byte{0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x30, 0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x30})
+	f.Add([]byte{0, 0, 0, 16, 0x04, 0xd2, 0x16, 0x2e, 0, 0, 0, 1, 2, 3, 4, 5})
+	f.Add([]byte("GET / HTTP/1.1\r\n\r\n"))
+	f.Add([]byte{0x16, 3, 1, 0, 5, 1, 2, 3, 4, 5})
+	p, err := New(Options{Name: "fuzz", Upstream: Upstream{Host: "127.0.0.1", Port: 1}, Databases: []string{"postgres"},
+		Credentials: failCreds{}})
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		a, b := net.Pipe()
+		sess := session.New(&capSink{})
+		sess.Person = identity.Person{Name: "fuzz"}
+		go func() { _, _ = io.Copy(io.Discard, b) }()
+		go func() {
+			_, _ = b.Write(data)
+			_ = b.Close() // the client goes once it has said its piece
+		}()
+		done := make(chan struct{})
+		go func() {
+			_ = p.Serve(context.Background(), a, sess)
+			close(done)
+		}()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			t.Fatal("Serve did not return after the client left")
+		}
+	})
+}

@@ -1,0 +1,218 @@
+// Package pgwire is Airlock's PostgreSQL proxy. It takes a client connection
+// the daemon intercepted, vouches for the person behind it with a
+// just-in-time upstream credential, and relays the session byte for byte,
+// decoding only what the audit record needs.
+package pgwire
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"slices"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/airlockhq/airlock/internal/session"
+)
+
+// Lease is an upstream credential held for one session.
+type Lease interface {
+	User() string
+	Password() string
+	Expires() time.Time // zero: does not expire
+	Release(ctx context.Context) error
+}
+
+// Credentials hands out upstream credentials for sessions.
+type Credentials interface {
+	Acquire(ctx context.Context, sess *session.Session, database string) (Lease, error)
+}
+
+// Upstream is the real PostgreSQL server.
+type Upstream struct {
+	Host       string
+	Port       int
+	TLSMode    string // disable, prefer (default), require, verify-ca, verify-full
+	CAFile     string // roots for verify-ca and verify-full
+	ServerName string // name to verify instead of Host
+}
+
+// Options configures a Proxy.
+type Options struct {
+	Name          string // connection name, for messages
+	Upstream      Upstream
+	Databases     []string // allowed database names; empty refuses all
+	Credentials   Credentials
+	ClientTLS     *tls.Config                                                       // nil: clients are told TLS is unavailable
+	Dial          func(ctx context.Context, network, addr string) (net.Conn, error) // nil: an unmarked net.Dialer (tests only)
+	Logger        *slog.Logger
+	MaxMessageLen int // largest client message body; default 1 MiB
+}
+
+const (
+	defaultMaxMessageLen = 1 << 20
+	startupTimeout       = 30 * time.Second
+	acquireTimeout       = 30 * time.Second
+	releaseTimeout       = 10 * time.Second
+)
+
+// Proxy serves sessions for one configured connection.
+type Proxy struct {
+	opts    Options
+	log     *slog.Logger
+	cancels cancelRegistry
+}
+
+// New checks opts and returns a Proxy.
+func New(opts Options) (*Proxy, error) {
+	u := &opts.Upstream
+	if u.Host == "" || strings.ContainsAny(u.Host, ", ") {
+		return nil, fmt.Errorf("pgwire: upstream host %q: want one host name or address", u.Host)
+	}
+	if u.Port <= 0 || u.Port > 65535 {
+		return nil, fmt.Errorf("pgwire: upstream port %d out of range", u.Port)
+	}
+	if u.TLSMode == "" {
+		u.TLSMode = "prefer"
+	}
+	switch u.TLSMode {
+	case "disable", "prefer", "require", "verify-ca", "verify-full":
+	default:
+		return nil, fmt.Errorf("pgwire: upstream TLS mode %q: want disable, prefer, require, verify-ca or verify-full", u.TLSMode)
+	}
+	if opts.Credentials == nil {
+		return nil, errors.New("pgwire: no credentials source")
+	}
+	if opts.Name == "" {
+		opts.Name = net.JoinHostPort(u.Host, fmt.Sprint(u.Port))
+	}
+	if opts.MaxMessageLen <= 0 {
+		opts.MaxMessageLen = defaultMaxMessageLen
+	}
+	opts.Databases = slices.Clone(opts.Databases)
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Proxy{opts: opts, log: log}, nil
+}
+
+// Serve runs one client session until it ends, and closes client. It
+// returns nil when the client ended the session (or gave up before it
+// began), else why the proxy ended it: ErrRefused, ErrShutdown, ErrExpired,
+// ErrUpstreamClosed, ErrProtocol, wrapped with detail. It also records the
+// bytes relayed as the session attributes bytes_in and bytes_out.
+func (p *Proxy) Serve(ctx context.Context, client net.Conn, sess *session.Session) error {
+	defer func() { _ = client.Close() }()
+	_ = client.SetDeadline(time.Now().Add(startupTimeout))
+	st, f, err := p.handshake(client)
+	conn := st.conn
+	if conn != client {
+		defer func() { _ = conn.Close() }()
+	}
+	if err != nil {
+		if clientGone(err) {
+			return nil
+		}
+		return fmt.Errorf("pgwire: client startup: %w", err)
+	}
+	if f != nil {
+		return p.refuse(conn, sess, *f)
+	}
+	if st.cancel != nil {
+		return p.serveCancel(ctx, sess, *st.cancel)
+	}
+
+	if sess.Person.Name == "" {
+		return p.refuse(conn, sess, fatal{codeInvalidAuth,
+			fmt.Sprintf("no identity for uid %d: run `airlock login`", sess.Origin.UID)})
+	}
+	database := st.params["database"]
+	if database == "" {
+		database = st.params["user"] // PostgreSQL's default
+	}
+	if !slices.Contains(p.opts.Databases, database) {
+		return p.refuse(conn, sess, fatal{codeInvalidDatabase, p.databaseRefusal(database)})
+	}
+	sess.SetAttr("database", database)
+
+	actx, cancel := context.WithTimeout(ctx, acquireTimeout)
+	lease, err := p.opts.Credentials.Acquire(actx, sess, database)
+	cancel()
+	if err != nil {
+		return p.refuse(conn, sess, fatal{codeInvalidAuth, fmt.Sprintf(
+			"could not create a just-in-time credential for connection %s: %v; ask your Airlock admin", p.opts.Name, err)})
+	}
+	defer p.release(sess, lease)
+	sess.SetAttr("upstream_user", lease.User())
+
+	up, f := p.connectUpstream(ctx, sess, lease, database, st.params)
+	if f != nil {
+		return p.refuse(conn, sess, *f)
+	}
+	defer func() { _ = up.conn.Close() }()
+
+	key := p.cancels.register(cancelTarget{addr: up.conn.RemoteAddr().String(), pid: up.pid,
+		secret: up.secret, uid: sess.Origin.UID, session: sess.ID})
+	defer p.cancels.unregister(key)
+
+	if err := p.greet(conn, st, up, key); err != nil {
+		return nil // the client left while we connected
+	}
+	_ = client.SetDeadline(time.Time{})
+	p.log.Debug("pgwire: session relaying", "session", sess.ID, "connection", p.opts.Name,
+		"database", database, "upstream_pid", up.pid)
+	return p.relay(ctx, conn, up, sess, lease)
+}
+
+func (p *Proxy) databaseRefusal(db string) string {
+	if len(p.opts.Databases) == 0 {
+		return fmt.Sprintf("database %q is not available through Airlock connection %s: no databases are allowed", db, p.opts.Name)
+	}
+	return fmt.Sprintf("database %q is not available through Airlock connection %s; allowed: %s",
+		db, p.opts.Name, strings.Join(p.opts.Databases, ", "))
+}
+
+// greet finishes the client's startup as if the upstream had authenticated
+// it directly, with our cancel key in place of the upstream's.
+func (p *Proxy) greet(conn net.Conn, st startup, up *upstreamConn, key cancelKey) error {
+	var b []byte
+	if st.negotiate != nil {
+		b, _ = st.negotiate.Encode(b)
+	}
+	b, _ = (&pgproto3.AuthenticationOk{}).Encode(b)
+	for k, v := range up.params {
+		b, _ = (&pgproto3.ParameterStatus{Name: k, Value: v}).Encode(b)
+	}
+	b, _ = (&pgproto3.BackendKeyData{ProcessID: key.pid, SecretKey: key.secret[:]}).Encode(b)
+	tx := up.txStatus
+	if tx == 0 {
+		tx = 'I'
+	}
+	b, _ = (&pgproto3.ReadyForQuery{TxStatus: tx}).Encode(b)
+	_, err := conn.Write(b)
+	return err
+}
+
+// release gives the credential back with a context of its own: the
+// session's may already be cancelled by a shutdown.
+func (p *Proxy) release(sess *session.Session, lease Lease) {
+	ctx, cancel := context.WithTimeout(context.Background(), releaseTimeout)
+	defer cancel()
+	if err := lease.Release(ctx); err != nil {
+		p.log.Warn("pgwire: release credential", "session", sess.ID, "connection", p.opts.Name, "err", err)
+	}
+}
+
+// clientGone reports errors that only mean the peer went away.
+func clientGone(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
+}

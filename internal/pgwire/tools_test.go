@@ -1,0 +1,165 @@
+package pgwire
+
+import (
+	"context"
+	"crypto/tls"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/airlockhq/airlock/internal/localtls"
+	"github.com/airlockhq/airlock/internal/pgtest"
+)
+
+// TestUpstreamAuthAndTLS logs in upstream with each supported method and
+// TLS mode.
+func TestUpstreamAuthAndTLS(t *testing.T) {
+	scram := startPG(t, pgtest.Options{})
+	md5 := startPG(t, pgtest.Options{Auth: "md5"})
+	ssl := startPG(t, pgtest.Options{SSL: true})
+	tests := []struct {
+		name       string
+		pg         *pgtest.Server
+		mode, ca   string
+		serverName string
+		wantSSL    bool
+		wantCode   string
+	}{
+		{"scram plain", scram, "disable", "", "", false, ""},
+		{"scram prefer without server TLS", scram, "prefer", "", "", false, ""},
+		{"md5 plain", md5, "disable", "", "", false, ""},
+		{"tls require", ssl, "require", "", "", true, ""},
+		{"tls prefer", ssl, "prefer", "", "", true, ""},
+		{"tls verify-full", ssl, "verify-full", ssl.CACert, "", true, ""},
+		{"tls verify-full wrong name", ssl, "verify-full", ssl.CACert, "db.example", false, "08001"},
+		{"tls require against plain server", scram, "require", "", "", false, "08001"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHarness(t, tc.pg, func(o *Options) {
+				o.Upstream.TLSMode, o.Upstream.CAFile, o.Upstream.ServerName = tc.mode, tc.ca, tc.serverName
+			})
+			c, err := pgx.Connect(ctx(t), h.url("postgres"))
+			if tc.wantCode != "" {
+				if pgCode(err) != tc.wantCode {
+					t.Fatalf("connect: %v, want %s", err, tc.wantCode)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close(ctx(t))
+			var ssl bool
+			if err := c.QueryRow(ctx(t), "select ssl from pg_stat_ssl where pid = pg_backend_pid()").Scan(&ssl); err != nil {
+				t.Fatal(err)
+			}
+			if ssl != tc.wantSSL {
+				t.Fatalf("upstream ssl = %v, want %v", ssl, tc.wantSSL)
+			}
+		})
+	}
+}
+
+func clientTLS(t testing.TB) (func(*Options), string) {
+	dir := t.TempDir()
+	if err := os.Chmod(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := localtls.LoadOrCreate(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return func(o *Options) { o.ClientTLS = cfg }, filepath.Join(dir, "proxy.crt")
+}
+
+func run(t *testing.T, h *harness, env []string, name string, args ...string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, name, args...)
+	cmd.Env = append(os.Environ(), "PGHOST=127.0.0.1", "PGPORT="+itoa(h.port), "PGUSER=whoever",
+		"PGDATABASE=postgres", "PGCONNECT_TIMEOUT=10")
+	cmd.Env = append(cmd.Env, env...)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// TestTools drives psql and pgbench through the proxy, with TLS on the
+// client leg and verify-full TLS upstream.
+func TestTools(t *testing.T) {
+	for _, tool := range []string{"psql", "pgbench"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("%s not installed", tool)
+		}
+	}
+	pg := startPG(t, pgtest.Options{SSL: true})
+	tlsOpt, proxyCert := clientTLS(t)
+	h := newHarness(t, pg, func(o *Options) {
+		tlsOpt(o)
+		o.Upstream.TLSMode, o.Upstream.CAFile = "verify-full", pg.CACert
+	})
+	req := []string{"PGSSLMODE=require"}
+
+	t.Run("psql over TLS", func(t *testing.T) {
+		out := run(t, h, req, "psql", "-X", "-w", "-c", `\conninfo`)
+		if !strings.Contains(out, "SSL connection") {
+			t.Fatalf("psql did not use TLS: %s", out)
+		}
+		// A client that verifies the proxy against proxy.crt.
+		run(t, h, []string{"PGSSLMODE=verify-full", "PGSSLROOTCERT=" + proxyCert}, "psql", "-X", "-w", "-c", "select 1")
+		// Direct TLS negotiation (PostgreSQL 17 clients), here from pgx.
+		for _, neg := range []string{"postgres", "direct"} {
+			c, err := pgx.Connect(ctx(t), h.url("postgres", "sslmode", "require", "sslnegotiation", neg))
+			if err != nil {
+				t.Fatalf("sslnegotiation=%s: %v", neg, err)
+			}
+			if c.PgConn().Conn().(interface{ ConnectionState() tls.ConnectionState }).ConnectionState().Version == 0 {
+				t.Fatal("not TLS")
+			}
+			_ = c.Close(ctx(t))
+		}
+	})
+
+	t.Run("psql copy", func(t *testing.T) {
+		dir := t.TempDir()
+		in := filepath.Join(dir, "in.tsv")
+		var b strings.Builder
+		for i := 0; i < 5000; i++ {
+			b.WriteString(itoa(i) + "\tline " + itoa(i) + "\n")
+		}
+		if err := os.WriteFile(in, []byte(b.String()), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		out := filepath.Join(dir, "out.tsv")
+		run(t, h, req, "psql", "-X", "-w", "-v", "ON_ERROR_STOP=1",
+			"-c", "create table if not exists cpy (id int, s text)",
+			"-c", `\copy cpy from '`+in+`'`,
+			"-c", `\copy (select * from cpy order by id) to '`+out+`'`)
+		got, err := os.ReadFile(out)
+		if err != nil || string(got) != b.String() {
+			t.Fatalf("\\copy round trip: %v, %d bytes", err, len(got))
+		}
+	})
+
+	t.Run("pgbench", func(t *testing.T) {
+		run(t, h, req, "pgbench", "-i", "-q", "-s", "1")
+		for _, mode := range []string{"simple", "extended", "prepared"} {
+			out := run(t, h, req, "pgbench", "-n", "-c", "4", "-t", "50", "-M", mode)
+			if !strings.Contains(out, "number of transactions actually processed: 200/200") {
+				t.Fatalf("pgbench -M %s:\n%s", mode, out)
+			}
+			if strings.Contains(out, "number of failed transactions: ") && !strings.Contains(out, "failed transactions: 0 ") {
+				t.Fatalf("pgbench -M %s had failures:\n%s", mode, out)
+			}
+		}
+	})
+}
