@@ -121,7 +121,8 @@ func newEnv(t *testing.T) *env {
 	}
 	e.bpffs = filepath.Join("/sys/fs/bpf", name)
 	tmp := t.TempDir()
-	e.state, e.runtime = filepath.Join(tmp, "state"), filepath.Join(tmp, "run")
+	// The control socket's folder must be reachable by other users too.
+	e.state, e.runtime = filepath.Join(tmp, "state"), filepath.Join("/run", name)
 	_ = os.Chmod(tmp, 0o755)
 	e.port = freePort(t)
 	t.Cleanup(func() {
@@ -131,6 +132,7 @@ func newEnv(t *testing.T) *env {
 			_ = exec.Command(filepath.Join(binDir, "airlockd"), "uninstall", "--config", e.cfgPath).Run()
 		}
 		_ = os.RemoveAll(e.bpffs)
+		_ = os.RemoveAll(e.runtime)
 		if err := cgroups.Remove(e.cgroup); err != nil {
 			t.Logf("remove test cgroup: %v", err)
 		}

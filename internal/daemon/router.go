@@ -115,6 +115,7 @@ func (r *router) postgres(ctx context.Context, conn config.Connection, clientTLS
 		Credentials: creds,
 		ClientTLS:   clientTLS,
 		Dial:        dialer.DialContext,
+		Lookup:      lookup,
 		Logger:      log.With("connection", conn.Name),
 	})
 }

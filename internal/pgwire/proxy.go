@@ -46,12 +46,16 @@ type Upstream struct {
 
 // Options configures a Proxy.
 type Options struct {
-	Name          string // connection name, for messages
-	Upstream      Upstream
-	Databases     []string // allowed database names; empty refuses all
-	Credentials   Credentials
-	ClientTLS     *tls.Config                                                       // nil: clients are told TLS is unavailable
-	Dial          func(ctx context.Context, network, addr string) (net.Conn, error) // nil: an unmarked net.Dialer (tests only)
+	Name        string // connection name, for messages
+	Upstream    Upstream
+	Databases   []string // allowed database names; empty refuses all
+	Credentials Credentials
+	ClientTLS   *tls.Config                                                       // nil: clients are told TLS is unavailable
+	Dial        func(ctx context.Context, network, addr string) (net.Conn, error) // nil: an unmarked net.Dialer (tests only)
+	// Lookup resolves the upstream host; nil uses the system resolver. The
+	// daemon passes its own, so the names that define targets define
+	// upstreams too.
+	Lookup        func(ctx context.Context, host string) ([]string, error)
 	Logger        *slog.Logger
 	MaxMessageLen int // largest client message body; default 1 MiB
 }

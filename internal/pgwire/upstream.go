@@ -62,6 +62,9 @@ func (p *Proxy) connectUpstream(ctx context.Context, sess *session.Session, leas
 	}
 	cfg.Password = lease.Password()
 	cfg.DialFunc = p.dial
+	if p.opts.Lookup != nil {
+		cfg.LookupFunc = p.opts.Lookup
+	}
 	cfg.ValidateConnect, cfg.AfterConnect = nil, nil
 	cfg.RuntimeParams = upstreamParams(sess, clientParams)
 	if u.ServerName != "" {
