@@ -4,6 +4,7 @@
 package daemon
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -173,7 +174,12 @@ func (d *Daemon) start(ctx context.Context) error {
 	}
 	d.closers = append(d.closers, d.routes.close)
 
-	sink := session.LogSink{Logger: d.log}
+	// Events are written off the data path, through a buffer flushed
+	// whenever the queue runs empty: one write per burst, not per statement.
+	ew := &flushWriter{w: bufio.NewWriterSize(os.Stderr, 64<<10)}
+	q := session.NewQueue(session.LogSink{Logger: slog.New(slog.NewTextHandler(ew, &slog.HandlerOptions{Level: slog.LevelInfo}))}, 4096, ew.Flush)
+	d.closers = append(d.closers, d.watch(ctx, q.Run))
+	sink := q
 	d.fd, err = frontdoor.Listen(frontdoor.Options{
 		Port:    d.cfg.Proxy.Port,
 		Records: d.ic,
@@ -333,6 +339,24 @@ func (d *Daemon) close() {
 			d.log.Warn("close interceptor", "err", err)
 		}
 	}
+}
+
+// flushWriter is a buffered writer that Flush and Write may share.
+type flushWriter struct {
+	mu sync.Mutex
+	w  *bufio.Writer
+}
+
+func (f *flushWriter) Write(b []byte) (int, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.w.Write(b)
+}
+
+func (f *flushWriter) Flush() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	_ = f.w.Flush()
 }
 
 // Uninstall detaches and unpins everything a configuration installed.
