@@ -19,8 +19,9 @@ PORT=15432
 BIN=$PWD/bin
 PGBIN=""
 
-# cgroup v2 may be at /sys/fs/cgroup or, on hybrid hosts, elsewhere.
-cgroup2_mount() { awk '{for (i = 7; i <= NF; i++) if ($i == "-") { if ($(i+1) == "cgroup2") { print $5; exit } break }}' /proc/self/mountinfo; }
+# The namespaced "remote" host, its PostgreSQL server and the cgroup helpers
+# are shared with the benchmarks (tests/bench/run.sh).
+. ./tests/lib/remote-pg.sh
 
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
@@ -29,16 +30,10 @@ cleanup() {
   [ -n "${CURSOR_PID:-}" ] && kill "$CURSOR_PID" 2>/dev/null
   if [ -n "${DAEMON_PID:-}" ]; then kill "$DAEMON_PID" 2>/dev/null; wait "$DAEMON_PID" 2>/dev/null; fi
   [ -f "$DIR/airlock.yaml" ] && "$BIN/airlockd" uninstall --config "$DIR/airlock.yaml" >/dev/null 2>&1
-  [ -n "${PG_PID:-}" ] && kill -INT "$PG_PID" 2>/dev/null && sleep 1
-  ip netns del "$NS" 2>/dev/null
-  ip link del alk-demo0 2>/dev/null
-  CG=$(cgroup2_mount)
-  if [ -n "$CG" ] && [ -d "$CG/airlock-demo" ]; then
-    for d in $(find "$CG/airlock-demo" -mindepth 1 -type d | sort -r); do
-      cat "$d/cgroup.procs" 2>/dev/null | xargs -r kill -9 2>/dev/null; rmdir "$d" 2>/dev/null
-    done
-    rmdir "$CG/airlock-demo" 2>/dev/null
-  fi
+  rpg_pg_stop "$DIR" "${PG_PID:-}" 5
+  rpg_netns_down "$NS" alk-demo0
+  CG=$(rpg_cgroup2_mount)
+  [ -n "$CG" ] && rpg_cgroup_remove "$CG/airlock-demo"
   rm -rf "$DIR"
 }
 trap cleanup EXIT
@@ -47,31 +42,16 @@ cleanup; trap cleanup EXIT
 say "Installing what the demo needs (Debian packages)"
 ./tests/deps.sh
 [ -x "$BIN/airlockd" ] || make build
-PGBIN=$(dirname "$(ls /usr/lib/postgresql/*/bin/postgres | tail -1)")
+PGBIN=$(rpg_pgbin)
 
 say "A 'remote' database host: network namespace $NS at $REMOTE"
 mkdir -p "$DIR"; chmod 755 "$DIR"
-ip netns add "$NS"
-ip link add alk-demo0 type veth peer name alk-demo1
-ip link set alk-demo1 netns "$NS"
-ip addr add "$LOCAL/30" dev alk-demo0; ip link set alk-demo0 up
-ip -n "$NS" addr add "$REMOTE/30" dev alk-demo1; ip -n "$NS" link set alk-demo1 up; ip -n "$NS" link set lo up
+rpg_netns_up "$NS" alk-demo0 alk-demo1 "$LOCAL" "$REMOTE" 30
 
-install -d -o postgres -g postgres "$DIR/pg"
-echo "demo-superuser-pw" > "$DIR/pg/pw"; chown postgres "$DIR/pg/pw"
-runuser -u postgres -- "$PGBIN/initdb" -D "$DIR/pg/data" -U postgres --pwfile "$DIR/pg/pw" \
-  --auth-local=trust --auth-host=scram-sha-256 -E UTF8 --locale=C --no-sync >/dev/null
-rm -f "$DIR/pg/pw"
-cat >> "$DIR/pg/data/postgresql.conf" <<CONF
-listen_addresses = '$REMOTE'
-unix_socket_directories = '$DIR/pg'
-fsync = off
-CONF
-echo "local all all trust
-host all all 0.0.0.0/0 scram-sha-256" > "$DIR/pg/data/pg_hba.conf"
-ip netns exec "$NS" runuser -u postgres -- "$PGBIN/postgres" -D "$DIR/pg/data" >"$DIR/pg/log" 2>&1 &
-PG_PID=$!
-for _ in $(seq 100); do "$PGBIN/pg_isready" -q -h "$DIR/pg" && break; sleep 0.1; done
+rpg_pg_init "$DIR" demo-superuser-pw "$REMOTE" "fsync = off"
+rpg_pg_start "$NS" "$DIR"
+PG_PID=$RPG_PG_PID
+rpg_pg_wait "$DIR"
 PSQL_ADMIN=(psql -X -q -h "$DIR/pg" -U postgres)
 "${PSQL_ADMIN[@]}" -d postgres <<SQL
 CREATE ROLE airlock_admin LOGIN CREATEROLE PASSWORD 'demo-admin-pw';
@@ -92,7 +72,7 @@ say "airlockd configuration: tree mode for Cursor, db.internal:5432 with just-in
 install -d -m 700 "$DIR/secrets"
 echo "demo-admin-pw" > "$DIR/secrets/appdb-admin"; chmod 600 "$DIR/secrets/appdb-admin"
 echo "$REMOTE db.internal" > "$DIR/hosts"
-CG=$(cgroup2_mount)
+CG=$(rpg_cgroup2_mount)
 mkdir -p "$CG/airlock-demo/apps"
 cat > "$DIR/airlock.yaml" <<YAML
 state_dir: $DIR/state
@@ -144,7 +124,7 @@ psql -X "host=$REMOTE port=5432 dbname=app user=agent sslmode=prefer" \
   -c "SELECT pg_sleep(3)" >"$DIR/agent.out" 2>&1
 AGENT
 # The cgroup is the demo's: Cursor is recognised by its executable.
-(echo $BASHPID > "$CG/airlock-demo/apps/cgroup.procs"; exec "$DIR/Cursor/cursor" "$DIR/agent.sh") &
+rpg_in_cgroup "$CG/airlock-demo/apps" "$DIR/Cursor/cursor" "$DIR/agent.sh" &
 CURSOR_PID=$!
 sleep 1.5
 
@@ -164,6 +144,6 @@ say "The just-in-time role is gone"
 
 say "Fail closed: with airlockd stopped, the same connection is refused, not sent around it"
 kill "$DAEMON_PID"; wait "$DAEMON_PID" 2>/dev/null || true; DAEMON_PID=""
-(echo $BASHPID > "$CG/airlock-demo/apps/cgroup.procs"; exec "$DIR/Cursor/cursor" -c "psql -X 'host=$REMOTE port=5432 dbname=app user=agent connect_timeout=3' -c 'select 1' 2>&1") | sed 's/^/  /' || true
+rpg_in_cgroup "$CG/airlock-demo/apps" "$DIR/Cursor/cursor" -c "psql -X 'host=$REMOTE port=5432 dbname=app user=agent connect_timeout=3' -c 'select 1' 2>&1" | sed 's/^/  /' || true
 
 say "Done; cleaning up"

@@ -17,6 +17,7 @@
 #   BENCH_SETUP_SECONDS [10]  pgbench -C -T for session setup
 #   BENCH_IDLE [1000]         idle sessions for the memory figure
 #   BENCH_SCALE [10]          pgbench -i -s
+#   BENCH_LOG_LEVEL [info]    airlockd's log_level (warn drops the per-statement event lines)
 #   BENCH_OUT [docs/BENCHMARKS.md]
 # Runs as root; about 10 minutes with the defaults. Everything it creates
 # (namespace, cgroups, pins, servers, files) is removed on exit.
@@ -31,8 +32,9 @@ BENCH_CLIENTS=${BENCH_CLIENTS:-"1 10 50"}
 BENCH_SETUP_SECONDS=${BENCH_SETUP_SECONDS:-10}
 BENCH_IDLE=${BENCH_IDLE:-1000}
 BENCH_SCALE=${BENCH_SCALE:-10}
+BENCH_LOG_LEVEL=${BENCH_LOG_LEVEL:-info}
 OUT=${BENCH_OUT:-docs/BENCHMARKS.md}
-COMMAND="sudo make bench  # = BENCH_SECONDS=$BENCH_SECONDS BENCH_CLIENTS=\"$BENCH_CLIENTS\" BENCH_SETUP_SECONDS=$BENCH_SETUP_SECONDS BENCH_IDLE=$BENCH_IDLE BENCH_SCALE=$BENCH_SCALE ./tests/bench/run.sh"
+COMMAND="sudo make bench  # = BENCH_SECONDS=$BENCH_SECONDS BENCH_CLIENTS=\"$BENCH_CLIENTS\" BENCH_SETUP_SECONDS=$BENCH_SETUP_SECONDS BENCH_IDLE=$BENCH_IDLE BENCH_SCALE=$BENCH_SCALE BENCH_LOG_LEVEL=$BENCH_LOG_LEVEL ./tests/bench/run.sh"
 
 # Names and addresses of its own: never those of the demo (airlock-demo,
 # 10.250.77.x, 15432) or of the Go tests.
@@ -68,10 +70,7 @@ cleanup() {
   [ -d "$BPFFS" ] && rm -rf "$BPFFS"
   if [ -f "$DIR/bouncer/pgbouncer.pid" ]; then kill "$(cat "$DIR/bouncer/pgbouncer.pid")" 2>/dev/null; fi
   if [ -n "$BOUNCER_PID" ]; then kill "$BOUNCER_PID" 2>/dev/null; wait "$BOUNCER_PID" 2>/dev/null; fi
-  if [ -f "$DIR/pg/data/postmaster.pid" ]; then
-    runuser -u postgres -- "$(rpg_pgbin)/pg_ctl" -D "$DIR/pg/data" stop -m immediate -t 10 >/dev/null 2>&1
-  fi
-  [ -n "$PG_PID" ] && rpg_pg_stop "$PG_PID" 5
+  rpg_pg_stop "$DIR" "$PG_PID" 10
   rpg_netns_down "$NS" "$HOST_IF"
   local cg; cg=$(rpg_cgroup2_mount)
   if [ -n "$cg" ]; then
@@ -173,6 +172,7 @@ CLIENTS=$CG/$CGNAME/clients
 cat > "$DIR/airlock.yaml" <<YAML
 state_dir: $DIR/state
 runtime_dir: $DIR/run
+log_level: $BENCH_LOG_LEVEL
 proxy:
   port: $PORT
 intercept:
@@ -374,7 +374,7 @@ CONNECT_INTER=$(median_of intercepted)
 CONNECT_ADDED=$(calc "$CONNECT_INTER - $CONNECT_DIRECT" 1)
 min_of() { grep -E "^BenchmarkConnectLatency/$1(-[0-9]+)?[[:space:]]" "$DIR/connect.log" | awk '{ print $3 }' | sort -n | head -1 | awk '{ printf "%.1f", $1 / 1000 }'; }
 CONNECT_MIN_ADDED=$(calc "$(min_of intercepted) - $(min_of direct)" 1)
-log "direct $CONNECT_DIRECT µs, intercepted $CONNECT_INTER µs: +$CONNECT_ADDED µs"
+log "direct $CONNECT_DIRECT µs, intercepted $CONNECT_INTER µs: added $CONNECT_ADDED µs"
 
 # ---------------------------------------------------------------- report
 say "Writing $OUT"
@@ -421,7 +421,7 @@ BOUNCERV=$(pgbouncer --version | head -1 | awk '{ print $2 }')
   echo "- **airlock**: pgbench runs in a child of the attach cgroup of an airlockd in \`mode: all\` and connects to the same"
   echo "  address as \`agent\` without a password; the connection is redirected to airlockd's front door, which serves it"
   echo "  with a just-in-time role (ephemeral mode: \`CREATE ROLE ... IN ROLE bench_rw\` per session, dropped at its end),"
-  echo "  upstream TLS off, default \`log_level: info\` (one event line per statement, to a file)."
+  echo "  upstream TLS off, \`log_level: $BENCH_LOG_LEVEL\` (at info, one event line per statement, to a file)."
   echo "- **pgbouncer**: pgbench connects to PgBouncer on \`127.0.0.1:$BOUNCER_PORT\` (session mode, SCRAM for the client,"
   echo "  the static user \`bench\` upstream, \`default_pool_size = 100\`)."
   echo "- pgbench: \`-n -T $BENCH_SECONDS\`, \`-j 2\` for more than one client. Each configuration runs the three paths back to"

@@ -13,7 +13,7 @@
 #   rpg_pg_init DIR SUPERUSER_PASSWORD LISTEN_ADDR [CONF_LINE...]
 #   rpg_pg_start NS DIR                    -> sets RPG_PG_PID
 #   rpg_pg_wait DIR [TENTHS]               -> waits until the socket answers
-#   rpg_pg_stop [PID] [SECONDS]            -> SIGINT (fast shutdown), bounded wait
+#   rpg_pg_stop DIR [PID] [SECONDS]        -> fast shutdown (pg_ctl), bounded wait
 #   rpg_cgroup2_mount                      -> prints the cgroup v2 mount point
 #   rpg_in_cgroup CGROUP_DIR CMD [ARGS...] -> runs CMD inside that cgroup (exec)
 #   rpg_cgroup_remove CGROUP_DIR           -> kills what is left in it, removes it
@@ -87,9 +87,14 @@ rpg_pg_wait() {
   return 1
 }
 
-# Fast shutdown (SIGINT); waits at most SECONDS for the postmaster to go.
+# Fast shutdown with pg_ctl (signalling the runuser that started the server
+# does not reach the postmaster), then SIGINT to PID if it is still there.
+# Waits at most SECONDS.
 rpg_pg_stop() {
-  local pid=${1:-${RPG_PG_PID:-}} secs=${2:-1} i
+  local dir=$1 pid=${2:-} secs=${3:-5} i pgbin
+  if [ -f "$dir/pg/data/postmaster.pid" ] && pgbin=$(rpg_pgbin); then
+    runuser -u postgres -- "$pgbin/pg_ctl" -D "$dir/pg/data" stop -m fast -w -t "$secs" >/dev/null 2>&1
+  fi
   [ -n "$pid" ] || return 0
   kill -INT "$pid" 2>/dev/null || return 0
   for ((i = 0; i < secs * 10; i++)); do
