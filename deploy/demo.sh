@@ -15,7 +15,7 @@ NS=airlock-demo
 DIR=/tmp/airlock-demo
 REMOTE=10.250.77.2
 LOCAL=10.250.77.1
-PORT=15432
+PORT=15499  # not the service default (15432), so a running airlockd is left alone
 BIN=$PWD/bin
 PGBIN=""
 
@@ -30,6 +30,7 @@ cleanup() {
   [ -n "${CURSOR_PID:-}" ] && kill "$CURSOR_PID" 2>/dev/null
   if [ -n "${DAEMON_PID:-}" ]; then kill "$DAEMON_PID" 2>/dev/null; wait "$DAEMON_PID" 2>/dev/null; fi
   [ -f "$DIR/airlock.yaml" ] && "$BIN/airlockd" uninstall --config "$DIR/airlock.yaml" >/dev/null 2>&1
+  rmdir /sys/fs/bpf/airlock-demo 2>/dev/null
   rpg_pg_stop "$DIR" "${PG_PID:-}" 5
   rpg_netns_down "$NS" alk-demo0
   CG=$(rpg_cgroup2_mount)
@@ -84,6 +85,8 @@ intercept:
   executables: [cursor, Cursor]
   # The demo attaches to a cgroup of its own; a workstation uses "/".
   attach_cgroup: /airlock-demo
+  # Pins of its own too, for the same reason (the service pins under /sys/fs/bpf/airlock).
+  bpffs: /sys/fs/bpf/airlock-demo
 dns:
   hosts: $DIR/hosts   # the demo's name for the remote host
 targets:
