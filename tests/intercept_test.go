@@ -49,7 +49,7 @@ targets:
 
 func findSession(st *control.Status, pid int) *control.SessionStatus {
 	for i := range st.Sessions {
-		if int(st.Sessions[i].Origin.PID) == pid || int(st.Sessions[i].Origin.TGID) == pid {
+		if int(st.Sessions[i].Origin.PID) == pid {
 			return &st.Sessions[i]
 		}
 	}
@@ -393,6 +393,9 @@ func TestFailClosedAndRestart(t *testing.T) {
 		}
 	}
 	t.Logf("during restart: %d refused, %d through the proxy", refused, ok)
+	if t.Failed() {
+		t.Logf("daemon logs:\n%s", logs.String())
+	}
 
 	// Uninstall removes every pin and detaches from the cgroup.
 	out, err := exec.Command(filepath.Join(binDir, "airlockd"), "uninstall", "--config", e.cfgPath).CombinedOutput()

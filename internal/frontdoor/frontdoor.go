@@ -165,7 +165,7 @@ func (s *Server) handle(ctx context.Context, conn net.Conn) {
 	route, ok := s.opts.Router.Route(rec.Orig)
 	if !ok {
 		log.Warn("refused redirected connection to a destination that is no longer a target",
-			"dest", rec.Orig.String(), "pid", rec.PID, "uid", rec.UID)
+			"dest", rec.Orig.String(), "pid", rec.TGID, "uid", rec.UID)
 		_ = conn.Close()
 		return
 	}
@@ -195,7 +195,7 @@ func (s *Server) handle(ctx context.Context, conn net.Conn) {
 }
 
 func (s *Server) origin(rec intercept.Record) session.Origin {
-	o := session.Origin{PID: rec.PID, TGID: rec.TGID, UID: rec.UID, GID: rec.GID,
+	o := session.Origin{PID: rec.TGID, TID: rec.PID, UID: rec.UID, GID: rec.GID,
 		Comm: rec.Comm, CgroupID: rec.CgroupID, ConnectAt: rec.At}
 	// The process may be gone already (a short-lived client): the kernel's
 	// record still stands; /proc only adds detail.

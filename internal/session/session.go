@@ -25,8 +25,8 @@ type Proc struct {
 // Origin is who connected, as the kernel recorded it at connect() time and
 // as /proc described it when the proxy accepted the connection.
 type Origin struct {
-	PID        uint32    `json:"pid"`
-	TGID       uint32    `json:"tgid"`
+	PID        uint32    `json:"pid"` // the process (thread group) id
+	TID        uint32    `json:"tid"` // the thread that called connect()
 	UID        uint32    `json:"uid"`
 	GID        uint32    `json:"gid"`
 	Comm       string    `json:"comm"`
