@@ -45,6 +45,9 @@ func TestMain(m *testing.M) {
 	case "pgx":
 		helperPgx()
 		return
+	case "raw":
+		helperRaw()
+		return
 	default:
 		fmt.Fprintln(os.Stderr, "unknown helper")
 		os.Exit(2)

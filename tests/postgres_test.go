@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -239,6 +240,19 @@ c.close()
 		}
 	})
 
+	t.Run("garbage instead of a startup message is refused and the daemon keeps serving", func(t *testing.T) {
+		res := e2eDialRaw(t, w, "GET / HTTP/1.1\r\nHost: db\r\n\r\n")
+		if !strings.Contains(res, "08P01") {
+			t.Fatalf("want an ErrorResponse with SQLSTATE 08P01, got %q", res)
+		}
+		if out := w.psql(t, w.dsn, "-c", "SELECT 42"); out != "42" {
+			t.Fatalf("after garbage, psql got %q", out)
+		}
+		if strings.Contains(w.daemonOut.String(), "panic") {
+			t.Fatal("daemon panicked")
+		}
+	})
+
 	t.Run("two sessions of one person get two roles, each only in app_rw", func(t *testing.T) {
 		a := w.pgxHold(t, w.dsn)
 		defer a.release()
@@ -354,4 +368,30 @@ func (w *pgWorld) pgxHelper(t *testing.T, mode, dsn string) map[string]string {
 	var m map[string]string
 	mustJSON(t, string(out), &m)
 	return m
+}
+
+// e2eDialRaw sends payload from inside the intercepted cgroup to the
+// database's address and returns everything the proxy answered.
+func e2eDialRaw(t *testing.T, w *pgWorld, payload string) string {
+	t.Helper()
+	cmd := w.clientIn(w.clients, 0, "AIRLOCK_E2E_HELPER=raw", "RAW_ADDR="+net.JoinHostPort(w.host.V4.String(), "5432"), "RAW_PAYLOAD="+payload)
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("raw helper: %v", err)
+	}
+	return string(out)
+}
+
+// helperRaw writes RAW_PAYLOAD to RAW_ADDR and copies the answer to stdout
+// until the peer closes (bounded by a deadline).
+func helperRaw() {
+	c, err := net.DialTimeout("tcp", os.Getenv("RAW_ADDR"), 5*time.Second)
+	if err != nil {
+		fmt.Println("dial:", err)
+		return
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	_, _ = c.Write([]byte(os.Getenv("RAW_PAYLOAD")))
+	_, _ = io.Copy(os.Stdout, c)
 }
