@@ -6,11 +6,15 @@
 // local proxy and remember who connected and where to; sockops re-keys that
 // record by the client's address as the proxy will see it on accept;
 // getpeername4/6 hide the rewrite from the application; three BTF tracepoints
-// keep the set of tracked process trees current.
+// keep the set of tracked process trees current, and the exec tracepoint
+// starts tracking a process that execs a configured executable itself, so that
+// it is selected before it runs a single instruction, daemon running or not.
 //
 // Map layouts are part of the on-disk (bpffs) contract: a daemon upgrade takes
 // over pinned maps, so any change to a struct below or to a map definition must
 // bump AIRLOCK_LAYOUT_VERSION and the Go side's pin folder version with it.
+// Adding a pinned map is compatible (a takeover creates it when it is missing,
+// and an older daemon ignores it): airlock_match was added that way in v1.
 
 #include <linux/bpf.h>
 #include <linux/types.h>
@@ -41,6 +45,41 @@ struct task_struct {
 	int tgid;
 	struct task_struct *real_parent;
 } __attribute__((preserve_access_index));
+
+// Kernel structures the exec tracepoint reads, fields relocated by name.
+// linux_binprm's filename, interp and file exist in every kernel we support.
+struct qstr {
+	const unsigned char *name;
+} __attribute__((preserve_access_index));
+
+struct dentry {
+	struct qstr d_name;
+} __attribute__((preserve_access_index));
+
+struct path {
+	struct dentry *dentry;
+} __attribute__((preserve_access_index));
+
+struct file {
+	struct path f_path;
+} __attribute__((preserve_access_index));
+
+struct linux_binprm {
+	struct file *file; // what is being run: for a script, its interpreter
+	const char *filename; // the path given to execve (the script, for a script)
+	const char *interp; // the path of what is being run, after #! lookups
+} __attribute__((preserve_access_index));
+
+// Key of airlock_match: a configured executable, a base name ("cursor") or
+// a path ("/opt/cursor/cursor.AppImage"), NUL-padded to the full size. The Go
+// side accepts names of at most EXEC_NAME_SIZE-2 bytes, so that a name read
+// from the kernel that filled the buffer (and may have been cut) can never
+// equal an entry.
+#define EXEC_NAME_SIZE 256
+
+struct exec_name {
+	char name[EXEC_NAME_SIZE];
+};
 
 struct config {
 	__u32 proxy_port; // host order; 0 = not configured, never redirect
@@ -133,7 +172,7 @@ struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
 	__type(key, __u32); // tgid
-	__type(value, __u32); // reserved: why it is tracked (1 user space, 2 fork)
+	__type(value, __u32); // why it is tracked: 1 user space, 2 fork, 3 exec match
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } airlock_tracked SEC(".maps");
 
@@ -172,6 +211,34 @@ struct {
 	__type(value, struct peer);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } airlock_peers SEC(".maps");
+
+// Executables whose exec makes the kernel track the process (tree mode).
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, struct exec_name);
+	__type(value, __u32); // reserved, 1
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} airlock_match SEC(".maps");
+
+// Scratch space for the exec tracepoint: two names do not fit on the BPF
+// stack next to everything else. Per CPU, not pinned (no state to keep).
+struct exec_scratch {
+	struct exec_name path;
+	struct exec_name base;
+	// Offset of the base name in path. Kept in map memory (volatile), not a register:
+	// the verifier does not track it there, so the scan below verifies in
+	// one pass instead of once per (position, last slash) pair.
+	__u32 last;
+	__u32 _pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct exec_scratch);
+} airlock_scratch SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -487,18 +554,94 @@ int BPF_PROG(airlock_fork, struct task_struct *parent, struct task_struct *child
 	return 0;
 }
 
+// Reads the kernel string at src into n, NUL-padded, and reports whether it is
+// a configured executable. A string that fills the buffer may have been cut:
+// it is longer than any entry, so it cannot match and is not looked up.
+static __always_inline int name_matches(struct exec_name *n, const void *src)
+{
+	long len;
+
+	if (!src)
+		return 0;
+	__builtin_memset(n->name, 0, sizeof(n->name));
+	len = bpf_probe_read_kernel_str(n->name, sizeof(n->name), src);
+	if (len <= 1 || len >= EXEC_NAME_SIZE)
+		return 0;
+	return bpf_map_lookup_elem(&airlock_match, n) != NULL;
+}
+
+// Whether a path, or its last component, is a configured executable.
+static __always_inline int path_matches(struct exec_scratch *s, const char *path)
+{
+	__u32 last;
+
+	if (!path)
+		return 0;
+	if (name_matches(&s->path, path))
+		return 1;
+	// s->path holds the path (cut if too long: then its base name is
+	// unknown here, and the dentry name below still covers the common case).
+	*(volatile __u32 *)&s->last = 0;
+	for (__u32 i = 0; i < EXEC_NAME_SIZE; i++) {
+		char c = s->path.name[i];
+		if (c == 0)
+			break;
+		if (c == '/')
+			*(volatile __u32 *)&s->last = i + 1;
+	}
+	last = *(volatile __u32 *)&s->last;
+	if (last == 0 || last >= EXEC_NAME_SIZE)
+		return 0; // no slash: the whole string was the base name, already looked up
+	return name_matches(&s->base, path + last);
+}
+
+// Whether the exec described by bprm runs a configured executable. Looked up:
+// the path given to execve and its base name (what the user typed, symlinks
+// unresolved; for a script, the script); the name of the file actually run
+// (symlinks resolved: the base name of /proc/PID/exe); the interpreter's path.
+// A configured full path reached through a symlinked directory is only seen
+// by user space (/proc/PID/exe), while the daemon runs.
+static __always_inline int exec_matches(struct linux_binprm *bprm)
+{
+	__u32 zero = 0;
+	struct exec_scratch *s = bpf_map_lookup_elem(&airlock_scratch, &zero);
+	const char *filename, *interp;
+	const unsigned char *dname;
+
+	if (!s || !bprm)
+		return 0;
+	filename = BPF_CORE_READ(bprm, filename);
+	if (path_matches(s, filename))
+		return 1;
+	dname = BPF_CORE_READ(bprm, file, f_path.dentry, d_name.name);
+	if (name_matches(&s->base, dname))
+		return 1;
+	interp = BPF_CORE_READ(bprm, interp);
+	if (interp && interp != filename && name_matches(&s->path, interp))
+		return 1;
+	return 0;
+}
+
 SEC("tp_btf/sched_process_exec")
-int BPF_PROG(airlock_exec, struct task_struct *p, int old_pid, void *bprm)
+int BPF_PROG(airlock_exec, struct task_struct *p, int old_pid, struct linux_binprm *bprm)
 {
 	__u32 tgid = p->tgid;
+	__u32 reason = 3;
 	struct exec_event *e;
 
 	if (!tracking_enabled())
 		return 0;
-	// Tracked processes stay tracked across exec; only strangers need a look
-	// from user space, which matches /proc/PID/exe against the configured list.
+	// Tracked processes stay tracked across exec.
 	if (bpf_map_lookup_elem(&airlock_tracked, &tgid))
 		return 0;
+	// A configured executable is tracked here, before it runs: its first
+	// connect is intercepted, and this works while no daemon runs.
+	if (exec_matches(bprm)) {
+		bpf_map_update_elem(&airlock_tracked, &tgid, &reason, BPF_ANY);
+		return 0;
+	}
+	// Others get a look from user space, which matches /proc/PID/exe (a full
+	// path reached through a symlink, say) against the configured list.
 	e = bpf_ringbuf_reserve(&airlock_execs, sizeof(*e), 0);
 	if (!e) {
 		stat_inc(STAT_EXEC_DROPPED);

@@ -24,10 +24,6 @@ func TestAirlockRun(t *testing.T) {
 	e := newEnv(t)
 	e.config(fmt.Sprintf(`intercept:
   mode: cgroup
-  attach_cgroup: $CGROUP
-  bpffs: $BPFFS
-dns:
-  hosts: "-"
 targets:
   - name: remote4
     address: %s:7000
@@ -99,7 +95,7 @@ func TestDaemonRefusesBadConfig(t *testing.T) {
 	if err == nil {
 		t.Fatalf("airlockd started with an unknown key:\n%s", out)
 	}
-	want := e.cfgPath + ":8: intercept.atach_cgroup: unknown key"
+	want := e.cfgPath + ":10: intercept.atach_cgroup: unknown key"
 	if !strings.Contains(string(out), want) {
 		t.Fatalf("error %q does not say %q", out, want)
 	}

@@ -143,13 +143,19 @@ func newEnv(t *testing.T) *env {
 	return e
 }
 
-// config writes the daemon's configuration: the common part plus body.
+// config writes the daemon's configuration: the common part plus body,
+// which must have an intercept section.
 func (e *env) config(body string) {
 	e.t.Helper()
 	cfg := fmt.Sprintf("state_dir: %s\nruntime_dir: %s\nlog_level: debug\nproxy:\n  port: %d\n",
 		e.state, e.runtime, e.port)
-	cfg += strings.ReplaceAll(body, "$CGROUP", e.cgroupRel)
-	cfg = strings.ReplaceAll(cfg, "$BPFFS", e.bpffs)
+	// Every test attaches to its own cgroup and pins in its own folder, and
+	// ignores the machine's hosts file unless it says otherwise.
+	body = strings.Replace(body, "intercept:\n", "intercept:\n  attach_cgroup: "+e.cgroupRel+"\n  bpffs: "+e.bpffs+"\n", 1)
+	if !strings.Contains(body, "\ndns:\n") && !strings.HasPrefix(body, "dns:\n") {
+		body += "dns:\n  hosts: \"-\"\n"
+	}
+	cfg += body
 	e.cfgPath = filepath.Join(filepath.Dir(e.state), "airlock.yaml")
 	if err := os.WriteFile(e.cfgPath, []byte(cfg), 0o644); err != nil {
 		e.t.Fatal(err)

@@ -35,10 +35,6 @@ func remote(t *testing.T) *testnet.Host {
 func allModeConfig(h *testnet.Host, extra string) string {
 	return fmt.Sprintf(`intercept:
   mode: all
-  attach_cgroup: $CGROUP
-  bpffs: $BPFFS
-dns:
-  hosts: "-"
 targets:
   - name: remote4
     address: %s:7000
@@ -196,8 +192,6 @@ func TestHostnameTarget(t *testing.T) {
 	e := newEnv(t)
 	e.config(fmt.Sprintf(`intercept:
   mode: all
-  attach_cgroup: $CGROUP
-  bpffs: $BPFFS
 dns:
   servers: ["%s"]
   hosts: "-"
@@ -263,11 +257,7 @@ func TestTreeMode(t *testing.T) {
 	e := newEnv(t)
 	e.config(fmt.Sprintf(`intercept:
   mode: tree
-  attach_cgroup: $CGROUP
-  bpffs: $BPFFS
   executables: [cursor]
-dns:
-  hosts: "-"
 targets:
   - name: remote4
     address: %s:7000

@@ -57,10 +57,6 @@ func newPGWorld(t *testing.T, ttl string) *pgWorld {
 	}
 	w.config(fmt.Sprintf(`intercept:
   mode: all
-  attach_cgroup: $CGROUP
-  bpffs: $BPFFS
-dns:
-  hosts: "-"
 targets:
   - name: appdb
     address: %s:5432

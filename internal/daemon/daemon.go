@@ -116,7 +116,9 @@ func (d *Daemon) start(ctx context.Context) error {
 		Mode:       mode,
 		DaemonTGID: uint32(os.Getpid()),
 		Mark:       d.cfg.Intercept.Mark,
-		Logger:     d.log,
+		// Matched by the kernel at exec (tree mode), daemon running or not.
+		Executables: d.cfg.Intercept.Executables,
+		Logger:      d.log,
 	})
 	if err != nil {
 		return fmt.Errorf("set up kernel interception: %w", err)

@@ -38,6 +38,19 @@ type airlockExecEvent struct {
 	Comm [16]int8
 }
 
+type airlockExecName struct {
+	_    structs.HostLayout
+	Name [256]int8
+}
+
+type airlockExecScratch struct {
+	_    structs.HostLayout
+	Path airlockExecName
+	Base airlockExecName
+	Last uint32
+	Pad  uint32
+}
+
 type airlockPeer struct {
 	_    structs.HostLayout
 	Addr [16]uint8
@@ -75,9 +88,11 @@ const (
 	airlockMapAirlockCgroups       = "airlock_cgroups"
 	airlockMapAirlockConfig        = "airlock_config"
 	airlockMapAirlockExecs         = "airlock_execs"
+	airlockMapAirlockMatch         = "airlock_match"
 	airlockMapAirlockPeers         = "airlock_peers"
 	airlockMapAirlockPending       = "airlock_pending"
 	airlockMapAirlockRecords       = "airlock_records"
+	airlockMapAirlockScratch       = "airlock_scratch"
 	airlockMapAirlockStats         = "airlock_stats"
 	airlockMapAirlockTargets       = "airlock_targets"
 	airlockMapAirlockTracked       = "airlock_tracked"
@@ -151,9 +166,11 @@ type airlockMapSpecs struct {
 	AirlockCgroups *ebpf.MapSpec `ebpf:"airlock_cgroups"`
 	AirlockConfig  *ebpf.MapSpec `ebpf:"airlock_config"`
 	AirlockExecs   *ebpf.MapSpec `ebpf:"airlock_execs"`
+	AirlockMatch   *ebpf.MapSpec `ebpf:"airlock_match"`
 	AirlockPeers   *ebpf.MapSpec `ebpf:"airlock_peers"`
 	AirlockPending *ebpf.MapSpec `ebpf:"airlock_pending"`
 	AirlockRecords *ebpf.MapSpec `ebpf:"airlock_records"`
+	AirlockScratch *ebpf.MapSpec `ebpf:"airlock_scratch"`
 	AirlockStats   *ebpf.MapSpec `ebpf:"airlock_stats"`
 	AirlockTargets *ebpf.MapSpec `ebpf:"airlock_targets"`
 	AirlockTracked *ebpf.MapSpec `ebpf:"airlock_tracked"`
@@ -189,9 +206,11 @@ type airlockMaps struct {
 	AirlockCgroups *ebpf.Map `ebpf:"airlock_cgroups"`
 	AirlockConfig  *ebpf.Map `ebpf:"airlock_config"`
 	AirlockExecs   *ebpf.Map `ebpf:"airlock_execs"`
+	AirlockMatch   *ebpf.Map `ebpf:"airlock_match"`
 	AirlockPeers   *ebpf.Map `ebpf:"airlock_peers"`
 	AirlockPending *ebpf.Map `ebpf:"airlock_pending"`
 	AirlockRecords *ebpf.Map `ebpf:"airlock_records"`
+	AirlockScratch *ebpf.Map `ebpf:"airlock_scratch"`
 	AirlockStats   *ebpf.Map `ebpf:"airlock_stats"`
 	AirlockTargets *ebpf.Map `ebpf:"airlock_targets"`
 	AirlockTracked *ebpf.Map `ebpf:"airlock_tracked"`
@@ -202,9 +221,11 @@ func (m *airlockMaps) Close() error {
 		m.AirlockCgroups,
 		m.AirlockConfig,
 		m.AirlockExecs,
+		m.AirlockMatch,
 		m.AirlockPeers,
 		m.AirlockPending,
 		m.AirlockRecords,
+		m.AirlockScratch,
 		m.AirlockStats,
 		m.AirlockTargets,
 		m.AirlockTracked,

@@ -358,6 +358,12 @@ type env struct {
 
 func newEnv(t *testing.T, mode Mode) *env {
 	t.Helper()
+	return newEnvWith(t, mode, nil)
+}
+
+// newEnvWith is newEnv with a chance to adjust the options before Open.
+func newEnvWith(t *testing.T, mode Mode, adjust func(*Options)) *env {
+	t.Helper()
 	requireRoot(t)
 	e := &env{t: t, cgroup: newCgroup(t), pinDir: newPinDir(t), proxy: newProxy(t), remote: needRemote(t)}
 	e.opts = Options{
@@ -370,6 +376,9 @@ func newEnv(t *testing.T, mode Mode) *env {
 	}
 	if testing.Verbose() {
 		e.opts.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	if adjust != nil {
+		adjust(&e.opts)
 	}
 	e.open(t)
 	return e

@@ -88,8 +88,13 @@ type Options struct {
 	DaemonTGID uint32
 	// Mark is the SO_MARK of the daemon's upstream sockets, which are never
 	// redirected; 0 disables the check (every socket has mark 0 by default).
-	Mark   uint32
-	Logger *slog.Logger
+	Mark uint32
+	// Executables are matched by the kernel at exec in ModeTree (base names,
+	// or paths with a slash; see SetExecMatch). Open replaces the pinned list
+	// with them, so the kernel keeps matching while no daemon runs. An entry
+	// longer than MaxExecutableLen bytes is an error.
+	Executables []string
+	Logger      *slog.Logger
 }
 
 // Interceptor is an open handle on the pinned state. Its methods are safe
@@ -147,6 +152,9 @@ func Open(ctx context.Context, opts Options) (*Interceptor, error) {
 	if opts.Mode > ModeCgroup {
 		return nil, fmt.Errorf("open interceptor: invalid mode %d", opts.Mode)
 	}
+	if _, err := execMatchKeys(opts.Executables); err != nil {
+		return nil, fmt.Errorf("open interceptor: %w", err)
+	}
 	if opts.DaemonTGID == 0 {
 		opts.DaemonTGID = uint32(os.Getpid())
 	}
@@ -190,6 +198,12 @@ func Open(ctx context.Context, opts Options) (*Interceptor, error) {
 		return nil, fmt.Errorf("open interceptor: load BPF programs: %w", err)
 	}
 
+	// The exec match list before the config (which may switch to ModeTree)
+	// and before the exec program is attached.
+	if err := i.SetExecMatch(opts.Executables); err != nil {
+		i.objs.Close()
+		return nil, fmt.Errorf("open interceptor: %w", err)
+	}
 	// Config before links: programs already attached by a previous daemon
 	// must see the new proxy port as early as possible.
 	if err := i.writeConfig(); err != nil {
@@ -203,7 +217,7 @@ func Open(ctx context.Context, opts Options) (*Interceptor, error) {
 		}
 	}
 	log.Info("interception attached", "cgroup", opts.CgroupPath, "cgroup_id", cgID,
-		"pin_dir", opts.PinDir, "proxy_port", opts.ProxyPort, "mode", opts.Mode.String())
+		"pin_dir", opts.PinDir, "proxy_port", opts.ProxyPort, "mode", opts.Mode.String(), "executables", normalizeExecutables(opts.Executables))
 	return i, nil
 }
 

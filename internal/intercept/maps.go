@@ -205,7 +205,10 @@ func (i *Interceptor) Lookup(client netip.AddrPort) (Record, error) {
 	}, nil
 }
 
-func commString(c [16]int8) string {
+func commString(c [16]int8) string { return cString(c[:]) }
+
+// cString converts a NUL-terminated C char array.
+func cString(c []int8) string {
 	b := make([]byte, 0, len(c))
 	for _, ch := range c {
 		if ch == 0 {

@@ -85,6 +85,7 @@ func (i *Interceptor) Status() Status {
 		"targets": i.objs.AirlockTargets, "tracked": i.objs.AirlockTracked,
 		"cgroups": i.objs.AirlockCgroups, "pending": i.objs.AirlockPending,
 		"records": i.objs.AirlockRecords, "peers": i.objs.AirlockPeers,
+		"match": i.objs.AirlockMatch,
 	}
 	names := make([]string, 0, len(maps))
 	for n := range maps {

@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/ringbuf"
 )
 
@@ -24,17 +25,121 @@ type matcher struct {
 
 func newMatcher(match []string) matcher {
 	m := matcher{paths: map[string]bool{}, names: map[string]bool{}}
+	for _, s := range normalizeExecutables(match) {
+		if strings.Contains(s, "/") {
+			m.paths[s] = true
+		} else {
+			m.names[s] = true
+		}
+	}
+	return m
+}
+
+// normalizeExecutables drops blank entries and cleans paths, identically for
+// the user-space matcher and the kernel's match map.
+func normalizeExecutables(match []string) []string {
+	var out []string
 	for _, s := range match {
 		s = strings.TrimSpace(s)
 		switch {
 		case s == "":
 		case strings.Contains(s, "/"):
-			m.paths[filepath.Clean(s)] = true
+			out = append(out, filepath.Clean(s))
 		default:
-			m.names[s] = true
+			out = append(out, s)
 		}
 	}
-	return m
+	return out
+}
+
+// MaxExecutableLen is the longest executable name or path (in bytes) the
+// kernel matches at exec: EXEC_NAME_SIZE-2 in bpf/airlock.c.
+const MaxExecutableLen = len(airlockExecName{}.Name) - 2
+
+func execNameKey(s string) (airlockExecName, error) {
+	var k airlockExecName
+	if len(s) > MaxExecutableLen {
+		return k, fmt.Errorf("executable %q is %d bytes long, more than the %d the kernel matches", s, len(s), MaxExecutableLen)
+	}
+	if strings.IndexByte(s, 0) >= 0 {
+		return k, fmt.Errorf("executable %q contains a NUL byte", s)
+	}
+	for j := 0; j < len(s); j++ {
+		k.Name[j] = int8(s[j])
+	}
+	return k, nil
+}
+
+func execNameString(k airlockExecName) string {
+	return cString(k.Name[:])
+}
+
+// execMatchKeys validates and encodes a list of executables for the kernel.
+func execMatchKeys(match []string) (map[airlockExecName]bool, error) {
+	want := map[airlockExecName]bool{}
+	for _, s := range normalizeExecutables(match) {
+		k, err := execNameKey(s)
+		if err != nil {
+			return nil, err
+		}
+		want[k] = true
+	}
+	return want, nil
+}
+
+// SetExecMatch makes the kernel's list of executables equal to match (base
+// names, or paths with a slash). In ModeTree a process that execs one of them
+// is tracked by the kernel at exec time, before it runs, whether or not a
+// daemon is running: its first connect is intercepted, and while no daemon
+// runs it is refused instead of going direct. The kernel sees the path given
+// to execve and the name of the file run, not a fully resolved path: a path
+// entry reached through a symlinked directory is matched only by WatchExec
+// (/proc/PID/exe), while the daemon runs. Open sets Options.Executables.
+func (i *Interceptor) SetExecMatch(match []string) error {
+	want, err := execMatchKeys(match)
+	if err != nil {
+		return fmt.Errorf("set executables: %w", err)
+	}
+	m := i.objs.AirlockMatch
+	one := uint32(1)
+	for k := range want {
+		if err := m.Put(&k, &one); err != nil {
+			return fmt.Errorf("set executables: add %q: %w", execNameString(k), err)
+		}
+	}
+	var stale []airlockExecName
+	var k airlockExecName
+	var v uint32
+	it := m.Iterate()
+	for it.Next(&k, &v) {
+		if !want[k] {
+			stale = append(stale, k)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("set executables: list current: %w", err)
+	}
+	for _, k := range stale {
+		if err := m.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("set executables: remove %q: %w", execNameString(k), err)
+		}
+	}
+	return nil
+}
+
+// ExecMatch lists the executables the kernel matches at exec.
+func (i *Interceptor) ExecMatch() ([]string, error) {
+	var out []string
+	var k airlockExecName
+	var v uint32
+	it := i.objs.AirlockMatch.Iterate()
+	for it.Next(&k, &v) {
+		out = append(out, execNameString(k))
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("list executables: %w", err)
+	}
+	return out, nil
 }
 
 func (m matcher) empty() bool { return len(m.paths) == 0 && len(m.names) == 0 }
@@ -149,8 +254,11 @@ func (i *Interceptor) SeedTree(ctx context.Context, match []string) error {
 }
 
 // WatchExec tracks processes that exec a matching executable while the
-// daemon runs. The kernel reports execs of untracked processes (in
-// ModeTree); each is checked against /proc/PID/exe. It blocks until ctx is
+// daemon runs, as a backup to the kernel's own match at exec (SetExecMatch,
+// Options.Executables): the kernel reports execs of untracked processes it
+// did not match (in ModeTree); each is checked against /proc/PID/exe, which
+// catches paths the kernel cannot see, e.g. a configured path reached through
+// a symlink. It blocks until ctx is
 // done and then returns nil; it returns an error only if the ring buffer
 // cannot be read. Events queued while no daemon ran are processed too.
 func (i *Interceptor) WatchExec(ctx context.Context, match []string) error {
