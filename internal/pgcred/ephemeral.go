@@ -86,6 +86,9 @@ type Ephemeral struct {
 	superuser bool
 	version   int // server_version_num
 
+	pool  *connPool     // open admin connections, per database
+	drops chan struct{} // bounds concurrent drops: they leave Acquire a connection
+
 	mu      sync.Mutex
 	active  map[string]*Lease // role name → unreleased lease
 	pending map[string]*pendingDrop
@@ -117,7 +120,9 @@ func NewEphemeral(ctx context.Context, opts EphemeralOptions) (*Ephemeral, error
 		owner: opts.Owner, connLimit: opts.ConnLimit,
 		retryEvery: opts.RetryInterval, sweepEvery: opts.SweepInterval,
 		active: map[string]*Lease{}, pending: map[string]*pendingDrop{}, done: make(chan struct{}),
+		drops: make(chan struct{}, adminPoolSize-1),
 	}
+	e.pool = newConnPool(e.connect)
 	if e.ttl == 0 {
 		e.ttl = DefaultTTL
 	}
@@ -152,11 +157,21 @@ func NewEphemeral(ctx context.Context, opts EphemeralOptions) (*Ephemeral, error
 		}
 	}
 
-	conn, err := e.connect(ctx, "")
+	pc, err := e.pool.get(ctx, "")
 	if err != nil {
-		return nil, fmt.Errorf("pgcred: admin cannot connect: %w", err)
+		e.pool.close()
+		return nil, fmt.Errorf("pgcred: admin cannot connect: %w", e.scrub(err))
 	}
-	defer closeConn(conn)
+	// The connection stays in the pool for the first session, unless the
+	// checks below fail.
+	ok := false
+	defer func() {
+		e.pool.put(pc)
+		if !ok {
+			e.pool.close()
+		}
+	}()
+	conn := pc.Conn
 	var createrole bool
 	err = conn.QueryRow(ctx, `SELECT current_user::text, current_database()::text, r.rolsuper, r.rolcreaterole,
 		current_setting('server_version_num')::int
@@ -233,6 +248,7 @@ func NewEphemeral(ctx context.Context, opts EphemeralOptions) (*Ephemeral, error
 	}
 	e.log.Debug("pgcred: ephemeral roles ready", "admin", e.adminUser, "database", e.adminDB,
 		"superuser", e.superuser, "server_version", e.version, "groups", e.groups, "ttl", e.ttl, "prefix", e.prefix)
+	ok = true
 	return e, nil
 }
 
@@ -285,15 +301,26 @@ func (e *Ephemeral) Acquire(ctx context.Context, sess *session.Session, database
 	b.WriteString("; COMMENT ON ROLE " + ident(role) + " IS " +
 		literal(CommentTag+"session="+sess.ID+" person="+cleanText(sess.Person.Name)))
 
-	conn, err := e.connect(ctx, "")
+	// A pooled connection that died while idle fails the statement before
+	// it runs; withConn then runs it once more on a new connection. If the
+	// first attempt did create the role after all (the connection was lost
+	// after the commit), the second gets 42710: the role is then ours to
+	// drop.
+	lostOnce := false
+	err = e.withConn(ctx, "", func(conn *pgx.Conn) error {
+		_, err := conn.Exec(ctx, b.String())
+		if connLost(conn, err) {
+			lostOnce = true
+		}
+		return err
+	})
 	if err != nil {
-		return fail(fmt.Errorf("pgcred: admin cannot connect: %w", e.scrub(err, password, verifier)))
-	}
-	defer closeConn(conn)
-	if _, err := conn.Exec(ctx, b.String()); err != nil {
+		var de *dialError
+		if errors.As(err, &de) {
+			return fail(fmt.Errorf("pgcred: admin cannot connect: %w", e.scrub(de.err, password, verifier)))
+		}
 		err = e.scrub(err, password, verifier)
-		var pe interface{ SQLState() string }
-		if !errors.As(err, &pe) {
+		if sqlState(err) == "" || (lostOnce && sqlState(err) == "42710") {
 			// Lost connection or cancelled: the role may exist. Let the
 			// retry loop make sure it does not stay.
 			e.schedule(role, &pendingDrop{sess: sess, database: database, groups: e.groups, expires: expires})
@@ -358,11 +385,27 @@ const (
 // its backends, DROP ROLE; on 2BP01 reassign and drop what it owns in every
 // database that records a dependency on it, then DROP ROLE again.
 func (e *Ephemeral) drop(ctx context.Context, role, database string) (dropState, error) {
-	conn, err := e.connect(ctx, "")
-	if err != nil {
-		return failed, fmt.Errorf("admin cannot connect: %w", e.scrub(err))
+	select {
+	case e.drops <- struct{}{}:
+		defer func() { <-e.drops }()
+	case <-ctx.Done():
+		return failed, ctx.Err()
 	}
-	defer closeConn(conn)
+	var st dropState
+	err := e.withConn(ctx, "", func(conn *pgx.Conn) error {
+		var err error
+		st, err = e.dropOn(ctx, conn, role, database)
+		return err
+	})
+	var de *dialError
+	if errors.As(err, &de) {
+		return failed, fmt.Errorf("admin cannot connect: %w", e.scrub(de.err))
+	}
+	return st, err
+}
+
+// dropOn is drop on one admin connection. Every step may be repeated.
+func (e *Ephemeral) dropOn(ctx context.Context, conn *pgx.Conn, role, database string) (dropState, error) {
 	id := ident(role)
 	if _, err := conn.Exec(ctx, "ALTER ROLE "+id+" NOLOGIN"); err != nil {
 		if sqlState(err) == "42704" {
@@ -385,7 +428,7 @@ func (e *Ephemeral) drop(ctx context.Context, role, database string) (dropState,
 	if err := e.terminate(ctx, conn, role); err != nil {
 		return nologin, err
 	}
-	_, err = conn.Exec(ctx, "DROP ROLE "+id)
+	_, err := conn.Exec(ctx, "DROP ROLE "+id)
 	switch sqlState(err) {
 	case "":
 		if err != nil {
@@ -439,20 +482,25 @@ func (e *Ephemeral) drop(ctx context.Context, role, database string) (dropState,
 // dropOwned runs REASSIGN OWNED and DROP OWNED for role in database db (they
 // act on the current database only, plus shared objects).
 func (e *Ephemeral) dropOwned(ctx context.Context, adminConn *pgx.Conn, db, role string) error {
-	conn := adminConn
-	if db != e.adminDB {
-		c, err := e.connect(ctx, db)
-		if err != nil {
-			return fmt.Errorf("admin cannot connect: %w", e.scrub(err))
-		}
-		defer closeConn(c)
-		conn = c
-	}
 	sql := "REASSIGN OWNED BY " + ident(role) + " TO " + ident(e.owner) + "; DROP OWNED BY " + ident(role)
-	if _, err := conn.Exec(ctx, sql); err != nil {
-		return fmt.Errorf("REASSIGN/DROP OWNED BY %s: %w", role, e.scrub(err))
+	run := func(conn *pgx.Conn) error {
+		if _, err := conn.Exec(ctx, sql); err != nil {
+			return fmt.Errorf("REASSIGN/DROP OWNED BY %s: %w", role, e.scrub(err))
+		}
+		return nil
 	}
-	return nil
+	if db == e.adminDB {
+		return run(adminConn)
+	}
+	// Connections to other databases are pooled too (a few, closed when
+	// idle for a minute): a role that keeps owning objects there is
+	// usually one of many.
+	err := e.withConn(ctx, db, run)
+	var de *dialError
+	if errors.As(err, &de) {
+		return fmt.Errorf("admin cannot connect: %w", e.scrub(de.err))
+	}
+	return err
 }
 
 // terminate kills every backend logged in as role and waits until they are
@@ -471,8 +519,20 @@ func (e *Ephemeral) terminate(ctx context.Context, conn *pgx.Conn, role string) 
 		if len(pids) == 0 {
 			return nil
 		}
-		if time.Now().After(deadline) {
+		left := time.Until(deadline)
+		if left <= 0 {
 			return fmt.Errorf("%d backend(s) of %s still alive after %v", len(pids), role, terminateWait)
+		}
+		if e.version >= 140000 {
+			// From 14 on, pg_terminate_backend can wait for the backend to
+			// exit: no polling, and the drop does not wait longer than it
+			// must (usually the backend of a client that just left, still
+			// exiting).
+			ms := max(left.Milliseconds(), 1)
+			if _, err := conn.Exec(ctx, `SELECT pg_terminate_backend(pid, $2) FROM unnest($1::int4[]) AS pid`, pids, ms); err != nil {
+				return fmt.Errorf("terminate backends of %s: %w", role, e.scrub(err))
+			}
+			continue
 		}
 		for _, pid := range pids {
 			if _, err := conn.Exec(ctx, `SELECT pg_terminate_backend($1)`, pid); err != nil {
@@ -503,20 +563,22 @@ func (e *Ephemeral) schedule(role string, p *pendingDrop) {
 // listOurs returns the roles with our prefix and our comment tag; with
 // expiredOnly, only those whose VALID UNTIL has passed.
 func (e *Ephemeral) listOurs(ctx context.Context, expiredOnly bool) ([]string, error) {
-	conn, err := e.connect(ctx, "")
-	if err != nil {
-		return nil, fmt.Errorf("admin cannot connect: %w", e.scrub(err))
+	var roles []string
+	err := e.withConn(ctx, "", func(conn *pgx.Conn) error {
+		rows, err := conn.Query(ctx, `SELECT r.rolname::text FROM pg_roles r
+			WHERE left(r.rolname, length($1)) = $1 AND NOT r.rolsuper
+			  AND left(coalesce(shobj_description(r.oid, 'pg_authid'), ''), length($2)) = $2
+			  AND (NOT $3::bool OR (r.rolvaliduntil IS NOT NULL AND r.rolvaliduntil < now()))
+			ORDER BY 1`, e.prefix, CommentTag, expiredOnly)
+		if err == nil {
+			roles, err = pgx.CollectRows(rows, pgx.RowTo[string])
+		}
+		return err
+	})
+	var de *dialError
+	if errors.As(err, &de) {
+		return nil, fmt.Errorf("admin cannot connect: %w", e.scrub(de.err))
 	}
-	defer closeConn(conn)
-	rows, err := conn.Query(ctx, `SELECT r.rolname::text FROM pg_roles r
-		WHERE left(r.rolname, length($1)) = $1 AND NOT r.rolsuper
-		  AND left(coalesce(shobj_description(r.oid, 'pg_authid'), ''), length($2)) = $2
-		  AND (NOT $3::bool OR (r.rolvaliduntil IS NOT NULL AND r.rolvaliduntil < now()))
-		ORDER BY 1`, e.prefix, CommentTag, expiredOnly)
-	if err != nil {
-		return nil, fmt.Errorf("list roles: %w", e.scrub(err))
-	}
-	roles, err := pgx.CollectRows(rows, pgx.RowTo[string])
 	if err != nil {
 		return nil, fmt.Errorf("list roles: %w", e.scrub(err))
 	}
@@ -636,6 +698,8 @@ func (e *Ephemeral) Run(ctx context.Context) {
 	defer retry.Stop()
 	sweep := time.NewTicker(e.sweepEvery)
 	defer sweep.Stop()
+	reap := time.NewTicker(otherIdleTTL / 2)
+	defer reap.Stop()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	go func() {
@@ -651,6 +715,8 @@ func (e *Ephemeral) Run(ctx context.Context) {
 			return
 		case <-retry.C:
 			e.retryPending(ctx)
+		case <-reap.C:
+			e.pool.reap()
 		case <-sweep.C:
 			if n, err := e.sweep(ctx, true); err != nil && ctx.Err() == nil {
 				e.log.Warn("pgcred: sweep of expired roles", "dropped", n, "error", err)
@@ -659,8 +725,9 @@ func (e *Ephemeral) Run(ctx context.Context) {
 	}
 }
 
-// Close stops Run and waits for it to return. Leases stay usable; roles not
-// yet dropped are left for the next start's Sweep.
+// Close stops Run, waits for it to return and closes the pooled admin
+// connections. Leases stay usable (a Release after Close opens a connection
+// of its own); roles not yet dropped are left for the next start's Sweep.
 func (e *Ephemeral) Close() {
 	e.mu.Lock()
 	if !e.closed {
@@ -669,6 +736,42 @@ func (e *Ephemeral) Close() {
 	}
 	e.mu.Unlock()
 	e.wg.Wait()
+	e.pool.close()
+}
+
+// dialError is a failure to open an admin connection, as opposed to one of
+// a statement.
+type dialError struct{ err error }
+
+func (d *dialError) Error() string { return d.err.Error() }
+func (d *dialError) Unwrap() error { return d.err }
+
+// withConn runs f on a pooled admin connection to db ("" for the admin
+// database). When f fails because the connection was lost and that
+// connection had served an earlier caller (it may have died while idle: a
+// server restart, pg_terminate_backend, idle_session_timeout, a network
+// drop), the idle connections to db are discarded and f runs once more on a
+// new connection. f must therefore be safe to repeat after a lost
+// connection. A failure to connect is returned as a *dialError.
+func (e *Ephemeral) withConn(ctx context.Context, db string, f func(*pgx.Conn) error) error {
+	for attempt := 0; ; attempt++ {
+		pc, err := e.pool.get(ctx, db)
+		if err != nil {
+			return &dialError{err}
+		}
+		err = f(pc.Conn)
+		lost := connLost(pc.Conn, err)
+		if lost {
+			e.pool.discard(pc)
+		} else {
+			e.pool.put(pc)
+		}
+		if !lost || !pc.reused || attempt > 0 || ctx.Err() != nil {
+			return err
+		}
+		e.log.Debug("pgcred: pooled admin connection lost, retrying on a new one", "database", db, "error", e.scrub(err))
+		e.pool.flush(db)
+	}
 }
 
 // connect opens an admin connection, to database db when not empty.

@@ -28,6 +28,7 @@ type recorder struct {
 	mu      sync.Mutex
 	events  []session.Event
 	secrets []string
+	logs    []string
 }
 
 func (r *recorder) Record(ev session.Event) {
@@ -91,7 +92,7 @@ CREATE ROLE pgcred_plain LOGIN PASSWORD 'plain-pw-77aa';
 CREATE ROLE super_group SUPERUSER NOLOGIN;
 `
 
-func startPG(t *testing.T, opts pgtest.Options) *pgtest.Server {
+func startPG(t testing.TB, opts pgtest.Options) *pgtest.Server {
 	t.Helper()
 	s := pgtest.Start(t, opts)
 	// pgtest's own cleanup signals runuser, which does not pass SIGINT on to
@@ -102,7 +103,7 @@ func startPG(t *testing.T, opts pgtest.Options) *pgtest.Server {
 	return s
 }
 
-func stopPG(t *testing.T, s *pgtest.Server) {
+func stopPG(t testing.TB, s *pgtest.Server) {
 	bin, err := pgtest.BinDir()
 	if err != nil {
 		t.Log(err)
@@ -117,7 +118,7 @@ func stopPG(t *testing.T, s *pgtest.Server) {
 	}
 }
 
-func connConfig(t *testing.T, s *pgtest.Server, user, password, db string) *pgx.ConnConfig {
+func connConfig(t testing.TB, s *pgtest.Server, user, password, db string) *pgx.ConnConfig {
 	t.Helper()
 	cfg, err := pgx.ParseConfig(s.URL(user, password, db))
 	if err != nil {
@@ -134,11 +135,11 @@ func admins(s *pgtest.Server) []struct{ name, user, password string } {
 	}
 }
 
-func testLogger(t *testing.T) *slog.Logger {
+func testLogger(t testing.TB) *slog.Logger {
 	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
 
-type testWriter struct{ t *testing.T }
+type testWriter struct{ t testing.TB }
 
 func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Helper()
