@@ -38,6 +38,9 @@ type pump struct {
 	src io.Reader
 	dst io.Writer
 	on  func(typ byte, n int, body []byte) error
+	// forwarded, if set, runs after each batch of messages that on saw has
+	// been written to dst (or failed to be).
+	forwarded func()
 
 	decode    [256]bool
 	decodeMax int // bodies larger than this are not decoded (nil body)
@@ -93,7 +96,11 @@ func (p *pump) run() error {
 			}
 			p.r += total
 		}
-		if err := p.forward(p.buf[start:p.r]); err != nil {
+		err := p.forward(p.buf[start:p.r])
+		if p.forwarded != nil && p.r > start {
+			p.forwarded()
+		}
+		if err != nil {
 			return err
 		}
 		if stop != nil {
@@ -128,7 +135,11 @@ func (p *pump) partial() error {
 			return fmt.Errorf("read message body: %w", unexpected(err))
 		}
 		stop := p.on(typ, n, msg[5:])
-		if err := p.forward(msg); err != nil {
+		err := p.forward(msg)
+		if p.forwarded != nil {
+			p.forwarded()
+		}
+		if err != nil {
 			return err
 		}
 		return stop

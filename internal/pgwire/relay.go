@@ -40,9 +40,14 @@ type ending struct {
 // upstream; one goroutine pumps back; both are gone when relay returns.
 func (p *Proxy) relay(ctx context.Context, client net.Conn, up *upstreamConn, sess *session.Session, lease Lease) error {
 	t := newTracker(sess)
-	c2s := newPump(client, up.conn, func(typ byte, _ int, body []byte) error { return t.client(typ, body) },
+	cio, uio := pumpIO(client), pumpIO(up.conn)
+	c2s := newPump(cio, uio, func(typ byte, _ int, body []byte) error { return t.client(typ, body) },
 		clientDecoded, p.opts.MaxMessageLen, p.opts.MaxMessageLen)
-	s2c := newPump(up.conn, client, t.server, serverDecoded, serverDecodeMax, 0)
+	s2c := newPump(uio, cio, t.server, serverDecoded, serverDecodeMax, 0)
+	// Statement events go out after the response that completes them has
+	// been forwarded: handing an event to the sink can wake another thread,
+	// and the client should not wait for that.
+	s2c.forwarded = t.flush
 
 	var (
 		once   sync.Once
@@ -84,7 +89,9 @@ func (p *Proxy) relay(ctx context.Context, client net.Conn, up *upstreamConn, se
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		stop(p.upstreamEnding(s2c.run(), t))
+		err := s2c.run()
+		t.flush()
+		stop(p.upstreamEnding(err, t))
 	}()
 	stop(p.clientEnding(c2s.run(), sess, t))
 	<-done

@@ -1,6 +1,8 @@
 package pgwire
 
 import (
+	"bytes"
+	"encoding/binary"
 	"encoding/hex"
 	"fmt"
 	"strconv"
@@ -49,6 +51,7 @@ type tracker struct {
 	stmts     map[string]string
 	portals   map[string]bound
 	lastParse string // SQL of the last Parse since the last Sync
+	lastQuery string // SQL of the last simple Query, reused when repeated
 
 	mu       sync.Mutex
 	queue    []pending
@@ -57,7 +60,8 @@ type tracker struct {
 
 	// server pump only
 	rows, bytes int64
-	fatalSeen   atomic.Bool // the upstream told the client it is ending
+	out         []session.Event // statement events held until flush
+	fatalSeen   atomic.Bool     // the upstream told the client it is ending
 }
 
 func newTracker(sess *session.Session) *tracker {
@@ -137,25 +141,36 @@ func (t *tracker) readyForQuery() {
 func (t *tracker) client(typ byte, body []byte) error {
 	switch typ {
 	case 'Q':
-		var m pgproto3.Query
-		if body == nil || m.Decode(body) != nil {
+		q, ok := cstring(body)
+		if !ok || len(q) != len(body)-1 {
 			t.push(pending{kind: 'Q', start: time.Now()})
 			return nil
 		}
-		t.push(pending{kind: 'Q', sql: m.String, start: time.Now()})
+		// The event keeps the SQL, so it is copied out of the read
+		// buffer, unless it repeats the last query.
+		if string(q) != t.lastQuery {
+			t.lastQuery = string(q)
+		}
+		t.push(pending{kind: 'Q', sql: t.lastQuery, start: time.Now()})
 	case 'P':
-		var m pgproto3.Parse
-		if body == nil || m.Decode(body) != nil {
+		name, query, ok := decodeParse(body)
+		if !ok {
 			return nil
 		}
-		if _, ok := t.stmts[m.Name]; !ok && len(t.stmts) >= maxPrepared {
-			for k := range t.stmts {
-				delete(t.stmts, k)
-				break
+		// Clients that re-Parse the same statement (the unnamed one, each
+		// time) get the SQL they sent before, not a new copy of it.
+		sql, known := t.stmts[string(name)]
+		if !known || sql != string(query) {
+			if !known && len(t.stmts) >= maxPrepared {
+				for k := range t.stmts {
+					delete(t.stmts, k)
+					break
+				}
 			}
+			sql = string(query)
+			t.stmts[string(name)] = sql
 		}
-		t.stmts[m.Name] = m.Query
-		t.lastParse = m.Query
+		t.lastParse = sql
 	case 'B':
 		var m pgproto3.Bind
 		if body == nil || m.Decode(body) != nil {
@@ -263,16 +278,56 @@ func (t *tracker) server(typ byte, n int, body []byte) error {
 	return nil
 }
 
+// emit records the statement p as completed now. The event waits in t.out
+// until flush, which the server pump calls once the messages that completed
+// it have been forwarded.
 func (t *tracker) emit(p pending, tag, code, msg string) {
 	if p.kind == 'S' && p.sql == "" {
 		return // an error from a Sync with no statement of its own
 	}
+	now := time.Now()
 	st := &session.Statement{Protocol: "extended", SQL: p.sql, Name: p.name, Params: p.params, Tag: tag,
-		Rows: rowsOf(tag, t.rows), Bytes: t.bytes, Duration: time.Since(p.start), SQLState: code, Error: msg}
+		Rows: rowsOf(tag, t.rows), Bytes: t.bytes, Duration: now.Sub(p.start), SQLState: code, Error: msg}
 	if p.kind == 'Q' {
 		st.Protocol = "simple"
 	}
-	t.sess.Emit(session.Event{Kind: session.KindStatement, Statement: st})
+	t.out = append(t.out, session.Event{Time: now, Kind: session.KindStatement, Statement: st})
+}
+
+// flush hands the held statement events to the session, in order.
+func (t *tracker) flush() {
+	for i := range t.out {
+		t.sess.Emit(t.out[i])
+		t.out[i] = session.Event{}
+	}
+	t.out = t.out[:0]
+}
+
+// cstring returns b up to its first NUL, and whether there was one.
+func cstring(b []byte) ([]byte, bool) {
+	i := bytes.IndexByte(b, 0)
+	if i < 0 {
+		return nil, false
+	}
+	return b[:i], true
+}
+
+// decodeParse takes the statement name and SQL from a Parse body without
+// copying them, checking the rest of the body as pgproto3.Parse would.
+func decodeParse(body []byte) (name, query []byte, ok bool) {
+	name, ok = cstring(body)
+	if !ok {
+		return nil, nil, false
+	}
+	rest := body[len(name)+1:]
+	if query, ok = cstring(rest); !ok {
+		return nil, nil, false
+	}
+	rest = rest[len(query)+1:]
+	if len(rest) < 2 || len(rest) < 2+4*int(binary.BigEndian.Uint16(rest)) {
+		return nil, nil, false
+	}
+	return name, query, true
 }
 
 // rowsOf takes the row count from a command tag that carries one and falls

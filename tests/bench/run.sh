@@ -213,6 +213,8 @@ start_daemon() {
 }
 start_daemon
 
+# sslmode=disable on every path, so the comparison is like for like: airlockd
+# answers SSLRequest with TLS, PostgreSQL (ssl off) and PgBouncer do not.
 DSN_DIRECT="host=$REMOTE port=5432 dbname=bench user=bench password=$BENCH_PW sslmode=disable connect_timeout=30"
 DSN_AIRLOCK="host=$REMOTE port=5432 dbname=bench user=agent sslmode=disable connect_timeout=30"
 DSN_BOUNCER="host=127.0.0.1 port=$BOUNCER_PORT dbname=bench user=bench password=$BENCH_PW sslmode=disable connect_timeout=30"
@@ -424,6 +426,8 @@ BOUNCERV=$(pgbouncer --version | head -1 | awk '{ print $2 }')
   echo "  upstream TLS off, \`log_level: $BENCH_LOG_LEVEL\` (at info, one event line per statement, to a file)."
   echo "- **pgbouncer**: pgbench connects to PgBouncer on \`127.0.0.1:$BOUNCER_PORT\` (session mode, SCRAM for the client,"
   echo "  the static user \`bench\` upstream, \`default_pool_size = 100\`)."
+  echo "- Every client on every path connects with \`sslmode=disable\`, so none of them pays for TLS (airlockd would"
+  echo "  otherwise answer the default \`sslmode=prefer\` with TLS, and the direct and PgBouncer paths cannot)."
   echo "- pgbench: \`-n -T $BENCH_SECONDS\`, \`-j 2\` for more than one client. Each configuration runs the three paths back to"
   echo "  back, the order rotated from one configuration to the next. TPS exclude the initial connection time; latency"
   echo "  is pgbench's average; \"added\" is airlock's average latency minus direct's."
