@@ -3,49 +3,79 @@ package session
 import (
 	"context"
 	"sync"
+	"time"
 )
 
+// batchDelay is how long an event may wait for others before the queue's
+// goroutine wakes to deliver them. Waking once per statement costs the data
+// path a thread wake-up per query; once per batch costs almost nothing.
+const batchDelay = 20 * time.Millisecond
+
 // Queue hands events to a slower sink (a log file, later the audit store)
-// off the data path. It never drops an event: when the queue is full,
-// Record waits, so a stuck sink slows sessions down rather than losing
+// off the data path, in batches. It never drops an event: when the queue is
+// full, Record waits, so a stuck sink slows sessions down rather than losing
 // their record.
 type Queue struct {
-	ch    chan Event
 	inner Sink
-	flush func() // called when the queue runs empty; may be nil
+	flush func() // called after each delivered batch; may be nil
+	max   int
 
-	mu     sync.RWMutex
+	mu     sync.Mutex
+	space  *sync.Cond // signalled when a batch is taken
+	buf    []Event
+	armed  bool // a delivery is scheduled
 	closed bool
-	done   chan struct{}
+	kick   chan struct{}
+
+	deliver sync.Mutex // keeps batches in order between Run and Close
 }
 
 // NewQueue returns a queue of size events in front of inner; flush, if
-// set, is called whenever the queue runs empty (to flush a buffered writer).
+// set, is called after each delivered batch (to flush a buffered writer).
 func NewQueue(inner Sink, size int, flush func()) *Queue {
-	return &Queue{ch: make(chan Event, size), inner: inner, flush: flush, done: make(chan struct{})}
+	q := &Queue{inner: inner, flush: flush, max: size, kick: make(chan struct{}, 1)}
+	q.space = sync.NewCond(&q.mu)
+	return q
 }
 
 // Record enqueues ev. After Close, events go straight to the inner sink.
 func (q *Queue) Record(ev Event) {
-	q.mu.RLock()
-	defer q.mu.RUnlock()
+	q.mu.Lock()
+	for len(q.buf) >= q.max && !q.closed {
+		q.wake()
+		q.space.Wait()
+	}
 	if q.closed {
+		q.mu.Unlock()
+		q.deliver.Lock()
 		q.inner.Record(ev)
+		q.deliver.Unlock()
 		return
 	}
-	q.ch <- ev
+	q.buf = append(q.buf, ev)
+	switch {
+	case len(q.buf) >= q.max/2:
+		q.wake()
+	case !q.armed:
+		q.armed = true
+		time.AfterFunc(batchDelay, q.wake)
+	}
+	q.mu.Unlock()
 }
 
-// Run delivers events until ctx is done, then drains what is queued.
+func (q *Queue) wake() {
+	select {
+	case q.kick <- struct{}{}:
+	default:
+	}
+}
+
+// Run delivers batches until ctx is done, then delivers what is left.
 func (q *Queue) Run(ctx context.Context) {
-	defer close(q.done)
 	for {
 		select {
-		case ev := <-q.ch:
-			q.inner.Record(ev)
-			if len(q.ch) == 0 && q.flush != nil {
-				q.flush()
-			}
+		case <-q.kick:
+			q.drain(false)
 		case <-ctx.Done():
 			q.Close()
 			return
@@ -54,39 +84,23 @@ func (q *Queue) Run(ctx context.Context) {
 }
 
 // Close stops queueing and delivers what is left. Safe to call twice.
-func (q *Queue) Close() {
-	// Record holds the read lock while it may wait on a full queue, so the
-	// queue keeps draining while Close waits for the write lock.
-	stop, stopped := make(chan struct{}), make(chan struct{})
-	go func() {
-		defer close(stopped)
-		for {
-			select {
-			case ev := <-q.ch:
-				q.inner.Record(ev)
-			case <-stop:
-				return
-			}
-		}
-	}()
+func (q *Queue) Close() { q.drain(true) }
+
+func (q *Queue) drain(closing bool) {
+	q.deliver.Lock()
+	defer q.deliver.Unlock()
 	q.mu.Lock()
-	already := q.closed
-	q.closed = true
-	q.mu.Unlock()
-	close(stop)
-	<-stopped
-	if already {
-		return
+	batch := q.buf
+	q.buf, q.armed = nil, false
+	if closing {
+		q.closed = true
 	}
-	for {
-		select {
-		case ev := <-q.ch:
-			q.inner.Record(ev)
-		default:
-			if q.flush != nil {
-				q.flush()
-			}
-			return
-		}
+	q.space.Broadcast()
+	q.mu.Unlock()
+	for _, ev := range batch {
+		q.inner.Record(ev)
+	}
+	if len(batch) > 0 && q.flush != nil {
+		q.flush()
 	}
 }
