@@ -179,6 +179,9 @@ func TestDaemonDialsAreNotLooped(t *testing.T) {
 	if res.Err != "" || !strings.HasPrefix(res.Reply, "server=target ") {
 		t.Fatalf("session through a daemon inside the intercepted cgroup failed: %+v\n%s", res, e.daemonOut.String())
 	}
+	// Events are written in batches: wait for this session's end.
+	waitLog(t, e, "kind=session.end")
+	time.Sleep(200 * time.Millisecond)
 	if strings.Count(e.daemonOut.String(), "kind=session.start") != 1 {
 		t.Fatalf("want exactly one session (a loop would open more):\n%s", e.daemonOut.String())
 	}
