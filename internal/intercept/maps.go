@@ -83,31 +83,11 @@ func (i *Interceptor) SetTargets(ts []Target) error {
 		}
 		want[k] = true
 	}
-	m := i.objs.AirlockTargets
-	one := uint32(1)
-	for k := range want {
-		if err := m.Put(&k, &one); err != nil {
-			return fmt.Errorf("set targets: add %v: %w", keyTarget(k), err)
-		}
+	removed, err := syncSet(i.objs.AirlockTargets, want, func(k airlockTargetKey) string { return fmt.Sprint(keyTarget(k)) })
+	if err != nil {
+		return fmt.Errorf("set targets: %w", err)
 	}
-	var stale []airlockTargetKey
-	var k airlockTargetKey
-	var v uint32
-	it := m.Iterate()
-	for it.Next(&k, &v) {
-		if !want[k] {
-			stale = append(stale, k)
-		}
-	}
-	if err := it.Err(); err != nil {
-		return fmt.Errorf("set targets: list current: %w", err)
-	}
-	for _, k := range stale {
-		if err := m.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			return fmt.Errorf("set targets: remove %v: %w", keyTarget(k), err)
-		}
-	}
-	i.log.Debug("targets set", "count", len(want), "removed", len(stale))
+	i.log.Debug("targets set", "count", len(want), "removed", removed)
 	return nil
 }
 
@@ -227,4 +207,34 @@ func ktimeToTime(ns uint64) time.Time {
 		return now
 	}
 	return now.Add(-time.Duration(ts.Nano() - int64(ns)))
+}
+
+// syncSet makes the keys of the set-like map m (every value 1) equal to
+// want: new keys are added before stale ones go, so a key present in both
+// the old and new set is never missing, even for an instant.
+func syncSet[K comparable](m *ebpf.Map, want map[K]bool, show func(K) string) (int, error) {
+	one := uint32(1)
+	for k := range want {
+		if err := m.Put(&k, &one); err != nil {
+			return 0, fmt.Errorf("add %s: %w", show(k), err)
+		}
+	}
+	var stale []K
+	var k K
+	var v uint32
+	it := m.Iterate()
+	for it.Next(&k, &v) {
+		if !want[k] {
+			stale = append(stale, k)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return 0, fmt.Errorf("list current: %w", err)
+	}
+	for _, k := range stale {
+		if err := m.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return 0, fmt.Errorf("remove %s: %w", show(k), err)
+		}
+	}
+	return len(stale), nil
 }

@@ -11,7 +11,6 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/ringbuf"
 )
 
@@ -100,29 +99,8 @@ func (i *Interceptor) SetExecMatch(match []string) error {
 	if err != nil {
 		return fmt.Errorf("set executables: %w", err)
 	}
-	m := i.objs.AirlockMatch
-	one := uint32(1)
-	for k := range want {
-		if err := m.Put(&k, &one); err != nil {
-			return fmt.Errorf("set executables: add %q: %w", execNameString(k), err)
-		}
-	}
-	var stale []airlockExecName
-	var k airlockExecName
-	var v uint32
-	it := m.Iterate()
-	for it.Next(&k, &v) {
-		if !want[k] {
-			stale = append(stale, k)
-		}
-	}
-	if err := it.Err(); err != nil {
-		return fmt.Errorf("set executables: list current: %w", err)
-	}
-	for _, k := range stale {
-		if err := m.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			return fmt.Errorf("set executables: remove %q: %w", execNameString(k), err)
-		}
+	if _, err := syncSet(i.objs.AirlockMatch, want, func(k airlockExecName) string { return strconv.Quote(execNameString(k)) }); err != nil {
+		return fmt.Errorf("set executables: %w", err)
 	}
 	return nil
 }
