@@ -403,13 +403,14 @@ func validHostname(h string) bool {
 	return true
 }
 
-
 type durationError struct {
 	line  int
 	value string
 }
 
-func (e *durationError) Error() string { return fmt.Sprintf("line %d: bad duration %q", e.line, e.value) }
+func (e *durationError) Error() string {
+	return fmt.Sprintf("line %d: bad duration %q", e.line, e.value)
+}
 
 // pathAtLine finds the key written on line, for errors raised where only the
 // line is known.

@@ -6,8 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os/exec"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -95,27 +93,8 @@ CREATE ROLE super_group SUPERUSER NOLOGIN;
 func startPG(t testing.TB, opts pgtest.Options) *pgtest.Server {
 	t.Helper()
 	s := pgtest.Start(t, opts)
-	// pgtest's own cleanup signals runuser, which does not pass SIGINT on to
-	// the postmaster: it then waits 15s and orphans the server. Stop the
-	// server first (cleanups run last-in first-out) so that it is quick.
-	t.Cleanup(func() { stopPG(t, s) })
 	s.Psql(t, "postgres", setupSQL)
 	return s
-}
-
-func stopPG(t testing.TB, s *pgtest.Server) {
-	bin, err := pgtest.BinDir()
-	if err != nil {
-		t.Log(err)
-		return
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	out, err := exec.CommandContext(ctx, "runuser", "-u", "postgres", "--", filepath.Join(bin, "pg_ctl"),
-		"stop", "-D", filepath.Join(s.Dir, "data"), "-m", "fast", "-w").CombinedOutput()
-	if err != nil {
-		t.Logf("pg_ctl stop: %v: %s", err, out)
-	}
 }
 
 func connConfig(t testing.TB, s *pgtest.Server, user, password, db string) *pgx.ConnConfig {

@@ -22,7 +22,7 @@ import (
 // BenchmarkSelect1 measures one round trip of "select 1", direct and through
 // the proxy, in the same run: the difference is the proxy's added latency.
 func BenchmarkSelect1(b *testing.B) {
-	pg := startPG(b, pgtest.Options{})
+	pg := pgtest.Start(b, pgtest.Options{})
 	h := newHarness(b, pg, nil)
 	targets := []struct{ name, url string }{
 		{"Direct", pg.AdminURL("postgres")},
@@ -62,7 +62,7 @@ func TestPgbenchRatio(t *testing.T) {
 	if os.Getenv("AIRLOCK_PERF") == "" {
 		t.Skip("set AIRLOCK_PERF=1 to compare pgbench throughput")
 	}
-	pg := startPG(t, pgtest.Options{})
+	pg := pgtest.Start(t, pgtest.Options{})
 	h := newHarness(t, pg, nil)
 	direct := []string{"PGPORT=" + itoa(pg.Port), "PGUSER=" + pg.AdminUser, "PGPASSWORD=" + pg.AdminPassword}
 	run(t, h, direct, "pgbench", "-i", "-q", "-s", "10")
@@ -96,7 +96,7 @@ func TestPgbenchRatio(t *testing.T) {
 // TestIdleSessionMemory bounds what an idle relayed session costs the
 // daemon: both pumps, the goroutine, the sockets and the tracker.
 func TestIdleSessionMemory(t *testing.T) {
-	pg := startPG(t, pgtest.Options{Conf: []string{"max_connections = 300"}})
+	pg := pgtest.Start(t, pgtest.Options{Conf: []string{"max_connections = 300"}})
 	h := newHarness(t, pg, nil)
 	login := startupPacket(3<<16, "user", "x", "database", "postgres")
 	const n = 200

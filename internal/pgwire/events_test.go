@@ -27,7 +27,7 @@ func pick(s session.Statement) want {
 }
 
 func TestStatementEvents(t *testing.T) {
-	pg := startPG(t, pgtest.Options{})
+	pg := pgtest.Start(t, pgtest.Options{})
 	tests := []struct {
 		name string
 		run  func(t *testing.T, c *pgx.Conn)

@@ -7,8 +7,6 @@ import (
 	"log/slog"
 	"net"
 	"net/url"
-	"os/exec"
-	"path/filepath"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -262,22 +260,5 @@ func testCtx(t testing.TB) context.Context {
 }
 
 func itoa(n int) string { return strconv.Itoa(n) }
-
-// startPG starts a test server and stops it with pg_ctl when the test ends:
-// pgtest signals runuser, which does not pass the signal on, and the
-// orphaned server would hold the test's output open for a minute.
-func startPG(t testing.TB, opts pgtest.Options) *pgtest.Server {
-	t.Helper()
-	pg := pgtest.Start(t, opts)
-	bin, err := pgtest.BinDir()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = exec.Command("runuser", "-u", "postgres", "--", filepath.Join(bin, "pg_ctl"), "stop",
-			"-m", "fast", "-w", "-D", filepath.Join(pg.Dir, "data")).Run()
-	})
-	return pg
-}
 
 func ctx(t testing.TB) context.Context { return testCtx(t) }

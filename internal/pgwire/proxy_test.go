@@ -21,7 +21,7 @@ import (
 // TestProxy runs client behaviours through the proxy against one real
 // server (SCRAM-SHA-256, plain TCP).
 func TestProxy(t *testing.T) {
-	pg := startPG(t, pgtest.Options{})
+	pg := pgtest.Start(t, pgtest.Options{})
 	pg.Psql(t, "postgres", "create table items (id int primary key, name text, data bytea)")
 
 	t.Run("queries", func(t *testing.T) {

@@ -105,7 +105,7 @@ func TestRefusedBeforeStartup(t *testing.T) {
 var sslReq = []byte{0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f}
 
 func TestRefusedAtStartup(t *testing.T) {
-	pg := startPG(t, pgtest.Options{})
+	pg := pgtest.Start(t, pgtest.Options{})
 	tests := []struct {
 		name   string
 		mutate func(*Options)
@@ -158,7 +158,7 @@ func TestRefusedAtStartup(t *testing.T) {
 }
 
 func TestRefusedAfterStartup(t *testing.T) {
-	pg := startPG(t, pgtest.Options{})
+	pg := pgtest.Start(t, pgtest.Options{})
 	h := newHarness(t, pg, func(o *Options) { o.MaxMessageLen = 64 << 10 })
 	login := startupPacket(3<<16, "user", "x", "database", "postgres")
 	tests := []struct {

@@ -19,9 +19,9 @@ import (
 // TestUpstreamAuthAndTLS logs in upstream with each supported method and
 // TLS mode.
 func TestUpstreamAuthAndTLS(t *testing.T) {
-	scram := startPG(t, pgtest.Options{})
-	md5 := startPG(t, pgtest.Options{Auth: "md5"})
-	ssl := startPG(t, pgtest.Options{SSL: true})
+	scram := pgtest.Start(t, pgtest.Options{})
+	md5 := pgtest.Start(t, pgtest.Options{Auth: "md5"})
+	ssl := pgtest.Start(t, pgtest.Options{SSL: true})
 	tests := []struct {
 		name       string
 		pg         *pgtest.Server
@@ -101,7 +101,7 @@ func TestTools(t *testing.T) {
 			t.Skipf("%s not installed", tool)
 		}
 	}
-	pg := startPG(t, pgtest.Options{SSL: true})
+	pg := pgtest.Start(t, pgtest.Options{SSL: true})
 	tlsOpt, proxyCert := clientTLS(t)
 	h := newHarness(t, pg, func(o *Options) {
 		tlsOpt(o)

@@ -54,12 +54,12 @@ type Statement struct {
 
 // Credential is a just-in-time upstream credential being created or revoked.
 type Credential struct {
-	Mode     string    `json:"mode"` // "ephemeral" or "static"
-	Role     string    `json:"role"`
-	Groups   []string  `json:"groups,omitempty"`
-	Expires  time.Time `json:"expires,omitempty"`
-	Outcome  string    `json:"outcome"` // "ok", "nologin", "failed"
-	Error    string    `json:"error,omitempty"`
+	Mode    string    `json:"mode"` // "ephemeral" or "static"
+	Role    string    `json:"role"`
+	Groups  []string  `json:"groups,omitempty"`
+	Expires time.Time `json:"expires,omitempty"`
+	Outcome string    `json:"outcome"` // "ok", "nologin", "failed"
+	Error   string    `json:"error,omitempty"`
 }
 
 // Refusal is a connection or session that Airlock turned away.

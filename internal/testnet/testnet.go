@@ -31,12 +31,12 @@ func RequireRoot(t testing.TB) {
 
 // Host is a remote host in its own network namespace.
 type Host struct {
-	NS       string     // namespace name, for `ip netns exec`
-	HostIf   string     // veth end in the test's namespace
-	V4       netip.Addr // the remote host's IPv4 address
-	V6       netip.Addr // the remote host's IPv6 address
-	LocalV4  netip.Addr // our end's IPv4 address
-	LocalV6  netip.Addr // our end's IPv6 address
+	NS      string     // namespace name, for `ip netns exec`
+	HostIf  string     // veth end in the test's namespace
+	V4      netip.Addr // the remote host's IPv4 address
+	V6      netip.Addr // the remote host's IPv6 address
+	LocalV4 netip.Addr // our end's IPv4 address
+	LocalV6 netip.Addr // our end's IPv6 address
 }
 
 var seq atomic.Uint32
