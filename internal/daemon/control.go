@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"time"
 
 	"github.com/airlockhq/airlock/internal/cgroups"
@@ -34,7 +35,12 @@ func (d *Daemon) Status(_ context.Context, p control.Peer) (*control.Status, err
 	}
 	st.Counters, st.MapEntries = ist.Counters, ist.MapEntries
 	resolved := map[string][]string{}
+	unresolved := map[string]bool{}
 	for _, e := range d.set.All() {
+		if e.Unresolved {
+			unresolved[e.Name] = true
+			continue
+		}
 		resolved[e.Name] = append(resolved[e.Name], e.Prefix.String())
 	}
 	dns := map[string]control.TargetStatus{}
@@ -43,11 +49,22 @@ func (d *Daemon) Status(_ context.Context, p control.Peer) (*control.Status, err
 		if r.TTL > 0 {
 			ts.TTL = r.TTL.String()
 		}
+		for _, a := range r.Addrs {
+			ts.Addresses = append(ts.Addresses, control.AddressStatus{Address: a.String(), State: "current", LastSeen: r.Resolved})
+		}
+		for _, l := range r.Lingering {
+			ts.Addresses = append(ts.Addresses, control.AddressStatus{Address: l.Addr.String(), State: "lingering",
+				LastSeen: l.LastSeen, Expires: l.Expires})
+		}
 		dns[r.Name] = ts
 	}
 	for _, t := range d.cfg.Targets {
 		ts := dns[t.Name]
 		ts.Name, ts.Address, ts.Resolved = t.Name, t.Address, resolved[t.Name]
+		ts.Unresolved = unresolved[t.Name]
+		if ts.Unresolved && ts.Error == "" {
+			ts.Error = "not resolved yet"
+		}
 		ts.Protocol = "tcp"
 		if conn, ok := d.cfg.ConnectionFor(t.Name); ok {
 			ts.Connection, ts.Protocol = conn.Name, conn.Protocol
@@ -68,6 +85,15 @@ func (d *Daemon) Status(_ context.Context, p control.Peer) (*control.Status, err
 			continue
 		}
 		st.Sessions = append(st.Sessions, sessionStatus(s))
+	}
+	fs := d.fd.Stats()
+	st.Proxy = &control.ProxyStatus{MaxSessions: fs.MaxSessions, MaxSessionsPerUID: fs.MaxSessionsPerUID, Active: fs.Active,
+		PerUID: map[string]int{}, Refused: fs.Refused, AcceptErrors: fs.AcceptErrors,
+		LastAcceptError: fs.LastAcceptError, LastAcceptErrorAt: fs.LastAcceptErrorAt, OpenFilesLimit: d.fileLimit}
+	for uid, n := range fs.PerUID {
+		if p.UID == 0 || uid == p.UID {
+			st.Proxy.PerUID[strconv.FormatUint(uint64(uid), 10)] = n
+		}
 	}
 	return st, nil
 }

@@ -34,7 +34,7 @@ const (
 	// addresses that clients resolved a moment ago and still dial; letting
 	// them go at once would let those connections through.
 	DefaultLinger = time.Hour
-	DefaultHosts   = "/etc/hosts"
+	DefaultHosts  = "/etc/hosts"
 )
 
 const (
@@ -63,17 +63,17 @@ type Spec struct {
 
 // Result is the current state of one Spec.
 type Result struct {
-	Name     string
-	Host     string
-	Port     uint16
-	Addrs    []netip.Addr  // last good addresses, sorted (IPv4 first); kept across failures
+	Name  string
+	Host  string
+	Port  uint16
+	Addrs []netip.Addr // last good addresses, sorted (IPv4 first); kept across failures
 	// Lingering are addresses the host answered with before but not in its
 	// last good answer, kept for Options.Linger after they were dropped.
 	// They must be intercepted like Addrs: clients may still hold them.
 	Lingering []Lingering
-	TTL      time.Duration // of the last good answer, clamped
-	Resolved time.Time     // of the last good answer; zero if never resolved
-	Err      string        // error of the last attempt; "" if it succeeded
+	TTL       time.Duration // of the last good answer, clamped
+	Resolved  time.Time     // of the last good answer; zero if never resolved
+	Err       string        // error of the last attempt; "" if it succeeded
 }
 
 // Lingering is an address dropped from a host's answers but still
