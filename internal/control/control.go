@@ -96,14 +96,30 @@ func (s *Server) Serve(ctx context.Context) error {
 	stop := context.AfterFunc(ctx, func() { _ = s.l.Close() })
 	defer stop()
 	defer os.Remove(s.path)
+	// No accept error ends the loop: out of file descriptors (EMFILE),
+	// back off and retry, so `airlock status` answers again once sessions
+	// end instead of the daemon exiting.
+	var backoff time.Duration
 	for {
 		c, err := s.l.AcceptUnix()
 		if err != nil {
 			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
 				return nil
 			}
-			return fmt.Errorf("accept on control socket: %w", err)
+			if backoff == 0 {
+				s.log.Warn("accept on control socket failed; backing off and retrying", "err", err)
+			}
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			t := time.NewTimer(backoff)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return nil
+			case <-t.C:
+			}
+			continue
 		}
+		backoff = 0
 		go s.serveConn(ctx, c)
 	}
 }
