@@ -27,6 +27,12 @@ type Peer struct {
 	PID uint32
 	UID uint32
 	GID uint32
+	// PIDFD names the caller's process for the duration of the call, so
+	// that a pid recycled after the caller exited is never mistaken for
+	// it: SO_PEERPIDFD where the kernel has it (6.5+), else pidfd_open of
+	// the SO_PEERCRED pid checked to have started before the call. Nil if
+	// neither worked. The server closes it when the call returns.
+	PIDFD *os.File
 }
 
 // Request is one call.
@@ -126,11 +132,17 @@ func (s *Server) Serve(ctx context.Context) error {
 
 func (s *Server) serveConn(ctx context.Context, c *net.UnixConn) {
 	defer c.Close()
+	accepted := bootTicks()
 	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
 	peer, err := peerOf(c)
 	if err != nil {
 		s.log.Warn("control: no peer credentials", "err", err)
 		return
+	}
+	if peer.PIDFD, err = peerPIDFD(c, peer.PID, accepted); err != nil {
+		s.log.Debug("control: no pidfd for the caller", "pid", peer.PID, "err", err)
+	} else {
+		defer peer.PIDFD.Close()
 	}
 	var req Request
 	dec := json.NewDecoder(bufio.NewReader(&limitedReader{c, 64 << 10}))

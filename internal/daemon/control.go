@@ -3,13 +3,10 @@ package daemon
 import (
 	"context"
 	"errors"
-	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
-	"time"
 
-	"github.com/airlockhq/airlock/internal/cgroups"
 	"github.com/airlockhq/airlock/internal/control"
 	"github.com/airlockhq/airlock/internal/intercept"
 	"github.com/airlockhq/airlock/internal/procinfo"
@@ -105,29 +102,17 @@ func sessionStatus(s *session.Session) control.SessionStatus {
 	}
 }
 
-// Run implements control.Handler: the caller's own process (by
-// SO_PEERCRED, never a pid it names) moves into a fresh cgroup under the run
-// group, then execs the command, which with every descendant is intercepted.
+// Run implements control.Handler: the caller's own process (named by the
+// kernel with a pidfd, never a pid it claims) moves into a fresh cgroup
+// under the run group, then execs the command, which with every descendant
+// is intercepted.
 func (d *Daemon) Run(_ context.Context, p control.Peer) (*control.RunReply, error) {
 	if p.PID == 0 {
 		return nil, errors.New("caller has no pid")
 	}
-	dir := filepath.Join(d.runGroup, fmt.Sprintf("run-%d-%d", p.PID, time.Now().UnixNano()))
-	if err := cgroups.Create(dir); err != nil {
-		return nil, fmt.Errorf("create cgroup: %w", err)
-	}
-	id, err := cgroups.ID(dir)
+	dir, err := d.runs.place(int(p.PID), p.PIDFD)
 	if err != nil {
 		return nil, err
-	}
-	if err := d.ic.SelectCgroup(id); err != nil {
-		_ = cgroups.Remove(dir)
-		return nil, fmt.Errorf("select cgroup: %w", err)
-	}
-	if err := cgroups.MovePID(dir, int(p.PID)); err != nil {
-		_ = d.ic.UnselectCgroup(id)
-		_ = cgroups.Remove(dir)
-		return nil, fmt.Errorf("move pid %d into %s: %w", p.PID, dir, err)
 	}
 	d.log.Info("airlock run: process placed in an intercepted cgroup", "pid", p.PID, "uid", p.UID, "cgroup", dir)
 	rel, _ := filepath.Rel(d.cgRoot, dir)

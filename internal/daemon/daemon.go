@@ -58,6 +58,7 @@ type Daemon struct {
 	cgRoot    string // cgroup v2 mount
 	runGroup  string // parent of `airlock run` cgroups
 	fileLimit uint64 // RLIMIT_NOFILE after raising it
+	runs      *runGroups
 
 	mu sync.Mutex
 }
@@ -264,6 +265,7 @@ func (d *Daemon) selectProcesses(ctx context.Context, mode intercept.Mode) error
 			return fmt.Errorf("select cgroup %s: %w", p, err)
 		}
 	}
+	d.runs = newRunGroups(d.runGroup, d.ic, d.log)
 	d.closers = append(d.closers, d.watch(ctx, d.reapRunGroups))
 	if mode == intercept.ModeTree {
 		exes := d.cfg.Intercept.Executables
@@ -290,21 +292,7 @@ func (d *Daemon) reapRunGroups(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		entries, _ := os.ReadDir(d.runGroup)
-		for _, e := range entries {
-			if !e.IsDir() {
-				continue
-			}
-			p := filepath.Join(d.runGroup, e.Name())
-			b, err := os.ReadFile(filepath.Join(p, "cgroup.procs"))
-			if err != nil || len(strings.TrimSpace(string(b))) > 0 {
-				continue
-			}
-			if id, err := cgroups.ID(p); err == nil {
-				_ = d.ic.UnselectCgroup(id)
-			}
-			_ = os.Remove(p)
-		}
+		d.runs.reap()
 	}
 }
 
