@@ -342,6 +342,25 @@ func TestSessionCapPostgres(t *testing.T) {
 	if got := w.psql(t, w.dsn, "-c", "select 41+1"); got != "42" {
 		t.Fatalf("session after the cap freed: %q", got)
 	}
+
+	// At the cap, a client can still cancel its running query: the
+	// CancelRequest comes on a connection of its own.
+	cmd := exec.Command("psql", "-X", "-At", w.dsn, "-c", "SELECT pg_sleep(30)")
+	cmd.SysProcAttr = w.clientIn(w.clients, 0).SysProcAttr
+	var sleepOut strings.Builder
+	cmd.Stdout, cmd.Stderr = &sleepOut, &sleepOut
+	start := time.Now()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "pg_sleep to run upstream", 15*time.Second, func() bool {
+		return w.srv.Psql(t, "postgres", "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)'") == "1"
+	})
+	_ = cmd.Process.Signal(unix.SIGINT) // psql sends a CancelRequest
+	_ = cmd.Wait()
+	if !strings.Contains(sleepOut.String(), "canceling statement due to user request") || time.Since(start) > 20*time.Second {
+		t.Fatalf("cancel at the session cap did not reach the server: %q after %s", sleepOut.String(), time.Since(start))
+	}
 }
 
 // Out of file descriptors, the daemon keeps accepting: it backs off while

@@ -71,7 +71,11 @@ func newRouter(ctx context.Context, cfg *config.Config, set *targets.Set, dialer
 			refuser = pgRefuser{tls: clientTLS}
 		}
 		for _, t := range conn.Targets {
-			r.byTarget[t] = frontdoor.Route{Target: t, Connection: conn.Name, Protocol: conn.Protocol, Handler: h, Refuser: refuser}
+			rt := frontdoor.Route{Target: t, Connection: conn.Name, Protocol: conn.Protocol, Handler: h, Refuser: refuser}
+			if conn.Protocol == "postgres" {
+				rt.Exempt = func(c net.Conn) bool { return pgrefuse.IsCancelRequest(c, 2*time.Second) }
+			}
+			r.byTarget[t] = rt
 		}
 	}
 	return r, nil

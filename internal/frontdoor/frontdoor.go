@@ -50,6 +50,10 @@ type Route struct {
 	// Refuser tells a turned-away client why, in its protocol; nil closes
 	// the connection without a word (plain TCP has none).
 	Refuser Refuser
+	// Exempt, if set, says whether a connection over the session caps may
+	// still be served (a PostgreSQL CancelRequest: short, and the way out
+	// of a runaway query). It may wait briefly for the client's first bytes.
+	Exempt func(conn net.Conn) bool
 }
 
 // Refusal is why a connection is turned away before its session starts.
@@ -106,6 +110,10 @@ const (
 // protect. Beyond it, connections are closed without a word.
 const maxRefusing = 64
 
+// maxExempt bounds the connections served over the caps at once (see
+// Route.Exempt), so exemptions cannot be used to get around them.
+const maxExempt = 16
+
 // Stats are the front door's counts, for `airlock status`.
 type Stats struct {
 	Active            int
@@ -128,6 +136,7 @@ type Server struct {
 	perUID   map[uint32]int // sessions counted against the caps
 	active   int
 	refusing int
+	exempting int
 	refused  map[string]uint64
 	acceptN  uint64
 	acceptE  string
@@ -256,10 +265,14 @@ func (s *Server) handle(ctx context.Context, conn net.Conn) {
 		return
 	}
 	if r, ok := s.acquire(rec.UID); !ok {
-		s.refuse(ctx, conn, route, rec, client, r)
-		return
+		if !s.exempt(route, conn) {
+			s.refuse(ctx, conn, route, rec, client, r)
+			return
+		}
+		defer s.unexempt()
+	} else {
+		defer s.release(rec.UID)
 	}
-	defer s.release(rec.UID)
 
 	sess := session.New(s.opts.Sink)
 	sess.Target, sess.Connection, sess.Protocol = route.Target, route.Connection, route.Protocol
@@ -326,6 +339,34 @@ func (s *Server) release(uid uint32) {
 	if s.perUID[uid]--; s.perUID[uid] <= 0 {
 		delete(s.perUID, uid)
 	}
+}
+
+// exempt reports whether a connection over the caps may still be served,
+// and if so holds one of the few exempt slots until unexempt.
+func (s *Server) exempt(route Route, conn net.Conn) bool {
+	if route.Exempt == nil {
+		return false
+	}
+	s.mu.Lock()
+	ok := s.exempting < maxExempt
+	if ok {
+		s.exempting++
+	}
+	s.mu.Unlock()
+	if !ok {
+		return false
+	}
+	if route.Exempt(conn) {
+		return true
+	}
+	s.unexempt()
+	return false
+}
+
+func (s *Server) unexempt() {
+	s.mu.Lock()
+	s.exempting--
+	s.mu.Unlock()
 }
 
 func (s *Server) count(reason string) {

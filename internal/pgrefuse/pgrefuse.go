@@ -16,9 +16,11 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
+	"golang.org/x/sys/unix"
 )
 
 // SQLSTATEs used by the front door's refusals.
@@ -136,3 +138,40 @@ type prefixConn struct {
 }
 
 func (p *prefixConn) Read(b []byte) (int, error) { return p.r.Read(b) }
+
+// IsCancelRequest reports whether the first packet waiting on conn (not
+// consumed) is a CancelRequest, waiting at most wait for it to arrive. A
+// client at its session cap must still be able to cancel a running query,
+// as PostgreSQL allows at max_connections.
+func IsCancelRequest(conn net.Conn, wait time.Duration) bool {
+	sc, ok := conn.(interface {
+		SyscallConn() (syscall.RawConn, error)
+	})
+	if !ok {
+		return false
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return false
+	}
+	_ = conn.SetReadDeadline(time.Now().Add(wait))
+	defer conn.SetReadDeadline(time.Time{})
+	var buf [8]byte
+	got := 0
+	// Read blocks (through the runtime's poller, so the deadline holds)
+	// until the callback says done; MSG_PEEK leaves the bytes in place.
+	err = raw.Read(func(fd uintptr) bool {
+		n, _, err := unix.Recvfrom(int(fd), buf[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+		if err == unix.EAGAIN || err == nil && n > 0 && n < len(buf) {
+			return false // wait for more
+		}
+		if err == nil {
+			got = n
+		}
+		return true
+	})
+	if err != nil || got < len(buf) {
+		return false
+	}
+	return binary.BigEndian.Uint32(buf[:4]) == 16 && binary.BigEndian.Uint32(buf[4:]) == codeCancel
+}

@@ -195,3 +195,60 @@ func (c *bufConn) RemoteAddr() net.Addr             { return &net.TCPAddr{} }
 func (c *bufConn) SetDeadline(time.Time) error      { return nil }
 func (c *bufConn) SetReadDeadline(time.Time) error  { return nil }
 func (c *bufConn) SetWriteDeadline(time.Time) error { return nil }
+
+func TestIsCancelRequest(t *testing.T) {
+	cancel := packet(codeCancel, make([]byte, 8))
+	startup := packet(3<<16, []byte("user\x00a\x00\x00"))
+	tests := []struct {
+		name  string
+		parts [][]byte // written with a pause between
+		want  bool
+	}{
+		{"cancel", [][]byte{cancel}, true},
+		{"cancel in two parts", [][]byte{cancel[:3], cancel[3:]}, true},
+		{"startup", [][]byte{startup}, false},
+		{"SSLRequest", [][]byte{packet(codeSSL, nil)}, false},
+		{"silence", nil, false},
+		{"short then close", [][]byte{cancel[:5]}, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			l, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer l.Close()
+			c, err := net.Dial("tcp", l.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			s, err := l.Accept()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			go func() {
+				for _, p := range tc.parts {
+					_, _ = c.Write(p)
+					time.Sleep(50 * time.Millisecond)
+				}
+				if tc.name == "short then close" {
+					_ = c.Close()
+				}
+			}()
+			if got := IsCancelRequest(s, 500*time.Millisecond); got != tc.want {
+				t.Fatalf("IsCancelRequest = %v, want %v", got, tc.want)
+			}
+			// Nothing was consumed: the handler reads the packet whole.
+			if len(tc.parts) > 0 && tc.name != "short then close" {
+				want := bytes.Join(tc.parts, nil)
+				got := make([]byte, len(want))
+				_ = s.SetReadDeadline(time.Now().Add(5 * time.Second))
+				if _, err := io.ReadFull(s, got); err != nil || !bytes.Equal(got, want) {
+					t.Fatalf("after peeking, read %q (%v), want %q", got, err, want)
+				}
+			}
+		})
+	}
+}
