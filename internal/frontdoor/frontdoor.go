@@ -131,17 +131,17 @@ type Server struct {
 	opts      Options
 	listeners []net.Listener
 
-	mu       sync.Mutex
-	sessions map[string]*session.Session
-	perUID   map[uint32]int // sessions counted against the caps
-	active   int
-	refusing int
+	mu        sync.Mutex
+	sessions  map[string]*session.Session
+	perUID    map[uint32]int // sessions counted against the caps
+	active    int
+	refusing  int
 	exempting int
-	refused  map[string]uint64
-	acceptN  uint64
-	acceptE  string
-	acceptAt time.Time
-	wg       sync.WaitGroup
+	refused   map[string]uint64
+	acceptN   uint64
+	acceptE   string
+	acceptAt  time.Time
+	wg        sync.WaitGroup
 }
 
 // Listen binds the proxy port on both loopbacks.
