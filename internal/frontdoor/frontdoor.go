@@ -131,17 +131,18 @@ type Server struct {
 	opts      Options
 	listeners []net.Listener
 
-	mu        sync.Mutex
-	sessions  map[string]*session.Session
-	perUID    map[uint32]int // sessions counted against the caps
-	active    int
-	refusing  int
-	exempting int
-	refused   map[string]uint64
-	acceptN   uint64
-	acceptE   string
-	acceptAt  time.Time
-	wg        sync.WaitGroup
+	mu            sync.Mutex
+	sessions      map[string]*session.Session
+	perUID        map[uint32]int // sessions counted against the caps
+	active        int
+	refusing      int
+	exempting     int
+	refusalLogged map[string]time.Time
+	refused       map[string]uint64
+	acceptN       uint64
+	acceptE       string
+	acceptAt      time.Time
+	wg            sync.WaitGroup
 }
 
 // Listen binds the proxy port on both loopbacks.
@@ -149,7 +150,8 @@ func Listen(opts Options) (*Server, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	s := &Server{opts: opts, sessions: map[string]*session.Session{}, perUID: map[uint32]int{}, refused: map[string]uint64{}}
+	s := &Server{opts: opts, sessions: map[string]*session.Session{}, perUID: map[uint32]int{}, refused: map[string]uint64{},
+		refusalLogged: map[string]time.Time{}}
 	port := strconv.Itoa(int(opts.Port))
 	for _, addr := range []struct{ network, addr string }{{"tcp4", "127.0.0.1:" + port}, {"tcp6", "[::1]:" + port}} {
 		l, err := net.Listen(addr.network, addr.addr)
@@ -369,6 +371,20 @@ func (s *Server) unexempt() {
 	s.mu.Unlock()
 }
 
+// refusalLogEvery is how often each kind of refusal is logged at most.
+const refusalLogEvery = 10 * time.Second
+
+func (s *Server) logRefusal(reason string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := time.Now()
+	if last, ok := s.refusalLogged[reason]; ok && now.Sub(last) < refusalLogEvery {
+		return false
+	}
+	s.refusalLogged[reason] = now
+	return true
+}
+
 func (s *Server) count(reason string) {
 	s.mu.Lock()
 	s.refused[reason]++
@@ -394,8 +410,12 @@ func (s *Server) refuse(ctx context.Context, conn net.Conn, route Route, rec int
 	sess.Origin = session.Origin{PID: rec.TGID, TID: rec.PID, UID: rec.UID, GID: rec.GID,
 		Comm: rec.Comm, CgroupID: rec.CgroupID, ConnectAt: rec.At}
 	sess.Emit(session.Event{Kind: session.KindRefused, Refusal: &session.Refusal{Reason: r.Message, SQLState: r.Code}})
-	s.opts.Logger.Warn("refused connection", "reason", r.Reason, "target", route.Target, "dest", rec.Orig.String(),
-		"pid", rec.TGID, "uid", rec.UID, "message", r.Message)
+	// Every refusal is an event; the log gets the first of each kind per
+	// interval, so a flood of them does not flood the journal.
+	if s.logRefusal(r.Reason) {
+		s.opts.Logger.Warn("refused connection", "reason", r.Reason, "target", route.Target, "dest", rec.Orig.String(),
+			"pid", rec.TGID, "uid", rec.UID, "message", r.Message, "refused_so_far", s.Stats().Refused[r.Reason])
+	}
 	if !speak {
 		return
 	}
