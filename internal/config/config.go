@@ -35,12 +35,24 @@ type Proxy struct {
 
 // Intercept says which processes are redirected.
 type Intercept struct {
-	Mode         string   `yaml:"mode"`          // tree | cgroup | all
+	Mode         string   `yaml:"mode"`          // tree | cgroup | user | all
 	AttachCgroup string   `yaml:"attach_cgroup"` // relative to the cgroup v2 mount
 	BPFFS        string   `yaml:"bpffs"`
 	Executables  []string `yaml:"executables"` // tree mode: names or absolute paths
-	Cgroups      []string `yaml:"cgroups"`     // cgroup mode: extra cgroup paths (v2, relative to the mount)
-	Mark         uint32   `yaml:"mark"`        // SO_MARK of the daemon's upstream sockets
+	Cgroups      []string `yaml:"cgroups"`     // extra cgroup paths selected in every mode (v2, relative to the mount)
+	Users        []string `yaml:"users"`       // user mode: user names or numeric uids
+	Mark         uint32   `yaml:"mark"`        // SO_MARK of the daemon's own sockets
+	// NetnsAddresses are host addresses (at most one IPv4, one IPv6) where
+	// selected processes in other network namespaces reach the proxy; the
+	// proxy listens there too. Empty: their target connects are refused.
+	NetnsAddresses []string `yaml:"netns_addresses"`
+	// NetnsAddressEnv names an environment variable holding one more such
+	// address, for a DaemonSet whose node address differs per node.
+	NetnsAddressEnv string `yaml:"netns_address_env"`
+
+	// Parsed by Load.
+	UIDs       []uint32     `yaml:"-"` // Users as uids
+	NetnsAddrs []netip.Addr `yaml:"-"` // NetnsAddresses and NetnsAddressEnv
 }
 
 // DNS tunes hostname resolution of targets.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"time"
 
 	"github.com/airlockhq/airlock/internal/cgroups"
@@ -33,6 +34,7 @@ func (d *Daemon) Status(_ context.Context, p control.Peer) (*control.Status, err
 		})
 	}
 	st.Counters, st.MapEntries = ist.Counters, ist.MapEntries
+	st.Selection = d.selectionStatus(ist)
 	resolved := map[string][]string{}
 	for _, e := range d.set.All() {
 		resolved[e.Name] = append(resolved[e.Name], e.Prefix.String())
@@ -123,4 +125,29 @@ func foundFeatures(f intercept.Features) []string {
 		out = append(out, "cgroup connect4/6, sockops, getpeername4/6, tp_btf sched tracepoints")
 	}
 	return out
+}
+
+func (d *Daemon) selectionStatus(ist intercept.Status) *control.SelectionStatus {
+	ic := d.cfg.Intercept
+	sel := &control.SelectionStatus{
+		Mode:               ist.Mode.String(),
+		TrackingLost:       ist.TrackLost,
+		TrackingIncomplete: ist.TrackLost != ist.TrackRebuilt,
+		OpenEscapes:        intercept.OpenEscapes(ist.Mode),
+	}
+	switch ist.Mode {
+	case intercept.ModeTree:
+		sel.Executables = ic.Executables
+	case intercept.ModeUser:
+		for k, name := range ic.Users {
+			if k < len(ic.UIDs) && name != strconv.FormatUint(uint64(ic.UIDs[k]), 10) {
+				name = fmt.Sprintf("%s (uid %d)", name, ic.UIDs[k])
+			}
+			sel.Users = append(sel.Users, name)
+		}
+	}
+	for _, a := range ic.NetnsAddrs {
+		sel.NetnsAddresses = append(sel.NetnsAddresses, a.String())
+	}
+	return sel
 }

@@ -114,8 +114,11 @@ func (d *Daemon) start(ctx context.Context) error {
 		CgroupPath: attach,
 		ProxyPort:  d.cfg.Proxy.Port,
 		Mode:       mode,
-		DaemonTGID: uint32(os.Getpid()),
+		// The daemon's own sockets are told apart by this mark alone: a
+		// pid exemption would outlive the daemon and pass a recycled pid.
 		Mark:       d.cfg.Intercept.Mark,
+		NetnsAddrs: d.cfg.Intercept.NetnsAddrs,
+		Users:      d.cfg.Intercept.UIDs,
 		// Matched by the kernel at exec (tree mode), daemon running or not.
 		Executables: d.cfg.Intercept.Executables,
 		Logger:      d.log,
@@ -129,7 +132,9 @@ func (d *Daemon) start(ctx context.Context) error {
 		MinTTL:  d.cfg.DNS.MinTTL.D(),
 		MaxTTL:  d.cfg.DNS.MaxTTL.D(),
 		Hosts:   d.cfg.DNS.Hosts,
-		Logger:  d.log,
+		// A DNS server can be a target too: its TCP queries must not loop.
+		Mark:   d.cfg.Intercept.Mark,
+		Logger: d.log,
 	})
 	if err != nil {
 		return fmt.Errorf("set up DNS resolution of targets: %w", err)
@@ -183,13 +188,15 @@ func (d *Daemon) start(ctx context.Context) error {
 	d.closers = append(d.closers, d.watch(ctx, q.Run))
 	sink := q
 	d.fd, err = frontdoor.Listen(frontdoor.Options{
-		Port:    d.cfg.Proxy.Port,
-		Records: d.ic,
-		Router:  d.routes,
-		People:  identity.LocalUsers{},
-		Sink:    sink,
-		Logger:  d.log,
-		IsRoot:  d.isTrackedRoot,
+		Port: d.cfg.Proxy.Port,
+		// Selected processes in other network namespaces are sent here.
+		ExtraAddrs: d.cfg.Intercept.NetnsAddrs,
+		Records:    d.ic,
+		Router:     d.routes,
+		People:     identity.LocalUsers{},
+		Sink:       sink,
+		Logger:     d.log,
+		IsRoot:     d.isTrackedRoot,
 	})
 	if err != nil {
 		return err
@@ -258,8 +265,31 @@ func (d *Daemon) selectProcesses(ctx context.Context, mode intercept.Mode) error
 				d.log.Error("watch exec events", "err", err)
 			}
 		}))
+		d.closers = append(d.closers, d.watch(ctx, d.rebuildTracking))
 	}
 	return nil
+}
+
+// rebuildTracking watches for processes the kernel failed to track (a full
+// map). Until they are rebuilt from /proc, the kernel refuses target
+// connects of every untracked process; this lifts that as soon as the set
+// is whole again.
+func (d *Daemon) rebuildTracking(ctx context.Context) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	failing := false
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		_, err := d.ic.Rebuild(ctx, d.cfg.Intercept.Executables)
+		if err != nil && !failing && ctx.Err() == nil {
+			d.log.Error("tracked processes were lost and cannot be rebuilt yet; untracked processes' target connects are refused", "err", err)
+		}
+		failing = err != nil
+	}
 }
 
 // reapRunGroups removes `airlock run` cgroups whose processes have all

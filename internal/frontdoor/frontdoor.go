@@ -19,6 +19,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/airlockhq/airlock/internal/cgroups"
 	"github.com/airlockhq/airlock/internal/identity"
 	"github.com/airlockhq/airlock/internal/intercept"
 	"github.com/airlockhq/airlock/internal/procinfo"
@@ -56,12 +57,15 @@ type People interface {
 
 // Options configures a Server.
 type Options struct {
-	Port    uint16
-	Records Records
-	Router  Router
-	People  People
-	Sink    session.Sink
-	Logger  *slog.Logger
+	Port uint16
+	// ExtraAddrs are more addresses to listen on (with Port): where the
+	// kernel sends selected processes of other network namespaces.
+	ExtraAddrs []netip.Addr
+	Records    Records
+	Router     Router
+	People     People
+	Sink       session.Sink
+	Logger     *slog.Logger
 	// IsRoot tells where an origin's ancestry stops (a tracked root);
 	// nil walks up to 16 parents.
 	IsRoot func(pid uint32) bool
@@ -84,7 +88,15 @@ func Listen(opts Options) (*Server, error) {
 	}
 	s := &Server{opts: opts, sessions: map[string]*session.Session{}}
 	port := strconv.Itoa(int(opts.Port))
-	for _, addr := range []struct{ network, addr string }{{"tcp4", "127.0.0.1:" + port}, {"tcp6", "[::1]:" + port}} {
+	addrs := []struct{ network, addr string }{{"tcp4", "127.0.0.1:" + port}, {"tcp6", "[::1]:" + port}}
+	for _, a := range opts.ExtraAddrs {
+		network := "tcp6"
+		if a.Unmap().Is4() {
+			network = "tcp4"
+		}
+		addrs = append(addrs, struct{ network, addr string }{network, netip.AddrPortFrom(a.Unmap(), opts.Port).String()})
+	}
+	for _, addr := range addrs {
 		l, err := net.Listen(addr.network, addr.addr)
 		if err != nil {
 			s.closeListeners()
@@ -207,6 +219,9 @@ func (s *Server) origin(rec intercept.Record) session.Origin {
 	}
 	if cg, err := procinfo.CgroupPath(rec.TGID); err == nil {
 		o.CgroupPath = cg
+		if pod, ok := cgroups.ParseKubepods(cg); ok {
+			o.PodUID, o.ContainerID = pod.UID, pod.Container
+		}
 	}
 	stop := func(p procinfo.Proc) bool { return s.opts.IsRoot != nil && s.opts.IsRoot(p.PID) }
 	if chain, err := procinfo.Ancestry(rec.TGID, stop, 16); err == nil {

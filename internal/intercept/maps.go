@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"strconv"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -237,4 +238,57 @@ func syncSet[K comparable](m *ebpf.Map, want map[K]bool, show func(K) string) (i
 		}
 	}
 	return len(stale), nil
+}
+
+// SetUsers makes the uids intercepted in ModeUser equal to uids: every
+// process running as one of them, wherever it was started.
+func (i *Interceptor) SetUsers(uids []uint32) error {
+	want := make(map[uint32]bool, len(uids))
+	for _, u := range uids {
+		want[u] = true
+	}
+	if _, err := syncSet(i.objs.AirlockUsers, want, func(u uint32) string { return strconv.FormatUint(uint64(u), 10) }); err != nil {
+		return fmt.Errorf("set users: %w", err)
+	}
+	return nil
+}
+
+// Users lists the uids intercepted in ModeUser.
+func (i *Interceptor) Users() ([]uint32, error) {
+	var out []uint32
+	var k, v uint32
+	it := i.objs.AirlockUsers.Iterate()
+	for it.Next(&k, &v) {
+		out = append(out, k)
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("list users: %w", err)
+	}
+	return out, nil
+}
+
+// Slots of airlock_state (STATE_* in bpf/airlock.c).
+const (
+	stateTrackLost    uint32 = 0
+	stateTrackRebuilt uint32 = 1
+)
+
+// TrackingLost reports how many processes the kernel failed to track (the
+// tracked map was full) and how many of those a rebuild has covered. While
+// they differ, tree mode refuses target connects of untracked processes.
+func (i *Interceptor) TrackingLost() (lost, rebuilt uint64, err error) {
+	if err := i.objs.AirlockState.Lookup(stateTrackLost, &lost); err != nil {
+		return 0, 0, fmt.Errorf("read tracking state: %w", err)
+	}
+	if err := i.objs.AirlockState.Lookup(stateTrackRebuilt, &rebuilt); err != nil {
+		return 0, 0, fmt.Errorf("read tracking state: %w", err)
+	}
+	return lost, rebuilt, nil
+}
+
+func (i *Interceptor) markRebuilt(lost uint64) error {
+	if err := i.objs.AirlockState.Put(stateTrackRebuilt, lost); err != nil {
+		return fmt.Errorf("write tracking state: %w", err)
+	}
+	return nil
 }

@@ -275,3 +275,23 @@ func (i *Interceptor) WatchExec(ctx context.Context, match []string) error {
 		i.log.Info("tracking exec'd process", "tgid", ev.Tgid, "ppid", ev.Ppid, "comm", commString(ev.Comm))
 	}
 }
+
+// Rebuild makes the tracked set whole again after the kernel failed to
+// track processes (TrackingLost): it seeds again from /proc, and only when
+// that succeeded tells the kernel that the losses counted before the seed
+// are covered. A loss during the seed keeps tree mode refusing until the
+// next rebuild. It does nothing when nothing was lost.
+func (i *Interceptor) Rebuild(ctx context.Context, match []string) (bool, error) {
+	lost, rebuilt, err := i.TrackingLost()
+	if err != nil || lost == rebuilt {
+		return false, err
+	}
+	if err := i.SeedTree(ctx, match); err != nil {
+		return false, fmt.Errorf("rebuild tracked processes after %d lost: %w", lost-rebuilt, err)
+	}
+	if err := i.markRebuilt(lost); err != nil {
+		return false, err
+	}
+	i.log.Warn("tracked processes rebuilt from /proc after the tracked map overflowed", "lost", lost-rebuilt)
+	return true, nil
+}
