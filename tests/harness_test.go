@@ -48,6 +48,9 @@ func TestMain(m *testing.M) {
 	case "raw":
 		helperRaw()
 		return
+	case "spawn":
+		helperSpawn()
+		return
 	default:
 		fmt.Fprintln(os.Stderr, "unknown helper")
 		os.Exit(2)
