@@ -66,7 +66,13 @@ func TestMain(m *testing.M) {
 		}
 		defer os.RemoveAll(dir)
 		for _, c := range []string{"airlockd", "airlock"} {
-			out, err := exec.Command("go", "build", "-o", filepath.Join(dir, c), "../cmd/"+c).CombinedOutput()
+			build := exec.Command("go", "build", "-o", filepath.Join(dir, c), "../cmd/"+c)
+			if other := os.Getenv("AIRLOCK_E2E_BINDIR"); other != "" {
+				// Binaries of another build, e.g. to show that a test fails
+				// on an older release.
+				build = exec.Command("cp", filepath.Join(other, c), filepath.Join(dir, c))
+			}
+			out, err := build.CombinedOutput()
 			if err != nil {
 				fmt.Fprintf(os.Stderr, "build %s: %v\n%s", c, err, out)
 				return 1
