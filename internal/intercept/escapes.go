@@ -21,7 +21,7 @@ func OpenEscapes(m Mode) []string {
 	case ModeUser:
 		open = []string{
 			"a process of another uid that acts for the agent (a system service or another user's daemon it can ask to connect)",
-			"a program that changes uid (setuid) leaves the selection",
+			"a program that switches its real uid (sudo, su) leaves the selection",
 		}
 	case ModeCgroup:
 		open = []string{
