@@ -160,6 +160,8 @@ struct exec_event {
 	__u32 tgid;
 	__u32 ppid; // parent's tgid
 	char comm[16];
+	__u32 tracked; // 1: the kernel matched and tracked it (user space contains it); 0: user space decides
+	__u32 _pad;
 };
 
 // The ring buffer carries no type; this gives exec_event BTF for bpf2go.
@@ -776,6 +778,7 @@ int BPF_PROG(airlock_exec, struct task_struct *p, int old_pid, struct linux_binp
 	__u32 tgid = p->tgid;
 	__u32 reason = 3;
 	struct exec_event *e;
+	int matched;
 
 	if (!tracking_enabled())
 		return 0;
@@ -783,18 +786,23 @@ int BPF_PROG(airlock_exec, struct task_struct *p, int old_pid, struct linux_binp
 	if (bpf_map_lookup_elem(&airlock_tracked, &tgid))
 		return 0;
 	// A configured executable is tracked here, before it runs: its first
-	// connect is intercepted, and this works while no daemon runs.
-	if (exec_matches(bprm)) {
-		track(tgid, reason);
+	// connect is intercepted, and this works while no daemon runs. User
+	// space is told, to move the new tree into a cgroup of its own; the
+	// tracked entry bridges the moment until then.
+	matched = exec_matches(bprm);
+	if (matched && track(tgid, reason) != 0)
 		return 0;
-	}
 	// Others get a look from user space, which matches /proc/PID/exe (a full
 	// path reached through a symlink, say) against the configured list.
 	e = bpf_ringbuf_reserve(&airlock_execs, sizeof(*e), 0);
 	if (!e) {
+		// A lost notice of a tracked exec only delays containment: the
+		// daemon's periodic scan of the tracked map catches it.
 		stat_inc(STAT_EXEC_DROPPED);
 		return 0;
 	}
+	e->tracked = matched;
+	e->_pad = 0;
 	e->tgid = tgid;
 	e->ppid = BPF_CORE_READ(p, real_parent, tgid);
 	bpf_get_current_comm(e->comm, sizeof(e->comm));

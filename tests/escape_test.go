@@ -521,3 +521,113 @@ func TestLoopbackTargetRejected(t *testing.T) {
 		})
 	}
 }
+
+// Tree mode keeps each tree in a cgroup Airlock owns: its processes stay
+// intercepted even when the kernel's tracked entries are gone (here: all
+// deleted by hand, standing in for any way a pid-based record can be lost),
+// and an unprivileged process cannot move itself out.
+func TestTreeContainment(t *testing.T) {
+	h := remote(t)
+	e := newEnv(t)
+	e.config(treeConfig(h, ""))
+	e.startDaemon()
+	addr := net.JoinHostPort(h.V4.String(), "7000")
+
+	cursor := cursorBinary(t)
+	f := e.clientIn(e.clients, nobody)
+	cmd := exec.Command(cursor)
+	cmd.SysProcAttr = f.SysProcAttr
+	b, _ := json.Marshal([]string{helper})
+	cmd.Env = append(os.Environ(), "AIRLOCK_E2E_HELPER=spawn", "SPAWN_ARGV="+string(b), "SPAWN_HELPER=dial", "DIAL_ADDR="+addr, "DIAL_WAIT=true")
+	stdin, _ := cmd.StdinPipe()
+	out, _ := cmd.StdoutPipe()
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(done) }()
+	t.Cleanup(func() { _ = cmd.Process.Kill(); <-done })
+
+	// Cursor and its child end up in one tree cgroup under airlock.tree.
+	treeRoot := filepath.Join(e.cgroupRel, intercept.TreeCgroupName) + "/"
+	var child int
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		cg := procCgroup(cmd.Process.Pid)
+		if kids := childPIDs(cmd.Process.Pid); len(kids) == 1 {
+			child = kids[0]
+		}
+		if strings.HasPrefix(cg, treeRoot) && child != 0 && procCgroup(child) == cg {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("cursor (%d, %q) and its child (%d, %q) not contained under %s\n%s", cmd.Process.Pid, cg, child, procCgroup(child), treeRoot, e.daemonOut.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if st := e.status(); st.Selection == nil || st.Selection.Containment != strings.TrimSuffix(treeRoot, "/") {
+		t.Fatalf("status does not name the containment cgroup %s: %+v", treeRoot, st.Selection)
+	}
+
+	// The user cannot move the tree out again.
+	esc := exec.Command("/bin/sh", "-c", fmt.Sprintf("echo %d > %s/cgroup.procs", child, e.clients))
+	esc.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: nobody, Gid: nobody}}
+	if out, err := esc.CombinedOutput(); err == nil {
+		t.Fatalf("an unprivileged process moved a contained process out: %s", out)
+	}
+
+	// Forget every tracked entry: only the cgroup holds the tree now.
+	m, err := ebpf.LoadPinnedMap(filepath.Join(e.bpffs, "airlock", fmt.Sprintf("v%d", intercept.LayoutVersion), "airlock_tracked"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	var keys []uint32
+	var k, v uint32
+	for it := m.Iterate(); it.Next(&k, &v); {
+		keys = append(keys, k)
+	}
+	for _, k := range keys {
+		_ = m.Delete(k)
+	}
+
+	fmt.Fprintln(stdin, "go")
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil {
+		t.Fatalf("contained child: %v", err)
+	}
+	var res dialResult
+	mustJSON(t, line, &res)
+	if res.Err != "" || res.PID != child || !strings.HasPrefix(res.Reply, "server=target ") {
+		t.Fatalf("dial from the contained child %d: %+v", child, res)
+	}
+	e.waitSession(t, res.PID)
+}
+
+func procCgroup(pid int) string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
+	if err != nil {
+		return ""
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(l, "0::") {
+			return strings.TrimPrefix(l, "0::")
+		}
+	}
+	return ""
+}
+
+func childPIDs(pid int) []int {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
+	if err != nil {
+		return nil
+	}
+	var out []int
+	for _, f := range strings.Fields(string(b)) {
+		if n, err := strconv.Atoi(f); err == nil {
+			out = append(out, n)
+		}
+	}
+	return out
+}

@@ -323,6 +323,10 @@ func helperDial() {
 	if network == "" {
 		network = "tcp"
 	}
+	if os.Getenv("DIAL_WAIT") == "true" {
+		// Dial only when told (a line on stdin), so the test can act first.
+		_, _ = bufio.NewReader(os.Stdin).ReadString('\n')
+	}
 	var c net.Conn
 	var err error
 	if network == "raw6" {

@@ -106,6 +106,9 @@ func printStatus(s *control.Status) {
 		if len(sel.Executables) > 0 {
 			fmt.Fprintf(w, "executables\t%s\n", strings.Join(sel.Executables, ", "))
 		}
+		if sel.Containment != "" {
+			fmt.Fprintf(w, "trees contained in\t%s/<tree> (a cgroup no unprivileged process can leave)\n", sel.Containment)
+		}
 		if len(sel.NetnsAddresses) > 0 {
 			fmt.Fprintf(w, "other namespaces\tsent to the proxy at %s\n", strings.Join(sel.NetnsAddresses, ", "))
 		} else {

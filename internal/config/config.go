@@ -41,7 +41,11 @@ type Intercept struct {
 	Executables  []string `yaml:"executables"` // tree mode: names or absolute paths
 	Cgroups      []string `yaml:"cgroups"`     // extra cgroup paths selected in every mode (v2, relative to the mount)
 	Users        []string `yaml:"users"`       // user mode: user names or numeric uids
-	Mark         uint32   `yaml:"mark"`        // SO_MARK of the daemon's own sockets
+	// Contain moves each tree (tree mode) into a cgroup Airlock owns,
+	// <attach_cgroup>/airlock.tree/..., which no unprivileged process can
+	// leave. Default true.
+	Contain *bool  `yaml:"contain"`
+	Mark    uint32 `yaml:"mark"` // SO_MARK of the daemon's own sockets
 	// NetnsAddresses are host addresses (at most one IPv4, one IPv6) where
 	// selected processes in other network namespaces reach the proxy; the
 	// proxy listens there too. Empty: their target connects are refused.
@@ -152,6 +156,9 @@ func Load(path string) (*Config, error) {
 	}
 	return Parse(path, data)
 }
+
+// ContainTrees reports intercept.contain (default true).
+func (i Intercept) ContainTrees() bool { return i.Contain == nil || *i.Contain }
 
 // File is the path the configuration came from.
 func (c *Config) File() string { return c.file }

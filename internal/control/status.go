@@ -57,6 +57,9 @@ type SelectionStatus struct {
 	// NetnsAddresses are where selected processes in other network
 	// namespaces are sent; none: their target connects are refused.
 	NetnsAddresses []string `json:"netns_addresses,omitempty"`
+	// Containment is the cgroup (relative to the v2 mount) under which tree
+	// mode keeps each tree in a cgroup of its own; "" when off.
+	Containment string `json:"containment,omitempty"`
 	// TrackingLost counts processes the kernel could not track (the map
 	// was full); while TrackingIncomplete, tree mode refuses target
 	// connects of every untracked process until the set is rebuilt.

@@ -56,7 +56,8 @@ func (d *Daemon) Status(_ context.Context, p control.Peer) (*control.Status, err
 		}
 		st.Targets = append(st.Targets, ts)
 	}
-	if tracked, err := d.ic.Tracked(); err == nil {
+	// Live ones only, and a bounded list: map_entries has the count.
+	if tracked, err := d.ic.TrackedLive(1000); err == nil {
 		for _, pid := range tracked {
 			tp := control.TrackedProcess{PID: pid}
 			if pr, err := procinfo.Read(pid); err == nil {
@@ -144,6 +145,11 @@ func (d *Daemon) selectionStatus(ist intercept.Status) *control.SelectionStatus 
 				name = fmt.Sprintf("%s (uid %d)", name, ic.UIDs[k])
 			}
 			sel.Users = append(sel.Users, name)
+		}
+	}
+	if d.contain != nil {
+		if rel, err := filepath.Rel(d.cgRoot, d.contain.Root()); err == nil {
+			sel.Containment = "/" + rel
 		}
 	}
 	for _, a := range ic.NetnsAddrs {

@@ -55,8 +55,9 @@ type Daemon struct {
 	ctl      *control.Server
 	routes   *router
 	closers  []func()
-	cgRoot   string // cgroup v2 mount
-	runGroup string // parent of `airlock run` cgroups
+	cgRoot   string                 // cgroup v2 mount
+	runGroup string                 // parent of `airlock run` cgroups
+	contain  *intercept.Containment // tree mode's containment cgroups; nil when off
 
 	mu sync.Mutex
 }
@@ -260,8 +261,28 @@ func (d *Daemon) selectProcesses(ctx context.Context, mode intercept.Mode) error
 		if err := d.ic.SeedTree(ctx, exes); err != nil {
 			return fmt.Errorf("seed process tree from /proc: %w", err)
 		}
+		// New trees are moved into cgroups of their own as soon as the
+		// kernel reports them; the sweep also runs every second, for
+		// children forked before the move and for dropped notices.
+		kick := make(chan uint32, 64)
+		onTracked := func(tgid uint32) {
+			select {
+			case kick <- tgid:
+			default: // a sweep is pending anyway
+			}
+		}
+		if d.cfg.Intercept.ContainTrees() {
+			d.contain, err = intercept.NewContainment(d.ic, filepath.Join(d.cgRoot, strings.TrimSuffix(d.cfg.Intercept.AttachCgroup, "/"), intercept.TreeCgroupName), d.cgRoot)
+			if err != nil {
+				return err
+			}
+			if _, err := d.contain.Sweep(); err != nil {
+				d.log.Warn("contain the seeded process trees", "err", err)
+			}
+			d.closers = append(d.closers, d.watch(ctx, func(ctx context.Context) { d.contain.Run(ctx, kick, time.Second) }))
+		}
 		d.closers = append(d.closers, d.watch(ctx, func(ctx context.Context) {
-			if err := d.ic.WatchExec(ctx, exes); err != nil && ctx.Err() == nil {
+			if err := d.ic.WatchExec(ctx, exes, onTracked); err != nil && ctx.Err() == nil {
 				d.log.Error("watch exec events", "err", err)
 			}
 		}))
@@ -333,18 +354,9 @@ func (d *Daemon) lookup(ctx context.Context, host string) ([]string, error) {
 	return out, nil
 }
 
-func (d *Daemon) isTrackedRoot(pid uint32) bool {
-	tracked, err := d.ic.Tracked()
-	if err != nil {
-		return false
-	}
-	for _, t := range tracked {
-		if t == pid {
-			return true
-		}
-	}
-	return false
-}
+// isTrackedRoot is one map lookup, not a listing: it runs for every
+// ancestor of every session's client.
+func (d *Daemon) isTrackedRoot(pid uint32) bool { return d.ic.IsTracked(pid) }
 
 func (d *Daemon) serve(ctx context.Context) error {
 	errc := make(chan error, 2)
@@ -395,15 +407,16 @@ func (f *flushWriter) Flush() {
 func Uninstall(cfg *config.Config) error {
 	err := intercept.Uninstall(PinDir(cfg))
 	if root, rerr := cgroups.Mount(); rerr == nil {
-		run := filepath.Join(root, cfg.Intercept.AttachCgroup, "airlock.run")
-		entries, _ := os.ReadDir(run)
-		for _, e := range entries {
-			if e.IsDir() {
-				_ = cgroups.Remove(filepath.Join(run, e.Name()))
-			}
-		}
-		if rerr := cgroups.Remove(run); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
+		attach := filepath.Join(root, cfg.Intercept.AttachCgroup)
+		// Contained trees (Cursor itself) are moved back, never killed.
+		if rerr := cgroups.Drain(filepath.Join(attach, intercept.TreeCgroupName), attach); rerr != nil {
 			err = errors.Join(err, rerr)
+		}
+		// Removing a cgroup kills what is left in it.
+		for _, name := range []string{"airlock.run", intercept.TreeCgroupName} {
+			if rerr := cgroups.Remove(filepath.Join(attach, name)); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
+				err = errors.Join(err, rerr)
+			}
 		}
 	}
 	return err

@@ -33,10 +33,12 @@ type airlockConfig struct {
 }
 
 type airlockExecEvent struct {
-	_    structs.HostLayout
-	Tgid uint32
-	Ppid uint32
-	Comm [16]int8
+	_       structs.HostLayout
+	Tgid    uint32
+	Ppid    uint32
+	Comm    [16]int8
+	Tracked uint32
+	Pad     uint32
 }
 
 type airlockExecName struct {

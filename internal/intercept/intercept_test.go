@@ -337,7 +337,7 @@ func TestTreeMode(t *testing.T) {
 	t.Run("WatchExec", func(t *testing.T) {
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan error, 1)
-		go func() { done <- e.ic.WatchExec(ctx, []string{appName}) }()
+		go func() { done <- e.ic.WatchExec(ctx, []string{appName}, nil) }()
 		defer func() {
 			cancel()
 			if err := <-done; err != nil {

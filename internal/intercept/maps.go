@@ -117,6 +117,32 @@ func (i *Interceptor) Track(tgid uint32) error {
 	return nil
 }
 
+// IsTracked reports whether tgid is in the tracked set.
+func (i *Interceptor) IsTracked(tgid uint32) bool {
+	var v uint32
+	return i.objs.AirlockTracked.Lookup(tgid, &v) == nil
+}
+
+// TrackedLive lists the tracked tgids of processes that exist, at most max
+// of them, by looking every process in /proc up in the map: its cost
+// follows the number of processes, not the size of the map.
+func (i *Interceptor) TrackedLive(max int) ([]uint32, error) {
+	pids, err := procPIDs()
+	if err != nil {
+		return nil, fmt.Errorf("list tracked processes: %w", err)
+	}
+	var out []uint32
+	for _, pid := range pids {
+		if len(out) >= max {
+			break
+		}
+		if i.IsTracked(uint32(pid)) {
+			out = append(out, uint32(pid))
+		}
+	}
+	return out, nil
+}
+
 // Untrack removes a process from the tracked set (its children stay).
 func (i *Interceptor) Untrack(tgid uint32) error {
 	if err := i.objs.AirlockTracked.Delete(tgid); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
