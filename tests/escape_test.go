@@ -538,7 +538,7 @@ func TestTreeContainment(t *testing.T) {
 	cmd := exec.Command(cursor)
 	cmd.SysProcAttr = f.SysProcAttr
 	b, _ := json.Marshal([]string{helper})
-	cmd.Env = append(os.Environ(), "AIRLOCK_E2E_HELPER=spawn", "SPAWN_ARGV="+string(b), "SPAWN_HELPER=dial", "DIAL_ADDR="+addr, "DIAL_WAIT=true")
+	cmd.Env = append(os.Environ(), "AIRLOCK_E2E_HELPER=spawn", "SPAWN_ARGV="+string(b), "SPAWN_HELPER=dial", "DIAL_ADDR="+addr, "DIAL_WAIT=true", "SPAWN_LINGER=true")
 	stdin, _ := cmd.StdinPipe()
 	out, _ := cmd.StdoutPipe()
 	cmd.Stderr = os.Stderr
@@ -603,6 +603,21 @@ func TestTreeContainment(t *testing.T) {
 		t.Fatalf("dial from the contained child %d: %+v", child, res)
 	}
 	e.waitSession(t, res.PID)
+
+	// Uninstalling moves the tree back instead of killing Cursor.
+	e.stopDaemon()
+	if out, err := exec.Command(filepath.Join(binDir, "airlockd"), "uninstall", "--config", e.cfgPath).CombinedOutput(); err != nil {
+		t.Fatalf("uninstall: %v: %s", err, out)
+	}
+	if err := cmd.Process.Signal(syscall.Signal(0)); err != nil {
+		t.Fatalf("uninstall killed the contained cursor: %v", err)
+	}
+	if cg := procCgroup(cmd.Process.Pid); cg != e.cgroupRel {
+		t.Fatalf("after uninstall cursor is in %q, want the attach cgroup %s", cg, e.cgroupRel)
+	}
+	if _, err := os.Stat(filepath.Join(e.cgroup, intercept.TreeCgroupName)); !os.IsNotExist(err) {
+		t.Fatalf("containment cgroup left after uninstall: %v", err)
+	}
 }
 
 func procCgroup(pid int) string {
