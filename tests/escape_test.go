@@ -289,6 +289,11 @@ func TestDaemonMediatedEscape(t *testing.T) {
 			if after.Selection == nil || !strings.Contains(strings.Join(after.Selection.OpenEscapes, "\n"), "tmux send-keys") {
 				t.Fatalf("airlock status does not say that tree mode leaves tmux open: %+v", after.Selection)
 			}
+			text, err := exec.Command(filepath.Join(binDir, "airlock"), "status", "--socket", e.socket()).CombinedOutput()
+			if err != nil || !strings.Contains(string(text), "left open by mode tree") || !strings.Contains(string(text), "tmux send-keys") {
+				t.Fatalf("airlock status text does not list what tree mode leaves open: %v\n%s", err, text)
+			}
+			t.Logf("airlock status:\n%s", text)
 		})
 	}
 }
