@@ -406,6 +406,10 @@ func (f *flushWriter) Flush() {
 // Uninstall detaches and unpins everything a configuration installed.
 func Uninstall(cfg *config.Config) error {
 	err := intercept.Uninstall(PinDir(cfg))
+	// Pins an older release left (normally adopted and removed at start).
+	for v := 1; v < intercept.LayoutVersion; v++ {
+		err = errors.Join(err, intercept.Uninstall(filepath.Join(cfg.Intercept.BPFFS, "airlock", fmt.Sprintf("v%d", v))))
+	}
 	if root, rerr := cgroups.Mount(); rerr == nil {
 		attach := filepath.Join(root, cfg.Intercept.AttachCgroup)
 		// Contained trees (Cursor itself) are moved back, never killed.
