@@ -25,7 +25,10 @@ import (
 // leader that exits, reparenting, a tracked entry lost to a full map. The
 // kernel's tracked map only bridges the moment between the exec that starts
 // a tree and the move, and the children forked in that moment: every
-// tracked process not yet contained is moved at the next sweep.
+// tracked process not yet contained is moved at the next sweep. Entries of
+// contained processes stay in the map (they go at group death): deleting
+// one could race a fork whose child is created before the move but reported
+// after the delete, and that child would be neither tracked nor contained.
 type Containment struct {
 	ic      *Interceptor
 	root    string // absolute path of airlock.tree
