@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -22,6 +23,7 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/miekg/dns"
 
 	"github.com/airlockhq/airlock/internal/cgroups"
 	"github.com/airlockhq/airlock/internal/control"
@@ -650,4 +652,95 @@ func childPIDs(pid int) []int {
 		}
 	}
 	return out
+}
+
+// With no pid exemption, the daemon's own sockets are told apart by their
+// mark alone: that includes DNS over TCP. Here the daemon runs inside the
+// cgroup it intercepts (mode all) and its DNS server is itself a target,
+// answering UDP truncated so that the resolver must retry over TCP.
+func TestDaemonDNSOverTCPNotIntercepted(t *testing.T) {
+	h := remote(t)
+	dnsAddr := truncatingDNS(t, h.LocalV4, map[string]string{"db.airlock.test.": h.V4.String()})
+	e := newEnv(t)
+	e.config(fmt.Sprintf(`intercept:
+  mode: all
+dns:
+  servers: ["%s"]
+  hosts: "-"
+  min_ttl: 1s
+targets:
+  - name: db
+    address: db.airlock.test:7000
+  - name: dns
+    address: %s
+`, dnsAddr, dnsAddr))
+	e.startDaemonIn(e.clients)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		st := e.status()
+		var resolved []string
+		for _, ts := range st.Targets {
+			if ts.Name == "db" {
+				resolved = ts.Resolved
+			}
+		}
+		if len(resolved) == 1 && resolved[0] == h.V4.String()+"/32" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("db.airlock.test never resolved over TCP: %+v\n%s", st.Targets, e.daemonOut.String())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	// Let a few more lookups (1s TTL) happen, then: none of them was a session.
+	time.Sleep(2500 * time.Millisecond)
+	if st := e.status(); st.Counters["skip_mark"] == 0 {
+		t.Fatalf("the daemon's DNS-over-TCP dials were not recognised by their mark: %v", st.Counters)
+	}
+	if strings.Contains(e.daemonOut.String(), "kind=session.start") {
+		t.Fatalf("the daemon's own DNS query was intercepted:\n%s", e.daemonOut.String())
+	}
+}
+
+// truncatingDNS answers A queries for records over TCP on addr (port
+// chosen), and over UDP only with the truncated bit set.
+func truncatingDNS(t *testing.T, addr netip.Addr, records map[string]string) string {
+	t.Helper()
+	pc, err := net.ListenPacket("udp", net.JoinHostPort(addr.String(), "0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := pc.LocalAddr().(*net.UDPAddr).Port
+	l, err := net.Listen("tcp", net.JoinHostPort(addr.String(), strconv.Itoa(port)))
+	if err != nil {
+		pc.Close()
+		t.Fatal(err)
+	}
+	answer := func(tcp bool) dns.HandlerFunc {
+		return func(w dns.ResponseWriter, r *dns.Msg) {
+			m := new(dns.Msg)
+			m.SetReply(r)
+			if !tcp {
+				m.Truncated = true
+				_ = w.WriteMsg(m)
+				return
+			}
+			for _, q := range r.Question {
+				a, ok := records[q.Name]
+				switch {
+				case !ok:
+					m.Rcode = dns.RcodeNameError
+				case q.Qtype == dns.TypeA:
+					m.Answer = append(m.Answer, &dns.A{Hdr: dns.RR_Header{Name: q.Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 1}, A: net.ParseIP(a)})
+				}
+			}
+			_ = w.WriteMsg(m)
+		}
+	}
+	udp := &dns.Server{PacketConn: pc, Handler: answer(false)}
+	tcp := &dns.Server{Listener: l, Handler: answer(true)}
+	go func() { _ = udp.ActivateAndServe() }()
+	go func() { _ = tcp.ActivateAndServe() }()
+	t.Cleanup(func() { _ = udp.Shutdown(); _ = tcp.Shutdown() })
+	return net.JoinHostPort(addr.String(), strconv.Itoa(port))
 }
