@@ -175,6 +175,13 @@ func TestInterceptSelection(t *testing.T) {
 	if got := fmt.Sprint(c.Intercept.NetnsAddrs); got != "[2001:db8::1 192.0.2.7]" {
 		t.Errorf("netns addresses = %s", got)
 	}
+	if !c.Intercept.ContainTrees() {
+		t.Error("intercept.contain must default to true")
+	}
+	c, err = Parse("airlock.yaml", []byte("intercept:\n  mode: tree\n  executables: [cursor]\n  contain: false\n"))
+	if err != nil || c.Intercept.ContainTrees() {
+		t.Errorf("contain: false not honoured: %v", err)
+	}
 	// A target near loopback but not on it stays valid.
 	if _, err := Parse("airlock.yaml", []byte("intercept: {mode: all}\ntargets:\n  - {name: a, address: '128.0.0.1:5432'}\n  - {name: b, address: 'localhostdb:5432'}\n")); err != nil {
 		t.Errorf("non-loopback targets refused: %v", err)
