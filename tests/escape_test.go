@@ -314,6 +314,9 @@ func TestOtherNetworkNamespace(t *testing.T) {
 		uid               uint32
 	}{
 		{"all mode, proxy address", "all", "", true, 0},
+		// A container (own network and cgroup namespaces) inside Cursor's
+		// tree: selected by the tracked map, left in its container's cgroup.
+		{"tree mode, proxy address", "tree", "  executables: [cursor]\n", true, nobody},
 		{"user mode, proxy address", "user", fmt.Sprintf("  users: [\"%d\"]\n", nobody), true, nobody},
 		{"all mode, no address: refused", "all", "", false, 0},
 		{"user mode, no address: refused", "user", fmt.Sprintf("  users: [\"%d\"]\n", nobody), false, nobody},
@@ -347,6 +350,12 @@ func TestOtherNetworkNamespace(t *testing.T) {
 			if tt.uid != 0 {
 				// ip netns exec needs root: drop to the user inside it.
 				cmd.Args = []string{"ip", "netns", "exec", pod.NS, "setpriv", "--reuid", strconv.Itoa(int(tt.uid)), "--regid", strconv.Itoa(int(tt.uid)), "--clear-groups", helper}
+			}
+			if tt.mode == "tree" {
+				// cursor, in a cgroup namespace of its own, runs the client.
+				cursor := cursorBinary(t)
+				cmd.Args = []string{"ip", "netns", "exec", pod.NS, "unshare", "--cgroup", "setpriv", "--reuid", strconv.Itoa(int(tt.uid)), "--regid", strconv.Itoa(int(tt.uid)), "--clear-groups", cursor}
+				cmd.Env = append(cmd.Env, "AIRLOCK_E2E_HELPER=spawn", `SPAWN_ARGV=["`+helper+`"]`, "SPAWN_HELPER=dial")
 			}
 			stdin, _ := cmd.StdinPipe()
 			out, _ := cmd.StdoutPipe()

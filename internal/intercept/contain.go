@@ -80,15 +80,23 @@ func (c *Containment) Sweep() (int, error) {
 	if err != nil {
 		return 0, fmt.Errorf("contain trees: %w", err)
 	}
+	self := cgroupNS(os.Getpid())
 	var loose []uint32
 	for _, tgid := range tracked {
 		cg, err := procinfo.CgroupPath(tgid)
 		if err != nil {
 			continue // gone, or not a process (a leftover entry)
 		}
-		if _, ok := c.contains(cg); !ok {
-			loose = append(loose, tgid)
+		if _, ok := c.contains(cg); ok {
+			continue
 		}
+		// A process in a cgroup namespace of its own belongs to a
+		// container runtime: moving it would take it out of its
+		// container's limits. It stays selected by the tracked map.
+		if ns := cgroupNS(int(tgid)); ns == 0 || ns != self {
+			continue
+		}
+		loose = append(loose, tgid)
 	}
 	if len(loose) == 0 {
 		return 0, nil
@@ -206,3 +214,12 @@ func hasDir(es []os.DirEntry) bool {
 
 // TreeCgroupName is the containment root's name under the attach cgroup.
 const TreeCgroupName = "airlock.tree"
+
+// cgroupNS returns the inode of pid's cgroup namespace, 0 if unknown.
+func cgroupNS(pid int) uint64 {
+	var st unix.Stat_t
+	if err := unix.Stat(fmt.Sprintf("/proc/%d/ns/cgroup", pid), &st); err != nil {
+		return 0
+	}
+	return st.Ino
+}
