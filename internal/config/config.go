@@ -39,13 +39,18 @@ type Intercept struct {
 	AttachCgroup string   `yaml:"attach_cgroup"` // relative to the cgroup v2 mount
 	BPFFS        string   `yaml:"bpffs"`
 	Executables  []string `yaml:"executables"` // tree mode: names or absolute paths
-	Cgroups      []string `yaml:"cgroups"`     // extra cgroup paths selected in every mode (v2, relative to the mount)
-	Users        []string `yaml:"users"`       // user mode: user names or numeric uids
+	Cgroups      []string `yaml:"cgroups"`     // cgroup mode: extra cgroup paths (v2, relative to the mount)
+	Mark         uint32   `yaml:"mark"`        // SO_MARK of the daemon's upstream sockets
+
+	// Cgroups are selected in every mode, like `airlock run`'s; Mark is the
+	// only exemption (no pid is exempt), on every daemon socket.
+
+	// Users are intercepted in user mode: user names or numeric uids.
+	Users []string `yaml:"users"`
 	// Contain moves each tree (tree mode) into a cgroup Airlock owns,
 	// <attach_cgroup>/airlock.tree/..., which no unprivileged process can
 	// leave. Default true.
-	Contain *bool  `yaml:"contain"`
-	Mark    uint32 `yaml:"mark"` // SO_MARK of the daemon's own sockets
+	Contain *bool `yaml:"contain"`
 	// NetnsAddresses are host addresses (at most one IPv4, one IPv6) where
 	// selected processes in other network namespaces reach the proxy; the
 	// proxy listens there too. Empty: their target connects are refused.

@@ -15,10 +15,11 @@ type Status struct {
 	Tracked  []TrackedProcess `json:"tracked"`
 	Sessions []SessionStatus  `json:"sessions"`
 	// Counters are the kernel programs' counters (redirected, skip_*...).
-	Counters map[string]uint64 `json:"counters,omitempty"`
+	Counters   map[string]uint64 `json:"counters,omitempty"`
+	MapEntries map[string]int    `json:"map_entries,omitempty"`
+
 	// Selection says who is intercepted and what that leaves open.
-	Selection  *SelectionStatus `json:"selection,omitempty"`
-	MapEntries map[string]int   `json:"map_entries,omitempty"`
+	Selection *SelectionStatus `json:"selection,omitempty"`
 }
 
 // DaemonStatus describes airlockd itself.

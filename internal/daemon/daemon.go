@@ -55,9 +55,10 @@ type Daemon struct {
 	ctl      *control.Server
 	routes   *router
 	closers  []func()
-	cgRoot   string                 // cgroup v2 mount
-	runGroup string                 // parent of `airlock run` cgroups
-	contain  *intercept.Containment // tree mode's containment cgroups; nil when off
+	cgRoot   string // cgroup v2 mount
+	runGroup string // parent of `airlock run` cgroups
+
+	contain *intercept.Containment // tree mode's containment cgroups; nil when off
 
 	mu sync.Mutex
 }
@@ -133,9 +134,10 @@ func (d *Daemon) start(ctx context.Context) error {
 		MinTTL:  d.cfg.DNS.MinTTL.D(),
 		MaxTTL:  d.cfg.DNS.MaxTTL.D(),
 		Hosts:   d.cfg.DNS.Hosts,
+		Logger:  d.log,
+
 		// A DNS server can be a target too: its TCP queries must not loop.
-		Mark:   d.cfg.Intercept.Mark,
-		Logger: d.log,
+		Mark: d.cfg.Intercept.Mark,
 	})
 	if err != nil {
 		return fmt.Errorf("set up DNS resolution of targets: %w", err)
@@ -189,15 +191,16 @@ func (d *Daemon) start(ctx context.Context) error {
 	d.closers = append(d.closers, d.watch(ctx, q.Run))
 	sink := q
 	d.fd, err = frontdoor.Listen(frontdoor.Options{
-		Port: d.cfg.Proxy.Port,
+		Port:    d.cfg.Proxy.Port,
+		Records: d.ic,
+		Router:  d.routes,
+		People:  identity.LocalUsers{},
+		Sink:    sink,
+		Logger:  d.log,
+		IsRoot:  d.isTrackedRoot,
+
 		// Selected processes in other network namespaces are sent here.
 		ExtraAddrs: d.cfg.Intercept.NetnsAddrs,
-		Records:    d.ic,
-		Router:     d.routes,
-		People:     identity.LocalUsers{},
-		Sink:       sink,
-		Logger:     d.log,
-		IsRoot:     d.isTrackedRoot,
 	})
 	if err != nil {
 		return err

@@ -57,18 +57,19 @@ type People interface {
 
 // Options configures a Server.
 type Options struct {
-	Port uint16
-	// ExtraAddrs are more addresses to listen on (with Port): where the
-	// kernel sends selected processes of other network namespaces.
-	ExtraAddrs []netip.Addr
-	Records    Records
-	Router     Router
-	People     People
-	Sink       session.Sink
-	Logger     *slog.Logger
+	Port    uint16
+	Records Records
+	Router  Router
+	People  People
+	Sink    session.Sink
+	Logger  *slog.Logger
 	// IsRoot tells where an origin's ancestry stops (a tracked root);
 	// nil walks up to 16 parents.
 	IsRoot func(pid uint32) bool
+
+	// ExtraAddrs are more addresses to listen on (with Port): where the
+	// kernel sends selected processes of other network namespaces.
+	ExtraAddrs []netip.Addr
 }
 
 // Server owns the listeners and the live sessions.

@@ -25,21 +25,22 @@ type Proc struct {
 // Origin is who connected, as the kernel recorded it at connect() time and
 // as /proc described it when the proxy accepted the connection.
 type Origin struct {
-	PID        uint32   `json:"pid"` // the process (thread group) id
-	TID        uint32   `json:"tid"` // the thread that called connect()
-	UID        uint32   `json:"uid"`
-	GID        uint32   `json:"gid"`
-	Comm       string   `json:"comm"`
-	Exe        string   `json:"exe"`
-	Cmdline    []string `json:"cmdline,omitempty"`
-	CgroupID   uint64   `json:"cgroup_id"`
-	CgroupPath string   `json:"cgroup_path,omitempty"`
+	PID        uint32    `json:"pid"` // the process (thread group) id
+	TID        uint32    `json:"tid"` // the thread that called connect()
+	UID        uint32    `json:"uid"`
+	GID        uint32    `json:"gid"`
+	Comm       string    `json:"comm"`
+	Exe        string    `json:"exe"`
+	Cmdline    []string  `json:"cmdline,omitempty"`
+	CgroupID   uint64    `json:"cgroup_id"`
+	CgroupPath string    `json:"cgroup_path,omitempty"`
+	Parents    []Proc    `json:"parents,omitempty"`
+	ConnectAt  time.Time `json:"connect_at"`
+
 	// PodUID and ContainerID name a Kubernetes pod's container when
 	// CgroupPath is a kubelet's (a client in a pod's network namespace).
-	PodUID      string    `json:"pod_uid,omitempty"`
-	ContainerID string    `json:"container_id,omitempty"`
-	Parents     []Proc    `json:"parents,omitempty"`
-	ConnectAt   time.Time `json:"connect_at"`
+	PodUID      string `json:"pod_uid,omitempty"`
+	ContainerID string `json:"container_id,omitempty"`
 }
 
 // Session is one intercepted connection.
