@@ -554,7 +554,7 @@ func TestTreeContainment(t *testing.T) {
 	cmd := exec.Command(cursor)
 	cmd.SysProcAttr = f.SysProcAttr
 	b, _ := json.Marshal([]string{helper})
-	cmd.Env = append(os.Environ(), "AIRLOCK_E2E_HELPER=spawn", "SPAWN_ARGV="+string(b), "SPAWN_HELPER=dial", "DIAL_ADDR="+addr, "DIAL_WAIT=true", "SPAWN_LINGER=true")
+	cmd.Env = append(os.Environ(), "AIRLOCK_E2E_HELPER=spawn", "SPAWN_ARGV="+string(b), "SPAWN_HELPER=dial", "DIAL_ADDR="+addr, "DIAL_WAIT=true", "DIAL_HOLD=true", "SPAWN_LINGER=true")
 	stdin, _ := cmd.StdinPipe()
 	out, _ := cmd.StdoutPipe()
 	cmd.Stderr = os.Stderr
@@ -567,18 +567,20 @@ func TestTreeContainment(t *testing.T) {
 
 	// Cursor and its child end up in one tree cgroup under airlock.tree.
 	treeRoot := filepath.Join(e.cgroupRel, intercept.TreeCgroupName) + "/"
-	var child int
+	var cg string
 	deadline := time.Now().Add(15 * time.Second)
 	for {
-		cg := procCgroup(cmd.Process.Pid)
-		if kids := childPIDs(cmd.Process.Pid); len(kids) == 1 {
-			child = kids[0]
+		cg = procCgroup(cmd.Process.Pid)
+		kids := childPIDs(cmd.Process.Pid)
+		all := len(kids) > 0
+		for _, k := range kids {
+			all = all && procCgroup(k) == cg
 		}
-		if strings.HasPrefix(cg, treeRoot) && child != 0 && procCgroup(child) == cg {
+		if strings.HasPrefix(cg, treeRoot) && all {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("cursor (%d, %q) and its child (%d, %q) not contained under %s\n%s", cmd.Process.Pid, cg, child, procCgroup(child), treeRoot, e.daemonOut.String())
+			t.Fatalf("cursor (%d, %q) and its children %v not contained under %s\n%s", cmd.Process.Pid, cg, kids, treeRoot, e.daemonOut.String())
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -587,7 +589,7 @@ func TestTreeContainment(t *testing.T) {
 	}
 
 	// The user cannot move the tree out again.
-	esc := exec.Command("/bin/sh", "-c", fmt.Sprintf("echo %d > %s/cgroup.procs", child, e.clients))
+	esc := exec.Command("/bin/sh", "-c", fmt.Sprintf("echo %d > %s/cgroup.procs", cmd.Process.Pid, e.clients))
 	esc.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: nobody, Gid: nobody}}
 	if out, err := esc.CombinedOutput(); err == nil {
 		t.Fatalf("an unprivileged process moved a contained process out: %s", out)
@@ -615,10 +617,13 @@ func TestTreeContainment(t *testing.T) {
 	}
 	var res dialResult
 	mustJSON(t, line, &res)
-	if res.Err != "" || res.PID != child || !strings.HasPrefix(res.Reply, "server=target ") {
-		t.Fatalf("dial from the contained child %d: %+v", child, res)
+	if res.Err != "" || !strings.HasPrefix(res.Reply, "server=target ") {
+		t.Fatalf("dial from the contained child: %+v", res)
 	}
-	e.waitSession(t, res.PID)
+	if s := findSession(e.status(), res.PID); s == nil || s.Origin.CgroupPath != cg {
+		t.Fatalf("dial from the contained child %d: session %+v, want one from cgroup %s\n%s", res.PID, s, cg, e.daemonOut.String())
+	}
+	_ = stdin.Close()
 
 	// Uninstalling moves the tree back instead of killing Cursor.
 	e.stopDaemon()
@@ -649,15 +654,25 @@ func procCgroup(pid int) string {
 	return ""
 }
 
+// childPIDs lists pid's child processes, whichever of its threads forked
+// them (/proc/PID/task/TID/children only lists one thread's).
 func childPIDs(pid int) []int {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
-	if err != nil {
-		return nil
-	}
+	entries, _ := os.ReadDir("/proc")
 	var out []int
-	for _, f := range strings.Fields(string(b)) {
-		if n, err := strconv.Atoi(f); err == nil {
-			out = append(out, n)
+	for _, e := range entries {
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		end := strings.LastIndexByte(string(b), ')')
+		if end < 0 {
+			continue
+		}
+		f := strings.Fields(string(b[end+1:]))
+		if len(f) > 1 && f[1] == strconv.Itoa(pid) {
+			if n, err := strconv.Atoi(e.Name()); err == nil {
+				out = append(out, n)
+			}
 		}
 	}
 	return out
