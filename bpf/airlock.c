@@ -10,6 +10,11 @@
 // starts tracking a process that execs a configured executable itself, so that
 // it is selected before it runs a single instruction, daemon running or not.
 //
+// Selection fails closed: a tracked-process map that overflowed makes target
+// connects of untracked processes fail in tree mode until user space has
+// rebuilt the set; a selected process in another network namespace is sent
+// to the configured host address of the proxy or refused, never let through.
+//
 // Map layouts are part of the on-disk (bpffs) contract: a daemon upgrade takes
 // over pinned maps, so any change to a struct below or to a map definition must
 // bump AIRLOCK_LAYOUT_VERSION and the Go side's pin folder version with it.
@@ -23,7 +28,7 @@
 #include <bpf/bpf_core_read.h>
 #include <bpf/bpf_tracing.h>
 
-#define AIRLOCK_LAYOUT_VERSION 1
+#define AIRLOCK_LAYOUT_VERSION 2
 
 // Not in the UAPI headers, and pulling in libc headers for BPF is fragile.
 #define AF_INET 2
@@ -34,16 +39,29 @@
 #define MODE_ALL 0
 #define MODE_TREE 1
 #define MODE_CGROUP 2
+#define MODE_USER 3
 
 // How many cgroup ancestor levels cgroup mode inspects (level 0 is the root).
 #define MAX_CGROUP_LEVELS 16
 
 // Minimal CO-RE view of the kernel's task_struct: only the fields used,
 // relocated against the running kernel's BTF at load time, so no vmlinux.h.
+// signal_struct.live counts the group's threads that have not yet exited:
+// do_exit decrements it before trace_sched_process_exit, so the thread that
+// sees 0 there is the last one of its group.
+typedef struct {
+	int counter;
+} airlock_atomic_t;
+
+struct signal_struct {
+	airlock_atomic_t live;
+} __attribute__((preserve_access_index));
+
 struct task_struct {
 	int pid;
 	int tgid;
 	struct task_struct *real_parent;
+	struct signal_struct *signal;
 } __attribute__((preserve_access_index));
 
 // Kernel structures the exec tracepoint reads, fields relocated by name.
@@ -84,12 +102,22 @@ struct exec_name {
 struct config {
 	__u32 proxy_port; // host order; 0 = not configured, never redirect
 	__u32 mode;
-	__u32 daemon_tgid;
 	__u32 mark; // 0 = no mark check
-	__u64 netns_cookie; // 0 = no network namespace check
+	__be32 netns_addr4; // proxy address for other namespaces; 0 = refuse their IPv4 connects
+	__u64 netns_cookie; // the daemon's network namespace; 0 = unknown, every socket counts as local
+	__u8 netns_addr6[16]; // likewise for IPv6; all zero = refuse
 	__u32 layout_version;
 	__u32 _pad;
 };
+
+// airlock_state slots. The kernel counts failed inserts into airlock_tracked
+// in STATE_TRACK_LOST; user space, after rebuilding the tracked set from
+// /proc, writes the count it had read before the rebuild into
+// STATE_TRACK_REBUILT. While they differ, some process may be missing from
+// the set. Two slots, so that neither side ever overwrites the other's.
+#define STATE_TRACK_LOST 0
+#define STATE_TRACK_REBUILT 1
+#define STATE_MAX 2
 
 // LPM key: the port is the first 16 bits of the matched data, so a prefix of
 // length 16+N matches that exact port and the first N address bits.
@@ -132,6 +160,8 @@ struct exec_event {
 	__u32 tgid;
 	__u32 ppid; // parent's tgid
 	char comm[16];
+	__u32 tracked; // 1: the kernel matched and tracked it (user space contains it); 0: user space decides
+	__u32 _pad;
 };
 
 // The ring buffer carries no type; this gives exec_event BTF for bpf2go.
@@ -141,13 +171,15 @@ enum stat_idx {
 	STAT_REDIRECTED,
 	STAT_SKIP_LOOPBACK,
 	STAT_SKIP_MARK,
-	STAT_SKIP_DAEMON,
-	STAT_SKIP_NETNS,
 	STAT_SKIP_SELECTION,
 	STAT_RECORD_MOVED,
 	STAT_RECORD_MISSING,
 	STAT_EXEC_DROPPED,
 	STAT_TRACKED_FORK,
+	STAT_REDIRECTED_NETNS, // a selected process in another network namespace, sent to the netns address
+	STAT_REFUSED_NETNS, // likewise, but no address is configured for its family: refused
+	STAT_REFUSED_OVERFLOW, // untracked process while the tracked map had overflowed: refused
+	STAT_TRACK_FAILED, // an insert into airlock_tracked failed (map full)
 	STAT_MAX,
 };
 
@@ -183,6 +215,23 @@ struct {
 	__type(value, __u32);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } airlock_cgroups SEC(".maps");
+
+// User mode: uids whose every process is intercepted, wherever it started.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u32); // uid
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} airlock_users SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, STATE_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} airlock_state SEC(".maps");
 
 // Records between connect and the handshake completing, by socket cookie.
 struct {
@@ -297,41 +346,101 @@ static __always_inline int cgroup_selected(void)
 	return 0;
 }
 
-// Everything that decides "not this socket" apart from the destination.
-static __always_inline int should_skip(struct bpf_sock_addr *ctx, struct config *cfg)
+// A tracked process could not be recorded: from now on tree mode cannot tell
+// who belongs to a tree, so it refuses instead of guessing (see selection).
+static __always_inline void track_failed(void)
 {
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	__u32 tgid = pid_tgid >> 32;
+	__u32 k = STATE_TRACK_LOST;
+	__u64 *lost = bpf_map_lookup_elem(&airlock_state, &k);
 
-	if (cfg->daemon_tgid && tgid == cfg->daemon_tgid) {
-		stat_inc(STAT_SKIP_DAEMON);
-		return 1;
+	stat_inc(STAT_TRACK_FAILED);
+	if (lost)
+		__sync_fetch_and_add(lost, 1);
+}
+
+static __always_inline int track_incomplete(void)
+{
+	__u32 k1 = STATE_TRACK_LOST, k2 = STATE_TRACK_REBUILT;
+	__u64 *lost = bpf_map_lookup_elem(&airlock_state, &k1);
+	__u64 *rebuilt = bpf_map_lookup_elem(&airlock_state, &k2);
+
+	return lost && rebuilt && *lost != *rebuilt;
+}
+
+static __always_inline int track(__u32 tgid, __u32 reason)
+{
+	if (bpf_map_update_elem(&airlock_tracked, &tgid, &reason, BPF_ANY) != 0) {
+		track_failed();
+		return -1;
 	}
-	if (cfg->mark) {
+	return 0;
+}
+
+#define SEL_NO 0
+#define SEL_YES 1
+#define SEL_REFUSE 2
+
+// Whether the calling process is one Airlock intercepts.
+static __always_inline int selection(struct config *cfg)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	__u32 uid = (__u32)bpf_get_current_uid_gid();
+
+	// Cgroups Airlock selected (`airlock run`, configured ones) count in
+	// every mode: `airlock run` must work whatever the configuration.
+	if (cgroup_selected())
+		return SEL_YES;
+	switch (cfg->mode) {
+	case MODE_ALL:
+		return SEL_YES;
+	case MODE_TREE:
+		if (bpf_map_lookup_elem(&airlock_tracked, &tgid))
+			return SEL_YES;
+		// A fork or exec that should have been tracked was lost: this
+		// process may be one of them, so it is refused until user space
+		// has rebuilt the set and cleared the flag.
+		if (track_incomplete())
+			return SEL_REFUSE;
+		break;
+	case MODE_USER:
+		if (bpf_map_lookup_elem(&airlock_users, &uid))
+			return SEL_YES;
+		break;
+	}
+	return SEL_NO;
+}
+
+#define VERDICT_SKIP 0
+#define VERDICT_LOCAL 1 // redirect to the proxy on loopback
+#define VERDICT_NETNS 2 // redirect to the proxy's address for other namespaces
+#define VERDICT_REFUSE 3
+
+// What to do with a TCP connect to a target, apart from the destination.
+static __always_inline int verdict(struct bpf_sock_addr *ctx, struct config *cfg)
+{
+	int local = !cfg->netns_cookie || bpf_get_netns_cookie(ctx) == cfg->netns_cookie;
+	int sel;
+
+	// The daemon's own sockets carry the mark. It counts only in the
+	// daemon's network namespace: setting it needs CAP_NET_ADMIN there,
+	// while anyone may own a namespace of their own where they have it.
+	if (local && cfg->mark) {
 		struct bpf_sock *sk = ctx->sk;
 		if (sk && sk->mark == cfg->mark) {
 			stat_inc(STAT_SKIP_MARK);
-			return 1;
+			return VERDICT_SKIP;
 		}
 	}
-	if (cfg->netns_cookie && bpf_get_netns_cookie(ctx) != cfg->netns_cookie) {
-		stat_inc(STAT_SKIP_NETNS);
-		return 1;
+	sel = selection(cfg);
+	if (sel == SEL_NO) {
+		stat_inc(STAT_SKIP_SELECTION);
+		return VERDICT_SKIP;
 	}
-	switch (cfg->mode) {
-	case MODE_ALL:
-		return 0;
-	case MODE_TREE:
-		if (bpf_map_lookup_elem(&airlock_tracked, &tgid))
-			return 0;
-		break;
-	case MODE_CGROUP:
-		if (cgroup_selected())
-			return 0;
-		break;
+	if (sel == SEL_REFUSE) {
+		stat_inc(STAT_REFUSED_OVERFLOW);
+		return VERDICT_REFUSE;
 	}
-	stat_inc(STAT_SKIP_SELECTION);
-	return 1;
+	return local ? VERDICT_LOCAL : VERDICT_NETNS;
 }
 
 static __always_inline void remember(struct bpf_sock_addr *ctx, const __u8 addr[16], __u16 port_be)
@@ -381,11 +490,25 @@ int airlock_connect4(struct bpf_sock_addr *ctx)
 	__builtin_memcpy(&addr[12], &ip4, 4);
 	if (!is_target(addr, port_be))
 		return 1;
-	if (should_skip(ctx, cfg))
+	switch (verdict(ctx, cfg)) {
+	case VERDICT_SKIP:
 		return 1;
-
-	remember(ctx, addr, port_be);
-	ctx->user_ip4 = bpf_htonl(0x7f000001);
+	case VERDICT_REFUSE:
+		return 0; // connect() fails with EPERM
+	case VERDICT_NETNS:
+		// 127.0.0.1 in another namespace is not the proxy's loopback.
+		if (!cfg->netns_addr4) {
+			stat_inc(STAT_REFUSED_NETNS);
+			return 0;
+		}
+		remember(ctx, addr, port_be);
+		stat_inc(STAT_REDIRECTED_NETNS);
+		ctx->user_ip4 = cfg->netns_addr4;
+		break;
+	default:
+		remember(ctx, addr, port_be);
+		ctx->user_ip4 = bpf_htonl(0x7f000001);
+	}
 	// A full 32-bit store: narrower stores to user_port are rejected by some verifiers.
 	ctx->user_port = (__u32)bpf_htons((__u16)cfg->proxy_port);
 	return 1;
@@ -397,7 +520,7 @@ int airlock_connect6(struct bpf_sock_addr *ctx)
 	struct config *cfg;
 	__u32 ip6[4];
 	__u16 port_be = (__u16)ctx->user_port;
-	int mapped;
+	int mapped, v;
 
 	if (ctx->protocol != IPPROTO_TCP)
 		return 1;
@@ -420,8 +543,35 @@ int airlock_connect6(struct bpf_sock_addr *ctx)
 	}
 	if (!is_target((__u8 *)ip6, port_be))
 		return 1;
-	if (should_skip(ctx, cfg))
+	v = verdict(ctx, cfg);
+	if (v == VERDICT_SKIP)
 		return 1;
+	if (v == VERDICT_REFUSE)
+		return 0;
+	if (v == VERDICT_NETNS) {
+		__u32 a6[4];
+
+		__builtin_memcpy(a6, cfg->netns_addr6, 16);
+		if (mapped ? !cfg->netns_addr4 : !(a6[0] | a6[1] | a6[2] | a6[3])) {
+			stat_inc(STAT_REFUSED_NETNS);
+			return 0;
+		}
+		remember(ctx, (__u8 *)ip6, port_be);
+		stat_inc(STAT_REDIRECTED_NETNS);
+		if (mapped) {
+			ctx->user_ip6[0] = 0;
+			ctx->user_ip6[1] = 0;
+			ctx->user_ip6[2] = bpf_htonl(0x0000ffff);
+			ctx->user_ip6[3] = cfg->netns_addr4;
+		} else {
+			ctx->user_ip6[0] = a6[0];
+			ctx->user_ip6[1] = a6[1];
+			ctx->user_ip6[2] = a6[2];
+			ctx->user_ip6[3] = a6[3];
+		}
+		ctx->user_port = (__u32)bpf_htons((__u16)cfg->proxy_port);
+		return 1;
+	}
 
 	remember(ctx, (__u8 *)ip6, port_be);
 	if (mapped) {
@@ -549,8 +699,8 @@ int BPF_PROG(airlock_fork, struct task_struct *parent, struct task_struct *child
 		return 0;
 	if (!bpf_map_lookup_elem(&airlock_tracked, &ptgid))
 		return 0;
-	bpf_map_update_elem(&airlock_tracked, &ctgid, &reason, BPF_ANY);
-	stat_inc(STAT_TRACKED_FORK);
+	if (track(ctgid, reason) == 0)
+		stat_inc(STAT_TRACKED_FORK);
 	return 0;
 }
 
@@ -628,6 +778,7 @@ int BPF_PROG(airlock_exec, struct task_struct *p, int old_pid, struct linux_binp
 	__u32 tgid = p->tgid;
 	__u32 reason = 3;
 	struct exec_event *e;
+	int matched;
 
 	if (!tracking_enabled())
 		return 0;
@@ -635,18 +786,23 @@ int BPF_PROG(airlock_exec, struct task_struct *p, int old_pid, struct linux_binp
 	if (bpf_map_lookup_elem(&airlock_tracked, &tgid))
 		return 0;
 	// A configured executable is tracked here, before it runs: its first
-	// connect is intercepted, and this works while no daemon runs.
-	if (exec_matches(bprm)) {
-		bpf_map_update_elem(&airlock_tracked, &tgid, &reason, BPF_ANY);
+	// connect is intercepted, and this works while no daemon runs. User
+	// space is told, to move the new tree into a cgroup of its own; the
+	// tracked entry bridges the moment until then.
+	matched = exec_matches(bprm);
+	if (matched && track(tgid, reason) != 0)
 		return 0;
-	}
 	// Others get a look from user space, which matches /proc/PID/exe (a full
 	// path reached through a symlink, say) against the configured list.
 	e = bpf_ringbuf_reserve(&airlock_execs, sizeof(*e), 0);
 	if (!e) {
+		// A lost notice of a tracked exec only delays containment: the
+		// daemon's periodic scan of the tracked map catches it.
 		stat_inc(STAT_EXEC_DROPPED);
 		return 0;
 	}
+	e->tracked = matched;
+	e->_pad = 0;
 	e->tgid = tgid;
 	e->ppid = BPF_CORE_READ(p, real_parent, tgid);
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
@@ -659,9 +815,11 @@ int BPF_PROG(airlock_exit, struct task_struct *p)
 {
 	__u32 tgid = p->tgid;
 
-	// The tgid is freed for reuse only when the whole group is gone; the
-	// leader's exit is the closest event that is cheap to catch here.
-	if (p->pid != p->tgid)
+	// Only when the whole thread group is gone: the leader may exit
+	// (SYS_exit) while its threads run on, and a thread that execs makes
+	// the kernel kill the leader first (de_thread) and then takes over its
+	// tgid. In both cases the group lives on and must stay tracked.
+	if (BPF_CORE_READ(p, signal, live.counter) != 0)
 		return 0;
 	bpf_map_delete_elem(&airlock_tracked, &tgid);
 	return 0;

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages that the tests, benchmarks and demo use.
 set -euo pipefail
-need=(libbpf-dev bpftool postgresql postgresql-client pgbouncer python3-psycopg2 iproute2 procps)
+need=(libbpf-dev bpftool postgresql postgresql-client pgbouncer python3-psycopg2 iproute2 procps tmux util-linux python3)
 # clang only matters for `make generate`; Debian 12 has clang-16, Ubuntu 24.04 only its default.
 apt_has() { local p; p=$(apt-cache policy "$1" 2>/dev/null); [[ $p == *"Candidate: "[0-9]* ]]; }
 [ -z "$(apt-cache policy clang-16 2>/dev/null)" ] && apt-get update -qq

@@ -48,6 +48,9 @@ func TestMain(m *testing.M) {
 	case "raw":
 		helperRaw()
 		return
+	case "spawn":
+		helperSpawn()
+		return
 	default:
 		fmt.Fprintln(os.Stderr, "unknown helper")
 		os.Exit(2)
@@ -63,7 +66,13 @@ func TestMain(m *testing.M) {
 		}
 		defer os.RemoveAll(dir)
 		for _, c := range []string{"airlockd", "airlock"} {
-			out, err := exec.Command("go", "build", "-o", filepath.Join(dir, c), "../cmd/"+c).CombinedOutput()
+			build := exec.Command("go", "build", "-o", filepath.Join(dir, c), "../cmd/"+c)
+			if other := os.Getenv("AIRLOCK_E2E_BINDIR"); other != "" {
+				// Binaries of another build, e.g. to show that a test fails
+				// on an older release.
+				build = exec.Command("cp", filepath.Join(other, c), filepath.Join(dir, c))
+			}
+			out, err := build.CombinedOutput()
 			if err != nil {
 				fmt.Fprintf(os.Stderr, "build %s: %v\n%s", c, err, out)
 				return 1
@@ -313,6 +322,10 @@ func helperDial() {
 	network := os.Getenv("DIAL_NET")
 	if network == "" {
 		network = "tcp"
+	}
+	if os.Getenv("DIAL_WAIT") == "true" {
+		// Dial only when told (a line on stdin), so the test can act first.
+		_, _ = bufio.NewReader(os.Stdin).ReadString('\n')
 	}
 	var c net.Conn
 	var err error

@@ -100,6 +100,29 @@ func printStatus(s *control.Status) {
 	for _, m := range s.Kernel.Missing {
 		fmt.Fprintf(w, "  MISSING\t%s\n", m)
 	}
+	if sel := s.Selection; sel != nil {
+		if len(sel.Users) > 0 {
+			fmt.Fprintf(w, "users\t%s\n", strings.Join(sel.Users, ", "))
+		}
+		if len(sel.Executables) > 0 {
+			fmt.Fprintf(w, "executables\t%s\n", strings.Join(sel.Executables, ", "))
+		}
+		if sel.Containment != "" {
+			fmt.Fprintf(w, "trees contained in\t%s/<tree> (a cgroup no unprivileged process can leave)\n", sel.Containment)
+		}
+		if len(sel.NetnsAddresses) > 0 {
+			fmt.Fprintf(w, "other namespaces\tsent to the proxy at %s\n", strings.Join(sel.NetnsAddresses, ", "))
+		} else {
+			fmt.Fprintf(w, "other namespaces\ttarget connects refused (no intercept.netns_addresses)\n")
+		}
+		if sel.TrackingIncomplete {
+			fmt.Fprintf(w, "TRACKING INCOMPLETE\t%d processes could not be tracked (map full): target connects of untracked processes are refused until the set is rebuilt\n", sel.TrackingLost)
+		}
+		fmt.Fprintf(w, "left open by mode %s\t\n", sel.Mode)
+		for _, e := range sel.OpenEscapes {
+			fmt.Fprintf(w, "  - %s\n", e)
+		}
+	}
 	fmt.Fprintln(w, "\nPROGRAM\tTYPE\tATTACHED TO\tLINK\tPINNED")
 	for _, p := range s.Programs {
 		fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%v\n", p.Name, p.Type, p.Attach, p.LinkID, p.Pinned)

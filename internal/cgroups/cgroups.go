@@ -186,3 +186,32 @@ func killAll(path string) {
 		_ = syscall.Kill(pid, syscall.SIGKILL)
 	}
 }
+
+// Drain moves every process in the cgroup at path and its descendants into
+// the cgroup at to, so that path can be removed without killing them. A
+// missing path is not an error.
+func Drain(path, to string) error {
+	entries, err := os.ReadDir(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("drain cgroup %s: %w", path, err)
+	}
+	var errs []error
+	for _, e := range entries {
+		if e.IsDir() {
+			errs = append(errs, Drain(filepath.Join(path, e.Name()), to))
+		}
+	}
+	pids, err := PIDs(path)
+	if err != nil {
+		return errors.Join(append(errs, err)...)
+	}
+	for _, pid := range pids {
+		if err := MovePID(to, pid); err != nil && !errors.Is(err, unix.ESRCH) {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}

@@ -40,12 +40,33 @@ type Proxy struct {
 
 // Intercept says which processes are redirected.
 type Intercept struct {
-	Mode         string   `yaml:"mode"`          // tree | cgroup | all
+	Mode         string   `yaml:"mode"`          // tree | cgroup | user | all
 	AttachCgroup string   `yaml:"attach_cgroup"` // relative to the cgroup v2 mount
 	BPFFS        string   `yaml:"bpffs"`
 	Executables  []string `yaml:"executables"` // tree mode: names or absolute paths
 	Cgroups      []string `yaml:"cgroups"`     // cgroup mode: extra cgroup paths (v2, relative to the mount)
 	Mark         uint32   `yaml:"mark"`        // SO_MARK of the daemon's upstream sockets
+
+	// Cgroups are selected in every mode, like `airlock run`'s; Mark is the
+	// only exemption (no pid is exempt), on every daemon socket.
+
+	// Users are intercepted in user mode: user names or numeric uids.
+	Users []string `yaml:"users"`
+	// Contain moves each tree (tree mode) into a cgroup Airlock owns,
+	// <attach_cgroup>/airlock.tree/..., which no unprivileged process can
+	// leave. Default true.
+	Contain *bool `yaml:"contain"`
+	// NetnsAddresses are host addresses (at most one IPv4, one IPv6) where
+	// selected processes in other network namespaces reach the proxy; the
+	// proxy listens there too. Empty: their target connects are refused.
+	NetnsAddresses []string `yaml:"netns_addresses"`
+	// NetnsAddressEnv names an environment variable holding one more such
+	// address, for a DaemonSet whose node address differs per node.
+	NetnsAddressEnv string `yaml:"netns_address_env"`
+
+	// Parsed by Load.
+	UIDs       []uint32     `yaml:"-"` // Users as uids
+	NetnsAddrs []netip.Addr `yaml:"-"` // NetnsAddresses and NetnsAddressEnv
 }
 
 // DNS tunes hostname resolution of targets.
@@ -148,6 +169,9 @@ func Load(path string) (*Config, error) {
 	}
 	return Parse(path, data)
 }
+
+// ContainTrees reports intercept.contain (default true).
+func (i Intercept) ContainTrees() bool { return i.Contain == nil || *i.Contain }
 
 // File is the path the configuration came from.
 func (c *Config) File() string { return c.file }

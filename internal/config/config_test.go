@@ -1,6 +1,7 @@
 package config
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -84,7 +85,20 @@ func TestParseErrors(t *testing.T) {
 		{"unknown top key", "proxi:\n  port: 1\n", `airlock.yaml:1: proxi: unknown key`},
 		{"unknown nested key", "intercept:\n  mode: all\n  colour: red\n", `airlock.yaml:3: intercept.colour: unknown key`},
 		{"unknown key in list item", "targets:\n  - name: a\n    adress: x:1\n", `airlock.yaml:3: targets[0].adress: unknown key`},
-		{"bad mode", "intercept:\n  mode: some\n", `airlock.yaml:2: intercept.mode: "some" is not one of tree, cgroup, all`},
+		{"bad mode", "intercept:\n  mode: some\n", `airlock.yaml:2: intercept.mode: "some" is not one of tree, cgroup, user, all`},
+		{"user needs users", "intercept:\n  mode: user\n", `intercept.users: user mode needs`},
+		{"unknown user", "intercept:\n  mode: user\n  users: [no-such-user-airlock]\n", `airlock.yaml:3: intercept.users[0]: no user "no-such-user-airlock"`},
+		{"users outside user mode", "intercept:\n  mode: all\n  users: [0]\n", `airlock.yaml:3: intercept.users: only used in mode: user`},
+		{"loopback netns address", "intercept:\n  mode: all\n  netns_addresses: [127.0.0.1]\n", `airlock.yaml:3: intercept.netns_addresses[0]: 127.0.0.1 is not an address other network namespaces can reach`},
+		{"two v4 netns addresses", "intercept:\n  mode: all\n  netns_addresses: [10.0.0.1, 10.0.0.2]\n", `intercept.netns_addresses[1]: 10.0.0.2: at most one address per family`},
+		{"missing netns env", "intercept:\n  mode: all\n  netns_address_env: AIRLOCK_TEST_UNSET_VAR\n", `airlock.yaml:3: intercept.netns_address_env: environment variable AIRLOCK_TEST_UNSET_VAR is not set`},
+		{"loopback target", "intercept: {mode: all}\ntargets:\n  - name: a\n    address: 127.0.0.1:5432\n", `airlock.yaml:4: targets[0].address: "127.0.0.1:5432" covers this machine's loopback`},
+		{"loopback v6 target", "intercept: {mode: all}\ntargets:\n  - name: a\n    address: '[::1]:5432'\n", `targets[0].address: "[::1]:5432" covers this machine's loopback`},
+		{"v4-mapped loopback target", "intercept: {mode: all}\ntargets:\n  - name: a\n    address: '[::ffff:127.0.0.2]:5432'\n", `covers this machine's loopback`},
+		{"loopback range target", "intercept: {mode: all}\ntargets:\n  - name: a\n    address: 127.0.0.0/16:5432\n", `covers this machine's loopback`},
+		{"unspecified target", "intercept: {mode: all}\ntargets:\n  - name: a\n    address: 0.0.0.0:5432\n", `covers this machine's loopback or unspecified address`},
+		{"localhost target", "intercept: {mode: all}\ntargets:\n  - name: a\n    address: localhost:5432\n", `airlock.yaml:4: targets[0].address: "localhost:5432" is this machine's loopback`},
+		{"dot-localhost target", "intercept: {mode: all}\ntargets:\n  - name: a\n    address: db.localhost.:5432\n", `is this machine's loopback`},
 		{"tree needs executables", "intercept:\n  mode: tree\n", `intercept.executables: tree mode needs`},
 		{"bad duration", "intercept:\n  mode: all\ndns:\n  min_ttl: soon\n", `airlock.yaml:4: dns.min_ttl: "soon" is not a duration`},
 		{"port too large", "proxy:\n  port: 70000\n", `airlock.yaml:2`},
@@ -150,5 +164,30 @@ func unwrapAll(err error) error {
 			return err
 		}
 		err = u.Unwrap()
+	}
+}
+
+func TestInterceptSelection(t *testing.T) {
+	t.Setenv("AIRLOCK_TEST_NODE_IP", "192.0.2.7")
+	c, err := Parse("airlock.yaml", []byte("intercept:\n  mode: user\n  users: [root, \"4242\"]\n  netns_addresses: [\"2001:db8::1\"]\n  netns_address_env: AIRLOCK_TEST_NODE_IP\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := c.Intercept.UIDs; len(got) != 2 || got[0] != 0 || got[1] != 4242 {
+		t.Errorf("uids = %v, want [0 4242]", got)
+	}
+	if got := fmt.Sprint(c.Intercept.NetnsAddrs); got != "[2001:db8::1 192.0.2.7]" {
+		t.Errorf("netns addresses = %s", got)
+	}
+	if !c.Intercept.ContainTrees() {
+		t.Error("intercept.contain must default to true")
+	}
+	c, err = Parse("airlock.yaml", []byte("intercept:\n  mode: tree\n  executables: [cursor]\n  contain: false\n"))
+	if err != nil || c.Intercept.ContainTrees() {
+		t.Errorf("contain: false not honoured: %v", err)
+	}
+	// A target near loopback but not on it stays valid.
+	if _, err := Parse("airlock.yaml", []byte("intercept: {mode: all}\ntargets:\n  - {name: a, address: '128.0.0.1:5432'}\n  - {name: b, address: 'localhostdb:5432'}\n")); err != nil {
+		t.Errorf("non-loopback targets refused: %v", err)
 	}
 }

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
+	"os/user"
 	"path/filepath"
 	"reflect"
 	"sort"
@@ -225,9 +227,16 @@ func (c *Config) validate() error {
 		if len(c.Intercept.Executables) == 0 {
 			return c.errKey("intercept.executables", "tree mode needs at least one executable name or path (e.g. cursor)")
 		}
+	case "user":
+		if len(c.Intercept.Users) == 0 {
+			return c.errKey("intercept.users", "user mode needs at least one user name or uid (the agent's user)")
+		}
 	case "cgroup", "all":
 	default:
-		return c.errKey("intercept.mode", fmt.Sprintf("%q is not one of tree, cgroup, all", c.Intercept.Mode))
+		return c.errKey("intercept.mode", fmt.Sprintf("%q is not one of tree, cgroup, user, all", c.Intercept.Mode))
+	}
+	if err := c.validateInterceptAddrs(); err != nil {
+		return err
 	}
 	if !strings.HasPrefix(c.Intercept.AttachCgroup, "/") {
 		return c.errKey("intercept.attach_cgroup", "must start with / (it is relative to the cgroup v2 mount)")
@@ -267,6 +276,9 @@ func (c *Config) validate() error {
 		}
 		names[t.Name] = true
 		if err := parseAddress(t); err != nil {
+			return c.errKey(key+".address", err.Error())
+		}
+		if err := notLocal(t); err != nil {
 			return c.errKey(key+".address", err.Error())
 		}
 	}
@@ -441,4 +453,99 @@ func (c *Config) pathAtLine(line int) string {
 		}
 	}
 	return best
+}
+
+// validateInterceptAddrs resolves intercept.users to uids and parses the
+// network namespace addresses.
+func (c *Config) validateInterceptAddrs() error {
+	ic := &c.Intercept
+	ic.UIDs = nil
+	for i, u := range ic.Users {
+		uid, err := lookupUID(u)
+		if err != nil {
+			return c.errKey(fmt.Sprintf("intercept.users[%d]", i), err.Error())
+		}
+		ic.UIDs = append(ic.UIDs, uid)
+	}
+	if len(ic.Users) > 0 && ic.Mode != "user" {
+		return c.errKey("intercept.users", fmt.Sprintf("only used in mode: user (mode is %s)", ic.Mode))
+	}
+	ic.NetnsAddrs = nil
+	var have4, have6 bool
+	add := func(key, s string) error {
+		a, err := netip.ParseAddr(strings.TrimSpace(s))
+		if err != nil {
+			return c.errKey(key, fmt.Sprintf("%q is not an IP address", s))
+		}
+		a = a.Unmap()
+		if a.IsLoopback() || a.IsUnspecified() || a.IsMulticast() || a.Zone() != "" {
+			return c.errKey(key, fmt.Sprintf("%s is not an address other network namespaces can reach (use the host's address on the bridge or node network)", a))
+		}
+		if (a.Is4() && have4) || (a.Is6() && have6) {
+			return c.errKey(key, fmt.Sprintf("%s: at most one address per family", a))
+		}
+		have4, have6 = have4 || a.Is4(), have6 || a.Is6()
+		ic.NetnsAddrs = append(ic.NetnsAddrs, a)
+		return nil
+	}
+	for i, s := range ic.NetnsAddresses {
+		if err := add(fmt.Sprintf("intercept.netns_addresses[%d]", i), s); err != nil {
+			return err
+		}
+	}
+	if ic.NetnsAddressEnv != "" {
+		v, ok := os.LookupEnv(ic.NetnsAddressEnv)
+		if !ok || strings.TrimSpace(v) == "" {
+			return c.errKey("intercept.netns_address_env", fmt.Sprintf("environment variable %s is not set (in a DaemonSet, set it from status.hostIP)", ic.NetnsAddressEnv))
+		}
+		if err := add("intercept.netns_address_env", v); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// lookupUID accepts a user name or a numeric uid.
+func lookupUID(s string) (uint32, error) {
+	s = strings.TrimSpace(s)
+	if n, err := strconv.ParseUint(s, 10, 32); err == nil {
+		return uint32(n), nil
+	}
+	u, err := user.Lookup(s)
+	if err != nil {
+		return 0, fmt.Errorf("no user %q on this machine (write a user name or a numeric uid)", s)
+	}
+	n, err := strconv.ParseUint(u.Uid, 10, 32)
+	if err != nil {
+		return 0, fmt.Errorf("user %q has uid %q, which is not a number", s, u.Uid)
+	}
+	return uint32(n), nil
+}
+
+var (
+	loopback4 = netip.MustParsePrefix("127.0.0.0/8")
+	loopback6 = netip.MustParsePrefix("::1/128")
+)
+
+// notLocal refuses targets on this machine's loopback (or the unspecified
+// address, which connect() also sends to this machine): the kernel never
+// redirects them, so they would silently go direct.
+func notLocal(t *Target) error {
+	const hint = "loopback destinations are never intercepted (the proxy itself lives there); register the server's real address or hostname"
+	if t.Host != "" {
+		h := strings.ToLower(strings.TrimSuffix(t.Host, "."))
+		if h == "localhost" || strings.HasSuffix(h, ".localhost") || h == "ip6-localhost" || h == "ip6-loopback" {
+			return fmt.Errorf("%q is this machine's loopback: %s", t.Address, hint)
+		}
+		return nil
+	}
+	p := t.Prefix
+	if !p.IsValid() {
+		return nil
+	}
+	if p.Addr().Is4() && (p.Overlaps(loopback4) || p.Contains(netip.IPv4Unspecified())) ||
+		p.Addr().Is6() && (p.Overlaps(loopback6) || p.Contains(netip.IPv6Unspecified())) {
+		return fmt.Errorf("%q covers this machine's loopback or unspecified address: %s", t.Address, hint)
+	}
+	return nil
 }

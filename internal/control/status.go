@@ -19,6 +19,9 @@ type Status struct {
 	// Counters are the kernel programs' counters (redirected, skip_*...).
 	Counters   map[string]uint64 `json:"counters,omitempty"`
 	MapEntries map[string]int    `json:"map_entries,omitempty"`
+
+	// Selection says who is intercepted and what that leaves open.
+	Selection *SelectionStatus `json:"selection,omitempty"`
 }
 
 // DaemonStatus describes airlockd itself.
@@ -47,6 +50,27 @@ type ProgramStatus struct {
 	Attach string `json:"attach"`
 	LinkID uint32 `json:"link_id"`
 	Pinned bool   `json:"pinned"`
+}
+
+// SelectionStatus is who the kernel intercepts, and what that leaves open.
+type SelectionStatus struct {
+	Mode        string   `json:"mode"`
+	Executables []string `json:"executables,omitempty"` // tree mode
+	Users       []string `json:"users,omitempty"`       // user mode
+	// NetnsAddresses are where selected processes in other network
+	// namespaces are sent; none: their target connects are refused.
+	NetnsAddresses []string `json:"netns_addresses,omitempty"`
+	// Containment is the cgroup (relative to the v2 mount) under which tree
+	// mode keeps each tree in a cgroup of its own; "" when off.
+	Containment string `json:"containment,omitempty"`
+	// TrackingLost counts processes the kernel could not track (the map
+	// was full); while TrackingIncomplete, tree mode refuses target
+	// connects of every untracked process until the set is rebuilt.
+	TrackingLost       uint64 `json:"tracking_lost,omitempty"`
+	TrackingIncomplete bool   `json:"tracking_incomplete,omitempty"`
+	// OpenEscapes lists, in plain words, the ways around interception the
+	// mode leaves open.
+	OpenEscapes []string `json:"open_escapes"`
 }
 
 // TargetStatus is one configured target.

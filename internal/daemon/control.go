@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -31,6 +32,7 @@ func (d *Daemon) Status(_ context.Context, p control.Peer) (*control.Status, err
 		})
 	}
 	st.Counters, st.MapEntries = ist.Counters, ist.MapEntries
+	st.Selection = d.selectionStatus(ist)
 	resolved := map[string][]string{}
 	unresolved := map[string]bool{}
 	for _, e := range d.set.All() {
@@ -68,7 +70,8 @@ func (d *Daemon) Status(_ context.Context, p control.Peer) (*control.Status, err
 		}
 		st.Targets = append(st.Targets, ts)
 	}
-	if tracked, err := d.ic.Tracked(); err == nil {
+	// Live ones only, and a bounded list: map_entries has the count.
+	if tracked, err := d.ic.TrackedLive(1000); err == nil {
 		for _, pid := range tracked {
 			tp := control.TrackedProcess{PID: pid}
 			if pr, err := procinfo.Read(pid); err == nil {
@@ -134,4 +137,34 @@ func foundFeatures(f intercept.Features) []string {
 		out = append(out, "cgroup connect4/6, sockops, getpeername4/6, tp_btf sched tracepoints")
 	}
 	return out
+}
+
+func (d *Daemon) selectionStatus(ist intercept.Status) *control.SelectionStatus {
+	ic := d.cfg.Intercept
+	sel := &control.SelectionStatus{
+		Mode:               ist.Mode.String(),
+		TrackingLost:       ist.TrackLost,
+		TrackingIncomplete: ist.TrackLost != ist.TrackRebuilt,
+		OpenEscapes:        intercept.OpenEscapes(ist.Mode),
+	}
+	switch ist.Mode {
+	case intercept.ModeTree:
+		sel.Executables = ic.Executables
+	case intercept.ModeUser:
+		for k, name := range ic.Users {
+			if k < len(ic.UIDs) && name != strconv.FormatUint(uint64(ic.UIDs[k]), 10) {
+				name = fmt.Sprintf("%s (uid %d)", name, ic.UIDs[k])
+			}
+			sel.Users = append(sel.Users, name)
+		}
+	}
+	if d.contain != nil {
+		if rel, err := filepath.Rel(d.cgRoot, d.contain.Root()); err == nil {
+			sel.Containment = "/" + rel
+		}
+	}
+	for _, a := range ic.NetnsAddrs {
+		sel.NetnsAddresses = append(sel.NetnsAddresses, a.String())
+	}
+	return sel
 }

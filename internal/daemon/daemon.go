@@ -60,6 +60,8 @@ type Daemon struct {
 	fileLimit uint64 // RLIMIT_NOFILE after raising it
 	runs      *runGroups
 
+	contain *intercept.Containment // tree mode's containment cgroups; nil when off
+
 	mu sync.Mutex
 }
 
@@ -117,8 +119,11 @@ func (d *Daemon) start(ctx context.Context) error {
 		CgroupPath: attach,
 		ProxyPort:  d.cfg.Proxy.Port,
 		Mode:       mode,
-		DaemonTGID: uint32(os.Getpid()),
+		// The daemon's own sockets are told apart by this mark alone: a
+		// pid exemption would outlive the daemon and pass a recycled pid.
 		Mark:       d.cfg.Intercept.Mark,
+		NetnsAddrs: d.cfg.Intercept.NetnsAddrs,
+		Users:      d.cfg.Intercept.UIDs,
 		// Matched by the kernel at exec (tree mode), daemon running or not.
 		Executables: d.cfg.Intercept.Executables,
 		Logger:      d.log,
@@ -134,6 +139,9 @@ func (d *Daemon) start(ctx context.Context) error {
 		Linger:  d.cfg.DNS.Linger.D(),
 		Hosts:   d.cfg.DNS.Hosts,
 		Logger:  d.log,
+
+		// A DNS server can be a target too: its TCP queries must not loop.
+		Mark: d.cfg.Intercept.Mark,
 	})
 	if err != nil {
 		return fmt.Errorf("set up DNS resolution of targets: %w", err)
@@ -208,6 +216,8 @@ func (d *Daemon) start(ctx context.Context) error {
 
 		MaxSessions:       d.cfg.Proxy.MaxSessions,
 		MaxSessionsPerUID: d.cfg.Proxy.MaxSessionsPerUID,
+		// Selected processes in other network namespaces are sent here.
+		ExtraAddrs: d.cfg.Intercept.NetnsAddrs,
 	})
 	if err != nil {
 		return err
@@ -272,13 +282,56 @@ func (d *Daemon) selectProcesses(ctx context.Context, mode intercept.Mode) error
 		if err := d.ic.SeedTree(ctx, exes); err != nil {
 			return fmt.Errorf("seed process tree from /proc: %w", err)
 		}
+		// New trees are moved into cgroups of their own as soon as the
+		// kernel reports them; the sweep also runs every second, for
+		// children forked before the move and for dropped notices.
+		kick := make(chan uint32, 64)
+		onTracked := func(tgid uint32) {
+			select {
+			case kick <- tgid:
+			default: // a sweep is pending anyway
+			}
+		}
+		if d.cfg.Intercept.ContainTrees() {
+			d.contain, err = intercept.NewContainment(d.ic, filepath.Join(d.cgRoot, strings.TrimSuffix(d.cfg.Intercept.AttachCgroup, "/"), intercept.TreeCgroupName), d.cgRoot)
+			if err != nil {
+				return err
+			}
+			if _, err := d.contain.Sweep(); err != nil {
+				d.log.Warn("contain the seeded process trees", "err", err)
+			}
+			d.closers = append(d.closers, d.watch(ctx, func(ctx context.Context) { d.contain.Run(ctx, kick, time.Second) }))
+		}
 		d.closers = append(d.closers, d.watch(ctx, func(ctx context.Context) {
-			if err := d.ic.WatchExec(ctx, exes); err != nil && ctx.Err() == nil {
+			if err := d.ic.WatchExec(ctx, exes, onTracked); err != nil && ctx.Err() == nil {
 				d.log.Error("watch exec events", "err", err)
 			}
 		}))
+		d.closers = append(d.closers, d.watch(ctx, d.rebuildTracking))
 	}
 	return nil
+}
+
+// rebuildTracking watches for processes the kernel failed to track (a full
+// map). Until they are rebuilt from /proc, the kernel refuses target
+// connects of every untracked process; this lifts that as soon as the set
+// is whole again.
+func (d *Daemon) rebuildTracking(ctx context.Context) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	failing := false
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		_, err := d.ic.Rebuild(ctx, d.cfg.Intercept.Executables)
+		if err != nil && !failing && ctx.Err() == nil {
+			d.log.Error("tracked processes were lost and cannot be rebuilt yet; untracked processes' target connects are refused", "err", err)
+		}
+		failing = err != nil
+	}
 }
 
 // reapRunGroups removes `airlock run` cgroups whose processes have all
@@ -308,18 +361,9 @@ func (d *Daemon) lookup(ctx context.Context, host string) ([]string, error) {
 	return out, nil
 }
 
-func (d *Daemon) isTrackedRoot(pid uint32) bool {
-	tracked, err := d.ic.Tracked()
-	if err != nil {
-		return false
-	}
-	for _, t := range tracked {
-		if t == pid {
-			return true
-		}
-	}
-	return false
-}
+// isTrackedRoot is one map lookup, not a listing: it runs for every
+// ancestor of every session's client.
+func (d *Daemon) isTrackedRoot(pid uint32) bool { return d.ic.IsTracked(pid) }
 
 func (d *Daemon) serve(ctx context.Context) error {
 	errc := make(chan error, 2)
@@ -369,16 +413,21 @@ func (f *flushWriter) Flush() {
 // Uninstall detaches and unpins everything a configuration installed.
 func Uninstall(cfg *config.Config) error {
 	err := intercept.Uninstall(PinDir(cfg))
+	// Pins an older release left (normally adopted and removed at start).
+	for v := 1; v < intercept.LayoutVersion; v++ {
+		err = errors.Join(err, intercept.Uninstall(filepath.Join(cfg.Intercept.BPFFS, "airlock", fmt.Sprintf("v%d", v))))
+	}
 	if root, rerr := cgroups.Mount(); rerr == nil {
-		run := filepath.Join(root, cfg.Intercept.AttachCgroup, "airlock.run")
-		entries, _ := os.ReadDir(run)
-		for _, e := range entries {
-			if e.IsDir() {
-				_ = cgroups.Remove(filepath.Join(run, e.Name()))
-			}
-		}
-		if rerr := cgroups.Remove(run); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
+		attach := filepath.Join(root, cfg.Intercept.AttachCgroup)
+		// Contained trees (Cursor itself) are moved back, never killed.
+		if rerr := cgroups.Drain(filepath.Join(attach, intercept.TreeCgroupName), attach); rerr != nil {
 			err = errors.Join(err, rerr)
+		}
+		// Removing a cgroup kills what is left in it.
+		for _, name := range []string{"airlock.run", intercept.TreeCgroupName} {
+			if rerr := cgroups.Remove(filepath.Join(attach, name)); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
+				err = errors.Join(err, rerr)
+			}
 		}
 	}
 	return err

@@ -20,6 +20,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/airlockhq/airlock/internal/cgroups"
 	"github.com/airlockhq/airlock/internal/identity"
 	"github.com/airlockhq/airlock/internal/intercept"
 	"github.com/airlockhq/airlock/internal/pgrefuse"
@@ -93,6 +94,10 @@ type Options struct {
 	// Caps on concurrent sessions in total and per client uid; 0 means no
 	// cap. The excess is refused (PostgreSQL: SQLSTATE 53300).
 	MaxSessions, MaxSessionsPerUID int
+
+	// ExtraAddrs are more addresses to listen on (with Port): where the
+	// kernel sends selected processes of other network namespaces.
+	ExtraAddrs []netip.Addr
 }
 
 // Refused reasons counted in Stats.
@@ -153,7 +158,15 @@ func Listen(opts Options) (*Server, error) {
 	s := &Server{opts: opts, sessions: map[string]*session.Session{}, perUID: map[uint32]int{}, refused: map[string]uint64{},
 		refusalLogged: map[string]time.Time{}}
 	port := strconv.Itoa(int(opts.Port))
-	for _, addr := range []struct{ network, addr string }{{"tcp4", "127.0.0.1:" + port}, {"tcp6", "[::1]:" + port}} {
+	addrs := []struct{ network, addr string }{{"tcp4", "127.0.0.1:" + port}, {"tcp6", "[::1]:" + port}}
+	for _, a := range opts.ExtraAddrs {
+		network := "tcp6"
+		if a.Unmap().Is4() {
+			network = "tcp4"
+		}
+		addrs = append(addrs, struct{ network, addr string }{network, netip.AddrPortFrom(a.Unmap(), opts.Port).String()})
+	}
+	for _, addr := range addrs {
 		l, err := net.Listen(addr.network, addr.addr)
 		if err != nil {
 			s.closeListeners()
@@ -457,6 +470,9 @@ func (s *Server) origin(rec intercept.Record) session.Origin {
 	}
 	if cg, err := procinfo.CgroupPath(rec.TGID); err == nil {
 		o.CgroupPath = cg
+		if pod, ok := cgroups.ParseKubepods(cg); ok {
+			o.PodUID, o.ContainerID = pod.UID, pod.Container
+		}
 	}
 	stop := func(p procinfo.Proc) bool { return s.opts.IsRoot != nil && s.opts.IsRoot(p.PID) }
 	if chain, err := procinfo.Ancestry(rec.TGID, stop, 16); err == nil {

@@ -24,18 +24,21 @@ type airlockConfig struct {
 	_             structs.HostLayout
 	ProxyPort     uint32
 	Mode          uint32
-	DaemonTgid    uint32
 	Mark          uint32
+	NetnsAddr4    uint32
 	NetnsCookie   uint64
+	NetnsAddr6    [16]uint8
 	LayoutVersion uint32
 	Pad           uint32
 }
 
 type airlockExecEvent struct {
-	_    structs.HostLayout
-	Tgid uint32
-	Ppid uint32
-	Comm [16]int8
+	_       structs.HostLayout
+	Tgid    uint32
+	Ppid    uint32
+	Comm    [16]int8
+	Tracked uint32
+	Pad     uint32
 }
 
 type airlockExecName struct {
@@ -93,9 +96,11 @@ const (
 	airlockMapAirlockPending       = "airlock_pending"
 	airlockMapAirlockRecords       = "airlock_records"
 	airlockMapAirlockScratch       = "airlock_scratch"
+	airlockMapAirlockState         = "airlock_state"
 	airlockMapAirlockStats         = "airlock_stats"
 	airlockMapAirlockTargets       = "airlock_targets"
 	airlockMapAirlockTracked       = "airlock_tracked"
+	airlockMapAirlockUsers         = "airlock_users"
 	airlockProgAirlockConnect4     = "airlock_connect4"
 	airlockProgAirlockConnect6     = "airlock_connect6"
 	airlockProgAirlockExec         = "airlock_exec"
@@ -171,9 +176,11 @@ type airlockMapSpecs struct {
 	AirlockPending *ebpf.MapSpec `ebpf:"airlock_pending"`
 	AirlockRecords *ebpf.MapSpec `ebpf:"airlock_records"`
 	AirlockScratch *ebpf.MapSpec `ebpf:"airlock_scratch"`
+	AirlockState   *ebpf.MapSpec `ebpf:"airlock_state"`
 	AirlockStats   *ebpf.MapSpec `ebpf:"airlock_stats"`
 	AirlockTargets *ebpf.MapSpec `ebpf:"airlock_targets"`
 	AirlockTracked *ebpf.MapSpec `ebpf:"airlock_tracked"`
+	AirlockUsers   *ebpf.MapSpec `ebpf:"airlock_users"`
 }
 
 // airlockVariableSpecs contains global variables before they are loaded into the kernel.
@@ -211,9 +218,11 @@ type airlockMaps struct {
 	AirlockPending *ebpf.Map `ebpf:"airlock_pending"`
 	AirlockRecords *ebpf.Map `ebpf:"airlock_records"`
 	AirlockScratch *ebpf.Map `ebpf:"airlock_scratch"`
+	AirlockState   *ebpf.Map `ebpf:"airlock_state"`
 	AirlockStats   *ebpf.Map `ebpf:"airlock_stats"`
 	AirlockTargets *ebpf.Map `ebpf:"airlock_targets"`
 	AirlockTracked *ebpf.Map `ebpf:"airlock_tracked"`
+	AirlockUsers   *ebpf.Map `ebpf:"airlock_users"`
 }
 
 func (m *airlockMaps) Close() error {
@@ -226,9 +235,11 @@ func (m *airlockMaps) Close() error {
 		m.AirlockPending,
 		m.AirlockRecords,
 		m.AirlockScratch,
+		m.AirlockState,
 		m.AirlockStats,
 		m.AirlockTargets,
 		m.AirlockTracked,
+		m.AirlockUsers,
 	)
 }
 

@@ -224,7 +224,7 @@ func newCgroup(t testing.TB) string {
 func newPinDir(t testing.TB) string {
 	t.Helper()
 	base := filepath.Join(bpffsRoot, fmt.Sprintf("airlock-test-%d", os.Getpid()))
-	dir := filepath.Join(base, strconv.Itoa(int(seq.Add(1))), "v1")
+	dir := filepath.Join(base, strconv.Itoa(int(seq.Add(1))), fmt.Sprintf("v%d", LayoutVersion))
 	t.Cleanup(func() {
 		if err := Uninstall(dir); err != nil {
 			t.Errorf("uninstall: %v", err)

@@ -10,11 +10,15 @@ package intercept
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"sort"
+	"strconv"
 	"strings"
 	"sync"
 
@@ -28,10 +32,10 @@ import (
 // LayoutVersion is the version of the pinned map layouts (bpf/airlock.c).
 // It is part of DefaultPinDir: a daemon must never take over maps written
 // with another layout.
-const LayoutVersion = 1
+const LayoutVersion = 2
 
 // DefaultPinDir is where the daemon pins its maps and links.
-const DefaultPinDir = "/sys/fs/bpf/airlock/v1"
+const DefaultPinDir = "/sys/fs/bpf/airlock/v2"
 
 const bpffsRoot = "/sys/fs/bpf"
 
@@ -46,6 +50,9 @@ const (
 	ModeTree Mode = 1
 	// ModeCgroup intercepts processes in selected cgroups or their descendants.
 	ModeCgroup Mode = 2
+	// ModeUser intercepts every process of the selected uids (SetUsers),
+	// wherever it was started.
+	ModeUser Mode = 3
 )
 
 func (m Mode) String() string {
@@ -56,11 +63,13 @@ func (m Mode) String() string {
 		return "tree"
 	case ModeCgroup:
 		return "cgroup"
+	case ModeUser:
+		return "user"
 	}
 	return fmt.Sprintf("Mode(%d)", uint32(m))
 }
 
-// ParseMode parses "all", "tree" or "cgroup".
+// ParseMode parses "all", "tree", "cgroup" or "user".
 func ParseMode(s string) (Mode, error) {
 	switch strings.ToLower(strings.TrimSpace(s)) {
 	case "all":
@@ -69,8 +78,10 @@ func ParseMode(s string) (Mode, error) {
 		return ModeTree, nil
 	case "cgroup":
 		return ModeCgroup, nil
+	case "user":
+		return ModeUser, nil
 	}
-	return 0, fmt.Errorf("unknown interception mode %q (want all, tree or cgroup)", s)
+	return 0, fmt.Errorf("unknown interception mode %q (want all, tree, cgroup or user)", s)
 }
 
 // Options configure Open.
@@ -84,11 +95,16 @@ type Options struct {
 	// ProxyPort is where the proxy listens, on 127.0.0.1 and [::1].
 	ProxyPort uint16
 	Mode      Mode
-	// DaemonTGID is never redirected; 0 means the calling process.
-	DaemonTGID uint32
-	// Mark is the SO_MARK of the daemon's upstream sockets, which are never
-	// redirected; 0 disables the check (every socket has mark 0 by default).
+	// Mark is the SO_MARK of the daemon's own sockets, which are never
+	// redirected; 0 disables the check (every socket has mark 0 by
+	// default). There is no exemption by pid: a pid outlives nothing.
 	Mark uint32
+	// NetnsAddrs are where a selected process in another network namespace
+	// (a container, a pod) reaches the proxy, at most one per family; the
+	// proxy must listen there too. A family without one is refused there.
+	NetnsAddrs []netip.Addr
+	// Users are the uids intercepted in ModeUser (see SetUsers).
+	Users []uint32
 	// Executables are matched by the kernel at exec in ModeTree (base names,
 	// or paths with a slash; see SetExecMatch). Open replaces the pinned list
 	// with them, so the kernel keeps matching while no daemon runs. An entry
@@ -149,14 +165,14 @@ func Open(ctx context.Context, opts Options) (*Interceptor, error) {
 	if opts.ProxyPort == 0 {
 		return nil, errors.New("open interceptor: no proxy port")
 	}
-	if opts.Mode > ModeCgroup {
+	if opts.Mode > ModeUser {
 		return nil, fmt.Errorf("open interceptor: invalid mode %d", opts.Mode)
+	}
+	if _, _, err := netnsAddrs(opts.NetnsAddrs); err != nil {
+		return nil, fmt.Errorf("open interceptor: %w", err)
 	}
 	if _, err := execMatchKeys(opts.Executables); err != nil {
 		return nil, fmt.Errorf("open interceptor: %w", err)
-	}
-	if opts.DaemonTGID == 0 {
-		opts.DaemonTGID = uint32(os.Getpid())
 	}
 	log := opts.Logger
 	if log == nil {
@@ -198,11 +214,21 @@ func Open(ctx context.Context, opts Options) (*Interceptor, error) {
 		return nil, fmt.Errorf("open interceptor: load BPF programs: %w", err)
 	}
 
-	// The exec match list before the config (which may switch to ModeTree)
-	// and before the exec program is attached.
+	// The exec match list and the users before the config (which may
+	// switch to their mode) and before the programs are attached.
 	if err := i.SetExecMatch(opts.Executables); err != nil {
 		i.objs.Close()
 		return nil, fmt.Errorf("open interceptor: %w", err)
+	}
+	if err := i.SetUsers(opts.Users); err != nil {
+		i.objs.Close()
+		return nil, fmt.Errorf("open interceptor: %w", err)
+	}
+	// What an older layout's daemon selected carries over before anything
+	// of ours is attached, so the new programs see the same trees.
+	older := olderPinDirs(opts.PinDir)
+	for _, dir := range older {
+		i.adopt(dir)
 	}
 	// Config before links: programs already attached by a previous daemon
 	// must see the new proxy port as early as possible.
@@ -214,6 +240,18 @@ func Open(ctx context.Context, opts Options) (*Interceptor, error) {
 		if err := i.attach(a); err != nil {
 			i.closeFDs()
 			return nil, err
+		}
+	}
+	// Both layouts' programs are attached now: a connect redirected by the
+	// old ones lands on our proxy without a record and is refused, never
+	// sent direct. Adopt again (forks tracked by the old programs only,
+	// meanwhile), then detach and unpin the old layout.
+	for _, dir := range older {
+		i.adopt(dir)
+		if err := Uninstall(dir); err != nil {
+			log.Warn("remove an older layout's pins", "pin_dir", dir, "err", err)
+		} else {
+			log.Info("took over from an older layout", "pin_dir", dir)
 		}
 	}
 	log.Info("interception attached", "cgroup", opts.CgroupPath, "cgroup_id", cgID,
@@ -228,11 +266,16 @@ func (i *Interceptor) writeConfig() error {
 		// guards (tgid, mark) still hold.
 		i.log.Warn("network namespace check disabled", "err", err)
 	}
+	a4, a6, err := netnsAddrs(i.opts.NetnsAddrs)
+	if err != nil {
+		return fmt.Errorf("write interception config: %w", err)
+	}
 	cfg := airlockConfig{
 		ProxyPort:     uint32(i.opts.ProxyPort),
 		Mode:          uint32(i.opts.Mode),
-		DaemonTgid:    i.opts.DaemonTGID,
 		Mark:          i.opts.Mark,
+		NetnsAddr4:    a4,
+		NetnsAddr6:    a6,
 		NetnsCookie:   cookie,
 		LayoutVersion: LayoutVersion,
 	}
@@ -448,4 +491,92 @@ func netnsCookie() (uint64, error) {
 		return 0, fmt.Errorf("netns cookie: %w", err)
 	}
 	return cookie, nil
+}
+
+// netnsAddrs encodes the proxy's addresses for other network namespaces as
+// the config expects them: IPv4 in network order, IPv6 as 16 bytes.
+func netnsAddrs(addrs []netip.Addr) (uint32, [16]uint8, error) {
+	var a4 uint32
+	var a6 [16]uint8
+	var have4, have6 bool
+	for _, a := range addrs {
+		a = a.Unmap()
+		switch {
+		case !a.IsValid():
+			return 0, a6, errors.New("invalid network namespace address")
+		case a.IsLoopback() || a.IsUnspecified() || a.IsMulticast():
+			return 0, a6, fmt.Errorf("network namespace address %s must be an address other namespaces can reach (not loopback, unspecified or multicast)", a)
+		case a.Is4():
+			if have4 {
+				return 0, a6, fmt.Errorf("more than one IPv4 network namespace address (%s)", a)
+			}
+			b := a.As4()
+			a4, have4 = binary.NativeEndian.Uint32(b[:]), true
+		default:
+			if have6 {
+				return 0, a6, fmt.Errorf("more than one IPv6 network namespace address (%s)", a)
+			}
+			a6, have6 = a.As16(), true
+		}
+	}
+	return a4, a6, nil
+}
+
+// olderPinDirs lists the pin folders of older layouts beside pinDir
+// (".../airlock/v1" next to ".../airlock/v2"), oldest first.
+func olderPinDirs(pinDir string) []string {
+	parent, base := filepath.Split(filepath.Clean(pinDir))
+	cur, err := strconv.Atoi(strings.TrimPrefix(base, "v"))
+	if !strings.HasPrefix(base, "v") || err != nil {
+		return nil
+	}
+	entries, err := os.ReadDir(parent)
+	if err != nil {
+		return nil
+	}
+	var vs []int
+	for _, e := range entries {
+		n, err := strconv.Atoi(strings.TrimPrefix(e.Name(), "v"))
+		if e.IsDir() && strings.HasPrefix(e.Name(), "v") && err == nil && n < cur {
+			vs = append(vs, n)
+		}
+	}
+	sort.Ints(vs)
+	out := make([]string, len(vs))
+	for k, n := range vs {
+		out[k] = filepath.Join(parent, "v"+strconv.Itoa(n))
+	}
+	return out
+}
+
+// adopt copies what an older layout's daemon selected, tracked trees and
+// selected cgroups, whose map layouts have not changed, into ours. Best
+// effort: a map that is missing or unlike ours is skipped (the seed from
+// /proc still finds the trees).
+func (i *Interceptor) adopt(dir string) {
+	copySet := func(name string, dst *ebpf.Map, keySize uint32) {
+		m, err := ebpf.LoadPinnedMap(filepath.Join(dir, name), &ebpf.LoadPinOptions{ReadOnly: true})
+		if err != nil {
+			return
+		}
+		defer m.Close()
+		if m.KeySize() != keySize || m.ValueSize() != 4 {
+			i.log.Warn("older layout's map differs, not adopted", "map", name, "pin_dir", dir)
+			return
+		}
+		key := make([]byte, keySize)
+		var v uint32
+		n := 0
+		it := m.Iterate()
+		for it.Next(&key, &v) {
+			if err := dst.Put(key, v); err != nil {
+				i.log.Warn("adopt older layout's entry", "map", name, "err", err)
+				return
+			}
+			n++
+		}
+		i.log.Debug("adopted older layout's entries", "map", name, "count", n)
+	}
+	copySet("airlock_tracked", i.objs.AirlockTracked, 4)
+	copySet("airlock_cgroups", i.objs.AirlockCgroups, 8)
 }

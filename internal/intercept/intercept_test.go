@@ -16,7 +16,7 @@ import (
 )
 
 func TestParseMode(t *testing.T) {
-	for _, m := range []Mode{ModeAll, ModeTree, ModeCgroup} {
+	for _, m := range []Mode{ModeAll, ModeTree, ModeCgroup, ModeUser} {
 		got, err := ParseMode(m.String())
 		if err != nil || got != m {
 			t.Errorf("ParseMode(%q) = %v, %v", m.String(), got, err)
@@ -236,22 +236,6 @@ func TestLoopGuards(t *testing.T) {
 		e.proxy.next(t)
 	})
 
-	t.Run("daemon tgid", func(t *testing.T) {
-		h := startHelper(t, helperSpec{Cgroup: e.cgroup, Addr: target, WaitAt: 0})
-		// A restarted daemon with this helper's tgid: the takeover path.
-		e.ic.Close()
-		e.opts.DaemonTGID = uint32(h.ReadyP)
-		e.open(t)
-		h.release(t)
-		if res := h.result(t); res.Line != "remote" {
-			t.Fatalf("daemon's own connect was redirected: %+v", res)
-		}
-		if res := dial(t, helperSpec{Cgroup: e.cgroup, Addr: target}); res.Line != "proxy" {
-			t.Fatalf("other process not redirected: %+v", res)
-		}
-		e.proxy.next(t)
-	})
-
 	t.Run("loopback", func(t *testing.T) {
 		// A loopback target entry must not cause a loop: loopback is never redirected.
 		lo := netip.MustParseAddr("127.0.0.1")
@@ -353,7 +337,7 @@ func TestTreeMode(t *testing.T) {
 	t.Run("WatchExec", func(t *testing.T) {
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan error, 1)
-		go func() { done <- e.ic.WatchExec(ctx, []string{appName}) }()
+		go func() { done <- e.ic.WatchExec(ctx, []string{appName}, nil) }()
 		defer func() {
 			cancel()
 			if err := <-done; err != nil {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"strconv"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -114,6 +115,32 @@ func (i *Interceptor) Track(tgid uint32) error {
 		return fmt.Errorf("track %d: %w", tgid, err)
 	}
 	return nil
+}
+
+// IsTracked reports whether tgid is in the tracked set.
+func (i *Interceptor) IsTracked(tgid uint32) bool {
+	var v uint32
+	return i.objs.AirlockTracked.Lookup(tgid, &v) == nil
+}
+
+// TrackedLive lists the tracked tgids of processes that exist, at most max
+// of them, by looking every process in /proc up in the map: its cost
+// follows the number of processes, not the size of the map.
+func (i *Interceptor) TrackedLive(max int) ([]uint32, error) {
+	pids, err := procPIDs()
+	if err != nil {
+		return nil, fmt.Errorf("list tracked processes: %w", err)
+	}
+	var out []uint32
+	for _, pid := range pids {
+		if len(out) >= max {
+			break
+		}
+		if i.IsTracked(uint32(pid)) {
+			out = append(out, uint32(pid))
+		}
+	}
+	return out, nil
 }
 
 // Untrack removes a process from the tracked set (its children stay).
@@ -237,4 +264,57 @@ func syncSet[K comparable](m *ebpf.Map, want map[K]bool, show func(K) string) (i
 		}
 	}
 	return len(stale), nil
+}
+
+// SetUsers makes the uids intercepted in ModeUser equal to uids: every
+// process running as one of them, wherever it was started.
+func (i *Interceptor) SetUsers(uids []uint32) error {
+	want := make(map[uint32]bool, len(uids))
+	for _, u := range uids {
+		want[u] = true
+	}
+	if _, err := syncSet(i.objs.AirlockUsers, want, func(u uint32) string { return strconv.FormatUint(uint64(u), 10) }); err != nil {
+		return fmt.Errorf("set users: %w", err)
+	}
+	return nil
+}
+
+// Users lists the uids intercepted in ModeUser.
+func (i *Interceptor) Users() ([]uint32, error) {
+	var out []uint32
+	var k, v uint32
+	it := i.objs.AirlockUsers.Iterate()
+	for it.Next(&k, &v) {
+		out = append(out, k)
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("list users: %w", err)
+	}
+	return out, nil
+}
+
+// Slots of airlock_state (STATE_* in bpf/airlock.c).
+const (
+	stateTrackLost    uint32 = 0
+	stateTrackRebuilt uint32 = 1
+)
+
+// TrackingLost reports how many processes the kernel failed to track (the
+// tracked map was full) and how many of those a rebuild has covered. While
+// they differ, tree mode refuses target connects of untracked processes.
+func (i *Interceptor) TrackingLost() (lost, rebuilt uint64, err error) {
+	if err := i.objs.AirlockState.Lookup(stateTrackLost, &lost); err != nil {
+		return 0, 0, fmt.Errorf("read tracking state: %w", err)
+	}
+	if err := i.objs.AirlockState.Lookup(stateTrackRebuilt, &rebuilt); err != nil {
+		return 0, 0, fmt.Errorf("read tracking state: %w", err)
+	}
+	return lost, rebuilt, nil
+}
+
+func (i *Interceptor) markRebuilt(lost uint64) error {
+	if err := i.objs.AirlockState.Put(stateTrackRebuilt, lost); err != nil {
+		return fmt.Errorf("write tracking state: %w", err)
+	}
+	return nil
 }

@@ -31,13 +31,20 @@ type Status struct {
 	MapEntries map[string]int
 	// Counters are the kernel-side counters (redirected, skip_*, ...).
 	Counters map[string]uint64
+	// TrackLost counts processes the kernel could not track because the
+	// tracked map was full; TrackRebuilt how many of those a rebuild from
+	// /proc has covered. While they differ, tree mode refuses target
+	// connects of every untracked process (fail closed).
+	TrackLost, TrackRebuilt uint64
 	// Errors lists what could not be read; the rest is still valid.
 	Errors []string
 }
 
+// statNames follow enum stat_idx in bpf/airlock.c.
 var statNames = []string{
-	"redirected", "skip_loopback", "skip_mark", "skip_daemon", "skip_netns",
-	"skip_selection", "record_moved", "record_missing", "exec_dropped", "tracked_fork",
+	"redirected", "skip_loopback", "skip_mark", "skip_selection",
+	"record_moved", "record_missing", "exec_dropped", "tracked_fork",
+	"redirected_netns", "refused_netns", "refused_overflow", "track_failed",
 }
 
 // Status reports what is attached and how full the maps are.
@@ -85,7 +92,7 @@ func (i *Interceptor) Status() Status {
 		"targets": i.objs.AirlockTargets, "tracked": i.objs.AirlockTracked,
 		"cgroups": i.objs.AirlockCgroups, "pending": i.objs.AirlockPending,
 		"records": i.objs.AirlockRecords, "peers": i.objs.AirlockPeers,
-		"match": i.objs.AirlockMatch,
+		"match": i.objs.AirlockMatch, "users": i.objs.AirlockUsers,
 	}
 	names := make([]string, 0, len(maps))
 	for n := range maps {
@@ -101,6 +108,11 @@ func (i *Interceptor) Status() Status {
 		s.MapEntries[n] = count
 	}
 
+	if lost, rebuilt, err := i.TrackingLost(); err == nil {
+		s.TrackLost, s.TrackRebuilt = lost, rebuilt
+	} else {
+		s.Errors = append(s.Errors, err.Error())
+	}
 	for idx, name := range statNames {
 		var perCPU []uint64
 		if err := i.objs.AirlockStats.Lookup(uint32(idx), &perCPU); err != nil {

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 
@@ -134,6 +135,22 @@ func (m matcher) matchPID(pid int) bool {
 	return m.paths[exe] || m.names[filepath.Base(exe)]
 }
 
+// procPIDs lists the visible tgids, ascending.
+func procPIDs() ([]int, error) {
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil, fmt.Errorf("list /proc: %w", err)
+	}
+	var out []int
+	for _, e := range entries {
+		if pid, err := strconv.Atoi(e.Name()); err == nil {
+			out = append(out, pid)
+		}
+	}
+	sort.Ints(out)
+	return out, nil
+}
+
 // procParents maps every visible tgid to its parent's tgid.
 func procParents() (map[int]int, error) {
 	entries, err := os.ReadDir("/proc")
@@ -231,15 +248,17 @@ func (i *Interceptor) SeedTree(ctx context.Context, match []string) error {
 	return nil
 }
 
-// WatchExec tracks processes that exec a matching executable while the
-// daemon runs, as a backup to the kernel's own match at exec (SetExecMatch,
-// Options.Executables): the kernel reports execs of untracked processes it
-// did not match (in ModeTree); each is checked against /proc/PID/exe, which
-// catches paths the kernel cannot see, e.g. a configured path reached through
-// a symlink. It blocks until ctx is
-// done and then returns nil; it returns an error only if the ring buffer
-// cannot be read. Events queued while no daemon ran are processed too.
-func (i *Interceptor) WatchExec(ctx context.Context, match []string) error {
+// WatchExec reports execs the kernel tracked, and tracks processes that
+// exec a matching executable while the daemon runs, as a backup to the
+// kernel's own match at exec (SetExecMatch, Options.Executables): the kernel
+// reports execs of untracked processes it did not match (in ModeTree); each
+// is checked against /proc/PID/exe, which catches paths the kernel cannot
+// see, e.g. a configured path reached through a symlink. onTracked (may be
+// nil) gets the tgid of every process tracked at exec, by the kernel or
+// here: the root of a new tree. It blocks until ctx is done and then returns
+// nil; it returns an error only if the ring buffer cannot be read. Events
+// queued while no daemon ran are processed too.
+func (i *Interceptor) WatchExec(ctx context.Context, match []string, onTracked func(tgid uint32)) error {
 	m := newMatcher(match)
 	rd, err := ringbuf.NewReader(i.objs.AirlockExecs)
 	if err != nil {
@@ -258,14 +277,17 @@ func (i *Interceptor) WatchExec(ctx context.Context, match []string) error {
 			}
 			return fmt.Errorf("watch execs: %w", err)
 		}
-		if m.empty() {
-			continue
-		}
 		if _, err := binary.Decode(rec.RawSample, binary.NativeEndian, &ev); err != nil {
 			i.log.Warn("bad exec event", "len", len(rec.RawSample), "err", err)
 			continue
 		}
-		if !m.matchPID(int(ev.Tgid)) {
+		if ev.Tracked != 0 {
+			if onTracked != nil {
+				onTracked(ev.Tgid)
+			}
+			continue
+		}
+		if m.empty() || !m.matchPID(int(ev.Tgid)) {
 			continue
 		}
 		if err := i.Track(ev.Tgid); err != nil {
@@ -273,5 +295,28 @@ func (i *Interceptor) WatchExec(ctx context.Context, match []string) error {
 			continue
 		}
 		i.log.Info("tracking exec'd process", "tgid", ev.Tgid, "ppid", ev.Ppid, "comm", commString(ev.Comm))
+		if onTracked != nil {
+			onTracked(ev.Tgid)
+		}
 	}
+}
+
+// Rebuild makes the tracked set whole again after the kernel failed to
+// track processes (TrackingLost): it seeds again from /proc, and only when
+// that succeeded tells the kernel that the losses counted before the seed
+// are covered. A loss during the seed keeps tree mode refusing until the
+// next rebuild. It does nothing when nothing was lost.
+func (i *Interceptor) Rebuild(ctx context.Context, match []string) (bool, error) {
+	lost, rebuilt, err := i.TrackingLost()
+	if err != nil || lost == rebuilt {
+		return false, err
+	}
+	if err := i.SeedTree(ctx, match); err != nil {
+		return false, fmt.Errorf("rebuild tracked processes after %d lost: %w", lost-rebuilt, err)
+	}
+	if err := i.markRebuilt(lost); err != nil {
+		return false, err
+	}
+	i.log.Warn("tracked processes rebuilt from /proc after the tracked map overflowed", "lost", lost-rebuilt)
+	return true, nil
 }

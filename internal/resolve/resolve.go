@@ -19,9 +19,11 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/miekg/dns"
+	"golang.org/x/sys/unix"
 )
 
 // Defaults for Options.
@@ -104,6 +106,7 @@ type Options struct {
 	// Linger keeps an address intercepted that long after a good answer
 	// first left it out (default 1h, at least MaxTTL).
 	Linger time.Duration
+	Mark   uint32 // SO_MARK of query sockets (the daemon's mark: a DNS server may be a target); 0: none
 	Logger *slog.Logger
 }
 
@@ -194,8 +197,8 @@ func New(opts Options) (*Resolver, error) {
 			return nil, fmt.Errorf("resolve: no nameserver in %s", resolvConf)
 		}
 	}
-	r.udp = &dns.Client{Net: "udp", UDPSize: udpSize, Timeout: r.timeout}
-	r.tcp = &dns.Client{Net: "tcp", Timeout: r.timeout}
+	r.udp = &dns.Client{Net: "udp", UDPSize: udpSize, Timeout: r.timeout, Dialer: markedDialer(opts.Mark)}
+	r.tcp = &dns.Client{Net: "tcp", Timeout: r.timeout, Dialer: markedDialer(opts.Mark)}
 	return r, nil
 }
 
@@ -492,4 +495,24 @@ func cloneResults(rs []Result) []Result {
 		out[i].Lingering = slices.Clone(out[i].Lingering)
 	}
 	return out
+}
+
+// markedDialer sets mark on every query socket before it connects, so that
+// the kernel's connect hook never redirects the daemon's own queries.
+func markedDialer(mark uint32) *net.Dialer {
+	if mark == 0 {
+		return nil
+	}
+	return &net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		if err := c.Control(func(fd uintptr) {
+			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK, int(mark))
+		}); err != nil {
+			return err
+		}
+		if serr != nil {
+			return fmt.Errorf("set SO_MARK %#x on DNS socket: %w", mark, serr)
+		}
+		return nil
+	}}
 }

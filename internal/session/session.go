@@ -36,6 +36,11 @@ type Origin struct {
 	CgroupPath string    `json:"cgroup_path,omitempty"`
 	Parents    []Proc    `json:"parents,omitempty"`
 	ConnectAt  time.Time `json:"connect_at"`
+
+	// PodUID and ContainerID name a Kubernetes pod's container when
+	// CgroupPath is a kubelet's (a client in a pod's network namespace).
+	PodUID      string `json:"pod_uid,omitempty"`
+	ContainerID string `json:"container_id,omitempty"`
 }
 
 // Session is one intercepted connection.
