@@ -54,6 +54,7 @@ type Daemon struct {
 	fd       *frontdoor.Server
 	ctl      *control.Server
 	routes   *router
+	ident    *identity.Service // nil without an identity section
 	closers  []func()
 	cgRoot   string // cgroup v2 mount
 	runGroup string // parent of `airlock run` cgroups
@@ -182,11 +183,15 @@ func (d *Daemon) start(ctx context.Context) error {
 	q := session.NewQueue(session.LogSink{Logger: slog.New(slog.NewTextHandler(ew, &slog.HandlerOptions{Level: slog.LevelInfo}))}, 4096, ew.Flush)
 	d.closers = append(d.closers, d.watch(ctx, q.Run))
 	sink := q
+	people, err := d.people(sink)
+	if err != nil {
+		return fmt.Errorf("set up identities: %w", err)
+	}
 	d.fd, err = frontdoor.Listen(frontdoor.Options{
 		Port:    d.cfg.Proxy.Port,
 		Records: d.ic,
 		Router:  d.routes,
-		People:  identity.LocalUsers{},
+		People:  people,
 		Sink:    sink,
 		Logger:  d.log,
 		IsRoot:  d.isTrackedRoot,

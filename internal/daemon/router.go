@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/airlockhq/airlock/internal/access"
 	"github.com/airlockhq/airlock/internal/config"
 	"github.com/airlockhq/airlock/internal/frontdoor"
 	"github.com/airlockhq/airlock/internal/localtls"
@@ -52,7 +53,7 @@ func newRouter(ctx context.Context, cfg *config.Config, set *targets.Set, dialer
 					return nil, fmt.Errorf("client-leg TLS certificate: %w", err)
 				}
 			}
-			p, err := r.postgres(ctx, conn, clientTLS, dialer, lookup, log)
+			p, err := r.postgres(ctx, conn, accessRules(cfg, conn), clientTLS, dialer, lookup, log)
 			if err != nil {
 				r.close()
 				return nil, fmt.Errorf("connection %s: %w", conn.Name, err)
@@ -66,7 +67,7 @@ func newRouter(ctx context.Context, cfg *config.Config, set *targets.Set, dialer
 	return r, nil
 }
 
-func (r *router) postgres(ctx context.Context, conn config.Connection, clientTLS *tls.Config, dialer upstream.Dialer, lookup lookupFunc, log *slog.Logger) (*pgwire.Proxy, error) {
+func (r *router) postgres(ctx context.Context, conn config.Connection, rules access.Rules, clientTLS *tls.Config, dialer upstream.Dialer, lookup lookupFunc, log *slog.Logger) (*pgwire.Proxy, error) {
 	pg := conn.Postgres
 	var creds pgwire.Credentials
 	switch pg.Credential.Mode {
@@ -86,11 +87,12 @@ func (r *router) postgres(ctx context.Context, conn config.Connection, clientTLS
 			return nil, err
 		}
 		eph, err := pgcred.NewEphemeral(ctx, pgcred.EphemeralOptions{
-			Admin:      admin,
-			GroupRoles: pg.Credential.GroupRoles,
-			TTL:        pg.Credential.TTL.D(),
-			Prefix:     pg.Credential.RolePrefix,
-			Logger:     log.With("connection", conn.Name),
+			Admin:       admin,
+			GroupRoles:  pg.Credential.GroupRoles,
+			AccessRoles: rules.AllRoles(),
+			TTL:         pg.Credential.TTL.D(),
+			Prefix:      pg.Credential.RolePrefix,
+			Logger:      log.With("connection", conn.Name),
 		})
 		if err != nil {
 			return nil, err
@@ -113,6 +115,7 @@ func (r *router) postgres(ctx context.Context, conn config.Connection, clientTLS
 		},
 		Databases:   pg.Databases,
 		Credentials: creds,
+		Access:      rules,
 		ClientTLS:   clientTLS,
 		Dial:        dialer.DialContext,
 		Lookup:      lookup,
@@ -191,6 +194,21 @@ type leases[L pgwire.Lease] struct {
 	src interface {
 		Acquire(ctx context.Context, sess *session.Session, database string) (L, error)
 	}
+}
+
+// AcquireRoles grants the person's roles when the source can.
+func (l leases[L]) AcquireRoles(ctx context.Context, sess *session.Session, database string, roles []string) (pgwire.Lease, error) {
+	rs, ok := l.src.(interface {
+		AcquireRoles(ctx context.Context, sess *session.Session, database string, roles []string) (L, error)
+	})
+	if !ok {
+		return l.Acquire(ctx, sess, database)
+	}
+	lease, err := rs.AcquireRoles(ctx, sess, database, roles)
+	if err != nil {
+		return nil, err
+	}
+	return lease, nil
 }
 
 func (l leases[L]) Acquire(ctx context.Context, sess *session.Session, database string) (pgwire.Lease, error) {

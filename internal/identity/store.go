@@ -144,7 +144,9 @@ func (s *Store) Delete(uid uint32) error {
 	return nil
 }
 
-func aad(uid uint32) []byte { return []byte("airlock-identity uid=" + strconv.FormatUint(uint64(uid), 10)) }
+func aad(uid uint32) []byte {
+	return []byte("airlock-identity uid=" + strconv.FormatUint(uint64(uid), 10))
+}
 
 func writeFileAtomic(path string, b []byte) error {
 	tmp, err := os.CreateTemp(filepath.Dir(path), ".tmp-*")
