@@ -3,6 +3,8 @@ package daemon
 import (
 	"context"
 	"errors"
+	"fmt"
+	"net"
 	"path/filepath"
 
 	"github.com/airlockhq/airlock/internal/access"
@@ -160,3 +162,29 @@ func (d *Daemon) identityInfo(rec *identity.Record) *control.IdentityInfo {
 }
 
 var _ control.IdentityHandler = (*Daemon)(nil)
+
+// gated refuses plain-TCP sessions (which cannot carry an error message)
+// whose uid has no identity or whose person the access rules do not admit:
+// the connection is closed and the refusal recorded.
+type gated struct {
+	h     frontdoor.Handler
+	rules access.Rules
+}
+
+func (g gated) Serve(ctx context.Context, conn net.Conn, sess *session.Session) error {
+	var why string
+	if sess.Person.Name == "" {
+		why = sess.Attrs()[frontdoor.AttrIdentityError]
+		if why == "" {
+			why = fmt.Sprintf("no identity for uid %d: run `airlock login`", sess.Origin.UID)
+		}
+	} else if _, err := g.rules.Decide(sess.Person); err != nil {
+		why = err.Error()
+	}
+	if why != "" {
+		_ = conn.Close()
+		sess.Emit(session.Event{Kind: session.KindRefused, Refusal: &session.Refusal{Reason: why}})
+		return fmt.Errorf("refused: %s", why)
+	}
+	return g.h.Serve(ctx, conn, sess)
+}

@@ -39,12 +39,19 @@ type lookupFunc func(ctx context.Context, host string) ([]string, error)
 
 func newRouter(ctx context.Context, cfg *config.Config, set *targets.Set, dialer upstream.Dialer, lookup lookupFunc, log *slog.Logger) (*router, error) {
 	r := &router{set: set, byTarget: map[string]frontdoor.Route{}, fallback: relay.TCP{Dialer: dialer}}
+	if cfg.Identity != nil {
+		// Targets no connection claims still need a person behind them.
+		r.fallback = gated{h: r.fallback, rules: access.Rules{Connection: "(plain TCP)"}}
+	}
 	var clientTLS *tls.Config
 	for _, conn := range cfg.Connections {
 		var h frontdoor.Handler
 		switch conn.Protocol {
 		case "tcp":
 			h = r.fallback
+			if rules := accessRules(cfg, conn); rules.Enforce {
+				h = gated{h: h, rules: rules}
+			}
 		case "postgres":
 			if clientTLS == nil {
 				var err error
