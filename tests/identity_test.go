@@ -77,6 +77,7 @@ func newIDWorld(t *testing.T, identityExtra string) *idWorld {
 	w.srv = pgtest.Start(t, pgtest.Options{Host: w.host, SSL: true})
 	w.srv.Psql(t, "postgres", idPGSetup)
 	w.srv.Psql(t, "app", idAppSetup)
+	echoServer(t, w.host, "echo", fmt.Sprintf("%s:7000", w.host.V4))
 	pw := filepath.Join(t.TempDir(), "admin-password")
 	if err := os.WriteFile(pw, []byte("admin-secret-1234\n"), 0o600); err != nil {
 		t.Fatal(err)
@@ -97,7 +98,14 @@ identity:
 targets:
   - name: appdb
     address: %s:5432
+  - name: echo
+    address: %s:7000
 connections:
+  - name: echo
+    protocol: tcp
+    targets: [echo]
+    access:
+      - group: analysts
   - name: appdb
     protocol: postgres
     targets: [appdb]
@@ -117,7 +125,7 @@ connections:
         admin_user: airlock_admin
         admin_password_file: %s
         ttl: 1h
-`, w.corp.URL, w.ci.URL, identityExtra, w.host.V4, w.srv.CACert, pw))
+`, w.corp.URL, w.ci.URL, identityExtra, w.host.V4, w.host.V4, w.srv.CACert, pw))
 	w.startDaemon()
 	w.dsn = fmt.Sprintf("host=%s port=5432 dbname=app user=agent sslmode=disable connect_timeout=10", w.host.V4)
 	return w
@@ -265,7 +273,7 @@ func TestIdentityLoginAndAccess(t *testing.T) {
 	var who control.IdentityInfo
 	mustJSON(t, out, &who)
 	if who.Name != "alice" || who.Subject != "sub-alice" || who.Issuer != w.corp.URL || !who.Renewable ||
-		len(who.Connections) != 1 || !who.Connections[0].Allowed || strings.Join(who.Connections[0].Roles, ",") != "app_readonly" {
+		len(who.Connections) != 2 || !who.Connections[1].Allowed || strings.Join(who.Connections[1].Roles, ",") != "app_readonly" {
 		t.Fatalf("whoami = %+v", who)
 	}
 
@@ -279,6 +287,20 @@ func TestIdentityLoginAndAccess(t *testing.T) {
 	}
 	if r := w.roles(t, uidA); !strings.Contains(r[3], "alice@example.com") {
 		t.Fatalf("uid A's session after bob's login: %v", r)
+	}
+
+	// Plain TCP cannot carry a message, but is refused all the same: the
+	// echo connection admits analysts (alice), not dba (bob), nor uids
+	// without an identity.
+	echo := fmt.Sprintf("%s:7000", w.host.V4)
+	if r := w.dial(w.clients, uidA, echo); r.Reply == "" {
+		t.Fatalf("alice over plain TCP: %+v", r)
+	}
+	if r := w.dial(w.clients, uidB, echo); r.Reply != "" {
+		t.Fatalf("bob (not in analysts) got through plain TCP: %+v", r)
+	}
+	if r := w.dial(w.clients, 2, echo); r.Reply != "" {
+		t.Fatalf("a uid without identity got through plain TCP: %+v", r)
 	}
 
 	// The person is on the session's events.
