@@ -269,7 +269,7 @@ func (p *Provider) deviceAuth(w http.ResponseWriter, r *http.Request) {
 		oauthError(w, "invalid_client")
 		return
 	}
-	dc, uc := randString(), strings.ToUpper(randString()[:8])
+	dc, uc := randString(), userCode()
 	p.mu.Lock()
 	p.devices[dc] = &device{userCode: uc}
 	p.byUser[uc] = dc
@@ -399,6 +399,19 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(status)
 	_ = json.NewEncoder(w).Encode(v)
+}
+
+// userCode is what a person types: 8 letters without vowels (RFC 8628 §6.1).
+func userCode() string {
+	const alphabet = "BCDFGHJKLMNPQRSTVWXZ"
+	var b [8]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		panic(errors.New("oidctest: no randomness"))
+	}
+	for i := range b {
+		b[i] = alphabet[int(b[i])%len(alphabet)]
+	}
+	return string(b[:])
 }
 
 func randString() string {
