@@ -283,7 +283,8 @@ func newLogoutCmd() *cobra.Command {
 		Short: "Forget the identity bound to your uid",
 		Long: `airlock logout makes airlockd forget your uid's identity and tokens. New
 sessions from your uid are refused until you log in again; live sessions end
-when their identity would have expired (after the configured grace).
+after the configured grace (identity.expiry_grace) unless you log in again as
+the same person.
 
   airlock logout`,
 		Args: cobra.NoArgs,
