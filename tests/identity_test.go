@@ -344,6 +344,13 @@ func TestIdentityLoginAndAccess(t *testing.T) {
 		t.Fatalf("CI session: %v", r)
 	}
 
+	// Tokens never reach the daemon's log or events.
+	for _, secret := range []string{tok, ciTok} {
+		if strings.Contains(w.daemonOut.String(), secret[len(secret)-40:]) {
+			t.Fatal("a token was written to the daemon's log")
+		}
+	}
+
 	// Bad tokens are refused by the daemon with what is wrong, and the uid
 	// then has no identity: sessions get 28000.
 	other, err := rsa.GenerateKey(rand.Reader, 2048)

@@ -156,7 +156,7 @@ func (s *Service) Current(ctx context.Context, uid uint32) (*Record, error) {
 		return nil, &Problem{Code: "not_logged_in", Msg: fmt.Sprintf(
 			"no Airlock identity for uid %d%s: %s", uid, localName(uid), loginHint)}
 	}
-	if rec.RefreshToken != "" && rec.Expiry.Sub(s.now()) < s.refreshBefore {
+	if rec.RefreshToken != "" && !s.now().Before(s.renewAt(rec)) {
 		if r2, err := s.Refresh(ctx, uid); err == nil {
 			rec = r2
 		} else {
@@ -206,7 +206,7 @@ func (s *Service) Refresh(ctx context.Context, uid uint32) (*Record, error) {
 	if err != nil || rec == nil {
 		return nil, &Problem{Code: "not_logged_in", Msg: fmt.Sprintf("no Airlock identity for uid %d: %s", uid, loginHint)}
 	}
-	if rec.Expiry.Sub(s.now()) >= s.refreshBefore {
+	if s.now().Before(s.renewAt(rec)) {
 		return rec, nil // someone else renewed it meanwhile
 	}
 	if rec.RefreshToken == "" {
@@ -270,6 +270,17 @@ func (s *Service) Refresh(ctx context.Context, uid uint32) (*Record, error) {
 	return &next, nil
 }
 
+// renewAt is when rec is due for renewal: refresh_before ahead of expiry,
+// but no earlier than halfway through the token's life, so that issuers
+// with short-lived tokens are not asked for a renewal on every session.
+func (s *Service) renewAt(rec *Record) time.Time {
+	ahead := s.refreshBefore
+	if life := rec.Expiry.Sub(rec.VerifiedAt); life > 0 && life/2 < ahead {
+		ahead = life / 2
+	}
+	return rec.Expiry.Add(-ahead)
+}
+
 // ErrLost ends a live session whose person's identity expired and could
 // not be renewed within the grace.
 var ErrLost = errors.New("identity expired and could not be renewed")
@@ -287,9 +298,9 @@ func (s *Service) Keep(ctx context.Context, uid uint32, p Person) error {
 		same := rec != nil && rec.Person.Issuer == p.Issuer && rec.Person.Subject == p.Subject
 		var wait time.Duration
 		switch {
-		case same && rec.Expiry.Sub(now) > s.refreshBefore:
+		case same && now.Before(s.renewAt(rec)):
 			lostSince = time.Time{}
-			wait = rec.Expiry.Sub(now) - s.refreshBefore
+			wait = s.renewAt(rec).Sub(now)
 		case same && rec.RefreshToken != "":
 			if _, err := s.Refresh(ctx, uid); err == nil {
 				lostSince = time.Time{}
