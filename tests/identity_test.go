@@ -431,6 +431,21 @@ func TestIdentityLoginAndAccess(t *testing.T) {
 	if !regexp.MustCompile(`kind=identity.login .*uid=1 by=0 outcome=ok`).MatchString(w.daemonOut.String()) {
 		t.Fatalf("no audit event for root's login on behalf of uid 1:\n%s", w.daemonOut.String())
 	}
+
+	// The issuer goes down and the daemon restarts (nothing cached): the
+	// identity it verified, still unexpired and kept encrypted at rest,
+	// keeps working; a new login cannot be verified meanwhile.
+	w.corp.SetDown(true)
+	w.stopDaemon()
+	w.startDaemon()
+	if r := w.roles(t, uidA); r[1] != "t" || !strings.Contains(r[3], "alice@example.com") {
+		t.Fatalf("session while the issuer is down: %v", r)
+	}
+	tok, _ = w.corp.IDToken(bob, oidctest.TokenOptions{})
+	if _, e, err := w.cli(uidB, tok, "login", "--id-token-file", "-"); err == nil || !strings.Contains(e, "cannot be reached") {
+		t.Fatalf("login while the issuer is down: %v %s", err, e)
+	}
+	w.corp.SetDown(false)
 }
 
 // A long session lives on through renewals from the refresh token; once
