@@ -5,8 +5,9 @@
 # airlockd with deploy/examples-like settings, and shows a process named like
 # Cursor reaching the database by its usual address: the connection is
 # intercepted, attributed to the process and its person, served with a
-# just-in-time role that the client never sees, and recorded. Everything it
-# creates is removed on exit.
+# just-in-time role that the client never sees, and recorded. The person is
+# proven by a real OIDC login (device flow) against a local test issuer,
+# answered by this script. Everything it creates is removed on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "demo: run as root (sudo make demo)"; exit 1; }
@@ -28,6 +29,8 @@ say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 cleanup() {
   set +e
   [ -n "${CURSOR_PID:-}" ] && kill "$CURSOR_PID" 2>/dev/null
+  [ -n "${LOGIN_PID:-}" ] && kill "$LOGIN_PID" 2>/dev/null
+  if [ -n "${IDP_PID:-}" ]; then kill "$IDP_PID" 2>/dev/null; wait "$IDP_PID" 2>/dev/null; fi
   if [ -n "${DAEMON_PID:-}" ]; then kill "$DAEMON_PID" 2>/dev/null; wait "$DAEMON_PID" 2>/dev/null; fi
   [ -f "$DIR/airlock.yaml" ] && "$BIN/airlockd" uninstall --config "$DIR/airlock.yaml" >/dev/null 2>&1
   rmdir /sys/fs/bpf/airlock-demo 2>/dev/null
@@ -43,6 +46,8 @@ cleanup; trap cleanup EXIT
 say "Installing what the demo needs (Debian packages)"
 ./tests/deps.sh
 [ -x "$BIN/airlockd" ] || make build
+# The local test issuer is demo-only: never installed.
+"${GO:-go}" build -o "$BIN/airlock-testidp" ./cmd/airlock-testidp
 PGBIN=$(rpg_pgbin)
 
 say "A 'remote' database host: network namespace $NS at $REMOTE"
@@ -69,7 +74,14 @@ GRANT SELECT ON customers TO app_readonly;
 SQL
 echo "PostgreSQL is up at $REMOTE:5432 (database app, group role app_readonly)"
 
-say "airlockd configuration: tree mode for Cursor, db.internal:5432 with just-in-time roles"
+say "A local OIDC issuer (test only): it logs in alice@example.com, group analysts"
+"$BIN/airlock-testidp" serve --url-file "$DIR/idp.url" --user alice --email alice@example.com --groups analysts >/dev/null 2>"$DIR/idp.log" &
+IDP_PID=$!
+for _ in $(seq 100); do [ -s "$DIR/idp.url" ] && break; sleep 0.1; done
+IDP_URL=$(cat "$DIR/idp.url")
+echo "issuer at $IDP_URL"
+
+say "airlockd configuration: tree mode for Cursor, identity from the issuer, db.internal:5432 with just-in-time roles for analysts"
 install -d -m 700 "$DIR/secrets"
 echo "demo-admin-pw" > "$DIR/secrets/appdb-admin"; chmod 600 "$DIR/secrets/appdb-admin"
 echo "$REMOTE db.internal" > "$DIR/hosts"
@@ -89,6 +101,11 @@ intercept:
   bpffs: /sys/fs/bpf/airlock-demo
 dns:
   hosts: $DIR/hosts   # the demo's name for the remote host
+identity:
+  issuers:
+    - name: demo-idp
+      url: $IDP_URL
+      client_id: airlock
 targets:
   - name: appdb
     address: db.internal:5432
@@ -96,6 +113,9 @@ connections:
   - name: appdb
     protocol: postgres
     targets: [appdb]
+    access:
+      - group: analysts
+        roles: [app_readonly]
     postgres:
       databases: [app]
       upstream:
@@ -104,7 +124,6 @@ connections:
         mode: ephemeral
         admin_user: airlock_admin
         admin_password_file: $DIR/secrets/appdb-admin
-        group_roles: [app_readonly]
         ttl: 15m
 YAML
 sed 's/^/    /' "$DIR/airlock.yaml"
@@ -116,8 +135,26 @@ export AIRLOCK_SOCKET=$DIR/run/airlock.sock
 for _ in $(seq 100); do "$BIN/airlock" status >/dev/null 2>&1 && break; sleep 0.1; done
 "$BIN/airlock" status >/dev/null || { cat "$DIR/airlockd.log"; exit 1; }
 
-say "A process named like Cursor opens a terminal that runs psql against $REMOTE:5432"
+say "Before login: the session is refused, with what to do"
 mkdir -p "$DIR/Cursor"; cp /bin/bash "$DIR/Cursor/cursor"
+rpg_in_cgroup "$CG/airlock-demo/apps" "$DIR/Cursor/cursor" -c "psql -X 'host=$REMOTE port=5432 dbname=app user=agent connect_timeout=5' -c 'select 1' 2>&1" | sed 's/^/  /' || true
+
+say "airlock login --device (the demo script plays the person approving on another device)"
+"$BIN/airlock" login --device >"$DIR/login.out" 2>"$DIR/login.err" &
+LOGIN_PID=$!
+for _ in $(seq 100); do grep -q 'enter the code' "$DIR/login.err" 2>/dev/null && break; sleep 0.1; done
+sed 's/^/  /' "$DIR/login.err"
+VERIFY_URL=$(grep -o 'open [^ ]* and enter' "$DIR/login.err" | head -1 | cut -d' ' -f2)
+USER_CODE=$(grep -o 'enter the code [A-Za-z0-9_-]*' "$DIR/login.err" | head -1 | awk '{print $4}')
+echo "  (approving code $USER_CODE at $VERIFY_URL)"
+"$BIN/airlock-testidp" approve --url "$VERIFY_URL" --code "$USER_CODE"
+wait "$LOGIN_PID"; LOGIN_PID=""
+sed 's/^/  /' "$DIR/login.out"
+
+say "airlock whoami"
+"$BIN/airlock" whoami | sed 's/^/  /'
+
+say "A process named like Cursor opens a terminal that runs psql against $REMOTE:5432"
 cat > "$DIR/agent.sh" <<AGENT
 # What the agent types in Cursor's terminal: no password, the usual address.
 sleep 0.5

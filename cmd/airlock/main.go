@@ -1,82 +1,73 @@
-// Command airlock is the user's side of Airlock.
-//
-//	airlock status [--json]        what the daemon intercepts, and live sessions
-//	airlock run -- CMD [ARGS...]   run CMD (and its children) intercepted
+// Command airlock is the user's side of Airlock. Each command group lives
+// in its own file with a newXxxCmd constructor registered below.
 package main
 
 import (
 	"context"
 	"encoding/json"
-	"errors"
-	"flag"
 	"fmt"
 	"os"
-	"os/exec"
-	"sort"
-	"strings"
-	"syscall"
-	"text/tabwriter"
 	"time"
+
+	"github.com/spf13/cobra"
 
 	"github.com/airlockhq/airlock/internal/control"
 )
 
 func main() {
-	if err := run(os.Args[1:]); err != nil {
+	root := newRootCmd()
+	if err := root.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "airlock:", err)
 		os.Exit(1)
 	}
 }
 
-func usage() error {
-	return errors.New("usage: airlock status [--json] | airlock run -- CMD [ARGS...]")
+// globals are the flags every command shares.
+type globals struct {
+	socket string
+	json   bool
 }
 
-func run(args []string) error {
-	if len(args) == 0 {
-		return usage()
+var g globals
+
+func newRootCmd() *cobra.Command {
+	root := &cobra.Command{
+		Use:   "airlock",
+		Short: "Talk to airlockd: status, intercepted runs, identity",
+		Long: `airlock is the command-line side of Airlock.
+
+Airlock intercepts the database connections of AI coding agents (Cursor and
+everything it starts), connects upstream with a credential made for that
+session, and records what happens. Every session belongs to a person: the
+one logged in with "airlock login" for the connecting uid (or, on machines
+without an identity section in airlockd's configuration, the local account).
+
+The CLI talks to airlockd over its control socket. The daemon identifies the
+caller by the kernel's record of the socket peer (SO_PEERCRED), never by
+anything the CLI says.
+
+ENVIRONMENT
+  AIRLOCK_SOCKET   control socket (default ` + control.DefaultSocket + `)`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
 	}
-	cmd, args := args[0], args[1:]
-	fs := flag.NewFlagSet("airlock "+cmd, flag.ContinueOnError)
-	socket := fs.String("socket", envOr("AIRLOCK_SOCKET", control.DefaultSocket), "airlockd control socket")
-	asJSON := fs.Bool("json", false, "print JSON")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
+	root.PersistentFlags().StringVar(&g.socket, "socket", envOr("AIRLOCK_SOCKET", control.DefaultSocket), "airlockd control socket")
+	root.PersistentFlags().BoolVar(&g.json, "json", false, "print JSON instead of text")
+	root.AddCommand(newStatusCmd(), newRunCmd(), newLoginCmd(), newWhoamiCmd(), newLogoutCmd())
+	return root
+}
+
+// call sends one request to airlockd with a bounded wait.
+func call(req control.Request) (*control.Reply, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
-	switch cmd {
-	case "status":
-		rep, err := control.Call(ctx, *socket, control.Request{Op: "status"})
-		if err != nil {
-			return err
-		}
-		if *asJSON {
-			enc := json.NewEncoder(os.Stdout)
-			enc.SetIndent("", "  ")
-			return enc.Encode(rep.Status)
-		}
-		printStatus(rep.Status)
-		return nil
-	case "run":
-		argv := fs.Args()
-		if len(argv) == 0 {
-			return usage()
-		}
-		path, err := exec.LookPath(argv[0])
-		if err != nil {
-			return err
-		}
-		// The daemon moves this very process (it learns the pid from the
-		// kernel, not from us) into an intercepted cgroup; exec keeps the
-		// pid, so the command and all it starts stay there.
-		if _, err := control.Call(ctx, *socket, control.Request{Op: "run"}); err != nil {
-			return err
-		}
-		return syscall.Exec(path, argv, os.Environ())
-	default:
-		return usage()
-	}
+	return control.Call(ctx, g.socket, req)
+}
+
+func printJSON(v any) error {
+	enc := json.NewEncoder(os.Stdout)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
 }
 
 func envOr(k, def string) string {
@@ -84,110 +75,6 @@ func envOr(k, def string) string {
 		return v
 	}
 	return def
-}
-
-func printStatus(s *control.Status) {
-	w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-	defer w.Flush()
-	d := s.Daemon
-	fmt.Fprintf(w, "airlockd %s\tpid %d, up %s\n", d.Version, d.PID, time.Since(d.Started).Round(time.Second))
-	fmt.Fprintf(w, "config\t%s\n", d.Config)
-	fmt.Fprintf(w, "mode\t%s (attach cgroup %s, proxy port %d, pins %s)\n", d.Mode, d.Cgroup, d.ProxyPort, d.PinDir)
-	fmt.Fprintf(w, "kernel\t%s\n", s.Kernel.Release)
-	for _, f := range s.Kernel.Found {
-		fmt.Fprintf(w, "  found\t%s\n", f)
-	}
-	for _, m := range s.Kernel.Missing {
-		fmt.Fprintf(w, "  MISSING\t%s\n", m)
-	}
-	if sel := s.Selection; sel != nil {
-		if len(sel.Users) > 0 {
-			fmt.Fprintf(w, "users\t%s\n", strings.Join(sel.Users, ", "))
-		}
-		if len(sel.Executables) > 0 {
-			fmt.Fprintf(w, "executables\t%s\n", strings.Join(sel.Executables, ", "))
-		}
-		if sel.Containment != "" {
-			fmt.Fprintf(w, "trees contained in\t%s/<tree> (a cgroup no unprivileged process can leave)\n", sel.Containment)
-		}
-		if len(sel.NetnsAddresses) > 0 {
-			fmt.Fprintf(w, "other namespaces\tsent to the proxy at %s\n", strings.Join(sel.NetnsAddresses, ", "))
-		} else {
-			fmt.Fprintf(w, "other namespaces\ttarget connects refused (no intercept.netns_addresses)\n")
-		}
-		if sel.TrackingIncomplete {
-			fmt.Fprintf(w, "TRACKING INCOMPLETE\t%d processes could not be tracked (map full): target connects of untracked processes are refused until the set is rebuilt\n", sel.TrackingLost)
-		}
-		fmt.Fprintf(w, "left open by mode %s\t\n", sel.Mode)
-		for _, e := range sel.OpenEscapes {
-			fmt.Fprintf(w, "  - %s\n", e)
-		}
-	}
-	fmt.Fprintln(w, "\nPROGRAM\tTYPE\tATTACHED TO\tLINK\tPINNED")
-	for _, p := range s.Programs {
-		fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%v\n", p.Name, p.Type, p.Attach, p.LinkID, p.Pinned)
-	}
-	fmt.Fprintln(w, "\nTARGET\tADDRESS\tCONNECTION\tPROTOCOL\tRESOLVED\tTTL")
-	for _, t := range s.Targets {
-		res := strings.Join(t.Resolved, ", ")
-		if t.Unresolved {
-			res = "UNRESOLVED: port intercepted at every address, connections refused"
-		}
-		if t.Error != "" {
-			res += " (error: " + t.Error + ")"
-		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", t.Name, t.Address, dash(t.Connection), t.Protocol, dash(res), dash(t.TTL))
-		for _, a := range t.Addresses {
-			switch a.State {
-			case "lingering":
-				fmt.Fprintf(w, "  %s\tlingering (dropped by DNS)\tlast seen %s ago\texpires in %s\t\t\n", a.Address,
-					since(a.LastSeen), time.Until(a.Expires).Round(time.Second))
-			default:
-				fmt.Fprintf(w, "  %s\t%s\tlast seen %s ago\t\t\t\n", a.Address, a.State, since(a.LastSeen))
-			}
-		}
-	}
-	if p := s.Proxy; p != nil {
-		fmt.Fprintf(w, "\nSESSIONS\t%d open (max %d, max %d per uid; open files limit %d)\n", p.Active, p.MaxSessions, p.MaxSessionsPerUID, p.OpenFilesLimit)
-		for _, uid := range sortedKeys(p.PerUID) {
-			fmt.Fprintf(w, "  uid %s\t%d\n", uid, p.PerUID[uid])
-		}
-		for _, r := range sortedKeys(p.Refused) {
-			fmt.Fprintf(w, "  refused (%s)\t%d\n", r, p.Refused[r])
-		}
-		if p.AcceptErrors > 0 {
-			fmt.Fprintf(w, "  accept errors\t%d, last %s ago: %s\n", p.AcceptErrors, since(p.LastAcceptErrorAt), p.LastAcceptError)
-		}
-	}
-	fmt.Fprintf(w, "\nTRACKED PROCESSES\t%d\n", len(s.Tracked))
-	for _, p := range s.Tracked {
-		fmt.Fprintf(w, "  %d\t%s\n", p.PID, p.Exe)
-	}
-	fmt.Fprintln(w, "\nSESSION\tTARGET\tPERSON\tPID\tEXE\tDEST\tAGE\tPARENTS")
-	for _, ss := range s.Sessions {
-		var parents []string
-		for _, p := range ss.Origin.Parents {
-			parents = append(parents, fmt.Sprintf("%d:%s", p.PID, p.Exe))
-		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\n", ss.ID, ss.Target, dash(ss.Person), ss.Origin.PID,
-			dash(ss.Origin.Exe), ss.Dest, time.Since(ss.Started).Round(time.Second), dash(strings.Join(parents, " < ")))
-	}
-}
-
-func since(t time.Time) string {
-	if t.IsZero() {
-		return "-"
-	}
-	return time.Since(t).Round(time.Second).String()
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
 }
 
 func dash(s string) string {

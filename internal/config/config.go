@@ -23,6 +23,10 @@ type Config struct {
 	DNS         DNS          `yaml:"dns"`
 	Targets     []Target     `yaml:"targets"`
 	Connections []Connection `yaml:"connections"`
+	// Identity, when set, makes every session prove its person with an
+	// OIDC token (`airlock login`); without it the person is the uid's
+	// local account, as before.
+	Identity *Identity `yaml:"identity"`
 
 	file  string
 	lines map[string]int // key path ("connections[0].targets") → line
@@ -97,6 +101,48 @@ type Connection struct {
 	Protocol string    `yaml:"protocol"` // postgres | tcp
 	Targets  []string  `yaml:"targets"`
 	Postgres *Postgres `yaml:"postgres"`
+	// Access lists the groups whose members may open the connection and,
+	// per group, the upstream group roles their sessions get. Empty with
+	// identity configured: nobody may (deny by default).
+	Access []Access `yaml:"access"`
+}
+
+// Access is one group's right to a connection.
+type Access struct {
+	Group string   `yaml:"group"`
+	Roles []string `yaml:"roles"` // ephemeral credentials: granted to the session's role
+}
+
+// Identity is how people and workloads prove who they are.
+type Identity struct {
+	Issuers []Issuer `yaml:"issuers"`
+	// RefreshBefore: a stored identity is renewed from its refresh token
+	// this long before it expires. Default 5m.
+	RefreshBefore Duration `yaml:"refresh_before"`
+	// ExpiryGrace: a live session whose identity expired and could not be
+	// renewed is ended this long after the expiry. Default 1m.
+	ExpiryGrace Duration `yaml:"expiry_grace"`
+	// KeysRefresh: how often each issuer's signing keys are fetched again,
+	// so that keys it withdrew stop verifying. Default 15m.
+	KeysRefresh Duration `yaml:"keys_refresh"`
+}
+
+// Issuer is one trusted OIDC issuer.
+type Issuer struct {
+	Name     string   `yaml:"name"`
+	URL      string   `yaml:"url"`       // the "iss" of its tokens; discovery below it
+	ClientID string   `yaml:"client_id"` // public client used by `airlock login`
+	Audience string   `yaml:"audience"`  // required "aud"; default client_id
+	Kind     string   `yaml:"kind"`      // people | workload
+	Scopes   []string `yaml:"scopes"`    // people: default openid, profile, email, offline_access
+	Claims   Claims   `yaml:"claims"`
+}
+
+// Claims names the token claims that carry a person's attributes.
+type Claims struct {
+	Name   string `yaml:"name"`   // default preferred_username (then sub)
+	Email  string `yaml:"email"`  // default email
+	Groups string `yaml:"groups"` // default groups
 }
 
 // Postgres is a PostgreSQL connection's upstream and credential.

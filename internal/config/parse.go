@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"net/url"
 	"os"
 	"os/user"
 	"path/filepath"
@@ -196,6 +197,28 @@ func (c *Config) defaults() {
 	if c.DNS.Linger == 0 {
 		c.DNS.Linger = max(Duration(time.Hour), c.DNS.MaxTTL)
 	}
+	if id := c.Identity; id != nil {
+		if id.RefreshBefore == 0 {
+			id.RefreshBefore = Duration(5 * time.Minute)
+		}
+		if id.ExpiryGrace == 0 {
+			id.ExpiryGrace = Duration(time.Minute)
+		}
+		if id.KeysRefresh == 0 {
+			id.KeysRefresh = Duration(15 * time.Minute)
+		}
+		for i := range id.Issuers {
+			is := &id.Issuers[i]
+			def(&is.Kind, "people")
+			def(&is.Audience, is.ClientID)
+			def(&is.Claims.Name, "preferred_username")
+			def(&is.Claims.Email, "email")
+			def(&is.Claims.Groups, "groups")
+			if len(is.Scopes) == 0 && is.Kind == "people" {
+				is.Scopes = []string{"openid", "profile", "email", "offline_access"}
+			}
+		}
+	}
 	for i := range c.Connections {
 		conn := &c.Connections[i]
 		def(&conn.Protocol, "tcp")
@@ -282,6 +305,9 @@ func (c *Config) validate() error {
 			return c.errKey(key+".address", err.Error())
 		}
 	}
+	if err := c.validateIdentity(); err != nil {
+		return err
+	}
 	claimed := map[string]string{}
 	connNames := map[string]bool{}
 	for i := range c.Connections {
@@ -305,6 +331,9 @@ func (c *Config) validate() error {
 				return c.errKey(fmt.Sprintf("%s.targets[%d]", key, j), fmt.Sprintf("target %q is already served by connection %q", tn, other))
 			}
 			claimed[tn] = conn.Name
+		}
+		if err := c.validateAccess(key, conn); err != nil {
+			return err
 		}
 		switch conn.Protocol {
 		case "tcp":
@@ -358,7 +387,11 @@ func (c *Config) validatePostgres(key string, conn *Connection) error {
 		if cr.AdminUser == "" || cr.AdminPasswordFile == "" {
 			return c.errKey(key+".credential", "ephemeral mode needs admin_user and admin_password_file")
 		}
-		if len(cr.GroupRoles) == 0 {
+		if len(conn.Access) > 0 {
+			if len(cr.GroupRoles) > 0 {
+				return c.errKey(key+".credential.group_roles", "with access rules, a session's roles come from access[].roles of the person's groups; remove group_roles")
+			}
+		} else if len(cr.GroupRoles) == 0 {
 			return c.errKey(key+".credential.group_roles", "ephemeral roles must be granted at least one group role")
 		}
 		if cr.User != "" || cr.PasswordFile != "" {
@@ -370,6 +403,12 @@ func (c *Config) validatePostgres(key string, conn *Connection) error {
 	case "static":
 		if cr.User == "" || cr.PasswordFile == "" {
 			return c.errKey(key+".credential", "static mode needs user and password_file")
+		}
+		for i, a := range conn.Access {
+			if len(a.Roles) > 0 {
+				return c.errKey(fmt.Sprintf("%s.access[%d].roles", strings.TrimSuffix(key, ".postgres"), i),
+					"a static credential cannot be granted roles per session; use mode: ephemeral")
+			}
 		}
 	default:
 		return c.errKey(key+".credential.mode", fmt.Sprintf("%q is not one of ephemeral, static", cr.Mode))
@@ -548,4 +587,84 @@ func notLocal(t *Target) error {
 		return fmt.Errorf("%q covers this machine's loopback or unspecified address: %s", t.Address, hint)
 	}
 	return nil
+}
+
+func (c *Config) validateIdentity() error {
+	id := c.Identity
+	if id == nil {
+		return nil
+	}
+	if len(id.Issuers) == 0 {
+		return c.errKey("identity.issuers", "list at least one trusted issuer (or remove the identity section)")
+	}
+	names, urls := map[string]bool{}, map[string]bool{}
+	for i := range id.Issuers {
+		is := &id.Issuers[i]
+		key := fmt.Sprintf("identity.issuers[%d]", i)
+		if is.Name == "" {
+			return c.errKey(key+".name", "every issuer needs a name")
+		}
+		if names[is.Name] {
+			return c.errKey(key+".name", fmt.Sprintf("issuer %q is defined twice", is.Name))
+		}
+		names[is.Name] = true
+		u, err := url.Parse(is.URL)
+		if err != nil || u.Host == "" || (u.Scheme != "https" && !(u.Scheme == "http" && isLoopbackHost(u.Hostname()))) {
+			return c.errKey(key+".url", fmt.Sprintf("%q must be an https URL (http only on loopback, for tests)", is.URL))
+		}
+		if urls[is.URL] {
+			return c.errKey(key+".url", fmt.Sprintf("issuer URL %q is listed twice", is.URL))
+		}
+		urls[is.URL] = true
+		if is.Audience == "" {
+			return c.errKey(key+".audience", "set audience (the aud tokens must carry) or client_id")
+		}
+		switch is.Kind {
+		case "people":
+			if is.ClientID == "" {
+				return c.errKey(key+".client_id", "a people issuer needs the client id `airlock login` uses")
+			}
+		case "workload":
+		default:
+			return c.errKey(key+".kind", fmt.Sprintf("%q is not one of people, workload", is.Kind))
+		}
+	}
+	if id.ExpiryGrace.D() > time.Hour {
+		return c.errKey("identity.expiry_grace", "at most 1h")
+	}
+	if id.KeysRefresh.D() < time.Second {
+		return c.errKey("identity.keys_refresh", "at least 1s")
+	}
+	return nil
+}
+
+func (c *Config) validateAccess(key string, conn *Connection) error {
+	seen := map[string]bool{}
+	for i, a := range conn.Access {
+		k := fmt.Sprintf("%s.access[%d]", key, i)
+		if a.Group == "" {
+			return c.errKey(k+".group", "every access rule names a group")
+		}
+		if seen[a.Group] {
+			return c.errKey(k+".group", fmt.Sprintf("group %q is listed twice", a.Group))
+		}
+		seen[a.Group] = true
+		for j, r := range a.Roles {
+			if r == "" {
+				return c.errKey(fmt.Sprintf("%s.roles[%d]", k, j), "empty role name")
+			}
+		}
+		if conn.Protocol == "postgres" && conn.Postgres != nil && conn.Postgres.Credential.Mode == "ephemeral" && len(a.Roles) == 0 {
+			return c.errKey(k+".roles", "list the upstream group roles this group's sessions get (at least one)")
+		}
+	}
+	return nil
+}
+
+func isLoopbackHost(h string) bool {
+	if h == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(h)
+	return ip != nil && ip.IsLoopback()
 }

@@ -37,7 +37,10 @@ type Peer struct {
 
 // Request is one call.
 type Request struct {
-	Op string `json:"op"` // "status" or "run"
+	Op string `json:"op"` // "status", "run", "issuers", "login", "whoami", "logout"
+	// ForUID: root acting for another uid (login, whoami, logout).
+	ForUID *uint32       `json:"for_uid,omitempty"`
+	Login  *LoginRequest `json:"login,omitempty"`
 }
 
 // Reply answers a Request.
@@ -45,6 +48,9 @@ type Reply struct {
 	Error  string    `json:"error,omitempty"`
 	Status *Status   `json:"status,omitempty"`
 	Run    *RunReply `json:"run,omitempty"`
+
+	Issuers  []IssuerInfo  `json:"issuers,omitempty"`
+	Identity *IdentityInfo `json:"identity,omitempty"`
 }
 
 // RunReply tells `airlock run` where its process was placed.
@@ -156,6 +162,8 @@ func (s *Server) serveConn(ctx context.Context, c *net.UnixConn) {
 			rep.Status, err = s.h.Status(ctx, peer)
 		case "run":
 			rep.Run, err = s.h.Run(ctx, peer)
+		case "issuers", "login", "whoami", "logout":
+			err = s.identity(ctx, peer, &req, &rep)
 		default:
 			err = fmt.Errorf("unknown op %q (known: status, run)", req.Op)
 		}
@@ -165,6 +173,28 @@ func (s *Server) serveConn(ctx context.Context, c *net.UnixConn) {
 	}
 	s.log.Debug("control call", "op", req.Op, "pid", peer.PID, "uid", peer.UID, "error", rep.Error)
 	_ = json.NewEncoder(c).Encode(&rep)
+}
+
+func (s *Server) identity(ctx context.Context, peer Peer, req *Request, rep *Reply) error {
+	h, ok := s.h.(IdentityHandler)
+	if !ok {
+		return errors.New("this airlockd does not manage identities")
+	}
+	var err error
+	switch req.Op {
+	case "issuers":
+		rep.Issuers, err = h.Issuers(ctx, peer)
+	case "login":
+		if req.Login == nil {
+			return errors.New("login request without tokens")
+		}
+		rep.Identity, err = h.Login(ctx, peer, req.ForUID, req.Login)
+	case "whoami":
+		rep.Identity, err = h.Whoami(ctx, peer, req.ForUID)
+	case "logout":
+		err = h.Logout(ctx, peer, req.ForUID)
+	}
+	return err
 }
 
 func peerOf(c *net.UnixConn) (Peer, error) {

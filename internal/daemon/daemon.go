@@ -61,6 +61,7 @@ type Daemon struct {
 	runs      *runGroups
 
 	contain *intercept.Containment // tree mode's containment cgroups; nil when off
+	ident   *identity.Service      // nil without an identity section
 
 	mu sync.Mutex
 }
@@ -205,11 +206,15 @@ func (d *Daemon) start(ctx context.Context) error {
 	q := session.NewQueue(session.LogSink{Logger: slog.New(slog.NewTextHandler(ew, &slog.HandlerOptions{Level: slog.LevelInfo}))}, 4096, ew.Flush)
 	d.closers = append(d.closers, d.watch(ctx, q.Run))
 	sink := q
+	people, err := d.people(sink)
+	if err != nil {
+		return fmt.Errorf("set up identities: %w", err)
+	}
 	d.fd, err = frontdoor.Listen(frontdoor.Options{
 		Port:    d.cfg.Proxy.Port,
 		Records: d.ic,
 		Router:  d.routes,
-		People:  identity.LocalUsers{},
+		People:  people,
 		Sink:    sink,
 		Logger:  d.log,
 		IsRoot:  d.isTrackedRoot,

@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/airlockhq/airlock/internal/access"
 	"github.com/airlockhq/airlock/internal/config"
 	"github.com/airlockhq/airlock/internal/frontdoor"
 	"github.com/airlockhq/airlock/internal/localtls"
@@ -47,6 +48,10 @@ func newRouter(ctx context.Context, cfg *config.Config, set *targets.Set, dialer
 			r.hosts[t.Name] = t.Host
 		}
 	}
+	if cfg.Identity != nil {
+		// Targets no connection claims still need a person behind them.
+		r.fallback = gated{h: r.fallback, rules: access.Rules{Connection: "(plain TCP)"}}
+	}
 	var clientTLS *tls.Config
 	for _, conn := range cfg.Connections {
 		var h frontdoor.Handler
@@ -54,6 +59,9 @@ func newRouter(ctx context.Context, cfg *config.Config, set *targets.Set, dialer
 		switch conn.Protocol {
 		case "tcp":
 			h = r.fallback
+			if rules := accessRules(cfg, conn); rules.Enforce {
+				h = gated{h: h, rules: rules}
+			}
 		case "postgres":
 			if clientTLS == nil {
 				var err error
@@ -62,7 +70,7 @@ func newRouter(ctx context.Context, cfg *config.Config, set *targets.Set, dialer
 					return nil, fmt.Errorf("client-leg TLS certificate: %w", err)
 				}
 			}
-			p, err := r.postgres(ctx, conn, clientTLS, dialer, lookup, log)
+			p, err := r.postgres(ctx, conn, accessRules(cfg, conn), clientTLS, dialer, lookup, log)
 			if err != nil {
 				r.close()
 				return nil, fmt.Errorf("connection %s: %w", conn.Name, err)
@@ -81,7 +89,7 @@ func newRouter(ctx context.Context, cfg *config.Config, set *targets.Set, dialer
 	return r, nil
 }
 
-func (r *router) postgres(ctx context.Context, conn config.Connection, clientTLS *tls.Config, dialer upstream.Dialer, lookup lookupFunc, log *slog.Logger) (*pgwire.Proxy, error) {
+func (r *router) postgres(ctx context.Context, conn config.Connection, rules access.Rules, clientTLS *tls.Config, dialer upstream.Dialer, lookup lookupFunc, log *slog.Logger) (*pgwire.Proxy, error) {
 	pg := conn.Postgres
 	var creds pgwire.Credentials
 	switch pg.Credential.Mode {
@@ -101,11 +109,12 @@ func (r *router) postgres(ctx context.Context, conn config.Connection, clientTLS
 			return nil, err
 		}
 		eph, err := pgcred.NewEphemeral(ctx, pgcred.EphemeralOptions{
-			Admin:      admin,
-			GroupRoles: pg.Credential.GroupRoles,
-			TTL:        pg.Credential.TTL.D(),
-			Prefix:     pg.Credential.RolePrefix,
-			Logger:     log.With("connection", conn.Name),
+			Admin:       admin,
+			GroupRoles:  pg.Credential.GroupRoles,
+			AccessRoles: rules.AllRoles(),
+			TTL:         pg.Credential.TTL.D(),
+			Prefix:      pg.Credential.RolePrefix,
+			Logger:      log.With("connection", conn.Name),
 		})
 		if err != nil {
 			return nil, err
@@ -128,6 +137,7 @@ func (r *router) postgres(ctx context.Context, conn config.Connection, clientTLS
 		},
 		Databases:   pg.Databases,
 		Credentials: creds,
+		Access:      rules,
 		ClientTLS:   clientTLS,
 		Dial:        dialer.DialContext,
 		Lookup:      lookup,
@@ -228,6 +238,21 @@ type leases[L pgwire.Lease] struct {
 	src interface {
 		Acquire(ctx context.Context, sess *session.Session, database string) (L, error)
 	}
+}
+
+// AcquireRoles grants the person's roles when the source can.
+func (l leases[L]) AcquireRoles(ctx context.Context, sess *session.Session, database string, roles []string) (pgwire.Lease, error) {
+	rs, ok := l.src.(interface {
+		AcquireRoles(ctx context.Context, sess *session.Session, database string, roles []string) (L, error)
+	})
+	if !ok {
+		return l.Acquire(ctx, sess, database)
+	}
+	lease, err := rs.AcquireRoles(ctx, sess, database, roles)
+	if err != nil {
+		return nil, err
+	}
+	return lease, nil
 }
 
 func (l leases[L]) Acquire(ctx context.Context, sess *session.Session, database string) (pgwire.Lease, error) {

@@ -80,6 +80,17 @@ type People interface {
 	Resolve(ctx context.Context, uid uint32) (identity.Person, error)
 }
 
+// Keeper is optionally implemented by People whose identities expire: it
+// watches a live session's person, renewing the identity, and returns an
+// error (why) once the session must end; nil when ctx is done.
+type Keeper interface {
+	Keep(ctx context.Context, uid uint32, p identity.Person) error
+}
+
+// AttrIdentityError is the session attribute that says why no person
+// could be resolved; the protocol handler words its refusal with it.
+const AttrIdentityError = "identity_error"
+
 // Options configures a Server.
 type Options struct {
 	Port    uint16
@@ -293,13 +304,33 @@ func (s *Server) handle(ctx context.Context, conn net.Conn) {
 	sess.Target, sess.Connection, sess.Protocol = route.Target, route.Connection, route.Protocol
 	sess.Dest, sess.Client = rec.Orig, client
 	sess.Origin = s.origin(rec)
+	// Resolved before any upstream work: the handler refuses a session
+	// without a person, with this error's wording.
 	if p, err := s.opts.People.Resolve(ctx, rec.UID); err != nil {
 		log.Warn("no identity for session", "session", sess.ID, "uid", rec.UID, "err", err)
+		sess.SetAttr(AttrIdentityError, err.Error())
 	} else {
 		sess.Person = p
 	}
 	s.add(sess)
 	defer s.remove(sess)
+
+	// A person whose identity expires mid-session: the keeper renews it or,
+	// failing that, ends the session through its context, with the cause.
+	if k, ok := s.opts.People.(Keeper); ok && sess.Person.Subject != "" {
+		sctx, cancel := context.WithCancelCause(ctx)
+		kctx, stopKeep := context.WithCancel(sctx)
+		kdone := make(chan struct{})
+		go func() {
+			defer close(kdone)
+			if err := k.Keep(kctx, rec.UID, sess.Person); err != nil {
+				log.Warn("ending session: identity lost", "session", sess.ID, "uid", rec.UID, "err", err)
+				cancel(err)
+			}
+		}()
+		defer func() { stopKeep(); <-kdone; cancel(nil) }()
+		ctx = sctx
+	}
 
 	sess.Emit(session.Event{Kind: session.KindSessionStart, Start: sess})
 	// The handler gets the bare *net.TCPConn: a wrapper here would cost
@@ -310,6 +341,9 @@ func (s *Server) handle(ctx context.Context, conn net.Conn) {
 	reason := "closed"
 	if err != nil {
 		reason = err.Error()
+	}
+	if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) && ctx.Err() != nil {
+		reason = cause.Error()
 	}
 	attrs := sess.Attrs()
 	end := &session.End{Reason: reason, Duration: time.Since(sess.Started),

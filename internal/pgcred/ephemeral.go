@@ -48,6 +48,9 @@ type EphemeralOptions struct {
 	// GroupRoles are granted to each ephemeral role (membership only, never
 	// per-object grants). They must exist and must not be superusers.
 	GroupRoles []string
+	// AccessRoles are the roles AcquireRoles may grant (from access rules),
+	// checked like GroupRoles at start but granted only when asked for.
+	AccessRoles []string
 	// TTL sets VALID UNTIL now+TTL. Default 1h.
 	TTL time.Duration
 	// Prefix starts every role name: Prefix + session ID. Default "airlock_".
@@ -73,6 +76,7 @@ type EphemeralOptions struct {
 type Ephemeral struct {
 	admin      *pgx.ConnConfig
 	groups     []string
+	allowed    []string // groups and access roles: what AcquireRoles may grant
 	ttl        time.Duration
 	prefix     string
 	log        *slog.Logger
@@ -157,6 +161,16 @@ func NewEphemeral(ctx context.Context, opts EphemeralOptions) (*Ephemeral, error
 		}
 	}
 
+	e.allowed = slices.Clone(e.groups)
+	for _, g := range opts.AccessRoles {
+		if g == "" {
+			return nil, errors.New("pgcred: empty access role name")
+		}
+		if !slices.Contains(e.allowed, g) {
+			e.allowed = append(e.allowed, g)
+		}
+	}
+
 	pc, err := e.pool.get(ctx, "")
 	if err != nil {
 		e.pool.close()
@@ -185,10 +199,10 @@ func NewEphemeral(ctx context.Context, opts EphemeralOptions) (*Ephemeral, error
 			e.adminUser, ident(e.adminUser))
 	}
 
-	if len(e.groups) > 0 {
+	if len(e.allowed) > 0 {
 		rows, err := conn.Query(ctx, `SELECT g, r.oid IS NOT NULL, coalesce(r.rolsuper, false),
 			CASE WHEN r.oid IS NULL THEN false ELSE pg_has_role(r.oid, 'MEMBER WITH ADMIN OPTION') END
-			FROM unnest($1::text[]) AS g LEFT JOIN pg_roles r ON r.rolname = g`, e.groups)
+			FROM unnest($1::text[]) AS g LEFT JOIN pg_roles r ON r.rolname = g`, e.allowed)
 		if err != nil {
 			return nil, fmt.Errorf("pgcred: inspect group roles: %w", e.scrub(err))
 		}
@@ -260,12 +274,19 @@ func (e *Ephemeral) RoleName(sessionID string) string { return e.prefix + sessio
 // in the group roles, and a comment tagging it as ours. It emits a
 // credential.create event.
 func (e *Ephemeral) Acquire(ctx context.Context, sess *session.Session, database string) (*Lease, error) {
+	return e.AcquireRoles(ctx, sess, database, e.groups)
+}
+
+// AcquireRoles is Acquire granting exactly groups (the person's roles from
+// the access rules) instead of the configured group roles. Each must be one
+// NewEphemeral checked.
+func (e *Ephemeral) AcquireRoles(ctx context.Context, sess *session.Session, database string, groups []string) (*Lease, error) {
 	if sess == nil {
 		return nil, errors.New("pgcred: Acquire without a session")
 	}
 	role := e.prefix + sess.ID
 	expires := time.Now().Add(e.ttl).UTC().Truncate(time.Microsecond)
-	cred := &session.Credential{Mode: "ephemeral", Role: role, Groups: e.groups, Expires: expires}
+	cred := &session.Credential{Mode: "ephemeral", Role: role, Groups: groups, Expires: expires}
 	fail := func(err error) (*Lease, error) {
 		cred.Outcome, cred.Error = "failed", err.Error()
 		sess.Emit(session.Event{Kind: session.KindCredentialCreate, Credential: cred})
@@ -276,6 +297,11 @@ func (e *Ephemeral) Acquire(ctx context.Context, sess *session.Session, database
 		cred.Role = ""
 		return fail(fmt.Errorf("pgcred: session id %q cannot name a role (lowercase letters and digits, at most %d with the prefix)",
 			sess.ID, maxIdentLen))
+	}
+	for _, g := range groups {
+		if !slices.Contains(e.allowed, g) {
+			return fail(fmt.Errorf("pgcred: role %q was not checked at start (configure it in group_roles or access roles)", g))
+		}
 	}
 	password, err := newPassword()
 	if err != nil {
@@ -293,8 +319,8 @@ func (e *Ephemeral) Acquire(ctx context.Context, sess *session.Session, database
 	}
 	b.WriteString(" PASSWORD " + literal(verifier))
 	b.WriteString(" VALID UNTIL " + literal(expires.Format("2006-01-02 15:04:05.000000")+"+00"))
-	if len(e.groups) > 0 {
-		b.WriteString(" IN ROLE " + strings.Join(quoteAll(e.groups), ", "))
+	if len(groups) > 0 {
+		b.WriteString(" IN ROLE " + strings.Join(quoteAll(groups), ", "))
 	}
 	// One simple-protocol query: an implicit transaction, so the role never
 	// exists without its tag.
@@ -323,7 +349,7 @@ func (e *Ephemeral) Acquire(ctx context.Context, sess *session.Session, database
 		if sqlState(err) == "" || (lostOnce && sqlState(err) == "42710") {
 			// Lost connection or cancelled: the role may exist. Let the
 			// retry loop make sure it does not stay.
-			e.schedule(role, &pendingDrop{sess: sess, database: database, groups: e.groups, expires: expires})
+			e.schedule(role, &pendingDrop{sess: sess, database: database, groups: groups, expires: expires})
 		}
 		if sqlState(err) == "42710" {
 			return fail(fmt.Errorf("pgcred: role %s already exists (a session id reused, or a leftover of this session): %w", role, err))
@@ -332,14 +358,14 @@ func (e *Ephemeral) Acquire(ctx context.Context, sess *session.Session, database
 	}
 
 	l := &Lease{user: role, password: password, expires: expires, mode: "ephemeral",
-		eph: e, sess: sess, database: database, groups: e.groups}
+		eph: e, sess: sess, database: database, groups: groups}
 	e.mu.Lock()
 	e.active[role] = l
 	e.mu.Unlock()
 	sess.SetAttr("upstream_role", role)
 	cred.Outcome = "ok"
 	sess.Emit(session.Event{Kind: session.KindCredentialCreate, Credential: cred})
-	e.log.Info("pgcred: role created", "session", sess.ID, "role", role, "groups", e.groups,
+	e.log.Info("pgcred: role created", "session", sess.ID, "role", role, "groups", groups,
 		"expires", expires, "person", sess.Person.Name)
 	return l, nil
 }

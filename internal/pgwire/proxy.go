@@ -19,6 +19,8 @@ import (
 
 	"github.com/jackc/pgx/v5/pgproto3"
 
+	"github.com/airlockhq/airlock/internal/access"
+	"github.com/airlockhq/airlock/internal/identity"
 	"github.com/airlockhq/airlock/internal/session"
 )
 
@@ -33,6 +35,18 @@ type Lease interface {
 // Credentials hands out upstream credentials for sessions.
 type Credentials interface {
 	Acquire(ctx context.Context, sess *session.Session, database string) (Lease, error)
+}
+
+// RoleCredentials is implemented by credentials that can grant a session
+// exactly the roles the access rules give its person.
+type RoleCredentials interface {
+	AcquireRoles(ctx context.Context, sess *session.Session, database string, roles []string) (Lease, error)
+}
+
+// Access decides from the session's person whether it may open the
+// connection and with which upstream roles (nil Roles: the defaults).
+type Access interface {
+	Decide(p identity.Person) (access.Decision, error)
 }
 
 // Upstream is the real PostgreSQL server.
@@ -50,6 +64,7 @@ type Options struct {
 	Upstream    Upstream
 	Databases   []string // allowed database names; empty refuses all
 	Credentials Credentials
+	Access      Access                                                            // nil: every person with an identity, default roles
 	ClientTLS   *tls.Config                                                       // nil: clients are told TLS is unavailable
 	Dial        func(ctx context.Context, network, addr string) (net.Conn, error) // nil: an unmarked net.Dialer (tests only)
 	// Lookup resolves the upstream host; nil uses the system resolver. The
@@ -59,6 +74,10 @@ type Options struct {
 	Logger        *slog.Logger
 	MaxMessageLen int // largest client message body; default 1 MiB
 }
+
+// frontdoorIdentityError is frontdoor.AttrIdentityError (frontdoor
+// imports this package's users, not the other way round).
+const frontdoorIdentityError = "identity_error"
 
 const (
 	defaultMaxMessageLen = 1 << 20
@@ -135,8 +154,22 @@ func (p *Proxy) Serve(ctx context.Context, client net.Conn, sess *session.Sessio
 	}
 
 	if sess.Person.Name == "" {
-		return p.refuse(conn, sess, fatal{codeInvalidAuth,
-			fmt.Sprintf("no identity for uid %d: run `airlock login`", sess.Origin.UID)})
+		msg := sess.Attrs()[frontdoorIdentityError]
+		if msg == "" {
+			msg = fmt.Sprintf("no identity for uid %d: run `airlock login`", sess.Origin.UID)
+		}
+		return p.refuse(conn, sess, fatal{codeInvalidAuth, "Airlock: " + msg})
+	}
+	var roles []string
+	if p.opts.Access != nil {
+		d, err := p.opts.Access.Decide(sess.Person)
+		if err != nil {
+			return p.refuse(conn, sess, fatal{codeInvalidAuth, "Airlock: " + err.Error()})
+		}
+		roles = d.Roles
+		if d.Groups != nil {
+			sess.SetAttr("access_groups", strings.Join(d.Groups, ","))
+		}
 	}
 	database := st.params["database"]
 	if database == "" {
@@ -148,7 +181,12 @@ func (p *Proxy) Serve(ctx context.Context, client net.Conn, sess *session.Sessio
 	sess.SetAttr("database", database)
 
 	actx, cancel := context.WithTimeout(ctx, acquireTimeout)
-	lease, err := p.opts.Credentials.Acquire(actx, sess, database)
+	var lease Lease
+	if rc, ok := p.opts.Credentials.(RoleCredentials); ok && roles != nil {
+		lease, err = rc.AcquireRoles(actx, sess, database, roles)
+	} else {
+		lease, err = p.opts.Credentials.Acquire(actx, sess, database)
+	}
 	cancel()
 	if err != nil {
 		return p.refuse(conn, sess, fatal{codeInvalidAuth, fmt.Sprintf(

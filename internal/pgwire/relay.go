@@ -12,6 +12,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgproto3"
 
+	"github.com/airlockhq/airlock/internal/identity"
 	"github.com/airlockhq/airlock/internal/session"
 )
 
@@ -76,6 +77,11 @@ func (p *Proxy) relay(ctx context.Context, client net.Conn, up *upstreamConn, se
 		})
 	}
 	defer context.AfterFunc(ctx, func() {
+		if cause := context.Cause(ctx); errors.Is(cause, identity.ErrLost) {
+			stop(ending{err: cause, terminate: true, toClient: &fatal{codeInvalidAuth,
+				"session ended: your Airlock identity expired and could not be renewed; run `airlock login`, then reconnect"}})
+			return
+		}
 		stop(ending{err: ErrShutdown, toClient: &fatal{codeAdminShutdown, "Airlock is shutting down"}, terminate: true})
 	})()
 	if exp := lease.Expires(); !exp.IsZero() {

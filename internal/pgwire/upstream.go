@@ -125,7 +125,11 @@ func upstreamParams(sess *session.Session, client map[string]string) map[string]
 		}
 	}
 	// The DBA sees who is behind a backend in pg_stat_activity.
-	out["application_name"] = "airlock:" + sess.ID + ":" + sess.Person.Name
+	who := sess.Person.Name
+	if sess.Person.Email != "" {
+		who = sess.Person.Email // an OIDC person: the address a DBA recognises
+	}
+	out["application_name"] = "airlock:" + sess.ID + ":" + who
 	return out
 }
 

@@ -3,6 +3,8 @@ package session
 import (
 	"log/slog"
 	"time"
+
+	"github.com/airlockhq/airlock/internal/identity"
 )
 
 // Kind names an event type. The audit log stores it as is: never rename one.
@@ -15,6 +17,12 @@ const (
 	KindCredentialCreate Kind = "credential.create"
 	KindCredentialRevoke Kind = "credential.revoke"
 	KindRefused          Kind = "session.refused"
+	// Identity changes of a uid (no session): login, logout, refresh, and
+	// an identity lost by a live session.
+	KindIdentityLogin   Kind = "identity.login"
+	KindIdentityLogout  Kind = "identity.logout"
+	KindIdentityRefresh Kind = "identity.refresh"
+	KindIdentityLost    Kind = "identity.lost"
 )
 
 // Event is one recorded fact about a session. Exactly the pointer fields that
@@ -28,6 +36,17 @@ type Event struct {
 	Statement  *Statement  `json:"statement,omitempty"`
 	Credential *Credential `json:"credential,omitempty"`
 	Refusal    *Refusal    `json:"refusal,omitempty"`
+	Identity   *Identity   `json:"identity,omitempty"`
+	// Person is who the session acts for, on every session event.
+	Person *identity.Person `json:"person,omitempty"`
+}
+
+// Identity is a change to the identity bound to a uid. Never a token.
+type Identity struct {
+	UID     uint32 `json:"uid"`
+	By      uint32 `json:"by"` // the caller's uid; differs for root's --for-uid
+	Outcome string `json:"outcome"`
+	Error   string `json:"error,omitempty"`
 }
 
 // End closes a session.
@@ -74,10 +93,16 @@ type LogSink struct{ Logger *slog.Logger }
 // Record logs ev at info level.
 func (l LogSink) Record(ev Event) {
 	attrs := []any{"kind", string(ev.Kind), "session", ev.Session}
+	if p := ev.Person; p != nil {
+		attrs = append(attrs, "person", p.Name)
+		if p.Subject != "" {
+			attrs = append(attrs, "person_issuer", p.Issuer, "person_subject", p.Subject, "person_email", p.Email, "person_groups", p.Groups)
+		}
+	}
 	switch {
 	case ev.Start != nil:
 		s := ev.Start
-		attrs = append(attrs, "person", s.Person.Name, "uid", s.Origin.UID, "pid", s.Origin.PID,
+		attrs = append(attrs, "uid", s.Origin.UID, "pid", s.Origin.PID,
 			"exe", s.Origin.Exe, "dest", s.Dest.String(), "target", s.Target, "protocol", s.Protocol)
 	case ev.End != nil:
 		attrs = append(attrs, "reason", ev.End.Reason, "duration", ev.End.Duration,
@@ -92,6 +117,8 @@ func (l LogSink) Record(ev Event) {
 			"expires", c.Expires, "outcome", c.Outcome, "error", c.Error)
 	case ev.Refusal != nil:
 		attrs = append(attrs, "reason", ev.Refusal.Reason, "sqlstate", ev.Refusal.SQLState)
+	case ev.Identity != nil:
+		attrs = append(attrs, "uid", ev.Identity.UID, "by", ev.Identity.By, "outcome", ev.Identity.Outcome, "error", ev.Identity.Error)
 	}
 	l.Logger.Info("event", attrs...)
 }

@@ -91,6 +91,10 @@ func (s *Session) Emit(ev Event) {
 		ev.Time = time.Now()
 	}
 	ev.Session = s.ID
+	if ev.Person == nil && s.Person.Name != "" {
+		p := s.Person
+		ev.Person = &p
+	}
 	s.sink.Record(ev)
 }
 
