@@ -1,0 +1,260 @@
+// Package sqlclass classifies SQL the way PostgreSQL reads it, with
+// PostgreSQL's own parser (libpg_query through pg_query_go): what each
+// statement of a query string does (read, write, DDL, role changes, ...),
+// which tables and functions it touches, and what hides inside it (DML in
+// CTEs, DO blocks, function bodies, dynamic SQL, side-effecting functions).
+// A policy stage calls Classifier.Classify for every Query and Parse on the
+// hot path; results are cached by text and, where that is safe, by
+// pg_query fingerprint.
+//
+// It is a pure library: no I/O besides the cgo calls into the parser.
+package sqlclass
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+
+	pg_query "github.com/pganalyze/pg_query_go/v6"
+	pgparser "github.com/pganalyze/pg_query_go/v6/parser"
+)
+
+// pgMu serialises every call into libpg_query. Each of its parse calls
+// redirects the process's file descriptor 2 into a pipe for the duration
+// of the call (to capture parser warnings) and restores it afterwards; two
+// calls at once can restore each other's pipe and leave fd 2 pointing at a
+// closed pipe, after which the next write to stderr kills the process with
+// SIGPIPE. One parse at a time avoids that; all pg_query use in the process
+// must go through this package.
+var pgMu sync.Mutex
+
+// ParseError is returned for SQL the parser rejects. Its message never
+// quotes the input (a password in a broken statement would otherwise end
+// up in logs and in the client's error).
+type ParseError struct {
+	// Position is the 1-based byte offset the parser pointed at, 0 if none.
+	Position int
+	Message  string
+}
+
+func (e *ParseError) Error() string {
+	if e.Position > 0 {
+		return fmt.Sprintf("SQL not understood: %s (at byte %d)", e.Message, e.Position)
+	}
+	return "SQL not understood: " + e.Message
+}
+
+// ErrTooDeep is returned when statements nest inside statements (DO inside
+// EXECUTE inside DO ...) beyond maxNesting.
+var ErrTooDeep = errors.New("SQL not understood: statements nested too deeply")
+
+const maxNesting = 8
+
+func sanitizeError(err error) error {
+	var pe *pgparser.Error
+	if !errors.As(err, &pe) {
+		// Errors from protobuf decoding (e.g. nesting limits) carry no input.
+		return &ParseError{Message: err.Error()}
+	}
+	msg := pe.Message
+	if i := strings.Index(msg, " at or near "); i >= 0 {
+		msg = msg[:i]
+	}
+	// Drop anything else quoted from the input: identifiers, literals.
+	var b strings.Builder
+	in := false
+	for _, r := range msg {
+		if r == '"' {
+			if !in {
+				b.WriteString(`"…"`)
+			}
+			in = !in
+			continue
+		}
+		if !in {
+			b.WriteRune(r)
+		}
+	}
+	return &ParseError{Position: pe.Cursorpos, Message: strings.TrimSpace(b.String())}
+}
+
+// Options bound the caches. Zero values take the defaults.
+type Options struct {
+	// MaxEntries is the most query strings kept (default 20000).
+	MaxEntries int
+	// MaxBytes is the memory budget of the text cache, counted as about
+	// three times the SQL length per entry (default 64 MiB).
+	MaxBytes int
+	// MaxCachedSQL is the longest query string cached (default 64 KiB):
+	// longer ones are classified every time.
+	MaxCachedSQL int
+	// MaxFingerprints is the most fingerprint entries kept (default 20000).
+	MaxFingerprints int
+}
+
+// Classifier classifies SQL and caches the results. It is safe for
+// concurrent use.
+type Classifier struct {
+	opts Options
+	text *lru[string, cached]
+	fp   *lru[uint64, *Result]
+}
+
+type cached struct {
+	res *Result
+	err error
+}
+
+// New returns a Classifier with caches bounded by opts.
+func New(opts Options) *Classifier {
+	if opts.MaxEntries <= 0 {
+		opts.MaxEntries = 20000
+	}
+	if opts.MaxBytes <= 0 {
+		opts.MaxBytes = 64 << 20
+	}
+	if opts.MaxCachedSQL <= 0 {
+		opts.MaxCachedSQL = 64 << 10
+	}
+	if opts.MaxFingerprints <= 0 {
+		opts.MaxFingerprints = 20000
+	}
+	return &Classifier{
+		opts: opts,
+		text: newLRU[string, cached](opts.MaxEntries, opts.MaxBytes, hashString),
+		fp:   newLRU[uint64, *Result](opts.MaxFingerprints, opts.MaxFingerprints*512, hashUint64),
+	}
+}
+
+var defaultClassifier = New(Options{})
+
+// Classify classifies sql with a process-wide Classifier.
+func Classify(sql string) (*Result, error) { return defaultClassifier.Classify(sql) }
+
+// Classify splits sql into statements and classifies each. SQL the parser
+// rejects returns a *ParseError: callers deny it. The Result is shared with
+// other callers through the cache and must not be modified.
+func (c *Classifier) Classify(sql string) (*Result, error) {
+	if e, ok := c.text.get(sql); ok {
+		return e.res, e.err
+	}
+	res, err := c.classifyUncached(sql)
+	if len(sql) <= c.opts.MaxCachedSQL {
+		c.text.put(sql, cached{res, err}, 3*len(sql)+256)
+	}
+	return res, err
+}
+
+func (c *Classifier) classifyUncached(sql string) (*Result, error) {
+	pgMu.Lock()
+	fp, err := pg_query.FingerprintToUInt64(sql)
+	pgMu.Unlock()
+	if err != nil {
+		return nil, sanitizeError(err)
+	}
+	if tmpl, ok := c.fp.get(fp); ok {
+		return tmpl.rebind(sql), nil
+	}
+	a := &analyzer{}
+	stmts, err := a.analyzeSQL(sql, 0)
+	if err != nil {
+		return nil, err
+	}
+	res := &Result{SQL: sql, Statements: stmts, Fingerprint: fp}
+	if a.fingerprintSafe(stmts) {
+		c.fp.put(fp, res, 1)
+	}
+	return res, nil
+}
+
+// rebind gives a fingerprint-cached single-statement Result the text of
+// another query string with the same fingerprint.
+func (r *Result) rebind(sql string) *Result {
+	s := *r.Statements[0]
+	text := strings.TrimSpace(sql)
+	text = strings.TrimSpace(strings.TrimSuffix(text, ";"))
+	s.Text, s.Redacted = text, text
+	return &Result{SQL: sql, Statements: []*Statement{&s}, Fingerprint: r.Fingerprint}
+}
+
+// maxFingerprintDepth: pg_query's fingerprint stops descending 100 nodes
+// deep, so two statements differing only below that share a fingerprint.
+// Only shallower trees are cached by fingerprint (protobuf depth counts at
+// least one level per parser node).
+const maxFingerprintDepth = 60
+
+// fingerprintSafe reports whether stmts may be reused for any other string
+// with the same fingerprint. The fingerprint ignores constants, aliases,
+// the bodies of DO and CREATE FUNCTION, prepared-statement names, the
+// options of BEGIN/SET and more, so only plain DML and SELECTs whose
+// classification looked at no constant and no ignored field qualify.
+func (a *analyzer) fingerprintSafe(stmts []*Statement) bool {
+	if len(stmts) != 1 || a.constSensitive || a.maxDepth > maxFingerprintDepth {
+		return false
+	}
+	s := stmts[0]
+	if len(s.Nested) > 0 || s.Flags&^(FlagNoWhere|FlagDMLInCTE|FlagSideEffect) != 0 {
+		return false
+	}
+	switch s.Command {
+	case "SELECT", "INSERT", "UPDATE", "DELETE", "MERGE":
+		return true
+	}
+	return false
+}
+
+// CacheStats reports the number of entries and bytes held by the text
+// cache and the number of fingerprint entries.
+func (c *Classifier) CacheStats() (textEntries, textBytes, fingerprints int) {
+	return c.text.len(), c.text.sizeBytes(), c.fp.len()
+}
+
+func parse(sql string) (*pg_query.ParseResult, error) {
+	pgMu.Lock()
+	tree, err := pg_query.Parse(sql)
+	pgMu.Unlock()
+	if err != nil {
+		return nil, sanitizeError(err)
+	}
+	return tree, nil
+}
+
+func normalize(sql string) (string, error) {
+	pgMu.Lock()
+	defer pgMu.Unlock()
+	return pg_query.Normalize(sql)
+}
+
+func parsePlpgsql(sql string) (string, error) {
+	pgMu.Lock()
+	defer pgMu.Unlock()
+	out, err := pg_query.ParsePlPgSqlToJSON(sql)
+	if err != nil {
+		return "", sanitizeError(err)
+	}
+	return out, nil
+}
+
+// redact replaces the constants of text (pg_query's normalisation turns
+// every literal, DO and function bodies included, into $n) and checks that
+// no known secret survived; if one did, or normalisation failed, the whole
+// statement is withheld.
+func redact(text, command string, secrets []string) string {
+	out, err := normalize(text)
+	if err == nil {
+		for _, s := range secrets {
+			if s == "" {
+				continue
+			}
+			if strings.Contains(out, s) || strings.Contains(out, strings.ReplaceAll(s, "'", "''")) {
+				err = errors.New("secret survived normalisation")
+				break
+			}
+		}
+	}
+	if err != nil {
+		return fmt.Sprintf("<%s statement withheld: it carries a secret>", command)
+	}
+	return out
+}
