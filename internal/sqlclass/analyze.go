@@ -10,13 +10,7 @@ import (
 
 // analyzer holds what one classification learns across all the statements
 // it looks at, nested ones included.
-type analyzer struct {
-	// constSensitive: the classification depended on a constant or on a
-	// field the fingerprint ignores, so it must not be cached by
-	// fingerprint.
-	constSensitive bool
-	maxDepth       int
-}
+type analyzer struct{}
 
 // analyzeSQL parses sql and classifies each of its statements. nesting is
 // how deep sql sits inside other statements' bodies.
@@ -104,6 +98,11 @@ func (w *walker) finish() *Statement {
 		st.Kind = KindWrite
 	}
 	for _, n := range st.Nested {
+		// A SELECT running SQL text (dblink, query_to_xml) that changes
+		// something is no read; the nested statements say what it is.
+		if st.Kind == KindRead && n.Kind != KindRead && n.Flags&FlagFunctionBody == 0 {
+			st.Kind = KindWrite
+		}
 		st.Flags |= n.Flags & propagated
 		if n.Flags&FlagSecret != 0 {
 			w.secrets = append(w.secrets, n.secrets()...)
@@ -161,9 +160,6 @@ func (w *walker) nested(sql string, extra Flag) {
 // walk visits m and everything below it, collecting tables, functions and
 // nested DML.
 func (w *walker) walk(m protoreflect.Message, depth int) {
-	if depth > w.a.maxDepth {
-		w.a.maxDepth = depth
-	}
 	switch n := m.Interface().(type) {
 	case *pg_query.RangeVar:
 		w.rangeVar(n)
@@ -299,7 +295,6 @@ func (w *walker) funcCall(fc *pg_query.FuncCall) {
 		w.sideEffect(full, reason)
 	}
 	if connectionFunctions[last] {
-		w.a.constSensitive = true
 		for _, arg := range fc.Args {
 			if s, ok := constString(arg); ok && strings.Contains(strings.ToLower(s), "password") {
 				w.secret(s)
@@ -307,7 +302,6 @@ func (w *walker) funcCall(fc *pg_query.FuncCall) {
 		}
 	}
 	if sqlTextFunctions[last] {
-		w.a.constSensitive = true
 		for _, arg := range fc.Args {
 			s, ok := constString(arg)
 			if !ok {
@@ -327,7 +321,6 @@ func (w *walker) funcCall(fc *pg_query.FuncCall) {
 }
 
 func (w *walker) setConfig(full string, args []*pg_query.Node) {
-	w.a.constSensitive = true
 	if len(args) == 0 {
 		return
 	}

@@ -127,5 +127,3 @@ func (s *lruShard[K, V]) pushFront(e *lruEntry[K, V]) {
 }
 
 func hashString(seed maphash.Seed, s string) uint64 { return maphash.String(seed, s) }
-
-func hashUint64(_ maphash.Seed, v uint64) uint64 { return v ^ v>>29 }

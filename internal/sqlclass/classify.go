@@ -4,8 +4,8 @@
 // which tables and functions it touches, and what hides inside it (DML in
 // CTEs, DO blocks, function bodies, dynamic SQL, side-effecting functions).
 // A policy stage calls Classifier.Classify for every Query and Parse on the
-// hot path; results are cached by text and, where that is safe, by
-// pg_query fingerprint.
+// hot path; results are cached by exact text (see Fingerprint for why not
+// by fingerprint).
 //
 // It is a pure library: no I/O besides the cgo calls into the parser.
 package sqlclass
@@ -89,8 +89,6 @@ type Options struct {
 	// MaxCachedSQL is the longest query string cached (default 64 KiB):
 	// longer ones are classified every time.
 	MaxCachedSQL int
-	// MaxFingerprints is the most fingerprint entries kept (default 20000).
-	MaxFingerprints int
 }
 
 // Classifier classifies SQL and caches the results. It is safe for
@@ -98,7 +96,6 @@ type Options struct {
 type Classifier struct {
 	opts Options
 	text *lru[string, cached]
-	fp   *lru[uint64, *Result]
 }
 
 type cached struct {
@@ -117,13 +114,9 @@ func New(opts Options) *Classifier {
 	if opts.MaxCachedSQL <= 0 {
 		opts.MaxCachedSQL = 64 << 10
 	}
-	if opts.MaxFingerprints <= 0 {
-		opts.MaxFingerprints = 20000
-	}
 	return &Classifier{
 		opts: opts,
 		text: newLRU[string, cached](opts.MaxEntries, opts.MaxBytes, hashString),
-		fp:   newLRU[uint64, *Result](opts.MaxFingerprints, opts.MaxFingerprints*512, hashUint64),
 	}
 }
 
@@ -147,67 +140,37 @@ func (c *Classifier) Classify(sql string) (*Result, error) {
 }
 
 func (c *Classifier) classifyUncached(sql string) (*Result, error) {
-	pgMu.Lock()
-	fp, err := pg_query.FingerprintToUInt64(sql)
-	pgMu.Unlock()
-	if err != nil {
-		return nil, sanitizeError(err)
-	}
-	if tmpl, ok := c.fp.get(fp); ok {
-		return tmpl.rebind(sql), nil
-	}
 	a := &analyzer{}
 	stmts, err := a.analyzeSQL(sql, 0)
 	if err != nil {
 		return nil, err
 	}
-	res := &Result{SQL: sql, Statements: stmts, Fingerprint: fp}
-	if a.fingerprintSafe(stmts) {
-		c.fp.put(fp, res, 1)
-	}
-	return res, nil
+	return &Result{SQL: sql, Statements: stmts}, nil
 }
 
-// rebind gives a fingerprint-cached single-statement Result the text of
-// another query string with the same fingerprint.
-func (r *Result) rebind(sql string) *Result {
-	s := *r.Statements[0]
-	text := strings.TrimSpace(sql)
-	text = strings.TrimSpace(strings.TrimSuffix(text, ";"))
-	s.Text, s.Redacted = text, text
-	return &Result{SQL: sql, Statements: []*Statement{&s}, Fingerprint: r.Fingerprint}
+// Fingerprint returns pg_query's fingerprint of sql, to group statements
+// that differ only in constants (for reports and audit views).
+//
+// Never key a classification or a policy decision on it: the fingerprint
+// ignores constants (set_config('role', ...) and set_config('work_mem',
+// ...) agree), the bodies of DO blocks and CREATE FUNCTION (every DO block
+// has the same fingerprint), the options of BEGIN and SET (READ ONLY and
+// READ WRITE agree), prepared-statement names, aliases, and numeric
+// suffixes of table names (payments_01 and payments_99 agree). Classifier
+// therefore caches by exact text only.
+func Fingerprint(sql string) (uint64, error) {
+	pgMu.Lock()
+	fp, err := pg_query.FingerprintToUInt64(sql)
+	pgMu.Unlock()
+	if err != nil {
+		return 0, sanitizeError(err)
+	}
+	return fp, nil
 }
 
-// maxFingerprintDepth: pg_query's fingerprint stops descending 100 nodes
-// deep, so two statements differing only below that share a fingerprint.
-// Only shallower trees are cached by fingerprint (protobuf depth counts at
-// least one level per parser node).
-const maxFingerprintDepth = 60
-
-// fingerprintSafe reports whether stmts may be reused for any other string
-// with the same fingerprint. The fingerprint ignores constants, aliases,
-// the bodies of DO and CREATE FUNCTION, prepared-statement names, the
-// options of BEGIN/SET and more, so only plain DML and SELECTs whose
-// classification looked at no constant and no ignored field qualify.
-func (a *analyzer) fingerprintSafe(stmts []*Statement) bool {
-	if len(stmts) != 1 || a.constSensitive || a.maxDepth > maxFingerprintDepth {
-		return false
-	}
-	s := stmts[0]
-	if len(s.Nested) > 0 || s.Flags&^(FlagNoWhere|FlagDMLInCTE|FlagSideEffect) != 0 {
-		return false
-	}
-	switch s.Command {
-	case "SELECT", "INSERT", "UPDATE", "DELETE", "MERGE":
-		return true
-	}
-	return false
-}
-
-// CacheStats reports the number of entries and bytes held by the text
-// cache and the number of fingerprint entries.
-func (c *Classifier) CacheStats() (textEntries, textBytes, fingerprints int) {
-	return c.text.len(), c.text.sizeBytes(), c.fp.len()
+// CacheStats reports the number of entries and bytes held by the cache.
+func (c *Classifier) CacheStats() (entries, bytes int) {
+	return c.text.len(), c.text.sizeBytes()
 }
 
 func parse(sql string) (*pg_query.ParseResult, error) {

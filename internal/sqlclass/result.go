@@ -199,8 +199,6 @@ type Result struct {
 	SQL string
 	// Statements are the top-level statements, in order.
 	Statements []*Statement
-	// Fingerprint is pg_query's fingerprint of SQL (0 when not computed).
-	Fingerprint uint64
 }
 
 // Flags is the union of the flags of every statement.

@@ -178,11 +178,9 @@ func (w *walker) classify(node *pg_query.Node) {
 		w.prepare(n.PrepareStmt)
 		return
 	case *pg_query.Node_ExecuteStmt:
-		w.a.constSensitive = true
 		w.set(KindExecute, "EXECUTE")
 		w.st.PreparedName = n.ExecuteStmt.Name
 	case *pg_query.Node_DeallocateStmt:
-		w.a.constSensitive = true
 		w.set(KindSession, "DEALLOCATE")
 		w.flag(FlagDeallocate)
 		if !n.DeallocateStmt.Isall {
@@ -205,7 +203,6 @@ func (w *walker) classify(node *pg_query.Node) {
 		// A procedure may write, commit, anything its body does.
 		w.set(KindWrite, "CALL")
 	case *pg_query.Node_DeclareCursorStmt:
-		w.a.constSensitive = true
 		w.set(KindRead, "DECLARE CURSOR")
 	case *pg_query.Node_FetchStmt:
 		if n.FetchStmt.Ismove {
@@ -277,10 +274,17 @@ func (w *walker) classify(node *pg_query.Node) {
 	case *pg_query.Node_AlterTableStmt:
 		w.set(KindDDL, "ALTER "+strings.TrimPrefix(n.AlterTableStmt.Objtype.String(), "OBJECT_"))
 		w.markTopRelations(node)
+	case *pg_query.Node_ReturnStmt:
+		// The body of CREATE FUNCTION ... RETURN expr.
+		w.set(KindRead, "RETURN")
 	default:
 		msg := protoMessage(node)
 		name := string(msg.Descriptor().Name())
-		w.set(kindFromType(name), commandFromType(name))
+		cmd, ok := commandNames[name]
+		if !ok {
+			cmd = commandFromType(name)
+		}
+		w.set(kindFromType(name), cmd)
 		w.markTopRelations(node)
 	}
 	if w.err != nil {
@@ -303,11 +307,39 @@ func protoMessage(node *pg_query.Node) protoreflect.Message {
 	return inner
 }
 
+// commandNames fixes the names commandFromType would get wrong.
+var commandNames = map[string]string{
+	"CreatedbStmt":            "CREATE DATABASE",
+	"DropdbStmt":              "DROP DATABASE",
+	"AlterDatabaseStmt":       "ALTER DATABASE",
+	"CreateSeqStmt":           "CREATE SEQUENCE",
+	"AlterSeqStmt":            "ALTER SEQUENCE",
+	"CreateTrigStmt":          "CREATE TRIGGER",
+	"CreateEventTrigStmt":     "CREATE EVENT TRIGGER",
+	"AlterEventTrigStmt":      "ALTER EVENT TRIGGER",
+	"CreateEnumStmt":          "CREATE TYPE",
+	"CompositeTypeStmt":       "CREATE TYPE",
+	"CreateRangeStmt":         "CREATE TYPE",
+	"DefineStmt":              "CREATE",
+	"RuleStmt":                "CREATE RULE",
+	"CreateExtensionStmt":     "CREATE EXTENSION",
+	"AlterObjectSchemaStmt":   "ALTER SET SCHEMA",
+	"AlterOwnerStmt":          "ALTER OWNER",
+	"CreateFdwStmt":           "CREATE FOREIGN DATA WRAPPER",
+	"CreateForeignServerStmt": "CREATE SERVER",
+	"CreateForeignTableStmt":  "CREATE FOREIGN TABLE",
+	"ImportForeignSchemaStmt": "IMPORT FOREIGN SCHEMA",
+	"CreatePLangStmt":         "CREATE LANGUAGE",
+	"CreateStatsStmt":         "CREATE STATISTICS",
+	"CreateTableSpaceStmt":    "CREATE TABLESPACE",
+	"DropTableSpaceStmt":      "DROP TABLESPACE",
+}
+
 // kindFromType classifies statement types not named in classify by their
 // parse node name: anything that creates, alters or drops is DDL; the rest
 // is utility.
 func kindFromType(name string) Kind {
-	for _, p := range []string{"Create", "Alter", "Drop", "Define", "Rename", "Comment", "Import", "Composite"} {
+	for _, p := range []string{"Create", "Alter", "Drop", "Define", "Rename", "Comment", "Import", "Composite", "Rule"} {
 		if strings.HasPrefix(name, p) {
 			return KindDDL
 		}
@@ -379,7 +411,6 @@ func (w *walker) explain(s *pg_query.ExplainStmt) {
 }
 
 func (w *walker) copyStmt(s *pg_query.CopyStmt) {
-	w.a.constSensitive = true
 	if s.IsFrom {
 		w.set(KindWrite, "COPY FROM")
 		if s.Relation != nil {
@@ -421,7 +452,6 @@ func setCommand(s *pg_query.VariableSetStmt) string {
 }
 
 func (w *walker) varSet(s *pg_query.VariableSetStmt) {
-	w.a.constSensitive = true
 	name := strings.ToLower(s.Name)
 	w.st.Setting = name
 	if s.Kind == pg_query.VariableSetKind_VAR_RESET_ALL {
@@ -456,7 +486,6 @@ func (w *walker) varSet(s *pg_query.VariableSetStmt) {
 }
 
 func (w *walker) transaction(s *pg_query.TransactionStmt) {
-	w.a.constSensitive = true
 	cmd := map[pg_query.TransactionStmtKind]string{
 		pg_query.TransactionStmtKind_TRANS_STMT_BEGIN:             "BEGIN",
 		pg_query.TransactionStmtKind_TRANS_STMT_START:             "START TRANSACTION",
@@ -515,7 +544,6 @@ func (w *walker) roleNodes(nodes []*pg_query.Node) {
 }
 
 func (w *walker) roleOptions(opts []*pg_query.Node) {
-	w.a.constSensitive = true
 	for _, o := range opts {
 		d := o.GetDefElem()
 		if d == nil {
@@ -538,7 +566,6 @@ func (w *walker) roleOptions(opts []*pg_query.Node) {
 }
 
 func (w *walker) mappingOptions(opts []*pg_query.Node) {
-	w.a.constSensitive = true
 	for _, o := range opts {
 		if d := o.GetDefElem(); d != nil && strings.Contains(strings.ToLower(d.Defname), "password") {
 			v, _ := constValue(d.Arg)
@@ -548,14 +575,12 @@ func (w *walker) mappingOptions(opts []*pg_query.Node) {
 }
 
 func (w *walker) connInfo(conninfo string) {
-	w.a.constSensitive = true
 	if strings.Contains(strings.ToLower(conninfo), "password") {
 		w.secret(conninfo)
 	}
 }
 
 func (w *walker) prepare(s *pg_query.PrepareStmt) {
-	w.a.constSensitive = true
 	inner, err := w.a.analyzeNode(s.Query, w.st.Text, w.nesting+1)
 	if err != nil {
 		w.err = err
@@ -582,7 +607,6 @@ func defElemString(opts []*pg_query.Node, name string) (string, bool) {
 }
 
 func (w *walker) doStmt(s *pg_query.DoStmt) {
-	w.a.constSensitive = true
 	lang, ok := defElemString(s.Args, "language")
 	if !ok {
 		lang = "plpgsql"
@@ -595,7 +619,6 @@ func (w *walker) doStmt(s *pg_query.DoStmt) {
 }
 
 func (w *walker) createFunction(s *pg_query.CreateFunctionStmt) {
-	w.a.constSensitive = true
 	// Argument defaults and types are expressions like any other.
 	for _, p := range s.Parameters {
 		w.walk(p.ProtoReflect(), 1)
