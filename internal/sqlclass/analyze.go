@@ -18,6 +18,11 @@ func (a *analyzer) analyzeSQL(sql string, nesting int) ([]*Statement, error) {
 	if nesting > maxNesting {
 		return nil, ErrTooDeep
 	}
+	// The parser reads a C string: it would stop at a NUL and classify
+	// only what precedes it.
+	if i := strings.IndexByte(sql, 0); i >= 0 {
+		return nil, &ParseError{Position: i + 1, Message: "SQL contains a NUL byte"}
+	}
 	tree, err := parse(sql)
 	if err != nil {
 		return nil, err
