@@ -2,6 +2,7 @@ package sqlclass
 
 import (
 	"regexp"
+	"slices"
 	"strings"
 
 	pg_query "github.com/pganalyze/pg_query_go/v6"
@@ -57,9 +58,9 @@ type walker struct {
 	st      *Statement
 	nesting int
 
-	read, written, funcs map[string]bool
-	roles                map[string]bool
-	writeTargets         map[*pg_query.RangeVar]bool
+	read, written, funcs nameSet
+	roles                nameSet
+	writeTargets         rangeVarSet
 	ctes                 []string
 	inCTE                int
 	// noExec: the statement only plans its query (EXPLAIN without
@@ -72,14 +73,9 @@ type walker struct {
 
 func (a *analyzer) newWalker(text string, nesting int) *walker {
 	return &walker{
-		a:            a,
-		st:           &Statement{Text: text, Redacted: text},
-		nesting:      nesting,
-		read:         map[string]bool{},
-		written:      map[string]bool{},
-		funcs:        map[string]bool{},
-		roles:        map[string]bool{},
-		writeTargets: map[*pg_query.RangeVar]bool{},
+		a:       a,
+		st:      &Statement{Text: text, Redacted: text},
+		nesting: nesting,
 	}
 }
 
@@ -95,10 +91,10 @@ func (a *analyzer) analyzeNode(node *pg_query.Node, text string, nesting int) (*
 
 func (w *walker) finish() *Statement {
 	st := w.st
-	st.TablesRead = sortedKeys(w.read)
-	st.TablesWritten = sortedKeys(w.written)
-	st.Functions = sortedKeys(w.funcs)
-	st.Roles = sortedKeys(w.roles)
+	st.TablesRead = w.read.sorted()
+	st.TablesWritten = w.written.sorted()
+	st.Functions = w.funcs.sorted()
+	st.Roles = w.roles.sorted()
 	if w.writes && st.Kind == KindRead {
 		st.Kind = KindWrite
 	}
@@ -166,6 +162,9 @@ func (w *walker) nested(sql string, extra Flag) {
 // nested DML.
 func (w *walker) walk(m protoreflect.Message, depth int) {
 	switch n := m.Interface().(type) {
+	case *pg_query.Node:
+		w.walkNode(n)
+		return
 	case *pg_query.RangeVar:
 		w.rangeVar(n)
 		return
@@ -232,7 +231,7 @@ func (w *walker) pushCTEs(with *pg_query.WithClause) int {
 func (w *walker) dml(rel *pg_query.RangeVar, noWhere bool, with *pg_query.WithClause, m protoreflect.Message, depth int) {
 	if !w.noExec {
 		if rel != nil {
-			w.writeTargets[rel] = true
+			w.writeTargets.add(rel)
 		}
 		w.writes = true
 		if noWhere {
@@ -259,8 +258,8 @@ func relName(rv *pg_query.RangeVar) string {
 
 func (w *walker) rangeVar(rv *pg_query.RangeVar) {
 	name := relName(rv)
-	if w.writeTargets[rv] {
-		w.written[name] = true
+	if w.writeTargets.has(rv) {
+		w.written.add(name)
 		if roleCatalogs[rv.Relname] {
 			w.flag(FlagRoleChange)
 		}
@@ -273,7 +272,7 @@ func (w *walker) rangeVar(rv *pg_query.RangeVar) {
 			}
 		}
 	}
-	w.read[name] = true
+	w.read.add(name)
 }
 
 func nameParts(nodes []*pg_query.Node) []string {
@@ -293,7 +292,7 @@ func (w *walker) funcCall(fc *pg_query.FuncCall) {
 	}
 	full := strings.Join(parts, ".")
 	last := parts[len(parts)-1]
-	w.funcs[full] = true
+	w.funcs.add(full)
 	if last == "set_config" {
 		w.setConfig(full, fc.Args)
 	} else if reason, ok := sideEffects[last]; ok {
@@ -348,7 +347,7 @@ func (w *walker) setConfig(full string, args []*pg_query.Node) {
 		w.flag(FlagRoleSwitch)
 		if len(args) > 1 {
 			if v, ok := constString(args[1]); ok {
-				w.roles[v] = true
+				w.roles.add(v)
 			}
 		}
 	case "transaction_read_only", "default_transaction_read_only":
@@ -452,4 +451,33 @@ func commandFromType(name string) string {
 	name = strings.TrimSuffix(name, "Stmt")
 	words := camel.FindAllString(name, -1)
 	return strings.ToUpper(strings.Join(words, " "))
+}
+
+// nameSet is a small set of names: statements touch few tables and
+// functions, so a slice beats a map.
+type nameSet []string
+
+func (s *nameSet) add(name string) {
+	for _, n := range *s {
+		if n == name {
+			return
+		}
+	}
+	*s = append(*s, name)
+}
+
+func (s nameSet) sorted() []string {
+	if len(s) == 0 {
+		return nil
+	}
+	slices.Sort(s)
+	return s
+}
+
+type rangeVarSet []*pg_query.RangeVar
+
+func (s *rangeVarSet) add(rv *pg_query.RangeVar) { *s = append(*s, rv) }
+
+func (s rangeVarSet) has(rv *pg_query.RangeVar) bool {
+	return slices.Contains(s, rv)
 }

@@ -295,3 +295,27 @@ func flatten(r *Result) []Statement {
 	})
 	return out
 }
+
+// The hand-written walk of common nodes finds exactly what the generic
+// walk over every field finds.
+func TestFastWalkMatchesGeneric(t *testing.T) {
+	cases := loadCorpus(t)
+	fast := map[string]string{}
+	for _, cc := range cases {
+		r, err := New(Options{}).Classify(cc.SQL)
+		if err == nil {
+			fast[cc.SQL] = fmt.Sprintf("%+v", flatten(r))
+		}
+	}
+	forceGeneric = true
+	defer func() { forceGeneric = false }()
+	for _, cc := range cases {
+		r, err := New(Options{}).Classify(cc.SQL)
+		if err != nil {
+			continue
+		}
+		if got := fmt.Sprintf("%+v", flatten(r)); got != fast[cc.SQL] {
+			t.Errorf("%q:\n fast:    %s\n generic: %s", cc.SQL, fast[cc.SQL], got)
+		}
+	}
+}

@@ -19,7 +19,7 @@ func (w *walker) classify(node *pg_query.Node) {
 		if into := n.SelectStmt.IntoClause; into != nil {
 			w.set(KindDDL, "SELECT INTO")
 			if into.Rel != nil {
-				w.writeTargets[into.Rel] = true
+				w.writeTargets.add(into.Rel)
 			}
 		}
 	case *pg_query.Node_InsertStmt:
@@ -46,7 +46,7 @@ func (w *walker) classify(node *pg_query.Node) {
 			w.set(KindDDL, "CREATE TABLE AS")
 		}
 		if s.Into != nil && s.Into.Rel != nil {
-			w.writeTargets[s.Into.Rel] = true
+			w.writeTargets.add(s.Into.Rel)
 		}
 	case *pg_query.Node_RefreshMatViewStmt:
 		w.set(KindWrite, "REFRESH MATERIALIZED VIEW")
@@ -77,7 +77,7 @@ func (w *walker) classify(node *pg_query.Node) {
 			w.st.Command = "CREATE ROLE"
 		}
 		w.flag(FlagRoleChange)
-		w.roles[s.Role] = true
+		w.roles.add(s.Role)
 		w.roleOptions(s.Options)
 		return
 	case *pg_query.Node_AlterRoleStmt:
@@ -121,8 +121,8 @@ func (w *walker) classify(node *pg_query.Node) {
 			// Renaming a role also clears an MD5 password.
 			w.set(KindDCL, "ALTER ROLE RENAME")
 			w.flag(FlagRoleChange)
-			w.roles[s.Subname] = true
-			w.roles[s.Newname] = true
+			w.roles.add(s.Subname)
+			w.roles.add(s.Newname)
 			return
 		}
 		w.set(KindDDL, "ALTER "+strings.TrimPrefix(s.RenameType.String(), "OBJECT_")+" RENAME")
@@ -290,6 +290,10 @@ func (w *walker) classify(node *pg_query.Node) {
 	if w.err != nil {
 		return
 	}
+	if sel, ok := node.Node.(*pg_query.Node_SelectStmt); ok {
+		w.selectStmt(sel.SelectStmt)
+		return
+	}
 	w.walk(protoMessage(node), 0)
 }
 
@@ -354,7 +358,7 @@ func (w *walker) markTopRelations(node *pg_query.Node) {
 	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
 		if fd.Kind() == protoreflect.MessageKind && !fd.IsList() && !fd.IsMap() {
 			if rv, ok := v.Message().Interface().(*pg_query.RangeVar); ok {
-				w.writeTargets[rv] = true
+				w.writeTargets.add(rv)
 			}
 		}
 		return true
@@ -364,7 +368,7 @@ func (w *walker) markTopRelations(node *pg_query.Node) {
 func (w *walker) markRelations(nodes []*pg_query.Node) {
 	for _, n := range nodes {
 		if rv := n.GetRangeVar(); rv != nil {
-			w.writeTargets[rv] = true
+			w.writeTargets.add(rv)
 		}
 	}
 }
@@ -378,7 +382,7 @@ func (w *walker) dropStmt(s *pg_query.DropStmt) {
 		for _, o := range s.Objects {
 			if l := o.GetList(); l != nil {
 				if parts := nameParts(l.Items); len(parts) > 0 {
-					w.written[strings.Join(parts, ".")] = true
+					w.written.add(strings.Join(parts, "."))
 				}
 			}
 		}
@@ -414,7 +418,7 @@ func (w *walker) copyStmt(s *pg_query.CopyStmt) {
 	if s.IsFrom {
 		w.set(KindWrite, "COPY FROM")
 		if s.Relation != nil {
-			w.writeTargets[s.Relation] = true
+			w.writeTargets.add(s.Relation)
 		}
 	} else {
 		w.set(KindRead, "COPY TO")
@@ -466,7 +470,7 @@ func (w *walker) varSet(s *pg_query.VariableSetStmt) {
 		w.flag(FlagRoleSwitch)
 		for _, a := range s.Args {
 			if v, ok := constValue(a); ok {
-				w.roles[v] = true
+				w.roles.add(v)
 			}
 		}
 	case "transaction", "session characteristics":
@@ -521,15 +525,15 @@ func (w *walker) roleSpec(r *pg_query.RoleSpec) {
 	}
 	switch r.Roletype {
 	case pg_query.RoleSpecType_ROLESPEC_CURRENT_USER:
-		w.roles["CURRENT_USER"] = true
+		w.roles.add("CURRENT_USER")
 	case pg_query.RoleSpecType_ROLESPEC_CURRENT_ROLE:
-		w.roles["CURRENT_ROLE"] = true
+		w.roles.add("CURRENT_ROLE")
 	case pg_query.RoleSpecType_ROLESPEC_SESSION_USER:
-		w.roles["SESSION_USER"] = true
+		w.roles.add("SESSION_USER")
 	case pg_query.RoleSpecType_ROLESPEC_PUBLIC:
-		w.roles["PUBLIC"] = true
+		w.roles.add("PUBLIC")
 	default:
-		w.roles[r.Rolename] = true
+		w.roles.add(r.Rolename)
 	}
 }
 
@@ -538,7 +542,7 @@ func (w *walker) roleNodes(nodes []*pg_query.Node) {
 		if r := n.GetRoleSpec(); r != nil {
 			w.roleSpec(r)
 		} else if a := n.GetAccessPriv(); a != nil {
-			w.roles[a.PrivName] = true
+			w.roles.add(a.PrivName)
 		}
 	}
 }
