@@ -3,11 +3,32 @@
 // statement of a query string does (read, write, DDL, role changes, ...),
 // which tables and functions it touches, and what hides inside it (DML in
 // CTEs, DO blocks, function bodies, dynamic SQL, side-effecting functions).
-// A policy stage calls Classifier.Classify for every Query and Parse on the
-// hot path; results are cached by exact text (see Fingerprint for why not
-// by fingerprint).
-//
 // It is a pure library: no I/O besides the cgo calls into the parser.
+//
+// A pipeline stage calls Classifier.Classify with the text of every simple
+// Query and every Parse; repeated texts come from a bounded cache (see
+// Fingerprint for why it is keyed by exact text). Using the Result:
+//
+//   - An error means PostgreSQL's grammar rejects the text (or it nests too
+//     deeply): deny by default. The error never quotes the input.
+//   - Decide on every statement, nested ones included (Result.Walk,
+//     Result.Kinds, Result.Has, the union helpers): a DO block's kind is
+//     "block" and what it does is in Nested; flags of nested statements
+//     are also copied up to the statement holding them.
+//   - FlagOpaque means code the classifier cannot read (dynamic SQL built
+//     at run time, PL/Python, C, LOAD): treat it as able to do anything.
+//   - PREPARE (FlagPrepare) and a protocol-level Parse with a name: cache
+//     the Result (or Nested[0] for PREPARE) under the statement name;
+//     EXECUTE name (KindExecute, PreparedName) and Bind/Execute then look
+//     it up. DEALLOCATE (FlagDeallocate, empty name for ALL) drops it.
+//   - FlagEndsTransaction before other statements in one string
+//     ("COMMIT; DROP ...") means a read-only wrapper the proxy placed
+//     around the string no longer holds for the rest.
+//   - Result.ChangesRoleOrPassword is what issue 6 asks the proxy to refuse.
+//   - Log Result.Redacted, never SQL, when Has(FlagSecret).
+//
+// The fast-path FunctionCall message names a function by OID, not by SQL:
+// it has no text to classify here; the caller resolves the OID.
 package sqlclass
 
 import (
