@@ -173,6 +173,17 @@ func (w *walker) walk(m protoreflect.Message, depth int) {
 		return
 	case *pg_query.FuncCall:
 		w.funcCall(n)
+	case *pg_query.ExecuteStmt:
+		// CREATE TABLE AS EXECUTE name runs a prepared statement.
+		w.flag(FlagRunsPrepared)
+		if w.st.PreparedName == "" {
+			w.st.PreparedName = n.Name
+		}
+	case *pg_query.VariableSetStmt:
+		// SET clauses of CREATE/ALTER FUNCTION, ALTER DATABASE ... SET:
+		// they apply when the function runs or a session starts.
+		w.varSet(n)
+		return
 	case *pg_query.CommonTableExpr:
 		w.inCTE++
 		w.children(m, depth)

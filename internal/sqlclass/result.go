@@ -95,13 +95,17 @@ const (
 	// FlagFunctionBody: the statement is part of a function or procedure
 	// body: it runs when the function is called, not now.
 	FlagFunctionBody
+	// FlagRunsPrepared: a statement prepared earlier is run by name
+	// (EXECUTE, also inside CREATE TABLE AS or EXPLAIN ANALYZE): look up
+	// what was cached for PreparedName.
+	FlagRunsPrepared
 )
 
 var flagNames = []string{
 	"no_where", "dml_in_cte", "dynamic_sql", "opaque", "copy_program",
 	"copy_file", "side_effect", "role_change", "password_change",
 	"role_switch", "security_setting", "ends_transaction", "read_write",
-	"secret", "prepare", "deallocate", "function_body",
+	"secret", "prepare", "deallocate", "function_body", "runs_prepared",
 }
 
 // FlagByName returns the flag with the given snake_case name.
@@ -137,7 +141,7 @@ func (f Flag) Has(g Flag) bool { return f&g == g }
 const propagated = FlagNoWhere | FlagDMLInCTE | FlagDynamicSQL | FlagOpaque |
 	FlagCopyProgram | FlagCopyFile | FlagSideEffect | FlagRoleChange |
 	FlagPasswordChange | FlagRoleSwitch | FlagSecuritySetting |
-	FlagEndsTransaction | FlagReadWrite | FlagSecret
+	FlagEndsTransaction | FlagReadWrite | FlagSecret | FlagRunsPrepared
 
 // SideEffect names a function called for its effect and why it matters.
 type SideEffect struct {

@@ -179,6 +179,7 @@ func (w *walker) classify(node *pg_query.Node) {
 		return
 	case *pg_query.Node_ExecuteStmt:
 		w.set(KindExecute, "EXECUTE")
+		w.flag(FlagRunsPrepared)
 		w.st.PreparedName = n.ExecuteStmt.Name
 	case *pg_query.Node_DeallocateStmt:
 		w.set(KindSession, "DEALLOCATE")
@@ -411,6 +412,7 @@ func (w *walker) explain(s *pg_query.ExplainStmt) {
 		return
 	}
 	w.set(inner.Kind, "EXPLAIN ANALYZE")
+	w.st.PreparedName = inner.PreparedName
 	w.st.Nested = append(w.st.Nested, inner)
 }
 
@@ -623,9 +625,15 @@ func (w *walker) doStmt(s *pg_query.DoStmt) {
 }
 
 func (w *walker) createFunction(s *pg_query.CreateFunctionStmt) {
-	// Argument defaults and types are expressions like any other.
+	// Argument defaults are expressions like any other; SET clauses
+	// change settings whenever the function runs.
 	for _, p := range s.Parameters {
 		w.walk(p.ProtoReflect(), 1)
+	}
+	for _, o := range s.Options {
+		if d := o.GetDefElem(); d != nil && d.Defname == "set" {
+			w.walkNode(d.Arg)
+		}
 	}
 	if s.SqlBody != nil {
 		// BEGIN ATOMIC ... END or RETURN expr: already parsed.
