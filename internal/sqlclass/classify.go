@@ -204,6 +204,17 @@ func parse(sql string) (*pg_query.ParseResult, error) {
 	return tree, nil
 }
 
+// Normalize returns sql with every constant replaced by $n (DO and function
+// bodies included), for logs that must not carry parameters or literals.
+// Use it rather than pg_query directly: see pgMu.
+func Normalize(sql string) (string, error) {
+	out, err := normalize(sql)
+	if err != nil {
+		return "", sanitizeError(err)
+	}
+	return out, nil
+}
+
 func normalize(sql string) (string, error) {
 	pgMu.Lock()
 	defer pgMu.Unlock()

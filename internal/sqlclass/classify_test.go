@@ -319,3 +319,16 @@ func TestFastWalkMatchesGeneric(t *testing.T) {
 		}
 	}
 }
+
+func TestNormalize(t *testing.T) {
+	got, err := Normalize("SELECT * FROM t WHERE card = '4111111111111111'; DO $$ BEGIN PERFORM 'x'; END $$")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(got, "4111") || strings.Contains(got, "PERFORM") {
+		t.Fatalf("Normalize kept constants: %q", got)
+	}
+	if _, err := Normalize("SELEC 'hunter2"); err == nil || strings.Contains(err.Error(), "hunter2") {
+		t.Fatalf("Normalize error %v", err)
+	}
+}
