@@ -464,31 +464,67 @@ func commandFromType(name string) string {
 	return strings.ToUpper(strings.Join(words, " "))
 }
 
-// nameSet is a small set of names: statements touch few tables and
-// functions, so a slice beats a map.
-type nameSet []string
+// nameSet is a set of names: a slice while small (statements touch few
+// tables and functions, and a slice beats a map there), a map once large so
+// that a statement naming 100,000 tables is not quadratic.
+type nameSet struct {
+	list []string
+	m    map[string]struct{}
+}
+
+const smallSet = 16
 
 func (s *nameSet) add(name string) {
-	for _, n := range *s {
-		if n == name {
-			return
+	if s.m != nil {
+		if _, ok := s.m[name]; !ok {
+			s.m[name] = struct{}{}
+			s.list = append(s.list, name)
+		}
+		return
+	}
+	if slices.Contains(s.list, name) {
+		return
+	}
+	s.list = append(s.list, name)
+	if len(s.list) > smallSet {
+		s.m = make(map[string]struct{}, 2*len(s.list))
+		for _, n := range s.list {
+			s.m[n] = struct{}{}
 		}
 	}
-	*s = append(*s, name)
 }
 
-func (s nameSet) sorted() []string {
-	if len(s) == 0 {
+func (s *nameSet) sorted() []string {
+	if len(s.list) == 0 {
 		return nil
 	}
-	slices.Sort(s)
-	return s
+	slices.Sort(s.list)
+	return s.list
 }
 
-type rangeVarSet []*pg_query.RangeVar
+type rangeVarSet struct {
+	list []*pg_query.RangeVar
+	m    map[*pg_query.RangeVar]struct{}
+}
 
-func (s *rangeVarSet) add(rv *pg_query.RangeVar) { *s = append(*s, rv) }
+func (s *rangeVarSet) add(rv *pg_query.RangeVar) {
+	if s.m != nil {
+		s.m[rv] = struct{}{}
+		return
+	}
+	s.list = append(s.list, rv)
+	if len(s.list) > smallSet {
+		s.m = make(map[*pg_query.RangeVar]struct{}, 2*len(s.list))
+		for _, r := range s.list {
+			s.m[r] = struct{}{}
+		}
+	}
+}
 
-func (s rangeVarSet) has(rv *pg_query.RangeVar) bool {
-	return slices.Contains(s, rv)
+func (s *rangeVarSet) has(rv *pg_query.RangeVar) bool {
+	if s.m != nil {
+		_, ok := s.m[rv]
+		return ok
+	}
+	return slices.Contains(s.list, rv)
 }

@@ -332,3 +332,33 @@ func TestNormalize(t *testing.T) {
 		t.Fatalf("Normalize error %v", err)
 	}
 }
+
+// Large statements cost time linear in their size: no quadratic sets.
+func TestLargeStatements(t *testing.T) {
+	const n = 20000
+	var from, trunc, calls strings.Builder
+	for i := 0; i < n; i++ {
+		if i > 0 {
+			from.WriteString(", ")
+			trunc.WriteString(", ")
+			calls.WriteString(", ")
+		}
+		fmt.Fprintf(&from, "t%d", i)
+		fmt.Fprintf(&trunc, "s.t%d", i)
+		fmt.Fprintf(&calls, "f%d(%d)", i, i)
+	}
+	for _, q := range []string{
+		"SELECT * FROM " + from.String(),
+		"TRUNCATE " + trunc.String(),
+		"SELECT " + calls.String(),
+	} {
+		res, err := New(Options{}).Classify(q)
+		if err != nil {
+			t.Fatalf("%.40q: %v", q, err)
+		}
+		got := len(res.TablesRead()) + len(res.TablesWritten()) + len(res.Functions())
+		if got != n {
+			t.Fatalf("%.40q: %d names, want %d", q, got, n)
+		}
+	}
+}
