@@ -54,14 +54,15 @@ var pgMu sync.Mutex
 // quotes the input (a password in a broken statement would otherwise end
 // up in logs and in the client's error).
 type ParseError struct {
-	// Position is the 1-based byte offset the parser pointed at, 0 if none.
+	// Position is the 1-based character position the parser pointed at
+	// (a byte offset for the NUL-byte error), 0 if none.
 	Position int
 	Message  string
 }
 
 func (e *ParseError) Error() string {
 	if e.Position > 0 {
-		return fmt.Sprintf("SQL not understood: %s (at byte %d)", e.Message, e.Position)
+		return fmt.Sprintf("SQL not understood: %s (at position %d)", e.Message, e.Position)
 	}
 	return "SQL not understood: " + e.Message
 }
