@@ -28,7 +28,7 @@
 //   - Log Result.Redacted, never SQL, when Has(FlagSecret).
 //
 // The fast-path FunctionCall message names a function by OID, not by SQL:
-// it has no text to classify here; the caller resolves the OID.
+// the caller resolves the OID to a name and calls FastPathCall.
 package sqlclass
 
 import (

@@ -362,3 +362,29 @@ func TestLargeStatements(t *testing.T) {
 		}
 	}
 }
+
+func TestFastPathCall(t *testing.T) {
+	cases := []struct {
+		name string
+		want Flag
+	}{
+		{"pg_catalog.lo_export", FlagSideEffect},
+		{"lowrite", FlagSideEffect},
+		{"pg_terminate_backend", FlagSideEffect},
+		{"pg_catalog.set_config", FlagSideEffect | FlagRoleSwitch | FlagSecuritySetting | FlagReadWrite},
+		{"public.dblink_exec", FlagSideEffect | FlagDynamicSQL | FlagOpaque | FlagSecret},
+		{"pg_catalog.abs", 0},
+	}
+	for _, tc := range cases {
+		st := FastPathCall(tc.name)
+		if st.Flags != tc.want {
+			t.Errorf("%s: flags %v, want %v", tc.name, st.Flags, tc.want)
+		}
+		if st.Kind != KindRead || len(st.Functions) != 1 {
+			t.Errorf("%s: %+v", tc.name, st)
+		}
+	}
+	if !(&Result{Statements: []*Statement{FastPathCall("dblink_exec")}}).ChangesRoleOrPassword() {
+		t.Error("an opaque fast-path call must count as able to change roles")
+	}
+}
