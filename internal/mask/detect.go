@@ -1,0 +1,204 @@
+package mask
+
+import (
+	"bytes"
+	"encoding/binary"
+	"slices"
+)
+
+// Span is a sensitive value found inside a larger one: s[Start:End].
+type Span struct {
+	Start, End int
+	Kind       Kind
+}
+
+// Detect appends to dst the sensitive values the detectors in set find in s,
+// sorted and non-overlapping (overlapping finds are merged, the longer one's
+// kind winning). It allocates nothing beyond growing dst, and a value with
+// none of the bytes a detector needs (digits, '@', ':', '-', '_', or the
+// AKIA/ASIA/eyJ prefixes) is rejected in one word-at-a-time pass.
+func Detect(dst []Span, s []byte, set KindSet) []Span {
+	set &= AllKinds
+	if set == 0 || len(s) == 0 || !mayMatch(s, set) {
+		return dst
+	}
+	d := detector{s: s, set: set, out: dst}
+	d.run()
+	return normalize(d.out, len(dst))
+}
+
+// Byte classes.
+const (
+	cDigit = 1 << iota
+	cUpper
+	cLower
+	cHex   // 0-9 a-f A-F
+	cTok   // + / _ - : may continue a token (base64, base64url, identifiers)
+	cLocal // may appear in an email's local part besides letters and digits
+	cAlnum = cDigit | cUpper | cLower
+)
+
+var class = func() (t [256]uint8) {
+	for c := '0'; c <= '9'; c++ {
+		t[c] |= cDigit | cHex
+	}
+	for c := 'A'; c <= 'Z'; c++ {
+		t[c] |= cUpper
+		t[c+32] |= cLower
+	}
+	for _, c := range "abcdefABCDEF" {
+		t[c] |= cHex
+	}
+	for _, c := range "+/_-" {
+		t[c] |= cTok
+	}
+	for _, c := range ".!#$%&'*+/=?^_`{|}~-" {
+		t[c] |= cLocal
+	}
+	return t
+}()
+
+func isDigit(c byte) bool { return c-'0' < 10 }
+func isUpper(c byte) bool { return c-'A' < 26 }
+func isAlnum(c byte) bool { return class[c]&cAlnum != 0 }
+
+const lo8 = 0x0101010101010101
+const hi8 = 0x8080808080808080
+
+// hasZero reports whether any byte of x is zero.
+func hasZero(x uint64) bool { return (x-lo8)&^x&hi8 != 0 }
+
+// hasBetween reports whether any byte b of x has m < b < n (m ≤ 127, n ≤ 128).
+func hasBetween(x uint64, m, n uint64) bool {
+	return (lo8*(127+n)-(x&(lo8*127)))&^x&((x&(lo8*127))+lo8*(127-m))&hi8 != 0
+}
+
+// mayMatch is the fast reject: every detector needs a digit, '@', ':', '-'
+// or '_' somewhere in the value, except an all-letter AWS key id and a JWT
+// whose parts hold no digit, which are looked for by their prefix.
+func mayMatch(s []byte, set KindSet) bool {
+	i := 0
+	for ; i+8 <= len(s); i += 8 {
+		x := binary.LittleEndian.Uint64(s[i:])
+		if hasBetween(x, '0'-1, ':'+1) || hasZero(x^(lo8*'@')) || hasZero(x^(lo8*'-')) || hasZero(x^(lo8*'_')) {
+			return true
+		}
+	}
+	for ; i < len(s); i++ {
+		c := s[i]
+		if c >= '0' && c <= ':' || c == '@' || c == '-' || c == '_' {
+			return true
+		}
+	}
+	if set.Has(KindAWSKeyID) && (bytes.Contains(s, []byte("AKIA")) || bytes.Contains(s, []byte("ASIA"))) {
+		return true
+	}
+	return set.Has(KindJWT) && bytes.Contains(s, []byte("eyJ"))
+}
+
+type detector struct {
+	s      []byte
+	set    KindSet
+	out    []Span
+	tokEnd int // the high-entropy token detector has looked at s[:tokEnd]
+}
+
+func (d *detector) emit(start, end int, k Kind) int {
+	d.out = append(d.out, Span{start, end, k})
+	return end
+}
+
+func (d *detector) run() {
+	if d.set.Has(KindEmail) {
+		d.emails()
+	}
+	if d.set.Has(KindPEMKey) {
+		d.pemKeys()
+	}
+	s := d.s
+	n := len(s)
+	for i := 0; i < n; {
+		if !isAlnum(s[i]) || i > 0 && isAlnum(s[i-1]) {
+			i++
+			continue
+		}
+		if end := d.word(i); end > i {
+			i = end
+			continue
+		}
+		for i++; i < n && isAlnum(s[i]); i++ {
+		}
+	}
+}
+
+// word tries the detectors that can start at the word beginning at s[i]; it
+// returns the end of what it found, or 0.
+func (d *detector) word(i int) int {
+	s, set := d.s, d.set
+	c := s[i]
+	if isDigit(c) {
+		if set.Has(KindPhone) {
+			if e := d.phone(i); e > 0 {
+				return e
+			}
+		}
+		if set.Has(KindCard) {
+			if e := d.card(i); e > 0 {
+				return e
+			}
+		}
+		if set.Has(KindSSN) {
+			if e := d.ssn(i); e > 0 {
+				return e
+			}
+		}
+		if set.Has(KindIPv4) {
+			if e := d.ipv4(i); e > 0 {
+				return e
+			}
+		}
+	} else {
+		if set.Has(KindIBAN) && isUpper(c) {
+			if e := d.iban(i); e > 0 {
+				return e
+			}
+		}
+		if e := d.prefixed(i); e > 0 {
+			return e
+		}
+	}
+	if set.Has(KindIPv6) && (class[c]&cHex != 0) {
+		if e := d.ipv6(i); e > 0 {
+			return e
+		}
+	}
+	if set.Has(KindSecret) || set.Has(KindAWSSecret) {
+		if e := d.token(i); e > 0 {
+			return e
+		}
+	}
+	return 0
+}
+
+// normalize sorts out[base:] and merges overlapping spans.
+func normalize(out []Span, base int) []Span {
+	sp := out[base:]
+	if len(sp) < 2 {
+		return out
+	}
+	slices.SortFunc(sp, func(a, b Span) int { return a.Start - b.Start })
+	w := 0
+	for _, x := range sp[1:] {
+		cur := &sp[w]
+		if x.Start < cur.End {
+			if x.End-x.Start > cur.End-cur.Start || x.End-x.Start == cur.End-cur.Start && x.Kind < cur.Kind {
+				cur.Kind = x.Kind
+			}
+			cur.End = max(cur.End, x.End)
+			continue
+		}
+		w++
+		sp[w] = x
+	}
+	return out[:base+w+1]
+}
