@@ -44,26 +44,28 @@ type cardRange struct {
 // (first digit 0, 1, 7, 8 or 9, or an unassigned range) is not a card, which
 // keeps order numbers and ids that happen to pass Luhn out.
 var cardRanges = []cardRange{
-	{4, 4, 1, 13, 19},          // Visa
-	{51, 55, 2, 16, 16},        // Mastercard
-	{2221, 2720, 4, 16, 16},    // Mastercard 2-series
-	{2200, 2204, 4, 16, 16},    // Mir
-	{34, 34, 2, 15, 15},        // American Express
-	{37, 37, 2, 15, 15},        // American Express
-	{300, 305, 3, 14, 19},      // Diners Club
-	{3095, 3095, 4, 14, 19},    // Diners Club
-	{36, 36, 2, 14, 19},        // Diners Club
-	{38, 39, 2, 14, 19},        // Diners Club
-	{3528, 3589, 4, 16, 19},    // JCB
-	{6011, 6011, 4, 16, 19},    // Discover
-	{644, 649, 3, 16, 19},      // Discover
-	{65, 65, 2, 16, 19},        // Discover, RuPay
-	{62, 62, 2, 16, 19},        // UnionPay
-	{60, 60, 2, 16, 19},        // RuPay
-	{50, 50, 2, 13, 19},        // Maestro
-	{56, 59, 2, 13, 19},        // Maestro
-	{63, 69, 2, 13, 19},        // Maestro and others
-	{6, 6, 1, 16, 19},          // the rest of 6: Maestro, domestic schemes
+	{4, 4, 1, 13, 13},       // Visa
+	{4, 4, 1, 16, 16},       // Visa
+	{4, 4, 1, 19, 19},       // Visa
+	{51, 55, 2, 16, 16},     // Mastercard
+	{2221, 2720, 4, 16, 16}, // Mastercard 2-series
+	{2200, 2204, 4, 16, 16}, // Mir
+	{34, 34, 2, 15, 15},     // American Express
+	{37, 37, 2, 15, 15},     // American Express
+	{300, 305, 3, 14, 19},   // Diners Club
+	{3095, 3095, 4, 14, 19}, // Diners Club
+	{36, 36, 2, 14, 19},     // Diners Club
+	{38, 39, 2, 14, 19},     // Diners Club
+	{3528, 3589, 4, 16, 19}, // JCB
+	{6011, 6011, 4, 16, 19}, // Discover
+	{644, 649, 3, 16, 19},   // Discover
+	{65, 65, 2, 16, 19},     // Discover, RuPay
+	{62, 62, 2, 16, 19},     // UnionPay
+	{60, 60, 2, 16, 19},     // RuPay
+	{50, 50, 2, 13, 19},     // Maestro
+	{56, 59, 2, 13, 19},     // Maestro
+	{63, 69, 2, 13, 19},     // Maestro and others
+	{6, 6, 1, 16, 19},       // the rest of 6: Maestro, domestic schemes
 }
 
 func cardIIN(d []byte) bool {

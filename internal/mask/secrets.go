@@ -157,7 +157,7 @@ func runOf(s []byte, j int, ok func(byte) bool) int {
 	return j
 }
 
-func isB64URL(c byte) bool { return isAlnum(c) || c == '-' || c == '_' }
+func isB64URL(c byte) bool  { return isAlnum(c) || c == '-' || c == '_' }
 func isWordTok(c byte) bool { return isAlnum(c) || c == '_' }
 func isDashTok(c byte) bool { return isAlnum(c) || c == '-' }
 
@@ -358,7 +358,7 @@ var entropyFloor = func() (t [secretMax + 1]float64) {
 	return t
 }()
 
-const entropyMargin = 0.55
+const entropyMargin = 0.7
 
 func highEntropy(v []byte) bool {
 	l := len(v)
@@ -384,7 +384,38 @@ func highEntropy(v []byte) bool {
 	if !up || !lo || !dg {
 		return false
 	}
+	if (cnt['+'] != 0 || cnt['/'] != 0) && (cnt['-'] != 0 || cnt['_'] != 0) {
+		return false // two base64 alphabets at once: a path or a name, not one encoding
+	}
+	if wordy(v)*10 >= l*6 {
+		return false
+	}
 	return shannon(&cnt, l) >= entropyFloor[l]
+}
+
+// wordy counts the characters that sit in word-like runs (an optional
+// capital then three or more lower-case letters, one a vowel): identifiers
+// and names are mostly made of them, random characters rarely (a lower-case
+// letter follows another with odds 26/62).
+func wordy(v []byte) int {
+	n := 0
+	for i := 0; i < len(v); {
+		j := i
+		if isUpper(v[j]) {
+			j++
+		}
+		k := j
+		for k < len(v) && v[k]-'a' < 26 {
+			k++
+		}
+		if k-j >= 3 && bytes.ContainsAny(v[j:k], "aeiouy") {
+			n += k - i
+			i = k
+			continue
+		}
+		i = max(k, i+1)
+	}
+	return n
 }
 
 func shannon(cnt *[128]uint16, l int) float64 {
