@@ -117,8 +117,10 @@ func (d *detector) run() {
 	}
 	s := d.s
 	n := len(s)
+	// Detectors start at word starts, and at digits right after a letter
+	// (cards and SSNs glued to text, as 'x' || card_number makes them).
 	for i := 0; i < n; {
-		if !isAlnum(s[i]) || i > 0 && isAlnum(s[i-1]) {
+		if !isAlnum(s[i]) || i > 0 && isAlnum(s[i-1]) && !letterDigit(s, i) {
 			i++
 			continue
 		}
@@ -126,10 +128,12 @@ func (d *detector) run() {
 			i = end
 			continue
 		}
-		for i++; i < n && isAlnum(s[i]); i++ {
+		for i++; i < n && isAlnum(s[i]) && !letterDigit(s, i); i++ {
 		}
 	}
 }
+
+func letterDigit(s []byte, i int) bool { return isDigit(s[i]) && !isDigit(s[i-1]) }
 
 // word tries the detectors that can start at the word beginning at s[i]; it
 // returns the end of what it found, or 0.

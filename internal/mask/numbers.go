@@ -107,8 +107,8 @@ func luhn(d []byte) bool {
 // another number separated the same way is still found.
 func (d *detector) card(i int) int {
 	s := d.s
-	if !leftFree(s, i) {
-		return 0
+	if i > 0 && isDigit(s[i-1]) {
+		return 0 // letters may touch a card: 'x' || number must not hide it
 	}
 	var digits [19]byte
 	var ends [20]int // ends[k] is the index after the digit that makes k+1 digits, at group ends
@@ -148,7 +148,7 @@ func (d *detector) card(i int) int {
 			continue
 		}
 		e := ends[k-1]
-		if e < len(s) && isAlnum(s[e]) {
+		if e < len(s) && isDigit(s[e]) {
 			continue
 		}
 		if luhn(digits[:k]) && cardIIN(digits[:k]) {
@@ -166,7 +166,8 @@ func (d *detector) card(i int) int {
 // plain numbers have nine digits.
 func (d *detector) ssn(i int) int {
 	s := d.s
-	if i+11 > len(s) || !leftFree(s, i) || !rightFree(s, i+11) {
+	if i+11 > len(s) || i > 0 && (isDigit(s[i-1]) || s[i-1] == '-' && i > 1 && isDigit(s[i-2])) ||
+		i+11 < len(s) && (isDigit(s[i+11]) || s[i+11] == '-' && i+12 < len(s) && isDigit(s[i+12])) {
 		return 0
 	}
 	v := s[i : i+11]

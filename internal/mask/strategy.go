@@ -18,8 +18,9 @@ type Strategy string
 const (
 	// Redact replaces the value with the rule's marker.
 	Redact Strategy = "redact"
-	// Partial keeps the last Keep letters and digits and stars the others;
-	// punctuation and spaces stay, so a card keeps its grouping.
+	// Partial keeps the last Keep letters and digits (at most half of them)
+	// and stars the others; punctuation and spaces stay, so a card keeps its
+	// grouping.
 	Partial Strategy = "partial"
 	// Hash replaces the value with kind:hex, the hex being the first 64
 	// bits of HMAC-SHA256 under the masking key: equal values give equal
@@ -95,13 +96,14 @@ func (e *engine) appendHash(dst, v []byte, k Kind) []byte {
 }
 
 // appendPartial stars every letter, digit and non-ASCII character except
-// the last keep of them.
+// the last keep of them, and never keeps more than half of them (a short
+// value keeps less, so "a@b.io" does not come out whole).
 func appendPartial(dst, v []byte, keep int) []byte {
-	n := 0 // characters that count
+	n := 0 // characters that count; stars too, so partial twice is partial once
 	for i := 0; i < len(v); {
 		c := v[i]
 		if c < utf8.RuneSelf {
-			if isAlnum(c) {
+			if isAlnum(c) || c == '*' {
 				n++
 			}
 			i++
@@ -111,11 +113,11 @@ func appendPartial(dst, v []byte, keep int) []byte {
 		n++
 		i += sz
 	}
-	star := n - keep
+	star := n - min(keep, n/2)
 	for i := 0; i < len(v); {
 		c := v[i]
 		if c < utf8.RuneSelf {
-			if isAlnum(c) {
+			if isAlnum(c) || c == '*' {
 				if star > 0 {
 					c = '*'
 				}
