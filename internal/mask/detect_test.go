@@ -250,7 +250,9 @@ func TestPrefixedTokens(t *testing.T) {
 		{"aws session key id", "id=ASIAY34FZKBOKMUTVV7A;", []string{"aws_access_key_id=ASIAY34FZKBOKMUTVV7A"}},
 		{"aws pair", "AKIAIOSFODNN7EXAMPLE wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", []string{"aws_access_key_id=AKIAIOSFODNN7EXAMPLE", "aws_secret_access_key=wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"}},
 		{"aws secret by name", "aws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", []string{"aws_secret_access_key=wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"}},
+		{"aws secret json", `{"SecretAccessKey": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"}`, []string{"aws_secret_access_key=wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"}},
 		{"aws secret alone", "value wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", nil},
+		{"aws secret word not assigned", "my secret wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", nil},
 		{"aws key id short", "AKIAIOSFODNN7EXAMPL", nil},
 		{"aws key id long", "AKIAIOSFODNN7EXAMPLEX", nil},
 		{"aws key id lower", "akiaiosfodnn7example", nil},
@@ -399,5 +401,17 @@ func TestMayMatch(t *testing.T) {
 		if got, want := mayMatch(s, set), naive(s); got != want {
 			t.Fatalf("%q: mayMatch %v, want %v", s, got, want)
 		}
+	}
+}
+
+// TestLinear: adversarial repetitions take time linear in their length
+// (a quadratic scan would take seconds on 1 MB).
+func TestLinear(t *testing.T) {
+	for _, unit := range []string{"eyJa_", "github_pat_", "glpat-", "xoxb-1", "a@", "a.", "-----BEGIN A PRIVATE KEY-----", "-----END B-----",
+		"4111 ", "+1 ", "1.", "f:", "GB82 ", "aB3_", "AKIA", "::", "(415) "} {
+		s := []byte(strings.Repeat(unit, 1<<20/len(unit)))
+		// must not hang (the test binary's timeout would catch it), and what
+		// it finds must be well formed
+		checkSpans(t, s, Detect(nil, s, AllKinds))
 	}
 }

@@ -169,6 +169,11 @@ func isDashTok(c byte) bool { return isAlnum(c) || c == '-' }
 func (d *detector) prefixed(i int) int {
 	s, set := d.s, d.set
 	r := s[i:]
+	if i > 0 && (s[i-1] == '_' || s[i-1] == '-') {
+		// inside a token of the same alphabet: looked at from its start,
+		// which also keeps "github_pat_github_pat_..." linear
+		return 0
+	}
 	switch s[i] {
 	case 'A':
 		if set.Has(KindAWSKeyID) && len(r) >= 20 && (bytes.HasPrefix(r, []byte("AKIA")) || bytes.HasPrefix(r, []byte("ASIA"))) {
@@ -264,8 +269,8 @@ func (d *detector) jwt(i int) int {
 func isTok(c byte) bool { return class[c]&(cAlnum|cTok) != 0 }
 
 // token looks at the base64/base64url/identifier token around the word
-// starting at s[i] (once per token): a 40-character one next to an AWS
-// access key id or the word "secret" is an AWS secret key; otherwise it is a
+// starting at s[i] (once per token): a 40-character one near an AWS access
+// key id or assigned to a name with "secret" in it is an AWS secret key; otherwise it is a
 // generic secret if highEntropy says so.
 func (d *detector) token(i int) int {
 	s := d.s
@@ -316,17 +321,34 @@ func awsSecretShape(v []byte) bool {
 	return up && lo && dg
 }
 
-// awsContext: an access key id within 256 bytes, or "secret" in any case
-// within the 64 bytes before.
+// awsContext: an access key id within 256 bytes, or an assignment to a
+// name containing "secret" (any case) right before: aws_secret_access_key =
+// ..., "SecretAccessKey": "...".
 func awsContext(s []byte, t, e int) bool {
 	lo, hi := max(0, t-256), min(len(s), e+256)
 	w := s[lo:hi]
 	if bytes.Contains(w, []byte("AKIA")) || bytes.Contains(w, []byte("ASIA")) {
 		return true
 	}
-	b := s[max(0, t-64):t]
-	for k := 0; k+6 <= len(b); k++ {
-		if bytes.EqualFold(b[k:k+6], []byte("secret")) {
+	j := t
+	skip := func() {
+		for j > 0 && j > t-16 && (s[j-1] == ' ' || s[j-1] == '"' || s[j-1] == '\'' || s[j-1] == '\t') {
+			j--
+		}
+	}
+	skip()
+	if j == 0 || s[j-1] != '=' && s[j-1] != ':' {
+		return false
+	}
+	j--
+	skip()
+	end := j
+	for j > 0 && end-j < 64 && (isAlnum(s[j-1]) || s[j-1] == '_' || s[j-1] == '-' || s[j-1] == '.') {
+		j--
+	}
+	name := s[j:end]
+	for k := 0; k+6 <= len(name); k++ {
+		if bytes.EqualFold(name[k:k+6], []byte("secret")) {
 			return true
 		}
 	}

@@ -3,7 +3,6 @@ package mask
 import (
 	"crypto/hmac"
 	"crypto/sha256"
-	"encoding/hex"
 	"hash"
 	"math/rand/v2"
 	"net/netip"
@@ -22,9 +21,9 @@ const (
 	// and stars the others; punctuation and spaces stay, so a card keeps its
 	// grouping.
 	Partial Strategy = "partial"
-	// Hash replaces the value with kind:hex, the hex being the first 64
-	// bits of HMAC-SHA256 under the masking key: equal values give equal
-	// results, so joins, DISTINCT and GROUP BY still work.
+	// Hash replaces the value with [kind:16 letters], 64 bits of
+	// HMAC-SHA256 under the masking key: equal values give equal results,
+	// so joins, DISTINCT and GROUP BY still work.
 	Hash Strategy = "hash"
 	// Null sends SQL NULL for a value masked whole; a found span inside a
 	// larger value cannot be null and gets the marker.
@@ -83,16 +82,23 @@ func appendMarker(dst []byte, marker string, k Kind) []byte {
 	return append(dst, marker...)
 }
 
-// appendHash writes kind:hex16. The kind is part of the output, not of the
-// MAC input, so the same value found by a column rule and by a detector
-// (an email column and an email inside concat()) hashes the same.
+// appendHash writes [kind:xxxxxxxxxxxxxxxx], 64 bits of the MAC as 16
+// letters a-p. The kind is part of the output, not of the MAC input, so the
+// same value found by a column rule and by a detector (an email column and
+// an email inside concat()) hashes the same. Letters, not hex digits, and
+// the brackets keep the result from ever looking like a card, a phone or,
+// glued to its neighbours, a secret: masking it again changes nothing.
 func (e *engine) appendHash(dst, v []byte, k Kind) []byte {
 	e.hash.Reset()
 	e.hash.Write(v)
 	sum := e.hash.Sum(e.sum[:0])
+	dst = append(dst, '[')
 	dst = append(dst, k.String()...)
 	dst = append(dst, ':')
-	return hex.AppendEncode(dst, sum[:8])
+	for _, b := range sum[:8] {
+		dst = append(dst, 'a'+b>>4, 'a'+b&15)
+	}
+	return append(dst, ']')
 }
 
 // appendPartial stars every letter, digit and non-ASCII character except
