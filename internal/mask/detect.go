@@ -141,22 +141,38 @@ func (d *detector) word(i int) int {
 	s, set := d.s, d.set
 	c := s[i]
 	if isDigit(c) {
-		if set.Has(KindPhone) {
+		// Look at the digit run and what follows once, and call only the
+		// detectors that can start with such a run: most numbers in a
+		// result (ids, amounts, dates) are turned away here.
+		j := i + 1
+		for j < len(s) && isDigit(s[j]) {
+			j++
+		}
+		run := j - i
+		var next, prev byte
+		if j < len(s) {
+			next = s[j]
+		}
+		if i > 0 {
+			prev = s[i-1]
+		}
+		sep := next == '-' || next == '.'
+		if set.Has(KindPhone) && (prev == '+' || prev == '(' || run == 3 && sep || run == 1 && c == '1' && sep) {
 			if e := d.phone(i); e > 0 {
 				return e
 			}
 		}
-		if set.Has(KindCard) {
+		if set.Has(KindCard) && (run >= 13 || run >= 4 && (next == ' ' || next == '-')) {
 			if e := d.card(i); e > 0 {
 				return e
 			}
 		}
-		if set.Has(KindSSN) {
+		if set.Has(KindSSN) && run == 3 && next == '-' {
 			if e := d.ssn(i); e > 0 {
 				return e
 			}
 		}
-		if set.Has(KindIPv4) {
+		if set.Has(KindIPv4) && run <= 3 && next == '.' {
 			if e := d.ipv4(i); e > 0 {
 				return e
 			}
@@ -172,8 +188,15 @@ func (d *detector) word(i int) int {
 		}
 	}
 	if set.Has(KindIPv6) && (class[c]&cHex != 0) {
-		if e := d.ipv6(i); e > 0 {
-			return e
+		// an address has a ':' after at most four hex digits, or starts with "::"
+		h := i + 1
+		for h < len(s) && h-i <= 4 && class[s[h]]&cHex != 0 {
+			h++
+		}
+		if h < len(s) && s[h] == ':' || i >= 2 && s[i-1] == ':' && s[i-2] == ':' {
+			if e := d.ipv6(i); e > 0 {
+				return e
+			}
 		}
 	}
 	if set.Has(KindSecret) || set.Has(KindAWSSecret) {

@@ -462,6 +462,9 @@ func (d *detector) ipv6(i int) int {
 	if colons < 2 || j < len(s) && isAlnum(s[j]) {
 		return 0
 	}
+	if !ipv6Shape(s[start:j]) {
+		return 0 // checked first: netip's errors allocate
+	}
 	// netip does not keep the string (no zone: '%' is never in the run),
 	// so a no-copy view is safe and keeps the scan allocation-free.
 	a, err := netip.ParseAddr(unsafe.String(&s[start], j-start))
@@ -550,4 +553,63 @@ func (d *detector) iban(i int) int {
 		return 0
 	}
 	return d.emit(i, j, KindIBAN)
+}
+
+// ipv6Shape checks the textual form: groups of one to four hex digits
+// separated by ':', at most one "::", eight groups (fewer with "::"), an
+// optional dotted quad at the end counting for two.
+func ipv6Shape(b []byte) bool {
+	groups, double, i := 0, false, 0
+	if len(b) >= 2 && b[0] == ':' && b[1] == ':' {
+		double, i = true, 2
+		if len(b) == 2 {
+			return true
+		}
+	}
+	for i < len(b) {
+		j := i
+		for j < len(b) && j-i < 5 && class[b[j]]&cHex != 0 {
+			j++
+		}
+		if j < len(b) && b[j] == '.' {
+			dots := 0
+			for _, c := range b[i:] {
+				if c == '.' {
+					dots++
+				} else if !isDigit(c) {
+					return false
+				}
+			}
+			if dots != 3 {
+				return false
+			}
+			groups += 2
+			break
+		}
+		if j == i || j-i > 4 {
+			return false
+		}
+		groups++
+		i = j
+		if i == len(b) {
+			break
+		}
+		if b[i] != ':' {
+			return false
+		}
+		i++
+		if i < len(b) && b[i] == ':' {
+			if double {
+				return false
+			}
+			double = true
+			i++
+		} else if i == len(b) {
+			return false
+		}
+	}
+	if double {
+		return groups <= 7
+	}
+	return groups == 8
 }

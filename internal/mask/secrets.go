@@ -387,24 +387,20 @@ func highEntropy(v []byte) bool {
 	if l < secretMin || l > secretMax {
 		return false
 	}
+	// classes first: digests and UUIDs (no upper case) stop here cheaply
+	var seen uint8
+	for _, c := range v {
+		seen |= class[c]
+	}
+	if seen&cAlnum != cAlnum {
+		return false
+	}
 	var cnt [128]uint16
-	var up, lo, dg bool
 	for _, c := range v {
 		if c >= 128 {
 			return false
 		}
 		cnt[c]++
-		switch {
-		case isUpper(c):
-			up = true
-		case c-'a' < 26:
-			lo = true
-		case isDigit(c):
-			dg = true
-		}
-	}
-	if !up || !lo || !dg {
-		return false
 	}
 	if (cnt['+'] != 0 || cnt['/'] != 0) && (cnt['-'] != 0 || cnt['_'] != 0) {
 		return false // two base64 alphabets at once: a path or a name, not one encoding
