@@ -102,7 +102,8 @@ func reservedDomain(dom []byte) bool {
 // ---- PEM private keys ----
 
 var (
-	pemBegin = []byte("-----BEGIN ")
+	pemBeginWord = []byte("BEGIN ")
+	pemBegin     = []byte("-----BEGIN ")
 	pemEnd   = []byte("-----END ")
 	pemDash  = []byte("-----")
 )
@@ -114,12 +115,18 @@ func (d *detector) pemKeys() {
 	s := d.s
 	from := 0
 	for from < len(s) {
-		k := bytes.Index(s[from:], pemBegin)
+		// "BEGIN " rather than the dashes: values full of dates have dashes
+		// everywhere, which would make the search stop at each one
+		k := bytes.Index(s[from:], pemBeginWord)
 		if k < 0 {
 			return
 		}
-		b := from + k
-		ls := b + len(pemBegin)
+		b := from + k - 5
+		ls := from + k + len(pemBeginWord)
+		if b < 0 || !bytes.HasPrefix(s[b:], pemBegin) {
+			from = ls
+			continue
+		}
 		le := bytes.Index(s[ls:], pemDash)
 		if le < 0 || le > 64 {
 			from = ls
@@ -276,6 +283,9 @@ func (d *detector) token(i int) int {
 	s := d.s
 	if i < d.tokEnd {
 		return 0
+	}
+	if w := runOf(s, i, isAlnum); w-i < secretMin && (w == len(s) || !isTok(s[w]) && s[w] != '=') && (i == 0 || !isTok(s[i-1])) {
+		return 0 // a lone short word: the common case, settled without the token scan
 	}
 	t := i
 	for t > d.tokEnd && isTok(s[t-1]) {
