@@ -104,8 +104,8 @@ func reservedDomain(dom []byte) bool {
 var (
 	pemBeginWord = []byte("BEGIN ")
 	pemBegin     = []byte("-----BEGIN ")
-	pemEnd   = []byte("-----END ")
-	pemDash  = []byte("-----")
+	pemEnd       = []byte("-----END ")
+	pemDash      = []byte("-----")
 )
 
 // pemKeys finds PEM blocks whose label ends in PRIVATE KEY (PKCS#1, PKCS#8,
