@@ -90,8 +90,19 @@ func mayMatch(s []byte, set KindSet) bool {
 			return true
 		}
 	}
-	if set.Has(KindAWSKeyID) && (bytes.Contains(s, []byte("AKIA")) || bytes.Contains(s, []byte("ASIA"))) {
-		return true
+	if set.Has(KindAWSKeyID) {
+		// AKIA and ASIA share "IA": one search instead of two
+		for k := 2; k < len(s); {
+			j := bytes.Index(s[k:], []byte("IA"))
+			if j < 0 {
+				break
+			}
+			k += j
+			if s[k-2] == 'A' && (s[k-1] == 'K' || s[k-1] == 'S') {
+				return true
+			}
+			k++
+		}
 	}
 	return set.Has(KindJWT) && bytes.Contains(s, []byte("eyJ"))
 }
@@ -162,7 +173,7 @@ func (d *detector) word(i int) int {
 				return e
 			}
 		}
-		if set.Has(KindCard) && (run >= 13 || run >= 4 && (next == ' ' || next == '-')) {
+		if set.Has(KindCard) && (run >= 13 || (next == ' ' || sep) && (run >= 4 || prev != ' ' && prev != '-' && prev != '.')) {
 			if e := d.card(i); e > 0 {
 				return e
 			}

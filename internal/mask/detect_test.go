@@ -101,6 +101,8 @@ func TestCard(t *testing.T) {
 		{"visa", "4111111111111111", []string{"card=4111111111111111"}},
 		{"visa spaced", "card 4111 1111 1111 1111 exp 12/27", []string{"card=4111 1111 1111 1111"}},
 		{"visa dashed", "4111-1111-1111-1111", []string{"card=4111-1111-1111-1111"}},
+		{"visa dotted", "4111.1111.1111.1111", []string{"card=4111.1111.1111.1111"}},
+		{"one digit per group", "4 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1", []string{"card=4 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1"}},
 		{"visa 13", "4222222222222", []string{"card=4222222222222"}},
 		{"mastercard", "5555555555554444", []string{"card=5555555555554444"}},
 		{"mastercard 2-series", "2223003122003222", []string{"card=2223003122003222"}},
@@ -386,6 +388,16 @@ func TestMayMatch(t *testing.T) {
 			if got, want := mayMatch(buf, set), naive(buf); got != want {
 				t.Fatalf("byte %#x at %d: mayMatch %v, want %v", b, pos, got, want)
 			}
+		}
+	}
+	for _, s := range []string{"AKIAAAAAAAAAAAAAAAAA", "xASIABCDEFGHIJKLMNOPQ", "eyJhbGciOiJub25lIn0", "IAKIA"} {
+		if !mayMatch([]byte(s), AllKinds) {
+			t.Errorf("mayMatch(%q) = false: digit-free AWS key ids and JWTs must pass", s)
+		}
+	}
+	for _, s := range []string{"IA", "AIA", "AKI", "KIA ASI eyj"} {
+		if mayMatch([]byte(s), AllKinds) {
+			t.Errorf("mayMatch(%q) = true", s)
 		}
 	}
 	r := rand.New(rand.NewPCG(3, 3))

@@ -101,8 +101,8 @@ func luhn(d []byte) bool {
 	return sum%10 == 0
 }
 
-// card finds 13-19 digits, optionally grouped by single spaces or dashes
-// (one kind per number), that pass Luhn and fall in a network's IIN range.
+// card finds 13-19 digits, optionally grouped by single spaces, dashes or
+// dots (one kind per number), that pass Luhn and fall in a network's IIN range.
 // Every group boundary is tried, longest first, so a card followed by
 // another number separated the same way is still found.
 func (d *detector) card(i int) int {
@@ -130,7 +130,7 @@ func (d *detector) card(i int) int {
 		}
 		// group end
 		at[n-1], ends[n-1] = true, j
-		if (c == ' ' || c == '-') && (sep == 0 || sep == c) && j+1 < len(s) && isDigit(s[j+1]) {
+		if (c == ' ' || c == '-' || c == '.') && (sep == 0 || sep == c) && j+1 < len(s) && isDigit(s[j+1]) {
 			sep = c
 			j++
 			continue
