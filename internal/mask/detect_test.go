@@ -86,6 +86,7 @@ func TestPhone(t *testing.T) {
 		{"cc 0", "+0 415 555 2671", nil},
 		{"compact too short", "+441234567", nil},
 		{"too long", "+1234567890123456", nil},
+		{"followed by a long number", "+44 20 7946 0958 12345678", []string{"phone=+44 20 7946 0958"}},
 		{"date", "2024-05-01", nil},
 		{"time", "12:30:45", nil},
 		{"timestamp offset", "2024-01-01T10:00:00+01:00", nil},

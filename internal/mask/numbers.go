@@ -251,11 +251,13 @@ func (d *detector) e164(p int) int {
 	var at [15]bool
 	n, seps, open := 0, 0, 0
 	j := p + 1
+	long := false
 	for j < len(s) {
 		c := s[j]
 		if isDigit(c) {
 			if n == 15 {
-				return 0 // longer than any phone number
+				long = true // past any phone number: only earlier group ends count
+				break
 			}
 			digits[n] = c
 			n++
@@ -285,7 +287,7 @@ func (d *detector) e164(p int) int {
 		seps++
 		j = k
 	}
-	if j == len(s) && n > 0 {
+	if j == len(s) && n > 0 && !long {
 		at[n-1], ends[n-1] = true, j
 	}
 	minDigits := 8
