@@ -65,30 +65,47 @@ func isAlnum(c byte) bool { return class[c]&cAlnum != 0 }
 const lo8 = 0x0101010101010101
 const hi8 = 0x8080808080808080
 
-// hasZero reports whether any byte of x is zero.
-func hasZero(x uint64) bool { return (x-lo8)&^x&hi8 != 0 }
+// zeroBytes is non-zero when some byte of x is zero.
+func zeroBytes(x uint64) uint64 { return (x - lo8) &^ x & hi8 }
 
-// hasBetween reports whether any byte b of x has m < b < n (m ≤ 127, n ≤ 128).
-func hasBetween(x uint64, m, n uint64) bool {
-	return (lo8*(127+n)-(x&(lo8*127)))&^x&((x&(lo8*127))+lo8*(127-m))&hi8 != 0
+// betweenBytes is non-zero when some byte b of x has m < b < n (m ≤ 127,
+// n ≤ 128).
+func betweenBytes(x uint64, m, n uint64) uint64 {
+	return (lo8*(127+n) - (x & (lo8 * 127))) &^ x & ((x & (lo8 * 127)) + lo8*(127-m)) & hi8
+}
+
+// triggers is non-zero when x holds a digit, ':' or '@' ('-' and '_' are
+// looked for with IndexByte, which is faster than two more tests here).
+func triggers(x uint64) uint64 {
+	return betweenBytes(x, '0'-1, ':'+1) | zeroBytes(x^(lo8*'@'))
 }
 
 // mayMatch is the fast reject: every detector needs a digit, '@', ':', '-'
 // or '_' somewhere in the value, except an all-letter AWS key id and a JWT
-// whose parts hold no digit, which are looked for by their prefix.
+// whose parts hold no digit, which are looked for by their prefix. It
+// reads 32 bytes per step, eight at a time in registers.
 func mayMatch(s []byte, set KindSet) bool {
 	i := 0
+	for ; i+32 <= len(s); i += 32 {
+		b := s[i : i+32 : i+32]
+		if triggers(binary.LittleEndian.Uint64(b[0:]))|triggers(binary.LittleEndian.Uint64(b[8:]))|
+			triggers(binary.LittleEndian.Uint64(b[16:]))|triggers(binary.LittleEndian.Uint64(b[24:])) != 0 {
+			return true
+		}
+	}
 	for ; i+8 <= len(s); i += 8 {
-		x := binary.LittleEndian.Uint64(s[i:])
-		if hasBetween(x, '0'-1, ':'+1) || hasZero(x^(lo8*'@')) || hasZero(x^(lo8*'-')) || hasZero(x^(lo8*'_')) {
+		if triggers(binary.LittleEndian.Uint64(s[i:])) != 0 {
 			return true
 		}
 	}
 	for ; i < len(s); i++ {
 		c := s[i]
-		if c >= '0' && c <= ':' || c == '@' || c == '-' || c == '_' {
+		if c >= '0' && c <= ':' || c == '@' {
 			return true
 		}
+	}
+	if bytes.IndexByte(s, '-') >= 0 || bytes.IndexByte(s, '_') >= 0 {
+		return true
 	}
 	if set.Has(KindAWSKeyID) {
 		// AKIA and ASIA share "IA": one search instead of two

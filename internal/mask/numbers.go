@@ -442,7 +442,7 @@ func (d *detector) ipv6(i int) int {
 	j, colons := i, 0
 	for j < len(s) && j-start < 46 {
 		c := s[j]
-		if class[c]&cHex != 0 || c == '.' {
+		if class[c]&cHex != 0 || c == '.' && j > i && isDigit(s[j-1]) && j+1 < len(s) && isDigit(s[j+1]) {
 			j++
 		} else if c == ':' {
 			colons++
