@@ -132,6 +132,18 @@ func (m *Masker) Column(src Source) Column {
 	return Column{m: m, plan: pl}
 }
 
+// Columns decides every field of a RowDescription at once, appending to
+// dst. any is false when no field can change: the result's DataRows can
+// then be forwarded without being decoded.
+func (m *Masker) Columns(dst []Column, srcs []Source) (cols []Column, any bool) {
+	for _, s := range srcs {
+		c := m.Column(s)
+		any = any || c.Masks()
+		dst = append(dst, c)
+	}
+	return dst, any
+}
+
 // Masks says whether values of the column can change.
 func (c Column) Masks() bool { return c.whole > 0 || c.plan != nil }
 

@@ -115,6 +115,21 @@ func TestColumnPlan(t *testing.T) {
 	}
 }
 
+func TestColumns(t *testing.T) {
+	m := testMasker(t, agent)
+	_, any := m.Columns(nil, []Source{{"public", "users", "name"}, {"public", "orders", "total"}})
+	if any {
+		t.Error("a result of unnamed source columns needs no masking")
+	}
+	cols, any := m.Columns(nil, []Source{{"public", "users", "name"}, {"public", "users", "email"}})
+	if !any || cols[0].Masks() || !cols[1].Masks() {
+		t.Errorf("Columns: any %v, masks %v %v", any, cols[0].Masks(), cols[1].Masks())
+	}
+	if _, any := m.Columns(nil, []Source{{}}); !any {
+		t.Error("a computed column goes through the detectors")
+	}
+}
+
 func TestScope(t *testing.T) {
 	rs, err := Compile(testPolicy(t), testKey)
 	if err != nil {
