@@ -339,7 +339,7 @@ func (e *engine) fakeIBAN(dst, v []byte) []byte {
 	start := len(dst)
 	var chars [34]byte
 	n := 0
-	for i, c := range v {
+	for _, c := range v {
 		if c == ' ' {
 			dst = append(dst, c)
 			continue
@@ -353,7 +353,6 @@ func (e *engine) fakeIBAN(dst, v []byte) []byte {
 		case isUpper(c):
 			c = e.lower() - 32
 		}
-		_ = i
 		if n < 34 {
 			chars[n] = c
 		}
