@@ -73,11 +73,13 @@
 // in the documentation ranges, and for anything else the same shape
 // (letters stay letters, digits digits). Credentials get the marker.
 //
-// Masking is idempotent for redact, hash and null and for the fakes the
-// detectors ignore by design (reserved email domains, card IIN 9, SSN area
-// 9xx, documentation IP ranges): masking the output again changes nothing.
-// Fake phones and IBANs are phones and IBANs again, and partial may leave a
-// detectable tail (the last digits of an address).
+// Masking is idempotent for redact, hash and null (when a replacement
+// leaves a fragment that now reads as a value, the output is masked again
+// until nothing is found) and for the fakes the detectors ignore by design
+// (reserved email domains, card IIN 9, SSN area 9xx, documentation IP
+// ranges): masking the output again changes nothing. Fake phones and IBANs
+// are phones and IBANs again, and partial may leave a detectable tail (the
+// last digits of an address).
 //
 // # Hot path
 //

@@ -30,8 +30,21 @@ const (
 // plan is which detectors run on a column and which rule each one's finds
 // fall under.
 type plan struct {
-	kinds KindSet
-	rule  [numKinds]int16
+	kinds   KindSet
+	rule    [numKinds]int16
+	settles bool // every rule in the plan redacts, hashes or nulls
+}
+
+func (m *Masker) settle(p *plan) {
+	p.settles = true
+	for k := KindPEMKey; k < numKinds; k++ {
+		if p.kinds.Has(k) {
+			switch m.rs.rules[p.rule[k]].spec.Strategy {
+			case Partial, Fake:
+				p.settles = false
+			}
+		}
+	}
 }
 
 // Masker applies the rules in force for one session. Column is cheap but
@@ -45,6 +58,7 @@ type Masker struct {
 	counts   []atomic.Uint64 // rule × kind
 	eng      *engine
 	spans    []Span
+	tmp      []byte
 }
 
 // ForSubject returns a Masker with the rules that apply to s.
@@ -74,6 +88,7 @@ func (rs *RuleSet) Masker(in func(*Rule) bool) *Masker {
 			}
 		}
 	}
+	m.settle(&m.computed)
 	return m
 }
 
@@ -129,6 +144,7 @@ func (m *Masker) Column(src Source) Column {
 	if pl == nil {
 		return Column{}
 	}
+	m.settle(pl)
 	return Column{m: m, plan: pl}
 }
 
@@ -280,6 +296,35 @@ func (m *Masker) maskSpans(dst, v []byte, p *plan, json bool) ([]byte, Result) {
 		m.spans = sp[:0]
 		return dst, Unchanged
 	}
+	start := len(dst)
+	dst = m.replace(dst, v, sp, p, json)
+	// A replacement can make a leftover fragment look like a value of its
+	// own (a marker gives it a word boundary it did not have). Where every
+	// strategy in the plan settles (redact, hash, null), mask the output
+	// again until nothing is found, so masking twice is masking once. The
+	// replaced text shrinks each round; three rounds are plenty, and then
+	// the value is masked whole.
+	if p.settles {
+		for round := 0; ; round++ {
+			sp = Detect(m.spans[:0], dst[start:], p.kinds)
+			if len(sp) == 0 {
+				break
+			}
+			if round == 3 {
+				ri := int(p.rule[sp[0].Kind])
+				dst = appendMarker(dst[:start], m.rs.rules[ri].marker, sp[0].Kind)
+				break
+			}
+			m.tmp = append(m.tmp[:0], dst[start:]...)
+			dst = m.replace(dst[:start], m.tmp, sp, p, json)
+		}
+	}
+	m.spans = sp[:0]
+	return dst, Masked
+}
+
+// replace appends v with the spans sp replaced by their rules' strategies.
+func (m *Masker) replace(dst, v []byte, sp []Span, p *plan, json bool) []byte {
 	var quoted []bool // for JSON: which spans sit inside a string
 	if json {
 		quoted = inJSONString(v, sp)
@@ -317,8 +362,7 @@ func (m *Masker) maskSpans(dst, v []byte, p *plan, json bool) ([]byte, Result) {
 		}
 		prev = s.End
 	}
-	m.spans = sp[:0]
-	return append(dst, v[prev:]...), Masked
+	return append(dst, v[prev:]...)
 }
 
 func allDigits(b []byte) bool {
