@@ -35,9 +35,10 @@
 // columns are source columns masked whole: a pattern is column,
 // table.column or schema.table.column, matched against the column a result
 // field comes from (RowDescription's table OID and attribute number looked
-// up in the catalog), so an alias, a view over the table with the policy on
-// the table resolved by the caller, t.* or a subquery cannot dodge it. Each
-// part is a glob where * matches any run; matching ignores ASCII case.
+// up in the catalog), so an alias, t.* or a subquery cannot dodge it; nor
+// can a view, once the caller resolves the view's column to its table (or
+// the policy names the view). Each part is a glob where * matches any run;
+// matching ignores ASCII case.
 //
 // detectors name value detectors (email, phone, card, us_ssn, iban, ipv4,
 // ipv6, jwt, pem_private_key, aws_access_key_id, aws_secret_access_key,
@@ -66,8 +67,7 @@
 // masking key: equal values stay equal, across column rules and detectors,
 // so joins and GROUP BY still work. null sends SQL NULL for a value masked
 // whole (a span inside a value gets the marker). fake writes a made-up value
-// of the same format, deterministic under the key (see engine.appendFake):
-// an email at example.com, a Luhn-valid card starting with 9, an SSN in the
+// of the same format, deterministic under the key: an email at example.com, a Luhn-valid card starting with 9, an SSN in the
 // never-issued 9xx area, a phone with the same layout (555-01xx in North
 // America), an IBAN of the same country with valid check digits, addresses
 // in the documentation ranges, and for anything else the same shape
