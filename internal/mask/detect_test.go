@@ -428,3 +428,40 @@ func TestLinear(t *testing.T) {
 		checkSpans(t, s, Detect(nil, s, AllKinds))
 	}
 }
+
+// TestPostgresShapes: the text PostgreSQL produces for computed columns
+// and side channels, with what each must yield.
+func TestPostgresShapes(t *testing.T) {
+	const card, email = "4111111111111111", "alice@corp.com"
+	for _, c := range []struct {
+		name, in string
+		want []Kind
+	}{
+		{"row_to_json", `{"id":1,"email":"alice@corp.com","card":"4111111111111111"}`, []Kind{KindEmail, KindCard}},
+		{"json_agg", `[{"email":"alice@corp.com"}, {"email":"bob@corp.io"}]`, []Kind{KindEmail, KindEmail}},
+		{"string_agg", "alice@corp.com, bob@corp.io", []Kind{KindEmail, KindEmail}},
+		{"array_agg", "{alice@corp.com,bob@corp.io}", []Kind{KindEmail, KindEmail}},
+		{"record", `(1,alice@corp.com,"4111 1111 1111 1111")`, []Kind{KindEmail, KindCard}},
+		{"hstore", `"email"=>"alice@corp.com", "card"=>"4111-1111-1111-1111"`, []Kind{KindEmail, KindCard}},
+		{"copy text", "1\talice@corp.com\t4111111111111111\t\\N\n", []Kind{KindEmail, KindCard}},
+		{"copy csv", `1,"alice@corp.com","4111 1111 1111 1111"`, []Kind{KindEmail, KindCard}},
+		{"upper", "ALICE@CORP.COM", []Kind{KindEmail}},
+		{"concat glued", "x" + card + "y", []Kind{KindCard}},
+		{"concat with email", "id:" + email, []Kind{KindEmail}},
+		{"bigint cast", card, []Kind{KindCard}},
+		{"numeric cast", card + ".00", []Kind{KindCard}},
+		{"unique violation detail", "Key (email)=(alice@corp.com) already exists.", []Kind{KindEmail}},
+		{"fk detail", `Key (card)=(4111111111111111) is not present in table "cards".`, []Kind{KindCard}},
+		{"notify payload", `{"op":"insert","ssn":"536-22-8726","ip":"10.20.30.40"}`, []Kind{KindSSN, KindIPv4}},
+		{"inet", "10.20.30.40/32", []Kind{KindIPv4}},
+		{"format()", "card=4111 1111 1111 1111; phone=+1 415 555 2671", []Kind{KindCard, KindPhone}},
+	} {
+		var got []Kind
+		for _, sp := range Detect(nil, []byte(c.in), AllKinds) {
+			got = append(got, sp.Kind)
+		}
+		if fmt.Sprint(got) != fmt.Sprint(c.want) {
+			t.Errorf("%s: %q found %v, want %v", c.name, c.in, got, c.want)
+		}
+	}
+}
