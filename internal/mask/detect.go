@@ -152,7 +152,13 @@ func (d *detector) run() {
 			i++
 			continue
 		}
-		if end := d.word(i); end > i {
+		var end int
+		if i > 0 && isAlnum(s[i-1]) {
+			end = d.glued(i)
+		} else {
+			end = d.word(i)
+		}
+		if end > i {
 			i = end
 			continue
 		}
@@ -162,6 +168,33 @@ func (d *detector) run() {
 }
 
 func letterDigit(s []byte, i int) bool { return isDigit(s[i]) && !isDigit(s[i-1]) }
+
+// glued tries the detectors that may find a value glued to letters before
+// it (cards and SSNs) at the digits s[i:].
+func (d *detector) glued(i int) int {
+	s := d.s
+	j := i + 1
+	for j < len(s) && isDigit(s[j]) {
+		j++
+	}
+	run := j - i
+	if run < 3 {
+		return 0 // hex digests and ids: the common case
+	}
+	var next byte
+	if j < len(s) {
+		next = s[j]
+	}
+	if d.set.Has(KindCard) && (run >= 13 || run >= 4 && (next == ' ' || next == '-' || next == '.')) {
+		if e := d.card(i); e > 0 {
+			return e
+		}
+	}
+	if d.set.Has(KindSSN) && run == 3 && next == '-' {
+		return d.ssn(i)
+	}
+	return 0
+}
 
 // word tries the detectors that can start at the word beginning at s[i]; it
 // returns the end of what it found, or 0.

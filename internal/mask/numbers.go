@@ -370,7 +370,7 @@ func (d *detector) nanpFormat(p int) int {
 // ---- IP addresses ----
 
 // ipv4 finds dotted quads (no leading zeros). The documentation ranges
-// (192.0.2.0/24, 198.51.100.0/24, 203.0.113.0/24), 0.0.0.0 and loopback
+// (192.0.2.0/24, 198.51.100.0/24, 203.0.113.0/24), x.0.0.0 and loopback
 // are not sensitive and are left alone, which also makes the fake strategy's
 // documentation addresses stable when masked again.
 func (d *detector) ipv4(i int) int {
@@ -401,8 +401,8 @@ func (d *detector) ipv4(i int) int {
 	if !rightFree(s, j) {
 		return 0
 	}
-	if !sensitiveAddr(netip.AddrFrom4(a)) {
-		return 0
+	if a[1] == 0 && a[2] == 0 && a[3] == 0 || !sensitiveAddr(netip.AddrFrom4(a)) {
+		return 0 // x.0.0.0 is a network, and in user agents a version (Chrome/126.0.0.0)
 	}
 	return d.emit(i, j, KindIPv4)
 }
