@@ -68,6 +68,12 @@ var agent = Subject{Connection: "prod", Groups: []string{"agents"}, Process: "ag
 
 func TestPolicyYAML(t *testing.T) {
 	p := testPolicy(t)
+	if err := p.Validate(); err != nil {
+		t.Fatalf("Validate: %v", err)
+	}
+	if err := (&Policy{KeyFile: "mask.key", Rules: p.Rules}).Validate(); err == nil || !strings.Contains(err.Error(), "absolute") {
+		t.Errorf("relative key_file: %v", err)
+	}
 	if p.KeyFile != "/etc/airlock/mask.key" || len(p.Rules) != 5 {
 		t.Fatalf("decoded %+v", p)
 	}
@@ -409,6 +415,13 @@ func TestPolicyErrors(t *testing.T) {
 		{"marker quote", with(func(r *Rule) { r.Marker = `"x"` }), "rules[0].marker", "without quotes"},
 		{"marker detected", with(func(r *Rule) { r.Marker = "bob@corp.com" }), "rules[0].marker", "looks like a email"},
 	}
+	cases = append(cases,
+		struct {
+			name  string
+			rules []Rule
+			path  string
+			msg   string
+		}{"hash without key", with(func(r *Rule) { r.Strategy = Hash }), "key_file", "needs a key"})
 	for _, c := range cases {
 		err := (&Policy{Rules: c.rules}).Validate()
 		var fe *FieldError

@@ -160,10 +160,27 @@ type compiled struct {
 	marker  string
 }
 
-// Validate checks the policy without a key (for `airlockd check`).
+// Validate checks the policy without reading the key (for `airlockd
+// check`): the rules, and that key_file is an absolute path when a rule
+// hashes or fakes.
 func (p *Policy) Validate() error {
-	_, err := compileRules(p.Rules)
-	return err
+	rules, err := compileRules(p.Rules)
+	if err != nil {
+		return err
+	}
+	for i, r := range rules {
+		if r.spec.Strategy != Hash && r.spec.Strategy != Fake {
+			continue
+		}
+		if p.KeyFile == "" {
+			return &FieldError{Path: "key_file", Msg: fmt.Sprintf("rules[%d] uses the %s strategy, which needs a key: give a root-only file of at least %d random bytes", i, r.spec.Strategy, MinKeyLen)}
+		}
+		if !strings.HasPrefix(p.KeyFile, "/") {
+			return &FieldError{Path: "key_file", Msg: fmt.Sprintf("%q must be an absolute path", p.KeyFile)}
+		}
+		break
+	}
+	return nil
 }
 
 func compileRules(rules []Rule) ([]compiled, error) {
