@@ -436,7 +436,7 @@ func TestPostgresShapes(t *testing.T) {
 	const card, email = "4111111111111111", "alice@corp.com"
 	for _, c := range []struct {
 		name, in string
-		want []Kind
+		want     []Kind
 	}{
 		{"row_to_json", `{"id":1,"email":"alice@corp.com","card":"4111111111111111"}`, []Kind{KindEmail, KindCard}},
 		{"json_agg", `[{"email":"alice@corp.com"}, {"email":"bob@corp.io"}]`, []Kind{KindEmail, KindEmail}},
