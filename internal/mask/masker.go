@@ -171,8 +171,9 @@ func (c Column) JSON() Column {
 	return c
 }
 
-// Mask masks one text-format value. With Unchanged nothing is appended and
-// the original value goes out as it is; no allocation happens then.
+// Mask masks one text-format value, appending the result to dst (which
+// must not overlap v). With Unchanged nothing is appended and the original
+// value goes out as it is; no allocation happens then.
 func (c Column) Mask(dst, v []byte) ([]byte, Result) {
 	if c.whole > 0 {
 		return c.m.maskWhole(dst, v, c.whole-1, c.json)
