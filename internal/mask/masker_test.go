@@ -473,3 +473,25 @@ func TestSettles(t *testing.T) {
 		}
 	}
 }
+
+// TestCountsWhileMasking: the session record may read the counters while
+// the relay masks (run with -race).
+func TestCountsWhileMasking(t *testing.T) {
+	m := testMasker(t, agent)
+	c := m.Column(Source{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := 0; i < 200; i++ {
+			_ = m.Counts()
+		}
+	}()
+	for i := 0; i < 200; i++ {
+		c.Mask(nil, []byte("card 4111 1111 1111 1111"))
+	}
+	<-done
+	got := m.Counts()
+	if len(got) != 1 || got[0].Rule != "cards" || got[0].Detector != "card" || got[0].Values != 200 {
+		t.Errorf("Counts = %+v, want cards/card 200", got)
+	}
+}
