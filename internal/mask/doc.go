@@ -1,0 +1,118 @@
+// Package mask finds sensitive values and replaces them: the value-level
+// core of result masking. It does no I/O; the PostgreSQL proxy resolves
+// where each result column comes from and calls it on the values that need
+// it.
+//
+// # Rules
+//
+// The masking: section of the policy decodes into Policy:
+//
+//	masking:
+//	  key_file: /etc/airlock/mask.key   # ≥ 32 bytes, root-only; needed by hash and fake
+//	  rules:
+//	    - name: emails                  # required, unique; labels the counters
+//	      columns: [public.users.email, "crm.*.email*"]
+//	      detectors: [email]
+//	      strategy: hash                # redact | partial | hash | null | fake
+//	    - name: cards
+//	      columns: ["*.payments.card_number"]
+//	      detectors: [card]
+//	      strategy: partial
+//	      keep: 4                       # partial only; default 4
+//	    - name: credentials
+//	      detectors: [tokens, secret]
+//	      scan: [public.tickets.body]   # free-text columns the detectors also read
+//	      strategy: redact
+//	      marker: "[{kind}]"            # default [redacted]; {kind} is the detector's name
+//	    - name: phones-for-agents
+//	      columns: [public.users.phone]
+//	      strategy: fake
+//	      connections: [prod]           # scope: empty lists mean everyone
+//	      groups: [agents]
+//	      except_groups: [dba]
+//	      processes: [agent]
+//
+// columns are source columns masked whole: a pattern is column,
+// table.column or schema.table.column, matched against the column a result
+// field comes from (RowDescription's table OID and attribute number looked
+// up in the catalog), so an alias, t.* or a subquery cannot dodge it; nor
+// can a view, once the caller resolves the view's column to its table (or
+// the policy names the view). Each part is a glob where * matches any run;
+// matching ignores ASCII case.
+//
+// detectors name value detectors (email, phone, card, us_ssn, iban, ipv4,
+// ipv6, jwt, pem_private_key, aws_access_key_id, aws_secret_access_key,
+// github_token, gitlab_token, slack_token, secret; and the groups ip,
+// aws_keys, tokens, all). They run on every column that has no source
+// (expressions, casts, concat, row_to_json, json_agg, string_agg...), on
+// the columns listed in scan, and on free text given to Masker.Text
+// (NOTICE/ERROR fields, NOTIFY payloads, audit samples). Only what a
+// detector finds is replaced, the rest of the value stays. A column with a
+// source that no rule names is not looked at: that is the fast path.
+//
+// A rule with both columns and detectors masks its columns whole and the
+// same kind of value wherever it shows up in computed columns. The first
+// rule (in policy order) naming a column decides it; for a detector, the
+// first rule in force listing it decides the strategy of its finds.
+//
+// Scope (connections, groups, except_groups, processes) is decided by the
+// caller per session: RuleSet.ForSubject uses Rule.Applies, RuleSet.Masker
+// takes any predicate.
+//
+// # Strategies
+//
+// redact writes the marker. partial keeps the last keep letters and digits
+// (never more than half) and stars the rest. hash writes
+// [kind:16 letters], 64 bits of HMAC-SHA256 under a key derived from the
+// masking key: equal values stay equal, across column rules and detectors,
+// so joins and GROUP BY still work. null sends SQL NULL for a value masked
+// whole (a span inside a value gets the marker). fake writes a made-up value
+// of the same format, deterministic under the key: an email at example.com, a Luhn-valid card starting with 9, an SSN in the
+// never-issued 9xx area, a phone with the same layout (555-01xx in North
+// America), an IBAN of the same country with valid check digits, addresses
+// in the documentation ranges, and for anything else the same shape
+// (letters stay letters, digits digits). Credentials get the marker.
+//
+// Masking is idempotent for redact, hash and null (when a replacement
+// leaves a fragment that now reads as a value, the output is masked again
+// until nothing is found) and for the fakes the detectors ignore by design
+// (reserved email domains, card IIN 9, SSN area 9xx, documentation IP
+// ranges): masking the output again changes nothing. Fake phones and IBANs
+// are phones and IBANs again, and partial may leave a detectable tail (the
+// last digits of an address).
+//
+// # Hot path
+//
+//	m := ruleSet.ForSubject(subject)    // per session
+//	col := m.Column(source)             // per RowDescription field; keep it
+//	if !col.Masks() { forward the field untouched }
+//	out, r := col.Mask(buf[:0], value)  // per value: Unchanged, Masked or Nulled
+//
+// Column and Mask do not allocate; a value in which nothing is found costs
+// one pass: a word-at-a-time check rejects values with none of the bytes a
+// detector needs, other values get a single scan that dispatches on digit
+// runs and word starts. A Masker's scratch space makes Mask and Text
+// single-goroutine; Counts (masked values per rule and detector, "column"
+// for whole values) can be read at any time.
+//
+// # Binary format
+//
+// Column.MaskBinary handles the types whose binary form is their text
+// (text, varchar, bpchar, name, unknown, json) and jsonb (a version byte,
+// then text). For any other type of a column that Masks, the caller must
+// not forward binary values: request text format for that column in Bind,
+// or send NULL. Use Column.JSON for json and jsonb columns in text format,
+// so replacements outside JSON strings are quoted and the document stays
+// valid.
+//
+// # Limits
+//
+// Detectors read text as it is: a value the query transformed on purpose
+// (reverse, translate, encode(..., 'base64'), digits spelled out, an email
+// with its '@' replaced) is not found. The guarantee for configured columns
+// comes from source resolution, not from detectors. Also: nine-digit SSNs
+// without dashes, national phone formats outside North America without a
+// leading +, lower-case IBANs, hex-only or single-case secrets and base64
+// blobs over 256 characters are not detected, to keep false positives on
+// plain numbers, digests and ids down.
+package mask

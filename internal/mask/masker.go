@@ -1,0 +1,423 @@
+package mask
+
+import (
+	"bytes"
+	"sync/atomic"
+)
+
+// Source is where a result column comes from, as the caller resolved
+// RowDescription's table OID and attribute number in the catalog. The zero
+// Source is "no source": an expression, a function result, a cast.
+type Source struct {
+	Schema, Table, Column string
+}
+
+// Known says whether the column has a source.
+func (s Source) Known() bool { return s.Table != "" || s.Column != "" }
+
+// Result says what Mask did.
+type Result uint8
+
+const (
+	// Unchanged: forward the original value; nothing was appended.
+	Unchanged Result = iota
+	// Masked: the masked value was appended to dst; send it instead.
+	Masked
+	// Nulled: send SQL NULL (length -1) instead of the value.
+	Nulled
+)
+
+// plan is which detectors run on a column and which rule each one's finds
+// fall under.
+type plan struct {
+	kinds   KindSet
+	rule    [numKinds]int16
+	settles bool // every rule in the plan redacts, hashes or nulls
+}
+
+func (m *Masker) settle(p *plan) {
+	p.settles = true
+	for k := KindPEMKey; k < numKinds; k++ {
+		if p.kinds.Has(k) {
+			switch m.rs.rules[p.rule[k]].spec.Strategy {
+			case Partial, Fake:
+				p.settles = false
+			}
+		}
+	}
+}
+
+// Masker applies the rules in force for one session. Column is cheap but
+// not free (pattern matching): call it once per RowDescription field and
+// keep the Column. Mask and Text reuse scratch space and must be called from
+// one goroutine at a time; Counts may be called from any goroutine.
+type Masker struct {
+	rs       *RuleSet
+	active   []int // indexes into rs.rules, in policy order
+	computed plan
+	counts   []atomic.Uint64 // rule × kind
+	eng      *engine
+	spans    []Span
+	tmp      []byte
+}
+
+// ForSubject returns a Masker with the rules that apply to s.
+func (rs *RuleSet) ForSubject(s Subject) *Masker {
+	return rs.Masker(func(r *Rule) bool { return r.Applies(s) })
+}
+
+// Masker returns a Masker with the rules for which in returns true (the
+// caller's scoping decision).
+func (rs *RuleSet) Masker(in func(*Rule) bool) *Masker {
+	m := &Masker{rs: rs, counts: make([]atomic.Uint64, len(rs.rules)*int(numKinds))}
+	if len(rs.key) > 0 {
+		m.eng = newEngine(rs.key)
+	}
+	var sel [numKinds]bool
+	for i := range rs.rules {
+		r := &rs.rules[i]
+		if !in(&r.spec) {
+			continue
+		}
+		m.active = append(m.active, i)
+		for k := KindPEMKey; k < numKinds; k++ {
+			if r.kinds.Has(k) && !sel[k] {
+				sel[k] = true
+				m.computed.kinds = m.computed.kinds.With(k)
+				m.computed.rule[k] = int16(i)
+			}
+		}
+	}
+	m.settle(&m.computed)
+	return m
+}
+
+// Empty says no rule is in force: the session needs no masking stage.
+func (m *Masker) Empty() bool { return len(m.active) == 0 }
+
+// Column is the masking decision for one result column.
+type Column struct {
+	m     *Masker
+	whole int // 1 + index of the rule masking the column whole; 0: none
+	plan  *plan
+	json  bool
+}
+
+// Column decides how a column with source src is masked: whole by the
+// first column rule matching it; else by the detectors of the rules whose
+// scan patterns match it; a column without a source goes through every
+// detector in force. A column with a source that no rule names is not
+// masked: Masks is false, and its values need not even be looked at.
+func (m *Masker) Column(src Source) Column {
+	if !src.Known() {
+		if m.computed.kinds == 0 {
+			return Column{}
+		}
+		return Column{m: m, plan: &m.computed}
+	}
+	for _, i := range m.active {
+		for _, p := range m.rs.rules[i].columns {
+			if p.match(src) {
+				return Column{m: m, whole: i + 1}
+			}
+		}
+	}
+	var pl *plan
+	for _, i := range m.active {
+		r := &m.rs.rules[i]
+		for _, p := range r.scan {
+			if !p.match(src) {
+				continue
+			}
+			if pl == nil {
+				pl = &plan{}
+			}
+			for k := KindPEMKey; k < numKinds; k++ {
+				if r.kinds.Has(k) && !pl.kinds.Has(k) {
+					pl.kinds = pl.kinds.With(k)
+					pl.rule[k] = int16(i)
+				}
+			}
+			break
+		}
+	}
+	if pl == nil {
+		return Column{}
+	}
+	m.settle(pl)
+	return Column{m: m, plan: pl}
+}
+
+// Columns decides every field of a RowDescription at once, appending to
+// dst. any is false when no field can change: the result's DataRows can
+// then be forwarded without being decoded.
+func (m *Masker) Columns(dst []Column, srcs []Source) (cols []Column, any bool) {
+	for _, s := range srcs {
+		c := m.Column(s)
+		any = any || c.Masks()
+		dst = append(dst, c)
+	}
+	return dst, any
+}
+
+// Masks says whether values of the column can change.
+func (c Column) Masks() bool { return c.whole > 0 || c.plan != nil }
+
+// JSON returns c for a json or jsonb column: replacements that land
+// outside a JSON string, and whole values, are written as JSON strings so
+// the document stays valid.
+func (c Column) JSON() Column {
+	c.json = true
+	return c
+}
+
+// Mask masks one text-format value, appending the result to dst (which
+// must not overlap v). With Unchanged nothing is appended and the original
+// value goes out as it is; no allocation happens then.
+func (c Column) Mask(dst, v []byte) ([]byte, Result) {
+	if c.whole > 0 {
+		return c.m.maskWhole(dst, v, c.whole-1, c.json)
+	}
+	if c.plan == nil {
+		return dst, Unchanged
+	}
+	return c.m.maskSpans(dst, v, c.plan, c.json)
+}
+
+// Text masks free text that is not a column value (NOTICE and ERROR
+// fields, NOTIFY payloads, audit samples) with every detector in force.
+func (m *Masker) Text(dst, v []byte) ([]byte, Result) {
+	if m.computed.kinds == 0 {
+		return dst, Unchanged
+	}
+	return m.maskSpans(dst, v, &m.computed, false)
+}
+
+// PostgreSQL type OIDs whose binary format is the text itself.
+const (
+	oidName    = 19
+	oidText    = 25
+	oidJSON    = 114
+	oidUnknown = 705
+	oidBPChar  = 1042
+	oidVarchar = 1043
+	oidJSONB   = 3802
+)
+
+// BinaryAsText says whether a binary-format value of the type is the same
+// bytes as its text format: text, varchar, bpchar, name, unknown and json.
+// jsonb is its text after a version byte; MaskBinary handles it too.
+func BinaryAsText(oid uint32) bool {
+	switch oid {
+	case oidName, oidText, oidJSON, oidUnknown, oidBPChar, oidVarchar:
+		return true
+	}
+	return false
+}
+
+// MaskBinary masks a binary-format value of type oid. ok is false for the
+// types it does not handle (integers, numeric, dates, arrays, composites,
+// domains over them, extension types such as citext): the caller must not
+// forward such a value when c.Masks(): it should have asked for the text
+// format in Bind, or send NULL.
+func (c Column) MaskBinary(oid uint32, dst, v []byte) (out []byte, r Result, ok bool) {
+	switch {
+	case BinaryAsText(oid):
+		if oid == oidJSON {
+			c = c.JSON()
+		}
+		out, r = c.Mask(dst, v)
+		return out, r, true
+	case oid == oidJSONB:
+		if len(v) == 0 || v[0] != 1 {
+			return dst, Unchanged, false
+		}
+		n := len(dst)
+		out, r = c.JSON().Mask(append(dst, 1), v[1:])
+		if r != Masked {
+			return dst[:n], r, true
+		}
+		return out, r, true
+	}
+	return dst, Unchanged, false
+}
+
+func (m *Masker) count(rule int, k Kind) {
+	m.counts[rule*int(numKinds)+int(k)].Add(1)
+}
+
+func (m *Masker) maskWhole(dst, v []byte, ri int, json bool) ([]byte, Result) {
+	r := &m.rs.rules[ri]
+	m.count(ri, KindNone)
+	if r.spec.Strategy == Null {
+		return dst, Nulled
+	}
+	if json {
+		dst = append(dst, '"')
+	}
+	switch r.spec.Strategy {
+	case Redact:
+		dst = appendMarker(dst, r.marker, KindNone)
+	case Partial:
+		if json {
+			dst = appendMarker(dst, r.marker, KindNone)
+		} else {
+			dst = appendPartial(dst, v, r.keep)
+		}
+	case Hash:
+		dst = m.eng.appendHash(dst, v, m.wholeKind(v))
+	case Fake:
+		if json {
+			dst = appendMarker(dst, r.marker, KindNone)
+		} else {
+			dst = m.eng.appendFake(dst, v, m.wholeKind(v), r.marker)
+		}
+	}
+	if json {
+		dst = append(dst, '"')
+	}
+	return dst, Masked
+}
+
+// wholeKind is what the whole value is, if one detector finds exactly it
+// (spaces around allowed); KindNone otherwise.
+func (m *Masker) wholeKind(v []byte) Kind {
+	t := bytes.TrimSpace(v)
+	sp := Detect(m.spans[:0], t, AllKinds)
+	m.spans = sp[:0]
+	if len(sp) == 1 && sp[0].Start == 0 && sp[0].End == len(t) {
+		return sp[0].Kind
+	}
+	return KindNone
+}
+
+func (m *Masker) maskSpans(dst, v []byte, p *plan, json bool) ([]byte, Result) {
+	sp := Detect(m.spans[:0], v, p.kinds)
+	if len(sp) == 0 {
+		m.spans = sp[:0]
+		return dst, Unchanged
+	}
+	start := len(dst)
+	dst = m.replace(dst, v, sp, p, json)
+	// A replacement can make a leftover fragment look like a value of its
+	// own (a marker gives it a word boundary it did not have). Where every
+	// strategy in the plan settles (redact, hash, null), mask the output
+	// again until nothing is found, so masking twice is masking once. The
+	// replaced text shrinks each round; three rounds are plenty, and then
+	// the value is masked whole.
+	if p.settles {
+		for round := 0; ; round++ {
+			sp = Detect(m.spans[:0], dst[start:], p.kinds)
+			if len(sp) == 0 {
+				break
+			}
+			if round == 3 {
+				ri := int(p.rule[sp[0].Kind])
+				dst = appendMarker(dst[:start], m.rs.rules[ri].marker, sp[0].Kind)
+				break
+			}
+			m.tmp = append(m.tmp[:0], dst[start:]...)
+			dst = m.replace(dst[:start], m.tmp, sp, p, json)
+		}
+	}
+	m.spans = sp[:0]
+	return dst, Masked
+}
+
+// replace appends v with the spans sp replaced by their rules' strategies.
+func (m *Masker) replace(dst, v []byte, sp []Span, p *plan, json bool) []byte {
+	var quoted []bool // for JSON: which spans sit inside a string
+	if json {
+		quoted = inJSONString(v, sp)
+	}
+	prev := 0
+	for i, s := range sp {
+		dst = append(dst, v[prev:s.Start]...)
+		ri := int(p.rule[s.Kind])
+		r := &m.rs.rules[ri]
+		m.count(ri, s.Kind)
+		q := json && !quoted[i]
+		start := len(dst)
+		if q {
+			dst = append(dst, '"')
+		}
+		val := v[s.Start:s.End]
+		switch r.spec.Strategy {
+		case Redact, Null:
+			dst = appendMarker(dst, r.marker, s.Kind)
+		case Partial:
+			dst = appendPartial(dst, val, r.keep)
+		case Hash:
+			dst = m.eng.appendHash(dst, val, s.Kind)
+		case Fake:
+			dst = m.eng.appendFake(dst, val, s.Kind, r.marker)
+		}
+		if q {
+			if allDigits(dst[start+1:]) {
+				// a number stays a bare JSON number
+				copy(dst[start:], dst[start+1:])
+				dst = dst[:len(dst)-1]
+			} else {
+				dst = append(dst, '"')
+			}
+		}
+		prev = s.End
+	}
+	return append(dst, v[prev:]...)
+}
+
+func allDigits(b []byte) bool {
+	for _, c := range b {
+		if !isDigit(c) {
+			return false
+		}
+	}
+	return len(b) > 0
+}
+
+// inJSONString reports for each span whether it starts inside a JSON
+// string of the document v.
+func inJSONString(v []byte, sp []Span) []bool {
+	out := make([]bool, len(sp))
+	in, esc := false, false
+	k := 0
+	for i := 0; i < len(v) && k < len(sp); i++ {
+		for k < len(sp) && sp[k].Start == i {
+			out[k] = in
+			k++
+		}
+		c := v[i]
+		switch {
+		case esc:
+			esc = false
+		case in && c == '\\':
+			esc = true
+		case c == '"':
+			in = !in
+		}
+	}
+	return out
+}
+
+// Count is how many values one rule masked with one detector ("column" for
+// values masked whole).
+type Count struct {
+	Rule     string   `json:"rule"`
+	Detector string   `json:"detector"`
+	Strategy Strategy `json:"strategy"`
+	Values   uint64   `json:"values"`
+}
+
+// Counts returns the non-zero counters, by rule then detector.
+func (m *Masker) Counts() []Count {
+	var out []Count
+	for ri := range m.rs.rules {
+		for k := KindNone; k < numKinds; k++ {
+			if n := m.counts[ri*int(numKinds)+int(k)].Load(); n > 0 {
+				r := &m.rs.rules[ri].spec
+				out = append(out, Count{Rule: r.Name, Detector: k.String(), Strategy: r.Strategy, Values: n})
+			}
+		}
+	}
+	return out
+}
