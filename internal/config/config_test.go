@@ -65,7 +65,8 @@ func TestParseValid(t *testing.T) {
 	if pg.Upstream.Host != "db.internal" || pg.Upstream.Port != 5432 || pg.Upstream.TLS.Mode != "prefer" {
 		t.Errorf("upstream defaults: %+v", pg.Upstream)
 	}
-	if pg.Credential.Mode != "ephemeral" || pg.Credential.TTL.D() != 30*time.Minute || pg.Credential.RolePrefix != "airlock_" {
+	if pg.Credential.Mode != "ephemeral" || pg.Credential.TTL.D() != 30*time.Minute || pg.Credential.RolePrefix != "airlock_" ||
+		pg.Credential.Leftovers != "reassign" || pg.Credential.LeftoversOwner != "" {
 		t.Errorf("credential: %+v", pg.Credential)
 	}
 	if conn, ok := c.ConnectionFor("subnet"); !ok || conn.Name != "appdb" {
@@ -93,6 +94,9 @@ func TestParseErrors(t *testing.T) {
 		{"unknown target ref", "intercept: {mode: all}\ntargets:\n  - {name: a, address: 'x:1'}\nconnections:\n  - name: c\n    targets: [b]\n", `airlock.yaml:6: connections[0].targets[0]: no target named "b"`},
 		{"postgres without section", "intercept: {mode: all}\ntargets:\n  - {name: a, address: 'x:1'}\nconnections:\n  - name: c\n    protocol: postgres\n    targets: [a]\n", `protocol postgres needs a postgres section`},
 		{"static without file", "intercept: {mode: all}\ntargets:\n  - {name: a, address: 'x:1'}\nconnections:\n  - name: c\n    protocol: postgres\n    targets: [a]\n    postgres:\n      databases: [d]\n      credential:\n        mode: static\n        user: u\n", `static mode needs user and password_file`},
+		{"bad leftovers", "intercept: {mode: all}\ntargets:\n  - {name: a, address: 'x:1'}\nconnections:\n  - name: c\n    protocol: postgres\n    targets: [a]\n    postgres:\n      databases: [d]\n      credential:\n        admin_user: adm\n        admin_password_file: /f\n        group_roles: [g]\n"+"        leftovers: keep\n", `airlock.yaml:14: connections[0].postgres.credential.leftovers: "keep" is not one of reassign, drop`},
+		{"owner with drop", "intercept: {mode: all}\ntargets:\n  - {name: a, address: 'x:1'}\nconnections:\n  - name: c\n    protocol: postgres\n    targets: [a]\n    postgres:\n      databases: [d]\n      credential:\n        admin_user: adm\n        admin_password_file: /f\n        group_roles: [g]\n"+"        leftovers: drop\n        leftovers_owner: o\n", `airlock.yaml:15: connections[0].postgres.credential.leftovers_owner: only applies with leftovers: reassign`},
+		{"owner is admin", "intercept: {mode: all}\ntargets:\n  - {name: a, address: 'x:1'}\nconnections:\n  - name: c\n    protocol: postgres\n    targets: [a]\n    postgres:\n      databases: [d]\n      credential:\n        admin_user: adm\n        admin_password_file: /f\n        group_roles: [g]\n"+"        leftovers_owner: adm\n", `credential.leftovers_owner: must not be the admin role`},
 		{"not a mapping", "proxy: 5\n", `airlock.yaml:1: proxy: must be a mapping`},
 		{"twice", "proxy:\n  port: 1\nproxy:\n  port: 2\n", `key given twice`},
 		{"syntax", "proxy: [\n", `airlock.yaml`},

@@ -30,6 +30,7 @@ type router struct {
 	byTarget map[string]frontdoor.Route
 	fallback frontdoor.Handler
 	closers  []func()
+	stateDir string
 }
 
 // lookupFunc resolves upstream hostnames with the daemon's resolver, so the
@@ -37,7 +38,7 @@ type router struct {
 type lookupFunc func(ctx context.Context, host string) ([]string, error)
 
 func newRouter(ctx context.Context, cfg *config.Config, set *targets.Set, dialer upstream.Dialer, lookup lookupFunc, log *slog.Logger) (*router, error) {
-	r := &router{set: set, byTarget: map[string]frontdoor.Route{}, fallback: relay.TCP{Dialer: dialer}}
+	r := &router{set: set, byTarget: map[string]frontdoor.Route{}, fallback: relay.TCP{Dialer: dialer}, stateDir: cfg.StateDir}
 	var clientTLS *tls.Config
 	for _, conn := range cfg.Connections {
 		var h frontdoor.Handler
@@ -85,11 +86,20 @@ func (r *router) postgres(ctx context.Context, conn config.Connection, clientTLS
 		if err != nil {
 			return nil, err
 		}
+		// The host id scopes the start-up sweep to the roles this machine
+		// made: other workstations sharing the admin keep their live roles.
+		hostID, err := pgcred.LoadOrCreateHostID(r.stateDir, "")
+		if err != nil {
+			return nil, err
+		}
 		eph, err := pgcred.NewEphemeral(ctx, pgcred.EphemeralOptions{
 			Admin:      admin,
 			GroupRoles: pg.Credential.GroupRoles,
 			TTL:        pg.Credential.TTL.D(),
 			Prefix:     pg.Credential.RolePrefix,
+			HostID:     hostID,
+			Leftovers:  pg.Credential.Leftovers,
+			Owner:      pg.Credential.LeftoversOwner,
 			Logger:     log.With("connection", conn.Name),
 		})
 		if err != nil {
