@@ -105,7 +105,7 @@ func (w *pgWorld) psql(t *testing.T, dsn string, args ...string) string {
 }
 
 func (w *pgWorld) ourRoles(t *testing.T) []string {
-	out := w.srv.Psql(t, "postgres", "SELECT rolname FROM pg_roles WHERE rolname LIKE 'airlock\\_%' AND rolname <> 'airlock_admin' ORDER BY 1")
+	out := w.srv.Psql(t, "postgres", "SELECT rolname FROM pg_roles WHERE rolname LIKE 'airlock\\_%' AND rolname NOT IN ('airlock_admin', 'airlock_orphans') ORDER BY 1")
 	if out == "" {
 		return nil
 	}

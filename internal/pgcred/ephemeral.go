@@ -104,17 +104,20 @@ type EphemeralOptions struct {
 
 // Ephemeral creates one login role per session and drops it on Release.
 type Ephemeral struct {
-	admin      *pgx.ConnConfig
-	groups     []string
-	ttl        time.Duration
-	prefix     string
-	log        *slog.Logger
-	hostID     string
-	leftovers  string
-	owner      string
-	connLimit  int
-	retryEvery time.Duration
-	sweepEvery time.Duration
+	admin     *pgx.ConnConfig
+	groups    []string
+	ttl       time.Duration
+	prefix    string
+	log       *slog.Logger
+	hostID    string
+	leftovers string
+	owner     string
+	// ownerBorrows: the owner is made a member of the role being dropped
+	// for the length of the REASSIGN (see dropOwned).
+	ownerBorrows bool
+	connLimit    int
+	retryEvery   time.Duration
+	sweepEvery   time.Duration
 
 	adminUser string // current_user of the admin connection
 	adminDB   string // current_database() of the admin connection
@@ -546,7 +549,16 @@ func (e *Ephemeral) dropOn(ctx context.Context, conn *pgx.Conn, role, database s
 func (e *Ephemeral) dropOwned(ctx context.Context, adminConn *pgx.Conn, db, role string) ([]string, error) {
 	sql := "DROP OWNED BY " + ident(role)
 	if e.leftovers == LeftoversReassign {
+		// A new owner needs CREATE on each object's schema (and on the
+		// database, for a schema), unless the admin is a superuser. The
+		// session had those through its role; the owner borrows that role
+		// for this one implicit transaction (one simple query), so it never
+		// holds the session's rights afterwards.
 		sql = "REASSIGN OWNED BY " + ident(role) + " TO " + ident(e.owner) + "; " + sql
+		if e.ownerBorrows {
+			sql = "GRANT " + ident(role) + " TO " + ident(e.owner) + "; " + sql +
+				"; REVOKE " + ident(role) + " FROM " + ident(e.owner)
+		}
 	}
 	var objs []string
 	run := func(conn *pgx.Conn) error {

@@ -78,7 +78,9 @@ func (e *Ephemeral) setupOwner(ctx context.Context, conn *pgx.Conn) error {
 			return fmt.Errorf("pgcred: inspect leftovers owner role: %w", e.scrub(err))
 		}
 		if !exists {
-			_, err := conn.Exec(ctx, "CREATE ROLE "+ident(e.owner)+" NOLOGIN NOINHERIT; COMMENT ON ROLE "+
+			// INHERIT: the role is a member of nothing, except of the role
+			// being dropped for the length of one REASSIGN (see dropOwned).
+			_, err := conn.Exec(ctx, "CREATE ROLE "+ident(e.owner)+" NOLOGIN INHERIT; COMMENT ON ROLE "+
 				ident(e.owner)+" IS "+literal(orphansComment))
 			// Another daemon sharing this server may have just created it.
 			if err != nil && sqlState(err) != "42710" && sqlState(err) != "23505" {
@@ -120,11 +122,15 @@ func (e *Ephemeral) setupOwner(ctx context.Context, conn *pgx.Conn) error {
 			return fmt.Errorf("pgcred: leftovers owner %s: must be a member of no role (fix: REVOKE %s FROM %s)",
 				reach[1], ident(reach[1].path[1]), ident(e.owner))
 		}
+		e.ownerBorrows = true
 	} else {
 		groupReach, err := reachable(ctx, conn, e.groups)
 		if err != nil {
 			return fmt.Errorf("pgcred: inspect what the group roles reach: %w", e.scrub(err))
 		}
+		// An owner the groups reach already has what the dropped role had
+		// through them; any other borrows it for the REASSIGN.
+		e.ownerBorrows = !slices.ContainsFunc(groupReach, func(g roleReach) bool { return g.path[len(g.path)-1] == e.owner })
 		for _, r := range reach[1:] {
 			reached := r.path[len(r.path)-1]
 			if !slices.ContainsFunc(groupReach, func(g roleReach) bool { return g.path[len(g.path)-1] == reached }) {
