@@ -884,6 +884,16 @@ func (e *Ephemeral) connect(ctx context.Context, db string) (conn *pgx.Conn, err
 	if db != "" {
 		cfg.Database = db
 	}
+	// The admin works in databases where sessions may create functions and
+	// operators. An unqualified name in the admin's own queries would pick
+	// a better-matching one from public (public.left(name, integer) beats
+	// pg_catalog.left(text, integer)) and run the agent's code with the
+	// admin's rights. Only pg_catalog is searched; a startup parameter
+	// overrides any role or database setting.
+	if cfg.RuntimeParams == nil {
+		cfg.RuntimeParams = map[string]string{}
+	}
+	cfg.RuntimeParams["search_path"] = "pg_catalog, pg_temp"
 	defer func() {
 		if r := recover(); r != nil { // pgx panics on a config not made by ParseConfig
 			conn, err = nil, fmt.Errorf("pgcred: bad admin config: %v", r)

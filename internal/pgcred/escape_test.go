@@ -304,3 +304,56 @@ func TestLoadOrCreateHostID(t *testing.T) {
 		t.Fatalf("damaged file: %v", err)
 	}
 }
+
+// A session plants functions and operators that match the admin's own
+// queries better than pg_catalog's, in the admin's database and in the
+// session's: the admin must never run them.
+func TestAdminQueriesIgnorePlantedObjects(t *testing.T) {
+	s := startPG(t, pgtest.Options{})
+	ctx := context.Background()
+	s.Psql(t, "postgres", "CREATE DATABASE appdb")
+	s.Psql(t, "appdb", "GRANT CREATE ON SCHEMA public TO agent_write")
+	rec := newRecorder(t)
+	e := newEph(t, connConfig(t, s, "pgcred_admin", "admin-pw-5f1e", "postgres"), EphemeralOptions{GroupRoles: []string{"agent_write"}})
+	l := acquire(t, e, rec, newSess(rec, "mallory"), "appdb")
+	const plant = `
+CREATE FUNCTION public.pwn() RETURNS void LANGUAGE plpgsql AS $$
+BEGIN EXECUTE 'CREATE ROLE pwned_' || replace(current_user, '"', ''); EXCEPTION WHEN OTHERS THEN NULL; END $$;
+CREATE FUNCTION public.left(name, integer) RETURNS text LANGUAGE plpgsql AS $$
+BEGIN PERFORM public.pwn(); RETURN pg_catalog.left($1::text, $2); END $$;
+CREATE FUNCTION public.oid_int_eq(oid, integer) RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN PERFORM public.pwn(); RETURN $1 = $2::oid; END $$;
+CREATE OPERATOR public.= (LEFTARG = oid, RIGHTARG = integer, FUNCTION = public.oid_int_eq);
+GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA public TO PUBLIC;`
+	for _, db := range []string{"postgres", "appdb"} {
+		c, err := loginAs(ctx, s, l, db)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Exec(ctx, plant); err != nil {
+			t.Fatalf("plant in %s: %v", db, err)
+		}
+		closeAndWait(t, s, c, l.User())
+	}
+	// The planted operator really is what an unqualified query picks.
+	if got := s.Psql(t, "appdb", "SET ROLE pgcred_admin; SELECT count(*) FROM pg_database WHERE oid = 0"); got != "0" {
+		t.Fatalf("probe: %q", got)
+	}
+	if got := s.Psql(t, "postgres", "SELECT count(*) FROM pg_roles WHERE rolname LIKE 'pwned%'"); got != "1" {
+		t.Fatalf("the planted operator did not run for a plain query (%s roles): the test proves nothing", got)
+	}
+	s.Psql(t, "postgres", "DROP ROLE pwned_pgcred_admin")
+
+	if err := l.Release(ctx); err != nil {
+		t.Fatalf("Release: %v", err)
+	}
+	if _, err := e.Sweep(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.sweep(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	if got := s.Psql(t, "postgres", "SELECT coalesce(string_agg(rolname, ','), '') FROM pg_roles WHERE rolname LIKE 'pwned%'"); got != "" {
+		t.Fatalf("the admin ran planted code: roles %s exist", got)
+	}
+}
