@@ -357,3 +357,41 @@ GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA public TO PUBLIC;`
 		t.Fatalf("the admin ran planted code: roles %s exist", got)
 	}
 }
+
+// Item 8 with a configured owner, and objects in a schema the session itself
+// created: the new owner needs CREATE on the database and on that schema,
+// which it borrows from the dropped role for the REASSIGN only.
+func TestLeftoversConfiguredOwnerOwnSchema(t *testing.T) {
+	s := startPG(t, pgtest.Options{})
+	ctx := context.Background()
+	s.Psql(t, "postgres", "CREATE DATABASE schemadb; GRANT CREATE ON DATABASE schemadb TO agent_write")
+	rec := newRecorder(t)
+	e := newEph(t, connConfig(t, s, "pgcred_admin", "admin-pw-5f1e", "postgres"), EphemeralOptions{
+		GroupRoles: []string{"agent_read", "agent_write"}, Owner: "owner_ok"})
+	l := acquire(t, e, rec, newSess(rec, "mallory"), "schemadb")
+	c, err := loginAs(ctx, s, l, "schemadb")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Exec(ctx, `CREATE SCHEMA s1; CREATE TABLE s1.t (x int); `+strings.Replace(backdoorFn, "public.f()", "s1.f()", 1)); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Release(ctx); err != nil {
+		t.Fatalf("Release: %v", err)
+	}
+	ev := revokeEvent(rec, l.User())
+	want := []string{"schemadb: function s1.f()", "schemadb: schema s1", "schemadb: table s1.t"}
+	if ev == nil || ev.Leftovers == nil || ev.Leftovers.Owner != "owner_ok" || !slices.Equal(ev.Leftovers.Objects, want) {
+		t.Fatalf("revoke event %+v, want leftovers %v reassigned to owner_ok", ev, want)
+	}
+	got := s.Psql(t, "schemadb", `SELECT (SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = 's1') || ',' ||
+		(SELECT relowner::regrole::text FROM pg_class WHERE oid = 's1.t'::regclass) || ',' ||
+		(SELECT proowner::regrole::text FROM pg_proc WHERE oid = 's1.f()'::regprocedure)`)
+	if got != "owner_ok,owner_ok,owner_ok" {
+		t.Fatalf("owners %q, want owner_ok for all", got)
+	}
+	if m := s.Psql(t, "postgres", `SELECT string_agg(g.rolname, ',') FROM pg_auth_members a JOIN pg_roles g ON g.oid = a.roleid
+		WHERE a.member = 'owner_ok'::regrole`); m != "agent_read" {
+		t.Fatalf("owner_ok is a member of %q after the reassign, want agent_read only", m)
+	}
+}
