@@ -31,7 +31,7 @@ BEGIN EXECUTE 'CREATE ROLE bd LOGIN PASSWORD ''x'''; END $$`)
 	waitFor(t, "the revoke event to list the leftover", 10*time.Second, func() bool {
 		out := w.daemonOut.String()
 		return strings.Contains(out, "kind=credential.revoke") && strings.Contains(out, "leftovers_action=reassigned") &&
-			strings.Contains(out, "leftovers_owner=airlock_orphans") && strings.Contains(out, "function f()")
+			strings.Contains(out, "leftovers_owner=airlock_orphans") && strings.Contains(out, "app: function public.f()")
 	})
 
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)

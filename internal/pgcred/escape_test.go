@@ -65,7 +65,7 @@ func TestLeftoversNeverGoToAdmin(t *testing.T) {
 				if ev == nil || ev.Outcome != "ok" || ev.Leftovers == nil {
 					t.Fatalf("revoke event %+v: want ok with leftovers", ev)
 				}
-				wantObjs := []string{"postgres: function f()", "postgres: table notes_" + a.name + "_" + mode}
+				wantObjs := []string{"postgres: function public.f()", "postgres: table public.notes_" + a.name + "_" + mode}
 				if ev.Leftovers.Count != 2 || !slices.Equal(ev.Leftovers.Objects, wantObjs) {
 					t.Fatalf("leftovers %+v, want %v", ev.Leftovers, wantObjs)
 				}
