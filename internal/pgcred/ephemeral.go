@@ -114,7 +114,8 @@ type Ephemeral struct {
 	owner     string
 	// ownerBorrows: the owner is made a member of the role being dropped
 	// for the length of the REASSIGN (see dropOwned).
-	ownerBorrows bool
+	ownerBorrows bool // guarded by mu after NewEphemeral
+	managedOwner bool // the owner is Prefix+"orphans", made by NewEphemeral
 	connLimit    int
 	retryEvery   time.Duration
 	sweepEvery   time.Duration
@@ -128,6 +129,7 @@ type Ephemeral struct {
 	drops chan struct{} // bounds concurrent drops: they leave Acquire a connection
 
 	mu      sync.Mutex
+	unsafe  error             // set by a re-check that failed: Acquire refuses
 	active  map[string]*Lease // role name → unreleased lease
 	pending map[string]*pendingDrop
 	closed  bool
@@ -273,20 +275,8 @@ func NewEphemeral(ctx context.Context, opts EphemeralOptions) (*Ephemeral, error
 			return nil, fmt.Errorf("pgcred: group role(s) %s are superusers: refusing to hand their membership to agents",
 				strings.Join(quoteAll(super), ", "))
 		}
-		// What a member can do includes everything of every role it reaches
-		// (inherited, or by SET ROLE): check the whole walk, not the groups
-		// alone.
-		reach, err := reachable(ctx, conn, e.groups)
-		if err != nil {
-			return nil, fmt.Errorf("pgcred: inspect what the group roles reach: %w", e.scrub(err))
-		}
-		if bad := dangerous(reach); len(bad) > 0 {
-			msgs := make([]string, len(bad))
-			for i, b := range bad {
-				msgs[i] = b.String()
-			}
-			return nil, fmt.Errorf("pgcred: refusing to hand group role membership to agents: %s (grant agents' group roles only table, schema and function privileges, and revoke those attributes or memberships)",
-				strings.Join(msgs, "; "))
+		if err := e.checkGroupReach(ctx, conn); err != nil {
+			return nil, err
 		}
 		// Before 16, CREATEROLE alone may grant any non-superuser role; from
 		// 16 on, granting a role needs ADMIN OPTION on it.
@@ -332,6 +322,12 @@ func (e *Ephemeral) Acquire(ctx context.Context, sess *session.Session, database
 		cred.Role = ""
 		return fail(fmt.Errorf("pgcred: session id %q cannot name a role (lowercase letters and digits, at most %d with the prefix)",
 			sess.ID, maxIdentLen))
+	}
+	e.mu.Lock()
+	unsafe := e.unsafe
+	e.mu.Unlock()
+	if unsafe != nil {
+		return fail(unsafe)
 	}
 	password, err := newPassword()
 	if err != nil {
@@ -555,7 +551,10 @@ func (e *Ephemeral) dropOwned(ctx context.Context, adminConn *pgx.Conn, db, role
 		// for this one implicit transaction (one simple query), so it never
 		// holds the session's rights afterwards.
 		sql = "REASSIGN OWNED BY " + ident(role) + " TO " + ident(e.owner) + "; " + sql
-		if e.ownerBorrows {
+		e.mu.Lock()
+		borrows := e.ownerBorrows
+		e.mu.Unlock()
+		if borrows {
 			sql = "GRANT " + ident(role) + " TO " + ident(e.owner) + "; " + sql +
 				"; REVOKE " + ident(role) + " FROM " + ident(e.owner)
 		}
@@ -785,8 +784,10 @@ func (e *Ephemeral) Pending() []string {
 	return out
 }
 
-// Run retries pending drops every RetryInterval and drops expired roles of
-// ours that no live lease holds every SweepInterval. It returns when ctx is
+// Run retries pending drops every RetryInterval and, every SweepInterval,
+// checks the group roles and the leftovers owner again (a grant made since
+// start makes Acquire refuse until it is undone) and drops expired roles of
+// ours that no live lease holds. It returns when ctx is
 // done or Close is called.
 func (e *Ephemeral) Run(ctx context.Context) {
 	e.mu.Lock()
@@ -822,6 +823,7 @@ func (e *Ephemeral) Run(ctx context.Context) {
 		case <-reap.C:
 			e.pool.reap()
 		case <-sweep.C:
+			e.recheck(ctx)
 			if n, err := e.sweep(ctx, true); err != nil && ctx.Err() == nil {
 				e.log.Warn("pgcred: sweep of expired roles", "dropped", n, "error", err)
 			}

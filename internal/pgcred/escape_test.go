@@ -395,3 +395,55 @@ func TestLeftoversConfiguredOwnerOwnSchema(t *testing.T) {
 		t.Fatalf("owner_ok is a member of %q after the reassign, want agent_read only", m)
 	}
 }
+
+// Item 11 after start: a grant made while the daemon runs makes it refuse
+// new sessions until the grant is undone.
+func TestRecheckRefusesAfterBadGrant(t *testing.T) {
+	s := startPG(t, pgtest.Options{})
+	ctx := context.Background()
+	rec := newRecorder(t)
+	e := newEph(t, connConfig(t, s, "pgcred_admin", "admin-pw-5f1e", "postgres"), EphemeralOptions{
+		GroupRoles: []string{"nested_read"}, SweepInterval: 100 * time.Millisecond})
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go e.Run(runCtx)
+
+	// until waits for Acquire to fail with want in its error ("" : succeed).
+	until := func(want string) {
+		t.Helper()
+		deadline := time.Now().Add(15 * time.Second)
+		for {
+			l, err := e.Acquire(ctx, newSess(rec, "mallory"), "postgres")
+			if l != nil {
+				rec.secret(l.Password())
+				if err := l.Release(ctx); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if (want == "" && err == nil) || (want != "" && err != nil && strings.Contains(err.Error(), want)) {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("Acquire: %v, want %q within 15s", err, want)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	tests := []struct{ name, grant, revoke, want string }{
+		{"group reaches pg_signal_backend two levels up", "GRANT pg_signal_backend TO agent_read", "REVOKE pg_signal_backend FROM agent_read",
+			`"nested_read" reaches "pg_signal_backend"`},
+		{"group role made CREATEROLE", "ALTER ROLE agent_read CREATEROLE", "ALTER ROLE agent_read NOCREATEROLE",
+			`"nested_read" reaches "agent_read" (CREATEROLE)`},
+		{"orphans owner given a membership", "GRANT agent_write TO airlock_orphans", "REVOKE agent_write FROM airlock_orphans",
+			"must be a member of no role"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			until("")
+			s.Psql(t, "postgres", tt.grant)
+			until(tt.want)
+			s.Psql(t, "postgres", tt.revoke)
+			until("")
+		})
+	}
+}

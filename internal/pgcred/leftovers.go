@@ -110,34 +110,9 @@ func (e *Ephemeral) setupOwner(ctx context.Context, conn *pgx.Conn) error {
 	if canLogin {
 		return fmt.Errorf("pgcred: leftovers owner role %q can log in: it must not (fix: ALTER ROLE %s NOLOGIN)", e.owner, ident(e.owner))
 	}
-	reach, err := reachable(ctx, conn, []string{e.owner})
-	if err != nil {
-		return fmt.Errorf("pgcred: inspect what the leftovers owner reaches: %w", e.scrub(err))
-	}
-	if bad := dangerous(reach); len(bad) > 0 {
-		return fmt.Errorf("pgcred: refusing leftovers owner: %s", bad[0])
-	}
-	if managed {
-		if len(reach) > 1 {
-			return fmt.Errorf("pgcred: leftovers owner %s: must be a member of no role (fix: REVOKE %s FROM %s)",
-				reach[1], ident(reach[1].path[1]), ident(e.owner))
-		}
-		e.ownerBorrows = true
-	} else {
-		groupReach, err := reachable(ctx, conn, e.groups)
-		if err != nil {
-			return fmt.Errorf("pgcred: inspect what the group roles reach: %w", e.scrub(err))
-		}
-		// An owner the groups reach already has what the dropped role had
-		// through them; any other borrows it for the REASSIGN.
-		e.ownerBorrows = !slices.ContainsFunc(groupReach, func(g roleReach) bool { return g.path[len(g.path)-1] == e.owner })
-		for _, r := range reach[1:] {
-			reached := r.path[len(r.path)-1]
-			if !slices.ContainsFunc(groupReach, func(g roleReach) bool { return g.path[len(g.path)-1] == reached }) {
-				return fmt.Errorf("pgcred: leftovers owner %s, which the group roles %s do not: it would give later sessions more than their groups",
-					r, strings.Join(quoteAll(e.groups), ", "))
-			}
-		}
+	e.managedOwner = managed
+	if e.ownerBorrows, err = e.checkOwner(ctx, conn); err != nil {
+		return err
 	}
 
 	// REASSIGN OWNED needs the privileges of the receiving role.
@@ -157,6 +132,115 @@ func (e *Ephemeral) setupOwner(ctx context.Context, conn *pgx.Conn) error {
 			e.adminUser, e.owner, ident(e.owner), ident(e.adminUser))
 	}
 	return nil
+}
+
+// checkGroupReach refuses group roles that are, or reach through
+// membership at any depth, a role with a forbidden attribute or a forbidden
+// predefined role: a member can use everything of every role it reaches
+// (inherited, or by SET ROLE).
+func (e *Ephemeral) checkGroupReach(ctx context.Context, conn *pgx.Conn) error {
+	if len(e.groups) == 0 {
+		return nil
+	}
+	reach, err := reachable(ctx, conn, e.groups)
+	if err != nil {
+		return fmt.Errorf("pgcred: inspect what the group roles reach: %w", e.scrub(err))
+	}
+	if bad := dangerous(reach); len(bad) > 0 {
+		msgs := make([]string, len(bad))
+		for i, b := range bad {
+			msgs[i] = b.String()
+		}
+		return fmt.Errorf("pgcred: refusing to hand group role membership to agents: %s (grant agents' group roles only table, schema and function privileges, and revoke those attributes or memberships)",
+			strings.Join(msgs, "; "))
+	}
+	return nil
+}
+
+// checkOwner checks what the leftovers owner reaches: nothing dangerous;
+// for the managed owner nothing at all, for a configured one nothing the
+// group roles do not reach. It reports whether the owner must borrow the
+// dropped role for a REASSIGN.
+func (e *Ephemeral) checkOwner(ctx context.Context, conn *pgx.Conn) (borrows bool, err error) {
+	var canLogin bool
+	if err := conn.QueryRow(ctx, `SELECT coalesce(bool_or(rolcanlogin), false) FROM pg_roles WHERE rolname = $1`, e.owner).Scan(&canLogin); err != nil {
+		return false, fmt.Errorf("pgcred: inspect leftovers owner role: %w", e.scrub(err))
+	}
+	if canLogin {
+		return false, fmt.Errorf("pgcred: leftovers owner role %q can log in: it must not (fix: ALTER ROLE %s NOLOGIN)", e.owner, ident(e.owner))
+	}
+	reach, err := reachable(ctx, conn, []string{e.owner})
+	if err != nil {
+		return false, fmt.Errorf("pgcred: inspect what the leftovers owner reaches: %w", e.scrub(err))
+	}
+	if len(reach) == 0 {
+		return false, fmt.Errorf("pgcred: leftovers owner role %q does not exist", e.owner)
+	}
+	if bad := dangerous(reach); len(bad) > 0 {
+		return false, fmt.Errorf("pgcred: refusing leftovers owner: %s", bad[0])
+	}
+	if e.managedOwner {
+		if len(reach) > 1 {
+			return false, fmt.Errorf("pgcred: leftovers owner %s: must be a member of no role (fix: REVOKE %s FROM %s)",
+				reach[1], ident(reach[1].path[1]), ident(e.owner))
+		}
+		return true, nil
+	}
+	groupReach, err := reachable(ctx, conn, e.groups)
+	if err != nil {
+		return false, fmt.Errorf("pgcred: inspect what the group roles reach: %w", e.scrub(err))
+	}
+	reached := func(name string) bool {
+		return slices.ContainsFunc(groupReach, func(g roleReach) bool { return g.path[len(g.path)-1] == name })
+	}
+	for _, r := range reach[1:] {
+		if !reached(r.path[len(r.path)-1]) {
+			return false, fmt.Errorf("pgcred: leftovers owner %s, which the group roles %s do not: it would give later sessions more than their groups",
+				r, strings.Join(quoteAll(e.groups), ", "))
+		}
+	}
+	// An owner the groups reach already has what the dropped role had
+	// through them; any other borrows it for the REASSIGN.
+	return !reached(e.owner), nil
+}
+
+// recheck runs the start-up checks of the group roles and the leftovers
+// owner again: a grant made since start (superuser to a group, a membership
+// to the owner) would otherwise reach agents. While a check fails, Acquire
+// refuses new sessions with its error.
+func (e *Ephemeral) recheck(ctx context.Context) {
+	var checkErr error
+	err := e.withConn(ctx, "", func(conn *pgx.Conn) error {
+		checkErr = e.checkGroupReach(ctx, conn)
+		if checkErr == nil && e.leftovers == LeftoversReassign {
+			var borrows bool
+			if borrows, checkErr = e.checkOwner(ctx, conn); checkErr == nil {
+				e.mu.Lock()
+				e.ownerBorrows = borrows
+				e.mu.Unlock()
+			}
+		}
+		if connLost(conn, checkErr) {
+			return checkErr // withConn retries once on a new connection
+		}
+		return nil
+	})
+	if err != nil || ctx.Err() != nil {
+		// Not reaching the server says nothing about the roles: Acquire
+		// fails on its own while the server stays away.
+		e.log.Warn("pgcred: could not re-check the roles", "error", err)
+		return
+	}
+	e.mu.Lock()
+	was := e.unsafe
+	e.unsafe = checkErr
+	e.mu.Unlock()
+	switch {
+	case checkErr != nil:
+		e.log.Error("pgcred: refusing new sessions until the roles are fixed", "error", checkErr)
+	case was != nil:
+		e.log.Info("pgcred: roles fixed; sessions accepted again")
+	}
 }
 
 // RevokeLogin takes LOGIN away from the lease's role once the proxy holds
