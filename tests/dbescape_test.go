@@ -102,3 +102,49 @@ func TestSelfSetPasswordUselessOutsideAirlock(t *testing.T) {
 		t.Fatal("direct login with the self-set password works after the session")
 	}
 }
+
+// Item 10: two workstations share one server, admin and prefix. Restarting
+// one daemon sweeps its own leftovers and leaves the other's live roles and
+// sessions alone.
+func TestRestartSparesOtherDaemonsRoles(t *testing.T) {
+	a := newPGWorld(t, "10m")
+	b := &pgWorld{env: newEnv(t), host: a.host, srv: a.srv, pwFile: a.pwFile, dsn: a.dsn}
+	b.config(b.daemonConfig("10m"))
+	b.startDaemon()
+
+	bSess := b.pgxHold(t, b.dsn)
+	defer bSess.release()
+	aSess := a.pgxHold(t, a.dsn)
+	defer aSess.release()
+	if aSess.user == bSess.user {
+		t.Fatalf("both daemons made role %s", aSess.user)
+	}
+	hostOf := func(role string) string {
+		c := a.srv.Psql(t, "postgres", "SELECT shobj_description(oid, 'pg_authid') FROM pg_roles WHERE rolname = '"+role+"'")
+		f := strings.Fields(c)
+		if len(f) < 2 || !strings.HasPrefix(f[1], "host=") {
+			t.Fatalf("role %s comment %q carries no host id", role, c)
+		}
+		return f[1]
+	}
+	if hostOf(aSess.user) == hostOf(bSess.user) {
+		t.Fatalf("two daemons tag their roles with one host id (%s)", hostOf(aSess.user))
+	}
+
+	// Daemon a dies with a session open, and comes back.
+	a.killDaemon()
+	aSess.release()
+	a.startDaemon()
+	waitFor(t, "a's restart to sweep its leftover role", 15*time.Second, func() bool {
+		return a.srv.Psql(t, "postgres", "SELECT count(*) FROM pg_roles WHERE rolname = '"+aSess.user+"'") == "0"
+	})
+	if n := a.srv.Psql(t, "postgres", "SELECT count(*) FROM pg_roles WHERE rolname = '"+bSess.user+"'"); n != "1" {
+		t.Fatalf("a's restart dropped b's live role %s", bSess.user)
+	}
+	if after := bSess.release(); after != "ok" {
+		t.Fatalf("b's session after a's restart: %q, want ok", after)
+	}
+	waitFor(t, "b's role to be dropped by b", 15*time.Second, func() bool {
+		return a.srv.Psql(t, "postgres", "SELECT count(*) FROM pg_roles WHERE rolname = '"+bSess.user+"'") == "0"
+	})
+}

@@ -55,7 +55,15 @@ func newPGWorld(t *testing.T, ttl string) *pgWorld {
 	if err := os.WriteFile(w.pwFile, []byte("admin-secret-1234\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	w.config(fmt.Sprintf(`intercept:
+	w.config(w.daemonConfig(ttl))
+	w.startDaemon()
+	w.dsn = fmt.Sprintf("host=%s port=5432 dbname=app user=agent sslmode=disable connect_timeout=10", w.host.V4)
+	return w
+}
+
+// daemonConfig is the configuration of a daemon serving w's server.
+func (w *pgWorld) daemonConfig(ttl string) string {
+	return fmt.Sprintf(`intercept:
   mode: all
 targets:
   - name: appdb
@@ -78,10 +86,7 @@ connections:
         admin_password_file: %s
         group_roles: [app_rw]
         ttl: %s
-`, w.host.V4, w.host.V6, w.srv.CACert, w.pwFile, ttl))
-	w.startDaemon()
-	w.dsn = fmt.Sprintf("host=%s port=5432 dbname=app user=agent sslmode=disable connect_timeout=10", w.host.V4)
-	return w
+`, w.host.V4, w.host.V6, w.srv.CACert, w.pwFile, ttl)
 }
 
 // run runs a client command inside the intercepted cgroup.
