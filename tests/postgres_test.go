@@ -294,9 +294,10 @@ func TestEphemeralRoleLifetime(t *testing.T) {
 		defer s.release()
 		role := s.user
 		w.killDaemon()
-		// Prove VALID UNTIL is what stops it: give the role a password we
-		// know; the expiry must still refuse the login.
-		w.srv.Psql(t, "postgres", fmt.Sprintf("ALTER ROLE %s PASSWORD 'known-pw'", pgx.Identifier{role}.Sanitize()))
+		// Prove VALID UNTIL is what stops it: give the role back the LOGIN
+		// the proxy took away after its login, and a password we know; the
+		// expiry must still refuse the login.
+		w.srv.Psql(t, "postgres", fmt.Sprintf("ALTER ROLE %s LOGIN PASSWORD 'known-pw'", pgx.Identifier{role}.Sanitize()))
 		time.Sleep(6 * time.Second)
 		direct := w.srv.URL(role, "known-pw", "app")
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
