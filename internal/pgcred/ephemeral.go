@@ -89,15 +89,16 @@ type EphemeralOptions struct {
 	Leftovers string
 	// Owner receives leftovers in reassign mode. It must be NOLOGIN, not the
 	// admin, and reach no role that the group roles do not reach. Default:
-	// Prefix+"orphans", a NOLOGIN NOINHERIT role member of nothing, which
-	// NewEphemeral creates when missing.
+	// Prefix+"orphans", a NOLOGIN role member of nothing, which
+	// NewEphemeral creates when missing and checks.
 	Owner string
 	// ConnLimit is the role's CONNECTION LIMIT: 0 means DefaultConnLimit (1:
 	// the proxy's backend holds the only slot), negative means no limit.
 	ConnLimit int
 	// RetryInterval is how often Run retries pending drops (default 30s);
-	// SweepInterval how often it drops expired roles of ours that no live
-	// lease holds (default 5m).
+	// SweepInterval how often it re-checks the group roles and the
+	// leftovers owner and drops expired roles of ours that no live lease
+	// holds (default 5m).
 	RetryInterval time.Duration
 	SweepInterval time.Duration
 }
