@@ -55,7 +55,15 @@ func newPGWorld(t *testing.T, ttl string) *pgWorld {
 	if err := os.WriteFile(w.pwFile, []byte("admin-secret-1234\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	w.config(fmt.Sprintf(`intercept:
+	w.config(w.daemonConfig(ttl))
+	w.startDaemon()
+	w.dsn = fmt.Sprintf("host=%s port=5432 dbname=app user=agent sslmode=disable connect_timeout=10", w.host.V4)
+	return w
+}
+
+// daemonConfig is the configuration of a daemon serving w's server.
+func (w *pgWorld) daemonConfig(ttl string) string {
+	return fmt.Sprintf(`intercept:
   mode: all
 targets:
   - name: appdb
@@ -78,10 +86,7 @@ connections:
         admin_password_file: %s
         group_roles: [app_rw]
         ttl: %s
-`, w.host.V4, w.host.V6, w.srv.CACert, w.pwFile, ttl))
-	w.startDaemon()
-	w.dsn = fmt.Sprintf("host=%s port=5432 dbname=app user=agent sslmode=disable connect_timeout=10", w.host.V4)
-	return w
+`, w.host.V4, w.host.V6, w.srv.CACert, w.pwFile, ttl)
 }
 
 // run runs a client command inside the intercepted cgroup.
@@ -105,7 +110,7 @@ func (w *pgWorld) psql(t *testing.T, dsn string, args ...string) string {
 }
 
 func (w *pgWorld) ourRoles(t *testing.T) []string {
-	out := w.srv.Psql(t, "postgres", "SELECT rolname FROM pg_roles WHERE rolname LIKE 'airlock\\_%' AND rolname <> 'airlock_admin' ORDER BY 1")
+	out := w.srv.Psql(t, "postgres", "SELECT rolname FROM pg_roles WHERE rolname LIKE 'airlock\\_%' AND rolname NOT IN ('airlock_admin', 'airlock_orphans') ORDER BY 1")
 	if out == "" {
 		return nil
 	}
@@ -289,9 +294,10 @@ func TestEphemeralRoleLifetime(t *testing.T) {
 		defer s.release()
 		role := s.user
 		w.killDaemon()
-		// Prove VALID UNTIL is what stops it: give the role a password we
-		// know; the expiry must still refuse the login.
-		w.srv.Psql(t, "postgres", fmt.Sprintf("ALTER ROLE %s PASSWORD 'known-pw'", pgx.Identifier{role}.Sanitize()))
+		// Prove VALID UNTIL is what stops it: give the role back the LOGIN
+		// the proxy took away after its login, and a password we know; the
+		// expiry must still refuse the login.
+		w.srv.Psql(t, "postgres", fmt.Sprintf("ALTER ROLE %s LOGIN PASSWORD 'known-pw'", pgx.Identifier{role}.Sanitize()))
 		time.Sleep(6 * time.Second)
 		direct := w.srv.URL(role, "known-pw", "app")
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

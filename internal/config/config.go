@@ -175,6 +175,8 @@ type Credential struct {
 	GroupRoles        []string `yaml:"group_roles"`
 	TTL               Duration `yaml:"ttl"`
 	RolePrefix        string   `yaml:"role_prefix"`
+	Leftovers         string   `yaml:"leftovers"`       // reassign | drop: objects a dropped role still owns
+	LeftoversOwner    string   `yaml:"leftovers_owner"` // reassign mode; default: <role_prefix>orphans, managed by Airlock
 	User              string   `yaml:"user"`
 	PasswordFile      string   `yaml:"password_file"`
 }

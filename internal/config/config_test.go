@@ -67,7 +67,8 @@ func TestParseValid(t *testing.T) {
 	if pg.Upstream.Host != "db.internal" || pg.Upstream.Port != 5432 || pg.Upstream.TLS.Mode != "prefer" {
 		t.Errorf("upstream defaults: %+v", pg.Upstream)
 	}
-	if pg.Credential.Mode != "ephemeral" || pg.Credential.TTL.D() != 30*time.Minute || pg.Credential.RolePrefix != "airlock_" {
+	if pg.Credential.Mode != "ephemeral" || pg.Credential.TTL.D() != 30*time.Minute || pg.Credential.RolePrefix != "airlock_" ||
+		pg.Credential.Leftovers != "reassign" || pg.Credential.LeftoversOwner != "" {
 		t.Errorf("credential: %+v", pg.Credential)
 	}
 	if conn, ok := c.ConnectionFor("subnet"); !ok || conn.Name != "appdb" {
@@ -111,6 +112,9 @@ func TestParseErrors(t *testing.T) {
 		{"linger below max_ttl", "intercept: {mode: all}\ndns:\n  max_ttl: 2h\n  linger: 1h\n", `airlock.yaml:4: dns.linger: 1h0m0s is shorter than dns.max_ttl`},
 		{"negative max_sessions", "intercept: {mode: all}\nproxy:\n  max_sessions: -1\n", `airlock.yaml:3: proxy.max_sessions: must be positive`},
 		{"per-uid cap above total", "intercept: {mode: all}\nproxy:\n  max_sessions: 10\n  max_sessions_per_uid: 11\n", `airlock.yaml:4: proxy.max_sessions_per_uid: must be from 1 to proxy.max_sessions (10)`},
+		{"bad leftovers", "intercept: {mode: all}\ntargets:\n  - {name: a, address: 'x:1'}\nconnections:\n  - name: c\n    protocol: postgres\n    targets: [a]\n    postgres:\n      databases: [d]\n      credential:\n        admin_user: adm\n        admin_password_file: /f\n        group_roles: [g]\n" + "        leftovers: keep\n", `airlock.yaml:14: connections[0].postgres.credential.leftovers: "keep" is not one of reassign, drop`},
+		{"owner with drop", "intercept: {mode: all}\ntargets:\n  - {name: a, address: 'x:1'}\nconnections:\n  - name: c\n    protocol: postgres\n    targets: [a]\n    postgres:\n      databases: [d]\n      credential:\n        admin_user: adm\n        admin_password_file: /f\n        group_roles: [g]\n" + "        leftovers: drop\n        leftovers_owner: o\n", `airlock.yaml:15: connections[0].postgres.credential.leftovers_owner: only applies with leftovers: reassign`},
+		{"owner is admin", "intercept: {mode: all}\ntargets:\n  - {name: a, address: 'x:1'}\nconnections:\n  - name: c\n    protocol: postgres\n    targets: [a]\n    postgres:\n      databases: [d]\n      credential:\n        admin_user: adm\n        admin_password_file: /f\n        group_roles: [g]\n" + "        leftovers_owner: adm\n", `credential.leftovers_owner: must not be the admin role`},
 		{"not a mapping", "proxy: 5\n", `airlock.yaml:1: proxy: must be a mapping`},
 		{"twice", "proxy:\n  port: 1\nproxy:\n  port: 2\n", `key given twice`},
 		{"syntax", "proxy: [\n", `airlock.yaml`},

@@ -227,6 +227,9 @@ func (c *Config) defaults() {
 			def(&pg.Credential.Mode, "ephemeral")
 			def(&pg.Credential.AdminDatabase, "postgres")
 			def(&pg.Credential.RolePrefix, "airlock_")
+			if pg.Credential.Mode == "ephemeral" {
+				def(&pg.Credential.Leftovers, "reassign")
+			}
 			if pg.Credential.TTL == 0 {
 				pg.Credential.TTL = Duration(time.Hour)
 			}
@@ -400,6 +403,18 @@ func (c *Config) validatePostgres(key string, conn *Connection) error {
 		if cr.TTL.D() < 5*time.Second {
 			return c.errKey(key+".credential.ttl", "must be at least 5s")
 		}
+		switch cr.Leftovers {
+		case "reassign":
+		case "drop":
+			if cr.LeftoversOwner != "" {
+				return c.errKey(key+".credential.leftovers_owner", "only applies with leftovers: reassign")
+			}
+		default:
+			return c.errKey(key+".credential.leftovers", fmt.Sprintf("%q is not one of reassign, drop", cr.Leftovers))
+		}
+		if cr.LeftoversOwner != "" && cr.LeftoversOwner == cr.AdminUser {
+			return c.errKey(key+".credential.leftovers_owner", "must not be the admin role: a SECURITY DEFINER function a session left behind would run with its rights")
+		}
 	case "static":
 		if cr.User == "" || cr.PasswordFile == "" {
 			return c.errKey(key+".credential", "static mode needs user and password_file")
@@ -409,6 +424,9 @@ func (c *Config) validatePostgres(key string, conn *Connection) error {
 				return c.errKey(fmt.Sprintf("%s.access[%d].roles", strings.TrimSuffix(key, ".postgres"), i),
 					"a static credential cannot be granted roles per session; use mode: ephemeral")
 			}
+		}
+		if cr.Leftovers != "" || cr.LeftoversOwner != "" {
+			return c.errKey(key+".credential", "leftovers and leftovers_owner belong to ephemeral mode")
 		}
 	default:
 		return c.errKey(key+".credential.mode", fmt.Sprintf("%q is not one of ephemeral, static", cr.Mode))

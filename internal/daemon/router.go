@@ -35,6 +35,7 @@ type router struct {
 	byTarget map[string]frontdoor.Route
 	fallback frontdoor.Handler
 	closers  []func()
+	stateDir string
 }
 
 // lookupFunc resolves upstream hostnames with the daemon's resolver, so the
@@ -42,7 +43,7 @@ type router struct {
 type lookupFunc func(ctx context.Context, host string) ([]string, error)
 
 func newRouter(ctx context.Context, cfg *config.Config, set *targets.Set, dialer upstream.Dialer, lookup lookupFunc, log *slog.Logger) (*router, error) {
-	r := &router{set: set, hosts: map[string]string{}, byTarget: map[string]frontdoor.Route{}, fallback: relay.TCP{Dialer: dialer}}
+	r := &router{set: set, hosts: map[string]string{}, byTarget: map[string]frontdoor.Route{}, fallback: relay.TCP{Dialer: dialer}, stateDir: cfg.StateDir}
 	for _, t := range cfg.Targets {
 		if t.Host != "" {
 			r.hosts[t.Name] = t.Host
@@ -108,6 +109,12 @@ func (r *router) postgres(ctx context.Context, conn config.Connection, rules acc
 		if err != nil {
 			return nil, err
 		}
+		// The host id scopes the start-up sweep to the roles this machine
+		// made: other workstations sharing the admin keep their live roles.
+		hostID, err := pgcred.LoadOrCreateHostID(r.stateDir, "")
+		if err != nil {
+			return nil, err
+		}
 		eph, err := pgcred.NewEphemeral(ctx, pgcred.EphemeralOptions{
 			Admin:       admin,
 			GroupRoles:  pg.Credential.GroupRoles,
@@ -115,6 +122,9 @@ func (r *router) postgres(ctx context.Context, conn config.Connection, rules acc
 			TTL:         pg.Credential.TTL.D(),
 			Prefix:      pg.Credential.RolePrefix,
 			Logger:      log.With("connection", conn.Name),
+			HostID:      hostID,
+			Leftovers:   pg.Credential.Leftovers,
+			Owner:       pg.Credential.LeftoversOwner,
 		})
 		if err != nil {
 			return nil, err

@@ -20,8 +20,22 @@ import (
 )
 
 // CommentTag starts the comment of every role Ephemeral creates. Sweep drops
-// only roles whose name has the prefix and whose comment starts with it.
+// only roles whose name has the prefix and whose comment starts with it, and
+// of those only the ones this host made (the host id follows the tag, see
+// LoadOrCreateHostID) or whose VALID UNTIL has passed.
 const CommentTag = "airlock-managed "
+
+// orphansComment tags the role that Ephemeral creates to own what ephemeral
+// roles leave behind. It does not start with CommentTag: no sweep drops it.
+const orphansComment = "airlock-orphans: owns objects that Airlock's ephemeral roles left behind; no login, no memberships"
+
+// What happens to the objects an ephemeral role still owns when it is dropped.
+const (
+	// LeftoversReassign gives them to the leftovers owner (REASSIGN OWNED).
+	LeftoversReassign = "reassign"
+	// LeftoversDrop drops them (DROP OWNED).
+	LeftoversDrop = "drop"
+)
 
 // ErrDropPending marks a Release (or sweep) that could not drop the role yet:
 // the role is left without LOGIN (when possible) and the Ephemeral's Run loop
@@ -32,11 +46,18 @@ var ErrDropPending = errors.New("pgcred: role drop pending")
 const (
 	DefaultTTL           = time.Hour
 	DefaultPrefix        = "airlock_"
-	DefaultConnLimit     = 2
+	DefaultConnLimit     = 1 // the proxy's own backend holds the only slot
 	DefaultRetryInterval = 30 * time.Second
 	DefaultSweepInterval = 5 * time.Minute
 	terminateWait        = 5 * time.Second
-	maxIdentLen          = 63 // NAMEDATALEN-1
+	// otherHostGrace is how long after its VALID UNTIL a role of another
+	// host is left alone: that host's proxy ends the session at expiry by
+	// its own clock, which may lag the server's.
+	otherHostGrace = 5 * time.Minute
+	// maxLeftoversListed caps the object names a credential.revoke event
+	// carries (the count is always exact).
+	maxLeftoversListed = 50
+	maxIdentLen        = 63 // NAMEDATALEN-1
 )
 
 // EphemeralOptions configures per-session roles.
@@ -59,31 +80,50 @@ type EphemeralOptions struct {
 	Prefix string
 	Logger *slog.Logger
 
-	// Owner receives what a role owned when it is dropped (REASSIGN OWNED).
-	// Default: the admin role.
+	// HostID tags the roles this Ephemeral creates (see
+	// LoadOrCreateHostID); Sweep drops only roles of its own host id, plus
+	// expired ones. Lowercase letters and digits, 8 to 64. Required.
+	HostID string
+
+	// Leftovers says what becomes of the objects a role still owns when it
+	// is dropped: LeftoversReassign (default) or LeftoversDrop. They are
+	// never given to the admin: a SECURITY DEFINER function a session left
+	// would then run with the admin's rights.
+	Leftovers string
+	// Owner receives leftovers in reassign mode. It must be NOLOGIN, not the
+	// admin, and reach no role that the group roles do not reach. Default:
+	// Prefix+"orphans", a NOLOGIN role member of nothing, which
+	// NewEphemeral creates when missing and checks.
 	Owner string
-	// ConnLimit is the role's CONNECTION LIMIT: 0 means DefaultConnLimit,
-	// negative means no limit.
+	// ConnLimit is the role's CONNECTION LIMIT: 0 means DefaultConnLimit (1:
+	// the proxy's backend holds the only slot), negative means no limit.
 	ConnLimit int
 	// RetryInterval is how often Run retries pending drops (default 30s);
-	// SweepInterval how often it drops expired roles of ours that no live
-	// lease holds (default 5m).
+	// SweepInterval how often it re-checks the group roles and the
+	// leftovers owner and drops expired roles of ours that no live lease
+	// holds (default 5m).
 	RetryInterval time.Duration
 	SweepInterval time.Duration
 }
 
 // Ephemeral creates one login role per session and drops it on Release.
 type Ephemeral struct {
-	admin      *pgx.ConnConfig
-	groups     []string
-	allowed    []string // groups and access roles: what AcquireRoles may grant
-	ttl        time.Duration
-	prefix     string
-	log        *slog.Logger
-	owner      string
-	connLimit  int
-	retryEvery time.Duration
-	sweepEvery time.Duration
+	admin     *pgx.ConnConfig
+	groups    []string
+	allowed   []string // groups and access roles: what AcquireRoles may grant
+	ttl       time.Duration
+	prefix    string
+	log       *slog.Logger
+	hostID    string
+	leftovers string
+	owner     string
+	// ownerBorrows: the owner is made a member of the role being dropped
+	// for the length of the REASSIGN (see dropOwned).
+	ownerBorrows bool // guarded by mu after NewEphemeral
+	managedOwner bool // the owner is Prefix+"orphans", made by NewEphemeral
+	connLimit    int
+	retryEvery   time.Duration
+	sweepEvery   time.Duration
 
 	adminUser string // current_user of the admin connection
 	adminDB   string // current_database() of the admin connection
@@ -94,6 +134,7 @@ type Ephemeral struct {
 	drops chan struct{} // bounds concurrent drops: they leave Acquire a connection
 
 	mu      sync.Mutex
+	unsafe  error             // set by a re-check that failed: Acquire refuses
 	active  map[string]*Lease // role name → unreleased lease
 	pending map[string]*pendingDrop
 	closed  bool
@@ -121,7 +162,7 @@ func NewEphemeral(ctx context.Context, opts EphemeralOptions) (*Ephemeral, error
 	}
 	e := &Ephemeral{
 		admin: opts.Admin.Copy(), ttl: opts.TTL, prefix: opts.Prefix, log: opts.Logger,
-		owner: opts.Owner, connLimit: opts.ConnLimit,
+		hostID: opts.HostID, leftovers: opts.Leftovers, owner: opts.Owner, connLimit: opts.ConnLimit,
 		retryEvery: opts.RetryInterval, sweepEvery: opts.SweepInterval,
 		active: map[string]*Lease{}, pending: map[string]*pendingDrop{}, done: make(chan struct{}),
 		drops: make(chan struct{}, adminPoolSize-1),
@@ -142,6 +183,20 @@ func NewEphemeral(ctx context.Context, opts EphemeralOptions) (*Ephemeral, error
 	}
 	if e.log == nil {
 		e.log = slog.Default()
+	}
+	if !hostIDRE.MatchString(e.hostID) {
+		return nil, fmt.Errorf("pgcred: host id %q must be 8 to 64 lowercase letters and digits (see LoadOrCreateHostID)", e.hostID)
+	}
+	switch e.leftovers {
+	case "":
+		e.leftovers = LeftoversReassign
+	case LeftoversReassign:
+	case LeftoversDrop:
+		if e.owner != "" {
+			return nil, errors.New("pgcred: a leftovers owner only applies when leftovers are reassigned, not dropped")
+		}
+	default:
+		return nil, fmt.Errorf("pgcred: leftovers %q: want %q or %q", e.leftovers, LeftoversReassign, LeftoversDrop)
 	}
 	if e.connLimit == 0 {
 		e.connLimit = DefaultConnLimit
@@ -235,6 +290,9 @@ func NewEphemeral(ctx context.Context, opts EphemeralOptions) (*Ephemeral, error
 			return nil, fmt.Errorf("pgcred: group role(s) %s are superusers: refusing to hand their membership to agents",
 				strings.Join(quoteAll(super), ", "))
 		}
+		if err := e.checkGroupReach(ctx, conn); err != nil {
+			return nil, err
+		}
 		// Before 16, CREATEROLE alone may grant any non-superuser role; from
 		// 16 on, granting a role needs ADMIN OPTION on it.
 		if e.version >= 160000 && !e.superuser && len(noAdmin) > 0 {
@@ -243,25 +301,14 @@ func NewEphemeral(ctx context.Context, opts EphemeralOptions) (*Ephemeral, error
 		}
 	}
 
-	if e.owner == "" {
-		e.owner = e.adminUser
-	} else {
-		var exists, usable bool
-		err := conn.QueryRow(ctx, `SELECT count(*) > 0, coalesce(bool_or(pg_has_role(oid, 'USAGE')), false)
-			FROM pg_roles WHERE rolname = $1`, e.owner).Scan(&exists, &usable)
-		if err != nil {
-			return nil, fmt.Errorf("pgcred: inspect owner role: %w", e.scrub(err))
-		}
-		if !exists {
-			return nil, fmt.Errorf("pgcred: owner role %q does not exist", e.owner)
-		}
-		if !usable {
-			return nil, fmt.Errorf("pgcred: admin role %q lacks the privileges of owner role %q, which REASSIGN OWNED needs (fix: GRANT %s TO %s)",
-				e.adminUser, e.owner, ident(e.owner), ident(e.adminUser))
+	if e.leftovers == LeftoversReassign {
+		if err := e.setupOwner(ctx, conn); err != nil {
+			return nil, err
 		}
 	}
 	e.log.Debug("pgcred: ephemeral roles ready", "admin", e.adminUser, "database", e.adminDB,
-		"superuser", e.superuser, "server_version", e.version, "groups", e.groups, "ttl", e.ttl, "prefix", e.prefix)
+		"superuser", e.superuser, "server_version", e.version, "groups", e.groups, "ttl", e.ttl, "prefix", e.prefix,
+		"host_id", e.hostID, "leftovers", e.leftovers, "leftovers_owner", e.owner)
 	ok = true
 	return e, nil
 }
@@ -303,6 +350,12 @@ func (e *Ephemeral) AcquireRoles(ctx context.Context, sess *session.Session, dat
 			return fail(fmt.Errorf("pgcred: role %q was not checked at start (configure it in group_roles or access roles)", g))
 		}
 	}
+	e.mu.Lock()
+	unsafe := e.unsafe
+	e.mu.Unlock()
+	if unsafe != nil {
+		return fail(unsafe)
+	}
 	password, err := newPassword()
 	if err != nil {
 		return fail(fmt.Errorf("pgcred: %w", err))
@@ -325,7 +378,7 @@ func (e *Ephemeral) AcquireRoles(ctx context.Context, sess *session.Session, dat
 	// One simple-protocol query: an implicit transaction, so the role never
 	// exists without its tag.
 	b.WriteString("; COMMENT ON ROLE " + ident(role) + " IS " +
-		literal(CommentTag+"session="+sess.ID+" person="+cleanText(sess.Person.Name)))
+		literal(e.hostTag()+"session="+sess.ID+" person="+cleanText(sess.Person.Name)))
 
 	// A pooled connection that died while idle fails the statement before
 	// it runs; withConn then runs it once more on a new connection. If the
@@ -375,13 +428,17 @@ func (e *Ephemeral) release(ctx context.Context, l *Lease) error {
 	e.mu.Lock()
 	delete(e.active, l.user)
 	e.mu.Unlock()
-	st, err := e.drop(ctx, l.user, l.database)
+	st, left, err := e.drop(ctx, l.user, l.database)
 	err = scrub(err, l.password)
-	cred := &session.Credential{Mode: "ephemeral", Role: l.user, Groups: l.groups, Expires: l.expires}
+	cred := &session.Credential{Mode: "ephemeral", Role: l.user, Groups: l.groups, Expires: l.expires, Leftovers: left}
 	switch st {
 	case dropped, absent:
 		cred.Outcome = "ok"
 		e.log.Info("pgcred: role dropped", "session", l.sess.ID, "role", l.user)
+		if left != nil {
+			e.log.Info("pgcred: objects the role left behind", "session", l.sess.ID, "role", l.user,
+				"action", left.Action, "owner", left.Owner, "count", left.Count, "objects", left.Objects)
+		}
 	case nologin:
 		cred.Outcome, cred.Error = "nologin", err.Error()
 		e.schedule(l.user, &pendingDrop{sess: l.sess, database: l.database, groups: l.groups, expires: l.expires})
@@ -410,28 +467,29 @@ const (
 // drop revokes role: NOLOGIN first so that no new login races in, terminate
 // its backends, DROP ROLE; on 2BP01 reassign and drop what it owns in every
 // database that records a dependency on it, then DROP ROLE again.
-func (e *Ephemeral) drop(ctx context.Context, role, database string) (dropState, error) {
+func (e *Ephemeral) drop(ctx context.Context, role, database string) (dropState, *session.Leftovers, error) {
 	select {
 	case e.drops <- struct{}{}:
 		defer func() { <-e.drops }()
 	case <-ctx.Done():
-		return failed, ctx.Err()
+		return failed, nil, ctx.Err()
 	}
 	var st dropState
+	left := &leftovers{}
 	err := e.withConn(ctx, "", func(conn *pgx.Conn) error {
 		var err error
-		st, err = e.dropOn(ctx, conn, role, database)
+		st, err = e.dropOn(ctx, conn, role, database, left)
 		return err
 	})
 	var de *dialError
 	if errors.As(err, &de) {
-		return failed, fmt.Errorf("admin cannot connect: %w", e.scrub(de.err))
+		return failed, left.record(e), fmt.Errorf("admin cannot connect: %w", e.scrub(de.err))
 	}
-	return st, err
+	return st, left.record(e), err
 }
 
 // dropOn is drop on one admin connection. Every step may be repeated.
-func (e *Ephemeral) dropOn(ctx context.Context, conn *pgx.Conn, role, database string) (dropState, error) {
+func (e *Ephemeral) dropOn(ctx context.Context, conn *pgx.Conn, role, database string, left *leftovers) (dropState, error) {
 	id := ident(role)
 	if _, err := conn.Exec(ctx, "ALTER ROLE "+id+" NOLOGIN"); err != nil {
 		if sqlState(err) == "42704" {
@@ -488,7 +546,9 @@ func (e *Ephemeral) dropOn(ctx context.Context, conn *pgx.Conn, role, database s
 	}
 	var errs []error
 	for _, d := range dbs {
-		if err := e.dropOwned(ctx, conn, d, role); err != nil {
+		objs, err := e.dropOwned(ctx, conn, d, role)
+		left.add(objs)
+		if err != nil {
 			errs = append(errs, fmt.Errorf("database %s: %w", d, err))
 		}
 	}
@@ -505,18 +565,46 @@ func (e *Ephemeral) dropOn(ctx context.Context, conn *pgx.Conn, role, database s
 	return dropped, nil
 }
 
-// dropOwned runs REASSIGN OWNED and DROP OWNED for role in database db (they
-// act on the current database only, plus shared objects).
-func (e *Ephemeral) dropOwned(ctx context.Context, adminConn *pgx.Conn, db, role string) error {
-	sql := "REASSIGN OWNED BY " + ident(role) + " TO " + ident(e.owner) + "; DROP OWNED BY " + ident(role)
+// dropOwned lists what role owns in database db, then reassigns it to the
+// leftovers owner (never the admin) or drops it, per the leftovers mode, and
+// drops what privileges the role still holds there. Both act on the current
+// database only, plus shared objects. It returns the objects it found.
+func (e *Ephemeral) dropOwned(ctx context.Context, adminConn *pgx.Conn, db, role string) ([]string, error) {
+	sql := "DROP OWNED BY " + ident(role)
+	if e.leftovers == LeftoversReassign {
+		// A new owner needs CREATE on each object's schema (and on the
+		// database, for a schema), unless the admin is a superuser. The
+		// session had those through its role; the owner borrows that role
+		// for this one implicit transaction (one simple query), so it never
+		// holds the session's rights afterwards.
+		sql = "REASSIGN OWNED BY " + ident(role) + " TO " + ident(e.owner) + "; " + sql
+		e.mu.Lock()
+		borrows := e.ownerBorrows
+		e.mu.Unlock()
+		if borrows {
+			sql = "GRANT " + ident(role) + " TO " + ident(e.owner) + "; " + sql +
+				"; REVOKE " + ident(role) + " FROM " + ident(e.owner)
+		}
+	}
+	var objs []string
 	run := func(conn *pgx.Conn) error {
+		rows, err := conn.Query(ctx, ownedQuery, role)
+		if err == nil {
+			objs, err = pgx.CollectRows(rows, pgx.RowTo[string])
+		}
+		if err != nil {
+			return fmt.Errorf("list objects owned by %s: %w", role, e.scrub(err))
+		}
 		if _, err := conn.Exec(ctx, sql); err != nil {
-			return fmt.Errorf("REASSIGN/DROP OWNED BY %s: %w", role, e.scrub(err))
+			if e.leftovers == LeftoversReassign {
+				return fmt.Errorf("REASSIGN OWNED BY %s TO %s, DROP OWNED: %w", role, e.owner, e.scrub(err))
+			}
+			return fmt.Errorf("DROP OWNED BY %s: %w", role, e.scrub(err))
 		}
 		return nil
 	}
 	if db == e.adminDB {
-		return run(adminConn)
+		return objs, run(adminConn)
 	}
 	// Connections to other databases are pooled too (a few, closed when
 	// idle for a minute): a role that keeps owning objects there is
@@ -524,9 +612,9 @@ func (e *Ephemeral) dropOwned(ctx context.Context, adminConn *pgx.Conn, db, role
 	err := e.withConn(ctx, db, run)
 	var de *dialError
 	if errors.As(err, &de) {
-		return fmt.Errorf("admin cannot connect: %w", e.scrub(de.err))
+		return objs, fmt.Errorf("admin cannot connect: %w", e.scrub(de.err))
 	}
-	return err
+	return objs, err
 }
 
 // terminate kills every backend logged in as role and waits until they are
@@ -586,16 +674,26 @@ func (e *Ephemeral) schedule(role string, p *pendingDrop) {
 	e.mu.Unlock()
 }
 
-// listOurs returns the roles with our prefix and our comment tag; with
-// expiredOnly, only those whose VALID UNTIL has passed.
+// hostTag starts the comment of every role this Ephemeral creates.
+func (e *Ephemeral) hostTag() string { return CommentTag + "host=" + e.hostID + " " }
+
+// listOurs returns the roles with our prefix and our comment tag that a
+// sweep may drop: with expiredOnly, those whose VALID UNTIL has passed
+// (another host's only otherHostGrace later); else also every role of this
+// host. Another host's live roles are never listed: many workstations share
+// one admin and prefix.
 func (e *Ephemeral) listOurs(ctx context.Context, expiredOnly bool) ([]string, error) {
 	var roles []string
 	err := e.withConn(ctx, "", func(conn *pgx.Conn) error {
 		rows, err := conn.Query(ctx, `SELECT r.rolname::text FROM pg_roles r
+			CROSS JOIN LATERAL (SELECT coalesce(shobj_description(r.oid, 'pg_authid'), '') AS c) d
+			CROSS JOIN LATERAL (SELECT left(d.c, length($3)) = $3 AS mine) m
 			WHERE left(r.rolname, length($1)) = $1 AND NOT r.rolsuper
-			  AND left(coalesce(shobj_description(r.oid, 'pg_authid'), ''), length($2)) = $2
-			  AND (NOT $3::bool OR (r.rolvaliduntil IS NOT NULL AND r.rolvaliduntil < now()))
-			ORDER BY 1`, e.prefix, CommentTag, expiredOnly)
+			  AND left(d.c, length($2)) = $2
+			  AND ((m.mine AND NOT $4::bool)
+			    OR (r.rolvaliduntil IS NOT NULL AND r.rolvaliduntil <
+			        now() - CASE WHEN m.mine THEN interval '0' ELSE make_interval(secs => $5) END))
+			ORDER BY 1`, e.prefix, CommentTag, e.hostTag(), expiredOnly, otherHostGrace.Seconds())
 		if err == nil {
 			roles, err = pgx.CollectRows(rows, pgx.RowTo[string])
 		}
@@ -611,9 +709,11 @@ func (e *Ephemeral) listOurs(ctx context.Context, expiredOnly bool) ([]string, e
 	return roles, nil
 }
 
-// Sweep drops every role of ours (name with Prefix and comment tagged
-// airlock-managed) that no live lease of this Ephemeral holds: run it at
-// daemon start to clear leftovers of a crash. Other roles are never touched.
+// Sweep drops every role of ours (name with Prefix, comment tagged
+// airlock-managed) that this host made and no live lease of this Ephemeral
+// holds, and every role of ours (from any host) whose VALID UNTIL has
+// passed: run it at daemon start to clear leftovers of a crash. Other
+// hosts' live roles and roles not tagged as ours are never touched.
 // It returns how many roles it dropped; roles it could not drop are left
 // NOLOGIN and retried by Run.
 func (e *Ephemeral) Sweep(ctx context.Context) (int, error) {
@@ -634,7 +734,11 @@ func (e *Ephemeral) sweep(ctx context.Context, expiredOnly bool) (int, error) {
 		if live {
 			continue
 		}
-		st, err := e.drop(ctx, role, "")
+		st, left, err := e.drop(ctx, role, "")
+		if left != nil {
+			e.log.Info("pgcred: objects a swept role left behind", "role", role,
+				"action", left.Action, "owner", left.Owner, "count", left.Count, "objects", left.Objects)
+		}
 		switch st {
 		case dropped:
 			n++
@@ -670,7 +774,7 @@ func (e *Ephemeral) retryPending(ctx context.Context) int {
 		if p == nil {
 			continue
 		}
-		st, err := e.drop(ctx, role, p.database)
+		st, left, err := e.drop(ctx, role, p.database)
 		e.mu.Lock()
 		if st == dropped || st == absent {
 			delete(e.pending, role)
@@ -683,7 +787,7 @@ func (e *Ephemeral) retryPending(ctx context.Context) int {
 			e.log.Info("pgcred: pending role dropped", "role", role, "after", time.Since(p.since).Round(time.Second))
 			if p.sess != nil {
 				p.sess.Emit(session.Event{Kind: session.KindCredentialRevoke, Credential: &session.Credential{
-					Mode: "ephemeral", Role: role, Groups: p.groups, Expires: p.expires, Outcome: "ok"}})
+					Mode: "ephemeral", Role: role, Groups: p.groups, Expires: p.expires, Outcome: "ok", Leftovers: left}})
 			}
 		case absent:
 		default:
@@ -707,8 +811,10 @@ func (e *Ephemeral) Pending() []string {
 	return out
 }
 
-// Run retries pending drops every RetryInterval and drops expired roles of
-// ours that no live lease holds every SweepInterval. It returns when ctx is
+// Run retries pending drops every RetryInterval and, every SweepInterval,
+// checks the group roles and the leftovers owner again (a grant made since
+// start makes Acquire refuse until it is undone) and drops expired roles of
+// ours that no live lease holds. It returns when ctx is
 // done or Close is called.
 func (e *Ephemeral) Run(ctx context.Context) {
 	e.mu.Lock()
@@ -744,6 +850,7 @@ func (e *Ephemeral) Run(ctx context.Context) {
 		case <-reap.C:
 			e.pool.reap()
 		case <-sweep.C:
+			e.recheck(ctx)
 			if n, err := e.sweep(ctx, true); err != nil && ctx.Err() == nil {
 				e.log.Warn("pgcred: sweep of expired roles", "dropped", n, "error", err)
 			}
@@ -806,6 +913,16 @@ func (e *Ephemeral) connect(ctx context.Context, db string) (conn *pgx.Conn, err
 	if db != "" {
 		cfg.Database = db
 	}
+	// The admin works in databases where sessions may create functions and
+	// operators. An unqualified name in the admin's own queries would pick
+	// a better-matching one from public (public.left(name, integer) beats
+	// pg_catalog.left(text, integer)) and run the agent's code with the
+	// admin's rights. Only pg_catalog is searched; a startup parameter
+	// overrides any role or database setting.
+	if cfg.RuntimeParams == nil {
+		cfg.RuntimeParams = map[string]string{}
+	}
+	cfg.RuntimeParams["search_path"] = "pg_catalog, pg_temp"
 	defer func() {
 		if r := recover(); r != nil { // pgx panics on a config not made by ParseConfig
 			conn, err = nil, fmt.Errorf("pgcred: bad admin config: %v", r)

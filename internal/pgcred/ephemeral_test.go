@@ -88,7 +88,28 @@ GRANT CREATE ON SCHEMA public TO agent_write;
 CREATE ROLE pgcred_admin LOGIN CREATEROLE PASSWORD 'admin-pw-5f1e';
 CREATE ROLE pgcred_plain LOGIN PASSWORD 'plain-pw-77aa';
 CREATE ROLE super_group SUPERUSER NOLOGIN;
+CREATE ROLE createrole_group CREATEROLE NOLOGIN;
+CREATE ROLE createdb_group CREATEDB NOLOGIN;
+CREATE ROLE bypassrls_group BYPASSRLS NOLOGIN;
+CREATE ROLE replication_group REPLICATION NOLOGIN;
+CREATE ROLE read_files_group NOLOGIN IN ROLE pg_read_server_files;
+CREATE ROLE write_files_group NOLOGIN IN ROLE pg_write_server_files;
+CREATE ROLE program_group NOLOGIN IN ROLE pg_execute_server_program;
+CREATE ROLE signal_group NOLOGIN IN ROLE pg_signal_backend;
+CREATE ROLE mid_group NOLOGIN IN ROLE super_group;
+CREATE ROLE top_group NOLOGIN IN ROLE mid_group;
+CREATE ROLE via_admin_group NOLOGIN IN ROLE pgcred_admin;
+CREATE ROLE deep_files_group NOLOGIN IN ROLE read_files_group;
+CREATE ROLE nested_read NOLOGIN IN ROLE agent_read;
+CREATE ROLE owner_login LOGIN;
+CREATE ROLE owner_wider NOLOGIN IN ROLE unrelated;
+CREATE ROLE owner_ok NOLOGIN IN ROLE agent_read;
+GRANT owner_ok, owner_wider, owner_login TO pgcred_admin;
 `
+
+// testHostID is the host id of the Ephemerals tests make, unless a test
+// says otherwise.
+const testHostID = "testhost0001"
 
 func startPG(t testing.TB, opts pgtest.Options) *pgtest.Server {
 	t.Helper()
@@ -129,6 +150,9 @@ func (w testWriter) Write(p []byte) (int, error) {
 func newEph(t *testing.T, cfg *pgx.ConnConfig, opts EphemeralOptions) *Ephemeral {
 	t.Helper()
 	opts.Admin = cfg
+	if opts.HostID == "" {
+		opts.HostID = testHostID
+	}
 	if opts.Logger == nil {
 		opts.Logger = testLogger(t)
 	}
@@ -195,7 +219,7 @@ func TestEphemeralLifecycle(t *testing.T) {
 					extract(epoch FROM rolvaliduntil)::numeric(20,3), shobj_description(oid, 'pg_authid')
 					FROM pg_roles WHERE rolname = '%s'`, l.User()))
 				f := strings.Split(row, "|")
-				if len(f) != 7 || f[0] != "t" || f[1] != "t" || f[2] != "f" || f[3] != "f" || f[4] != "2" {
+				if len(f) != 7 || f[0] != "t" || f[1] != "t" || f[2] != "f" || f[3] != "f" || f[4] != "1" {
 					t.Fatalf("pg_roles row = %q", row)
 				}
 				var epoch float64
@@ -203,7 +227,7 @@ func TestEphemeralLifecycle(t *testing.T) {
 				if got := time.Unix(0, int64(epoch*1e9)); got.Sub(l.Expires()).Abs() > time.Second {
 					t.Fatalf("rolvaliduntil = %v, lease says %v", got, l.Expires())
 				}
-				if want := "airlock-managed session=" + sess.ID + " person=alice"; f[6] != want {
+				if want := "airlock-managed host=" + testHostID + " session=" + sess.ID + " person=alice"; f[6] != want {
 					t.Fatalf("comment = %q, want %q", f[6], want)
 				}
 				groups := s.Psql(t, "postgres", fmt.Sprintf(`SELECT string_agg(g.rolname, ',' ORDER BY g.rolname)
@@ -258,7 +282,7 @@ func TestEphemeralLifecycle(t *testing.T) {
 					if _, err := c.Exec(ctx, "CREATE TABLE "+table+" (x int); INSERT INTO "+table+" VALUES (1)"); err != nil {
 						t.Fatalf("create table in %s: %v", db, err)
 					}
-					c.Close(ctx)
+					closeAndWait(t, s, c, l.User()) // CONNECTION LIMIT 1: the next login needs the slot back
 				}
 				// A live connection too.
 				c, err := loginAs(ctx, s, l, "postgres")
@@ -275,8 +299,8 @@ func TestEphemeralLifecycle(t *testing.T) {
 				}
 				for _, db := range []string{"postgres", "other"} {
 					owner := s.Psql(t, db, "SELECT tableowner FROM pg_tables WHERE tablename = '"+table+"'")
-					if owner != a.user {
-						t.Fatalf("%s: table owner after Release = %q, want %q (reassigned)", db, owner, a.user)
+					if owner != "airlock_orphans" {
+						t.Fatalf("%s: table owner after Release = %q, want airlock_orphans (reassigned, never to the admin)", db, owner)
 					}
 				}
 				if got, want := rec.kinds(l.User()), []string{"credential.create:ok", "credential.revoke:ok"}; !slices.Equal(got, want) {
@@ -529,7 +553,7 @@ func TestReleasePendingRetry(t *testing.T) {
 	if got, want := rec.kinds(l.User()), []string{"credential.create:ok", "credential.revoke:nologin", "credential.revoke:ok"}; !slices.Equal(got, want) {
 		t.Fatalf("events %v, want %v", got, want)
 	}
-	if owner := s.Psql(t, "locked", "SELECT tableowner FROM pg_tables WHERE tablename = 'stuck'"); owner != "pgcred_admin" {
+	if owner := s.Psql(t, "locked", "SELECT tableowner FROM pg_tables WHERE tablename = 'stuck'"); owner != "airlock_orphans" {
 		t.Fatalf("stuck table owner = %q", owner)
 	}
 }
@@ -537,6 +561,7 @@ func TestReleasePendingRetry(t *testing.T) {
 func TestNewEphemeralRefuses(t *testing.T) {
 	s := startPG(t, pgtest.Options{})
 	ctx := context.Background()
+	s.Psql(t, "postgres", "CREATE ROLE handmade_orphans NOLOGIN")
 	tests := []struct {
 		name       string
 		user, pw   string
@@ -553,6 +578,46 @@ func TestNewEphemeralRefuses(t *testing.T) {
 			[]string{"prefix"}},
 		{"missing owner", s.AdminUser, s.AdminPassword, EphemeralOptions{Owner: "nobody_here"},
 			[]string{"nobody_here"}},
+		// Item 11: what a group role reaches, directly or through others.
+		{"CREATEROLE group", "pgcred_admin", "admin-pw-5f1e", EphemeralOptions{GroupRoles: []string{"agent_read", "createrole_group"}},
+			[]string{`"createrole_group" has CREATEROLE`}},
+		{"CREATEDB group", "pgcred_admin", "admin-pw-5f1e", EphemeralOptions{GroupRoles: []string{"createdb_group"}},
+			[]string{`"createdb_group" has CREATEDB`}},
+		{"BYPASSRLS group", s.AdminUser, s.AdminPassword, EphemeralOptions{GroupRoles: []string{"bypassrls_group"}},
+			[]string{`"bypassrls_group" has BYPASSRLS`}},
+		{"REPLICATION group", s.AdminUser, s.AdminPassword, EphemeralOptions{GroupRoles: []string{"replication_group"}},
+			[]string{`"replication_group" has REPLICATION`}},
+		{"reads server files", "pgcred_admin", "admin-pw-5f1e", EphemeralOptions{GroupRoles: []string{"read_files_group"}},
+			[]string{`"read_files_group" reaches "pg_read_server_files"`}},
+		{"writes server files", "pgcred_admin", "admin-pw-5f1e", EphemeralOptions{GroupRoles: []string{"write_files_group"}},
+			[]string{`pg_write_server_files`}},
+		{"runs server programs", "pgcred_admin", "admin-pw-5f1e", EphemeralOptions{GroupRoles: []string{"program_group"}},
+			[]string{`pg_execute_server_program`}},
+		{"signals backends", "pgcred_admin", "admin-pw-5f1e", EphemeralOptions{GroupRoles: []string{"signal_group"}},
+			[]string{`pg_signal_backend`}},
+		{"superuser two levels up", "pgcred_admin", "admin-pw-5f1e", EphemeralOptions{GroupRoles: []string{"top_group"}},
+			[]string{`"top_group" reaches "super_group" (SUPERUSER) through "top_group" → "mid_group" → "super_group"`}},
+		{"member of the admin", "pgcred_admin", "admin-pw-5f1e", EphemeralOptions{GroupRoles: []string{"via_admin_group"}},
+			[]string{`"via_admin_group" reaches "pgcred_admin" (CREATEROLE)`}},
+		{"files two levels up", "pgcred_admin", "admin-pw-5f1e", EphemeralOptions{GroupRoles: []string{"nested_read", "deep_files_group"}},
+			[]string{`"deep_files_group" reaches "pg_read_server_files"`}},
+		// Item 8: who may own what sessions leave behind.
+		{"owner is the admin", "pgcred_admin", "admin-pw-5f1e", EphemeralOptions{GroupRoles: []string{"agent_read"}, Owner: "pgcred_admin"},
+			[]string{"is the admin role"}},
+		{"owner can log in", "pgcred_admin", "admin-pw-5f1e", EphemeralOptions{GroupRoles: []string{"agent_read"}, Owner: "owner_login"},
+			[]string{"owner_login", "can log in"}},
+		{"owner reaches more than the groups", "pgcred_admin", "admin-pw-5f1e", EphemeralOptions{GroupRoles: []string{"agent_read"}, Owner: "owner_wider"},
+			[]string{`"owner_wider" reaches "unrelated"`, "more than their groups"}},
+		{"owner is a superuser group", s.AdminUser, s.AdminPassword, EphemeralOptions{GroupRoles: []string{"agent_read"}, Owner: "super_group"},
+			[]string{`"super_group" has SUPERUSER`}},
+		{"orphans role not ours", s.AdminUser, s.AdminPassword, EphemeralOptions{GroupRoles: []string{"agent_read"}, Prefix: "handmade_"},
+			[]string{"handmade_orphans", "did not make it"}},
+		{"owner with drop", s.AdminUser, s.AdminPassword, EphemeralOptions{GroupRoles: []string{"agent_read"}, Owner: "owner_ok", Leftovers: LeftoversDrop},
+			[]string{"only applies when leftovers are reassigned"}},
+		{"bad leftovers mode", s.AdminUser, s.AdminPassword, EphemeralOptions{Leftovers: "keep"},
+			[]string{`leftovers "keep"`}},
+		{"bad host id", s.AdminUser, s.AdminPassword, EphemeralOptions{HostID: "Not An Id"},
+			[]string{"host id"}},
 		{"wrong admin password", s.AdminUser, "not-the-password-9d2c", EphemeralOptions{},
 			[]string{"cannot connect"}},
 	}
@@ -560,6 +625,9 @@ func TestNewEphemeralRefuses(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			opts := tt.opts
 			opts.Admin = connConfig(t, s, tt.user, tt.pw, "postgres")
+			if opts.HostID == "" {
+				opts.HostID = testHostID
+			}
 			opts.Logger = testLogger(t)
 			e, err := NewEphemeral(ctx, opts)
 			if err == nil {
@@ -675,5 +743,19 @@ func TestScrub(t *testing.T) {
 	clean := errors.New("nothing secret")
 	if scrub(clean, pw) != clean {
 		t.Fatal("clean error replaced")
+	}
+}
+
+// closeAndWait closes c and waits until its backend is gone: with CONNECTION
+// LIMIT 1 the role's next login needs the slot back.
+func closeAndWait(t *testing.T, s *pgtest.Server, c *pgx.Conn, role string) {
+	t.Helper()
+	c.Close(context.Background())
+	deadline := time.Now().Add(10 * time.Second)
+	for s.Psql(t, "postgres", "SELECT count(*) FROM pg_stat_activity WHERE usename = '"+role+"'") != "0" {
+		if time.Now().After(deadline) {
+			t.Fatalf("backend of %s still there 10s after Close", role)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }

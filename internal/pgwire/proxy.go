@@ -200,6 +200,9 @@ func (p *Proxy) Serve(ctx context.Context, client net.Conn, sess *session.Sessio
 		return p.refuse(conn, sess, *f)
 	}
 	defer func() { _ = up.conn.Close() }()
+	if f := p.revokeLogin(ctx, sess, lease); f != nil {
+		return p.refuse(conn, sess, *f)
+	}
 
 	key := p.cancels.register(cancelTarget{addr: up.conn.RemoteAddr().String(), pid: up.pid,
 		secret: up.secret, uid: sess.Origin.UID, session: sess.ID})
@@ -241,6 +244,31 @@ func (p *Proxy) greet(conn net.Conn, st startup, up *upstreamConn, key cancelKey
 	b, _ = (&pgproto3.ReadyForQuery{TxStatus: tx}).Encode(b)
 	_, err := conn.Write(b)
 	return err
+}
+
+// loginRevoker is a Lease whose role can lose LOGIN once the proxy holds its
+// upstream session, so that a password the session sets for its own role
+// opens nothing outside Airlock.
+type loginRevoker interface {
+	RevokeLogin(ctx context.Context) error
+}
+
+// revokeLogin runs before the client is greeted, so before it can send a
+// statement. A failure ends the session: the credential would stay usable
+// outside the proxy.
+func (p *Proxy) revokeLogin(ctx context.Context, sess *session.Session, lease Lease) *fatal {
+	r, ok := lease.(loginRevoker)
+	if !ok {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, acquireTimeout)
+	defer cancel()
+	if err := r.RevokeLogin(ctx); err != nil {
+		p.log.Warn("pgwire: revoke upstream login", "session", sess.ID, "connection", p.opts.Name, "err", err)
+		return &fatal{codeInvalidAuth, fmt.Sprintf(
+			"could not secure the just-in-time credential for connection %s; ask your Airlock admin", p.opts.Name)}
+	}
+	return nil
 }
 
 // release gives the credential back with a context of its own: the

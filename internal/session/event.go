@@ -79,6 +79,17 @@ type Credential struct {
 	Expires time.Time `json:"expires,omitempty"`
 	Outcome string    `json:"outcome"` // "ok", "nologin", "failed"
 	Error   string    `json:"error,omitempty"`
+	// Leftovers (revoke only) are the objects the role still owned.
+	Leftovers *Leftovers `json:"leftovers,omitempty"`
+}
+
+// Leftovers are the objects a just-in-time role owned when it was dropped,
+// and what became of them.
+type Leftovers struct {
+	Action  string   `json:"action"`          // "reassigned" or "dropped"
+	Owner   string   `json:"owner,omitempty"` // the new owner, when reassigned
+	Count   int      `json:"count"`
+	Objects []string `json:"objects"` // "database: object" (shared objects without database), the first 50
 }
 
 // Refusal is a connection or session that Airlock turned away.
@@ -115,6 +126,10 @@ func (l LogSink) Record(ev Event) {
 		c := ev.Credential
 		attrs = append(attrs, "mode", c.Mode, "role", c.Role, "groups", c.Groups,
 			"expires", c.Expires, "outcome", c.Outcome, "error", c.Error)
+		if l := c.Leftovers; l != nil {
+			attrs = append(attrs, "leftovers_action", l.Action, "leftovers_owner", l.Owner,
+				"leftovers_count", l.Count, "leftovers", l.Objects)
+		}
 	case ev.Refusal != nil:
 		attrs = append(attrs, "reason", ev.Refusal.Reason, "sqlstate", ev.Refusal.SQLState)
 	case ev.Identity != nil:
