@@ -81,9 +81,19 @@ func (e *env) runInCursor(t *testing.T, cg string, uid uint32, argv []string, ch
 	cmd := exec.Command(cursor)
 	cmd.SysProcAttr = f.SysProcAttr
 	cmd.Env = append(os.Environ(), append(env, "AIRLOCK_E2E_HELPER=spawn", "SPAWN_ARGV="+string(b), "SPAWN_HELPER="+childHelper)...)
-	out, _ := cmd.StdoutPipe()
+	// Our own pipe, not StdoutPipe: Wait (below, concurrent with the read)
+	// would close StdoutPipe's read end as soon as a short-lived tree exits,
+	// losing a line it printed but we had not read yet.
+	out, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { out.Close() })
+	cmd.Stdout = w
 	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
+	err = cmd.Start()
+	w.Close()
+	if err != nil {
 		t.Fatal(err)
 	}
 	done := make(chan struct{})
@@ -556,9 +566,19 @@ func TestTreeContainment(t *testing.T) {
 	b, _ := json.Marshal([]string{helper})
 	cmd.Env = append(os.Environ(), "AIRLOCK_E2E_HELPER=spawn", "SPAWN_ARGV="+string(b), "SPAWN_HELPER=dial", "DIAL_ADDR="+addr, "DIAL_WAIT=true", "DIAL_HOLD=true", "SPAWN_LINGER=true")
 	stdin, _ := cmd.StdinPipe()
-	out, _ := cmd.StdoutPipe()
+	// Our own pipe, not StdoutPipe: Wait (below, concurrent with the read)
+	// would close StdoutPipe's read end as soon as a short-lived tree exits,
+	// losing a line it printed but we had not read yet.
+	out, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { out.Close() })
+	cmd.Stdout = w
 	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
+	err = cmd.Start()
+	w.Close()
+	if err != nil {
 		t.Fatal(err)
 	}
 	done := make(chan struct{})
