@@ -18,6 +18,9 @@ type Config struct {
 	StateDir    string       `yaml:"state_dir"`
 	RuntimeDir  string       `yaml:"runtime_dir"`
 	LogLevel    string       `yaml:"log_level"`
+	// LogStatementParams puts statement parameters in the event log; off
+	// by default, as they are the database users' data.
+	LogStatementParams bool `yaml:"log_statement_params"`
 	Proxy       Proxy        `yaml:"proxy"`
 	Intercept   Intercept    `yaml:"intercept"`
 	DNS         DNS          `yaml:"dns"`
