@@ -60,10 +60,10 @@ func FuzzClientMessages(f *testing.F) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
-		tr := newTracker(session.New(&capSink{}))
+		pl := newPipe(session.New(&capSink{}), Stages{}, 0)
 		var out bytes.Buffer
-		p := newPump(bytes.NewReader(data), &out, func(typ byte, _ int, body []byte) error { return tr.client(typ, body) },
-			clientDecoded, 1<<16, 1<<16)
+		p := newPump(bytes.NewReader(data), &out, pl.fromClient, pl.clientTypes(), 1<<16, 1<<16)
+		p.space = func() error { return errStopped }
 		_ = p.run()
 		if !bytes.HasPrefix(data, out.Bytes()) {
 			t.Fatalf("forwarded bytes are not a prefix of the input")
@@ -80,13 +80,14 @@ func FuzzSessionStreams(f *testing.F) {
 		}
 	}
 	f.Fuzz(func(t *testing.T, client, server []byte) {
-		tr := newTracker(session.New(&capSink{}))
-		c2s := newPump(bytes.NewReader(client), io.Discard, func(typ byte, _ int, body []byte) error { return tr.client(typ, body) },
-			clientDecoded, 1<<16, 1<<16)
+		pl := newPipe(session.New(&capSink{}), Stages{}, 0)
+		c2s := newPump(bytes.NewReader(client), io.Discard, pl.fromClient, pl.clientTypes(), 1<<16, 1<<16)
+		c2s.space = func() error { return errStopped }
 		_ = c2s.run()
 		var out bytes.Buffer
-		s2c := newPump(bytes.NewReader(server), &out, tr.server, serverDecoded, serverDecodeMax, 0)
+		s2c := newPump(bytes.NewReader(server), &out, pl.fromServer, pl.serverTypes(), serverDecodeMax, 0)
 		_ = s2c.run()
+		pl.abandon("fuzz")
 		if !bytes.HasPrefix(server, out.Bytes()) {
 			t.Fatalf("forwarded bytes are not a prefix of the input")
 		}

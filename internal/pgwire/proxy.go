@@ -58,6 +58,12 @@ type Options struct {
 	Lookup        func(ctx context.Context, host string) ([]string, error)
 	Logger        *slog.Logger
 	MaxMessageLen int // largest client message body; default 1 MiB
+	// MaxPreparedBytes bounds the prepared statement text one session may
+	// keep (the proxy must remember it to record what each execution
+	// ran); a Parse past it gets SQLSTATE 54000. Default 16 MiB.
+	MaxPreparedBytes int
+	// Stages builds each session's pipeline (nil: the record only).
+	Stages func(sess *session.Session) Stages
 }
 
 const (
@@ -112,7 +118,7 @@ func New(opts Options) (*Proxy, error) {
 // returns nil when the client ended the session (or gave up before it
 // began), else why the proxy ended it: ErrRefused, ErrShutdown, ErrExpired,
 // ErrUpstreamClosed, ErrProtocol, wrapped with detail. It also records the
-// bytes relayed as the session attributes bytes_in and bytes_out.
+// bytes and messages relayed, and the statements, in sess.Stats.
 func (p *Proxy) Serve(ctx context.Context, client net.Conn, sess *session.Session) error {
 	defer func() { _ = client.Close() }()
 	_ = client.SetDeadline(time.Now().Add(startupTimeout))
@@ -145,7 +151,7 @@ func (p *Proxy) Serve(ctx context.Context, client net.Conn, sess *session.Sessio
 	if !slices.Contains(p.opts.Databases, database) {
 		return p.refuse(conn, sess, fatal{codeInvalidDatabase, p.databaseRefusal(database)})
 	}
-	sess.SetAttr("database", database)
+	sess.SetDatabase(database)
 
 	actx, cancel := context.WithTimeout(ctx, acquireTimeout)
 	lease, err := p.opts.Credentials.Acquire(actx, sess, database)
@@ -155,7 +161,7 @@ func (p *Proxy) Serve(ctx context.Context, client net.Conn, sess *session.Sessio
 			"could not create a just-in-time credential for connection %s: %v; ask your Airlock admin", p.opts.Name, err)})
 	}
 	defer p.release(sess, lease)
-	sess.SetAttr("upstream_user", lease.User())
+	sess.SetUpstreamRole(lease.User())
 
 	up, f := p.connectUpstream(ctx, sess, lease, database, st.params)
 	if f != nil {
@@ -163,8 +169,13 @@ func (p *Proxy) Serve(ctx context.Context, client net.Conn, sess *session.Sessio
 	}
 	defer func() { _ = up.conn.Close() }()
 
+	var stages Stages
+	if p.opts.Stages != nil {
+		stages = p.opts.Stages(sess)
+	}
+	pl := newPipe(sess, stages, p.opts.MaxPreparedBytes)
 	key := p.cancels.register(cancelTarget{addr: up.conn.RemoteAddr().String(), pid: up.pid,
-		secret: up.secret, uid: sess.Origin.UID, session: sess.ID})
+		secret: up.secret, uid: sess.Origin.UID, session: sess.ID, hold: pl.cancelHold})
 	defer p.cancels.unregister(key)
 
 	if err := p.greet(conn, st, up, key); err != nil {
@@ -173,7 +184,7 @@ func (p *Proxy) Serve(ctx context.Context, client net.Conn, sess *session.Sessio
 	_ = client.SetDeadline(time.Time{})
 	p.log.Debug("pgwire: session relaying", "session", sess.ID, "connection", p.opts.Name,
 		"database", database, "upstream_pid", up.pid)
-	return p.relay(ctx, conn, up, sess, lease)
+	return p.relay(ctx, conn, up, sess, lease, pl)
 }
 
 func (p *Proxy) databaseRefusal(db string) string {
