@@ -70,7 +70,7 @@ type act struct {
 // pending is a request forwarded to the server whose response has yet to
 // come, in the order the server will answer.
 type pending struct {
-	kind     byte   // Q P B D E C S F
+	kind     byte        // Q P B D E C S F
 	refusal  *ErrorReply // the server's error for it is replaced with this
 	poison   bool        // a Parse of ours: never a statement
 	sql      string
