@@ -15,17 +15,18 @@ const DefaultPath = "/etc/airlock/airlock.yaml"
 
 // Config is the whole file.
 type Config struct {
-	StateDir   string `yaml:"state_dir"`
-	RuntimeDir string `yaml:"runtime_dir"`
-	LogLevel   string `yaml:"log_level"`
+	StateDir    string       `yaml:"state_dir"`
+	RuntimeDir  string       `yaml:"runtime_dir"`
+	LogLevel    string       `yaml:"log_level"`
+	Proxy       Proxy        `yaml:"proxy"`
+	Intercept   Intercept    `yaml:"intercept"`
+	DNS         DNS          `yaml:"dns"`
+	Targets     []Target     `yaml:"targets"`
+	Connections []Connection `yaml:"connections"`
+
 	// LogStatementParams puts statement parameters in the event log; off
 	// by default, as they are the database users' data.
-	LogStatementParams bool         `yaml:"log_statement_params"`
-	Proxy              Proxy        `yaml:"proxy"`
-	Intercept          Intercept    `yaml:"intercept"`
-	DNS                DNS          `yaml:"dns"`
-	Targets            []Target     `yaml:"targets"`
-	Connections        []Connection `yaml:"connections"`
+	LogStatementParams bool `yaml:"log_statement_params"`
 
 	file  string
 	lines map[string]int // key path ("connections[0].targets") → line
