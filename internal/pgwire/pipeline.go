@@ -152,6 +152,8 @@ type Holding struct {
 	onTimeout ErrorReply
 	ch        chan Verdict
 	once      sync.Once
+	parked    chan struct{}
+	parkOnce  sync.Once
 }
 
 const defaultHoldTimeout = 5 * time.Minute
@@ -165,8 +167,14 @@ func NewHold(timeout time.Duration, onTimeout ErrorReply) *Holding {
 	if onTimeout.Code == "" {
 		onTimeout = ErrorReply{Code: codeQueryCanceled, Message: "Airlock: no decision in time for this statement"}
 	}
-	return &Holding{timeout: timeout, onTimeout: onTimeout, ch: make(chan Verdict, 1)}
+	return &Holding{timeout: timeout, onTimeout: onTimeout, ch: make(chan Verdict, 1), parked: make(chan struct{})}
 }
+
+// Parked is closed once the session is parked on the hold: from then on a
+// cancel from the client ends the hold instead of reaching the server.
+func (h *Holding) Parked() <-chan struct{} { return h.parked }
+
+func (h *Holding) park() { h.parkOnce.Do(func() { close(h.parked) }) }
 
 // Resolve decides the hold: Forward resumes the message at the next stage;
 // Reply, Drop and Replace act as if the holding stage had answered them.

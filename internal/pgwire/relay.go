@@ -207,6 +207,7 @@ func (p *Proxy) drain(cerr error, c2s *pump, up net.Conn, pl *pipe, done, stoppe
 func waitHold(h *Holding, pl *pipe, stopped <-chan struct{}) (Verdict, bool) {
 	pl.holding.Store(h)
 	defer pl.holding.Store(nil)
+	h.park()
 	t := time.NewTimer(h.timeout)
 	defer t.Stop()
 	select {
