@@ -106,7 +106,7 @@ func parseScript(path string) (*script, error) {
 			if err != nil {
 				return nil, fmt.Errorf("line %d: %w", ln, err)
 			}
-		case "send", "until", "expect", "approve", "deny", "cancel", "wait":
+		case "send", "until", "expect", "approve", "deny", "cancel", "wait", "silent":
 			sc.steps = append(sc.steps, step{line: ln, verb: toks[0], args: toks[1:]})
 		default:
 			return nil, fmt.Errorf("line %d: unknown command %q", ln, toks[0])
@@ -267,6 +267,21 @@ func (sc *script) run(t *testing.T, target, addr string, start startupFunc, st *
 					gotLine, strings.Join(all, " | "))
 			}
 			got = got[1:]
+		case "silent":
+			// Nothing may arrive for a while: a held statement has not
+			// reached the server. (It can only fail when something does
+			// arrive, never by timing.)
+			check(s)
+			d, err := time.ParseDuration(s.args[0])
+			if err != nil {
+				t.Fatalf("%s: silent DURATION: %v", where, err)
+			}
+			_ = conn.SetReadDeadline(time.Now().Add(d))
+			var b [1]byte
+			if n, err := conn.Read(b[:]); n > 0 || err == nil {
+				t.Fatalf("%s: received %q while nothing should come", where, b[:n])
+			}
+			_ = conn.SetDeadline(time.Now().Add(60 * time.Second))
 		case "wait", "approve", "deny", "cancel":
 			if st == nil {
 				continue // nothing is held on a direct run
