@@ -554,7 +554,12 @@ func (pl *pipe) response(typ byte, body []byte) act {
 					break
 				}
 			}
-			st := pl.stmts[f.stmt]
+			st, ok := pl.stmts[f.stmt]
+			if !ok {
+				// The server has it, so SQL PREPARE made it: that
+				// statement's text is in the record of the PREPARE.
+				st.sql = fmt.Sprintf("<statement %q prepared in SQL>", f.stmt)
+			}
 			d := f.decision
 			if d == "" {
 				d = st.decision
@@ -588,6 +593,7 @@ func (pl *pipe) response(typ byte, body []byte) act {
 				pl.emit(f, tag, "", "")
 				pl.pop()
 			}
+			pl.sqlDeallocated(f, tag)
 		}
 		pl.rows, pl.bytes = 0, 0
 	case 's': // PortalSuspended: the Execute ended at its row limit
@@ -679,6 +685,47 @@ func (pl *pipe) errorResponse(f *pending, body []byte) act {
 	}
 	pl.rows, pl.bytes = 0, 0
 	return a
+}
+
+// sqlDeallocated forgets statements dropped in SQL (DEALLOCATE, DISCARD),
+// so that they no longer count against the budget; mu held.
+func (pl *pipe) sqlDeallocated(f *pending, tag string) {
+	switch tag {
+	case "DEALLOCATE ALL", "DISCARD ALL":
+		clear(pl.stmts)
+		pl.stmtBytes = 0
+		return
+	case "DEALLOCATE":
+	default:
+		return
+	}
+	sql := f.sql
+	if f.kind == 'E' {
+		sql = pl.portals[f.name].sql
+	}
+	// DEALLOCATE [PREPARE] name, alone in its Query: anything fancier
+	// keeps the statement counted, which is only conservative.
+	w := strings.Fields(strings.TrimSuffix(strings.TrimSpace(sql), ";"))
+	if len(w) == 0 || !strings.EqualFold(w[0], "deallocate") {
+		return
+	}
+	w = w[1:]
+	if len(w) > 0 && strings.EqualFold(w[0], "prepare") {
+		w = w[1:]
+	}
+	if len(w) != 1 {
+		return
+	}
+	name := w[0]
+	if strings.HasPrefix(name, `"`) && strings.HasSuffix(name, `"`) && len(name) >= 2 {
+		name = strings.ReplaceAll(name[1:len(name)-1], `""`, `"`)
+	} else {
+		name = strings.ToLower(name)
+	}
+	if old, ok := pl.stmts[name]; ok {
+		pl.stmtBytes -= len(old.sql)
+		delete(pl.stmts, name)
+	}
 }
 
 // emit records the statement p as completed now; mu held. The event waits

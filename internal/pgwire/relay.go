@@ -22,7 +22,7 @@ const stopGrace = 2 * time.Second
 // drainTimeout bounds how long the proxy keeps reading the server's answers
 // after the client left: what it sent was forwarded and may be running, and
 // must be recorded with its outcome, or as unknown when this runs out.
-const drainTimeout = 5 * time.Second
+var drainTimeout = 5 * time.Second // a variable for tests
 
 // errStopped ends a pump that was waiting (on a hold, or for room) when the
 // session was stopped.
