@@ -137,3 +137,75 @@ func FuzzClientStartup(f *testing.F) {
 		}
 	})
 }
+
+// fuzzHold holds every Query and Parse that mentions "h" and decides at
+// once, alternating approve and deny.
+type fuzzHold struct{ n int }
+
+func (s *fuzzHold) ClientTypes() string { return "QP" }
+func (s *fuzzHold) Client(m *ClientMsg) Verdict {
+	if !bytes.Contains(m.SQL(), []byte("h")) {
+		return Verdict{}
+	}
+	h := NewHold(time.Second, ErrorReply{})
+	s.n++
+	if s.n%2 == 0 {
+		h.Approve()
+	} else {
+		h.Deny("42501", "no")
+	}
+	return Verdict{Action: Hold, Hold: h}
+}
+
+// FuzzPipeline runs arbitrary client and server streams through a pipe
+// whose stages take every decision: the pipe must not panic, and whatever
+// it sends either way must be whole protocol messages when its input was.
+func FuzzPipeline(f *testing.F) {
+	for _, c := range clientSeeds() {
+		for _, s := range serverSeeds() {
+			f.Add(c, s)
+		}
+	}
+	f.Add(encodeAll(&pgproto3.Query{String: "select 'x'"}, &pgproto3.Query{String: "select 'h'"},
+		&pgproto3.Query{String: "select 'h2'"}, &pgproto3.Query{String: "select 'r'"}, &pgproto3.Flush{},
+		&pgproto3.Parse{Name: "x", Query: "select 1"}, &pgproto3.FunctionCall{Function: 1, Arguments: [][]byte{{1}}},
+		&pgproto3.CopyData{Data: []byte("x")}, &pgproto3.CopyDone{}, &pgproto3.Sync{}),
+		encodeAll(&pgproto3.ErrorResponse{Severity: "ERROR", Code: "42601"}, &pgproto3.ReadyForQuery{TxStatus: 'I'},
+			&pgproto3.DataRow{Values: [][]byte{[]byte("a"), nil}}, &pgproto3.ParseComplete{}, &pgproto3.BindComplete{},
+			&pgproto3.CloseComplete{}, &pgproto3.FunctionCallResponse{Result: []byte("1")}))
+	f.Fuzz(func(t *testing.T, client, server []byte) {
+		st := Stages{
+			Client: []ClientStage{
+				&refuseStage{types: "QPBEFd", match: "x", code: "42501"},
+				&dropStage{types: "H"},
+				&fuzzHold{},
+				&rewriteStage{from: "r", to: "rr"},
+			},
+			Server: []ServerStage{&maskStage{column: 0, with: []byte("*")}},
+		}
+		pl := newPipe(session.New(&capSink{}), st, 64)
+		var up, down bytes.Buffer
+		c2s := newPump(bytes.NewReader(client), &up, pl.fromClient, pl.clientTypes(), 1<<16, 1<<16)
+		c2s.space = func() error { return errStopped }
+		c2s.hold = func(a act, typ byte, body []byte) act {
+			for a.kind == actHold {
+				a = pl.resume(a, <-a.hold.ch, typ, body)
+			}
+			return a
+		}
+		cerr := c2s.run()
+		s2c := newPump(bytes.NewReader(server), &down, pl.fromServer, pl.serverTypes(), serverDecodeMax, 0)
+		serr := s2c.run()
+		pl.abandon("fuzz")
+		if errors.Is(cerr, io.EOF) && splitMessages(client, nil) == nil {
+			if err := splitMessages(up.Bytes(), nil); err != nil {
+				t.Fatalf("client side sent broken messages: %v", err)
+			}
+		}
+		if errors.Is(serr, io.EOF) && splitMessages(server, nil) == nil {
+			if err := splitMessages(down.Bytes(), nil); err != nil {
+				t.Fatalf("server side sent broken messages: %v", err)
+			}
+		}
+	})
+}
