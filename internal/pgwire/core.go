@@ -63,6 +63,7 @@ type act struct {
 	out   []byte   // actReplace: bytes to send instead
 	hold  *Holding // actHold
 	stage int      // actHold: the stage that holds
+	unit  bool     // actHold: the hold is within a batch unit
 	wait  bool     // the pending queue is full: wait for room before reading on
 	err   error    // stop after this message
 }
@@ -108,6 +109,7 @@ type pipe struct {
 	holding atomic.Pointer[Holding] // the hold in progress, for cancel
 
 	// client side only
+	unit      unit   // the extended batch gathered for batch stages
 	decision  string // recorded on the next request pushed
 	lastParse string
 	lastQuery string
@@ -157,6 +159,9 @@ func newPipe(sess *session.Session, st Stages, budget int) *pipe {
 func (pl *pipe) clientTypes() string {
 	var t typeSet
 	t.add(clientDecoded)
+	if len(pl.stages.Batch) > 0 {
+		t.add("PBDECSH") // a unit is gathered whole
+	}
 	for i := range pl.cwant {
 		for j := range t {
 			t[j] |= pl.cwant[i][j]
@@ -176,6 +181,11 @@ func (pl *pipe) serverTypes() string {
 // bookkeeping. body is nil for types nobody decodes (and for decoded types
 // too large to hold, which the pump refuses before this).
 func (pl *pipe) fromClient(typ byte, n int, body []byte) act {
+	if len(pl.stages.Batch) > 0 && body != nil {
+		if a, ok := pl.gather(typ, body); ok {
+			return a
+		}
+	}
 	return pl.clientFrom(0, typ, body)
 }
 
@@ -203,6 +213,9 @@ func (pl *pipe) clientFrom(i int, typ byte, body []byte) act {
 
 // resume continues a held message with the hold's verdict.
 func (pl *pipe) resume(a act, v Verdict, typ byte, body []byte) act {
+	if a.unit {
+		return pl.resumeUnit(a, v)
+	}
 	switch v.Action {
 	case Forward:
 		pl.decision = "approved"

@@ -157,6 +157,25 @@ func (s *fuzzHold) Client(m *ClientMsg) Verdict {
 	return Verdict{Action: Hold, Hold: h}
 }
 
+// fuzzBatchHold holds every batch that mentions "u" and decides at once.
+type fuzzBatchHold struct{ fuzzHold }
+
+func (s *fuzzBatchHold) Batch(b *Batch) Verdict {
+	for _, m := range b.Msgs {
+		if bytes.Contains(m.Body, []byte("u")) {
+			h := NewHold(time.Second, ErrorReply{})
+			s.n++
+			if s.n%2 == 0 {
+				h.Approve()
+			} else {
+				h.Deny("42501", "no")
+			}
+			return Verdict{Action: Hold, Hold: h}
+		}
+	}
+	return Verdict{}
+}
+
 // FuzzPipeline runs arbitrary client and server streams through a pipe
 // whose stages take every decision: the pipe must not panic, and whatever
 // it sends either way must be whole protocol messages when its input was.
@@ -175,6 +194,7 @@ func FuzzPipeline(f *testing.F) {
 			&pgproto3.CloseComplete{}, &pgproto3.FunctionCallResponse{Result: []byte("1")}))
 	f.Fuzz(func(t *testing.T, client, server []byte) {
 		st := Stages{
+			Batch: []BatchStage{&batchStage{match: "b", refuse: true}, &fuzzBatchHold{}},
 			Client: []ClientStage{
 				&refuseStage{types: "QPBEFd", match: "x", code: "42501"},
 				&dropStage{types: "H"},

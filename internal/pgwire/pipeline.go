@@ -141,6 +141,7 @@ type ServerStage interface {
 
 // Stages is one session's pipeline, in order.
 type Stages struct {
+	Batch  []BatchStage // see each extended batch whole, before Client
 	Client []ClientStage
 	Server []ServerStage
 }

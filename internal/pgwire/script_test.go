@@ -532,6 +532,10 @@ func (s *scriptStages) add(t *testing.T, d []string) {
 			t.Fatalf("mask column=N: %v", err)
 		}
 		s.Server = append(s.Server, &maskStage{column: col, with: []byte(def(kv["with"], "***"))})
+	case "batchrefuse":
+		s.Batch = append(s.Batch, &batchStage{match: kv["match"], refuse: true})
+	case "batchhold":
+		s.Batch = append(s.Batch, &batchStage{match: kv["match"], holds: s.holds})
 	default:
 		t.Fatalf("unknown stage %q", d[0])
 	}
@@ -654,3 +658,25 @@ func (s *maskStage) Server(m *ServerMsg) Verdict {
 	return Verdict{Action: Replace, Msgs: out}
 }
 
+
+// batchStage refuses or holds a whole extended batch when any of its
+// messages contains match.
+type batchStage struct {
+	match  string
+	refuse bool
+	holds  chan *Holding
+}
+
+func (s *batchStage) Batch(b *Batch) Verdict {
+	for _, m := range b.Msgs {
+		if bytes.Contains(m.Body, []byte(s.match)) {
+			if s.refuse {
+				return Refuse("42501", fmt.Sprintf("batch of %d messages refused", len(b.Msgs)))
+			}
+			h := NewHold(0, ErrorReply{})
+			s.holds <- h
+			return Verdict{Action: Hold, Hold: h}
+		}
+	}
+	return Verdict{}
+}
