@@ -658,7 +658,6 @@ func (s *maskStage) Server(m *ServerMsg) Verdict {
 	return Verdict{Action: Replace, Msgs: out}
 }
 
-
 // batchStage refuses or holds a whole extended batch when any of its
 // messages contains match.
 type batchStage struct {
