@@ -755,7 +755,12 @@ func (pl *pipe) emit(p *pending, tag, code, msg string) {
 	case p.kind == 'Q':
 		st.Protocol = "simple"
 	case p.kind == 'E':
-		b := pl.portals[p.name]
+		b, ok := pl.portals[p.name]
+		if !ok {
+			// The server has it, so SQL DECLARE made it: the cursor's
+			// query is in the record of the DECLARE.
+			b.sql = fmt.Sprintf("<portal %q declared in SQL>", p.name)
+		}
 		st.SQL, st.Name, st.Params = b.sql, b.name, b.params
 		if st.Decision == "" {
 			st.Decision = b.decision

@@ -223,6 +223,18 @@ func TestRecordHolds(t *testing.T) {
 		if len(got) != 1 || got[0].SQL != `<statement "sqlprep" prepared in SQL>` {
 			t.Fatalf("execution of a SQL-prepared statement recorded as %+v", got)
 		}
+		// A cursor declared in SQL, fetched with the protocol's Execute.
+		h.sink.reset()
+		_, fe := rawSession(t, h)
+		fe.Send(&pgproto3.Query{String: "begin; declare cur2 cursor for select 1 from generate_series(1, 5)"})
+		fe.Send(&pgproto3.Execute{Portal: "cur2", MaxRows: 2})
+		fe.Send(&pgproto3.Sync{})
+		_ = fe.Flush()
+		untilReady(t, fe, 2)
+		got = waitStatements(t, h, 1, func(s session.Statement) bool { return s.Protocol == "extended" })
+		if len(got) != 1 || got[0].SQL != `<portal "cur2" declared in SQL>` {
+			t.Fatalf("Execute of a SQL cursor recorded as %+v", got)
+		}
 	})
 }
 
