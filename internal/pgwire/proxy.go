@@ -1,7 +1,9 @@
 // Package pgwire is Airlock's PostgreSQL proxy. It takes a client connection
 // the daemon intercepted, vouches for the person behind it with a
-// just-in-time upstream credential, and relays the session byte for byte,
-// decoding only what the audit record needs.
+// just-in-time upstream credential, and relays the session through a
+// message pipeline (pipeline.go): stages that may refuse, hold, drop or
+// rewrite messages, and the statement record. Messages no stage asked to see
+// are relayed byte for byte, undecoded.
 package pgwire
 
 import (
