@@ -275,7 +275,7 @@ func (pl *pipe) refuse(typ byte, body []byte, e *ErrorReply, why string) act {
 	case 'Q':
 		q, _ := cstring(body)
 		out, _ = (&pgproto3.Query{String: poisonSQL}).Encode(nil)
-		pl.push(pending{kind: 'Q', refusal: e, sql: pl.keepQuery(q), decision: why, start: now})
+		pl.push(pending{kind: 'Q', refusal: e, sql: pl.keepQuery(q), size: len(q), decision: why, start: now})
 	case 'F':
 		var m pgproto3.FunctionCall
 		_ = m.Decode(body)
@@ -340,7 +340,9 @@ func (pl *pipe) track(typ byte, body []byte) act {
 		if !ok {
 			q = nil
 		}
-		pl.push(pending{kind: 'Q', sql: pl.keepQuery(q), decision: d, start: now})
+		// The text counts against the pending bound: a pipeline of
+		// big queries must not hold unbounded memory.
+		pl.push(pending{kind: 'Q', sql: pl.keepQuery(q), size: len(q), decision: d, start: now})
 	case 'P':
 		name, query, ok := decodeParse(body)
 		if !ok {
