@@ -109,6 +109,7 @@ type pipe struct {
 	holding atomic.Pointer[Holding] // the hold in progress, for cancel
 
 	// client side only
+	cmsg      ClientMsg
 	unit      unit   // the extended batch gathered for batch stages
 	decision  string // recorded on the next request pushed
 	lastParse string
@@ -127,6 +128,7 @@ type pipe struct {
 	space        chan struct{} // signalled when the queue drains below its bounds
 
 	// server side only
+	smsg        ServerMsg
 	rows, bytes int64
 	out         []session.Event // statement events held until flush
 	fatalSeen   atomic.Bool     // the upstream told the client it is ending
@@ -195,8 +197,10 @@ func (pl *pipe) clientFrom(i int, typ byte, body []byte) act {
 			if !pl.cwant[i].has(typ) {
 				continue
 			}
-			m := ClientMsg{Type: typ, Body: body, TxStatus: pl.tx(), Session: pl.sess}
-			v := pl.stages.Client[i].Client(&m)
+			// One ClientMsg per session, reused: a stage call costs no
+			// allocation.
+			pl.cmsg = ClientMsg{Type: typ, Body: body, TxStatus: pl.tx(), Session: pl.sess}
+			v := pl.stages.Client[i].Client(&pl.cmsg)
 			if v.Action == Hold {
 				if v.Hold == nil {
 					return pl.refuse(typ, body, &ErrorReply{Code: codeInternal, Message: "Airlock: a stage held a statement without a hold"}, "refused")
@@ -529,7 +533,8 @@ func (pl *pipe) fromServer(typ byte, n int, body []byte) act {
 			if !pl.swant[i].has(typ) {
 				continue
 			}
-			v := s.Server(&ServerMsg{Type: typ, Body: body, Len: n - 4, Session: pl.sess})
+			pl.smsg = ServerMsg{Type: typ, Body: body, Len: n - 4, Session: pl.sess}
+			v := s.Server(&pl.smsg)
 			if v.Action == Replace {
 				if splitMessages(v.Msgs, nil) != nil {
 					continue // a broken rewrite is not sent
