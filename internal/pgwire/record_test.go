@@ -339,3 +339,35 @@ func TestHoldIsolation(t *testing.T) {
 		t.Fatalf("approved statement: %v", err)
 	}
 }
+
+// TestSessionState: the live counters and the upstream role are typed
+// fields of the session, readable while it runs (as `airlock status` does).
+func TestSessionState(t *testing.T) {
+	pg := pgtest.Start(t, pgtest.Options{})
+	h := newHarness(t, pg, nil)
+	c := h.connect(ctx(t), t)
+	for i := 0; i < 3; i++ {
+		if _, err := c.Exec(ctx(t), "select g from generate_series(1, 10) g"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h.mu.Lock()
+	sess := h.sessions[0]
+	h.mu.Unlock()
+	// Live: the session is still open. Events (and their counts) are
+	// handed over just after the answers go out, so wait for them.
+	deadline := time.Now().Add(10 * time.Second)
+	for sess.Stats.Statements.Load() < 3 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	got := sess.Stats.Snapshot()
+	if got.Statements != 3 || got.Rows != 30 || got.BytesIn == 0 || got.BytesOut == 0 || got.MsgsIn < 3 || got.MsgsOut < 3*12 {
+		t.Fatalf("live counters %+v", got)
+	}
+	if sess.UpstreamRole() != pg.AdminUser || sess.Database() != "postgres" {
+		t.Fatalf("upstream role %q, database %q", sess.UpstreamRole(), sess.Database())
+	}
+	if len(sess.Attrs()) != 0 {
+		t.Fatalf("facts left in string attributes: %v", sess.Attrs())
+	}
+}
