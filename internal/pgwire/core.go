@@ -98,6 +98,20 @@ type prepared struct {
 // pipe is one session's pipeline core: stages, protocol state and record.
 // The client side (fromClient) runs on one goroutine, the server side
 // (fromServer) on another; what both touch is under mu.
+//
+// The statement record is the pipeline's first consumer but not a stage
+// that sees messages before the others: it is built from what actually went
+// to the server (after every stage decided, replacements and poisons
+// included) and from the server's answers, matched in order. A statement
+// name exists once ParseComplete says so, a portal once BindComplete does;
+// so the record names the SQL the server ran, whatever the client or a
+// stage sent that the server rejected or never saw.
+//
+// A refused message always becomes a poison for the server, never an answer
+// made up by the proxy, even when the session is idle: the server's own
+// ReadyForQuery then carries the right transaction status, answers stay in
+// order without the two pumps sharing the client socket, and the cost is
+// one round trip for a statement that is refused anyway.
 type pipe struct {
 	sess   *session.Session
 	stages Stages
