@@ -371,3 +371,29 @@ func TestSessionState(t *testing.T) {
 		t.Fatalf("facts left in string attributes: %v", sess.Attrs())
 	}
 }
+
+// TestHoldClientLeaves: a client that closes its connection while held
+// ends its hold at once, not at the hold's timeout, and the session ends.
+func TestHoldClientLeaves(t *testing.T) {
+	pg := pgtest.Start(t, pgtest.Options{})
+	holds := make(chan *Holding, 1)
+	h := newHarness(t, pg, func(o *Options) {
+		o.Stages = func(*session.Session) Stages {
+			return Stages{Client: []ClientStage{&holdStage{match: "needs_approval", holds: holds}}}
+		}
+	})
+	conn, fe := rawSession(t, h)
+	fe.Send(&pgproto3.Query{String: "select 'needs_approval'"})
+	_ = fe.Flush()
+	hold := <-holds
+	<-hold.Parked()
+	_ = conn.Close()
+	res := h.serveResults(1) // within 10s; the hold's own timeout is minutes
+	if res[0] != nil {
+		t.Fatalf("Serve: %v", res[0])
+	}
+	got := waitStatements(t, h, 1, func(s session.Statement) bool { return strings.Contains(s.SQL, "needs_approval") })
+	if len(got) != 1 || got[0].SQLState != "57014" || got[0].Decision != "denied" {
+		t.Fatalf("held statement of a client that left recorded as %+v", got)
+	}
+}

@@ -86,6 +86,19 @@ func (p *Proxy) relay(ctx context.Context, client net.Conn, up *upstreamConn, se
 		})
 	}
 	c2s.hold = func(a act, typ byte, body []byte) act {
+		if sio, ok := cio.(*sockIO); ok {
+			// Nothing is read from the client while it waits, so
+			// watch for it leaving: its hold then ends at once. The
+			// watcher only peeks; when the client sends more instead,
+			// it returns and the pump reads on.
+			h := a.hold
+			go func() {
+				if sio.waitClosed() {
+					h.Resolve(Verdict{Action: Reply, Error: &ErrorReply{Code: codeQueryCanceled,
+						Message: "the client left while the statement was held"}})
+				}
+			}()
+		}
 		for a.kind == actHold {
 			v, ok := waitHold(a.hold, pl, stopped)
 			if !ok {
