@@ -659,11 +659,11 @@ func (pl *pipe) response(typ byte, body []byte) act {
 		if len(body) == 1 {
 			pl.txStatus = body[0]
 			if body[0] == 'I' {
-				// Portals live until the transaction ends.
+				// Portals, the unnamed one too, live until their
+				// transaction ends, not until Sync.
 				clear(pl.portals)
 			}
 		}
-		delete(pl.portals, "")
 		pl.rows, pl.bytes = 0, 0
 	}
 	return act{}

@@ -209,6 +209,24 @@ func TestRecordHolds(t *testing.T) {
 		}
 	})
 
+	t.Run("unnamed portal across Sync in a transaction", func(t *testing.T) {
+		h := newHarness(t, pg, nil)
+		_, fe := rawSession(t, h)
+		fe.Send(&pgproto3.Query{String: "begin"})
+		fe.Send(&pgproto3.Parse{Query: "select g as across from generate_series(1, 4) g"})
+		fe.Send(&pgproto3.Bind{})
+		fe.Send(&pgproto3.Execute{MaxRows: 2})
+		fe.Send(&pgproto3.Sync{})
+		fe.Send(&pgproto3.Execute{MaxRows: 2})
+		fe.Send(&pgproto3.Sync{})
+		_ = fe.Flush()
+		untilReady(t, fe, 3)
+		got := waitStatements(t, h, 2, func(s session.Statement) bool { return s.Protocol == "extended" })
+		if len(got) != 2 || got[1].SQL != "select g as across from generate_series(1, 4) g" {
+			t.Fatalf("second Execute of the unnamed portal recorded as %+v", got)
+		}
+	})
+
 	t.Run("statement prepared in SQL", func(t *testing.T) {
 		h := newHarness(t, pg, nil)
 		c := h.connect(ctx(t), t)
