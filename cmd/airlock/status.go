@@ -118,14 +118,15 @@ func printStatus(s *control.Status) {
 	for _, p := range s.Tracked {
 		fmt.Fprintf(w, "  %d\t%s\n", p.PID, p.Exe)
 	}
-	fmt.Fprintln(w, "\nSESSION\tTARGET\tPERSON\tPID\tEXE\tDEST\tAGE\tPARENTS")
+	fmt.Fprintln(w, "\nSESSION\tTARGET\tPERSON\tPID\tEXE\tDEST\tAGE\tROLE\tSTMTS\tBYTES IN/OUT\tPARENTS")
 	for _, ss := range s.Sessions {
 		var parents []string
 		for _, p := range ss.Origin.Parents {
 			parents = append(parents, fmt.Sprintf("%d:%s", p.PID, p.Exe))
 		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\n", ss.ID, ss.Target, dash(ss.Person), ss.Origin.PID,
-			dash(ss.Origin.Exe), ss.Dest, time.Since(ss.Started).Round(time.Second), dash(strings.Join(parents, " < ")))
+		fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%d\t%d/%d\t%s\n", ss.ID, ss.Target, dash(ss.Person), ss.Origin.PID,
+			dash(ss.Origin.Exe), ss.Dest, time.Since(ss.Started).Round(time.Second), dash(ss.Role), ss.Counters.Statements,
+			ss.Counters.BytesIn, ss.Counters.BytesOut, dash(strings.Join(parents, " < ")))
 	}
 }
 

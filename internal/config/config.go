@@ -28,6 +28,10 @@ type Config struct {
 	// local account, as before.
 	Identity *Identity `yaml:"identity"`
 
+	// LogStatementParams puts statement parameters in the event log; off
+	// by default, as they are the database users' data.
+	LogStatementParams bool `yaml:"log_statement_params"`
+
 	file  string
 	lines map[string]int // key path ("connections[0].targets") → line
 }

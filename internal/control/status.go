@@ -128,5 +128,8 @@ type SessionStatus struct {
 	Person     string            `json:"person"`
 	Started    time.Time         `json:"started"`
 	Origin     session.Origin    `json:"origin"`
+	Database   string            `json:"database,omitempty"`
+	Role       string            `json:"upstream_role,omitempty"`
+	Counters   session.Counters  `json:"counters"`
 	Attrs      map[string]string `json:"attrs,omitempty"`
 }

@@ -101,7 +101,8 @@ func (d *Daemon) Status(_ context.Context, p control.Peer) (*control.Status, err
 func sessionStatus(s *session.Session) control.SessionStatus {
 	return control.SessionStatus{
 		ID: s.ID, Target: s.Target, Connection: s.Connection, Protocol: s.Protocol,
-		Dest: s.Dest.String(), Person: s.Person.Name, Started: s.Started, Origin: s.Origin, Attrs: s.Attrs(),
+		Dest: s.Dest.String(), Person: s.Person.Name, Started: s.Started, Origin: s.Origin,
+		Database: s.Database(), Role: s.UpstreamRole(), Counters: s.Stats.Snapshot(), Attrs: s.Attrs(),
 	}
 }
 

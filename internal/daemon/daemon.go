@@ -203,7 +203,8 @@ func (d *Daemon) start(ctx context.Context) error {
 	// Events are written off the data path, through a buffer flushed
 	// whenever the queue runs empty: one write per burst, not per statement.
 	ew := &flushWriter{w: bufio.NewWriterSize(os.Stderr, 64<<10)}
-	q := session.NewQueue(session.LogSink{Logger: slog.New(slog.NewTextHandler(ew, &slog.HandlerOptions{Level: slog.LevelInfo}))}, 4096, ew.Flush)
+	q := session.NewQueue(session.LogSink{Logger: slog.New(slog.NewTextHandler(ew, &slog.HandlerOptions{Level: slog.LevelInfo})),
+		Params: d.cfg.LogStatementParams}, 4096, ew.Flush)
 	d.closers = append(d.closers, d.watch(ctx, q.Run))
 	sink := q
 	people, err := d.people(sink)

@@ -336,7 +336,7 @@ func (s *Server) handle(ctx context.Context, conn net.Conn) {
 	// The handler gets the bare *net.TCPConn: a wrapper here would cost
 	// every read and write on the data path, and hide the socket from
 	// handlers that use it directly. Handlers count what they relay in
-	// the session attributes bytes_in and bytes_out.
+	// sess.Stats.
 	err = route.Handler.Serve(ctx, conn, sess)
 	reason := "closed"
 	if err != nil {
@@ -345,9 +345,8 @@ func (s *Server) handle(ctx context.Context, conn net.Conn) {
 	if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) && ctx.Err() != nil {
 		reason = cause.Error()
 	}
-	attrs := sess.Attrs()
 	end := &session.End{Reason: reason, Duration: time.Since(sess.Started),
-		BytesIn: attrInt(attrs["bytes_in"]), BytesOut: attrInt(attrs["bytes_out"])}
+		BytesIn: sess.Stats.BytesIn.Load(), BytesOut: sess.Stats.BytesOut.Load()}
 	sess.Emit(session.Event{Kind: session.KindSessionEnd, End: end})
 }
 
@@ -547,10 +546,4 @@ func addrPort(a net.Addr) netip.AddrPort {
 	}
 	ap, _ := netip.ParseAddrPort(a.String())
 	return ap
-}
-
-// attrInt reads a byte count a handler recorded; 0 if it recorded none.
-func attrInt(v string) int64 {
-	n, _ := strconv.ParseInt(v, 10, 64)
-	return n
 }

@@ -415,7 +415,7 @@ func (e *Ephemeral) AcquireRoles(ctx context.Context, sess *session.Session, dat
 	e.mu.Lock()
 	e.active[role] = l
 	e.mu.Unlock()
-	sess.SetAttr("upstream_role", role)
+	sess.SetUpstreamRole(role)
 	cred.Outcome = "ok"
 	sess.Emit(session.Event{Kind: session.KindCredentialCreate, Credential: cred})
 	e.log.Info("pgcred: role created", "session", sess.ID, "role", role, "groups", groups,

@@ -211,7 +211,7 @@ func TestEphemeralLifecycle(t *testing.T) {
 				if d := l.Expires().Sub(before.Add(time.Hour)); d < -time.Second || d > 5*time.Second {
 					t.Fatalf("Expires %v not ≈ now+1h", l.Expires())
 				}
-				if got := sess.Attrs()["upstream_role"]; got != l.User() {
+				if got := sess.UpstreamRole(); got != l.User() {
 					t.Fatalf("session attr upstream_role = %q", got)
 				}
 

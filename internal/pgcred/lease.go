@@ -137,7 +137,7 @@ func NewStatic(user, password string) *Static { return &Static{user: user, passw
 // credential.create event with mode "static" (never the password).
 func (s *Static) Acquire(ctx context.Context, sess *session.Session, database string) (*Lease, error) {
 	if sess != nil {
-		sess.SetAttr("upstream_role", s.user)
+		sess.SetUpstreamRole(s.user)
 		sess.Emit(session.Event{Kind: session.KindCredentialCreate, Credential: &session.Credential{
 			Mode: "static", Role: s.user, Outcome: "ok",
 		}})

@@ -30,6 +30,7 @@ type cancelTarget struct {
 	secret  []byte
 	uid     uint32 // only this uid may cancel
 	session string
+	hold    func() bool // ends a hold in progress instead; false if none
 }
 
 type cancelRegistry struct {
@@ -84,6 +85,12 @@ func (p *Proxy) serveCancel(ctx context.Context, sess *session.Session, k cancel
 		sess.Emit(session.Event{Kind: session.KindRefused, Refusal: &session.Refusal{Reason: reason}})
 		p.log.Warn("pgwire: refused cancel", "session", sess.ID, "reason", reason)
 		return fmt.Errorf("%w: %s", ErrRefused, reason)
+	}
+	if t.hold != nil && t.hold() {
+		// The statement is parked here, not running upstream: the
+		// cancel is ours to carry out, and the server is not told.
+		p.log.Debug("pgwire: cancel ended a hold", "session", sess.ID, "target", t.session)
+		return nil
 	}
 	ctx, cancel := context.WithTimeout(ctx, cancelTimeout)
 	defer cancel()

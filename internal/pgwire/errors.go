@@ -31,6 +31,8 @@ const (
 	codeConnectionFailure = "08006"
 	codeAdminShutdown     = "57P01"
 	codeProgramLimit      = "54000"
+	codeQueryCanceled     = "57014"
+	codeInternal          = "XX000"
 )
 
 // fatal is an ErrorResponse the proxy sends before it closes the client.

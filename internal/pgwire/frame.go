@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"sync/atomic"
 )
 
 // Buffer sizes of a pump. An idle session holds only the small inline
@@ -31,16 +32,28 @@ var (
 )
 
 // pump relays whole protocol messages from src to dst, forwarding bytes as
-// they are rather than re-encoding, and shows each message to on. Only the
-// bodies of message types in decode are handed to on; the rest are counted
-// by length and may be streamed through without ever being held whole.
+// they are rather than re-encoding, and shows each message to on, which says
+// what to do with it. Only the bodies of message types in decode are handed
+// to on; the rest are counted by length and may be streamed through without
+// ever being held whole. Runs of forwarded messages go out in one write.
 type pump struct {
 	src io.Reader
 	dst io.Writer
-	on  func(typ byte, n int, body []byte) error
+	on  func(typ byte, n int, body []byte) act
+	// hold parks a message on's act says to hold, and returns what to do
+	// with it once decided (the message stays in the buffer meanwhile).
+	hold func(a act, typ byte, body []byte) act
+	// space waits until the pipe can take more requests.
+	space func() error
 	// forwarded, if set, runs after each batch of messages that on saw has
 	// been written to dst (or failed to be).
 	forwarded func()
+	// drain, when set, turns a failed write into a discarded one: the
+	// peer is gone but what is still coming must be read and recorded.
+	drain *atomic.Bool
+	gone  bool // a write failed under drain: discard the rest
+
+	bytes, msgs *atomic.Int64 // live counters (session stats); may be nil
 
 	decode    [256]bool
 	decodeMax int // bodies larger than this are not decoded (nil body)
@@ -55,7 +68,7 @@ type pump struct {
 	moved  int64
 }
 
-func newPump(src io.Reader, dst io.Writer, on func(byte, int, []byte) error, decode string, decodeMax, maxLen int) *pump {
+func newPump(src io.Reader, dst io.Writer, on func(byte, int, []byte) act, decode string, decodeMax, maxLen int) *pump {
 	p := &pump{src: src, dst: dst, on: on, decodeMax: decodeMax, maxLen: maxLen}
 	for i := 0; i < len(decode); i++ {
 		p.decode[decode[i]] = true
@@ -71,6 +84,7 @@ func (p *pump) run() error {
 	for {
 		start := p.r
 		var stop error
+		var msgs int64
 		for stop == nil && p.w-p.r >= 5 {
 			typ := p.buf[p.r]
 			n := int(binary.BigEndian.Uint32(p.buf[p.r+1:]))
@@ -83,24 +97,50 @@ func (p *pump) run() error {
 				break
 			}
 			total := 1 + n
-			if p.decode[typ] && n-4 <= p.decodeMax {
-				if total > p.w-p.r {
-					break // wait for the whole body
-				}
-				stop = p.on(typ, n, p.buf[p.r+5:p.r+total])
-			} else {
-				if total > p.w-p.r {
-					break // streamed below
-				}
-				stop = p.on(typ, n, nil)
+			if total > p.w-p.r {
+				break // wait for the whole body, or stream it below
 			}
-			p.r += total
+			var body []byte
+			if p.decode[typ] && n-4 <= p.decodeMax {
+				body = p.buf[p.r+5 : p.r+total]
+			}
+			msgs++
+			a := p.on(typ, n, body)
+			if a.kind == actHold {
+				// What came before the held message goes now: its
+				// answers must not wait on the hold.
+				if err := p.forward(p.buf[start:p.r]); err != nil {
+					return err
+				}
+				start = p.r
+				a = p.hold(a, typ, body)
+			}
+			if a.kind != actForward {
+				if err := p.forward(p.buf[start:p.r]); err != nil {
+					return err
+				}
+				if a.kind == actReplace {
+					if err := p.forward(a.out); err != nil {
+						return err
+					}
+				}
+				p.r += total
+				start = p.r
+			} else {
+				p.r += total
+			}
+			stop = a.err
+			if a.wait && stop == nil {
+				if err := p.flushRun(start, &msgs); err != nil {
+					return err
+				}
+				start = p.r
+				if err := p.space(); err != nil {
+					return err
+				}
+			}
 		}
-		err := p.forward(p.buf[start:p.r])
-		if p.forwarded != nil && p.r > start {
-			p.forwarded()
-		}
-		if err != nil {
+		if err := p.flushRun(start, &msgs); err != nil {
 			return err
 		}
 		if stop != nil {
@@ -118,6 +158,19 @@ func (p *pump) run() error {
 	}
 }
 
+// flushRun forwards buf[start:r] and publishes the counts.
+func (p *pump) flushRun(start int, msgs *int64) error {
+	err := p.forward(p.buf[start:p.r])
+	if p.msgs != nil && *msgs > 0 {
+		p.msgs.Add(*msgs)
+		*msgs = 0
+	}
+	if p.forwarded != nil && p.r > start {
+		p.forwarded()
+	}
+	return err
+}
+
 // partial handles a message at buf[r] that is not all in the buffer.
 func (p *pump) partial() error {
 	typ := p.buf[p.r]
@@ -127,6 +180,9 @@ func (p *pump) partial() error {
 		if total <= bigBuf {
 			return p.fill(total)
 		}
+		if p.msgs != nil {
+			p.msgs.Add(1)
+		}
 		// Rare (a big query or Bind): hold just this message whole.
 		msg := make([]byte, total)
 		have := copy(msg, p.buf[p.r:p.w])
@@ -134,33 +190,62 @@ func (p *pump) partial() error {
 		if _, err := io.ReadFull(p.src, msg[have:]); err != nil {
 			return fmt.Errorf("read message body: %w", unexpected(err))
 		}
-		stop := p.on(typ, n, msg[5:])
-		err := p.forward(msg)
+		a := p.on(typ, n, msg[5:])
+		if a.kind == actHold {
+			a = p.hold(a, typ, msg[5:])
+		}
+		var err error
+		switch a.kind {
+		case actForward:
+			err = p.forward(msg)
+		case actReplace:
+			err = p.forward(a.out)
+		}
 		if p.forwarded != nil {
 			p.forwarded()
 		}
 		if err != nil {
 			return err
 		}
-		return stop
+		if a.wait && a.err == nil {
+			if err := p.space(); err != nil {
+				return err
+			}
+		}
+		return a.err
 	}
-	if err := p.on(typ, n, nil); err != nil {
-		return err
+	if p.msgs != nil {
+		p.msgs.Add(1)
 	}
-	// Stream the rest of the message through the buffer.
+	a := p.on(typ, n, nil)
+	if a.err != nil {
+		return a.err
+	}
+	// Stream the rest of the message through the buffer, or skip it when
+	// a stage replaced it unseen.
+	skip := a.kind != actForward
+	if a.kind == actReplace {
+		if err := p.forward(a.out); err != nil {
+			return err
+		}
+	}
 	remaining := total - (p.w - p.r)
-	if err := p.forward(p.buf[p.r:p.w]); err != nil {
-		return err
+	if !skip {
+		if err := p.forward(p.buf[p.r:p.w]); err != nil {
+			return err
+		}
 	}
 	p.r, p.w = 0, 0
-	p.midMsg = true
+	p.midMsg = !skip
 	p.takeBig()
 	for remaining > 0 {
 		m, err := p.src.Read(p.buf)
 		if m > 0 {
 			k := min(m, remaining)
-			if werr := p.forward(p.buf[:k]); werr != nil {
-				return werr
+			if !skip {
+				if werr := p.forward(p.buf[:k]); werr != nil {
+					return werr
+				}
 			}
 			remaining -= k
 			p.r, p.w = k, m
@@ -226,13 +311,20 @@ func (p *pump) releaseBig() {
 }
 
 func (p *pump) forward(b []byte) error {
-	if len(b) == 0 {
+	if len(b) == 0 || p.gone {
 		return nil
 	}
 	n, err := p.dst.Write(b)
 	p.moved += int64(n)
+	if p.bytes != nil {
+		p.bytes.Add(int64(n))
+	}
 	if err != nil {
 		p.midMsg = true // unknown how much of a message the peer got
+		if p.drain != nil && p.drain.Load() {
+			p.gone = true
+			return nil
+		}
 		return &writeError{err}
 	}
 	return nil

@@ -35,7 +35,7 @@ func TestPumpFraming(t *testing.T) {
 		t.Run(rc.name, func(t *testing.T) {
 			var out bytes.Buffer
 			var seen []string
-			p := newPump(rc.r(), &out, func(typ byte, n int, body []byte) error {
+			p := newPump(rc.r(), &out, onErr(func(typ byte, n int, body []byte) error {
 				if typ == 'Q' {
 					var q pgproto3.Query
 					if err := q.Decode(body); err != nil {
@@ -49,7 +49,7 @@ func TestPumpFraming(t *testing.T) {
 					return errClientTerminate
 				}
 				return nil
-			}, "Q", 1<<22, 1<<22)
+			}), "Q", 1<<22, 1<<22)
 			if err := p.run(); !errors.Is(err, errClientTerminate) {
 				t.Fatalf("run: %v", err)
 			}
@@ -85,10 +85,15 @@ func TestPumpLimits(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			p := newPump(bytes.NewReader(tc.in), io.Discard, func(byte, int, []byte) error { return nil }, "Q", 1<<16, 1<<16)
+			p := newPump(bytes.NewReader(tc.in), io.Discard, onErr(func(byte, int, []byte) error { return nil }), "Q", 1<<16, 1<<16)
 			if err := p.run(); !errors.Is(err, tc.want) && err != tc.want {
 				t.Fatalf("run: %v, want %v", err, tc.want)
 			}
 		})
 	}
+}
+
+// onErr adapts a callback that can only stop the pump.
+func onErr(f func(typ byte, n int, body []byte) error) func(byte, int, []byte) act {
+	return func(typ byte, n int, body []byte) act { return act{err: f(typ, n, body)} }
 }

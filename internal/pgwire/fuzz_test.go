@@ -60,10 +60,10 @@ func FuzzClientMessages(f *testing.F) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
-		tr := newTracker(session.New(&capSink{}))
+		pl := newPipe(session.New(&capSink{}), Stages{}, 0)
 		var out bytes.Buffer
-		p := newPump(bytes.NewReader(data), &out, func(typ byte, _ int, body []byte) error { return tr.client(typ, body) },
-			clientDecoded, 1<<16, 1<<16)
+		p := newPump(bytes.NewReader(data), &out, pl.fromClient, pl.clientTypes(), 1<<16, 1<<16)
+		p.space = func() error { return errStopped }
 		_ = p.run()
 		if !bytes.HasPrefix(data, out.Bytes()) {
 			t.Fatalf("forwarded bytes are not a prefix of the input")
@@ -80,13 +80,14 @@ func FuzzSessionStreams(f *testing.F) {
 		}
 	}
 	f.Fuzz(func(t *testing.T, client, server []byte) {
-		tr := newTracker(session.New(&capSink{}))
-		c2s := newPump(bytes.NewReader(client), io.Discard, func(typ byte, _ int, body []byte) error { return tr.client(typ, body) },
-			clientDecoded, 1<<16, 1<<16)
+		pl := newPipe(session.New(&capSink{}), Stages{}, 0)
+		c2s := newPump(bytes.NewReader(client), io.Discard, pl.fromClient, pl.clientTypes(), 1<<16, 1<<16)
+		c2s.space = func() error { return errStopped }
 		_ = c2s.run()
 		var out bytes.Buffer
-		s2c := newPump(bytes.NewReader(server), &out, tr.server, serverDecoded, serverDecodeMax, 0)
+		s2c := newPump(bytes.NewReader(server), &out, pl.fromServer, pl.serverTypes(), serverDecodeMax, 0)
 		_ = s2c.run()
+		pl.abandon("fuzz")
 		if !bytes.HasPrefix(server, out.Bytes()) {
 			t.Fatalf("forwarded bytes are not a prefix of the input")
 		}
@@ -133,6 +134,98 @@ func FuzzClientStartup(f *testing.F) {
 		case <-done:
 		case <-time.After(5 * time.Second):
 			t.Fatal("Serve did not return after the client left")
+		}
+	})
+}
+
+// fuzzHold holds every Query and Parse that mentions "h" and decides at
+// once, alternating approve and deny.
+type fuzzHold struct{ n int }
+
+func (s *fuzzHold) ClientTypes() string { return "QP" }
+func (s *fuzzHold) Client(m *ClientMsg) Verdict {
+	if !bytes.Contains(m.SQL(), []byte("h")) {
+		return Verdict{}
+	}
+	h := NewHold(time.Second, ErrorReply{})
+	s.n++
+	if s.n%2 == 0 {
+		h.Approve()
+	} else {
+		h.Deny("42501", "no")
+	}
+	return Verdict{Action: Hold, Hold: h}
+}
+
+// fuzzBatchHold holds every batch that mentions "u" and decides at once.
+type fuzzBatchHold struct{ fuzzHold }
+
+func (s *fuzzBatchHold) Batch(b *Batch) Verdict {
+	for _, m := range b.Msgs {
+		if bytes.Contains(m.Body, []byte("u")) {
+			h := NewHold(time.Second, ErrorReply{})
+			s.n++
+			if s.n%2 == 0 {
+				h.Approve()
+			} else {
+				h.Deny("42501", "no")
+			}
+			return Verdict{Action: Hold, Hold: h}
+		}
+	}
+	return Verdict{}
+}
+
+// FuzzPipeline runs arbitrary client and server streams through a pipe
+// whose stages take every decision: the pipe must not panic, and whatever
+// it sends either way must be whole protocol messages when its input was.
+func FuzzPipeline(f *testing.F) {
+	for _, c := range clientSeeds() {
+		for _, s := range serverSeeds() {
+			f.Add(c, s)
+		}
+	}
+	f.Add(encodeAll(&pgproto3.Query{String: "select 'x'"}, &pgproto3.Query{String: "select 'h'"},
+		&pgproto3.Query{String: "select 'h2'"}, &pgproto3.Query{String: "select 'r'"}, &pgproto3.Flush{},
+		&pgproto3.Parse{Name: "x", Query: "select 1"}, &pgproto3.FunctionCall{Function: 1, Arguments: [][]byte{{1}}},
+		&pgproto3.CopyData{Data: []byte("x")}, &pgproto3.CopyDone{}, &pgproto3.Sync{}),
+		encodeAll(&pgproto3.ErrorResponse{Severity: "ERROR", Code: "42601"}, &pgproto3.ReadyForQuery{TxStatus: 'I'},
+			&pgproto3.DataRow{Values: [][]byte{[]byte("a"), nil}}, &pgproto3.ParseComplete{}, &pgproto3.BindComplete{},
+			&pgproto3.CloseComplete{}, &pgproto3.FunctionCallResponse{Result: []byte("1")}))
+	f.Fuzz(func(t *testing.T, client, server []byte) {
+		st := Stages{
+			Batch: []BatchStage{&batchStage{match: "b", refuse: true}, &fuzzBatchHold{}},
+			Client: []ClientStage{
+				&refuseStage{types: "QPBEFd", match: "x", code: "42501"},
+				&dropStage{types: "H"},
+				&fuzzHold{},
+				&rewriteStage{from: "r", to: "rr"},
+			},
+			Server: []ServerStage{&maskStage{column: 0, with: []byte("*")}},
+		}
+		pl := newPipe(session.New(&capSink{}), st, 64)
+		var up, down bytes.Buffer
+		c2s := newPump(bytes.NewReader(client), &up, pl.fromClient, pl.clientTypes(), 1<<16, 1<<16)
+		c2s.space = func() error { return errStopped }
+		c2s.hold = func(a act, typ byte, body []byte) act {
+			for a.kind == actHold {
+				a = pl.resume(a, <-a.hold.ch, typ, body)
+			}
+			return a
+		}
+		cerr := c2s.run()
+		s2c := newPump(bytes.NewReader(server), &down, pl.fromServer, pl.serverTypes(), serverDecodeMax, 0)
+		serr := s2c.run()
+		pl.abandon("fuzz")
+		if errors.Is(cerr, io.EOF) && splitMessages(client, nil) == nil {
+			if err := splitMessages(up.Bytes(), nil); err != nil {
+				t.Fatalf("client side sent broken messages: %v", err)
+			}
+		}
+		if errors.Is(serr, io.EOF) && splitMessages(server, nil) == nil {
+			if err := splitMessages(down.Bytes(), nil); err != nil {
+				t.Fatalf("server side sent broken messages: %v", err)
+			}
 		}
 	})
 }

@@ -113,9 +113,10 @@ type harness struct {
 	person atomic.Value // string
 	cancel context.CancelFunc
 
-	mu      sync.Mutex
-	results []error
-	upConns []net.Conn
+	mu       sync.Mutex
+	results  []error
+	upConns  []net.Conn
+	sessions []*session.Session
 }
 
 type syncBuffer struct {
@@ -188,6 +189,9 @@ func newHarness(t testing.TB, pg *pgtest.Server, mutate func(*Options)) *harness
 			sess := session.New(h.sink)
 			sess.Origin.UID = h.uid.Load()
 			sess.Person = identity.Person{Name: h.person.Load().(string), UID: sess.Origin.UID}
+			h.mu.Lock()
+			h.sessions = append(h.sessions, sess)
+			h.mu.Unlock()
 			wg.Add(1)
 			go func() {
 				defer wg.Done()

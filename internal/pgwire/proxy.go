@@ -1,7 +1,9 @@
 // Package pgwire is Airlock's PostgreSQL proxy. It takes a client connection
 // the daemon intercepted, vouches for the person behind it with a
-// just-in-time upstream credential, and relays the session byte for byte,
-// decoding only what the audit record needs.
+// just-in-time upstream credential, and relays the session through a
+// message pipeline (pipeline.go): stages that may refuse, hold, drop or
+// rewrite messages, and the statement record. Messages no stage asked to see
+// are relayed byte for byte, undecoded.
 package pgwire
 
 import (
@@ -73,6 +75,12 @@ type Options struct {
 	Lookup        func(ctx context.Context, host string) ([]string, error)
 	Logger        *slog.Logger
 	MaxMessageLen int // largest client message body; default 1 MiB
+	// MaxPreparedBytes bounds the prepared statement text one session may
+	// keep (the proxy must remember it to record what each execution
+	// ran); a Parse past it gets SQLSTATE 54000. Default 16 MiB.
+	MaxPreparedBytes int
+	// Stages builds each session's pipeline (nil: the record only).
+	Stages func(sess *session.Session) Stages
 }
 
 // frontdoorIdentityError is frontdoor.AttrIdentityError (frontdoor
@@ -131,7 +139,7 @@ func New(opts Options) (*Proxy, error) {
 // returns nil when the client ended the session (or gave up before it
 // began), else why the proxy ended it: ErrRefused, ErrShutdown, ErrExpired,
 // ErrUpstreamClosed, ErrProtocol, wrapped with detail. It also records the
-// bytes relayed as the session attributes bytes_in and bytes_out.
+// bytes and messages relayed, and the statements, in sess.Stats.
 func (p *Proxy) Serve(ctx context.Context, client net.Conn, sess *session.Session) error {
 	defer func() { _ = client.Close() }()
 	_ = client.SetDeadline(time.Now().Add(startupTimeout))
@@ -178,7 +186,7 @@ func (p *Proxy) Serve(ctx context.Context, client net.Conn, sess *session.Sessio
 	if !slices.Contains(p.opts.Databases, database) {
 		return p.refuse(conn, sess, fatal{codeInvalidDatabase, p.databaseRefusal(database)})
 	}
-	sess.SetAttr("database", database)
+	sess.SetDatabase(database)
 
 	actx, cancel := context.WithTimeout(ctx, acquireTimeout)
 	var lease Lease
@@ -193,7 +201,7 @@ func (p *Proxy) Serve(ctx context.Context, client net.Conn, sess *session.Sessio
 			"could not create a just-in-time credential for connection %s: %v; ask your Airlock admin", p.opts.Name, err)})
 	}
 	defer p.release(sess, lease)
-	sess.SetAttr("upstream_user", lease.User())
+	sess.SetUpstreamRole(lease.User())
 
 	up, f := p.connectUpstream(ctx, sess, lease, database, st.params)
 	if f != nil {
@@ -204,8 +212,13 @@ func (p *Proxy) Serve(ctx context.Context, client net.Conn, sess *session.Sessio
 		return p.refuse(conn, sess, *f)
 	}
 
+	var stages Stages
+	if p.opts.Stages != nil {
+		stages = p.opts.Stages(sess)
+	}
+	pl := newPipe(sess, stages, p.opts.MaxPreparedBytes)
 	key := p.cancels.register(cancelTarget{addr: up.conn.RemoteAddr().String(), pid: up.pid,
-		secret: up.secret, uid: sess.Origin.UID, session: sess.ID})
+		secret: up.secret, uid: sess.Origin.UID, session: sess.ID, hold: pl.cancelHold})
 	defer p.cancels.unregister(key)
 
 	if err := p.greet(conn, st, up, key); err != nil {
@@ -214,7 +227,7 @@ func (p *Proxy) Serve(ctx context.Context, client net.Conn, sess *session.Sessio
 	_ = client.SetDeadline(time.Time{})
 	p.log.Debug("pgwire: session relaying", "session", sess.ID, "connection", p.opts.Name,
 		"database", database, "upstream_pid", up.pid)
-	return p.relay(ctx, conn, up, sess, lease)
+	return p.relay(ctx, conn, up, sess, lease, pl)
 }
 
 func (p *Proxy) databaseRefusal(db string) string {

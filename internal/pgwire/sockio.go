@@ -126,3 +126,29 @@ func pumpIO(conn net.Conn) io.ReadWriter {
 	}
 	return conn
 }
+
+// waitClosed blocks until the peer closes the connection (true) or sends
+// data (false), without consuming anything: a session parked on a hold
+// reads nothing, yet must notice its client leaving. A read deadline or
+// Close ends it (false).
+func (s *sockIO) waitClosed() bool {
+	closed := false
+	_ = s.rc.Read(func(fd uintptr) bool {
+		var b [1]byte
+		for {
+			n, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+			switch {
+			case err == syscall.EINTR:
+				continue
+			case err == syscall.EAGAIN:
+				return false // nothing yet: wait for the poller
+			case err != nil:
+				closed = true // reset: as gone as closed
+			default:
+				closed = n == 0
+			}
+			return true
+		}
+	})
+	return closed
+}

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -16,6 +17,7 @@ import (
 
 	"github.com/airlockhq/airlock/internal/localtls"
 	"github.com/airlockhq/airlock/internal/pgtest"
+	"github.com/airlockhq/airlock/internal/session"
 )
 
 // TestUpstreamAuthAndTLS logs in upstream with each supported method and
@@ -218,6 +220,93 @@ func TestTools(t *testing.T) {
 			if strings.Contains(out, "number of failed transactions: ") && !strings.Contains(out, "failed transactions: 0 ") {
 				t.Fatalf("pgbench -M %s had failures:\n%s", mode, out)
 			}
+		}
+	})
+}
+
+// countRows is a server stage that decodes every DataRow and rewrites
+// none: the decoding path under real clients.
+type countRows struct{ rows atomic.Int64 }
+
+func (c *countRows) ServerTypes() string { return "D" }
+func (c *countRows) Server(m *ServerMsg) Verdict {
+	if m.Body != nil {
+		c.rows.Add(1)
+	}
+	return Verdict{}
+}
+
+// TestToolsThroughStages drives psql, pgbench (simple, extended, prepared)
+// and psycopg2 through a pipeline that refuses some statements and decodes
+// every row: each client sees the refusal as an ordinary error and goes on.
+func TestToolsThroughStages(t *testing.T) {
+	for _, tool := range []string{"psql", "pgbench", "/usr/bin/python3"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			if os.Getenv("CI") != "" {
+				t.Fatalf("%s not installed (tests/deps.sh)", tool)
+			}
+			t.Skipf("%s not installed", tool)
+		}
+	}
+	pg := pgtest.Start(t, pgtest.Options{})
+	rows := &countRows{}
+	h := newHarness(t, pg, func(o *Options) {
+		o.Stages = func(*session.Session) Stages {
+			return Stages{Client: []ClientStage{&refuseStage{types: "QP", match: "forbidden", code: "42501"}},
+				Server: []ServerStage{rows}}
+		}
+	})
+
+	t.Run("psql", func(t *testing.T) {
+		out := run(t, h, nil, "psql", "-X", "-w", "-c", "select 'fine' as a", "-c", "begin",
+			"-c", "select 'forbidden'", "-c", "select 1", "-c", "rollback", "-c", "select 'after'")
+		for _, want := range []string{"fine", "after"} {
+			if !strings.Contains(out, want) {
+				t.Fatalf("psql output lacks %q:\n%s", want, out)
+			}
+		}
+		cmd := exec.Command("psql", "-X", "-w", "-v", "ON_ERROR_STOP=1", "-c", "select 'forbidden'")
+		cmd.Env = append(os.Environ(), "PGHOST=127.0.0.1", "PGPORT="+itoa(h.port), "PGUSER=whoever", "PGDATABASE=postgres")
+		b, err := cmd.CombinedOutput()
+		if err == nil || !strings.Contains(string(b), "refused by the test stage") {
+			t.Fatalf("psql refused statement: %v\n%s", err, b)
+		}
+	})
+
+	t.Run("pgbench", func(t *testing.T) {
+		run(t, h, nil, "pgbench", "-i", "-q", "-s", "1")
+		before := rows.rows.Load()
+		for _, mode := range []string{"simple", "extended", "prepared"} {
+			out := run(t, h, nil, "pgbench", "-n", "-c", "4", "-t", "50", "-S", "-M", mode)
+			if !strings.Contains(out, "number of transactions actually processed: 200/200") {
+				t.Fatalf("pgbench -M %s:\n%s", mode, out)
+			}
+		}
+		if got := rows.rows.Load() - before; got < 600 {
+			t.Fatalf("the row stage saw %d rows of pgbench's 600", got)
+		}
+	})
+
+	t.Run("psycopg2", func(t *testing.T) {
+		script := `
+import psycopg2, sys
+c = psycopg2.connect(host="127.0.0.1", port=int(sys.argv[1]), user="whoever", dbname="postgres")
+cur = c.cursor()
+cur.execute("select %s::text", ("fine",))
+assert cur.fetchone()[0] == "fine"
+try:
+    cur.execute("select %s::text || 'forbidden'", ("x",))
+    print("not refused"); sys.exit(1)
+except psycopg2.Error as e:
+    assert e.pgcode == "42501", e.pgcode
+c.rollback()
+cur.execute("select 2")
+assert cur.fetchone()[0] == 2
+print("ok")
+`
+		out := run(t, h, nil, "/usr/bin/python3", "-c", script, itoa(h.port))
+		if strings.TrimSpace(out) != "ok" {
+			t.Fatalf("psycopg2: %s", out)
 		}
 	})
 }

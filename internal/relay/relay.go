@@ -37,7 +37,7 @@ func (r TCP) Serve(ctx context.Context, client net.Conn, sess *session.Session) 
 	}
 	defer up.Close()
 
-	var in, out atomic.Int64
+	in, out := &sess.Stats.BytesIn, &sess.Stats.BytesOut
 	stop := context.AfterFunc(ctx, func() {
 		_ = client.Close()
 		_ = up.Close()
@@ -58,10 +58,8 @@ func (r TCP) Serve(ctx context.Context, client net.Conn, sess *session.Session) 
 			_ = dst.Close()
 		}
 	}
-	go pipe(up, client, &in)
-	go pipe(client, up, &out)
+	go pipe(up, client, in)
+	go pipe(client, up, out)
 	wg.Wait()
-	sess.SetAttr("bytes_in", fmt.Sprint(in.Load()))
-	sess.SetAttr("bytes_out", fmt.Sprint(out.Load()))
 	return nil
 }

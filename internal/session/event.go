@@ -1,6 +1,7 @@
 package session
 
 import (
+	"fmt"
 	"log/slog"
 	"time"
 
@@ -69,6 +70,15 @@ type Statement struct {
 	Duration time.Duration `json:"duration"`
 	SQLState string        `json:"sqlstate,omitempty"`
 	Error    string        `json:"error,omitempty"`
+	// FunctionOID is set for a fast-path FunctionCall (protocol
+	// "function"), which carries no SQL.
+	FunctionOID uint32 `json:"function_oid,omitempty"`
+	// Decision is what the proxy did other than relay it: "refused" (the
+	// client got the proxy's error and the server never ran it), "held"
+	// then "approved", "replaced" (the server ran the SQL recorded here,
+	// not the client's), or "unknown: client left" (sent, outcome never
+	// seen).
+	Decision string `json:"decision,omitempty"`
 }
 
 // Credential is a just-in-time upstream credential being created or revoked.
@@ -99,7 +109,12 @@ type Refusal struct {
 }
 
 // LogSink writes events as structured log lines until the audit store lands.
-type LogSink struct{ Logger *slog.Logger }
+// Statement parameters are values from the database's users (names, emails,
+// tokens): they are left out unless Params is set.
+type LogSink struct {
+	Logger *slog.Logger
+	Params bool // log statement parameters too
+}
 
 // Record logs ev at info level.
 func (l LogSink) Record(ev Event) {
@@ -120,8 +135,20 @@ func (l LogSink) Record(ev Event) {
 			"bytes_in", ev.End.BytesIn, "bytes_out", ev.End.BytesOut)
 	case ev.Statement != nil:
 		st := ev.Statement
-		attrs = append(attrs, "sql", st.SQL, "params", st.Params, "tag", st.Tag, "rows", st.Rows,
-			"bytes", st.Bytes, "duration", st.Duration, "sqlstate", st.SQLState)
+		attrs = append(attrs, "protocol", st.Protocol, "sql", st.SQL)
+		if l.Params {
+			attrs = append(attrs, "params", st.Params)
+		} else if len(st.Params) > 0 {
+			attrs = append(attrs, "params", fmt.Sprintf("<%d not logged>", len(st.Params)))
+		}
+		if st.FunctionOID != 0 {
+			attrs = append(attrs, "function_oid", st.FunctionOID)
+		}
+		attrs = append(attrs, "tag", st.Tag, "rows", st.Rows, "bytes", st.Bytes, "duration", st.Duration,
+			"sqlstate", st.SQLState)
+		if st.Decision != "" {
+			attrs = append(attrs, "decision", st.Decision)
+		}
 	case ev.Credential != nil:
 		c := ev.Credential
 		attrs = append(attrs, "mode", c.Mode, "role", c.Role, "groups", c.Groups,

@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/airlockhq/airlock/internal/identity"
@@ -55,10 +56,72 @@ type Session struct {
 	Person     identity.Person `json:"person"`
 	Started    time.Time       `json:"started"`
 
+	// Stats are the session's live counters. The data path adds to them
+	// once per read batch; `airlock status` reads them while it runs.
+	Stats Stats `json:"-"`
+
 	sink Sink
 
-	mu    sync.Mutex
-	attrs map[string]string // live facts for `airlock status`, e.g. upstream role, database
+	mu           sync.Mutex
+	database     string
+	upstreamRole string
+	attrs        map[string]string // other live facts for `airlock status`
+}
+
+// Stats counts what a session relayed. Handlers add to them as they go, so
+// a status query sees a live session's figures, not only an ended one's.
+type Stats struct {
+	BytesIn    atomic.Int64 // client to upstream
+	BytesOut   atomic.Int64 // upstream to client
+	MsgsIn     atomic.Int64 // protocol messages from the client (PostgreSQL only)
+	MsgsOut    atomic.Int64 // protocol messages to the client (PostgreSQL only)
+	Statements atomic.Int64 // statements recorded
+	Rows       atomic.Int64 // rows returned or affected, per command tags
+}
+
+// Counters is a copy of Stats at one moment.
+type Counters struct {
+	BytesIn    int64 `json:"bytes_in"`
+	BytesOut   int64 `json:"bytes_out"`
+	MsgsIn     int64 `json:"messages_in,omitempty"`
+	MsgsOut    int64 `json:"messages_out,omitempty"`
+	Statements int64 `json:"statements,omitempty"`
+	Rows       int64 `json:"rows,omitempty"`
+}
+
+// Snapshot reads the counters.
+func (s *Stats) Snapshot() Counters {
+	return Counters{BytesIn: s.BytesIn.Load(), BytesOut: s.BytesOut.Load(), MsgsIn: s.MsgsIn.Load(),
+		MsgsOut: s.MsgsOut.Load(), Statements: s.Statements.Load(), Rows: s.Rows.Load()}
+}
+
+// SetUpstreamRole records the database role the session runs as upstream.
+// This is the one place it is kept: credentials set it, status reads it.
+func (s *Session) SetUpstreamRole(role string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.upstreamRole = role
+}
+
+// UpstreamRole is the role set by SetUpstreamRole ("" before).
+func (s *Session) UpstreamRole() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.upstreamRole
+}
+
+// SetDatabase records the database the client asked for.
+func (s *Session) SetDatabase(db string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.database = db
+}
+
+// Database is the database set by SetDatabase ("" before).
+func (s *Session) Database() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.database
 }
 
 // Sink receives a session's events. Implementations must not block for long:

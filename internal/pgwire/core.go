@@ -1,0 +1,923 @@
+package pgwire
+
+import (
+	"bytes"
+	"encoding/binary"
+	"encoding/hex"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unicode/utf8"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/airlockhq/airlock/internal/session"
+)
+
+// Bounds on what a client can make a session hold. Past the pending bounds
+// the proxy stops reading from the client until the server has answered
+// (backpressure): nothing is ever left unrecorded to save memory.
+const (
+	maxPending        = 10000   // forwarded requests awaiting their responses
+	maxPendingBytes   = 8 << 20 // parameter text held for those requests
+	maxPrepared       = 4096    // live prepared statements (and, apart, portals)
+	defaultStmtBudget = 16 << 20
+	maxParamShown     = 1024 // bytes of one text parameter kept in an event
+	maxParamsShown    = 4096 // bytes of all parameters of one statement
+	maxBinShown       = 64   // bytes of one binary parameter shown as hex
+)
+
+// poisonSQL is what the server gets in place of a refused statement: a
+// syntax error, raised before anything runs, so the server fails exactly as
+// if the refused statement had failed (a transaction block becomes failed,
+// an extended batch is skipped up to Sync) with no other effect. Its
+// ErrorResponse is replaced by the proxy's own on the way back.
+const (
+	poisonSQL  = "AIRLOCK REFUSED THIS STATEMENT"
+	poisonStmt = "airlock_refused"
+)
+
+// Client messages the pipe decodes for its own bookkeeping.
+const (
+	clientDecoded   = "QPBECFSX"
+	serverDecoded   = "CEZ"
+	serverDecodeMax = 1 << 20
+)
+
+// actKind is what the driver does with a message.
+type actKind uint8
+
+const (
+	actForward actKind = iota
+	actDrop
+	actReplace
+	actHold
+)
+
+// act is the pipe's instruction to its driver for one message.
+type act struct {
+	kind  actKind
+	out   []byte   // actReplace: bytes to send instead
+	hold  *Holding // actHold
+	stage int      // actHold: the stage that holds
+	unit  bool     // actHold: the hold is within a batch unit
+	wait  bool     // the pending queue is full: wait for room before reading on
+	err   error    // stop after this message
+}
+
+// pending is a request forwarded to the server whose response has yet to
+// come, in the order the server will answer.
+type pending struct {
+	kind     byte        // Q P B D E C S F
+	refusal  *ErrorReply // the server's error for it is replaced with this
+	poison   bool        // a Parse of ours: never a statement
+	sql      string
+	name     string // P: statement; B, E: portal; C: object
+	stmt     string // B: statement
+	ctype    byte   // C: 'S' or 'P'
+	params   []string
+	oid      uint32 // F
+	decision string
+	size     int // bytes counted against maxPendingBytes and the statement budget
+	start    time.Time
+}
+
+type bound struct {
+	sql, name, decision string
+	params              []string
+}
+
+// prepared is a statement the server has under a name.
+type prepared struct {
+	sql, decision string
+}
+
+// pipe is one session's pipeline core: stages, protocol state and record.
+// The client side (fromClient) runs on one goroutine, the server side
+// (fromServer) on another; what both touch is under mu.
+//
+// The statement record is the pipeline's first consumer but not a stage
+// that sees messages before the others: it is built from what actually went
+// to the server (after every stage decided, replacements and poisons
+// included) and from the server's answers, matched in order. A statement
+// name exists once ParseComplete says so, a portal once BindComplete does;
+// so the record names the SQL the server ran, whatever the client or a
+// stage sent that the server rejected or never saw.
+//
+// A refused message always becomes a poison for the server, never an answer
+// made up by the proxy, even when the session is idle: the server's own
+// ReadyForQuery then carries the right transaction status, answers stay in
+// order without the two pumps sharing the client socket, and the cost is
+// one round trip for a statement that is refused anyway.
+type pipe struct {
+	sess   *session.Session
+	stages Stages
+	cwant  []typeSet // per client stage
+	swant  []typeSet // per server stage
+	anyS   typeSet   // union of swant
+	budget int       // bytes of prepared statement text the session may keep
+
+	holding atomic.Pointer[Holding] // the hold in progress, for cancel
+
+	// client side only
+	cmsg      ClientMsg
+	unit      unit   // the extended batch gathered for batch stages
+	decision  string // recorded on the next request pushed
+	lastParse string
+	lastQuery string
+
+	mu           sync.Mutex
+	queue        []pending
+	head         int
+	pendBytes    int
+	stmts        map[string]prepared // statements the server has, by name
+	stmtBytes    int
+	pendingParse int // statement bytes of Parses not yet answered
+	portals      map[string]bound
+	copyRefusal  *ErrorReply // a refused CopyData: the error ending the COPY is ours
+	txStatus     byte
+	space        chan struct{} // signalled when the queue drains below its bounds
+
+	// server side only
+	smsg        ServerMsg
+	rows, bytes int64
+	out         []session.Event // statement events held until flush
+	fatalSeen   atomic.Bool     // the upstream told the client it is ending
+	scratch     []byte
+}
+
+func newPipe(sess *session.Session, st Stages, budget int) *pipe {
+	if budget <= 0 {
+		budget = defaultStmtBudget
+	}
+	pl := &pipe{sess: sess, stages: st, budget: budget, stmts: map[string]prepared{}, portals: map[string]bound{},
+		txStatus: 'I', space: make(chan struct{}, 1)}
+	for _, s := range st.Client {
+		var t typeSet
+		t.add(s.ClientTypes())
+		pl.cwant = append(pl.cwant, t)
+	}
+	for _, s := range st.Server {
+		var t typeSet
+		t.add(s.ServerTypes())
+		pl.swant = append(pl.swant, t)
+		for i := range t {
+			pl.anyS[i] |= t[i]
+		}
+	}
+	return pl
+}
+
+// clientTypes is what the client pump must decode.
+func (pl *pipe) clientTypes() string {
+	var t typeSet
+	t.add(clientDecoded)
+	if len(pl.stages.Batch) > 0 {
+		t.add("PBDECSH") // a unit is gathered whole
+	}
+	for i := range pl.cwant {
+		for j := range t {
+			t[j] |= pl.cwant[i][j]
+		}
+	}
+	return t.String()
+}
+
+// serverTypes is what the server pump must decode.
+func (pl *pipe) serverTypes() string {
+	t := pl.anyS
+	t.add(serverDecoded)
+	return t.String()
+}
+
+// fromClient runs one client message through the stages and the
+// bookkeeping. body is nil for types nobody decodes (and for decoded types
+// too large to hold, which the pump refuses before this).
+func (pl *pipe) fromClient(typ byte, n int, body []byte) act {
+	if len(pl.stages.Batch) > 0 && body != nil {
+		if a, ok := pl.gather(typ, body); ok {
+			return a
+		}
+	}
+	return pl.clientFrom(0, typ, body)
+}
+
+func (pl *pipe) clientFrom(i int, typ byte, body []byte) act {
+	if body != nil { // stages see only what is decoded, which is all they declared
+		for ; i < len(pl.stages.Client); i++ {
+			if !pl.cwant[i].has(typ) {
+				continue
+			}
+			// One ClientMsg per session, reused: a stage call costs no
+			// allocation.
+			pl.cmsg = ClientMsg{Type: typ, Body: body, TxStatus: pl.tx(), Session: pl.sess}
+			v := pl.stages.Client[i].Client(&pl.cmsg)
+			if v.Action == Hold {
+				if v.Hold == nil {
+					return pl.refuse(typ, body, &ErrorReply{Code: codeInternal, Message: "Airlock: a stage held a statement without a hold"}, "refused")
+				}
+				return act{kind: actHold, hold: v.Hold, stage: i}
+			}
+			if v.Action != Forward {
+				return pl.decided(v, typ, body, "")
+			}
+		}
+	}
+	return pl.track(typ, body)
+}
+
+// resume continues a held message with the hold's verdict.
+func (pl *pipe) resume(a act, v Verdict, typ byte, body []byte) act {
+	if a.unit {
+		return pl.resumeUnit(a, v)
+	}
+	switch v.Action {
+	case Forward:
+		pl.decision = "approved"
+		return pl.clientFrom(a.stage+1, typ, body)
+	case Hold:
+		return pl.refuse(typ, body, &ErrorReply{Code: codeInternal, Message: "Airlock: a hold was resolved with another hold"}, "denied")
+	}
+	return pl.decided(v, typ, body, "denied")
+}
+
+// decided applies a stage's Drop, Reply or Replace.
+func (pl *pipe) decided(v Verdict, typ byte, body []byte, why string) act {
+	switch v.Action {
+	case Drop:
+		pl.decision = ""
+		return act{kind: actDrop}
+	case Replace:
+		if err := splitMessages(v.Msgs, nil); err != nil {
+			return pl.refuse(typ, body, &ErrorReply{Code: codeInternal, Message: "Airlock: a stage rewrote a message badly: " + err.Error()}, "refused")
+		}
+		a := act{kind: actReplace}
+		_ = splitMessages(v.Msgs, func(t byte, msg, b []byte) {
+			pl.decision = "replaced"
+			r := pl.track(t, b)
+			if r.kind == actReplace {
+				// The bookkeeping refused a replacement (a budget):
+				// its poison goes in its place.
+				a.out = append(a.out, r.out...)
+			} else {
+				a.out = append(a.out, msg...)
+			}
+			a.wait = a.wait || r.wait
+			if r.err != nil {
+				a.err = r.err
+			}
+		})
+		return a
+	}
+	e := v.Error
+	if e == nil || e.Code == "" {
+		e = &ErrorReply{Code: "42501", Message: "Airlock refused this statement"}
+	}
+	if why == "" {
+		why = "refused"
+	}
+	return pl.refuse(typ, body, e, why)
+}
+
+// refuse puts a poison in place of a client message, so that the server
+// fails where the message would have been, and marks the poison's error to
+// be replaced by e.
+func (pl *pipe) refuse(typ byte, body []byte, e *ErrorReply, why string) act {
+	pl.decision = ""
+	now := time.Now()
+	var out []byte
+	switch typ {
+	case 'Q':
+		q, _ := cstring(body)
+		out, _ = (&pgproto3.Query{String: poisonSQL}).Encode(nil)
+		pl.push(pending{kind: 'Q', refusal: e, sql: pl.keepQuery(q), size: len(q), decision: why, start: now})
+	case 'F':
+		var m pgproto3.FunctionCall
+		_ = m.Decode(body)
+		out, _ = (&pgproto3.Query{String: poisonSQL}).Encode(nil)
+		pl.push(pending{kind: 'Q', refusal: e, oid: m.Function, sql: functionSQL(m.Function), decision: why, start: now})
+	case 'P', 'B', 'D', 'E', 'C':
+		sql := ""
+		switch typ {
+		case 'P':
+			_, q, _ := decodeParse(body)
+			sql = string(q)
+		case 'B':
+			var m pgproto3.Bind
+			if m.Decode(body) == nil {
+				pl.mu.Lock()
+				sql = pl.stmts[m.PreparedStatement].sql
+				pl.mu.Unlock()
+			}
+		case 'E':
+			var m pgproto3.Execute
+			if m.Decode(body) == nil {
+				pl.mu.Lock()
+				sql = pl.portals[m.Portal].sql
+				pl.mu.Unlock()
+			}
+		}
+		out, _ = (&pgproto3.Parse{Name: poisonStmt, Query: poisonSQL}).Encode(nil)
+		pl.push(pending{kind: 'P', poison: true, refusal: e, sql: sql, decision: why, start: now})
+	case 'd', 'c':
+		// In COPY FROM STDIN the server takes only copy messages:
+		// CopyFail ends the COPY with an error and nothing copied.
+		out, _ = (&pgproto3.CopyFail{Message: "refused by Airlock"}).Encode(nil)
+		pl.mu.Lock()
+		pl.copyRefusal = e
+		pl.mu.Unlock()
+	default:
+		// Sync, Flush, Terminate and CopyFail cannot fail on their own:
+		// relaying them keeps the protocol whole.
+		return pl.track(typ, body)
+	}
+	return act{kind: actReplace, out: out, wait: pl.full()}
+}
+
+func functionSQL(oid uint32) string { return fmt.Sprintf("<fast-path function call, oid %d>", oid) }
+
+// keepQuery returns q as a string, reusing the last one when it repeats.
+func (pl *pipe) keepQuery(q []byte) string {
+	if string(q) != pl.lastQuery {
+		pl.lastQuery = string(q)
+	}
+	return pl.lastQuery
+}
+
+// track records a message that goes to the server as it is.
+func (pl *pipe) track(typ byte, body []byte) act {
+	now := time.Now()
+	d := pl.decision
+	pl.decision = ""
+	switch typ {
+	case 'Q':
+		q, ok := cstring(body)
+		if !ok {
+			q = nil
+		}
+		// The text counts against the pending bound: a pipeline of
+		// big queries must not hold unbounded memory.
+		pl.push(pending{kind: 'Q', sql: pl.keepQuery(q), size: len(q), decision: d, start: now})
+	case 'P':
+		name, query, ok := decodeParse(body)
+		if !ok {
+			pl.push(pending{kind: 'P', poison: true, start: now}) // the server rejects it
+			break
+		}
+		pl.mu.Lock()
+		prev, known := pl.stmts[string(name)]
+		old := prev.sql
+		// Clients that re-Parse the same statement (the unnamed one, each
+		// time) share one copy of its text.
+		sql := old
+		if !known || old != string(query) {
+			size := len(query)
+			if known {
+				size -= len(old)
+			}
+			if pl.stmtBytes+pl.pendingParse+size > pl.budget || (!known && len(pl.stmts) >= maxPrepared) {
+				pl.mu.Unlock()
+				return pl.refuse('P', body, &ErrorReply{Code: codeProgramLimit,
+					Message: fmt.Sprintf("Airlock: this session holds %d prepared statements (%d bytes of SQL), its limit", len(pl.stmts), pl.stmtBytes),
+					Hint:    "Close or DEALLOCATE prepared statements you no longer use."}, "refused")
+			}
+			if pl.lastParse == string(query) {
+				sql = pl.lastParse
+			} else {
+				sql = string(query)
+			}
+		}
+		pl.pendingParse += len(sql)
+		pl.mu.Unlock()
+		pl.lastParse = sql
+		pl.push(pending{kind: 'P', name: string(name), sql: sql, size: len(sql), decision: d, start: now})
+	case 'B':
+		var m pgproto3.Bind
+		if body == nil || m.Decode(body) != nil {
+			pl.push(pending{kind: 'B', start: now})
+			break
+		}
+		params, size := formatParams(m.Parameters, m.ParameterFormatCodes)
+		pl.push(pending{kind: 'B', name: m.DestinationPortal, stmt: m.PreparedStatement, params: params, size: size, decision: d, start: now})
+	case 'D':
+		pl.push(pending{kind: 'D', start: now})
+	case 'E':
+		var m pgproto3.Execute
+		if body == nil || m.Decode(body) != nil {
+			pl.push(pending{kind: 'E', start: now})
+			break
+		}
+		pl.push(pending{kind: 'E', name: m.Portal, decision: d, start: now})
+	case 'C':
+		var m pgproto3.Close
+		if body == nil || m.Decode(body) != nil {
+			pl.push(pending{kind: 'C', start: now})
+			break
+		}
+		pl.push(pending{kind: 'C', ctype: m.ObjectType, name: m.Name, start: now})
+	case 'S':
+		pl.push(pending{kind: 'S', sql: pl.lastParse, start: now})
+		pl.lastParse = ""
+	case 'F':
+		var m pgproto3.FunctionCall
+		if body == nil || m.Decode(body) != nil {
+			pl.push(pending{kind: 'F', sql: functionSQL(0), start: now})
+			break
+		}
+		formats := make([]int16, len(m.ArgFormatCodes))
+		for i, f := range m.ArgFormatCodes {
+			formats[i] = int16(f)
+		}
+		params, size := formatParams(m.Arguments, formats)
+		pl.push(pending{kind: 'F', oid: m.Function, sql: functionSQL(m.Function), params: params, size: size,
+			decision: d, start: now})
+	case 'X':
+		return act{err: errClientTerminate}
+	default:
+		return act{}
+	}
+	return act{wait: pl.full()}
+}
+
+func (pl *pipe) tx() byte {
+	pl.mu.Lock()
+	defer pl.mu.Unlock()
+	return pl.txStatus
+}
+
+func (pl *pipe) push(p pending) {
+	pl.mu.Lock()
+	defer pl.mu.Unlock()
+	if pl.head > 64 && pl.head*2 > len(pl.queue) {
+		n := copy(pl.queue, pl.queue[pl.head:])
+		clear(pl.queue[n:])
+		pl.queue, pl.head = pl.queue[:n], 0
+	}
+	pl.queue = append(pl.queue, p)
+	pl.pendBytes += p.size
+}
+
+// full reports whether the client must wait for answers before sending
+// more: the bound that replaces giving up on the record.
+func (pl *pipe) full() bool {
+	pl.mu.Lock()
+	defer pl.mu.Unlock()
+	return pl.fullLocked()
+}
+
+func (pl *pipe) fullLocked() bool {
+	return len(pl.queue)-pl.head >= maxPending || pl.pendBytes >= maxPendingBytes
+}
+
+// outstanding is how many requests await an answer.
+func (pl *pipe) outstanding() int {
+	pl.mu.Lock()
+	defer pl.mu.Unlock()
+	return len(pl.queue) - pl.head
+}
+
+// front returns the oldest pending request; mu held.
+func (pl *pipe) front() *pending {
+	if pl.head >= len(pl.queue) {
+		return nil
+	}
+	return &pl.queue[pl.head]
+}
+
+// pop retires the oldest pending request; mu held.
+func (pl *pipe) pop() {
+	if pl.head >= len(pl.queue) {
+		return
+	}
+	was := pl.fullLocked()
+	p := &pl.queue[pl.head]
+	pl.pendBytes -= p.size
+	if p.kind == 'P' && !p.poison {
+		pl.pendingParse -= len(p.sql)
+	}
+	*p = pending{}
+	pl.head++
+	if pl.head == len(pl.queue) {
+		pl.queue, pl.head = pl.queue[:0], 0
+	}
+	if was && !pl.fullLocked() {
+		select {
+		case pl.space <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// skipToSync drops what the server skips after an error in an extended
+// batch: everything up to the next Sync. mu held.
+func (pl *pipe) skipToSync() {
+	for f := pl.front(); f != nil && f.kind != 'S' && f.kind != 'Q' && f.kind != 'F'; f = pl.front() {
+		pl.pop()
+	}
+}
+
+// fromServer sees one server message of n bytes (length word included);
+// body is nil unless the type is decoded.
+func (pl *pipe) fromServer(typ byte, n int, body []byte) act {
+	var a act
+	switch typ {
+	case 'D':
+		pl.rows++
+		pl.bytes += int64(n - 4)
+	case 'd':
+		pl.bytes += int64(n - 4)
+	case 'T', 'n', 't', 'S', 'N', 'A', 'G', 'H', 'W', 'c', 'K', 'v', 'R':
+		// Row and parameter descriptions, status, notices, COPY starts:
+		// only a Describe ends at T or n.
+		if typ == 'T' || typ == 'n' {
+			pl.mu.Lock()
+			if f := pl.front(); f != nil && f.kind == 'D' {
+				pl.pop()
+			}
+			pl.mu.Unlock()
+		}
+	default:
+		a = pl.response(typ, body)
+	}
+	if len(pl.stages.Server) > 0 && pl.anyS.has(typ) && a.kind == actForward {
+		for i, s := range pl.stages.Server {
+			if !pl.swant[i].has(typ) {
+				continue
+			}
+			pl.smsg = ServerMsg{Type: typ, Body: body, Len: n - 4, Session: pl.sess}
+			v := s.Server(&pl.smsg)
+			if v.Action == Replace {
+				if splitMessages(v.Msgs, nil) != nil {
+					continue // a broken rewrite is not sent
+				}
+				return act{kind: actReplace, out: v.Msgs}
+			}
+		}
+	}
+	return a
+}
+
+// response matches an answer to the request it completes.
+func (pl *pipe) response(typ byte, body []byte) act {
+	pl.mu.Lock()
+	defer pl.mu.Unlock()
+	f := pl.front()
+	switch typ {
+	case '1': // ParseComplete: the statement now exists under its name
+		if f != nil && f.kind == 'P' {
+			if !f.poison {
+				if old, known := pl.stmts[f.name]; known {
+					pl.stmtBytes -= len(old.sql)
+				}
+				pl.stmts[f.name] = prepared{sql: f.sql, decision: f.decision}
+				pl.stmtBytes += len(f.sql)
+			}
+			pl.pop()
+		}
+	case '2': // BindComplete
+		if f != nil && f.kind == 'B' {
+			if _, ok := pl.portals[f.name]; !ok && len(pl.portals) >= maxPrepared {
+				// Portals end with their transaction; thousands open
+				// at once is a client gone wrong, and the oldest
+				// forgotten is still recorded by name.
+				for k := range pl.portals {
+					delete(pl.portals, k)
+					break
+				}
+			}
+			st, ok := pl.stmts[f.stmt]
+			if !ok {
+				// The server has it, so SQL PREPARE made it: that
+				// statement's text is in the record of the PREPARE.
+				st.sql = fmt.Sprintf("<statement %q prepared in SQL>", f.stmt)
+			}
+			d := f.decision
+			if d == "" {
+				d = st.decision
+			}
+			pl.portals[f.name] = bound{sql: st.sql, name: f.stmt, params: f.params, decision: d}
+			pl.pop()
+		}
+	case '3': // CloseComplete
+		if f != nil && f.kind == 'C' {
+			if f.ctype == 'S' {
+				if old, ok := pl.stmts[f.name]; ok {
+					pl.stmtBytes -= len(old.sql)
+					delete(pl.stmts, f.name)
+				}
+			} else {
+				delete(pl.portals, f.name)
+			}
+			pl.pop()
+		}
+	case 'C': // CommandComplete
+		tag := ""
+		var m pgproto3.CommandComplete
+		if body != nil && m.Decode(body) == nil {
+			tag = string(m.CommandTag)
+		}
+		if f != nil {
+			switch f.kind {
+			case 'Q':
+				pl.emit(f, tag, "", "")
+			case 'E':
+				pl.emit(f, tag, "", "")
+				pl.pop()
+			}
+			pl.sqlDeallocated(f, tag)
+		}
+		pl.rows, pl.bytes = 0, 0
+	case 's': // PortalSuspended: the Execute ended at its row limit
+		if f != nil && f.kind == 'E' {
+			pl.emit(f, "", "", "")
+			pl.pop()
+		}
+		pl.rows, pl.bytes = 0, 0
+	case 'I': // EmptyQueryResponse
+		if f != nil && f.kind == 'E' {
+			pl.pop()
+		}
+		pl.rows, pl.bytes = 0, 0
+	case 'V': // FunctionCallResponse
+		if f != nil && f.kind == 'F' {
+			pl.emit(f, "", "", "")
+			f.kind = 'f' // answered; ReadyForQuery follows
+		}
+	case 'E':
+		return pl.errorResponse(f, body)
+	case 'Z':
+		for f != nil && f.kind != 'S' && f.kind != 'Q' && f.kind != 'F' && f.kind != 'f' {
+			pl.pop() // cannot happen with a conforming server
+			f = pl.front()
+		}
+		if f != nil {
+			pl.pop()
+		}
+		if len(body) == 1 {
+			pl.txStatus = body[0]
+			if body[0] == 'I' {
+				// Portals, the unnamed one too, live until their
+				// transaction ends, not until Sync.
+				clear(pl.portals)
+			}
+		}
+		pl.rows, pl.bytes = 0, 0
+	}
+	return act{}
+}
+
+func (pl *pipe) errorResponse(f *pending, body []byte) act {
+	var m pgproto3.ErrorResponse
+	if body == nil || m.Decode(body) != nil {
+		m = pgproto3.ErrorResponse{Severity: "ERROR"}
+	}
+	sev := m.SeverityUnlocalized // m.Severity may be translated
+	if sev == "" {
+		sev = m.Severity
+	}
+	if sev == "FATAL" || sev == "PANIC" {
+		pl.fatalSeen.Store(true)
+	}
+	var a act
+	code, msg := m.Code, m.Message
+	substitute := func(e *ErrorReply) {
+		pl.scratch = e.encode(pl.scratch[:0])
+		a = act{kind: actReplace, out: pl.scratch}
+		code, msg = e.Code, e.Message
+	}
+	switch {
+	case sev == "FATAL" || sev == "PANIC":
+	case f != nil && f.refusal != nil:
+		substitute(f.refusal)
+	case pl.copyRefusal != nil && f != nil && (f.kind == 'Q' || f.kind == 'E'):
+		substitute(pl.copyRefusal)
+		pl.copyRefusal = nil
+		f.decision = "refused"
+	}
+	if f != nil {
+		switch f.kind {
+		case 'Q', 'F':
+			pl.emit(f, "", code, msg)
+		case 'S':
+			if f.sql != "" {
+				pl.emit(f, "", code, msg)
+			}
+		case 'P', 'B', 'E':
+			if f.kind == 'B' {
+				f.sql = pl.stmts[f.stmt].sql
+			}
+			pl.emit(f, "", code, msg)
+			pl.pop()
+			pl.skipToSync()
+		case 'D', 'C':
+			pl.pop()
+			pl.skipToSync()
+		}
+	}
+	pl.rows, pl.bytes = 0, 0
+	return a
+}
+
+// sqlDeallocated forgets statements dropped in SQL (DEALLOCATE, DISCARD),
+// so that they no longer count against the budget; mu held.
+func (pl *pipe) sqlDeallocated(f *pending, tag string) {
+	switch tag {
+	case "DEALLOCATE ALL", "DISCARD ALL":
+		clear(pl.stmts)
+		pl.stmtBytes = 0
+		return
+	case "DEALLOCATE":
+	default:
+		return
+	}
+	sql := f.sql
+	if f.kind == 'E' {
+		sql = pl.portals[f.name].sql
+	}
+	// DEALLOCATE [PREPARE] name, alone in its Query: anything fancier
+	// keeps the statement counted, which is only conservative.
+	w := strings.Fields(strings.TrimSuffix(strings.TrimSpace(sql), ";"))
+	if len(w) == 0 || !strings.EqualFold(w[0], "deallocate") {
+		return
+	}
+	w = w[1:]
+	if len(w) > 0 && strings.EqualFold(w[0], "prepare") {
+		w = w[1:]
+	}
+	if len(w) != 1 {
+		return
+	}
+	name := w[0]
+	if strings.HasPrefix(name, `"`) && strings.HasSuffix(name, `"`) && len(name) >= 2 {
+		name = strings.ReplaceAll(name[1:len(name)-1], `""`, `"`)
+	} else {
+		name = strings.ToLower(name)
+	}
+	if old, ok := pl.stmts[name]; ok {
+		pl.stmtBytes -= len(old.sql)
+		delete(pl.stmts, name)
+	}
+}
+
+// emit records the statement p as completed now; mu held. The event waits
+// in pl.out until flush, which the server pump calls once the messages that
+// completed it have been forwarded.
+func (pl *pipe) emit(p *pending, tag, code, msg string) {
+	now := time.Now()
+	st := &session.Statement{Protocol: "extended", SQL: p.sql, Params: p.params, Tag: tag,
+		Rows: rowsOf(tag, pl.rows), Bytes: pl.bytes, Duration: now.Sub(p.start), SQLState: code, Error: msg,
+		Decision: p.decision, FunctionOID: p.oid}
+	switch {
+	case p.oid != 0 || p.kind == 'F':
+		st.Protocol = "function"
+	case p.kind == 'Q':
+		st.Protocol = "simple"
+	case p.kind == 'E':
+		b, ok := pl.portals[p.name]
+		if !ok {
+			// The server has it, so SQL DECLARE made it: the cursor's
+			// query is in the record of the DECLARE.
+			b.sql = fmt.Sprintf("<portal %q declared in SQL>", p.name)
+		}
+		st.SQL, st.Name, st.Params = b.sql, b.name, b.params
+		if st.Decision == "" {
+			st.Decision = b.decision
+		}
+	case p.kind == 'P':
+		st.Name = p.name
+	case p.kind == 'B':
+		st.Name = p.stmt
+	}
+	pl.sess.Stats.Statements.Add(1)
+	pl.sess.Stats.Rows.Add(st.Rows)
+	pl.out = append(pl.out, session.Event{Time: now, Kind: session.KindStatement, Statement: st})
+}
+
+// flush hands the held statement events to the session, in order. Server
+// side only.
+func (pl *pipe) flush() {
+	for i := range pl.out {
+		pl.sess.Emit(pl.out[i])
+		pl.out[i] = session.Event{}
+	}
+	pl.out = pl.out[:0]
+}
+
+// abandon records every statement sent whose outcome the proxy never saw
+// (the session ended first), so none goes unrecorded. Called once both
+// pumps have stopped.
+func (pl *pipe) abandon(why string) {
+	pl.mu.Lock()
+	for f := pl.front(); f != nil; f = pl.front() {
+		switch f.kind {
+		case 'Q', 'E', 'F':
+			f.decision = why
+			pl.emit(f, "", "", "")
+		}
+		// A Parse, Bind or Describe executes nothing: its Execute,
+		// if one was sent, is recorded.
+		pl.pop()
+	}
+	pl.mu.Unlock()
+	pl.flush()
+}
+
+// cancelHold ends a hold in progress as a cancelled statement; false when
+// nothing is held.
+func (pl *pipe) cancelHold() bool {
+	h := pl.holding.Load()
+	if h == nil {
+		return false
+	}
+	return h.Resolve(Verdict{Action: Reply, Error: &ErrorReply{Code: codeQueryCanceled,
+		Message: "canceling statement due to user request"}})
+}
+
+// cstring returns b up to its first NUL, and whether there was one.
+func cstring(b []byte) ([]byte, bool) {
+	i := bytes.IndexByte(b, 0)
+	if i < 0 {
+		return nil, false
+	}
+	return b[:i], true
+}
+
+// decodeParse takes the statement name and SQL from a Parse body without
+// copying them, checking the rest of the body as pgproto3.Parse would.
+func decodeParse(body []byte) (name, query []byte, ok bool) {
+	name, ok = cstring(body)
+	if !ok {
+		return nil, nil, false
+	}
+	rest := body[len(name)+1:]
+	if query, ok = cstring(rest); !ok {
+		return nil, nil, false
+	}
+	rest = rest[len(query)+1:]
+	if len(rest) < 2 || len(rest) < 2+4*int(binary.BigEndian.Uint16(rest)) {
+		return nil, nil, false
+	}
+	return name, query, true
+}
+
+// rowsOf takes the row count from a command tag that carries one and falls
+// back to the DataRows seen (SHOW, or a tag-less error).
+func rowsOf(tag string, counted int64) int64 {
+	verb, rest, ok := strings.Cut(tag, " ")
+	if !ok {
+		return counted
+	}
+	switch verb {
+	case "SELECT", "INSERT", "UPDATE", "DELETE", "MERGE", "FETCH", "MOVE", "COPY":
+		if i := strings.LastIndexByte(rest, ' '); i >= 0 {
+			rest = rest[i+1:]
+		}
+		if n, err := strconv.ParseInt(rest, 10, 64); err == nil {
+			return n
+		}
+	}
+	return counted
+}
+
+// formatParams renders Bind or FunctionCall arguments for the record,
+// bounded, and returns their size.
+func formatParams(values [][]byte, formats []int16) ([]string, int) {
+	if len(values) == 0 {
+		return nil, 0
+	}
+	out := make([]string, len(values))
+	size := 0
+	for i, v := range values {
+		binary := false
+		switch len(formats) {
+		case 0:
+		case 1:
+			binary = formats[0] == 1
+		default:
+			binary = i < len(formats) && formats[i] == 1
+		}
+		switch {
+		case size >= maxParamsShown:
+			out[i] = "<not kept>"
+		case v == nil:
+			out[i] = "<null>"
+		case binary && len(v) <= maxBinShown:
+			out[i] = `\x` + hex.EncodeToString(v)
+		case binary:
+			out[i] = fmt.Sprintf("<binary %d bytes>", len(v))
+		case len(v) > maxParamShown:
+			cut := maxParamShown
+			for cut > 0 && !utf8.RuneStart(v[cut]) {
+				cut--
+			}
+			out[i] = string(v[:cut]) + fmt.Sprintf("…<%d bytes>", len(v))
+		default:
+			out[i] = string(v)
+		}
+		size += len(out[i]) + 16
+	}
+	return out, size
+}

@@ -1,0 +1,236 @@
+package pgwire
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/airlockhq/airlock/internal/session"
+)
+
+// The message pipeline. Between the two sockets, each session runs an
+// ordered chain of stages (policy, approval, masking, metrics). A client
+// stage sees the frontend messages of the types it declares and decides what
+// reaches the server; a server stage sees the backend messages it declares
+// and may rewrite them on their way to the client. Types no stage declared
+// are relayed as bytes, never decoded.
+//
+// The pipeline's core (the pipe type) does no I/O and never blocks: it turns
+// a message into an action for its driver (forward, drop, write these bytes
+// instead, park until a hold is decided). Today's driver is the pair of
+// goroutine pumps in relay.go; an event loop can drive the same core.
+
+// Action is what a stage decides for a message.
+type Action uint8
+
+const (
+	// Forward passes the message on to the next stage, and to the peer.
+	Forward Action = iota
+	// Drop discards the message. Only for messages the peer does not
+	// answer (Flush, CopyData): dropping one it would answer leaves the
+	// client waiting.
+	Drop
+	// Reply refuses the message: the client gets Verdict.Error as an
+	// ErrorResponse where the server's answer would have been, and both
+	// sides end in the state PostgreSQL would be in had the statement
+	// failed (a transaction block becomes failed, the rest of an extended
+	// batch is skipped up to Sync). Client stages only.
+	Reply
+	// Hold parks the message, and everything the client sends after it,
+	// until Verdict.Hold is resolved, times out, or the client cancels.
+	// Client stages only.
+	Hold
+	// Replace sends Verdict.Msgs (encoded protocol messages) in place of
+	// the message.
+	Replace
+)
+
+// ErrorReply is an error the proxy gives the client in its own protocol.
+type ErrorReply struct {
+	Code    string // SQLSTATE
+	Message string
+	Detail  string
+	Hint    string
+}
+
+func (e *ErrorReply) encode(dst []byte) []byte {
+	out, _ := (&pgproto3.ErrorResponse{Severity: "ERROR", SeverityUnlocalized: "ERROR", Code: e.Code,
+		Message: e.Message, Detail: e.Detail, Hint: e.Hint}).Encode(dst)
+	return out
+}
+
+// Verdict is a stage's answer for one message.
+type Verdict struct {
+	Action Action
+	Error  *ErrorReply // for Reply
+	Hold   *Holding    // for Hold
+	Msgs   []byte      // for Replace: whole encoded messages, sent as they are
+}
+
+// Refuse is the Verdict that answers the client with an error.
+func Refuse(code, message string) Verdict {
+	return Verdict{Action: Reply, Error: &ErrorReply{Code: code, Message: message}}
+}
+
+// ReplaceWith is the Verdict that sends msgs instead of the message.
+func ReplaceWith(msgs ...interface{ Encode([]byte) ([]byte, error) }) Verdict {
+	var b []byte
+	for _, m := range msgs {
+		var err error
+		if b, err = m.Encode(b); err != nil {
+			return Refuse(codeInternal, "Airlock could not encode a rewritten message: "+err.Error())
+		}
+	}
+	return Verdict{Action: Replace, Msgs: b}
+}
+
+// ClientMsg is one frontend message shown to a client stage.
+type ClientMsg struct {
+	Type byte
+	// Body is the message after its length word. It is valid only during
+	// the call (and while the message is held): copy what you keep.
+	Body []byte
+	// TxStatus is the server's transaction status at its last
+	// ReadyForQuery: 'I' idle, 'T' in a block, 'E' in a failed block.
+	TxStatus byte
+	Session  *session.Session
+}
+
+// SQL returns the statement text of a Query or Parse (a slice of Body),
+// or nil for other types.
+func (m *ClientMsg) SQL() []byte {
+	switch m.Type {
+	case 'Q':
+		q, _ := cstring(m.Body)
+		return q
+	case 'P':
+		_, q, _ := decodeParse(m.Body)
+		return q
+	}
+	return nil
+}
+
+// ServerMsg is one backend message shown to a server stage.
+type ServerMsg struct {
+	Type byte
+	// Body is valid only during the call; nil when the message is larger
+	// than the decoding limit (the stage may still Replace it unseen).
+	Body    []byte
+	Len     int // body length
+	Session *session.Session
+}
+
+// ClientStage decides on frontend messages.
+type ClientStage interface {
+	// ClientTypes lists the message type bytes the stage sees, e.g. "QP".
+	ClientTypes() string
+	Client(m *ClientMsg) Verdict
+}
+
+// ServerStage may rewrite backend messages.
+type ServerStage interface {
+	// ServerTypes lists the message type bytes the stage sees, e.g. "D".
+	ServerTypes() string
+	// Server answers Forward or Replace.
+	Server(m *ServerMsg) Verdict
+}
+
+// Stages is one session's pipeline, in order.
+type Stages struct {
+	Batch  []BatchStage // see each extended batch whole, before Client
+	Client []ClientStage
+	Server []ServerStage
+}
+
+// Holding is a parked message awaiting a decision. Resolve it from any
+// goroutine; the first resolution wins.
+type Holding struct {
+	timeout   time.Duration
+	onTimeout ErrorReply
+	ch        chan Verdict
+	once      sync.Once
+	parked    chan struct{}
+	parkOnce  sync.Once
+}
+
+const defaultHoldTimeout = 5 * time.Minute
+
+// NewHold returns a hold that ends with onTimeout after timeout (default
+// five minutes when zero).
+func NewHold(timeout time.Duration, onTimeout ErrorReply) *Holding {
+	if timeout <= 0 {
+		timeout = defaultHoldTimeout
+	}
+	if onTimeout.Code == "" {
+		onTimeout = ErrorReply{Code: codeQueryCanceled, Message: "Airlock: no decision in time for this statement"}
+	}
+	return &Holding{timeout: timeout, onTimeout: onTimeout, ch: make(chan Verdict, 1), parked: make(chan struct{})}
+}
+
+// Parked is closed once the session is parked on the hold: from then on a
+// cancel from the client ends the hold instead of reaching the server.
+func (h *Holding) Parked() <-chan struct{} { return h.parked }
+
+func (h *Holding) park() { h.parkOnce.Do(func() { close(h.parked) }) }
+
+// Resolve decides the hold: Forward resumes the message at the next stage;
+// Reply, Drop and Replace act as if the holding stage had answered them.
+// It reports whether this call decided.
+func (h *Holding) Resolve(v Verdict) bool {
+	won := false
+	h.once.Do(func() {
+		won = true
+		h.ch <- v
+	})
+	return won
+}
+
+// Approve resolves the hold with Forward.
+func (h *Holding) Approve() bool { return h.Resolve(Verdict{Action: Forward}) }
+
+// Deny resolves the hold with an error for the client.
+func (h *Holding) Deny(code, message string) bool { return h.Resolve(Refuse(code, message)) }
+
+// splitMessages checks that b is a sequence of whole protocol messages and
+// calls fn for each with the whole message and its body.
+func splitMessages(b []byte, fn func(typ byte, msg, body []byte)) error {
+	for len(b) > 0 {
+		if len(b) < 5 {
+			return errors.New("truncated message header")
+		}
+		n := int(binary.BigEndian.Uint32(b[1:]))
+		if n < 4 || n+1 > len(b) {
+			return errors.New("bad message length")
+		}
+		if fn != nil {
+			fn(b[0], b[:1+n], b[5:1+n])
+		}
+		b = b[1+n:]
+	}
+	return nil
+}
+
+// typeSet is a set of message type bytes.
+type typeSet [256 / 64]uint64
+
+func (s *typeSet) add(types string) {
+	for i := 0; i < len(types); i++ {
+		s[types[i]/64] |= 1 << (types[i] % 64)
+	}
+}
+
+func (s *typeSet) has(t byte) bool { return s[t/64]&(1<<(t%64)) != 0 }
+
+func (s *typeSet) String() string {
+	var b bytes.Buffer
+	for i := 0; i < 256; i++ {
+		if s.has(byte(i)) {
+			b.WriteByte(byte(i))
+		}
+	}
+	return b.String()
+}
