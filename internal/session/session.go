@@ -42,7 +42,18 @@ type Origin struct {
 	// CgroupPath is a kubelet's (a client in a pod's network namespace).
 	PodUID      string `json:"pod_uid,omitempty"`
 	ContainerID string `json:"container_id,omitempty"`
+
+	// Class says who is at the keyboard, for rules that differ between an
+	// agent and a person's own tools (ClassAgent, ClassPerson; empty until
+	// the front door has decided).
+	Class string `json:"class,omitempty"`
 }
+
+// Process classes of an Origin.
+const (
+	ClassAgent  = "agent"  // an AI agent's process: Cursor's tree, a configured agent executable
+	ClassPerson = "person" // a person's own tools
+)
 
 // Session is one intercepted connection.
 type Session struct {
