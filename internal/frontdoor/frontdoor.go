@@ -187,13 +187,18 @@ func (s *Server) handle(ctx context.Context, conn net.Conn) {
 	// handlers that use it directly. Handlers count what they relay in
 	// the session attributes bytes_in and bytes_out.
 	err = route.Handler.Serve(ctx, conn, sess)
-	reason := "closed"
+	reason, detail := "client_quit", ""
 	if err != nil {
-		reason = err.Error()
+		reason, detail = "error", err.Error()
+		var r session.Reasoner
+		if errors.As(err, &r) {
+			reason = r.EndReason()
+		}
 	}
 	attrs := sess.Attrs()
-	end := &session.End{Reason: reason, Duration: time.Since(sess.Started),
-		BytesIn: attrInt(attrs["bytes_in"]), BytesOut: attrInt(attrs["bytes_out"])}
+	end := &session.End{Reason: reason, Detail: detail, Duration: time.Since(sess.Started),
+		BytesIn: attrInt(attrs["bytes_in"]), BytesOut: attrInt(attrs["bytes_out"]),
+		Database: attrs["database"], UpstreamRole: attrs["upstream_user"]}
 	sess.Emit(session.Event{Kind: session.KindSessionEnd, End: end})
 }
 

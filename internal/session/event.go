@@ -32,11 +32,20 @@ type Event struct {
 
 // End closes a session.
 type End struct {
+	// Reason is one of client_quit, interrupted, upstream_lost, ttl,
+	// daemon_restart, refused, protocol_error, error; Detail says more.
 	Reason   string        `json:"reason"`
+	Detail   string        `json:"detail,omitempty"`
 	Duration time.Duration `json:"duration"`
 	BytesIn  int64         `json:"bytes_in"`  // client to upstream
 	BytesOut int64         `json:"bytes_out"` // upstream to client
+	// Upstream database and role, when the session got that far.
+	Database     string `json:"database,omitempty"`
+	UpstreamRole string `json:"upstream_role,omitempty"`
 }
+
+// Reasoner is an error that says which End reason it stands for.
+type Reasoner interface{ EndReason() string }
 
 // Statement is one SQL statement and its outcome.
 type Statement struct {
@@ -50,6 +59,18 @@ type Statement struct {
 	Duration time.Duration `json:"duration"`
 	SQLState string        `json:"sqlstate,omitempty"`
 	Error    string        `json:"error,omitempty"`
+	// Set by the policy pipeline; the audit record has a place for each.
+	Class    string  `json:"class,omitempty"`
+	Decision string  `json:"decision,omitempty"`
+	Rule     string  `json:"rule,omitempty"`
+	Sample   *Sample `json:"sample,omitempty"`
+}
+
+// Sample is a bounded prefix of a statement's result as the client saw it.
+type Sample struct {
+	Columns   []string   `json:"columns"`
+	Rows      [][]string `json:"rows"`
+	Truncated bool       `json:"truncated,omitempty"`
 }
 
 // Credential is a just-in-time upstream credential being created or revoked.
@@ -68,7 +89,9 @@ type Refusal struct {
 	SQLState string `json:"sqlstate,omitempty"`
 }
 
-// LogSink writes events as structured log lines until the audit store lands.
+// LogSink writes session-level events as structured log lines. Statements
+// are not logged: their text and parameters belong in the audit store, not in
+// a journal the adm group reads and that rate limits drop.
 type LogSink struct{ Logger *slog.Logger }
 
 // Record logs ev at info level.
@@ -80,12 +103,10 @@ func (l LogSink) Record(ev Event) {
 		attrs = append(attrs, "person", s.Person.Name, "uid", s.Origin.UID, "pid", s.Origin.PID,
 			"exe", s.Origin.Exe, "dest", s.Dest.String(), "target", s.Target, "protocol", s.Protocol)
 	case ev.End != nil:
-		attrs = append(attrs, "reason", ev.End.Reason, "duration", ev.End.Duration,
+		attrs = append(attrs, "reason", ev.End.Reason, "detail", ev.End.Detail, "duration", ev.End.Duration,
 			"bytes_in", ev.End.BytesIn, "bytes_out", ev.End.BytesOut)
 	case ev.Statement != nil:
-		st := ev.Statement
-		attrs = append(attrs, "sql", st.SQL, "params", st.Params, "tag", st.Tag, "rows", st.Rows,
-			"bytes", st.Bytes, "duration", st.Duration, "sqlstate", st.SQLState)
+		return
 	case ev.Credential != nil:
 		c := ev.Credential
 		attrs = append(attrs, "mode", c.Mode, "role", c.Role, "groups", c.Groups,
