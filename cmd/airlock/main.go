@@ -17,6 +17,8 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/spf13/cobra"
+
 	"github.com/airlockhq/airlock/internal/control"
 )
 
@@ -28,7 +30,7 @@ func main() {
 }
 
 func usage() error {
-	return errors.New("usage: airlock status [--json] | airlock run -- CMD [ARGS...]")
+	return errors.New("usage: airlock status [--json] | airlock run -- CMD [ARGS...] | airlock sessions | airlock replay ID | airlock audit export|verify|keys")
 }
 
 func run(args []string) error {
@@ -36,6 +38,10 @@ func run(args []string) error {
 		return usage()
 	}
 	cmd, args := args[0], args[1:]
+	switch cmd {
+	case "sessions", "replay", "audit":
+		return runCobra(append([]string{cmd}, args...))
+	}
 	fs := flag.NewFlagSet("airlock "+cmd, flag.ContinueOnError)
 	socket := fs.String("socket", envOr("AIRLOCK_SOCKET", control.DefaultSocket), "airlockd control socket")
 	asJSON := fs.Bool("json", false, "print JSON")
@@ -78,6 +84,17 @@ func run(args []string) error {
 	}
 }
 
+// runCobra runs the commands already written for cobra (the lead folds
+// this into the cobra root at merge).
+func runCobra(args []string) error {
+	root := &cobra.Command{Use: "airlock", SilenceUsage: true, SilenceErrors: true}
+	root.PersistentFlags().String("socket", envOr("AIRLOCK_SOCKET", control.DefaultSocket), "airlockd control socket")
+	root.PersistentFlags().Bool("json", false, "print JSON instead of text")
+	root.AddCommand(newSessionsCmd(), newReplayCmd(), newAuditCmd())
+	root.SetArgs(args)
+	return root.Execute()
+}
+
 func envOr(k, def string) string {
 	if v := os.Getenv(k); v != "" {
 		return v
@@ -92,6 +109,7 @@ func printStatus(s *control.Status) {
 	fmt.Fprintf(w, "airlockd %s\tpid %d, up %s\n", d.Version, d.PID, time.Since(d.Started).Round(time.Second))
 	fmt.Fprintf(w, "config\t%s\n", d.Config)
 	fmt.Fprintf(w, "mode\t%s (attach cgroup %s, proxy port %d, pins %s)\n", d.Mode, d.Cgroup, d.ProxyPort, d.PinDir)
+	printAuditStatus(w, s.Audit)
 	fmt.Fprintf(w, "kernel\t%s\n", s.Kernel.Release)
 	for _, f := range s.Kernel.Found {
 		fmt.Fprintf(w, "  found\t%s\n", f)

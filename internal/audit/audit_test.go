@@ -35,17 +35,14 @@ func stores(t *testing.T) []storeKind {
 		pgN++
 		db := fmt.Sprintf("audit_%d_%d", os.Getpid(), pgN)
 		pgSrv.Psql(t, "postgres", "CREATE DATABASE "+db)
-		pw := filepath.Join(t.TempDir(), "pw")
-		if err := os.WriteFile(pw, []byte(pgSrv.AdminPassword+"\n"), 0o600); err != nil {
-			t.Fatal(err)
-		}
+		pw := pgSrv.AdminPassword
 		return fmt.Sprintf("postgres://%s@%s:%d/%s?sslmode=disable", pgSrv.AdminUser, pgSrv.Addr, pgSrv.Port, db), pw
 	}})
 }
 
 func openWriter(t *testing.T, state, spec, pw string, pol Policy) (*Writer, context.CancelFunc, chan struct{}) {
 	t.Helper()
-	w, err := Open(context.Background(), Options{StateDir: state, Store: spec, PasswordFile: pw, Policy: pol,
+	w, err := Open(context.Background(), Options{StateDir: state, Store: spec, Password: pw, Policy: pol,
 		CommitInterval: 5 * time.Millisecond, CheckpointInterval: time.Hour})
 	if err != nil {
 		t.Fatalf("open audit writer: %v", err)

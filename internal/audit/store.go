@@ -66,11 +66,13 @@ var migrations = []string{
 	)`,
 }
 
-// OpenStore opens spec: a file path (SQLite) or a postgres:// URL whose
-// password, if any, is read from passwordFile (root-only).
-func OpenStore(ctx context.Context, spec, passwordFile string) (*Store, error) {
-	if strings.HasPrefix(spec, "postgres://") || strings.HasPrefix(spec, "postgresql://") {
-		return openPostgres(ctx, spec, passwordFile)
+// OpenStore opens spec: a file path (SQLite) or a postgres:// URL, logging
+// in with password (the daemon reads it from a root-only file). A
+// PostgreSQL store that cannot be reached is returned with the error, so
+// that the caller can keep retrying it.
+func OpenStore(ctx context.Context, spec, password string) (*Store, error) {
+	if IsPostgres(spec) {
+		return openPostgres(ctx, spec, password)
 	}
 	return openSQLite(ctx, strings.TrimPrefix(spec, "sqlite:"))
 }
@@ -93,7 +95,12 @@ func openSQLite(ctx context.Context, path string) (*Store, error) {
 	return s, nil
 }
 
-func openPostgres(ctx context.Context, spec, passwordFile string) (*Store, error) {
+// IsPostgres tells a team store spec from a file path.
+func IsPostgres(spec string) bool {
+	return strings.HasPrefix(spec, "postgres://") || strings.HasPrefix(spec, "postgresql://")
+}
+
+func openPostgres(ctx context.Context, spec, password string) (*Store, error) {
 	cfg, err := pgx.ParseConfig(spec)
 	if err != nil {
 		return nil, fmt.Errorf("audit.store: %v", redactURL(err.Error()))
@@ -101,13 +108,7 @@ func openPostgres(ctx context.Context, spec, passwordFile string) (*Store, error
 	if cfg.Password != "" {
 		return nil, errors.New("audit.store: put the password in audit.password_file, not in the URL")
 	}
-	if passwordFile != "" {
-		b, err := os.ReadFile(passwordFile)
-		if err != nil {
-			return nil, fmt.Errorf("read audit.password_file: %w", err)
-		}
-		cfg.Password = strings.TrimRight(string(b), "\r\n")
-	}
+	cfg.Password = password
 	if cfg.ConnectTimeout == 0 {
 		cfg.ConnectTimeout = 5 * time.Second
 	}

@@ -20,10 +20,10 @@ import (
 
 // Options configures a Writer.
 type Options struct {
-	StateDir     string // the writer keeps its journal, key and ids under StateDir/audit
-	Store        string // "" (SQLite in the state dir), a file path, or postgres://…
-	PasswordFile string // for a postgres store
-	Policy       Policy
+	StateDir string // the writer keeps its journal, key and ids under StateDir/audit
+	Store    string // "" (SQLite in the state dir), a file path, or postgres://…
+	Password string // for a postgres store (the daemon reads it from a root-only file)
+	Policy   Policy
 	// CommitInterval bounds how long a record waits for its batch to be
 	// fsynced and committed (the window a machine crash can lose).
 	CommitInterval time.Duration
@@ -74,6 +74,7 @@ type Writer struct {
 	pruneAt time.Time
 
 	rotate    sync.Mutex
+	shipMu    sync.Mutex // one shipper at a time: Run, Flush
 	mu        sync.Mutex // guards sig, newKey, stored, head, lastCP and the status fields below
 	reachable bool
 	lastErr   string
@@ -138,7 +139,7 @@ func Open(ctx context.Context, opts Options) (*Writer, error) {
 	if spec == "" {
 		spec = filepath.Join(dir, "audit.db")
 	}
-	st, err := OpenStore(ctx, spec, opts.PasswordFile)
+	st, err := OpenStore(ctx, spec, opts.Password)
 	if st == nil {
 		return nil, err
 	}
@@ -248,8 +249,11 @@ func (w *Writer) Run(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			fctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			_ = w.ship(fctx)
-			w.checkpoint(fctx, true)
+			w.shipMu.Lock()
+			if w.ship(fctx) == nil {
+				w.checkpoint(fctx, true)
+			}
+			w.shipMu.Unlock()
 			cancel()
 			_ = w.j.close()
 			_ = w.store.Close()
@@ -269,7 +273,14 @@ func (w *Writer) Run(ctx context.Context) {
 			_ = w.j.sync()
 			continue
 		}
-		if err := w.ship(ctx); err != nil {
+		w.shipMu.Lock()
+		err := w.ship(ctx)
+		if err == nil {
+			w.checkpoint(ctx, false)
+			w.retain(ctx)
+		}
+		w.shipMu.Unlock()
+		if err != nil {
 			if backoff == 0 {
 				backoff = 500 * time.Millisecond
 			} else if backoff < 15*time.Second {
@@ -279,13 +290,27 @@ func (w *Writer) Run(ctx context.Context) {
 			continue
 		}
 		backoff = 0
-		w.checkpoint(ctx, false)
-		w.retain(ctx)
 	}
 }
 
-// Flush ships everything written so far (tests, shutdown paths).
-func (w *Writer) Flush(ctx context.Context) error { return w.ship(ctx) }
+// Flush ships everything written so far (tests, verify).
+func (w *Writer) Flush(ctx context.Context) error {
+	w.shipMu.Lock()
+	defer w.shipMu.Unlock()
+	return w.ship(ctx)
+}
+
+// Expect is what this daemon knows of its own chain, for Verify.
+func (w *Writer) Expect() *Expect {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	ex := &Expect{Daemon: w.daemon, Stored: w.stored, Hash: w.head}
+	if w.lastCP.Seq > 0 {
+		cp := w.lastCP
+		ex.Checkpoint = &cp
+	}
+	return ex
+}
 
 // sync reads the store's view of this daemon's chain: after a crash it may
 // be ahead of the head file (shipped, not yet noted), never behind it
@@ -453,12 +478,20 @@ func (w *Writer) retain(ctx context.Context) {
 		return
 	}
 	w.pruneAt = time.Now().Add(time.Hour)
-	w.Prune(ctx, time.Now().Add(-w.opts.Retention))
+	if _, err := w.prune(ctx, time.Now().Add(-w.opts.Retention)); err != nil {
+		w.log.Warn("audit: retention", "err", err)
+	}
 }
 
 // Prune removes this daemon's records older than before, up to a signed
 // checkpoint, so that verification still holds for what is left.
 func (w *Writer) Prune(ctx context.Context, before time.Time) (int64, error) {
+	w.shipMu.Lock()
+	defer w.shipMu.Unlock()
+	return w.prune(ctx, before)
+}
+
+func (w *Writer) prune(ctx context.Context, before time.Time) (int64, error) {
 	seq, err := w.store.pruneTarget(ctx, w.daemon, before)
 	if err != nil || seq == 0 {
 		return 0, err

@@ -13,6 +13,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -31,14 +32,16 @@ type Peer struct {
 
 // Request is one call.
 type Request struct {
-	Op string `json:"op"` // "status" or "run"
+	Op    string      `json:"op"` // "status", "run", or one of the audit ops (AuditOps)
+	Audit *AuditQuery `json:"audit,omitempty"`
 }
 
 // Reply answers a Request.
 type Reply struct {
-	Error  string    `json:"error,omitempty"`
-	Status *Status   `json:"status,omitempty"`
-	Run    *RunReply `json:"run,omitempty"`
+	Error  string      `json:"error,omitempty"`
+	Status *Status     `json:"status,omitempty"`
+	Run    *RunReply   `json:"run,omitempty"`
+	Audit  *AuditReply `json:"audit,omitempty"`
 }
 
 // RunReply tells `airlock run` where its process was placed.
@@ -129,7 +132,18 @@ func (s *Server) serveConn(ctx context.Context, c *net.UnixConn) {
 		case "run":
 			rep.Run, err = s.h.Run(ctx, peer)
 		default:
-			err = fmt.Errorf("unknown op %q (known: status, run)", req.Op)
+			ah, ok := s.h.(AuditHandler)
+			if !ok || !isAuditOp(req.Op) {
+				err = fmt.Errorf("unknown op %q (known: status, run, %s)", req.Op, strings.Join(AuditOps, ", "))
+				break
+			}
+			// Verifying or exporting a large store takes a while.
+			_ = c.SetDeadline(time.Now().Add(10 * time.Minute))
+			q := req.Audit
+			if q == nil {
+				q = &AuditQuery{}
+			}
+			rep.Audit, err = ah.Audit(ctx, peer, req.Op, q)
 		}
 		if err != nil {
 			rep.Error = err.Error()

@@ -3,6 +3,7 @@ package control
 import (
 	"time"
 
+	"github.com/airlockhq/airlock/internal/audit"
 	"github.com/airlockhq/airlock/internal/session"
 )
 
@@ -17,6 +18,8 @@ type Status struct {
 	// Counters are the kernel programs' counters (redirected, skip_*...).
 	Counters   map[string]uint64 `json:"counters,omitempty"`
 	MapEntries map[string]int    `json:"map_entries,omitempty"`
+	// Audit is the state of the session record (store, spool, checkpoints).
+	Audit *audit.Status `json:"audit,omitempty"`
 }
 
 // DaemonStatus describes airlockd itself.

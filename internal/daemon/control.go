@@ -33,6 +33,10 @@ func (d *Daemon) Status(_ context.Context, p control.Peer) (*control.Status, err
 		})
 	}
 	st.Counters, st.MapEntries = ist.Counters, ist.MapEntries
+	if d.audit != nil {
+		as := d.audit.Status()
+		st.Audit = &as
+	}
 	resolved := map[string][]string{}
 	for _, e := range d.set.All() {
 		resolved[e.Name] = append(resolved[e.Name], e.Prefix.String())

@@ -41,6 +41,9 @@ type pump struct {
 	// forwarded, if set, runs after each batch of messages that on saw has
 	// been written to dst (or failed to be).
 	forwarded func()
+	// before, if set, runs before each batch of messages that on saw is
+	// written to dst: what it records is durable before the peer sees it.
+	before func()
 
 	decode    [256]bool
 	decodeMax int // bodies larger than this are not decoded (nil body)
@@ -96,6 +99,9 @@ func (p *pump) run() error {
 			}
 			p.r += total
 		}
+		if p.before != nil && p.r > start {
+			p.before()
+		}
 		err := p.forward(p.buf[start:p.r])
 		if p.forwarded != nil && p.r > start {
 			p.forwarded()
@@ -135,6 +141,9 @@ func (p *pump) partial() error {
 			return fmt.Errorf("read message body: %w", unexpected(err))
 		}
 		stop := p.on(typ, n, msg[5:])
+		if p.before != nil {
+			p.before()
+		}
 		err := p.forward(msg)
 		if p.forwarded != nil {
 			p.forwarded()
@@ -146,6 +155,9 @@ func (p *pump) partial() error {
 	}
 	if err := p.on(typ, n, nil); err != nil {
 		return err
+	}
+	if p.before != nil {
+		p.before()
 	}
 	// Stream the rest of the message through the buffer.
 	remaining := total - (p.w - p.r)

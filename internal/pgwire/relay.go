@@ -44,10 +44,11 @@ func (p *Proxy) relay(ctx context.Context, client net.Conn, up *upstreamConn, se
 	c2s := newPump(cio, uio, func(typ byte, _ int, body []byte) error { return t.client(typ, body) },
 		clientDecoded, p.opts.MaxMessageLen, p.opts.MaxMessageLen)
 	s2c := newPump(uio, cio, t.server, serverDecoded, serverDecodeMax, 0)
-	// Statement events go out after the response that completes them has
-	// been forwarded: handing an event to the sink can wake another thread,
-	// and the client should not wait for that.
-	s2c.forwarded = t.flush
+	// Statement events go to the sink before the response that completes
+	// them is forwarded: the audit record of a statement must be durable
+	// (in the kernel, beyond the daemon's reach) before the client can see
+	// its result. The sink's cost is one write(2) per batch of messages.
+	s2c.before = t.flush
 
 	var (
 		once   sync.Once
