@@ -252,3 +252,27 @@ func expectOf(t *testing.T, state string) *Expect {
 	ex.Stored, ex.Hash = hf.Seq, hf.Hash
 	return ex
 }
+
+func TestRedaction(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{"ALTER ROLE x PASSWORD 'hunter2'", "ALTER ROLE x PASSWORD '<redacted>'"},
+		{"alter user x with encrypted password 'a''b'", "alter user x with encrypted password '<redacted>'"},
+		{"CREATE ROLE x LOGIN PASSWORD $$s3cret$$", "CREATE ROLE x LOGIN PASSWORD '<redacted>'"},
+		{"SELECT 1", "SELECT 1"},
+	} {
+		if got := redactSQL(tc.in); got != tc.want {
+			t.Errorf("redactSQL(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+	args := redactArgs([]string{"psql", "host=db password=hunter2 dbname=app", "postgres://bob:hunter2@db/app", "-c", "ALTER ROLE x PASSWORD 'hunter2'"})
+	if j := strings.Join(args, " "); strings.Contains(j, "hunter2") || !strings.Contains(j, "bob:<redacted>@db") {
+		t.Errorf("command line not redacted: %q", j)
+	}
+	params := redactParams("SELECT * FROM users WHERE name = $1", []string{"alice", "SCRAM-SHA-256$4096:abc", "eyJhbGciOi.x.y"})
+	if params[0] != "alice" || params[1] != redacted || params[2] != redacted {
+		t.Errorf("params: %q", params)
+	}
+	if p := redactParams("UPDATE users SET api_key = $1 WHERE id = $2", []string{"k", "7"}); p[0] != redacted || p[1] != redacted {
+		t.Errorf("params of a statement naming a secret: %q", p)
+	}
+}

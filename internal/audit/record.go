@@ -211,10 +211,10 @@ func startOf(s *session.Session) SessionStart {
 		Person: Person{Name: s.Person.Name, UID: s.Person.UID, Issuer: s.Person.Issuer,
 			Subject: s.Person.Subject, Email: s.Person.Email, Groups: s.Person.Groups},
 		Process: Process{PID: o.PID, TID: o.TID, UID: o.UID, GID: o.GID, Comm: o.Comm, Exe: o.Exe,
-			Cmdline: o.Cmdline, CgroupID: o.CgroupID, Cgroup: o.CgroupPath, ConnectAt: o.ConnectAt},
+			Cmdline: redactArgs(o.Cmdline), CgroupID: o.CgroupID, Cgroup: o.CgroupPath, ConnectAt: o.ConnectAt},
 	}
 	for _, p := range o.Parents {
-		st.Ancestry = append(st.Ancestry, Parent{PID: p.PID, Exe: p.Exe, Cmdline: p.Cmdline, UID: p.UID})
+		st.Ancestry = append(st.Ancestry, Parent{PID: p.PID, Exe: p.Exe, Cmdline: redactArgs(p.Cmdline), UID: p.UID})
 	}
 	return st
 }
@@ -225,6 +225,10 @@ const redacted = "<redacted>"
 // recorded as the server ran it, except for these.
 var (
 	passwordLiteral = regexp.MustCompile(`(?is)(\b(?:password|encrypted\s+password)\s*(?:=\s*)?)(?:E?'(?:[^']|'')*'|\$([A-Za-z_0-9]*)\$.*?\$([A-Za-z_0-9]*)\$)`)
+	// password=… in libpq connection strings and user:password@ in URLs,
+	// which command lines carry.
+	connPassword = regexp.MustCompile(`(?i)(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s'"]+)`)
+	urlPassword  = regexp.MustCompile(`(?i)(\b[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s]+@`)
 	secretWords     = regexp.MustCompile(`(?i)password|passwd|secret|token|api_?key|credential|private_?key`)
 	secretValue     = regexp.MustCompile(`^(?:SCRAM-SHA-256\$|md5[0-9a-f]{32}$|eyJ[A-Za-z0-9_-]+\.|-----BEGIN |AKIA[0-9A-Z]{16}$|gh[pousr]_[A-Za-z0-9]{20,}|sk-[A-Za-z0-9]{20,}|xox[abpr]-)`)
 )
@@ -235,6 +239,22 @@ func redactSQL(sql string) string {
 		return sql
 	}
 	return passwordLiteral.ReplaceAllString(sql, "${1}'"+redacted+"'")
+}
+
+// redactArgs removes passwords from a command line: SQL password literals,
+// connection-string passwords and URL user passwords.
+func redactArgs(args []string) []string {
+	if len(args) == 0 {
+		return nil
+	}
+	out := make([]string, len(args))
+	for i, a := range args {
+		a = redactSQL(a)
+		a = connPassword.ReplaceAllString(a, "${1}"+redacted)
+		a = urlPassword.ReplaceAllString(a, "${1}"+redacted+"@")
+		out[i] = a
+	}
+	return out
 }
 
 // redactParams keeps parameters, except every one of a statement that names
