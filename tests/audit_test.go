@@ -385,7 +385,7 @@ func TestAuditTeamStoreDownAndBack(t *testing.T) {
 
 	w.psql(t, w.dsn, "-c", "SELECT 'before-outage'")
 	waitFor(t, "records in the team store", 20*time.Second, func() bool {
-		return strings.Contains(team.Psql(t, "airlock_audit", "SELECT count(*) FROM audit_records WHERE data LIKE '%before-outage%'"), "1")
+		return team.Psql(t, "airlock_audit", "SELECT count(*) FROM audit_records WHERE kind = 'statement' AND data LIKE '%before-outage%'") == "1"
 	})
 
 	gate.shut()
