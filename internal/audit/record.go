@@ -229,8 +229,8 @@ var (
 	// which command lines carry.
 	connPassword = regexp.MustCompile(`(?i)(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s'"]+)`)
 	urlPassword  = regexp.MustCompile(`(?i)(\b[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s]+@`)
-	secretWords     = regexp.MustCompile(`(?i)password|passwd|secret|token|api_?key|credential|private_?key`)
-	secretValue     = regexp.MustCompile(`^(?:SCRAM-SHA-256\$|md5[0-9a-f]{32}$|eyJ[A-Za-z0-9_-]+\.|-----BEGIN |AKIA[0-9A-Z]{16}$|gh[pousr]_[A-Za-z0-9]{20,}|sk-[A-Za-z0-9]{20,}|xox[abpr]-)`)
+	secretWords  = regexp.MustCompile(`(?i)password|passwd|secret|token|api_?key|credential|private_?key`)
+	secretValue  = regexp.MustCompile(`^(?:SCRAM-SHA-256\$|md5[0-9a-f]{32}$|eyJ[A-Za-z0-9_-]+\.|-----BEGIN |AKIA[0-9A-Z]{16}$|gh[pousr]_[A-Za-z0-9]{20,}|sk-[A-Za-z0-9]{20,}|xox[abpr]-)`)
 )
 
 // redactSQL removes password literals from statement text.
