@@ -300,6 +300,17 @@ func (w *Writer) Flush(ctx context.Context) error {
 	return w.ship(ctx)
 }
 
+// Seal ships everything written so far and signs a checkpoint over it.
+func (w *Writer) Seal(ctx context.Context) error {
+	w.shipMu.Lock()
+	defer w.shipMu.Unlock()
+	if err := w.ship(ctx); err != nil {
+		return err
+	}
+	w.checkpoint(ctx, true)
+	return nil
+}
+
 // Expect is what this daemon knows of its own chain, for Verify.
 func (w *Writer) Expect() *Expect {
 	w.mu.Lock()

@@ -108,9 +108,9 @@ func (d *Daemon) Audit(ctx context.Context, p control.Peer, op string, q *contro
 		if !all {
 			return nil, errNotAuditor
 		}
-		// Everything written so far goes in first, so that the daemon's
-		// own view of its chain is complete.
-		if ferr := d.audit.Flush(ctx); ferr != nil {
+		// Everything written so far goes in and is signed first, so that
+		// the whole record is sealed by a checkpoint.
+		if ferr := d.audit.Seal(ctx); ferr != nil {
 			d.log.Warn("audit: ship before verify", "err", ferr)
 		}
 		rep.Verify, err = audit.Verify(ctx, st, "", d.audit.Expect())
