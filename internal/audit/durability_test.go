@@ -3,6 +3,7 @@ package audit
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -231,5 +232,52 @@ func TestJournalFrameIsJSON(t *testing.T) {
 	recs, err := j.read(0, 10)
 	if err != nil || len(recs) != 2 || recs[1].Session != "we\"ird\\\x01é" || !recs[0].Time.Equal(at) || string(recs[0].Data) != `{"sql":"SELECT 1"}` {
 		t.Fatalf("frames did not round-trip: %v %+v", err, recs)
+	}
+}
+
+// Records slipped into this daemon's chain while it was down are not
+// silently adopted: the daemon says so in a record its next checkpoint signs.
+func TestForeignRecordsAreCalledOut(t *testing.T) {
+	state := t.TempDir()
+	w, cancel, done := openWriter(t, state, "", "", Policy{})
+	writeSession(fakeSession(w, 1001, "alice", "/usr/bin/psql"), 2)
+	cancel()
+	<-done
+	st, err := OpenStore(context.Background(), filepath.Join(state, "audit", "audit.db"), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ex := expectOf(t, state)
+	forged := Record{Daemon: ex.Daemon, Seq: ex.Stored + 1, Time: time.Now().UTC(), Kind: "statement", Session: "x",
+		Data: json.RawMessage(`{"sql":"SELECT 'all is well'"}`), PrevHash: ex.Hash}
+	forged.Hash = hashRecord(forged.PrevHash, &forged)
+	if err := st.append(context.Background(), []Record{forged}, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	st.Close()
+
+	w2, cancel2, done2 := openWriter(t, state, "", "", Policy{})
+	defer func() { cancel2(); <-done2 }()
+	if p := w2.Status().Problem; !strings.Contains(p, "never wrote") {
+		t.Fatalf("status problem = %q", p)
+	}
+	writeSession(fakeSession(w2, 1001, "alice", "/usr/bin/psql"), 1)
+	ctx := context.Background()
+	if err := w2.Seal(ctx); err != nil {
+		t.Fatal(err)
+	}
+	recs, err := w2.Store().Scan(ctx, "", 0, 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	alert := false
+	for i, r := range recs {
+		if r.Seq != int64(i+1) {
+			t.Fatalf("chain has a gap at %d: %+v", i+1, r)
+		}
+		alert = alert || (r.Kind == KindAlert && strings.Contains(string(r.Data), fmt.Sprintf(`"from_seq":%d`, ex.Stored+1)))
+	}
+	if !alert {
+		t.Fatal("no audit.alert record names the foreign records")
 	}
 }

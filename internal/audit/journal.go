@@ -248,6 +248,15 @@ func (j *journal) sync() error {
 	return nil
 }
 
+// skipTo makes the next record's seq at least seq+1.
+func (j *journal) skipTo(seq int64) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if j.nextSeq <= seq {
+		j.nextSeq = seq + 1
+	}
+}
+
 // lastSeq is the seq of the newest record appended.
 func (j *journal) lastSeq() int64 {
 	j.mu.Lock()

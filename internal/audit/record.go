@@ -24,6 +24,7 @@ const (
 	KindKey           = "audit.key"        // a signing key came into use (first, or a rotation)
 	KindPrune         = "audit.prune"      // retention removed a signed prefix of the chain
 	KindCredSweep     = "credential.sweep" // a role of ours found and dropped outside any session
+	KindAlert         = "audit.alert"      // the daemon found its chain not as it left it
 	ReasonInterrupted = "interrupted"
 )
 
@@ -147,6 +148,13 @@ type KeyData struct {
 	PublicKey   string `json:"public_key"` // base64 Ed25519
 	PreviousKey string `json:"previous_key,omitempty"`
 	Signature   string `json:"signature,omitempty"` // by the previous key over keyStatement
+}
+
+// AlertData is the data of an audit.alert record.
+type AlertData struct {
+	Message string `json:"message"`
+	FromSeq int64  `json:"from_seq,omitempty"`
+	ToSeq   int64  `json:"to_seq,omitempty"`
 }
 
 // PruneData is the data of an audit.prune record.

@@ -349,6 +349,19 @@ func (w *Writer) sync(ctx context.Context) error {
 	}
 	switch {
 	case seq > w.stored:
+		if last := w.j.lastSeq(); seq > last {
+			// Records the journal never held: someone wrote into this
+			// daemon's chain. The chain goes on (recording must not
+			// stop), but says so in a record the next checkpoint signs.
+			p := fmt.Sprintf("the store holds records seq %d to %d in this daemon's chain that this daemon never wrote", max(last, w.stored)+1, seq)
+			w.log.Error("audit: " + p)
+			w.mu.Lock()
+			w.problem = p
+			w.mu.Unlock()
+			from := max(last, w.stored) + 1
+			w.j.skipTo(seq)
+			defer w.append(KindAlert, "", time.Now(), AlertData{Message: p, FromSeq: from, ToSeq: seq})
+		}
 		w.mu.Lock()
 		w.stored, w.head = seq, hash
 		w.mu.Unlock()
