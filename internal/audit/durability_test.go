@@ -281,3 +281,21 @@ func TestForeignRecordsAreCalledOut(t *testing.T) {
 		t.Fatal("no audit.alert record names the foreign records")
 	}
 }
+
+// BenchmarkShip is the writer's cost per record off the data path: read
+// back from the journal, chain, insert and commit into SQLite.
+func BenchmarkShip(b *testing.B) {
+	w, err := Open(context.Background(), Options{StateDir: b.TempDir(), CommitInterval: time.Hour})
+	if err != nil {
+		b.Fatal(err)
+	}
+	s := fakeSession(w, 1001, "alice", "/usr/bin/psql")
+	st := &session.Statement{Protocol: "simple", SQL: "SELECT abalance FROM pgbench_accounts WHERE aid = 48213;", Tag: "SELECT 1", Rows: 1, Bytes: 11, Duration: 80 * time.Microsecond}
+	for i := 0; i < b.N; i++ {
+		s.Emit(session.Event{Kind: session.KindStatement, Statement: st})
+	}
+	b.ResetTimer()
+	if err := w.Flush(context.Background()); err != nil {
+		b.Fatal(err)
+	}
+}

@@ -1,6 +1,7 @@
 package audit
 
 import (
+	"bufio"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -52,8 +53,9 @@ type journal struct {
 	segs    []segment
 	total   int64
 	nextSeq int64
-	closed  bool
-	buf     []byte
+	closed   bool
+	unsynced []*os.File // rotated segments not yet fsynced
+	buf      []byte
 	waiting bool // an append is waiting for space
 
 	// The reader's place, so each read starts where the last ended
@@ -153,10 +155,9 @@ func (j *journal) openActive() error {
 
 func (j *journal) rotateLocked() error {
 	if j.f != nil {
-		if err := j.f.Sync(); err != nil {
-			return fmt.Errorf("sync audit journal segment: %w", err)
-		}
-		_ = j.f.Close()
+		// Synced (and closed) by the next sync, outside the lock: an
+		// fsync here would hold every session's append for its duration.
+		j.unsynced = append(j.unsynced, j.f)
 	}
 	path := filepath.Join(j.dir, fmt.Sprintf("%020d.seg", j.nextSeq))
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
@@ -238,11 +239,22 @@ func appendJSONString(b []byte, s string) []byte {
 // sync makes everything appended so far durable.
 func (j *journal) sync() error {
 	j.mu.Lock()
-	f := j.f
+	f, old := j.f, j.unsynced
+	j.unsynced = nil
 	j.mu.Unlock()
-	// A rotation closes f after syncing it; a sync racing it finds it
-	// closed, which is fine: the rotation synced it.
-	if err := f.Sync(); err != nil && !errors.Is(err, os.ErrClosed) {
+	var errs []error
+	for _, o := range old {
+		if err := o.Sync(); err != nil {
+			errs = append(errs, err)
+		}
+		_ = o.Close()
+	}
+	if f != nil {
+		if err := f.Sync(); err != nil && !errors.Is(err, os.ErrClosed) {
+			errs = append(errs, err)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("sync audit journal: %w", err)
 	}
 	return nil
@@ -288,7 +300,7 @@ func (j *journal) read(after int64, max int) ([]pending, error) {
 		if j.cur.path == s.path && j.cur.seq <= after {
 			off = j.cur.off
 		}
-		r := &frameReader{f: io.NewSectionReader(f, off, s.size-off)}
+		r := &frameReader{f: bufio.NewReaderSize(io.NewSectionReader(f, off, s.size-off), 256<<10)}
 		for len(out) < max {
 			p, n, err := r.next()
 			if err != nil {
@@ -346,13 +358,18 @@ func (j *journal) close() error {
 	defer j.mu.Unlock()
 	j.closed = true
 	j.space.Broadcast()
-	if j.f == nil {
-		return nil
+	var errs []error
+	for _, o := range j.unsynced {
+		errs = append(errs, o.Sync())
+		_ = o.Close()
 	}
-	err := j.f.Sync()
-	_ = j.f.Close()
-	j.f = nil
-	return err
+	j.unsynced = nil
+	if j.f != nil {
+		errs = append(errs, j.f.Sync())
+		_ = j.f.Close()
+		j.f = nil
+	}
+	return errors.Join(errs...)
 }
 
 type frameReader struct {

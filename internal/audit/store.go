@@ -44,7 +44,7 @@ var migrations = []string{
 		PRIMARY KEY (daemon, seq)
 	);
 	CREATE INDEX audit_records_session ON audit_records (session, daemon, seq);
-	CREATE INDEX audit_records_kind_time ON audit_records (kind, time_ns);
+	CREATE INDEX audit_records_starts ON audit_records (time_ns) WHERE kind = 'session.start';
 	CREATE TABLE audit_checkpoints (
 		daemon    TEXT   NOT NULL,
 		seq       BIGINT NOT NULL,
@@ -243,23 +243,27 @@ func (s *Store) append(ctx context.Context, recs []Record, cps []Checkpoint, key
 		return err
 	}
 	defer tx.Rollback()
-	if len(recs) > 0 {
-		stmt, err := tx.PrepareContext(ctx, s.q(`INSERT INTO audit_records
-			(daemon, seq, time_ns, kind, session, person, uid, pid, exe, connection, data, prev_hash, hash)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`))
-		if err != nil {
-			return err
-		}
-		for i := range recs {
-			r := &recs[i]
-			c := colsOf(r.Kind, r.Data)
-			if _, err := stmt.ExecContext(ctx, r.Daemon, r.Seq, r.Time.UnixNano(), r.Kind, r.Session, c.person, c.uid, c.pid,
-				c.exe, c.connection, string(r.Data), r.PrevHash, r.Hash); err != nil {
-				stmt.Close()
-				return fmt.Errorf("insert record %d: %w", r.Seq, err)
+	// Many rows per INSERT: the per-statement overhead of database/sql and
+	// the driver is most of a row's cost.
+	const perInsert = 64
+	for start := 0; start < len(recs); start += perInsert {
+		chunk := recs[start:min(start+perInsert, len(recs))]
+		var q strings.Builder
+		q.WriteString(`INSERT INTO audit_records (daemon, seq, time_ns, kind, session, person, uid, pid, exe, connection, data, prev_hash, hash) VALUES `)
+		args := make([]any, 0, 13*len(chunk))
+		for i := range chunk {
+			r := &chunk[i]
+			if i > 0 {
+				q.WriteString(", ")
 			}
+			q.WriteString("(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+			c := colsOf(r.Kind, r.Data)
+			args = append(args, r.Daemon, r.Seq, r.Time.UnixNano(), r.Kind, r.Session, c.person, c.uid, c.pid,
+				c.exe, c.connection, string(r.Data), r.PrevHash, r.Hash)
 		}
-		stmt.Close()
+		if _, err := tx.ExecContext(ctx, s.q(q.String()), args...); err != nil {
+			return fmt.Errorf("insert records %d to %d: %w", chunk[0].Seq, chunk[len(chunk)-1].Seq, err)
+		}
 	}
 	for _, k := range keys {
 		if _, err := tx.ExecContext(ctx, s.q(`INSERT INTO audit_keys (daemon, key_id, public_key, seq, time_ns, previous_key, signature)
