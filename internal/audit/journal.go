@@ -47,16 +47,16 @@ type journal struct {
 	dir string
 	max int64 // total bytes at which appends wait for the shipper
 
-	mu      sync.Mutex
-	space   *sync.Cond
-	f       *os.File // active segment, O_APPEND
-	segs    []segment
-	total   int64
-	nextSeq int64
+	mu       sync.Mutex
+	space    *sync.Cond
+	f        *os.File // active segment, O_APPEND
+	segs     []segment
+	total    int64
+	nextSeq  int64
 	closed   bool
 	unsynced []*os.File // rotated segments not yet fsynced
 	buf      []byte
-	waiting bool // an append is waiting for space
+	waiting  bool // an append is waiting for space
 
 	// The reader's place, so each read starts where the last ended
 	// (the shipper is the only reader).
