@@ -33,6 +33,7 @@ const (
 	frameHeader = 8
 	maxFrame    = 64 << 20
 	segmentMax  = 8 << 20
+	memMax      = 50000 // records kept in memory for the shipper
 )
 
 var crcTable = crc32.MakeTable(crc32.Castagnoli)
@@ -55,6 +56,11 @@ type journal struct {
 	nextSeq  int64
 	closed   bool
 	unsynced []*os.File // rotated segments not yet fsynced
+	// mem holds recent records, in seq order, so that the shipper need not
+	// read back and decode what it was just handed; the files stay the
+	// truth, used whenever mem does not reach back far enough.
+	mem     []pending
+	memFull bool
 	buf      []byte
 	waiting  bool // an append is waiting for space
 
@@ -211,6 +217,12 @@ func (j *journal) append(p *pending) error {
 		return fmt.Errorf("write audit journal: %w", err)
 	}
 	j.nextSeq++
+	switch {
+	case len(j.mem) >= memMax:
+		j.memFull = true
+	case !j.memFull:
+		j.mem = append(j.mem, *p)
+	}
 	s := &j.segs[len(j.segs)-1]
 	s.last, s.size = p.Seq, s.size+int64(len(j.buf))
 	j.total += int64(len(j.buf))
@@ -285,6 +297,12 @@ func (j *journal) bytes() int64 {
 // read returns up to max records with seq > after, in order.
 func (j *journal) read(after int64, max int) ([]pending, error) {
 	j.mu.Lock()
+	if n := len(j.mem); n > 0 && j.mem[0].Seq <= after+1 && j.mem[n-1].Seq > after {
+		i := int(after + 1 - j.mem[0].Seq)
+		out := append([]pending(nil), j.mem[i:min(n, i+max)]...)
+		j.mu.Unlock()
+		return out, nil
+	}
 	segs := append([]segment(nil), j.segs...)
 	j.mu.Unlock()
 	var out []pending
@@ -325,6 +343,18 @@ func (j *journal) read(after int64, max int) ([]pending, error) {
 func (j *journal) release(seq int64) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
+	i := 0
+	for i < len(j.mem) && j.mem[i].Seq <= seq {
+		i++
+	}
+	if i > 0 {
+		n := copy(j.mem, j.mem[i:])
+		clear(j.mem[n:])
+		j.mem = j.mem[:n]
+	}
+	if len(j.mem) == 0 {
+		j.memFull = false
+	}
 	keep := j.segs[:0]
 	for i, s := range j.segs {
 		if i < len(j.segs)-1 && s.last <= seq {

@@ -8,12 +8,15 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"time"
 
 	"crypto/rand"
 	"encoding/hex"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/airlockhq/airlock/internal/session"
 )
@@ -241,6 +244,15 @@ func (w *Writer) recordKey(prev *signer) {
 // Run ships the journal to the store until ctx is done, then ships what is
 // left, signs a last checkpoint and closes the journal and the store.
 func (w *Writer) Run(ctx context.Context) {
+	// Shipping is deferrable work (the journal already holds every record
+	// durably): on its own thread at a lower priority, it gives way to the
+	// sessions when the machine is short of CPU, and catches up after.
+	// The thread stays locked: when Run returns, the runtime ends it rather
+	// than hand its lowered priority to other goroutines.
+	runtime.LockOSThread()
+	if err := unix.Setpriority(unix.PRIO_PROCESS, unix.Gettid(), shipNice); err != nil {
+		w.log.Debug("audit: lower the shipper's priority", "err", err)
+	}
 	t := time.NewTicker(w.opts.CommitInterval)
 	defer t.Stop()
 	backoff := time.Duration(0)
@@ -382,6 +394,9 @@ func (w *Writer) prunedAll(ctx context.Context) bool {
 }
 
 const shipBatch = 2000
+
+// shipNice is the shipper thread's nice value.
+const shipNice = 10
 
 // ship moves journal records into the store in batches, chaining them.
 func (w *Writer) ship(ctx context.Context) error {
