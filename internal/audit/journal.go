@@ -61,8 +61,8 @@ type journal struct {
 	// truth, used whenever mem does not reach back far enough.
 	mem     []pending
 	memFull bool
-	buf      []byte
-	waiting  bool // an append is waiting for space
+	buf     []byte
+	waiting bool // an append is waiting for space
 
 	// The reader's place, so each read starts where the last ended
 	// (the shipper is the only reader).
