@@ -176,8 +176,18 @@ say "What the agent saw"
 cat "$DIR/agent.out"
 
 sleep 1
-say "What airlockd recorded (session, credential and statement events)"
-grep -E 'msg=event' "$DIR/airlockd.log" | sed -E 's/^time=[^ ]+ level=INFO msg=event /  /'
+say "The audit record (embedded SQLite in $DIR/state/audit): airlock sessions"
+"$BIN/airlock" sessions
+SID=$("$BIN/airlock" sessions --json | sed -n 's/^    "id": "\([a-z0-9]*\)",$/\1/p' | head -1)
+
+say "airlock sessions show $SID: who, from which process, and the timeline"
+"$BIN/airlock" sessions show "$SID"
+
+say "airlock replay $SID: the statements in order, with timing and outcome"
+"$BIN/airlock" replay "$SID"
+
+say "airlock audit verify: the hash chain and signed checkpoints are intact"
+"$BIN/airlock" audit verify
 
 say "The just-in-time role is gone"
 "${PSQL_ADMIN[@]}" -d postgres -At -c "SELECT 'roles left by airlock: ' || count(*) FROM pg_roles WHERE rolname LIKE 'airlock\_%' AND rolname <> 'airlock_admin'"

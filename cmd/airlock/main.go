@@ -33,7 +33,7 @@ var g globals
 func newRootCmd() *cobra.Command {
 	root := &cobra.Command{
 		Use:   "airlock",
-		Short: "Talk to airlockd: status, intercepted runs, identity",
+		Short: "Talk to airlockd: status, intercepted runs, identity, the audit record",
 		Long: `airlock is the command-line side of Airlock.
 
 Airlock intercepts the database connections of AI coding agents (Cursor and
@@ -53,7 +53,8 @@ ENVIRONMENT
 	}
 	root.PersistentFlags().StringVar(&g.socket, "socket", envOr("AIRLOCK_SOCKET", control.DefaultSocket), "airlockd control socket")
 	root.PersistentFlags().BoolVar(&g.json, "json", false, "print JSON instead of text")
-	root.AddCommand(newStatusCmd(), newRunCmd(), newLoginCmd(), newWhoamiCmd(), newLogoutCmd())
+	root.AddCommand(newStatusCmd(), newRunCmd(), newLoginCmd(), newWhoamiCmd(), newLogoutCmd(),
+		newSessionsCmd(), newReplayCmd(), newAuditCmd())
 	return root
 }
 

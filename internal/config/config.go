@@ -28,9 +28,9 @@ type Config struct {
 	// local account, as before.
 	Identity *Identity `yaml:"identity"`
 
-	// LogStatementParams puts statement parameters in the event log; off
-	// by default, as they are the database users' data.
-	LogStatementParams bool `yaml:"log_statement_params"`
+	// Audit is the session record (statements, with their parameters only
+	// when audit.record_params is set; the log never holds statements).
+	Audit Audit `yaml:"audit"`
 
 	file  string
 	lines map[string]int // key path ("connections[0].targets") → line
@@ -183,6 +183,21 @@ type Credential struct {
 	LeftoversOwner    string   `yaml:"leftovers_owner"` // reassign mode; default: <role_prefix>orphans, managed by Airlock
 	User              string   `yaml:"user"`
 	PasswordFile      string   `yaml:"password_file"`
+}
+
+// Audit is the session record.
+type Audit struct {
+	// Store is empty for the embedded SQLite file in state_dir, an
+	// absolute path for another SQLite file, or a postgres:// URL (no
+	// password in it) for a store shared by a team.
+	Store              string   `yaml:"store"`
+	PasswordFile       string   `yaml:"password_file"`       // the postgres store's password, root-only
+	RecordParams       bool     `yaml:"record_params"`       // keep statement parameters (secrets redacted); default off
+	RetentionDays      int      `yaml:"retention_days"`      // 0 keeps records for ever
+	AuditorGroup       string   `yaml:"auditor_group"`       // members see every session; others their own
+	CommitInterval     Duration `yaml:"commit_interval"`     // fsync and commit window; default 50ms
+	CheckpointInterval Duration `yaml:"checkpoint_interval"` // how often the chain head is signed; default 1m
+	SpoolMaxMB         int      `yaml:"spool_max_mb"`        // journal bound while the store is down; default 1024
 }
 
 // Duration is a time.Duration written as "90s", "5m", "1h".

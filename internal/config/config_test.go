@@ -71,6 +71,9 @@ func TestParseValid(t *testing.T) {
 		pg.Credential.Leftovers != "reassign" || pg.Credential.LeftoversOwner != "" {
 		t.Errorf("credential: %+v", pg.Credential)
 	}
+	if a := c.Audit; a.Store != "" || a.RecordParams || a.CommitInterval.D() != 50*time.Millisecond || a.SpoolMaxMB != 1024 {
+		t.Errorf("audit defaults: %+v", a)
+	}
 	if conn, ok := c.ConnectionFor("subnet"); !ok || conn.Name != "appdb" {
 		t.Errorf("ConnectionFor(subnet) = %v, %v", conn.Name, ok)
 	}
@@ -119,6 +122,12 @@ func TestParseErrors(t *testing.T) {
 		{"twice", "proxy:\n  port: 1\nproxy:\n  port: 2\n", `key given twice`},
 		{"syntax", "proxy: [\n", `airlock.yaml`},
 		{"empty", "", `empty configuration`},
+		{"audit store password in url", "intercept: {mode: all}\naudit:\n  store: postgres://a:secret@db/audit\n", `airlock.yaml:3: audit.store: must not hold a password`},
+		{"audit store relative", "intercept: {mode: all}\naudit:\n  store: audit.db\n", `audit.store: must be empty`},
+		{"audit password file without postgres", "intercept: {mode: all}\naudit:\n  password_file: /etc/x\n", `audit.password_file: only a postgres`},
+		{"audit retention negative", "intercept: {mode: all}\naudit:\n  retention_days: -1\n", `airlock.yaml:3: audit.retention_days`},
+		{"audit commit window", "intercept: {mode: all}\naudit:\n  commit_interval: 1m\n", `audit.commit_interval: must be between`},
+		{"audit unknown key", "intercept: {mode: all}\naudit:\n  params: true\n", `airlock.yaml:3: audit.params: unknown key`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

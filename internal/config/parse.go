@@ -219,6 +219,15 @@ func (c *Config) defaults() {
 			}
 		}
 	}
+	if c.Audit.CommitInterval == 0 {
+		c.Audit.CommitInterval = Duration(50 * time.Millisecond)
+	}
+	if c.Audit.CheckpointInterval == 0 {
+		c.Audit.CheckpointInterval = Duration(time.Minute)
+	}
+	if c.Audit.SpoolMaxMB == 0 {
+		c.Audit.SpoolMaxMB = 1024
+	}
 	for i := range c.Connections {
 		conn := &c.Connections[i]
 		def(&conn.Protocol, "tcp")
@@ -309,6 +318,9 @@ func (c *Config) validate() error {
 		}
 	}
 	if err := c.validateIdentity(); err != nil {
+		return err
+	}
+	if err := c.validateAudit(); err != nil {
 		return err
 	}
 	claimed := map[string]string{}
@@ -430,6 +442,42 @@ func (c *Config) validatePostgres(key string, conn *Connection) error {
 		}
 	default:
 		return c.errKey(key+".credential.mode", fmt.Sprintf("%q is not one of ephemeral, static", cr.Mode))
+	}
+	return nil
+}
+
+func (c *Config) validateAudit() error {
+	a := &c.Audit
+	switch {
+	case a.Store == "" || filepath.IsAbs(a.Store):
+		if a.PasswordFile != "" {
+			return c.errKey("audit.password_file", "only a postgres:// store takes a password file")
+		}
+	case strings.HasPrefix(a.Store, "postgres://") || strings.HasPrefix(a.Store, "postgresql://"):
+		u, err := url.Parse(a.Store)
+		if err != nil || u.Host == "" {
+			return c.errKey("audit.store", "is not a valid postgres:// URL (postgres://user@host:5432/db?sslmode=verify-full)")
+		}
+		if _, has := u.User.Password(); has {
+			return c.errKey("audit.store", "must not hold a password: put it in audit.password_file (owned by root, mode 600)")
+		}
+		if a.PasswordFile != "" && !filepath.IsAbs(a.PasswordFile) {
+			return c.errKey("audit.password_file", "must be an absolute path")
+		}
+	default:
+		return c.errKey("audit.store", "must be empty (SQLite in state_dir), an absolute file path, or a postgres:// URL")
+	}
+	if a.RetentionDays < 0 {
+		return c.errKey("audit.retention_days", "must be 0 (keep for ever) or a number of days")
+	}
+	if d := a.CommitInterval.D(); d < time.Millisecond || d > 10*time.Second {
+		return c.errKey("audit.commit_interval", "must be between 1ms and 10s")
+	}
+	if a.CheckpointInterval.D() < time.Second {
+		return c.errKey("audit.checkpoint_interval", "must be at least 1s")
+	}
+	if a.SpoolMaxMB < 1 {
+		return c.errKey("audit.spool_max_mb", "must be at least 1")
 	}
 	return nil
 }

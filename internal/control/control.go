@@ -13,6 +13,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -37,10 +38,13 @@ type Peer struct {
 
 // Request is one call.
 type Request struct {
-	Op string `json:"op"` // "status", "run", "issuers", "login", "whoami", "logout"
+	// "status", "run", "issuers", "login", "whoami", "logout", or one of
+	// the audit ops (AuditOps).
+	Op string `json:"op"`
 	// ForUID: root acting for another uid (login, whoami, logout).
 	ForUID *uint32       `json:"for_uid,omitempty"`
 	Login  *LoginRequest `json:"login,omitempty"`
+	Audit  *AuditQuery   `json:"audit,omitempty"`
 }
 
 // Reply answers a Request.
@@ -51,6 +55,8 @@ type Reply struct {
 
 	Issuers  []IssuerInfo  `json:"issuers,omitempty"`
 	Identity *IdentityInfo `json:"identity,omitempty"`
+
+	Audit *AuditReply `json:"audit,omitempty"`
 }
 
 // RunReply tells `airlock run` where its process was placed.
@@ -165,7 +171,18 @@ func (s *Server) serveConn(ctx context.Context, c *net.UnixConn) {
 		case "issuers", "login", "whoami", "logout":
 			err = s.identity(ctx, peer, &req, &rep)
 		default:
-			err = fmt.Errorf("unknown op %q (known: status, run)", req.Op)
+			ah, ok := s.h.(AuditHandler)
+			if !ok || !isAuditOp(req.Op) {
+				err = fmt.Errorf("unknown op %q (known: status, run, issuers, login, whoami, logout, %s)", req.Op, strings.Join(AuditOps, ", "))
+				break
+			}
+			// Verifying or exporting a large store takes a while.
+			_ = c.SetDeadline(time.Now().Add(10 * time.Minute))
+			q := req.Audit
+			if q == nil {
+				q = &AuditQuery{}
+			}
+			rep.Audit, err = ah.Audit(ctx, peer, req.Op, q)
 		}
 		if err != nil {
 			rep.Error = err.Error()

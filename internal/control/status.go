@@ -3,6 +3,7 @@ package control
 import (
 	"time"
 
+	"github.com/airlockhq/airlock/internal/audit"
 	"github.com/airlockhq/airlock/internal/session"
 )
 
@@ -22,6 +23,8 @@ type Status struct {
 
 	// Selection says who is intercepted and what that leaves open.
 	Selection *SelectionStatus `json:"selection,omitempty"`
+	// Audit is the state of the session record (store, spool, checkpoints).
+	Audit *audit.Status `json:"audit,omitempty"`
 }
 
 // DaemonStatus describes airlockd itself.

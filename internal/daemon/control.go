@@ -33,6 +33,10 @@ func (d *Daemon) Status(_ context.Context, p control.Peer) (*control.Status, err
 	}
 	st.Counters, st.MapEntries = ist.Counters, ist.MapEntries
 	st.Selection = d.selectionStatus(ist)
+	if d.audit != nil {
+		as := d.audit.Status()
+		st.Audit = &as
+	}
 	resolved := map[string][]string{}
 	unresolved := map[string]bool{}
 	for _, e := range d.set.All() {

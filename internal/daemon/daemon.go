@@ -15,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/airlockhq/airlock/internal/audit"
 	"github.com/airlockhq/airlock/internal/cgroups"
 	"github.com/airlockhq/airlock/internal/config"
 	"github.com/airlockhq/airlock/internal/control"
@@ -54,6 +55,7 @@ type Daemon struct {
 	fd        *frontdoor.Server
 	ctl       *control.Server
 	routes    *router
+	audit     *audit.Writer
 	closers   []func()
 	cgRoot    string // cgroup v2 mount
 	runGroup  string // parent of `airlock run` cgroups
@@ -200,13 +202,16 @@ func (d *Daemon) start(ctx context.Context) error {
 	}
 	d.closers = append(d.closers, d.routes.close)
 
-	// Events are written off the data path, through a buffer flushed
-	// whenever the queue runs empty: one write per burst, not per statement.
+	// The audit record is the record: each event reaches its journal
+	// before the client sees what it describes. Session-level events (no
+	// statement text, no parameters) also go to the log, off the data path.
+	if err := d.openAudit(ctx); err != nil {
+		return err
+	}
 	ew := &flushWriter{w: bufio.NewWriterSize(os.Stderr, 64<<10)}
-	q := session.NewQueue(session.LogSink{Logger: slog.New(slog.NewTextHandler(ew, &slog.HandlerOptions{Level: slog.LevelInfo})),
-		Params: d.cfg.LogStatementParams}, 4096, ew.Flush)
-	d.closers = append(d.closers, d.watch(ctx, q.Run))
-	sink := q
+	q := session.NewQueue(session.LogSink{Logger: slog.New(slog.NewTextHandler(ew, &slog.HandlerOptions{Level: slog.LevelInfo}))}, 4096, ew.Flush)
+	d.closers = append(d.closers, d.watch(context.WithoutCancel(ctx), q.Run))
+	sink := session.Fanout{d.audit, q}
 	people, err := d.people(sink)
 	if err != nil {
 		return fmt.Errorf("set up identities: %w", err)

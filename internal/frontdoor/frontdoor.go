@@ -338,15 +338,25 @@ func (s *Server) handle(ctx context.Context, conn net.Conn) {
 	// handlers that use it directly. Handlers count what they relay in
 	// sess.Stats.
 	err = route.Handler.Serve(ctx, conn, sess)
-	reason := "closed"
+	reason, detail := "client_quit", ""
 	if err != nil {
-		reason = err.Error()
+		reason, detail = "error", err.Error()
+		var r session.Reasoner
+		if errors.As(err, &r) {
+			reason = r.EndReason()
+		}
 	}
 	if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) && ctx.Err() != nil {
-		reason = cause.Error()
+		// The session's person lost their identity mid-session.
+		reason, detail = "identity_lost", cause.Error()
+		var r session.Reasoner
+		if errors.As(cause, &r) {
+			reason = r.EndReason()
+		}
 	}
-	end := &session.End{Reason: reason, Duration: time.Since(sess.Started),
-		BytesIn: sess.Stats.BytesIn.Load(), BytesOut: sess.Stats.BytesOut.Load()}
+	end := &session.End{Reason: reason, Detail: detail, Duration: time.Since(sess.Started),
+		BytesIn: sess.Stats.BytesIn.Load(), BytesOut: sess.Stats.BytesOut.Load(),
+		Database: sess.Database(), UpstreamRole: sess.UpstreamRole()}
 	sess.Emit(session.Event{Kind: session.KindSessionEnd, End: end})
 }
 

@@ -763,8 +763,8 @@ func (pl *pipe) sqlDeallocated(f *pending, tag string) {
 }
 
 // emit records the statement p as completed now; mu held. The event waits
-// in pl.out until flush, which the server pump calls once the messages that
-// completed it have been forwarded.
+// in pl.out until flush, which the server pump calls before it writes the
+// messages that completed it to the client.
 func (pl *pipe) emit(p *pending, tag, code, msg string) {
 	now := time.Now()
 	st := &session.Statement{Protocol: "extended", SQL: p.sql, Params: p.params, Tag: tag,

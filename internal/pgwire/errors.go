@@ -1,7 +1,6 @@
 package pgwire
 
 import (
-	"errors"
 	"fmt"
 	"net"
 	"time"
@@ -14,12 +13,18 @@ import (
 // Why a session ended, for the daemon's session.end record. A nil error from
 // Serve means the client ended the session itself.
 var (
-	ErrRefused        = errors.New("refused")
-	ErrShutdown       = errors.New("airlock is shutting down")
-	ErrExpired        = errors.New("just-in-time credential expired")
-	ErrUpstreamClosed = errors.New("upstream closed the connection")
-	ErrProtocol       = errors.New("protocol violation")
+	ErrRefused        error = &endError{"refused", "refused"}
+	ErrShutdown       error = &endError{"airlock is shutting down", "daemon_restart"}
+	ErrExpired        error = &endError{"just-in-time credential expired", "ttl"}
+	ErrUpstreamClosed error = &endError{"upstream closed the connection", "upstream_lost"}
+	ErrProtocol       error = &endError{"protocol violation", "protocol_error"}
 )
+
+// endError is a sentinel that names its session.End reason.
+type endError struct{ msg, reason string }
+
+func (e *endError) Error() string     { return e.msg }
+func (e *endError) EndReason() string { return e.reason }
 
 // SQLSTATEs the proxy itself reports.
 const (

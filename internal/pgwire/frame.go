@@ -48,6 +48,11 @@ type pump struct {
 	// forwarded, if set, runs after each batch of messages that on saw has
 	// been written to dst (or failed to be).
 	forwarded func()
+	// before, if set, runs before every write to dst: what it records (the
+	// events of statements the bytes complete) is durable before the peer
+	// can see them. Every path that writes (runs, holds, replacements,
+	// streamed bodies) goes through forward, so none can skip it.
+	before func()
 	// drain, when set, turns a failed write into a discarded one: the
 	// peer is gone but what is still coming must be read and recorded.
 	drain *atomic.Bool
@@ -311,7 +316,13 @@ func (p *pump) releaseBig() {
 }
 
 func (p *pump) forward(b []byte) error {
-	if len(b) == 0 || p.gone {
+	if len(b) == 0 {
+		return nil
+	}
+	if p.before != nil {
+		p.before()
+	}
+	if p.gone {
 		return nil
 	}
 	n, err := p.dst.Write(b)

@@ -47,10 +47,12 @@ func (p *Proxy) relay(ctx context.Context, client net.Conn, up *upstreamConn, se
 	s2c := newPump(uio, cio, pl.fromServer, pl.serverTypes(), serverDecodeMax, 0)
 	c2s.bytes, c2s.msgs = &sess.Stats.BytesIn, &sess.Stats.MsgsIn
 	s2c.bytes, s2c.msgs = &sess.Stats.BytesOut, &sess.Stats.MsgsOut
-	// Statement events go out after the response that completes them has
-	// been forwarded: handing an event to the sink can wake another thread,
-	// and the client should not wait for that.
-	s2c.forwarded = pl.flush
+	// Statement events go to the sink before the bytes that complete them
+	// are written to the client: the audit record of a statement must be
+	// durable (in the kernel, beyond the daemon's reach) before the client
+	// can see its result (docs/AUDIT.md). The sink's cost is one write(2)
+	// per batch of messages that completes statements; nothing when none.
+	s2c.before = pl.flush
 	// A client that cannot take its answers any more may still have
 	// statements running: the server's answers are read and recorded.
 	var always atomic.Bool

@@ -1,0 +1,278 @@
+package audit
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/airlockhq/airlock/internal/identity"
+	"github.com/airlockhq/airlock/internal/pgtest"
+	"github.com/airlockhq/airlock/internal/session"
+)
+
+// storeKind makes a fresh, empty store spec for one test case.
+type storeKind struct {
+	name string
+	open func(t *testing.T) (spec, pwfile string)
+}
+
+var pgN int
+
+// stores gives the embedded store and, unless -short, a real PostgreSQL
+// server that lives as long as the calling test.
+func stores(t *testing.T) []storeKind {
+	ks := []storeKind{{"sqlite", func(t *testing.T) (string, string) { return "", "" }}}
+	if testing.Short() {
+		return ks
+	}
+	pgSrv := pgtest.Start(t, pgtest.Options{})
+	return append(ks, storeKind{"postgres", func(t *testing.T) (string, string) {
+		pgN++
+		db := fmt.Sprintf("audit_%d_%d", os.Getpid(), pgN)
+		pgSrv.Psql(t, "postgres", "CREATE DATABASE "+db)
+		pw := pgSrv.AdminPassword
+		return fmt.Sprintf("postgres://%s@%s:%d/%s?sslmode=disable", pgSrv.AdminUser, pgSrv.Addr, pgSrv.Port, db), pw
+	}})
+}
+
+func openWriter(t *testing.T, state, spec, pw string, pol Policy) (*Writer, context.CancelFunc, chan struct{}) {
+	t.Helper()
+	w, err := Open(context.Background(), Options{StateDir: state, Store: spec, Password: pw, Policy: pol,
+		CommitInterval: 5 * time.Millisecond, CheckpointInterval: time.Hour})
+	if err != nil {
+		t.Fatalf("open audit writer: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); w.Run(ctx) }()
+	return w, cancel, done
+}
+
+func fakeSession(sink session.Sink, uid uint32, name, exe string) *session.Session {
+	s := session.New(sink)
+	s.Target, s.Connection, s.Protocol = "db", "prod", "postgres"
+	s.Dest = netip.MustParseAddrPort("10.0.0.5:5432")
+	s.Client = netip.MustParseAddrPort("127.0.0.1:40000")
+	s.Person = identity.Person{Name: name, UID: uid, Email: name + "@example.com", Groups: []string{"dev"}}
+	s.Origin = session.Origin{PID: 4242, TID: 4243, UID: uid, Exe: exe, Cmdline: []string{exe, "-c", "x"},
+		Parents: []session.Proc{{PID: 4000, Exe: "/usr/bin/cursor"}}}
+	return s
+}
+
+// writeSession records a whole session of n statements.
+func writeSession(s *session.Session, n int) {
+	s.Emit(session.Event{Kind: session.KindSessionStart, Start: s})
+	for i := 0; i < n; i++ {
+		s.Emit(session.Event{Kind: session.KindStatement, Statement: &session.Statement{Protocol: "extended",
+			SQL: fmt.Sprintf("SELECT %d WHERE $1 = 'x'", i), Params: []string{"x"}, Tag: "SELECT 1", Rows: 1, Duration: time.Millisecond}})
+	}
+	s.Emit(session.Event{Kind: session.KindSessionEnd, End: &session.End{Reason: "client_quit", Database: "app", UpstreamRole: "airlock_x"}})
+}
+
+func TestRecordQueryVerify(t *testing.T) {
+	for _, sk := range stores(t) {
+		t.Run(sk.name, func(t *testing.T) {
+			spec, pw := sk.open(t)
+			w, cancel, done := openWriter(t, t.TempDir(), spec, pw, Policy{})
+			defer func() { cancel(); <-done }()
+			a := fakeSession(w, 1001, "alice", "/usr/bin/psql")
+			b := fakeSession(w, 1002, "bob", "/usr/bin/python3")
+			writeSession(a, 3)
+			writeSession(b, 2)
+			ctx := context.Background()
+			if err := w.Flush(ctx); err != nil {
+				t.Fatal(err)
+			}
+			all, err := w.Store().Sessions(ctx, Filter{})
+			if err != nil || len(all) != 2 {
+				t.Fatalf("sessions: %v %+v", err, all)
+			}
+			for _, tc := range []struct {
+				f    Filter
+				want string
+			}{
+				{Filter{Person: "alice"}, a.ID},
+				{Filter{Person: "bob@example.com"}, b.ID},
+				{Filter{Process: "python"}, b.ID},
+				{Filter{Process: "4242"}, ""},
+				{Filter{Connection: "nope"}, "none"},
+				{Filter{UID: ptr(uint32(1002))}, b.ID},
+				{Filter{Since: time.Now().Add(time.Hour)}, "none"},
+			} {
+				got, err := w.Store().Sessions(ctx, tc.f)
+				if err != nil {
+					t.Fatal(err)
+				}
+				switch tc.want {
+				case "none":
+					if len(got) != 0 {
+						t.Errorf("%+v: got %d sessions, want none", tc.f, len(got))
+					}
+				case "":
+					if len(got) != 2 {
+						t.Errorf("%+v: got %d sessions, want 2", tc.f, len(got))
+					}
+				default:
+					if len(got) != 1 || got[0].ID != tc.want {
+						t.Errorf("%+v: got %+v, want %s", tc.f, got, tc.want)
+					}
+				}
+			}
+			d, err := w.Store().Session(ctx, a.ID, nil)
+			if err != nil || d == nil {
+				t.Fatalf("session %s: %v", a.ID, err)
+			}
+			if d.Start.Person.Name != "alice" || d.Start.Process.Exe != "/usr/bin/psql" || d.Statements != 3 ||
+				d.End == nil || d.End.Reason != "client_quit" || d.End.UpstreamRole != "airlock_x" || len(d.Start.Ancestry) != 1 {
+				t.Fatalf("session detail wrong: %+v", d.SessionSummary)
+			}
+			if strings.Contains(string(d.Records[1].Data), `"params"`) {
+				t.Fatalf("parameters recorded although the policy is off: %s", d.Records[1].Data)
+			}
+			if d, _ := w.Store().Session(ctx, a.ID, ptr(uint32(1002))); d != nil {
+				t.Fatal("bob sees alice's session")
+			}
+			rep, err := Verify(ctx, w.Store(), "", nil)
+			if err != nil || !rep.OK {
+				t.Fatalf("verify untouched: %v %+v", err, rep)
+			}
+		})
+	}
+}
+
+func ptr[T any](v T) *T { return &v }
+
+// Each kind of tampering is caught and named, with the first break's seq.
+func TestVerifyCatchesTampering(t *testing.T) {
+	cases := []struct {
+		name    string
+		tamper  []string // SQL, %s = daemon
+		kind    string
+		seq     int64
+		message string
+	}{
+		{"edit statement text", []string{`UPDATE audit_records SET data = REPLACE(data, 'SELECT 2', 'SELECT 9') WHERE daemon = '%s' AND seq = 5`},
+			BreakEdited, 5, "was edited"},
+		{"edit a search column", []string{`UPDATE audit_records SET person = 'mallory' WHERE daemon = '%s' AND kind = 'session.start'`},
+			BreakEdited, 2, "search columns"},
+		{"delete a row", []string{`DELETE FROM audit_records WHERE daemon = '%s' AND seq = 4`},
+			BreakDeleted, 4, "seq 4 to 4 were deleted"},
+		{"delete the first rows", []string{`DELETE FROM audit_records WHERE daemon = '%s' AND seq <= 2`},
+			BreakDeleted, 3, "records before seq 3 were deleted"},
+		{"reorder two rows", []string{
+			`UPDATE audit_records SET seq = -1 WHERE daemon = '%s' AND seq = 4`,
+			`UPDATE audit_records SET seq = 4 WHERE daemon = '%s' AND seq = 5`,
+			`UPDATE audit_records SET seq = 5 WHERE daemon = '%s' AND seq = -1`},
+			BreakReordered, 4, "was reordered"},
+		{"truncate the tail", []string{`DELETE FROM audit_records WHERE daemon = '%s' AND seq > 6`},
+			BreakTruncated, 7, "tail truncated"},
+		{"truncate the tail with its checkpoints", []string{`DELETE FROM audit_records WHERE daemon = '%s' AND seq > 6`,
+			`DELETE FROM audit_checkpoints WHERE daemon = '%s'`},
+			BreakTruncated, 7, "tail truncated"},
+		{"forge a checkpoint", []string{`UPDATE audit_checkpoints SET hash = (SELECT hash FROM audit_records WHERE daemon = '%s' AND seq = 3) WHERE daemon = '%[1]s'`},
+			BreakForged, 0, "does not verify"},
+	}
+	for _, sk := range stores(t) {
+		for _, tc := range cases {
+			t.Run(sk.name+"/"+tc.name, func(t *testing.T) {
+				spec, pw := sk.open(t)
+				state := t.TempDir()
+				w, cancel, done := openWriter(t, state, spec, pw, Policy{})
+				writeSession(fakeSession(w, 1001, "alice", "/usr/bin/psql"), 6)
+				cancel() // ships, signs a last checkpoint, closes
+				<-done
+				st, err := OpenStore(context.Background(), specOr(spec, state), pw)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer st.Close()
+				ctx := context.Background()
+				exp := expectOf(t, state)
+				if rep, err := Verify(ctx, st, "", exp); err != nil || !rep.OK {
+					t.Fatalf("verify before tampering: %v %+v", err, rep)
+				}
+				for _, q := range tc.tamper {
+					if strings.Contains(q, "%") {
+						q = fmt.Sprintf(q, exp.Daemon)
+					}
+					if _, err := st.db.Exec(q); err != nil {
+						t.Fatalf("tamper %q: %v", q, err)
+					}
+				}
+				rep, err := Verify(ctx, st, "", exp)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if rep.OK || rep.First == nil {
+					t.Fatalf("tampering not detected: %+v", rep)
+				}
+				b := rep.First
+				if b.Kind != tc.kind || (tc.seq != 0 && b.Seq != tc.seq) || !strings.Contains(b.Message, tc.message) {
+					t.Fatalf("first break = %+v, want kind %s at seq %d mentioning %q", b, tc.kind, tc.seq, tc.message)
+				}
+				// Verification only reads: the same break is there again.
+				rep2, _ := Verify(ctx, st, "", exp)
+				if rep2.First == nil || *rep2.First != *b {
+					t.Fatalf("verify changed the store: %+v then %+v", b, rep2.First)
+				}
+			})
+		}
+	}
+}
+
+func specOr(spec, state string) string {
+	if spec == "" {
+		return filepath.Join(state, "audit", "audit.db")
+	}
+	return spec
+}
+
+// expectOf reads what the daemon keeps about its own chain.
+func expectOf(t *testing.T, state string) *Expect {
+	t.Helper()
+	id, err := os.ReadFile(filepath.Join(state, "audit", "daemon-id"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ex := &Expect{Daemon: strings.TrimSpace(string(id))}
+	var cp Checkpoint
+	if ok, err := readJSON(filepath.Join(state, "audit", "checkpoint"), &cp); err != nil || !ok {
+		t.Fatalf("no checkpoint kept: %v", err)
+	}
+	ex.Checkpoint = &cp
+	var hf headFile
+	if _, err := readJSON(filepath.Join(state, "audit", "head"), &hf); err != nil {
+		t.Fatal(err)
+	}
+	ex.Stored, ex.Hash = hf.Seq, hf.Hash
+	return ex
+}
+
+func TestRedaction(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{"ALTER ROLE x PASSWORD 'hunter2'", "ALTER ROLE x PASSWORD '<redacted>'"},
+		{"alter user x with encrypted password 'a''b'", "alter user x with encrypted password '<redacted>'"},
+		{"CREATE ROLE x LOGIN PASSWORD $$s3cret$$", "CREATE ROLE x LOGIN PASSWORD '<redacted>'"},
+		{"SELECT 1", "SELECT 1"},
+	} {
+		if got := redactSQL(tc.in); got != tc.want {
+			t.Errorf("redactSQL(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+	args := redactArgs([]string{"psql", "host=db password=hunter2 dbname=app", "postgres://bob:hunter2@db/app", "-c", "ALTER ROLE x PASSWORD 'hunter2'"})
+	if j := strings.Join(args, " "); strings.Contains(j, "hunter2") || !strings.Contains(j, "bob:<redacted>@db") {
+		t.Errorf("command line not redacted: %q", j)
+	}
+	params := redactParams("SELECT * FROM users WHERE name = $1", []string{"alice", "SCRAM-SHA-256$4096:abc", "eyJhbGciOi.x.y"})
+	if params[0] != "alice" || params[1] != redacted || params[2] != redacted {
+		t.Errorf("params: %q", params)
+	}
+	if p := redactParams("UPDATE users SET api_key = $1 WHERE id = $2", []string{"k", "7"}); p[0] != redacted || p[1] != redacted {
+		t.Errorf("params of a statement naming a secret: %q", p)
+	}
+}

@@ -1,0 +1,196 @@
+package audit
+
+import (
+	"crypto/ed25519"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"syscall"
+	"time"
+)
+
+// genesis is the prev_hash of a daemon's first record.
+var genesis = hex.EncodeToString(make([]byte, sha256.Size))
+
+// hashRecord is the chain link: SHA-256 of the previous hash and the
+// record's content. The seq is deliberately not hashed: a row's place is
+// fixed by its predecessor's hash, so a row moved elsewhere still verifies
+// on its own and is reported as reordered, not as edited.
+func hashRecord(prev string, r *Record) string {
+	h := sha256.New()
+	pb, _ := hex.DecodeString(prev)
+	h.Write(pb)
+	h.Write([]byte(Schema + "\n" + r.Daemon + "\n" + strconv.FormatInt(r.Time.UnixNano(), 10) + "\n" +
+		r.Kind + "\n" + r.Session + "\n" + strconv.Itoa(len(r.Data)) + "\n"))
+	h.Write(r.Data)
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// Checkpoint is a daemon's signature over the head of its chain.
+type Checkpoint struct {
+	Daemon    string    `json:"daemon"`
+	Seq       int64     `json:"seq"`
+	Hash      string    `json:"hash"`
+	Time      time.Time `json:"time"`
+	KeyID     string    `json:"key_id"`
+	Signature string    `json:"signature"`
+}
+
+func (c *Checkpoint) message() []byte {
+	return []byte(Schema + " checkpoint\n" + c.Daemon + "\n" + strconv.FormatInt(c.Seq, 10) + "\n" + c.Hash + "\n" +
+		strconv.FormatInt(c.Time.UnixNano(), 10))
+}
+
+// Key is a daemon's signing key as the store keeps it (public half).
+type Key struct {
+	Daemon      string    `json:"daemon"`
+	KeyID       string    `json:"key_id"`
+	PublicKey   string    `json:"public_key"`
+	Seq         int64     `json:"seq"` // first record seq it signs for
+	Time        time.Time `json:"time"`
+	PreviousKey string    `json:"previous_key,omitempty"`
+	Signature   string    `json:"signature,omitempty"` // by PreviousKey over keyMessage
+}
+
+func keyMessage(daemon, keyID, pub string) []byte {
+	return []byte(Schema + " key\n" + daemon + "\n" + keyID + "\n" + pub)
+}
+
+func keyIDOf(pub ed25519.PublicKey) string {
+	s := sha256.Sum256(pub)
+	return hex.EncodeToString(s[:8])
+}
+
+func (k *Key) public() (ed25519.PublicKey, error) {
+	b, err := base64.StdEncoding.DecodeString(k.PublicKey)
+	if err != nil || len(b) != ed25519.PublicKeySize {
+		return nil, fmt.Errorf("key %s: malformed public key", k.KeyID)
+	}
+	return ed25519.PublicKey(b), nil
+}
+
+// signer holds the daemon's private key, kept in the state dir readable by
+// root only.
+type signer struct {
+	path string
+	priv ed25519.PrivateKey
+	id   string
+}
+
+func (s *signer) pubB64() string {
+	return base64.StdEncoding.EncodeToString(s.priv.Public().(ed25519.PublicKey))
+}
+
+// loadSigner reads the key at path, or creates one; created reports which.
+func loadSigner(path string) (*signer, bool, error) {
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		s, err := newSigner(path)
+		return s, true, err
+	}
+	if err != nil {
+		return nil, false, fmt.Errorf("read audit signing key: %w", err)
+	}
+	if err := checkPrivate(path); err != nil {
+		return nil, false, err
+	}
+	seed, err := base64.StdEncoding.DecodeString(string(trimSpace(b)))
+	if err != nil || len(seed) != ed25519.SeedSize {
+		return nil, false, fmt.Errorf("audit signing key %s is malformed (move it aside to make a new one; verification then records a key change without a signature)", path)
+	}
+	priv := ed25519.NewKeyFromSeed(seed)
+	return &signer{path: path, priv: priv, id: keyIDOf(priv.Public().(ed25519.PublicKey))}, false, nil
+}
+
+func newSigner(path string) (*signer, error) {
+	_, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		return nil, fmt.Errorf("generate audit signing key: %w", err)
+	}
+	if err := writeFileAtomic(path, []byte(base64.StdEncoding.EncodeToString(priv.Seed())+"\n"), 0o600); err != nil {
+		return nil, fmt.Errorf("write audit signing key: %w", err)
+	}
+	return &signer{path: path, priv: priv, id: keyIDOf(priv.Public().(ed25519.PublicKey))}, nil
+}
+
+func (s *signer) sign(msg []byte) string {
+	return base64.StdEncoding.EncodeToString(ed25519.Sign(s.priv, msg))
+}
+
+func verifySig(pub ed25519.PublicKey, msg []byte, sig string) bool {
+	b, err := base64.StdEncoding.DecodeString(sig)
+	return err == nil && ed25519.Verify(pub, msg, b)
+}
+
+// checkPrivate refuses a key file others could read or replace.
+func checkPrivate(path string) error {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return err
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok || st.Uid != uint32(os.Geteuid()) || fi.Mode().Perm()&0o077 != 0 {
+		return fmt.Errorf("%s must be owned by the daemon's user and readable by nobody else (chown root %s; chmod 600 %s)", path, path, path)
+	}
+	return nil
+}
+
+func writeFileAtomic(path string, b []byte, mode os.FileMode) error {
+	tmp := path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, mode)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(b); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return err
+	}
+	if d, err := os.Open(filepath.Dir(path)); err == nil {
+		_ = d.Sync()
+		_ = d.Close()
+	}
+	return nil
+}
+
+func writeJSONAtomic(path string, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	return writeFileAtomic(path, b, 0o600)
+}
+
+func readJSON(path string, v any) (bool, error) {
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	return true, json.Unmarshal(b, v)
+}
+
+func trimSpace(b []byte) []byte {
+	for len(b) > 0 && (b[len(b)-1] == '\n' || b[len(b)-1] == ' ' || b[len(b)-1] == '\r') {
+		b = b[:len(b)-1]
+	}
+	return b
+}

@@ -1,0 +1,301 @@
+package audit
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/airlockhq/airlock/internal/session"
+)
+
+// A daemon killed before it shipped anything: the next start finds the
+// records in the journal, ships them in order and closes the open session
+// as interrupted.
+func TestJournalSurvivesAKilledWriter(t *testing.T) {
+	state := t.TempDir()
+	w, err := Open(context.Background(), Options{StateDir: state, CommitInterval: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// No Run: nothing is ever shipped, as if killed right after writing.
+	s := fakeSession(w, 1001, "alice", "/usr/bin/psql")
+	s.Emit(session.Event{Kind: session.KindSessionStart, Start: s})
+	for i := 0; i < 100; i++ {
+		s.Emit(session.Event{Kind: session.KindStatement, Statement: &session.Statement{SQL: "SELECT " + string(rune('a'+i%26))}})
+	}
+	// Abandon w without closing anything (the journal file stays open as a
+	// killed process's would have been closed by the kernel).
+
+	w2, cancel, done := openWriter(t, state, "", "", Policy{})
+	defer func() { cancel(); <-done }()
+	ctx := context.Background()
+	if err := w2.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := w2.Flush(ctx); err != nil { // ships the interrupted end appended by the first
+		t.Fatal(err)
+	}
+	d, err := w2.Store().Session(ctx, s.ID, nil)
+	if err != nil || d == nil {
+		t.Fatalf("session lost: %v", err)
+	}
+	if d.Statements != 100 || d.End == nil || d.End.Reason != ReasonInterrupted {
+		t.Fatalf("want 100 statements and an interrupted end, got %d, %+v", d.Statements, d.End)
+	}
+	if rep, err := Verify(ctx, w2.Store(), "", w2.Expect()); err != nil || !rep.OK {
+		t.Fatalf("verify: %v %+v", err, rep)
+	}
+}
+
+// A torn frame at the end of the journal (a machine crash inside the fsync
+// window) is dropped; everything before it is kept.
+func TestJournalDropsATornTail(t *testing.T) {
+	dir := t.TempDir()
+	j, err := openJournal(dir, 1<<30, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 10; i++ {
+		if err := j.append(&pending{Kind: "statement", Data: json.RawMessage(`{}`)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_ = j.close()
+	segs, _ := filepath.Glob(filepath.Join(dir, "*.seg"))
+	f, err := os.OpenFile(segs[len(segs)-1], os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = f.Write([]byte{0, 0, 0, 50, 1, 2, 3, 4, '{', '"'}) // half a frame
+	f.Close()
+	j2, err := openJournal(dir, 1<<30, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	recs, err := j2.read(0, 100)
+	if err != nil || len(recs) != 10 || recs[9].Seq != 10 || j2.lastSeq() != 10 {
+		t.Fatalf("after a torn tail: %d records (%v), last seq %d", len(recs), err, j2.lastSeq())
+	}
+	if err := j2.append(&pending{Kind: "statement", Data: json.RawMessage(`{}`)}); err != nil {
+		t.Fatal(err)
+	}
+	if recs, _ := j2.read(10, 100); len(recs) != 1 || recs[0].Seq != 11 {
+		t.Fatalf("append after recovery: %+v", recs)
+	}
+}
+
+// The journal's bound holds appends back until the store takes records.
+func TestJournalBoundWaitsForTheStore(t *testing.T) {
+	j, err := openJournal(t.TempDir(), 2000, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	big := json.RawMessage(`"` + strings.Repeat("x", 900) + `"`)
+	for i := 0; i < 3; i++ {
+		if err := j.append(&pending{Kind: "statement", Data: big}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	done := make(chan struct{})
+	go func() {
+		_ = j.append(&pending{Kind: "statement", Data: big})
+		close(done)
+	}()
+	select {
+	case <-done:
+		t.Fatal("append past the bound did not wait")
+	case <-time.After(200 * time.Millisecond):
+	}
+	j.release(3)
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("append still waiting after the store took everything")
+	}
+	if recs, _ := j.read(3, 10); len(recs) != 1 || recs[0].Seq != 4 {
+		t.Fatalf("record after the wait: %+v", recs)
+	}
+}
+
+// Retention removes old records only up to a signed checkpoint, and what is
+// left verifies; a key rotation is signed by the old key.
+func TestPruneAndRotateKeepVerification(t *testing.T) {
+	for _, sk := range stores(t) {
+		t.Run(sk.name, func(t *testing.T) {
+			spec, pw := sk.open(t)
+			w, cancel, done := openWriter(t, t.TempDir(), spec, pw, Policy{})
+			defer func() { cancel(); <-done }()
+			ctx := context.Background()
+			writeSession(fakeSession(w, 1001, "alice", "/usr/bin/psql"), 5)
+			if err := w.Flush(ctx); err != nil {
+				t.Fatal(err)
+			}
+			w.shipMu.Lock()
+			w.checkpoint(ctx, true)
+			w.shipMu.Unlock()
+			sealed := w.Expect().Checkpoint.Seq
+			if _, err := w.RotateKey(); err != nil {
+				t.Fatal(err)
+			}
+			writeSession(fakeSession(w, 1002, "bob", "/usr/bin/psql"), 3)
+			if err := w.Flush(ctx); err != nil {
+				t.Fatal(err)
+			}
+			n, err := w.Prune(ctx, time.Now().Add(time.Hour))
+			if err != nil || n != sealed {
+				t.Fatalf("pruned %d records (%v), want the %d up to the checkpoint", n, err, sealed)
+			}
+			if err := w.Flush(ctx); err != nil {
+				t.Fatal(err)
+			}
+			w.shipMu.Lock()
+			w.checkpoint(ctx, true)
+			w.shipMu.Unlock()
+			rep, err := Verify(ctx, w.Store(), "", w.Expect())
+			if err != nil || !rep.OK {
+				t.Fatalf("verify after prune and rotation: %v %+v", err, rep)
+			}
+			if c := rep.Chains[0]; c.First != sealed+1 || len(c.Keys) != 2 {
+				t.Fatalf("chain after prune: %+v", c)
+			}
+			// A rotation without the old key's signature is reported.
+			if _, err := w.Store().db.Exec(w.Store().q(`UPDATE audit_keys SET signature = '' WHERE key_id = ?`), w.sig.id); err != nil {
+				t.Fatal(err)
+			}
+			rep, _ = Verify(ctx, w.Store(), "", w.Expect())
+			if rep.OK || rep.First.Kind != BreakForged {
+				t.Fatalf("unsigned rotation not reported: %+v", rep.First)
+			}
+		})
+	}
+}
+
+func BenchmarkRecordStatement(b *testing.B) {
+	w, err := Open(context.Background(), Options{StateDir: b.TempDir(), CommitInterval: benchCommit})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); w.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	s := fakeSession(w, 1001, "alice", "/usr/bin/psql")
+	st := &session.Statement{Protocol: "simple", SQL: "SELECT abalance FROM pgbench_accounts WHERE aid = 48213;", Tag: "SELECT 1", Rows: 1, Bytes: 11, Duration: 80 * time.Microsecond}
+	b.ReportAllocs()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			s.Emit(session.Event{Kind: session.KindStatement, Statement: st})
+		}
+	})
+	b.StopTimer()
+	if err := w.Flush(context.Background()); err != nil {
+		b.Fatal(err)
+	}
+}
+
+var benchCommit = 50 * time.Millisecond
+
+// BenchmarkRawAppend is the floor under BenchmarkRecordStatement: one
+// write(2) of a record-sized frame to a file in the same kind of folder.
+func BenchmarkRawAppend(b *testing.B) {
+	f, err := os.OpenFile(filepath.Join(b.TempDir(), "raw"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	buf := make([]byte, 700)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if _, err := f.Write(buf); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func TestJournalFrameIsJSON(t *testing.T) {
+	j, err := openJournal(t.TempDir(), 1<<30, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	at := time.Date(2026, 1, 2, 3, 4, 5, 6, time.UTC)
+	for _, sess := range []string{"abc", "we\"ird\\\x01é"} {
+		if err := j.append(&pending{Time: at, Kind: "statement", Session: sess, Data: json.RawMessage(`{"sql":"SELECT 1"}`)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	recs, err := j.read(0, 10)
+	if err != nil || len(recs) != 2 || recs[1].Session != "we\"ird\\\x01é" || !recs[0].Time.Equal(at) || string(recs[0].Data) != `{"sql":"SELECT 1"}` {
+		t.Fatalf("frames did not round-trip: %v %+v", err, recs)
+	}
+}
+
+// Records slipped into this daemon's chain while it was down are not
+// silently adopted: the daemon says so in a record its next checkpoint signs.
+func TestForeignRecordsAreCalledOut(t *testing.T) {
+	state := t.TempDir()
+	w, cancel, done := openWriter(t, state, "", "", Policy{})
+	writeSession(fakeSession(w, 1001, "alice", "/usr/bin/psql"), 2)
+	cancel()
+	<-done
+	st, err := OpenStore(context.Background(), filepath.Join(state, "audit", "audit.db"), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ex := expectOf(t, state)
+	forged := Record{Daemon: ex.Daemon, Seq: ex.Stored + 1, Time: time.Now().UTC(), Kind: "statement", Session: "x",
+		Data: json.RawMessage(`{"sql":"SELECT 'all is well'"}`), PrevHash: ex.Hash}
+	forged.Hash = hashRecord(forged.PrevHash, &forged)
+	if err := st.append(context.Background(), []Record{forged}, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	st.Close()
+
+	w2, cancel2, done2 := openWriter(t, state, "", "", Policy{})
+	defer func() { cancel2(); <-done2 }()
+	if p := w2.Status().Problem; !strings.Contains(p, "never wrote") {
+		t.Fatalf("status problem = %q", p)
+	}
+	writeSession(fakeSession(w2, 1001, "alice", "/usr/bin/psql"), 1)
+	ctx := context.Background()
+	if err := w2.Seal(ctx); err != nil {
+		t.Fatal(err)
+	}
+	recs, err := w2.Store().Scan(ctx, "", 0, 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	alert := false
+	for i, r := range recs {
+		if r.Seq != int64(i+1) {
+			t.Fatalf("chain has a gap at %d: %+v", i+1, r)
+		}
+		alert = alert || (r.Kind == KindAlert && strings.Contains(string(r.Data), fmt.Sprintf(`"from_seq":%d`, ex.Stored+1)))
+	}
+	if !alert {
+		t.Fatal("no audit.alert record names the foreign records")
+	}
+}
+
+// BenchmarkShip is the writer's cost per record off the data path: read
+// back from the journal, chain, insert and commit into SQLite.
+func BenchmarkShip(b *testing.B) {
+	w, err := Open(context.Background(), Options{StateDir: b.TempDir(), CommitInterval: time.Hour})
+	if err != nil {
+		b.Fatal(err)
+	}
+	s := fakeSession(w, 1001, "alice", "/usr/bin/psql")
+	st := &session.Statement{Protocol: "simple", SQL: "SELECT abalance FROM pgbench_accounts WHERE aid = 48213;", Tag: "SELECT 1", Rows: 1, Bytes: 11, Duration: 80 * time.Microsecond}
+	for i := 0; i < b.N; i++ {
+		s.Emit(session.Event{Kind: session.KindStatement, Statement: st})
+	}
+	b.ResetTimer()
+	if err := w.Flush(context.Background()); err != nil {
+		b.Fatal(err)
+	}
+}

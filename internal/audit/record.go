@@ -1,0 +1,284 @@
+// Package audit is Airlock's record of every session: a hash-chained,
+// checkpoint-signed store (SQLite in the state dir, or a team PostgreSQL),
+// fed through a durable local journal so that a statement whose result
+// reached the client survives the daemon being killed.
+package audit
+
+import (
+	"encoding/json"
+	"fmt"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/airlockhq/airlock/internal/session"
+)
+
+// Schema names the record format of the store and of `airlock audit export`.
+// Fields are only ever added to it; a rename or a change of meaning gets a
+// new schema name.
+const Schema = "airlock.audit/1"
+
+// Kinds recorded by the audit writer itself, beside the session kinds.
+const (
+	KindKey           = "audit.key"        // a signing key came into use (first, or a rotation)
+	KindPrune         = "audit.prune"      // retention removed a signed prefix of the chain
+	KindCredSweep     = "credential.sweep" // a role of ours found and dropped outside any session
+	KindAlert         = "audit.alert"      // the daemon found its chain not as it left it
+	ReasonInterrupted = "interrupted"
+)
+
+// Record is one link of a daemon's chain, as stored and exported.
+type Record struct {
+	Schema   string          `json:"schema"`
+	Daemon   string          `json:"daemon"`
+	Seq      int64           `json:"seq"`
+	Time     time.Time       `json:"time"`
+	Kind     string          `json:"kind"`
+	Session  string          `json:"session,omitempty"`
+	Data     json.RawMessage `json:"data"`
+	PrevHash string          `json:"prev_hash"`
+	Hash     string          `json:"hash"`
+}
+
+// SessionStart is the data of a session.start record.
+type SessionStart struct {
+	Connection string    `json:"connection"`
+	Target     string    `json:"target"`
+	Protocol   string    `json:"protocol"`
+	Dest       string    `json:"dest"`   // original destination the process dialled
+	Client     string    `json:"client"` // its address as the proxy saw it
+	Person     Person    `json:"person"`
+	Process    Process   `json:"process"`
+	Ancestry   []Parent  `json:"ancestry,omitempty"` // parent first, up to the tracked root
+	Started    time.Time `json:"started"`
+}
+
+// Person is who the session acted for.
+type Person struct {
+	Name    string   `json:"name"`
+	UID     uint32   `json:"uid"`
+	Issuer  string   `json:"issuer,omitempty"`
+	Subject string   `json:"subject,omitempty"`
+	Email   string   `json:"email,omitempty"`
+	Groups  []string `json:"groups,omitempty"`
+}
+
+// Process is the process that connected, from the kernel's record.
+type Process struct {
+	PID       uint32    `json:"pid"`
+	TID       uint32    `json:"tid"`
+	UID       uint32    `json:"uid"`
+	GID       uint32    `json:"gid"`
+	Comm      string    `json:"comm"`
+	Exe       string    `json:"exe"`
+	Cmdline   []string  `json:"cmdline,omitempty"`
+	CgroupID  uint64    `json:"cgroup_id"`
+	Cgroup    string    `json:"cgroup,omitempty"`
+	ConnectAt time.Time `json:"connect_at"`
+}
+
+// Parent is one ancestor of the connecting process.
+type Parent struct {
+	PID     uint32   `json:"pid"`
+	Exe     string   `json:"exe"`
+	Cmdline []string `json:"cmdline,omitempty"`
+	UID     uint32   `json:"uid"`
+}
+
+// SessionEnd is the data of a session.end record.
+type SessionEnd struct {
+	Reason       string `json:"reason"` // client_quit, interrupted, upstream_lost, ttl, identity_lost, daemon_restart, refused, protocol_error, error
+	Detail       string `json:"detail,omitempty"`
+	DurationMS   int64  `json:"duration_ms"`
+	BytesIn      int64  `json:"bytes_in"`
+	BytesOut     int64  `json:"bytes_out"`
+	Database     string `json:"database,omitempty"`
+	UpstreamRole string `json:"upstream_role,omitempty"`
+}
+
+// Statement is the data of a statement record.
+type Statement struct {
+	Protocol   string   `json:"protocol"`
+	SQL        string   `json:"sql"`
+	Name       string   `json:"name,omitempty"`
+	Params     []string `json:"params,omitempty"`
+	ParamCount int      `json:"param_count,omitempty"` // parameters bound, recorded or not
+	Tag        string   `json:"tag,omitempty"`
+	SQLState   string   `json:"sqlstate,omitempty"`
+	Error      string   `json:"error,omitempty"`
+	Rows       int64    `json:"rows"`
+	Bytes      int64    `json:"bytes"`
+	DurationUS int64    `json:"duration_us"`
+	// Filled by the policy pipeline when it lands; empty until then.
+	Class    string        `json:"class,omitempty"`    // read, write, ddl, dcl, ...
+	Decision string        `json:"decision,omitempty"` // allowed, blocked, held, approved, denied
+	Rule     string        `json:"rule,omitempty"`
+	Sample   *ResultSample `json:"sample,omitempty"`
+}
+
+// ResultSample is a bounded prefix of a result exactly as the client saw it
+// (after masking).
+type ResultSample struct {
+	Columns   []string   `json:"columns"`
+	Rows      [][]string `json:"rows"`
+	Truncated bool       `json:"truncated,omitempty"`
+}
+
+// Credential is the data of credential.create, .revoke and .sweep records.
+type Credential struct {
+	Mode    string    `json:"mode"`
+	Role    string    `json:"role"`
+	Groups  []string  `json:"groups,omitempty"`
+	Expires time.Time `json:"expires,omitempty"`
+	Outcome string    `json:"outcome"`
+	Error   string    `json:"error,omitempty"`
+}
+
+// Refusal is the data of a session.refused record.
+type Refusal struct {
+	Reason   string `json:"reason"`
+	SQLState string `json:"sqlstate,omitempty"`
+}
+
+// KeyData is the data of an audit.key record: a signing key, signed by the
+// key it replaces (none for the daemon's first key).
+type KeyData struct {
+	KeyID       string `json:"key_id"`
+	PublicKey   string `json:"public_key"` // base64 Ed25519
+	PreviousKey string `json:"previous_key,omitempty"`
+	Signature   string `json:"signature,omitempty"` // by the previous key over keyStatement
+}
+
+// AlertData is the data of an audit.alert record.
+type AlertData struct {
+	Message string `json:"message"`
+	FromSeq int64  `json:"from_seq,omitempty"`
+	ToSeq   int64  `json:"to_seq,omitempty"`
+}
+
+// PruneData is the data of an audit.prune record.
+type PruneData struct {
+	ThroughSeq int64     `json:"through_seq"`
+	Before     time.Time `json:"before"`
+}
+
+// Policy says what may go into a record.
+type Policy struct {
+	// RecordParams keeps statement parameters (secrets redacted); off by
+	// default, since parameters carry the data itself.
+	RecordParams bool
+}
+
+// pending is a record before it is chained: what the journal holds.
+type pending struct {
+	Seq     int64           `json:"seq"`
+	Time    time.Time       `json:"time"`
+	Kind    string          `json:"kind"`
+	Session string          `json:"session,omitempty"`
+	Data    json.RawMessage `json:"data"`
+}
+
+// fromEvent turns a session event into record data, applying pol.
+func fromEvent(ev session.Event, pol Policy) (kind string, data any, err error) {
+	kind = string(ev.Kind)
+	switch {
+	case ev.Start != nil:
+		return kind, startOf(ev.Start), nil
+	case ev.End != nil:
+		e := ev.End
+		return kind, SessionEnd{Reason: e.Reason, Detail: redactSQL(e.Detail), DurationMS: e.Duration.Milliseconds(),
+			BytesIn: e.BytesIn, BytesOut: e.BytesOut, Database: e.Database, UpstreamRole: e.UpstreamRole}, nil
+	case ev.Statement != nil:
+		s := ev.Statement
+		st := Statement{Protocol: s.Protocol, SQL: redactSQL(s.SQL), Name: s.Name, ParamCount: len(s.Params),
+			Tag: s.Tag, SQLState: s.SQLState, Error: redactSQL(s.Error), Rows: s.Rows, Bytes: s.Bytes,
+			DurationUS: s.Duration.Microseconds(), Class: s.Class, Decision: s.Decision, Rule: s.Rule}
+		if pol.RecordParams {
+			st.Params = redactParams(s.SQL, s.Params)
+		}
+		if s.Sample != nil {
+			st.Sample = &ResultSample{Columns: s.Sample.Columns, Rows: s.Sample.Rows, Truncated: s.Sample.Truncated}
+		}
+		return kind, st, nil
+	case ev.Credential != nil:
+		c := ev.Credential
+		return kind, Credential{Mode: c.Mode, Role: c.Role, Groups: c.Groups, Expires: c.Expires,
+			Outcome: c.Outcome, Error: redactSQL(c.Error)}, nil
+	case ev.Refusal != nil:
+		return kind, Refusal{Reason: redactSQL(ev.Refusal.Reason), SQLState: ev.Refusal.SQLState}, nil
+	}
+	return "", nil, fmt.Errorf("event %q carries no data", ev.Kind)
+}
+
+func startOf(s *session.Session) SessionStart {
+	o := s.Origin
+	st := SessionStart{
+		Connection: s.Connection, Target: s.Target, Protocol: s.Protocol,
+		Dest: s.Dest.String(), Client: s.Client.String(), Started: s.Started,
+		Person: Person{Name: s.Person.Name, UID: s.Person.UID, Issuer: s.Person.Issuer,
+			Subject: s.Person.Subject, Email: s.Person.Email, Groups: s.Person.Groups},
+		Process: Process{PID: o.PID, TID: o.TID, UID: o.UID, GID: o.GID, Comm: o.Comm, Exe: o.Exe,
+			Cmdline: redactArgs(o.Cmdline), CgroupID: o.CgroupID, Cgroup: o.CgroupPath, ConnectAt: o.ConnectAt},
+	}
+	for _, p := range o.Parents {
+		st.Ancestry = append(st.Ancestry, Parent{PID: p.PID, Exe: p.Exe, Cmdline: redactArgs(p.Cmdline), UID: p.UID})
+	}
+	return st
+}
+
+const redacted = "<redacted>"
+
+// Password literals in role statements and connection strings. The SQL is
+// recorded as the server ran it, except for these.
+var (
+	passwordLiteral = regexp.MustCompile(`(?is)(\b(?:password|encrypted\s+password)\s*(?:=\s*)?)(?:E?'(?:[^']|'')*'|\$([A-Za-z_0-9]*)\$.*?\$([A-Za-z_0-9]*)\$)`)
+	// password=… in libpq connection strings and user:password@ in URLs,
+	// which command lines carry.
+	connPassword = regexp.MustCompile(`(?i)(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s'"]+)`)
+	urlPassword  = regexp.MustCompile(`(?i)(\b[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s]+@`)
+	secretWords  = regexp.MustCompile(`(?i)password|passwd|secret|token|api_?key|credential|private_?key`)
+	secretValue  = regexp.MustCompile(`^(?:SCRAM-SHA-256\$|md5[0-9a-f]{32}$|eyJ[A-Za-z0-9_-]+\.|-----BEGIN |AKIA[0-9A-Z]{16}$|gh[pousr]_[A-Za-z0-9]{20,}|sk-[A-Za-z0-9]{20,}|xox[abpr]-)`)
+)
+
+// redactSQL removes password literals from statement text.
+func redactSQL(sql string) string {
+	if !strings.Contains(strings.ToLower(sql), "password") {
+		return sql
+	}
+	return passwordLiteral.ReplaceAllString(sql, "${1}'"+redacted+"'")
+}
+
+// redactArgs removes passwords from a command line: SQL password literals,
+// connection-string passwords and URL user passwords.
+func redactArgs(args []string) []string {
+	if len(args) == 0 {
+		return nil
+	}
+	out := make([]string, len(args))
+	for i, a := range args {
+		a = redactSQL(a)
+		a = connPassword.ReplaceAllString(a, "${1}"+redacted)
+		a = urlPassword.ReplaceAllString(a, "${1}"+redacted+"@")
+		out[i] = a
+	}
+	return out
+}
+
+// redactParams keeps parameters, except every one of a statement that names
+// a secret and any value that looks like a credential on its own.
+func redactParams(sql string, params []string) []string {
+	if len(params) == 0 {
+		return nil
+	}
+	out := make([]string, len(params))
+	all := secretWords.MatchString(sql)
+	for i, p := range params {
+		if all || secretValue.MatchString(p) {
+			out[i] = redacted
+			continue
+		}
+		out[i] = p
+	}
+	return out
+}

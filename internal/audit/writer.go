@@ -1,0 +1,603 @@
+package audit
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"time"
+
+	"crypto/rand"
+	"encoding/hex"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/airlockhq/airlock/internal/session"
+)
+
+// Options configures a Writer.
+type Options struct {
+	StateDir string // the writer keeps its journal, key and ids under StateDir/audit
+	Store    string // "" (SQLite in the state dir), a file path, or postgres://…
+	Password string // for a postgres store (the daemon reads it from a root-only file)
+	Policy   Policy
+	// CommitInterval bounds how long a record waits for its batch to be
+	// fsynced and committed (the window a machine crash can lose).
+	CommitInterval time.Duration
+	// CheckpointInterval is how often the head of the chain is signed.
+	CheckpointInterval time.Duration
+	Retention          time.Duration // 0 keeps records for ever
+	SpoolMax           int64         // journal bytes at which sessions wait for the store
+	Logger             *slog.Logger
+}
+
+// Status is what `airlock status` says about the record.
+type Status struct {
+	Store          string    `json:"store"`
+	Daemon         string    `json:"daemon"`
+	KeyID          string    `json:"key_id"`
+	Written        int64     `json:"written"` // newest seq in the journal
+	Stored         int64     `json:"stored"`  // newest seq in the store
+	Spooled        int64     `json:"spooled"` // records waiting in the journal for the store
+	SpoolBytes     int64     `json:"spool_bytes"`
+	SpoolMax       int64     `json:"spool_max"`
+	Reachable      bool      `json:"reachable"`
+	Error          string    `json:"error,omitempty"`
+	DownSince      time.Time `json:"down_since,omitempty"`
+	CheckpointSeq  int64     `json:"checkpoint_seq"`
+	CheckpointTime time.Time `json:"checkpoint_time,omitempty"`
+	Problem        string    `json:"problem,omitempty"` // the store disagrees with what this daemon wrote
+}
+
+// Writer is the session.Sink that records to the audit store.
+type Writer struct {
+	opts   Options
+	log    *slog.Logger
+	dir    string
+	daemon string
+	j      *journal
+	kick   chan struct{}
+	boot   int64 // last seq written before this start
+
+	// shipper only
+	store   *Store
+	stored  int64
+	head    string // hash of record `stored`
+	sig     *signer
+	newKey  *Key // a key record to store with the next batch
+	lastCP  Checkpoint
+	cpDue   time.Time
+	closed  bool // interrupted sessions are closed
+	pruneAt time.Time
+
+	rotate    sync.Mutex
+	shipMu    sync.Mutex // one shipper at a time: Run, Flush
+	mu        sync.Mutex // guards sig, newKey, stored, head, lastCP and the status fields below
+	reachable bool
+	lastErr   string
+	downSince time.Time
+	problem   string
+}
+
+type headFile struct {
+	Seq  int64  `json:"seq"`
+	Hash string `json:"hash"`
+}
+
+// Open prepares the record: the daemon's id and signing key, the journal
+// (with whatever a killed predecessor left in it) and the store. A team
+// store that cannot be reached is not an error: records spool until it is.
+func Open(ctx context.Context, opts Options) (*Writer, error) {
+	if opts.CommitInterval <= 0 {
+		opts.CommitInterval = 50 * time.Millisecond
+	}
+	if opts.CheckpointInterval <= 0 {
+		opts.CheckpointInterval = time.Minute
+	}
+	if opts.SpoolMax <= 0 {
+		opts.SpoolMax = 1 << 30
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	dir := filepath.Join(opts.StateDir, "audit")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("create %s: %w", dir, err)
+	}
+	if err := os.Chmod(dir, 0o700); err != nil {
+		return nil, err
+	}
+	w := &Writer{opts: opts, log: log, dir: dir, kick: make(chan struct{}, 1)}
+	var err error
+	if w.daemon, err = daemonID(filepath.Join(dir, "daemon-id")); err != nil {
+		return nil, err
+	}
+	var hf headFile
+	if _, err := readJSON(filepath.Join(dir, "head"), &hf); err != nil {
+		return nil, fmt.Errorf("read audit head: %w", err)
+	}
+	if _, err := readJSON(filepath.Join(dir, "checkpoint"), &w.lastCP); err != nil {
+		return nil, fmt.Errorf("read last audit checkpoint: %w", err)
+	}
+	w.stored, w.head = hf.Seq, hf.Hash
+	if w.head == "" {
+		w.head = genesis
+	}
+	if w.j, err = openJournal(filepath.Join(dir, "journal"), opts.SpoolMax, hf.Seq); err != nil {
+		return nil, err
+	}
+	w.boot = w.j.lastSeq()
+	var created bool
+	if w.sig, created, err = loadSigner(filepath.Join(dir, "signing.key")); err != nil {
+		return nil, err
+	}
+	spec := opts.Store
+	if spec == "" {
+		spec = filepath.Join(dir, "audit.db")
+	}
+	st, err := OpenStore(ctx, spec, opts.Password)
+	if st == nil {
+		return nil, err
+	}
+	w.store = st
+	if err != nil {
+		w.setDown(err)
+		log.Warn("audit store unreachable at start; records spool in the journal until it is back", "store", st.Name(), "err", err)
+	} else if err := w.sync(ctx); err != nil {
+		w.setDown(err)
+	}
+	if created {
+		w.recordKey(nil)
+	}
+	return w, nil
+}
+
+func daemonID(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err == nil {
+		return string(trimSpace(b)), nil
+	}
+	if !errors.Is(err, os.ErrNotExist) {
+		return "", fmt.Errorf("read audit daemon id: %w", err)
+	}
+	host, _ := os.Hostname()
+	var r [6]byte
+	_, _ = rand.Read(r[:])
+	id := strings.ToLower(host) + "-" + hex.EncodeToString(r[:])
+	if err := writeFileAtomic(path, []byte(id+"\n"), 0o600); err != nil {
+		return "", fmt.Errorf("write audit daemon id: %w", err)
+	}
+	return id, nil
+}
+
+// Daemon is this daemon's chain id.
+func (w *Writer) Daemon() string { return w.daemon }
+
+// Store is the store the writer ships to.
+func (w *Writer) Store() *Store { return w.store }
+
+// Record implements session.Sink. It returns once the record is in the
+// journal (the kernel's page cache): the caller may then let the client see
+// the result. It never drops a record; if the journal cannot be written it
+// retries, holding the session, and says so in the log.
+func (w *Writer) Record(ev session.Event) {
+	kind, data, err := fromEvent(ev, w.opts.Policy)
+	if err != nil {
+		w.log.Error("audit: unrecordable event", "err", err)
+		return
+	}
+	w.append(kind, ev.Session, ev.Time, data)
+}
+
+func (w *Writer) append(kind, sess string, at time.Time, data any) int64 {
+	b, err := json.Marshal(data)
+	if err != nil {
+		w.log.Error("audit: encode record", "kind", kind, "err", err)
+		return 0
+	}
+	if at.IsZero() {
+		at = time.Now()
+	}
+	p := &pending{Time: at.UTC(), Kind: kind, Session: sess, Data: b}
+	for i := 0; ; i++ {
+		err := w.j.append(p)
+		if err == nil {
+			break
+		}
+		if strings.Contains(err.Error(), "closed") {
+			w.log.Error("audit: record after close", "kind", kind, "session", sess)
+			return 0
+		}
+		if i == 0 {
+			w.log.Error("audit: cannot write the journal; the session waits until it can", "err", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	select {
+	case w.kick <- struct{}{}:
+	default:
+	}
+	return p.Seq
+}
+
+// recordKey writes the audit.key record of the current key, signed by prev.
+func (w *Writer) recordKey(prev *signer) {
+	k := Key{Daemon: w.daemon, KeyID: w.sig.id, PublicKey: w.sig.pubB64(), Time: time.Now().UTC()}
+	kd := KeyData{KeyID: k.KeyID, PublicKey: k.PublicKey}
+	if prev != nil {
+		k.PreviousKey, k.Signature = prev.id, prev.sign(keyMessage(w.daemon, k.KeyID, k.PublicKey))
+		kd.PreviousKey, kd.Signature = k.PreviousKey, k.Signature
+	}
+	k.Seq = w.append(KindKey, "", k.Time, kd)
+	w.mu.Lock()
+	w.newKey = &k
+	w.mu.Unlock()
+}
+
+// Run ships the journal to the store until ctx is done, then ships what is
+// left, signs a last checkpoint and closes the journal and the store.
+func (w *Writer) Run(ctx context.Context) {
+	// Shipping is deferrable work (the journal already holds every record
+	// durably): on its own thread at a lower priority, it gives way to the
+	// sessions when the machine is short of CPU, and catches up after.
+	// The thread stays locked: when Run returns, the runtime ends it rather
+	// than hand its lowered priority to other goroutines.
+	runtime.LockOSThread()
+	if err := unix.Setpriority(unix.PRIO_PROCESS, unix.Gettid(), shipNice); err != nil {
+		w.log.Debug("audit: lower the shipper's priority", "err", err)
+	}
+	t := time.NewTicker(w.opts.CommitInterval)
+	defer t.Stop()
+	backoff := time.Duration(0)
+	var retryAt time.Time
+	for {
+		select {
+		case <-ctx.Done():
+			fctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			w.shipMu.Lock()
+			if w.ship(fctx) == nil {
+				w.checkpoint(fctx, true)
+			}
+			w.shipMu.Unlock()
+			cancel()
+			_ = w.j.close()
+			_ = w.store.Close()
+			return
+		case <-w.kick:
+			// Let the batch gather for the rest of the window: one
+			// fsync and one commit for everything in it.
+			select {
+			case <-time.After(w.opts.CommitInterval):
+			case <-ctx.Done():
+				continue
+			}
+		case <-t.C:
+		}
+		if time.Now().Before(retryAt) {
+			// The store is down: still fsync the journal on time.
+			_ = w.j.sync()
+			continue
+		}
+		w.shipMu.Lock()
+		err := w.ship(ctx)
+		if err == nil {
+			w.checkpoint(ctx, false)
+			w.retain(ctx)
+		}
+		w.shipMu.Unlock()
+		if err != nil {
+			if backoff == 0 {
+				backoff = 500 * time.Millisecond
+			} else if backoff < 15*time.Second {
+				backoff *= 2
+			}
+			retryAt = time.Now().Add(backoff)
+			continue
+		}
+		backoff = 0
+	}
+}
+
+// Flush ships everything written so far (tests, verify).
+func (w *Writer) Flush(ctx context.Context) error {
+	w.shipMu.Lock()
+	defer w.shipMu.Unlock()
+	return w.ship(ctx)
+}
+
+// Seal ships everything written so far and signs a checkpoint over it.
+func (w *Writer) Seal(ctx context.Context) error {
+	w.shipMu.Lock()
+	defer w.shipMu.Unlock()
+	if err := w.ship(ctx); err != nil {
+		return err
+	}
+	w.checkpoint(ctx, true)
+	return nil
+}
+
+// Expect is what this daemon knows of its own chain, for Verify.
+func (w *Writer) Expect() *Expect {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	ex := &Expect{Daemon: w.daemon, Stored: w.stored, Hash: w.head}
+	if w.lastCP.Seq > 0 {
+		cp := w.lastCP
+		ex.Checkpoint = &cp
+	}
+	return ex
+}
+
+// sync reads the store's view of this daemon's chain: after a crash it may
+// be ahead of the head file (shipped, not yet noted), never behind it
+// unless someone removed records.
+func (w *Writer) sync(ctx context.Context) error {
+	if err := w.store.Migrate(ctx); err != nil {
+		return err
+	}
+	seq, hash, err := w.store.head(ctx, w.daemon)
+	if err != nil {
+		return fmt.Errorf("read the audit chain head: %w", err)
+	}
+	if keys, err := w.store.Keys(ctx, w.daemon); err == nil {
+		w.mu.Lock()
+		have := false
+		for _, k := range keys {
+			have = have || k.KeyID == w.sig.id
+		}
+		if !have && w.newKey == nil {
+			// The key record reached the journal but not the key table
+			// (a crash in between): store the key with the next batch.
+			w.newKey = &Key{Daemon: w.daemon, KeyID: w.sig.id, PublicKey: w.sig.pubB64(), Seq: max(seq, w.stored) + 1, Time: time.Now().UTC()}
+		}
+		w.mu.Unlock()
+	}
+	switch {
+	case seq > w.stored:
+		if last := w.j.lastSeq(); seq > last {
+			// Records the journal never held: someone wrote into this
+			// daemon's chain. The chain goes on (recording must not
+			// stop), but says so in a record the next checkpoint signs.
+			p := fmt.Sprintf("the store holds records seq %d to %d in this daemon's chain that this daemon never wrote", max(last, w.stored)+1, seq)
+			w.log.Error("audit: " + p)
+			w.mu.Lock()
+			w.problem = p
+			w.mu.Unlock()
+			from := max(last, w.stored) + 1
+			w.j.skipTo(seq)
+			defer w.append(KindAlert, "", time.Now(), AlertData{Message: p, FromSeq: from, ToSeq: seq})
+		}
+		w.mu.Lock()
+		w.stored, w.head = seq, hash
+		w.mu.Unlock()
+	case seq < w.stored && !(seq == 0 && w.prunedAll(ctx)):
+		p := fmt.Sprintf("the store ends at seq %d but this daemon stored through seq %d: records were removed from the store (airlock audit verify names the break); new records continue the chain from seq %d", seq, w.stored, w.stored)
+		w.log.Error("audit: " + p)
+		w.mu.Lock()
+		w.problem = p
+		w.mu.Unlock()
+	}
+	w.setUp()
+	return nil
+}
+
+func (w *Writer) prunedAll(ctx context.Context) bool {
+	cps, err := w.store.Checkpoints(ctx, w.daemon)
+	return err == nil && len(cps) > 0 && cps[len(cps)-1].Seq == w.stored
+}
+
+const shipBatch = 2000
+
+// shipNice is the shipper thread's nice value.
+const shipNice = 10
+
+// ship moves journal records into the store in batches, chaining them.
+func (w *Writer) ship(ctx context.Context) error {
+	for {
+		if err := w.j.sync(); err != nil {
+			w.log.Error("audit: fsync journal", "err", err)
+		}
+		if !w.isUp() {
+			if err := w.sync(ctx); err != nil {
+				w.setDown(err)
+				return err
+			}
+		}
+		batch, err := w.j.read(w.stored, shipBatch)
+		if err != nil {
+			return err
+		}
+		var keys []Key
+		w.mu.Lock()
+		if w.newKey != nil && w.newKey.Seq <= w.stored+int64(len(batch)) {
+			keys = append(keys, *w.newKey)
+		}
+		w.mu.Unlock()
+		if len(batch) == 0 && len(keys) == 0 {
+			return w.closeInterrupted(ctx)
+		}
+		recs := make([]Record, 0, len(batch))
+		prev, next := w.head, w.stored+1
+		for _, p := range batch {
+			if p.Seq != next {
+				return w.fail(fmt.Errorf("audit journal skips from seq %d to %d", next-1, p.Seq))
+			}
+			r := Record{Schema: Schema, Daemon: w.daemon, Seq: p.Seq, Time: p.Time, Kind: p.Kind, Session: p.Session, Data: p.Data, PrevHash: prev}
+			r.Hash = hashRecord(prev, &r)
+			prev, next = r.Hash, next+1
+			recs = append(recs, r)
+		}
+		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		err = w.store.append(cctx, recs, nil, keys)
+		cancel()
+		if err != nil {
+			return w.fail(fmt.Errorf("write %d records to the audit store %s: %w", len(recs), w.store.Name(), err))
+		}
+		w.mu.Lock()
+		if len(keys) > 0 && w.newKey != nil && w.newKey.KeyID == keys[0].KeyID {
+			w.newKey = nil
+		}
+		if len(recs) > 0 {
+			w.stored, w.head = recs[len(recs)-1].Seq, prev
+		}
+		w.mu.Unlock()
+		if err := writeJSONAtomic(filepath.Join(w.dir, "head"), headFile{Seq: w.stored, Hash: w.head}); err != nil {
+			w.log.Error("audit: note the stored head", "err", err)
+		} else {
+			w.j.release(w.stored)
+		}
+		if len(batch) < shipBatch {
+			return w.closeInterrupted(ctx)
+		}
+	}
+}
+
+func (w *Writer) fail(err error) error {
+	w.setDown(err)
+	w.log.Warn("audit: store write failed; records stay in the journal and are retried", "err", err,
+		"spooled", w.j.lastSeq()-w.stored)
+	return err
+}
+
+// closeInterrupted ends, as "interrupted", the sessions a killed
+// predecessor left open; once, when the store first has all of its records.
+func (w *Writer) closeInterrupted(ctx context.Context) error {
+	if w.closed || w.stored < w.boot {
+		return nil
+	}
+	w.closed = true
+	ids, err := w.store.openSessions(ctx, w.daemon, w.boot)
+	if err != nil {
+		w.closed = false
+		return err
+	}
+	for _, id := range ids {
+		w.append(string(session.KindSessionEnd), id, time.Now(), SessionEnd{Reason: ReasonInterrupted,
+			Detail: "airlockd stopped without ending the session (killed or crashed); closed at its next start"})
+	}
+	if len(ids) > 0 {
+		w.log.Warn("audit: sessions cut by a daemon that did not stop cleanly are closed as interrupted", "sessions", len(ids))
+	}
+	return nil
+}
+
+// checkpoint signs the head of the chain when one is due (or force).
+func (w *Writer) checkpoint(ctx context.Context, force bool) {
+	if w.stored == 0 || w.stored == w.lastCP.Seq || (!force && time.Now().Before(w.cpDue)) {
+		return
+	}
+	w.mu.Lock()
+	sig := w.sig
+	w.mu.Unlock()
+	cp := Checkpoint{Daemon: w.daemon, Seq: w.stored, Hash: w.head, Time: time.Now().UTC(), KeyID: sig.id}
+	cp.Signature = sig.sign(cp.message())
+	if err := w.store.append(ctx, nil, []Checkpoint{cp}, nil); err != nil {
+		w.log.Warn("audit: store checkpoint", "err", err)
+		return
+	}
+	if err := writeJSONAtomic(filepath.Join(w.dir, "checkpoint"), cp); err != nil {
+		w.log.Error("audit: keep last checkpoint", "err", err)
+	}
+	w.mu.Lock()
+	w.lastCP, w.cpDue = cp, time.Now().Add(w.opts.CheckpointInterval)
+	w.mu.Unlock()
+}
+
+// retain deletes records older than the retention, up to the newest
+// signed checkpoint among them, and records that it did.
+func (w *Writer) retain(ctx context.Context) {
+	if w.opts.Retention <= 0 || time.Now().Before(w.pruneAt) {
+		return
+	}
+	w.pruneAt = time.Now().Add(time.Hour)
+	if _, err := w.prune(ctx, time.Now().Add(-w.opts.Retention)); err != nil {
+		w.log.Warn("audit: retention", "err", err)
+	}
+}
+
+// Prune removes this daemon's records older than before, up to a signed
+// checkpoint, so that verification still holds for what is left.
+func (w *Writer) Prune(ctx context.Context, before time.Time) (int64, error) {
+	w.shipMu.Lock()
+	defer w.shipMu.Unlock()
+	return w.prune(ctx, before)
+}
+
+func (w *Writer) prune(ctx context.Context, before time.Time) (int64, error) {
+	seq, err := w.store.pruneTarget(ctx, w.daemon, before)
+	if err != nil || seq == 0 {
+		return 0, err
+	}
+	n, err := w.store.prune(ctx, w.daemon, seq)
+	if err != nil {
+		return 0, fmt.Errorf("prune audit records: %w", err)
+	}
+	if n > 0 {
+		w.append(KindPrune, "", time.Now(), PruneData{ThroughSeq: seq, Before: before.UTC()})
+		w.log.Info("audit: retention removed old records", "through_seq", seq, "records", n)
+	}
+	return n, nil
+}
+
+// RotateKey replaces the signing key; the new key is recorded in the chain,
+// signed by the old one.
+func (w *Writer) RotateKey() (string, error) {
+	w.rotate.Lock()
+	defer w.rotate.Unlock()
+	w.mu.Lock()
+	old := w.sig
+	w.mu.Unlock()
+	if err := os.Rename(old.path, old.path+".old"); err != nil {
+		return "", fmt.Errorf("set the old signing key aside: %w", err)
+	}
+	ns, err := newSigner(old.path)
+	if err != nil {
+		_ = os.Rename(old.path+".old", old.path)
+		return "", err
+	}
+	_ = os.Remove(old.path + ".old")
+	w.mu.Lock()
+	w.sig = ns
+	w.mu.Unlock()
+	w.recordKey(old)
+	return ns.id, nil
+}
+
+func (w *Writer) setDown(err error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.reachable || w.downSince.IsZero() {
+		w.downSince = time.Now()
+	}
+	w.reachable, w.lastErr = false, redactURL(err.Error())
+}
+
+func (w *Writer) setUp() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.reachable, w.lastErr, w.downSince = true, "", time.Time{}
+}
+
+func (w *Writer) isUp() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.reachable
+}
+
+// Status reports the record's state.
+func (w *Writer) Status() Status {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	written := w.j.lastSeq()
+	st := Status{Store: w.store.Name(), Daemon: w.daemon, KeyID: w.sig.id, Written: written, Stored: w.stored,
+		Spooled: written - w.stored, SpoolBytes: w.j.bytes(), SpoolMax: w.opts.SpoolMax, Reachable: w.reachable,
+		Error: w.lastErr, DownSince: w.downSince, CheckpointSeq: w.lastCP.Seq, CheckpointTime: w.lastCP.Time, Problem: w.problem}
+	return st
+}
