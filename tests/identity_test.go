@@ -493,7 +493,7 @@ func TestIdentityRefreshAndRevocation(t *testing.T) {
 	w.corp.RevokeRefreshTokens()
 	waitFor(t, "the session to end once renewal fails", 30*time.Second, func() bool {
 		return strings.Contains(w.daemonOut.String(), "kind=session.end") &&
-			regexp.MustCompile(`kind=session.end .*reason="identity expired and could not be renewed: issuer corp refused`).MatchString(w.daemonOut.String())
+			regexp.MustCompile(`kind=session.end .*reason=identity_lost detail="identity expired and could not be renewed: issuer corp refused`).MatchString(w.daemonOut.String())
 	})
 	if a := after(cmd, stdin, r); a == "ok" {
 		t.Fatal("the session still answered after its identity was lost")

@@ -135,6 +135,17 @@ type Credential struct {
 	Error   string    `json:"error,omitempty"`
 }
 
+// IdentityChange is the data of an identity.login, identity.logout,
+// identity.refresh or identity.lost record: a uid's person changed or was
+// renewed, or a live session's person could not be. Never a token.
+type IdentityChange struct {
+	UID     uint32  `json:"uid"`
+	By      uint32  `json:"by"` // the caller's uid; differs for root's --for-uid
+	Person  *Person `json:"person,omitempty"`
+	Outcome string  `json:"outcome"`
+	Error   string  `json:"error,omitempty"`
+}
+
 // Refusal is the data of a session.refused record.
 type Refusal struct {
 	Reason   string `json:"reason"`
@@ -207,6 +218,14 @@ func fromEvent(ev session.Event, pol Policy) (kind string, data any, err error) 
 			Outcome: c.Outcome, Error: redactSQL(c.Error)}, nil
 	case ev.Refusal != nil:
 		return kind, Refusal{Reason: redactSQL(ev.Refusal.Reason), SQLState: ev.Refusal.SQLState}, nil
+	case ev.Identity != nil:
+		id := ev.Identity
+		ch := IdentityChange{UID: id.UID, By: id.By, Outcome: id.Outcome, Error: redactSQL(id.Error)}
+		if p := ev.Person; p != nil {
+			ch.Person = &Person{Name: p.Name, UID: p.UID, Issuer: p.Issuer, Subject: p.Subject,
+				Email: p.Email, Groups: p.Groups}
+		}
+		return kind, ch, nil
 	}
 	return "", nil, fmt.Errorf("event %q carries no data", ev.Kind)
 }
