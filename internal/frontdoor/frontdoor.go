@@ -346,7 +346,7 @@ func (s *Server) handle(ctx context.Context, conn net.Conn) {
 		reason = cause.Error()
 	}
 	end := &session.End{Reason: reason, Duration: time.Since(sess.Started),
-		BytesIn: sess.Stats.BytesIn.Load(), BytesOut: sess.Stats.BytesOut.Load()}
+		BytesIn: sess.Stats.BytesIn.Load(), BytesOut: sess.Stats.BytesOut.Load(), Masked: sess.MaskCounts()}
 	sess.Emit(session.Event{Kind: session.KindSessionEnd, End: end})
 }
 

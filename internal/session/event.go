@@ -56,6 +56,18 @@ type End struct {
 	Duration time.Duration `json:"duration"`
 	BytesIn  int64         `json:"bytes_in"`  // client to upstream
 	BytesOut int64         `json:"bytes_out"` // upstream to client
+	// Masked counts the values masking replaced, per rule and detector.
+	Masked []MaskCount `json:"masked,omitempty"`
+}
+
+// MaskCount is how many values one masking rule replaced with one detector
+// ("column" for values masked whole, "unresolved" for columns whose source
+// could not be looked up and were sent NULL).
+type MaskCount struct {
+	Rule     string `json:"rule"`
+	Detector string `json:"detector"`
+	Strategy string `json:"strategy"`
+	Values   uint64 `json:"values"`
 }
 
 // Statement is one SQL statement and its outcome.
