@@ -626,22 +626,39 @@ func numericText(v []byte) ([]byte, bool) {
 	if sign == 0x4000 {
 		b = append(b, '-')
 	}
-	if weight < 0 {
-		b = append(b, '0')
-	}
-	for i := 0; i < nd || i <= weight; i++ {
-		d := 0
+	digit := func(i int) int {
 		if i < nd {
-			d = int(binary.BigEndian.Uint16(v[8+2*i:]))
+			return int(binary.BigEndian.Uint16(v[8+2*i:]))
 		}
-		if i == weight+1 {
-			b = append(b, '.')
+		return 0
+	}
+	pad := func(d int) {
+		x := strconv.Itoa(d)
+		b = append(b, "0000"[len(x):]...)
+		b = append(b, x...)
+	}
+	if weight < 0 {
+		b = append(b, "0."...)
+		for k := 0; k < -weight-1 && k < 1000; k++ {
+			b = append(b, "0000"...)
 		}
-		s := strconv.Itoa(d)
-		if i > 0 || weight < 0 {
-			s = strings.Repeat("0", 4-len(s)) + s
+		for i := 0; i < nd; i++ {
+			pad(digit(i))
 		}
-		b = append(b, s...)
+		return b, true
+	}
+	if weight > 1000 {
+		return nil, false
+	}
+	b = strconv.AppendInt(b, int64(digit(0)), 10)
+	for i := 1; i <= weight; i++ {
+		pad(digit(i))
+	}
+	if nd > weight+1 {
+		b = append(b, '.')
+		for i := weight + 1; i < nd; i++ {
+			pad(digit(i))
+		}
 	}
 	return b, true
 }
