@@ -73,7 +73,7 @@ rules:
     detectors: [email]
     strategy: redact
   - name: cards
-    columns: ["*.users.card"]
+    columns: ["*.users.card", "public.big.card", "public.big.email"]
     detectors: [card]
     strategy: partial
     keep: 4
@@ -84,7 +84,7 @@ rules:
     strategy: redact
 `
 
-func start(t *testing.T) *fixture {
+func start(t testing.TB) *fixture {
 	t.Helper()
 	pg := pgtest.Start(t, pgtest.Options{})
 	pg.Psql(t, "postgres", fmt.Sprintf(`
@@ -163,7 +163,7 @@ GRANT SELECT, INSERT ON ALL TABLES IN SCHEMA public TO app;
 	return f
 }
 
-type testWriter struct{ t *testing.T }
+type testWriter struct{ t testing.TB }
 
 func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimSpace(string(p)))
