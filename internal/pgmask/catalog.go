@@ -154,8 +154,41 @@ func resolveOn(ctx context.Context, conn *pgx.Conn, attrs []Attr) (map[Attr][]ma
 func resolveDepth(ctx context.Context, conn *pgx.Conn, attrs []Attr, level int) (map[Attr][]mask.Source, error) {
 	out := make(map[Attr][]mask.Source, len(attrs))
 	cur := make(map[Attr]Attr, len(attrs)) // original attr → the one to look up next
+	var rows []uint32
 	for _, a := range attrs {
+		if a.Num == 0 {
+			rows = append(rows, a.Table)
+			continue
+		}
 		cur[a] = a
+	}
+	if len(rows) > 0 && level < 2 {
+		// A whole-row reference (SELECT u FROM users u): an empty
+		// source, then every column of the relation, so a rule on any
+		// of them masks the row whole.
+		cols, err := relationColumns(ctx, conn, rows)
+		if err != nil {
+			return nil, err
+		}
+		var all []Attr
+		for _, c := range cols {
+			all = append(all, c...)
+		}
+		srcs, err := resolveDepth(ctx, conn, all, level+1)
+		if err != nil {
+			return nil, err
+		}
+		for _, rel := range rows {
+			chain := []mask.Source{{}}
+			for _, c := range cols[rel] {
+				for _, src := range srcs[c] {
+					if src.Known() {
+						chain = append(chain, src)
+					}
+				}
+			}
+			out[Attr{rel, 0}] = chain
+		}
 	}
 	computed := map[Attr]uint32{} // original attr → the view it is computed in
 	for depth := 0; len(cur) > 0 && depth < maxViewDepth; depth++ {
@@ -233,6 +266,25 @@ func resolveDepth(ctx context.Context, conn *pgx.Conn, attrs []Attr, level int) 
 		}
 	}
 	return out, nil
+}
+
+func relationColumns(ctx context.Context, conn *pgx.Conn, rels []uint32) (map[uint32][]Attr, error) {
+	rows, err := conn.Query(ctx, `SELECT attrelid::int8, attnum FROM pg_attribute
+WHERE attrelid = ANY($1::oid[]) AND attnum > 0 AND NOT attisdropped`, rels)
+	if err != nil {
+		return nil, fmt.Errorf("look up a relation's columns: %w", err)
+	}
+	defer rows.Close()
+	out := map[uint32][]Attr{}
+	for rows.Next() {
+		var rel int64
+		var num int16
+		if err := rows.Scan(&rel, &num); err != nil {
+			return nil, fmt.Errorf("read a relation's columns: %w", err)
+		}
+		out[uint32(rel)] = append(out[uint32(rel)], Attr{uint32(rel), num})
+	}
+	return out, rows.Err()
 }
 
 func viewDeps(ctx context.Context, conn *pgx.Conn, views map[uint32]bool) (map[uint32][]Attr, error) {

@@ -216,6 +216,9 @@ var corpus = []struct {
 	{"concat", "select concat('x ', email, ' y ', card) from users", detectable, "x "},
 	{"substring", "select substring(card from 1 for 16), substring(email, 1) from users", detectable, "1111"},
 	{"upper", "select upper(email), lower(email) from users", detectable, "REDACTED"},
+	{"whole row", "select u from users u", allSecrets[:3], ""},
+	{"whole row of a view", "select c from contacts c", allSecrets[:3], ""},
+	{"array_agg", "select array_agg(email), array_agg(card) from users", detectable, ""},
 	{"union", "select email from users union all select 'z'", allSecrets[:3], "z"},
 	{"scan column", "select body from tickets", []string{token}, "please rotate"},
 	{"cursor", "begin; declare c cursor for select * from users; fetch all c; commit", allSecrets[:3], "free"},
@@ -230,6 +233,7 @@ func TestBypassCorpusPsql(t *testing.T) {
 			if err != nil {
 				t.Fatalf("%s: %v\n%s", c.sql, err, out)
 			}
+			t.Logf("%s:\n%s", c.sql, out)
 			if l := leaks(out, c.secrets); len(l) > 0 {
 				t.Errorf("%s leaked %v:\n%s", c.sql, l, out)
 			}
