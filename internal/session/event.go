@@ -145,6 +145,9 @@ func (l LogSink) Record(ev Event) {
 	case ev.End != nil:
 		attrs = append(attrs, "reason", ev.End.Reason, "duration", ev.End.Duration,
 			"bytes_in", ev.End.BytesIn, "bytes_out", ev.End.BytesOut)
+		for _, m := range ev.End.Masked {
+			attrs = append(attrs, "masked."+m.Rule+"."+m.Detector, m.Values)
+		}
 	case ev.Statement != nil:
 		st := ev.Statement
 		attrs = append(attrs, "protocol", st.Protocol, "sql", st.SQL)
