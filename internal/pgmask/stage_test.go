@@ -84,7 +84,11 @@ rules:
     strategy: redact
 `
 
-func start(t testing.TB) *fixture {
+func start(t testing.TB) *fixture { return startWith(t, nil) }
+
+// startWith starts the fixture; catCfg, when set, changes the catalog's
+// connection settings.
+func startWith(t testing.TB, catCfg func(*pgx.ConnConfig)) *fixture {
 	t.Helper()
 	pg := pgtest.Start(t, pgtest.Options{})
 	pg.Psql(t, "postgres", fmt.Sprintf(`
@@ -111,6 +115,9 @@ GRANT SELECT, INSERT ON ALL TABLES IN SCHEMA public TO app;
 	adminCfg, err := pgx.ParseConfig(pg.AdminURL("postgres"))
 	if err != nil {
 		t.Fatal(err)
+	}
+	if catCfg != nil {
+		catCfg(adminCfg)
 	}
 	cat := NewCatalog(adminCfg, 2)
 	t.Cleanup(cat.Close)
@@ -481,4 +488,23 @@ func yamlStrict(s string, v any) error {
 	d := yaml.NewDecoder(strings.NewReader(s))
 	d.KnownFields(true)
 	return d.Decode(v)
+}
+
+// With the catalog unreachable, columns from tables are sent NULL (fail
+// closed) and the session goes on; computed columns still get the detectors.
+func TestCatalogDownFailsClosed(t *testing.T) {
+	old := lookupTimeout
+	lookupTimeout = 2 * time.Second
+	t.Cleanup(func() { lookupTimeout = old })
+	f := startWith(t, func(c *pgx.ConnConfig) { c.Password = "wrong" })
+	out, err := f.psql(t, "select id, plan, email, 'x ' || card from users where id = 1")
+	if err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	if l := leaks(out, allSecrets); len(l) > 0 {
+		t.Errorf("leaked %v: %s", l, out)
+	}
+	if want := "|||x ************1111"; !strings.Contains(out, want) {
+		t.Errorf("got %q, want %q", out, want)
+	}
 }
