@@ -2,6 +2,9 @@ package pgmask
 
 import (
 	"context"
+	"os/exec"
+	"regexp"
+	"strconv"
 	"testing"
 	"time"
 
@@ -84,4 +87,40 @@ CREATE TABLE big AS SELECT g AS id, 'user' || g || '@corp-mail.com' AS email, '4
 CREATE TABLE bigother AS SELECT g AS id, 'value number ' || g AS v FROM generate_series(1, 2000) g;
 GRANT SELECT ON big, bigother TO app;`)
 	return f
+}
+
+// BenchmarkPgbenchSelect runs pgbench -S through the proxy with masking
+// configured (on tables pgbench does not read) and off, alternating in the
+// same run, and reports both rates.
+func BenchmarkPgbenchSelect(b *testing.B) {
+	f := start(b)
+	out, err := exec.Command("pgbench", "-i", "-s", "1", "-q", f.pg.AdminURL("postgres")).CombinedOutput()
+	if err != nil {
+		b.Fatalf("pgbench -i: %v: %s", err, out)
+	}
+	f.pg.Psql(b, "postgres", "GRANT SELECT ON ALL TABLES IN SCHEMA public TO app")
+	tpsRe := regexp.MustCompile(`tps = ([0-9.]+)`)
+	run := func(off bool) float64 {
+		f.mu.Lock()
+		f.off = off
+		f.mu.Unlock()
+		out, err := exec.Command("pgbench", "-S", "-n", "-c", "2", "-T", "3", f.url()).CombinedOutput()
+		if err != nil {
+			b.Fatalf("pgbench: %v: %s", err, out)
+		}
+		m := tpsRe.FindSubmatch(out)
+		if m == nil {
+			b.Fatalf("no tps in %s", out)
+		}
+		v, _ := strconv.ParseFloat(string(m[1]), 64)
+		return v
+	}
+	var on, off float64
+	for b.Loop() {
+		off += run(true)
+		on += run(false)
+	}
+	b.ReportMetric(on/float64(b.N), "tps-masking")
+	b.ReportMetric(off/float64(b.N), "tps-off")
+	b.ReportMetric(on/off, "ratio")
 }

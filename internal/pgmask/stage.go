@@ -88,7 +88,8 @@ type Stage struct {
 	queue []request // client requests awaiting their answers
 
 	// Server side only.
-	cache      map[Attr]source
+	cache      map[Attr]mask.Column // decided columns by source
+	missing    []Attr
 	portals    map[string][]field
 	cur        []field
 	curAny     bool
@@ -104,11 +105,6 @@ type Stage struct {
 type request struct {
 	kind   byte // Q, P, B, d (our Describe), D, E, S, F, C
 	portal string
-}
-
-type source struct {
-	chain []mask.Source
-	ok    bool
 }
 
 type field struct {
@@ -127,7 +123,7 @@ func New(m *mask.Masker, res Resolver, sess *session.Session, log *slog.Logger) 
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	s := &Stage{m: m, res: res, sess: sess, log: log, cache: map[Attr]source{}, portals: map[string][]field{}}
+	s := &Stage{m: m, res: res, sess: sess, log: log, cache: map[Attr]mask.Column{}, portals: map[string][]field{}}
 	sess.SetMaskCounter(s.Counts)
 	return s
 }
@@ -352,53 +348,68 @@ func (s *Stage) ddl(body []byte) {
 
 // describe decides every field of a RowDescription.
 func (s *Stage) describe(body []byte) []field {
-	var rd pgproto3.RowDescription
-	if err := rd.Decode(body); err != nil {
-		return nil
-	}
-	var missing []Attr
-	for _, f := range rd.Fields {
-		a := Attr{f.TableOID, int16(f.TableAttributeNumber)}
+	s.missing = s.missing[:0]
+	ok := eachField(body, func(a Attr, _ uint32, _ int16) {
 		if a.Table != 0 {
 			if _, ok := s.cache[a]; !ok {
-				missing = append(missing, a)
+				s.missing = append(s.missing, a)
 			}
 		}
+	})
+	if !ok {
+		return nil
 	}
 	failed := false
-	if len(missing) > 0 {
+	if len(s.missing) > 0 {
 		ctx, cancel := context.WithTimeout(context.Background(), lookupTimeout)
-		got, err := s.res.Resolve(ctx, s.sess.Database(), missing)
+		got, err := s.res.Resolve(ctx, s.sess.Database(), s.missing)
 		cancel()
 		if err != nil {
 			s.log.Warn("pgmask: column sources not found; their values are sent NULL", "session", s.sess.ID, "err", err)
 			failed = true
 		} else {
-			for _, a := range missing {
-				s.cache[a] = source{chain: got[a], ok: true}
+			for _, a := range s.missing {
+				s.cache[a] = s.column(got[a])
 			}
 		}
 	}
-	out := make([]field, len(rd.Fields))
-	for i, f := range rd.Fields {
-		out[i] = field{oid: f.DataTypeOID, format: f.Format}
-		if f.TableOID == 0 {
-			out[i].col = s.m.Column(mask.Source{})
-			continue
+	var out []field
+	eachField(body, func(a Attr, typ uint32, format int16) {
+		f := field{oid: typ, format: format}
+		if a.Table == 0 {
+			f.col = s.m.Column(mask.Source{})
+		} else if c, ok := s.cache[a]; ok {
+			f.col = c
+		} else {
+			f.null = failed
 		}
-		src, ok := s.cache[Attr{f.TableOID, int16(f.TableAttributeNumber)}]
-		if !ok {
-			out[i].null = failed
-			continue
+		if typ == oidJSON || typ == oidJSONB {
+			f.col = f.col.JSON()
 		}
-		out[i].col = s.column(src.chain)
-	}
-	for i := range out {
-		if out[i].oid == oidJSON || out[i].oid == oidJSONB {
-			out[i].col = out[i].col.JSON()
-		}
-	}
+		out = append(out, f)
+	})
 	return out
+}
+
+// eachField walks a RowDescription without decoding names; false when it is
+// malformed.
+func eachField(b []byte, fn func(a Attr, typ uint32, format int16)) bool {
+	if len(b) < 2 {
+		return false
+	}
+	n := int(binary.BigEndian.Uint16(b))
+	b = b[2:]
+	for i := 0; i < n; i++ {
+		z := bytes.IndexByte(b, 0)
+		if z < 0 || len(b) < z+1+18 {
+			return false
+		}
+		f := b[z+1:]
+		fn(Attr{binary.BigEndian.Uint32(f), int16(binary.BigEndian.Uint16(f[4:]))},
+			binary.BigEndian.Uint32(f[6:]), int16(binary.BigEndian.Uint16(f[16:])))
+		b = f[18:]
+	}
+	return true
 }
 
 // column decides a column from its chain (view columns first, the table's

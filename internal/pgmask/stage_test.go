@@ -62,6 +62,7 @@ type fixture struct {
 	addr   string
 	groups []string // the next session's person's groups
 	class  string
+	off    bool // sessions opened now get no masking stage
 	mu     sync.Mutex
 	sess   []*session.Session
 }
@@ -130,6 +131,12 @@ GRANT SELECT, INSERT ON ALL TABLES IN SCHEMA public TO app;
 		Credentials: creds{lease{"app", "app-pw"}},
 		Logger:      log,
 		Stages: func(sess *session.Session) pgwire.Stages {
+			f.mu.Lock()
+			off := f.off
+			f.mu.Unlock()
+			if off {
+				return pgwire.Stages{}
+			}
 			st := New(rs.ForSubject(Subject(sess)), cat, sess, log)
 			if st == nil {
 				return pgwire.Stages{}
