@@ -706,7 +706,7 @@ func (s *Stage) notice(m *pgwire.ServerMsg) pgwire.Verdict {
 		v []byte
 	}
 	var fields []kv
-	var schema, table string
+	var schema, table, code string
 	b := m.Body
 	for len(b) > 0 && b[0] != 0 {
 		k := b[0]
@@ -721,6 +721,8 @@ func (s *Stage) notice(m *pgwire.ServerMsg) pgwire.Verdict {
 			schema = string(v)
 		case 't':
 			table = string(v)
+		case 'C':
+			code = string(v)
 		}
 		fields = append(fields, kv{k, v})
 	}
@@ -731,6 +733,14 @@ func (s *Stage) notice(m *pgwire.ServerMsg) pgwire.Verdict {
 		v := f.v
 		if f.k == 'D' && table != "" {
 			if w, ok := s.withhold(schema, table, v); ok {
+				v, changed = w, true
+			}
+		}
+		if strings.HasPrefix(code, "22") && (f.k == 'M' || f.k == 'D') && s.m.NamesColumns() {
+			// A data exception quotes the value it could not take
+			// (invalid input syntax for type integer: "..."), which
+			// may be a masked column's, cast by the query.
+			if w, ok := withholdQuoted(v); ok {
 				v, changed = w, true
 			}
 		}
@@ -783,6 +793,18 @@ func (s *Stage) withhold(schema, table string, d []byte) ([]byte, bool) {
 		}
 	}
 	return nil, false
+}
+
+// withholdQuoted replaces what the message quotes.
+func withholdQuoted(v []byte) ([]byte, bool) {
+	i := bytes.IndexByte(v, '"')
+	j := bytes.LastIndexByte(v, '"')
+	if i < 0 || j <= i {
+		return nil, false
+	}
+	out := append([]byte(nil), v[:i+1]...)
+	out = append(out, "value withheld by Airlock"...)
+	return append(out, v[j:]...), true
 }
 
 // identLike: a key part that is a plain column (an expression index's

@@ -398,9 +398,16 @@ func TestOtherChannels(t *testing.T) {
 		if l := leaks(out, []string{email}); len(l) > 0 {
 			t.Errorf("notice echoed %v:\n%s", l, out)
 		}
-		out, _ = f.psql(t, "select cast(email as int) from users where id = 1")
-		if l := leaks(out, []string{email}); len(l) > 0 {
-			t.Errorf("cast error echoed %v:\n%s", l, out)
+		for _, q := range []string{"select cast(email as int) from users where id = 1",
+			"select cast(name as int) from users where id = 1", "select name::date from users where id = 1",
+			"select name::json from users where id = 1", "select ('x' || name)::uuid from users where id = 1"} {
+			out, err := f.psql(t, q)
+			if err == nil {
+				t.Errorf("%s: no error: %s", q, out)
+			}
+			if l := leaks(out, allSecrets); len(l) > 0 {
+				t.Errorf("%s: error echoed %v:\n%s", q, l, out)
+			}
 		}
 	})
 	t.Run("notify payload", func(t *testing.T) {
