@@ -38,6 +38,24 @@
 // for it, bounded, other sessions do not. A column whose source cannot be
 // looked up is sent NULL (fail closed). Lookups are cached per session and
 // dropped when the session runs DDL.
+//
+// Views: a view's column is followed to the table column it shows (the
+// origin PostgreSQL stored with the view's query), through views over
+// views; a view column computed from an expression, and a whole-row value,
+// is masked whole when it reads a column a rule masks whole.
+//
+// Limits: the guarantee covers values that keep their source. A query that
+// computes on a column (upper(name), row_to_json(u), a function, a
+// RAISE with the value, set_config then SHOW) produces a column with no
+// source, which only the detectors read: a column rule on values no
+// detector recognises (names) does not follow it. So does data the session
+// copies into a table no rule names (CREATE TABLE AS, INSERT ... SELECT),
+// or a column the session renames (it needs ownership). Grants on the
+// upstream are the guarantee for those; masking keeps the common and the
+// reworded queries clean.
+//
+// The stage is the last client stage of a pipeline: it replaces Bind with
+// Bind + Describe, and later stages would not see the original Bind.
 package pgmask
 
 import (
