@@ -125,6 +125,23 @@ connections:
         admin_user: airlock_admin
         admin_password_file: $DIR/secrets/appdb-admin
         ttl: 15m
+masking:
+  rules:
+    # Agents see no emails or card numbers, whatever the query looks like;
+    # a person in the dba group would.
+    - name: pii
+      columns: [public.customers.email]
+      detectors: [email]
+      strategy: redact
+      processes: [agent]
+      except_groups: [dba]
+    - name: cards
+      columns: [public.customers.card]
+      detectors: [card]
+      strategy: partial
+      keep: 4
+      processes: [agent]
+      except_groups: [dba]
 YAML
 sed 's/^/    /' "$DIR/airlock.yaml"
 
@@ -161,6 +178,7 @@ sleep 0.5
 psql -X "host=$REMOTE port=5432 dbname=app user=agent sslmode=prefer" \
   -c "SELECT current_user AS upstream_role, current_setting('application_name') AS attributed_as" \
   -c "SELECT id, name, email, card FROM customers ORDER BY id" \
+  -c "SELECT c.email AS e, upper(c.card) AS looks_harmless FROM (SELECT * FROM customers) c WHERE id = 1" \
   -c "SELECT pg_sleep(3)" >"$DIR/agent.out" 2>&1
 AGENT
 # The cgroup is the demo's: Cursor is recognised by its executable.

@@ -3,6 +3,8 @@
 package config
 
 import (
+	"github.com/airlockhq/airlock/internal/mask"
+
 	"fmt"
 	"net/netip"
 	"os"
@@ -27,6 +29,9 @@ type Config struct {
 	// OIDC token (`airlock login`); without it the person is the uid's
 	// local account, as before.
 	Identity *Identity `yaml:"identity"`
+	// Masking, when set, masks sensitive values in PostgreSQL results
+	// before they reach the client (internal/mask, internal/pgmask).
+	Masking *mask.Policy `yaml:"masking"`
 
 	// Audit is the session record (statements, with their parameters only
 	// when audit.record_params is set; the log never holds statements).

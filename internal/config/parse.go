@@ -1,6 +1,8 @@
 package config
 
 import (
+	"github.com/airlockhq/airlock/internal/mask"
+
 	"errors"
 	"fmt"
 	"net"
@@ -364,6 +366,34 @@ func (c *Config) validate() error {
 			}
 		default:
 			return c.errKey(key+".protocol", fmt.Sprintf("%q is not one of postgres, tcp", conn.Protocol))
+		}
+	}
+	return c.validateMasking(connNames)
+}
+
+// validateMasking checks the masking rules (not the key file, which only
+// the daemon reads) and that their scopes name configured connections.
+func (c *Config) validateMasking(connNames map[string]bool) error {
+	if c.Masking == nil {
+		return nil
+	}
+	if err := c.Masking.Validate(); err != nil {
+		var fe *mask.FieldError
+		if errors.As(err, &fe) {
+			return c.errKey("masking."+fe.Path, fe.Msg)
+		}
+		return c.errKey("masking", err.Error())
+	}
+	for i, r := range c.Masking.Rules {
+		for j, n := range r.Connections {
+			if !connNames[n] {
+				return c.errKey(fmt.Sprintf("masking.rules[%d].connections[%d]", i, j), fmt.Sprintf("%q is not a configured connection", n))
+			}
+		}
+		for j, p := range r.Processes {
+			if p != "agent" && p != "person" {
+				return c.errKey(fmt.Sprintf("masking.rules[%d].processes[%d]", i, j), fmt.Sprintf("%q is not one of agent, person", p))
+			}
 		}
 	}
 	return nil

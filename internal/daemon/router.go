@@ -18,6 +18,7 @@ import (
 	"github.com/airlockhq/airlock/internal/config"
 	"github.com/airlockhq/airlock/internal/frontdoor"
 	"github.com/airlockhq/airlock/internal/localtls"
+	"github.com/airlockhq/airlock/internal/mask"
 	"github.com/airlockhq/airlock/internal/pgcred"
 	"github.com/airlockhq/airlock/internal/pgrefuse"
 	"github.com/airlockhq/airlock/internal/pgwire"
@@ -36,6 +37,7 @@ type router struct {
 	fallback frontdoor.Handler
 	closers  []func()
 	stateDir string
+	masking  *mask.RuleSet // nil: masking off
 }
 
 // lookupFunc resolves upstream hostnames with the daemon's resolver, so the
@@ -52,6 +54,10 @@ func newRouter(ctx context.Context, cfg *config.Config, set *targets.Set, dialer
 	if cfg.Identity != nil {
 		// Targets no connection claims still need a person behind them.
 		r.fallback = gated{h: r.fallback, rules: access.Rules{Connection: "(plain TCP)"}}
+	}
+	var err error
+	if r.masking, err = loadMasking(cfg); err != nil {
+		return nil, err
 	}
 	var clientTLS *tls.Config
 	for _, conn := range cfg.Connections {
@@ -93,6 +99,7 @@ func newRouter(ctx context.Context, cfg *config.Config, set *targets.Set, dialer
 func (r *router) postgres(ctx context.Context, conn config.Connection, rules access.Rules, clientTLS *tls.Config, dialer upstream.Dialer, lookup lookupFunc, log *slog.Logger) (*pgwire.Proxy, error) {
 	pg := conn.Postgres
 	var creds pgwire.Credentials
+	var catalog *pgx.ConnConfig
 	switch pg.Credential.Mode {
 	case "static":
 		pw, err := pgcred.ReadSecretFile(pg.Credential.PasswordFile)
@@ -100,6 +107,9 @@ func (r *router) postgres(ctx context.Context, conn config.Connection, rules acc
 			return nil, err
 		}
 		creds = leases[*pgcred.Lease]{pgcred.NewStatic(pg.Credential.User, pw)}
+		if catalog, err = catalogConfig(pg, pg.Credential.User, pw, dialer, lookup); err != nil {
+			return nil, err
+		}
 	case "ephemeral":
 		pw, err := pgcred.ReadSecretFile(pg.Credential.AdminPasswordFile)
 		if err != nil {
@@ -107,6 +117,9 @@ func (r *router) postgres(ctx context.Context, conn config.Connection, rules acc
 		}
 		admin, err := adminConfig(pg, pw, dialer, lookup)
 		if err != nil {
+			return nil, err
+		}
+		if catalog, err = catalogConfig(pg, pg.Credential.AdminUser, pw, dialer, lookup); err != nil {
 			return nil, err
 		}
 		// The host id scopes the start-up sweep to the roles this machine
@@ -152,6 +165,7 @@ func (r *router) postgres(ctx context.Context, conn config.Connection, rules acc
 		Dial:        dialer.DialContext,
 		Lookup:      lookup,
 		Logger:      log.With("connection", conn.Name),
+		Stages:      r.maskingStages(catalog, log.With("connection", conn.Name)),
 	})
 }
 

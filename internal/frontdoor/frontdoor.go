@@ -356,7 +356,7 @@ func (s *Server) handle(ctx context.Context, conn net.Conn) {
 	}
 	end := &session.End{Reason: reason, Detail: detail, Duration: time.Since(sess.Started),
 		BytesIn: sess.Stats.BytesIn.Load(), BytesOut: sess.Stats.BytesOut.Load(),
-		Database: sess.Database(), UpstreamRole: sess.UpstreamRole()}
+		Database: sess.Database(), UpstreamRole: sess.UpstreamRole(), Masked: sess.MaskCounts()}
 	sess.Emit(session.Event{Kind: session.KindSessionEnd, End: end})
 }
 

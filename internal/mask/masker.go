@@ -95,6 +95,18 @@ func (rs *RuleSet) Masker(in func(*Rule) bool) *Masker {
 // Empty says no rule is in force: the session needs no masking stage.
 func (m *Masker) Empty() bool { return len(m.active) == 0 }
 
+// NamesColumns says whether a rule in force names source columns (columns
+// or scan): output whose columns cannot be traced to their sources (COPY)
+// cannot be masked by such rules.
+func (m *Masker) NamesColumns() bool {
+	for _, i := range m.active {
+		if len(m.rs.rules[i].columns) > 0 || len(m.rs.rules[i].scan) > 0 {
+			return true
+		}
+	}
+	return false
+}
+
 // Column is the masking decision for one result column.
 type Column struct {
 	m     *Masker
@@ -162,6 +174,10 @@ func (m *Masker) Columns(dst []Column, srcs []Source) (cols []Column, any bool) 
 
 // Masks says whether values of the column can change.
 func (c Column) Masks() bool { return c.whole > 0 || c.plan != nil }
+
+// Whole says whether the column is masked whole (every value changes), as
+// opposed to read by detectors.
+func (c Column) Whole() bool { return c.whole > 0 }
 
 // JSON returns c for a json or jsonb column: replacements that land
 // outside a JSON string, and whole values, are written as JSON strings so

@@ -71,6 +71,9 @@ type pump struct {
 	busy   bool // the last read was large: keep the big buffer
 	midMsg bool // dst has part of a message: nothing may be injected
 	moved  int64
+
+	out      []byte // replacements and the runs before them, not yet written
+	gathered bool   // out was written since the last forwarded call
 }
 
 func newPump(src io.Reader, dst io.Writer, on func(byte, int, []byte) act, decode string, decodeMax, maxLen int) *pump {
@@ -114,23 +117,27 @@ func (p *pump) run() error {
 			if a.kind == actHold {
 				// What came before the held message goes now: its
 				// answers must not wait on the hold.
-				if err := p.forward(p.buf[start:p.r]); err != nil {
+				if err := p.flushOut(p.buf[start:p.r]); err != nil {
 					return err
 				}
 				start = p.r
 				a = p.hold(a, typ, body)
 			}
 			if a.kind != actForward {
-				if err := p.forward(p.buf[start:p.r]); err != nil {
-					return err
-				}
+				// Replacements are gathered with the run before them
+				// and written together: a result whose every row is
+				// rewritten costs one write per read, not per row.
+				p.out = append(p.out, p.buf[start:p.r]...)
 				if a.kind == actReplace {
-					if err := p.forward(a.out); err != nil {
-						return err
-					}
+					p.out = append(p.out, a.out...)
 				}
 				p.r += total
 				start = p.r
+				if len(p.out) >= maxGathered {
+					if err := p.flushOut(nil); err != nil {
+						return err
+					}
+				}
 			} else {
 				p.r += total
 			}
@@ -165,13 +172,34 @@ func (p *pump) run() error {
 
 // flushRun forwards buf[start:r] and publishes the counts.
 func (p *pump) flushRun(start int, msgs *int64) error {
-	err := p.forward(p.buf[start:p.r])
+	moved := p.r > start || p.gathered
+	err := p.flushOut(p.buf[start:p.r])
 	if p.msgs != nil && *msgs > 0 {
 		p.msgs.Add(*msgs)
 		*msgs = 0
 	}
-	if p.forwarded != nil && p.r > start {
+	if p.forwarded != nil && moved {
+		p.gathered = false
 		p.forwarded()
+	}
+	return err
+}
+
+// maxGathered bounds the replacements held before they are written.
+const maxGathered = 64 << 10
+
+// flushOut writes what was gathered, then b.
+func (p *pump) flushOut(b []byte) error {
+	if len(p.out) == 0 {
+		return p.forward(b)
+	}
+	p.out = append(p.out, b...)
+	err := p.forward(p.out)
+	p.gathered = true // for forwarded, even when b was empty
+	if cap(p.out) > 4*maxGathered {
+		p.out = nil
+	} else {
+		p.out = p.out[:0]
 	}
 	return err
 }

@@ -62,6 +62,18 @@ type End struct {
 	// Upstream database and role, when the session got that far.
 	Database     string `json:"database,omitempty"`
 	UpstreamRole string `json:"upstream_role,omitempty"`
+	// Masked counts the values masking replaced, per rule and detector.
+	Masked []MaskCount `json:"masked,omitempty"`
+}
+
+// MaskCount is how many values one masking rule replaced with one detector
+// ("column" for values masked whole, "unresolved" for columns whose source
+// could not be looked up and were sent NULL).
+type MaskCount struct {
+	Rule     string `json:"rule"`
+	Detector string `json:"detector"`
+	Strategy string `json:"strategy"`
+	Values   uint64 `json:"values"`
 }
 
 // Reasoner is an error that says which End reason it stands for.
@@ -151,6 +163,9 @@ func (l LogSink) Record(ev Event) {
 	case ev.End != nil:
 		attrs = append(attrs, "reason", ev.End.Reason, "detail", ev.End.Detail, "duration", ev.End.Duration,
 			"bytes_in", ev.End.BytesIn, "bytes_out", ev.End.BytesOut)
+		for _, m := range ev.End.Masked {
+			attrs = append(attrs, "masked."+m.Rule+"."+m.Detector, m.Values)
+		}
 	case ev.Statement != nil:
 		return
 	case ev.Credential != nil:

@@ -38,3 +38,20 @@ func TestLogSinkLeavesStatementsOut(t *testing.T) {
 		})
 	}
 }
+
+// The session end carries the masking counters, from the stage's reader.
+func TestEndMaskCounts(t *testing.T) {
+	s := New(nil)
+	if s.MaskCounts() != nil {
+		t.Fatal("counts without a masking stage")
+	}
+	s.SetMaskCounter(func() []MaskCount {
+		return []MaskCount{{Rule: "pii", Detector: "column", Strategy: "redact", Values: 3}}
+	})
+	ev := Event{Kind: KindSessionEnd, End: &End{Reason: "closed", Masked: s.MaskCounts()}}
+	var b bytes.Buffer
+	LogSink{Logger: slog.New(slog.NewTextHandler(&b, nil))}.Record(ev)
+	if !strings.Contains(b.String(), "masked.pii.column=3") {
+		t.Errorf("log %q lacks the counts", b.String())
+	}
+}

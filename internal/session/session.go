@@ -77,6 +77,26 @@ type Session struct {
 	database     string
 	upstreamRole string
 	attrs        map[string]string // other live facts for `airlock status`
+	maskCounts   func() []MaskCount
+}
+
+// SetMaskCounter gives the session the masking stage's counters, read at
+// any time (they are atomic) and put in the session's end event.
+func (s *Session) SetMaskCounter(f func() []MaskCount) {
+	s.mu.Lock()
+	s.maskCounts = f
+	s.mu.Unlock()
+}
+
+// MaskCounts returns the values masked so far, per rule and detector.
+func (s *Session) MaskCounts() []MaskCount {
+	s.mu.Lock()
+	f := s.maskCounts
+	s.mu.Unlock()
+	if f == nil {
+		return nil
+	}
+	return f()
 }
 
 // Stats counts what a session relayed. Handlers add to them as they go, so

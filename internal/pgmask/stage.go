@@ -1,0 +1,877 @@
+// Package pgmask is the masking stage of the PostgreSQL pipeline: it finds
+// where each result column comes from and masks values on their way to the
+// client, with the rules of internal/mask.
+//
+// Where each output leaves, and what happens to it:
+//
+//   - DataRow, text format: each column whose source a rule names is masked
+//     whole; computed columns (table OID 0) and columns of views computed
+//     from expressions go through the detectors; other columns are
+//     forwarded untouched, and a result with no such column is forwarded
+//     without decoding a value (the fast path). A masked value of a type
+//     that has no text form for a marker (numbers, dates, uuids, arrays,
+//     bytea...) is sent as NULL, so typed clients still parse the row.
+//   - DataRow, binary format: text-like types (text, varchar, bpchar, name,
+//     json, jsonb) are masked as in text; integers, floats and numeric are
+//     read as text and sent NULL when a detector finds something; any other
+//     binary value of a masked column is sent NULL. The stage does not
+//     force text format in Bind: pgx decodes results in the format it asked
+//     for, without a Describe, and would misread text.
+//   - COPY TO STDOUT: rows carry no column sources. When a rule in force
+//     names columns, or the format is binary, the COPY is refused (the
+//     client gets an ErrorResponse, as if the statement had failed). With
+//     detector rules only, text and CSV rows go through the detectors.
+//   - NoticeResponse and ErrorResponse: message, detail, hint, context and
+//     internal query go through the detectors; a detail echoing values of
+//     the table in the error ("Key (...)=(...)", "Failing row contains")
+//     has its values withheld when a rule could name that table's columns.
+//   - NotificationResponse payloads and fast-path function results go
+//     through the detectors.
+//
+// To know which description applies to which DataRow in the extended
+// protocol, the stage follows the client's requests in order, and after
+// every Bind it sends a Describe of the portal itself, whose answer it
+// consumes: the description then always matches the portal's formats.
+//
+// Source lookup uses a Resolver (Catalog: its own connections, never the
+// session's, which is mid-stream); the server side of this session waits
+// for it, bounded, other sessions do not. A column whose source cannot be
+// looked up is sent NULL (fail closed). Lookups are cached per session and
+// dropped when the session runs DDL.
+//
+// Views: a view's column is followed to the table column it shows (the
+// origin PostgreSQL stored with the view's query), through views over
+// views; a view column computed from an expression, and a whole-row value,
+// is masked whole when it reads a column a rule masks whole.
+//
+// Limits: the guarantee covers values that keep their source. A query that
+// computes on a column (upper(name), row_to_json(u), a function, a
+// RAISE with the value, set_config then SHOW) produces a column with no
+// source, which only the detectors read: a column rule on values no
+// detector recognises (names) does not follow it. So does data the session
+// copies into a table no rule names (CREATE TABLE AS, INSERT ... SELECT),
+// or a column the session renames (it needs ownership). Grants on the
+// upstream are the guarantee for those; masking keeps the common and the
+// reworded queries clean.
+//
+// The stage is the last client stage of a pipeline: it replaces Bind with
+// Bind + Describe, and later stages would not see the original Bind.
+package pgmask
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"log/slog"
+	"math"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/airlockhq/airlock/internal/mask"
+	"github.com/airlockhq/airlock/internal/pgwire"
+	"github.com/airlockhq/airlock/internal/session"
+)
+
+// lookupTimeout bounds how long a result waits for its column sources.
+var lookupTimeout = 5 * time.Second
+
+// Subject is who the session belongs to, for the rules' scopes. A session
+// whose origin class is not known yet counts as an agent's.
+func Subject(sess *session.Session) mask.Subject {
+	class := sess.Origin.Class
+	if class == "" {
+		class = session.ClassAgent
+	}
+	groups := sess.Person.Groups
+	if g := sess.Attrs()["access_groups"]; g != "" && len(groups) == 0 {
+		groups = strings.Split(g, ",")
+	}
+	return mask.Subject{Connection: sess.Connection, Groups: groups, Process: class}
+}
+
+// Stage masks one session's results. It is both a client stage (to follow
+// the requests) and a server stage.
+type Stage struct {
+	m    *mask.Masker
+	res  Resolver
+	sess *session.Session
+	log  *slog.Logger
+
+	mu    sync.Mutex
+	queue []request // client requests awaiting their answers
+
+	// Server side only.
+	cache      map[Attr]mask.Column // decided columns by source
+	missing    []Attr
+	portals    map[string][]field
+	cur        []field
+	curAny     bool
+	curUnknown bool // the last description could not be read
+	copying    bool // rows of a COPY TO STDOUT go through the detectors
+	refusing   bool // a refused COPY's messages are dropped up to its CommandComplete
+	buf        []byte
+	vbuf       []byte
+	unresolved atomic.Uint64
+	binaryNull atomic.Uint64
+}
+
+type request struct {
+	kind   byte // Q, P, B, d (our Describe), D, E, S, F, C
+	portal string
+}
+
+type field struct {
+	col    mask.Column
+	oid    uint32
+	format int16
+	null   bool // source unknown: fail closed
+}
+
+// New returns the stage for a session with masker m (nil when m is Empty:
+// the session needs no stage).
+func New(m *mask.Masker, res Resolver, sess *session.Session, log *slog.Logger) *Stage {
+	if m == nil || m.Empty() {
+		return nil
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	s := &Stage{m: m, res: res, sess: sess, log: log, cache: map[Attr]mask.Column{}, portals: map[string][]field{}}
+	sess.SetMaskCounter(s.Counts)
+	return s
+}
+
+// Counts is the masker's counters and the stage's own NULLs.
+func (s *Stage) Counts() []session.MaskCount {
+	var out []session.MaskCount
+	for _, c := range s.m.Counts() {
+		out = append(out, session.MaskCount{Rule: c.Rule, Detector: c.Detector, Strategy: string(c.Strategy), Values: c.Values})
+	}
+	if n := s.unresolved.Load(); n > 0 {
+		out = append(out, session.MaskCount{Rule: "airlock", Detector: "unresolved", Strategy: "null", Values: n})
+	}
+	if n := s.binaryNull.Load(); n > 0 {
+		out = append(out, session.MaskCount{Rule: "airlock", Detector: "binary", Strategy: "null", Values: n})
+	}
+	return out
+}
+
+// ClientTypes: the requests whose answers the server side must match.
+func (s *Stage) ClientTypes() string { return "QPBDESFC" }
+
+// Client records each request; a Bind gets a Describe of its portal after
+// it, whose answer the server side consumes.
+func (s *Stage) Client(m *pgwire.ClientMsg) pgwire.Verdict {
+	r := request{kind: m.Type}
+	switch m.Type {
+	case 'B':
+		var b pgproto3.Bind
+		if err := b.Decode(m.Body); err != nil {
+			break // the server rejects it; its error skips to Sync
+		}
+		s.push(r, request{kind: 'd', portal: b.DestinationPortal})
+		msg := append([]byte{'B', 0, 0, 0, 0}, m.Body...)
+		binary.BigEndian.PutUint32(msg[1:], uint32(len(m.Body)+4))
+		d, _ := (&pgproto3.Describe{ObjectType: 'P', Name: b.DestinationPortal}).Encode(msg)
+		return pgwire.Verdict{Action: pgwire.Replace, Msgs: d}
+	case 'E':
+		var e pgproto3.Execute
+		if e.Decode(m.Body) == nil {
+			r.portal = e.Portal
+		}
+	}
+	s.push(r)
+	return pgwire.Verdict{}
+}
+
+func (s *Stage) push(rs ...request) {
+	s.mu.Lock()
+	s.queue = append(s.queue, rs...)
+	s.mu.Unlock()
+}
+
+func (s *Stage) front() (request, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.queue) == 0 {
+		return request{}, false
+	}
+	return s.queue[0], true
+}
+
+func (s *Stage) pop() request {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.queue) == 0 {
+		return request{}
+	}
+	r := s.queue[0]
+	s.queue = s.queue[1:]
+	return r
+}
+
+// ServerTypes: descriptions, rows, request completions, copy, notices,
+// errors, notifications, function results.
+func (s *Stage) ServerTypes() string { return "T123nDCsIZEHWdcNAV" }
+
+var drop = pgwire.Verdict{Action: pgwire.Replace, Msgs: []byte{}}
+
+// Server masks what leaves and keeps the request queue in step.
+func (s *Stage) Server(m *pgwire.ServerMsg) pgwire.Verdict {
+	if m.Body == nil && m.Type != 'D' && m.Type != 'd' {
+		if m.Type == 'T' {
+			// A description too large to decode: its rows cannot
+			// be masked, so they are withheld.
+			if r, _ := s.front(); r.kind == 'd' {
+				s.pop()
+				s.portals[r.portal] = nil
+				return drop
+			}
+			s.setCur(nil)
+			s.curUnknown = true
+		}
+		return pgwire.Verdict{}
+	}
+	switch m.Type {
+	case '1', '2', '3':
+		s.pop()
+	case 'T', 'n':
+		r, _ := s.front()
+		switch r.kind {
+		case 'd': // ours: the portal's description, consumed
+			s.pop()
+			if m.Type == 'T' {
+				s.portals[r.portal] = s.describe(m.Body)
+			} else {
+				delete(s.portals, r.portal)
+			}
+			return drop
+		case 'D':
+			s.pop() // the client's; a portal's is also ours after Bind
+		case 'Q':
+			if m.Type == 'T' {
+				s.setCur(s.describe(m.Body))
+			}
+		}
+	case 'D':
+		return s.row(m)
+	case 'C', 's', 'I':
+		if m.Type == 'C' {
+			if s.refusing {
+				s.refusing = false
+				s.curDone()
+				return drop
+			}
+			s.ddl(m.Body)
+		}
+		s.copying = false
+		s.curDone()
+	case 'Z':
+		s.popThroughSync()
+		if len(m.Body) > 0 && m.Body[0] == 'I' {
+			clear(s.portals)
+		}
+		s.refusing, s.copying = false, false
+	case 'E':
+		s.refusing, s.copying = false, false
+		if r, ok := s.front(); ok && r.kind != 'Q' && r.kind != 'F' && r.kind != 'S' {
+			s.skipToSync()
+		}
+		return s.notice(m)
+	case 'N':
+		return s.notice(m)
+	case 'H', 'W':
+		return s.copyOut(m)
+	case 'd':
+		if s.refusing {
+			return drop
+		}
+		if s.copying && m.Body != nil {
+			return s.text('d', nil, m.Body)
+		}
+		if s.copying {
+			// Too large to decode: it cannot be read, so it is not sent.
+			s.binaryNull.Add(1)
+			s.log.Warn("pgmask: a COPY row too large to mask was withheld", "session", s.sess.ID, "bytes", m.Len)
+			return drop
+		}
+	case 'c':
+		if s.refusing {
+			return drop
+		}
+	case 'A':
+		return s.notification(m.Body)
+	case 'V':
+		return s.functionResult(m.Body)
+	}
+	return pgwire.Verdict{}
+}
+
+func (s *Stage) popThroughSync() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for len(s.queue) > 0 {
+		k := s.queue[0].kind
+		s.queue = s.queue[1:]
+		if k == 'S' || k == 'Q' || k == 'F' {
+			return
+		}
+	}
+}
+
+// skipToSync drops what the server skips after an error in an extended
+// batch.
+func (s *Stage) skipToSync() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for len(s.queue) > 0 && s.queue[0].kind != 'S' && s.queue[0].kind != 'Q' && s.queue[0].kind != 'F' {
+		s.queue = s.queue[1:]
+	}
+}
+
+// curDone ends an Execute's answer.
+func (s *Stage) curDone() {
+	if r, ok := s.front(); ok && r.kind == 'E' {
+		s.pop()
+	}
+}
+
+func (s *Stage) setCur(f []field) {
+	s.cur = f
+	s.curUnknown = false
+	s.curAny = false
+	for i := range f {
+		if f[i].null || f[i].col.Masks() {
+			s.curAny = true
+		}
+	}
+}
+
+// ddl drops the cached sources after a statement that may have changed
+// them.
+func (s *Stage) ddl(body []byte) {
+	tag, _, _ := bytes.Cut(body, []byte{0})
+	for _, p := range []string{"CREATE", "ALTER", "DROP", "COMMENT", "GRANT", "REVOKE", "IMPORT", "SELECT INTO"} {
+		if bytes.HasPrefix(tag, []byte(p)) {
+			clear(s.cache)
+			return
+		}
+	}
+}
+
+// describe decides every field of a RowDescription.
+func (s *Stage) describe(body []byte) []field {
+	s.missing = s.missing[:0]
+	ok := eachField(body, func(a Attr, _ uint32, _ int16) {
+		if a.Table != 0 {
+			if _, ok := s.cache[a]; !ok {
+				s.missing = append(s.missing, a)
+			}
+		}
+	})
+	if !ok {
+		return nil
+	}
+	failed := false
+	if len(s.missing) > 0 {
+		ctx, cancel := context.WithTimeout(context.Background(), lookupTimeout)
+		got, err := s.res.Resolve(ctx, s.sess.Database(), s.missing)
+		cancel()
+		if err != nil {
+			s.log.Warn("pgmask: column sources not found; their values are sent NULL", "session", s.sess.ID, "err", err)
+			failed = true
+		} else {
+			for _, a := range s.missing {
+				s.cache[a] = s.column(got[a])
+			}
+		}
+	}
+	var out []field
+	eachField(body, func(a Attr, typ uint32, format int16) {
+		f := field{oid: typ, format: format}
+		if a.Table == 0 {
+			f.col = s.m.Column(mask.Source{})
+		} else if c, ok := s.cache[a]; ok {
+			f.col = c
+		} else {
+			f.null = failed
+		}
+		if typ == oidJSON || typ == oidJSONB {
+			f.col = f.col.JSON()
+		}
+		out = append(out, f)
+	})
+	return out
+}
+
+// eachField walks a RowDescription without decoding names; false when it is
+// malformed.
+func eachField(b []byte, fn func(a Attr, typ uint32, format int16)) bool {
+	if len(b) < 2 {
+		return false
+	}
+	n := int(binary.BigEndian.Uint16(b))
+	b = b[2:]
+	for i := 0; i < n; i++ {
+		z := bytes.IndexByte(b, 0)
+		if z < 0 || len(b) < z+1+18 {
+			return false
+		}
+		f := b[z+1:]
+		fn(Attr{binary.BigEndian.Uint32(f), int16(binary.BigEndian.Uint16(f[4:]))},
+			binary.BigEndian.Uint32(f[6:]), int16(binary.BigEndian.Uint16(f[16:])))
+		b = f[18:]
+	}
+	return true
+}
+
+// column decides a column from its chain (view columns first, the table's
+// last): the table's rule wins, then the views'. A chain that ends at a
+// view, or is empty, is a computed value: the detectors read it.
+func (s *Stage) column(chain []mask.Source) mask.Column {
+	if len(chain) == 0 {
+		// An attr the catalog no longer has: read it as computed.
+		return s.m.Column(mask.Source{})
+	}
+	head, deps, computed := chain, []mask.Source(nil), false
+	for i, src := range chain {
+		if !src.Known() {
+			head, deps, computed = chain[:i], chain[i+1:], true
+			break
+		}
+	}
+	for i := len(head) - 1; i >= 0; i-- {
+		if c := s.m.Column(head[i]); c.Masks() {
+			return c
+		}
+	}
+	if !computed {
+		return mask.Column{}
+	}
+	// A view column computed from an expression: masked whole when it
+	// reads a column masked whole (the expression cannot be told apart
+	// from that column), else read by the detectors.
+	for _, d := range deps {
+		if c := s.m.Column(d); c.Whole() {
+			return c
+		}
+	}
+	return s.m.Column(mask.Source{})
+}
+
+// row masks one DataRow of the current result.
+func (s *Stage) row(m *pgwire.ServerMsg) pgwire.Verdict {
+	cur, any := s.cur, s.curAny
+	if r, ok := s.front(); ok && r.kind == 'E' {
+		cur = s.portals[r.portal]
+		any = false
+		for i := range cur {
+			if cur[i].null || cur[i].col.Masks() {
+				any = true
+			}
+		}
+		if cur == nil {
+			// No description for this portal: fail closed.
+			return s.failRow(m, "no description for the portal")
+		}
+	}
+	if !any {
+		return pgwire.Verdict{}
+	}
+	if s.curUnknown && len(cur) == 0 {
+		return s.failRow(m, "its description was too large to read")
+	}
+	body := m.Body
+	if body == nil || len(body) < 2 {
+		return s.failRow(m, "too large to mask")
+	}
+	n := int(binary.BigEndian.Uint16(body))
+	if n != len(cur) {
+		return s.failRow(m, "does not match its description")
+	}
+	out := append(s.buf[:0], 'D', 0, 0, 0, 0, body[0], body[1])
+	p := 2
+	changed := false
+	for i := 0; i < n; i++ {
+		if p+4 > len(body) {
+			return s.failRow(m, "malformed")
+		}
+		l := int(int32(binary.BigEndian.Uint32(body[p:])))
+		p += 4
+		if l < 0 {
+			out = append(out, 0xff, 0xff, 0xff, 0xff)
+			continue
+		}
+		if p+l > len(body) {
+			return s.failRow(m, "malformed")
+		}
+		v := body[p : p+l]
+		p += l
+		f := &cur[i]
+		if !f.null && !f.col.Masks() {
+			out = appendValue(out, v)
+			continue
+		}
+		var r mask.Result
+		s.vbuf, r = s.maskValue(f, s.vbuf[:0], v)
+		switch r {
+		case mask.Unchanged:
+			out = appendValue(out, v)
+		case mask.Masked:
+			changed = true
+			out = appendValue(out, s.vbuf)
+		case mask.Nulled:
+			changed = true
+			out = append(out, 0xff, 0xff, 0xff, 0xff)
+		}
+	}
+	s.buf = out
+	if !changed {
+		return pgwire.Verdict{}
+	}
+	binary.BigEndian.PutUint32(out[1:], uint32(len(out)-1))
+	return pgwire.Verdict{Action: pgwire.Replace, Msgs: out}
+}
+
+// failRow sends a row that cannot be masked as all NULLs (or not at all
+// when even its width is unknown): nothing unmasked leaves.
+func (s *Stage) failRow(m *pgwire.ServerMsg, why string) pgwire.Verdict {
+	s.unresolved.Add(1)
+	s.log.Warn("pgmask: a row that could not be masked was withheld", "session", s.sess.ID, "why", why)
+	if len(m.Body) < 2 {
+		return drop
+	}
+	n := int(binary.BigEndian.Uint16(m.Body))
+	out := append(s.buf[:0], 'D', 0, 0, 0, 0, m.Body[0], m.Body[1])
+	for i := 0; i < n; i++ {
+		out = append(out, 0xff, 0xff, 0xff, 0xff)
+	}
+	s.buf = out
+	binary.BigEndian.PutUint32(out[1:], uint32(len(out)-1))
+	return pgwire.Verdict{Action: pgwire.Replace, Msgs: out}
+}
+
+func appendValue(out, v []byte) []byte {
+	out = binary.BigEndian.AppendUint32(out, uint32(len(v)))
+	return append(out, v...)
+}
+
+const (
+	oidBool    = 16
+	oidBytea   = 17
+	oidInt8    = 20
+	oidInt2    = 21
+	oidInt4    = 23
+	oidJSON    = 114
+	oidFloat4  = 700
+	oidFloat8  = 701
+	oidNumeric = 1700
+	oidJSONB   = 3802
+)
+
+// textual says whether a masked text-format value of the type can carry a
+// marker and still parse: text-like built-in types, and types of
+// extensions (citext, domains), which clients read as text.
+func textual(oid uint32) bool {
+	return mask.BinaryAsText(oid) || oid == oidJSONB || oid >= 16384
+}
+
+func (s *Stage) maskValue(f *field, dst, v []byte) ([]byte, mask.Result) {
+	if f.null {
+		s.unresolved.Add(1)
+		return dst, mask.Nulled
+	}
+	if f.format == 0 {
+		out, r := f.col.Mask(dst, v)
+		if r == mask.Masked && !textual(f.oid) {
+			return dst, mask.Nulled
+		}
+		return out, r
+	}
+	if out, r, ok := f.col.MaskBinary(f.oid, dst, v); ok {
+		return out, r
+	}
+	if !f.col.Whole() {
+		if t, ok := binaryAsText(f.oid, v); ok {
+			if _, r := f.col.Mask(dst, t); r == mask.Unchanged {
+				return dst, mask.Unchanged
+			}
+			return dst, mask.Nulled
+		}
+		switch f.oid {
+		case oidBool, 1082, 1083, 1114, 1184, 1186, 1266, 2950, 26:
+			// booleans, dates, times, intervals, uuids, oids: no
+			// detector reads them.
+			return dst, mask.Unchanged
+		}
+	} else {
+		_, _ = f.col.Mask(dst, v) // counted as the rule's
+		return dst, mask.Nulled
+	}
+	s.binaryNull.Add(1)
+	return dst, mask.Nulled
+}
+
+// binaryAsText renders the binary numbers the detectors can read.
+func binaryAsText(oid uint32, v []byte) ([]byte, bool) {
+	switch {
+	case oid == oidInt2 && len(v) == 2:
+		return strconv.AppendInt(nil, int64(int16(binary.BigEndian.Uint16(v))), 10), true
+	case oid == oidInt4 && len(v) == 4:
+		return strconv.AppendInt(nil, int64(int32(binary.BigEndian.Uint32(v))), 10), true
+	case oid == oidInt8 && len(v) == 8:
+		return strconv.AppendInt(nil, int64(binary.BigEndian.Uint64(v)), 10), true
+	case oid == oidFloat4 && len(v) == 4:
+		return strconv.AppendFloat(nil, float64(math.Float32frombits(binary.BigEndian.Uint32(v))), 'f', -1, 32), true
+	case oid == oidFloat8 && len(v) == 8:
+		return strconv.AppendFloat(nil, math.Float64frombits(binary.BigEndian.Uint64(v)), 'f', -1, 64), true
+	case oid == oidNumeric:
+		return numericText(v)
+	}
+	return nil, false
+}
+
+// numericText renders a binary numeric: ndigits, weight, sign, dscale,
+// then base-10000 digits.
+func numericText(v []byte) ([]byte, bool) {
+	if len(v) < 8 {
+		return nil, false
+	}
+	nd := int(binary.BigEndian.Uint16(v))
+	weight := int(int16(binary.BigEndian.Uint16(v[2:])))
+	sign := binary.BigEndian.Uint16(v[4:])
+	if len(v) != 8+2*nd || nd > 1000 {
+		return nil, false
+	}
+	if sign == 0xC000 {
+		return []byte("NaN"), true
+	}
+	var b []byte
+	if sign == 0x4000 {
+		b = append(b, '-')
+	}
+	digit := func(i int) int {
+		if i < nd {
+			return int(binary.BigEndian.Uint16(v[8+2*i:]))
+		}
+		return 0
+	}
+	pad := func(d int) {
+		x := strconv.Itoa(d)
+		b = append(b, "0000"[len(x):]...)
+		b = append(b, x...)
+	}
+	if weight < 0 {
+		b = append(b, "0."...)
+		for k := 0; k < -weight-1 && k < 1000; k++ {
+			b = append(b, "0000"...)
+		}
+		for i := 0; i < nd; i++ {
+			pad(digit(i))
+		}
+		return b, true
+	}
+	if weight > 1000 {
+		return nil, false
+	}
+	b = strconv.AppendInt(b, int64(digit(0)), 10)
+	for i := 1; i <= weight; i++ {
+		pad(digit(i))
+	}
+	if nd > weight+1 {
+		b = append(b, '.')
+		for i := weight + 1; i < nd; i++ {
+			pad(digit(i))
+		}
+	}
+	return b, true
+}
+
+// copyOut starts a COPY TO STDOUT (or a replication stream).
+func (s *Stage) copyOut(m *pgwire.ServerMsg) pgwire.Verdict {
+	if m.Type == 'H' && len(m.Body) > 0 && m.Body[0] == 0 && !s.m.NamesColumns() {
+		s.copying = true
+		return pgwire.Verdict{}
+	}
+	s.refusing = true
+	e := &pgproto3.ErrorResponse{Severity: "ERROR", SeverityUnlocalized: "ERROR", Code: "0A000",
+		Message: "Airlock: COPY TO STDOUT is not available while masking applies to this session",
+		Hint:    "Use SELECT (or COPY in text format with only detector rules in force): masking needs to know each column's source."}
+	b, _ := e.Encode(nil)
+	return pgwire.Verdict{Action: pgwire.Replace, Msgs: b}
+}
+
+// text masks a message that is all free text after prefix (a CopyData).
+func (s *Stage) text(typ byte, prefix, v []byte) pgwire.Verdict {
+	out, r := s.m.Text(append(append(s.buf[:0], typ, 0, 0, 0, 0), prefix...), v)
+	if r != mask.Masked {
+		return pgwire.Verdict{}
+	}
+	s.buf = out
+	binary.BigEndian.PutUint32(out[1:], uint32(len(out)-1))
+	return pgwire.Verdict{Action: pgwire.Replace, Msgs: out}
+}
+
+// notice masks the free-text fields of a NoticeResponse or ErrorResponse.
+func (s *Stage) notice(m *pgwire.ServerMsg) pgwire.Verdict {
+	type kv struct {
+		k byte
+		v []byte
+	}
+	var fields []kv
+	var schema, table, code string
+	b := m.Body
+	for len(b) > 0 && b[0] != 0 {
+		k := b[0]
+		end := bytes.IndexByte(b[1:], 0)
+		if end < 0 {
+			return pgwire.Verdict{}
+		}
+		v := b[1 : 1+end]
+		b = b[2+end:]
+		switch k {
+		case 's':
+			schema = string(v)
+		case 't':
+			table = string(v)
+		case 'C':
+			code = string(v)
+		}
+		fields = append(fields, kv{k, v})
+	}
+	changed := false
+	out := append(s.buf[:0], m.Type, 0, 0, 0, 0)
+	for _, f := range fields {
+		out = append(out, f.k)
+		v := f.v
+		if f.k == 'D' && table != "" {
+			if w, ok := s.withhold(schema, table, v); ok {
+				v, changed = w, true
+			}
+		}
+		if strings.HasPrefix(code, "22") && (f.k == 'M' || f.k == 'D') && s.m.NamesColumns() {
+			// A data exception quotes the value it could not take
+			// (invalid input syntax for type integer: "..."), which
+			// may be a masked column's, cast by the query.
+			if w, ok := withholdQuoted(v); ok {
+				v, changed = w, true
+			}
+		}
+		switch f.k {
+		case 'M', 'D', 'H', 'W', 'q':
+			var r mask.Result
+			n := len(out)
+			out, r = s.m.Text(out, v)
+			if r == mask.Masked {
+				changed = true
+				out = append(out, 0)
+				continue
+			}
+			out = out[:n]
+		}
+		out = append(append(out, v...), 0)
+	}
+	out = append(out, 0)
+	s.buf = out
+	if !changed {
+		return pgwire.Verdict{}
+	}
+	binary.BigEndian.PutUint32(out[1:], uint32(len(out)-1))
+	return pgwire.Verdict{Action: pgwire.Replace, Msgs: out}
+}
+
+// withhold removes the values from a detail that echoes a row or key of
+// schema.table when a rule names one of its columns.
+func (s *Stage) withhold(schema, table string, d []byte) ([]byte, bool) {
+	switch {
+	case bytes.HasPrefix(d, []byte("Failing row contains (")):
+		if s.m.NamesColumns() {
+			return []byte("Failing row contains (values withheld by Airlock: the table has masked columns)."), true
+		}
+	case bytes.HasPrefix(d, []byte("Key (")):
+		cols, _, ok := bytes.Cut(d[len("Key ("):], []byte(")=("))
+		if !ok {
+			return nil, false
+		}
+		for _, c := range strings.Split(string(cols), ", ") {
+			c = strings.Trim(c, `"`)
+			if s.m.Column(mask.Source{Schema: schema, Table: table, Column: c}).Masks() || !identLike(c) {
+				rest := d[bytes.Index(d, []byte(")=("))+3:]
+				tail := ""
+				if i := bytes.LastIndex(rest, []byte(") ")); i >= 0 {
+					tail = string(rest[i+1:])
+				}
+				return []byte("Key (" + string(cols) + ")=(values withheld by Airlock)" + tail), true
+			}
+		}
+	}
+	return nil, false
+}
+
+// withholdQuoted replaces what the message quotes.
+func withholdQuoted(v []byte) ([]byte, bool) {
+	i := bytes.IndexByte(v, '"')
+	j := bytes.LastIndexByte(v, '"')
+	if i < 0 || j <= i {
+		return nil, false
+	}
+	out := append([]byte(nil), v[:i+1]...)
+	out = append(out, "value withheld by Airlock"...)
+	return append(out, v[j:]...), true
+}
+
+// identLike: a key part that is a plain column (an expression index's
+// part, e.g. lower(email), could be anything).
+func identLike(c string) bool {
+	for i := 0; i < len(c); i++ {
+		ch := c[i]
+		if !(ch == '_' || ch >= 'a' && ch <= 'z' || ch >= 'A' && ch <= 'Z' || ch >= '0' && ch <= '9' || ch >= 0x80) {
+			return false
+		}
+	}
+	return c != ""
+}
+
+// notification masks a NOTIFY payload.
+func (s *Stage) notification(body []byte) pgwire.Verdict {
+	if len(body) < 4 {
+		return pgwire.Verdict{}
+	}
+	ch := bytes.IndexByte(body[4:], 0)
+	if ch < 0 {
+		return pgwire.Verdict{}
+	}
+	head := body[:4+ch+1]
+	payload, _, ok := bytes.Cut(body[len(head):], []byte{0})
+	if !ok {
+		return pgwire.Verdict{}
+	}
+	out, r := s.m.Text(append(append(s.buf[:0], 'A', 0, 0, 0, 0), head...), payload)
+	if r != mask.Masked {
+		return pgwire.Verdict{}
+	}
+	out = append(out, 0)
+	s.buf = out
+	binary.BigEndian.PutUint32(out[1:], uint32(len(out)-1))
+	return pgwire.Verdict{Action: pgwire.Replace, Msgs: out}
+}
+
+// functionResult masks a fast-path function's result.
+func (s *Stage) functionResult(body []byte) pgwire.Verdict {
+	if len(body) < 4 || int32(binary.BigEndian.Uint32(body)) < 0 {
+		return pgwire.Verdict{}
+	}
+	out, r := s.m.Text(append(s.buf[:0], 'V', 0, 0, 0, 0, 0, 0, 0, 0), body[4:])
+	if r != mask.Masked {
+		return pgwire.Verdict{}
+	}
+	s.buf = out
+	binary.BigEndian.PutUint32(out[1:], uint32(len(out)-1))
+	binary.BigEndian.PutUint32(out[5:], uint32(len(out)-9))
+	return pgwire.Verdict{Action: pgwire.Replace, Msgs: out}
+}
