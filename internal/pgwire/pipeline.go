@@ -155,6 +155,7 @@ type Holding struct {
 	once      sync.Once
 	parked    chan struct{}
 	parkOnce  sync.Once
+	done      chan struct{}
 }
 
 const defaultHoldTimeout = 5 * time.Minute
@@ -168,7 +169,7 @@ func NewHold(timeout time.Duration, onTimeout ErrorReply) *Holding {
 	if onTimeout.Code == "" {
 		onTimeout = ErrorReply{Code: codeQueryCanceled, Message: "Airlock: no decision in time for this statement"}
 	}
-	return &Holding{timeout: timeout, onTimeout: onTimeout, ch: make(chan Verdict, 1), parked: make(chan struct{})}
+	return &Holding{timeout: timeout, onTimeout: onTimeout, ch: make(chan Verdict, 1), parked: make(chan struct{}), done: make(chan struct{})}
 }
 
 // Parked is closed once the session is parked on the hold: from then on a
@@ -185,9 +186,15 @@ func (h *Holding) Resolve(v Verdict) bool {
 	h.once.Do(func() {
 		won = true
 		h.ch <- v
+		close(h.done)
 	})
 	return won
 }
+
+// Done is closed once the hold is decided, by whoever decided it (the
+// holding stage's approver, the timeout, the client's cancel): an approver
+// waiting elsewhere learns that its question is moot.
+func (h *Holding) Done() <-chan struct{} { return h.done }
 
 // Approve resolves the hold with Forward.
 func (h *Holding) Approve() bool { return h.Resolve(Verdict{Action: Forward}) }
