@@ -129,3 +129,20 @@ func newID() string {
 	}
 	return strings.ToLower(base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(b[:]))
 }
+
+// GrantEnded is the cause that ends a live session when its grant
+// expires; pgwire tells the client with it.
+type GrantEnded struct {
+	Connection string
+	Expires    time.Time
+}
+
+func (e *GrantEnded) Error() string {
+	return fmt.Sprintf("access grant to %s expired at %s", e.Connection, e.Expires.UTC().Format(time.RFC3339))
+}
+
+// SessionEnd implements pgwire.SessionEnder.
+func (e *GrantEnded) SessionEnd() (string, string) {
+	return "57P01", fmt.Sprintf("Airlock: your access grant to %s expired at %s; run `airlock request %s --for 1h --reason \"…\"` to ask again",
+		e.Connection, e.Expires.UTC().Format(time.RFC3339), e.Connection)
+}

@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/airlockhq/airlock/internal/approval"
 )
 
 // DefaultSocket is where airlockd listens by default.
@@ -41,6 +43,8 @@ type Request struct {
 	// ForUID: root acting for another uid (login, whoami, logout).
 	ForUID *uint32       `json:"for_uid,omitempty"`
 	Login  *LoginRequest `json:"login,omitempty"`
+	// Approval: approve, deny, request.
+	Approval *ApprovalCall `json:"approval,omitempty"`
 }
 
 // Reply answers a Request.
@@ -51,6 +55,9 @@ type Reply struct {
 
 	Issuers  []IssuerInfo  `json:"issuers,omitempty"`
 	Identity *IdentityInfo `json:"identity,omitempty"`
+
+	Approvals []approval.Request `json:"approvals,omitempty"`
+	Approval  *approval.Request  `json:"approval,omitempty"`
 }
 
 // RunReply tells `airlock run` where its process was placed.
@@ -164,6 +171,8 @@ func (s *Server) serveConn(ctx context.Context, c *net.UnixConn) {
 			rep.Run, err = s.h.Run(ctx, peer)
 		case "issuers", "login", "whoami", "logout":
 			err = s.identity(ctx, peer, &req, &rep)
+		case "approvals", "approve", "deny", "request":
+			err = s.approval(ctx, peer, &req, &rep)
 		default:
 			err = fmt.Errorf("unknown op %q (known: status, run)", req.Op)
 		}

@@ -11,10 +11,12 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/airlockhq/airlock/internal/approval"
 	"github.com/airlockhq/airlock/internal/cgroups"
 	"github.com/airlockhq/airlock/internal/config"
 	"github.com/airlockhq/airlock/internal/control"
@@ -62,6 +64,9 @@ type Daemon struct {
 
 	contain *intercept.Containment // tree mode's containment cgroups; nil when off
 	ident   *identity.Service      // nil without an identity section
+
+	approvals    *approval.Broker // nil without an approvals section
+	holdPatterns []*regexp.Regexp
 
 	mu sync.Mutex
 }
@@ -193,13 +198,6 @@ func (d *Daemon) start(ctx context.Context) error {
 		return err
 	}
 
-	dialer := upstream.Dialer{Mark: d.cfg.Intercept.Mark, Timeout: 10 * time.Second}
-	d.routes, err = newRouter(ctx, d.cfg, d.set, dialer, d.lookup, d.log)
-	if err != nil {
-		return err
-	}
-	d.closers = append(d.closers, d.routes.close)
-
 	// Events are written off the data path, through a buffer flushed
 	// whenever the queue runs empty: one write per burst, not per statement.
 	ew := &flushWriter{w: bufio.NewWriterSize(os.Stderr, 64<<10)}
@@ -207,6 +205,15 @@ func (d *Daemon) start(ctx context.Context) error {
 		Params: d.cfg.LogStatementParams}, 4096, ew.Flush)
 	d.closers = append(d.closers, d.watch(ctx, q.Run))
 	sink := q
+	if err := d.startApprovals(ctx, sink); err != nil {
+		return fmt.Errorf("set up approvals: %w", err)
+	}
+	dialer := upstream.Dialer{Mark: d.cfg.Intercept.Mark, Timeout: 10 * time.Second}
+	d.routes, err = newRouter(ctx, d.cfg, d.set, dialer, d.lookup, d.log, d)
+	if err != nil {
+		return err
+	}
+	d.closers = append(d.closers, d.routes.close)
 	people, err := d.people(sink)
 	if err != nil {
 		return fmt.Errorf("set up identities: %w", err)
