@@ -54,6 +54,7 @@ ENVIRONMENT
 	root.PersistentFlags().StringVar(&g.socket, "socket", envOr("AIRLOCK_SOCKET", control.DefaultSocket), "airlockd control socket")
 	root.PersistentFlags().BoolVar(&g.json, "json", false, "print JSON instead of text")
 	root.AddCommand(newStatusCmd(), newRunCmd(), newLoginCmd(), newWhoamiCmd(), newLogoutCmd())
+	root.AddCommand(newApprovalsCmd(), newApproveCmd(), newDenyCmd(), newRequestCmd())
 	return root
 }
 
