@@ -6,6 +6,7 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode"
 
 	"github.com/spf13/cobra"
 
@@ -68,12 +69,20 @@ func printApprovals(rs []approval.Request) {
 	}
 }
 
+// oneLine shows a requester's text on one line, whole (an approver must
+// see all of what they approve) and with control characters escaped: the
+// text comes from the process under watch, which could otherwise move the
+// approver's cursor or hide part of the statement with terminal escapes.
 func oneLine(s string) string {
-	s = strings.Join(strings.Fields(s), " ")
-	if len(s) > 120 {
-		s = s[:117] + "..."
+	var b strings.Builder
+	for _, r := range strings.Join(strings.Fields(s), " ") {
+		if unicode.IsPrint(r) || r == ' ' {
+			b.WriteRune(r)
+		} else {
+			fmt.Fprintf(&b, "\\u%04x", r)
+		}
 	}
-	return s
+	return b.String()
 }
 
 func newApproveCmd() *cobra.Command {

@@ -170,6 +170,11 @@ func (b *Broker) Ask(ctx context.Context, h HoldRequest, done func(approved bool
 	}
 	p := &pending{req: r, done: done}
 	b.mu.Lock()
+	if b.countLocked(r.Process.UID) >= MaxPendingPerUID {
+		b.mu.Unlock()
+		done(false, "", fmt.Sprintf("uid %d already has %d requests waiting for approval", r.Process.UID, MaxPendingPerUID))
+		return
+	}
 	b.pending[r.ID] = p
 	p.timer = time.AfterFunc(timeout, func() { b.expire(r.ID) })
 	b.mu.Unlock()
@@ -188,12 +193,16 @@ func (b *Broker) Ask(ctx context.Context, h HoldRequest, done func(approved bool
 // RequestAccess files a just-in-time access request for p (at uid) to
 // connection, for d. It waits for a decision no longer than the Broker's
 // timeout.
-func (b *Broker) RequestAccess(p identity.Person, uid uint32, connection string, d time.Duration, reason string) Request {
+func (b *Broker) RequestAccess(p identity.Person, uid uint32, connection string, d time.Duration, reason string) (Request, error) {
 	now := b.o.Now()
 	r := Request{ID: newID(), Kind: KindAccess, Person: p, Process: Process{UID: uid}, Connection: connection,
 		For: d, Reason: reason, Created: now, Expires: now.Add(b.o.Timeout), State: StatePending}
 	pe := &pending{req: r}
 	b.mu.Lock()
+	if b.countLocked(uid) >= MaxPendingPerUID {
+		b.mu.Unlock()
+		return Request{}, fmt.Errorf("uid %d already has %d requests waiting for approval; wait for a decision", uid, MaxPendingPerUID)
+	}
 	b.pending[r.ID] = pe
 	pe.timer = time.AfterFunc(b.o.Timeout, func() { b.expire(r.ID) })
 	b.mu.Unlock()
@@ -202,7 +211,21 @@ func (b *Broker) RequestAccess(p identity.Person, uid uint32, connection string,
 	if b.o.Notifier != nil {
 		b.o.Notifier.Notify(r)
 	}
-	return r
+	return r, nil
+}
+
+// MaxPendingPerUID bounds the requests one uid may have waiting: a process
+// that floods holds must not exhaust the daemon or bury the approvers.
+const MaxPendingPerUID = 32
+
+func (b *Broker) countLocked(uid uint32) int {
+	n := 0
+	for _, p := range b.pending {
+		if p.req.Process.UID == uid {
+			n++
+		}
+	}
+	return n
 }
 
 // Approver is who decides, as the daemon resolved the caller.

@@ -200,7 +200,10 @@ func TestAccessGrants(t *testing.T) {
 		t.Fatal(err)
 	}
 	b := New(Options{ApproversGroup: "dba", Timeout: time.Minute, Grants: store})
-	r := b.RequestAccess(alice, alice.UID, "appdb", time.Hour, "incident 42")
+	r, err := b.RequestAccess(alice, alice.UID, "appdb", time.Hour, "incident 42")
+	if err != nil {
+		t.Fatal(err)
+	}
 	if _, ok := b.GrantFor(alice, "appdb"); ok {
 		t.Fatal("granted before a decision")
 	}
@@ -235,7 +238,7 @@ func TestAccessGrants(t *testing.T) {
 	}
 	// Denied requests grant nothing; pending ones expire on their own.
 	short := New(Options{ApproversGroup: "dba", Timeout: 30 * time.Millisecond})
-	r2 := short.RequestAccess(alice, alice.UID, "appdb", time.Hour, "x")
+	r2, _ := short.RequestAccess(alice, alice.UID, "appdb", time.Hour, "x")
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		if got, _ := short.Find(r2.ID); got.State == StateExpired {
@@ -299,7 +302,7 @@ func TestWebhookRetriesAndSlackShape(t *testing.T) {
 	defer func() { cancel(); <-done }()
 
 	b := New(Options{ApproversGroup: "dba", Timeout: time.Minute, Notifier: wh})
-	b.Ask(context.Background(), HoldRequest{Session: sessFor(alice), SQL: "ALTER ROLE app PASSWORD 'hunter2'", Rule: "ddl", Class: "DCL"},
+	b.Ask(context.Background(), HoldRequest{Session: sessFor(alice), SQL: "ALTER ROLE app PASSWORD 'hunter2' -- <!channel>", Rule: "ddl", Class: "DCL"},
 		func(bool, string, string) {})
 	select {
 	case m := <-got:
@@ -312,6 +315,9 @@ func TestWebhookRetriesAndSlackShape(t *testing.T) {
 		if m.Airlock.Person.Subject != "sub-alice" || m.Airlock.Process.Exe != "/usr/bin/psql" || m.Airlock.Rule != "ddl" {
 			t.Fatalf("request %+v", m.Airlock)
 		}
+		if st := m.Attachments[0].Fields[5].Value; !strings.Contains(st, "&lt;!channel&gt;") {
+			t.Fatalf("statement field not escaped for Slack: %q", st)
+		}
 		raw, _ := json.Marshal(m)
 		if strings.Contains(string(raw), "hunter2") {
 			t.Fatal("the webhook carried the password")
@@ -320,4 +326,34 @@ func TestWebhookRetriesAndSlackShape(t *testing.T) {
 		t.Fatal("webhook never delivered")
 	}
 	b.Close()
+}
+
+func TestBrokerBoundsPendingPerUID(t *testing.T) {
+	b := New(Options{ApproversGroup: "dba", Timeout: time.Hour})
+	defer b.Close()
+	refused := make(chan string, 1)
+	for i := 0; i <= MaxPendingPerUID; i++ {
+		b.Ask(context.Background(), HoldRequest{Session: sessFor(alice), SQL: "DROP TABLE t"}, func(ok bool, by, reason string) {
+			if !ok && by == "" {
+				select { // Close denies the rest too
+				case refused <- reason:
+				default:
+				}
+			}
+		})
+	}
+	select {
+	case why := <-refused:
+		if !strings.Contains(why, "already has") {
+			t.Fatalf("reason %q", why)
+		}
+	default:
+		t.Fatal("a flood of holds was not bounded")
+	}
+	if _, err := b.RequestAccess(alice, alice.UID, "appdb", time.Hour, "x"); err == nil {
+		t.Fatal("access request past the bound accepted")
+	}
+	if _, err := b.RequestAccess(bob, bob.UID, "appdb", time.Hour, "x"); err != nil {
+		t.Fatalf("another uid is not affected: %v", err)
+	}
 }

@@ -160,5 +160,15 @@ func Payload(r Request) Message {
 			Field{Title: "Statement", Value: "```" + r.Statement + "```"},
 			Field{Title: "Classification", Value: r.Class, Short: true}, Field{Title: "Rule", Value: r.Rule, Short: true})
 	}
+	// Slack reads <…> as links and mentions (<!channel>): the requester's
+	// text is escaped so that it cannot ping or disguise a link.
+	text = slackEscape(text)
+	for i := range fields {
+		fields[i].Value = slackEscape(fields[i].Value)
+	}
 	return Message{Text: text, Attachments: []Attachment{{Fallback: text, Fields: fields}}, Airlock: r}
 }
+
+var slackEscaper = strings.NewReplacer("&", "&amp;", "<", "&lt;", ">", "&gt;")
+
+func slackEscape(s string) string { return slackEscaper.Replace(s) }

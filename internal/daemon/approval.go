@@ -201,7 +201,10 @@ func (d *Daemon) RequestAccess(ctx context.Context, p control.Peer, connection s
 	if _, err := accessRules(d.cfg, *conn).Decide(a.Person); err != nil {
 		return nil, fmt.Errorf("a grant would not help: %w", err)
 	}
-	r := d.approvals.RequestAccess(a.Person, p.UID, connection, dur, reason)
+	r, err := d.approvals.RequestAccess(a.Person, p.UID, connection, dur, reason)
+	if err != nil {
+		return nil, err
+	}
 	return &r, nil
 }
 
