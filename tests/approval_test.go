@@ -164,6 +164,12 @@ func TestApprovalHolds(t *testing.T) {
 	if _, e, err := w.cli(uidA, "", "approve", r.ID); err == nil || !strings.Contains(e, `not in group "dba"`) {
 		t.Fatalf("alice approving: %v %s", err, e)
 	}
+	// Not from a process Airlock watches, though it runs as an approver's
+	// uid: an agent must not approve with its person's login.
+	if _, e, err := w.cli(uidC, "", "run", "--socket", w.socket(), "--", "/proc/self/exe", "approve", r.ID); err == nil ||
+		!strings.Contains(e, "not from a process Airlock watches") {
+		t.Fatalf("approving from an intercepted process: %v %s", err, e)
+	}
 	if out, e, err := w.cli(uidC, "", "approve", r.ID); err != nil || !strings.Contains(out, "approved") {
 		t.Fatalf("carol approving: %v %s %s", err, out, e)
 	}

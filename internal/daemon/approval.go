@@ -18,6 +18,7 @@ import (
 	"github.com/airlockhq/airlock/internal/identity"
 	"github.com/airlockhq/airlock/internal/pgcred"
 	"github.com/airlockhq/airlock/internal/pgwire"
+	"github.com/airlockhq/airlock/internal/procinfo"
 	"github.com/airlockhq/airlock/internal/session"
 )
 
@@ -160,6 +161,10 @@ func (d *Daemon) Decide(ctx context.Context, p control.Peer, id string, approve 
 	if d.approvals == nil {
 		return nil, errNoApprovals
 	}
+	if why := d.intercepted(p); why != "" {
+		return nil, fmt.Errorf("decisions must come from the approver, not from a process Airlock watches (%s): run `airlock %s` in your own terminal", why,
+			map[bool]string{true: "approve", false: "deny"}[approve])
+	}
 	a := d.caller(ctx, p)
 	if a.Person.Name == "" {
 		return nil, fmt.Errorf("uid %d has no identity: run `airlock login` as an approver first", p.UID)
@@ -209,3 +214,34 @@ func (d *Daemon) RequestAccess(ctx context.Context, p control.Peer, connection s
 }
 
 var _ control.ApprovalHandler = (*Daemon)(nil)
+
+// intercepted says why the caller is a process under Airlock's watch (an
+// agent's tree, an `airlock run` command), or "". An agent runs as its
+// person's uid: were the person an approver, the agent could otherwise
+// approve requests with their login.
+func (d *Daemon) intercepted(p control.Peer) string {
+	if p.PID == 0 {
+		return "caller has no pid"
+	}
+	if d.ic != nil && d.ic.IsTracked(p.PID) {
+		return "it is in a tracked agent tree"
+	}
+	cg, err := procinfo.CgroupPath(p.PID)
+	if err != nil {
+		return "its cgroup cannot be read"
+	}
+	full := filepath.Join(d.cgRoot, cg)
+	for _, root := range []string{d.runGroup, d.containRoot()} {
+		if root != "" && (full == root || strings.HasPrefix(full, root+"/")) {
+			return "it runs in " + cg
+		}
+	}
+	return ""
+}
+
+func (d *Daemon) containRoot() string {
+	if d.contain == nil {
+		return ""
+	}
+	return d.contain.Root()
+}
