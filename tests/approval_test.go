@@ -176,6 +176,34 @@ func TestApprovalHolds(t *testing.T) {
 	if out, err := wait(); err != nil || out != "4711" {
 		t.Fatalf("approved statement: %v\n%s", err, out)
 	}
+	// The extended protocol (pgx): held the same way; approvers see the
+	// statement with its placeholder, never the bound value.
+	pgxCmd := w.clientIn(w.clients, uidA, "AIRLOCK_E2E_HELPER=pgx", "PGX_MODE=query", "PGX_DSN="+w.dsn,
+		"PGX_SQL=SELECT ($1::int + 4711)::text", "PGX_PARAM=1")
+	var pgxOut strings.Builder
+	pgxCmd.Stdout = &pgxOut
+	if err := pgxCmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	pgxDone := make(chan error, 1)
+	go func() { pgxDone <- pgxCmd.Wait() }()
+	pr := w.pendingOne(t, uidC)
+	if pr.Statement != "SELECT ($1::int + 4711)::text" {
+		t.Fatalf("extended statement as approvers see it: %q", pr.Statement)
+	}
+	if _, e, err := w.cli(uidC, "", "approve", pr.ID); err != nil {
+		t.Fatalf("approve the pgx statement: %v %s", err, e)
+	}
+	select {
+	case <-pgxDone:
+	case <-time.After(60 * time.Second):
+		_ = pgxCmd.Process.Kill()
+		t.Fatal("pgx never finished")
+	}
+	if !strings.Contains(pgxOut.String(), `"result":"4712"`) {
+		t.Fatalf("approved pgx statement: %s", pgxOut.String())
+	}
+
 	// The webhook got the request, Slack-compatible, with a bearer token.
 	waitFor(t, "the webhook notice", 30*time.Second, func() bool { _, _, ok := hook.find(r.ID); return ok })
 	m, raw, _ := hook.find(r.ID)
