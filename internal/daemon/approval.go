@@ -12,6 +12,7 @@ import (
 
 	"github.com/airlockhq/airlock/internal/access"
 	"github.com/airlockhq/airlock/internal/approval"
+	"github.com/airlockhq/airlock/internal/approval/pgstage"
 	"github.com/airlockhq/airlock/internal/config"
 	"github.com/airlockhq/airlock/internal/control"
 	"github.com/airlockhq/airlock/internal/frontdoor"
@@ -62,7 +63,7 @@ func (d *Daemon) pgStages() func(*session.Session) pgwire.Stages {
 		return nil
 	}
 	return func(sess *session.Session) pgwire.Stages {
-		return pgwire.Stages{Client: []pgwire.ClientStage{&approval.PatternStage{Patterns: d.holdPatterns, Broker: d.approvals, Session: sess}}}
+		return pgwire.Stages{Client: []pgwire.ClientStage{&pgstage.PatternStage{Patterns: d.holdPatterns, Broker: d.approvals, Session: sess}}}
 	}
 }
 

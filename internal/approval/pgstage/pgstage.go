@@ -1,4 +1,8 @@
-package approval
+// Package pgstage is the PostgreSQL pipeline's side of approvals: a hold
+// that asks the approval Broker and resumes or refuses on its answer. It is
+// apart from package approval so that the CLI, which shares approval's
+// types, does not link the proxy.
+package pgstage
 
 import (
 	"context"
@@ -6,13 +10,14 @@ import (
 	"regexp"
 	"time"
 
+	"github.com/airlockhq/airlock/internal/approval"
 	"github.com/airlockhq/airlock/internal/pgwire"
 	"github.com/airlockhq/airlock/internal/session"
 )
 
 // Asker is the Broker as a stage needs it.
 type Asker interface {
-	Ask(ctx context.Context, req HoldRequest, done func(approved bool, by, reason string))
+	Ask(ctx context.Context, req approval.HoldRequest, done func(approved bool, by, reason string))
 	Timeout() time.Duration
 }
 
@@ -35,7 +40,7 @@ func (s *PatternStage) Client(m *pgwire.ClientMsg) pgwire.Verdict {
 	sql := string(m.SQL())
 	for _, re := range s.Patterns {
 		if re.MatchString(sql) {
-			return HoldFor(s.Broker, HoldRequest{Session: s.Session, SQL: sql, Rule: "approvals.hold_statements",
+			return HoldFor(s.Broker, approval.HoldRequest{Session: s.Session, SQL: sql, Rule: "approvals.hold_statements",
 				Reason: "matches " + re.String()})
 		}
 	}
@@ -46,7 +51,7 @@ func (s *PatternStage) Client(m *pgwire.ClientMsg) pgwire.Verdict {
 // req: the statement then runs, or the client gets SQLSTATE 42501 saying
 // who denied it and why, or that nobody decided in time. The client's
 // cancel ends the hold and withdraws the request.
-func HoldFor(b Asker, req HoldRequest) pgwire.Verdict {
+func HoldFor(b Asker, req approval.HoldRequest) pgwire.Verdict {
 	timeout := req.Timeout
 	if timeout <= 0 {
 		timeout = b.Timeout()
