@@ -44,6 +44,16 @@ func helperPgx() {
 			out["after"] = errString(err)
 		}
 		emit()
+	case "query":
+		// One statement through the extended protocol with one text
+		// parameter, PGX_PARAM; prints the first column.
+		var v string
+		if err := conn.QueryRow(ctx, os.Getenv("PGX_SQL"), os.Getenv("PGX_PARAM")).Scan(&v); err != nil {
+			out["error"] = errString(err)
+		} else {
+			out["result"] = v
+		}
+		emit()
 	case "scenario":
 		pgxScenario(ctx, conn, out)
 		emit()

@@ -55,6 +55,7 @@ ENVIRONMENT
 	root.PersistentFlags().BoolVar(&g.json, "json", false, "print JSON instead of text")
 	root.AddCommand(newStatusCmd(), newRunCmd(), newLoginCmd(), newWhoamiCmd(), newLogoutCmd(),
 		newSessionsCmd(), newReplayCmd(), newAuditCmd())
+	root.AddCommand(newApprovalsCmd(), newApproveCmd(), newDenyCmd(), newRequestCmd())
 	return root
 }
 

@@ -199,12 +199,12 @@ func summarize(r audit.Record) string {
 	case "statement":
 		var st audit.Statement
 		if json.Unmarshal(r.Data, &st) == nil {
-			return oneLine(st.SQL, 100) + " → " + outcome(st)
+			return oneLineMax(st.SQL, 100) + " → " + outcome(st)
 		}
 	case "session.end":
 		var e audit.SessionEnd
 		if json.Unmarshal(r.Data, &e) == nil {
-			return e.Reason + " " + oneLine(e.Detail, 100)
+			return e.Reason + " " + oneLineMax(e.Detail, 100)
 		}
 	case "credential.create", "credential.revoke", "credential.sweep":
 		var c audit.Credential
@@ -222,7 +222,7 @@ func summarize(r audit.Record) string {
 			return fmt.Sprintf("%s pid %d %s → %s", s.Person.Name, s.Process.PID, s.Process.Exe, s.Dest)
 		}
 	}
-	return oneLine(string(r.Data), 100)
+	return oneLineMax(string(r.Data), 100)
 }
 
 func outcome(st audit.Statement) string {
@@ -243,7 +243,7 @@ func outcome(st audit.Statement) string {
 	return out
 }
 
-func oneLine(s string, max int) string {
+func oneLineMax(s string, max int) string {
 	s = strings.Join(strings.Fields(s), " ")
 	if r := []rune(s); len(r) > max {
 		return string(r[:max]) + "…"

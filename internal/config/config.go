@@ -32,6 +32,9 @@ type Config struct {
 	// Masking, when set, masks sensitive values in PostgreSQL results
 	// before they reach the client (internal/mask, internal/pgmask).
 	Masking *mask.Policy `yaml:"masking"`
+	// Approvals configures who decides held statements and just-in-time
+	// access requests (`airlock approvals`, `approve`, `deny`, `request`).
+	Approvals *Approvals `yaml:"approvals"`
 
 	// Audit is the session record (statements, with their parameters only
 	// when audit.record_params is set; the log never holds statements).
@@ -114,6 +117,10 @@ type Connection struct {
 	// per group, the upstream group roles their sessions get. Empty with
 	// identity configured: nobody may (deny by default).
 	Access []Access `yaml:"access"`
+	// RequireGrant: a session is admitted only while its person holds an
+	// approved just-in-time grant (`airlock request CONN --for 1h`); live
+	// sessions end when it expires. Needs an approvals section.
+	RequireGrant bool `yaml:"require_grant"`
 }
 
 // Access is one group's right to a connection.
@@ -152,6 +159,25 @@ type Claims struct {
 	Name   string `yaml:"name"`   // default preferred_username (then sub)
 	Email  string `yaml:"email"`  // default email
 	Groups string `yaml:"groups"` // default groups
+}
+
+// Approvals is who decides what a person must approve.
+type Approvals struct {
+	// ApproversGroup: members (by their own `airlock login`) decide.
+	ApproversGroup string `yaml:"approvers_group"`
+	// Timeout: a request nobody decided in this long is denied. Default 5m.
+	Timeout Duration `yaml:"timeout"`
+	// MaxGrant bounds `airlock request --for`. Default 8h.
+	MaxGrant Duration `yaml:"max_grant"`
+	// WebhookURL gets each new request as JSON (Slack incoming-webhook
+	// compatible); WebhookTokenFile, if set, holds a bearer token for it.
+	WebhookURL       string `yaml:"webhook_url"`
+	WebhookTokenFile string `yaml:"webhook_token_file"`
+	// HoldStatements are regular expressions: a matching Query or Parse is
+	// held for approval. An interim rule until the policy engine decides
+	// holds from PostgreSQL's parse tree; a regex is no guardrail against
+	// rewording.
+	HoldStatements []string `yaml:"hold_statements"`
 }
 
 // Postgres is a PostgreSQL connection's upstream and credential.

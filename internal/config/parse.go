@@ -12,6 +12,7 @@ import (
 	"os/user"
 	"path/filepath"
 	"reflect"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -230,6 +231,14 @@ func (c *Config) defaults() {
 	if c.Audit.SpoolMaxMB == 0 {
 		c.Audit.SpoolMaxMB = 1024
 	}
+	if a := c.Approvals; a != nil {
+		if a.Timeout == 0 {
+			a.Timeout = Duration(5 * time.Minute)
+		}
+		if a.MaxGrant == 0 {
+			a.MaxGrant = Duration(8 * time.Hour)
+		}
+	}
 	for i := range c.Connections {
 		conn := &c.Connections[i]
 		def(&conn.Protocol, "tcp")
@@ -325,6 +334,9 @@ func (c *Config) validate() error {
 	if err := c.validateAudit(); err != nil {
 		return err
 	}
+	if err := c.validateApprovals(); err != nil {
+		return err
+	}
 	claimed := map[string]string{}
 	connNames := map[string]bool{}
 	for i := range c.Connections {
@@ -351,6 +363,9 @@ func (c *Config) validate() error {
 		}
 		if err := c.validateAccess(key, conn); err != nil {
 			return err
+		}
+		if conn.RequireGrant && (c.Approvals == nil || c.Approvals.ApproversGroup == "") {
+			return c.errKey(key+".require_grant", "grants need approvers: set approvals.approvers_group")
 		}
 		switch conn.Protocol {
 		case "tcp":
@@ -763,4 +778,35 @@ func isLoopbackHost(h string) bool {
 	}
 	ip := net.ParseIP(h)
 	return ip != nil && ip.IsLoopback()
+}
+
+func (c *Config) validateApprovals() error {
+	a := c.Approvals
+	if a == nil {
+		return nil
+	}
+	if a.ApproversGroup == "" {
+		return c.errKey("approvals.approvers_group", "name the group whose members decide (their `airlock login` proves it)")
+	}
+	if a.Timeout.D() < time.Second || a.Timeout.D() > 24*time.Hour {
+		return c.errKey("approvals.timeout", "from 1s to 24h")
+	}
+	if a.MaxGrant.D() < time.Minute {
+		return c.errKey("approvals.max_grant", "at least 1m")
+	}
+	if a.WebhookURL != "" {
+		u, err := url.Parse(a.WebhookURL)
+		if err != nil || u.Host == "" || (u.Scheme != "https" && !(u.Scheme == "http" && isLoopbackHost(u.Hostname()))) {
+			return c.errKey("approvals.webhook_url", "must be an https URL (http only on loopback, for tests)")
+		}
+	}
+	if a.WebhookTokenFile != "" && !filepath.IsAbs(a.WebhookTokenFile) {
+		return c.errKey("approvals.webhook_token_file", "must be an absolute path")
+	}
+	for i, p := range a.HoldStatements {
+		if _, err := regexp.Compile(p); err != nil {
+			return c.errKey(fmt.Sprintf("approvals.hold_statements[%d]", i), fmt.Sprintf("not a regular expression: %v", err))
+		}
+	}
+	return nil
 }

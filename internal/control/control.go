@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/airlockhq/airlock/internal/approval"
 )
 
 // DefaultSocket is where airlockd listens by default.
@@ -45,6 +47,8 @@ type Request struct {
 	ForUID *uint32       `json:"for_uid,omitempty"`
 	Login  *LoginRequest `json:"login,omitempty"`
 	Audit  *AuditQuery   `json:"audit,omitempty"`
+	// Approval: approve, deny, request.
+	Approval *ApprovalCall `json:"approval,omitempty"`
 }
 
 // Reply answers a Request.
@@ -56,7 +60,9 @@ type Reply struct {
 	Issuers  []IssuerInfo  `json:"issuers,omitempty"`
 	Identity *IdentityInfo `json:"identity,omitempty"`
 
-	Audit *AuditReply `json:"audit,omitempty"`
+	Audit     *AuditReply        `json:"audit,omitempty"`
+	Approvals []approval.Request `json:"approvals,omitempty"`
+	Approval  *approval.Request  `json:"approval,omitempty"`
 }
 
 // RunReply tells `airlock run` where its process was placed.
@@ -170,6 +176,8 @@ func (s *Server) serveConn(ctx context.Context, c *net.UnixConn) {
 			rep.Run, err = s.h.Run(ctx, peer)
 		case "issuers", "login", "whoami", "logout":
 			err = s.identity(ctx, peer, &req, &rep)
+		case "approvals", "approve", "deny", "request":
+			err = s.approval(ctx, peer, &req, &rep)
 		default:
 			ah, ok := s.h.(AuditHandler)
 			if !ok || !isAuditOp(req.Op) {

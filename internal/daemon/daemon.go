@@ -11,10 +11,12 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/airlockhq/airlock/internal/approval"
 	"github.com/airlockhq/airlock/internal/audit"
 	"github.com/airlockhq/airlock/internal/cgroups"
 	"github.com/airlockhq/airlock/internal/config"
@@ -64,6 +66,9 @@ type Daemon struct {
 
 	contain *intercept.Containment // tree mode's containment cgroups; nil when off
 	ident   *identity.Service      // nil without an identity section
+
+	approvals    *approval.Broker // nil without an approvals section
+	holdPatterns []*regexp.Regexp
 
 	mu sync.Mutex
 }
@@ -195,13 +200,6 @@ func (d *Daemon) start(ctx context.Context) error {
 		return err
 	}
 
-	dialer := upstream.Dialer{Mark: d.cfg.Intercept.Mark, Timeout: 10 * time.Second}
-	d.routes, err = newRouter(ctx, d.cfg, d.set, dialer, d.lookup, d.log)
-	if err != nil {
-		return err
-	}
-	d.closers = append(d.closers, d.routes.close)
-
 	// The audit record is the record: each event reaches its journal
 	// before the client sees what it describes. Session-level events (no
 	// statement text, no parameters) also go to the log, off the data path.
@@ -212,6 +210,15 @@ func (d *Daemon) start(ctx context.Context) error {
 	q := session.NewQueue(session.LogSink{Logger: slog.New(slog.NewTextHandler(ew, &slog.HandlerOptions{Level: slog.LevelInfo}))}, 4096, ew.Flush)
 	d.closers = append(d.closers, d.watch(context.WithoutCancel(ctx), q.Run))
 	sink := session.Fanout{d.audit, q}
+	if err := d.startApprovals(ctx, sink); err != nil {
+		return fmt.Errorf("set up approvals: %w", err)
+	}
+	dialer := upstream.Dialer{Mark: d.cfg.Intercept.Mark, Timeout: 10 * time.Second}
+	d.routes, err = newRouter(ctx, d.cfg, d.set, dialer, d.lookup, d.log, d)
+	if err != nil {
+		return err
+	}
+	d.closers = append(d.closers, d.routes.close)
 	people, err := d.people(sink)
 	if err != nil {
 		return fmt.Errorf("set up identities: %w", err)

@@ -44,7 +44,7 @@ type router struct {
 // names and hosts file that define targets also define where upstreams are.
 type lookupFunc func(ctx context.Context, host string) ([]string, error)
 
-func newRouter(ctx context.Context, cfg *config.Config, set *targets.Set, dialer upstream.Dialer, lookup lookupFunc, log *slog.Logger) (*router, error) {
+func newRouter(ctx context.Context, cfg *config.Config, set *targets.Set, dialer upstream.Dialer, lookup lookupFunc, log *slog.Logger, d *Daemon) (*router, error) {
 	r := &router{set: set, hosts: map[string]string{}, byTarget: map[string]frontdoor.Route{}, fallback: relay.TCP{Dialer: dialer}, stateDir: cfg.StateDir}
 	for _, t := range cfg.Targets {
 		if t.Host != "" {
@@ -77,7 +77,11 @@ func newRouter(ctx context.Context, cfg *config.Config, set *targets.Set, dialer
 					return nil, fmt.Errorf("client-leg TLS certificate: %w", err)
 				}
 			}
-			p, err := r.postgres(ctx, conn, accessRules(cfg, conn), clientTLS, dialer, lookup, log)
+			var acc pgwire.Access = accessRules(cfg, conn)
+			if conn.RequireGrant && d.approvals != nil {
+				acc = grantAccess{rules: accessRules(cfg, conn), broker: d.approvals}
+			}
+			p, err := r.postgres(ctx, conn, accessRules(cfg, conn), acc, d.pgStages(), clientTLS, dialer, lookup, log)
 			if err != nil {
 				r.close()
 				return nil, fmt.Errorf("connection %s: %w", conn.Name, err)
@@ -85,6 +89,7 @@ func newRouter(ctx context.Context, cfg *config.Config, set *targets.Set, dialer
 			h = p
 			refuser = pgRefuser{tls: clientTLS}
 		}
+		h = d.wrapGrant(conn, h)
 		for _, t := range conn.Targets {
 			rt := frontdoor.Route{Target: t, Connection: conn.Name, Protocol: conn.Protocol, Handler: h, Refuser: refuser}
 			if conn.Protocol == "postgres" {
@@ -96,7 +101,7 @@ func newRouter(ctx context.Context, cfg *config.Config, set *targets.Set, dialer
 	return r, nil
 }
 
-func (r *router) postgres(ctx context.Context, conn config.Connection, rules access.Rules, clientTLS *tls.Config, dialer upstream.Dialer, lookup lookupFunc, log *slog.Logger) (*pgwire.Proxy, error) {
+func (r *router) postgres(ctx context.Context, conn config.Connection, rules access.Rules, acc pgwire.Access, stages func(*session.Session) pgwire.Stages, clientTLS *tls.Config, dialer upstream.Dialer, lookup lookupFunc, log *slog.Logger) (*pgwire.Proxy, error) {
 	pg := conn.Postgres
 	var creds pgwire.Credentials
 	var catalog *pgx.ConnConfig
@@ -160,12 +165,14 @@ func (r *router) postgres(ctx context.Context, conn config.Connection, rules acc
 		},
 		Databases:   pg.Databases,
 		Credentials: creds,
-		Access:      rules,
-		ClientTLS:   clientTLS,
-		Dial:        dialer.DialContext,
-		Lookup:      lookup,
-		Logger:      log.With("connection", conn.Name),
-		Stages:      r.maskingStages(catalog, log.With("connection", conn.Name)),
+		Access:      acc,
+		// Masking last: it answers each Bind with Bind + Describe, which a
+		// later stage would not expect.
+		Stages:    pgwire.ChainStages(stages, r.maskingStages(catalog, log.With("connection", conn.Name))),
+		ClientTLS: clientTLS,
+		Dial:      dialer.DialContext,
+		Lookup:    lookup,
+		Logger:    log.With("connection", conn.Name),
 	})
 }
 

@@ -146,6 +146,30 @@ type Stages struct {
 	Server []ServerStage
 }
 
+// ChainStages builds a session's pipeline from several builders, their
+// stages in the order given (nil builders are skipped).
+func ChainStages(builders ...func(*session.Session) Stages) func(*session.Session) Stages {
+	var bs []func(*session.Session) Stages
+	for _, b := range builders {
+		if b != nil {
+			bs = append(bs, b)
+		}
+	}
+	if len(bs) == 0 {
+		return nil
+	}
+	return func(sess *session.Session) Stages {
+		var out Stages
+		for _, b := range bs {
+			st := b(sess)
+			out.Batch = append(out.Batch, st.Batch...)
+			out.Client = append(out.Client, st.Client...)
+			out.Server = append(out.Server, st.Server...)
+		}
+		return out
+	}
+}
+
 // Holding is a parked message awaiting a decision. Resolve it from any
 // goroutine; the first resolution wins.
 type Holding struct {
@@ -155,6 +179,7 @@ type Holding struct {
 	once      sync.Once
 	parked    chan struct{}
 	parkOnce  sync.Once
+	done      chan struct{}
 }
 
 const defaultHoldTimeout = 5 * time.Minute
@@ -168,7 +193,7 @@ func NewHold(timeout time.Duration, onTimeout ErrorReply) *Holding {
 	if onTimeout.Code == "" {
 		onTimeout = ErrorReply{Code: codeQueryCanceled, Message: "Airlock: no decision in time for this statement"}
 	}
-	return &Holding{timeout: timeout, onTimeout: onTimeout, ch: make(chan Verdict, 1), parked: make(chan struct{})}
+	return &Holding{timeout: timeout, onTimeout: onTimeout, ch: make(chan Verdict, 1), parked: make(chan struct{}), done: make(chan struct{})}
 }
 
 // Parked is closed once the session is parked on the hold: from then on a
@@ -185,9 +210,15 @@ func (h *Holding) Resolve(v Verdict) bool {
 	h.once.Do(func() {
 		won = true
 		h.ch <- v
+		close(h.done)
 	})
 	return won
 }
+
+// Done is closed once the hold is decided, by whoever decided it (the
+// holding stage's approver, the timeout, the client's cancel): an approver
+// waiting elsewhere learns that its question is moot.
+func (h *Holding) Done() <-chan struct{} { return h.done }
 
 // Approve resolves the hold with Forward.
 func (h *Holding) Approve() bool { return h.Resolve(Verdict{Action: Forward}) }

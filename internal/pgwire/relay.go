@@ -122,6 +122,12 @@ func (p *Proxy) relay(ctx context.Context, client net.Conn, up *upstreamConn, se
 		return nil
 	}
 	defer context.AfterFunc(ctx, func() {
+		var ender SessionEnder
+		if cause := context.Cause(ctx); errors.As(cause, &ender) {
+			code, msg := ender.SessionEnd()
+			stop(ending{err: cause, terminate: true, toClient: &fatal{code, msg}})
+			return
+		}
 		if cause := context.Cause(ctx); errors.Is(cause, identity.ErrLost) {
 			stop(ending{err: cause, terminate: true, toClient: &fatal{codeInvalidAuth,
 				"session ended: your Airlock identity expired and could not be renewed; run `airlock login`, then reconnect"}})
@@ -221,6 +227,13 @@ func (p *Proxy) drain(cerr error, c2s *pump, up net.Conn, pl *pipe, done, stoppe
 	case <-timer.C:
 	case <-stopped:
 	}
+}
+
+// SessionEnder is a context cause that ends a live session with its own
+// FATAL error for the client (an access grant that expired, say).
+type SessionEnder interface {
+	error
+	SessionEnd() (sqlstate, message string)
 }
 
 // waitHold parks until h is decided, times out, or the session stops

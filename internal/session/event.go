@@ -23,6 +23,10 @@ const (
 	KindIdentityLogout  Kind = "identity.logout"
 	KindIdentityRefresh Kind = "identity.refresh"
 	KindIdentityLost    Kind = "identity.lost"
+	// An approval request's life: filed (pending), then approved, denied,
+	// expired or canceled. Statement holds carry their session; access
+	// requests none.
+	KindApproval Kind = "approval"
 )
 
 // Event is one recorded fact about a session. Exactly the pointer fields that
@@ -37,6 +41,7 @@ type Event struct {
 	Credential *Credential `json:"credential,omitempty"`
 	Refusal    *Refusal    `json:"refusal,omitempty"`
 	Identity   *Identity   `json:"identity,omitempty"`
+	Approval   *Approval   `json:"approval,omitempty"`
 	// Person is who the session acts for, on every session event.
 	Person *identity.Person `json:"person,omitempty"`
 }
@@ -47,6 +52,18 @@ type Identity struct {
 	By      uint32 `json:"by"` // the caller's uid; differs for root's --for-uid
 	Outcome string `json:"outcome"`
 	Error   string `json:"error,omitempty"`
+}
+
+// Approval is a step of an approval request (a held statement or an access
+// request).
+type Approval struct {
+	ID         string `json:"id"`
+	Kind       string `json:"kind"`     // statement | access
+	Decision   string `json:"decision"` // pending, approved, denied, expired, canceled
+	By         string `json:"by,omitempty"`
+	Reason     string `json:"reason,omitempty"`
+	Connection string `json:"connection,omitempty"`
+	Rule       string `json:"rule,omitempty"`
 }
 
 // End closes a session.
@@ -178,6 +195,10 @@ func (l LogSink) Record(ev Event) {
 		}
 	case ev.Refusal != nil:
 		attrs = append(attrs, "reason", ev.Refusal.Reason, "sqlstate", ev.Refusal.SQLState)
+	case ev.Approval != nil:
+		a := ev.Approval
+		attrs = append(attrs, "approval_id", a.ID, "approval_kind", a.Kind, "decision", a.Decision, "by", a.By,
+			"reason", a.Reason, "connection", a.Connection, "rule", a.Rule)
 	case ev.Identity != nil:
 		attrs = append(attrs, "uid", ev.Identity.UID, "by", ev.Identity.By, "outcome", ev.Identity.Outcome, "error", ev.Identity.Error)
 	}
