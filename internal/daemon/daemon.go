@@ -219,6 +219,7 @@ func (d *Daemon) start(ctx context.Context) error {
 		Sink:    sink,
 		Logger:  d.log,
 		IsRoot:  d.isTrackedRoot,
+		Class:   d.processClass,
 
 		MaxSessions:       d.cfg.Proxy.MaxSessions,
 		MaxSessionsPerUID: d.cfg.Proxy.MaxSessionsPerUID,

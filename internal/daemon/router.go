@@ -4,6 +4,9 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
+	"github.com/airlockhq/airlock/internal/guard"
+	"github.com/airlockhq/airlock/internal/policy"
+	"github.com/airlockhq/airlock/internal/sqlclass"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -36,6 +39,9 @@ type router struct {
 	fallback frontdoor.Handler
 	closers  []func()
 	stateDir string
+	// policies is the SQL policy every PostgreSQL session reads at each
+	// statement; reloads swap it without touching sessions.
+	policies *policy.Store
 }
 
 // lookupFunc resolves upstream hostnames with the daemon's resolver, so the
@@ -53,6 +59,15 @@ func newRouter(ctx context.Context, cfg *config.Config, set *targets.Set, dialer
 		// Targets no connection claims still need a person behind them.
 		r.fallback = gated{h: r.fallback, rules: access.Rules{Connection: "(plain TCP)"}}
 	}
+	var err error
+	if r.policies, err = policy.NewStore(cfg.PolicyFile); err != nil {
+		return nil, fmt.Errorf("SQL policy: %w", err)
+	}
+	if cfg.PolicyFile != "" {
+		stop := startLoop(ctx, func(ctx context.Context) { watchPolicy(ctx, r.policies, cfg.PolicyFile, log) })
+		r.closers = append(r.closers, stop)
+	}
+	classifier := sqlclass.New(sqlclass.Options{})
 	var clientTLS *tls.Config
 	for _, conn := range cfg.Connections {
 		var h frontdoor.Handler
@@ -71,7 +86,8 @@ func newRouter(ctx context.Context, cfg *config.Config, set *targets.Set, dialer
 					return nil, fmt.Errorf("client-leg TLS certificate: %w", err)
 				}
 			}
-			p, err := r.postgres(ctx, conn, accessRules(cfg, conn), clientTLS, dialer, lookup, log)
+			g := &guard.Guard{Connection: conn.Name, Policies: r.policies, Classifier: classifier, Ctx: ctx}
+			p, err := r.postgres(ctx, conn, accessRules(cfg, conn), clientTLS, dialer, lookup, log, g)
 			if err != nil {
 				r.close()
 				return nil, fmt.Errorf("connection %s: %w", conn.Name, err)
@@ -90,7 +106,7 @@ func newRouter(ctx context.Context, cfg *config.Config, set *targets.Set, dialer
 	return r, nil
 }
 
-func (r *router) postgres(ctx context.Context, conn config.Connection, rules access.Rules, clientTLS *tls.Config, dialer upstream.Dialer, lookup lookupFunc, log *slog.Logger) (*pgwire.Proxy, error) {
+func (r *router) postgres(ctx context.Context, conn config.Connection, rules access.Rules, clientTLS *tls.Config, dialer upstream.Dialer, lookup lookupFunc, log *slog.Logger, g *guard.Guard) (*pgwire.Proxy, error) {
 	pg := conn.Postgres
 	var creds pgwire.Credentials
 	switch pg.Credential.Mode {
@@ -152,6 +168,7 @@ func (r *router) postgres(ctx context.Context, conn config.Connection, rules acc
 		Dial:        dialer.DialContext,
 		Lookup:      lookup,
 		Logger:      log.With("connection", conn.Name),
+		Stages:      g.Stages,
 	})
 }
 

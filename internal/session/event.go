@@ -24,6 +24,10 @@ const (
 	KindIdentityLogout  Kind = "identity.logout"
 	KindIdentityRefresh Kind = "identity.refresh"
 	KindIdentityLost    Kind = "identity.lost"
+	// KindDecision is a policy decision on a statement other than a plain
+	// allow: refused, held, approved or denied by a person, or allowed by
+	// a named rule.
+	KindDecision Kind = "decision"
 )
 
 // Event is one recorded fact about a session. Exactly the pointer fields that
@@ -38,6 +42,7 @@ type Event struct {
 	Credential *Credential `json:"credential,omitempty"`
 	Refusal    *Refusal    `json:"refusal,omitempty"`
 	Identity   *Identity   `json:"identity,omitempty"`
+	Decision   *Decision   `json:"decision,omitempty"`
 	// Person is who the session acts for, on every session event.
 	Person *identity.Person `json:"person,omitempty"`
 }
@@ -79,6 +84,17 @@ type Statement struct {
 	// not the client's), or "unknown: client left" (sent, outcome never
 	// seen).
 	Decision string `json:"decision,omitempty"`
+}
+
+// Decision is what the SQL policy decided for a statement.
+type Decision struct {
+	Action   string `json:"action"` // allow, deny, hold
+	Rule     string `json:"rule"`
+	Reason   string `json:"reason,omitempty"`
+	Protocol string `json:"protocol"` // simple, extended, function
+	SQL      string `json:"sql"`      // redacted: secrets replaced
+	Class    string `json:"class,omitempty"`
+	By       string `json:"by,omitempty"` // the person who approved or denied a hold
 }
 
 // Credential is a just-in-time upstream credential being created or revoked.
@@ -159,6 +175,13 @@ func (l LogSink) Record(ev Event) {
 		}
 	case ev.Refusal != nil:
 		attrs = append(attrs, "reason", ev.Refusal.Reason, "sqlstate", ev.Refusal.SQLState)
+	case ev.Decision != nil:
+		d := ev.Decision
+		attrs = append(attrs, "action", d.Action, "rule", d.Rule, "reason", d.Reason, "protocol", d.Protocol,
+			"sql", d.SQL, "class", d.Class)
+		if d.By != "" {
+			attrs = append(attrs, "by", d.By)
+		}
 	case ev.Identity != nil:
 		attrs = append(attrs, "uid", ev.Identity.UID, "by", ev.Identity.By, "outcome", ev.Identity.Outcome, "error", ev.Identity.Error)
 	}
