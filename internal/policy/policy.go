@@ -277,7 +277,8 @@ func (p *Policy) Decide(res *sqlclass.Result, err error, w Who) Decision {
 	best := Decision{Action: Allow}
 	res.Walk(func(s *sqlclass.Statement) {
 		d := p.decideStatement(s, w)
-		if d.Action.strictness() > best.Action.strictness() {
+		if d.Action.strictness() > best.Action.strictness() ||
+			(d.Action == best.Action && best.Rule == "" && d.Rule != "") {
 			best = d
 		}
 	})
@@ -295,8 +296,10 @@ func (p *Policy) decideStatement(s *sqlclass.Statement, w Who) Decision {
 		switch {
 		case s.Kind == sqlclass.KindDDL && !s.Flags.Has(sqlclass.FlagFunctionBody):
 			return Decision{Action: Hold, Rule: RuleAgentHolds, Reason: "an agent's schema change (" + s.Command + ") waits for a person's approval", Timeout: p.agentHoldTimeout}
-		case s.Flags.Has(sqlclass.FlagNoWhere) && (s.Command == "UPDATE" || s.Command == "DELETE"):
-			return Decision{Action: Hold, Rule: RuleAgentHolds, Reason: "an agent's " + s.Command + " without WHERE (every row) waits for a person's approval", Timeout: p.agentHoldTimeout}
+		case s.Flags.Has(sqlclass.FlagNoWhere) && !s.Flags.Has(sqlclass.FlagFunctionBody):
+			// The flag is the classifier's for UPDATE/DELETE without
+			// WHERE, also inside a CTE or a code block.
+			return Decision{Action: Hold, Rule: RuleAgentHolds, Reason: "an agent's UPDATE or DELETE without WHERE (every row) waits for a person's approval", Timeout: p.agentHoldTimeout}
 		}
 	}
 	return Decision{Action: Allow}
