@@ -55,7 +55,7 @@ type Guard struct {
 
 // Stages returns the session's guard stage, for pgwire.Options.Stages.
 func (g *Guard) Stages(sess *session.Session) pgwire.Stages {
-	s := &Stage{g: g, sess: sess, prepared: map[string]policy.Decision{}}
+	s := &Stage{g: g, sess: sess, prepared: map[string]preparedStmt{}}
 	return pgwire.Stages{Batch: []pgwire.BatchStage{s}, Client: []pgwire.ClientStage{s}}
 }
 
@@ -66,7 +66,17 @@ type Stage struct {
 	sess *session.Session
 	// prepared maps a prepared statement's name to its decision. SQL
 	// PREPARE and protocol Parse share PostgreSQL's one namespace.
-	prepared map[string]policy.Decision
+	prepared map[string]preparedStmt
+	memo     *policy.Memo // decisions of the policy in force, per classification
+}
+
+// decider is the session's memo of the policy in force; a reload starts a
+// new one at the next statement.
+func (s *Stage) decider() *policy.Memo {
+	if p := s.g.Policies.Policy(); s.memo == nil || s.memo.Policy() != p {
+		s.memo = p.Memo(s.who())
+	}
+	return s.memo
 }
 
 func (s *Stage) who() policy.Who {
@@ -83,14 +93,13 @@ func (s *Stage) ClientTypes() string { return "QF" }
 
 // Client decides a simple Query or a FunctionCall.
 func (s *Stage) Client(m *pgwire.ClientMsg) pgwire.Verdict {
-	pol := s.g.Policies.Policy()
 	if m.Type == 'F' {
-		d := pol.DecideFastPath("", s.who())
+		d := s.g.Policies.Policy().DecideFastPath("", s.who())
 		return s.verdict(d, "function", fastPathText(m.Body), nil)
 	}
 	sql := string(m.SQL())
 	res, err := s.g.Classifier.Classify(sql)
-	d := pol.Decide(res, err, s.who())
+	d := s.decider().Decide(res, err)
 	d = s.withPrepared(d, res, err == nil)
 	v := s.verdict(d, "simple", redacted(res, err, sql), res)
 	if v.Action != pgwire.Reply && res != nil {
@@ -101,14 +110,12 @@ func (s *Stage) Client(m *pgwire.ClientMsg) pgwire.Verdict {
 
 // Batch decides an extended batch as a whole.
 func (s *Stage) Batch(b *pgwire.Batch) pgwire.Verdict {
-	pol := s.g.Policies.Policy()
-	w := s.who()
+	dec := s.decider()
 	best := policy.Decision{Action: policy.Allow}
 	var bestSQL string
 	var bestRes *sqlclass.Result
-	parsed := map[string]policy.Decision{} // names parsed in this batch, in order
+	parsed := map[string]preparedStmt{} // names parsed in this batch
 	closed := map[string]bool{}
-	parsedSQL := map[string]heldText{} // held statements' texts, for the request
 	consider := func(d policy.Decision, sql string, res *sqlclass.Result) {
 		if strictness(d.Action) > strictness(best.Action) || (bestSQL == "" && d.Rule != "") {
 			best, bestSQL, bestRes = d, sql, res
@@ -123,7 +130,7 @@ func (s *Stage) Batch(b *pgwire.Batch) pgwire.Verdict {
 				continue // the pipeline refuses malformed messages itself
 			}
 			res, err := s.g.Classifier.Classify(string(q))
-			d := pol.Decide(res, err, w)
+			d := dec.Decide(res, err)
 			d = s.withPrepared(d, res, err == nil)
 			sql := redacted(res, err, string(q))
 			if d.Action == policy.Deny {
@@ -132,32 +139,22 @@ func (s *Stage) Batch(b *pgwire.Batch) pgwire.Verdict {
 			}
 			// A Parse that is only prepared runs nothing: a hold waits
 			// for the Bind that runs it (in this batch or a later one).
-			parsed[string(name)] = d
+			parsed[string(name)] = preparedStmt{d, heldText{sql, res}}
 			delete(closed, string(name))
 			if d.Rule != "" && d.Action == policy.Allow {
 				consider(d, sql, res)
-			}
-			if d.Action == policy.Hold {
-				// Remember the text for the request if this batch runs it.
-				parsedSQL[string(name)] = heldText{sql, res}
 			}
 		case 'B':
 			stmt, ok := bindStatement(m.Body)
 			if !ok {
 				continue
 			}
-			d, known := parsed[stmt]
-			ht, inBatch := parsedSQL[stmt]
+			ps, known := parsed[stmt]
 			if !known {
-				d, known = s.prepared[stmt]
+				ps, known = s.prepared[stmt]
 			}
-			if known && d.Action != policy.Allow {
-				sql := "EXECUTE " + stmt
-				var res *sqlclass.Result
-				if inBatch {
-					sql, res = ht.sql, ht.res
-				}
-				consider(d, sql, res)
+			if known && ps.d.Action != policy.Allow {
+				consider(ps.d, ps.sql, ps.res)
 			}
 		case 'C':
 			if len(m.Body) > 1 && m.Body[0] == 'S' {
@@ -172,8 +169,8 @@ func (s *Stage) Batch(b *pgwire.Batch) pgwire.Verdict {
 		for name := range closed {
 			delete(s.prepared, name)
 		}
-		for name, d := range parsed {
-			s.prepared[name] = d
+		for name, ps := range parsed {
+			s.prepared[name] = ps
 		}
 	}
 	return v
@@ -182,6 +179,12 @@ func (s *Stage) Batch(b *pgwire.Batch) pgwire.Verdict {
 type heldText struct {
 	sql string
 	res *sqlclass.Result
+}
+
+// preparedStmt is what a prepared statement's name stands for.
+type preparedStmt struct {
+	d policy.Decision
+	heldText
 }
 
 // withPrepared folds in the decisions of statements the string runs by name
@@ -194,8 +197,8 @@ func (s *Stage) withPrepared(d policy.Decision, res *sqlclass.Result, ok bool) p
 		if !st.Flags.Has(sqlclass.FlagRunsPrepared) || st.PreparedName == "" {
 			return
 		}
-		if pd, ok := s.prepared[st.PreparedName]; ok && strictness(pd.Action) > strictness(d.Action) {
-			d = pd
+		if ps, ok := s.prepared[st.PreparedName]; ok && strictness(ps.d.Action) > strictness(d.Action) {
+			d = ps.d
 		}
 	})
 	return d
@@ -207,8 +210,7 @@ func (s *Stage) remember(res *sqlclass.Result, d policy.Decision) {
 	for _, st := range res.Statements {
 		switch {
 		case st.Flags.Has(sqlclass.FlagPrepare) && st.PreparedName != "":
-			one := &sqlclass.Result{SQL: st.Text, Statements: []*sqlclass.Statement{st}}
-			s.prepared[st.PreparedName] = s.g.Policies.Policy().Decide(one, nil, s.who())
+			s.prepared[st.PreparedName] = preparedStmt{s.decider().Policy().DecidePrepared(st, s.who()), heldText{st.Redacted, res}}
 		case st.Flags.Has(sqlclass.FlagDeallocate):
 			if st.PreparedName == "" {
 				clear(s.prepared)
@@ -243,7 +245,7 @@ func (s *Stage) verdict(d policy.Decision, protocol, sql string, res *sqlclass.R
 		if s.g.Approver == nil {
 			msg := fmt.Sprintf("Airlock: this statement needs a person's approval (rule %s: %s), and no approvals are configured", d.Rule, d.Reason)
 			s.record(policy.Decision{Action: policy.Deny, Rule: d.Rule, Reason: "no approver configured"}, protocol, sql, "")
-			return refuse(msg, "Ask an administrator to configure approvals, or change the statement.")
+			return refuse(msg, "Ask an administrator to configure approvals, or change the statement.", sql)
 		}
 		timeout := d.Timeout
 		if timeout <= 0 {
@@ -267,18 +269,20 @@ func (s *Stage) verdict(d policy.Decision, protocol, sql string, res *sqlclass.R
 			if reason != "" {
 				msg += ": " + reason
 			}
-			if h.Deny("42501", msg) {
+			if h.Resolve(refuse(msg, "", sql)) {
 				s.record(policy.Decision{Action: policy.Deny, Rule: d.Rule, Reason: nonEmpty(reason, "denied")}, protocol, sql, by)
 			}
 		})
 		return pgwire.Verdict{Action: pgwire.Hold, Hold: h}
 	}
 	return refuse(fmt.Sprintf("Airlock: statement refused by rule %s: %s", d.Rule, d.Reason),
-		"The session goes on; change the statement, or ask an administrator about the rule.")
+		"The session goes on; change the statement, or ask an administrator about the rule.", sql)
 }
 
-func refuse(msg, hint string) pgwire.Verdict {
-	return pgwire.Verdict{Action: pgwire.Reply, Error: &pgwire.ErrorReply{Code: "42501", Message: msg, Hint: hint}}
+// refuse answers 42501; record is the redacted text the session's record
+// keeps in place of the client's.
+func refuse(msg, hint, record string) pgwire.Verdict {
+	return pgwire.Verdict{Action: pgwire.Reply, Error: &pgwire.ErrorReply{Code: "42501", Message: msg, Hint: hint}, Record: record}
 }
 
 func nonEmpty(s, def string) string {

@@ -275,7 +275,30 @@ func (p *Policy) Decide(res *sqlclass.Result, err error, w Who) Decision {
 		return Decision{Action: Deny, Rule: RuleRoleChanges, Reason: reason}
 	}
 	best := Decision{Action: Allow}
-	res.Walk(func(s *sqlclass.Statement) {
+	for _, top := range res.Statements {
+		// PREPARE runs nothing yet: it is refused if what it prepares
+		// would be, but a hold waits for the EXECUTE that runs it
+		// (DecidePrepared gives the decision the name keeps).
+		prepare := top.Flags.Has(sqlclass.FlagPrepare)
+		top.Walk(func(s *sqlclass.Statement) {
+			d := p.decideStatement(s, w)
+			if prepare && d.Action == Hold {
+				return
+			}
+			if d.Action.strictness() > best.Action.strictness() ||
+				(d.Action == best.Action && best.Rule == "" && d.Rule != "") {
+				best = d
+			}
+		})
+	}
+	return best
+}
+
+// DecidePrepared is the decision an EXECUTE of a statement prepared by SQL
+// PREPARE gets: the prepared statement's own, holds included.
+func (p *Policy) DecidePrepared(prepare *sqlclass.Statement, w Who) Decision {
+	best := Decision{Action: Allow}
+	prepare.Walk(func(s *sqlclass.Statement) {
 		d := p.decideStatement(s, w)
 		if d.Action.strictness() > best.Action.strictness() ||
 			(d.Action == best.Action && best.Rule == "" && d.Rule != "") {
