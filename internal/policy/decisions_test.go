@@ -10,9 +10,9 @@ import (
 )
 
 type decisionCase struct {
-	line                   int
+	line                    int
 	who, conn, action, rule string
-	sql                    string
+	sql                     string
 }
 
 func loadDecisionCases(t *testing.T) []decisionCase {

@@ -122,7 +122,7 @@ func TestStoreReloadKeepsOldOnError(t *testing.T) {
 }
 
 func TestExamplePolicyLoads(t *testing.T) {
-	if _, err := Load("../../deploy/examples/policy.yaml"); err != nil {
+	if _, err := Load("../../deploy/examples/policy/policy.yaml"); err != nil {
 		t.Fatal(err)
 	}
 }
