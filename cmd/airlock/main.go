@@ -53,7 +53,7 @@ ENVIRONMENT
 	}
 	root.PersistentFlags().StringVar(&g.socket, "socket", envOr("AIRLOCK_SOCKET", control.DefaultSocket), "airlockd control socket")
 	root.PersistentFlags().BoolVar(&g.json, "json", false, "print JSON instead of text")
-	root.AddCommand(newStatusCmd(), newRunCmd(), newLoginCmd(), newWhoamiCmd(), newLogoutCmd())
+	root.AddCommand(newStatusCmd(), newRunCmd(), newLoginCmd(), newWhoamiCmd(), newLogoutCmd(), newPolicyCmd())
 	return root
 }
 

@@ -214,21 +214,33 @@ func (r *Rule) matches(s *sqlclass.Statement) bool {
 // anyName reports whether a name matches a pattern. Names come as written
 // in the SQL: an unqualified name may resolve to any schema on the
 // search_path, so it is compared with the table part of a qualified
-// pattern too; a qualified name is compared with the whole pattern and,
-// for an unqualified pattern, with its table part.
+// pattern (public.secrets matches secrets), except that a pattern naming a
+// whole schema (secrets.*) matches an unqualified name only for schema
+// public: otherwise it would match every unqualified name. A qualified
+// name is compared with the whole pattern and, for an unqualified pattern,
+// with its table part.
 func anyName(patterns, names []string) bool {
 	for _, n := range names {
 		n = strings.ToLower(n)
 		nSchema, nTable, nQual := splitName(n)
 		for _, p := range patterns {
-			_, pTable, pQual := splitName(p)
+			pSchema, pTable, pQual := splitName(p)
 			switch {
 			case nQual && pQual:
 				if ok, _ := path.Match(p, n); ok {
 					return true
 				}
 				_ = nSchema
-			case nQual && !pQual, !nQual && pQual:
+			case !nQual && pQual:
+				if strings.Trim(pTable, "*") == "" {
+					if ok, _ := path.Match(pSchema, "public"); !ok {
+						continue
+					}
+				}
+				if ok, _ := path.Match(pTable, nTable); ok {
+					return true
+				}
+			case nQual && !pQual:
 				if ok, _ := path.Match(pTable, nTable); ok {
 					return true
 				}
