@@ -29,6 +29,8 @@ type pgWorld struct {
 	srv    *pgtest.Server
 	dsn    string // what an agent would use: the real host, no password
 	pwFile string
+	// policyFile, when set, is the daemon's policy_file.
+	policyFile string
 }
 
 const pgSetup = `
@@ -46,7 +48,19 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO app_rw;
 
 func newPGWorld(t *testing.T, ttl string) *pgWorld {
 	t.Helper()
+	return newPGWorldPolicy(t, ttl, "")
+}
+
+// newPGWorldPolicy is newPGWorld with a SQL policy file (none when empty).
+func newPGWorldPolicy(t *testing.T, ttl, policy string) *pgWorld {
+	t.Helper()
 	w := &pgWorld{env: newEnv(t)}
+	if policy != "" {
+		w.policyFile = filepath.Join(t.TempDir(), "policy.yaml")
+		if err := os.WriteFile(w.policyFile, []byte(policy), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
 	w.host = testnet.NewHost(t)
 	w.srv = pgtest.Start(t, pgtest.Options{Host: w.host, SSL: true})
 	w.srv.Psql(t, "postgres", pgSetup)
@@ -86,7 +100,14 @@ connections:
         admin_password_file: %s
         group_roles: [app_rw]
         ttl: %s
-`, w.host.V4, w.host.V6, w.srv.CACert, w.pwFile, ttl)
+`, w.host.V4, w.host.V6, w.srv.CACert, w.pwFile, ttl) + w.policyLine()
+}
+
+func (w *pgWorld) policyLine() string {
+	if w.policyFile == "" {
+		return ""
+	}
+	return "policy_file: " + w.policyFile + "\n"
 }
 
 // run runs a client command inside the intercepted cgroup.
