@@ -109,7 +109,11 @@ type env struct {
 	approver *approver
 }
 
-func start(t *testing.T, pol string) *env {
+func start(t testing.TB, pol string) *env {
+	return startWith(t, pol, true)
+}
+
+func startWith(t testing.TB, pol string, guarded bool) *env {
 	t.Helper()
 	pg := pgtest.Start(t, pgtest.Options{Conf: []string{"log_statement = 'all'", "log_min_messages = info"}})
 	e := &env{pg: pg, log: filepath.Join(pg.Dir, "server.log"), sink: &sink{}, class: session.ClassPerson}
@@ -126,7 +130,12 @@ func start(t *testing.T, pol string) *env {
 		Upstream:    pgwire.Upstream{Host: pg.Addr, Port: pg.Port, TLSMode: "disable"},
 		Credentials: creds{pg.AdminUser, pg.AdminPassword},
 		Logger:      slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
-		Stages:      func(s *session.Session) pgwire.Stages { return e.g.Stages(s) },
+		Stages: func(s *session.Session) pgwire.Stages {
+			if !guarded {
+				return pgwire.Stages{}
+			}
+			return e.g.Stages(s)
+		},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -167,7 +176,7 @@ func (e *env) setClass(c string) {
 	e.class = c
 }
 
-func (e *env) connect(t *testing.T) *pgx.Conn {
+func (e *env) connect(t testing.TB) *pgx.Conn {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -365,5 +374,27 @@ func TestGuardReloadKeepsSessions(t *testing.T) {
 	refused(t, "insert after reload", err, "no-insert")
 	if count(t, c) != 3 {
 		t.Fatal("victim changed")
+	}
+}
+
+// BenchmarkSelectGuard runs pgbench -S's statement through the proxy with
+// the guard on and off, against the same server, in one run.
+func BenchmarkSelectGuard(b *testing.B) {
+	for _, on := range []bool{false, true} {
+		name := "off"
+		if on {
+			name = "on"
+		}
+		b.Run(name, func(b *testing.B) {
+			e := startWith(b, testPolicy, on)
+			c := e.connect(b)
+			ctx := context.Background()
+			var n int
+			for b.Loop() {
+				if err := c.QueryRow(ctx, "SELECT count(*) FROM victim WHERE id = $1", 1).Scan(&n); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }
