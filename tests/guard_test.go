@@ -148,3 +148,45 @@ func TestGuardReloadKeepsSessions(t *testing.T) {
 	send("INSERT INTO customers VALUES (5002, 'a', 'b');", "no-insert")
 	send("SELECT 'same_session', count(*) FROM customers;", "same_session|1001")
 }
+
+func TestPolicyCLI(t *testing.T) {
+	airlock := filepath.Join(binDir, "airlock")
+	dir := t.TempDir()
+	bad := filepath.Join(dir, "bad.yaml")
+	if err := os.WriteFile(bad, []byte("rules:\n  - name: a\n    action: deny\n    tabels: [x]\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(airlock, "policy", "check", bad).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "bad.yaml:4: rules[0].tabels: unknown key") {
+		t.Fatalf("policy check of a bad file: %v\n%s", err, out)
+	}
+	example, err := filepath.Abs(filepath.Join("..", "deploy", "examples", "policy", "policy.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command(airlock, "policy", "check", example).CombinedOutput(); err != nil {
+		t.Fatalf("policy check of the example: %v\n%s", err, out)
+	}
+	cases := []struct {
+		args             []string
+		decision, rule string
+	}{
+		{[]string{"COMMIT; DELETE FROM t", "--class", "agent"}, "hold", "agent_holds"},
+		{[]string{"DELETE FROM t"}, "allow", ""},
+		{[]string{"ALTER USER me PASSWORD 'x'"}, "deny", "role_changes"},
+		{[]string{"DROP TABLE t", "--class", "agent", "--connection", "prod"}, "deny", "prod-agents-read-only"},
+		{[]string{"DROP TABLE t", "--class", "agent", "--group", "dba"}, "allow", "dba-ddl"},
+		{[]string{"COPY t TO PROGRAM 'x'"}, "deny", "no-server-programs"},
+	}
+	for _, c := range cases {
+		out, err := exec.Command(airlock, append([]string{"policy", "test", example, "--json"}, c.args...)...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("policy test %v: %v\n%s", c.args, err, out)
+		}
+		var r struct{ Decision, Rule string }
+		mustJSON(t, string(out), &r)
+		if r.Decision != c.decision || r.Rule != c.rule {
+			t.Errorf("policy test %v: %s by %q, want %s by %q", c.args, r.Decision, r.Rule, c.decision, c.rule)
+		}
+	}
+}
