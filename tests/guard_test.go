@@ -94,10 +94,11 @@ func TestGuardThroughDaemon(t *testing.T) {
 			t.Errorf("the server saw %q", s)
 		}
 	}
+	waitFor(t, "decision events in the daemon's log", 10*time.Second, func() bool {
+		out := w.daemonOut.String()
+		return strings.Contains(out, "kind=decision") && strings.Contains(out, "rule=role_changes")
+	})
 	daemonLog := w.daemonOut.String()
-	if !strings.Contains(daemonLog, "kind=decision") || !strings.Contains(daemonLog, "rule=role_changes") {
-		t.Errorf("no decision events in the daemon's log")
-	}
 	for _, s := range []string{"e2e-pw-1", "e2e-pw-2", "e2e-pw-3", "pgx-batch-pw"} {
 		if strings.Contains(daemonLog, s) {
 			t.Errorf("a refused password (%s) reached the daemon's log", s)
@@ -188,5 +189,24 @@ func TestPolicyCLI(t *testing.T) {
 		if r.Decision != c.decision || r.Rule != c.rule {
 			t.Errorf("policy test %v: %s by %q, want %s by %q", c.args, r.Decision, r.Rule, c.decision, c.rule)
 		}
+	}
+}
+
+// An agent is whoever runs in Cursor's tree: its DDL is held by default,
+// and with no approver configured, refused; the same statement from a
+// person's own psql is not.
+func TestGuardAgentClass(t *testing.T) {
+	w := newPGWorldWith(t, "10m", "", true)
+	script := "psql -X -At '" + w.dsn + "' -c 'CREATE TABLE agent_made (id int)' 2>&1; echo done"
+	line := w.runInCursor(t, w.clients, 0, []string{"sh", "-c", script}, "")
+	if !strings.Contains(line, "agent_holds") {
+		t.Fatalf("an agent's CREATE TABLE: %q, want refused by agent_holds\n%s", line, w.daemonOut.String())
+	}
+	waitFor(t, "a decision event with class=agent", 10*time.Second, func() bool {
+		out := w.daemonOut.String()
+		return strings.Contains(out, "kind=decision") && strings.Contains(out, "class=agent")
+	})
+	if n := w.srv.Psql(t, "app", "SELECT count(*) FROM pg_tables WHERE tablename = 'agent_made'"); n != "0" {
+		t.Fatal("the agent's table exists")
 	}
 }

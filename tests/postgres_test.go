@@ -31,6 +31,7 @@ type pgWorld struct {
 	pwFile string
 	// policyFile, when set, is the daemon's policy_file.
 	policyFile string
+	tree       bool // intercept mode tree instead of all
 }
 
 const pgSetup = `
@@ -54,7 +55,13 @@ func newPGWorld(t *testing.T, ttl string) *pgWorld {
 // newPGWorldPolicy is newPGWorld with a SQL policy file (none when empty).
 func newPGWorldPolicy(t *testing.T, ttl, policy string) *pgWorld {
 	t.Helper()
-	w := &pgWorld{env: newEnv(t)}
+	return newPGWorldWith(t, ttl, policy, false)
+}
+
+// newPGWorldWith: tree intercepts in tree mode (Cursor's tree only).
+func newPGWorldWith(t *testing.T, ttl, policy string, tree bool) *pgWorld {
+	t.Helper()
+	w := &pgWorld{env: newEnv(t), tree: tree}
 	if policy != "" {
 		w.policyFile = filepath.Join(t.TempDir(), "policy.yaml")
 		if err := os.WriteFile(w.policyFile, []byte(policy), 0o644); err != nil {
@@ -69,7 +76,11 @@ func newPGWorldPolicy(t *testing.T, ttl, policy string) *pgWorld {
 	if err := os.WriteFile(w.pwFile, []byte("admin-secret-1234\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	w.config(w.daemonConfig(ttl))
+	cfg := w.daemonConfig(ttl)
+	if w.tree {
+		cfg = strings.Replace(cfg, "  mode: all\n", "  mode: tree\n  executables: [cursor]\n", 1)
+	}
+	w.config(cfg)
 	w.startDaemon()
 	w.dsn = fmt.Sprintf("host=%s port=5432 dbname=app user=agent sslmode=disable connect_timeout=10", w.host.V4)
 	return w
