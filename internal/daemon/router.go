@@ -42,6 +42,16 @@ type router struct {
 	// policies is the SQL policy every PostgreSQL session reads at each
 	// statement; reloads swap it without touching sessions.
 	policies *policy.Store
+	// guards enforce the policy, one per PostgreSQL connection; approvals
+	// plug in with setApprover.
+	guards []*guard.Guard
+}
+
+// setApprover hands every connection's holds to a (nil: holds are refused).
+func (r *router) setApprover(a guard.Approver) {
+	for _, g := range r.guards {
+		g.SetApprover(a)
+	}
 }
 
 // lookupFunc resolves upstream hostnames with the daemon's resolver, so the
@@ -87,6 +97,7 @@ func newRouter(ctx context.Context, cfg *config.Config, set *targets.Set, dialer
 				}
 			}
 			g := &guard.Guard{Connection: conn.Name, Policies: r.policies, Classifier: classifier, Ctx: ctx}
+			r.guards = append(r.guards, g)
 			p, err := r.postgres(ctx, conn, accessRules(cfg, conn), clientTLS, dialer, lookup, log, g)
 			if err != nil {
 				r.close()

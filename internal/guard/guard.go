@@ -17,6 +17,7 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/airlockhq/airlock/internal/pgwire"
@@ -48,9 +49,29 @@ type Guard struct {
 	Connection string
 	Policies   *policy.Store
 	Classifier *sqlclass.Classifier
-	Approver   Approver // nil: holds are denied
 	// Ctx bounds approval requests (the daemon's lifetime).
 	Ctx context.Context
+
+	approver atomic.Pointer[approverBox] // nil: holds are denied
+}
+
+type approverBox struct{ a Approver }
+
+// SetApprover sets who decides holds (nil: holds are refused), for
+// sessions live and new, from any goroutine.
+func (g *Guard) SetApprover(a Approver) {
+	if a == nil {
+		g.approver.Store(nil)
+		return
+	}
+	g.approver.Store(&approverBox{a})
+}
+
+func (g *Guard) currentApprover() Approver {
+	if b := g.approver.Load(); b != nil {
+		return b.a
+	}
+	return nil
 }
 
 // Stages returns the session's guard stage, for pgwire.Options.Stages.
@@ -242,7 +263,8 @@ func (s *Stage) verdict(d policy.Decision, protocol, sql string, res *sqlclass.R
 	case policy.Allow:
 		return pgwire.Verdict{Action: pgwire.Forward}
 	case policy.Hold:
-		if s.g.Approver == nil {
+		approver := s.g.currentApprover()
+		if approver == nil {
 			msg := fmt.Sprintf("Airlock: this statement needs a person's approval (rule %s: %s), and no approvals are configured", d.Rule, d.Reason)
 			s.record(policy.Decision{Action: policy.Deny, Rule: d.Rule, Reason: "no approver configured"}, protocol, sql, "")
 			return refuse(msg, "Ask an administrator to configure approvals, or change the statement.", sql)
@@ -258,7 +280,7 @@ func (s *Stage) verdict(d policy.Decision, protocol, sql string, res *sqlclass.R
 			ctx = context.Background()
 		}
 		req := HoldRequest{Session: s.sess, SQL: sql, Class: res, Rule: d.Rule, Reason: d.Reason, Timeout: timeout}
-		s.g.Approver.Ask(ctx, req, func(approved bool, by, reason string) {
+		approver.Ask(ctx, req, func(approved bool, by, reason string) {
 			if approved {
 				if h.Approve() {
 					s.record(policy.Decision{Action: policy.Allow, Rule: d.Rule, Reason: "approved"}, protocol, sql, by)

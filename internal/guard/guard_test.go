@@ -324,7 +324,7 @@ func TestGuardPreparedStatementsKeepTheirDecision(t *testing.T) {
 
 	// With an approver: a refusal names who and why; an approval runs it.
 	e.approver = &approver{}
-	e.g.Approver = e.approver
+	e.g.SetApprover(e.approver)
 	_, err = c.Exec(ctx, "wipe")
 	refused(t, "denied wipe", err, "bob denied")
 	if count(t, c) != 2 {
