@@ -169,7 +169,7 @@ func TestPolicyCLI(t *testing.T) {
 		t.Fatalf("policy check of the example: %v\n%s", err, out)
 	}
 	cases := []struct {
-		args             []string
+		args           []string
 		decision, rule string
 	}{
 		{[]string{"COMMIT; DELETE FROM t", "--class", "agent"}, "hold", "agent_holds"},
