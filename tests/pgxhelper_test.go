@@ -57,6 +57,9 @@ func helperPgx() {
 	case "scenario":
 		pgxScenario(ctx, conn, out)
 		emit()
+	case "guard":
+		pgxGuard(ctx, conn, out)
+		emit()
 	}
 }
 
@@ -186,4 +189,26 @@ func pgxScenario(ctx context.Context, conn *pgx.Conn, out map[string]string) {
 		var one int
 		return conn.QueryRow(ctx, "SELECT 1").Scan(&one)
 	})
+}
+
+// pgxGuard runs statements the guard refuses through the extended protocol
+// and reports each outcome, then whether the session still works.
+func pgxGuard(ctx context.Context, conn *pgx.Conn, out map[string]string) {
+	b := &pgx.Batch{}
+	b.Queue("SELECT 'e2e_pgx_marker'")
+	b.Queue("ALTER ROLE CURRENT_USER PASSWORD 'pgx-batch-pw'")
+	out["batch"] = errString(conn.SendBatch(ctx, b).Close())
+	_, err := conn.Exec(ctx, "DROP TABLE customers")
+	out["drop"] = errString(err)
+	if _, err := conn.Prepare(ctx, "wipe", "DELETE FROM customers"); err != nil {
+		out["prepare"] = errString(err)
+	}
+	_, err = conn.Exec(ctx, "wipe")
+	out["execute"] = errString(err)
+	var n int
+	if err := conn.QueryRow(ctx, "SELECT count(*) FROM customers").Scan(&n); err != nil {
+		out["after"] = errString(err)
+	} else {
+		out["after"] = fmt.Sprint(n)
+	}
 }

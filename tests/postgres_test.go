@@ -29,6 +29,9 @@ type pgWorld struct {
 	srv    *pgtest.Server
 	dsn    string // what an agent would use: the real host, no password
 	pwFile string
+	// policyFile, when set, is the daemon's policy_file.
+	policyFile string
+	tree       bool // intercept mode tree instead of all
 }
 
 const pgSetup = `
@@ -46,7 +49,25 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO app_rw;
 
 func newPGWorld(t *testing.T, ttl string) *pgWorld {
 	t.Helper()
-	w := &pgWorld{env: newEnv(t)}
+	return newPGWorldPolicy(t, ttl, "")
+}
+
+// newPGWorldPolicy is newPGWorld with a SQL policy file (none when empty).
+func newPGWorldPolicy(t *testing.T, ttl, policy string) *pgWorld {
+	t.Helper()
+	return newPGWorldWith(t, ttl, policy, false)
+}
+
+// newPGWorldWith: tree intercepts in tree mode (Cursor's tree only).
+func newPGWorldWith(t *testing.T, ttl, policy string, tree bool) *pgWorld {
+	t.Helper()
+	w := &pgWorld{env: newEnv(t), tree: tree}
+	if policy != "" {
+		w.policyFile = filepath.Join(t.TempDir(), "policy.yaml")
+		if err := os.WriteFile(w.policyFile, []byte(policy), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
 	w.host = testnet.NewHost(t)
 	w.srv = pgtest.Start(t, pgtest.Options{Host: w.host, SSL: true})
 	w.srv.Psql(t, "postgres", pgSetup)
@@ -55,7 +76,11 @@ func newPGWorld(t *testing.T, ttl string) *pgWorld {
 	if err := os.WriteFile(w.pwFile, []byte("admin-secret-1234\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	w.config(w.daemonConfig(ttl))
+	cfg := w.daemonConfig(ttl)
+	if w.tree {
+		cfg = strings.Replace(cfg, "  mode: all\n", "  mode: tree\n  executables: [cursor]\n", 1)
+	}
+	w.config(cfg)
 	w.startDaemon()
 	w.dsn = fmt.Sprintf("host=%s port=5432 dbname=app user=agent sslmode=disable connect_timeout=10", w.host.V4)
 	return w
@@ -86,7 +111,14 @@ connections:
         admin_password_file: %s
         group_roles: [app_rw]
         ttl: %s
-`, w.host.V4, w.host.V6, w.srv.CACert, w.pwFile, ttl)
+`, w.host.V4, w.host.V6, w.srv.CACert, w.pwFile, ttl) + w.policyLine()
+}
+
+func (w *pgWorld) policyLine() string {
+	if w.policyFile == "" {
+		return ""
+	}
+	return "policy_file: " + w.policyFile + "\n"
 }
 
 // run runs a client command inside the intercepted cgroup.

@@ -56,6 +56,7 @@ ENVIRONMENT
 	root.AddCommand(newStatusCmd(), newRunCmd(), newLoginCmd(), newWhoamiCmd(), newLogoutCmd(),
 		newSessionsCmd(), newReplayCmd(), newAuditCmd())
 	root.AddCommand(newApprovalsCmd(), newApproveCmd(), newDenyCmd(), newRequestCmd())
+	root.AddCommand(newPolicyCmd())
 	return root
 }
 

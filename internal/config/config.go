@@ -40,6 +40,12 @@ type Config struct {
 	// when audit.record_params is set; the log never holds statements).
 	Audit Audit `yaml:"audit"`
 
+	// PolicyFile is the SQL policy (internal/policy): deny and hold rules
+	// per connection, group and process class. Empty: the built-in rules
+	// only (role and password changes and unparseable SQL refused).
+	// Reloaded on SIGHUP and when the file changes.
+	PolicyFile string `yaml:"policy_file"`
+
 	file  string
 	lines map[string]int // key path ("connections[0].targets") → line
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/airlockhq/airlock/internal/config"
 	"github.com/airlockhq/airlock/internal/control"
 	"github.com/airlockhq/airlock/internal/frontdoor"
+	"github.com/airlockhq/airlock/internal/guard"
 	"github.com/airlockhq/airlock/internal/identity"
 	"github.com/airlockhq/airlock/internal/pgcred"
 	"github.com/airlockhq/airlock/internal/pgwire"
@@ -245,4 +246,21 @@ func (d *Daemon) containRoot() string {
 		return ""
 	}
 	return d.contain.Root()
+}
+
+// brokerApprover hands the guard's held statements to the approval broker.
+type brokerApprover struct{ b *approval.Broker }
+
+func (a brokerApprover) Ask(ctx context.Context, req guard.HoldRequest, done func(approved bool, by, reason string)) {
+	var class []string
+	if req.Class != nil {
+		for _, k := range req.Class.Kinds() {
+			class = append(class, string(k))
+		}
+		if w := req.Class.TablesWritten(); len(w) > 0 {
+			class = append(class, "writes "+strings.Join(w, ", "))
+		}
+	}
+	a.b.Ask(ctx, approval.HoldRequest{Session: req.Session, SQL: req.SQL, Class: strings.Join(class, "; "),
+		Rule: req.Rule, Reason: req.Reason, Timeout: req.Timeout}, done)
 }

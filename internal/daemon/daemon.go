@@ -219,6 +219,10 @@ func (d *Daemon) start(ctx context.Context) error {
 		return err
 	}
 	d.closers = append(d.closers, d.routes.close)
+	if d.approvals != nil {
+		// The policy's holds wait for the approvers.
+		d.routes.setApprover(brokerApprover{d.approvals})
+	}
 	people, err := d.people(sink)
 	if err != nil {
 		return fmt.Errorf("set up identities: %w", err)
@@ -231,6 +235,7 @@ func (d *Daemon) start(ctx context.Context) error {
 		Sink:    sink,
 		Logger:  d.log,
 		IsRoot:  d.isTrackedRoot,
+		Class:   d.processClass,
 
 		MaxSessions:       d.cfg.Proxy.MaxSessions,
 		MaxSessionsPerUID: d.cfg.Proxy.MaxSessionsPerUID,

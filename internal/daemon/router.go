@@ -4,6 +4,9 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
+	"github.com/airlockhq/airlock/internal/guard"
+	"github.com/airlockhq/airlock/internal/policy"
+	"github.com/airlockhq/airlock/internal/sqlclass"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -38,6 +41,19 @@ type router struct {
 	closers  []func()
 	stateDir string
 	masking  *mask.RuleSet // nil: masking off
+	// policies is the SQL policy every PostgreSQL session reads at each
+	// statement; reloads swap it without touching sessions.
+	policies *policy.Store
+	// guards enforce the policy, one per PostgreSQL connection; approvals
+	// plug in with setApprover.
+	guards []*guard.Guard
+}
+
+// setApprover hands every connection's holds to a (nil: holds are refused).
+func (r *router) setApprover(a guard.Approver) {
+	for _, g := range r.guards {
+		g.SetApprover(a)
+	}
 }
 
 // lookupFunc resolves upstream hostnames with the daemon's resolver, so the
@@ -59,6 +75,14 @@ func newRouter(ctx context.Context, cfg *config.Config, set *targets.Set, dialer
 	if r.masking, err = loadMasking(cfg); err != nil {
 		return nil, err
 	}
+	if r.policies, err = policy.NewStore(cfg.PolicyFile); err != nil {
+		return nil, fmt.Errorf("SQL policy: %w", err)
+	}
+	if cfg.PolicyFile != "" {
+		stop := startLoop(ctx, func(ctx context.Context) { watchPolicy(ctx, r.policies, cfg.PolicyFile, log) })
+		r.closers = append(r.closers, stop)
+	}
+	classifier := sqlclass.New(sqlclass.Options{})
 	var clientTLS *tls.Config
 	for _, conn := range cfg.Connections {
 		var h frontdoor.Handler
@@ -81,7 +105,9 @@ func newRouter(ctx context.Context, cfg *config.Config, set *targets.Set, dialer
 			if conn.RequireGrant && d.approvals != nil {
 				acc = grantAccess{rules: accessRules(cfg, conn), broker: d.approvals}
 			}
-			p, err := r.postgres(ctx, conn, accessRules(cfg, conn), acc, d.pgStages(), clientTLS, dialer, lookup, log)
+			g := &guard.Guard{Connection: conn.Name, Policies: r.policies, Classifier: classifier, Ctx: ctx}
+			r.guards = append(r.guards, g)
+			p, err := r.postgres(ctx, conn, accessRules(cfg, conn), acc, pgwire.ChainStages(g.Stages, d.pgStages()), clientTLS, dialer, lookup, log)
 			if err != nil {
 				r.close()
 				return nil, fmt.Errorf("connection %s: %w", conn.Name, err)

@@ -102,6 +102,10 @@ type Options struct {
 	// IsRoot tells where an origin's ancestry stops (a tracked root);
 	// nil walks up to 16 parents.
 	IsRoot func(pid uint32) bool
+	// Class says whether an origin is an agent's process or a person's
+	// (session.ClassAgent, session.ClassPerson); nil: every origin is a
+	// person's.
+	Class func(o *session.Origin) string
 	// Caps on concurrent sessions in total and per client uid; 0 means no
 	// cap. The excess is refused (PostgreSQL: SQLSTATE 53300).
 	MaxSessions, MaxSessionsPerUID int
@@ -304,6 +308,10 @@ func (s *Server) handle(ctx context.Context, conn net.Conn) {
 	sess.Target, sess.Connection, sess.Protocol = route.Target, route.Connection, route.Protocol
 	sess.Dest, sess.Client = rec.Orig, client
 	sess.Origin = s.origin(rec)
+	sess.Origin.Class = session.ClassPerson
+	if s.opts.Class != nil {
+		sess.Origin.Class = s.opts.Class(&sess.Origin)
+	}
 	// Resolved before any upstream work: the handler refuses a session
 	// without a person, with this error's wording.
 	if p, err := s.opts.People.Resolve(ctx, rec.UID); err != nil {

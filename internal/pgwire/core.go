@@ -279,7 +279,15 @@ func (pl *pipe) decided(v Verdict, typ byte, body []byte, why string) act {
 	if why == "" {
 		why = "refused"
 	}
-	return pl.refuse(typ, body, e, why)
+	a := pl.refuse(typ, body, e, why)
+	if v.Record != "" {
+		pl.mu.Lock()
+		if n := len(pl.queue); n > pl.head && pl.queue[n-1].refusal == e {
+			pl.queue[n-1].sql = v.Record
+		}
+		pl.mu.Unlock()
+	}
+	return a
 }
 
 // refuse puts a poison in place of a client message, so that the server

@@ -69,6 +69,9 @@ type Verdict struct {
 	Error  *ErrorReply // for Reply
 	Hold   *Holding    // for Hold
 	Msgs   []byte      // for Replace: whole encoded messages, sent as they are
+	// Record, for Reply, is the statement text the session's record keeps
+	// instead of the client's (e.g. with a password redacted).
+	Record string
 }
 
 // Refuse is the Verdict that answers the client with an error.

@@ -27,6 +27,10 @@ const (
 	// expired or canceled. Statement holds carry their session; access
 	// requests none.
 	KindApproval Kind = "approval"
+	// KindDecision is a policy decision on a statement other than a plain
+	// allow: refused, held, approved or denied by a person, or allowed by
+	// a named rule.
+	KindDecision Kind = "decision"
 )
 
 // Event is one recorded fact about a session. Exactly the pointer fields that
@@ -42,6 +46,7 @@ type Event struct {
 	Refusal    *Refusal    `json:"refusal,omitempty"`
 	Identity   *Identity   `json:"identity,omitempty"`
 	Approval   *Approval   `json:"approval,omitempty"`
+	Decision   *Decision   `json:"decision,omitempty"`
 	// Person is who the session acts for, on every session event.
 	Person *identity.Person `json:"person,omitempty"`
 }
@@ -130,6 +135,17 @@ type Sample struct {
 	Truncated bool       `json:"truncated,omitempty"`
 }
 
+// Decision is what the SQL policy decided for a statement.
+type Decision struct {
+	Action   string `json:"action"` // allow, deny, hold
+	Rule     string `json:"rule"`
+	Reason   string `json:"reason,omitempty"`
+	Protocol string `json:"protocol"` // simple, extended, function
+	SQL      string `json:"sql"`      // redacted: secrets replaced
+	Class    string `json:"class,omitempty"`
+	By       string `json:"by,omitempty"` // the person who approved or denied a hold
+}
+
 // Credential is a just-in-time upstream credential being created or revoked.
 type Credential struct {
 	Mode    string    `json:"mode"` // "ephemeral" or "static"
@@ -199,6 +215,13 @@ func (l LogSink) Record(ev Event) {
 		a := ev.Approval
 		attrs = append(attrs, "approval_id", a.ID, "approval_kind", a.Kind, "decision", a.Decision, "by", a.By,
 			"reason", a.Reason, "connection", a.Connection, "rule", a.Rule)
+	case ev.Decision != nil:
+		d := ev.Decision
+		attrs = append(attrs, "action", d.Action, "rule", d.Rule, "reason", d.Reason, "protocol", d.Protocol,
+			"sql", d.SQL, "class", d.Class)
+		if d.By != "" {
+			attrs = append(attrs, "by", d.By)
+		}
 	case ev.Identity != nil:
 		attrs = append(attrs, "uid", ev.Identity.UID, "by", ev.Identity.By, "outcome", ev.Identity.Outcome, "error", ev.Identity.Error)
 	}
