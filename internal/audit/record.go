@@ -95,6 +95,8 @@ type SessionEnd struct {
 	BytesOut     int64  `json:"bytes_out"`
 	Database     string `json:"database,omitempty"`
 	UpstreamRole string `json:"upstream_role,omitempty"`
+	// Masked counts the values masking replaced, per rule and detector.
+	Masked []session.MaskCount `json:"masked,omitempty"`
 }
 
 // Statement is the data of a statement record.
@@ -133,7 +135,18 @@ type Credential struct {
 	Expires time.Time `json:"expires,omitempty"`
 	Outcome string    `json:"outcome"`
 	Error   string    `json:"error,omitempty"`
+	// Leftovers says what became of objects the role owned when it was
+	// revoked (reassigned to the orphans owner, or dropped).
+	Leftovers *session.Leftovers `json:"leftovers,omitempty"`
 }
+
+// Decision is the data of a decision record: the SQL policy refused, held,
+// or (by a named rule) allowed a statement. The SQL is redacted.
+type Decision = session.Decision
+
+// Approval is the data of an approval record: a held statement's or an
+// access request's life (pending, approved, denied, expired, canceled).
+type Approval = session.Approval
 
 // IdentityChange is the data of an identity.login, identity.logout,
 // identity.refresh or identity.lost record: a uid's person changed or was
@@ -199,7 +212,7 @@ func fromEvent(ev session.Event, pol Policy) (kind string, data any, err error) 
 	case ev.End != nil:
 		e := ev.End
 		return kind, SessionEnd{Reason: e.Reason, Detail: redactSQL(e.Detail), DurationMS: e.Duration.Milliseconds(),
-			BytesIn: e.BytesIn, BytesOut: e.BytesOut, Database: e.Database, UpstreamRole: e.UpstreamRole}, nil
+			BytesIn: e.BytesIn, BytesOut: e.BytesOut, Database: e.Database, UpstreamRole: e.UpstreamRole, Masked: e.Masked}, nil
 	case ev.Statement != nil:
 		s := ev.Statement
 		st := Statement{Protocol: s.Protocol, SQL: redactSQL(s.SQL), Name: s.Name, ParamCount: len(s.Params),
@@ -215,9 +228,17 @@ func fromEvent(ev session.Event, pol Policy) (kind string, data any, err error) 
 	case ev.Credential != nil:
 		c := ev.Credential
 		return kind, Credential{Mode: c.Mode, Role: c.Role, Groups: c.Groups, Expires: c.Expires,
-			Outcome: c.Outcome, Error: redactSQL(c.Error)}, nil
+			Outcome: c.Outcome, Error: redactSQL(c.Error), Leftovers: c.Leftovers}, nil
 	case ev.Refusal != nil:
 		return kind, Refusal{Reason: redactSQL(ev.Refusal.Reason), SQLState: ev.Refusal.SQLState}, nil
+	case ev.Decision != nil:
+		d := *ev.Decision
+		d.SQL, d.Reason = redactSQL(d.SQL), redactSQL(d.Reason)
+		return kind, d, nil
+	case ev.Approval != nil:
+		a := *ev.Approval
+		a.Reason = redactSQL(a.Reason)
+		return kind, a, nil
 	case ev.Identity != nil:
 		id := ev.Identity
 		ch := IdentityChange{UID: id.UID, By: id.By, Outcome: id.Outcome, Error: redactSQL(id.Error)}
