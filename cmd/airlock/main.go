@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"sort"
 	"strings"
 	"syscall"
 	"text/tabwriter"
@@ -106,10 +107,34 @@ func printStatus(s *control.Status) {
 	fmt.Fprintln(w, "\nTARGET\tADDRESS\tCONNECTION\tPROTOCOL\tRESOLVED\tTTL")
 	for _, t := range s.Targets {
 		res := strings.Join(t.Resolved, ", ")
+		if t.Unresolved {
+			res = "UNRESOLVED: port intercepted at every address, connections refused"
+		}
 		if t.Error != "" {
 			res += " (error: " + t.Error + ")"
 		}
 		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", t.Name, t.Address, dash(t.Connection), t.Protocol, dash(res), dash(t.TTL))
+		for _, a := range t.Addresses {
+			switch a.State {
+			case "lingering":
+				fmt.Fprintf(w, "  %s\tlingering (dropped by DNS)\tlast seen %s ago\texpires in %s\t\t\n", a.Address,
+					since(a.LastSeen), time.Until(a.Expires).Round(time.Second))
+			default:
+				fmt.Fprintf(w, "  %s\t%s\tlast seen %s ago\t\t\t\n", a.Address, a.State, since(a.LastSeen))
+			}
+		}
+	}
+	if p := s.Proxy; p != nil {
+		fmt.Fprintf(w, "\nSESSIONS\t%d open (max %d, max %d per uid; open files limit %d)\n", p.Active, p.MaxSessions, p.MaxSessionsPerUID, p.OpenFilesLimit)
+		for _, uid := range sortedKeys(p.PerUID) {
+			fmt.Fprintf(w, "  uid %s\t%d\n", uid, p.PerUID[uid])
+		}
+		for _, r := range sortedKeys(p.Refused) {
+			fmt.Fprintf(w, "  refused (%s)\t%d\n", r, p.Refused[r])
+		}
+		if p.AcceptErrors > 0 {
+			fmt.Fprintf(w, "  accept errors\t%d, last %s ago: %s\n", p.AcceptErrors, since(p.LastAcceptErrorAt), p.LastAcceptError)
+		}
 	}
 	fmt.Fprintf(w, "\nTRACKED PROCESSES\t%d\n", len(s.Tracked))
 	for _, p := range s.Tracked {
@@ -125,6 +150,22 @@ func printStatus(s *control.Status) {
 			dash(ss.Origin.Exe), ss.Dest, time.Since(ss.Started).Round(time.Second), dash(ss.Role), ss.Counters.Statements,
 			ss.Counters.BytesIn, ss.Counters.BytesOut, dash(strings.Join(parents, " < ")))
 	}
+}
+
+func since(t time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	return time.Since(t).Round(time.Second).String()
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
 }
 
 func dash(s string) string {

@@ -35,6 +35,11 @@ type Config struct {
 // Proxy is the local front door.
 type Proxy struct {
 	Port uint16 `yaml:"port"` // on 127.0.0.1 and [::1]
+	// Caps on concurrent sessions, in total and per client uid; the excess
+	// is refused (PostgreSQL: SQLSTATE 53300), so one user cannot exhaust
+	// the daemon's file descriptors for everyone.
+	MaxSessions       int `yaml:"max_sessions"`
+	MaxSessionsPerUID int `yaml:"max_sessions_per_uid"`
 }
 
 // Intercept says which processes are redirected.
@@ -53,6 +58,9 @@ type DNS struct {
 	MinTTL  Duration `yaml:"min_ttl"`
 	MaxTTL  Duration `yaml:"max_ttl"`
 	Hosts   string   `yaml:"hosts"`
+	// Linger keeps an address a hostname stopped answering with
+	// intercepted for this long (default 1h, at least max_ttl).
+	Linger Duration `yaml:"linger"`
 }
 
 // Target is one destination to intercept.

@@ -43,7 +43,8 @@ func TestParseValid(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Proxy.Port != 15432 || c.Intercept.Mode != "tree" || c.DNS.MinTTL.D() != 2*time.Second {
+	if c.Proxy.Port != 15432 || c.Intercept.Mode != "tree" || c.DNS.MinTTL.D() != 2*time.Second ||
+		c.DNS.Linger.D() != time.Hour || c.Proxy.MaxSessions != 4096 || c.Proxy.MaxSessionsPerUID != 1024 {
 		t.Fatalf("unexpected values: %+v", c)
 	}
 	want := []struct {
@@ -93,6 +94,9 @@ func TestParseErrors(t *testing.T) {
 		{"unknown target ref", "intercept: {mode: all}\ntargets:\n  - {name: a, address: 'x:1'}\nconnections:\n  - name: c\n    targets: [b]\n", `airlock.yaml:6: connections[0].targets[0]: no target named "b"`},
 		{"postgres without section", "intercept: {mode: all}\ntargets:\n  - {name: a, address: 'x:1'}\nconnections:\n  - name: c\n    protocol: postgres\n    targets: [a]\n", `protocol postgres needs a postgres section`},
 		{"static without file", "intercept: {mode: all}\ntargets:\n  - {name: a, address: 'x:1'}\nconnections:\n  - name: c\n    protocol: postgres\n    targets: [a]\n    postgres:\n      databases: [d]\n      credential:\n        mode: static\n        user: u\n", `static mode needs user and password_file`},
+		{"linger below max_ttl", "intercept: {mode: all}\ndns:\n  max_ttl: 2h\n  linger: 1h\n", `airlock.yaml:4: dns.linger: 1h0m0s is shorter than dns.max_ttl`},
+		{"negative max_sessions", "intercept: {mode: all}\nproxy:\n  max_sessions: -1\n", `airlock.yaml:3: proxy.max_sessions: must be positive`},
+		{"per-uid cap above total", "intercept: {mode: all}\nproxy:\n  max_sessions: 10\n  max_sessions_per_uid: 11\n", `airlock.yaml:4: proxy.max_sessions_per_uid: must be from 1 to proxy.max_sessions (10)`},
 		{"not a mapping", "proxy: 5\n", `airlock.yaml:1: proxy: must be a mapping`},
 		{"twice", "proxy:\n  port: 1\nproxy:\n  port: 2\n", `key given twice`},
 		{"syntax", "proxy: [\n", `airlock.yaml`},

@@ -173,6 +173,12 @@ func (c *Config) defaults() {
 	if c.Proxy.Port == 0 {
 		c.Proxy.Port = 15432
 	}
+	if c.Proxy.MaxSessions == 0 {
+		c.Proxy.MaxSessions = 4096
+	}
+	if c.Proxy.MaxSessionsPerUID == 0 {
+		c.Proxy.MaxSessionsPerUID = min(1024, c.Proxy.MaxSessions)
+	}
 	def(&c.Intercept.Mode, "tree")
 	def(&c.Intercept.AttachCgroup, "/")
 	def(&c.Intercept.BPFFS, "/sys/fs/bpf")
@@ -184,6 +190,9 @@ func (c *Config) defaults() {
 	}
 	if c.DNS.MaxTTL == 0 {
 		c.DNS.MaxTTL = Duration(10 * time.Minute)
+	}
+	if c.DNS.Linger == 0 {
+		c.DNS.Linger = max(Duration(time.Hour), c.DNS.MaxTTL)
 	}
 	for i := range c.Connections {
 		conn := &c.Connections[i]
@@ -235,6 +244,16 @@ func (c *Config) validate() error {
 	}
 	if c.DNS.MinTTL > c.DNS.MaxTTL {
 		return c.errKey("dns.min_ttl", "is larger than dns.max_ttl")
+	}
+	if c.DNS.Linger < c.DNS.MaxTTL {
+		return c.errKey("dns.linger", fmt.Sprintf("%v is shorter than dns.max_ttl (%v): a client may still hold an address that long after DNS dropped it",
+			c.DNS.Linger.D(), c.DNS.MaxTTL.D()))
+	}
+	if c.Proxy.MaxSessions < 0 {
+		return c.errKey("proxy.max_sessions", "must be positive")
+	}
+	if c.Proxy.MaxSessionsPerUID < 0 || c.Proxy.MaxSessionsPerUID > c.Proxy.MaxSessions {
+		return c.errKey("proxy.max_sessions_per_uid", fmt.Sprintf("must be from 1 to proxy.max_sessions (%d)", c.Proxy.MaxSessions))
 	}
 	names := map[string]bool{}
 	for i := range c.Targets {

@@ -27,6 +27,12 @@ type Peer struct {
 	PID uint32
 	UID uint32
 	GID uint32
+	// PIDFD names the caller's process for the duration of the call, so
+	// that a pid recycled after the caller exited is never mistaken for
+	// it: SO_PEERPIDFD where the kernel has it (6.5+), else pidfd_open of
+	// the SO_PEERCRED pid checked to have started before the call. Nil if
+	// neither worked. The server closes it when the call returns.
+	PIDFD *os.File
 }
 
 // Request is one call.
@@ -96,25 +102,47 @@ func (s *Server) Serve(ctx context.Context) error {
 	stop := context.AfterFunc(ctx, func() { _ = s.l.Close() })
 	defer stop()
 	defer os.Remove(s.path)
+	// No accept error ends the loop: out of file descriptors (EMFILE),
+	// back off and retry, so `airlock status` answers again once sessions
+	// end instead of the daemon exiting.
+	var backoff time.Duration
 	for {
 		c, err := s.l.AcceptUnix()
 		if err != nil {
 			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
 				return nil
 			}
-			return fmt.Errorf("accept on control socket: %w", err)
+			if backoff == 0 {
+				s.log.Warn("accept on control socket failed; backing off and retrying", "err", err)
+			}
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			t := time.NewTimer(backoff)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return nil
+			case <-t.C:
+			}
+			continue
 		}
+		backoff = 0
 		go s.serveConn(ctx, c)
 	}
 }
 
 func (s *Server) serveConn(ctx context.Context, c *net.UnixConn) {
 	defer c.Close()
+	accepted := bootTicks()
 	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
 	peer, err := peerOf(c)
 	if err != nil {
 		s.log.Warn("control: no peer credentials", "err", err)
 		return
+	}
+	if peer.PIDFD, err = peerPIDFD(c, peer.PID, accepted); err != nil {
+		s.log.Debug("control: no pidfd for the caller", "pid", peer.PID, "err", err)
+	} else {
+		defer peer.PIDFD.Close()
 	}
 	var req Request
 	dec := json.NewDecoder(bufio.NewReader(&limitedReader{c, 64 << 10}))

@@ -14,6 +14,8 @@ type Status struct {
 	Targets  []TargetStatus   `json:"targets"`
 	Tracked  []TrackedProcess `json:"tracked"`
 	Sessions []SessionStatus  `json:"sessions"`
+	// Proxy is the front door's session caps and counts.
+	Proxy *ProxyStatus `json:"proxy,omitempty"`
 	// Counters are the kernel programs' counters (redirected, skip_*...).
 	Counters   map[string]uint64 `json:"counters,omitempty"`
 	MapEntries map[string]int    `json:"map_entries,omitempty"`
@@ -57,6 +59,33 @@ type TargetStatus struct {
 	TTL        string    `json:"ttl,omitempty"`
 	ResolvedAt time.Time `json:"resolved_at,omitempty"`
 	Error      string    `json:"error,omitempty"`
+	// Unresolved: a hostname target with no address yet. Its port is
+	// intercepted at every address and those connections are refused.
+	Unresolved bool `json:"unresolved,omitempty"`
+	// Addresses of a hostname target: current ones and those DNS dropped
+	// that stay intercepted until they expire.
+	Addresses []AddressStatus `json:"addresses,omitempty"`
+}
+
+// AddressStatus is one address of a hostname target.
+type AddressStatus struct {
+	Address  string    `json:"address"`
+	State    string    `json:"state"` // "current" or "lingering"
+	LastSeen time.Time `json:"last_seen,omitempty"`
+	Expires  time.Time `json:"expires,omitempty"` // lingering only
+}
+
+// ProxyStatus is the front door's session caps and counts.
+type ProxyStatus struct {
+	MaxSessions       int               `json:"max_sessions"`
+	MaxSessionsPerUID int               `json:"max_sessions_per_uid"`
+	Active            int               `json:"active"`
+	PerUID            map[string]int    `json:"per_uid,omitempty"` // by uid; others than root see only their own
+	Refused           map[string]uint64 `json:"refused,omitempty"` // by reason
+	AcceptErrors      uint64            `json:"accept_errors"`
+	LastAcceptError   string            `json:"last_accept_error,omitempty"`
+	LastAcceptErrorAt time.Time         `json:"last_accept_error_at,omitempty"`
+	OpenFilesLimit    uint64            `json:"open_files_limit"`
 }
 
 // TrackedProcess is a process selected in tree mode.

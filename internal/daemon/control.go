@@ -3,12 +3,10 @@ package daemon
 import (
 	"context"
 	"errors"
-	"fmt"
 	"os"
 	"path/filepath"
-	"time"
+	"strconv"
 
-	"github.com/airlockhq/airlock/internal/cgroups"
 	"github.com/airlockhq/airlock/internal/control"
 	"github.com/airlockhq/airlock/internal/intercept"
 	"github.com/airlockhq/airlock/internal/procinfo"
@@ -34,7 +32,12 @@ func (d *Daemon) Status(_ context.Context, p control.Peer) (*control.Status, err
 	}
 	st.Counters, st.MapEntries = ist.Counters, ist.MapEntries
 	resolved := map[string][]string{}
+	unresolved := map[string]bool{}
 	for _, e := range d.set.All() {
+		if e.Unresolved {
+			unresolved[e.Name] = true
+			continue
+		}
 		resolved[e.Name] = append(resolved[e.Name], e.Prefix.String())
 	}
 	dns := map[string]control.TargetStatus{}
@@ -43,11 +46,22 @@ func (d *Daemon) Status(_ context.Context, p control.Peer) (*control.Status, err
 		if r.TTL > 0 {
 			ts.TTL = r.TTL.String()
 		}
+		for _, a := range r.Addrs {
+			ts.Addresses = append(ts.Addresses, control.AddressStatus{Address: a.String(), State: "current", LastSeen: r.Resolved})
+		}
+		for _, l := range r.Lingering {
+			ts.Addresses = append(ts.Addresses, control.AddressStatus{Address: l.Addr.String(), State: "lingering",
+				LastSeen: l.LastSeen, Expires: l.Expires})
+		}
 		dns[r.Name] = ts
 	}
 	for _, t := range d.cfg.Targets {
 		ts := dns[t.Name]
 		ts.Name, ts.Address, ts.Resolved = t.Name, t.Address, resolved[t.Name]
+		ts.Unresolved = unresolved[t.Name]
+		if ts.Unresolved && ts.Error == "" {
+			ts.Error = "not resolved yet"
+		}
 		ts.Protocol = "tcp"
 		if conn, ok := d.cfg.ConnectionFor(t.Name); ok {
 			ts.Connection, ts.Protocol = conn.Name, conn.Protocol
@@ -69,6 +83,15 @@ func (d *Daemon) Status(_ context.Context, p control.Peer) (*control.Status, err
 		}
 		st.Sessions = append(st.Sessions, sessionStatus(s))
 	}
+	fs := d.fd.Stats()
+	st.Proxy = &control.ProxyStatus{MaxSessions: fs.MaxSessions, MaxSessionsPerUID: fs.MaxSessionsPerUID, Active: fs.Active,
+		PerUID: map[string]int{}, Refused: fs.Refused, AcceptErrors: fs.AcceptErrors,
+		LastAcceptError: fs.LastAcceptError, LastAcceptErrorAt: fs.LastAcceptErrorAt, OpenFilesLimit: d.fileLimit}
+	for uid, n := range fs.PerUID {
+		if p.UID == 0 || uid == p.UID {
+			st.Proxy.PerUID[strconv.FormatUint(uint64(uid), 10)] = n
+		}
+	}
 	return st, nil
 }
 
@@ -80,29 +103,17 @@ func sessionStatus(s *session.Session) control.SessionStatus {
 	}
 }
 
-// Run implements control.Handler: the caller's own process (by
-// SO_PEERCRED, never a pid it names) moves into a fresh cgroup under the run
-// group, then execs the command, which with every descendant is intercepted.
+// Run implements control.Handler: the caller's own process (named by the
+// kernel with a pidfd, never a pid it claims) moves into a fresh cgroup
+// under the run group, then execs the command, which with every descendant
+// is intercepted.
 func (d *Daemon) Run(_ context.Context, p control.Peer) (*control.RunReply, error) {
 	if p.PID == 0 {
 		return nil, errors.New("caller has no pid")
 	}
-	dir := filepath.Join(d.runGroup, fmt.Sprintf("run-%d-%d", p.PID, time.Now().UnixNano()))
-	if err := cgroups.Create(dir); err != nil {
-		return nil, fmt.Errorf("create cgroup: %w", err)
-	}
-	id, err := cgroups.ID(dir)
+	dir, err := d.runs.place(int(p.PID), p.PIDFD)
 	if err != nil {
 		return nil, err
-	}
-	if err := d.ic.SelectCgroup(id); err != nil {
-		_ = cgroups.Remove(dir)
-		return nil, fmt.Errorf("select cgroup: %w", err)
-	}
-	if err := cgroups.MovePID(dir, int(p.PID)); err != nil {
-		_ = d.ic.UnselectCgroup(id)
-		_ = cgroups.Remove(dir)
-		return nil, fmt.Errorf("move pid %d into %s: %w", p.PID, dir, err)
 	}
 	d.log.Info("airlock run: process placed in an intercepted cgroup", "pid", p.PID, "uid", p.UID, "cgroup", dir)
 	rel, _ := filepath.Rel(d.cgRoot, dir)

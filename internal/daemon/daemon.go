@@ -48,15 +48,17 @@ type Daemon struct {
 	started  time.Time
 	features intercept.Features
 
-	ic       *intercept.Interceptor
-	set      *targets.Set
-	res      *resolve.Resolver
-	fd       *frontdoor.Server
-	ctl      *control.Server
-	routes   *router
-	closers  []func()
-	cgRoot   string // cgroup v2 mount
-	runGroup string // parent of `airlock run` cgroups
+	ic        *intercept.Interceptor
+	set       *targets.Set
+	res       *resolve.Resolver
+	fd        *frontdoor.Server
+	ctl       *control.Server
+	routes    *router
+	closers   []func()
+	cgRoot    string // cgroup v2 mount
+	runGroup  string // parent of `airlock run` cgroups
+	fileLimit uint64 // RLIMIT_NOFILE after raising it
+	runs      *runGroups
 
 	mu sync.Mutex
 }
@@ -74,6 +76,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 }
 
 func (d *Daemon) start(ctx context.Context) error {
+	d.raiseFileLimit()
 	feats, err := intercept.ProbeFeatures()
 	if err != nil {
 		return fmt.Errorf("probe kernel features: %w", err)
@@ -128,42 +131,54 @@ func (d *Daemon) start(ctx context.Context) error {
 		Servers: d.cfg.DNS.Servers,
 		MinTTL:  d.cfg.DNS.MinTTL.D(),
 		MaxTTL:  d.cfg.DNS.MaxTTL.D(),
+		Linger:  d.cfg.DNS.Linger.D(),
 		Hosts:   d.cfg.DNS.Hosts,
 		Logger:  d.log,
 	})
 	if err != nil {
 		return fmt.Errorf("set up DNS resolution of targets: %w", err)
 	}
-	// Resolve once before serving, so hostname targets are intercepted from
-	// the first moment; failures are retried by the watcher.
+	// Until a hostname target resolves, its port is intercepted at every
+	// address and refused: fail closed, never let a connection to it
+	// through because its address is not known yet.
 	for _, h := range hosts {
-		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		addrs, _, err := d.res.Resolve(rctx, h.Host)
-		cancel()
-		if err != nil {
-			d.log.Warn("target hostname did not resolve yet; will retry", "target", h.Name, "host", h.Host, "err", err)
-			continue
-		}
-		d.set.SetResolved(h.Name, h.Port, addrs)
+		d.set.SetUnresolved(h.Name, h.Port)
 	}
 	if err := d.syncTargets(); err != nil {
 		return err
 	}
+	// The watcher resolves every hostname at once; wait (bounded) for that
+	// first round so sessions start with real addresses where DNS answers.
+	firstRound := make(chan struct{})
+	var once sync.Once
 	d.closers = append(d.closers, d.watch(ctx, func(ctx context.Context) {
 		if len(hosts) == 0 {
+			once.Do(func() { close(firstRound) })
 			return
 		}
 		d.res.Watch(ctx, hosts, func(rs []resolve.Result) {
 			for _, r := range rs {
-				if r.Err == "" || len(r.Addrs) > 0 {
-					d.set.SetResolved(r.Name, r.Port, r.Addrs)
+				// Current and lingering addresses alike: a client may
+				// still hold an address DNS has just dropped.
+				d.set.SetResolved(r.Name, r.Port, r.Intercept())
+				if len(r.Addrs) == 0 && len(r.Lingering) == 0 {
+					d.log.Warn("target hostname has not resolved; its port is intercepted at every address and refused until it does",
+						"target", r.Name, "host", r.Host, "port", r.Port, "err", r.Err)
 				}
 			}
 			if err := d.syncTargets(); err != nil {
 				d.log.Error("update destination map", "err", err)
 			}
+			once.Do(func() { close(firstRound) })
 		})
 	}))
+	select {
+	case <-firstRound:
+	case <-time.After(10 * time.Second):
+		d.log.Warn("hostname targets not resolved within 10s; refusing their connections until they do")
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 
 	if err := d.selectProcesses(ctx, mode); err != nil {
 		return err
@@ -191,6 +206,9 @@ func (d *Daemon) start(ctx context.Context) error {
 		Sink:    sink,
 		Logger:  d.log,
 		IsRoot:  d.isTrackedRoot,
+
+		MaxSessions:       d.cfg.Proxy.MaxSessions,
+		MaxSessionsPerUID: d.cfg.Proxy.MaxSessionsPerUID,
 	})
 	if err != nil {
 		return err
@@ -248,6 +266,7 @@ func (d *Daemon) selectProcesses(ctx context.Context, mode intercept.Mode) error
 			return fmt.Errorf("select cgroup %s: %w", p, err)
 		}
 	}
+	d.runs = newRunGroups(d.runGroup, d.ic, d.log)
 	d.closers = append(d.closers, d.watch(ctx, d.reapRunGroups))
 	if mode == intercept.ModeTree {
 		exes := d.cfg.Intercept.Executables
@@ -274,21 +293,7 @@ func (d *Daemon) reapRunGroups(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		entries, _ := os.ReadDir(d.runGroup)
-		for _, e := range entries {
-			if !e.IsDir() {
-				continue
-			}
-			p := filepath.Join(d.runGroup, e.Name())
-			b, err := os.ReadFile(filepath.Join(p, "cgroup.procs"))
-			if err != nil || len(strings.TrimSpace(string(b))) > 0 {
-				continue
-			}
-			if id, err := cgroups.ID(p); err == nil {
-				_ = d.ic.UnselectCgroup(id)
-			}
-			_ = os.Remove(p)
-		}
+		d.runs.reap()
 	}
 }
 

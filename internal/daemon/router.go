@@ -5,8 +5,10 @@ import (
 	"crypto/tls"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -16,6 +18,7 @@ import (
 	"github.com/airlockhq/airlock/internal/frontdoor"
 	"github.com/airlockhq/airlock/internal/localtls"
 	"github.com/airlockhq/airlock/internal/pgcred"
+	"github.com/airlockhq/airlock/internal/pgrefuse"
 	"github.com/airlockhq/airlock/internal/pgwire"
 	"github.com/airlockhq/airlock/internal/relay"
 	"github.com/airlockhq/airlock/internal/session"
@@ -27,6 +30,7 @@ import (
 // that no connection claims are relayed as plain TCP.
 type router struct {
 	set      *targets.Set
+	hosts    map[string]string // hostname of each hostname target
 	byTarget map[string]frontdoor.Route
 	fallback frontdoor.Handler
 	closers  []func()
@@ -37,10 +41,16 @@ type router struct {
 type lookupFunc func(ctx context.Context, host string) ([]string, error)
 
 func newRouter(ctx context.Context, cfg *config.Config, set *targets.Set, dialer upstream.Dialer, lookup lookupFunc, log *slog.Logger) (*router, error) {
-	r := &router{set: set, byTarget: map[string]frontdoor.Route{}, fallback: relay.TCP{Dialer: dialer}}
+	r := &router{set: set, hosts: map[string]string{}, byTarget: map[string]frontdoor.Route{}, fallback: relay.TCP{Dialer: dialer}}
+	for _, t := range cfg.Targets {
+		if t.Host != "" {
+			r.hosts[t.Name] = t.Host
+		}
+	}
 	var clientTLS *tls.Config
 	for _, conn := range cfg.Connections {
 		var h frontdoor.Handler
+		var refuser frontdoor.Refuser
 		switch conn.Protocol {
 		case "tcp":
 			h = r.fallback
@@ -58,9 +68,14 @@ func newRouter(ctx context.Context, cfg *config.Config, set *targets.Set, dialer
 				return nil, fmt.Errorf("connection %s: %w", conn.Name, err)
 			}
 			h = p
+			refuser = pgRefuser{tls: clientTLS}
 		}
 		for _, t := range conn.Targets {
-			r.byTarget[t] = frontdoor.Route{Target: t, Connection: conn.Name, Protocol: conn.Protocol, Handler: h}
+			rt := frontdoor.Route{Target: t, Connection: conn.Name, Protocol: conn.Protocol, Handler: h, Refuser: refuser}
+			if conn.Protocol == "postgres" {
+				rt.Exempt = func(c net.Conn) bool { return pgrefuse.IsCancelRequest(c, 2*time.Second) }
+			}
+			r.byTarget[t] = rt
 		}
 	}
 	return r, nil
@@ -167,16 +182,38 @@ func startLoop(ctx context.Context, fn func(context.Context)) func() {
 	}
 }
 
-// Route implements frontdoor.Router.
+// Route implements frontdoor.Router. A destination that only matches
+// because a hostname target has not resolved yet (its port is intercepted
+// at every address meanwhile) is refused: it may be that target, and
+// nothing may reach it around Airlock, but where it should go is unknown.
 func (r *router) Route(dest netip.AddrPort) (frontdoor.Route, bool) {
-	name, ok := r.set.Match(dest)
+	e, ok := r.set.Lookup(dest)
 	if !ok {
 		return frontdoor.Route{}, false
 	}
-	if rt, ok := r.byTarget[name]; ok {
-		return rt, true
+	rt, ok := r.byTarget[e.Name]
+	if !ok {
+		rt = frontdoor.Route{Target: e.Name, Protocol: "tcp", Handler: r.fallback}
 	}
-	return frontdoor.Route{Target: name, Protocol: "tcp", Handler: r.fallback}, true
+	if e.Unresolved {
+		names := r.set.Unresolved(e.Port)
+		hosts := make([]string, len(names))
+		for i, n := range names {
+			hosts[i] = r.hosts[n]
+		}
+		rt.Refusal = &frontdoor.Refusal{Code: pgrefuse.UnableToConnect, Reason: frontdoor.ReasonUnresolved, Message: fmt.Sprintf(
+			"target %s has not resolved yet; Airlock refuses connections to port %d until it does (see `airlock status`)",
+			strings.Join(hosts, ", "), e.Port)}
+	}
+	return rt, true
+}
+
+// pgRefuser tells PostgreSQL clients why they are refused, in the protocol,
+// with TLS for those that ask for it.
+type pgRefuser struct{ tls *tls.Config }
+
+func (p pgRefuser) Refuse(ctx context.Context, conn net.Conn, r frontdoor.Refusal) error {
+	return pgrefuse.Refuse(ctx, conn, p.tls, r.Code, r.Message)
 }
 
 func (r *router) close() {

@@ -17,10 +17,12 @@ import (
 	"sort"
 	"strconv"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/airlockhq/airlock/internal/identity"
 	"github.com/airlockhq/airlock/internal/intercept"
+	"github.com/airlockhq/airlock/internal/pgrefuse"
 	"github.com/airlockhq/airlock/internal/procinfo"
 	"github.com/airlockhq/airlock/internal/session"
 )
@@ -42,6 +44,29 @@ type Route struct {
 	Connection string
 	Protocol   string
 	Handler    Handler
+	// Refusal, if set, turns every connection of this route away before
+	// the handler (a target that has not resolved yet).
+	Refusal *Refusal
+	// Refuser tells a turned-away client why, in its protocol; nil closes
+	// the connection without a word (plain TCP has none).
+	Refuser Refuser
+	// Exempt, if set, says whether a connection over the session caps may
+	// still be served (a PostgreSQL CancelRequest: short, and the way out
+	// of a runaway query). It may wait briefly for the client's first bytes.
+	Exempt func(conn net.Conn) bool
+}
+
+// Refusal is why a connection is turned away before its session starts.
+type Refusal struct {
+	Code    string // SQLSTATE, for PostgreSQL clients
+	Message string // says what to do next
+	Reason  string // short key for the counters: unresolved, max_sessions, ...
+}
+
+// Refuser tells a client in its own protocol why it is turned away. It
+// returns when it is done; the front door closes the connection.
+type Refuser interface {
+	Refuse(ctx context.Context, conn net.Conn, r Refusal) error
 }
 
 // Router maps an original destination to its route.
@@ -65,6 +90,40 @@ type Options struct {
 	// IsRoot tells where an origin's ancestry stops (a tracked root);
 	// nil walks up to 16 parents.
 	IsRoot func(pid uint32) bool
+	// Caps on concurrent sessions in total and per client uid; 0 means no
+	// cap. The excess is refused (PostgreSQL: SQLSTATE 53300).
+	MaxSessions, MaxSessionsPerUID int
+}
+
+// Refused reasons counted in Stats.
+const (
+	ReasonMaxSessions       = "max_sessions"
+	ReasonMaxSessionsPerUID = "max_sessions_per_uid"
+	ReasonNoRecord          = "no_kernel_record"
+	ReasonNotATarget        = "not_a_target"
+	ReasonUnresolved        = "unresolved" // set by routers for targets without an address
+)
+
+// maxRefusing bounds the connections being told why they are refused at
+// once: each holds a descriptor until its client has spoken (at most a few
+// seconds), and a flood of them must not take the descriptors the caps
+// protect. Beyond it, connections are closed without a word.
+const maxRefusing = 64
+
+// maxExempt bounds the connections served over the caps at once (see
+// Route.Exempt), so exemptions cannot be used to get around them.
+const maxExempt = 16
+
+// Stats are the front door's counts, for `airlock status`.
+type Stats struct {
+	Active            int
+	PerUID            map[uint32]int
+	MaxSessions       int
+	MaxSessionsPerUID int
+	Refused           map[string]uint64 // by reason
+	AcceptErrors      uint64            // failed accepts (e.g. out of file descriptors)
+	LastAcceptError   string
+	LastAcceptErrorAt time.Time
 }
 
 // Server owns the listeners and the live sessions.
@@ -72,9 +131,18 @@ type Server struct {
 	opts      Options
 	listeners []net.Listener
 
-	mu       sync.Mutex
-	sessions map[string]*session.Session
-	wg       sync.WaitGroup
+	mu            sync.Mutex
+	sessions      map[string]*session.Session
+	perUID        map[uint32]int // sessions counted against the caps
+	active        int
+	refusing      int
+	exempting     int
+	refusalLogged map[string]time.Time
+	refused       map[string]uint64
+	acceptN       uint64
+	acceptE       string
+	acceptAt      time.Time
+	wg            sync.WaitGroup
 }
 
 // Listen binds the proxy port on both loopbacks.
@@ -82,7 +150,8 @@ func Listen(opts Options) (*Server, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	s := &Server{opts: opts, sessions: map[string]*session.Session{}}
+	s := &Server{opts: opts, sessions: map[string]*session.Session{}, perUID: map[uint32]int{}, refused: map[string]uint64{},
+		refusalLogged: map[string]time.Time{}}
 	port := strconv.Itoa(int(opts.Port))
 	for _, addr := range []struct{ network, addr string }{{"tcp4", "127.0.0.1:" + port}, {"tcp6", "[::1]:" + port}} {
 		l, err := net.Listen(addr.network, addr.addr)
@@ -127,19 +196,43 @@ func (s *Server) Serve(ctx context.Context) error {
 	return err
 }
 
+// acceptLoop accepts until the listener closes. No accept error ends it:
+// out of file descriptors (EMFILE, ENFILE) or memory, it backs off and
+// retries, so the proxy comes back by itself once sessions end; pending
+// clients wait in the listen backlog meanwhile. Each burst of failures is
+// logged once.
 func (s *Server) acceptLoop(ctx context.Context, l net.Listener) error {
+	const minBackoff, maxBackoff = 5 * time.Millisecond, time.Second
+	var backoff time.Duration
+	var failed int
 	for {
 		conn, err := l.Accept()
 		if err != nil {
 			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
 				return nil
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				time.Sleep(10 * time.Millisecond)
-				continue
+			s.mu.Lock()
+			s.acceptN++
+			s.acceptE, s.acceptAt = err.Error(), time.Now()
+			s.mu.Unlock()
+			if failed == 0 {
+				s.opts.Logger.Warn("accept failed; backing off and retrying (new sessions wait until it succeeds)",
+					"listener", l.Addr().String(), "err", err, "hint", acceptHint(err))
 			}
-			return fmt.Errorf("accept on %s: %w", l.Addr(), err)
+			failed++
+			backoff = min(max(2*backoff, minBackoff), maxBackoff)
+			t := time.NewTimer(backoff)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return nil
+			case <-t.C:
+			}
+			continue
+		}
+		if failed > 0 {
+			s.opts.Logger.Info("accepting again", "listener", l.Addr().String(), "failed_accepts", failed)
+			failed, backoff = 0, 0
 		}
 		s.wg.Add(1)
 		go func() {
@@ -165,8 +258,22 @@ func (s *Server) handle(ctx context.Context, conn net.Conn) {
 	if !ok {
 		log.Warn("refused redirected connection to a destination that is no longer a target",
 			"dest", rec.Orig.String(), "pid", rec.TGID, "uid", rec.UID)
+		s.count(ReasonNotATarget)
 		_ = conn.Close()
 		return
+	}
+	if route.Refusal != nil {
+		s.refuse(ctx, conn, route, rec, client, *route.Refusal)
+		return
+	}
+	if r, ok := s.acquire(rec.UID); !ok {
+		if !s.exempt(route, conn) {
+			s.refuse(ctx, conn, route, rec, client, r)
+			return
+		}
+		defer s.unexempt()
+	} else {
+		defer s.release(rec.UID)
 	}
 
 	sess := session.New(s.opts.Sink)
@@ -194,6 +301,149 @@ func (s *Server) handle(ctx context.Context, conn net.Conn) {
 	end := &session.End{Reason: reason, Duration: time.Since(sess.Started),
 		BytesIn: sess.Stats.BytesIn.Load(), BytesOut: sess.Stats.BytesOut.Load()}
 	sess.Emit(session.Event{Kind: session.KindSessionEnd, End: end})
+}
+
+func acceptHint(err error) string {
+	switch {
+	case errors.Is(err, syscall.EMFILE):
+		return "out of file descriptors for this process: lower proxy.max_sessions or raise LimitNOFILE"
+	case errors.Is(err, syscall.ENFILE):
+		return "the system is out of file descriptors"
+	case errors.Is(err, syscall.ENOBUFS), errors.Is(err, syscall.ENOMEM):
+		return "out of memory"
+	}
+	return ""
+}
+
+// acquire counts a new session against the caps, or says why it may not
+// start.
+func (s *Server) acquire(uid uint32) (Refusal, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if max := s.opts.MaxSessions; max > 0 && s.active >= max {
+		return Refusal{Code: pgrefuse.TooManyConnections, Reason: ReasonMaxSessions, Message: fmt.Sprintf(
+			"Airlock has reached its limit of %d concurrent sessions (proxy.max_sessions); retry when some have ended, or ask your Airlock admin to raise it", max)}, false
+	}
+	if max := s.opts.MaxSessionsPerUID; max > 0 && s.perUID[uid] >= max {
+		return Refusal{Code: pgrefuse.TooManyConnections, Reason: ReasonMaxSessionsPerUID, Message: fmt.Sprintf(
+			"uid %d already has %d concurrent Airlock sessions, the limit (proxy.max_sessions_per_uid); close some and retry, or ask your Airlock admin to raise it", uid, max)}, false
+	}
+	s.active++
+	s.perUID[uid]++
+	return Refusal{}, true
+}
+
+func (s *Server) release(uid uint32) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.active--
+	if s.perUID[uid]--; s.perUID[uid] <= 0 {
+		delete(s.perUID, uid)
+	}
+}
+
+// exempt reports whether a connection over the caps may still be served,
+// and if so holds one of the few exempt slots until unexempt.
+func (s *Server) exempt(route Route, conn net.Conn) bool {
+	if route.Exempt == nil {
+		return false
+	}
+	s.mu.Lock()
+	ok := s.exempting < maxExempt
+	if ok {
+		s.exempting++
+	}
+	s.mu.Unlock()
+	if !ok {
+		return false
+	}
+	if route.Exempt(conn) {
+		return true
+	}
+	s.unexempt()
+	return false
+}
+
+func (s *Server) unexempt() {
+	s.mu.Lock()
+	s.exempting--
+	s.mu.Unlock()
+}
+
+// refusalLogEvery is how often each kind of refusal is logged at most.
+const refusalLogEvery = 10 * time.Second
+
+func (s *Server) logRefusal(reason string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := time.Now()
+	if last, ok := s.refusalLogged[reason]; ok && now.Sub(last) < refusalLogEvery {
+		return false
+	}
+	s.refusalLogged[reason] = now
+	return true
+}
+
+func (s *Server) count(reason string) {
+	s.mu.Lock()
+	s.refused[reason]++
+	s.mu.Unlock()
+}
+
+// refuse records why a connection is turned away and tells its client in
+// its protocol. Only the kernel's record describes the origin: a refusal
+// must stay cheap, as it may come in a flood.
+func (s *Server) refuse(ctx context.Context, conn net.Conn, route Route, rec intercept.Record, client netip.AddrPort, r Refusal) {
+	defer conn.Close()
+	s.mu.Lock()
+	s.refused[r.Reason]++
+	speak := s.refusing < maxRefusing
+	if speak {
+		s.refusing++
+	}
+	s.mu.Unlock()
+
+	sess := session.New(s.opts.Sink)
+	sess.Target, sess.Connection, sess.Protocol = route.Target, route.Connection, route.Protocol
+	sess.Dest, sess.Client = rec.Orig, client
+	sess.Origin = session.Origin{PID: rec.TGID, TID: rec.PID, UID: rec.UID, GID: rec.GID,
+		Comm: rec.Comm, CgroupID: rec.CgroupID, ConnectAt: rec.At}
+	sess.Emit(session.Event{Kind: session.KindRefused, Refusal: &session.Refusal{Reason: r.Message, SQLState: r.Code}})
+	// Every refusal is an event; the log gets the first of each kind per
+	// interval, so a flood of them does not flood the journal.
+	if s.logRefusal(r.Reason) {
+		s.opts.Logger.Warn("refused connection", "reason", r.Reason, "target", route.Target, "dest", rec.Orig.String(),
+			"pid", rec.TGID, "uid", rec.UID, "message", r.Message, "refused_so_far", s.Stats().Refused[r.Reason])
+	}
+	if !speak {
+		return
+	}
+	defer func() {
+		s.mu.Lock()
+		s.refusing--
+		s.mu.Unlock()
+	}()
+	if route.Refuser != nil {
+		if err := route.Refuser.Refuse(ctx, conn, r); err != nil {
+			s.opts.Logger.Debug("telling a refused client why", "session", sess.ID, "err", err)
+		}
+	}
+}
+
+// Stats returns the session counts and refusals so far.
+func (s *Server) Stats() Stats {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := Stats{Active: s.active, PerUID: make(map[uint32]int, len(s.perUID)), Refused: make(map[string]uint64, len(s.refused)),
+		MaxSessions: s.opts.MaxSessions, MaxSessionsPerUID: s.opts.MaxSessionsPerUID,
+		AcceptErrors: s.acceptN, LastAcceptError: s.acceptE, LastAcceptErrorAt: s.acceptAt}
+	for k, v := range s.perUID {
+		st.PerUID[k] = v
+	}
+	for k, v := range s.refused {
+		st.Refused[k] = v
+	}
+	return st
 }
 
 func (s *Server) origin(rec intercept.Record) session.Origin {

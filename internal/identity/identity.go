@@ -17,6 +17,10 @@ type Person struct {
 	Name   string   `json:"name"`
 	UID    uint32   `json:"uid"`
 	Groups []string `json:"groups,omitempty"`
+	// Set for identities proven by an OIDC token (empty for local users).
+	Issuer  string `json:"issuer,omitempty"`
+	Subject string `json:"subject,omitempty"`
+	Email   string `json:"email,omitempty"`
 }
 
 // LocalUsers resolves a uid to its account in the local user database.

@@ -3,9 +3,11 @@ package pgwire
 import (
 	"context"
 	"crypto/tls"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -95,14 +97,70 @@ func run(t *testing.T, h *harness, env []string, name string, args ...string) st
 	return string(out)
 }
 
+// requireTools skips the test when a client tool is missing, except under
+// CI=true, where a missing tool is a broken CI machine and must fail the
+// build rather than quietly drop the test.
+func requireTools(t testing.TB, tools ...string) {
+	t.Helper()
+	for _, tool := range tools {
+		if _, err := exec.LookPath(tool); err != nil {
+			if os.Getenv("CI") == "true" {
+				t.Fatalf("%s not found on PATH (CI=true: install it with tests/deps.sh): %v", tool, err)
+			}
+			t.Skipf("%s not installed (tests/deps.sh installs it)", tool)
+		}
+	}
+}
+
+// TestRequireTools checks that a missing tool fails the test under CI=true
+// and skips it otherwise.
+func TestRequireTools(t *testing.T) {
+	t.Setenv("PATH", t.TempDir()) // an empty folder: no psql, no pgbench
+	for _, tc := range []struct {
+		ci                 string
+		wantFail, wantSkip bool
+	}{
+		{"true", true, false},
+		{"", false, true},
+	} {
+		t.Run("CI="+tc.ci, func(t *testing.T) {
+			t.Setenv("CI", tc.ci)
+			rec := &recordingTB{TB: t}
+			done := make(chan struct{})
+			go func() { defer close(done); requireTools(rec, "psql", "pgbench") }()
+			<-done
+			if rec.failed != tc.wantFail || rec.skipped != tc.wantSkip {
+				t.Fatalf("CI=%q: failed=%v skipped=%v, want failed=%v skipped=%v (%s)",
+					tc.ci, rec.failed, rec.skipped, tc.wantFail, tc.wantSkip, rec.msg)
+			}
+		})
+	}
+}
+
+// recordingTB records Fatalf and Skipf instead of acting on the real test;
+// like them, it ends the calling goroutine.
+type recordingTB struct {
+	testing.TB
+	failed, skipped bool
+	msg             string
+}
+
+func (r *recordingTB) Helper() {}
+
+func (r *recordingTB) Fatalf(format string, args ...any) {
+	r.failed, r.msg = true, fmt.Sprintf(format, args...)
+	runtime.Goexit()
+}
+
+func (r *recordingTB) Skipf(format string, args ...any) {
+	r.skipped, r.msg = true, fmt.Sprintf(format, args...)
+	runtime.Goexit()
+}
+
 // TestTools drives psql and pgbench through the proxy, with TLS on the
 // client leg and verify-full TLS upstream.
 func TestTools(t *testing.T) {
-	for _, tool := range []string{"psql", "pgbench"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s not installed", tool)
-		}
-	}
+	requireTools(t, "psql", "pgbench")
 	pg := pgtest.Start(t, pgtest.Options{SSL: true})
 	tlsOpt, proxyCert := clientTLS(t)
 	h := newHarness(t, pg, func(o *Options) {

@@ -29,7 +29,12 @@ const (
 	DefaultMinTTL  = 5 * time.Second
 	DefaultMaxTTL  = 10 * time.Minute
 	DefaultTimeout = 2 * time.Second
-	DefaultHosts   = "/etc/hosts"
+	// DefaultLinger is how long an address a hostname stopped answering
+	// with stays intercepted. DNS that rotates subsets of replicas drops
+	// addresses that clients resolved a moment ago and still dial; letting
+	// them go at once would let those connections through.
+	DefaultLinger = time.Hour
+	DefaultHosts  = "/etc/hosts"
 )
 
 const (
@@ -58,13 +63,36 @@ type Spec struct {
 
 // Result is the current state of one Spec.
 type Result struct {
-	Name     string
-	Host     string
-	Port     uint16
-	Addrs    []netip.Addr  // last good addresses, sorted (IPv4 first); kept across failures
-	TTL      time.Duration // of the last good answer, clamped
-	Resolved time.Time     // of the last good answer; zero if never resolved
-	Err      string        // error of the last attempt; "" if it succeeded
+	Name  string
+	Host  string
+	Port  uint16
+	Addrs []netip.Addr // last good addresses, sorted (IPv4 first); kept across failures
+	// Lingering are addresses the host answered with before but not in its
+	// last good answer, kept for Options.Linger after they were dropped.
+	// They must be intercepted like Addrs: clients may still hold them.
+	Lingering []Lingering
+	TTL       time.Duration // of the last good answer, clamped
+	Resolved  time.Time     // of the last good answer; zero if never resolved
+	Err       string        // error of the last attempt; "" if it succeeded
+}
+
+// Lingering is an address dropped from a host's answers but still
+// intercepted until Expires.
+type Lingering struct {
+	Addr     netip.Addr
+	LastSeen time.Time // of the last answer that had it
+	Expires  time.Time // Linger after the first good answer without it
+}
+
+// Intercept returns every address to intercept for r: the current ones and
+// those still lingering, sorted and unique.
+func (r Result) Intercept() []netip.Addr {
+	out := slices.Clone(r.Addrs)
+	for _, l := range r.Lingering {
+		out = append(out, l.Addr)
+	}
+	slices.SortFunc(out, netip.Addr.Compare)
+	return slices.Compact(out)
 }
 
 // Options configures a Resolver.
@@ -73,7 +101,10 @@ type Options struct {
 	MinTTL, MaxTTL time.Duration // TTL floor (default 5s) and ceiling (default 10m)
 	Hosts          string        // hosts file consulted first, answered with MinTTL; "": /etc/hosts, "-": none
 	Timeout        time.Duration // per query, default 2s
-	Logger         *slog.Logger
+	// Linger keeps an address intercepted that long after a good answer
+	// first left it out (default 1h, at least MaxTTL).
+	Linger time.Duration
+	Logger *slog.Logger
 }
 
 // Resolver resolves hostnames. Resolve and Snapshot are safe for concurrent
@@ -84,6 +115,7 @@ type Resolver struct {
 	ndots          int
 	minTTL, maxTTL time.Duration
 	timeout        time.Duration
+	linger         time.Duration
 	hosts          *hostsFile
 	log            *slog.Logger
 	udp, tcp       *dns.Client
@@ -98,11 +130,12 @@ func New(opts Options) (*Resolver, error) {
 		minTTL:  opts.MinTTL,
 		maxTTL:  opts.MaxTTL,
 		timeout: opts.Timeout,
+		linger:  opts.Linger,
 		log:     opts.Logger,
 		ndots:   1,
 	}
-	if r.minTTL < 0 || r.maxTTL < 0 || r.timeout < 0 {
-		return nil, errors.New("resolve: negative MinTTL, MaxTTL or Timeout")
+	if r.minTTL < 0 || r.maxTTL < 0 || r.timeout < 0 || r.linger < 0 {
+		return nil, errors.New("resolve: negative MinTTL, MaxTTL, Timeout or Linger")
 	}
 	if r.minTTL == 0 {
 		r.minTTL = DefaultMinTTL
@@ -115,6 +148,14 @@ func New(opts Options) (*Resolver, error) {
 	}
 	if r.timeout == 0 {
 		r.timeout = DefaultTimeout
+	}
+	if r.linger == 0 {
+		r.linger = max(DefaultLinger, r.maxTTL)
+	}
+	if r.linger < r.maxTTL {
+		// A client may cache an answer for up to MaxTTL (as we do): an
+		// address must outlive every cached answer that holds it.
+		return nil, fmt.Errorf("resolve: Linger %v below MaxTTL %v", r.linger, r.maxTTL)
 	}
 	if r.log == nil {
 		r.log = slog.New(slog.DiscardHandler)
@@ -448,6 +489,7 @@ func cloneResults(rs []Result) []Result {
 	out := slices.Clone(rs)
 	for i := range out {
 		out[i].Addrs = slices.Clone(out[i].Addrs)
+		out[i].Lingering = slices.Clone(out[i].Lingering)
 	}
 	return out
 }

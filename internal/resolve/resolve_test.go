@@ -429,7 +429,8 @@ func TestNew(t *testing.T) {
 	if want := []string{"corp.test", "lab.test"}; !slices.Equal(r.search, want) || r.ndots != 2 {
 		t.Errorf("search = %q ndots %d, want %q ndots 2", r.search, r.ndots, want)
 	}
-	if r.minTTL != DefaultMinTTL || r.maxTTL != DefaultMaxTTL || r.timeout != DefaultTimeout || r.hosts.path != DefaultHosts {
+	if r.minTTL != DefaultMinTTL || r.maxTTL != DefaultMaxTTL || r.timeout != DefaultTimeout || r.hosts.path != DefaultHosts ||
+		r.linger != DefaultLinger {
 		t.Errorf("defaults: min %v max %v timeout %v hosts %q", r.minTTL, r.maxTTL, r.timeout, r.hosts.path)
 	}
 
@@ -445,6 +446,8 @@ func TestNew(t *testing.T) {
 		{Servers: []string{"dns.example"}},
 		{Servers: []string{"127.0.0.1:53"}, MinTTL: time.Minute, MaxTTL: time.Second},
 		{Servers: []string{"127.0.0.1:53"}, Timeout: -1},
+		{Servers: []string{"127.0.0.1:53"}, MaxTTL: time.Hour, Linger: time.Minute},
+		{Servers: []string{"127.0.0.1:53"}, Linger: -1},
 	} {
 		if _, err := New(bad); err == nil {
 			t.Errorf("New(%+v) succeeded", bad)
@@ -730,4 +733,60 @@ func FuzzParseHosts(f *testing.F) {
 			t.Fatalf("%s %s: got %v", a, name, m)
 		}
 	})
+}
+
+// DNS that rotates subsets of replicas drops addresses that clients still
+// hold: each must stay (lingering) for Linger after a good answer first left
+// it out, come back to current if it reappears, and go once it expires.
+func TestWatchLingersDroppedAddresses(t *testing.T) {
+	z := &zone{}
+	z.set(t, "db.test. 0 IN A 192.0.2.1", "db.test. 0 IN A 192.0.2.2")
+	const linger = 1500 * time.Millisecond
+	r := newResolver(t, Options{Servers: []string{serve(t, z)}, MinTTL: minTTL, MaxTTL: minTTL, Linger: linger})
+	w := startWatch(t, r, []Spec{{Name: "db", Host: "db.test", Port: 5432}})
+	if rs := w.next(t, 2*time.Second); !slices.Equal(rs[0].Addrs, addrs("192.0.2.1", "192.0.2.2")) || len(rs[0].Lingering) != 0 {
+		t.Fatalf("first: %+v", rs[0])
+	}
+
+	rotated := time.Now()
+	z.set(t, "db.test. 0 IN A 192.0.2.2", "db.test. 0 IN A 192.0.2.3")
+	rs := w.next(t, 10*minTTL)
+	got := rs[0]
+	if !slices.Equal(got.Addrs, addrs("192.0.2.2", "192.0.2.3")) || len(got.Lingering) != 1 || got.Lingering[0].Addr != addrs("192.0.2.1")[0] {
+		t.Fatalf("after rotation: %+v, want .2 .3 current and .1 lingering", got)
+	}
+	l := got.Lingering[0]
+	if l.LastSeen.IsZero() || l.LastSeen.After(l.Expires) || l.Expires.Before(rotated.Add(linger)) || l.Expires.After(time.Now().Add(linger)) {
+		t.Fatalf("lingering %+v: want last seen before expiry and expiry %v after the rotation", l, linger)
+	}
+	if want := addrs("192.0.2.1", "192.0.2.2", "192.0.2.3"); !slices.Equal(got.Intercept(), want) {
+		t.Fatalf("Intercept() = %v, want %v", got.Intercept(), want)
+	}
+	if s := r.Snapshot(); len(s[0].Lingering) != 1 {
+		t.Fatalf("Snapshot without the lingering address: %+v", s)
+	}
+
+	// A failed lookup changes nothing: the lingering address neither
+	// expires early nor comes back.
+	z.setFail(0, failServfail)
+	eventually(t, r, 10*minTTL, "error recorded", func(s []Result) bool { return s[0].Err != "" })
+	z.setFail(0, 0)
+
+	// Back in the answers: current again, no longer lingering.
+	z.set(t, "db.test. 0 IN A 192.0.2.1", "db.test. 0 IN A 192.0.2.2", "db.test. 0 IN A 192.0.2.3")
+	rs = w.next(t, 10*minTTL)
+	if !slices.Equal(rs[0].Addrs, addrs("192.0.2.1", "192.0.2.2", "192.0.2.3")) || len(rs[0].Lingering) != 0 {
+		t.Fatalf("after it came back: %+v", rs[0])
+	}
+
+	// Dropped again, then expired: onChange without it.
+	z.set(t, "db.test. 0 IN A 192.0.2.3")
+	rs = w.next(t, 10*minTTL)
+	if len(rs[0].Lingering) != 2 {
+		t.Fatalf("after the second drop: %+v, want .1 and .2 lingering", rs[0])
+	}
+	rs = w.next(t, linger+20*minTTL)
+	if len(rs[0].Lingering) != 0 || !slices.Equal(rs[0].Intercept(), addrs("192.0.2.3")) {
+		t.Fatalf("after expiry: %+v, want only .3", rs[0])
+	}
 }

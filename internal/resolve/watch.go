@@ -19,6 +19,47 @@ type target struct {
 	resolved time.Time
 	err      string
 	next     time.Time
+	// seen is when each of addrs was last in a good answer; lingering are
+	// addresses good answers no longer have, until they expire.
+	seen      map[netip.Addr]time.Time
+	lingering map[netip.Addr]Lingering
+}
+
+// lingeringList returns t's lingering addresses, sorted.
+func (t *target) lingeringList() []Lingering {
+	out := make([]Lingering, 0, len(t.lingering))
+	for _, l := range t.lingering {
+		out = append(out, l)
+	}
+	slices.SortFunc(out, func(a, b Lingering) int { return a.Addr.Compare(b.Addr) })
+	return out
+}
+
+// prune forgets lingering addresses that expired by now, and reports
+// whether any did.
+func (r *Resolver) prune(t *target, now time.Time) bool {
+	changed := false
+	for a, l := range t.lingering {
+		if !l.Expires.After(now) {
+			delete(t.lingering, a)
+			changed = true
+			r.log.Info("dropped target address no longer in DNS answers after lingering", "host", t.host, "addr", a,
+				"last_seen", l.LastSeen, "linger", r.linger)
+		}
+	}
+	return changed
+}
+
+// nextExpiry is the earliest time a lingering address of t expires; zero
+// if none lingers.
+func (t *target) nextExpiry() time.Time {
+	var first time.Time
+	for _, l := range t.lingering {
+		if first.IsZero() || l.Expires.Before(first) {
+			first = l.Expires
+		}
+	}
+	return first
 }
 
 // Watch resolves every spec now, and each again when its TTL runs out. It
@@ -48,7 +89,8 @@ func (r *Resolver) Watch(ctx context.Context, specs []Spec, onChange func([]Resu
 				s := specs[i]
 				out[i] = Result{
 					Name: s.Name, Host: s.Host, Port: s.Port,
-					Addrs: slices.Clone(t.addrs), TTL: t.ttl, Resolved: t.resolved, Err: t.err,
+					Addrs: slices.Clone(t.addrs), Lingering: t.lingeringList(),
+					TTL: t.ttl, Resolved: t.resolved, Err: t.err,
 				}
 			}
 		}
@@ -60,12 +102,16 @@ func (r *Resolver) Watch(ctx context.Context, specs []Spec, onChange func([]Resu
 	for first := true; ; first = false {
 		now := time.Now()
 		var due []*target
+		pruned := false
 		for _, t := range targets {
 			if !t.next.After(now) {
 				due = append(due, t)
 			}
+			if r.prune(t, now) {
+				pruned = true
+			}
 		}
-		changed := r.round(ctx, due)
+		changed := r.round(ctx, due) || pruned
 		if ctx.Err() != nil {
 			return
 		}
@@ -81,6 +127,9 @@ func (r *Resolver) Watch(ctx context.Context, specs []Spec, onChange func([]Resu
 		for _, t := range targets {
 			if d := time.Until(t.next); wait < 0 || d < wait {
 				wait = d
+			}
+			if e := t.nextExpiry(); !e.IsZero() && time.Until(e) < wait {
+				wait = time.Until(e)
 			}
 		}
 		if wait < 0 && len(targets) == 0 {
@@ -163,13 +212,45 @@ func (r *Resolver) apply(t *target, ans answer, now time.Time) bool {
 		t.next = now.Add(r.minTTL)
 		r.logFailure(t, prevErr)
 	}
+	if ans.err == nil || len(ans.addrs) > 0 {
+		r.track(t, old, ans, now)
+	}
 	if !slices.Equal(old, t.addrs) {
 		if old != nil {
-			r.log.Info("target addresses changed", "host", t.host, "old", old, "new", t.addrs)
+			r.log.Info("target addresses changed", "host", t.host, "old", old, "new", t.addrs,
+				"lingering", t.lingeringList())
 		}
 		return true
 	}
 	return false
+}
+
+// track updates when each address was last seen after a good (or partly
+// good) answer, and lets the addresses it dropped linger: a client that
+// resolved the name a moment ago may still dial them.
+func (r *Resolver) track(t *target, old []netip.Addr, ans answer, now time.Time) {
+	if t.seen == nil {
+		t.seen = map[netip.Addr]time.Time{}
+		t.lingering = map[netip.Addr]Lingering{}
+	}
+	for _, a := range ans.addrs {
+		if a.Is4() && ans.failed4 || !a.Is4() && ans.failed6 {
+			continue
+		}
+		t.seen[a] = now
+		delete(t.lingering, a)
+	}
+	for _, a := range old {
+		if slices.Contains(t.addrs, a) {
+			continue
+		}
+		last := t.seen[a]
+		if last.IsZero() {
+			last = now
+		}
+		t.lingering[a] = Lingering{Addr: a, LastSeen: last, Expires: now.Add(r.linger)}
+		delete(t.seen, a)
+	}
 }
 
 // logFailure logs a failed lookup: a new error as a warning, a repeated one

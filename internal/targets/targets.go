@@ -14,7 +14,15 @@ type Entry struct {
 	Name   string
 	Prefix netip.Prefix // single addresses are /32 or /128
 	Port   uint16
+	// Unresolved marks the stand-ins of a hostname target that has no
+	// address yet: its port at every address (0.0.0.0/0 and ::/0), so that
+	// nothing reaches it around Airlock while its addresses are unknown.
+	// Connections that match one must be refused, never relayed.
+	Unresolved bool
 }
+
+// anyAddr are the prefixes an unresolved hostname target stands in with.
+var anyAddr = []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0"), netip.MustParsePrefix("::/0")}
 
 // Set is safe for concurrent use; readers never block each other.
 type Set struct {
@@ -28,8 +36,25 @@ func NewSet(static []Entry) *Set {
 	return &Set{static: normalize(static), dynamic: map[string][]Entry{}}
 }
 
-// SetResolved replaces the addresses of one hostname target.
+// SetUnresolved marks a hostname target as having no address yet: its port
+// is matched at every address until SetResolved gives it some.
+func (s *Set) SetUnresolved(name string, port uint16) {
+	es := make([]Entry, 0, len(anyAddr))
+	for _, p := range anyAddr {
+		es = append(es, Entry{Name: name, Prefix: p, Port: port, Unresolved: true})
+	}
+	s.mu.Lock()
+	s.dynamic[name] = es
+	s.mu.Unlock()
+}
+
+// SetResolved replaces the addresses of one hostname target. With no
+// addresses the target is unresolved (see SetUnresolved).
 func (s *Set) SetResolved(name string, port uint16, addrs []netip.Addr) {
+	if len(addrs) == 0 {
+		s.SetUnresolved(name, port)
+		return
+	}
 	es := make([]Entry, 0, len(addrs))
 	for _, a := range addrs {
 		a = a.Unmap()
@@ -59,14 +84,38 @@ func (s *Set) All() []Entry {
 // Match returns the target that dest belongs to, preferring the most
 // specific prefix, as the kernel's LPM trie does.
 func (s *Set) Match(dest netip.AddrPort) (string, bool) {
+	e, ok := s.Lookup(dest)
+	return e.Name, ok
+}
+
+// Lookup returns the entry dest falls in, preferring the most specific
+// prefix, as the kernel's LPM trie does, and among equally specific ones a
+// resolved entry over an unresolved stand-in.
+func (s *Set) Lookup(dest netip.AddrPort) (Entry, bool) {
 	a := dest.Addr().Unmap()
-	best, bits := "", -1
+	var best Entry
+	bits := -1
 	for _, e := range s.All() {
-		if e.Port == dest.Port() && e.Prefix.Contains(a) && e.Prefix.Bits() > bits {
-			best, bits = e.Name, e.Prefix.Bits()
+		if e.Port != dest.Port() || !e.Prefix.Contains(a) {
+			continue
+		}
+		if b := e.Prefix.Bits(); b > bits || b == bits && best.Unresolved && !e.Unresolved {
+			best, bits = e, b
 		}
 	}
 	return best, bits >= 0
+}
+
+// Unresolved returns the names of the hostname targets on port that have
+// no address yet, sorted.
+func (s *Set) Unresolved(port uint16) []string {
+	var out []string
+	for _, e := range s.All() {
+		if e.Unresolved && e.Port == port && (len(out) == 0 || out[len(out)-1] != e.Name) {
+			out = append(out, e.Name)
+		}
+	}
+	return out
 }
 
 func normalize(es []Entry) []Entry {
