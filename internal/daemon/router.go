@@ -62,7 +62,7 @@ func newRouter(ctx context.Context, cfg *config.Config, set *targets.Set, dialer
 					return nil, fmt.Errorf("client-leg TLS certificate: %w", err)
 				}
 			}
-			p, err := r.postgres(ctx, conn, clientTLS, dialer, lookup, log)
+			p, err := r.postgres(ctx, conn, clientTLS, dialer, lookup, log, cfg.Proxy.Driver)
 			if err != nil {
 				r.close()
 				return nil, fmt.Errorf("connection %s: %w", conn.Name, err)
@@ -81,7 +81,7 @@ func newRouter(ctx context.Context, cfg *config.Config, set *targets.Set, dialer
 	return r, nil
 }
 
-func (r *router) postgres(ctx context.Context, conn config.Connection, clientTLS *tls.Config, dialer upstream.Dialer, lookup lookupFunc, log *slog.Logger) (*pgwire.Proxy, error) {
+func (r *router) postgres(ctx context.Context, conn config.Connection, clientTLS *tls.Config, dialer upstream.Dialer, lookup lookupFunc, log *slog.Logger, driver string) (*pgwire.Proxy, error) {
 	pg := conn.Postgres
 	var creds pgwire.Credentials
 	switch pg.Credential.Mode {
@@ -132,6 +132,7 @@ func (r *router) postgres(ctx context.Context, conn config.Connection, clientTLS
 		Dial:        dialer.DialContext,
 		Lookup:      lookup,
 		Logger:      log.With("connection", conn.Name),
+		Driver:      driver,
 	})
 }
 
