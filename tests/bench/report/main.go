@@ -201,7 +201,7 @@ var (
 
 // pgbench runs one measurement of path p and reads the CPU each part used.
 func (r *runner) pgbench(p Path, c cell, seconds int) result {
-	args := []string{"-n", "-M", c.mode, "-c", strconv.Itoa(c.clients), "-T", strconv.Itoa(seconds)}
+	args := []string{"-n", "-P", "1", "-M", c.mode, "-c", strconv.Itoa(c.clients), "-T", strconv.Itoa(seconds)}
 	if c.script == "select" {
 		args = append(args, "-S")
 	}
@@ -210,18 +210,47 @@ func (r *runner) pgbench(p Path, c cell, seconds int) result {
 	}
 	args = append(args, p.DSN)
 	groups := map[string]string{"client": p.ClientCgroup, "proxy": p.ProxyCgroup, "server": r.st.ServerCgroup}
-	before := map[string]float64{}
-	for k, g := range groups {
-		if g != "" {
-			before[k] = cpuUsec(g)
+	// CPU is counted between pgbench's first and last progress reports
+	// (-P 1): the steady state, without the connections' setup and
+	// teardown, over the transactions those reports count.
+	var (
+		first, last map[string]float64
+		m0, m1      sample
+		steady      float64 // transactions between the first and last reports
+		lastAt      float64 // time of the previous report
+	)
+	onProgress := func(line string) {
+		f := progressTPS.FindStringSubmatch(line)
+		if f == nil {
+			return
 		}
+		now := map[string]float64{}
+		for k, g := range groups {
+			if g != "" {
+				now[k] = cpuUsec(g)
+			}
+		}
+		ms := machineSample(r.st.OwnCgroups)
+		if first == nil {
+			first, m0, lastAt = now, ms, 0
+			if iv, err := strconv.ParseFloat(f[1], 64); err == nil {
+				lastAt = iv
+			}
+			return
+		}
+		v, _ := strconv.ParseFloat(f[2], 64)
+		iv, _ := strconv.ParseFloat(f[1], 64)
+		steady += v * (iv - lastAt)
+		lastAt = iv
+		last, m1 = now, ms
 	}
-	m0 := machineSample(r.st.OwnCgroups)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(seconds+180)*time.Second)
 	defer cancel()
-	outb, err := runIn(ctx, p.ClientCgroup, "pgbench", args...)
-	m1 := machineSample(r.st.OwnCgroups)
-	res := result{cpu: map[string]float64{}, others: m1.others(m0), seconds: float64(seconds)}
+	outb, err := runIn(ctx, p.ClientCgroup, onProgress, "pgbench", args...)
+	res := result{cpu: map[string]float64{}, seconds: float64(seconds)}
+	if last != nil {
+		res.others = m1.others(m0)
+	}
 	out := string(outb)
 	_ = os.WriteFile(filepath.Join(r.st.Dir, "pgbench."+strings.ReplaceAll(key(c, p.Name), "/", ".")+".log"), outb, 0o644)
 	if err != nil {
@@ -241,8 +270,8 @@ func (r *runner) pgbench(p Path, c cell, seconds int) result {
 	res.latMs, _ = strconv.ParseFloat(lat[1], 64)
 	res.txns, _ = strconv.ParseFloat(txns[1], 64)
 	for k, g := range groups {
-		if g != "" && res.txns > 0 {
-			res.cpu[k] = (cpuUsec(g) - before[k]) / res.txns
+		if g != "" && last != nil && steady > 0 {
+			res.cpu[k] = (last[k] - first[k]) / steady
 		}
 	}
 	res.ok = true
@@ -251,7 +280,7 @@ func (r *runner) pgbench(p Path, c cell, seconds int) result {
 
 // runIn runs a command inside a cgroup (clone3 with CLONE_INTO_CGROUP), so
 // not even its first instructions run elsewhere.
-func runIn(ctx context.Context, cgroup, name string, args ...string) ([]byte, error) {
+func runIn(ctx context.Context, cgroup string, onLine func(string), name string, args ...string) ([]byte, error) {
 	cmd := exec.CommandContext(ctx, name, args...)
 	if cgroup != "" {
 		fd, err := syscall.Open(cgroup, syscall.O_RDONLY|syscall.O_DIRECTORY|syscall.O_CLOEXEC, 0)
@@ -262,10 +291,29 @@ func runIn(ctx context.Context, cgroup, name string, args ...string) ([]byte, er
 		cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: fd}
 	}
 	var buf bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &buf, &buf
-	err := cmd.Run()
+	cmd.Stdout = &buf
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	sc := bufio.NewScanner(stderr)
+	var errb bytes.Buffer
+	for sc.Scan() {
+		errb.WriteString(sc.Text() + "\n")
+		if onLine != nil {
+			onLine(sc.Text())
+		}
+	}
+	err = cmd.Wait()
+	buf.Write(errb.Bytes())
 	return buf.Bytes(), err
 }
+
+// A pgbench -P report: "progress: 2.0 s, 6123.4 tps, lat ...".
+var progressTPS = regexp.MustCompile(`^progress: ([0-9.]+) s, ([0-9.]+) tps`)
 
 // cpuUsec is a cgroup's CPU time so far, from its cpu.stat.
 func cpuUsec(cgroup string) float64 {
@@ -372,7 +420,7 @@ func (r *runner) idle() idleResult {
 	for i, q := range r.pathsFor("select") {
 		_ = i
 		c := cell{"select", "simple", 50}
-		ir.busy[q.Name] = r.pgbench(q, c, r.seconds)
+		ir.busy[q.Name] = r.pgbench(q, c, max(r.seconds, 8))
 		logf("with %d idle: %-12s %8.0f tps", ir.sessions, q.Name, ir.busy[q.Name].tps)
 	}
 	_ = stdin.Close()
@@ -443,8 +491,9 @@ func (r *runner) report(cells []cell, idle idleResult, started time.Time, load0,
 	pf("- pgbench: `-n -T %d`, `-j 2` above one client; %s. Every cell runs all paths back to back, the order rotated\n", seconds,
 		map[bool]string{true: "quick mode (`BENCH_QUICK=1`): TPC-B in simple mode only", false: "all cells"}[quick])
 	pf("  from one cell to the next. TPS exclude connection time; latency is pgbench's average.\n")
-	pf("- CPU µs per transaction: the growth of `usage_usec` in each part's own cgroup's `cpu.stat` over the run, divided by\n")
-	pf("  the transactions pgbench completed (connection setup included: through Airlock that is a `CREATE ROLE` per session).\n")
+	pf("- CPU µs per transaction: the growth of `usage_usec` in each part's own cgroup's `cpu.stat` between pgbench's first and\n")
+	pf("  last progress reports (`-P 1`), divided by the transactions those reports count: the steady state, without setting up\n")
+	pf("  the sessions (through Airlock a `CREATE ROLE` each).\n")
 	pf("  \"client\" is pgbench, \"proxy\" airlockd or PgBouncer, \"server\" PostgreSQL and its backends.\n")
 	pf("- \"others\": cores used meanwhile by processes outside this benchmark's cgroups (busy time in `/proc/stat` minus ours).\n")
 	pf("  Rows where it is well above 0 were disturbed.\n\n")
