@@ -74,6 +74,8 @@ type result struct {
 	latMs   float64
 	txns    float64
 	cpu     map[string]float64 // µs per transaction: client, proxy, server
+	sysc    float64            // the proxy's read and write system calls per transaction
+	ctxsw   float64            // the proxy's context switches per transaction
 	others  float64            // cores used by processes outside the benchmark
 	seconds float64
 }
@@ -143,8 +145,8 @@ func main() {
 			p := paths[(k+i)%len(paths)] // rotated: no path always runs first
 			res := r.pgbench(p, c, r.seconds)
 			r.results[key(c, p.Name)] = res
-			logf("%-28s %-12s %8.0f tps  %7.3f ms  cpu/tx %s  others %.2f%s", c, p.Name, res.tps, res.latMs,
-				fmtCPU(res.cpu), res.others, errSuffix(res))
+			logf("%-28s %-12s %8.0f tps  %7.3f ms  cpu/tx %s  proxy sys/tx %.2f csw/tx %.2f  others %.2f%s", c, p.Name, res.tps, res.latMs,
+				fmtCPU(res.cpu), res.sysc, res.ctxsw, res.others, errSuffix(res))
 		}
 	}
 
@@ -216,6 +218,7 @@ func (r *runner) pgbench(p Path, c cell, seconds int) result {
 	var (
 		first, last map[string]float64
 		m0, m1      sample
+		p0, p1      procCounts
 		steady      float64 // transactions between the first and last reports
 		lastAt      float64 // time of the previous report
 	)
@@ -231,8 +234,9 @@ func (r *runner) pgbench(p Path, c cell, seconds int) result {
 			}
 		}
 		ms := machineSample(r.st.OwnCgroups)
+		pc := procCountsOf(p.ProxyCgroup)
 		if first == nil {
-			first, m0, lastAt = now, ms, 0
+			first, m0, lastAt, p0 = now, ms, 0, pc
 			if iv, err := strconv.ParseFloat(f[1], 64); err == nil {
 				lastAt = iv
 			}
@@ -242,7 +246,7 @@ func (r *runner) pgbench(p Path, c cell, seconds int) result {
 		iv, _ := strconv.ParseFloat(f[1], 64)
 		steady += v * (iv - lastAt)
 		lastAt = iv
-		last, m1 = now, ms
+		last, m1, p1 = now, ms, pc
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(seconds+180)*time.Second)
 	defer cancel()
@@ -274,8 +278,45 @@ func (r *runner) pgbench(p Path, c cell, seconds int) result {
 			res.cpu[k] = (last[k] - first[k]) / steady
 		}
 	}
+	if p.ProxyCgroup != "" && last != nil && steady > 0 {
+		res.sysc = (p1.sysc - p0.sysc) / steady
+		res.ctxsw = (p1.ctxsw - p0.ctxsw) / steady
+	}
 	res.ok = true
 	return res
+}
+
+// procCounts are a cgroup's processes' read/write system calls (syscr and
+// syscw of /proc/PID/io) and context switches (all threads), which the
+// machine's load does not inflate the way it does CPU time.
+type procCounts struct{ sysc, ctxsw float64 }
+
+func procCountsOf(cgroup string) procCounts {
+	var pc procCounts
+	if cgroup == "" {
+		return pc
+	}
+	b, _ := os.ReadFile(filepath.Join(cgroup, "cgroup.procs"))
+	for _, pid := range strings.Fields(string(b)) {
+		io, _ := os.ReadFile("/proc/" + pid + "/io")
+		for _, l := range strings.Split(string(io), "\n") {
+			if f := strings.Fields(l); len(f) == 2 && (f[0] == "syscr:" || f[0] == "syscw:") {
+				v, _ := strconv.ParseFloat(f[1], 64)
+				pc.sysc += v
+			}
+		}
+		tasks, _ := filepath.Glob("/proc/" + pid + "/task/*/status")
+		for _, t := range tasks {
+			st, _ := os.ReadFile(t)
+			for _, l := range strings.Split(string(st), "\n") {
+				if f := strings.Fields(l); len(f) == 2 && (f[0] == "voluntary_ctxt_switches:" || f[0] == "nonvoluntary_ctxt_switches:") {
+					v, _ := strconv.ParseFloat(f[1], 64)
+					pc.ctxsw += v
+				}
+			}
+		}
+	}
+	return pc
 }
 
 // runIn runs a command inside a cgroup (clone3 with CLONE_INTO_CGROUP), so
@@ -514,20 +555,20 @@ func (r *runner) report(cells []cell, idle idleResult, started time.Time, load0,
 			title = "TPC-B-like (default script)"
 		}
 		pf("\n### %s, `-M %s`\n\n", title, k[1])
-		pf("| clients | path | TPS | of direct | of PgBouncer | latency ms | added µs | CPU µs/tx client | proxy | server | total | others (cores) |\n")
-		pf("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+		pf("| clients | path | TPS | of direct | of PgBouncer | latency ms | added µs | CPU µs/tx client | proxy | server | total | proxy syscalls/tx | proxy switches/tx | others (cores) |\n")
+		pf("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 		for _, c := range groups[k] {
 			d, b := r.results[key(c, "direct")], r.results[key(c, "pgbouncer")]
 			for _, p := range r.pathsFor(c.script) {
 				res := r.results[key(c, p.Name)]
 				if !res.ok {
-					pf("| %d | %s | failed: %s | | | | | | | | | %.2f |\n", c.clients, p.Name, mdEscape(res.err), res.others)
+					pf("| %d | %s | failed: %s | | | | | | | | | | | %.2f |\n", c.clients, p.Name, mdEscape(res.err), res.others)
 					continue
 				}
 				total := res.cpu["client"] + res.cpu["proxy"] + res.cpu["server"]
-				pf("| %d | %s | %.0f | %s | %s | %.3f | %s | %s | %s | %s | %.0f | %.2f |\n", c.clients, p.Name, res.tps,
+				pf("| %d | %s | %.0f | %s | %s | %.3f | %s | %s | %s | %s | %.0f | %s | %s | %.2f |\n", c.clients, p.Name, res.tps,
 					ratio(res, d), ratio(res, b), res.latMs, added(res, d), us(res.cpu["client"]), us(res.cpu["proxy"]),
-					us(res.cpu["server"]), total, res.others)
+					us(res.cpu["server"]), total, per(res.sysc), per(res.ctxsw), res.others)
 			}
 		}
 	}
@@ -664,6 +705,13 @@ func us(v float64) string {
 		return "–"
 	}
 	return fmt.Sprintf("%.0f", v)
+}
+
+func per(v float64) string {
+	if v == 0 || math.IsNaN(v) {
+		return "–"
+	}
+	return fmt.Sprintf("%.2f", v)
 }
 
 func fmtCPU(m map[string]float64) string {
