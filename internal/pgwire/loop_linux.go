@@ -7,10 +7,13 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"runtime"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -81,11 +84,17 @@ func pickLoop() (*evloop, error) {
 // waiting for it.
 type evloop struct {
 	epfd, evfd int
-	mu         sync.Mutex
-	cmds       []func()
-	spare      []func()
-	fds        map[int32]*lside // every registered descriptor → the side that reads it
-	scratch    []byte
+	// The epoll descriptor is itself waited on through Go's poller (it is
+	// readable when some of its descriptors are ready): the loop parks as
+	// a goroutine, not as a thread in a blocking system call, so waking it
+	// costs what waking any goroutine does and no thread hands its P off.
+	file    *os.File
+	rc      syscall.RawConn
+	mu      sync.Mutex
+	cmds    []func()
+	spare   []func()
+	fds     map[int32]*lside // every registered descriptor → the side that reads it
+	scratch []byte
 }
 
 func newEvloop() (*evloop, error) {
@@ -103,7 +112,21 @@ func newEvloop() (*evloop, error) {
 		_ = unix.Close(evfd)
 		return nil, fmt.Errorf("pgwire: event loop: add eventfd: %w", err)
 	}
-	return &evloop{epfd: epfd, evfd: evfd, fds: map[int32]*lside{}, scratch: make([]byte, loopScratch)}, nil
+	if err := unix.SetNonblock(epfd, true); err != nil {
+		_ = unix.Close(epfd)
+		_ = unix.Close(evfd)
+		return nil, fmt.Errorf("pgwire: event loop: %w", err)
+	}
+	l := &evloop{epfd: epfd, evfd: evfd, fds: map[int32]*lside{}, scratch: make([]byte, loopScratch)}
+	l.file = os.NewFile(uintptr(epfd), "pgwire-event-loop")
+	rc, err := l.file.SyscallConn()
+	if err != nil {
+		_ = l.file.Close()
+		_ = unix.Close(evfd)
+		return nil, fmt.Errorf("pgwire: event loop: %w", err)
+	}
+	l.rc = rc
+	return l, nil
 }
 
 // post runs fn on the loop. Safe from any goroutine.
@@ -119,15 +142,29 @@ func (l *evloop) post(fn func()) {
 }
 
 func (l *evloop) run() {
-	runtime.LockOSThread() // the thread that sleeps in epoll_wait is the loop's
 	events := make([]unix.EpollEvent, loopMaxBatch)
 	for {
-		n, err := unix.EpollWait(l.epfd, events, -1)
-		if err != nil {
-			if err == unix.EINTR {
-				continue
+		var (
+			n    int
+			werr syscall.Errno
+		)
+		err := l.rc.Read(func(fd uintptr) bool {
+			for {
+				r, _, e := syscall.RawSyscall6(syscall.SYS_EPOLL_WAIT, fd, uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), 0, 0, 0)
+				switch e {
+				case 0:
+					n = int(r)
+					return n > 0 // none ready: park until the epoll descriptor is
+				case syscall.EINTR:
+					continue
+				default:
+					werr = e
+					return true
+				}
 			}
-			panic(fmt.Sprintf("pgwire: event loop: epoll_wait: %v", err)) // a bad epfd: a bug, not a condition
+		})
+		if err != nil || werr != 0 {
+			panic(fmt.Sprintf("pgwire: event loop: epoll_wait: %v %v", err, werr)) // a bad epfd: a bug, not a condition
 		}
 		for i := 0; i < n; i++ {
 			ev := &events[i]

@@ -203,6 +203,9 @@ var (
 
 // pgbench runs one measurement of path p and reads the CPU each part used.
 func (r *runner) pgbench(p Path, c cell, seconds int) result {
+	// Setting up many sessions takes seconds on a busy machine: the steady
+	// state measured starts after it, and gets its full length.
+	seconds += c.clients / 10
 	args := []string{"-n", "-P", "1", "-M", c.mode, "-c", strconv.Itoa(c.clients), "-T", strconv.Itoa(seconds)}
 	if c.script == "select" {
 		args = append(args, "-S")
