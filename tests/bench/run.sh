@@ -118,6 +118,7 @@ start_in() {
 go build -o "$DIR/report" ./tests/bench/report
 go build -o "$DIR/idle" ./tests/bench/idle
 go test -c -o "$DIR/pgwire.test" ./internal/pgwire/ # BenchmarkPipeRows; compiled before anything is measured
+go test -c -o "$DIR/pgwire.test" ./internal/pgwire/ # BenchmarkPipeRows; compiled before anything is measured
 
 # ---------------------------------------------------------------- setup
 say "Remote PostgreSQL in namespace $NS at $REMOTE"
@@ -282,6 +283,7 @@ cat > "$DIR/setup.json" <<JSON
  "server_cgroup": "$HOST/server",
  "own_cgroups": [$OWN],
  "idle": {"path": "airlock", "binary": "$DIR/idle", "sessions": $BENCH_IDLE},
+ "pipe_bench": "$DIR/pgwire.test",
  "pipe_bench": "$DIR/pgwire.test",
  "machine": {
   "memory": "$(awk '/^MemTotal:/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo)",

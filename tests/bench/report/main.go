@@ -62,9 +62,11 @@ type Setup struct {
 		Binary   string `json:"binary"`   // tests/bench/idle, built
 		Sessions int    `json:"sessions"` // 0: skip
 	} `json:"idle"`
-	Setup   []string          `json:"setup"`   // lines describing the setup, for the report
-	Machine map[string]string `json:"machine"` // extra rows for the machine table
-	Command string            `json:"command"`
+	// PipeBench is the compiled pgwire test binary, for BenchmarkPipeRows.
+	PipeBench string            `json:"pipe_bench"`
+	Setup     []string          `json:"setup"`   // lines describing the setup, for the report
+	Machine   map[string]string `json:"machine"` // extra rows for the machine table
+	Command   string            `json:"command"`
 }
 
 type result struct {
@@ -151,8 +153,10 @@ func main() {
 	}
 
 	idle := r.idle()
+	stages := r.pipeRows()
 	loadEnd := loadavg()
 	rep := r.report(cells, idle, started, loadStart, loadEnd, *seconds, *quick)
+	rep += stages
 	if err := writeKeepingTail(*out, rep); err != nil {
 		fatalf("write %s: %v", *out, err)
 	}
@@ -474,6 +478,62 @@ func (r *runner) idle() idleResult {
 	}
 	ir.ok = true
 	return ir
+}
+
+// pipeRows runs BenchmarkPipeRows (the pipeline core relaying 1,000 rows
+// with no server stage, a stage that decodes every DataRow, and one that
+// rewrites a column of each) and reports the medians and their ratios.
+func (r *runner) pipeRows() string {
+	if r.st.PipeBench == "" {
+		return ""
+	}
+	logf("BenchmarkPipeRows")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	args := []string{"-test.run", "^$", "-test.bench", "BenchmarkPipeRows", "-test.count", "7", "-test.benchtime", "3000x"}
+	cmd := exec.CommandContext(ctx, r.st.PipeBench, args...)
+	cmd.Dir = filepath.Dir(r.st.PipeBench)
+	out, err := cmd.CombinedOutput()
+	var w strings.Builder
+	fmt.Fprintf(&w, "\n## Stages on the data path\n\n`go test -run '^$' -bench BenchmarkPipeRows -count 7 -benchtime 3000x ./internal/pgwire/`: the pipeline core\n")
+	fmt.Fprintf(&w, "relays one result of 1,000 rows (RowDescription, DataRows, CommandComplete, ReadyForQuery) with no server stage,\n")
+	fmt.Fprintf(&w, "a stage that decodes every DataRow and forwards it, and a stage that rewrites one column of every row. Median of 7.\n\n")
+	if err != nil {
+		fmt.Fprintf(&w, "Failed: %v: %s\n", err, mdEscape(lastLines(string(out), 3)))
+		return w.String()
+	}
+	runs := map[string][]float64{}
+	re := regexp.MustCompile(`(?m)^BenchmarkPipeRows/(\w+)(?:-\d+)?\s+\d+\s+([0-9.]+) ns/op`)
+	for _, m := range re.FindAllStringSubmatch(string(out), -1) {
+		v, _ := strconv.ParseFloat(m[2], 64)
+		runs[m[1]] = append(runs[m[1]], v)
+	}
+	med := func(name string) float64 {
+		v := runs[name]
+		if len(v) == 0 {
+			return math.NaN()
+		}
+		for i := 1; i < len(v); i++ {
+			for j := i; j > 0 && v[j] < v[j-1]; j-- {
+				v[j], v[j-1] = v[j-1], v[j]
+			}
+		}
+		return v[len(v)/2]
+	}
+	none := med("none")
+	fmt.Fprintf(&w, "| stage | µs per 1,000 rows | throughput of no stage | target | result |\n|---|---:|---:|---|---|\n")
+	for _, c := range []struct {
+		name, target string
+		min          float64
+	}{{"none", "", 0}, {"decode", "≥ 0.90", 0.90}, {"rewrite", "≥ 0.80", 0.80}} {
+		v := med(c.name)
+		res := ""
+		if c.min > 0 {
+			res = map[bool]string{true: "**met**", false: "**missed**"}[none/v >= c.min]
+		}
+		fmt.Fprintf(&w, "| %s | %.1f | %.2f | %s | %s |\n", c.name, v/1000, none/v, c.target, res)
+	}
+	return w.String()
 }
 
 func rssKiB(pid int) float64 {
