@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"runtime"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -63,7 +64,7 @@ var (
 // costs one parked thread.
 func pickLoop() (*evloop, error) {
 	loopsOnce.Do(func() {
-		n := runtime.GOMAXPROCS(0)
+		n := loopCount(runtime.GOMAXPROCS(0))
 		for i := 0; i < n; i++ {
 			l, err := newEvloop()
 			if err != nil {
@@ -832,4 +833,13 @@ func (ls *lsess) end(e ending) {
 	}
 	close(ls.stopped)
 	close(ls.done)
+}
+
+// loopCount is how many loops serve sessions: one per core, or
+// AIRLOCK_PGWIRE_LOOPS for measuring (docs/BENCHMARKS.md).
+func loopCount(cores int) int {
+	if n, err := strconv.Atoi(os.Getenv("AIRLOCK_PGWIRE_LOOPS")); err == nil && n > 0 && n <= 64 {
+		return n
+	}
+	return cores
 }

@@ -22,6 +22,7 @@
 #   BENCH_MODES ["simple extended prepared"]
 #   BENCH_SCRIPTS ["select tpcb"]
 #   BENCH_DRIVERS [""]         extra airlockd drivers to compare, e.g. "loop"
+#   BENCH_LOOPS [cores]        event loops of the loop driver (AIRLOCK_PGWIRE_LOOPS)
 #   BENCH_IDLE [1000]          idle sessions held open for the memory figure (0: skip)
 #   BENCH_SCALE [10]           pgbench -i -s
 #   BENCH_LOG_LEVEL [info]     airlockd's log_level
@@ -215,7 +216,7 @@ connections:
         group_roles: [bench_rw]
         ttl: 1h
 YAML
-  start_in "$HOST/$name" "$BIN/airlockd" --config "$cfg" >>"$DIR/$name.log" 2>&1
+  start_in "$HOST/$name" env AIRLOCK_PGWIRE_LOOPS="${BENCH_LOOPS:-}" "$BIN/airlockd" --config "$cfg" >>"$DIR/$name.log" 2>&1
   DAEMON_PIDS[$name]=$STARTED
   local i
   for ((i = 0; i < 300; i++)); do
