@@ -171,7 +171,7 @@ func (l *evloop) run() {
 			ev := &events[i]
 			if int(ev.Fd) == l.evfd {
 				var b [8]byte
-				_, _ = unix.Read(l.evfd, b[:])
+				_, _ = rawRead(l.evfd, b[:])
 				l.runCmds()
 				continue
 			}
@@ -437,7 +437,7 @@ func (ls *lsess) readSide(s *lside) {
 		}
 		dst = s.buf[s.w:cap(s.buf)]
 	}
-	n, err := unix.Read(s.src, dst)
+	n, err := rawRead(s.src, dst)
 	if err == unix.EAGAIN || err == unix.EINTR {
 		ls.keep(s)
 		return
@@ -626,7 +626,7 @@ func (ls *lsess) forward(s *lside, b []byte) {
 		return
 	}
 	for len(b) > 0 {
-		n, err := unix.Write(s.dst, b)
+		n, err := rawWrite(s.dst, b)
 		if err == unix.EINTR {
 			continue
 		}
@@ -648,7 +648,7 @@ func (ls *lsess) forward(s *lside, b []byte) {
 // flushOut writes what s.dst would not take before.
 func (ls *lsess) flushOut(s *lside) {
 	for len(s.out) > 0 && !ls.ended {
-		n, err := unix.Write(s.dst, s.out)
+		n, err := rawWrite(s.dst, s.out)
 		if err == unix.EINTR {
 			continue
 		}
@@ -842,4 +842,30 @@ func loopCount(cores int) int {
 		return n
 	}
 	return cores
+}
+
+// rawRead and rawWrite are read(2) and write(2) on non-blocking sockets,
+// made as raw system calls: the runtime's bookkeeping around a system call
+// that might block wakes the sysmon thread when the process was idle, a
+// context switch per call (see sockIO).
+func rawRead(fd int, b []byte) (int, error) {
+	if len(b) == 0 {
+		return 0, nil
+	}
+	r, _, e := syscall.RawSyscall(syscall.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
+	if e != 0 {
+		return -1, e
+	}
+	return int(r), nil
+}
+
+func rawWrite(fd int, b []byte) (int, error) {
+	if len(b) == 0 {
+		return 0, nil
+	}
+	r, _, e := syscall.RawSyscall(syscall.SYS_WRITE, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
+	if e != 0 {
+		return -1, e
+	}
+	return int(r), nil
 }
