@@ -276,6 +276,8 @@ for cg_dsn in "$HOST/pgbench|$DSN_DIRECT|bench" "$CG/$CGNAME/clients|$DSN_AIRLOC
   [[ $who == "$want"* ]] || { echo "bench: a path does not work: $who" >&2; exit 1; }
 done
 
+ALSO=""
+for d in $BENCH_DRIVERS; do ALSO+="${ALSO:+,}\"airlock-$d\""; done
 OWN=$(find "$CG/$CGNAME" "$CG/$CGNAME"-* -maxdepth 0 -type d -printf '"%p",' | sed 's/,$//')
 cat > "$DIR/setup.json" <<JSON
 {
@@ -283,7 +285,7 @@ cat > "$DIR/setup.json" <<JSON
  "command": "$COMMAND",
  "server_cgroup": "$HOST/server",
  "own_cgroups": [$OWN],
- "idle": {"path": "airlock", "binary": "$DIR/idle", "sessions": $BENCH_IDLE},
+ "idle": {"path": "airlock", "binary": "$DIR/idle", "sessions": $BENCH_IDLE, "also": [$ALSO]},
  "pipe_bench": "$DIR/pgwire.test",
  "pipe_bench": "$DIR/pgwire.test",
  "machine": {
