@@ -96,6 +96,7 @@ func TestParseErrors(t *testing.T) {
 		{"static without file", "intercept: {mode: all}\ntargets:\n  - {name: a, address: 'x:1'}\nconnections:\n  - name: c\n    protocol: postgres\n    targets: [a]\n    postgres:\n      databases: [d]\n      credential:\n        mode: static\n        user: u\n", `static mode needs user and password_file`},
 		{"linger below max_ttl", "intercept: {mode: all}\ndns:\n  max_ttl: 2h\n  linger: 1h\n", `airlock.yaml:4: dns.linger: 1h0m0s is shorter than dns.max_ttl`},
 		{"negative max_sessions", "intercept: {mode: all}\nproxy:\n  max_sessions: -1\n", `airlock.yaml:3: proxy.max_sessions: must be positive`},
+		{"unknown driver", "intercept: {mode: all}\nproxy:\n  driver: threads\n", `airlock.yaml:3: proxy.driver: "threads": want goroutines or loop`},
 		{"per-uid cap above total", "intercept: {mode: all}\nproxy:\n  max_sessions: 10\n  max_sessions_per_uid: 11\n", `airlock.yaml:4: proxy.max_sessions_per_uid: must be from 1 to proxy.max_sessions (10)`},
 		{"not a mapping", "proxy: 5\n", `airlock.yaml:1: proxy: must be a mapping`},
 		{"twice", "proxy:\n  port: 1\nproxy:\n  port: 2\n", `key given twice`},
