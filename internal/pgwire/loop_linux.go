@@ -218,6 +218,7 @@ type lside struct {
 	midMsg bool // dst has part of a message
 
 	out      []byte // bytes for dst that it would not take yet
+	co       []byte // a run being coalesced around replaced messages
 	gone     bool   // dst failed under drain: discard what is bound for it
 	drain    bool
 	held     *act // parked on a hold at buf[r]
@@ -548,15 +549,18 @@ func (ls *lsess) process(s *lside) error {
 				a = s.on(typ, n, body)
 			}
 			if a.kind == actHold {
-				ls.forward(s, s.buf[start:s.r])
+				ls.run(s, s.buf[start:s.r])
 				ls.count(s, start, s.r, &msgs)
 				ls.park(s, a, typ, body)
 				return nil
 			}
 			if a.kind != actForward {
-				ls.forward(s, s.buf[start:s.r])
+				// What came before and the replacement go out
+				// together with the rest of the run: a stage that
+				// rewrites every row costs no write per row.
+				s.co = append(s.co, s.buf[start:s.r]...)
 				if a.kind == actReplace {
-					ls.forward(s, a.out)
+					s.co = append(s.co, a.out...)
 				}
 				s.r += total
 				start = s.r
@@ -569,7 +573,7 @@ func (ls *lsess) process(s *lside) error {
 				break
 			}
 		}
-		ls.forward(s, s.buf[start:s.r])
+		ls.run(s, s.buf[start:s.r])
 		ls.count(s, start, s.r, &msgs)
 		if stop != nil {
 			return stop
@@ -597,12 +601,28 @@ func (ls *lsess) process(s *lside) error {
 		}
 		s.skip = a.kind != actForward
 		if a.kind == actReplace {
-			ls.forward(s, a.out)
+			ls.run(s, a.out)
 		}
 		s.stream = total
 		s.midMsg = !s.skip
 	}
 	return nil
+}
+
+// run forwards b after whatever replaced messages are queued before it, in
+// one write.
+func (ls *lsess) run(s *lside, b []byte) {
+	if len(s.co) == 0 {
+		ls.forward(s, b)
+		return
+	}
+	s.co = append(s.co, b...)
+	ls.forward(s, s.co)
+	if cap(s.co) > loopScratch {
+		s.co = nil // a burst of rewrites is over: give the memory back
+	} else {
+		s.co = s.co[:0]
+	}
 }
 
 // count publishes message counts after a run was forwarded.
