@@ -160,11 +160,13 @@ func (p *pump) run() error {
 
 // flushRun forwards buf[start:r] and publishes the counts.
 func (p *pump) flushRun(start int, msgs *int64) error {
-	err := p.forward(p.buf[start:p.r])
+	// Counted before they go out: whoever sees the answer to a message
+	// must find it counted.
 	if p.msgs != nil && *msgs > 0 {
 		p.msgs.Add(*msgs)
 		*msgs = 0
 	}
+	err := p.forward(p.buf[start:p.r])
 	if p.forwarded != nil && p.r > start {
 		p.forwarded()
 	}

@@ -549,8 +549,9 @@ func (ls *lsess) process(s *lside) error {
 				a = s.on(typ, n, body)
 			}
 			if a.kind == actHold {
+				ls.count(s, &msgs)
 				ls.run(s, s.buf[start:s.r])
-				ls.count(s, start, s.r, &msgs)
+				ls.flushed(s, start, s.r)
 				ls.park(s, a, typ, body)
 				return nil
 			}
@@ -573,8 +574,9 @@ func (ls *lsess) process(s *lside) error {
 				break
 			}
 		}
+		ls.count(s, &msgs) // before they go out: whoever sees the answer finds them counted
 		ls.run(s, s.buf[start:s.r])
-		ls.count(s, start, s.r, &msgs)
+		ls.flushed(s, start, s.r)
 		if stop != nil {
 			return stop
 		}
@@ -625,12 +627,17 @@ func (ls *lsess) run(s *lside, b []byte) {
 	}
 }
 
-// count publishes message counts after a run was forwarded.
-func (ls *lsess) count(s *lside, start, end int, msgs *int64) {
+// count publishes the message counts of a run.
+func (ls *lsess) count(s *lside, msgs *int64) {
 	if s.msgs != nil && *msgs > 0 {
 		s.msgs.Add(*msgs)
 		*msgs = 0
 	}
+}
+
+// flushed hands the statement events a forwarded run completed to the
+// session, after the answers went out.
+func (ls *lsess) flushed(s *lside, start, end int) {
 	if !s.client && end > start {
 		ls.pl.flush()
 	}
