@@ -11,7 +11,7 @@ help:
 	@echo "make generate  recompile bpf/*.c with clang-16 via bpf2go (commit the output)"
 	@echo "make test      the whole test suite; privileged tests need root (sudo make test)"
 	@echo "make fuzz      run every fuzz target for FUZZTIME each (not in CI: seed corpora run in make test)"
-	@echo "make bench     connect() latency and pgbench benchmarks, written to docs/BENCHMARKS.md"
+	@echo "make bench     pgbench through direct, Airlock and PgBouncer (tests/bench/report), written to docs/BENCHMARKS.md"
 	@echo "make demo      as root on Debian: an intercepted, JIT-credentialed PostgreSQL session"
 	@echo "make deps      install the Debian packages the tests and the demo need"
 

@@ -158,6 +158,9 @@ func (e *env) config(body string) {
 	e.t.Helper()
 	cfg := fmt.Sprintf("state_dir: %s\nruntime_dir: %s\nlog_level: debug\nproxy:\n  port: %d\n",
 		e.state, e.runtime, e.port)
+	if d := os.Getenv("AIRLOCK_E2E_DRIVER"); d != "" {
+		cfg += "  driver: " + d + "\n" // the whole suite under another proxy.driver
+	}
 	// Every test attaches to its own cgroup and pins in its own folder, and
 	// ignores the machine's hosts file unless it says otherwise.
 	body = strings.Replace(body, "intercept:\n", "intercept:\n  attach_cgroup: "+e.cgroupRel+"\n  bpffs: "+e.bpffs+"\n", 1)

@@ -185,6 +185,7 @@ func (c *Config) defaults() {
 	if c.Proxy.MaxSessionsPerUID == 0 {
 		c.Proxy.MaxSessionsPerUID = min(1024, c.Proxy.MaxSessions)
 	}
+	def(&c.Proxy.Driver, "goroutines")
 	def(&c.Intercept.Mode, "tree")
 	def(&c.Intercept.AttachCgroup, "/")
 	def(&c.Intercept.BPFFS, "/sys/fs/bpf")
@@ -309,6 +310,9 @@ func (c *Config) validate() error {
 	}
 	if c.Proxy.MaxSessionsPerUID < 0 || c.Proxy.MaxSessionsPerUID > c.Proxy.MaxSessions {
 		return c.errKey("proxy.max_sessions_per_uid", fmt.Sprintf("must be from 1 to proxy.max_sessions (%d)", c.Proxy.MaxSessions))
+	}
+	if c.Proxy.Driver != "goroutines" && c.Proxy.Driver != "loop" {
+		return c.errKey("proxy.driver", fmt.Sprintf("%q: want goroutines or loop", c.Proxy.Driver))
 	}
 	names := map[string]bool{}
 	for i := range c.Targets {

@@ -107,7 +107,7 @@ func newRouter(ctx context.Context, cfg *config.Config, set *targets.Set, dialer
 			}
 			g := &guard.Guard{Connection: conn.Name, Policies: r.policies, Classifier: classifier, Ctx: ctx}
 			r.guards = append(r.guards, g)
-			p, err := r.postgres(ctx, conn, accessRules(cfg, conn), acc, pgwire.ChainStages(g.Stages, d.pgStages()), clientTLS, dialer, lookup, log)
+			p, err := r.postgres(ctx, conn, accessRules(cfg, conn), acc, pgwire.ChainStages(g.Stages, d.pgStages()), clientTLS, dialer, lookup, log, cfg.Proxy.Driver)
 			if err != nil {
 				r.close()
 				return nil, fmt.Errorf("connection %s: %w", conn.Name, err)
@@ -127,7 +127,7 @@ func newRouter(ctx context.Context, cfg *config.Config, set *targets.Set, dialer
 	return r, nil
 }
 
-func (r *router) postgres(ctx context.Context, conn config.Connection, rules access.Rules, acc pgwire.Access, stages func(*session.Session) pgwire.Stages, clientTLS *tls.Config, dialer upstream.Dialer, lookup lookupFunc, log *slog.Logger) (*pgwire.Proxy, error) {
+func (r *router) postgres(ctx context.Context, conn config.Connection, rules access.Rules, acc pgwire.Access, stages func(*session.Session) pgwire.Stages, clientTLS *tls.Config, dialer upstream.Dialer, lookup lookupFunc, log *slog.Logger, driver string) (*pgwire.Proxy, error) {
 	pg := conn.Postgres
 	var creds pgwire.Credentials
 	var catalog *pgx.ConnConfig
@@ -199,6 +199,7 @@ func (r *router) postgres(ctx context.Context, conn config.Connection, rules acc
 		Dial:      dialer.DialContext,
 		Lookup:    lookup,
 		Logger:    log.With("connection", conn.Name),
+		Driver:    driver,
 	})
 }
 

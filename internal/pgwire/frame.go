@@ -172,12 +172,14 @@ func (p *pump) run() error {
 
 // flushRun forwards buf[start:r] and publishes the counts.
 func (p *pump) flushRun(start int, msgs *int64) error {
-	moved := p.r > start || p.gathered
-	err := p.flushOut(p.buf[start:p.r])
+	// Counted before they go out: whoever sees the answer to a message
+	// must find it counted.
 	if p.msgs != nil && *msgs > 0 {
 		p.msgs.Add(*msgs)
 		*msgs = 0
 	}
+	moved := p.r > start || p.gathered
+	err := p.flushOut(p.buf[start:p.r])
 	if p.forwarded != nil && moved {
 		p.gathered = false
 		p.forwarded()

@@ -15,6 +15,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"golang.org/x/sys/unix"
 
 	"github.com/airlockhq/airlock/internal/identity"
 	"github.com/airlockhq/airlock/internal/pgtest"
@@ -116,6 +117,7 @@ type harness struct {
 	mu       sync.Mutex
 	results  []error
 	upConns  []net.Conn
+	upLinks  []int // a duplicate of each upstream socket, to cut it under any driver
 	sessions []*session.Session
 }
 
@@ -157,6 +159,7 @@ func newHarness(t testing.TB, pg *pgtest.Server, mutate func(*Options)) *harness
 		if err == nil {
 			h.mu.Lock()
 			h.upConns = append(h.upConns, c)
+			h.upLinks = append(h.upLinks, linkOf(t, c))
 			h.mu.Unlock()
 		}
 		return c, err
@@ -266,3 +269,19 @@ func testCtx(t testing.TB) context.Context {
 func itoa(n int) string { return strconv.Itoa(n) }
 
 func ctx(t testing.TB) context.Context { return testCtx(t) }
+
+// linkOf duplicates c's socket: shutting the duplicate down cuts the link
+// whichever driver holds the connection (the event loop closes the
+// net.Conn it was given and keeps a duplicate of its own).
+func linkOf(t testing.TB, c net.Conn) int {
+	rc, err := c.(*net.TCPConn).SyscallConn()
+	if err != nil {
+		t.Fatalf("upstream socket: %v", err)
+	}
+	fd := -1
+	if err := rc.Control(func(f uintptr) { fd, err = unix.FcntlInt(f, unix.F_DUPFD_CLOEXEC, 0) }); err != nil || fd < 0 {
+		t.Fatalf("duplicate upstream socket: %v", err)
+	}
+	t.Cleanup(func() { _ = unix.Close(fd) })
+	return fd
+}

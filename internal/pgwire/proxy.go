@@ -81,6 +81,8 @@ type Options struct {
 	MaxPreparedBytes int
 	// Stages builds each session's pipeline (nil: the record only).
 	Stages func(sess *session.Session) Stages
+	// Driver runs the data path: DriverGoroutines (default) or DriverLoop.
+	Driver string
 }
 
 // frontdoorIdentityError is frontdoor.AttrIdentityError (frontdoor
@@ -123,6 +125,13 @@ func New(opts Options) (*Proxy, error) {
 	}
 	if opts.Name == "" {
 		opts.Name = net.JoinHostPort(u.Host, fmt.Sprint(u.Port))
+	}
+	switch opts.Driver {
+	case "":
+		opts.Driver = defaultDriver
+	case DriverGoroutines, DriverLoop:
+	default:
+		return nil, fmt.Errorf("pgwire: driver %q: want %s or %s", opts.Driver, DriverGoroutines, DriverLoop)
 	}
 	if opts.MaxMessageLen <= 0 {
 		opts.MaxMessageLen = defaultMaxMessageLen
@@ -227,7 +236,7 @@ func (p *Proxy) Serve(ctx context.Context, client net.Conn, sess *session.Sessio
 	_ = client.SetDeadline(time.Time{})
 	p.log.Debug("pgwire: session relaying", "session", sess.ID, "connection", p.opts.Name,
 		"database", database, "upstream_pid", up.pid)
-	return p.relay(ctx, conn, up, sess, lease, pl)
+	return p.drive(ctx, conn, up, sess, lease, pl)
 }
 
 func (p *Proxy) databaseRefusal(db string) string {

@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgconn/ctxwatch"
+	"golang.org/x/sys/unix"
 
 	"github.com/airlockhq/airlock/internal/pgtest"
 )
@@ -381,7 +382,7 @@ func TestProxy(t *testing.T) {
 			}, "57P01", ErrUpstreamClosed, true},
 			{"upstream link drops", 0, func(h *harness, c *pgx.Conn) {
 				h.mu.Lock()
-				_ = h.upConns[len(h.upConns)-1].Close()
+				_ = unix.Shutdown(h.upLinks[len(h.upLinks)-1], unix.SHUT_RDWR)
 				h.mu.Unlock()
 			}, "08006", ErrUpstreamClosed, true},
 		}

@@ -1,0 +1,899 @@
+package pgwire
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"runtime"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/airlockhq/airlock/internal/session"
+)
+
+// The event-loop driver. The goroutine driver (relay.go) runs two
+// goroutines per session that hand off through Go's netpoller: every
+// message wakes a goroutine, often a thread. This driver takes a plain TCP
+// session's two sockets out of Go's poller (the descriptors are duplicated
+// and the net.Conns closed) and gives them to one of a few loops, one per
+// core, each a thread blocked in epoll_wait over the sockets of many
+// sessions: a round trip costs a read and a write per direction, the
+// epoll_wait is shared by every session ready at once, and nothing wakes
+// another thread. The loop never blocks: a write that would block is
+// buffered and waits for EPOLLOUT (the source side stops being read
+// meanwhile: backpressure), a hold parks the session's state while a
+// goroutine waits for the decision, and everything from outside the loop
+// (hold decisions, shutdown, credential expiry, timers) comes in as a
+// command through an eventfd. The same pipeline core (core.go) decides
+// every message, so the protocol state and the record are the driver's
+// concern in neither driver.
+//
+// TLS client legs stay on the goroutine driver: the record layer lives in
+// crypto/tls and needs a net.Conn.
+
+// Driver names for Options.Driver (proxy.driver in the config).
+const (
+	DriverGoroutines = "goroutines"
+	DriverLoop       = "loop"
+)
+
+const (
+	loopScratch  = 64 << 10 // one read's worth, shared by a loop's sessions
+	loopMaxBatch = 128      // events per epoll_wait
+)
+
+var (
+	loopsOnce sync.Once
+	loops     []*evloop
+	loopsErr  error
+	loopNext  atomic.Uint32
+)
+
+// pickLoop returns one of the process's event loops, starting them the
+// first time. They live as long as the process: a loop with no session
+// costs one parked thread.
+func pickLoop() (*evloop, error) {
+	loopsOnce.Do(func() {
+		n := loopCount(runtime.GOMAXPROCS(0))
+		for i := 0; i < n; i++ {
+			l, err := newEvloop()
+			if err != nil {
+				loopsErr = err
+				return
+			}
+			loops = append(loops, l)
+			go l.run()
+		}
+	})
+	if loopsErr != nil {
+		return nil, loopsErr
+	}
+	return loops[int(loopNext.Add(1))%len(loops)], nil
+}
+
+// evloop is one event loop: an epoll instance, its thread, and the commands
+// waiting for it.
+type evloop struct {
+	epfd, evfd int
+	// The epoll descriptor is itself waited on through Go's poller (it is
+	// readable when some of its descriptors are ready): the loop parks as
+	// a goroutine, not as a thread in a blocking system call, so waking it
+	// costs what waking any goroutine does and no thread hands its P off.
+	file    *os.File
+	rc      syscall.RawConn
+	mu      sync.Mutex
+	cmds    []func()
+	spare   []func()
+	fds     map[int32]*lside // every registered descriptor → the side that reads it
+	scratch []byte
+}
+
+func newEvloop() (*evloop, error) {
+	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, fmt.Errorf("pgwire: event loop: epoll_create1: %w", err)
+	}
+	evfd, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
+	if err != nil {
+		_ = unix.Close(epfd)
+		return nil, fmt.Errorf("pgwire: event loop: eventfd: %w", err)
+	}
+	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, evfd, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(evfd)}); err != nil {
+		_ = unix.Close(epfd)
+		_ = unix.Close(evfd)
+		return nil, fmt.Errorf("pgwire: event loop: add eventfd: %w", err)
+	}
+	if err := unix.SetNonblock(epfd, true); err != nil {
+		_ = unix.Close(epfd)
+		_ = unix.Close(evfd)
+		return nil, fmt.Errorf("pgwire: event loop: %w", err)
+	}
+	l := &evloop{epfd: epfd, evfd: evfd, fds: map[int32]*lside{}, scratch: make([]byte, loopScratch)}
+	l.file = os.NewFile(uintptr(epfd), "pgwire-event-loop")
+	rc, err := l.file.SyscallConn()
+	if err != nil {
+		_ = l.file.Close()
+		_ = unix.Close(evfd)
+		return nil, fmt.Errorf("pgwire: event loop: %w", err)
+	}
+	l.rc = rc
+	return l, nil
+}
+
+// post runs fn on the loop. Safe from any goroutine.
+func (l *evloop) post(fn func()) {
+	l.mu.Lock()
+	wake := len(l.cmds) == 0
+	l.cmds = append(l.cmds, fn)
+	l.mu.Unlock()
+	if wake {
+		var one = [8]byte{1}
+		_, _ = unix.Write(l.evfd, one[:])
+	}
+}
+
+func (l *evloop) run() {
+	events := make([]unix.EpollEvent, loopMaxBatch)
+	for {
+		var (
+			n    int
+			werr syscall.Errno
+		)
+		err := l.rc.Read(func(fd uintptr) bool {
+			for {
+				r, _, e := syscall.RawSyscall6(syscall.SYS_EPOLL_WAIT, fd, uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), 0, 0, 0)
+				switch e {
+				case 0:
+					n = int(r)
+					return n > 0 // none ready: park until the epoll descriptor is
+				case syscall.EINTR:
+					continue
+				default:
+					werr = e
+					return true
+				}
+			}
+		})
+		if err != nil || werr != 0 {
+			panic(fmt.Sprintf("pgwire: event loop: epoll_wait: %v %v", err, werr)) // a bad epfd: a bug, not a condition
+		}
+		for i := 0; i < n; i++ {
+			ev := &events[i]
+			if int(ev.Fd) == l.evfd {
+				var b [8]byte
+				_, _ = rawRead(l.evfd, b[:])
+				l.runCmds()
+				continue
+			}
+			s := l.fds[ev.Fd]
+			if s == nil {
+				continue // removed by an earlier event of this batch
+			}
+			s.ls.event(s, ev.Events)
+		}
+	}
+}
+
+func (l *evloop) runCmds() {
+	l.mu.Lock()
+	cmds := l.cmds
+	l.cmds = l.spare[:0]
+	l.mu.Unlock()
+	for i, fn := range cmds {
+		fn()
+		cmds[i] = nil
+	}
+	l.spare = cmds
+}
+
+// lside is one direction of a session on a loop: reading src, framing,
+// asking the pipe, writing dst.
+type lside struct {
+	ls       *lsess
+	src, dst int
+	peer     *lside // the other direction: its src is our dst
+	on       func(typ byte, n int, body []byte) act
+	decode   [256]bool
+	decMax   int
+	maxLen   int
+	bytes    *atomic.Int64
+	msgs     *atomic.Int64
+	client   bool // reads the client
+
+	buf    []byte // unprocessed input: the loop's scratch during a pass, else owned
+	owned  []byte
+	r, w   int
+	stream int  // bytes of a streamed (undecoded, large) message still to pass
+	skip   bool // the streamed message is discarded (a stage replaced it)
+	midMsg bool // dst has part of a message
+
+	out      []byte // bytes for dst that it would not take yet
+	co       []byte // a run being coalesced around replaced messages
+	gone     bool   // dst failed under drain: discard what is bound for it
+	drain    bool
+	held     *act // parked on a hold at buf[r]
+	resumed  *act // the decision for the message at buf[r]
+	waitRoom bool // the pipe's pending queue is full
+	eof      bool // src ended
+	hup      bool // src hung up while paused: out of epoll until unpaused
+	reg      bool // src is in the loop's epoll set
+	interest uint32
+}
+
+// lsess is a session on a loop.
+type lsess struct {
+	l        *evloop
+	p        *Proxy
+	pl       *pipe
+	sess     *session.Session
+	c2s, s2c *lside
+	why      ending
+	ended    bool
+	left     bool // the client left; the server's answers are drained
+	done     chan struct{}
+	stopped  chan struct{}
+	cerr     error
+	timers   []*time.Timer
+}
+
+func (s *lside) paused() bool {
+	return s.held != nil || s.waitRoom || len(s.out) > 0 || s.eof
+}
+
+// fdsOf takes the descriptors of two plain TCP connections out of Go's
+// poller: each is duplicated, made non-blocking, and the connection closed.
+func takeFD(c net.Conn) (int, error) {
+	tc, ok := c.(*net.TCPConn)
+	if !ok {
+		return -1, errors.New("not a TCP connection")
+	}
+	rc, err := tc.SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	fd := -1
+	var derr error
+	if err := rc.Control(func(f uintptr) {
+		fd, derr = unix.FcntlInt(f, unix.F_DUPFD_CLOEXEC, 0)
+	}); err != nil {
+		return -1, err
+	}
+	if derr != nil {
+		return -1, derr
+	}
+	if err := unix.SetNonblock(fd, true); err != nil {
+		_ = unix.Close(fd)
+		return -1, err
+	}
+	_ = tc.Close()
+	return fd, nil
+}
+
+// loopable reports whether the session can run on the event-loop driver.
+func loopable(client, up net.Conn) bool {
+	_, a := client.(*net.TCPConn)
+	_, b := up.(*net.TCPConn)
+	return a && b
+}
+
+// relayLoop is relay on an event loop. It returns when the session ended,
+// for the same reasons and with the same farewells as relay.
+func (p *Proxy) relayLoop(ctx context.Context, client net.Conn, up *upstreamConn, sess *session.Session, lease Lease, pl *pipe) error {
+	l, err := pickLoop()
+	if err != nil {
+		p.log.Warn("pgwire: event loop unavailable; using goroutines", "err", err)
+		return p.relay(ctx, client, up, sess, lease, pl)
+	}
+	_ = client.(*net.TCPConn).SetNoDelay(true)
+	_ = up.conn.(*net.TCPConn).SetNoDelay(true)
+	cfd, err := takeFD(client)
+	if err != nil {
+		return p.relay(ctx, client, up, sess, lease, pl)
+	}
+	ufd, err := takeFD(up.conn)
+	if err != nil {
+		_ = unix.Close(cfd)
+		return fmt.Errorf("%w: take upstream socket: %v", ErrUpstreamClosed, err)
+	}
+	ls := &lsess{l: l, p: p, pl: pl, sess: sess, done: make(chan struct{}), stopped: make(chan struct{})}
+	ls.c2s = &lside{ls: ls, src: cfd, dst: ufd, on: pl.fromClient, decMax: p.opts.MaxMessageLen, maxLen: p.opts.MaxMessageLen,
+		bytes: &sess.Stats.BytesIn, msgs: &sess.Stats.MsgsIn, client: true}
+	ls.s2c = &lside{ls: ls, src: ufd, dst: cfd, on: pl.fromServer, decMax: serverDecodeMax,
+		bytes: &sess.Stats.BytesOut, msgs: &sess.Stats.MsgsOut, drain: true}
+	ls.c2s.peer, ls.s2c.peer = ls.s2c, ls.c2s
+	for _, t := range pl.clientTypes() {
+		ls.c2s.decode[byte(t)] = true
+	}
+	for _, t := range pl.serverTypes() {
+		ls.s2c.decode[byte(t)] = true
+	}
+
+	l.post(ls.start)
+	stopCtx := context.AfterFunc(ctx, func() {
+		l.post(func() {
+			ls.end(ending{err: ErrShutdown, toClient: &fatal{codeAdminShutdown, "Airlock is shutting down"}, terminate: true})
+		})
+	})
+	if exp := lease.Expires(); !exp.IsZero() {
+		t := time.AfterFunc(time.Until(exp), func() {
+			l.post(func() {
+				ls.end(ending{err: ErrExpired, terminate: true,
+					toClient: &fatal{codeAdminShutdown, "just-in-time credential expired; reconnect"}})
+			})
+		})
+		defer t.Stop()
+	}
+	<-ls.done
+	stopCtx()
+	for _, t := range ls.timers {
+		t.Stop()
+	}
+
+	outcome := "unknown: session ended"
+	if ls.left {
+		outcome = "unknown: client left"
+	}
+	pl.flush()
+	pl.abandon(outcome)
+
+	// Farewells, with the sockets back in blocking mode and a send timeout:
+	// this goroutine, not the loop, waits for them.
+	why := ls.why
+	farewell := func(s *lside, b []byte) {
+		_ = unix.SetNonblock(s.dst, false)
+		_ = unix.SetsockoptTimeval(s.dst, unix.SOL_SOCKET, unix.SO_SNDTIMEO, &unix.Timeval{Sec: 1})
+		if len(s.out) > 0 && !s.gone {
+			if writeAll(s.dst, s.out) != nil {
+				s.midMsg = true
+			}
+			s.out = nil
+		}
+		if b != nil && !s.midMsg && !s.gone {
+			_ = writeAll(s.dst, b)
+		}
+	}
+	if why.terminate {
+		farewell(ls.c2s, terminateMsg)
+	}
+	if why.toClient != nil {
+		farewell(ls.s2c, why.toClient.encode(nil))
+	}
+	_ = unix.Close(cfd)
+	_ = unix.Close(ufd)
+	return why.err
+}
+
+var terminateMsg = []byte{'X', 0, 0, 0, 4}
+
+func writeAll(fd int, b []byte) error {
+	for len(b) > 0 {
+		n, err := unix.Write(fd, b)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		b = b[n:]
+	}
+	return nil
+}
+
+// start registers the session's sockets (on the loop).
+func (ls *lsess) start() {
+	for _, s := range []*lside{ls.c2s, ls.s2c} {
+		s.interest = unix.EPOLLIN | unix.EPOLLRDHUP
+		if err := unix.EpollCtl(ls.l.epfd, unix.EPOLL_CTL_ADD, s.src, &unix.EpollEvent{Events: s.interest, Fd: int32(s.src)}); err != nil {
+			ls.end(ending{err: fmt.Errorf("%w: event loop: %v", ErrUpstreamClosed, err)})
+			return
+		}
+		ls.l.fds[int32(s.src)] = s
+		s.reg = true
+	}
+}
+
+// event handles readiness of s.src (EPOLLIN and hang-ups) and of the same
+// descriptor as the peer's dst (EPOLLOUT).
+func (ls *lsess) event(s *lside, ev uint32) {
+	if ls.ended {
+		return
+	}
+	if ev&unix.EPOLLOUT != 0 && len(s.peer.out) > 0 {
+		ls.flushOut(s.peer)
+		if ls.ended {
+			return
+		}
+	}
+	if ev&(unix.EPOLLIN|unix.EPOLLHUP|unix.EPOLLERR|unix.EPOLLRDHUP) != 0 {
+		if !s.paused() {
+			ls.readSide(s)
+		} else if ev&(unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+			// Reported whatever the interest: leave the set until
+			// the side reads again, or the loop would spin.
+			s.hup = true
+		}
+	}
+	ls.settle()
+}
+
+// readSide reads once from s.src and processes what came.
+func (ls *lsess) readSide(s *lside) {
+	var dst []byte
+	if s.r == s.w {
+		s.buf, s.r, s.w = ls.l.scratch, 0, 0
+		dst = s.buf
+	} else {
+		if cap(s.buf) == s.w {
+			s.own(0)
+		}
+		dst = s.buf[s.w:cap(s.buf)]
+	}
+	n, err := rawRead(s.src, dst)
+	if err == unix.EAGAIN || err == unix.EINTR {
+		ls.keep(s)
+		return
+	}
+	if n > 0 {
+		s.w += n
+	}
+	if n <= 0 {
+		s.eof = true
+		if err == nil {
+			err = io.EOF
+		}
+		if s.stream > 0 || s.w-s.r > 0 {
+			err = fmt.Errorf("read message: %w", io.ErrUnexpectedEOF)
+		}
+		ls.sideEnded(s, err)
+		return
+	}
+	if perr := ls.process(s); perr != nil {
+		ls.sideEnded(s, perr)
+		return
+	}
+	ls.keep(s)
+}
+
+// keep moves unprocessed input off the loop's scratch buffer, which the
+// next session's read reuses.
+func (s *lside) keepInput() {
+	if s.r == s.w {
+		s.r, s.w = 0, 0
+		// Nothing left over: an idle session holds no buffer.
+		s.owned, s.buf = nil, nil
+		return
+	}
+	if s.isOwned() {
+		return
+	}
+	s.own(0)
+}
+
+func (s *lside) isOwned() bool {
+	return len(s.buf) > 0 && len(s.owned) > 0 && &s.buf[0] == &s.owned[0]
+}
+
+func (ls *lsess) keep(s *lside) { s.keepInput() }
+
+// own copies buf[r:w] to the side's own buffer, with room for at least
+// need bytes in total (and always some room to read into).
+func (s *lside) own(need int) {
+	have := s.w - s.r
+	size := max(need, have*2, 4<<10)
+	if s.isOwned() && cap(s.owned) >= size {
+		copy(s.owned, s.buf[s.r:s.w])
+	} else {
+		nb := make([]byte, size)
+		copy(nb, s.buf[s.r:s.w])
+		s.owned = nb
+	}
+	s.owned = s.owned[:cap(s.owned)]
+	s.buf, s.r, s.w = s.owned, 0, have
+}
+
+// process frames buf[r:w] and acts on each whole message, as pump.run does.
+func (ls *lsess) process(s *lside) error {
+	for !s.paused() && !ls.ended {
+		if s.stream > 0 {
+			k := min(s.stream, s.w-s.r)
+			if k == 0 {
+				return nil
+			}
+			if !s.skip {
+				ls.forward(s, s.buf[s.r:s.r+k])
+			}
+			s.r += k
+			s.stream -= k
+			if s.stream == 0 {
+				s.midMsg = false
+			}
+			continue
+		}
+		start := s.r
+		var stop error
+		var msgs int64
+		for stop == nil && s.w-s.r >= 5 && !ls.ended {
+			typ := s.buf[s.r]
+			n := int(binary.BigEndian.Uint32(s.buf[s.r+1:]))
+			if n < 4 {
+				stop = errBadLength
+				break
+			}
+			if s.maxLen > 0 && n-4 > s.maxLen {
+				stop = errTooLong{n - 4, s.maxLen}
+				break
+			}
+			total := 1 + n
+			if total > s.w-s.r {
+				break
+			}
+			var body []byte
+			if s.decode[typ] && n-4 <= s.decMax {
+				body = s.buf[s.r+5 : s.r+total]
+			}
+			var a act
+			if s.resumed != nil {
+				a, s.resumed = *s.resumed, nil
+			} else {
+				msgs++
+				a = s.on(typ, n, body)
+			}
+			if a.kind == actHold {
+				ls.count(s, &msgs)
+				ls.flushed(s, start, s.r)
+				ls.run(s, s.buf[start:s.r])
+				ls.park(s, a, typ, body)
+				return nil
+			}
+			if a.kind != actForward {
+				// What came before and the replacement go out
+				// together with the rest of the run: a stage that
+				// rewrites every row costs no write per row.
+				s.co = append(s.co, s.buf[start:s.r]...)
+				if a.kind == actReplace {
+					s.co = append(s.co, a.out...)
+				}
+				s.r += total
+				start = s.r
+			} else {
+				s.r += total
+			}
+			stop = a.err
+			if a.wait && stop == nil {
+				s.waitRoom = true
+				break
+			}
+		}
+		ls.count(s, &msgs) // before they go out: whoever sees the answer finds them counted
+		ls.flushed(s, start, s.r)
+		ls.run(s, s.buf[start:s.r])
+		if stop != nil {
+			return stop
+		}
+		if s.paused() || s.w-s.r < 5 || ls.ended {
+			return nil
+		}
+		// A message not all here: wait for the rest of one to decode,
+		// stream one that nobody decodes.
+		typ := s.buf[s.r]
+		n := int(binary.BigEndian.Uint32(s.buf[s.r+1:]))
+		total := 1 + n
+		if s.decode[typ] && n-4 <= s.decMax {
+			if !s.isOwned() || cap(s.buf)-s.r < total {
+				s.own(total)
+			}
+			return nil
+		}
+		if s.msgs != nil {
+			s.msgs.Add(1)
+		}
+		a := s.on(typ, n, nil)
+		if a.err != nil {
+			return a.err
+		}
+		s.skip = a.kind != actForward
+		if a.kind == actReplace {
+			ls.run(s, a.out)
+		}
+		s.stream = total
+		s.midMsg = !s.skip
+	}
+	return nil
+}
+
+// run forwards b after whatever replaced messages are queued before it, in
+// one write.
+func (ls *lsess) run(s *lside, b []byte) {
+	if len(s.co) == 0 {
+		ls.forward(s, b)
+		return
+	}
+	s.co = append(s.co, b...)
+	ls.forward(s, s.co)
+	if cap(s.co) > loopScratch {
+		s.co = nil // a burst of rewrites is over: give the memory back
+	} else {
+		s.co = s.co[:0]
+	}
+}
+
+// count publishes the message counts of a run.
+func (ls *lsess) count(s *lside, msgs *int64) {
+	if s.msgs != nil && *msgs > 0 {
+		s.msgs.Add(*msgs)
+		*msgs = 0
+	}
+}
+
+// flushed hands the statement events a run completes to the session
+// BEFORE the run is written: the audit journal must hold a statement
+// before its result can reach the client (docs/AUDIT.md).
+func (ls *lsess) flushed(s *lside, start, end int) {
+	if !s.client && end > start {
+		ls.pl.flush()
+	}
+}
+
+// forward writes b to s.dst now, or keeps it for when dst has room.
+func (ls *lsess) forward(s *lside, b []byte) {
+	if len(b) == 0 || s.gone || ls.ended {
+		return
+	}
+	if len(s.out) > 0 {
+		s.out = append(s.out, b...)
+		return
+	}
+	for len(b) > 0 {
+		n, err := rawWrite(s.dst, b)
+		if err == unix.EINTR {
+			continue
+		}
+		if err == unix.EAGAIN {
+			s.out = append(s.out, b...)
+			return
+		}
+		if err != nil {
+			ls.writeFailed(s, err)
+			return
+		}
+		if s.bytes != nil {
+			s.bytes.Add(int64(n))
+		}
+		b = b[n:]
+	}
+}
+
+// flushOut writes what s.dst would not take before.
+func (ls *lsess) flushOut(s *lside) {
+	for len(s.out) > 0 && !ls.ended {
+		n, err := rawWrite(s.dst, s.out)
+		if err == unix.EINTR {
+			continue
+		}
+		if err == unix.EAGAIN {
+			return
+		}
+		if err != nil {
+			ls.writeFailed(s, err)
+			return
+		}
+		if s.bytes != nil {
+			s.bytes.Add(int64(n))
+		}
+		s.out = s.out[n:]
+	}
+	s.out = nil
+	// The source side may have input it stopped processing.
+	if !s.paused() && s.w > s.r {
+		if err := ls.process(s); err != nil {
+			ls.sideEnded(s, err)
+			return
+		}
+		s.keepInput()
+	}
+}
+
+func (ls *lsess) writeFailed(s *lside, err error) {
+	s.out = nil
+	s.midMsg = true
+	if s.drain {
+		s.gone = true
+		return
+	}
+	ls.sideEnded(s, &writeError{err: fmt.Errorf("write: %w", err)})
+}
+
+// park holds the session's client side on a decision; a goroutine waits for
+// it and hands it back to the loop.
+func (ls *lsess) park(s *lside, a act, typ byte, body []byte) {
+	s.held = &a
+	s.keepInput() // the held message stays in the side's own buffer
+	h := a.hold
+	go func() {
+		v, ok := waitHold(h, ls.pl, ls.stopped)
+		ls.l.post(func() {
+			if ls.ended || !ok {
+				return
+			}
+			ls.resume(s, v)
+		})
+	}()
+}
+
+// resume applies a hold's decision to the parked message (on the loop).
+func (ls *lsess) resume(s *lside, v Verdict) {
+	typ := s.buf[s.r]
+	n := int(binary.BigEndian.Uint32(s.buf[s.r+1:]))
+	var body []byte
+	if s.decode[typ] && n-4 <= s.decMax {
+		body = s.buf[s.r+5 : s.r+1+n]
+	}
+	a := ls.pl.resume(*s.held, v, typ, body)
+	s.held = nil
+	if a.kind == actHold {
+		ls.park(s, a, typ, body)
+		return
+	}
+	s.resumed = &a
+	if err := ls.process(s); err != nil {
+		ls.sideEnded(s, err)
+		return
+	}
+	s.keepInput()
+	ls.settle()
+}
+
+// settle re-admits a side that waited for room in the pipe, and sets each
+// descriptor's epoll interest from the sides' state.
+func (ls *lsess) settle() {
+	if ls.ended {
+		return
+	}
+	c := ls.c2s
+	if c.waitRoom && !ls.pl.full() {
+		c.waitRoom = false
+		if c.w > c.r {
+			if err := ls.process(c); err != nil {
+				ls.sideEnded(c, err)
+				return
+			}
+			c.keepInput()
+		}
+	}
+	for _, s := range []*lside{ls.c2s, ls.s2c} {
+		var want uint32
+		if !s.paused() {
+			want = unix.EPOLLIN | unix.EPOLLRDHUP
+		}
+		if len(s.peer.out) > 0 {
+			want |= unix.EPOLLOUT
+		}
+		switch {
+		case s.hup && want&unix.EPOLLIN == 0:
+			if s.reg {
+				s.reg = false
+				_ = unix.EpollCtl(ls.l.epfd, unix.EPOLL_CTL_DEL, s.src, nil)
+			}
+		case !s.reg:
+			s.reg, s.hup, s.interest = true, false, want
+			_ = unix.EpollCtl(ls.l.epfd, unix.EPOLL_CTL_ADD, s.src, &unix.EpollEvent{Events: want, Fd: int32(s.src)})
+		case want != s.interest:
+			s.interest = want
+			_ = unix.EpollCtl(ls.l.epfd, unix.EPOLL_CTL_MOD, s.src, &unix.EpollEvent{Events: want, Fd: int32(s.src)})
+		}
+	}
+	if ls.left && ls.pl.outstanding() == 0 && (ls.cerrTerminate() || ls.c2s.midMsg) {
+		ls.end(ending{})
+	}
+}
+
+func (ls *lsess) cerrTerminate() bool { return errors.Is(ls.cerr, errClientTerminate) }
+
+// sideEnded classifies the end of one direction, as relay does.
+func (ls *lsess) sideEnded(s *lside, err error) {
+	if ls.ended {
+		return
+	}
+	if !s.client {
+		ls.pl.flush()
+		if ls.left {
+			ls.end(ending{})
+			return
+		}
+		ls.end(ls.p.upstreamEnding(err, ls.pl))
+		return
+	}
+	if ls.left {
+		return
+	}
+	e := ls.p.clientEnding(err, ls.sess, ls.pl)
+	if !e.clientLeft {
+		ls.end(e)
+		return
+	}
+	// The client left: read and record the server's answers to what it
+	// sent, for at most drainTimeout.
+	ls.left, ls.cerr = true, err
+	s.eof = true
+	ls.s2c.drain = true
+	if ls.pl.outstanding() == 0 && errors.Is(err, errClientTerminate) {
+		ls.end(ending{})
+		return
+	}
+	if !errors.Is(err, errClientTerminate) && !s.midMsg {
+		ls.forward(s, terminateMsg)
+	}
+	ls.timers = append(ls.timers, time.AfterFunc(drainTimeout, func() {
+		ls.l.post(func() { ls.end(ending{}) })
+	}))
+	ls.settle()
+}
+
+// end stops the session (on the loop): its descriptors leave the loop and
+// the goroutine in relayLoop says the farewells.
+func (ls *lsess) end(e ending) {
+	if ls.ended {
+		return
+	}
+	ls.ended = true
+	ls.why = e
+	for _, s := range []*lside{ls.c2s, ls.s2c} {
+		if ls.l.fds[int32(s.src)] == s {
+			delete(ls.l.fds, int32(s.src))
+		}
+		if s.reg {
+			s.reg = false
+			_ = unix.EpollCtl(ls.l.epfd, unix.EPOLL_CTL_DEL, s.src, nil)
+		}
+		if s.r == s.w || (len(s.buf) > 0 && &s.buf[0] == &ls.l.scratch[0]) {
+			s.buf = nil
+		}
+	}
+	close(ls.stopped)
+	close(ls.done)
+}
+
+// loopCount is how many loops serve sessions: one per core, or
+// AIRLOCK_PGWIRE_LOOPS for measuring (docs/BENCHMARKS.md).
+func loopCount(cores int) int {
+	if n, err := strconv.Atoi(os.Getenv("AIRLOCK_PGWIRE_LOOPS")); err == nil && n > 0 && n <= 64 {
+		return n
+	}
+	return cores
+}
+
+// rawRead and rawWrite are read(2) and write(2) on non-blocking sockets,
+// made as raw system calls: the runtime's bookkeeping around a system call
+// that might block wakes the sysmon thread when the process was idle, a
+// context switch per call (see sockIO).
+func rawRead(fd int, b []byte) (int, error) {
+	if len(b) == 0 {
+		return 0, nil
+	}
+	r, _, e := syscall.RawSyscall(syscall.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
+	if e != 0 {
+		return -1, e
+	}
+	return int(r), nil
+}
+
+func rawWrite(fd int, b []byte) (int, error) {
+	if len(b) == 0 {
+		return 0, nil
+	}
+	r, _, e := syscall.RawSyscall(syscall.SYS_WRITE, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
+	if e != 0 {
+		return -1, e
+	}
+	return int(r), nil
+}
