@@ -344,7 +344,7 @@ func TestAccessRequests(t *testing.T) {
 		t.Fatalf("pgx session with a grant: %q %v", line, err)
 	}
 	waitFor(t, "the session to end at the grant's expiry", 60*time.Second, func() bool {
-		return regexp.MustCompile(`kind=session.end .*reason="access grant to appdb expired`).MatchString(w.daemonOut.String())
+		return regexp.MustCompile(`kind=session.end .*reason=grant_expired detail="access grant to appdb expired`).MatchString(w.daemonOut.String())
 	})
 	_ = stdin.Close()
 	rest, _ := io.ReadAll(rd)

@@ -141,6 +141,10 @@ func (e *GrantEnded) Error() string {
 	return fmt.Sprintf("access grant to %s expired at %s", e.Connection, e.Expires.UTC().Format(time.RFC3339))
 }
 
+// EndReason implements session.Reasoner: the record says why the session
+// ended in its fixed vocabulary.
+func (e *GrantEnded) EndReason() string { return "grant_expired" }
+
 // SessionEnd implements pgwire.SessionEnder.
 func (e *GrantEnded) SessionEnd() (string, string) {
 	return "57P01", fmt.Sprintf("Airlock: your access grant to %s expired at %s; run `airlock request %s --for 1h --reason \"…\"` to ask again",

@@ -88,7 +88,7 @@ type Parent struct {
 
 // SessionEnd is the data of a session.end record.
 type SessionEnd struct {
-	Reason       string `json:"reason"` // client_quit, interrupted, upstream_lost, ttl, identity_lost, daemon_restart, refused, protocol_error, error
+	Reason       string `json:"reason"` // client_quit, interrupted, upstream_lost, ttl, identity_lost, grant_expired, daemon_restart, refused, protocol_error, error
 	Detail       string `json:"detail,omitempty"`
 	DurationMS   int64  `json:"duration_ms"`
 	BytesIn      int64  `json:"bytes_in"`

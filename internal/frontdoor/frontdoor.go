@@ -355,7 +355,8 @@ func (s *Server) handle(ctx context.Context, conn net.Conn) {
 		}
 	}
 	if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) && ctx.Err() != nil {
-		// The session's person lost their identity mid-session.
+		// The session's person lost their identity (or their access grant)
+		// mid-session; a cause that names its reason says which.
 		reason, detail = "identity_lost", cause.Error()
 		var r session.Reasoner
 		if errors.As(cause, &r) {

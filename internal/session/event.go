@@ -74,7 +74,7 @@ type Approval struct {
 // End closes a session.
 type End struct {
 	// Reason is one of client_quit, interrupted, upstream_lost, ttl,
-	// identity_lost, daemon_restart, refused, protocol_error, error;
+	// identity_lost, grant_expired, daemon_restart, refused, protocol_error, error;
 	// Detail says more.
 	Reason   string        `json:"reason"`
 	Detail   string        `json:"detail,omitempty"`
