@@ -207,8 +207,8 @@ say "airlock replay $SID: the statements in order, with timing and outcome"
 say "airlock audit verify: the hash chain and signed checkpoints are intact"
 "$BIN/airlock" audit verify
 
-say "The just-in-time role is gone"
-"${PSQL_ADMIN[@]}" -d postgres -At -c "SELECT 'roles left by airlock: ' || count(*) FROM pg_roles WHERE rolname LIKE 'airlock\_%' AND rolname <> 'airlock_admin'"
+say "The just-in-time role is gone (airlock_orphans, the NOLOGIN owner of anything a session leaves behind, stays)"
+"${PSQL_ADMIN[@]}" -d postgres -At -c "SELECT 'session roles left by airlock: ' || count(*) FROM pg_roles WHERE rolname LIKE 'airlock\_%' AND rolname NOT IN ('airlock_admin', 'airlock_orphans')"
 
 say "Fail closed: with airlockd stopped, the same connection is refused, not sent around it"
 kill "$DAEMON_PID"; wait "$DAEMON_PID" 2>/dev/null || true; DAEMON_PID=""
