@@ -10,6 +10,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/airlockhq/airlock/internal/config"
 	"github.com/airlockhq/airlock/internal/sqlclass"
 )
 
@@ -73,26 +74,9 @@ func keysOf(k ...string) map[string]bool {
 	return m
 }
 
-// Error is a policy file error with its place.
-type Error struct {
-	File string
-	Line int
-	Key  string
-	Msg  string
-}
-
-func (e *Error) Error() string {
-	var b strings.Builder
-	b.WriteString(e.File)
-	if e.Line > 0 {
-		fmt.Fprintf(&b, ":%d", e.Line)
-	}
-	if e.Key != "" {
-		b.WriteString(": " + e.Key)
-	}
-	b.WriteString(": " + e.Msg)
-	return b.String()
-}
+// Error is a policy file error with its place: the configuration's own
+// error type, so both read "file:line: key: message".
+type Error = config.Error
 
 // Load reads and parses a policy file.
 func Load(name string) (*Policy, error) {
