@@ -257,7 +257,10 @@ func TestDaemonMediatedEscape(t *testing.T) {
 				t.Fatal(err)
 			}
 			sock, result := filepath.Join(dir, "s"), filepath.Join(dir, "result.json")
-			tmuxEnv := []string{"TERM=xterm", "HOME=" + dir, "TMUX_TMPDIR=" + dir}
+			// SHELL too: tmux runs every pane command through it, and without it
+			// falls back to the passwd shell, which is nologin for nobody (CI's
+			// environment has no SHELL).
+			tmuxEnv := []string{"TERM=xterm", "HOME=" + dir, "TMUX_TMPDIR=" + dir, "SHELL=/bin/sh"}
 			// The server: started by the same user, outside any tree.
 			srv := e.clientIn(e.clients, nobody, tmuxEnv...)
 			srv.Path, srv.Args = "/usr/bin/tmux", []string{"tmux", "-S", sock, "new-session", "-d", "-x", "120", "-y", "20", "/bin/sh"}
