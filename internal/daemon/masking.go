@@ -3,10 +3,8 @@ package daemon
 import (
 	"fmt"
 	"log/slog"
-	"strconv"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/airlockhq/airlock/internal/config"
 	"github.com/airlockhq/airlock/internal/mask"
@@ -42,21 +40,9 @@ func loadMasking(cfg *config.Config) (*mask.RuleSet, error) {
 // the connection's own configured credential (the admin's for ephemeral
 // roles, the static user's otherwise), never a session's.
 func catalogConfig(pg *config.Postgres, user, password string, dialer upstream.Dialer, lookup lookupFunc) (*pgx.ConnConfig, error) {
-	dsn := "host=" + quoteDSN(pg.Upstream.Host) + " port=" + strconv.Itoa(int(pg.Upstream.Port)) +
-		" user=" + quoteDSN(user) + " dbname=" + quoteDSN(pg.Databases[0]) +
-		" sslmode=" + pg.Upstream.TLS.Mode + " application_name=airlock-catalog connect_timeout=10"
-	if pg.Upstream.TLS.CAFile != "" {
-		dsn += " sslrootcert=" + quoteDSN(pg.Upstream.TLS.CAFile)
-	}
-	cc, err := pgx.ParseConfig(dsn)
+	cc, err := upstreamConfig(pg, user, pg.Databases[0], "airlock-catalog", password, dialer, lookup)
 	if err != nil {
 		return nil, fmt.Errorf("catalog connection settings: %w", err)
-	}
-	cc.Password = password
-	cc.DialFunc = dialer.DialContext
-	cc.LookupFunc = pgconn.LookupFunc(lookup)
-	if pg.Upstream.TLS.ServerName != "" && cc.TLSConfig != nil {
-		cc.TLSConfig.ServerName = pg.Upstream.TLS.ServerName
 	}
 	return cc, nil
 }

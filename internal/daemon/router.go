@@ -204,16 +204,26 @@ func (r *router) postgres(ctx context.Context, conn config.Connection, rules acc
 }
 
 func adminConfig(pg *config.Postgres, password string, dialer upstream.Dialer, lookup lookupFunc) (*pgx.ConnConfig, error) {
-	sslmode := pg.Upstream.TLS.Mode
+	cc, err := upstreamConfig(pg, pg.Credential.AdminUser, pg.Credential.AdminDatabase, "airlock-admin", password, dialer, lookup)
+	if err != nil {
+		return nil, fmt.Errorf("admin connection settings: %w", err)
+	}
+	return cc, nil
+}
+
+// upstreamConfig is how the daemon's own connections (admin, catalog) reach
+// a connection's server: the same host, TLS settings, dialer and resolver as
+// the sessions, under the daemon's credential.
+func upstreamConfig(pg *config.Postgres, user, database, app, password string, dialer upstream.Dialer, lookup lookupFunc) (*pgx.ConnConfig, error) {
 	dsn := "host=" + quoteDSN(pg.Upstream.Host) + " port=" + strconv.Itoa(int(pg.Upstream.Port)) +
-		" user=" + quoteDSN(pg.Credential.AdminUser) + " dbname=" + quoteDSN(pg.Credential.AdminDatabase) +
-		" sslmode=" + sslmode + " application_name=airlock-admin connect_timeout=10"
+		" user=" + quoteDSN(user) + " dbname=" + quoteDSN(database) +
+		" sslmode=" + pg.Upstream.TLS.Mode + " application_name=" + app + " connect_timeout=10"
 	if pg.Upstream.TLS.CAFile != "" {
 		dsn += " sslrootcert=" + quoteDSN(pg.Upstream.TLS.CAFile)
 	}
 	cc, err := pgx.ParseConfig(dsn)
 	if err != nil {
-		return nil, fmt.Errorf("admin connection settings: %w", err)
+		return nil, err
 	}
 	// Set after parsing so the password never passes through a string that
 	// an error message could quote.
