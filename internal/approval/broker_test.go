@@ -256,11 +256,11 @@ func TestAccessGrants(t *testing.T) {
 
 func TestRedact(t *testing.T) {
 	cases := []struct{ in, want string }{
-		{"ALTER ROLE x PASSWORD 'hunter2'", "ALTER ROLE x PASSWORD '***'"},
-		{"alter role x with password 'it''s'", "alter role x with password '***'"},
-		{"CREATE ROLE x PASSWORD $$s3cret$$ LOGIN", "CREATE ROLE x PASSWORD '***' LOGIN"},
-		{"SELECT dblink_connect('host=h password=abc user=u')", "SELECT dblink_connect('host=h password='***' user=u')"},
-		{"SELECT dblink('postgres://u:pw@h/db', 'x')", "SELECT dblink('postgres://u:'***'@h/db', 'x')"},
+		{"ALTER ROLE x PASSWORD 'hunter2'", "ALTER ROLE x PASSWORD '<redacted>'"},
+		{"alter role x with password 'it''s'", "alter role x with password '<redacted>'"},
+		{"CREATE ROLE x PASSWORD $$s3cret$$ LOGIN", "CREATE ROLE x PASSWORD '<redacted>' LOGIN"},
+		{"SELECT dblink_connect('host=h password=abc user=u')", "SELECT dblink_connect('<redacted>')"},
+		{"SELECT dblink('postgres://u:pw@h/db', 'x')", "SELECT dblink('<redacted>', 'x')"},
 		{"DROP TABLE t", "DROP TABLE t"},
 	}
 	for _, tc := range cases {

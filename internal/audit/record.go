@@ -8,9 +8,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"regexp"
-	"strings"
 	"time"
 
+	"github.com/airlockhq/airlock/internal/redact"
 	"github.com/airlockhq/airlock/internal/session"
 )
 
@@ -269,10 +269,9 @@ func startOf(s *session.Session) SessionStart {
 
 const redacted = "<redacted>"
 
-// Password literals in role statements and connection strings. The SQL is
-// recorded as the server ran it, except for these.
+// Secrets in command lines and parameters. Statement text goes through
+// package redact.
 var (
-	passwordLiteral = regexp.MustCompile(`(?is)(\b(?:password|encrypted\s+password)\s*(?:=\s*)?)(?:E?'(?:[^']|'')*'|\$([A-Za-z_0-9]*)\$.*?\$([A-Za-z_0-9]*)\$)`)
 	// password=… in libpq connection strings and user:password@ in URLs,
 	// which command lines carry.
 	connPassword = regexp.MustCompile(`(?i)(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s'"]+)`)
@@ -281,13 +280,10 @@ var (
 	secretValue  = regexp.MustCompile(`^(?:SCRAM-SHA-256\$|md5[0-9a-f]{32}$|eyJ[A-Za-z0-9_-]+\.|-----BEGIN |AKIA[0-9A-Z]{16}$|gh[pousr]_[A-Za-z0-9]{20,}|sk-[A-Za-z0-9]{20,}|xox[abpr]-)`)
 )
 
-// redactSQL removes password literals from statement text.
-func redactSQL(sql string) string {
-	if !strings.Contains(strings.ToLower(sql), "password") {
-		return sql
-	}
-	return passwordLiteral.ReplaceAllString(sql, "${1}'"+redacted+"'")
-}
+// redactSQL removes secret-bearing constants from statement text (see
+// package redact: a password can sit in any constant, not only after
+// PASSWORD).
+func redactSQL(sql string) string { return redact.SQL(sql) }
 
 // redactArgs removes passwords from a command line: SQL password literals,
 // connection-string passwords and URL user passwords.
@@ -297,9 +293,9 @@ func redactArgs(args []string) []string {
 	}
 	out := make([]string, len(args))
 	for i, a := range args {
-		a = redactSQL(a)
 		a = connPassword.ReplaceAllString(a, "${1}"+redacted)
 		a = urlPassword.ReplaceAllString(a, "${1}"+redacted+"@")
+		a = redactSQL(a)
 		out[i] = a
 	}
 	return out

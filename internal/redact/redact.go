@@ -1,0 +1,166 @@
+// Package redact removes secrets from SQL text before it is recorded or shown
+// to anyone but the person who typed it (audit records, approval requests,
+// webhooks).
+//
+// A secret can sit in any string constant of a statement, not only right
+// after PASSWORD: format('ALTER ROLE x PASSWORD %L', 'hunter2') inside a DO
+// block, a dblink connection string, a value compared with a token column.
+// So the unit of redaction is the whole constant, found by a lexer that knows
+// PostgreSQL's quoting ('…' with '' escapes, E'…' with backslash escapes,
+// $tag$…$tag$, comments and quoted identifiers skipped), and the rule is
+// deliberately broad: in a statement that names a secret, every constant
+// goes; elsewhere, a constant that looks like a credential on its own goes.
+package redact
+
+import (
+	"regexp"
+	"strings"
+)
+
+// Marker replaces each redacted constant.
+const Marker = "'<redacted>'"
+
+var (
+	// Words that make every constant of a statement suspect.
+	secretWords = regexp.MustCompile(`(?i)passw|secret|token|api_?key|credential|private_?key|\bsconfig\b|\bpgp_sym`)
+	// Constants that are credentials whatever the statement says.
+	secretValue = regexp.MustCompile(`(?i)SCRAM-SHA-256\$|\bmd5[0-9a-f]{32}\b|eyJ[A-Za-z0-9_-]{8,}\.|-----BEGIN |\bAKIA[0-9A-Z]{16}\b|\bgh[pousr]_[A-Za-z0-9]{20,}|\bglpat-[A-Za-z0-9_-]{16,}|\bsk-[A-Za-z0-9]{20,}|\bxox[abpr]-|password\s*=|://[^:/@\s']*:[^@\s'<][^@\s']*@`)
+)
+
+// SQL returns sql with secret-bearing string constants replaced by Marker.
+// Text without such constants is returned unchanged (and unallocated).
+func SQL(sql string) string {
+	all := secretWords.MatchString(sql)
+	if !all && !secretValue.MatchString(sql) {
+		return sql
+	}
+	var b strings.Builder
+	last := 0
+	lex(sql, func(start, end int) {
+		if !all && !secretValue.MatchString(sql[start:end]) {
+			return
+		}
+		b.WriteString(sql[last:start])
+		b.WriteString(Marker)
+		last = end
+	})
+	if last == 0 {
+		if all || !secretValue.MatchString(sql) {
+			return sql
+		}
+		// A credential outside any constant (an unterminated quote, a
+		// URL in a comment): the text cannot be trusted, keep none of it.
+		return Marker
+	}
+	b.WriteString(sql[last:])
+	return b.String()
+}
+
+// lex calls constant for the byte range of each string constant in sql,
+// including its quotes and prefix. An unterminated constant runs to the end.
+func lex(sql string, constant func(start, end int)) {
+	n := len(sql)
+	for i := 0; i < n; {
+		c := sql[i]
+		switch {
+		case c == '-' && i+1 < n && sql[i+1] == '-':
+			for i < n && sql[i] != '\n' {
+				i++
+			}
+		case c == '/' && i+1 < n && sql[i+1] == '*':
+			// Block comments nest in PostgreSQL.
+			depth := 0
+			for i < n {
+				if i+1 < n && sql[i] == '/' && sql[i+1] == '*' {
+					depth++
+					i += 2
+				} else if i+1 < n && sql[i] == '*' && sql[i+1] == '/' {
+					depth--
+					i += 2
+					if depth == 0 {
+						break
+					}
+				} else {
+					i++
+				}
+			}
+		case c == '"':
+			i++
+			for i < n {
+				if sql[i] == '"' {
+					if i+1 < n && sql[i+1] == '"' {
+						i += 2
+						continue
+					}
+					i++
+					break
+				}
+				i++
+			}
+		case c == '\'' || ((c == 'E' || c == 'e') && i+1 < n && sql[i+1] == '\'' && !identChar(sql, i-1)):
+			start := i
+			backslash := c != '\''
+			if backslash {
+				i++
+			}
+			i++
+			for i < n {
+				if backslash && sql[i] == '\\' {
+					i += 2
+					continue
+				}
+				if sql[i] == '\'' {
+					if i+1 < n && sql[i+1] == '\'' {
+						i += 2
+						continue
+					}
+					i++
+					break
+				}
+				i++
+			}
+			if i > n {
+				i = n
+			}
+			constant(start, i)
+		case c == '$' && !identChar(sql, i-1):
+			tagEnd := i + 1
+			for tagEnd < n && isTagChar(sql[tagEnd], tagEnd == i+1) {
+				tagEnd++
+			}
+			if tagEnd >= n || sql[tagEnd] != '$' {
+				i++ // a parameter ($1) or a lone dollar
+				continue
+			}
+			tag := sql[i : tagEnd+1]
+			start := i
+			body := tagEnd + 1
+			if k := strings.Index(sql[body:], tag); k >= 0 {
+				i = body + k + len(tag)
+			} else {
+				i = n
+			}
+			constant(start, i)
+		default:
+			i++
+		}
+	}
+}
+
+// identChar reports whether sql[i] continues an identifier, so that the
+// quote or dollar after it is not a constant's start (E in "somE'…'" is a
+// name's end, $ in "a$b" belongs to the name).
+func identChar(sql string, i int) bool {
+	if i < 0 {
+		return false
+	}
+	c := sql[i]
+	return c == '_' || c == '$' || c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= 0x80
+}
+
+func isTagChar(c byte, first bool) bool {
+	if c == '_' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= 0x80 {
+		return true
+	}
+	return !first && c >= '0' && c <= '9'
+}
