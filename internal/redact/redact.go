@@ -6,7 +6,7 @@
 // after PASSWORD: format('ALTER ROLE x PASSWORD %L', 'hunter2') inside a DO
 // block, a dblink connection string, a value compared with a token column.
 // So the unit of redaction is the whole constant, found by a lexer that knows
-// PostgreSQL's quoting ('…' with ” escapes, E'…' with backslash escapes,
+// PostgreSQL's quoting ('…' with doubled quotes, E'…' with backslash escapes,
 // $tag$…$tag$, comments and quoted identifiers skipped), and the rule is
 // deliberately broad: in a statement that names a secret, every constant
 // goes; elsewhere, a constant that looks like a credential on its own goes.
