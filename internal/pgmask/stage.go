@@ -124,6 +124,11 @@ type Stage struct {
 	rowsCur    []field
 	rowsAny    bool
 	rowsPortal bool // rows of an Execute: no description means fail closed
+	// The last description decided, and its fields: a statement run again
+	// (pgbench, a prepared statement's every Execute) is described by the
+	// same bytes, decided once. Dropped with the cache.
+	lastDesc   []byte
+	lastFields []field
 	unresolved atomic.Uint64
 	binaryNull atomic.Uint64
 }
@@ -369,6 +374,7 @@ func (s *Stage) ddl(body []byte) {
 	for _, p := range []string{"CREATE", "ALTER", "DROP", "COMMENT", "GRANT", "REVOKE", "IMPORT", "SELECT INTO"} {
 		if bytes.HasPrefix(tag, []byte(p)) {
 			clear(s.cache)
+			s.lastDesc, s.lastFields = s.lastDesc[:0], nil
 			return
 		}
 	}
@@ -376,6 +382,9 @@ func (s *Stage) ddl(body []byte) {
 
 // describe decides every field of a RowDescription.
 func (s *Stage) describe(body []byte) []field {
+	if s.lastFields != nil && bytes.Equal(body, s.lastDesc) {
+		return s.lastFields
+	}
 	s.missing = s.missing[:0]
 	ok := eachField(body, func(a Attr, _ uint32, _ int16) {
 		if a.Table != 0 {
@@ -416,6 +425,10 @@ func (s *Stage) describe(body []byte) []field {
 		}
 		out = append(out, f)
 	})
+	if !failed && len(out) > 0 {
+		// Shared read-only by the current result and portals.
+		s.lastDesc, s.lastFields = append(s.lastDesc[:0], body...), out
+	}
 	return out
 }
 
