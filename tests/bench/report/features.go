@@ -63,7 +63,9 @@ func (r *runner) features(quick bool) string {
 		for _, m := range maskModes {
 			c := cell{"masked", m, clients}
 			groups = append(groups, featureGroup{c, "direct", []string{"direct", "airlock", mask}})
-			targets = append(targets, featureTarget{"11", fmt.Sprintf("%d masked rows a transaction ≥ 0.80 × direct", r.st.MaskRows), c, mask, "direct", 0.80})
+			targets = append(targets, featureTarget{"11", fmt.Sprintf("%d masked rows a transaction ≥ 0.80 × direct", r.st.MaskRows), c, mask, "direct", 0.80},
+				// No target: how much of the gap masking itself makes.
+				featureTarget{"11", "(masking's own share: the same rows through airlock unmasked)", c, mask, "airlock", 0})
 		}
 	}
 	for _, m := range selModes {
@@ -158,7 +160,7 @@ func (r *runner) features(quick bool) string {
 		mean, lo, hi := stats(ratios)
 		mon, moff := meanResult(on), meanResult(off)
 		pf("| %s | %s (%s) | %.2f × (%.2f–%.2f); proxy CPU %s vs %s µs/tx | %d | %s |\n", t.issue, t.what, t.c, mean, lo, hi,
-			us(mon.cpu["proxy"]), us(moff.cpu["proxy"]), len(ratios), metStr(mean >= t.min))
+			us(mon.cpu["proxy"]), us(moff.cpu["proxy"]), len(ratios), map[bool]string{true: "no target", false: metStr(mean >= t.min)}[t.min == 0])
 	}
 	return w.String()
 }
