@@ -210,6 +210,10 @@ func (d *Daemon) start(ctx context.Context) error {
 	q := session.NewQueue(session.LogSink{Logger: slog.New(slog.NewTextHandler(ew, &slog.HandlerOptions{Level: slog.LevelInfo}))}, 4096, ew.Flush)
 	d.closers = append(d.closers, d.watch(context.WithoutCancel(ctx), q.Run))
 	sink := session.Fanout{d.audit, q}
+	warnBenchOff(d.log)
+	if benchOff("audit") {
+		sink = session.Fanout{q}
+	}
 	if err := d.startApprovals(ctx, sink); err != nil {
 		return fmt.Errorf("set up approvals: %w", err)
 	}

@@ -124,3 +124,31 @@ func BenchmarkPgbenchSelect(b *testing.B) {
 	b.ReportMetric(off/float64(b.N), "tps-off")
 	b.ReportMetric(on/off, "ratio")
 }
+
+// BenchmarkSelectTx is the stage's whole cost for one pgbench -S
+// transaction on a table no rule names (simple protocol): the Query, then
+// RowDescription, one DataRow, CommandComplete and ReadyForQuery.
+func BenchmarkSelectTx(b *testing.B) {
+	s := fuzzStage(b)
+	q := enc(&pgproto3.Query{String: "SELECT abalance FROM pgbench_accounts WHERE aid = 41;"})
+	msgs := [][]byte{
+		enc(&pgproto3.RowDescription{Fields: []pgproto3.FieldDescription{{Name: []byte("abalance"), TableOID: 1, TableAttributeNumber: 2, DataTypeOID: 23, DataTypeSize: 4, TypeModifier: -1}}}),
+		enc(&pgproto3.DataRow{Values: [][]byte{[]byte("0")}}),
+		enc(&pgproto3.CommandComplete{CommandTag: []byte("SELECT 1")}),
+		enc(&pgproto3.ReadyForQuery{TxStatus: 'I'}),
+	}
+	cm := &pgwire.ClientMsg{Type: 'Q', Body: q[5:]}
+	sms := make([]pgwire.ServerMsg, len(msgs))
+	for i, m := range msgs {
+		sms[i] = pgwire.ServerMsg{Type: m[0], Body: m[5:], Len: len(m) - 5}
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		s.Client(cm)
+		for i := range sms {
+			if v := s.Server(&sms[i]); v.Action != pgwire.Forward {
+				b.Fatalf("message %c not forwarded", sms[i].Type)
+			}
+		}
+	}
+}

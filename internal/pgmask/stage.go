@@ -116,6 +116,19 @@ type Stage struct {
 	refusing   bool // a refused COPY's messages are dropped up to its CommandComplete
 	buf        []byte
 	vbuf       []byte
+	// The fields rows are masked with, decided at a result's first row
+	// and kept until the next message that is not a DataRow: every row of
+	// a result answers the same request, so the request queue (and its
+	// lock) is read once per result, not once per row.
+	rowsSet    bool
+	rowsCur    []field
+	rowsAny    bool
+	rowsPortal bool // rows of an Execute: no description means fail closed
+	// The last description decided, and its fields: a statement run again
+	// (pgbench, a prepared statement's every Execute) is described by the
+	// same bytes, decided once. Dropped with the cache.
+	lastDesc   []byte
+	lastFields []field
 	unresolved atomic.Uint64
 	binaryNull atomic.Uint64
 }
@@ -223,6 +236,10 @@ var drop = pgwire.Verdict{Action: pgwire.Replace, Msgs: []byte{}}
 
 // Server masks what leaves and keeps the request queue in step.
 func (s *Stage) Server(m *pgwire.ServerMsg) pgwire.Verdict {
+	if m.Type == 'D' {
+		return s.row(m)
+	}
+	s.rowsSet = false
 	if m.Body == nil && m.Type != 'D' && m.Type != 'd' {
 		if m.Type == 'T' {
 			// A description too large to decode: its rows cannot
@@ -258,8 +275,6 @@ func (s *Stage) Server(m *pgwire.ServerMsg) pgwire.Verdict {
 				s.setCur(s.describe(m.Body))
 			}
 		}
-	case 'D':
-		return s.row(m)
 	case 'C', 's', 'I':
 		if m.Type == 'C' {
 			if s.refusing {
@@ -359,6 +374,7 @@ func (s *Stage) ddl(body []byte) {
 	for _, p := range []string{"CREATE", "ALTER", "DROP", "COMMENT", "GRANT", "REVOKE", "IMPORT", "SELECT INTO"} {
 		if bytes.HasPrefix(tag, []byte(p)) {
 			clear(s.cache)
+			s.lastDesc, s.lastFields = s.lastDesc[:0], nil
 			return
 		}
 	}
@@ -366,6 +382,9 @@ func (s *Stage) ddl(body []byte) {
 
 // describe decides every field of a RowDescription.
 func (s *Stage) describe(body []byte) []field {
+	if s.lastFields != nil && bytes.Equal(body, s.lastDesc) {
+		return s.lastFields
+	}
 	s.missing = s.missing[:0]
 	ok := eachField(body, func(a Attr, _ uint32, _ int16) {
 		if a.Table != 0 {
@@ -406,6 +425,10 @@ func (s *Stage) describe(body []byte) []field {
 		}
 		out = append(out, f)
 	})
+	if !failed && len(out) > 0 {
+		// Shared read-only by the current result and portals.
+		s.lastDesc, s.lastFields = append(s.lastDesc[:0], body...), out
+	}
 	return out
 }
 
@@ -466,19 +489,26 @@ func (s *Stage) column(chain []mask.Source) mask.Column {
 
 // row masks one DataRow of the current result.
 func (s *Stage) row(m *pgwire.ServerMsg) pgwire.Verdict {
-	cur, any := s.cur, s.curAny
-	if r, ok := s.front(); ok && r.kind == 'E' {
-		cur = s.portals[r.portal]
-		any = false
-		for i := range cur {
-			if cur[i].null || cur[i].col.Masks() {
-				any = true
+	if !s.rowsSet {
+		// An unreadable description withholds its rows (below).
+		s.rowsCur, s.rowsAny, s.rowsPortal = s.cur, s.curAny || s.curUnknown, false
+		r, ok := s.front()
+		if ok && r.kind == 'E' {
+			s.rowsCur, s.rowsAny, s.rowsPortal = s.portals[r.portal], false, true
+			for i := range s.rowsCur {
+				if s.rowsCur[i].null || s.rowsCur[i].col.Masks() {
+					s.rowsAny = true
+				}
 			}
 		}
-		if cur == nil {
-			// No description for this portal: fail closed.
-			return s.failRow(m, "no description for the portal")
-		}
+		// With no request in the queue a later one could still become
+		// the front: decided again at the next row.
+		s.rowsSet = ok
+	}
+	cur, any := s.rowsCur, s.rowsAny
+	if s.rowsPortal && cur == nil {
+		// No description for this portal: fail closed.
+		return s.failRow(m, "no description for the portal")
 	}
 	if !any {
 		return pgwire.Verdict{}

@@ -308,12 +308,16 @@ func (p *pump) fill(need int) error {
 			p.w = copy(p.buf, p.buf[p.r:p.w])
 			p.r = 0
 		}
-		if need > len(p.buf) {
+		if need > len(p.buf) || p.busy {
+			// Also when the last read filled the buffer: a message
+			// it cut in two is the start of a larger answer, and
+			// reading the rest 512 bytes at a time would cost a read
+			// and a write each (decoded rows of a masked result).
 			p.takeBig()
 		}
 		m, err := p.src.Read(p.buf[p.w:])
 		p.w += m
-		p.busy = m >= smallBuf
+		p.busy = m >= smallBuf || p.w == len(p.buf)
 		if err != nil {
 			if p.w-p.r >= need {
 				return nil

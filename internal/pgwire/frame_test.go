@@ -2,6 +2,7 @@ package pgwire
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"io"
 	"testing"
@@ -96,4 +97,59 @@ func TestPumpLimits(t *testing.T) {
 // onErr adapts a callback that can only stop the pump.
 func onErr(f func(typ byte, n int, body []byte) error) func(byte, int, []byte) act {
 	return func(typ byte, n int, body []byte) act { return act{err: f(typ, n, body)} }
+}
+
+// countingIO counts the calls a pump makes on each side.
+type countingIO struct {
+	r      io.Reader
+	w      bytes.Buffer
+	reads  int
+	writes int
+}
+
+func (c *countingIO) Read(p []byte) (int, error) { c.reads++; return c.r.Read(p) }
+func (c *countingIO) Write(p []byte) (int, error) {
+	c.writes++
+	return c.w.Write(p)
+}
+
+// TestPumpDecodedResultReads: a result whose rows a stage decodes and
+// rewrites is read in big reads and written once per read, not 512 bytes
+// at a time (a read and a write each) once the first read cut a row in two.
+func TestPumpDecodedResultReads(t *testing.T) {
+	msgs := []pgproto3.BackendMessage{&pgproto3.RowDescription{Fields: []pgproto3.FieldDescription{{Name: []byte("v"), DataTypeOID: 25, Format: 0}}}}
+	for i := 0; i < 60; i++ {
+		msgs = append(msgs, &pgproto3.DataRow{Values: [][]byte{bytes.Repeat([]byte{'a' + byte(i%26)}, 90)}})
+	}
+	msgs = append(msgs, &pgproto3.CommandComplete{CommandTag: []byte("SELECT 60")}, &pgproto3.ReadyForQuery{TxStatus: 'I'})
+	var stream []byte
+	for _, m := range msgs {
+		stream, _ = m.Encode(stream)
+	}
+	for _, tc := range []struct {
+		name    string
+		replace bool
+	}{{"forwarded", false}, {"replaced", true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := &countingIO{r: bytes.NewReader(stream)}
+			p := newPump(c, c, func(typ byte, n int, body []byte) act {
+				if typ == 'D' && tc.replace {
+					out := append([]byte{'D', 0, 0, 0, 0}, body...)
+					binary.BigEndian.PutUint32(out[1:], uint32(n))
+					return act{kind: actReplace, out: out}
+				}
+				return act{}
+			}, "TD", 1<<20, 0)
+			if err := p.run(); !errors.Is(err, io.EOF) {
+				t.Fatalf("run: %v", err)
+			}
+			if !bytes.Equal(c.w.Bytes(), stream) {
+				t.Fatalf("forwarded %d bytes, want the %d-byte stream unchanged", c.w.Len(), len(stream))
+			}
+			// 512 bytes, then the rest into the big buffer, then EOF.
+			if c.reads > 3 || c.writes > 2 {
+				t.Fatalf("%d-byte result took %d reads and %d writes, want at most 3 and 2", len(stream), c.reads, c.writes)
+			}
+		})
+	}
 }

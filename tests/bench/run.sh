@@ -20,8 +20,16 @@
 #   BENCH_SECONDS [10]         pgbench -T per run
 #   BENCH_CLIENTS ["1 10 50 200"]
 #   BENCH_MODES ["simple extended prepared"]
-#   BENCH_SCRIPTS ["select tpcb"]
+#   BENCH_SCRIPTS ["select tpcb"] ("none": only the feature comparisons)
 #   BENCH_DRIVERS [""]         extra airlockd drivers to compare, e.g. "loop"
+#   BENCH_FEATURES ["mask,guard,audit"]  features measured on and off in the
+#                              same run ("none": skip); each adds an airlockd:
+#     airlock-mask     masking rules on bench_people (email: keyed hash, card:
+#                      partial); a pgbench script reads 20 masked rows a
+#                      transaction (against direct), and pgbench -S reads
+#                      tables no rule names (against airlock, masking off)
+#     airlock-noguard  AIRLOCK_BENCH_OFF=guard: no SQL policy stage
+#     airlock-noaudit  AIRLOCK_BENCH_OFF=audit: events to the log only
 #   BENCH_LOOPS [cores]        event loops of the loop driver (AIRLOCK_PGWIRE_LOOPS)
 #   BENCH_IDLE [1000]          idle sessions held open for the memory figure (0: skip)
 #   BENCH_SCALE [10]           pgbench -i -s
@@ -39,8 +47,12 @@ BENCH_IDLE=${BENCH_IDLE:-1000}
 BENCH_SCALE=${BENCH_SCALE:-10}
 BENCH_LOG_LEVEL=${BENCH_LOG_LEVEL:-info}
 BENCH_DRIVERS=${BENCH_DRIVERS:-}
+BENCH_FEATURES=${BENCH_FEATURES-mask,guard,audit}
+FEATURES=" $(echo "$BENCH_FEATURES" | tr ',' ' ') "
+[[ $FEATURES == *" none "* ]] && FEATURES=" "
+has_feature() { [[ $FEATURES == *" $1 "* ]]; }
 OUT=${BENCH_OUT:-docs/BENCHMARKS.md}
-COMMAND="sudo make bench  # BENCH_QUICK=${BENCH_QUICK:-0} BENCH_SECONDS=${BENCH_SECONDS:-} BENCH_CLIENTS='${BENCH_CLIENTS:-}' BENCH_MODES='${BENCH_MODES:-}' BENCH_SCRIPTS='${BENCH_SCRIPTS:-}' BENCH_DRIVERS='$BENCH_DRIVERS' BENCH_IDLE=$BENCH_IDLE BENCH_SCALE=$BENCH_SCALE BENCH_LOG_LEVEL=$BENCH_LOG_LEVEL (empty: the default)"
+COMMAND="sudo make bench  # BENCH_QUICK=${BENCH_QUICK:-0} BENCH_SECONDS=${BENCH_SECONDS:-} BENCH_CLIENTS='${BENCH_CLIENTS:-}' BENCH_MODES='${BENCH_MODES:-}' BENCH_SCRIPTS='${BENCH_SCRIPTS:-}' BENCH_DRIVERS='$BENCH_DRIVERS' BENCH_FEATURES='$BENCH_FEATURES' BENCH_IDLE=$BENCH_IDLE BENCH_SCALE=$BENCH_SCALE BENCH_LOG_LEVEL=$BENCH_LOG_LEVEL (empty: the default)"
 
 # Names and addresses of its own: never those of the demo (airlock-demo,
 # 10.250.77.x, 15432) or of the Go tests.
@@ -119,7 +131,7 @@ start_in() {
 go build -o "$DIR/report" ./tests/bench/report
 go build -o "$DIR/idle" ./tests/bench/idle
 go test -c -o "$DIR/pgwire.test" ./internal/pgwire/ # BenchmarkPipeRows; compiled before anything is measured
-go test -c -o "$DIR/pgwire.test" ./internal/pgwire/ # BenchmarkPipeRows; compiled before anything is measured
+go test -c -o "$DIR/mask.test" ./internal/mask/     # BenchmarkDetectMixed, BenchmarkMaskMixed
 
 # ---------------------------------------------------------------- setup
 say "Remote PostgreSQL in namespace $NS at $REMOTE"
@@ -140,6 +152,20 @@ CREATE DATABASE bench;
 SQL
 log "pgbench -i -s $BENCH_SCALE (as the admin: ephemeral roles own nothing)"
 pgbench -i -s "$BENCH_SCALE" -q -h "$DIR/pg" -U postgres bench >"$DIR/init.log" 2>&1 || { cat "$DIR/init.log"; exit 1; }
+if has_feature mask; then
+  # Rows with an email and a card number, which airlock-mask's rules cover.
+  "${ADMIN[@]}" -d bench <<SQL
+CREATE TABLE bench_people AS
+  SELECT g AS id, 'Person ' || g AS name, 'user' || g || '@corp-mail.com' AS email,
+         (4000000000000000 + g)::text AS card, (ARRAY['free', 'pro', 'team'])[1 + g % 3] AS plan
+  FROM generate_series(1, 100000) g;
+ALTER TABLE bench_people ADD PRIMARY KEY (id);
+SQL
+  cat > "$DIR/masked.sql" <<'SQL'
+\set a random(1, 99981)
+SELECT id, name, email, card, plan FROM bench_people WHERE id BETWEEN :a AND :a + 19;
+SQL
+fi
 "${ADMIN[@]}" -d bench <<SQL
 GRANT USAGE ON SCHEMA public TO bench_rw;
 GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO bench_rw;
@@ -176,10 +202,11 @@ BOUNCER_PID=$STARTED
 
 install -d -m 700 "$DIR/secrets"
 echo "$ADMIN_PW" > "$DIR/secrets/admin"; chmod 600 "$DIR/secrets/admin"
-# start_daemon NAME DRIVER PORT: an airlockd attached to /$CGNAME[-NAME],
-# whose clients run in its clients/ child.
+# start_daemon NAME DRIVER PORT [OFF [YAML]]: an airlockd attached to
+# /$CGNAME[-NAME], whose clients run in its clients/ child; OFF is its
+# AIRLOCK_BENCH_OFF, YAML more configuration.
 start_daemon() {
-  local name=$1 driver=$2 port=$3 suffix=""
+  local name=$1 driver=$2 port=$3 off=${4:-} extra=${5:-} suffix=""
   [ "$name" = airlock ] || suffix="-${name#airlock-}"
   local attach=$CGNAME$suffix cfg=$DIR/$name.yaml
   mkdir -p "$CG/$attach/clients" "$HOST/$name"
@@ -215,8 +242,9 @@ connections:
         admin_password_file: $DIR/secrets/admin
         group_roles: [bench_rw]
         ttl: 1h
+$extra
 YAML
-  start_in "$HOST/$name" env AIRLOCK_PGWIRE_LOOPS="${BENCH_LOOPS:-}" "$BIN/airlockd" --config "$cfg" >>"$DIR/$name.log" 2>&1
+  start_in "$HOST/$name" env AIRLOCK_PGWIRE_LOOPS="${BENCH_LOOPS:-}" AIRLOCK_BENCH_OFF="$off" "$BIN/airlockd" --config "$cfg" >>"$DIR/$name.log" 2>&1
   DAEMON_PIDS[$name]=$STARTED
   local i
   for ((i = 0; i < 300; i++)); do
@@ -256,6 +284,41 @@ for d in $BENCH_DRIVERS; do
 JSON
 )
 done
+p=$((PORT + 20))
+feature_path() { # NAME FEATURE NOTE
+  PATHS+=$(cat <<JSON
+
+{"name": "$1", "kind": "airlock", "feature": "$2", "dsn": "$DSN_AIRLOCK", "client_cgroup": "$CG/$CGNAME-${1#airlock-}/clients",
+ "proxy_cgroup": "$HOST/$1", "proxy_pid": ${DAEMON_PIDS[$1]},
+ "note": "$3"},
+JSON
+)
+}
+if has_feature mask; then
+  head -c 48 /dev/urandom > "$DIR/secrets/mask.key"; chmod 600 "$DIR/secrets/mask.key"
+  start_daemon airlock-mask "" $((p += 1)) "" "$(cat <<YAML
+masking:
+  key_file: $DIR/secrets/mask.key
+  rules:
+    - name: pii
+      columns: ["public.bench_people.email"]
+      strategy: hash
+    - name: cards
+      columns: ["public.bench_people.card"]
+      strategy: partial
+      keep: 4
+YAML
+)"
+  feature_path airlock-mask mask "as **airlock**, from an airlockd with masking rules on \`public.bench_people\` (\`email\`: keyed hash, \`card\`: partial, last 4 kept)."
+fi
+if has_feature guard; then
+  start_daemon airlock-noguard "" $((p += 1)) guard
+  feature_path airlock-noguard guard "as **airlock**, from an airlockd started with \`AIRLOCK_BENCH_OFF=guard\`: no SQL policy stage (guardrails off)."
+fi
+if has_feature audit; then
+  start_daemon airlock-noaudit "" $((p += 1)) audit
+  feature_path airlock-noaudit audit "as **airlock**, from an airlockd started with \`AIRLOCK_BENCH_OFF=audit\`: session and statement events go to the log only, not to the audit record (recording off). **airlock** records to the embedded SQLite store."
+fi
 PATHS+=$(cat <<JSON
 
 {"name": "pgbouncer", "kind": "pgbouncer", "dsn": "$DSN_BOUNCER", "client_cgroup": "$HOST/pgbench",
@@ -276,6 +339,22 @@ for cg_dsn in "$HOST/pgbench|$DSN_DIRECT|bench" "$CG/$CGNAME/clients|$DSN_AIRLOC
   [[ $who == "$want"* ]] || { echo "bench: a path does not work: $who" >&2; exit 1; }
 done
 
+if has_feature mask; then
+  # Masking really masks on airlock-mask and only there.
+  q="SELECT email || ' ' || card FROM bench_people WHERE id = 1"
+  plain=$(rpg_in_cgroup "$CG/$CGNAME/clients" timeout 30 psql -X -At "$DSN_AIRLOCK" -c "$q")
+  masked=$(rpg_in_cgroup "$CG/$CGNAME-mask/clients" timeout 30 psql -X -At "$DSN_AIRLOCK" -c "SELECT email, card FROM bench_people WHERE id = 1" -F ' ')
+  log "bench_people row 1: '$plain' through airlock, '$masked' through airlock-mask"
+  [ "$plain" = "user1@corp-mail.com 4000000000000001" ] && [ -n "$masked" ] && [[ $masked != *user1@* && $masked != *400000000000* ]] ||
+    { echo "bench: masking is not in force on airlock-mask" >&2; exit 1; }
+fi
+for n in noguard noaudit; do
+  [ -d "$CG/$CGNAME-$n" ] || continue
+  who=$(rpg_in_cgroup "$CG/$CGNAME-$n/clients" timeout 30 psql -X -At "$DSN_AIRLOCK" -c "SELECT current_user" 2>&1)
+  log "airlock-$n: connected as $who"
+  [[ $who == airlock_* ]] || { echo "bench: airlock-$n does not work: $who" >&2; exit 1; }
+done
+
 ALSO=""
 for d in $BENCH_DRIVERS; do ALSO+="${ALSO:+,}\"airlock-$d\""; done
 OWN=$(find "$CG/$CGNAME" "$CG/$CGNAME"-* -maxdepth 0 -type d -printf '"%p",' | sed 's/,$//')
@@ -287,7 +366,10 @@ cat > "$DIR/setup.json" <<JSON
  "own_cgroups": [$OWN],
  "idle": {"path": "airlock", "binary": "$DIR/idle", "sessions": $BENCH_IDLE, "also": [$ALSO]},
  "pipe_bench": "$DIR/pgwire.test",
- "pipe_bench": "$DIR/pgwire.test",
+ "mask_bench": "$DIR/mask.test",
+ "features": [$(for f in $FEATURES; do printf '"%s",' "$f"; done | sed 's/,$//')],
+ "mask_script": "$DIR/masked.sql",
+ "mask_rows": 20,
  "machine": {
   "memory": "$(awk '/^MemTotal:/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo)",
   "OS": "$(. /etc/os-release; echo "$PRETTY_NAME")",

@@ -11,7 +11,7 @@
 //	-seconds   BENCH_SECONDS  pgbench -T per run
 //	-clients   BENCH_CLIENTS  client counts, e.g. "1 10 50 200"
 //	-modes     BENCH_MODES    pgbench -M values
-//	-scripts   BENCH_SCRIPTS  "select" (-S) and/or "tpcb"
+//	-scripts   BENCH_SCRIPTS  "select" (-S) and/or "tpcb"; "none": only the feature comparisons
 //	-quick     BENCH_QUICK=1  1/10/50 clients, 5 s, select-only in all three modes and TPC-B simple
 package main
 
@@ -49,6 +49,9 @@ type Path struct {
 	Note     string `json:"note"`
 	// Only restricts the path to these scripts (empty: all).
 	Only []string `json:"only"`
+	// Feature marks a path that only the feature comparisons use (mask,
+	// guard, audit): an airlockd with that feature changed.
+	Feature string `json:"feature"`
 }
 
 // Setup is what run.sh prepared.
@@ -66,10 +69,18 @@ type Setup struct {
 		Also []string `json:"also"` // 0: skip
 	} `json:"idle"`
 	// PipeBench is the compiled pgwire test binary, for BenchmarkPipeRows.
-	PipeBench string            `json:"pipe_bench"`
-	Setup     []string          `json:"setup"`   // lines describing the setup, for the report
-	Machine   map[string]string `json:"machine"` // extra rows for the machine table
-	Command   string            `json:"command"`
+	PipeBench string `json:"pipe_bench"`
+	// MaskBench is the compiled internal/mask test binary, for the
+	// detectors' throughput.
+	MaskBench string `json:"mask_bench"`
+	// Features are the comparisons to run (mask, guard, audit), with
+	// MaskScript the pgbench script reading MaskRows masked rows.
+	Features   []string          `json:"features"`
+	MaskScript string            `json:"mask_script"`
+	MaskRows   int               `json:"mask_rows"`
+	Setup      []string          `json:"setup"`   // lines describing the setup, for the report
+	Machine    map[string]string `json:"machine"` // extra rows for the machine table
+	Command    string            `json:"command"`
 }
 
 type result struct {
@@ -126,6 +137,9 @@ func main() {
 
 	var cells []cell
 	for _, s := range strings.Fields(*scripts) {
+		if s == "none" { // only the feature comparisons
+			continue
+		}
 		for _, m := range strings.Fields(*modes) {
 			if *quick && s == "tpcb" && m != "simple" {
 				continue
@@ -155,6 +169,9 @@ func main() {
 		}
 	}
 
+	feats := r.features(*quick)
+	detectors := r.detectors()
+
 	idle := r.idle(r.st.Idle.Path, true)
 	var also []idleResult
 	for _, name := range r.st.Idle.Also {
@@ -163,7 +180,7 @@ func main() {
 	stages := r.pipeRows()
 	loadEnd := loadavg()
 	rep := r.report(cells, idle, also, started, loadStart, loadEnd, *seconds, *quick)
-	rep += stages
+	rep += feats + detectors + stages
 	if err := writeKeepingTail(*out, rep); err != nil {
 		fatalf("write %s: %v", *out, err)
 	}
@@ -188,7 +205,7 @@ type runner struct {
 func (r *runner) pathsFor(script string) []Path {
 	var ps []Path
 	for _, p := range r.st.Paths {
-		if len(p.Only) > 0 && !contains(p.Only, script) {
+		if len(p.Only) > 0 && !contains(p.Only, script) || p.Feature != "" {
 			continue
 		}
 		ps = append(ps, p)
@@ -218,8 +235,11 @@ func (r *runner) pgbench(p Path, c cell, seconds int) result {
 	// state measured starts after it, and gets its full length.
 	seconds += c.clients / 10
 	args := []string{"-n", "-P", "1", "-M", c.mode, "-c", strconv.Itoa(c.clients), "-T", strconv.Itoa(seconds)}
-	if c.script == "select" {
+	switch c.script {
+	case "select":
 		args = append(args, "-S")
+	case "masked":
+		args = append(args, "-f", r.st.MaskScript)
 	}
 	if c.clients > 1 {
 		args = append(args, "-j", "2")
@@ -602,6 +622,9 @@ func (r *runner) report(cells []cell, idle idleResult, also []idleResult, starte
 	for _, p := range r.st.Paths {
 		pf("- **%s**: %s\n", p.Name, p.Note)
 	}
+	if len(r.st.Features) > 0 {
+		pf("- Feature paths (the airlockd's with a feature changed) run only in \"Feature overhead\" below.\n")
+	}
 	pf("- pgbench: `-n -T %d`, `-j 2` above one client; %s. Every cell runs all paths back to back, the order rotated\n", seconds,
 		map[bool]string{true: "quick mode (`BENCH_QUICK=1`): TPC-B in simple mode only", false: "all cells"}[quick])
 	pf("  from one cell to the next. TPS exclude connection time; latency is pgbench's average.\n")
@@ -681,7 +704,7 @@ func (r *runner) report(cells []cell, idle idleResult, also []idleResult, starte
 
 	pf("\n## Targets (issue 7)\n\n")
 	for _, p := range r.st.Paths {
-		if p.Kind != "airlock" {
+		if p.Kind != "airlock" || p.Feature != "" {
 			continue
 		}
 		r.targets(&w, p, cells, idle, also)

@@ -1,0 +1,34 @@
+package daemon
+
+import (
+	"log/slog"
+	"os"
+	"strings"
+)
+
+// benchOffEnv names the parts of the data path a benchmark runs without,
+// comma-separated: "guard" (the SQL policy stage) and "audit" (statement
+// and session events go to the log only, not to the audit record). It
+// exists so tests/bench can measure what each costs against the same
+// daemon with it on, in the same run; no configuration file can turn these
+// off, and only whoever starts airlockd (root) sets its environment. Every
+// part turned off is logged as a warning at start.
+const benchOffEnv = "AIRLOCK_BENCH_OFF"
+
+// benchOff reports whether the benchmark turned part off.
+func benchOff(part string) bool {
+	for _, p := range strings.Split(os.Getenv(benchOffEnv), ",") {
+		if strings.TrimSpace(p) == part {
+			return true
+		}
+	}
+	return false
+}
+
+func warnBenchOff(log *slog.Logger) {
+	for _, p := range []string{"guard", "audit"} {
+		if benchOff(p) {
+			log.Warn("benchmark setting: running without a part of the data path", "env", benchOffEnv, "off", p)
+		}
+	}
+}

@@ -1,0 +1,27 @@
+package daemon
+
+import "testing"
+
+func TestBenchOff(t *testing.T) {
+	tests := []struct {
+		env         string
+		guard, audt bool
+	}{
+		{"", false, false},
+		{"guard", true, false},
+		{"audit", false, true},
+		{"guard, audit", true, true},
+		{"guardrails,auditing", false, false}, // whole names only
+	}
+	for _, tc := range tests {
+		t.Run(tc.env, func(t *testing.T) {
+			t.Setenv(benchOffEnv, tc.env)
+			if got := benchOff("guard"); got != tc.guard {
+				t.Errorf("guard off = %v, want %v", got, tc.guard)
+			}
+			if got := benchOff("audit"); got != tc.audt {
+				t.Errorf("audit off = %v, want %v", got, tc.audt)
+			}
+		})
+	}
+}
