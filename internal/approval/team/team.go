@@ -100,7 +100,7 @@ type Options struct {
 	// (default 1s); a NOTIFY from a deciding daemon wakes it at once.
 	Poll time.Duration
 	// Wait bounds how long Decide waits for the holding daemon to act
-	// on a decision (default 10s).
+	// on a decision (default 6s: the control socket's call lasts 10s).
 	Wait   time.Duration
 	Logger *slog.Logger
 }
@@ -138,7 +138,7 @@ func Open(spec, password string, b Broker, o Options) (*Store, error) {
 		o.Poll = time.Second
 	}
 	if o.Wait <= 0 {
-		o.Wait = 10 * time.Second
+		o.Wait = 6 * time.Second
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
