@@ -305,6 +305,10 @@ func (d *Daemon) containRoot() string {
 // brokerApprover hands the guard's held statements to the approval broker.
 type brokerApprover struct{ b *approval.Broker }
 
+// Timeout is approvals.timeout: how long a hold waits when its policy rule
+// sets no timeout of its own.
+func (a brokerApprover) Timeout() time.Duration { return a.b.Timeout() }
+
 func (a brokerApprover) Ask(ctx context.Context, req guard.HoldRequest, done func(approved bool, by, reason string)) {
 	var class []string
 	if req.Class != nil {
