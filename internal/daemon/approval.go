@@ -80,7 +80,9 @@ func (d *Daemon) startApprovals(ctx context.Context, sink session.Sink) error {
 		d.team = shared
 		// Closers run last first: the Broker cancels its requests, then
 		// the team store writes that down and stops.
-		d.closers = append(d.closers, func() { _ = shared.Close() }, d.watch(ctx, shared.Run))
+		// Run stops by its closer, not with the daemon's context, so that
+		// it can still write down the requests the Broker cancels.
+		d.closers = append(d.closers, func() { _ = shared.Close() }, d.watch(context.WithoutCancel(ctx), shared.Run))
 	}
 	d.closers = append(d.closers, d.approvals.Close)
 	for _, p := range a.HoldStatements {
