@@ -125,6 +125,9 @@ func numberShape(sql string) (string, bool) {
 			if !plainNumber(sql[i:j]) {
 				return "", false
 			}
+			if !replaced {
+				b.Grow(len(sql))
+			}
 			b.WriteString(sql[last:i])
 			b.WriteByte('0')
 			last, replaced, i = j, true, j
@@ -218,8 +221,15 @@ func shapeText(sql string) string {
 
 // fromShape is the Result for sql from the shared statement of its shape.
 func fromShape(st *Statement, sql string) *Result {
-	cp := *st
-	cp.Text = shapeText(sql)
-	cp.Redacted = cp.Text
-	return &Result{SQL: sql, Statements: []*Statement{&cp}}
+	// One allocation for the Result, its statement and the list.
+	x := &struct {
+		r    Result
+		st   Statement
+		list [1]*Statement
+	}{st: *st}
+	x.st.Text = shapeText(sql)
+	x.st.Redacted = x.st.Text
+	x.list[0] = &x.st
+	x.r = Result{SQL: sql, Statements: x.list[:], transient: true}
+	return &x.r
 }
