@@ -150,3 +150,35 @@ func BenchmarkPgbenchGuard(b *testing.B) {
 		b.ReportMetric(float64(tx["on"])/float64(tx["off"]), fmt.Sprintf("tps-on/off-c%d", clients))
 	}
 }
+
+// BenchmarkStageSelectOnly is the guard's own CPU per pgbench -S
+// transaction: a simple Query with a new aid each time (served by the
+// classifier's shape cache), decided by the built-in policy for an agent.
+// The pgbench runs above give the proxy's whole CPU per transaction to
+// compare it with; on a shared machine this figure is the steadier one.
+func BenchmarkStageSelectOnly(b *testing.B) {
+	pol := filepath.Join(b.TempDir(), "policy.yaml")
+	if err := os.WriteFile(pol, nil, 0o600); err != nil {
+		b.Fatal(err)
+	}
+	store, err := policy.NewStore(pol)
+	if err != nil {
+		b.Fatal(err)
+	}
+	g := &guard.Guard{Connection: "bench", Policies: store, Classifier: sqlclass.New(sqlclass.Options{})}
+	sess := session.New(discard{})
+	sess.Origin.UID, sess.Origin.Class = 1000, session.ClassAgent
+	sess.Person = identity.Person{Name: "alice", UID: 1000}
+	st := g.Stages(sess).Client[0]
+	b.ReportAllocs()
+	start := processCPU()
+	i := 0
+	for b.Loop() {
+		i++
+		body := []byte("SELECT abalance FROM pgbench_accounts WHERE aid = " + strconv.Itoa(i%200000+1) + ";\x00")
+		if v := st.Client(&pgwire.ClientMsg{Type: 'Q', Body: body, TxStatus: 'I', Session: sess}); v.Action != pgwire.Forward {
+			b.Fatalf("verdict %+v", v)
+		}
+	}
+	b.ReportMetric(float64(processCPU()-start)/float64(b.N), "cpu-ns/op")
+}
