@@ -437,7 +437,7 @@ func (s *Store) close(ctx context.Context, id string) error {
 // List returns the other daemons' pending requests a may see: every one
 // for an approver, else a's own.
 func (s *Store) List(ctx context.Context, a approval.Approver) ([]approval.Request, error) {
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	q := `SELECT request FROM approval_requests WHERE daemon <> $1 AND state = 'pending' AND expires > now()`
 	args := []any{s.o.Daemon}
@@ -527,9 +527,16 @@ func (s *Store) Decide(ctx context.Context, a approval.Approver, id string, appr
 	if approve {
 		decision = approval.StateApproved
 	}
-	s.broker.Record(r, decision, d.By(), reason)
 	s.o.Logger.Info("approval decision sent to the holding daemon", "id", id, "holder", holder, "decision", decision, "by", d.By())
-	return s.await(ctx, r, seq)
+	out, err := s.await(ctx, r, seq)
+	// This daemon's record has the decision its approver made, and what
+	// became of it on the holding daemon.
+	note := reason
+	if err != nil {
+		note = strings.TrimSpace(reason + " (not in effect: " + err.Error() + ")")
+	}
+	s.broker.Record(r, decision, d.By(), note)
+	return out, err
 }
 
 func (s *Store) await(ctx context.Context, r approval.Request, seq int64) (approval.Request, error) {

@@ -52,6 +52,11 @@ type daemon struct {
 
 func startDaemon(t *testing.T, id, url string) *daemon {
 	t.Helper()
+	return startDaemonWith(t, id, url, "dba")
+}
+
+func startDaemonWith(t *testing.T, id, url, approvers string) *daemon {
+	t.Helper()
 	d := &daemon{rec: &events{}}
 	var late struct{ *approval.Broker }
 	s, err := Open(url, "team-pw-1234", &late, Options{Daemon: id, Host: "host-" + id, Poll: 100 * time.Millisecond, Wait: 20 * time.Second})
@@ -59,7 +64,7 @@ func startDaemon(t *testing.T, id, url string) *daemon {
 		t.Fatal(err)
 	}
 	d.s = s
-	d.b = approval.New(approval.Options{ApproversGroup: "dba", Timeout: time.Minute, Record: d.rec.record,
+	d.b = approval.New(approval.Options{ApproversGroup: approvers, Timeout: time.Minute, Record: d.rec.record,
 		Daemon: id, Host: "host-" + id, Shared: s.Changed})
 	late.Broker = d.b
 	ctx, cancel := context.WithCancel(context.Background())
@@ -214,6 +219,29 @@ func TestTeamApprovals(t *testing.T) {
 			t.Fatal(err)
 		}
 		if o := wait(t, got); !o.approved {
+			t.Fatalf("A got %+v", o)
+		}
+	})
+
+	t.Run("a daemon with other rules cannot decide", func(t *testing.T) {
+		// C counts "ops" as approvers; A does not.
+		c := startDaemonWith(t, "daemon-c", url, "ops")
+		r, got := a.hold(t, alice)
+		dave := identity.Person{Name: "dave", Issuer: "https://idp", Subject: "sub-dave", Groups: []string{"ops"}}
+		_, err := c.s.Decide(ctx, approval.Approver{Person: dave}, r.ID, true, "looks fine")
+		if err == nil || !strings.Contains(err.Error(), "refused the decision") || !strings.Contains(err.Error(), `not in group "dba"`) {
+			t.Fatalf("dave deciding from C: %v", err)
+		}
+		if ev := c.rec.find(r.ID); len(ev) != 1 || !strings.Contains(ev[0].Reason, "not in effect") {
+			t.Fatalf("C's record: %+v", ev)
+		}
+		if cur, _ := a.b.Find(r.ID); cur.State != approval.StatePending {
+			t.Fatalf("A honoured it: %+v", cur)
+		}
+		if _, err := b.s.Decide(ctx, approval.Approver{Person: carol}, r.ID, false, "no"); err != nil {
+			t.Fatal(err)
+		}
+		if o := wait(t, got); o.approved {
 			t.Fatalf("A got %+v", o)
 		}
 	})
