@@ -17,7 +17,8 @@ import (
 // socket (two machines of a team), share one PostgreSQL team store. A
 // statement held on A is listed and decided on B by another person; A's
 // client gets its result or the denial naming who and why; the requester
-// never approves their own request from B, under another uid or not.
+// never approves their own request from B, under another uid or not; an
+// access grant decided on B applies to A's sessions.
 func TestTeamApprovalsAcrossDaemons(t *testing.T) {
 	testnet.RequireRoot(t)
 	team := pgtest.Start(t, pgtest.Options{})
@@ -37,6 +38,16 @@ audit:
   commit_interval: 10ms
 `, team.Addr, team.Port, teamPW)
 	a := newIDWorld(t, extra)
+	// On A, appdb requires a just-in-time grant, which B's approver gives.
+	a.stopDaemon()
+	cfgA, err := os.ReadFile(a.cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(a.cfgPath, []byte(strings.Replace(string(cfgA), "    protocol: postgres\n", "    protocol: postgres\n    require_grant: true\n", 1)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	a.startDaemon()
 	// B: the same team's other machine, with its own daemon.
 	b := &idWorld{env: newEnv(t), host: a.host, srv: a.srv, corp: a.corp, ci: a.ci, dsn: a.dsn}
 	adminPW := filepath.Join(t.TempDir(), "admin-password")
@@ -58,6 +69,26 @@ audit:
 	a.loginToken(t, uidB, bob)   // an approver who asks, on A
 	b.loginToken(t, uidC, carol) // approves, on B
 	b.loginToken(t, uidA, bob)   // bob again, on B, at another uid
+
+	// Access requested on A, granted on B: A's sessions are then allowed.
+	a.refused(t, uidA, "needs an approved access grant")
+	for _, uid := range []uint32{uidA, uidB} {
+		out, e, err := a.cli(uid, "", "request", "appdb", "--for", "1h", "--reason", "incident 4711", "--json")
+		if err != nil {
+			t.Fatalf("airlock request on A as uid %d: %v %s", uid, err, e)
+		}
+		var ar approval.Request
+		mustJSON(t, out, &ar)
+		waitFor(t, "the access request in the team store", 30*time.Second, func() bool {
+			return team.Psql(t, "airlock_team", "SELECT state FROM approval_requests WHERE id = '"+ar.ID+"'") == approval.StatePending
+		})
+		if out, e, err := b.cli(uidC, "", "approve", ar.ID); err != nil || !strings.Contains(out, "granted") {
+			t.Fatalf("carol granting on B: %v %s %s", err, out, e)
+		}
+	}
+	if out, err := a.psqlAs(uidA, "SELECT 1"); err != nil || out != "1" {
+		t.Fatalf("alice on A after B's grant: %v %s", err, out)
+	}
 
 	// A held statement on A runs once carol approves it on B.
 	_, wait := a.psqlBG(t, uidA, "SELECT 4711")
