@@ -118,7 +118,13 @@ type Store struct {
 	migrated  bool
 	published map[string]bool // pending requests the store has
 	down      bool            // the last attempt failed (logged once)
+	pruned    time.Time       // last removal of this daemon's old rows
 }
+
+// keep is how long a daemon's ended requests stay in the team tables (the
+// audit records keep every decision for good; these rows only serve
+// `airlock approvals` and the decision hand-off).
+const keep = 30 * 24 * time.Hour
 
 // Open prepares the store at spec (a postgres:// URL without password)
 // for b. It does not connect: Run does, and keeps retrying.
@@ -297,6 +303,14 @@ func (s *Store) sync(ctx context.Context) {
 			return
 		}
 		delete(s.published, id)
+	}
+	if time.Since(s.pruned) > time.Hour {
+		if _, err := s.db.ExecContext(ctx, `DELETE FROM approval_requests WHERE daemon = $1 AND state <> 'pending' AND created < $2`,
+			s.o.Daemon, time.Now().Add(-keep)); err != nil {
+			s.failed("prune old requests", err)
+			return
+		}
+		s.pruned = time.Now()
 	}
 	s.ok()
 }

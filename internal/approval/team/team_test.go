@@ -261,6 +261,21 @@ func TestTeamApprovals(t *testing.T) {
 		}
 	})
 
+	t.Run("old ended rows are removed by their daemon", func(t *testing.T) {
+		srv.Psql(t, "airlock_team", `INSERT INTO approval_requests (id, daemon, kind, request, created, expires, state) VALUES
+			('oldone', 'daemon-p', 'statement', '{}', now() - interval '31 days', now() - interval '31 days', 'approved'),
+			('recent', 'daemon-p', 'statement', '{}', now() - interval '1 day', now() - interval '1 day', 'approved'),
+			('others', 'daemon-q', 'statement', '{}', now() - interval '31 days', now() - interval '31 days', 'approved')`)
+		startDaemon(t, "daemon-p", url)
+		deadline := time.Now().Add(20 * time.Second)
+		for srv.Psql(t, "airlock_team", "SELECT string_agg(id, ',' ORDER BY id) FROM approval_requests WHERE id IN ('oldone', 'recent', 'others')") != "others,recent" {
+			if time.Now().After(deadline) {
+				t.Fatal("the old row was not removed, or too much was")
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	})
+
 	t.Run("a restarted daemon closes its old requests", func(t *testing.T) {
 		r, _ := a.hold(t, alice)
 		startDaemon(t, "daemon-a", url)
