@@ -290,9 +290,13 @@ func (s *Store) sync(ctx context.Context) {
 		s.published[r.ID] = true
 		s.broker.SetTeam(r.ID, approval.TeamShared)
 	}
-	if err := s.honour(ctx); err != nil {
-		s.failed("read decisions", err)
-		return
+	// Decisions only ever name published requests: an idle daemon sends
+	// no query at all.
+	if len(s.published) > 0 {
+		if err := s.honour(ctx); err != nil {
+			s.failed("read decisions", err)
+			return
+		}
 	}
 	for id := range s.published {
 		if r, ok := s.broker.Find(id); ok && r.State == approval.StatePending {
