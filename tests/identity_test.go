@@ -82,6 +82,15 @@ func newIDWorld(t *testing.T, identityExtra string) *idWorld {
 	if err := os.WriteFile(pw, []byte("admin-secret-1234\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	w.writeConfig(identityExtra, pw)
+	w.startDaemon()
+	w.dsn = fmt.Sprintf("host=%s port=5432 dbname=app user=agent sslmode=disable connect_timeout=10", w.host.V4)
+	return w
+}
+
+// writeConfig writes airlockd's configuration for this world (another
+// daemon of the same team shares the issuers and the database).
+func (w *idWorld) writeConfig(identityExtra, pw string) {
 	w.config(fmt.Sprintf(`intercept:
   mode: all
 identity:
@@ -126,9 +135,6 @@ connections:
         admin_password_file: %s
         ttl: 1h
 `, w.corp.URL, w.ci.URL, identityExtra, w.host.V4, w.host.V4, w.srv.CACert, pw))
-	w.startDaemon()
-	w.dsn = fmt.Sprintf("host=%s port=5432 dbname=app user=agent sslmode=disable connect_timeout=10", w.host.V4)
-	return w
 }
 
 // cli runs the airlock CLI as uid (outside the intercepted cgroup).

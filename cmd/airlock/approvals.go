@@ -23,7 +23,11 @@ held inside live sessions and just-in-time access requests.
 
 Approvers (members of the configured approvers group, proven by their own
 "airlock login") see every pending request; anyone else sees their own,
-pending or recently decided.
+pending or recently decided. With a team store (audit.store: postgres://…)
+the list also has the requests held on the team's other machines (WHERE
+names the host), and "airlock approve ID" decides them from here; a request
+marked "local only" could not reach the team store, and only approvers on
+its own machine can decide it.
 
   airlock approvals
   airlock approvals --json`,
@@ -49,7 +53,7 @@ func printApprovals(rs []approval.Request) {
 	}
 	w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
 	defer w.Flush()
-	fmt.Fprintln(w, "ID\tKIND\tSTATE\tPERSON\tCONNECTION\tEXPIRES\tWHAT")
+	fmt.Fprintln(w, "ID\tKIND\tSTATE\tPERSON\tCONNECTION\tWHERE\tEXPIRES\tWHAT")
 	for _, r := range rs {
 		what := r.Statement
 		if r.Kind == approval.KindAccess {
@@ -64,7 +68,17 @@ func printApprovals(rs []approval.Request) {
 		if r.Why != "" && r.State != approval.StatePending {
 			state += ": " + r.Why
 		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.ID, r.Kind, state, r.Person.Name, r.Connection,
+		// Where the request is held; local-only ones are not in the team
+		// store (it could not be reached): only this machine's approvers
+		// can decide them.
+		where := "here"
+		if r.Remote {
+			where = oneLine(r.Host)
+		}
+		if r.Team == approval.TeamLocalOnly && r.State == approval.StatePending {
+			where += " (local only)"
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.ID, r.Kind, state, r.Person.Name, r.Connection, where,
 			time.Until(r.Expires).Round(time.Second), oneLine(what))
 	}
 }
@@ -129,6 +143,9 @@ func decide(op, id, reason string) error {
 		fmt.Printf("%s: granted %s access to %s until %s\n", r.ID, r.Person.Name, r.Connection, r.GrantEnd.Local().Format(time.RFC3339))
 	default:
 		fmt.Printf("%s: %s\n", r.ID, r.State)
+	}
+	if r.Remote {
+		fmt.Printf("(held on %s; its daemon checked the decision again)\n", oneLine(r.Host))
 	}
 	return nil
 }

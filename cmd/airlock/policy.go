@@ -78,6 +78,9 @@ func newPolicyTestCmd() *cobra.Command {
 			out := policyTestResult{Decision: d.Action.String(), Rule: d.Rule, Reason: d.Reason}
 			if d.Action == policy.Hold {
 				out.Timeout = d.Timeout.String()
+				if d.Timeout <= 0 {
+					out.Timeout = "approvals.timeout (airlockd's configuration)"
+				}
 			}
 			if cerr != nil {
 				out.Error = cerr.Error()

@@ -4,10 +4,10 @@
 // of the configured group, proven by their own `airlock login`) decides, or
 // until they time out, which denies them.
 //
-// Requests and grants live on this machine only. With the team audit store
-// an approver on another machine could see and decide them; that is not
-// built yet: approvers run `airlock approve` on the machine that holds the
-// request.
+// A request lives in the Broker of the daemon that holds it. With a team
+// store (package team) it is also published to the team's database, where
+// approvers on other machines see and decide it; the holding Broker still
+// re-checks every such decision (DecideRemote) before honouring it.
 package approval
 
 import (
@@ -67,12 +67,29 @@ type Request struct {
 	Created time.Time     `json:"created"`
 	Expires time.Time     `json:"expires"`
 
+	// Daemon and Host are where the request is held (the audit chain id
+	// of that airlockd and its host name).
+	Daemon string `json:"daemon,omitempty"`
+	Host   string `json:"host,omitempty"`
+	// Team says whether approvers on other machines can see the request:
+	// "" (no team store), TeamShared, or TeamLocalOnly (the team store
+	// could not be reached: only this machine's approvers can decide).
+	Team string `json:"team,omitempty"`
+	// Remote marks a request that another daemon holds, as listed here.
+	Remote bool `json:"remote,omitempty"`
+
 	State    string    `json:"state"`
 	By       string    `json:"by,omitempty"`       // who decided
 	Why      string    `json:"why,omitempty"`      // the decider's reason
 	Decided  time.Time `json:"decided,omitzero"`   // when
 	GrantEnd time.Time `json:"grant_end,omitzero"` // approved access: until when
 }
+
+// Team visibility of a request.
+const (
+	TeamShared    = "shared"
+	TeamLocalOnly = "local-only"
+)
 
 // HoldRequest is what a policy stage hands the Broker for a held statement.
 type HoldRequest struct {
@@ -102,6 +119,13 @@ type Options struct {
 	Record func(session.Event)
 	Logger *slog.Logger
 	Now    func() time.Time
+
+	// Daemon and Host stamp each request with where it is held.
+	Daemon, Host string
+	// Shared, when set, marks new requests local-only until the team store
+	// has them, and is called (it must not block) whenever a request is
+	// filed or ends, so that the team store catches up.
+	Shared func()
 }
 
 // Errors of deciding.
@@ -164,6 +188,7 @@ func (b *Broker) Ask(ctx context.Context, h HoldRequest, done func(approved bool
 	now := b.o.Now()
 	r := Request{ID: newID(), Kind: KindStatement, Created: now, Expires: now.Add(timeout), State: StatePending,
 		Statement: Redact(h.SQL), Class: h.Class, Rule: h.Rule, Reason: h.Reason}
+	b.stamp(&r)
 	if s != nil {
 		r.Person, r.Connection, r.Session, r.Database = s.Person, s.Connection, s.ID, s.Database()
 		r.Process = Process{Exe: s.Origin.Exe, PID: s.Origin.PID, UID: s.Origin.UID, Class: s.Origin.Class}
@@ -188,6 +213,7 @@ func (b *Broker) Ask(ctx context.Context, h HoldRequest, done func(approved bool
 	if b.o.Notifier != nil {
 		b.o.Notifier.Notify(r)
 	}
+	b.changed()
 }
 
 // RequestAccess files a just-in-time access request for p (at uid) to
@@ -197,6 +223,7 @@ func (b *Broker) RequestAccess(p identity.Person, uid uint32, connection string,
 	now := b.o.Now()
 	r := Request{ID: newID(), Kind: KindAccess, Person: p, Process: Process{UID: uid}, Connection: connection,
 		For: d, Reason: reason, Created: now, Expires: now.Add(b.o.Timeout), State: StatePending}
+	b.stamp(&r)
 	pe := &pending{req: r}
 	b.mu.Lock()
 	if b.countLocked(uid) >= MaxPendingPerUID {
@@ -211,7 +238,21 @@ func (b *Broker) RequestAccess(p identity.Person, uid uint32, connection string,
 	if b.o.Notifier != nil {
 		b.o.Notifier.Notify(r)
 	}
+	b.changed()
 	return r, nil
+}
+
+func (b *Broker) stamp(r *Request) {
+	r.Daemon, r.Host = b.o.Daemon, b.o.Host
+	if b.o.Shared != nil {
+		r.Team = TeamLocalOnly
+	}
+}
+
+func (b *Broker) changed() {
+	if b.o.Shared != nil {
+		b.o.Shared()
+	}
 }
 
 // MaxPendingPerUID bounds the requests one uid may have waiting: a process
@@ -252,19 +293,26 @@ func isRequester(a Approver, r Request) bool {
 	if a.UID == r.Process.UID {
 		return true
 	}
-	if a.Person.Subject != "" && a.Person.Subject == r.Person.Subject && a.Person.Issuer == r.Person.Issuer {
+	return samePerson(a.Person, r.Person)
+}
+
+// samePerson compares people across machines, where uids mean nothing:
+// issuer and subject for OIDC identities, else the account name (the same
+// name on two machines is taken for the same person: refusing is safe).
+func samePerson(a, r identity.Person) bool {
+	if a.Subject != "" && a.Subject == r.Subject && a.Issuer == r.Issuer {
 		return true
 	}
-	return a.Person.Subject == "" && r.Person.Subject == "" && a.Person.Name == r.Person.Name
+	if a.Subject != "" || r.Subject != "" {
+		return false
+	}
+	return a.Name == r.Name
 }
 
 // Decide approves or denies request id as a.
 func (b *Broker) Decide(a Approver, id string, approve bool, reason string) (Request, error) {
-	if !b.CanApprove(a) {
-		if b.o.ApproversGroup == "" {
-			return Request{}, fmt.Errorf("%w: no approvers group is configured (approvals.approvers_group)", ErrNotApprover)
-		}
-		return Request{}, fmt.Errorf("%w: %s is not in group %q (run `airlock login` as an approver)", ErrNotApprover, dash(a.Person.Name), b.o.ApproversGroup)
+	if err := b.checkApprover(a); err != nil {
+		return Request{}, err
 	}
 	b.mu.Lock()
 	p, ok := b.pending[id]
@@ -280,16 +328,113 @@ func (b *Broker) Decide(a Approver, id string, approve bool, reason string) (Req
 		return Request{}, fmt.Errorf("%w: %s asked for %s; another approver must decide", ErrSelf, p.req.Person.Name, id)
 	}
 	b.mu.Unlock()
+	return b.decided(id, approve, a.name(), reason)
+}
+
+func (b *Broker) checkApprover(a Approver) error {
+	if b.CanApprove(a) {
+		return nil
+	}
+	if b.o.ApproversGroup == "" {
+		return fmt.Errorf("%w: no approvers group is configured (approvals.approvers_group)", ErrNotApprover)
+	}
+	return fmt.Errorf("%w: %s is not in group %q (run `airlock login` as an approver)", ErrNotApprover, dash(a.Person.Name), b.o.ApproversGroup)
+}
+
+func (b *Broker) decided(id string, approve bool, by, reason string) (Request, error) {
 	state := StateDenied
 	if approve {
 		state = StateApproved
 	}
-	r, ok := b.finish(id, state, a.name(), reason)
+	r, ok := b.finish(id, state, by, reason)
 	if !ok {
 		return Request{}, fmt.Errorf("%w: %s was decided meanwhile", ErrNotFound, id)
 	}
 	return r, nil
 }
+
+// CheckRemote is what an approver's own daemon checks before it sends a
+// decision on r, a request another daemon holds: a is an approver here,
+// and not the requester (compared as people: uids differ across machines).
+func (b *Broker) CheckRemote(a Approver, r Request) error {
+	if err := b.checkApprover(a); err != nil {
+		return err
+	}
+	if samePerson(a.Person, r.Person) {
+		return fmt.Errorf("%w: %s asked for %s; another approver must decide", ErrSelf, r.Person.Name, r.ID)
+	}
+	return nil
+}
+
+// Remote is a decision another daemon sent through the team store.
+type Remote struct {
+	ID      string
+	Approve bool
+	Reason  string
+	// Who decided, as their own daemon resolved them, and where.
+	Person identity.Person
+	Daemon string
+	Host   string
+}
+
+// By names the decider and their machine.
+func (d Remote) By() string {
+	by := Approver{Person: d.Person}.name()
+	if d.Host != "" {
+		by += " on " + d.Host
+	}
+	return by
+}
+
+// DecideRemote honours a decision another daemon sent, after checking it
+// again here, under this daemon's own rules: the team database is shared
+// by many machines, and a decision row is only as good as the checks of
+// the daemon that honours it. The decider must be in this daemon's
+// approvers group and must not be the requester; the uid is not compared
+// (it is another machine's).
+func (b *Broker) DecideRemote(d Remote) (Request, error) {
+	a := Approver{Person: d.Person}
+	if err := b.checkApprover(a); err != nil {
+		return Request{}, err
+	}
+	if d.Daemon == "" {
+		return Request{}, errors.New("the decision does not say which daemon sent it")
+	}
+	b.mu.Lock()
+	p, ok := b.pending[d.ID]
+	b.mu.Unlock()
+	if !ok {
+		return Request{}, fmt.Errorf("%w: %s", ErrNotFound, d.ID)
+	}
+	if samePerson(d.Person, p.req.Person) {
+		return Request{}, fmt.Errorf("%w: %s asked for %s; another approver must decide", ErrSelf, p.req.Person.Name, d.ID)
+	}
+	return b.decided(d.ID, d.Approve, d.By(), d.Reason)
+}
+
+// Pending returns every pending request.
+func (b *Broker) Pending() []Request {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	out := make([]Request, 0, len(b.pending))
+	for _, p := range b.pending {
+		out = append(out, p.req)
+	}
+	return out
+}
+
+// SetTeam records whether request id reached the team store.
+func (b *Broker) SetTeam(id, team string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if p, ok := b.pending[id]; ok {
+		p.req.Team = team
+	}
+}
+
+// Record writes an approval event for r into this daemon's record: a
+// decision this daemon's approver sent for another daemon's request.
+func (b *Broker) Record(r Request, state, by, why string) { b.record(r, state, by, why) }
 
 func (b *Broker) expire(id string) {
 	b.finish(id, StateExpired, "", fmt.Sprintf("no approver decided within %s", b.o.Timeout))
@@ -332,12 +477,17 @@ func (b *Broker) finish(id, state, by, why string) (Request, bool) {
 	if p.done != nil {
 		p.done(state == StateApproved, by, why)
 	}
+	b.changed()
 	return r, true
 }
 
 func (b *Broker) record(r Request, state, by, why string) {
 	ev := session.Event{Kind: session.KindApproval, Session: r.Session, Approval: &session.Approval{
 		ID: r.ID, Kind: r.Kind, Decision: state, By: by, Reason: why, Connection: r.Connection, Rule: r.Rule}}
+	if r.Daemon != b.o.Daemon {
+		// Another daemon's request: its session is in that daemon's chain.
+		ev.Session, ev.Approval.Holder = "", r.Daemon
+	}
 	p := r.Person
 	ev.Person = &p
 	ev.Time = b.o.Now()

@@ -188,6 +188,11 @@ type Approvals struct {
 	// holds from PostgreSQL's parse tree; a regex is no guardrail against
 	// rewording.
 	HoldStatements []string `yaml:"hold_statements"`
+	// TeamPoll: with a team store (audit.store: postgres://…), requests
+	// are shared through it and this is how often this daemon looks for
+	// decisions sent from other machines (a NOTIFY wakes it sooner).
+	// Default 1s.
+	TeamPoll Duration `yaml:"team_poll"`
 }
 
 // Postgres is a PostgreSQL connection's upstream and credential.

@@ -239,6 +239,9 @@ func (c *Config) defaults() {
 		if a.MaxGrant == 0 {
 			a.MaxGrant = Duration(8 * time.Hour)
 		}
+		if a.TeamPoll == 0 {
+			a.TeamPoll = Duration(time.Second)
+		}
 	}
 	for i := range c.Connections {
 		conn := &c.Connections[i]
@@ -797,6 +800,9 @@ func (c *Config) validateApprovals() error {
 	}
 	if a.MaxGrant.D() < time.Minute {
 		return c.errKey("approvals.max_grant", "at least 1m")
+	}
+	if a.TeamPoll.D() < 50*time.Millisecond || a.TeamPoll.D() > time.Minute {
+		return c.errKey("approvals.team_poll", "from 50ms to 1m")
 	}
 	if a.WebhookURL != "" {
 		u, err := url.Parse(a.WebhookURL)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -13,6 +14,8 @@ import (
 	"github.com/airlockhq/airlock/internal/access"
 	"github.com/airlockhq/airlock/internal/approval"
 	"github.com/airlockhq/airlock/internal/approval/pgstage"
+	"github.com/airlockhq/airlock/internal/approval/team"
+	"github.com/airlockhq/airlock/internal/audit"
 	"github.com/airlockhq/airlock/internal/config"
 	"github.com/airlockhq/airlock/internal/control"
 	"github.com/airlockhq/airlock/internal/frontdoor"
@@ -39,6 +42,27 @@ func (d *Daemon) startApprovals(ctx context.Context, sink session.Sink) error {
 	}
 	opts := approval.Options{ApproversGroup: a.ApproversGroup, Timeout: a.Timeout.D(), Grants: grants,
 		Record: sink.Record, Logger: d.log}
+	if d.audit != nil {
+		opts.Daemon = d.audit.Daemon()
+	}
+	opts.Host, _ = os.Hostname()
+	var shared *team.Store
+	var late lateBroker
+	if audit.IsPostgres(d.cfg.Audit.Store) {
+		// The team store holds the team's requests too: approvers on
+		// other machines see and decide them.
+		var password string
+		if f := d.cfg.Audit.PasswordFile; f != "" {
+			if password, err = pgcred.ReadSecretFile(f); err != nil {
+				return fmt.Errorf("audit.password_file: %w", err)
+			}
+		}
+		if shared, err = team.Open(d.cfg.Audit.Store, password, &late, team.Options{Daemon: opts.Daemon, Host: opts.Host,
+			Poll: a.TeamPoll.D(), Logger: d.log}); err != nil {
+			return err
+		}
+		opts.Shared = shared.Changed
+	}
 	if a.WebhookURL != "" {
 		var token string
 		if a.WebhookTokenFile != "" {
@@ -51,12 +75,25 @@ func (d *Daemon) startApprovals(ctx context.Context, sink session.Sink) error {
 		opts.Notifier = wh
 	}
 	d.approvals = approval.New(opts)
+	if shared != nil {
+		late.Broker = d.approvals
+		d.team = shared
+		// Closers run last first: the Broker cancels its requests, then
+		// the team store writes that down and stops.
+		// Run stops by its closer, not with the daemon's context, so that
+		// it can still write down the requests the Broker cancels.
+		d.closers = append(d.closers, func() { _ = shared.Close() }, d.watch(context.WithoutCancel(ctx), shared.Run))
+	}
 	d.closers = append(d.closers, d.approvals.Close)
 	for _, p := range a.HoldStatements {
 		d.holdPatterns = append(d.holdPatterns, regexp.MustCompile(p)) // validated by config
 	}
 	return nil
 }
+
+// lateBroker lets the team store be built before the Broker it serves
+// (the Broker calls the store's Changed); Run starts after both exist.
+type lateBroker struct{ *approval.Broker }
 
 // pgStages is each PostgreSQL session's pipeline: the interim pattern holds.
 func (d *Daemon) pgStages() func(*session.Session) pgwire.Stages {
@@ -155,7 +192,18 @@ func (d *Daemon) Approvals(ctx context.Context, p control.Peer) ([]approval.Requ
 	if d.approvals == nil {
 		return nil, errNoApprovals
 	}
-	return d.approvals.List(d.caller(ctx, p)), nil
+	a := d.caller(ctx, p)
+	out := d.approvals.List(a)
+	if d.team != nil {
+		// The team's other requests; an unreachable store leaves this
+		// machine's own list, which still works.
+		others, err := d.team.List(ctx, a)
+		if err != nil {
+			d.log.Warn("list the team's approval requests", "err", err)
+		}
+		out = append(out, others...)
+	}
+	return out, nil
 }
 
 // Decide implements control.ApprovalHandler.
@@ -171,7 +219,15 @@ func (d *Daemon) Decide(ctx context.Context, p control.Peer, id string, approve 
 	if a.Person.Name == "" {
 		return nil, fmt.Errorf("uid %d has no identity: run `airlock login` as an approver first", p.UID)
 	}
-	r, err := d.approvals.Decide(a, strings.TrimSpace(id), approve, reason)
+	id = strings.TrimSpace(id)
+	r, err := d.approvals.Decide(a, id, approve, reason)
+	if errors.Is(err, approval.ErrNotFound) && d.team != nil {
+		if _, here := d.approvals.Find(id); !here {
+			// Another machine's request: sent through the team store,
+			// checked here and again by the daemon that holds it.
+			r, err = d.team.Decide(ctx, a, id, approve, reason)
+		}
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -250,6 +306,10 @@ func (d *Daemon) containRoot() string {
 
 // brokerApprover hands the guard's held statements to the approval broker.
 type brokerApprover struct{ b *approval.Broker }
+
+// Timeout is approvals.timeout: how long a hold waits when its policy rule
+// sets no timeout of its own.
+func (a brokerApprover) Timeout() time.Duration { return a.b.Timeout() }
 
 func (a brokerApprover) Ask(ctx context.Context, req guard.HoldRequest, done func(approved bool, by, reason string)) {
 	var class []string

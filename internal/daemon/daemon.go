@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/airlockhq/airlock/internal/approval"
+	"github.com/airlockhq/airlock/internal/approval/team"
 	"github.com/airlockhq/airlock/internal/audit"
 	"github.com/airlockhq/airlock/internal/cgroups"
 	"github.com/airlockhq/airlock/internal/config"
@@ -68,6 +69,7 @@ type Daemon struct {
 	ident   *identity.Service      // nil without an identity section
 
 	approvals    *approval.Broker // nil without an approvals section
+	team         *team.Store      // approvals shared through the team store; nil without one
 	holdPatterns []*regexp.Regexp
 
 	mu sync.Mutex

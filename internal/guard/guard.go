@@ -269,9 +269,15 @@ func (s *Stage) verdict(d policy.Decision, protocol, sql string, res *sqlclass.R
 			s.record(policy.Decision{Action: policy.Deny, Rule: d.Rule, Reason: "no approver configured"}, protocol, sql, "")
 			return refuse(msg, "Ask an administrator to configure approvals, or change the statement.", sql)
 		}
+		// The most specific timeout wins: the rule's, else the policy's
+		// agent_hold_timeout (both in d), else the approvers' own
+		// (approvals.timeout).
 		timeout := d.Timeout
 		if timeout <= 0 {
 			timeout = 10 * time.Minute
+			if t, ok := approver.(interface{ Timeout() time.Duration }); ok && t.Timeout() > 0 {
+				timeout = t.Timeout()
+			}
 		}
 		h := pgwire.NewHold(timeout, pgwire.ErrorReply{Code: "42501",
 			Message: fmt.Sprintf("Airlock: nobody approved this statement within %s (rule %s)", timeout, d.Rule)})

@@ -81,6 +81,10 @@ type approver struct {
 	requests []guard.HoldRequest
 }
 
+// Timeout is the approvers' own (approvals.timeout): holds whose rule
+// sets none wait this long.
+func (a *approver) Timeout() time.Duration { return 7 * time.Minute }
+
 func (a *approver) Ask(_ context.Context, req guard.HoldRequest, done func(bool, string, string)) {
 	a.mu.Lock()
 	a.requests = append(a.requests, req)
@@ -342,7 +346,7 @@ func TestGuardPreparedStatementsKeepTheirDecision(t *testing.T) {
 	e.approver.mu.Lock()
 	reqs := append([]guard.HoldRequest(nil), e.approver.requests...)
 	e.approver.mu.Unlock()
-	if len(reqs) != 2 || reqs[0].Rule != policy.RuleAgentHolds || reqs[0].SQL != "DELETE FROM victim" || reqs[0].Session == nil || reqs[0].Timeout <= 0 {
+	if len(reqs) != 2 || reqs[0].Rule != policy.RuleAgentHolds || reqs[0].SQL != "DELETE FROM victim" || reqs[0].Session == nil || reqs[0].Timeout != 7*time.Minute {
 		t.Fatalf("hold requests: %+v", reqs)
 	}
 }

@@ -32,6 +32,9 @@ func (m *Memo) Decide(res *sqlclass.Result, err error) Decision {
 		return d
 	}
 	d := m.p.Decide(res, nil, m.who)
+	if res.Transient() {
+		return d // never seen again: keeping it would only evict the others
+	}
 	if len(m.seen) >= memoMax {
 		clear(m.seen)
 	}

@@ -20,7 +20,7 @@ import (
 //	role_changes: deny         # deny | allow
 //	fast_path: {agent: deny, person: allow}
 //	agent_holds: true          # agents' DDL and UPDATE/DELETE without WHERE wait for approval
-//	agent_hold_timeout: 10m
+//	agent_hold_timeout: 10m    # default: approvals.timeout of airlockd's configuration
 //	agent_executables: [cursor, /usr/bin/claude]
 //	rules:
 //	  - name: no-copy-program
@@ -36,7 +36,7 @@ import (
 //	    tables: [public.secret_*]
 //	    functions: [pg_read_file]
 //	    regex: '(?i)\bpg_sleep\b'
-//	    timeout: 5m             # hold rules: how long to wait
+//	    timeout: 5m             # hold rules: how long to wait (default: agent_hold_timeout, else approvals.timeout)
 type file struct {
 	Unparseable      string            `yaml:"unparseable"`
 	RoleChanges      string            `yaml:"role_changes"`
@@ -143,7 +143,7 @@ func checkKeys(file string, m *yaml.Node, allowed map[string]bool, prefix string
 
 func compile(name string, f *file, lines []int) (*Policy, error) {
 	p := &Policy{Source: name, denyUnparseable: true, denyRoleChanges: true, agentHolds: true,
-		agentHoldTimeout: 10 * time.Minute, fastPathAgent: Deny, fastPathPerson: Allow}
+		fastPathAgent: Deny, fastPathPerson: Allow}
 	var err error
 	if p.denyUnparseable, err = denyOrAllow(f.Unparseable, true); err != nil {
 		return nil, &Error{File: name, Key: "unparseable", Msg: err.Error()}

@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/airlockhq/airlock/internal/sqlclass"
 )
@@ -55,7 +56,8 @@ func TestBuiltinsAndSwitches(t *testing.T) {
 	if d := decide(def, "SELEC 1", person); d.Action != Deny || d.Rule != RuleUnparseable {
 		t.Errorf("default policy: unparseable got %+v", d)
 	}
-	if d := decide(def, "DROP TABLE t", agent); d.Action != Hold || d.Rule != RuleAgentHolds || d.Timeout <= 0 {
+	if d := decide(def, "DROP TABLE t", agent); d.Action != Hold || d.Rule != RuleAgentHolds || d.Timeout != 0 {
+		// No timeout of its own: approvals.timeout decides.
 		t.Errorf("default policy: agent DDL got %+v", d)
 	}
 	if d := def.DecideFastPath("", agent); d.Action != Deny || d.Rule != RuleFastPath {
@@ -180,5 +182,37 @@ func TestMemoAgreesWithPolicy(t *testing.T) {
 				t.Fatalf("decisions.txt:%d: memo %+v, policy %+v", c.line, got, want)
 			}
 		}
+	}
+}
+
+// The most specific hold timeout wins: the rule's, else the policy's
+// agent_hold_timeout; neither leaves it to approvals.timeout (zero here).
+func TestHoldTimeouts(t *testing.T) {
+	agent := Who{Class: ClassAgent}
+	cl := sqlclass.New(sqlclass.Options{})
+	decide := func(p *Policy, sql string, w Who) Decision {
+		res, err := cl.Classify(sql)
+		return p.Decide(res, err, w)
+	}
+	cases := []struct {
+		name, file, sql string
+		want            time.Duration
+	}{
+		{"nothing set", "", "DROP TABLE t", 0},
+		{"agent_hold_timeout", "agent_hold_timeout: 3m\n", "DROP TABLE t", 3 * time.Minute},
+		{"rule without timeout", "rules:\n  - name: h\n    action: hold\n    kinds: [write]\n", "DELETE FROM t WHERE a = 1", 0},
+		{"rule inherits agent_hold_timeout", "agent_hold_timeout: 3m\nrules:\n  - name: h\n    action: hold\n    kinds: [write]\n", "DELETE FROM t WHERE a = 1", 3 * time.Minute},
+		{"rule's own", "agent_hold_timeout: 3m\nrules:\n  - name: h\n    action: hold\n    timeout: 1m\n    kinds: [write]\n", "DELETE FROM t WHERE a = 1", time.Minute},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			p, err := Parse("p.yaml", []byte(tc.file))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if d := decide(p, tc.sql, agent); d.Action != Hold || d.Timeout != tc.want {
+				t.Fatalf("%+v, want a hold of %s", d, tc.want)
+			}
+		})
 	}
 }

@@ -69,6 +69,9 @@ type Approval struct {
 	Reason     string `json:"reason,omitempty"`
 	Connection string `json:"connection,omitempty"`
 	Rule       string `json:"rule,omitempty"`
+	// Holder is the daemon holding the request when it is not this one
+	// (a decision sent through the team store).
+	Holder string `json:"holder,omitempty"`
 }
 
 // End closes a session.

@@ -116,8 +116,9 @@ type Options struct {
 // Classifier classifies SQL and caches the results. It is safe for
 // concurrent use.
 type Classifier struct {
-	opts Options
-	text *lru[string, cached]
+	opts  Options
+	text  *lru[string, cached]
+	shape *lru[string, *Statement] // see shape.go
 }
 
 type cached struct {
@@ -137,8 +138,9 @@ func New(opts Options) *Classifier {
 		opts.MaxCachedSQL = 64 << 10
 	}
 	return &Classifier{
-		opts: opts,
-		text: newLRU[string, cached](opts.MaxEntries, opts.MaxBytes, hashString),
+		opts:  opts,
+		text:  newLRU[string, cached](opts.MaxEntries, opts.MaxBytes, hashString),
+		shape: newLRU[string, *Statement](opts.MaxEntries, opts.MaxBytes/4, hashString),
 	}
 }
 
@@ -154,9 +156,21 @@ func (c *Classifier) Classify(sql string) (*Result, error) {
 	if e, ok := c.text.get(sql); ok {
 		return e.res, e.err
 	}
+	if len(sql) > c.opts.MaxCachedSQL {
+		return c.classifyUncached(sql)
+	}
+	key, shaped := numberShape(sql)
+	if shaped {
+		if st, ok := c.shape.get(key); ok {
+			// Not added to the text cache: a stream of new constants
+			// would only churn it, and this path is cheap already.
+			return fromShape(st, sql), nil
+		}
+	}
 	res, err := c.classifyUncached(sql)
-	if len(sql) <= c.opts.MaxCachedSQL {
-		c.text.put(sql, cached{res, err}, 3*len(sql)+256)
+	c.text.put(sql, cached{res, err}, 3*len(sql)+256)
+	if shaped && err == nil && shareable(res, sql) {
+		c.shape.put(key, res.Statements[0], 3*len(sql)+256)
 	}
 	return res, err
 }

@@ -203,7 +203,15 @@ type Result struct {
 	SQL string
 	// Statements are the top-level statements, in order.
 	Statements []*Statement
+
+	transient bool
 }
+
+// Transient reports a Result made for one call only (served from the
+// shape cache, see shape.go): the next call with the same text returns
+// another. Caches keyed by a Result's pointer should not keep it: they
+// would only fill up.
+func (r *Result) Transient() bool { return r.transient }
 
 // Flags is the union of the flags of every statement.
 func (r *Result) Flags() Flag {
