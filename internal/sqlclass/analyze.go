@@ -198,10 +198,10 @@ func (w *walker) walk(m protoreflect.Message, depth int) {
 		w.dml(n.Relation, false, n.WithClause, m, depth)
 		return
 	case *pg_query.UpdateStmt:
-		w.dml(n.Relation, n.WhereClause == nil, n.WithClause, m, depth)
+		w.dml(n.Relation, unbounded(n.WhereClause), n.WithClause, m, depth)
 		return
 	case *pg_query.DeleteStmt:
-		w.dml(n.Relation, n.WhereClause == nil, n.WithClause, m, depth)
+		w.dml(n.Relation, unbounded(n.WhereClause), n.WithClause, m, depth)
 		return
 	case *pg_query.MergeStmt:
 		w.dml(n.Relation, false, n.WithClause, m, depth)
@@ -255,6 +255,53 @@ func (w *walker) dml(rel *pg_query.RangeVar, noWhere bool, with *pg_query.WithCl
 	k := w.pushCTEs(with)
 	w.children(m, depth)
 	w.ctes = w.ctes[:k]
+}
+
+// unbounded reports whether an UPDATE or DELETE with this WHERE clause
+// reaches every row as far as its text can tell: no WHERE, or one that
+// names no column at all (WHERE true, WHERE 1 = 1, WHERE now() IS NOT NULL;
+// a bare WHERE false reaches none),
+// the cheapest ways to reword a statement that a no-WHERE rule holds. A
+// condition on some column (even WHERE id > 0) counts as bounded: telling
+// those apart needs the data. WHERE CURRENT OF is one row.
+func unbounded(where *pg_query.Node) bool {
+	if where == nil {
+		return true
+	}
+	if where.GetCurrentOfExpr() != nil {
+		return false
+	}
+	if c := where.GetAConst(); c != nil && c.GetBoolval() != nil && !c.GetBoolval().Boolval {
+		return false // WHERE false: no row
+	}
+	return !mentionsColumn(where.ProtoReflect(), 0)
+}
+
+func mentionsColumn(m protoreflect.Message, depth int) bool {
+	if depth > 1000 {
+		return false // too deep to tell: fail towards unbounded (the hold)
+	}
+	if m.Descriptor().Name() == "ColumnRef" {
+		return true
+	}
+	found := false
+	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+		if fd.Kind() != protoreflect.MessageKind {
+			return true
+		}
+		switch {
+		case fd.IsList():
+			l := v.List()
+			for i := 0; i < l.Len() && !found; i++ {
+				found = mentionsColumn(l.Get(i).Message(), depth+1)
+			}
+		case fd.IsMap():
+		default:
+			found = mentionsColumn(v.Message(), depth+1)
+		}
+		return !found
+	})
+	return found
 }
 
 func relName(rv *pg_query.RangeVar) string {
