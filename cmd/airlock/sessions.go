@@ -309,7 +309,14 @@ result sample the client saw where one was recorded.
 				if sm := st.Sample; sm != nil {
 					fmt.Printf("    | %s\n", strings.Join(sm.Columns, " | "))
 					for _, row := range sm.Rows {
-						fmt.Printf("    | %s\n", strings.Join(row, " | "))
+						cells := make([]string, len(row))
+						for i, v := range row {
+							cells[i] = "NULL"
+							if v != nil {
+								cells[i] = *v
+							}
+						}
+						fmt.Printf("    | %s\n", strings.Join(cells, " | "))
 					}
 					if sm.Truncated {
 						fmt.Println("    | …")

@@ -120,11 +120,12 @@ type Statement struct {
 }
 
 // ResultSample is a bounded prefix of a result exactly as the client saw it
-// (after masking).
+// (after masking): column names, the first rows (null for SQL NULL), and
+// whether the caps (audit.sample_rows, audit.sample_bytes) left some out.
 type ResultSample struct {
-	Columns   []string   `json:"columns"`
-	Rows      [][]string `json:"rows"`
-	Truncated bool       `json:"truncated,omitempty"`
+	Columns   []string    `json:"columns"`
+	Rows      [][]*string `json:"rows"`
+	Truncated bool        `json:"truncated,omitempty"`
 }
 
 // Credential is the data of credential.create, .revoke and .sweep records.

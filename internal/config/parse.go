@@ -528,6 +528,12 @@ func (c *Config) validateAudit() error {
 	if a.SpoolMaxMB < 1 {
 		return c.errKey("audit.spool_max_mb", "must be at least 1")
 	}
+	if n := a.SampleRows; n != nil && (*n < 0 || *n > 1000) {
+		return c.errKey("audit.sample_rows", "must be from 0 (no result samples) to 1000")
+	}
+	if n := a.SampleBytes; n != nil && (*n < 0 || *n > 1<<20) {
+		return c.errKey("audit.sample_bytes", "must be from 0 (no result samples) to 1048576")
+	}
 	return nil
 }
 

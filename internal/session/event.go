@@ -128,11 +128,14 @@ type Statement struct {
 	Sample *Sample `json:"sample,omitempty"`
 }
 
-// Sample is a bounded prefix of a statement's result as the client saw it.
+// Sample is a bounded prefix of a statement's result as the client saw it
+// (after masking). A nil value is SQL NULL; binary-format values are
+// rendered as their text form for common types, else as \x hex. Truncated
+// says rows, or parts of values, were left out by the caps.
 type Sample struct {
-	Columns   []string   `json:"columns"`
-	Rows      [][]string `json:"rows"`
-	Truncated bool       `json:"truncated,omitempty"`
+	Columns   []string    `json:"columns"`
+	Rows      [][]*string `json:"rows"`
+	Truncated bool        `json:"truncated,omitempty"`
 }
 
 // Decision is what the SQL policy decided for a statement.
