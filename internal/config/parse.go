@@ -1,6 +1,7 @@
 package config
 
 import (
+	"github.com/airlockhq/airlock/internal/compliance"
 	"github.com/airlockhq/airlock/internal/mask"
 
 	"errors"
@@ -414,6 +415,33 @@ func (c *Config) validateMasking(connNames map[string]bool) error {
 				return c.errKey(fmt.Sprintf("masking.rules[%d].processes[%d]", i, j), fmt.Sprintf("%q is not one of agent, person", p))
 			}
 		}
+	}
+	return c.validateCompliance()
+}
+
+// validateCompliance checks masking.compliance: one public key, given
+// inline or as a root-owned file (read by the daemon at start).
+func (c *Config) validateCompliance() error {
+	cp := c.Masking.Compliance
+	if cp == nil {
+		return nil
+	}
+	switch {
+	case cp.Recipient != "" && cp.RecipientFile != "":
+		return c.errKey("masking.compliance", "give recipient or recipient_file, not both")
+	case cp.Recipient != "":
+		if _, err := compliance.ParseRecipients(cp.Recipient); err != nil {
+			return c.errKey("masking.compliance.recipient", err.Error())
+		}
+	case cp.RecipientFile != "":
+		if !filepath.IsAbs(cp.RecipientFile) {
+			return c.errKey("masking.compliance.recipient_file", "must be an absolute path")
+		}
+	default:
+		return c.errKey("masking.compliance", "needs recipient (an age public key, age1…) or recipient_file")
+	}
+	if cp.MaxBytes < 0 || cp.MaxBytes > 16<<20 {
+		return c.errKey("masking.compliance.max_bytes", "must be from 1 to 16777216 bytes (0: the default, 65536)")
 	}
 	return nil
 }

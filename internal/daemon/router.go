@@ -18,6 +18,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/airlockhq/airlock/internal/access"
+	"github.com/airlockhq/airlock/internal/compliance"
 	"github.com/airlockhq/airlock/internal/config"
 	"github.com/airlockhq/airlock/internal/frontdoor"
 	"github.com/airlockhq/airlock/internal/localtls"
@@ -43,6 +44,9 @@ type router struct {
 	// sampleRows, sampleBytes: audit.sample_rows and sample_bytes.
 	sampleRows, sampleBytes int
 	masking                 *mask.RuleSet // nil: masking off
+	// sealer encrypts the compliance copy of masked originals; nil: none.
+	sealer  *compliance.Sealer
+	sealMax int
 	// policies is the SQL policy every PostgreSQL session reads at each
 	// statement; reloads swap it without touching sessions.
 	policies *policy.Store
@@ -76,6 +80,9 @@ func newRouter(ctx context.Context, cfg *config.Config, set *targets.Set, dialer
 	}
 	var err error
 	if r.masking, err = loadMasking(cfg); err != nil {
+		return nil, err
+	}
+	if r.sealer, r.sealMax, err = loadCompliance(cfg); err != nil {
 		return nil, err
 	}
 	if r.policies, err = policy.NewStore(cfg.PolicyFile); err != nil {

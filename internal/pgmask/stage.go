@@ -118,6 +118,7 @@ type Stage struct {
 	vbuf       []byte
 	unresolved atomic.Uint64
 	binaryNull atomic.Uint64
+	orig       *Originals // the compliance copy; nil: none kept
 }
 
 type request struct {
@@ -223,6 +224,9 @@ var drop = pgwire.Verdict{Action: pgwire.Replace, Msgs: []byte{}}
 
 // Server masks what leaves and keeps the request queue in step.
 func (s *Stage) Server(m *pgwire.ServerMsg) pgwire.Verdict {
+	if s.orig != nil {
+		s.resultDone(m.Type)
+	}
 	if m.Body == nil && m.Type != 'D' && m.Type != 'd' {
 		if m.Type == 'T' {
 			// A description too large to decode: its rows cannot
@@ -519,6 +523,13 @@ func (s *Stage) row(m *pgwire.ServerMsg) pgwire.Verdict {
 		}
 		var r mask.Result
 		s.vbuf, r = s.maskValue(f, s.vbuf[:0], v)
+		if s.orig != nil && r != mask.Unchanged {
+			kept := s.vbuf
+			if r == mask.Nulled {
+				kept = nil
+			}
+			s.orig.keep(i, f, v, kept)
+		}
 		switch r {
 		case mask.Unchanged:
 			out = appendValue(out, v)
@@ -529,6 +540,9 @@ func (s *Stage) row(m *pgwire.ServerMsg) pgwire.Verdict {
 			changed = true
 			out = append(out, 0xff, 0xff, 0xff, 0xff)
 		}
+	}
+	if s.orig != nil {
+		s.orig.endRow()
 	}
 	s.buf = out
 	if !changed {

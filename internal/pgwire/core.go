@@ -839,7 +839,7 @@ func (pl *pipe) emit(p *pending, tag, code, msg string) {
 	if pl.samp != nil {
 		st.Sample = pl.samp.take()
 	}
-	pl.sess.Stats.Statements.Add(1)
+	st.Number = pl.sess.Stats.Statements.Add(1)
 	pl.sess.Stats.Rows.Add(st.Rows)
 	pl.out = append(pl.out, session.Event{Time: now, Kind: session.KindStatement, Statement: st})
 }
