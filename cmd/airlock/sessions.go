@@ -299,7 +299,11 @@ result sample the client saw where one was recorded.
 						}
 					}
 				}
-				fmt.Printf("[+%s] %s\n", starts[i].Sub(d.Start.Started).Round(time.Microsecond), st.SQL)
+				num := ""
+				if st.Number > 0 {
+					num = fmt.Sprintf("#%d ", st.Number) // what `audit reveal --statement` takes
+				}
+				fmt.Printf("[+%s] %s%s\n", starts[i].Sub(d.Start.Started).Round(time.Microsecond), num, st.SQL)
 				if len(st.Params) > 0 {
 					fmt.Printf("    params: %s\n", strings.Join(st.Params, ", "))
 				} else if st.ParamCount > 0 {
