@@ -221,6 +221,16 @@ func summarize(r audit.Record) string {
 		if json.Unmarshal(r.Data, &s) == nil {
 			return fmt.Sprintf("%s pid %d %s → %s", s.Person.Name, s.Process.PID, s.Process.Exe, s.Dest)
 		}
+	case audit.KindMaskOriginals:
+		var c audit.MaskOriginals
+		if json.Unmarshal(r.Data, &c) == nil {
+			return fmt.Sprintf("statement #%d: %d masked values, encrypted to %s", c.Statement, c.Values, strings.Join(c.Recipients, ", "))
+		}
+	case audit.KindAuditReveal:
+		var v audit.RevealData
+		if json.Unmarshal(r.Data, &v) == nil {
+			return fmt.Sprintf("%s (uid %d) fetched %d compliance copies to decrypt", v.Person, v.UID, v.Copies)
+		}
 	}
 	return oneLineMax(string(r.Data), 100)
 }
