@@ -112,7 +112,17 @@ func TestComplianceCopyReveal(t *testing.T) {
 
 	// Two reveals by root (the wrong key's fetch counts: the ciphertexts
 	// left the daemon), none for the refused caller.
-	recs := w.exportRecords(t)
+	var recs []audit.Record
+	waitFor(t, "three audit.reveal records", 15*time.Second, func() bool {
+		recs = w.exportRecords(t)
+		n := 0
+		for _, r := range recs {
+			if r.Kind == audit.KindAuditReveal {
+				n++
+			}
+		}
+		return n >= 3
+	})
 	var reveals []audit.RevealData
 	for _, r := range recs {
 		if r.Kind == audit.KindAuditReveal {

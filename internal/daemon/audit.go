@@ -160,5 +160,10 @@ func (d *Daemon) reveal(ctx context.Context, p control.Peer, all bool, q *contro
 	}
 	d.audit.Record(session.Event{Time: time.Now(), Kind: session.KindAuditReveal, Session: c.Session, Person: &who,
 		Reveal: &session.Reveal{UID: p.UID, Person: who.Name, Session: c.Session, Statements: q.Statements, Copies: len(c.Copies)}})
+	// The record is durable in the journal already; shipping it now lets
+	// the next read of the session (sessions show) see it too.
+	if err := d.audit.Flush(ctx); err != nil {
+		d.log.Warn("audit: ship the reveal record", "err", err)
+	}
 	return c, nil
 }
