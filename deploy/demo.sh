@@ -5,9 +5,12 @@
 # airlockd with deploy/examples-like settings, and shows a process named like
 # Cursor reaching the database by its usual address: the connection is
 # intercepted, attributed to the process and its person, served with a
-# just-in-time role that the client never sees, and recorded. The person is
-# proven by a real OIDC login (device flow) against a local test issuer,
-# answered by this script. Everything it creates is removed on exit.
+# just-in-time role that the client never sees, masked, and recorded. The person
+# is proven by a real OIDC login (device flow) against a local test issuer,
+# answered by this script. The same query is then masked for the agent and not
+# for bob, whose group (dba) the masking rules exempt; the compliance officer
+# reads the agent's masked originals with `airlock audit reveal` and the record
+# notes it. Everything it creates is removed on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "demo: run as root (sudo make demo)"; exit 1; }
