@@ -68,6 +68,11 @@ type sampler struct {
 	rows    [][]*string
 	used    int
 	trunc   bool
+
+	// The last simple-protocol description and what it said: a session
+	// that repeats a query gets the same RowDescription each time.
+	lastT    []byte
+	lastDesc *rowDesc
 }
 
 func newSampler(rows, bytes int) *sampler {
@@ -135,6 +140,7 @@ func (s *sampler) row(body []byte) {
 	n := int(binary.BigEndian.Uint16(body))
 	p := 2
 	row := make([]*string, 0, n)
+	vals := make([]string, n) // one allocation for the row's values, not one each
 	for i := 0; i < n; i++ {
 		if p+4 > len(body) {
 			break
@@ -161,7 +167,8 @@ func (s *sampler) row(body []byte) {
 			s.trunc = true
 		}
 		s.used += len(str)
-		row = append(row, &str)
+		vals[i] = str
+		row = append(row, &vals[i])
 	}
 	s.rows = append(s.rows, row)
 }
@@ -224,7 +231,21 @@ func (s *sampler) take() *session.Sample {
 }
 
 func (s *sampler) reset() {
-	*s = sampler{maxRows: s.maxRows, maxBytes: s.maxBytes}
+	*s = sampler{maxRows: s.maxRows, maxBytes: s.maxBytes, lastT: s.lastT, lastDesc: s.lastDesc}
+}
+
+// describe reads a simple Query's RowDescription, reusing the last one's
+// reading when the bytes repeat (descriptions are never changed once
+// read: samples share them).
+func (s *sampler) describe(body []byte) *rowDesc {
+	if s.lastDesc != nil && bytes.Equal(body, s.lastT) {
+		return s.lastDesc
+	}
+	d := parseRowDesc(body)
+	if len(body) <= 4096 {
+		s.lastT, s.lastDesc = append(s.lastT[:0], body...), d
+	}
+	return d
 }
 
 // Type OIDs the sampler renders from the binary format.
@@ -390,7 +411,7 @@ func (pl *pipe) sampleDesc(body []byte) {
 		}
 	case 'Q':
 		pl.samp.reset()
-		pl.samp.result(parseRowDesc(body), nil)
+		pl.samp.result(pl.samp.describe(body), nil)
 	}
 }
 

@@ -3,11 +3,15 @@ package pgwire
 import (
 	"bytes"
 	"encoding/binary"
+	"fmt"
+	"io"
 	"math"
+	"strconv"
 	"strings"
 	"testing"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/airlockhq/airlock/internal/pgtest"
 	"github.com/airlockhq/airlock/internal/session"
@@ -224,4 +228,43 @@ func equalRows(a, b [][]string) bool {
 		}
 	}
 	return true
+}
+
+// BenchmarkSampleCost is BenchmarkPipeRows's 1,000-row result with sampling
+// off and on (the default caps), and a one-row result (pgbench -S's shape):
+// what the sample adds per statement, and that rows past the cap cost
+// nothing more.
+func BenchmarkSampleCost(b *testing.B) {
+	result := func(rows int) []byte {
+		var stream []byte
+		stream, _ = (&pgproto3.RowDescription{Fields: []pgproto3.FieldDescription{{Name: []byte("id"), DataTypeOID: 23}, {Name: []byte("email"), DataTypeOID: 25}}}).Encode(stream)
+		for i := 0; i < rows; i++ {
+			stream, _ = (&pgproto3.DataRow{Values: [][]byte{[]byte(strconv.Itoa(i)), []byte("someone@example.com")}}).Encode(stream)
+		}
+		stream, _ = (&pgproto3.CommandComplete{CommandTag: []byte("SELECT " + strconv.Itoa(rows))}).Encode(stream)
+		stream, _ = (&pgproto3.ReadyForQuery{TxStatus: 'I'}).Encode(stream)
+		return stream
+	}
+	for _, rows := range []int{1, 1000} {
+		stream := result(rows)
+		for _, on := range []bool{false, true} {
+			b.Run(fmt.Sprintf("rows=%d/sample=%v", rows, on), func(b *testing.B) {
+				pl := newPipe(session.New(nil), Stages{}, 0)
+				if on {
+					pl.samp = newSampler(10, 4096)
+				}
+				r := bytes.NewReader(stream)
+				p := newPump(r, io.Discard, pl.fromServer, pl.serverTypes(), serverDecodeMax, 0)
+				b.SetBytes(int64(len(stream)))
+				b.ReportAllocs()
+				b.ResetTimer()
+				for i := 0; i < b.N; i++ {
+					r.Reset(stream)
+					pl.push(pending{kind: 'Q', sql: "select"})
+					_ = p.run()
+					pl.out = pl.out[:0]
+				}
+			})
+		}
+	}
 }
