@@ -63,6 +63,7 @@ type sampler struct {
 
 	started bool     // the current result's description was looked up
 	desc    *rowDesc // the current result's columns (nil: unknown)
+	cols    []string // desc's names that fit the byte cap
 	formats []int16  // the portal's result formats from its Bind (nil: desc's)
 	copyFmt int8     // 0 none, 't' text COPY, 'b' binary COPY
 	rows    [][]*string
@@ -86,10 +87,18 @@ func newSampler(rows, bytes int) *sampler {
 // portal's: formats are the portal's Bind result formats).
 func (s *sampler) result(d *rowDesc, formats []int16) {
 	s.desc, s.formats, s.started = d, formats, true
-	if d != nil {
-		for _, n := range d.names {
-			s.used += len(n)
+	if d == nil {
+		return
+	}
+	// Names count against the cap too: a result of a thousand long
+	// column names must not make a large record.
+	s.cols = d.names
+	for i, n := range d.names {
+		if s.used+len(n) > s.maxBytes {
+			s.cols, s.trunc = d.names[:i], true
+			break
 		}
+		s.used += len(n)
 	}
 }
 
@@ -170,7 +179,9 @@ func (s *sampler) row(body []byte) {
 		vals[i] = str
 		row = append(row, &vals[i])
 	}
-	s.rows = append(s.rows, row)
+	if len(row) > 0 || n == 0 {
+		s.rows = append(s.rows, row)
+	}
 }
 
 // copyStart notes a COPY TO STDOUT: its rows are CopyData lines.
@@ -220,7 +231,7 @@ func (s *sampler) take() *session.Sample {
 	case s.desc != nil || len(s.rows) > 0:
 		out = &session.Sample{Rows: s.rows, Truncated: s.trunc}
 		if s.desc != nil {
-			out.Columns = s.desc.names
+			out.Columns = s.cols
 		}
 		if out.Rows == nil {
 			out.Rows = [][]*string{}

@@ -206,6 +206,22 @@ func TestResultSamples(t *testing.T) {
 		}
 	})
 
+	t.Run("many long column names", func(t *testing.T) {
+		h := newHarness(t, pg, func(o *Options) { o.SampleRows, o.SampleBytes = 10, 1000 })
+		c := h.connect(ctx(t), t)
+		var cols []string
+		for i := 0; i < 500; i++ {
+			cols = append(cols, fmt.Sprintf("1 AS %s%03d", strings.Repeat("c", 50), i))
+		}
+		if _, err := c.Exec(ctx(t), "SELECT "+strings.Join(cols, ", ")+" /*wide*/", pgx.QueryExecModeSimpleProtocol); err != nil {
+			t.Fatal(err)
+		}
+		st := lastStatement(t, h, "/*wide*/")
+		if st.Sample == nil || !st.Sample.Truncated || len(st.Sample.Columns) == 0 || len(st.Sample.Columns) > 1000/53 {
+			t.Fatalf("wide result: %d columns kept, truncated %v: want the names within 1000 bytes", len(st.Sample.Columns), st.Sample.Truncated)
+		}
+	})
+
 	t.Run("off", func(t *testing.T) {
 		h := newHarness(t, pg, nil)
 		c := h.connect(ctx(t), t)
