@@ -24,8 +24,13 @@ import (
 // decoded. With it on, only the first rows of a result are rendered; the
 // rest are counted by the pipe as before and only set the truncated flag.
 
-// maxSampleValue bounds one value in a sample (bytes of its rendering).
-const maxSampleValue = 256
+// maxSampleValue bounds one value in a sample (bytes of its rendering);
+// with less than minSampleValue left under the byte cap, the sample ends
+// (a cut value needs room for a few bytes and its ellipsis).
+const (
+	maxSampleValue = 256
+	minSampleValue = 8
+)
 
 // rowDesc is what a RowDescription says of a result's columns.
 type rowDesc struct {
@@ -167,7 +172,7 @@ func (s *sampler) row(body []byte) {
 		v := body[p : p+l]
 		p += l
 		left := min(maxSampleValue, s.maxBytes-s.used)
-		if left <= 0 {
+		if left < minSampleValue {
 			s.trunc = true
 			break
 		}
@@ -198,11 +203,11 @@ func (s *sampler) copyRow(body []byte) {
 	if s.copyFmt == 0 {
 		return
 	}
-	if s.full() || body == nil {
+	left := min(maxSampleValue, s.maxBytes-s.used)
+	if s.full() || body == nil || left < minSampleValue {
 		s.trunc = true
 		return
 	}
-	left := min(maxSampleValue, s.maxBytes-s.used)
 	var str string
 	var cut bool
 	if s.copyFmt == 'b' {

@@ -284,3 +284,59 @@ func BenchmarkSampleCost(b *testing.B) {
 		}
 	}
 }
+
+// FuzzSampledStreams is FuzzSessionStreams with sampling on: whatever the
+// server sends, samples stay within their caps and nothing panics.
+func FuzzSampledStreams(f *testing.F) {
+	for _, c := range clientSeeds() {
+		for _, s := range serverSeeds() {
+			f.Add(c, s)
+		}
+	}
+	// An extended batch asking binary results, and its answers.
+	var c, s []byte
+	c, _ = (&pgproto3.Parse{Name: "s1", Query: "select $1::int4, 'x'::text"}).Encode(c)
+	c, _ = (&pgproto3.Describe{ObjectType: 'S', Name: "s1"}).Encode(c)
+	c, _ = (&pgproto3.Bind{PreparedStatement: "s1", ResultFormatCodes: []int16{1}}).Encode(c)
+	c, _ = (&pgproto3.Execute{}).Encode(c)
+	c, _ = (&pgproto3.Sync{}).Encode(c)
+	s, _ = (&pgproto3.ParseComplete{}).Encode(s)
+	s, _ = (&pgproto3.ParameterDescription{ParameterOIDs: []uint32{23}}).Encode(s)
+	s, _ = (&pgproto3.RowDescription{Fields: []pgproto3.FieldDescription{{Name: []byte("i"), DataTypeOID: 23}, {Name: []byte("t"), DataTypeOID: 25}}}).Encode(s)
+	s, _ = (&pgproto3.BindComplete{}).Encode(s)
+	s, _ = (&pgproto3.DataRow{Values: [][]byte{{0, 0, 0, 7}, []byte("x")}}).Encode(s)
+	s, _ = (&pgproto3.CommandComplete{CommandTag: []byte("SELECT 1")}).Encode(s)
+	s, _ = (&pgproto3.ReadyForQuery{TxStatus: 'I'}).Encode(s)
+	f.Add(c, s)
+	f.Fuzz(func(t *testing.T, client, server []byte) {
+		sink := &capSink{}
+		pl := newPipe(session.New(sink), Stages{}, 0)
+		pl.samp = newSampler(3, 256)
+		c2s := newPump(bytes.NewReader(client), io.Discard, pl.fromClient, pl.clientTypes(), 1<<16, 1<<16)
+		c2s.space = func() error { return errStopped }
+		_ = c2s.run()
+		s2c := newPump(bytes.NewReader(server), io.Discard, pl.fromServer, pl.serverTypes(), serverDecodeMax, 0)
+		_ = s2c.run()
+		pl.abandon("fuzz")
+		for _, st := range sink.statements() {
+			sm := st.Sample
+			if sm == nil {
+				continue
+			}
+			size := 0
+			for _, n := range sm.Columns {
+				size += len(n)
+			}
+			for _, r := range sm.Rows {
+				for _, v := range r {
+					if v != nil {
+						size += len(*v)
+					}
+				}
+			}
+			if len(sm.Rows) > 3 || size > 256 {
+				t.Fatalf("sample over its caps: %d rows, %d bytes", len(sm.Rows), size)
+			}
+		}
+	})
+}
