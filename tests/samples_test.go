@@ -76,13 +76,21 @@ func TestResultSamplesThroughAirlock(t *testing.T) {
 		t.Fatalf("psql got %q", got)
 	}
 	w.psql(t, w.dsn, "-c", "select c.email as e from (select * from customers) c where id = 7 /*aliased*/")
+	// The extended protocol (pgx): the masking stage's own Describe of
+	// the portal is consumed, yet the sample has the column's name.
+	cmd := w.clientIn(w.clients, 0, "AIRLOCK_E2E_HELPER=pgx", "PGX_MODE=query", "PGX_DSN="+w.dsn,
+		"PGX_SQL=SELECT email AS contact FROM customers WHERE id = $1::int /*pgx*/", "PGX_PARAM=8")
+	pgxOut, err := cmd.Output()
+	if err != nil || !strings.Contains(string(pgxOut), `"result":"[redacted]"`) {
+		t.Fatalf("pgx: %v %s", err, pgxOut)
+	}
 
 	var sts []audit.Statement
 	var recs []audit.Record
 	waitFor(t, "the statements in the audit record", 15*time.Second, func() bool {
 		recs = w.exportRecords(t)
 		sts = statementRecords(t, recs, "/*sampled*/")
-		return len(sts) == 1 && len(statementRecords(t, recs, "/*aliased*/")) == 1
+		return len(sts) == 1 && len(statementRecords(t, recs, "/*aliased*/")) == 1 && len(statementRecords(t, recs, "/*pgx*/")) == 1
 	})
 	sm := sts[0].Sample
 	if sm == nil {
@@ -105,6 +113,11 @@ func TestResultSamplesThroughAirlock(t *testing.T) {
 	al := statementRecords(t, recs, "/*aliased*/")[0].Sample
 	if al == nil || len(al.Rows) != 1 || al.Rows[0][0] == nil || *al.Rows[0][0] != "[redacted]" || al.Truncated {
 		t.Fatalf("aliased sample %+v", al)
+	}
+	px := statementRecords(t, recs, "/*pgx*/")[0]
+	if px.Protocol != "extended" || px.Sample == nil || len(px.Sample.Columns) != 1 || px.Sample.Columns[0] != "contact" ||
+		len(px.Sample.Rows) != 1 || px.Sample.Rows[0][0] == nil || *px.Sample.Rows[0][0] != "[redacted]" {
+		t.Fatalf("pgx statement %+v, sample %+v", px, px.Sample)
 	}
 	raw, _ := json.Marshal(recs)
 	if strings.Contains(string(raw), "@example.com") || strings.Contains(string(raw), "4111 1111 1111") {
