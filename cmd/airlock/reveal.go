@@ -80,7 +80,7 @@ audit.auditor_group only.`,
 				r.Truncated = r.Truncated || plain.Truncated
 				for _, e := range plain.Entries {
 					v := revealedValue{Entry: e}
-					if sm := st.Sample; sm != nil && e.Column < len(sm.Columns) {
+					if sm := st.Sample; sm != nil && e.Column >= 0 && e.Column < len(sm.Columns) {
 						v.Name = sm.Columns[e.Column]
 					}
 					r.Entries = append(r.Entries, v)
@@ -102,7 +102,10 @@ audit.auditor_group only.`,
 				fmt.Fprintln(tw, "  ROW\tCOLUMN\tRULE\tCLIENT SAW\tORIGINAL")
 				for _, v := range r.Entries {
 					name := v.Name
-					if name == "" {
+					switch {
+					case v.Column < 0:
+						name = "(COPY line)"
+					case name == "":
 						name = "#" + strconv.Itoa(v.Column+1)
 					}
 					saw := "NULL"

@@ -48,16 +48,34 @@ func (o *Originals) keep(col int, f *field, v, masked []byte) {
 	if f.format == 1 && !textual(f.oid) {
 		orig = `\x` + hex.EncodeToString(v)
 	}
-	e := compliance.Entry{Row: o.row, Column: col, Rule: f.col.RuleName(), Original: orig}
+	rule := f.col.RuleName()
 	if f.null {
-		e.Rule = "airlock: source unknown"
+		rule = "airlock: source unknown"
 	}
+	o.add(col, rule, orig, masked)
+}
+
+func (o *Originals) add(col int, rule, orig string, masked []byte) {
+	if o.used >= o.max {
+		o.cp.Truncated = true
+		return
+	}
+	e := compliance.Entry{Row: o.row, Column: col, Rule: rule, Original: orig}
 	if masked != nil {
 		m := string(masked)
 		e.Masked = &m
 	}
 	o.used += len(orig) + len(masked) + len(e.Rule) + 16
 	o.cp.Entries = append(o.cp.Entries, e)
+}
+
+// line notes a COPY TO STDOUT line the detectors read: kept whole (column
+// -1) when they masked something in it.
+func (o *Originals) line(v, masked []byte, changed bool) {
+	if changed {
+		o.add(-1, "detectors", string(v), masked)
+	}
+	o.endRow()
 }
 
 // endRow moves on to the next row of the result.

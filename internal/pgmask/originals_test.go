@@ -78,3 +78,30 @@ func TestOriginalsSealedPerStatement(t *testing.T) {
 		})
 	}
 }
+
+func TestOriginalsCopyLines(t *testing.T) {
+	file, pub, err := compliance.NewIdentity()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids, _ := age.ParseIdentities(strings.NewReader(file))
+	sealer, _ := compliance.ParseRecipients(pub)
+	snk := &sink{}
+	sess := session.New(snk)
+	sess.Stats.Statements.Store(1)
+	o := NewOriginals(sealer, sess, 1<<10, nil)
+	o.line([]byte("1\tplain"), nil, false)
+	o.line([]byte("2\tann@example.com"), []byte("2\t[redacted]"), true)
+	o.end()
+	if len(snk.evs) != 1 || snk.evs[0].Originals == nil {
+		t.Fatalf("events %+v", snk.evs)
+	}
+	plain, err := compliance.Open(snk.evs[0].Originals.Sealed, ids)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := plain.Entries
+	if len(e) != 1 || e[0].Row != 1 || e[0].Column != -1 || e[0].Rule != "detectors" || e[0].Original != "2\tann@example.com" || *e[0].Masked != "2\t[redacted]" {
+		t.Fatalf("entries %+v", e)
+	}
+}

@@ -723,6 +723,9 @@ func (s *Stage) copyOut(m *pgwire.ServerMsg) pgwire.Verdict {
 // text masks a message that is all free text after prefix (a CopyData).
 func (s *Stage) text(typ byte, prefix, v []byte) pgwire.Verdict {
 	out, r := s.m.Text(append(append(s.buf[:0], typ, 0, 0, 0, 0), prefix...), v)
+	if s.orig != nil && typ == 'd' {
+		s.orig.line(v, out[5+len(prefix):], r == mask.Masked)
+	}
 	if r != mask.Masked {
 		return pgwire.Verdict{}
 	}
