@@ -5,9 +5,12 @@
 # airlockd with deploy/examples-like settings, and shows a process named like
 # Cursor reaching the database by its usual address: the connection is
 # intercepted, attributed to the process and its person, served with a
-# just-in-time role that the client never sees, and recorded. The person is
-# proven by a real OIDC login (device flow) against a local test issuer,
-# answered by this script. Everything it creates is removed on exit.
+# just-in-time role that the client never sees, masked, and recorded. The person
+# is proven by a real OIDC login (device flow) against a local test issuer,
+# answered by this script. The same query is then masked for the agent and not
+# for bob, whose group (dba) the masking rules exempt; the compliance officer
+# reads the agent's masked originals with `airlock audit reveal` and the record
+# notes it. Everything it creates is removed on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "demo: run as root (sudo make demo)"; exit 1; }
@@ -74,12 +77,17 @@ GRANT SELECT ON customers TO app_readonly;
 SQL
 echo "PostgreSQL is up at $REMOTE:5432 (database app, group role app_readonly)"
 
-say "A local OIDC issuer (test only): it logs in alice@example.com, group analysts"
-"$BIN/airlock-testidp" serve --url-file "$DIR/idp.url" --user alice --email alice@example.com --groups analysts >/dev/null 2>"$DIR/idp.log" &
+say "A local OIDC issuer (test only): alice@example.com (group analysts) and bob@example.com (group dba)"
+"$BIN/airlock-testidp" serve --url-file "$DIR/idp.url" --user alice --email alice@example.com --groups analysts \
+  --also "bob:bob@example.com:dba" >/dev/null 2>"$DIR/idp.log" &
 IDP_PID=$!
 for _ in $(seq 100); do [ -s "$DIR/idp.url" ] && break; sleep 0.1; done
 IDP_URL=$(cat "$DIR/idp.url")
 echo "issuer at $IDP_URL"
+
+say "A compliance key pair: the private key stays with the compliance officer, airlockd gets the public key"
+COMPLIANCE_PUB=$("$BIN/airlock" audit compliance-key -o "$DIR/officer.key")
+echo "  public key $COMPLIANCE_PUB (private key in $DIR/officer.key)"
 
 say "airlockd configuration: tree mode for Cursor, identity from the issuer, db.internal:5432 with just-in-time roles for analysts"
 install -d -m 700 "$DIR/secrets"
@@ -116,6 +124,8 @@ connections:
     access:
       - group: analysts
         roles: [app_readonly]
+      - group: dba
+        roles: [app_readonly]
     postgres:
       databases: [app]
       upstream:
@@ -127,21 +137,22 @@ connections:
         ttl: 15m
 masking:
   rules:
-    # Agents see no emails or card numbers, whatever the query looks like;
-    # a person in the dba group would.
+    # Nobody sees emails or card numbers, whatever the query looks like,
+    # except people in the dba group.
     - name: pii
       columns: [public.customers.email]
       detectors: [email]
       strategy: redact
-      processes: [agent]
       except_groups: [dba]
     - name: cards
       columns: [public.customers.card]
       detectors: [card]
       strategy: partial
       keep: 4
-      processes: [agent]
       except_groups: [dba]
+  # The originals of masked values, encrypted to the compliance officer's key.
+  compliance:
+    recipient: $COMPLIANCE_PUB
 YAML
 sed 's/^/    /' "$DIR/airlock.yaml"
 
@@ -201,8 +212,26 @@ SID=$("$BIN/airlock" sessions --json | sed -n 's/^    "id": "\([a-z0-9]*\)",$/\1
 say "airlock sessions show $SID: who, from which process, and the timeline"
 "$BIN/airlock" sessions show "$SID"
 
-say "airlock replay $SID: the statements in order, with timing and outcome"
+say "airlock replay $SID: the statements in order, with timing, outcome and what the agent saw (masked)"
 "$BIN/airlock" replay "$SID"
+
+say "airlock audit reveal $SID --identity officer.key: the compliance officer reads the originals (and the record notes it)"
+"$BIN/airlock" audit reveal "$SID" --identity "$DIR/officer.key"
+"$BIN/airlock" sessions show "$SID" | grep -E 'mask\.originals|audit\.reveal' | sed 's/^/  /'
+
+say "bob (group dba, exempt from the masking rules) logs in, and runs the same query through airlock run"
+# bob's account: uid 65534 stands in for it. root logs him in (recorded as by=0).
+"$BIN/airlock" login --device --for-uid 65534 >"$DIR/login-bob.out" 2>"$DIR/login-bob.err" &
+LOGIN_PID=$!
+for _ in $(seq 100); do grep -q 'enter the code' "$DIR/login-bob.err" 2>/dev/null && break; sleep 0.1; done
+VERIFY_URL=$(grep -o 'open [^ ]* and enter' "$DIR/login-bob.err" | head -1 | cut -d' ' -f2)
+USER_CODE=$(grep -o 'enter the code [A-Za-z0-9_-]*' "$DIR/login-bob.err" | head -1 | awk '{print $4}')
+"$BIN/airlock-testidp" approve --url "$VERIFY_URL" --code "$USER_CODE" --as bob
+wait "$LOGIN_PID"; LOGIN_PID=""
+sed 's/^/  /' "$DIR/login-bob.out"
+install -m 755 "$BIN/airlock" "$DIR/airlock-cli"   # where uid 65534 can run it
+setpriv --reuid=65534 --regid=65534 --clear-groups env HOME=/tmp "$DIR/airlock-cli" run -- \
+  psql -X "host=$REMOTE port=5432 dbname=app user=bob sslmode=prefer" -c "SELECT id, name, email, card FROM customers ORDER BY id" 2>&1 | sed 's/^/  /'
 
 say "airlock audit verify: the hash chain and signed checkpoints are intact"
 "$BIN/airlock" audit verify

@@ -3,7 +3,7 @@
 // production: it logs in whoever asks as the configured user.
 //
 //	airlock-testidp serve --url-file F [--client-id airlock] [--user alice --email a@x --groups analysts]
-//	airlock-testidp approve --url VERIFICATION_URL --code USER_CODE
+//	airlock-testidp approve --url VERIFICATION_URL --code USER_CODE [--as NAME]
 package main
 
 import (
@@ -35,6 +35,7 @@ func main() {
 
 func serveCmd() *cobra.Command {
 	var urlFile, clientID, name, email, groups string
+	var also []string
 	cmd := &cobra.Command{
 		Use:   "serve",
 		Short: "Serve an issuer on 127.0.0.1 (random port) until interrupted",
@@ -54,6 +55,13 @@ SIGINT or SIGTERM. Every login is the user given by --user, --email, --groups.`,
 				}
 			}
 			p.SetUser(oidctest.User{Subject: "sub-" + name, Name: name, Email: email, Groups: gs})
+			for _, a := range also {
+				f := strings.SplitN(a, ":", 3)
+				if len(f) != 3 || f[0] == "" {
+					return fmt.Errorf("--also %q: want NAME:EMAIL:GROUP[,GROUP...]", a)
+				}
+				p.AddUser(oidctest.User{Subject: "sub-" + f[0], Name: f[0], Email: f[1], Groups: strings.Split(f[2], ",")})
+			}
 			if urlFile != "" {
 				if err := os.WriteFile(urlFile, []byte(p.URL+"\n"), 0o644); err != nil {
 					return err
@@ -71,11 +79,12 @@ SIGINT or SIGTERM. Every login is the user given by --user, --email, --groups.`,
 	cmd.Flags().StringVar(&name, "user", "alice", "preferred_username of the logged-in user")
 	cmd.Flags().StringVar(&email, "email", "alice@example.com", "email of the logged-in user")
 	cmd.Flags().StringVar(&groups, "groups", "analysts", "comma-separated groups of the logged-in user")
+	cmd.Flags().StringArrayVar(&also, "also", nil, "another person approve --as can sign in as: NAME:EMAIL:GROUP[,GROUP...] (repeatable)")
 	return cmd
 }
 
 func approveCmd() *cobra.Command {
-	var u, code string
+	var u, code, as string
 	cmd := &cobra.Command{
 		Use:   "approve",
 		Short: "Approve a device login (what the person does on their phone)",
@@ -84,7 +93,11 @@ func approveCmd() *cobra.Command {
 				return errors.New("--url and --code are required")
 			}
 			c := &http.Client{Timeout: 10 * time.Second}
-			resp, err := c.PostForm(u, url.Values{"user_code": {code}})
+			form := url.Values{"user_code": {code}}
+			if as != "" {
+				form.Set("login", as)
+			}
+			resp, err := c.PostForm(u, form)
 			if err != nil {
 				return err
 			}
@@ -98,5 +111,6 @@ func approveCmd() *cobra.Command {
 	}
 	cmd.Flags().StringVar(&u, "url", "", "verification URL shown by `airlock login --device`")
 	cmd.Flags().StringVar(&code, "code", "", "user code shown by `airlock login --device`")
+	cmd.Flags().StringVar(&as, "as", "", "sign in as this --also person instead of the --user one")
 	return cmd
 }

@@ -21,7 +21,8 @@ func newAuditCmd() *cobra.Command {
 		Use:   "audit",
 		Short: "Export and verify the audit record (root and auditors)",
 	}
-	cmd.AddCommand(newAuditExportCmd(), newAuditVerifyCmd(), newAuditKeysCmd(), newAuditRotateKeyCmd())
+	cmd.AddCommand(newAuditExportCmd(), newAuditVerifyCmd(), newAuditKeysCmd(), newAuditRotateKeyCmd(),
+		newAuditRevealCmd(), newAuditComplianceKeyCmd())
 	return cmd
 }
 

@@ -221,6 +221,16 @@ func summarize(r audit.Record) string {
 		if json.Unmarshal(r.Data, &s) == nil {
 			return fmt.Sprintf("%s pid %d %s → %s", s.Person.Name, s.Process.PID, s.Process.Exe, s.Dest)
 		}
+	case audit.KindMaskOriginals:
+		var c audit.MaskOriginals
+		if json.Unmarshal(r.Data, &c) == nil {
+			return fmt.Sprintf("statement #%d: %d masked values, encrypted to %s", c.Statement, c.Values, strings.Join(c.Recipients, ", "))
+		}
+	case audit.KindAuditReveal:
+		var v audit.RevealData
+		if json.Unmarshal(r.Data, &v) == nil {
+			return fmt.Sprintf("%s (uid %d) fetched %d compliance copies to decrypt", v.Person, v.UID, v.Copies)
+		}
 	}
 	return oneLineMax(string(r.Data), 100)
 }
@@ -299,7 +309,11 @@ result sample the client saw where one was recorded.
 						}
 					}
 				}
-				fmt.Printf("[+%s] %s\n", starts[i].Sub(d.Start.Started).Round(time.Microsecond), st.SQL)
+				num := ""
+				if st.Number > 0 {
+					num = fmt.Sprintf("#%d ", st.Number) // what `audit reveal --statement` takes
+				}
+				fmt.Printf("[+%s] %s%s\n", starts[i].Sub(d.Start.Started).Round(time.Microsecond), num, st.SQL)
 				if len(st.Params) > 0 {
 					fmt.Printf("    params: %s\n", strings.Join(st.Params, ", "))
 				} else if st.ParamCount > 0 {
@@ -309,7 +323,14 @@ result sample the client saw where one was recorded.
 				if sm := st.Sample; sm != nil {
 					fmt.Printf("    | %s\n", strings.Join(sm.Columns, " | "))
 					for _, row := range sm.Rows {
-						fmt.Printf("    | %s\n", strings.Join(row, " | "))
+						cells := make([]string, len(row))
+						for i, v := range row {
+							cells[i] = "NULL"
+							if v != nil {
+								cells[i] = *v
+							}
+						}
+						fmt.Printf("    | %s\n", strings.Join(cells, " | "))
 					}
 					if sm.Truncated {
 						fmt.Println("    | …")

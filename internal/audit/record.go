@@ -117,14 +117,31 @@ type Statement struct {
 	Decision string        `json:"decision,omitempty"` // allowed, blocked, held, approved, denied
 	Rule     string        `json:"rule,omitempty"`
 	Sample   *ResultSample `json:"sample,omitempty"`
+	// Number is the statement's place in its session, from 1.
+	Number int64 `json:"number,omitempty"`
 }
 
+// MaskOriginals is the data of a mask.originals record: one statement's
+// compliance copy, age-encrypted to Recipients (package compliance).
+type MaskOriginals struct {
+	Statement  int64    `json:"statement"` // the statement's number in the session
+	Recipients []string `json:"recipients"`
+	Values     int      `json:"values"`
+	Truncated  bool     `json:"truncated,omitempty"`
+	Ciphertext []byte   `json:"ciphertext"` // base64 in JSON
+}
+
+// RevealData is the data of an audit.reveal record: who fetched which
+// compliance copies, before they got them.
+type RevealData = session.Reveal
+
 // ResultSample is a bounded prefix of a result exactly as the client saw it
-// (after masking).
+// (after masking): column names, the first rows (null for SQL NULL), and
+// whether the caps (audit.sample_rows, audit.sample_bytes) left some out.
 type ResultSample struct {
-	Columns   []string   `json:"columns"`
-	Rows      [][]string `json:"rows"`
-	Truncated bool       `json:"truncated,omitempty"`
+	Columns   []string    `json:"columns"`
+	Rows      [][]*string `json:"rows"`
+	Truncated bool        `json:"truncated,omitempty"`
 }
 
 // Credential is the data of credential.create, .revoke and .sweep records.
@@ -217,7 +234,7 @@ func fromEvent(ev session.Event, pol Policy) (kind string, data any, err error) 
 		s := ev.Statement
 		st := Statement{Protocol: s.Protocol, SQL: redactSQL(s.SQL), Name: s.Name, ParamCount: len(s.Params),
 			Tag: s.Tag, SQLState: s.SQLState, Error: redactSQL(s.Error), Rows: s.Rows, Bytes: s.Bytes,
-			DurationUS: s.Duration.Microseconds(), Class: s.Class, Decision: s.Decision, Rule: s.Rule}
+			DurationUS: s.Duration.Microseconds(), Class: s.Class, Decision: s.Decision, Rule: s.Rule, Number: s.Number}
 		if pol.RecordParams {
 			st.Params = redactParams(s.SQL, s.Params)
 		}
@@ -225,6 +242,12 @@ func fromEvent(ev session.Event, pol Policy) (kind string, data any, err error) 
 			st.Sample = &ResultSample{Columns: s.Sample.Columns, Rows: s.Sample.Rows, Truncated: s.Sample.Truncated}
 		}
 		return kind, st, nil
+	case ev.Originals != nil:
+		o := ev.Originals
+		return kind, MaskOriginals{Statement: o.Statement, Recipients: o.Recipients, Values: o.Values,
+			Truncated: o.Truncated, Ciphertext: o.Sealed}, nil
+	case ev.Reveal != nil:
+		return kind, *ev.Reveal, nil
 	case ev.Credential != nil:
 		c := ev.Credential
 		return kind, Credential{Mode: c.Mode, Role: c.Role, Groups: c.Groups, Expires: c.Expires,

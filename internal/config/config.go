@@ -244,6 +244,32 @@ type Audit struct {
 	CommitInterval     Duration `yaml:"commit_interval"`     // fsync and commit window; default 50ms
 	CheckpointInterval Duration `yaml:"checkpoint_interval"` // how often the chain head is signed; default 1m
 	SpoolMaxMB         int      `yaml:"spool_max_mb"`        // journal bound while the store is down; default 1024
+	// SampleRows and SampleBytes bound the result sample each statement
+	// record keeps: the first rows as the client got them (after
+	// masking). Default 10 rows and 4096 bytes; 0 in either keeps none.
+	SampleRows  *int `yaml:"sample_rows"`
+	SampleBytes *int `yaml:"sample_bytes"`
+}
+
+// Default result-sample caps (audit.sample_rows, audit.sample_bytes).
+const (
+	DefaultSampleRows  = 10
+	DefaultSampleBytes = 4096
+)
+
+// Samples returns the result-sample caps; (0, 0) when sampling is off.
+func (a Audit) Samples() (rows, bytes int) {
+	rows, bytes = DefaultSampleRows, DefaultSampleBytes
+	if a.SampleRows != nil {
+		rows = *a.SampleRows
+	}
+	if a.SampleBytes != nil {
+		bytes = *a.SampleBytes
+	}
+	if rows == 0 || bytes == 0 {
+		return 0, 0
+	}
+	return rows, bytes
 }
 
 // Duration is a time.Duration written as "90s", "5m", "1h".

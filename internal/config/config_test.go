@@ -74,6 +74,9 @@ func TestParseValid(t *testing.T) {
 	if a := c.Audit; a.Store != "" || a.RecordParams || a.CommitInterval.D() != 50*time.Millisecond || a.SpoolMaxMB != 1024 {
 		t.Errorf("audit defaults: %+v", a)
 	}
+	if rows, bytes := c.Audit.Samples(); rows != 10 || bytes != 4096 {
+		t.Errorf("sample defaults: %d rows, %d bytes", rows, bytes)
+	}
 	if conn, ok := c.ConnectionFor("subnet"); !ok || conn.Name != "appdb" {
 		t.Errorf("ConnectionFor(subnet) = %v, %v", conn.Name, ok)
 	}
@@ -134,6 +137,13 @@ func TestParseErrors(t *testing.T) {
 		{"audit password file without postgres", "intercept: {mode: all}\naudit:\n  password_file: /etc/x\n", `audit.password_file: only a postgres`},
 		{"audit retention negative", "intercept: {mode: all}\naudit:\n  retention_days: -1\n", `airlock.yaml:3: audit.retention_days`},
 		{"audit commit window", "intercept: {mode: all}\naudit:\n  commit_interval: 1m\n", `audit.commit_interval: must be between`},
+		{"audit sample rows negative", "intercept: {mode: all}\naudit:\n  sample_rows: -1\n", `airlock.yaml:3: audit.sample_rows: must be from 0`},
+		{"audit sample bytes huge", "intercept: {mode: all}\naudit:\n  sample_bytes: 9999999\n", `airlock.yaml:3: audit.sample_bytes: must be from 0`},
+		{"compliance without key", "intercept: {mode: all}\nmasking:\n  compliance:\n    max_bytes: 10\n", `masking.compliance: needs recipient`},
+		{"compliance private key", "intercept: {mode: all}\nmasking:\n  compliance:\n    recipient: AGE-SECRET-KEY-1QQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQ\n", `airlock.yaml:4: masking.compliance.recipient: this is an age private key`},
+		{"compliance bad key", "intercept: {mode: all}\nmasking:\n  compliance:\n    recipient: age1nope\n", `airlock.yaml:4: masking.compliance.recipient: not an age public key`},
+		{"compliance relative file", "intercept: {mode: all}\nmasking:\n  compliance:\n    recipient_file: key.pub\n", `airlock.yaml:4: masking.compliance.recipient_file: must be an absolute path`},
+		{"compliance both", "intercept: {mode: all}\nmasking:\n  compliance:\n    recipient: age1x\n    recipient_file: /k\n", `masking.compliance: give recipient or recipient_file, not both`},
 		{"audit unknown key", "intercept: {mode: all}\naudit:\n  params: true\n", `airlock.yaml:3: audit.params: unknown key`},
 	}
 	for _, tt := range tests {
@@ -209,5 +219,19 @@ func TestInterceptSelection(t *testing.T) {
 	// A target near loopback but not on it stays valid.
 	if _, err := Parse("airlock.yaml", []byte("intercept: {mode: all}\ntargets:\n  - {name: a, address: '128.0.0.1:5432'}\n  - {name: b, address: 'localhostdb:5432'}\n")); err != nil {
 		t.Errorf("non-loopback targets refused: %v", err)
+	}
+}
+
+func TestSamplesOffAndCompliance(t *testing.T) {
+	c, err := Parse("airlock.yaml", []byte("intercept: {mode: all}\naudit:\n  sample_rows: 0\n"+
+		"masking:\n  compliance:\n    recipient: age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rows, bytes := c.Audit.Samples(); rows != 0 || bytes != 0 {
+		t.Errorf("sample_rows 0: %d rows, %d bytes; want off", rows, bytes)
+	}
+	if cp := c.Masking.Compliance; cp == nil || cp.Limit() != 64<<10 {
+		t.Errorf("compliance: %+v", cp)
 	}
 }

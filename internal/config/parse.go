@@ -1,6 +1,7 @@
 package config
 
 import (
+	"github.com/airlockhq/airlock/internal/compliance"
 	"github.com/airlockhq/airlock/internal/mask"
 
 	"errors"
@@ -418,6 +419,33 @@ func (c *Config) validateMasking(connNames map[string]bool) error {
 			}
 		}
 	}
+	return c.validateCompliance()
+}
+
+// validateCompliance checks masking.compliance: one public key, given
+// inline or as a root-owned file (read by the daemon at start).
+func (c *Config) validateCompliance() error {
+	cp := c.Masking.Compliance
+	if cp == nil {
+		return nil
+	}
+	switch {
+	case cp.Recipient != "" && cp.RecipientFile != "":
+		return c.errKey("masking.compliance", "give recipient or recipient_file, not both")
+	case cp.Recipient != "":
+		if _, err := compliance.ParseRecipients(cp.Recipient); err != nil {
+			return c.errKey("masking.compliance.recipient", err.Error())
+		}
+	case cp.RecipientFile != "":
+		if !filepath.IsAbs(cp.RecipientFile) {
+			return c.errKey("masking.compliance.recipient_file", "must be an absolute path")
+		}
+	default:
+		return c.errKey("masking.compliance", "needs recipient (an age public key, age1…) or recipient_file")
+	}
+	if cp.MaxBytes < 0 || cp.MaxBytes > 16<<20 {
+		return c.errKey("masking.compliance.max_bytes", "must be from 1 to 16777216 bytes (0: the default, 65536)")
+	}
 	return nil
 }
 
@@ -530,6 +558,12 @@ func (c *Config) validateAudit() error {
 	}
 	if a.SpoolMaxMB < 1 {
 		return c.errKey("audit.spool_max_mb", "must be at least 1")
+	}
+	if n := a.SampleRows; n != nil && (*n < 0 || *n > 1000) {
+		return c.errKey("audit.sample_rows", "must be from 0 (no result samples) to 1000")
+	}
+	if n := a.SampleBytes; n != nil && (*n < 0 || *n > 1<<20) {
+		return c.errKey("audit.sample_bytes", "must be from 0 (no result samples) to 1048576")
 	}
 	return nil
 }

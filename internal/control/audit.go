@@ -8,7 +8,7 @@ import (
 )
 
 // AuditOps are the calls that read (or sign) the audit record.
-var AuditOps = []string{"sessions", "session", "audit.export", "audit.verify", "audit.keys", "audit.rotate-key"}
+var AuditOps = []string{"sessions", "session", "audit.export", "audit.verify", "audit.keys", "audit.rotate-key", "audit.reveal"}
 
 func isAuditOp(op string) bool { return slices.Contains(AuditOps, op) }
 
@@ -20,6 +20,9 @@ type AuditQuery struct {
 	AfterDaemon string `json:"after_daemon,omitempty"`
 	AfterSeq    int64  `json:"after_seq,omitempty"`
 	Limit       int    `json:"limit,omitempty"`
+	// audit.reveal: the statements (by number) whose compliance copies
+	// to fetch; empty: all of the session's (ID).
+	Statements []int64 `json:"statements,omitempty"`
 }
 
 // AuditReply answers an audit op.
@@ -30,6 +33,7 @@ type AuditReply struct {
 	Verify   *audit.Report          `json:"verify,omitempty"`
 	Keys     []audit.Key            `json:"keys,omitempty"`
 	KeyID    string                 `json:"key_id,omitempty"`
+	Copies   *audit.Copies          `json:"copies,omitempty"`
 }
 
 // AuditHandler answers audit ops; the daemon implements it. Who may see

@@ -12,6 +12,7 @@ import (
 	"github.com/airlockhq/airlock/internal/audit"
 	"github.com/airlockhq/airlock/internal/control"
 	"github.com/airlockhq/airlock/internal/pgcred"
+	"github.com/airlockhq/airlock/internal/session"
 )
 
 // openAudit opens the session record. A team store that is down is not an
@@ -114,6 +115,8 @@ func (d *Daemon) Audit(ctx context.Context, p control.Peer, op string, q *contro
 			d.log.Warn("audit: ship before verify", "err", ferr)
 		}
 		rep.Verify, err = audit.Verify(ctx, st, "", d.audit.Expect())
+	case "audit.reveal":
+		rep.Copies, err = d.reveal(ctx, p, all, q)
 	case "audit.keys":
 		rep.Keys, err = st.Keys(ctx, "")
 	case "audit.rotate-key":
@@ -131,4 +134,36 @@ func (d *Daemon) Audit(ctx context.Context, p control.Peer, op string, q *contro
 		return nil, err
 	}
 	return rep, nil
+}
+
+// reveal hands an auditor a session's compliance copies, still encrypted,
+// once the audit record says who fetched which: decrypting them needs the
+// private key, which only the caller has.
+func (d *Daemon) reveal(ctx context.Context, p control.Peer, all bool, q *control.AuditQuery) (*audit.Copies, error) {
+	if !all {
+		return nil, errNotAuditor
+	}
+	// What the daemon wrote so far is in the store before it is read.
+	if err := d.audit.Flush(ctx); err != nil {
+		return nil, fmt.Errorf("audit store: %w", err)
+	}
+	c, err := d.audit.Store().Copies(ctx, q.ID, q.Statements)
+	if err != nil {
+		return nil, err
+	}
+	if c == nil {
+		return nil, fmt.Errorf("no session %q in the audit record (`airlock sessions` lists them)", q.ID)
+	}
+	who := d.caller(ctx, p).Person
+	if who.Name == "" {
+		who.Name = "uid " + strconv.FormatUint(uint64(p.UID), 10)
+	}
+	d.audit.Record(session.Event{Time: time.Now(), Kind: session.KindAuditReveal, Session: c.Session, Person: &who,
+		Reveal: &session.Reveal{UID: p.UID, Person: who.Name, Session: c.Session, Statements: q.Statements, Copies: len(c.Copies)}})
+	// The record is durable in the journal already; shipping it now lets
+	// the next read of the session (sessions show) see it too.
+	if err := d.audit.Flush(ctx); err != nil {
+		d.log.Warn("audit: ship the reveal record", "err", err)
+	}
+	return c, nil
 }

@@ -6,6 +6,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/airlockhq/airlock/internal/compliance"
 	"github.com/airlockhq/airlock/internal/config"
 	"github.com/airlockhq/airlock/internal/mask"
 	"github.com/airlockhq/airlock/internal/pgcred"
@@ -36,6 +37,26 @@ func loadMasking(cfg *config.Config) (*mask.RuleSet, error) {
 	return rs, nil
 }
 
+// loadCompliance reads the compliance recipients (public keys only): nil
+// when no copy is kept.
+func loadCompliance(cfg *config.Config) (*compliance.Sealer, int, error) {
+	if cfg.Masking == nil || cfg.Masking.Compliance == nil {
+		return nil, 0, nil
+	}
+	c := cfg.Masking.Compliance
+	var s *compliance.Sealer
+	var err error
+	if c.RecipientFile != "" {
+		s, err = compliance.LoadRecipients(c.RecipientFile)
+	} else {
+		s, err = compliance.ParseRecipients(c.Recipient)
+	}
+	if err != nil {
+		return nil, 0, fmt.Errorf("masking.compliance: %w", err)
+	}
+	return s, c.Limit(), nil
+}
+
 // catalogConfig is how a connection's masking stage reads the catalog: with
 // the connection's own configured credential (the admin's for ephemeral
 // roles, the static user's otherwise), never a session's.
@@ -61,6 +82,9 @@ func (r *router) maskingStages(cc *pgx.ConnConfig, log *slog.Logger) func(*sessi
 		st := pgmask.New(rs.ForSubject(pgmask.Subject(sess)), cat, sess, log)
 		if st == nil {
 			return pgwire.Stages{}
+		}
+		if r.sealer != nil {
+			st.KeepOriginals(pgmask.NewOriginals(r.sealer, sess, r.sealMax, log))
 		}
 		return pgwire.Stages{Client: []pgwire.ClientStage{st}, Server: []pgwire.ServerStage{st}}
 	}

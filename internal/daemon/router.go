@@ -18,6 +18,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/airlockhq/airlock/internal/access"
+	"github.com/airlockhq/airlock/internal/compliance"
 	"github.com/airlockhq/airlock/internal/config"
 	"github.com/airlockhq/airlock/internal/frontdoor"
 	"github.com/airlockhq/airlock/internal/localtls"
@@ -40,7 +41,12 @@ type router struct {
 	fallback frontdoor.Handler
 	closers  []func()
 	stateDir string
-	masking  *mask.RuleSet // nil: masking off
+	// sampleRows, sampleBytes: audit.sample_rows and sample_bytes.
+	sampleRows, sampleBytes int
+	masking                 *mask.RuleSet // nil: masking off
+	// sealer encrypts the compliance copy of masked originals; nil: none.
+	sealer  *compliance.Sealer
+	sealMax int
 	// policies is the SQL policy every PostgreSQL session reads at each
 	// statement; reloads swap it without touching sessions.
 	policies *policy.Store
@@ -62,6 +68,7 @@ type lookupFunc func(ctx context.Context, host string) ([]string, error)
 
 func newRouter(ctx context.Context, cfg *config.Config, set *targets.Set, dialer upstream.Dialer, lookup lookupFunc, log *slog.Logger, d *Daemon) (*router, error) {
 	r := &router{set: set, hosts: map[string]string{}, byTarget: map[string]frontdoor.Route{}, fallback: relay.TCP{Dialer: dialer}, stateDir: cfg.StateDir}
+	r.sampleRows, r.sampleBytes = cfg.Audit.Samples()
 	for _, t := range cfg.Targets {
 		if t.Host != "" {
 			r.hosts[t.Name] = t.Host
@@ -73,6 +80,9 @@ func newRouter(ctx context.Context, cfg *config.Config, set *targets.Set, dialer
 	}
 	var err error
 	if r.masking, err = loadMasking(cfg); err != nil {
+		return nil, err
+	}
+	if r.sealer, r.sealMax, err = loadCompliance(cfg); err != nil {
 		return nil, err
 	}
 	if r.policies, err = policy.NewStore(cfg.PolicyFile); err != nil {
@@ -204,6 +214,8 @@ func (r *router) postgres(ctx context.Context, conn config.Connection, rules acc
 		Lookup:    lookup,
 		Logger:    log.With("connection", conn.Name),
 		Driver:    driver,
+		// Result samples for the audit record, taken after masking.
+		SampleRows: r.sampleRows, SampleBytes: r.sampleBytes,
 	})
 }
 

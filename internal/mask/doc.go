@@ -105,6 +105,18 @@
 // so replacements outside JSON strings are quoted and the document stays
 // valid.
 //
+// # Compliance copy
+//
+//	masking:
+//	  compliance:
+//	    recipient: age1…                # or recipient_file: a root-owned file of age public keys
+//	    max_bytes: 65536                # originals kept per statement
+//
+// With it, the PostgreSQL stage hands every value it replaces in a result
+// row to package compliance, which encrypts each statement's originals to
+// the recipients (age) for the audit record; Column.RuleName says which rule
+// replaced a value. This package only carries the settings.
+//
 // # Limits
 //
 // Detectors read text as it is: a value the query transformed on purpose

@@ -12,6 +12,8 @@ type Policy struct {
 	// reads it and passes the bytes to Compile.
 	KeyFile string `yaml:"key_file"`
 	Rules   []Rule `yaml:"rules"`
+	// Compliance, when set, keeps an encrypted copy of the originals.
+	Compliance *Compliance `yaml:"compliance"`
 }
 
 // Rule says what to mask, how, and for whom. See the package documentation

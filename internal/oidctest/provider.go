@@ -42,6 +42,7 @@ type Provider struct {
 	key      *rsa.PrivateKey
 	kid      string
 	user     User
+	others   map[string]User // AddUser: who else a device approval may sign in as
 	ttl      time.Duration
 	codes    map[string]pendingCode
 	devices  map[string]*device // by device_code
@@ -93,6 +94,17 @@ func Start(clientID string) (*Provider, error) {
 
 // Close stops the server.
 func (p *Provider) Close() { _ = p.srv.Close() }
+
+// AddUser lets a device approval sign in as u (by u.Name) instead of the
+// current user: a second person at the same issuer.
+func (p *Provider) AddUser(u User) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.others == nil {
+		p.others = map[string]User{}
+	}
+	p.others[u.Name] = u
+}
 
 // SetUser sets who the next logins are.
 func (p *Provider) SetUser(u User) { p.mu.Lock(); p.user = u; p.mu.Unlock() }
@@ -300,6 +312,13 @@ func (p *Provider) deviceApprove(w http.ResponseWriter, r *http.Request) {
 		d.denied = true
 	} else {
 		u := p.user
+		if name := r.PostForm.Get("login"); name != "" {
+			var ok bool
+			if u, ok = p.others[name]; !ok {
+				http.Error(w, "unknown login "+name, 404)
+				return
+			}
+		}
 		d.approved = &u
 	}
 	_, _ = w.Write([]byte("ok\n"))

@@ -131,6 +131,7 @@ type Stage struct {
 	lastFields []field
 	unresolved atomic.Uint64
 	binaryNull atomic.Uint64
+	orig       *Originals // the compliance copy; nil: none kept
 }
 
 type request struct {
@@ -240,6 +241,9 @@ func (s *Stage) Server(m *pgwire.ServerMsg) pgwire.Verdict {
 		return s.row(m)
 	}
 	s.rowsSet = false
+	if s.orig != nil {
+		s.resultDone(m.Type)
+	}
 	if m.Body == nil && m.Type != 'D' && m.Type != 'd' {
 		if m.Type == 'T' {
 			// A description too large to decode: its rows cannot
@@ -549,6 +553,13 @@ func (s *Stage) row(m *pgwire.ServerMsg) pgwire.Verdict {
 		}
 		var r mask.Result
 		s.vbuf, r = s.maskValue(f, s.vbuf[:0], v)
+		if s.orig != nil && r != mask.Unchanged {
+			kept := s.vbuf
+			if r == mask.Nulled {
+				kept = nil
+			}
+			s.orig.keep(i, f, v, kept)
+		}
 		switch r {
 		case mask.Unchanged:
 			out = appendValue(out, v)
@@ -559,6 +570,9 @@ func (s *Stage) row(m *pgwire.ServerMsg) pgwire.Verdict {
 			changed = true
 			out = append(out, 0xff, 0xff, 0xff, 0xff)
 		}
+	}
+	if s.orig != nil {
+		s.orig.endRow()
 	}
 	s.buf = out
 	if !changed {
@@ -739,6 +753,9 @@ func (s *Stage) copyOut(m *pgwire.ServerMsg) pgwire.Verdict {
 // text masks a message that is all free text after prefix (a CopyData).
 func (s *Stage) text(typ byte, prefix, v []byte) pgwire.Verdict {
 	out, r := s.m.Text(append(append(s.buf[:0], typ, 0, 0, 0, 0), prefix...), v)
+	if s.orig != nil && typ == 'd' {
+		s.orig.line(v, out[5+len(prefix):], r == mask.Masked)
+	}
 	if r != mask.Masked {
 		return pgwire.Verdict{}
 	}

@@ -79,7 +79,8 @@ type pending struct {
 	stmt     string // B: statement
 	ctype    byte   // C: 'S' or 'P'
 	params   []string
-	oid      uint32 // F
+	oid      uint32  // F
+	formats  []int16 // B: result formats, kept while sampling
 	decision string
 	size     int // bytes counted against maxPendingBytes and the statement budget
 	start    time.Time
@@ -88,11 +89,14 @@ type pending struct {
 type bound struct {
 	sql, name, decision string
 	params              []string
+	desc                *rowDesc // sampling: the portal's (or its statement's) description
+	formats             []int16  // sampling: Bind's result formats
 }
 
 // prepared is a statement the server has under a name.
 type prepared struct {
 	sql, decision string
+	desc          *rowDesc // sampling: its description, once Described
 }
 
 // pipe is one session's pipeline core: stages, protocol state and record.
@@ -141,6 +145,9 @@ type pipe struct {
 	txStatus     byte
 	space        chan struct{} // signalled when the queue drains below its bounds
 
+	// samp records result samples; nil when sampling is off.
+	samp *sampler
+
 	// server side only
 	smsg        ServerMsg
 	rows, bytes int64
@@ -178,6 +185,9 @@ func (pl *pipe) clientTypes() string {
 	if len(pl.stages.Batch) > 0 {
 		t.add("PBDECSH") // a unit is gathered whole
 	}
+	if pl.samp != nil {
+		t.add("D") // Describe: which description a portal's rows have
+	}
 	for i := range pl.cwant {
 		for j := range t {
 			t[j] |= pl.cwant[i][j]
@@ -190,6 +200,9 @@ func (pl *pipe) clientTypes() string {
 func (pl *pipe) serverTypes() string {
 	t := pl.anyS
 	t.add(serverDecoded)
+	if pl.samp != nil {
+		t.add("TDHd") // descriptions, rows, COPY starts and rows
+	}
 	return t.String()
 }
 
@@ -409,8 +422,19 @@ func (pl *pipe) track(typ byte, body []byte) act {
 			break
 		}
 		params, size := formatParams(m.Parameters, m.ParameterFormatCodes)
-		pl.push(pending{kind: 'B', name: m.DestinationPortal, stmt: m.PreparedStatement, params: params, size: size, decision: d, start: now})
+		var formats []int16
+		if pl.samp != nil {
+			formats = make([]int16, len(m.ResultFormatCodes))
+			copy(formats, m.ResultFormatCodes)
+		}
+		pl.push(pending{kind: 'B', name: m.DestinationPortal, stmt: m.PreparedStatement, params: params, size: size,
+			formats: formats, decision: d, start: now})
 	case 'D':
+		var m pgproto3.Describe
+		if pl.samp != nil && body != nil && m.Decode(body) == nil {
+			pl.push(pending{kind: 'D', ctype: m.ObjectType, name: m.Name, start: now})
+			break
+		}
 		pl.push(pending{kind: 'D', start: now})
 	case 'E':
 		var m pgproto3.Execute
@@ -542,6 +566,9 @@ func (pl *pipe) fromServer(typ byte, n int, body []byte) act {
 		// only a Describe ends at T or n.
 		if typ == 'T' || typ == 'n' {
 			pl.mu.Lock()
+			if pl.samp != nil && typ == 'T' {
+				pl.sampleDesc(body)
+			}
 			if f := pl.front(); f != nil && f.kind == 'D' {
 				pl.pop()
 			}
@@ -561,9 +588,16 @@ func (pl *pipe) fromServer(typ byte, n int, body []byte) act {
 				if splitMessages(v.Msgs, nil) != nil {
 					continue // a broken rewrite is not sent
 				}
+				if pl.samp != nil {
+					// The sample is what the client gets: the rewrite.
+					_ = splitMessages(v.Msgs, func(t byte, _, b []byte) { pl.sampleOut(t, b) })
+				}
 				return act{kind: actReplace, out: v.Msgs}
 			}
 		}
+	}
+	if pl.samp != nil && a.kind == actForward {
+		pl.sampleOut(typ, body)
 	}
 	return a
 }
@@ -606,7 +640,7 @@ func (pl *pipe) response(typ byte, body []byte) act {
 			if d == "" {
 				d = st.decision
 			}
-			pl.portals[f.name] = bound{sql: st.sql, name: f.stmt, params: f.params, decision: d}
+			pl.portals[f.name] = bound{sql: st.sql, name: f.stmt, params: f.params, decision: d, desc: st.desc, formats: f.formats}
 			pl.pop()
 		}
 	case '3': // CloseComplete
@@ -673,6 +707,9 @@ func (pl *pipe) response(typ byte, body []byte) act {
 			}
 		}
 		pl.rows, pl.bytes = 0, 0
+		if pl.samp != nil {
+			pl.samp.reset()
+		}
 	}
 	return act{}
 }
@@ -799,7 +836,10 @@ func (pl *pipe) emit(p *pending, tag, code, msg string) {
 	case p.kind == 'B':
 		st.Name = p.stmt
 	}
-	pl.sess.Stats.Statements.Add(1)
+	if pl.samp != nil {
+		st.Sample = pl.samp.take()
+	}
+	st.Number = pl.sess.Stats.Statements.Add(1)
 	pl.sess.Stats.Rows.Add(st.Rows)
 	pl.out = append(pl.out, session.Event{Time: now, Kind: session.KindStatement, Statement: st})
 }

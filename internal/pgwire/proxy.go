@@ -83,6 +83,10 @@ type Options struct {
 	Stages func(sess *session.Session) Stages
 	// Driver runs the data path: DriverGoroutines (default) or DriverLoop.
 	Driver string
+	// SampleRows and SampleBytes bound the result sample each statement
+	// record keeps (the first rows as the client got them); either 0 keeps
+	// none.
+	SampleRows, SampleBytes int
 }
 
 // frontdoorIdentityError is frontdoor.AttrIdentityError (frontdoor
@@ -226,6 +230,7 @@ func (p *Proxy) Serve(ctx context.Context, client net.Conn, sess *session.Sessio
 		stages = p.opts.Stages(sess)
 	}
 	pl := newPipe(sess, stages, p.opts.MaxPreparedBytes)
+	pl.samp = newSampler(p.opts.SampleRows, p.opts.SampleBytes)
 	key := p.cancels.register(cancelTarget{addr: up.conn.RemoteAddr().String(), pid: up.pid,
 		secret: up.secret, uid: sess.Origin.UID, session: sess.ID, hold: pl.cancelHold})
 	defer p.cancels.unregister(key)

@@ -31,6 +31,12 @@ const (
 	// allow: refused, held, approved or denied by a person, or allowed by
 	// a named rule.
 	KindDecision Kind = "decision"
+	// KindMaskOriginals is a statement's compliance copy: the originals
+	// of what masking replaced, encrypted to the compliance public key.
+	KindMaskOriginals Kind = "mask.originals"
+	// KindAuditReveal records that someone fetched compliance copies to
+	// decrypt them (`airlock audit reveal`).
+	KindAuditReveal Kind = "audit.reveal"
 )
 
 // Event is one recorded fact about a session. Exactly the pointer fields that
@@ -47,6 +53,8 @@ type Event struct {
 	Identity   *Identity   `json:"identity,omitempty"`
 	Approval   *Approval   `json:"approval,omitempty"`
 	Decision   *Decision   `json:"decision,omitempty"`
+	Originals  *Originals  `json:"originals,omitempty"`
+	Reveal     *Reveal     `json:"reveal,omitempty"`
 	// Person is who the session acts for, on every session event.
 	Person *identity.Person `json:"person,omitempty"`
 }
@@ -129,13 +137,39 @@ type Statement struct {
 	Class  string  `json:"class,omitempty"`
 	Rule   string  `json:"rule,omitempty"`
 	Sample *Sample `json:"sample,omitempty"`
+	// Number is the statement's place in its session, from 1: what a
+	// compliance copy (Originals.Statement) refers to.
+	Number int64 `json:"number,omitempty"`
 }
 
-// Sample is a bounded prefix of a statement's result as the client saw it.
+// Originals is one statement's compliance copy: the original values
+// masking replaced, sealed with age to the compliance public keys. Only
+// ciphertext: the originals never travel in the clear past the stage.
+type Originals struct {
+	Statement  int64    `json:"statement"` // Statement.Number of the statement
+	Recipients []string `json:"recipients"`
+	Values     int      `json:"values"`
+	Truncated  bool     `json:"truncated,omitempty"`
+	Sealed     []byte   `json:"sealed"`
+}
+
+// Reveal is a read of compliance copies: who fetched which.
+type Reveal struct {
+	UID        uint32  `json:"uid"`
+	Person     string  `json:"person"`
+	Session    string  `json:"session"`
+	Statements []int64 `json:"statements,omitempty"` // empty: every statement of the session
+	Copies     int     `json:"copies"`
+}
+
+// Sample is a bounded prefix of a statement's result as the client saw it
+// (after masking). A nil value is SQL NULL; binary-format values are
+// rendered as their text form for common types, else as \x hex. Truncated
+// says rows, or parts of values, were left out by the caps.
 type Sample struct {
-	Columns   []string   `json:"columns"`
-	Rows      [][]string `json:"rows"`
-	Truncated bool       `json:"truncated,omitempty"`
+	Columns   []string    `json:"columns"`
+	Rows      [][]*string `json:"rows"`
+	Truncated bool        `json:"truncated,omitempty"`
 }
 
 // Decision is what the SQL policy decided for a statement.
@@ -202,8 +236,11 @@ func (l LogSink) Record(ev Event) {
 		for _, m := range ev.End.Masked {
 			attrs = append(attrs, "masked."+m.Rule+"."+m.Detector, m.Values)
 		}
-	case ev.Statement != nil:
+	case ev.Statement != nil, ev.Originals != nil:
 		return
+	case ev.Reveal != nil:
+		r := ev.Reveal
+		attrs = append(attrs, "uid", r.UID, "by", r.Person, "revealed_session", r.Session, "statements", r.Statements, "copies", r.Copies)
 	case ev.Credential != nil:
 		c := ev.Credential
 		attrs = append(attrs, "mode", c.Mode, "role", c.Role, "groups", c.Groups,

@@ -1,0 +1,460 @@
+package pgwire
+
+import (
+	"bytes"
+	"encoding/binary"
+	"encoding/hex"
+	"math"
+	"strconv"
+	"time"
+	"unicode/utf8"
+
+	"github.com/airlockhq/airlock/internal/session"
+)
+
+// Result samples. With sampling on, each statement record carries the
+// column names and the first rows of its result exactly as they were
+// written to the client: the sampler reads DataRows and CopyData after
+// every server stage has decided (so a masked value is recorded masked),
+// and descriptions as the server sent them (names and types are not
+// rewritten by any stage, and the masking stage consumes descriptions of
+// its own asking that the client never sees).
+//
+// Cost: with sampling off the pipe has no sampler and nothing more is
+// decoded. With it on, only the first rows of a result are rendered; the
+// rest are counted by the pipe as before and only set the truncated flag.
+
+// maxSampleValue bounds one value in a sample (bytes of its rendering);
+// with less than minSampleValue left under the byte cap, the sample ends
+// (a cut value needs room for a few bytes and its ellipsis).
+const (
+	maxSampleValue = 256
+	minSampleValue = 8
+)
+
+// rowDesc is what a RowDescription says of a result's columns.
+type rowDesc struct {
+	names   []string
+	oids    []uint32
+	formats []int16
+}
+
+// parseRowDesc reads a RowDescription body; nil when it is malformed.
+func parseRowDesc(b []byte) *rowDesc {
+	if len(b) < 2 {
+		return nil
+	}
+	n := int(binary.BigEndian.Uint16(b))
+	b = b[2:]
+	d := &rowDesc{names: make([]string, 0, n), oids: make([]uint32, 0, n), formats: make([]int16, 0, n)}
+	for i := 0; i < n; i++ {
+		z := bytes.IndexByte(b, 0)
+		if z < 0 || len(b) < z+1+18 {
+			return nil
+		}
+		f := b[z+1:]
+		d.names = append(d.names, string(b[:z]))
+		d.oids = append(d.oids, binary.BigEndian.Uint32(f[6:]))
+		d.formats = append(d.formats, int16(binary.BigEndian.Uint16(f[16:])))
+		b = f[18:]
+	}
+	return d
+}
+
+// sampler builds the current statement's sample. Server side only, except
+// where noted.
+type sampler struct {
+	maxRows, maxBytes int
+
+	started bool     // the current result's description was looked up
+	desc    *rowDesc // the current result's columns (nil: unknown)
+	cols    []string // desc's names that fit the byte cap
+	formats []int16  // the portal's result formats from its Bind (nil: desc's)
+	copyFmt int8     // 0 none, 't' text COPY, 'b' binary COPY
+	rows    [][]*string
+	used    int
+	trunc   bool
+
+	// The last simple-protocol description and what it said: a session
+	// that repeats a query gets the same RowDescription each time.
+	lastT    []byte
+	lastDesc *rowDesc
+}
+
+func newSampler(rows, bytes int) *sampler {
+	if rows <= 0 || bytes <= 0 {
+		return nil
+	}
+	return &sampler{maxRows: rows, maxBytes: bytes}
+}
+
+// result starts a result with description d (a simple Query's, or a
+// portal's: formats are the portal's Bind result formats).
+func (s *sampler) result(d *rowDesc, formats []int16) {
+	s.desc, s.formats, s.started = d, formats, true
+	if d == nil {
+		return
+	}
+	// Names count against the cap too: a result of a thousand long
+	// column names must not make a large record.
+	s.cols = d.names
+	for i, n := range d.names {
+		if s.used+len(n) > s.maxBytes {
+			s.cols, s.trunc = d.names[:i], true
+			break
+		}
+		s.used += len(n)
+	}
+}
+
+func (s *sampler) full() bool { return len(s.rows) >= s.maxRows || s.used >= s.maxBytes }
+
+// format is column i's format code under Bind's rules: none means text, one
+// applies to every column, else one per column.
+func (s *sampler) format(i int) int16 {
+	if s.formats != nil {
+		switch len(s.formats) {
+		case 0:
+			return 0
+		case 1:
+			return s.formats[0]
+		}
+		if i < len(s.formats) {
+			return s.formats[i]
+		}
+		return 0
+	}
+	if s.desc != nil && i < len(s.desc.formats) {
+		return s.desc.formats[i]
+	}
+	return 0
+}
+
+func (s *sampler) oid(i int) uint32 {
+	if s.desc != nil && i < len(s.desc.oids) {
+		return s.desc.oids[i]
+	}
+	return 0
+}
+
+// row samples one DataRow body as sent to the client.
+func (s *sampler) row(body []byte) {
+	if s.full() {
+		s.trunc = true
+		return
+	}
+	if body == nil {
+		// Larger than the pump decodes: it went out unseen.
+		s.trunc = true
+		return
+	}
+	if len(body) < 2 {
+		return
+	}
+	n := int(binary.BigEndian.Uint16(body))
+	p := 2
+	row := make([]*string, 0, n)
+	vals := make([]string, n) // one allocation for the row's values, not one each
+	for i := 0; i < n; i++ {
+		if p+4 > len(body) {
+			break
+		}
+		l := int(int32(binary.BigEndian.Uint32(body[p:])))
+		p += 4
+		if l < 0 {
+			row = append(row, nil)
+			s.used += 4
+			continue
+		}
+		if p+l > len(body) {
+			break
+		}
+		v := body[p : p+l]
+		p += l
+		left := min(maxSampleValue, s.maxBytes-s.used)
+		if left < minSampleValue {
+			s.trunc = true
+			break
+		}
+		str, cut := renderValue(v, s.oid(i), s.format(i), left)
+		if cut {
+			s.trunc = true
+		}
+		s.used += len(str)
+		vals[i] = str
+		row = append(row, &vals[i])
+	}
+	if len(row) > 0 || n == 0 {
+		s.rows = append(s.rows, row)
+	}
+}
+
+// copyStart notes a COPY TO STDOUT: its rows are CopyData lines.
+func (s *sampler) copyStart(body []byte) {
+	s.started = true
+	s.copyFmt = 't'
+	if len(body) > 0 && body[0] == 1 {
+		s.copyFmt = 'b'
+	}
+}
+
+// copyRow samples one CopyData of a COPY TO STDOUT as one value.
+func (s *sampler) copyRow(body []byte) {
+	if s.copyFmt == 0 {
+		return
+	}
+	left := min(maxSampleValue, s.maxBytes-s.used)
+	if s.full() || body == nil || left < minSampleValue {
+		s.trunc = true
+		return
+	}
+	var str string
+	var cut bool
+	if s.copyFmt == 'b' {
+		str, cut = hexValue(body, left)
+	} else {
+		str, cut = textValue(bytes.TrimSuffix(body, []byte{'\n'}), left)
+	}
+	if cut {
+		s.trunc = true
+	}
+	s.used += len(str)
+	s.rows = append(s.rows, []*string{&str})
+}
+
+// take returns the statement's sample and starts afresh; nil when the
+// statement returned no result.
+func (s *sampler) take() *session.Sample {
+	var out *session.Sample
+	switch {
+	case s.copyFmt != 0:
+		col := "copy (text)"
+		if s.copyFmt == 'b' {
+			col = "copy (binary)"
+		}
+		out = &session.Sample{Columns: []string{col}, Rows: s.rows, Truncated: s.trunc}
+	case s.desc != nil || len(s.rows) > 0:
+		out = &session.Sample{Rows: s.rows, Truncated: s.trunc}
+		if s.desc != nil {
+			out.Columns = s.cols
+		}
+		if out.Rows == nil {
+			out.Rows = [][]*string{}
+		}
+	}
+	s.reset()
+	return out
+}
+
+func (s *sampler) reset() {
+	*s = sampler{maxRows: s.maxRows, maxBytes: s.maxBytes, lastT: s.lastT, lastDesc: s.lastDesc}
+}
+
+// describe reads a simple Query's RowDescription, reusing the last one's
+// reading when the bytes repeat (descriptions are never changed once
+// read: samples share them).
+func (s *sampler) describe(body []byte) *rowDesc {
+	if s.lastDesc != nil && bytes.Equal(body, s.lastT) {
+		return s.lastDesc
+	}
+	d := parseRowDesc(body)
+	if len(body) <= 4096 {
+		s.lastT, s.lastDesc = append(s.lastT[:0], body...), d
+	}
+	return d
+}
+
+// Type OIDs the sampler renders from the binary format.
+const (
+	oidBool        = 16
+	oidBytea       = 17
+	oidChar        = 18
+	oidName        = 19
+	oidInt8        = 20
+	oidInt2        = 21
+	oidInt4        = 23
+	oidText        = 25
+	oidOID         = 26
+	oidJSON        = 114
+	oidXML         = 142
+	oidFloat4      = 700
+	oidFloat8      = 701
+	oidBPChar      = 1042
+	oidVarchar     = 1043
+	oidDate        = 1082
+	oidTimestamp   = 1114
+	oidTimestampTZ = 1184
+	oidUUID        = 2950
+	oidJSONB       = 3802
+)
+
+var pgEpoch = time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC)
+
+// renderValue renders one result value for a sample, at most limit bytes
+// (cut reports that it was shortened). Text-format values are kept as the
+// client got them; binary values of common types are rendered as their
+// text form would read, any other binary value as \x hex.
+func renderValue(v []byte, oid uint32, format int16, limit int) (string, bool) {
+	if format != 1 {
+		return textValue(v, limit)
+	}
+	switch oid {
+	case oidText, oidVarchar, oidBPChar, oidName, oidJSON, oidXML, oidChar:
+		return textValue(v, limit)
+	case oidJSONB:
+		if len(v) > 0 && v[0] == 1 {
+			return textValue(v[1:], limit)
+		}
+	case oidBool:
+		if len(v) == 1 {
+			if v[0] != 0 {
+				return "t", false
+			}
+			return "f", false
+		}
+	case oidInt2:
+		if len(v) == 2 {
+			return strconv.Itoa(int(int16(binary.BigEndian.Uint16(v)))), false
+		}
+	case oidInt4:
+		if len(v) == 4 {
+			return strconv.Itoa(int(int32(binary.BigEndian.Uint32(v)))), false
+		}
+	case oidOID:
+		if len(v) == 4 {
+			return strconv.FormatUint(uint64(binary.BigEndian.Uint32(v)), 10), false
+		}
+	case oidInt8:
+		if len(v) == 8 {
+			return strconv.FormatInt(int64(binary.BigEndian.Uint64(v)), 10), false
+		}
+	case oidFloat4:
+		if len(v) == 4 {
+			return strconv.FormatFloat(float64(math.Float32frombits(binary.BigEndian.Uint32(v))), 'g', -1, 32), false
+		}
+	case oidFloat8:
+		if len(v) == 8 {
+			return strconv.FormatFloat(math.Float64frombits(binary.BigEndian.Uint64(v)), 'g', -1, 64), false
+		}
+	case oidUUID:
+		if len(v) == 16 {
+			h := hex.EncodeToString(v)
+			return h[:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:], false
+		}
+	case oidDate:
+		if len(v) == 4 {
+			d := int32(binary.BigEndian.Uint32(v))
+			switch d {
+			case math.MaxInt32:
+				return "infinity", false
+			case math.MinInt32:
+				return "-infinity", false
+			}
+			return pgEpoch.AddDate(0, 0, int(d)).Format("2006-01-02"), false
+		}
+	case oidTimestamp, oidTimestampTZ:
+		if len(v) == 8 {
+			us := int64(binary.BigEndian.Uint64(v))
+			switch us {
+			case math.MaxInt64:
+				return "infinity", false
+			case math.MinInt64:
+				return "-infinity", false
+			}
+			t := pgEpoch.Add(time.Duration(us/1e6) * time.Second).Add(time.Duration(us%1e6) * time.Microsecond)
+			if oid == oidTimestampTZ {
+				return t.Format("2006-01-02 15:04:05.999999Z07:00"), false
+			}
+			return t.Format("2006-01-02 15:04:05.999999"), false
+		}
+	}
+	return hexValue(v, limit)
+}
+
+// textValue is v as text, cut at a rune boundary to at most limit bytes
+// (an ellipsis, counted, marks the cut).
+func textValue(v []byte, limit int) (string, bool) {
+	if len(v) <= limit {
+		return string(v), false
+	}
+	const ell = "…"
+	cut := max(limit-len(ell), 0)
+	for cut > 0 && cut < len(v) && !utf8.RuneStart(v[cut]) {
+		cut--
+	}
+	return string(v[:cut]) + ell, true
+}
+
+// hexValue is v as \x hex (PostgreSQL's bytea output), cut to limit bytes.
+func hexValue(v []byte, limit int) (string, bool) {
+	n := (limit - 2 - len("…")) / 2
+	if 2+2*len(v) <= limit {
+		n = len(v)
+	}
+	if n < 0 {
+		n = 0
+	}
+	s := `\x` + hex.EncodeToString(v[:n])
+	if n < len(v) {
+		return s + "…", true
+	}
+	return s, false
+}
+
+// sampleDesc takes a RowDescription as the server sent it; mu held. The
+// answer to a Describe is kept with its statement or portal (a portal's rows
+// may come long after, or the statement be executed many times); a simple
+// Query's starts its result.
+func (pl *pipe) sampleDesc(body []byte) {
+	f := pl.front()
+	if f == nil || body == nil {
+		return
+	}
+	switch f.kind {
+	case 'D':
+		d := parseRowDesc(body)
+		switch f.ctype {
+		case 'S':
+			if st, ok := pl.stmts[f.name]; ok {
+				st.desc = d
+				pl.stmts[f.name] = st
+			}
+		case 'P':
+			if b, ok := pl.portals[f.name]; ok {
+				b.desc = d
+				pl.portals[f.name] = b
+			}
+		}
+	case 'Q':
+		pl.samp.reset()
+		pl.samp.result(pl.samp.describe(body), nil)
+	}
+}
+
+// sampleOut samples a message on its way to the client.
+func (pl *pipe) sampleOut(typ byte, body []byte) {
+	s := pl.samp
+	switch typ {
+	case 'D':
+		if !s.started && !s.full() {
+			// The first row of an Execute: its portal says what the
+			// columns are and in which formats they come.
+			pl.mu.Lock()
+			if f := pl.front(); f != nil && f.kind == 'E' {
+				b := pl.portals[f.name]
+				formats := b.formats
+				if formats == nil {
+					formats = []int16{}
+				}
+				s.result(b.desc, formats)
+			}
+			pl.mu.Unlock()
+			s.started = true
+		}
+		s.row(body)
+	case 'H':
+		s.copyStart(body)
+	case 'd':
+		s.copyRow(body)
+	}
+}
