@@ -16,6 +16,10 @@ const (
 	KindStatement        Kind = "statement"
 	KindCredentialCreate Kind = "credential.create"
 	KindCredentialRevoke Kind = "credential.revoke"
+	// KindCredentialSweep is a role of ours found outside any session (a
+	// leftover of a daemon that died, or one past its VALID UNTIL) and
+	// dropped, or not, by a sweep. It belongs to no session.
+	KindCredentialSweep Kind = "credential.sweep"
 	KindRefused          Kind = "session.refused"
 	// Identity changes of a uid (no session): login, logout, refresh, and
 	// an identity lost by a live session.
@@ -171,6 +175,13 @@ type Leftovers struct {
 type Refusal struct {
 	Reason   string `json:"reason"`
 	SQLState string `json:"sqlstate,omitempty"`
+	// Code is the refusal's short reason for connections refused before
+	// their session started (max_sessions, no_kernel_record, ...).
+	Code string `json:"code,omitempty"`
+	// Attempt is the connection refused before its session started: what
+	// is known of its origin, target and addresses (no session.start
+	// describes it). Nil for refusals inside a session.
+	Attempt *Session `json:"-"`
 }
 
 // LogSink writes session-level events as structured log lines. Statements
