@@ -16,10 +16,6 @@ const (
 	KindStatement        Kind = "statement"
 	KindCredentialCreate Kind = "credential.create"
 	KindCredentialRevoke Kind = "credential.revoke"
-	// KindCredentialSweep is a role of ours found outside any session (a
-	// leftover of a daemon that died, or one past its VALID UNTIL) and
-	// dropped, or not, by a sweep. It belongs to no session.
-	KindCredentialSweep Kind = "credential.sweep"
 	KindRefused          Kind = "session.refused"
 	// Identity changes of a uid (no session): login, logout, refresh, and
 	// an identity lost by a live session.
@@ -35,6 +31,11 @@ const (
 	// allow: refused, held, approved or denied by a person, or allowed by
 	// a named rule.
 	KindDecision Kind = "decision"
+
+	// KindCredentialSweep is a role of ours found outside any session (a
+	// leftover of a daemon that died, or one past its VALID UNTIL) and
+	// dropped, or not, by a sweep. It belongs to no session.
+	KindCredentialSweep Kind = "credential.sweep"
 )
 
 // Event is one recorded fact about a session. Exactly the pointer fields that
