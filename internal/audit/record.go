@@ -8,7 +8,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"regexp"
-	"strings"
 	"time"
 
 	"github.com/airlockhq/airlock/internal/session"
@@ -312,10 +311,25 @@ var (
 
 // redactSQL removes password literals from statement text.
 func redactSQL(sql string) string {
-	if !strings.Contains(strings.ToLower(sql), "password") {
+	if !containsFold(sql, "password") {
 		return sql
 	}
 	return passwordLiteral.ReplaceAllString(sql, "${1}'"+redacted+"'")
+}
+
+// containsFold reports whether s contains the lower-case ASCII word w in
+// any case, without allocating (it runs for every statement).
+func containsFold(s, w string) bool {
+	for i := 0; i+len(w) <= len(s); i++ {
+		j := 0
+		for j < len(w) && s[i+j]|0x20 == w[j] {
+			j++
+		}
+		if j == len(w) {
+			return true
+		}
+	}
+	return false
 }
 
 // redactArgs removes passwords from a command line: SQL password literals,

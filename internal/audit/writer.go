@@ -2,7 +2,6 @@ package audit
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -208,7 +207,7 @@ func (w *Writer) Record(ev session.Event) {
 }
 
 func (w *Writer) append(kind, sess string, at time.Time, data any) int64 {
-	b, err := json.Marshal(data)
+	b, err := encodeData(data)
 	if err != nil {
 		w.log.Error("audit: encode record", "kind", kind, "err", err)
 		return 0
