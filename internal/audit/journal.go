@@ -10,36 +10,24 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"runtime/debug"
 	"sort"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
-
-	"golang.org/x/sys/unix"
 )
 
 // The journal is the durable spool in front of the store. A record is
-// copied into it before the response that completes its statement is
-// forwarded, so it is in the kernel's page cache, and survives the daemon's
-// death (kill -9, a panic, the OOM killer), before the client can see the
-// result. The writer fsyncs it at most one commit interval later (the bound
-// on what a machine crash can take), ships it to the store, and deletes
-// segments once the store has them. While a team store is down the journal
-// simply grows, up to its bound.
-//
-// Segments are preallocated (fallocate) and mapped shared: an append is a
-// copy into the mapping, with no system call. The mapping's pages are the
-// file's page cache pages, so a copied frame outlives the process exactly as
-// a write(2) would; fsync of the file writes them back. Where a segment
-// cannot be mapped (or a page of it faults: an I/O error), the journal falls
-// back to one write(2) per record for the rest of its life.
+// appended to it with one write(2) before the response that completes its
+// statement is forwarded, so it is in the kernel's page cache, and survives
+// the daemon's death (kill -9, a panic, the OOM killer), before the client
+// can see the result. The writer fsyncs it at most one commit interval later
+// (the bound on what a machine crash can take), ships it to the store, and
+// deletes segments once the store has them. While a team store is down the
+// journal simply grows, up to its bound.
 //
 // Frame: 4-byte big-endian payload length, 4-byte CRC-32C of the payload,
-// payload (the pending record as JSON). A mapped segment's unused tail is
-// zeros; a zero length ends a segment. The header is copied after the
-// payload, so a copy cut short by the process's death leaves no frame.
+// payload (the pending record as JSON).
 
 const (
 	frameHeader = 8
@@ -53,13 +41,7 @@ var crcTable = crc32.MakeTable(crc32.Castagnoli)
 type segment struct {
 	first, last int64 // seqs; last < first while empty
 	path        string
-	size        int64 // bytes of frames (a mapped segment's file is longer)
-}
-
-// mapped is a segment file open and mapped for appends.
-type mapped struct {
-	f *os.File
-	m []byte // nil: appended to with write(2)
+	size        int64
 }
 
 type journal struct {
@@ -68,23 +50,19 @@ type journal struct {
 
 	mu       sync.Mutex
 	space    *sync.Cond
-	f        *os.File // active segment
-	m        []byte   // its shared mapping; nil in write(2) mode
-	noMap    bool     // mapping failed once: write(2) from then on
+	f        *os.File // active segment, O_APPEND
 	segs     []segment
 	total    int64
 	nextSeq  int64
 	closed   bool
-	unsynced []mapped // rotated segments not yet fsynced
-	spare    *mapped  // the next segment, zero-filled and mapped ahead of need
-	dirDirty bool     // a segment was created since the folder was synced
-	making   bool     // prepareSpare is at work
+	unsynced []*os.File // rotated segments not yet fsynced
 	// mem holds recent records, in seq order, so that the shipper need not
 	// read back and decode what it was just handed; the files stay the
 	// truth, used whenever mem does not reach back far enough.
-	mem     []pending
-	memFull bool
-	waiting bool // an append is waiting for space
+	mem      []pending
+	memFull  bool
+	waiting  bool // an append is waiting for space
+	dirDirty bool // a segment was created since the folder was synced
 
 	// The reader's place, so each read starts where the last ended
 	// (the shipper is the only reader).
@@ -123,23 +101,13 @@ func openJournal(dir string, max int64, after int64) (*journal, error) {
 			return nil, err
 		}
 		if good < fi.Size() {
-			zeros, err := zeroFrom(name, good)
-			if err != nil {
-				return nil, err
-			}
-			switch {
-			case zeros && i != len(names)-1:
-				// A mapped segment's unused tail.
-			case i != len(names)-1:
+			if i != len(names)-1 {
 				return nil, fmt.Errorf("audit journal segment %s is damaged at byte %d (not at its end): refusing to guess; move it aside to start", name, good)
-			default:
-				// Only the last frame of the last segment can be torn:
-				// by a machine crash inside the fsync window, or by the
-				// process dying inside a copy. A mapped tail is extended
-				// again when the segment is mapped.
-				if err := os.Truncate(name, good); err != nil {
-					return nil, fmt.Errorf("drop torn frame at the end of %s: %w", name, err)
-				}
+			}
+			// Only the last frame of the last segment can be torn, by a
+			// machine crash inside the fsync window.
+			if err := os.Truncate(name, good); err != nil {
+				return nil, fmt.Errorf("drop torn frame at the end of %s: %w", name, err)
 			}
 		}
 		if last >= first {
@@ -179,168 +147,36 @@ func scanSegment(path string) (int64, int64, error) {
 	}
 }
 
-// zeroFrom reports whether path holds only zero bytes from off on.
-func zeroFrom(path string, off int64) (bool, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return false, fmt.Errorf("open audit journal segment: %w", err)
-	}
-	defer f.Close()
-	r := bufio.NewReaderSize(io.NewSectionReader(f, off, 1<<62), 64<<10)
-	for {
-		b, err := r.ReadByte()
-		if err == io.EOF {
-			return true, nil
-		}
-		if err != nil {
-			return false, fmt.Errorf("read audit journal segment: %w", err)
-		}
-		if b != 0 {
-			return false, nil
-		}
-	}
-}
-
 func (j *journal) openActive() error {
 	if n := len(j.segs); n > 0 && j.segs[n-1].size < segmentMax {
-		s := j.segs[n-1]
-		f, err := os.OpenFile(s.path, os.O_RDWR, 0o600)
+		f, err := os.OpenFile(j.segs[n-1].path, os.O_WRONLY|os.O_APPEND, 0o600)
 		if err != nil {
 			return fmt.Errorf("open audit journal segment: %w", err)
 		}
-		j.f, j.m = f, j.mapSegment(f, segmentMax)
-		if j.m == nil {
-			if _, err := f.Seek(s.size, io.SeekStart); err != nil {
-				return fmt.Errorf("open audit journal segment: %w", err)
-			}
-		}
+		j.f = f
 		return nil
 	}
-	return j.rotateLocked(0)
+	return j.rotateLocked()
 }
 
-var zeros [1 << 20]byte
-
-// zeroFill writes zeros into f from off to size and syncs them: the blocks
-// are then allocated (a full disk cannot fault a later copy) and written,
-// which makes the first store into each page a cheap fault. Preallocating
-// with fallocate instead leaves unwritten extents whose conversion makes
-// every page's first store cost tens of microseconds.
-func zeroFill(f *os.File, off, size int64) error {
-	for off < size {
-		n, err := f.WriteAt(zeros[:min(int64(len(zeros)), size-off)], off)
-		if err != nil {
-			return err
-		}
-		off += int64(n)
-	}
-	return f.Sync()
-}
-
-// mapSegment extends f to size (zero-filled, see zeroFill) and maps it
-// shared; nil if it cannot, after which the journal stays in write(2) mode.
-func (j *journal) mapSegment(f *os.File, size int64) []byte {
-	if j.noMap {
-		return nil
-	}
-	fi, err := f.Stat()
-	if err == nil && fi.Size() < size {
-		err = zeroFill(f, fi.Size(), size)
-	}
-	if err == nil {
-		if fi, err = f.Stat(); err == nil {
-			size = fi.Size()
-		}
-	}
-	var m []byte
-	if err == nil {
-		m, err = unix.Mmap(int(f.Fd()), 0, int(size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
-	}
-	if err != nil {
-		j.noMap = true
-		return nil
-	}
-	return m
-}
-
-// rotateLocked starts a new segment with room for at least need bytes.
-func (j *journal) rotateLocked(need int) error {
+func (j *journal) rotateLocked() error {
 	if j.f != nil {
 		// Synced (and closed) by the next sync, outside the lock: an
 		// fsync here would hold every session's append for its duration.
-		j.unsynced = append(j.unsynced, mapped{f: j.f, m: j.m})
-		j.f, j.m = nil, nil
+		j.unsynced = append(j.unsynced, j.f)
 	}
 	path := filepath.Join(j.dir, fmt.Sprintf("%020d.seg", j.nextSeq))
-	if sp := j.spare; sp != nil && need <= len(sp.m) && !j.noMap {
-		// The usual case: the spare becomes the segment; a rename is
-		// all the data path pays.
-		j.spare = nil
-		if err := os.Rename(filepath.Join(j.dir, spareName), path); err == nil {
-			j.f, j.m = sp.f, sp.m
-		} else {
-			_ = unix.Munmap(sp.m)
-			_ = sp.f.Close()
-		}
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return fmt.Errorf("create audit journal segment: %w", err)
 	}
-	if j.f == nil {
-		f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR|os.O_TRUNC, 0o600)
-		if err != nil {
-			return fmt.Errorf("create audit journal segment: %w", err)
-		}
-		j.f, j.m = f, j.mapSegment(f, max(segmentMax, int64(need)))
-	}
-	if n := len(j.segs); n > 0 && j.segs[n-1].path == path {
-		// The segment being replaced held nothing: the new one takes its
-		// name.
-		j.segs = j.segs[:n-1]
-	}
+	j.f = f
 	j.segs = append(j.segs, segment{first: j.nextSeq, last: j.nextSeq - 1, path: path})
-	// The folder is synced by the next sync, with the segment's frames:
-	// a machine crash before it loses only what that sync would cover.
+	// The folder is synced by the next sync, with the segment's frames
+	// (not here, under the lock every session's append takes): a machine
+	// crash before it loses only what that sync would cover.
 	j.dirDirty = true
 	return nil
-}
-
-// spareName is the next segment while it waits to be used.
-const spareName = "next.spare"
-
-// prepareSpare makes the next segment ahead of need, outside the lock: the
-// data path then never waits for a segment's zero-fill.
-func (j *journal) prepareSpare() {
-	j.mu.Lock()
-	skip := j.spare != nil || j.noMap || j.closed || j.making
-	j.making = !skip
-	j.mu.Unlock()
-	if skip {
-		return
-	}
-	defer func() {
-		j.mu.Lock()
-		j.making = false
-		j.mu.Unlock()
-	}()
-	f, err := os.OpenFile(filepath.Join(j.dir, spareName), os.O_CREATE|os.O_RDWR|os.O_TRUNC, 0o600)
-	if err != nil {
-		return
-	}
-	if err := zeroFill(f, 0, segmentMax); err != nil {
-		_ = f.Close()
-		return
-	}
-	m, err := unix.Mmap(int(f.Fd()), 0, segmentMax, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
-	if err != nil {
-		_ = f.Close()
-		return
-	}
-	j.mu.Lock()
-	defer j.mu.Unlock()
-	if j.spare != nil || j.closed {
-		_ = unix.Munmap(m)
-		_ = f.Close()
-		return
-	}
-	j.spare = &mapped{f: f, m: m}
 }
 
 // seqWidth is the room left for the seq in an encoded frame: it is known
@@ -351,11 +187,13 @@ const seqWidth = 19
 var frameBufs = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
 
 // encodeFrame encodes p as a frame into b, with spaces where the seq goes;
-// it returns the frame and the seq's offset in it.
+// it returns the frame and the seq's offset in it. It runs before the
+// lock is taken: sessions then hold the lock only for the seq, the
+// checksum and the write.
 func encodeFrame(b []byte, p *pending) ([]byte, int) {
 	// Encoded by hand: Data is already JSON, and re-validating it on the
 	// data path (as json.Marshal of a RawMessage does) costs more than
-	// the copy itself.
+	// the write itself.
 	b = append(b[:0], 0, 0, 0, 0, 0, 0, 0, 0)
 	b = append(b, `{"seq":`...)
 	at := len(b)
@@ -372,9 +210,8 @@ func encodeFrame(b []byte, p *pending) ([]byte, int) {
 	return b, at
 }
 
-// append numbers p and copies it into the journal; it waits while the
-// journal is over its bound (a team store long down): sessions slow down,
-// nothing is dropped.
+// append numbers p and writes it; it waits while the journal is over its
+// bound (a team store long down): sessions slow down, nothing is dropped.
 func (j *journal) append(p *pending) error {
 	bp := frameBufs.Get().(*[]byte)
 	b, at := encodeFrame(*bp, p)
@@ -398,31 +235,11 @@ func (j *journal) append(p *pending) error {
 	payload := b[frameHeader:]
 	binary.BigEndian.PutUint32(b[0:], uint32(len(payload)))
 	binary.BigEndian.PutUint32(b[4:], crc32.Checksum(payload, crcTable))
-	s := &j.segs[len(j.segs)-1]
-	if j.m != nil && s.size+int64(len(b)) > int64(len(j.m)) {
-		if err := j.rotateLocked(len(b)); err != nil {
-			return err
-		}
-		s = &j.segs[len(j.segs)-1]
-	}
-	if j.m != nil && !j.copyFrame(s.size, b) {
-		// The page could not be written (an I/O error under the
-		// mapping): drop what the copy may have left, go on with write(2)
-		// in a fresh segment.
-		j.noMap = true
-		_ = os.Truncate(s.path, s.size)
-		if err := j.rotateLocked(0); err != nil {
-			return err
-		}
-		s = &j.segs[len(j.segs)-1]
-	}
-	if j.m == nil {
-		if _, err := j.f.Write(b); err != nil {
-			// A short write leaves a torn frame that the next start drops;
-			// start a fresh segment so later frames stay readable.
-			_ = j.rotateLocked(0)
-			return fmt.Errorf("write audit journal: %w", err)
-		}
+	if _, err := j.f.Write(b); err != nil {
+		// A short write leaves a torn frame that the next start drops;
+		// start a fresh segment so later frames stay readable.
+		_ = j.rotateLocked()
+		return fmt.Errorf("write audit journal: %w", err)
 	}
 	j.nextSeq++
 	switch {
@@ -431,29 +248,15 @@ func (j *journal) append(p *pending) error {
 	case !j.memFull:
 		j.mem = append(j.mem, *p)
 	}
+	s := &j.segs[len(j.segs)-1]
 	s.last, s.size = p.Seq, s.size+int64(len(b))
 	j.total += int64(len(b))
-	if j.m == nil && s.size >= segmentMax {
-		if err := j.rotateLocked(0); err != nil {
+	if s.size >= segmentMax {
+		if err := j.rotateLocked(); err != nil {
 			return err
 		}
 	}
 	return nil
-}
-
-// copyFrame copies frame b into the mapping at off, header last; false if
-// a page of the mapping faulted (the runtime turns that into a panic here
-// instead of killing the daemon).
-func (j *journal) copyFrame(off int64, b []byte) (ok bool) {
-	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
-	defer func() {
-		if recover() != nil {
-			ok = false
-		}
-	}()
-	copy(j.m[off+frameHeader:], b[frameHeader:])
-	copy(j.m[off:off+frameHeader], b[:frameHeader])
-	return true
 }
 
 // appendJSONString appends s as a JSON string; kinds and session ids are
@@ -484,20 +287,16 @@ func (j *journal) sync() error {
 		}
 	}
 	for _, o := range old {
-		if err := o.f.Sync(); err != nil {
+		if err := o.Sync(); err != nil {
 			errs = append(errs, err)
 		}
-		if o.m != nil {
-			_ = unix.Munmap(o.m)
-		}
-		_ = o.f.Close()
+		_ = o.Close()
 	}
 	if f != nil {
 		if err := f.Sync(); err != nil && !errors.Is(err, os.ErrClosed) {
 			errs = append(errs, err)
 		}
 	}
-	j.prepareSpare()
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("sync audit journal: %w", err)
 	}
@@ -601,7 +400,7 @@ func (j *journal) release(seq int64) {
 	if n := len(j.segs); n == 1 && j.segs[0].last <= seq && j.segs[0].size > 0 && j.waiting {
 		// Everything is shipped but the active segment holds the bound:
 		// start a new one so the old can go.
-		if err := j.rotateLocked(0); err == nil {
+		if err := j.rotateLocked(); err == nil {
 			old := j.segs[0]
 			if os.Remove(old.path) == nil {
 				j.total -= old.size
@@ -621,28 +420,12 @@ func (j *journal) close() error {
 	j.closed = true
 	j.space.Broadcast()
 	var errs []error
-	if sp := j.spare; sp != nil {
-		_ = unix.Munmap(sp.m)
-		_ = sp.f.Close()
-		j.spare = nil
-	}
 	for _, o := range j.unsynced {
-		errs = append(errs, o.f.Sync())
-		if o.m != nil {
-			_ = unix.Munmap(o.m)
-		}
-		_ = o.f.Close()
+		errs = append(errs, o.Sync())
+		_ = o.Close()
 	}
 	j.unsynced = nil
 	if j.f != nil {
-		if j.m != nil {
-			_ = unix.Munmap(j.m)
-			j.m = nil
-			// A clean stop leaves the segment as long as its frames.
-			if n := len(j.segs); n > 0 {
-				errs = append(errs, j.f.Truncate(j.segs[n-1].size))
-			}
-		}
 		errs = append(errs, j.f.Sync())
 		_ = j.f.Close()
 		j.f = nil
