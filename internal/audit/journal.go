@@ -61,8 +61,9 @@ type journal struct {
 	// truth, used whenever mem does not reach back far enough.
 	mem      []pending
 	memFull  bool
-	waiting  bool // an append is waiting for space
-	dirDirty bool // a segment was created since the folder was synced
+	waiting  bool  // an append is waiting for space
+	dirDirty bool  // a segment was created since the folder was synced
+	synced   int64 // nextSeq when the last sync began: nothing to sync while it holds
 
 	// The reader's place, so each read starts where the last ended
 	// (the shipper is the only reader).
@@ -96,6 +97,11 @@ func openJournal(dir string, max int64, after int64) (*journal, error) {
 		if err != nil {
 			return nil, err
 		}
+		// A killed predecessor may have left frames only in the page
+		// cache: make them durable before building on them.
+		if err := syncFile(name); err != nil {
+			return nil, fmt.Errorf("sync audit journal segment %s: %w", name, err)
+		}
 		fi, err := os.Stat(name)
 		if err != nil {
 			return nil, err
@@ -124,6 +130,15 @@ func openJournal(dir string, max int64, after int64) (*journal, error) {
 		return nil, err
 	}
 	return j, nil
+}
+
+func syncFile(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return f.Sync()
 }
 
 // scanSegment returns the length of the valid frames at the start of path
@@ -276,7 +291,13 @@ func appendJSONString(b []byte, s string) []byte {
 // sync makes everything appended so far durable.
 func (j *journal) sync() error {
 	j.mu.Lock()
-	f, old, dir := j.f, j.unsynced, j.dirDirty
+	f, old, dir, upTo := j.f, j.unsynced, j.dirDirty, j.nextSeq
+	if upTo == j.synced && !dir && len(old) == 0 {
+		// Nothing appended since the last sync: an idle daemon does not
+		// fsync twenty times a second.
+		j.mu.Unlock()
+		return nil
+	}
 	j.unsynced, j.dirDirty = nil, false
 	j.mu.Unlock()
 	var errs []error
@@ -300,6 +321,9 @@ func (j *journal) sync() error {
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("sync audit journal: %w", err)
 	}
+	j.mu.Lock()
+	j.synced = max(j.synced, upTo)
+	j.mu.Unlock()
 	return nil
 }
 
