@@ -437,3 +437,111 @@ func TestAuditTeamStoreDownAndBack(t *testing.T) {
 		t.Fatalf("verify on the team store: %s", out)
 	}
 }
+
+// A daemon killed with a live session leaves its just-in-time role behind;
+// the restarted daemon sweeps it before serving, and says so in its own
+// chain: a credential.sweep record (no session) naming the role, what
+// became of it and of what it owned.
+func TestAuditRecordsCredentialSweep(t *testing.T) {
+	w := newAuditWorld(t, "")
+	s := w.pgxHold(t, w.dsn)
+	defer s.release()
+	role := s.user
+	if !strings.HasPrefix(role, "airlock_") {
+		t.Fatalf("session role %q is not a just-in-time role", role)
+	}
+	w.killDaemon()
+	if roles := w.ourRoles(t); len(roles) != 1 || roles[0] != role {
+		t.Fatalf("after kill -9 the server has roles %v, want the session's %s left behind", roles, role)
+	}
+	w.startDaemon()
+	waitFor(t, "the restarted daemon to sweep the leftover role", 30*time.Second, func() bool { return len(w.ourRoles(t)) == 0 })
+	var sweep *audit.Credential
+	var rec audit.Record
+	waitFor(t, "a credential.sweep record in the export", 30*time.Second, func() bool {
+		for _, r := range w.exportRecords(t) {
+			if r.Kind != "credential.sweep" {
+				continue
+			}
+			var c audit.Credential
+			if err := json.Unmarshal(r.Data, &c); err != nil {
+				t.Fatalf("credential.sweep data %s: %v", r.Data, err)
+			}
+			if c.Role == role {
+				sweep, rec = &c, r
+				return true
+			}
+		}
+		return false
+	})
+	if sweep.Outcome != "ok" || sweep.Mode != "ephemeral" || sweep.Error != "" {
+		t.Fatalf("sweep record of %s: %+v", role, sweep)
+	}
+	if rec.Session != "" {
+		t.Fatalf("a sweep belongs to no session, got session %q", rec.Session)
+	}
+	if out := w.mustAirlock(t, "audit", "verify"); !strings.Contains(out, "verified") {
+		t.Fatalf("verify: %s", out)
+	}
+}
+
+// Connections refused before their session starts reach the record as
+// session.refused with what is known of them: a session over the per-uid
+// cap (its process and uid, SQLSTATE 53300), and a connection made straight
+// to the proxy port, which the kernel did not redirect (its address only).
+func TestAuditRecordsRefusalsBeforeASession(t *testing.T) {
+	w := newAuditWorld(t, "")
+	w.stopDaemon()
+	w.setProxyLimits("  max_sessions_per_uid: 1\n")
+	w.startDaemon()
+
+	s := w.pgxHold(t, w.dsn)
+	defer s.release()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if out, err := w.run(ctx, "psql", "-X", "-At", "-c", "SELECT 1", w.dsn); err == nil || !strings.Contains(out, "max_sessions_per_uid") {
+		t.Fatalf("a second session of uid 0 was not refused by the per-uid cap: %v\n%s", err, out)
+	}
+
+	c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", w.port), 5*time.Second)
+	if err != nil {
+		t.Fatalf("dial the proxy port directly: %v", err)
+	}
+	direct := c.LocalAddr().String()
+	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if n, err := c.Read(make([]byte, 1)); err == nil {
+		t.Fatalf("a connection the kernel did not redirect was served (%d bytes)", n)
+	}
+	c.Close()
+
+	var capped, unredirected *audit.Refusal
+	waitFor(t, "both refusals in the export", 30*time.Second, func() bool {
+		capped, unredirected = nil, nil
+		for _, r := range w.exportRecords(t) {
+			if r.Kind != "session.refused" {
+				continue
+			}
+			var f audit.Refusal
+			if err := json.Unmarshal(r.Data, &f); err != nil {
+				t.Fatalf("session.refused data %s: %v", r.Data, err)
+			}
+			switch {
+			case f.Code == "max_sessions_per_uid":
+				capped = &f
+			case f.Code == "no_kernel_record" && f.Client == direct:
+				unredirected = &f
+			}
+		}
+		return capped != nil && unredirected != nil
+	})
+	if capped.SQLState != "53300" || capped.Process == nil || capped.Process.UID != 0 || capped.Process.PID == 0 ||
+		capped.Connection != "appdb" || !strings.HasSuffix(capped.Dest, ":5432") || !strings.Contains(capped.Reason, "max_sessions_per_uid") {
+		t.Fatalf("per-uid cap refusal recorded as %+v (process %+v)", capped, capped.Process)
+	}
+	if unredirected.Process != nil || unredirected.Reason == "" {
+		t.Fatalf("unredirected connection recorded as %+v", unredirected)
+	}
+	if out := w.mustAirlock(t, "audit", "verify"); !strings.Contains(out, "verified") {
+		t.Fatalf("verify: %s", out)
+	}
+}

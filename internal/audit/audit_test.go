@@ -43,7 +43,7 @@ func stores(t *testing.T) []storeKind {
 func openWriter(t *testing.T, state, spec, pw string, pol Policy) (*Writer, context.CancelFunc, chan struct{}) {
 	t.Helper()
 	w, err := Open(context.Background(), Options{StateDir: state, Store: spec, Password: pw, Policy: pol,
-		CommitInterval: 5 * time.Millisecond, CheckpointInterval: time.Hour})
+		CommitInterval: 5 * time.Millisecond, ShipInterval: 5 * time.Millisecond, CheckpointInterval: time.Hour})
 	if err != nil {
 		t.Fatalf("open audit writer: %v", err)
 	}

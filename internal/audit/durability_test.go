@@ -95,7 +95,7 @@ func TestJournalBoundWaitsForTheStore(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	big := json.RawMessage(`"` + strings.Repeat("x", 900) + `"`)
+	big := json.RawMessage(`"` + strings.Repeat("x", 850) + `"`)
 	for i := 0; i < 3; i++ {
 		if err := j.append(&pending{Kind: "statement", Data: big}); err != nil {
 			t.Fatal(err)

@@ -59,10 +59,11 @@ type journal struct {
 	// mem holds recent records, in seq order, so that the shipper need not
 	// read back and decode what it was just handed; the files stay the
 	// truth, used whenever mem does not reach back far enough.
-	mem     []pending
-	memFull bool
-	buf     []byte
-	waiting bool // an append is waiting for space
+	mem      []pending
+	memFull  bool
+	waiting  bool  // an append is waiting for space
+	dirDirty bool  // a segment was created since the folder was synced
+	synced   int64 // nextSeq when the last sync began: nothing to sync while it holds
 
 	// The reader's place, so each read starts where the last ended
 	// (the shipper is the only reader).
@@ -96,6 +97,11 @@ func openJournal(dir string, max int64, after int64) (*journal, error) {
 		if err != nil {
 			return nil, err
 		}
+		// A killed predecessor may have left frames only in the page
+		// cache: make them durable before building on them.
+		if err := syncFile(name); err != nil {
+			return nil, fmt.Errorf("sync audit journal segment %s: %w", name, err)
+		}
 		fi, err := os.Stat(name)
 		if err != nil {
 			return nil, err
@@ -124,6 +130,15 @@ func openJournal(dir string, max int64, after int64) (*journal, error) {
 		return nil, err
 	}
 	return j, nil
+}
+
+func syncFile(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return f.Sync()
 }
 
 // scanSegment returns the length of the valid frames at the start of path
@@ -172,16 +187,55 @@ func (j *journal) rotateLocked() error {
 	}
 	j.f = f
 	j.segs = append(j.segs, segment{first: j.nextSeq, last: j.nextSeq - 1, path: path})
-	if d, err := os.Open(j.dir); err == nil {
-		_ = d.Sync()
-		_ = d.Close()
-	}
+	// The folder is synced by the next sync, with the segment's frames
+	// (not here, under the lock every session's append takes): a machine
+	// crash before it loses only what that sync would cover.
+	j.dirDirty = true
 	return nil
+}
+
+// seqWidth is the room left for the seq in an encoded frame: it is known
+// only under the lock, after the rest is encoded. JSON allows the spaces
+// that pad it.
+const seqWidth = 19
+
+var frameBufs = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
+
+// encodeFrame encodes p as a frame into b, with spaces where the seq goes;
+// it returns the frame and the seq's offset in it. It runs before the
+// lock is taken: sessions then hold the lock only for the seq, the
+// checksum and the write.
+func encodeFrame(b []byte, p *pending) ([]byte, int) {
+	// Encoded by hand: Data is already JSON, and re-validating it on the
+	// data path (as json.Marshal of a RawMessage does) costs more than
+	// the write itself.
+	b = append(b[:0], 0, 0, 0, 0, 0, 0, 0, 0)
+	b = append(b, `{"seq":`...)
+	at := len(b)
+	b = append(b, "                   "[:seqWidth]...)
+	b = append(b, `,"time":"`...)
+	b = p.Time.AppendFormat(b, time.RFC3339Nano)
+	b = append(b, `","kind":`...)
+	b = appendJSONString(b, p.Kind)
+	b = append(b, `,"session":`...)
+	b = appendJSONString(b, p.Session)
+	b = append(b, `,"data":`...)
+	b = append(b, p.Data...)
+	b = append(b, '}')
+	return b, at
 }
 
 // append numbers p and writes it; it waits while the journal is over its
 // bound (a team store long down): sessions slow down, nothing is dropped.
 func (j *journal) append(p *pending) error {
+	bp := frameBufs.Get().(*[]byte)
+	b, at := encodeFrame(*bp, p)
+	defer func() {
+		if cap(b) <= 64<<10 {
+			*bp = b
+			frameBufs.Put(bp)
+		}
+	}()
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	for j.total >= j.max && !j.closed {
@@ -192,25 +246,11 @@ func (j *journal) append(p *pending) error {
 		return errors.New("audit journal is closed")
 	}
 	p.Seq = j.nextSeq
-	// Encoded by hand: Data is already JSON, and re-validating it on the
-	// data path (as json.Marshal of a RawMessage does) costs more than the
-	// write itself.
-	j.buf = append(j.buf[:0], 0, 0, 0, 0, 0, 0, 0, 0)
-	j.buf = append(j.buf, `{"seq":`...)
-	j.buf = strconv.AppendInt(j.buf, p.Seq, 10)
-	j.buf = append(j.buf, `,"time":"`...)
-	j.buf = p.Time.AppendFormat(j.buf, time.RFC3339Nano)
-	j.buf = append(j.buf, `","kind":`...)
-	j.buf = appendJSONString(j.buf, p.Kind)
-	j.buf = append(j.buf, `,"session":`...)
-	j.buf = appendJSONString(j.buf, p.Session)
-	j.buf = append(j.buf, `,"data":`...)
-	j.buf = append(j.buf, p.Data...)
-	j.buf = append(j.buf, '}')
-	payload := j.buf[frameHeader:]
-	binary.BigEndian.PutUint32(j.buf[0:], uint32(len(payload)))
-	binary.BigEndian.PutUint32(j.buf[4:], crc32.Checksum(payload, crcTable))
-	if _, err := j.f.Write(j.buf); err != nil {
+	strconv.AppendInt(b[at:at], p.Seq, 10) // in place, over the spaces
+	payload := b[frameHeader:]
+	binary.BigEndian.PutUint32(b[0:], uint32(len(payload)))
+	binary.BigEndian.PutUint32(b[4:], crc32.Checksum(payload, crcTable))
+	if _, err := j.f.Write(b); err != nil {
 		// A short write leaves a torn frame that the next start drops;
 		// start a fresh segment so later frames stay readable.
 		_ = j.rotateLocked()
@@ -224,8 +264,8 @@ func (j *journal) append(p *pending) error {
 		j.mem = append(j.mem, *p)
 	}
 	s := &j.segs[len(j.segs)-1]
-	s.last, s.size = p.Seq, s.size+int64(len(j.buf))
-	j.total += int64(len(j.buf))
+	s.last, s.size = p.Seq, s.size+int64(len(b))
+	j.total += int64(len(b))
 	if s.size >= segmentMax {
 		if err := j.rotateLocked(); err != nil {
 			return err
@@ -251,10 +291,22 @@ func appendJSONString(b []byte, s string) []byte {
 // sync makes everything appended so far durable.
 func (j *journal) sync() error {
 	j.mu.Lock()
-	f, old := j.f, j.unsynced
-	j.unsynced = nil
+	f, old, dir, upTo := j.f, j.unsynced, j.dirDirty, j.nextSeq
+	if upTo == j.synced && !dir && len(old) == 0 {
+		// Nothing appended since the last sync: an idle daemon does not
+		// fsync twenty times a second.
+		j.mu.Unlock()
+		return nil
+	}
+	j.unsynced, j.dirDirty = nil, false
 	j.mu.Unlock()
 	var errs []error
+	if dir {
+		if d, err := os.Open(j.dir); err == nil {
+			errs = append(errs, d.Sync())
+			_ = d.Close()
+		}
+	}
 	for _, o := range old {
 		if err := o.Sync(); err != nil {
 			errs = append(errs, err)
@@ -269,6 +321,9 @@ func (j *journal) sync() error {
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("sync audit journal: %w", err)
 	}
+	j.mu.Lock()
+	j.synced = max(j.synced, upTo)
+	j.mu.Unlock()
 	return nil
 }
 

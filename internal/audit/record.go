@@ -180,6 +180,15 @@ type IdentityChange struct {
 type Refusal struct {
 	Reason   string `json:"reason"`
 	SQLState string `json:"sqlstate,omitempty"`
+	// For a connection refused before its session started, which no
+	// session.start describes: the short reason and what is known of the
+	// connection (no process for one the kernel did not redirect).
+	Code       string   `json:"code,omitempty"`
+	Connection string   `json:"connection,omitempty"`
+	Target     string   `json:"target,omitempty"`
+	Dest       string   `json:"dest,omitempty"`
+	Client     string   `json:"client,omitempty"`
+	Process    *Process `json:"process,omitempty"`
 }
 
 // KeyData is the data of an audit.key record: a signing key, signed by the
@@ -253,7 +262,7 @@ func fromEvent(ev session.Event, pol Policy) (kind string, data any, err error) 
 		return kind, Credential{Mode: c.Mode, Role: c.Role, Groups: c.Groups, Expires: c.Expires,
 			Outcome: c.Outcome, Error: redactSQL(c.Error), Leftovers: c.Leftovers}, nil
 	case ev.Refusal != nil:
-		return kind, Refusal{Reason: redactSQL(ev.Refusal.Reason), SQLState: ev.Refusal.SQLState}, nil
+		return kind, refusalOf(ev.Refusal), nil
 	case ev.Decision != nil:
 		d := *ev.Decision
 		d.SQL, d.Reason = redactSQL(d.SQL), redactSQL(d.Reason)
@@ -272,6 +281,26 @@ func fromEvent(ev session.Event, pol Policy) (kind string, data any, err error) 
 		return kind, ch, nil
 	}
 	return "", nil, fmt.Errorf("event %q carries no data", ev.Kind)
+}
+
+func refusalOf(r *session.Refusal) Refusal {
+	out := Refusal{Reason: redactSQL(r.Reason), SQLState: r.SQLState, Code: r.Code}
+	a := r.Attempt
+	if a == nil {
+		return out
+	}
+	out.Connection, out.Target = a.Connection, a.Target
+	if a.Dest.IsValid() {
+		out.Dest = a.Dest.String()
+	}
+	if a.Client.IsValid() {
+		out.Client = a.Client.String()
+	}
+	if o := a.Origin; o.PID != 0 {
+		out.Process = &Process{PID: o.PID, TID: o.TID, UID: o.UID, GID: o.GID, Comm: o.Comm, Exe: o.Exe,
+			Cmdline: redactArgs(o.Cmdline), CgroupID: o.CgroupID, Cgroup: o.CgroupPath, ConnectAt: o.ConnectAt}
+	}
+	return out
 }
 
 func startOf(s *session.Session) SessionStart {

@@ -10,6 +10,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -23,6 +24,12 @@ type Store struct {
 	db       *sql.DB
 	postgres bool
 	name     string // for messages and status; never holds a password
+
+	// inserts are the prepared multi-row INSERTs, by rows per statement:
+	// preparing (parsing) the statement is otherwise a third of a row's
+	// cost. Only the shipper appends; the mutex covers Close.
+	insMu   sync.Mutex
+	inserts map[int]*sql.Stmt
 }
 
 // migrations are applied in order at open; each runs once. Only append.
@@ -142,7 +149,45 @@ func redactURL(s string) string {
 func (s *Store) Name() string { return s.name }
 
 // Close closes the store.
-func (s *Store) Close() error { return s.db.Close() }
+func (s *Store) Close() error {
+	s.insMu.Lock()
+	for _, st := range s.inserts {
+		_ = st.Close()
+	}
+	s.inserts = nil
+	s.insMu.Unlock()
+	return s.db.Close()
+}
+
+// insertRows are the statement sizes append uses: a batch is cut into as
+// many of the largest as fit, then the smaller.
+var insertRows = []int{64, 8, 1}
+
+// insert returns the prepared INSERT of n rows.
+func (s *Store) insert(ctx context.Context, n int) (*sql.Stmt, error) {
+	s.insMu.Lock()
+	defer s.insMu.Unlock()
+	if st := s.inserts[n]; st != nil {
+		return st, nil
+	}
+	var q strings.Builder
+	q.WriteString(`INSERT INTO audit_records (daemon, seq, time_ns, kind, session, person, uid, pid, exe, connection, data, prev_hash, hash) VALUES `)
+	for i := 0; i < n; i++ {
+		if i > 0 {
+			q.WriteString(", ")
+		}
+		q.WriteString("(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+	}
+	st, err := s.db.PrepareContext(ctx, s.q(q.String()))
+	if err != nil {
+		return nil, err
+	}
+	if s.inserts == nil {
+		s.inserts = map[int]*sql.Stmt{}
+	}
+	s.inserts[n] = st
+	return st, nil
+}
 
 // q rewrites ? placeholders for PostgreSQL.
 func (s *Store) q(query string) string {
@@ -245,23 +290,29 @@ func (s *Store) append(ctx context.Context, recs []Record, cps []Checkpoint, key
 	defer tx.Rollback()
 	// Many rows per INSERT: the per-statement overhead of database/sql and
 	// the driver is most of a row's cost.
-	const perInsert = 64
-	for start := 0; start < len(recs); start += perInsert {
-		chunk := recs[start:min(start+perInsert, len(recs))]
-		var q strings.Builder
-		q.WriteString(`INSERT INTO audit_records (daemon, seq, time_ns, kind, session, person, uid, pid, exe, connection, data, prev_hash, hash) VALUES `)
-		args := make([]any, 0, 13*len(chunk))
+	args := make([]any, 0, 13*insertRows[0])
+	for start := 0; start < len(recs); {
+		n := insertRows[len(insertRows)-1]
+		for _, k := range insertRows {
+			if len(recs)-start >= k {
+				n = k
+				break
+			}
+		}
+		chunk := recs[start : start+n]
+		start += n
+		args = args[:0]
 		for i := range chunk {
 			r := &chunk[i]
-			if i > 0 {
-				q.WriteString(", ")
-			}
-			q.WriteString("(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 			c := colsOf(r.Kind, r.Data)
 			args = append(args, r.Daemon, r.Seq, r.Time.UnixNano(), r.Kind, r.Session, c.person, c.uid, c.pid,
 				c.exe, c.connection, string(r.Data), r.PrevHash, r.Hash)
 		}
-		if _, err := tx.ExecContext(ctx, s.q(q.String()), args...); err != nil {
+		st, err := s.insert(ctx, n)
+		if err != nil {
+			return fmt.Errorf("prepare the insert of %d records: %w", n, err)
+		}
+		if _, err := tx.StmtContext(ctx, st).ExecContext(ctx, args...); err != nil {
 			return fmt.Errorf("insert records %d to %d: %w", chunk[0].Seq, chunk[len(chunk)-1].Seq, err)
 		}
 	}

@@ -2,7 +2,6 @@ package audit
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -27,9 +26,15 @@ type Options struct {
 	Store    string // "" (SQLite in the state dir), a file path, or postgres://…
 	Password string // for a postgres store (the daemon reads it from a root-only file)
 	Policy   Policy
-	// CommitInterval bounds how long a record waits for its batch to be
-	// fsynced and committed (the window a machine crash can lose).
+	// CommitInterval bounds how long a record waits for the journal to be
+	// fsynced (the window a machine crash can lose).
 	CommitInterval time.Duration
+	// ShipInterval is how often the journal is shipped to the store
+	// (default 1s, never less than CommitInterval), sooner once a full
+	// batch waits. The journal is already durable: shipping less often
+	// spreads each transaction's fixed cost (fsyncs of the store and of the
+	// head file) over more records.
+	ShipInterval time.Duration
 	// CheckpointInterval is how often the head of the chain is signed.
 	CheckpointInterval time.Duration
 	Retention          time.Duration // 0 keeps records for ever
@@ -75,6 +80,7 @@ type Writer struct {
 	cpDue   time.Time
 	closed  bool // interrupted sessions are closed
 	pruneAt time.Time
+	shipped time.Time // last ship
 
 	rotate    sync.Mutex
 	shipMu    sync.Mutex // one shipper at a time: Run, Flush
@@ -97,6 +103,10 @@ func Open(ctx context.Context, opts Options) (*Writer, error) {
 	if opts.CommitInterval <= 0 {
 		opts.CommitInterval = 50 * time.Millisecond
 	}
+	if opts.ShipInterval <= 0 {
+		opts.ShipInterval = time.Second
+	}
+	opts.ShipInterval = max(opts.ShipInterval, opts.CommitInterval)
 	if opts.CheckpointInterval <= 0 {
 		opts.CheckpointInterval = time.Minute
 	}
@@ -197,7 +207,7 @@ func (w *Writer) Record(ev session.Event) {
 }
 
 func (w *Writer) append(kind, sess string, at time.Time, data any) int64 {
-	b, err := json.Marshal(data)
+	b, err := encodeData(data)
 	if err != nil {
 		w.log.Error("audit: encode record", "kind", kind, "err", err)
 		return 0
@@ -280,12 +290,16 @@ func (w *Writer) Run(ctx context.Context) {
 			}
 		case <-t.C:
 		}
-		if time.Now().Before(retryAt) {
-			// The store is down: still fsync the journal on time.
-			_ = w.j.sync()
+		w.shipMu.Lock()
+		if time.Now().Before(retryAt) || !w.shipDue() {
+			w.shipMu.Unlock()
+			// Between shipments (or while the store is down) the journal
+			// is still fsynced on time.
+			if err := w.j.sync(); err != nil {
+				w.log.Error("audit: fsync journal", "err", err)
+			}
 			continue
 		}
-		w.shipMu.Lock()
 		err := w.ship(ctx)
 		if err == nil {
 			w.checkpoint(ctx, false)
@@ -303,6 +317,18 @@ func (w *Writer) Run(ctx context.Context) {
 		}
 		backoff = 0
 	}
+}
+
+// shipDue says whether the shipper should ship now: its interval has
+// passed, a full batch waits, or start-up work (a new key, sessions to
+// close as interrupted) is pending. The caller holds shipMu.
+func (w *Writer) shipDue() bool {
+	if time.Since(w.shipped) >= w.opts.ShipInterval || !w.closed {
+		return true
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.newKey != nil || w.j.lastSeq()-w.stored >= shipBatch
 }
 
 // Flush ships everything written so far (tests, verify).
@@ -400,6 +426,7 @@ const shipNice = 10
 
 // ship moves journal records into the store in batches, chaining them.
 func (w *Writer) ship(ctx context.Context) error {
+	w.shipped = time.Now()
 	for {
 		if err := w.j.sync(); err != nil {
 			w.log.Error("audit: fsync journal", "err", err)

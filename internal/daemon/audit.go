@@ -86,6 +86,16 @@ func (d *Daemon) Audit(ctx context.Context, p control.Peer, op string, q *contro
 	}
 	rep := &control.AuditReply{}
 	var err error
+	if op == "sessions" || op == "session" || (op == "audit.export" && q.AfterDaemon == "" && q.AfterSeq == 0) {
+		// The store lags the journal by up to a shipping interval: a
+		// reader sees everything recorded so far (unless the store is
+		// down, when it sees what the store has).
+		if d.audit.Status().Reachable {
+			if ferr := d.audit.Flush(ctx); ferr != nil {
+				d.log.Warn("audit: ship before reading", "err", ferr)
+			}
+		}
+	}
 	switch op {
 	case "sessions":
 		f := q.Filter

@@ -53,6 +53,9 @@ type router struct {
 	// guards enforce the policy, one per PostgreSQL connection; approvals
 	// plug in with setApprover.
 	guards []*guard.Guard
+	// events records what happens outside any session (roles swept at
+	// start); nil without an audit record.
+	events session.Sink
 }
 
 // setApprover hands every connection's holds to a (nil: holds are refused).
@@ -69,6 +72,9 @@ type lookupFunc func(ctx context.Context, host string) ([]string, error)
 func newRouter(ctx context.Context, cfg *config.Config, set *targets.Set, dialer upstream.Dialer, lookup lookupFunc, log *slog.Logger, d *Daemon) (*router, error) {
 	r := &router{set: set, hosts: map[string]string{}, byTarget: map[string]frontdoor.Route{}, fallback: relay.TCP{Dialer: dialer}, stateDir: cfg.StateDir}
 	r.sampleRows, r.sampleBytes = cfg.Audit.Samples()
+	if d != nil && d.audit != nil {
+		r.events = d.audit
+	}
 	for _, t := range cfg.Targets {
 		if t.Host != "" {
 			r.hosts[t.Name] = t.Host
@@ -183,6 +189,7 @@ func (r *router) postgres(ctx context.Context, conn config.Connection, rules acc
 			HostID:      hostID,
 			Leftovers:   pg.Credential.Leftovers,
 			Owner:       pg.Credential.LeftoversOwner,
+			Events:      r.events,
 		})
 		if err != nil {
 			return nil, err

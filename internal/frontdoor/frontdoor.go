@@ -277,8 +277,15 @@ func (s *Server) handle(ctx context.Context, conn net.Conn) {
 	if err != nil {
 		// Not redirected by the kernel (or the record was lost): the origin
 		// is unknown, so nothing may be relayed.
-		log.Warn("refused connection to the proxy port that the kernel did not redirect",
-			"client", client.String(), "err", err)
+		s.count(ReasonNoRecord)
+		if s.logRefusal(ReasonNoRecord) {
+			log.Warn("refused connection to the proxy port that the kernel did not redirect",
+				"client", client.String(), "err", err)
+		}
+		a := session.New(s.opts.Sink)
+		a.Client = client
+		s.recordRefusal(a, Refusal{Reason: ReasonNoRecord,
+			Message: "connection to Airlock's proxy port that the kernel did not redirect: its process is unknown, so it is closed"})
 		_ = conn.Close()
 		return
 	}
@@ -287,6 +294,8 @@ func (s *Server) handle(ctx context.Context, conn net.Conn) {
 		log.Warn("refused redirected connection to a destination that is no longer a target",
 			"dest", rec.Orig.String(), "pid", rec.TGID, "uid", rec.UID)
 		s.count(ReasonNotATarget)
+		s.recordRefusal(s.attempt(Route{}, rec, client), Refusal{Reason: ReasonNotATarget,
+			Message: "redirected connection to " + rec.Orig.String() + ", which is no longer a registered target: closed"})
 		_ = conn.Close()
 		return
 	}
@@ -469,12 +478,8 @@ func (s *Server) refuse(ctx context.Context, conn net.Conn, route Route, rec int
 	}
 	s.mu.Unlock()
 
-	sess := session.New(s.opts.Sink)
-	sess.Target, sess.Connection, sess.Protocol = route.Target, route.Connection, route.Protocol
-	sess.Dest, sess.Client = rec.Orig, client
-	sess.Origin = session.Origin{PID: rec.TGID, TID: rec.PID, UID: rec.UID, GID: rec.GID,
-		Comm: rec.Comm, CgroupID: rec.CgroupID, ConnectAt: rec.At}
-	sess.Emit(session.Event{Kind: session.KindRefused, Refusal: &session.Refusal{Reason: r.Message, SQLState: r.Code}})
+	sess := s.attempt(route, rec, client)
+	s.recordRefusal(sess, r)
 	// Every refusal is an event; the log gets the first of each kind per
 	// interval, so a flood of them does not flood the journal.
 	if s.logRefusal(r.Reason) {
@@ -494,6 +499,24 @@ func (s *Server) refuse(ctx context.Context, conn net.Conn, route Route, rec int
 			s.opts.Logger.Debug("telling a refused client why", "session", sess.ID, "err", err)
 		}
 	}
+}
+
+// attempt is a connection refused before its session started, described
+// by the kernel's record only: a refusal must stay cheap.
+func (s *Server) attempt(route Route, rec intercept.Record, client netip.AddrPort) *session.Session {
+	a := session.New(s.opts.Sink)
+	a.Target, a.Connection, a.Protocol = route.Target, route.Connection, route.Protocol
+	a.Dest, a.Client = rec.Orig, client
+	a.Origin = session.Origin{PID: rec.TGID, TID: rec.PID, UID: rec.UID, GID: rec.GID,
+		Comm: rec.Comm, CgroupID: rec.CgroupID, ConnectAt: rec.At}
+	return a
+}
+
+// recordRefusal records a refusal before any session: no session.start
+// describes the connection, so the record carries what is known of it.
+func (s *Server) recordRefusal(a *session.Session, r Refusal) {
+	a.Emit(session.Event{Kind: session.KindRefused, Refusal: &session.Refusal{Reason: r.Message, SQLState: r.Code,
+		Code: r.Reason, Attempt: a}})
 }
 
 // Stats returns the session counts and refusals so far.

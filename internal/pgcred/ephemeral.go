@@ -104,6 +104,9 @@ type EphemeralOptions struct {
 	// holds (default 5m).
 	RetryInterval time.Duration
 	SweepInterval time.Duration
+	// Events receives the credential.sweep events of roles a sweep found
+	// outside any session (the audit record); nil drops them.
+	Events session.Sink
 }
 
 // Ephemeral creates one login role per session and drops it on Release.
@@ -124,6 +127,7 @@ type Ephemeral struct {
 	connLimit    int
 	retryEvery   time.Duration
 	sweepEvery   time.Duration
+	events       session.Sink
 
 	adminUser string // current_user of the admin connection
 	adminDB   string // current_database() of the admin connection
@@ -163,7 +167,7 @@ func NewEphemeral(ctx context.Context, opts EphemeralOptions) (*Ephemeral, error
 	e := &Ephemeral{
 		admin: opts.Admin.Copy(), ttl: opts.TTL, prefix: opts.Prefix, log: opts.Logger,
 		hostID: opts.HostID, leftovers: opts.Leftovers, owner: opts.Owner, connLimit: opts.ConnLimit,
-		retryEvery: opts.RetryInterval, sweepEvery: opts.SweepInterval,
+		retryEvery: opts.RetryInterval, sweepEvery: opts.SweepInterval, events: opts.Events,
 		active: map[string]*Lease{}, pending: map[string]*pendingDrop{}, done: make(chan struct{}),
 		drops: make(chan struct{}, adminPoolSize-1),
 	}
@@ -743,16 +747,35 @@ func (e *Ephemeral) sweep(ctx context.Context, expiredOnly bool) (int, error) {
 		case dropped:
 			n++
 			e.log.Info("pgcred: swept leftover role", "role", role, "expired_only", expiredOnly)
+			e.recordSweep(role, "ok", nil, left)
 		case absent:
 		default:
 			e.schedule(role, &pendingDrop{})
 			errs = append(errs, fmt.Errorf("role %s: %w", role, err))
+			outcome := "failed"
+			if st == nologin {
+				outcome = "nologin"
+			}
+			e.recordSweep(role, outcome, err, left)
 		}
 	}
 	if len(errs) > 0 {
 		return n, fmt.Errorf("pgcred: sweep: %w: %w", ErrDropPending, errors.Join(errs...))
 	}
 	return n, nil
+}
+
+// recordSweep records what a sweep did with a role found outside any
+// session: the daemon's own record, with no session.
+func (e *Ephemeral) recordSweep(role, outcome string, err error, left *session.Leftovers) {
+	if e.events == nil {
+		return
+	}
+	c := &session.Credential{Mode: "ephemeral", Role: role, Outcome: outcome, Leftovers: left}
+	if err != nil {
+		c.Error = err.Error()
+	}
+	e.events.Record(session.Event{Time: time.Now(), Kind: session.KindCredentialSweep, Credential: c})
 }
 
 // retryPending tries every pending drop once and returns how many are left.
@@ -788,6 +811,8 @@ func (e *Ephemeral) retryPending(ctx context.Context) int {
 			if p.sess != nil {
 				p.sess.Emit(session.Event{Kind: session.KindCredentialRevoke, Credential: &session.Credential{
 					Mode: "ephemeral", Role: role, Groups: p.groups, Expires: p.expires, Outcome: "ok", Leftovers: left}})
+			} else {
+				e.recordSweep(role, "ok", nil, left)
 			}
 		case absent:
 		default:

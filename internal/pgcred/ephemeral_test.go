@@ -426,11 +426,29 @@ func TestSweep(t *testing.T) {
 		t.Fatalf("Sweep with live leases: n=%d err=%v, want 0 (live leases are not leftovers)", n, err)
 	}
 
-	// The daemon restarts: a new Ephemeral finds the two roles left over.
-	e2 := newEph(t, cfg, opts)
+	// The daemon restarts: a new Ephemeral finds the two roles left over,
+	// and records what it did with each in the daemon's own record.
+	swept := &recorder{}
+	opts2 := opts
+	opts2.Events = swept
+	e2 := newEph(t, cfg, opts2)
 	n, err := e2.Sweep(ctx)
 	if err != nil || n != 2 {
 		t.Fatalf("Sweep: n=%d err=%v, want 2", n, err)
+	}
+	byRole := map[string]*session.Credential{}
+	for _, ev := range swept.events {
+		if ev.Kind != session.KindCredentialSweep || ev.Session != "" || ev.Credential == nil {
+			t.Fatalf("sweep recorded %+v, want credential.sweep events with no session", ev)
+		}
+		byRole[ev.Credential.Role] = ev.Credential
+	}
+	if c := byRole[l1.User()]; len(byRole) != 2 || c == nil || c.Outcome != "ok" || c.Mode != "ephemeral" {
+		t.Fatalf("sweep events %+v, want one ok event for each of %s and %s", byRole, l1.User(), l2.User())
+	}
+	if c := byRole[l2.User()]; c == nil || c.Outcome != "ok" || c.Leftovers == nil || c.Leftovers.Count < 1 ||
+		!strings.Contains(strings.Join(c.Leftovers.Objects, " "), "leftover_table") {
+		t.Fatalf("sweep of the role that owned a table recorded %+v, want its leftovers", c)
 	}
 	for _, r := range []string{l1.User(), l2.User()} {
 		if roleExists(t, s, r) {

@@ -37,6 +37,11 @@ const (
 	// KindAuditReveal records that someone fetched compliance copies to
 	// decrypt them (`airlock audit reveal`).
 	KindAuditReveal Kind = "audit.reveal"
+
+	// KindCredentialSweep is a role of ours found outside any session (a
+	// leftover of a daemon that died, or one past its VALID UNTIL) and
+	// dropped, or not, by a sweep. It belongs to no session.
+	KindCredentialSweep Kind = "credential.sweep"
 )
 
 // Event is one recorded fact about a session. Exactly the pointer fields that
@@ -208,6 +213,13 @@ type Leftovers struct {
 type Refusal struct {
 	Reason   string `json:"reason"`
 	SQLState string `json:"sqlstate,omitempty"`
+	// Code is the refusal's short reason for connections refused before
+	// their session started (max_sessions, no_kernel_record, ...).
+	Code string `json:"code,omitempty"`
+	// Attempt is the connection refused before its session started: what
+	// is known of its origin, target and addresses (no session.start
+	// describes it). Nil for refusals inside a session.
+	Attempt *Session `json:"-"`
 }
 
 // LogSink writes session-level events as structured log lines. Statements

@@ -1,0 +1,206 @@
+package audit
+
+import (
+	"encoding/json"
+	"reflect"
+	"strconv"
+	"unicode/utf8"
+)
+
+// Statement records are the one kind written at the rate of the traffic:
+// they are encoded by hand, to the very bytes encoding/json would produce
+// (a test holds the two together), at a fraction of its cost. Any other
+// kind, and a Statement whose fields changed since this encoder was
+// written, goes through encoding/json.
+
+// statementFields are the fields appendStatement knows, with their tags.
+var statementFields = []string{
+	"Protocol protocol", "SQL sql", "Name name,omitempty", "Params params,omitempty",
+	"ParamCount param_count,omitempty", "Tag tag,omitempty", "SQLState sqlstate,omitempty",
+	"Error error,omitempty", "Rows rows", "Bytes bytes", "DurationUS duration_us",
+	"Class class,omitempty", "Decision decision,omitempty", "Rule rule,omitempty", "Sample sample,omitempty",
+	"Number number,omitempty",
+}
+
+var sampleFields = []string{"Columns columns", "Rows rows", "Truncated truncated,omitempty"}
+
+// fastStatement is whether Statement (and ResultSample) still have exactly
+// the fields appendStatement encodes.
+var fastStatement = sameFields(reflect.TypeOf(Statement{}), statementFields) &&
+	sameFields(reflect.TypeOf(ResultSample{}), sampleFields)
+
+func sameFields(t reflect.Type, want []string) bool {
+	if t.NumField() != len(want) {
+		return false
+	}
+	for i := 0; i < t.NumField(); i++ {
+		f := t.Field(i)
+		if f.Name+" "+f.Tag.Get("json") != want[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// encodeData encodes a record's data.
+func encodeData(data any) ([]byte, error) {
+	if st, ok := data.(Statement); ok && fastStatement {
+		return appendStatement(make([]byte, 0, 128+len(st.SQL)), &st), nil
+	}
+	return json.Marshal(data)
+}
+
+func appendStatement(b []byte, st *Statement) []byte {
+	b = append(b, `{"protocol":`...)
+	b = appendString(b, st.Protocol)
+	b = append(b, `,"sql":`...)
+	b = appendString(b, st.SQL)
+	if st.Name != "" {
+		b = append(b, `,"name":`...)
+		b = appendString(b, st.Name)
+	}
+	if len(st.Params) > 0 {
+		b = append(b, `,"params":`...)
+		b = appendStrings(b, st.Params)
+	}
+	if st.ParamCount != 0 {
+		b = append(b, `,"param_count":`...)
+		b = strconv.AppendInt(b, int64(st.ParamCount), 10)
+	}
+	b = appendOpt(b, `,"tag":`, st.Tag)
+	b = appendOpt(b, `,"sqlstate":`, st.SQLState)
+	b = appendOpt(b, `,"error":`, st.Error)
+	b = append(b, `,"rows":`...)
+	b = strconv.AppendInt(b, st.Rows, 10)
+	b = append(b, `,"bytes":`...)
+	b = strconv.AppendInt(b, st.Bytes, 10)
+	b = append(b, `,"duration_us":`...)
+	b = strconv.AppendInt(b, st.DurationUS, 10)
+	b = appendOpt(b, `,"class":`, st.Class)
+	b = appendOpt(b, `,"decision":`, st.Decision)
+	b = appendOpt(b, `,"rule":`, st.Rule)
+	if s := st.Sample; s != nil {
+		b = append(b, `,"sample":{"columns":`...)
+		b = appendStrings(b, s.Columns)
+		b = append(b, `,"rows":`...)
+		if s.Rows == nil {
+			b = append(b, "null"...)
+		} else {
+			b = append(b, '[')
+			for i, r := range s.Rows {
+				if i > 0 {
+					b = append(b, ',')
+				}
+				b = appendNullableStrings(b, r)
+			}
+			b = append(b, ']')
+		}
+		if s.Truncated {
+			b = append(b, `,"truncated":true`...)
+		}
+		b = append(b, '}')
+	}
+	if st.Number != 0 {
+		b = append(b, `,"number":`...)
+		b = strconv.AppendInt(b, st.Number, 10)
+	}
+	return append(b, '}')
+}
+
+// appendNullableStrings encodes a row of a result sample: a nil slice and
+// a nil value (SQL NULL) are both null, as encoding/json has them.
+func appendNullableStrings(b []byte, ss []*string) []byte {
+	if ss == nil {
+		return append(b, "null"...)
+	}
+	b = append(b, '[')
+	for i, s := range ss {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		if s == nil {
+			b = append(b, "null"...)
+			continue
+		}
+		b = appendString(b, *s)
+	}
+	return append(b, ']')
+}
+
+func appendOpt(b []byte, key, v string) []byte {
+	if v == "" {
+		return b
+	}
+	b = append(b, key...)
+	return appendString(b, v)
+}
+
+// appendStrings encodes a string slice; nil is null, as encoding/json has it.
+func appendStrings(b []byte, ss []string) []byte {
+	if ss == nil {
+		return append(b, "null"...)
+	}
+	b = append(b, '[')
+	for i, s := range ss {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = appendString(b, s)
+	}
+	return append(b, ']')
+}
+
+const hexDigits = "0123456789abcdef"
+
+// appendString quotes s as encoding/json does by default: <, > and & as
+// \u escapes, control characters escaped, invalid UTF-8 as U+FFFD, and
+// U+2028 and U+2029 escaped.
+func appendString(b []byte, s string) []byte {
+	b = append(b, '"')
+	start := 0
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c < utf8.RuneSelf {
+			if c >= 0x20 && c != '"' && c != '\\' && c != '<' && c != '>' && c != '&' {
+				i++
+				continue
+			}
+			b = append(b, s[start:i]...)
+			switch c {
+			case '"', '\\':
+				b = append(b, '\\', c)
+			case '\n':
+				b = append(b, '\\', 'n')
+			case '\r':
+				b = append(b, '\\', 'r')
+			case '\t':
+				b = append(b, '\\', 't')
+			case '\b':
+				b = append(b, '\\', 'b')
+			case '\f':
+				b = append(b, '\\', 'f')
+			default:
+				b = append(b, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xf])
+			}
+			i++
+			start = i
+			continue
+		}
+		r, n := utf8.DecodeRuneInString(s[i:])
+		switch {
+		case r == utf8.RuneError && n == 1:
+			b = append(b, s[start:i]...)
+			b = append(b, `\ufffd`...)
+		case r == '\u2028' || r == '\u2029':
+			b = append(b, s[start:i]...)
+			b = append(b, '\\', 'u', '2', '0', '2', hexDigits[r&0xf])
+		default:
+			i += n
+			continue
+		}
+		i += n
+		start = i
+	}
+	b = append(b, s[start:]...)
+	return append(b, '"')
+}

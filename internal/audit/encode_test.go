@@ -1,0 +1,68 @@
+package audit
+
+import (
+	"encoding/json"
+	"testing"
+)
+
+// The hand encoder must stay byte for byte what encoding/json makes of a
+// Statement: the hash chain covers these bytes, and export prints them.
+func TestAppendStatementMatchesEncodingJSON(t *testing.T) {
+	if !fastStatement {
+		t.Fatal("Statement or ResultSample changed: update statementFields/sampleFields and appendStatement (records go through encoding/json until then)")
+	}
+	tests := []struct {
+		name string
+		st   Statement
+	}{
+		{"empty", Statement{}},
+		{"plain", Statement{Protocol: "simple", SQL: "SELECT abalance FROM pgbench_accounts WHERE aid = 48213;", Tag: "SELECT 1", Rows: 1, Bytes: 11, DurationUS: 80}},
+		{"every field", Statement{Protocol: "extended", SQL: "SELECT $1 <> 'a&b'", Name: "s1", Params: []string{"x", ""}, ParamCount: 2,
+			Tag: "SELECT 0", SQLState: "42P01", Error: "relation \"t\" does not exist", Rows: -1, Bytes: 1 << 40, DurationUS: 123456789,
+			Class: "read", Decision: "allowed", Rule: "r1", Sample: &ResultSample{Columns: []string{"a", "b", "c"}, Rows: [][]*string{{ptr("1"), ptr("x\ny"), nil}, nil}, Truncated: true}, Number: 42}},
+		{"empty sample", Statement{Sample: &ResultSample{}}},
+		{"empty slices", Statement{Params: []string{}, Sample: &ResultSample{Columns: []string{}, Rows: [][]*string{}}}},
+		{"escapes", Statement{SQL: "\x00\x01\x1f\t\r\n\b\f\"\\ é \u2028\u2029 \xff\xfe 😀 <script>&amp;</script>\x7f"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			want, err := json.Marshal(tc.st)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := appendStatement(nil, &tc.st); string(got) != string(want) {
+				t.Fatalf("got  %s\nwant %s", got, want)
+			}
+		})
+	}
+}
+
+// FuzzAppendString holds the string encoder to encoding/json on any input
+// (statement text is the client's, so anything at all).
+func FuzzAppendString(f *testing.F) {
+	for _, s := range []string{"", "SELECT 1", "a\"b\\c", "\x00\xff<>&", "\u2028é😀", "\xed\xa0\x80"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		want, _ := json.Marshal(s)
+		if got := appendString(nil, s); string(got) != string(want) {
+			t.Fatalf("appendString(%q) = %s, encoding/json %s", s, got, want)
+		}
+	})
+}
+
+func BenchmarkEncodeStatement(b *testing.B) {
+	st := Statement{Protocol: "simple", SQL: "SELECT abalance FROM pgbench_accounts WHERE aid = 48213;", Tag: "SELECT 1", Rows: 1, Bytes: 11, DurationUS: 80}
+	b.Run("hand", func(b *testing.B) {
+		b.ReportAllocs()
+		for i := 0; i < b.N; i++ {
+			_, _ = encodeData(st)
+		}
+	})
+	b.Run("encoding/json", func(b *testing.B) {
+		b.ReportAllocs()
+		for i := 0; i < b.N; i++ {
+			_, _ = json.Marshal(st)
+		}
+	})
+}
