@@ -48,6 +48,9 @@ func printStatus(s *control.Status) {
 	fmt.Fprintf(w, "airlockd %s\tpid %d, up %s\n", d.Version, d.PID, time.Since(d.Started).Round(time.Second))
 	fmt.Fprintf(w, "config\t%s\n", d.Config)
 	fmt.Fprintf(w, "mode\t%s (attach cgroup %s, proxy port %d, pins %s)\n", d.Mode, d.Cgroup, d.ProxyPort, d.PinDir)
+	for _, p := range d.Off {
+		fmt.Fprintf(w, "  OFF\t%s (AIRLOCK_BENCH_OFF: a benchmark setting, not for use)\n", p)
+	}
 	printAuditStatus(w, s.Audit)
 	fmt.Fprintf(w, "kernel\t%s\n", s.Kernel.Release)
 	for _, f := range s.Kernel.Found {

@@ -37,6 +37,9 @@ type DaemonStatus struct {
 	Cgroup    string    `json:"attach_cgroup"`
 	ProxyPort uint16    `json:"proxy_port"`
 	PinDir    string    `json:"pin_dir"`
+	// Off names parts of the data path turned off for a benchmark
+	// (AIRLOCK_BENCH_OFF): never silent, since it removes a guarantee.
+	Off []string `json:"off,omitempty"`
 }
 
 // KernelStatus is what the feature probe found.

@@ -25,10 +25,19 @@ func benchOff(part string) bool {
 	return false
 }
 
-func warnBenchOff(log *slog.Logger) {
+// benchOffParts lists the parts turned off, for the log and `airlock status`.
+func benchOffParts() []string {
+	var off []string
 	for _, p := range []string{"guard", "audit"} {
 		if benchOff(p) {
-			log.Warn("benchmark setting: running without a part of the data path", "env", benchOffEnv, "off", p)
+			off = append(off, p)
 		}
+	}
+	return off
+}
+
+func warnBenchOff(log *slog.Logger) {
+	for _, p := range benchOffParts() {
+		log.Warn("benchmark setting: running without a part of the data path", "env", benchOffEnv, "off", p)
 	}
 }

@@ -22,6 +22,17 @@ func TestBenchOff(t *testing.T) {
 			if got := benchOff("audit"); got != tc.audt {
 				t.Errorf("audit off = %v, want %v", got, tc.audt)
 			}
+			// What status shows is what is off.
+			if got := len(benchOffParts()); got != b2i(tc.guard)+b2i(tc.audt) {
+				t.Errorf("status lists %d parts off, want %d", got, b2i(tc.guard)+b2i(tc.audt))
+			}
 		})
 	}
+}
+
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }

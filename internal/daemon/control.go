@@ -21,7 +21,7 @@ func (d *Daemon) Status(_ context.Context, p control.Peer) (*control.Status, err
 		Daemon: control.DaemonStatus{
 			Version: Version, PID: os.Getpid(), Started: d.started, Config: d.cfg.File(),
 			Mode: d.cfg.Intercept.Mode, Cgroup: d.cfg.Intercept.AttachCgroup,
-			ProxyPort: d.cfg.Proxy.Port, PinDir: PinDir(d.cfg),
+			ProxyPort: d.cfg.Proxy.Port, PinDir: PinDir(d.cfg), Off: benchOffParts(),
 		},
 		Kernel: control.KernelStatus{Release: d.features.Kernel, Found: foundFeatures(d.features), Missing: d.features.Missing()},
 	}
