@@ -107,26 +107,6 @@ func appendStatement(b []byte, st *Statement) []byte {
 	return append(b, '}')
 }
 
-// appendNullableStrings encodes a row of a result sample: a nil slice and
-// a nil value (SQL NULL) are both null, as encoding/json has them.
-func appendNullableStrings(b []byte, ss []*string) []byte {
-	if ss == nil {
-		return append(b, "null"...)
-	}
-	b = append(b, '[')
-	for i, s := range ss {
-		if i > 0 {
-			b = append(b, ',')
-		}
-		if s == nil {
-			b = append(b, "null"...)
-			continue
-		}
-		b = appendString(b, *s)
-	}
-	return append(b, ']')
-}
-
 func appendOpt(b []byte, key, v string) []byte {
 	if v == "" {
 		return b
@@ -136,16 +116,29 @@ func appendOpt(b []byte, key, v string) []byte {
 }
 
 // appendStrings encodes a string slice; nil is null, as encoding/json has it.
-func appendStrings(b []byte, ss []string) []byte {
-	if ss == nil {
+func appendStrings(b []byte, ss []string) []byte { return appendList(b, ss, appendString) }
+
+// appendNullableStrings encodes a row of a result sample: a nil slice and
+// a nil value (SQL NULL) are both null, as encoding/json has them.
+func appendNullableStrings(b []byte, ss []*string) []byte {
+	return appendList(b, ss, func(b []byte, s *string) []byte {
+		if s == nil {
+			return append(b, "null"...)
+		}
+		return appendString(b, *s)
+	})
+}
+
+func appendList[T any](b []byte, xs []T, one func([]byte, T) []byte) []byte {
+	if xs == nil {
 		return append(b, "null"...)
 	}
 	b = append(b, '[')
-	for i, s := range ss {
+	for i, x := range xs {
 		if i > 0 {
 			b = append(b, ',')
 		}
-		b = appendString(b, s)
+		b = one(b, x)
 	}
 	return append(b, ']')
 }

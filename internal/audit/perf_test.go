@@ -8,7 +8,6 @@ import (
 	"os/exec"
 	"regexp"
 	"strconv"
-	"sync"
 	"testing"
 	"time"
 
@@ -17,6 +16,7 @@ import (
 	"github.com/airlockhq/airlock/internal/identity"
 	"github.com/airlockhq/airlock/internal/pgtest"
 	"github.com/airlockhq/airlock/internal/pgwire"
+	"github.com/airlockhq/airlock/internal/pgwire/pgwiretest"
 	"github.com/airlockhq/airlock/internal/session"
 )
 
@@ -42,33 +42,17 @@ func serveProxy(t *testing.T, pg *pgtest.Server, sink session.Sink) int {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			s := session.New(sink)
-			s.Person = identity.Person{Name: "bench", UID: 1000}
-			s.Emit(session.Event{Kind: session.KindSessionStart, Start: s})
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				_ = p.Serve(ctx, c, s)
-				s.Emit(session.Event{Kind: session.KindSessionEnd, End: &session.End{Reason: "client_quit"}})
-			}()
-		}
-	}()
-	t.Cleanup(func() { cancel(); ln.Close(); wg.Wait() })
-	return ln.Addr().(*net.TCPAddr).Port
+	addr := pgwiretest.Serve(t, p, func() *session.Session {
+		s := session.New(sink)
+		s.Person = identity.Person{Name: "bench", UID: 1000}
+		s.Emit(session.Event{Kind: session.KindSessionStart, Start: s})
+		return s
+	}, func(s *session.Session) {
+		s.Emit(session.Event{Kind: session.KindSessionEnd, End: &session.End{Reason: "client_quit"}})
+	})
+	_, port, _ := net.SplitHostPort(addr)
+	n, _ := strconv.Atoi(port)
+	return n
 }
 
 // TestPgbenchRecordingOverhead compares pgbench through the proxy with the

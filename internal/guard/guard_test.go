@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"log/slog"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -19,6 +18,7 @@ import (
 	"github.com/airlockhq/airlock/internal/identity"
 	"github.com/airlockhq/airlock/internal/pgtest"
 	"github.com/airlockhq/airlock/internal/pgwire"
+	"github.com/airlockhq/airlock/internal/pgwire/pgwiretest"
 	"github.com/airlockhq/airlock/internal/policy"
 	"github.com/airlockhq/airlock/internal/session"
 	"github.com/airlockhq/airlock/internal/sqlclass"
@@ -144,32 +144,15 @@ func startWith(t testing.TB, pol string, guarded bool) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.addr = ln.Addr().String()
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			sess := session.New(e.sink)
-			sess.Origin.UID = 1000
-			e.classMu.Lock()
-			sess.Origin.Class = e.class
-			e.classMu.Unlock()
-			sess.Person = identity.Person{Name: "alice", UID: 1000, Groups: []string{"staff"}}
-			wg.Add(1)
-			go func() { defer wg.Done(); _ = p.Serve(ctx, c, sess) }()
-		}
-	}()
-	t.Cleanup(func() { cancel(); _ = ln.Close(); wg.Wait() })
+	e.addr = pgwiretest.Serve(t, p, func() *session.Session {
+		sess := session.New(e.sink)
+		sess.Origin.UID = 1000
+		e.classMu.Lock()
+		sess.Origin.Class = e.class
+		e.classMu.Unlock()
+		sess.Person = identity.Person{Name: "alice", UID: 1000, Groups: []string{"staff"}}
+		return sess
+	}, nil)
 	pg.Psql(t, "postgres", "CREATE TABLE victim (id int); INSERT INTO victim VALUES (1), (2)")
 	return e
 }

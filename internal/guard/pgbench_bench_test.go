@@ -1,7 +1,6 @@
 package guard_test
 
 import (
-	"context"
 	"fmt"
 	"log/slog"
 	"net"
@@ -10,7 +9,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"strconv"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -19,6 +17,7 @@ import (
 	"github.com/airlockhq/airlock/internal/identity"
 	"github.com/airlockhq/airlock/internal/pgtest"
 	"github.com/airlockhq/airlock/internal/pgwire"
+	"github.com/airlockhq/airlock/internal/pgwire/pgwiretest"
 	"github.com/airlockhq/airlock/internal/policy"
 	"github.com/airlockhq/airlock/internal/session"
 	"github.com/airlockhq/airlock/internal/sqlclass"
@@ -46,29 +45,12 @@ func proxyFor(b *testing.B, pg *pgtest.Server, g *guard.Guard) string {
 	if err != nil {
 		b.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			sess := session.New(discard{})
-			sess.Origin.UID, sess.Origin.Class = 1000, session.ClassAgent
-			sess.Person = identity.Person{Name: "alice", UID: 1000}
-			wg.Add(1)
-			go func() { defer wg.Done(); _ = p.Serve(ctx, c, sess) }()
-		}
-	}()
-	b.Cleanup(func() { cancel(); _ = ln.Close(); wg.Wait() })
-	return ln.Addr().String()
+	return pgwiretest.Serve(b, p, func() *session.Session {
+		sess := session.New(discard{})
+		sess.Origin.UID, sess.Origin.Class = 1000, session.ClassAgent
+		sess.Person = identity.Person{Name: "alice", UID: 1000}
+		return sess
+	}, nil)
 }
 
 func processCPU() time.Duration {

@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/url"
 	"os/exec"
 	"strings"
@@ -20,6 +19,7 @@ import (
 	"github.com/airlockhq/airlock/internal/mask"
 	"github.com/airlockhq/airlock/internal/pgtest"
 	"github.com/airlockhq/airlock/internal/pgwire"
+	"github.com/airlockhq/airlock/internal/pgwire/pgwiretest"
 	"github.com/airlockhq/airlock/internal/session"
 )
 
@@ -147,33 +147,16 @@ GRANT SELECT, INSERT ON ALL TABLES IN SCHEMA public TO app;
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	f.addr = ln.Addr().String()
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			sess := session.New(&sink{})
-			sess.Connection = "testdb"
-			f.mu.Lock()
-			sess.Origin.Class = f.class
-			sess.Person = identity.Person{Name: "alice", UID: 1000, Groups: f.groups}
-			f.sess = append(f.sess, sess)
-			f.mu.Unlock()
-			wg.Add(1)
-			go func() { defer wg.Done(); _ = p.Serve(ctx, c, sess) }()
-		}
-	}()
-	t.Cleanup(func() { cancel(); _ = ln.Close(); wg.Wait() })
+	f.addr = pgwiretest.Serve(t, p, func() *session.Session {
+		sess := session.New(&sink{})
+		sess.Connection = "testdb"
+		f.mu.Lock()
+		sess.Origin.Class = f.class
+		sess.Person = identity.Person{Name: "alice", UID: 1000, Groups: f.groups}
+		f.sess = append(f.sess, sess)
+		f.mu.Unlock()
+		return sess
+	}, nil)
 	return f
 }
 
