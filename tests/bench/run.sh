@@ -35,6 +35,7 @@
 #   BENCH_SCALE [10]           pgbench -i -s
 #   BENCH_LOG_LEVEL [info]     airlockd's log_level
 #   BENCH_OUT [docs/BENCHMARKS.md]
+#   BENCH_HOLD [""]           1: set everything up, then wait (to profile by hand)
 # Runs as root. Everything it creates (namespace, cgroups, pins, servers,
 # files) is removed on exit.
 set -euo pipefail
@@ -387,6 +388,15 @@ cat > "$DIR/setup.json" <<JSON
 }
 JSON
 
+if [ -n "${BENCH_HOLD:-}" ]; then
+  # For profiling by hand (perf record -g -p PID): everything stays up
+  # until this script is interrupted.
+  say "Holding (BENCH_HOLD): interrupt to tear down"
+  for d in "${!DAEMON_PIDS[@]}"; do log "$d: pid ${DAEMON_PIDS[$d]}, clients in $CG/$CGNAME${d#airlock}/clients"; done
+  log "airlock: rpg_in_cgroup CGROUP pgbench '$DSN_AIRLOCK' ...; direct: '$DSN_DIRECT'; pgbouncer: '$DSN_BOUNCER'"
+  sleep infinity &
+  wait $! || true
+fi
 say "Measuring (tests/bench/report)"
 "$DIR/report" -setup "$DIR/setup.json" -out "$OUT"
 OK=1
