@@ -48,7 +48,8 @@ func (s *holdOnce) Client(m *ClientMsg) Verdict {
 // whole, undecoded ones streamed), a client slower than the server (writes
 // buffered on EAGAIN, the server side paused), a hold parked while other
 // sessions on the same loops go on, and many sessions at once. The whole
-// package suite also runs under it with AIRLOCK_PGWIRE_DRIVER=loop.
+// package suite runs under it by default (and under the goroutine driver
+// with AIRLOCK_PGWIRE_DRIVER=goroutines).
 func TestLoopDriver(t *testing.T) {
 	pg := pgtest.Start(t, pgtest.Options{})
 	pg.Psql(t, "postgres", "create table blobs (id int primary key, data bytea)")

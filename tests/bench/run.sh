@@ -320,6 +320,11 @@ if has_feature audit; then
   start_daemon airlock-noaudit "" $((p += 1)) audit
   feature_path airlock-noaudit audit "as **airlock**, from an airlockd started with \`AIRLOCK_BENCH_OFF=audit\`: session and statement events go to the log only, not to the audit record (recording off). **airlock** records to the embedded SQLite store."
 fi
+if [ -n "${BENCH_HOLD:-}" ] && has_feature audit; then
+  # For profiling a driver's own cost by hand: recording off, each driver
+  # compared (not measured by the report).
+  for d in $BENCH_DRIVERS; do start_daemon "airlock-noaudit-$d" "$d" $((p += 1)) audit; done
+fi
 PATHS+=$(cat <<JSON
 
 {"name": "pgbouncer", "kind": "pgbouncer", "dsn": "$DSN_BOUNCER", "client_cgroup": "$HOST/pgbench",
