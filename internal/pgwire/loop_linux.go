@@ -320,9 +320,8 @@ func (p *Proxy) relayLoop(ctx context.Context, client net.Conn, up *upstreamConn
 
 	l.post(ls.start)
 	stopCtx := context.AfterFunc(ctx, func() {
-		l.post(func() {
-			ls.end(ending{err: ErrShutdown, toClient: &fatal{codeAdminShutdown, "Airlock is shutting down"}, terminate: true})
-		})
+		e := stopEnding(ctx)
+		l.post(func() { ls.end(e) })
 	})
 	if exp := lease.Expires(); !exp.IsZero() {
 		t := time.AfterFunc(time.Until(exp), func() {
@@ -417,9 +416,16 @@ func (ls *lsess) event(s *lside, ev uint32) {
 	if ev&(unix.EPOLLIN|unix.EPOLLHUP|unix.EPOLLERR|unix.EPOLLRDHUP) != 0 {
 		if !s.paused() {
 			ls.readSide(s)
-		} else if ev&(unix.EPOLLHUP|unix.EPOLLERR) != 0 {
-			// Reported whatever the interest: leave the set until
-			// the side reads again, or the loop would spin.
+		} else if ev&(unix.EPOLLHUP|unix.EPOLLERR|unix.EPOLLRDHUP) != 0 {
+			if s.held != nil && s.client {
+				// The client left while its statement was held (only
+				// a hang-up is watched while held): the hold ends at
+				// once, as under the goroutine driver.
+				s.held.hold.Resolve(Verdict{Action: Reply, Error: &ErrorReply{Code: codeQueryCanceled,
+					Message: "the client left while the statement was held"}})
+			}
+			// Level-triggered: leave the set until the side reads
+			// again, or the loop would spin.
 			s.hup = true
 		}
 	}
@@ -774,6 +780,8 @@ func (ls *lsess) settle() {
 		var want uint32
 		if !s.paused() {
 			want = unix.EPOLLIN | unix.EPOLLRDHUP
+		} else if s.held != nil && s.client {
+			want = unix.EPOLLRDHUP // nothing is read while held, but a client leaving is seen
 		}
 		if len(s.peer.out) > 0 {
 			want |= unix.EPOLLOUT
