@@ -96,6 +96,7 @@ type evloop struct {
 	spare   []func()
 	fds     map[int32]*lside // every registered descriptor → the side that reads it
 	scratch []byte
+	more    bool // a read of this pass filled its buffer: poll again before parking
 }
 
 func newEvloop() (*evloop, error) {
@@ -144,43 +145,49 @@ func (l *evloop) post(fn func()) {
 
 func (l *evloop) run() {
 	events := make([]unix.EpollEvent, loopMaxBatch)
-	for {
-		var (
-			n    int
-			werr syscall.Errno
-		)
-		err := l.rc.Read(func(fd uintptr) bool {
-			for {
-				r, _, e := syscall.RawSyscall6(syscall.SYS_EPOLL_WAIT, fd, uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), 0, 0, 0)
-				switch e {
-				case 0:
-					n = int(r)
-					return n > 0 // none ready: park until the epoll descriptor is
-				case syscall.EINTR:
-					continue
-				default:
-					werr = e
-					return true
-				}
-			}
-		})
-		if err != nil || werr != 0 {
-			panic(fmt.Sprintf("pgwire: event loop: epoll_wait: %v %v", err, werr)) // a bad epfd: a bug, not a condition
-		}
-		for i := 0; i < n; i++ {
-			ev := &events[i]
-			if int(ev.Fd) == l.evfd {
-				var b [8]byte
-				_, _ = rawRead(l.evfd, b[:])
-				l.runCmds()
+	// One RawRead for the loop's whole life, so that a readiness
+	// notification of the epoll descriptor that arrives while the loop
+	// works is kept (RawRead resets it only on entry) and wakes the loop
+	// at once; without one, the loop parks without the zero-timeout
+	// epoll_wait that would find nothing. That is safe because every
+	// descriptor that can still be ready after a pass notifies again: a
+	// side made ready by epoll_ctl does, a new arrival does, and the one
+	// exception, a level-triggered socket still holding unread input (its
+	// read filled the whole buffer), sets more and the loop polls again.
+	err := l.rc.Read(func(fd uintptr) bool {
+		for {
+			r, _, e := syscall.RawSyscall6(syscall.SYS_EPOLL_WAIT, fd, uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), 0, 0, 0)
+			if e == syscall.EINTR {
 				continue
 			}
-			s := l.fds[ev.Fd]
-			if s == nil {
-				continue // removed by an earlier event of this batch
+			if e != 0 {
+				panic(fmt.Sprintf("pgwire: event loop: epoll_wait: %v", e)) // a bad epfd: a bug, not a condition
 			}
-			s.ls.event(s, ev.Events)
+			n := int(r)
+			l.more = false
+			l.dispatch(events[:n])
+			if n < len(events) && !l.more {
+				return false // park until the epoll descriptor is readable
+			}
 		}
+	})
+	panic(fmt.Sprintf("pgwire: event loop: wait on the epoll descriptor: %v", err))
+}
+
+func (l *evloop) dispatch(events []unix.EpollEvent) {
+	for i := range events {
+		ev := &events[i]
+		if int(ev.Fd) == l.evfd {
+			var b [8]byte
+			_, _ = rawRead(l.evfd, b[:])
+			l.runCmds()
+			continue
+		}
+		s := l.fds[ev.Fd]
+		if s == nil {
+			continue // removed by an earlier event of this batch
+		}
+		s.ls.event(s, ev.Events)
 	}
 }
 
@@ -416,17 +423,22 @@ func (ls *lsess) event(s *lside, ev uint32) {
 	if ev&(unix.EPOLLIN|unix.EPOLLHUP|unix.EPOLLERR|unix.EPOLLRDHUP) != 0 {
 		if !s.paused() {
 			ls.readSide(s)
-		} else if ev&(unix.EPOLLHUP|unix.EPOLLERR|unix.EPOLLRDHUP) != 0 {
-			if s.held != nil && s.client {
-				// The client left while its statement was held (only
-				// a hang-up is watched while held): the hold ends at
-				// once, as under the goroutine driver.
-				s.held.hold.Resolve(Verdict{Action: Reply, Error: &ErrorReply{Code: codeQueryCanceled,
-					Message: "the client left while the statement was held"}})
+		} else {
+			// Not read: poll once more before parking, after settle
+			// has taken EPOLLIN out of the interest.
+			ls.l.more = true
+			if ev&(unix.EPOLLHUP|unix.EPOLLERR|unix.EPOLLRDHUP) != 0 {
+				if s.held != nil && s.client {
+					// The client left while its statement was held
+					// (only a hang-up is watched while held): the hold
+					// ends at once, as under the goroutine driver.
+					s.held.hold.Resolve(Verdict{Action: Reply, Error: &ErrorReply{Code: codeQueryCanceled,
+						Message: "the client left while the statement was held"}})
+				}
+				// Level-triggered: leave the set until the side reads
+				// again, or the loop would spin.
+				s.hup = true
 			}
-			// Level-triggered: leave the set until the side reads
-			// again, or the loop would spin.
-			s.hup = true
 		}
 	}
 	ls.settle()
@@ -445,9 +457,15 @@ func (ls *lsess) readSide(s *lside) {
 		dst = s.buf[s.w:cap(s.buf)]
 	}
 	n, err := rawRead(s.src, dst)
+	if err == unix.EINTR {
+		ls.l.more = true // nothing was read: still ready, with no new notification
+	}
 	if err == unix.EAGAIN || err == unix.EINTR {
 		ls.keep(s)
 		return
+	}
+	if n == len(dst) {
+		ls.l.more = true // more may be waiting, with no new notification
 	}
 	if n > 0 {
 		s.w += n
