@@ -210,7 +210,7 @@ type lside struct {
 	src, dst int
 	peer     *lside // the other direction: its src is our dst
 	on       func(typ byte, n int, body []byte) act
-	decode   [256]bool
+	decode   typeSet // 32 bytes, not a [256]bool: an idle session holds two
 	decMax   int
 	maxLen   int
 	bytes    *atomic.Int64
@@ -244,6 +244,7 @@ type lsess struct {
 	pl       *pipe
 	sess     *session.Session
 	c2s, s2c *lside
+	sides    [2]lside
 	why      ending
 	ended    bool
 	left     bool // the client left; the server's answers are drained
@@ -313,17 +314,14 @@ func (p *Proxy) relayLoop(ctx context.Context, client net.Conn, up *upstreamConn
 		return fmt.Errorf("%w: take upstream socket: %v", ErrUpstreamClosed, err)
 	}
 	ls := &lsess{l: l, p: p, pl: pl, sess: sess, done: make(chan struct{}), stopped: make(chan struct{})}
-	ls.c2s = &lside{ls: ls, src: cfd, dst: ufd, on: pl.fromClient, decMax: p.opts.MaxMessageLen, maxLen: p.opts.MaxMessageLen,
+	ls.c2s, ls.s2c = &ls.sides[0], &ls.sides[1] // one allocation per session
+	*ls.c2s = lside{ls: ls, src: cfd, dst: ufd, on: pl.fromClient, decMax: p.opts.MaxMessageLen, maxLen: p.opts.MaxMessageLen,
 		bytes: &sess.Stats.BytesIn, msgs: &sess.Stats.MsgsIn, client: true}
-	ls.s2c = &lside{ls: ls, src: ufd, dst: cfd, on: pl.fromServer, decMax: serverDecodeMax,
+	*ls.s2c = lside{ls: ls, src: ufd, dst: cfd, on: pl.fromServer, decMax: serverDecodeMax,
 		bytes: &sess.Stats.BytesOut, msgs: &sess.Stats.MsgsOut, drain: true}
 	ls.c2s.peer, ls.s2c.peer = ls.s2c, ls.c2s
-	for _, t := range pl.clientTypes() {
-		ls.c2s.decode[byte(t)] = true
-	}
-	for _, t := range pl.serverTypes() {
-		ls.s2c.decode[byte(t)] = true
-	}
+	ls.c2s.decode.add(pl.clientTypes())
+	ls.s2c.decode.add(pl.serverTypes())
 
 	l.post(ls.start)
 	stopCtx := context.AfterFunc(ctx, func() {
@@ -562,7 +560,7 @@ func (ls *lsess) process(s *lside) error {
 				break
 			}
 			var body []byte
-			if s.decode[typ] && n-4 <= s.decMax {
+			if s.decode.has(typ) && n-4 <= s.decMax {
 				body = s.buf[s.r+5 : s.r+total]
 			}
 			var a act
@@ -612,7 +610,7 @@ func (ls *lsess) process(s *lside) error {
 		typ := s.buf[s.r]
 		n := int(binary.BigEndian.Uint32(s.buf[s.r+1:]))
 		total := 1 + n
-		if s.decode[typ] && n-4 <= s.decMax {
+		if s.decode.has(typ) && n-4 <= s.decMax {
 			if !s.isOwned() || cap(s.buf)-s.r < total {
 				s.own(total)
 			}
@@ -759,7 +757,7 @@ func (ls *lsess) resume(s *lside, v Verdict) {
 	typ := s.buf[s.r]
 	n := int(binary.BigEndian.Uint32(s.buf[s.r+1:]))
 	var body []byte
-	if s.decode[typ] && n-4 <= s.decMax {
+	if s.decode.has(typ) && n-4 <= s.decMax {
 		body = s.buf[s.r+5 : s.r+1+n]
 	}
 	a := ls.pl.resume(*s.held, v, typ, body)
