@@ -58,9 +58,9 @@ type Proxy struct {
 	// the daemon's file descriptors for everyone.
 	MaxSessions       int `yaml:"max_sessions"`
 	MaxSessionsPerUID int `yaml:"max_sessions_per_uid"`
-	// Driver runs PostgreSQL sessions' data path: "goroutines" (two per
-	// session) or "loop" (epoll event loops, one per core; TLS client legs
-	// stay on goroutines). See docs/BENCHMARKS.md.
+	// Driver runs PostgreSQL sessions' data path: "loop" (the default:
+	// epoll event loops, one per core; TLS client legs stay on goroutines)
+	// or "goroutines" (two per session). See docs/BENCHMARKS.md.
 	Driver string `yaml:"driver"`
 }
 

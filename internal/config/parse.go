@@ -186,7 +186,7 @@ func (c *Config) defaults() {
 	if c.Proxy.MaxSessionsPerUID == 0 {
 		c.Proxy.MaxSessionsPerUID = min(1024, c.Proxy.MaxSessions)
 	}
-	def(&c.Proxy.Driver, "goroutines")
+	def(&c.Proxy.Driver, "loop")
 	def(&c.Intercept.Mode, "tree")
 	def(&c.Intercept.AttachCgroup, "/")
 	def(&c.Intercept.BPFFS, "/sys/fs/bpf")

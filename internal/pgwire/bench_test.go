@@ -280,3 +280,31 @@ func cpuTime() int64 {
 	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
 	return ru.Utime.Nano() + ru.Stime.Nano()
 }
+
+// BenchmarkPipeSelectTx measures the pipeline core's work for one pgbench
+// -S transaction (a Query; RowDescription, DataRow, CommandComplete,
+// ReadyForQuery) with no stage: the per-transaction cost that is the
+// proxy's own, apart from the system calls. Allocations per op are what to
+// watch (each is GC work on the data path).
+func BenchmarkPipeSelectTx(b *testing.B) {
+	q, _ := (&pgproto3.Query{String: "SELECT abalance FROM pgbench_accounts WHERE aid = 12345;"}).Encode(nil)
+	var ans []byte
+	ans, _ = (&pgproto3.RowDescription{Fields: []pgproto3.FieldDescription{{Name: []byte("abalance"), DataTypeOID: 23, DataTypeSize: 4, TypeModifier: -1}}}).Encode(ans)
+	ans, _ = (&pgproto3.DataRow{Values: [][]byte{[]byte("0")}}).Encode(ans)
+	ans, _ = (&pgproto3.CommandComplete{CommandTag: []byte("SELECT 1")}).Encode(ans)
+	ans, _ = (&pgproto3.ReadyForQuery{TxStatus: 'I'}).Encode(ans)
+	sess := session.New(nil)
+	pl := newPipe(sess, Stages{}, 0)
+	cr, sr := bytes.NewReader(q), bytes.NewReader(ans)
+	cp := newPump(cr, io.Discard, pl.fromClient, pl.clientTypes(), 1<<20, 0)
+	sp := newPump(sr, io.Discard, pl.fromServer, pl.serverTypes(), serverDecodeMax, 0)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		cr.Reset(q)
+		_ = cp.run()
+		sr.Reset(ans)
+		_ = sp.run()
+		pl.flush()
+	}
+}

@@ -8,8 +8,10 @@ import (
 )
 
 // defaultDriver drives sessions whose Options name none. A variable so the
-// test suite can run whole under either driver (AIRLOCK_PGWIRE_DRIVER).
-var defaultDriver = DriverGoroutines
+// test suite can run whole under either driver (AIRLOCK_PGWIRE_DRIVER). The
+// loop is the default: fewer system calls and less CPU per transaction
+// (docs/BENCHMARKS.md, "Drivers").
+var defaultDriver = DriverLoop
 
 // drive relays an established session with the configured driver. The event
 // loop takes plain TCP sessions; a TLS client leg stays on goroutines.

@@ -96,6 +96,7 @@ type evloop struct {
 	spare   []func()
 	fds     map[int32]*lside // every registered descriptor → the side that reads it
 	scratch []byte
+	more    bool // a read of this pass filled its buffer: poll again before parking
 }
 
 func newEvloop() (*evloop, error) {
@@ -144,43 +145,49 @@ func (l *evloop) post(fn func()) {
 
 func (l *evloop) run() {
 	events := make([]unix.EpollEvent, loopMaxBatch)
-	for {
-		var (
-			n    int
-			werr syscall.Errno
-		)
-		err := l.rc.Read(func(fd uintptr) bool {
-			for {
-				r, _, e := syscall.RawSyscall6(syscall.SYS_EPOLL_WAIT, fd, uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), 0, 0, 0)
-				switch e {
-				case 0:
-					n = int(r)
-					return n > 0 // none ready: park until the epoll descriptor is
-				case syscall.EINTR:
-					continue
-				default:
-					werr = e
-					return true
-				}
-			}
-		})
-		if err != nil || werr != 0 {
-			panic(fmt.Sprintf("pgwire: event loop: epoll_wait: %v %v", err, werr)) // a bad epfd: a bug, not a condition
-		}
-		for i := 0; i < n; i++ {
-			ev := &events[i]
-			if int(ev.Fd) == l.evfd {
-				var b [8]byte
-				_, _ = rawRead(l.evfd, b[:])
-				l.runCmds()
+	// One RawRead for the loop's whole life, so that a readiness
+	// notification of the epoll descriptor that arrives while the loop
+	// works is kept (RawRead resets it only on entry) and wakes the loop
+	// at once; without one, the loop parks without the zero-timeout
+	// epoll_wait that would find nothing. That is safe because every
+	// descriptor that can still be ready after a pass notifies again: a
+	// side made ready by epoll_ctl does, a new arrival does, and the one
+	// exception, a level-triggered socket still holding unread input (its
+	// read filled the whole buffer), sets more and the loop polls again.
+	err := l.rc.Read(func(fd uintptr) bool {
+		for {
+			r, _, e := syscall.RawSyscall6(syscall.SYS_EPOLL_WAIT, fd, uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), 0, 0, 0)
+			if e == syscall.EINTR {
 				continue
 			}
-			s := l.fds[ev.Fd]
-			if s == nil {
-				continue // removed by an earlier event of this batch
+			if e != 0 {
+				panic(fmt.Sprintf("pgwire: event loop: epoll_wait: %v", e)) // a bad epfd: a bug, not a condition
 			}
-			s.ls.event(s, ev.Events)
+			n := int(r)
+			l.more = false
+			l.dispatch(events[:n])
+			if n < len(events) && !l.more {
+				return false // park until the epoll descriptor is readable
+			}
 		}
+	})
+	panic(fmt.Sprintf("pgwire: event loop: wait on the epoll descriptor: %v", err))
+}
+
+func (l *evloop) dispatch(events []unix.EpollEvent) {
+	for i := range events {
+		ev := &events[i]
+		if int(ev.Fd) == l.evfd {
+			var b [8]byte
+			_, _ = rawRead(l.evfd, b[:])
+			l.runCmds()
+			continue
+		}
+		s := l.fds[ev.Fd]
+		if s == nil {
+			continue // removed by an earlier event of this batch
+		}
+		s.ls.event(s, ev.Events)
 	}
 }
 
@@ -203,7 +210,7 @@ type lside struct {
 	src, dst int
 	peer     *lside // the other direction: its src is our dst
 	on       func(typ byte, n int, body []byte) act
-	decode   [256]bool
+	decode   typeSet // 32 bytes, not a [256]bool: an idle session holds two
 	decMax   int
 	maxLen   int
 	bytes    *atomic.Int64
@@ -237,6 +244,7 @@ type lsess struct {
 	pl       *pipe
 	sess     *session.Session
 	c2s, s2c *lside
+	sides    [2]lside
 	why      ending
 	ended    bool
 	left     bool // the client left; the server's answers are drained
@@ -306,23 +314,19 @@ func (p *Proxy) relayLoop(ctx context.Context, client net.Conn, up *upstreamConn
 		return fmt.Errorf("%w: take upstream socket: %v", ErrUpstreamClosed, err)
 	}
 	ls := &lsess{l: l, p: p, pl: pl, sess: sess, done: make(chan struct{}), stopped: make(chan struct{})}
-	ls.c2s = &lside{ls: ls, src: cfd, dst: ufd, on: pl.fromClient, decMax: p.opts.MaxMessageLen, maxLen: p.opts.MaxMessageLen,
+	ls.c2s, ls.s2c = &ls.sides[0], &ls.sides[1] // one allocation per session
+	*ls.c2s = lside{ls: ls, src: cfd, dst: ufd, on: pl.fromClient, decMax: p.opts.MaxMessageLen, maxLen: p.opts.MaxMessageLen,
 		bytes: &sess.Stats.BytesIn, msgs: &sess.Stats.MsgsIn, client: true}
-	ls.s2c = &lside{ls: ls, src: ufd, dst: cfd, on: pl.fromServer, decMax: serverDecodeMax,
+	*ls.s2c = lside{ls: ls, src: ufd, dst: cfd, on: pl.fromServer, decMax: serverDecodeMax,
 		bytes: &sess.Stats.BytesOut, msgs: &sess.Stats.MsgsOut, drain: true}
 	ls.c2s.peer, ls.s2c.peer = ls.s2c, ls.c2s
-	for _, t := range pl.clientTypes() {
-		ls.c2s.decode[byte(t)] = true
-	}
-	for _, t := range pl.serverTypes() {
-		ls.s2c.decode[byte(t)] = true
-	}
+	ls.c2s.decode.add(pl.clientTypes())
+	ls.s2c.decode.add(pl.serverTypes())
 
 	l.post(ls.start)
 	stopCtx := context.AfterFunc(ctx, func() {
-		l.post(func() {
-			ls.end(ending{err: ErrShutdown, toClient: &fatal{codeAdminShutdown, "Airlock is shutting down"}, terminate: true})
-		})
+		e := stopEnding(ctx)
+		l.post(func() { ls.end(e) })
 	})
 	if exp := lease.Expires(); !exp.IsZero() {
 		t := time.AfterFunc(time.Until(exp), func() {
@@ -417,10 +421,22 @@ func (ls *lsess) event(s *lside, ev uint32) {
 	if ev&(unix.EPOLLIN|unix.EPOLLHUP|unix.EPOLLERR|unix.EPOLLRDHUP) != 0 {
 		if !s.paused() {
 			ls.readSide(s)
-		} else if ev&(unix.EPOLLHUP|unix.EPOLLERR) != 0 {
-			// Reported whatever the interest: leave the set until
-			// the side reads again, or the loop would spin.
-			s.hup = true
+		} else {
+			// Not read: poll once more before parking, after settle
+			// has taken EPOLLIN out of the interest.
+			ls.l.more = true
+			if ev&(unix.EPOLLHUP|unix.EPOLLERR|unix.EPOLLRDHUP) != 0 {
+				if s.held != nil && s.client {
+					// The client left while its statement was held
+					// (only a hang-up is watched while held): the hold
+					// ends at once, as under the goroutine driver.
+					s.held.hold.Resolve(Verdict{Action: Reply, Error: &ErrorReply{Code: codeQueryCanceled,
+						Message: "the client left while the statement was held"}})
+				}
+				// Level-triggered: leave the set until the side reads
+				// again, or the loop would spin.
+				s.hup = true
+			}
 		}
 	}
 	ls.settle()
@@ -439,9 +455,15 @@ func (ls *lsess) readSide(s *lside) {
 		dst = s.buf[s.w:cap(s.buf)]
 	}
 	n, err := rawRead(s.src, dst)
+	if err == unix.EINTR {
+		ls.l.more = true // nothing was read: still ready, with no new notification
+	}
 	if err == unix.EAGAIN || err == unix.EINTR {
 		ls.keep(s)
 		return
+	}
+	if n == len(dst) {
+		ls.l.more = true // more may be waiting, with no new notification
 	}
 	if n > 0 {
 		s.w += n
@@ -538,7 +560,7 @@ func (ls *lsess) process(s *lside) error {
 				break
 			}
 			var body []byte
-			if s.decode[typ] && n-4 <= s.decMax {
+			if s.decode.has(typ) && n-4 <= s.decMax {
 				body = s.buf[s.r+5 : s.r+total]
 			}
 			var a act
@@ -588,7 +610,7 @@ func (ls *lsess) process(s *lside) error {
 		typ := s.buf[s.r]
 		n := int(binary.BigEndian.Uint32(s.buf[s.r+1:]))
 		total := 1 + n
-		if s.decode[typ] && n-4 <= s.decMax {
+		if s.decode.has(typ) && n-4 <= s.decMax {
 			if !s.isOwned() || cap(s.buf)-s.r < total {
 				s.own(total)
 			}
@@ -735,7 +757,7 @@ func (ls *lsess) resume(s *lside, v Verdict) {
 	typ := s.buf[s.r]
 	n := int(binary.BigEndian.Uint32(s.buf[s.r+1:]))
 	var body []byte
-	if s.decode[typ] && n-4 <= s.decMax {
+	if s.decode.has(typ) && n-4 <= s.decMax {
 		body = s.buf[s.r+5 : s.r+1+n]
 	}
 	a := ls.pl.resume(*s.held, v, typ, body)
@@ -774,6 +796,8 @@ func (ls *lsess) settle() {
 		var want uint32
 		if !s.paused() {
 			want = unix.EPOLLIN | unix.EPOLLRDHUP
+		} else if s.held != nil && s.client {
+			want = unix.EPOLLRDHUP // nothing is read while held, but a client leaving is seen
 		}
 		if len(s.peer.out) > 0 {
 			want |= unix.EPOLLOUT

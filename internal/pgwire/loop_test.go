@@ -48,13 +48,25 @@ func (s *holdOnce) Client(m *ClientMsg) Verdict {
 // whole, undecoded ones streamed), a client slower than the server (writes
 // buffered on EAGAIN, the server side paused), a hold parked while other
 // sessions on the same loops go on, and many sessions at once. The whole
-// package suite also runs under it with AIRLOCK_PGWIRE_DRIVER=loop.
+// package suite runs under it by default (and under the goroutine driver
+// with AIRLOCK_PGWIRE_DRIVER=goroutines).
+//
+// The same edges run under the goroutine driver too, which stays selectable
+// (proxy.driver: goroutines) now that the loop is the default.
 func TestLoopDriver(t *testing.T) {
 	pg := pgtest.Start(t, pgtest.Options{})
 	pg.Psql(t, "postgres", "create table blobs (id int primary key, data bytea)")
+	for i, driver := range []string{DriverLoop, DriverGoroutines} {
+		t.Run(driver, func(t *testing.T) { driverEdges(t, pg, driver, i) })
+	}
+}
+
+// driverEdges runs the edges above under one driver; id keeps its rows
+// apart from another driver's in the same database.
+func driverEdges(t *testing.T, pg *pgtest.Server, driver string, id int) {
 	stage := &holdOnce{release: make(chan struct{}), parked: make(chan struct{})}
 	h := newHarness(t, pg, func(o *Options) {
-		o.Driver = DriverLoop
+		o.Driver = driver
 		o.Stages = func(*session.Session) Stages { return Stages{Client: []ClientStage{stage}} }
 	})
 	ctx := testCtx(t)
@@ -62,11 +74,11 @@ func TestLoopDriver(t *testing.T) {
 	t.Run("large messages", func(t *testing.T) {
 		c := h.connect(ctx, t)
 		blob := bytes.Repeat([]byte("0123456789abcdef"), 300<<10/16) // a 300 KiB Bind, decoded
-		if _, err := c.Exec(ctx, "insert into blobs values ($1, $2)", 1, blob); err != nil {
+		if _, err := c.Exec(ctx, "insert into blobs values ($1, $2)", id, blob); err != nil {
 			t.Fatalf("insert 300 KiB: %v", err)
 		}
 		var got []byte // a 300 KiB DataRow, streamed undecoded
-		if err := c.QueryRow(ctx, "select data from blobs where id = 1").Scan(&got); err != nil || !bytes.Equal(got, blob) {
+		if err := c.QueryRow(ctx, "select data from blobs where id = $1", id).Scan(&got); err != nil || !bytes.Equal(got, blob) {
 			t.Fatalf("select 300 KiB: %d bytes, %v", len(got), err)
 		}
 		long := "select '" + strings.Repeat("y", 200<<10) + "' as v" // a 200 KiB Query, decoded

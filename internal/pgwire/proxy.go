@@ -81,7 +81,7 @@ type Options struct {
 	MaxPreparedBytes int
 	// Stages builds each session's pipeline (nil: the record only).
 	Stages func(sess *session.Session) Stages
-	// Driver runs the data path: DriverGoroutines (default) or DriverLoop.
+	// Driver runs the data path: DriverLoop (default) or DriverGoroutines.
 	Driver string
 	// SampleRows and SampleBytes bound the result sample each statement
 	// record keeps (the first rows as the client got them); either 0 keeps

@@ -121,20 +121,7 @@ func (p *Proxy) relay(ctx context.Context, client net.Conn, up *upstreamConn, se
 		}
 		return nil
 	}
-	defer context.AfterFunc(ctx, func() {
-		var ender SessionEnder
-		if cause := context.Cause(ctx); errors.As(cause, &ender) {
-			code, msg := ender.SessionEnd()
-			stop(ending{err: cause, terminate: true, toClient: &fatal{code, msg}})
-			return
-		}
-		if cause := context.Cause(ctx); errors.Is(cause, identity.ErrLost) {
-			stop(ending{err: cause, terminate: true, toClient: &fatal{codeInvalidAuth,
-				"session ended: your Airlock identity expired and could not be renewed; run `airlock login`, then reconnect"}})
-			return
-		}
-		stop(ending{err: ErrShutdown, toClient: &fatal{codeAdminShutdown, "Airlock is shutting down"}, terminate: true})
-	})()
+	defer context.AfterFunc(ctx, func() { stop(stopEnding(ctx)) })()
 	if exp := lease.Expires(); !exp.IsZero() {
 		timer := time.AfterFunc(time.Until(exp), func() {
 			stop(ending{err: ErrExpired, terminate: true,
@@ -234,6 +221,23 @@ func (p *Proxy) drain(cerr error, c2s *pump, up net.Conn, pl *pipe, done, stoppe
 type SessionEnder interface {
 	error
 	SessionEnd() (sqlstate, message string)
+}
+
+// stopEnding is how a session ends when its context is done: with the
+// cause's own farewell (a revoked login, a lost identity), else as a
+// shutdown.
+func stopEnding(ctx context.Context) ending {
+	cause := context.Cause(ctx)
+	var ender SessionEnder
+	if errors.As(cause, &ender) {
+		code, msg := ender.SessionEnd()
+		return ending{err: cause, terminate: true, toClient: &fatal{code, msg}}
+	}
+	if errors.Is(cause, identity.ErrLost) {
+		return ending{err: cause, terminate: true, toClient: &fatal{codeInvalidAuth,
+			"session ended: your Airlock identity expired and could not be renewed; run `airlock login`, then reconnect"}}
+	}
+	return ending{err: ErrShutdown, toClient: &fatal{codeAdminShutdown, "Airlock is shutting down"}, terminate: true}
 }
 
 // waitHold parks until h is decided, times out, or the session stops

@@ -245,7 +245,7 @@ connections:
         ttl: 1h
 $extra
 YAML
-  start_in "$HOST/$name" env AIRLOCK_PGWIRE_LOOPS="${BENCH_LOOPS:-}" AIRLOCK_BENCH_OFF="$off" "$BIN/airlockd" --config "$cfg" >>"$DIR/$name.log" 2>&1
+  start_in "$HOST/$name" env AIRLOCK_PGWIRE_LOOPS="${BENCH_LOOPS:-}" AIRLOCK_BENCH_OFF="$off" ${DAEMON_ENV:-} "${DAEMON_BIN:-$BIN/airlockd}" --config "$cfg" >>"$DIR/$name.log" 2>&1
   DAEMON_PIDS[$name]=$STARTED
   local i
   for ((i = 0; i < 300; i++)); do
@@ -319,6 +319,17 @@ fi
 if has_feature audit; then
   start_daemon airlock-noaudit "" $((p += 1)) audit
   feature_path airlock-noaudit audit "as **airlock**, from an airlockd started with \`AIRLOCK_BENCH_OFF=audit\`: session and statement events go to the log only, not to the audit record (recording off). **airlock** records to the embedded SQLite store."
+fi
+if [ -n "${BENCH_HOLD:-}" ] && has_feature audit; then
+  # For profiling a driver's own cost by hand: recording off, each driver
+  # compared (not measured by the report).
+  for d in $BENCH_DRIVERS; do start_daemon "airlock-noaudit-$d" "$d" $((p += 1)) audit; done
+  # BENCH_HOLD_ENV="GOMAXPROCS=1 ..." and/or BENCH_HOLD_BIN=path/to/airlockd
+  # (another build, for A/B in one setup): one more with those, named
+  # airlock-env, recording off unless BENCH_HOLD_OFF says otherwise ("").
+  if [ -n "${BENCH_HOLD_ENV:-}${BENCH_HOLD_BIN:-}" ]; then
+    DAEMON_ENV=${BENCH_HOLD_ENV:-} DAEMON_BIN=${BENCH_HOLD_BIN:-} start_daemon airlock-env "" $((p += 1)) "${BENCH_HOLD_OFF-audit}"
+  fi
 fi
 PATHS+=$(cat <<JSON
 
