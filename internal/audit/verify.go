@@ -220,7 +220,22 @@ func verifyChain(ctx context.Context, s *Store, daemon string, ex *Expect) (*Cha
 	if err != nil {
 		return nil, err
 	}
-	// Index rows that no record accounts for would add sessions or
+	// The tail: nothing signed or stored may be missing at the end.
+	var lastCP *Checkpoint
+	for _, c := range cpAt {
+		if lastCP == nil || c.Seq > lastCP.Seq {
+			c := c
+			lastCP = &c
+		}
+	}
+	if lastCP != nil && lastCP.Seq > cr.Last {
+		add(cr.Last+1, BreakTruncated, "tail truncated: a checkpoint signed at %s covers records through seq %d, but the store ends at seq %d",
+			lastCP.Time.Format(time.RFC3339), lastCP.Seq, cr.Last)
+	} else if ex != nil && ex.Stored > cr.Last {
+		add(cr.Last+1, BreakTruncated, "tail truncated: the daemon stored records through seq %d, but the store ends at seq %d", ex.Stored, cr.Last)
+	}
+	// Index rows that no record accounts for (after the tail: a cut tail
+	// is named as such, not by the index rows it left behind) would add sessions or
 	// statements that never were.
 	for seq, row := range starts {
 		if !seenStart[seq] {
@@ -237,20 +252,6 @@ func verifyChain(ctx context.Context, s *Store, daemon string, ex *Expect) (*Cha
 		}
 	}
 
-	// The tail: nothing signed or stored may be missing at the end.
-	var lastCP *Checkpoint
-	for _, c := range cpAt {
-		if lastCP == nil || c.Seq > lastCP.Seq {
-			c := c
-			lastCP = &c
-		}
-	}
-	if lastCP != nil && lastCP.Seq > cr.Last {
-		add(cr.Last+1, BreakTruncated, "tail truncated: a checkpoint signed at %s covers records through seq %d, but the store ends at seq %d",
-			lastCP.Time.Format(time.RFC3339), lastCP.Seq, cr.Last)
-	} else if ex != nil && ex.Stored > cr.Last {
-		add(cr.Last+1, BreakTruncated, "tail truncated: the daemon stored records through seq %d, but the store ends at seq %d", ex.Stored, cr.Last)
-	}
 	sortBreaks(cr.Breaks)
 	return cr, nil
 }
