@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unsafe"
 )
 
 // The store keeps a daemon's chain in blocks: one audit_blocks row holds
@@ -52,15 +53,15 @@ func appendLine(b []byte, r *Record) []byte {
 	b = append(b, `,"time_ns":`...)
 	b = strconv.AppendInt(b, r.Time.UnixNano(), 10)
 	b = append(b, `,"kind":`...)
-	b = appendString(b, r.Kind)
+	b = appendPlain(b, r.Kind)
 	if r.Session != "" {
 		b = append(b, `,"session":`...)
-		b = appendString(b, r.Session)
+		b = appendPlain(b, r.Session)
 	}
 	b = append(b, `,"prev_hash":`...)
-	b = appendString(b, r.PrevHash)
+	b = appendPlain(b, r.PrevHash)
 	b = append(b, `,"hash":`...)
-	b = appendString(b, r.Hash)
+	b = appendPlain(b, r.Hash)
 	b = append(b, `,"data":`...)
 	if len(r.Data) == 0 {
 		b = append(b, "null"...)
@@ -68,6 +69,27 @@ func appendLine(b []byte, r *Record) []byte {
 		b = append(b, r.Data...)
 	}
 	return append(b, "}\n"...)
+}
+
+// plainByte is whether encoding/json writes a byte of a string as it is.
+var plainByte = func() (t [256]bool) {
+	for c := 0x20; c < 0x80; c++ {
+		t[c] = c != '"' && c != '\\' && c != '<' && c != '>' && c != '&'
+	}
+	return t
+}()
+
+// appendPlain is appendString with a fast path for the common case (hex
+// hashes, kinds, session ids), where nothing needs escaping.
+func appendPlain(b []byte, s string) []byte {
+	for i := 0; i < len(s); i++ {
+		if !plainByte[s[i]] {
+			return appendString(b, s)
+		}
+	}
+	b = append(b, '"')
+	b = append(b, s...)
+	return append(b, '"')
 }
 
 // parseBlock reads a block's lines back into records of daemon. The data
@@ -188,11 +210,9 @@ func (s *Store) writeBlocks(ctx context.Context, tx *sql.Tx, recs []Record, cols
 }
 
 func (s *Store) writeBlock(ctx context.Context, tx *sql.Tx, recs []Record, cols []indexCols) error {
-	size := 0
-	for i := range recs {
-		size += 256 + len(recs[i].Session) + len(recs[i].Data)
-	}
-	text := make([]byte, 0, size)
+	s.bufMu.Lock()
+	defer s.bufMu.Unlock()
+	text := s.buf[:0]
 	var starts [][]any
 	for i := range recs {
 		r := &recs[i]
@@ -208,9 +228,14 @@ func (s *Store) writeBlock(ctx context.Context, tx *sql.Tx, recs []Record, cols 
 		}
 		starts = append(starts, []any{r.Daemon, r.Seq, r.Session, r.Time.UnixNano(), c.person, c.uid, c.pid, c.exe, c.connection, string(r.Data)})
 	}
+	if cap(text) <= maxKeptBuf {
+		s.buf = text
+	}
 	first, last := &recs[0], &recs[len(recs)-1]
+	// The drivers copy the text while binding it and keep nothing after
+	// the call: a string over the buffer spares a copy of the block.
 	if _, err := tx.ExecContext(ctx, s.q(`INSERT INTO audit_blocks (daemon, first_seq, last_seq, last_ns, records) VALUES (?, ?, ?, ?, ?)`),
-		first.Daemon, first.Seq, last.Seq, last.Time.UnixNano(), string(text)); err != nil {
+		first.Daemon, first.Seq, last.Seq, last.Time.UnixNano(), unsafe.String(unsafe.SliceData(text), len(text))); err != nil {
 		return fmt.Errorf("insert the block of records %d to %d: %w", first.Seq, last.Seq, err)
 	}
 	if err := s.insertRows(ctx, tx, "audit_sessions", sessionCols, 10, starts); err != nil {
@@ -226,6 +251,9 @@ func (s *Store) writeBlock(ctx context.Context, tx *sql.Tx, recs []Record, cols 
 	}
 	return nil
 }
+
+// maxKeptBuf bounds the block buffer a store keeps between batches.
+const maxKeptBuf = 4 << 20
 
 const sessionCols = `daemon, seq, session, time_ns, person, uid, pid, exe, connection, data`
 

@@ -10,6 +10,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -23,6 +24,12 @@ type Store struct {
 	db       *sql.DB
 	postgres bool
 	name     string // for messages and status; never holds a password
+
+	// buf is reused for the text of each block (one ship batch is about
+	// 800 KB of lines): allocating it anew for every batch made the
+	// garbage collector work for the shipper.
+	bufMu sync.Mutex
+	buf   []byte
 }
 
 // migrations are applied in order at open; each runs once. Only append.
