@@ -1,0 +1,125 @@
+package audit
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"slices"
+	"testing"
+
+	"github.com/airlockhq/airlock/internal/session"
+)
+
+// Two daemons share a store; one session's records span several blocks.
+// The list, a session's records, export paging and the interrupted-session
+// query read across blocks and daemons as they did across rows.
+func TestReadsAcrossBlocksAndDaemons(t *testing.T) {
+	for _, sk := range stores(t) {
+		t.Run(sk.name, func(t *testing.T) {
+			ctx := context.Background()
+			spec, pw := sk.open(t)
+			if spec == "" {
+				spec = filepath.Join(t.TempDir(), "team.db")
+			}
+			wa, cancelA, doneA := openWriter(t, t.TempDir(), spec, pw, Policy{})
+			defer func() { cancelA(); <-doneA }()
+			wb, cancelB, doneB := openWriter(t, t.TempDir(), spec, pw, Policy{})
+			defer func() { cancelB(); <-doneB }()
+			flush := func(w *Writer) {
+				t.Helper()
+				if err := w.Flush(ctx); err != nil {
+					t.Fatal(err)
+				}
+			}
+			stmt := func(s *session.Session, n int) {
+				for i := 0; i < n; i++ {
+					s.Emit(session.Event{Kind: session.KindStatement, Statement: &session.Statement{Protocol: "simple", SQL: fmt.Sprintf("SELECT %d", i), Tag: "SELECT 1"}})
+				}
+			}
+			a := fakeSession(wa, 1001, "alice", "/usr/bin/psql")
+			a.Emit(session.Event{Kind: session.KindSessionStart, Start: a})
+			flush(wa)
+			stmt(a, 3)
+			flush(wa)
+			stmt(a, 2)
+			a.Emit(session.Event{Kind: session.KindSessionEnd, End: &session.End{Reason: "client_quit"}})
+			flush(wa)
+			b := fakeSession(wb, 1002, "bob", "/usr/bin/python3")
+			b.Emit(session.Event{Kind: session.KindSessionStart, Start: b})
+			stmt(b, 1)
+			flush(wb)
+
+			st := wa.Store()
+			var blocks int
+			if err := st.db.QueryRowContext(ctx, st.q(`SELECT count(*) FROM audit_blocks WHERE daemon = ?`), wa.Daemon()).Scan(&blocks); err != nil || blocks < 3 {
+				t.Fatalf("%d blocks for three shipments (%v)", blocks, err)
+			}
+			sums, err := st.Sessions(ctx, Filter{})
+			if err != nil || len(sums) != 2 {
+				t.Fatalf("sessions: %v %+v", err, sums)
+			}
+			for _, tc := range []struct {
+				id         string
+				daemon     string
+				statements int64
+				ended      bool
+			}{{a.ID, wa.Daemon(), 5, true}, {b.ID, wb.Daemon(), 1, false}} {
+				i := slices.IndexFunc(sums, func(s SessionSummary) bool { return s.ID == tc.id })
+				if i < 0 || sums[i].Daemon != tc.daemon || sums[i].Statements != tc.statements || (sums[i].End != nil) != tc.ended {
+					t.Fatalf("session %s in the list: %+v, want daemon %s, %d statements, ended %v", tc.id, sums, tc.daemon, tc.statements, tc.ended)
+				}
+			}
+			d, err := st.Session(ctx, a.ID, nil)
+			if err != nil || d == nil || len(d.Records) != 7 || d.Records[0].Kind != kindStart || d.Records[6].Kind != kindEnd {
+				t.Fatalf("session of alice: %v %+v", err, d)
+			}
+			for i := 1; i < len(d.Records); i++ {
+				if d.Records[i].Seq <= d.Records[i-1].Seq || d.Records[i].Session != a.ID {
+					t.Fatalf("session records out of order or foreign at %d: %+v", i, d.Records)
+				}
+			}
+			// Export pages of every size give the same records as one read.
+			all, err := st.Scan(ctx, "", 0, 1000)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, page := range []int{1, 2, 3, 1000} {
+				var got []Record
+				ad, as := "", int64(0)
+				for range 1000 {
+					rs, err := st.Scan(ctx, ad, as, page)
+					if err != nil {
+						t.Fatal(err)
+					}
+					if len(rs) == 0 {
+						break
+					}
+					got = append(got, rs...)
+					ad, as = rs[len(rs)-1].Daemon, rs[len(rs)-1].Seq
+				}
+				if len(got) != len(all) {
+					t.Fatalf("pages of %d gave %d records, one read %d", page, len(got), len(all))
+				}
+				for i := range got {
+					if got[i].Daemon != all[i].Daemon || got[i].Seq != all[i].Seq || got[i].Hash != all[i].Hash {
+						t.Fatalf("pages of %d: record %d is %s/%d, want %s/%d", page, i, got[i].Daemon, got[i].Seq, all[i].Daemon, all[i].Seq)
+					}
+					if i > 0 && !(all[i-1].Daemon < all[i].Daemon || all[i-1].Daemon == all[i].Daemon && all[i-1].Seq < all[i].Seq) {
+						t.Fatalf("export not in (daemon, seq) order at %d", i)
+					}
+				}
+			}
+			open, err := st.openSessions(ctx, wb.Daemon(), 1<<40)
+			if err != nil || !slices.Equal(open, []string{b.ID}) {
+				t.Fatalf("open sessions of bob's daemon: %v %v", err, open)
+			}
+			if open, err := st.openSessions(ctx, wa.Daemon(), 1<<40); err != nil || len(open) != 0 {
+				t.Fatalf("open sessions of alice's daemon: %v %v", err, open)
+			}
+			rep, err := Verify(ctx, st, "", nil)
+			if err != nil || !rep.OK || len(rep.Chains) != 2 {
+				t.Fatalf("verify: %v %+v", err, rep)
+			}
+		})
+	}
+}
