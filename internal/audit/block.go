@@ -330,7 +330,7 @@ func (s *Store) sessionBlocks(ctx context.Context, daemon string, from, to int64
 
 // sessionBlockFirsts lists the blocks daemon's session index rows name.
 func (s *Store) sessionBlockFirsts(ctx context.Context, daemon string) ([]int64, error) {
-	rows, err := s.db.QueryContext(ctx, s.q(`SELECT DISTINCT first_seq FROM audit_session_blocks WHERE daemon = ?`), daemon)
+	rows, err := s.db.QueryContext(ctx, s.q(`SELECT DISTINCT first_seq FROM audit_session_blocks WHERE daemon = ? ORDER BY first_seq`), daemon)
 	if err != nil {
 		return nil, fmt.Errorf("read the session index of %s: %w", daemon, err)
 	}

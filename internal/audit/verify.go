@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/hex"
 	"fmt"
+	"maps"
+	"slices"
 	"time"
 )
 
@@ -234,12 +236,12 @@ func verifyChain(ctx context.Context, s *Store, daemon string, ex *Expect) (*Cha
 	} else if ex != nil && ex.Stored > cr.Last {
 		add(cr.Last+1, BreakTruncated, "tail truncated: the daemon stored records through seq %d, but the store ends at seq %d", ex.Stored, cr.Last)
 	}
-	// Index rows that no record accounts for (after the tail: a cut tail
-	// is named as such, not by the index rows it left behind) would add sessions or
-	// statements that never were.
-	for seq, row := range starts {
+	// Index rows that no record accounts for would list sessions or count
+	// statements that never were. Checked after the tail, so that a cut
+	// tail is named as such rather than by the index rows it left behind.
+	for _, seq := range slices.Sorted(maps.Keys(starts)) {
 		if !seenStart[seq] {
-			add(seq, BreakEdited, "the session list has session %s starting at seq %d, which is not a session.start in the chain: it was added, or its record removed", row.Session, seq)
+			add(seq, BreakEdited, "the session list has session %s starting at seq %d, which is not a session.start in the chain: it was added, or its record removed", starts[seq].Session, seq)
 		}
 	}
 	orphans, err := s.sessionBlockFirsts(ctx, daemon)
@@ -251,7 +253,6 @@ func verifyChain(ctx context.Context, s *Store, daemon string, ex *Expect) (*Cha
 			add(first, BreakEdited, "the session index names a block from seq %d that is not in the store: it was added, or the block removed", first)
 		}
 	}
-
 	sortBreaks(cr.Breaks)
 	return cr, nil
 }
