@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/airlockhq/airlock/internal/session"
@@ -119,6 +120,46 @@ func TestReadsAcrossBlocksAndDaemons(t *testing.T) {
 			rep, err := Verify(ctx, st, "", nil)
 			if err != nil || !rep.OK || len(rep.Chains) != 2 {
 				t.Fatalf("verify: %v %+v", err, rep)
+			}
+		})
+	}
+}
+
+// A newest block damaged in the store does not stop recording: the daemon
+// goes on shipping (and says nothing is wrong with reaching the store),
+// and verify names the damage.
+func TestDamagedNewestBlockKeepsRecording(t *testing.T) {
+	for _, sk := range stores(t) {
+		t.Run(sk.name, func(t *testing.T) {
+			ctx := context.Background()
+			spec, pw := sk.open(t)
+			state := t.TempDir()
+			w, cancel, done := openWriter(t, state, spec, pw, Policy{})
+			writeSession(fakeSession(w, 1001, "alice", "/usr/bin/psql"), 2)
+			cancel()
+			<-done
+			st, err := OpenStore(ctx, specOr(spec, state), pw)
+			if err != nil {
+				t.Fatal(err)
+			}
+			res, err := st.db.ExecContext(ctx, `UPDATE audit_blocks SET records = 'not records' WHERE first_seq = (SELECT MAX(first_seq) FROM audit_blocks)`)
+			if n, _ := res.RowsAffected(); err != nil || n != 1 {
+				t.Fatalf("damage the newest block: %v", err)
+			}
+			st.Close()
+
+			w2, cancel2, done2 := openWriter(t, state, spec, pw, Policy{})
+			defer func() { cancel2(); <-done2 }()
+			writeSession(fakeSession(w2, 1001, "alice", "/usr/bin/psql"), 1)
+			if err := w2.Seal(ctx); err != nil {
+				t.Fatalf("shipping after the damage: %v", err)
+			}
+			if s := w2.Status(); !s.Reachable || s.Spooled != 0 {
+				t.Fatalf("status after the damage: %+v", s)
+			}
+			rep, err := Verify(ctx, w2.Store(), "", w2.Expect())
+			if err != nil || rep.OK || rep.First.Kind != BreakEdited || !strings.Contains(rep.First.Message, "no longer reads as records") {
+				t.Fatalf("verify after the damage: %v %+v", err, rep.First)
 			}
 		})
 	}
