@@ -192,9 +192,10 @@ func (s *Store) insertRows(ctx context.Context, tx *sql.Tx, table, cols string, 
 // layout brings its own, edited or not); otherwise they are derived.
 func (s *Store) writeBlocks(ctx context.Context, tx *sql.Tx, recs []Record, cols []indexCols, cutAfter map[int64]bool) error {
 	for start := 0; start < len(recs); {
-		end := start + 1
+		end, size := start+1, lineSize(&recs[start])
 		for end < len(recs) && end-start < shipBatch && recs[end].Daemon == recs[start].Daemon &&
-			!cutAfter[recs[end-1].Seq] {
+			!cutAfter[recs[end-1].Seq] && size+lineSize(&recs[end]) <= maxBlockBytes {
+			size += lineSize(&recs[end])
 			end++
 		}
 		var bc []indexCols
@@ -252,8 +253,19 @@ func (s *Store) writeBlock(ctx context.Context, tx *sql.Tx, recs []Record, cols 
 	return nil
 }
 
+// maxBlockBytes bounds a block's text (but a block holds at least one
+// record): statements with long texts or large result samples would
+// otherwise make rows of hundreds of megabytes, and the memory to build
+// and read them.
+const maxBlockBytes = 4 << 20
+
+// lineSize is about the length of r's line.
+func lineSize(r *Record) int {
+	return 200 + len(r.Kind) + len(r.Session) + len(r.PrevHash) + len(r.Hash) + len(r.Data)
+}
+
 // maxKeptBuf bounds the block buffer a store keeps between batches.
-const maxKeptBuf = 4 << 20
+const maxKeptBuf = maxBlockBytes + maxBlockBytes/4
 
 const sessionCols = `daemon, seq, session, time_ns, person, uid, pid, exe, connection, data`
 

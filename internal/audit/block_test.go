@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/airlockhq/airlock/internal/session"
 )
@@ -160,6 +161,63 @@ func TestDamagedNewestBlockKeepsRecording(t *testing.T) {
 			rep, err := Verify(ctx, w2.Store(), "", w2.Expect())
 			if err != nil || rep.OK || rep.First.Kind != BreakEdited || !strings.Contains(rep.First.Message, "no longer reads as records") {
 				t.Fatalf("verify after the damage: %v %+v", err, rep.First)
+			}
+		})
+	}
+}
+
+// A batch is cut into blocks by bytes as well as by count, and read back
+// whole.
+func TestBlocksBoundedInBytes(t *testing.T) {
+	cases := []struct {
+		name      string
+		records   int
+		dataBytes int
+		minBlocks int
+		maxBlocks int
+	}{
+		{"small records, one block", 50, 100, 1, 1},
+		{"large records, several blocks", 12, 1 << 20, 3, 12},
+		{"one record larger than a block", 2, maxBlockBytes + 10, 2, 2},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			st, err := OpenStore(ctx, filepath.Join(t.TempDir(), "audit.db"), "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer st.Close()
+			data := []byte(`{"sql":"` + strings.Repeat("x", tc.dataBytes) + `"}`)
+			recs := make([]Record, tc.records)
+			prev := genesis
+			for i := range recs {
+				recs[i] = Record{Schema: Schema, Daemon: "d", Seq: int64(i + 1), Time: time.Unix(0, int64(i+1)).UTC(), Kind: kindStatement,
+					Session: "s", Data: data, PrevHash: prev}
+				recs[i].Hash = hashRecord(prev, &recs[i])
+				prev = recs[i].Hash
+			}
+			if err := st.append(ctx, recs, nil, nil); err != nil {
+				t.Fatal(err)
+			}
+			var blocks, longest int
+			if err := st.db.QueryRowContext(ctx, `SELECT count(*), max(length(records)) FROM audit_blocks`).Scan(&blocks, &longest); err != nil {
+				t.Fatal(err)
+			}
+			if blocks < tc.minBlocks || blocks > tc.maxBlocks || (tc.dataBytes < maxBlockBytes && longest > maxBlockBytes) {
+				t.Fatalf("%d blocks, the longest %d bytes; want %d to %d blocks of at most %d bytes", blocks, longest, tc.minBlocks, tc.maxBlocks, maxBlockBytes)
+			}
+			got, err := st.Scan(ctx, "", 0, 1000)
+			if err != nil || len(got) != len(recs) {
+				t.Fatalf("read back %d of %d records: %v", len(got), len(recs), err)
+			}
+			for i := range got {
+				if got[i].Hash != recs[i].Hash || string(got[i].Data) != string(recs[i].Data) {
+					t.Fatalf("record %d read back changed", i+1)
+				}
+			}
+			if rep, err := Verify(ctx, st, "", nil); err != nil || !rep.OK {
+				t.Fatalf("verify: %v %+v", err, rep)
 			}
 		})
 	}
