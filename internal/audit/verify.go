@@ -185,11 +185,11 @@ func verifyChain(ctx context.Context, s *Store, daemon string, ex *Expect) (*Cha
 		if n := len(b.Records); n > 0 && (b.Records[0].Seq != b.First || b.Records[n-1].Seq != b.Last) {
 			add(b.First, BreakEdited, "the block stored as seq %d to %d holds records %d to %d: its columns were edited", b.First, b.Last, b.Records[0].Seq, b.Records[n-1].Seq)
 		}
-		idx, err := s.sessionBlocks(ctx, daemon, b.First, b.First)
+		idx, err := s.sessionBlocks(ctx, daemon, b.First)
 		if err != nil {
 			return false, err
 		}
-		if !sameSessionBlocks(sessionBlocksOf(b.Records), idx[b.First]) {
+		if !sameSessionBlocks(sessionBlocksOf(b.Records), idx) {
 			add(b.First, BreakEdited, "the session index of the block from seq %d to %d no longer matches its records: it was edited", b.First, b.Last)
 		}
 		for i := range b.Records {
