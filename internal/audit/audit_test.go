@@ -323,8 +323,8 @@ func expectOf(t *testing.T, state string) *Expect {
 		t.Fatalf("no checkpoint kept: %v", err)
 	}
 	ex.Checkpoint = &cp
-	var hf headFile
-	if _, err := readJSON(filepath.Join(state, "audit", "head"), &hf); err != nil {
+	hf, _, err := readHead(filepath.Join(state, "audit", "head"))
+	if err != nil {
 		t.Fatal(err)
 	}
 	ex.Stored, ex.Hash = hf.Seq, hf.Hash
