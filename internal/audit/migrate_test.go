@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"encoding/json"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -35,7 +36,7 @@ func openRaw(t *testing.T, spec, pw string) *Store {
 // row per record), the chain of daemon "old-d": a key record, two sessions
 // (three and two statements, each ended), with checkpoints at seq 4 and at
 // the end. It returns the records.
-func writeV1(t *testing.T, st *Store) []Record {
+func writeV1(t *testing.T, st *Store, keyPath string) []Record {
 	t.Helper()
 	ctx := context.Background()
 	for _, q := range append([]string{`CREATE TABLE audit_schema (version BIGINT NOT NULL)`}, strings.Split(migrations[0], ";\n")...) {
@@ -46,7 +47,7 @@ func writeV1(t *testing.T, st *Store) []Record {
 	if _, err := st.db.ExecContext(ctx, `INSERT INTO audit_schema (version) VALUES (1)`); err != nil {
 		t.Fatal(err)
 	}
-	sig, err := newSigner(filepath.Join(t.TempDir(), "key"))
+	sig, err := newSigner(keyPath)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -124,7 +125,7 @@ func TestMigrateRowsIntoBlocks(t *testing.T) {
 					spec = filepath.Join(t.TempDir(), "audit.db")
 				}
 				raw := openRaw(t, spec, pw)
-				want := writeV1(t, raw)
+				want := writeV1(t, raw, filepath.Join(t.TempDir(), "key"))
 				if tc.tamper != "" {
 					if _, err := raw.db.ExecContext(ctx, tc.tamper); err != nil {
 						t.Fatal(err)
@@ -187,5 +188,65 @@ func TestMigrateRowsIntoBlocks(t *testing.T) {
 				}
 			})
 		}
+	}
+}
+
+// A daemon upgraded over the state and store of the previous version (its
+// head file, its key, its rows) goes on with the same chain: the old
+// records moved into blocks, the new ones after them, one chain that
+// verifies from seq 1, and the head file in its new form.
+func TestUpgradeContinuesTheChain(t *testing.T) {
+	for _, sk := range stores(t) {
+		t.Run(sk.name, func(t *testing.T) {
+			ctx := context.Background()
+			state := t.TempDir()
+			dir := filepath.Join(state, "audit")
+			if err := os.MkdirAll(dir, 0o700); err != nil {
+				t.Fatal(err)
+			}
+			spec, pw := sk.open(t)
+			rawSpec := spec
+			if spec == "" {
+				rawSpec = filepath.Join(dir, "audit.db")
+			}
+			raw := openRaw(t, rawSpec, pw)
+			old := writeV1(t, raw, filepath.Join(dir, "signing.key"))
+			raw.Close()
+			last := old[len(old)-1]
+			if err := os.WriteFile(filepath.Join(dir, "daemon-id"), []byte(last.Daemon+"\n"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if err := writeJSONAtomic(filepath.Join(dir, "head"), map[string]any{"seq": last.Seq, "hash": last.Hash}); err != nil {
+				t.Fatal(err)
+			}
+
+			w, cancel, done := openWriter(t, state, spec, pw, Policy{})
+			defer func() { cancel(); <-done }()
+			if w.Daemon() != last.Daemon {
+				t.Fatalf("daemon id %q, want %q", w.Daemon(), last.Daemon)
+			}
+			writeSession(fakeSession(w, 1001, "alice", "/usr/bin/psql"), 2)
+			if err := w.Seal(ctx); err != nil {
+				t.Fatal(err)
+			}
+			rep, err := Verify(ctx, w.Store(), "", w.Expect())
+			if err != nil || !rep.OK || len(rep.Chains) != 1 {
+				t.Fatalf("verify after the upgrade: %v %+v", err, rep)
+			}
+			c := rep.Chains[0]
+			if c.First != 1 || c.Last != last.Seq+4 || c.SealedTo != c.Last {
+				t.Fatalf("chain after the upgrade: %+v, want seq 1 to %d sealed", c, last.Seq+4)
+			}
+			if sums, err := w.Store().Sessions(ctx, Filter{}); err != nil || len(sums) != 3 {
+				t.Fatalf("sessions after the upgrade: %v %d", err, len(sums))
+			}
+			hf, _, err := readHead(filepath.Join(dir, "head"))
+			if err != nil || hf.Seq != c.Last || hf.Gen == 0 {
+				t.Fatalf("head note after the upgrade: %+v %v", hf, err)
+			}
+			if st := w.Status(); st.Problem != "" || !st.Reachable {
+				t.Fatalf("status after the upgrade: %+v", st)
+			}
+		})
 	}
 }
