@@ -117,7 +117,6 @@ func parseBlock(daemon, text string) ([]Record, error) {
 
 // block is one audit_blocks row.
 type block struct {
-	Daemon      string
 	First, Last int64
 	Records     []Record
 	Err         error // the text did not parse; Records holds what did
@@ -293,7 +292,7 @@ func (s *Store) eachBlock(ctx context.Context, daemon string, afterSeq int64, fn
 		}
 		var page []*block
 		for rows.Next() {
-			b := &block{Daemon: daemon}
+			b := &block{}
 			var text string
 			if err := rows.Scan(&b.First, &b.Last, &text); err != nil {
 				rows.Close()
