@@ -227,7 +227,7 @@ func TestAuditRecordsSessions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := sdb.Exec("UPDATE audit_records SET data = REPLACE(data, 'audit-marker-42', 'innocent') WHERE kind = 'statement'"); err != nil {
+	if _, err := sdb.Exec("UPDATE audit_blocks SET records = REPLACE(records, 'audit-marker-42', 'innocent')"); err != nil {
 		t.Fatalf("tamper: %v", err)
 	}
 	sdb.Close()
@@ -397,7 +397,8 @@ func TestAuditTeamStoreDownAndBack(t *testing.T) {
 
 	w.psql(t, w.dsn, "-c", "SELECT 'before-outage'")
 	waitFor(t, "records in the team store", 20*time.Second, func() bool {
-		return team.Psql(t, "airlock_audit", "SELECT count(*) FROM audit_records WHERE kind = 'statement' AND data LIKE '%before-outage%'") == "1"
+		return team.Psql(t, "airlock_audit", `SELECT count(*) FROM audit_blocks, regexp_split_to_table(records, E'\n') AS line
+			WHERE line LIKE '%"kind":"statement"%' AND line LIKE '%before-outage%'`) == "1"
 	})
 
 	gate.shut()

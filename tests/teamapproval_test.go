@@ -107,8 +107,8 @@ audit:
 	}
 	// Both daemons' audit chains have the decision, each its own.
 	waitFor(t, "the decision in both daemons' records", 30*time.Second, func() bool {
-		return team.Psql(t, "airlock_team", fmt.Sprintf(`SELECT count(DISTINCT daemon) FROM audit_records
-			WHERE kind = 'approval' AND data LIKE '%%"id":"%s"%%' AND data LIKE '%%"decision":"approved"%%' AND data LIKE '%%carol%%'`, r.ID)) == "2"
+		return team.Psql(t, "airlock_team", fmt.Sprintf(`SELECT count(DISTINCT daemon) FROM audit_blocks, regexp_split_to_table(records, E'\n') AS line
+			WHERE line LIKE '%%"kind":"approval"%%' AND line LIKE '%%"id":"%s"%%' AND line LIKE '%%"decision":"approved"%%' AND line LIKE '%%carol%%'`, r.ID)) == "2"
 	})
 
 	// A denial on B reaches A's client as an ErrorResponse naming who and why.

@@ -2,10 +2,12 @@ package audit
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -148,33 +150,56 @@ func TestRecordQueryVerify(t *testing.T) {
 func ptr[T any](v T) *T { return &v }
 
 // Each kind of tampering is caught and named, with the first break's seq.
+// The chain (a key, a session start, six statements, its end: seq 1 to 9)
+// is laid out in blocks of three records before tampering, so that blocks
+// can be deleted and records edited inside them. A chain tamper is a
+// careful attacker's: the records are changed, then every block and index
+// row is rewritten to match them, so that only the chain can tell.
 func TestVerifyCatchesTampering(t *testing.T) {
+	swap := func(rs []Record, i, j int) []Record {
+		rs[i], rs[j] = rs[j], rs[i]
+		return renumber(rs)
+	}
 	cases := []struct {
 		name    string
-		tamper  []string // SQL, %s = daemon
+		chain   func(rs []Record) []Record // rs[i] is seq i+1
+		tamper  []string                   // SQL after the chain tamper, %s = daemon
 		kind    string
 		seq     int64
 		message string
 	}{
-		{"edit statement text", []string{`UPDATE audit_records SET data = REPLACE(data, 'SELECT 2', 'SELECT 9') WHERE daemon = '%s' AND seq = 5`},
+		{"edit statement text in a block", nil,
+			[]string{`UPDATE audit_blocks SET records = REPLACE(records, 'SELECT 2', 'SELECT 9') WHERE daemon = '%s' AND first_seq = 4`},
 			BreakEdited, 5, "was edited"},
-		{"edit a search column", []string{`UPDATE audit_records SET person = 'mallory' WHERE daemon = '%s' AND kind = 'session.start'`},
+		{"edit statement text, blocks rewritten", func(rs []Record) []Record {
+			rs[4].Data = json.RawMessage(strings.Replace(string(rs[4].Data), "SELECT 2", "SELECT 9", 1))
+			return rs
+		}, nil, BreakEdited, 5, "was edited"},
+		{"edit a search column", nil, []string{`UPDATE audit_sessions SET person = 'mallory' WHERE daemon = '%s'`},
 			BreakEdited, 2, "search columns"},
-		{"delete a row", []string{`DELETE FROM audit_records WHERE daemon = '%s' AND seq = 4`},
+		{"hide a session from the list", nil, []string{`DELETE FROM audit_sessions WHERE daemon = '%s'`},
+			BreakEdited, 2, "search columns"},
+		{"edit the session index", nil, []string{`UPDATE audit_session_blocks SET statements = 0 WHERE daemon = '%s' AND first_seq = 4`},
+			BreakEdited, 4, "session index"},
+		{"delete a record", func(rs []Record) []Record { return slices.Delete(rs, 3, 4) }, nil,
 			BreakDeleted, 4, "seq 4 to 4 were deleted"},
-		{"delete the first rows", []string{`DELETE FROM audit_records WHERE daemon = '%s' AND seq <= 2`},
+		{"delete a block", nil, []string{`DELETE FROM audit_blocks WHERE daemon = '%s' AND first_seq = 4`},
+			BreakDeleted, 4, "seq 4 to 6 were deleted"},
+		{"delete the first records", func(rs []Record) []Record { return rs[2:] }, nil,
 			BreakDeleted, 3, "records before seq 3 were deleted"},
-		{"reorder two rows", []string{
-			`UPDATE audit_records SET seq = -1 WHERE daemon = '%s' AND seq = 4`,
-			`UPDATE audit_records SET seq = 4 WHERE daemon = '%s' AND seq = 5`,
-			`UPDATE audit_records SET seq = 5 WHERE daemon = '%s' AND seq = -1`},
+		{"reorder two records", func(rs []Record) []Record { return swap(rs, 3, 4) }, nil,
 			BreakReordered, 4, "was reordered"},
-		{"truncate the tail", []string{`DELETE FROM audit_records WHERE daemon = '%s' AND seq > 6`},
+		{"reorder two blocks", func(rs []Record) []Record {
+			return renumber(slices.Concat(rs[:3], rs[6:9], rs[3:6]))
+		}, nil, BreakReordered, 4, "now at seq 9"},
+		{"truncate the tail", nil, []string{`DELETE FROM audit_blocks WHERE daemon = '%s' AND first_seq > 6`},
 			BreakTruncated, 7, "tail truncated"},
-		{"truncate the tail with its checkpoints", []string{`DELETE FROM audit_records WHERE daemon = '%s' AND seq > 6`,
+		{"truncate the tail, blocks rewritten", func(rs []Record) []Record { return rs[:6] }, nil,
+			BreakTruncated, 7, "tail truncated"},
+		{"truncate the tail with its checkpoints", nil, []string{`DELETE FROM audit_blocks WHERE daemon = '%s' AND first_seq > 6`,
 			`DELETE FROM audit_checkpoints WHERE daemon = '%s'`},
 			BreakTruncated, 7, "tail truncated"},
-		{"forge a checkpoint", []string{`UPDATE audit_checkpoints SET hash = (SELECT hash FROM audit_records WHERE daemon = '%s' AND seq = 3) WHERE daemon = '%[1]s'`},
+		{"forge a checkpoint", nil, []string{`UPDATE audit_checkpoints SET hash = '` + genesis + `' WHERE daemon = '%s'`},
 			BreakForged, 0, "does not verify"},
 	}
 	for _, sk := range stores(t) {
@@ -193,15 +218,26 @@ func TestVerifyCatchesTampering(t *testing.T) {
 				defer st.Close()
 				ctx := context.Background()
 				exp := expectOf(t, state)
+				if exp.Stored != 9 {
+					t.Fatalf("the writer stored %d records, want 9", exp.Stored)
+				}
+				relayout(t, st, exp.Daemon, 3, nil)
 				if rep, err := Verify(ctx, st, "", exp); err != nil || !rep.OK {
 					t.Fatalf("verify before tampering: %v %+v", err, rep)
+				}
+				if tc.chain != nil {
+					relayout(t, st, exp.Daemon, 3, tc.chain)
 				}
 				for _, q := range tc.tamper {
 					if strings.Contains(q, "%") {
 						q = fmt.Sprintf(q, exp.Daemon)
 					}
-					if _, err := st.db.Exec(q); err != nil {
+					res, err := st.db.Exec(q)
+					if err != nil {
 						t.Fatalf("tamper %q: %v", q, err)
+					}
+					if n, _ := res.RowsAffected(); n == 0 {
+						t.Fatalf("tamper %q changed nothing", q)
 					}
 				}
 				rep, err := Verify(ctx, st, "", exp)
@@ -225,6 +261,48 @@ func TestVerifyCatchesTampering(t *testing.T) {
 	}
 }
 
+// renumber gives rs consecutive seqs from 1, as an attacker hiding a
+// change would.
+func renumber(rs []Record) []Record {
+	for i := range rs {
+		rs[i].Seq = int64(i + 1)
+	}
+	return rs
+}
+
+// relayout rewrites daemon's records, changed by change if set, as blocks
+// of size records, with index rows to match: everything but the chain is
+// consistent afterwards.
+func relayout(t *testing.T, st *Store, daemon string, size int, change func([]Record) []Record) {
+	t.Helper()
+	ctx := context.Background()
+	recs, err := st.Scan(ctx, daemon, 0, 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if change != nil {
+		recs = change(recs)
+	}
+	tx, err := st.db.BeginTx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback()
+	for _, tbl := range []string{"audit_blocks", "audit_sessions", "audit_session_blocks"} {
+		if _, err := tx.Exec(st.q(`DELETE FROM `+tbl+` WHERE daemon = ?`), daemon); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := 0; i < len(recs); i += size {
+		if err := st.writeBlock(ctx, tx, recs[i:min(i+size, len(recs))], nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func specOr(spec, state string) string {
 	if spec == "" {
 		return filepath.Join(state, "audit", "audit.db")
@@ -245,8 +323,8 @@ func expectOf(t *testing.T, state string) *Expect {
 		t.Fatalf("no checkpoint kept: %v", err)
 	}
 	ex.Checkpoint = &cp
-	var hf headFile
-	if _, err := readJSON(filepath.Join(state, "audit", "head"), &hf); err != nil {
+	hf, _, err := readHead(filepath.Join(state, "audit", "head"))
+	if err != nil {
 		t.Fatal(err)
 	}
 	ex.Stored, ex.Hash = hf.Seq, hf.Hash

@@ -24,13 +24,33 @@ var genesis = hex.EncodeToString(make([]byte, sha256.Size))
 // fixed by its predecessor's hash, so a row moved elsewhere still verifies
 // on its own and is reported as reordered, not as edited.
 func hashRecord(prev string, r *Record) string {
-	h := sha256.New()
-	pb, _ := hex.DecodeString(prev)
-	h.Write(pb)
-	h.Write([]byte(Schema + "\n" + r.Daemon + "\n" + strconv.FormatInt(r.Time.UnixNano(), 10) + "\n" +
-		r.Kind + "\n" + r.Session + "\n" + strconv.Itoa(len(r.Data)) + "\n"))
-	h.Write(r.Data)
-	return hex.EncodeToString(h.Sum(nil))
+	// Built in one buffer and hashed at once: the shipper hashes every
+	// record, and the streaming form cost it a microsecond a record in
+	// allocations (the digest, the decoded hash, the joined header).
+	var stack [512]byte
+	b := stack[:0]
+	// As hex.DecodeString would: what decodes before any bad digit.
+	if n := hex.DecodedLen(len(prev)); n > cap(b) {
+		b = make([]byte, 0, n+256+len(r.Data))
+	}
+	n, _ := hex.Decode(b[:hex.DecodedLen(len(prev))], []byte(prev))
+	b = b[:n]
+	b = append(b, Schema+"\n"...)
+	b = append(b, r.Daemon...)
+	b = append(b, '\n')
+	b = strconv.AppendInt(b, r.Time.UnixNano(), 10)
+	b = append(b, '\n')
+	b = append(b, r.Kind...)
+	b = append(b, '\n')
+	b = append(b, r.Session...)
+	b = append(b, '\n')
+	b = strconv.AppendInt(b, int64(len(r.Data)), 10)
+	b = append(b, '\n')
+	b = append(b, r.Data...)
+	sum := sha256.Sum256(b)
+	var out [2 * sha256.Size]byte
+	hex.Encode(out[:], sum[:])
+	return string(out[:])
 }
 
 // Checkpoint is a daemon's signature over the head of its chain.

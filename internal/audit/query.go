@@ -37,7 +37,7 @@ type SessionDetail struct {
 
 // Sessions lists sessions, newest first.
 func (s *Store) Sessions(ctx context.Context, f Filter) ([]SessionSummary, error) {
-	q := `SELECT ` + recordCols + ` FROM audit_records WHERE kind = 'session.start'`
+	q := `SELECT ` + sessionCols + ` FROM audit_sessions WHERE 1 = 1`
 	var args []any
 	if f.Person != "" {
 		q += ` AND (person = ? OR data LIKE ? ESCAPE '\')`
@@ -72,14 +72,14 @@ func (s *Store) Sessions(ctx context.Context, f Filter) ([]SessionSummary, error
 	if err != nil {
 		return nil, fmt.Errorf("list sessions: %w", err)
 	}
-	starts, err := scanRecords(rows)
+	starts, err := scanSessions(rows)
 	if err != nil {
 		return nil, fmt.Errorf("list sessions: %w", err)
 	}
 	out := make([]SessionSummary, 0, len(starts))
 	for _, r := range starts {
 		sum := SessionSummary{ID: r.Session, Daemon: r.Daemon}
-		if err := json.Unmarshal(r.Data, &sum.Start); err != nil {
+		if err := json.Unmarshal([]byte(r.Data), &sum.Start); err != nil {
 			return nil, fmt.Errorf("session %s: decode start: %w", r.Session, err)
 		}
 		if err := s.fillSummary(ctx, &sum); err != nil {
@@ -90,10 +90,12 @@ func (s *Store) Sessions(ctx context.Context, f Filter) ([]SessionSummary, error
 	return out, nil
 }
 
+// fillSummary adds the end and the statement count, from the session's
+// rows in audit_session_blocks.
 func (s *Store) fillSummary(ctx context.Context, sum *SessionSummary) error {
 	var data string
 	var ns int64
-	err := s.db.QueryRowContext(ctx, s.q(`SELECT data, time_ns FROM audit_records WHERE session = ? AND daemon = ? AND kind = 'session.end' ORDER BY seq DESC LIMIT 1`),
+	err := s.db.QueryRowContext(ctx, s.q(`SELECT end_data, end_ns FROM audit_session_blocks WHERE session = ? AND daemon = ? AND end_seq > 0 ORDER BY end_seq DESC LIMIT 1`),
 		sum.ID, sum.Daemon).Scan(&data, &ns)
 	if err == nil {
 		var e SessionEnd
@@ -101,38 +103,63 @@ func (s *Store) fillSummary(ctx context.Context, sum *SessionSummary) error {
 			sum.End, sum.EndTime = &e, time.Unix(0, ns).UTC()
 		}
 	}
-	return s.db.QueryRowContext(ctx, s.q(`SELECT COUNT(*) FROM audit_records WHERE session = ? AND daemon = ? AND kind = 'statement'`),
-		sum.ID, sum.Daemon).Scan(&sum.Statements)
+	if err := s.db.QueryRowContext(ctx, s.q(`SELECT COALESCE(SUM(statements), 0) FROM audit_session_blocks WHERE session = ? AND daemon = ?`),
+		sum.ID, sum.Daemon).Scan(&sum.Statements); err != nil {
+		return fmt.Errorf("session %s: count statements: %w", sum.ID, err)
+	}
+	return nil
 }
 
 // Session returns one session with its records; uid, if set, restricts it
 // to that user's sessions. Not found is (nil, nil).
 func (s *Store) Session(ctx context.Context, id string, uid *uint32) (*SessionDetail, error) {
-	rows, err := s.db.QueryContext(ctx, s.q(`SELECT `+recordCols+` FROM audit_records WHERE session = ? ORDER BY daemon, seq`), id)
+	rows, err := s.db.QueryContext(ctx, s.q(`SELECT `+sessionCols+` FROM audit_sessions WHERE session = ? ORDER BY daemon, seq`), id)
 	if err != nil {
 		return nil, fmt.Errorf("read session %s: %w", id, err)
 	}
-	rs, err := scanRecords(rows)
+	starts, err := scanSessions(rows)
 	if err != nil {
 		return nil, fmt.Errorf("read session %s: %w", id, err)
+	}
+	if len(starts) == 0 {
+		return nil, nil
 	}
 	d := &SessionDetail{}
-	found := false
-	for _, r := range rs {
-		if r.Kind == "session.start" {
-			if uid != nil && r.cols.uid != int64(*uid) {
-				return nil, nil
-			}
-			found = true
-			d.ID, d.Daemon = r.Session, r.Daemon
-			if err := json.Unmarshal(r.Data, &d.Start); err != nil {
-				return nil, fmt.Errorf("session %s: decode start: %w", id, err)
+	for _, r := range starts {
+		if uid != nil && r.cols.uid != int64(*uid) {
+			return nil, nil
+		}
+		d.ID, d.Daemon = r.Session, r.Daemon
+		if err := json.Unmarshal([]byte(r.Data), &d.Start); err != nil {
+			return nil, fmt.Errorf("session %s: decode start: %w", id, err)
+		}
+	}
+	// The blocks that hold the session's records, read and filtered.
+	brows, err := s.db.QueryContext(ctx, s.q(`SELECT b.daemon, b.first_seq, b.records FROM audit_session_blocks sb
+		JOIN audit_blocks b ON b.daemon = sb.daemon AND b.first_seq = sb.first_seq
+		WHERE sb.session = ? ORDER BY b.daemon, b.first_seq`), id)
+	if err != nil {
+		return nil, fmt.Errorf("read session %s: %w", id, err)
+	}
+	defer brows.Close()
+	for brows.Next() {
+		var daemon, text string
+		var first int64
+		if err := brows.Scan(&daemon, &first, &text); err != nil {
+			return nil, fmt.Errorf("read session %s: %w", id, err)
+		}
+		recs, err := parseBlock(daemon, text)
+		if err != nil {
+			return nil, fmt.Errorf("read session %s: the block at seq %d of %s cannot be read (airlock audit verify names the damage): %w", id, first, daemon, err)
+		}
+		for _, r := range recs {
+			if r.Session == id {
+				d.Records = append(d.Records, r)
 			}
 		}
-		d.Records = append(d.Records, r.Record)
 	}
-	if !found {
-		return nil, nil
+	if err := brows.Err(); err != nil {
+		return nil, fmt.Errorf("read session %s: %w", id, err)
 	}
 	if err := s.fillSummary(ctx, &d.SessionSummary); err != nil {
 		return nil, err

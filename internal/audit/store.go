@@ -25,11 +25,11 @@ type Store struct {
 	postgres bool
 	name     string // for messages and status; never holds a password
 
-	// inserts are the prepared multi-row INSERTs, by rows per statement:
-	// preparing (parsing) the statement is otherwise a third of a row's
-	// cost. Only the shipper appends; the mutex covers Close.
-	insMu   sync.Mutex
-	inserts map[int]*sql.Stmt
+	// buf is reused for the text of each block (one ship batch is about
+	// 800 KB of lines): allocating it anew for every batch made the
+	// garbage collector work for the shipper.
+	bufMu sync.Mutex
+	buf   []byte
 }
 
 // migrations are applied in order at open; each runs once. Only append.
@@ -71,6 +71,50 @@ var migrations = []string{
 		signature    TEXT   NOT NULL DEFAULT '',
 		PRIMARY KEY (daemon, key_id)
 	)`,
+	// 2: records in blocks (see block.go); the rows of audit_records are
+	// moved into blocks by moveLegacyRecords, then the table goes.
+	`CREATE TABLE audit_blocks (
+		daemon    TEXT   NOT NULL,
+		first_seq BIGINT NOT NULL,
+		last_seq  BIGINT NOT NULL,
+		last_ns   BIGINT NOT NULL,
+		records   TEXT   NOT NULL,
+		PRIMARY KEY (daemon, first_seq)
+	);
+	CREATE INDEX audit_blocks_last ON audit_blocks (daemon, last_seq);
+	CREATE TABLE audit_sessions (
+		daemon     TEXT   NOT NULL,
+		seq        BIGINT NOT NULL,
+		session    TEXT   NOT NULL,
+		time_ns    BIGINT NOT NULL,
+		person     TEXT   NOT NULL,
+		uid        BIGINT NOT NULL,
+		pid        BIGINT NOT NULL,
+		exe        TEXT   NOT NULL,
+		connection TEXT   NOT NULL,
+		data       TEXT   NOT NULL,
+		PRIMARY KEY (daemon, seq)
+	);
+	CREATE INDEX audit_sessions_session ON audit_sessions (session);
+	CREATE INDEX audit_sessions_time ON audit_sessions (time_ns);
+	CREATE TABLE audit_session_blocks (
+		session    TEXT   NOT NULL,
+		daemon     TEXT   NOT NULL,
+		first_seq  BIGINT NOT NULL,
+		statements BIGINT NOT NULL,
+		end_seq    BIGINT NOT NULL,
+		end_ns     BIGINT NOT NULL,
+		end_data   TEXT   NOT NULL,
+		PRIMARY KEY (session, daemon, first_seq)
+	);
+	CREATE INDEX audit_session_blocks_block ON audit_session_blocks (daemon, first_seq)`,
+}
+
+// migrationCode runs, by schema version, after that migration's SQL, in
+// the same transaction: what SQL alone cannot do the same way on both
+// stores.
+var migrationCode = map[int]func(ctx context.Context, s *Store, tx *sql.Tx) error{
+	2: moveLegacyRecords,
 }
 
 // OpenStore opens spec: a file path (SQLite) or a postgres:// URL, logging
@@ -150,43 +194,7 @@ func (s *Store) Name() string { return s.name }
 
 // Close closes the store.
 func (s *Store) Close() error {
-	s.insMu.Lock()
-	for _, st := range s.inserts {
-		_ = st.Close()
-	}
-	s.inserts = nil
-	s.insMu.Unlock()
 	return s.db.Close()
-}
-
-// insertRows are the statement sizes append uses: a batch is cut into as
-// many of the largest as fit, then the smaller.
-var insertRows = []int{64, 8, 1}
-
-// insert returns the prepared INSERT of n rows.
-func (s *Store) insert(ctx context.Context, n int) (*sql.Stmt, error) {
-	s.insMu.Lock()
-	defer s.insMu.Unlock()
-	if st := s.inserts[n]; st != nil {
-		return st, nil
-	}
-	var q strings.Builder
-	q.WriteString(`INSERT INTO audit_records (daemon, seq, time_ns, kind, session, person, uid, pid, exe, connection, data, prev_hash, hash) VALUES `)
-	for i := 0; i < n; i++ {
-		if i > 0 {
-			q.WriteString(", ")
-		}
-		q.WriteString("(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
-	}
-	st, err := s.db.PrepareContext(ctx, s.q(q.String()))
-	if err != nil {
-		return nil, err
-	}
-	if s.inserts == nil {
-		s.inserts = map[int]*sql.Stmt{}
-	}
-	s.inserts[n] = st
-	return st, nil
 }
 
 // q rewrites ? placeholders for PostgreSQL.
@@ -208,7 +216,15 @@ func (s *Store) q(query string) string {
 }
 
 func (s *Store) migrate(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	// A store of the first layout has its records moved into blocks in
+	// the migration: that takes time in proportion to the store, so it
+	// gets more than a schema change does.
+	timeout := 30 * time.Second
+	var v0 int
+	if s.db.QueryRowContext(ctx, `SELECT COALESCE(MAX(version), 0) FROM audit_schema`).Scan(&v0) == nil && v0 == 1 {
+		timeout = 30 * time.Minute
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
@@ -234,6 +250,11 @@ func (s *Store) migrate(ctx context.Context) error {
 	for i := v; i < len(migrations); i++ {
 		for _, stmt := range strings.Split(migrations[i], ";\n") {
 			if _, err := tx.ExecContext(ctx, stmt); err != nil {
+				return fmt.Errorf("audit store %s: migration %d: %w", s.name, i+1, err)
+			}
+		}
+		if fn := migrationCode[i+1]; fn != nil {
+			if err := fn(ctx, s, tx); err != nil {
 				return fmt.Errorf("audit store %s: migration %d: %w", s.name, i+1, err)
 			}
 		}
@@ -271,16 +292,28 @@ func colsOf(kind string, data []byte) indexCols {
 
 // head is the newest record of a daemon's chain in the store.
 func (s *Store) head(ctx context.Context, daemon string) (int64, string, error) {
-	var seq int64
-	var hash string
-	err := s.db.QueryRowContext(ctx, s.q(`SELECT seq, hash FROM audit_records WHERE daemon = ? ORDER BY seq DESC LIMIT 1`), daemon).Scan(&seq, &hash)
+	var text string
+	var last int64
+	err := s.db.QueryRowContext(ctx, s.q(`SELECT last_seq, records FROM audit_blocks WHERE daemon = ? ORDER BY first_seq DESC LIMIT 1`), daemon).Scan(&last, &text)
 	if errors.Is(err, sql.ErrNoRows) {
 		return 0, "", nil
 	}
-	return seq, hash, err
+	if err != nil {
+		return 0, "", err
+	}
+	// Only the last line is needed. A block damaged there still has its
+	// last seq: recording goes on (the hash does not link, and verify
+	// reports the damage) rather than stopping for good.
+	t := strings.TrimRight(text, "\n")
+	recs, err := parseBlock(daemon, t[strings.LastIndexByte(t, '\n')+1:])
+	if err != nil || len(recs) != 1 {
+		return last, "", nil
+	}
+	return recs[0].Seq, recs[0].Hash, nil
 }
 
-// append inserts records in one transaction: one commit (one fsync) per
+// append stores records (consecutive, of one daemon) as one block, with
+// checkpoints and keys, in one transaction: one commit (one fsync) per
 // batch is the group commit.
 func (s *Store) append(ctx context.Context, recs []Record, cps []Checkpoint, keys []Key) error {
 	tx, err := s.db.BeginTx(ctx, nil)
@@ -288,33 +321,8 @@ func (s *Store) append(ctx context.Context, recs []Record, cps []Checkpoint, key
 		return err
 	}
 	defer tx.Rollback()
-	// Many rows per INSERT: the per-statement overhead of database/sql and
-	// the driver is most of a row's cost.
-	args := make([]any, 0, 13*insertRows[0])
-	for start := 0; start < len(recs); {
-		n := insertRows[len(insertRows)-1]
-		for _, k := range insertRows {
-			if len(recs)-start >= k {
-				n = k
-				break
-			}
-		}
-		chunk := recs[start : start+n]
-		start += n
-		args = args[:0]
-		for i := range chunk {
-			r := &chunk[i]
-			c := colsOf(r.Kind, r.Data)
-			args = append(args, r.Daemon, r.Seq, r.Time.UnixNano(), r.Kind, r.Session, c.person, c.uid, c.pid,
-				c.exe, c.connection, string(r.Data), r.PrevHash, r.Hash)
-		}
-		st, err := s.insert(ctx, n)
-		if err != nil {
-			return fmt.Errorf("prepare the insert of %d records: %w", n, err)
-		}
-		if _, err := tx.StmtContext(ctx, st).ExecContext(ctx, args...); err != nil {
-			return fmt.Errorf("insert records %d to %d: %w", chunk[0].Seq, chunk[len(chunk)-1].Seq, err)
-		}
+	if err := s.writeBlocks(ctx, tx, recs, nil, nil); err != nil {
+		return err
 	}
 	for _, k := range keys {
 		if _, err := tx.ExecContext(ctx, s.q(`INSERT INTO audit_keys (daemon, key_id, public_key, seq, time_ns, previous_key, signature)
@@ -331,58 +339,43 @@ func (s *Store) append(ctx context.Context, recs []Record, cps []Checkpoint, key
 	return tx.Commit()
 }
 
-const recordCols = `daemon, seq, time_ns, kind, session, person, uid, pid, exe, connection, data, prev_hash, hash`
-
-type storedRecord struct {
-	Record
-	cols indexCols
-}
-
-func scanRecords(rows *sql.Rows) ([]storedRecord, error) {
-	defer rows.Close()
-	var out []storedRecord
-	for rows.Next() {
-		var r storedRecord
-		var ns int64
-		var data string
-		if err := rows.Scan(&r.Daemon, &r.Seq, &ns, &r.Kind, &r.Session, &r.cols.person, &r.cols.uid, &r.cols.pid,
-			&r.cols.exe, &r.cols.connection, &data, &r.PrevHash, &r.Hash); err != nil {
-			return nil, err
-		}
-		r.Schema, r.Time, r.Data = Schema, time.Unix(0, ns).UTC(), json.RawMessage(data)
-		out = append(out, r)
-	}
-	return out, rows.Err()
-}
-
 // Scan returns up to limit records after (daemon, seq) in (daemon, seq)
 // order; daemon "" starts at the first daemon.
 func (s *Store) Scan(ctx context.Context, afterDaemon string, afterSeq int64, limit int) ([]Record, error) {
-	rows, err := s.db.QueryContext(ctx, s.q(`SELECT `+recordCols+` FROM audit_records
-		WHERE daemon > ? OR (daemon = ? AND seq > ?) ORDER BY daemon, seq LIMIT ?`), afterDaemon, afterDaemon, afterSeq, limit)
+	daemons, err := s.Daemons(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("read audit records: %w", err)
+		return nil, err
 	}
-	rs, err := scanRecords(rows)
-	out := make([]Record, len(rs))
-	for i := range rs {
-		out[i] = rs[i].Record
+	var out []Record
+	for _, d := range daemons {
+		if d < afterDaemon || len(out) >= limit {
+			continue
+		}
+		after := int64(0)
+		if d == afterDaemon {
+			after = afterSeq
+		}
+		err := s.eachBlock(ctx, d, after, func(b *block) (bool, error) {
+			if b.Err != nil {
+				return false, fmt.Errorf("read the audit records of %s: block at seq %d: %w", d, b.First, b.Err)
+			}
+			for _, r := range b.Records {
+				if r.Seq > after && len(out) < limit {
+					out = append(out, r)
+				}
+			}
+			return len(out) < limit, nil
+		})
+		if err != nil {
+			return nil, err
+		}
 	}
-	return out, err
-}
-
-func (s *Store) scanDaemon(ctx context.Context, daemon string, afterSeq int64, limit int) ([]storedRecord, error) {
-	rows, err := s.db.QueryContext(ctx, s.q(`SELECT `+recordCols+` FROM audit_records
-		WHERE daemon = ? AND seq > ? ORDER BY seq LIMIT ?`), daemon, afterSeq, limit)
-	if err != nil {
-		return nil, fmt.Errorf("read audit records of %s: %w", daemon, err)
-	}
-	return scanRecords(rows)
+	return out, nil
 }
 
 // Daemons lists the daemons that wrote to the store.
 func (s *Store) Daemons(ctx context.Context) ([]string, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT daemon FROM audit_records UNION SELECT daemon FROM audit_keys UNION SELECT daemon FROM audit_checkpoints ORDER BY 1`)
+	rows, err := s.db.QueryContext(ctx, `SELECT DISTINCT daemon FROM audit_blocks UNION SELECT daemon FROM audit_keys UNION SELECT daemon FROM audit_checkpoints ORDER BY 1`)
 	if err != nil {
 		return nil, fmt.Errorf("list daemons in audit store: %w", err)
 	}
@@ -448,9 +441,9 @@ func (s *Store) Keys(ctx context.Context, daemon string) ([]Key, error) {
 // openSessions lists sessions of daemon started at or before seq that have
 // no end record.
 func (s *Store) openSessions(ctx context.Context, daemon string, seq int64) ([]string, error) {
-	rows, err := s.db.QueryContext(ctx, s.q(`SELECT s.session FROM audit_records s
-		WHERE s.daemon = ? AND s.kind = 'session.start' AND s.seq <= ?
-		AND NOT EXISTS (SELECT 1 FROM audit_records e WHERE e.session = s.session AND e.daemon = s.daemon AND e.kind = 'session.end')
+	rows, err := s.db.QueryContext(ctx, s.q(`SELECT s.session FROM audit_sessions s
+		WHERE s.daemon = ? AND s.seq <= ?
+		AND NOT EXISTS (SELECT 1 FROM audit_session_blocks e WHERE e.session = s.session AND e.daemon = s.daemon AND e.end_seq > 0)
 		ORDER BY s.seq`), daemon, seq)
 	if err != nil {
 		return nil, fmt.Errorf("find interrupted sessions: %w", err)
@@ -467,24 +460,148 @@ func (s *Store) openSessions(ctx context.Context, daemon string, seq int64) ([]s
 	return out, rows.Err()
 }
 
-// prune deletes daemon's records up to seq; the caller makes sure a signed
-// checkpoint stands at seq.
+// prune deletes daemon's blocks up to seq, with their index rows, and
+// returns how many records went; the caller makes sure a signed
+// checkpoint stands at seq, and pruneTarget that a block ends there.
 func (s *Store) prune(ctx context.Context, daemon string, seq int64) (int64, error) {
-	res, err := s.db.ExecContext(ctx, s.q(`DELETE FROM audit_records WHERE daemon = ? AND seq <= ?`), daemon, seq)
+	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return 0, err
 	}
-	return res.RowsAffected()
+	defer tx.Rollback()
+	var first sql.NullInt64
+	if err := tx.QueryRowContext(ctx, s.q(`SELECT MIN(first_seq) FROM audit_blocks WHERE daemon = ?`), daemon).Scan(&first); err != nil {
+		return 0, err
+	}
+	if !first.Valid || first.Int64 > seq {
+		return 0, nil
+	}
+	for _, q := range []string{
+		`DELETE FROM audit_blocks WHERE daemon = ? AND last_seq <= ?`,
+		`DELETE FROM audit_session_blocks WHERE daemon = ? AND first_seq <= ?`,
+		`DELETE FROM audit_sessions WHERE daemon = ? AND seq <= ?`,
+	} {
+		if _, err := tx.ExecContext(ctx, s.q(q), daemon, seq); err != nil {
+			return 0, err
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return 0, err
+	}
+	return seq - first.Int64 + 1, nil
 }
 
-// pruneTarget is the newest checkpoint of daemon whose record is older
-// than before.
+// pruneTarget is the newest checkpoint of daemon older than before at
+// which a block ends (pruning takes whole blocks).
 func (s *Store) pruneTarget(ctx context.Context, daemon string, before time.Time) (int64, error) {
 	var seq sql.NullInt64
-	err := s.db.QueryRowContext(ctx, s.q(`SELECT MAX(c.seq) FROM audit_checkpoints c JOIN audit_records r
-		ON r.daemon = c.daemon AND r.seq = c.seq WHERE c.daemon = ? AND r.time_ns < ?`), daemon, before.UnixNano()).Scan(&seq)
+	err := s.db.QueryRowContext(ctx, s.q(`SELECT MAX(c.seq) FROM audit_checkpoints c JOIN audit_blocks b
+		ON b.daemon = c.daemon AND b.last_seq = c.seq WHERE c.daemon = ? AND b.last_ns < ?`), daemon, before.UnixNano()).Scan(&seq)
 	if err != nil {
 		return 0, err
 	}
 	return seq.Int64, nil
+}
+
+// moveLegacyRecords moves the rows of the first layout (one audit_records
+// row per record) into blocks, as they are: data, hashes and search
+// columns unchanged, so that whatever was edited before the upgrade is
+// still reported by verify. Blocks end at checkpoints, so that retention
+// can still prune up to any of them.
+func moveLegacyRecords(ctx context.Context, s *Store, tx *sql.Tx) error {
+	var daemons []string
+	rows, err := tx.QueryContext(ctx, `SELECT DISTINCT daemon FROM audit_records ORDER BY daemon`)
+	if err != nil {
+		return fmt.Errorf("list the daemons of audit_records: %w", err)
+	}
+	for rows.Next() {
+		var d string
+		if err := rows.Scan(&d); err != nil {
+			rows.Close()
+			return err
+		}
+		daemons = append(daemons, d)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	for _, d := range daemons {
+		cuts := map[int64]bool{}
+		crows, err := tx.QueryContext(ctx, s.q(`SELECT seq FROM audit_checkpoints WHERE daemon = ?`), d)
+		if err != nil {
+			return fmt.Errorf("read the checkpoints of %s: %w", d, err)
+		}
+		for crows.Next() {
+			var seq int64
+			if err := crows.Scan(&seq); err != nil {
+				crows.Close()
+				return err
+			}
+			cuts[seq] = true
+		}
+		crows.Close()
+		if err := crows.Err(); err != nil {
+			return err
+		}
+		// Rows whose seq was edited may be out of chain order: they are
+		// moved in seq order, as verify read them before.
+		var after int64 = -1 << 62
+		for {
+			rows, err := tx.QueryContext(ctx, s.q(`SELECT `+legacyCols+` FROM audit_records
+				WHERE daemon = ? AND seq > ? ORDER BY seq LIMIT ?`), d, after, shipBatch)
+			if err != nil {
+				return fmt.Errorf("read audit_records of %s: %w", d, err)
+			}
+			rs, err := scanLegacy(rows)
+			if err != nil {
+				return fmt.Errorf("read audit_records of %s: %w", d, err)
+			}
+			if len(rs) == 0 {
+				break
+			}
+			recs := make([]Record, len(rs))
+			cols := make([]indexCols, len(rs))
+			for i := range rs {
+				recs[i], cols[i] = rs[i].Record, rs[i].cols
+				// Everything after a gap goes in a block of its own: a
+				// block holds a run of seqs.
+				if i > 0 && recs[i].Seq != recs[i-1].Seq+1 {
+					cuts[recs[i-1].Seq] = true
+				}
+			}
+			if err := s.writeBlocks(ctx, tx, recs, cols, cuts); err != nil {
+				return fmt.Errorf("move the records of %s into blocks: %w", d, err)
+			}
+			after = rs[len(rs)-1].Seq
+		}
+	}
+	if _, err := tx.ExecContext(ctx, `DROP TABLE audit_records`); err != nil {
+		return fmt.Errorf("drop audit_records: %w", err)
+	}
+	return nil
+}
+
+const legacyCols = `daemon, seq, time_ns, kind, session, person, uid, pid, exe, connection, data, prev_hash, hash`
+
+type storedRecord struct {
+	Record
+	cols indexCols
+}
+
+func scanLegacy(rows *sql.Rows) ([]storedRecord, error) {
+	defer rows.Close()
+	var out []storedRecord
+	for rows.Next() {
+		var r storedRecord
+		var ns int64
+		var data string
+		if err := rows.Scan(&r.Daemon, &r.Seq, &ns, &r.Kind, &r.Session, &r.cols.person, &r.cols.uid, &r.cols.pid,
+			&r.cols.exe, &r.cols.connection, &data, &r.PrevHash, &r.Hash); err != nil {
+			return nil, err
+		}
+		r.Schema, r.Time, r.Data = Schema, time.Unix(0, ns).UTC(), json.RawMessage(data)
+		out = append(out, r)
+	}
+	return out, rows.Err()
 }

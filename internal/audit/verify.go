@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/hex"
 	"fmt"
+	"maps"
+	"slices"
 	"time"
 )
 
@@ -148,39 +150,58 @@ func verifyChain(ctx context.Context, s *Store, daemon string, ex *Expect) (*Cha
 		cr.Checkpoints++
 	}
 
-	// First pass: where each hash sits, to tell a moved row from a lost one.
+	// First pass: where each hash sits, to tell a moved record from a
+	// lost one.
 	where := map[[8]byte]int64{}
 	key := func(h string) (k [8]byte) {
 		b, _ := hex.DecodeString(h)
 		copy(k[:], b)
 		return k
 	}
-	var after int64
-	for {
-		rs, err := s.scanDaemon(ctx, daemon, after, 5000)
-		if err != nil {
-			return nil, err
-		}
-		for _, r := range rs {
+	err = s.eachBlock(ctx, daemon, 0, func(b *block) (bool, error) {
+		for _, r := range b.Records {
 			where[key(r.Hash)] = r.Seq
 		}
-		if len(rs) < 5000 {
-			break
-		}
-		after = rs[len(rs)-1].Seq
+		return true, nil
+	})
+	if err != nil {
+		return nil, err
 	}
 
-	// Second pass: each row against itself, its predecessor and the
-	// checkpoints.
+	// Second pass: each block against its index rows, each record against
+	// itself, its predecessor and the checkpoints.
+	starts, err := s.sessionStarts(ctx, daemon)
+	if err != nil {
+		return nil, err
+	}
+	seenStart := map[int64]bool{}
+	blocks := map[int64]bool{}
 	var prev *storedRecord
-	after = 0
-	for {
-		rs, err := s.scanDaemon(ctx, daemon, after, 5000)
-		if err != nil {
-			return nil, err
+	err = s.eachBlock(ctx, daemon, 0, func(b *block) (bool, error) {
+		blocks[b.First] = true
+		if b.Err != nil {
+			add(b.First, BreakEdited, "the block of records stored from seq %d was edited: it no longer reads as records (%v)", b.First, b.Err)
 		}
-		for i := range rs {
-			r := &rs[i]
+		if n := len(b.Records); n > 0 && (b.Records[0].Seq != b.First || b.Records[n-1].Seq != b.Last) {
+			add(b.First, BreakEdited, "the block stored as seq %d to %d holds records %d to %d: its columns were edited", b.First, b.Last, b.Records[0].Seq, b.Records[n-1].Seq)
+		}
+		idx, err := s.sessionBlocks(ctx, daemon, b.First)
+		if err != nil {
+			return false, err
+		}
+		if !sameSessionBlocks(sessionBlocksOf(b.Records), idx) {
+			add(b.First, BreakEdited, "the session index of the block from seq %d to %d no longer matches its records: it was edited", b.First, b.Last)
+		}
+		for i := range b.Records {
+			r := &storedRecord{Record: b.Records[i], cols: indexCols{uid: -1, pid: -1}}
+			if r.Kind == kindStart {
+				seenStart[r.Seq] = true
+				if row, ok := starts[r.Seq]; ok && row.Session == r.Session && row.TimeNS == r.Time.UnixNano() && row.Data == string(r.Data) {
+					r.cols = row.cols
+				} else {
+					r.cols = indexCols{uid: -2} // no row, or not this record's: colsOf never gives uid -2
+				}
+			}
 			cr.Records++
 			if cr.First == 0 {
 				cr.First = r.Seq
@@ -196,12 +217,11 @@ func verifyChain(ctx context.Context, s *Store, daemon string, ex *Expect) (*Cha
 			}
 			prev = r
 		}
-		if len(rs) < 5000 {
-			break
-		}
-		after = rs[len(rs)-1].Seq
+		return true, nil
+	})
+	if err != nil {
+		return nil, err
 	}
-
 	// The tail: nothing signed or stored may be missing at the end.
 	var lastCP *Checkpoint
 	for _, c := range cpAt {
@@ -215,6 +235,23 @@ func verifyChain(ctx context.Context, s *Store, daemon string, ex *Expect) (*Cha
 			lastCP.Time.Format(time.RFC3339), lastCP.Seq, cr.Last)
 	} else if ex != nil && ex.Stored > cr.Last {
 		add(cr.Last+1, BreakTruncated, "tail truncated: the daemon stored records through seq %d, but the store ends at seq %d", ex.Stored, cr.Last)
+	}
+	// Index rows that no record accounts for would list sessions or count
+	// statements that never were. Checked after the tail, so that a cut
+	// tail is named as such rather than by the index rows it left behind.
+	for _, seq := range slices.Sorted(maps.Keys(starts)) {
+		if !seenStart[seq] {
+			add(seq, BreakEdited, "the session list has session %s starting at seq %d, which is not a session.start in the chain: it was added, or its record removed", starts[seq].Session, seq)
+		}
+	}
+	orphans, err := s.sessionBlockFirsts(ctx, daemon)
+	if err != nil {
+		return nil, err
+	}
+	for _, first := range orphans {
+		if !blocks[first] {
+			add(first, BreakEdited, "the session index names a block from seq %d that is not in the store: it was added, or the block removed", first)
+		}
 	}
 	sortBreaks(cr.Breaks)
 	return cr, nil
@@ -266,4 +303,23 @@ func sortBreaks(bs []Break) {
 			bs[j], bs[j-1] = bs[j-1], bs[j]
 		}
 	}
+}
+
+// sameSessionBlocks compares a block's derived index rows with the stored
+// ones, in any order.
+func sameSessionBlocks(want, got []sessionBlock) bool {
+	if len(want) != len(got) {
+		return false
+	}
+	m := make(map[string]sessionBlock, len(want))
+	for _, sb := range want {
+		m[sb.Session] = sb
+	}
+	for _, sb := range got {
+		if w, ok := m[sb.Session]; !ok || w != sb {
+			return false
+		}
+		delete(m, sb.Session)
+	}
+	return len(m) == 0
 }

@@ -71,16 +71,17 @@ type Writer struct {
 	boot   int64 // last seq written before this start
 
 	// shipper only
-	store   *Store
-	stored  int64
-	head    string // hash of record `stored`
-	sig     *signer
-	newKey  *Key // a key record to store with the next batch
-	lastCP  Checkpoint
-	cpDue   time.Time
-	closed  bool // interrupted sessions are closed
-	pruneAt time.Time
-	shipped time.Time // last ship
+	headNote *headNote
+	store    *Store
+	stored   int64
+	head     string // hash of record `stored`
+	sig      *signer
+	newKey   *Key // a key record to store with the next batch
+	lastCP   Checkpoint
+	cpDue    time.Time
+	closed   bool // interrupted sessions are closed
+	pruneAt  time.Time
+	shipped  time.Time // last ship
 
 	rotate    sync.Mutex
 	shipMu    sync.Mutex // one shipper at a time: Run, Flush
@@ -94,6 +95,7 @@ type Writer struct {
 type headFile struct {
 	Seq  int64  `json:"seq"`
 	Hash string `json:"hash"`
+	Gen  uint64 `json:"gen,omitempty"` // which of head.go's two slots is newer
 }
 
 // Open prepares the record: the daemon's id and signing key, the journal
@@ -129,10 +131,11 @@ func Open(ctx context.Context, opts Options) (*Writer, error) {
 	if w.daemon, err = daemonID(filepath.Join(dir, "daemon-id")); err != nil {
 		return nil, err
 	}
-	var hf headFile
-	if _, err := readJSON(filepath.Join(dir, "head"), &hf); err != nil {
+	hf, hn, err := readHead(filepath.Join(dir, "head"))
+	if err != nil {
 		return nil, fmt.Errorf("read audit head: %w", err)
 	}
+	w.headNote = hn
 	if _, err := readJSON(filepath.Join(dir, "checkpoint"), &w.lastCP); err != nil {
 		return nil, fmt.Errorf("read last audit checkpoint: %w", err)
 	}
@@ -475,7 +478,7 @@ func (w *Writer) ship(ctx context.Context) error {
 			w.stored, w.head = recs[len(recs)-1].Seq, prev
 		}
 		w.mu.Unlock()
-		if err := writeJSONAtomic(filepath.Join(w.dir, "head"), headFile{Seq: w.stored, Hash: w.head}); err != nil {
+		if err := w.headNote.write(headFile{Seq: w.stored, Hash: w.head}); err != nil {
 			w.log.Error("audit: note the stored head", "err", err)
 		} else {
 			w.j.release(w.stored)
