@@ -80,6 +80,13 @@ import (
 // lookupTimeout bounds how long a result waits for its column sources.
 var lookupTimeout = 5 * time.Second
 
+// The descriptions a session keeps decided: at most maxDescs of at most
+// maxDescBytes each (a wider one is decided again when it comes back).
+const (
+	maxDescs     = 256
+	maxDescBytes = 4096
+)
+
 // Subject is who the session belongs to, for the rules' scopes. A session
 // whose origin class is not known yet counts as an agent's.
 func Subject(sess *session.Session) mask.Subject {
@@ -103,7 +110,8 @@ type Stage struct {
 	log  *slog.Logger
 
 	mu    sync.Mutex
-	queue []request // client requests awaiting their answers
+	queue requests // client requests awaiting their answers
+	cbuf  []byte   // client side only: a Bind and the stage's Describe
 
 	// Server side only.
 	cache      map[Attr]mask.Column // decided columns by source
@@ -129,6 +137,10 @@ type Stage struct {
 	// same bytes, decided once. Dropped with the cache.
 	lastDesc   []byte
 	lastFields []field
+	// Every description decided, by its bytes, so statements run in
+	// turn (a transaction's, a pooled client's) are each decided once; a
+	// map lookup that does not allocate. Bounded; dropped with the cache.
+	descs      map[string][]field
 	unresolved atomic.Uint64
 	binaryNull atomic.Uint64
 	orig       *Originals // the compliance copy; nil: none kept
@@ -155,7 +167,8 @@ func New(m *mask.Masker, res Resolver, sess *session.Session, log *slog.Logger) 
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	s := &Stage{m: m, res: res, sess: sess, log: log, cache: map[Attr]mask.Column{}, portals: map[string][]field{}}
+	s := &Stage{m: m, res: res, sess: sess, log: log, cache: map[Attr]mask.Column{}, portals: map[string][]field{},
+		descs: map[string][]field{}}
 	sess.SetMaskCounter(s.Counts)
 	return s
 }
@@ -184,19 +197,25 @@ func (s *Stage) Client(m *pgwire.ClientMsg) pgwire.Verdict {
 	r := request{kind: m.Type}
 	switch m.Type {
 	case 'B':
-		var b pgproto3.Bind
-		if err := b.Decode(m.Body); err != nil {
+		portal, ok := bindPortal(m.Body)
+		if !ok {
 			break // the server rejects it; its error skips to Sync
 		}
-		s.push(r, request{kind: 'd', portal: b.DestinationPortal})
-		msg := append([]byte{'B', 0, 0, 0, 0}, m.Body...)
+		s.push(r, request{kind: 'd', portal: string(portal)})
+		// The pipeline copies a replacement before the next message, so
+		// one buffer serves every Bind.
+		msg := append(s.cbuf[:0], 'B', 0, 0, 0, 0)
+		msg = append(msg, m.Body...)
 		binary.BigEndian.PutUint32(msg[1:], uint32(len(m.Body)+4))
-		d, _ := (&pgproto3.Describe{ObjectType: 'P', Name: b.DestinationPortal}).Encode(msg)
-		return pgwire.Verdict{Action: pgwire.Replace, Msgs: d}
+		d := len(msg)
+		msg = append(msg, 'D', 0, 0, 0, 0, 'P')
+		msg = append(append(msg, portal...), 0)
+		binary.BigEndian.PutUint32(msg[d+1:], uint32(len(msg)-d-1))
+		s.cbuf = msg
+		return pgwire.Verdict{Action: pgwire.Replace, Msgs: msg}
 	case 'E':
-		var e pgproto3.Execute
-		if e.Decode(m.Body) == nil {
-			r.portal = e.Portal
+		if portal, ok := executePortal(m.Body); ok {
+			r.portal = string(portal)
 		}
 	}
 	s.push(r)
@@ -205,28 +224,36 @@ func (s *Stage) Client(m *pgwire.ClientMsg) pgwire.Verdict {
 
 func (s *Stage) push(rs ...request) {
 	s.mu.Lock()
-	s.queue = append(s.queue, rs...)
+	s.queue.push(rs...)
 	s.mu.Unlock()
 }
 
 func (s *Stage) front() (request, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if len(s.queue) == 0 {
+	if s.queue.len() == 0 {
 		return request{}, false
 	}
-	return s.queue[0], true
+	return s.queue.front(), true
+}
+
+// popIf pops the oldest request if it is of kind k.
+func (s *Stage) popIf(k byte) (request, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.queue.len() == 0 || s.queue.front().kind != k {
+		return request{}, false
+	}
+	return s.queue.pop(), true
 }
 
 func (s *Stage) pop() request {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if len(s.queue) == 0 {
+	if s.queue.len() == 0 {
 		return request{}
 	}
-	r := s.queue[0]
-	s.queue = s.queue[1:]
-	return r
+	return s.queue.pop()
 }
 
 // ServerTypes: descriptions, rows, request completions, copy, notices,
@@ -248,8 +275,7 @@ func (s *Stage) Server(m *pgwire.ServerMsg) pgwire.Verdict {
 		if m.Type == 'T' {
 			// A description too large to decode: its rows cannot
 			// be masked, so they are withheld.
-			if r, _ := s.front(); r.kind == 'd' {
-				s.pop()
+			if r, ok := s.popIf('d'); ok {
 				s.portals[r.portal] = nil
 				return drop
 			}
@@ -334,9 +360,8 @@ func (s *Stage) Server(m *pgwire.ServerMsg) pgwire.Verdict {
 func (s *Stage) popThroughSync() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for len(s.queue) > 0 {
-		k := s.queue[0].kind
-		s.queue = s.queue[1:]
+	for s.queue.len() > 0 {
+		k := s.queue.pop().kind
 		if k == 'S' || k == 'Q' || k == 'F' {
 			return
 		}
@@ -348,16 +373,17 @@ func (s *Stage) popThroughSync() {
 func (s *Stage) skipToSync() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for len(s.queue) > 0 && s.queue[0].kind != 'S' && s.queue[0].kind != 'Q' && s.queue[0].kind != 'F' {
-		s.queue = s.queue[1:]
+	for s.queue.len() > 0 {
+		if k := s.queue.front().kind; k == 'S' || k == 'Q' || k == 'F' {
+			return
+		}
+		s.queue.pop()
 	}
 }
 
 // curDone ends an Execute's answer.
 func (s *Stage) curDone() {
-	if r, ok := s.front(); ok && r.kind == 'E' {
-		s.pop()
-	}
+	s.popIf('E')
 }
 
 func (s *Stage) setCur(f []field) {
@@ -374,10 +400,15 @@ func (s *Stage) setCur(f []field) {
 // ddl drops the cached sources after a statement that may have changed
 // them.
 func (s *Stage) ddl(body []byte) {
+	if len(body) == 0 || body[0] == 'U' || body[0] == 'F' || body[0] == 'M' ||
+		bytes.HasPrefix(body, []byte("SELECT ")) && !bytes.HasPrefix(body, []byte("SELECT INTO")) {
+		return // UPDATE, FETCH, MOVE, MERGE and SELECT n, the commonest tags, settled at once
+	}
 	tag, _, _ := bytes.Cut(body, []byte{0})
 	for _, p := range []string{"CREATE", "ALTER", "DROP", "COMMENT", "GRANT", "REVOKE", "IMPORT", "SELECT INTO"} {
 		if bytes.HasPrefix(tag, []byte(p)) {
 			clear(s.cache)
+			clear(s.descs)
 			s.lastDesc, s.lastFields = s.lastDesc[:0], nil
 			return
 		}
@@ -388,6 +419,10 @@ func (s *Stage) ddl(body []byte) {
 func (s *Stage) describe(body []byte) []field {
 	if s.lastFields != nil && bytes.Equal(body, s.lastDesc) {
 		return s.lastFields
+	}
+	if f, ok := s.descs[string(body)]; ok {
+		s.lastDesc, s.lastFields = append(s.lastDesc[:0], body...), f
+		return f
 	}
 	s.missing = s.missing[:0]
 	ok := eachField(body, func(a Attr, _ uint32, _ int16) {
@@ -432,6 +467,12 @@ func (s *Stage) describe(body []byte) []field {
 	if !failed && len(out) > 0 {
 		// Shared read-only by the current result and portals.
 		s.lastDesc, s.lastFields = append(s.lastDesc[:0], body...), out
+		if len(body) <= maxDescBytes {
+			if len(s.descs) >= maxDescs {
+				clear(s.descs)
+			}
+			s.descs[string(body)] = out
+		}
 	}
 	return out
 }

@@ -454,22 +454,33 @@ func TestDDLRefreshesSources(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close(ctx)
-	f.pg.Psql(t, "postgres", "CREATE TABLE staging (id int, note text); INSERT INTO staging VALUES (1, 'nothing'); GRANT ALL ON staging TO app")
+	// The session owns both tables, so its renames below succeed.
+	f.pg.Psql(t, "postgres", "CREATE TABLE staging (id int, note text); INSERT INTO staging VALUES (1, 'nothing'); ALTER TABLE staging OWNER TO app; ALTER TABLE users OWNER TO app; GRANT CREATE ON SCHEMA public TO app")
 	var v string
 	if err := conn.QueryRow(ctx, "select note from staging", pgx.QueryExecModeSimpleProtocol).Scan(&v); err != nil || v != "nothing" {
 		t.Fatalf("before: %q %v", v, err)
+	}
+	// Described by the same bytes before and after the DDL below (alias,
+	// table OID, attribute number, type): a kept decision would be stale.
+	if err := conn.QueryRow(ctx, "select note as e from staging", pgx.QueryExecModeSimpleProtocol).Scan(&v); err != nil || v != "nothing" {
+		t.Fatalf("before, aliased: %q %v", v, err)
+	}
+	if err := conn.QueryRow(ctx, "select 'x' as other", pgx.QueryExecModeSimpleProtocol).Scan(&v); err != nil {
+		t.Fatal(err)
 	}
 	// The session moves the table under a masked name: the cached
 	// source is dropped on its DDL.
 	for _, q := range []string{"alter table users rename to users_old", "alter table staging rename to users",
 		"alter table users rename column note to email"} {
-		f.pg.Psql(t, "postgres", "GRANT ALL ON users TO app")
 		if _, err := conn.Exec(ctx, q); err != nil {
-			t.Logf("%s: %v", q, err)
+			t.Fatalf("%s: %v", q, err)
 		}
 	}
 	if err := conn.QueryRow(ctx, "select email from users", pgx.QueryExecModeSimpleProtocol).Scan(&v); err != nil || v != "[redacted]" {
 		t.Errorf("after DDL: %q %v, want [redacted]", v, err)
+	}
+	if err := conn.QueryRow(ctx, "select email as e from users", pgx.QueryExecModeSimpleProtocol).Scan(&v); err != nil || v != "[redacted]" {
+		t.Errorf("after DDL, aliased: %q %v, want [redacted]", v, err)
 	}
 }
 
