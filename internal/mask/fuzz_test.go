@@ -14,6 +14,7 @@ func FuzzDetect(f *testing.F) {
 		"AKIAIOSFODNN7EXAMPLE wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", "ghp_" + randToken(nil, base62, 36),
 		"glpat-aaaaaaaaaaaaaaaaaaaa1", "xoxb-123456789012-abc", "key=aB3dE5gH7jK9mN1pQ2sT4vW6yZ8",
 		`{"card": 4111111111111111, "e": "a@b.io"}`, "a@b.io,c@d.io", "@@@..--__::", "+1 (", "eyJ.eyJ.",
+		" user4711@corp-mail.com ", "a@example.com", "x.y+z@mail.co.uk.", "a@b.io 10.1.2.3", "4111111111111111@corp.com",
 	} {
 		f.Add([]byte(s))
 	}
@@ -73,10 +74,25 @@ func FuzzDetect(f *testing.F) {
 		if !bytes.Equal(a, b) {
 			t.Fatalf("whole fake not deterministic: %q vs %q", a, b)
 		}
+		// The whole value's kind (hash and fake of a column) is what every
+		// detector together says, shortcut or not.
+		if got, want := fake.wholeKind(s), wholeKindAll(s); got != want {
+			t.Fatalf("whole kind of %q: %s, every detector: %s", s, got, want)
+		}
 		if !bytes.Equal(s, orig) {
 			t.Fatal("input modified")
 		}
 	})
+}
+
+// wholeKindAll is wholeKind without its shortcut: every detector runs.
+func wholeKindAll(v []byte) Kind {
+	t := bytes.TrimSpace(v)
+	sp := Detect(nil, t, AllKinds)
+	if len(sp) == 1 && sp[0].Start == 0 && sp[0].End == len(t) {
+		return sp[0].Kind
+	}
+	return KindNone
 }
 
 func fuzzMasker(tb testing.TB, s Strategy) *Masker {
