@@ -506,8 +506,8 @@ func TestWholeKind(t *testing.T) {
 	}{
 		{"alice.w@corp-mail.com", KindEmail},
 		{"  alice.w@corp-mail.com\n", KindEmail},
-		{"alice@example.com", KindNone},       // reserved: not found at all
-		{"mail alice@corp.com", KindNone},     // an email inside text
+		{"alice@example.com", KindNone},   // reserved: not found at all
+		{"mail alice@corp.com", KindNone}, // an email inside text
 		{"alice@corp.com, bob@corp.com", KindNone},
 		{"alice@corp.com 4111 1111 1111 1111", KindNone},
 		{"4111 1111 1111 1111", KindCard},
