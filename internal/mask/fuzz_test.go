@@ -3,6 +3,7 @@ package mask
 import (
 	"bytes"
 	"testing"
+	"unicode/utf8"
 )
 
 func FuzzDetect(f *testing.F) {
@@ -116,4 +117,41 @@ func checkSpans(t *testing.T, s []byte, sp []Span) {
 		}
 		prev = x.End
 	}
+}
+
+// reservedDomainList is reservedDomain as a list of suffixes, the
+// reference the label switch is checked against.
+func reservedDomainList(dom []byte) bool {
+	for _, suf := range []string{".example.com", ".example.net", ".example.org", ".example", ".invalid", ".test", ".localhost"} {
+		if len(dom) >= len(suf) && bytes.EqualFold(dom[len(dom)-len(suf):], []byte(suf)) ||
+			len(dom) == len(suf)-1 && bytes.EqualFold(dom, []byte(suf[1:])) {
+			return true
+		}
+	}
+	return false
+}
+
+// FuzzShortcuts: the ASCII fast paths give what the general code gives:
+// partial's ASCII pass against its UTF-8 loop (which handles ASCII too),
+// the reserved-domain switch against the suffix list on the domains the
+// email detector passes it (letters, digits, '-' and '.').
+func FuzzShortcuts(f *testing.F) {
+	for _, s := range []string{"4111 1111 1111 1111", "a@b.io", "***1", "Zoë Ünal", "", "corp.example.COM", "x.localhost",
+		"example.org", "examplexcom", "a.b.test", "invalid", "mail.example.net.", "sub.Example.Org"} {
+		f.Add([]byte(s), uint8(4))
+	}
+	f.Fuzz(func(t *testing.T, v []byte, keep uint8) {
+		if got, want := appendPartial([]byte("x"), v, int(keep)), appendPartialUTF8([]byte("x"), v, int(keep)); !bytes.Equal(got, want) {
+			t.Fatalf("partial(%q, %d) = %q, want %q", v, keep, got, want)
+		}
+		dom := bytes.Map(func(r rune) rune {
+			if r < utf8.RuneSelf && (isAlnum(byte(r)) || r == '-' || r == '.') {
+				return r
+			}
+			return '.'
+		}, v)
+		if got, want := reservedDomain(dom), reservedDomainList(dom); got != want {
+			t.Fatalf("reservedDomain(%q) = %v, want %v", dom, got, want)
+		}
+	})
 }
