@@ -36,7 +36,7 @@ const (
 	oidOther    = 16600 // another table shaped like bench_people, no rule
 )
 
-func benchStage(b *testing.B) *Stage {
+func benchStage(b testing.TB) *Stage {
 	var pol mask.Policy
 	if err := yamlStrict(benchPolicyYAML, &pol); err != nil {
 		b.Fatal(err)
@@ -136,6 +136,48 @@ func accountsResult() (desc []byte, rows [][]byte) {
 	desc = enc(&pgproto3.RowDescription{Fields: []pgproto3.FieldDescription{{Name: []byte("abalance"), TableOID: oidAccounts,
 		TableAttributeNumber: 3, DataTypeOID: 23, DataTypeSize: 4, TypeModifier: -1}}})
 	return desc, [][]byte{enc(&pgproto3.DataRow{Values: [][]byte{[]byte("0")}})}
+}
+
+// TestDescriptionsInTurn: with every description kept by its bytes,
+// statements in turn (masked, then not, in text and binary, simple and
+// prepared) each get their own decision, every time: the masked results'
+// rows are all rewritten and carry no original, the others go untouched.
+func TestDescriptionsInTurn(t *testing.T) {
+	pd, prows := peopleResult(oidPeople, 0, 20)
+	pdb, prowsb := peopleResult(oidPeople, 1, 20)
+	od, orows := peopleResult(oidOther, 0, 20)
+	odb, orowsb := peopleResult(oidOther, 1, 20)
+	ad, arows := accountsResult()
+	stmts := []statement{
+		simpleStatement("SELECT * FROM bench_people", pd, prows),
+		simpleStatement("SELECT * FROM other_people", od, orows),
+		preparedStatement(pdb, prowsb, 1),
+		preparedStatement(odb, orowsb, 1),
+		simpleStatement("SELECT abalance FROM pgbench_accounts WHERE aid = 41", ad, arows),
+	}
+	s := benchStage(t)
+	for round := range 3 {
+		for k := range stmts {
+			st := &stmts[k]
+			for i := range st.client {
+				s.Client(&st.client[i])
+			}
+			masked := k == 0 || k == 2
+			for i := range st.server {
+				m := &st.server[i]
+				v := s.Server(m)
+				if m.Type != 'D' {
+					continue
+				}
+				if masked != (v.Action == pgwire.Replace) {
+					t.Fatalf("round %d, statement %d: row %d: %v", round, k, i, v.Action)
+				}
+				if masked && (bytes.Contains(v.Msgs, []byte("@corp-mail.com")) || bytes.Contains(v.Msgs, []byte("400000000000"))) {
+					t.Fatalf("round %d, statement %d: unmasked value in %q", round, k, v.Msgs)
+				}
+			}
+		}
+	}
 }
 
 // threadCPU is the CPU time of the calling thread.
