@@ -83,8 +83,8 @@ var lookupTimeout = 5 * time.Second
 // The descriptions a session keeps decided: at most maxDescs of at most
 // maxDescBytes each (a wider one is decided again when it comes back).
 const (
-	maxDescs     = 256
-	maxDescBytes = 4096
+	maxDescs     = 64
+	maxDescBytes = 2048
 )
 
 // Subject is who the session belongs to, for the rules' scopes. A session
