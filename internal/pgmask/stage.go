@@ -736,6 +736,11 @@ func numericText(v []byte) ([]byte, bool) {
 	if sign == 0xC000 {
 		return []byte("NaN"), true
 	}
+	for i := 0; i < nd; i++ {
+		if binary.BigEndian.Uint16(v[8+2*i:]) > 9999 {
+			return nil, false // not a base-10000 digit: not PostgreSQL's numeric
+		}
+	}
 	var b []byte
 	if sign == 0x4000 {
 		b = append(b, '-')
