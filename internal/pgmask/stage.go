@@ -29,9 +29,11 @@
 //     through the detectors.
 //
 // To know which description applies to which DataRow in the extended
-// protocol, the stage follows the client's requests in order, and after
-// every Bind it sends a Describe of the portal itself, whose answer it
-// consumes: the description then always matches the portal's formats.
+// protocol, the stage follows the client's requests in order and takes
+// every portal's description from a Describe of the portal: the client's
+// own when its next message after the Bind is one (libpq's way), else one
+// the stage sends before that next message, whose answer it consumes. The
+// description then always matches the portal's formats.
 //
 // Source lookup uses a Resolver (Catalog: its own connections, never the
 // session's, which is mid-stream); the server side of this session waits
@@ -54,8 +56,9 @@
 // upstream are the guarantee for those; masking keeps the common and the
 // reworded queries clean.
 //
-// The stage is the last client stage of a pipeline: it replaces Bind with
-// Bind + Describe, and later stages would not see the original Bind.
+// The stage is the last client stage of a pipeline: it sends its Describe
+// in place of the message it goes before, and later stages would not see
+// that message as the client sent it.
 package pgmask
 
 import (
@@ -111,7 +114,15 @@ type Stage struct {
 
 	mu    sync.Mutex
 	queue requests // client requests awaiting their answers
-	cbuf  []byte   // client side only: a Bind and the stage's Describe
+
+	// Client side only.
+	cbuf []byte // the stage's Describe and the message it goes before
+	// The portal of the last Bind, until the stage knows its description
+	// will come: the client's next message is the client's own Describe
+	// of it (libpq sends one after every Bind), or the stage sends its own
+	// Describe before that message.
+	pending     bool
+	pendingName []byte
 
 	// Server side only.
 	cache      map[Attr]mask.Column // decided columns by source
@@ -149,6 +160,9 @@ type Stage struct {
 type request struct {
 	kind   byte // Q, P, B, d (our Describe), D, E, S, F, C
 	portal string
+	// A client's Describe of a portal: its answer is also the portal's
+	// description for the stage, which then need not ask itself.
+	capture bool
 }
 
 type field struct {
@@ -191,35 +205,49 @@ func (s *Stage) Counts() []session.MaskCount {
 // ClientTypes: the requests whose answers the server side must match.
 func (s *Stage) ClientTypes() string { return "QPBDESFC" }
 
-// Client records each request; a Bind gets a Describe of its portal after
-// it, whose answer the server side consumes.
+// Client records each request. Every bound portal's description reaches
+// the server side before its rows: the client's own Describe of it when
+// that is the client's next message, else a Describe the stage sends
+// before that next message, whose answer the server side consumes.
 func (s *Stage) Client(m *pgwire.ClientMsg) pgwire.Verdict {
 	r := request{kind: m.Type}
+	var pre []byte // the stage's Describe, sent before m
+	if m.Type == 'D' {
+		if portal, ok := describedPortal(m.Body); ok {
+			r.portal, r.capture = string(portal), true
+			if s.pending && bytes.Equal(portal, s.pendingName) {
+				s.pending = false
+			}
+		}
+	}
+	if s.pending {
+		s.pending = false
+		s.push(request{kind: 'd', portal: string(s.pendingName)})
+		pre = append(s.cbuf[:0], 'D', 0, 0, 0, 0, 'P')
+		pre = append(append(pre, s.pendingName...), 0)
+		binary.BigEndian.PutUint32(pre[1:], uint32(len(pre)-1))
+	}
 	switch m.Type {
 	case 'B':
-		portal, ok := bindPortal(m.Body)
-		if !ok {
-			break // the server rejects it; its error skips to Sync
-		}
-		s.push(r, request{kind: 'd', portal: string(portal)})
-		// The pipeline copies a replacement before the next message, so
-		// one buffer serves every Bind.
-		msg := append(s.cbuf[:0], 'B', 0, 0, 0, 0)
-		msg = append(msg, m.Body...)
-		binary.BigEndian.PutUint32(msg[1:], uint32(len(m.Body)+4))
-		d := len(msg)
-		msg = append(msg, 'D', 0, 0, 0, 0, 'P')
-		msg = append(append(msg, portal...), 0)
-		binary.BigEndian.PutUint32(msg[d+1:], uint32(len(msg)-d-1))
-		s.cbuf = msg
-		return pgwire.Verdict{Action: pgwire.Replace, Msgs: msg}
+		if portal, ok := bindPortal(m.Body); ok {
+			s.pending, s.pendingName = true, append(s.pendingName[:0], portal...)
+		} // else the server rejects it; its error skips to Sync
 	case 'E':
 		if portal, ok := executePortal(m.Body); ok {
 			r.portal = string(portal)
 		}
 	}
 	s.push(r)
-	return pgwire.Verdict{}
+	if pre == nil {
+		return pgwire.Verdict{}
+	}
+	// The pipeline copies a replacement before the next message, so one
+	// buffer serves every statement.
+	msg := append(pre, m.Type, 0, 0, 0, 0)
+	msg = append(msg, m.Body...)
+	binary.BigEndian.PutUint32(msg[len(pre)+1:], uint32(len(m.Body)+4))
+	s.cbuf = msg
+	return pgwire.Verdict{Action: pgwire.Replace, Msgs: msg}
 }
 
 func (s *Stage) push(rs ...request) {
@@ -279,6 +307,12 @@ func (s *Stage) Server(m *pgwire.ServerMsg) pgwire.Verdict {
 				s.portals[r.portal] = nil
 				return drop
 			}
+			if r, ok := s.popIf('D'); ok {
+				if r.capture {
+					s.portals[r.portal] = nil
+				}
+				return pgwire.Verdict{}
+			}
 			s.setCur(nil)
 			s.curUnknown = true
 		}
@@ -298,8 +332,13 @@ func (s *Stage) Server(m *pgwire.ServerMsg) pgwire.Verdict {
 				delete(s.portals, r.portal)
 			}
 			return drop
-		case 'D':
-			s.pop() // the client's; a portal's is also ours after Bind
+		case 'D': // the client's; a portal's is also the stage's
+			s.pop()
+			if r.capture && m.Type == 'T' {
+				s.portals[r.portal] = s.describe(m.Body)
+			} else if r.capture {
+				delete(s.portals, r.portal)
+			}
 		case 'Q':
 			if m.Type == 'T' {
 				s.setCur(s.describe(m.Body))

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"gopkg.in/yaml.v3"
 
 	"github.com/airlockhq/airlock/internal/identity"
@@ -326,6 +327,66 @@ func TestBypassCorpusPgxBinary(t *testing.T) {
 	var total int64
 	if err := conn.QueryRow(ctx, "select sum(id) from users").Scan(&total); err != nil || total != 3 {
 		t.Errorf("sum(id) = %d, %v: numbers that are not secrets pass", total, err)
+	}
+}
+
+// TestBypassCorpusDescribedPortals: the corpus through pgconn's
+// ExecParams, which describes each portal itself after its Bind (as libpq
+// does), so the stage takes the portal's description from the client's
+// Describe instead of asking; text and binary results, then three
+// statements pipelined in one batch.
+func TestBypassCorpusDescribedPortals(t *testing.T) {
+	f := start(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, f.url())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	pc := conn.PgConn()
+	show := func(rs ...*pgconn.Result) string {
+		var b strings.Builder
+		for _, r := range rs {
+			for _, row := range r.Rows {
+				for _, v := range row {
+					fmt.Fprintf(&b, "%s|", v)
+				}
+				b.WriteByte('\n')
+			}
+		}
+		return b.String()
+	}
+	for _, c := range corpus {
+		if strings.HasPrefix(c.sql, "begin") {
+			continue
+		}
+		for _, format := range []int16{0, 1} {
+			t.Run(fmt.Sprintf("%s/format %d", c.name, format), func(t *testing.T) {
+				r := pc.ExecParams(ctx, c.sql, nil, nil, nil, []int16{format}).Read()
+				if r.Err != nil {
+					t.Fatalf("%s: %v", c.sql, r.Err)
+				}
+				out := show(r)
+				if l := leaks(out, c.secrets); len(l) > 0 {
+					t.Errorf("%s leaked %v:\n%s", c.sql, l, out)
+				}
+				if format == 0 && c.want != "REDACTED" && c.want != "{" && c.want != "[" && !strings.Contains(out, c.want) {
+					t.Errorf("%s: want %q in output:\n%s", c.sql, c.want, out)
+				}
+			})
+		}
+	}
+	b := &pgconn.Batch{}
+	b.ExecParams("select plan, email from users where id = 1", nil, nil, nil, []int16{1})
+	b.ExecParams("select card, name from users where id = 1", nil, nil, nil, []int16{0})
+	b.ExecParams("select id, plan from users where id = 2", nil, nil, nil, []int16{0})
+	rs, err := pc.ExecBatch(ctx, b).ReadAll()
+	if err != nil || len(rs) != 3 {
+		t.Fatalf("batch: %d results, %v", len(rs), err)
+	}
+	if got, want := show(rs...), "pro|[redacted]|\n************1111|[redacted]|\n2|free|\n"; got != want {
+		t.Errorf("batch: %q, want %q", got, want)
 	}
 }
 

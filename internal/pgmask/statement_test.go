@@ -115,17 +115,19 @@ func simpleStatement(sql string, desc []byte, rows [][]byte) statement {
 	return st
 }
 
-// preparedStatement: a named statement run again (libpq's
-// PQexecPrepared): Bind, Describe, Execute, Sync; the server answers
-// BindComplete, the stage's own portal description, the client's,
-// the rows, CommandComplete, ReadyForQuery.
-func preparedStatement(desc []byte, rows [][]byte, format int16) statement {
+// preparedStatement: a named statement run again. libpq's PQexecPrepared
+// sends Bind, Describe, Execute, Sync, and the server answers
+// BindComplete, the portal's description (which the stage reads too), the
+// rows, CommandComplete, ReadyForQuery; pgx sends no Describe, and the
+// description the server sends is the one the stage asks for.
+func preparedStatement(desc []byte, rows [][]byte, format int16, clientDescribes bool) statement {
 	st := statement{client: clientOf(
-		enc(&pgproto3.Bind{PreparedStatement: "P0_1", Parameters: [][]byte{[]byte("41")}, ResultFormatCodes: []int16{format}}),
-		enc(&pgproto3.Describe{ObjectType: 'P'}),
-		enc(&pgproto3.Execute{}),
-		enc(&pgproto3.Sync{}))}
-	st.server = msgsOf(enc(&pgproto3.BindComplete{}), desc, desc)
+		enc(&pgproto3.Bind{PreparedStatement: "P0_1", Parameters: [][]byte{[]byte("41")}, ResultFormatCodes: []int16{format}}))}
+	if clientDescribes {
+		st.client = append(st.client, clientOf(enc(&pgproto3.Describe{ObjectType: 'P'}))...)
+	}
+	st.client = append(st.client, clientOf(enc(&pgproto3.Execute{}), enc(&pgproto3.Sync{}))...)
+	st.server = msgsOf(enc(&pgproto3.BindComplete{}), desc)
 	st.server = append(st.server, msgsOf(rows...)...)
 	st.server = append(st.server, msgsOf(enc(&pgproto3.CommandComplete{CommandTag: fmt.Appendf(nil, "SELECT %d", len(rows))}),
 		enc(&pgproto3.ReadyForQuery{TxStatus: 'I'}))...)
@@ -151,8 +153,10 @@ func TestDescriptionsInTurn(t *testing.T) {
 	stmts := []statement{
 		simpleStatement("SELECT * FROM bench_people", pd, prows),
 		simpleStatement("SELECT * FROM other_people", od, orows),
-		preparedStatement(pdb, prowsb, 1),
-		preparedStatement(odb, orowsb, 1),
+		preparedStatement(pdb, prowsb, 1, true),
+		preparedStatement(odb, orowsb, 1, false),
+		preparedStatement(pdb, prowsb, 1, false),
+		preparedStatement(odb, orowsb, 1, true),
 		simpleStatement("SELECT abalance FROM pgbench_accounts WHERE aid = 41", ad, arows),
 	}
 	s := benchStage(t)
@@ -162,7 +166,7 @@ func TestDescriptionsInTurn(t *testing.T) {
 			for i := range st.client {
 				s.Client(&st.client[i])
 			}
-			masked := k == 0 || k == 2
+			masked := k == 0 || k == 2 || k == 4
 			for i := range st.server {
 				m := &st.server[i]
 				v := s.Server(m)
@@ -215,9 +219,11 @@ func BenchmarkStatement(b *testing.B) {
 		stmts []statement
 	}{
 		{"masked/simple-text-20rows", []statement{simpleStatement(people, pd, prows)}},
-		{"masked/prepared-binary-20rows", []statement{preparedStatement(pdb, prowsb, 1)}},
+		{"masked/prepared-binary-20rows", []statement{preparedStatement(pdb, prowsb, 1, true)}},
+		{"masked/prepared-binary-20rows-pgx", []statement{preparedStatement(pdb, prowsb, 1, false)}},
 		{"fastpath/simple-1row", []statement{simpleStatement("SELECT abalance FROM pgbench_accounts WHERE aid = 41", ad, arows)}},
-		{"fastpath/prepared-1row", []statement{preparedStatement(ad, arows, 0)}},
+		{"fastpath/prepared-1row", []statement{preparedStatement(ad, arows, 0, true)}},
+		{"fastpath/prepared-1row-pgx", []statement{preparedStatement(ad, arows, 0, false)}},
 		{"fastpath/simple-20rows", []statement{simpleStatement("SELECT id, name, email, card, plan FROM other_people LIMIT 20", od, orows)}},
 		{"fastpath/3-statements-in-turn", mixed},
 	} {
@@ -263,5 +269,67 @@ func BenchmarkStatement(b *testing.B) {
 				b.ReportMetric(float64(used.Nanoseconds())/float64(n), "cpu-ns/op")
 			}
 		})
+	}
+}
+
+// TestTwoPortals: the stage's Describe goes before whatever follows a Bind
+// that the client does not describe itself, and each portal's rows are
+// masked by that portal's own description: Bind p1 (bench_people, binary),
+// Bind p2 (another table, text), the client's Describe of p2, Execute p1,
+// Execute p2, Sync.
+func TestTwoPortals(t *testing.T) {
+	pdb, prowsb := peopleResult(oidPeople, 1, 3)
+	od, orows := peopleResult(oidOther, 0, 3)
+	bind := func(portal string, format int16) []byte {
+		return enc(&pgproto3.Bind{DestinationPortal: portal, PreparedStatement: "s", ResultFormatCodes: []int16{format}})
+	}
+	client := clientOf(bind("p1", 1), bind("p2", 0), enc(&pgproto3.Describe{ObjectType: 'P', Name: "p2"}),
+		enc(&pgproto3.Execute{Portal: "p1"}), enc(&pgproto3.Execute{Portal: "p2"}), enc(&pgproto3.Sync{}))
+	s := benchStage(t)
+	var sent []byte // what goes to the server
+	for i := range client {
+		m := &client[i]
+		v := s.Client(m)
+		if v.Action == pgwire.Replace {
+			sent = append(sent, v.Msgs...)
+			continue
+		}
+		sent = append(sent, m.Type, 0, 0, 0, 0)
+		binary.BigEndian.PutUint32(sent[len(sent)-4:], uint32(len(m.Body)+4))
+		sent = append(sent, m.Body...)
+	}
+	var types []string
+	for b := sent; len(b) >= 5; b = b[1+binary.BigEndian.Uint32(b[1:]):] {
+		types = append(types, string(b[0]))
+		if b[0] == 'D' {
+			types[len(types)-1] += "(" + string(b[5:len(b[:1+binary.BigEndian.Uint32(b[1:])])-1]) + ")"
+		}
+	}
+	if got, want := fmt.Sprint(types), "[B D(Pp1) B D(Pp2) E E S]"; got != want {
+		t.Fatalf("sent %s, want %s", got, want)
+	}
+	complete := enc(&pgproto3.CommandComplete{CommandTag: []byte("SELECT 3")})
+	server := msgsOf(enc(&pgproto3.BindComplete{}), pdb, enc(&pgproto3.BindComplete{}), od)
+	server = append(server, msgsOf(prowsb...)...)
+	server = append(server, msgsOf(complete)...)
+	server = append(server, msgsOf(orows...)...)
+	server = append(server, msgsOf(complete, enc(&pgproto3.ReadyForQuery{TxStatus: 'I'}))...)
+	var got []string
+	for i := range server {
+		m := &server[i]
+		switch v := s.Server(m); {
+		case v.Action == pgwire.Forward:
+			got = append(got, string(m.Type))
+		case len(v.Msgs) == 0:
+			got = append(got, "-") // consumed
+		default:
+			if bytes.Contains(v.Msgs, []byte("@corp-mail.com")) {
+				t.Fatalf("unmasked value in %q", v.Msgs)
+			}
+			got = append(got, string(m.Type)+"*") // masked
+		}
+	}
+	if got, want := fmt.Sprint(got), "[2 - 2 T D* D* D* C D D D C Z]"; got != want {
+		t.Fatalf("answers %s, want %s", got, want)
 	}
 }

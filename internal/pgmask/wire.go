@@ -67,3 +67,15 @@ func executePortal(b []byte) (portal []byte, ok bool) {
 	}
 	return b[:z], true
 }
+
+// describedPortal is the portal a Describe names; ok is false for a
+// Describe of a statement, or a malformed one.
+func describedPortal(b []byte) (portal []byte, ok bool) {
+	if len(b) < 2 || b[0] != 'P' {
+		return nil, false
+	}
+	if bytes.IndexByte(b[1:], 0) != len(b)-2 {
+		return nil, false // the name's end is the message's
+	}
+	return b[1 : len(b)-1], true
+}

@@ -1,6 +1,7 @@
 package pgmask
 
 import (
+	"errors"
 	"testing"
 
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -13,6 +14,9 @@ func wireSeeds() [][]byte {
 			Parameters: [][]byte{[]byte("41"), nil}, ResultFormatCodes: []int16{1}}),
 		enc(&pgproto3.Execute{Portal: "p1", MaxRows: 10}),
 		enc(&pgproto3.Execute{}),
+		enc(&pgproto3.Describe{ObjectType: 'P', Name: "p1"}),
+		enc(&pgproto3.Describe{ObjectType: 'S', Name: "s1"}),
+		enc(&pgproto3.Describe{ObjectType: 'P'}),
 	}
 }
 
@@ -28,16 +32,17 @@ func TestWirePortals(t *testing.T) {
 
 func FuzzWirePortals(f *testing.F) {
 	for _, m := range wireSeeds() {
-		f.Add(m[0] == 'B', m[5:])
+		f.Add(m[0], m[5:])
 	}
-	f.Fuzz(func(t *testing.T, bind bool, body []byte) {
-		typ := byte('E')
-		if bind {
-			typ = 'B'
+	f.Fuzz(func(t *testing.T, typ byte, body []byte) {
+		switch typ {
+		case 'B', 'E', 'D':
+			checkPortal(t, typ, body)
 		}
-		checkPortal(t, typ, body)
 	})
 }
+
+var errNotPortal = errors.New("not a portal")
 
 func checkPortal(t *testing.T, typ byte, body []byte) {
 	t.Helper()
@@ -45,11 +50,20 @@ func checkPortal(t *testing.T, typ byte, body []byte) {
 	var err error
 	var got []byte
 	var ok bool
-	if typ == 'B' {
+	switch typ {
+	case 'B':
 		var b pgproto3.Bind
 		err, want = b.Decode(body), b.DestinationPortal
 		got, ok = bindPortal(body)
-	} else {
+	case 'D':
+		// A statement's Describe names no portal: refused like a
+		// malformed one.
+		var d pgproto3.Describe
+		if err, want = d.Decode(body), d.Name; err == nil && d.ObjectType != 'P' {
+			err = errNotPortal
+		}
+		got, ok = describedPortal(body)
+	default:
 		var e pgproto3.Execute
 		err, want = e.Decode(body), e.Portal
 		got, ok = executePortal(body)
