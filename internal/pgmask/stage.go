@@ -220,9 +220,10 @@ func (s *Stage) Client(m *pgwire.ClientMsg) pgwire.Verdict {
 			}
 		}
 	}
+	var ours request
 	if s.pending {
 		s.pending = false
-		s.push(request{kind: 'd', portal: string(s.pendingName)})
+		ours = request{kind: 'd', portal: string(s.pendingName)}
 		pre = append(s.cbuf[:0], 'D', 0, 0, 0, 0, 'P')
 		pre = append(append(pre, s.pendingName...), 0)
 		binary.BigEndian.PutUint32(pre[1:], uint32(len(pre)-1))
@@ -237,10 +238,11 @@ func (s *Stage) Client(m *pgwire.ClientMsg) pgwire.Verdict {
 			r.portal = string(portal)
 		}
 	}
-	s.push(r)
 	if pre == nil {
+		s.push(r)
 		return pgwire.Verdict{}
 	}
+	s.push(ours, r) // in the order they go to the server
 	// The pipeline copies a replacement before the next message, so one
 	// buffer serves every statement.
 	msg := append(pre, m.Type, 0, 0, 0, 0)
