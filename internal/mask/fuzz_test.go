@@ -15,7 +15,7 @@ func FuzzDetect(f *testing.F) {
 		"AKIAIOSFODNN7EXAMPLE wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", "ghp_" + randToken(nil, base62, 36),
 		"glpat-aaaaaaaaaaaaaaaaaaaa1", "xoxb-123456789012-abc", "key=aB3dE5gH7jK9mN1pQ2sT4vW6yZ8",
 		`{"card": 4111111111111111, "e": "a@b.io"}`, "a@b.io,c@d.io", "@@@..--__::", "+1 (", "eyJ.eyJ.",
-		" user4711@corp-mail.com ", "a@example.com", "x.y+z@mail.co.uk.", "a@b.io 10.1.2.3", "4111111111111111@corp.com",
+		" user4711@corp-mail.com ", "4000000000000002", "5555555555554444", "1234567890123", "a@example.com", "x.y+z@mail.co.uk.", "a@b.io 10.1.2.3", "4111111111111111@corp.com",
 	} {
 		f.Add([]byte(s))
 	}

@@ -313,6 +313,17 @@ func (m *Masker) wholeKind(v []byte) Kind {
 			return KindEmail
 		}
 	}
+	if len(t) >= 13 && len(t) <= 19 && allDigits(t) {
+		// A card column's bare number: every detector together would
+		// only try the card detector at its start (no phone starts with a
+		// run that long, nothing else reads a value of digits alone).
+		d := detector{s: t, out: m.spans[:0]}
+		e := d.card(0)
+		m.spans = d.out[:0]
+		if e == len(t) {
+			return KindCard
+		}
+	}
 	sp := Detect(m.spans[:0], t, AllKinds)
 	m.spans = sp[:0]
 	if len(sp) == 1 && sp[0].Start == 0 && sp[0].End == len(t) {

@@ -511,6 +511,10 @@ func TestWholeKind(t *testing.T) {
 		{"alice@corp.com, bob@corp.com", KindNone},
 		{"alice@corp.com 4111 1111 1111 1111", KindNone},
 		{"4111 1111 1111 1111", KindCard},
+		{"4111111111111111", KindCard},
+		{" 4000000000004711 ", KindNone}, // fails Luhn
+		{"4111111111111112", KindNone},   // fails Luhn
+		{"411111111111", KindNone},       // too short for a card
 		{"+44 20 7946 0958", KindPhone},
 		{"@@@", KindNone},
 		{"Alice Zephyrine", KindNone},
