@@ -22,6 +22,12 @@ func Detect(dst []Span, s []byte, set KindSet) []Span {
 	if set == 0 || len(s) == 0 || !mayMatch(s, set) {
 		return dst
 	}
+	if set.Has(KindIPv6) && bytes.IndexByte(s, ':') < 0 {
+		// An IPv6 address has at least two colons: without one, the
+		// hex-word probe at every word start need not run. (memchr is a
+		// fraction of the probes it saves.)
+		set &^= KindSet(0).With(KindIPv6)
+	}
 	d := detector{s: s, set: set, out: dst}
 	d.run()
 	return normalize(d.out, len(dst))

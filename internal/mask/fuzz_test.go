@@ -3,6 +3,7 @@ package mask
 import (
 	"bytes"
 	"testing"
+	"unicode/utf8"
 )
 
 func FuzzDetect(f *testing.F) {
@@ -14,6 +15,7 @@ func FuzzDetect(f *testing.F) {
 		"AKIAIOSFODNN7EXAMPLE wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", "ghp_" + randToken(nil, base62, 36),
 		"glpat-aaaaaaaaaaaaaaaaaaaa1", "xoxb-123456789012-abc", "key=aB3dE5gH7jK9mN1pQ2sT4vW6yZ8",
 		`{"card": 4111111111111111, "e": "a@b.io"}`, "a@b.io,c@d.io", "@@@..--__::", "+1 (", "eyJ.eyJ.",
+		" user4711@corp-mail.com ", "4000000000000002", "5555555555554444", "1234567890123", "a@example.com", "x.y+z@mail.co.uk.", "a@b.io 10.1.2.3", "4111111111111111@corp.com",
 	} {
 		f.Add([]byte(s))
 	}
@@ -73,10 +75,25 @@ func FuzzDetect(f *testing.F) {
 		if !bytes.Equal(a, b) {
 			t.Fatalf("whole fake not deterministic: %q vs %q", a, b)
 		}
+		// The whole value's kind (hash and fake of a column) is what every
+		// detector together says, shortcut or not.
+		if got, want := fake.wholeKind(s), wholeKindAll(s); got != want {
+			t.Fatalf("whole kind of %q: %s, every detector: %s", s, got, want)
+		}
 		if !bytes.Equal(s, orig) {
 			t.Fatal("input modified")
 		}
 	})
+}
+
+// wholeKindAll is wholeKind without its shortcut: every detector runs.
+func wholeKindAll(v []byte) Kind {
+	t := bytes.TrimSpace(v)
+	sp := Detect(nil, t, AllKinds)
+	if len(sp) == 1 && sp[0].Start == 0 && sp[0].End == len(t) {
+		return sp[0].Kind
+	}
+	return KindNone
 }
 
 func fuzzMasker(tb testing.TB, s Strategy) *Masker {
@@ -100,4 +117,41 @@ func checkSpans(t *testing.T, s []byte, sp []Span) {
 		}
 		prev = x.End
 	}
+}
+
+// reservedDomainList is reservedDomain as a list of suffixes, the
+// reference the label switch is checked against.
+func reservedDomainList(dom []byte) bool {
+	for _, suf := range []string{".example.com", ".example.net", ".example.org", ".example", ".invalid", ".test", ".localhost"} {
+		if len(dom) >= len(suf) && bytes.EqualFold(dom[len(dom)-len(suf):], []byte(suf)) ||
+			len(dom) == len(suf)-1 && bytes.EqualFold(dom, []byte(suf[1:])) {
+			return true
+		}
+	}
+	return false
+}
+
+// FuzzShortcuts: the ASCII fast paths give what the general code gives:
+// partial's ASCII pass against its UTF-8 loop (which handles ASCII too),
+// the reserved-domain switch against the suffix list on the domains the
+// email detector passes it (letters, digits, '-' and '.').
+func FuzzShortcuts(f *testing.F) {
+	for _, s := range []string{"4111 1111 1111 1111", "a@b.io", "***1", "Zoë Ünal", "", "corp.example.COM", "x.localhost",
+		"example.org", "examplexcom", "a.b.test", "invalid", "mail.example.net.", "sub.Example.Org"} {
+		f.Add([]byte(s), uint8(4))
+	}
+	f.Fuzz(func(t *testing.T, v []byte, keep uint8) {
+		if got, want := appendPartial([]byte("x"), v, int(keep)), appendPartialUTF8([]byte("x"), v, int(keep)); !bytes.Equal(got, want) {
+			t.Fatalf("partial(%q, %d) = %q, want %q", v, keep, got, want)
+		}
+		dom := bytes.Map(func(r rune) rune {
+			if r < utf8.RuneSelf && (isAlnum(byte(r)) || r == '-' || r == '.') {
+				return r
+			}
+			return '.'
+		}, v)
+		if got, want := reservedDomain(dom), reservedDomainList(dom); got != want {
+			t.Fatalf("reservedDomain(%q) = %v, want %v", dom, got, want)
+		}
+	})
 }

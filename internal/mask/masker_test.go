@@ -495,3 +495,35 @@ func TestCountsWhileMasking(t *testing.T) {
 		t.Errorf("Counts = %+v, want cards/card 200", got)
 	}
 }
+
+// TestWholeKind: what a value masked whole is taken for (the label of its
+// hash, the format of its fake), with and without the email shortcut.
+func TestWholeKind(t *testing.T) {
+	m := fuzzMasker(t, Hash)
+	for _, tt := range []struct {
+		v    string
+		want Kind
+	}{
+		{"alice.w@corp-mail.com", KindEmail},
+		{"  alice.w@corp-mail.com\n", KindEmail},
+		{"alice@example.com", KindNone},   // reserved: not found at all
+		{"mail alice@corp.com", KindNone}, // an email inside text
+		{"alice@corp.com, bob@corp.com", KindNone},
+		{"alice@corp.com 4111 1111 1111 1111", KindNone},
+		{"4111 1111 1111 1111", KindCard},
+		{"4111111111111111", KindCard},
+		{" 4000000000004711 ", KindNone}, // fails Luhn
+		{"4111111111111112", KindNone},   // fails Luhn
+		{"411111111111", KindNone},       // too short for a card
+		{"+44 20 7946 0958", KindPhone},
+		{"@@@", KindNone},
+		{"Alice Zephyrine", KindNone},
+	} {
+		if got := m.wholeKind([]byte(tt.v)); got != tt.want {
+			t.Errorf("wholeKind(%q) = %s, want %s", tt.v, got, tt.want)
+		}
+		if got := wholeKindAll([]byte(tt.v)); got != tt.want {
+			t.Errorf("every detector on %q: %s, want %s", tt.v, got, tt.want)
+		}
+	}
+}

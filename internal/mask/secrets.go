@@ -86,15 +86,25 @@ func tld(l []byte) bool {
 	return true
 }
 
-var reservedSuffixes = [][]byte{[]byte(".example.com"), []byte(".example.net"), []byte(".example.org"),
-	[]byte(".example"), []byte(".invalid"), []byte(".test"), []byte(".localhost")}
-
+// reservedDomain: example.com, .net and .org and their subdomains, and
+// the .example, .invalid, .test and .localhost top levels. Decided by the
+// last label's length first: one comparison for most domains.
 func reservedDomain(dom []byte) bool {
-	for _, suf := range reservedSuffixes {
-		if len(dom) >= len(suf) && bytes.EqualFold(dom[len(dom)-len(suf):], suf) ||
-			len(dom) == len(suf)-1 && bytes.EqualFold(dom, suf[1:]) {
-			return true
+	i := bytes.LastIndexByte(dom, '.')
+	last := dom[i+1:]
+	switch len(last) {
+	case 3:
+		if i < 0 || !bytes.EqualFold(last, []byte("com")) && !bytes.EqualFold(last, []byte("net")) && !bytes.EqualFold(last, []byte("org")) {
+			return false
 		}
+		rest := dom[:i]
+		return bytes.EqualFold(rest[bytes.LastIndexByte(rest, '.')+1:], []byte("example"))
+	case 4:
+		return bytes.EqualFold(last, []byte("test"))
+	case 7:
+		return bytes.EqualFold(last, []byte("example")) || bytes.EqualFold(last, []byte("invalid"))
+	case 9:
+		return bytes.EqualFold(last, []byte("localhost"))
 	}
 	return false
 }

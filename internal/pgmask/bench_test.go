@@ -10,6 +10,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgproto3"
+	"golang.org/x/sys/unix"
 
 	"github.com/airlockhq/airlock/internal/pgwire"
 )
@@ -91,7 +92,8 @@ GRANT SELECT ON big, bigother TO app;`)
 
 // BenchmarkPgbenchSelect runs pgbench -S through the proxy with masking
 // configured (on tables pgbench does not read) and off, alternating in the
-// same run, and reports both rates.
+// same run, in simple and prepared mode, and reports both rates and the
+// proxy's CPU per transaction (this process's: the proxy runs in it).
 func BenchmarkPgbenchSelect(b *testing.B) {
 	f := start(b)
 	out, err := exec.Command("pgbench", "-i", "-s", "1", "-q", f.pg.AdminURL("postgres")).CombinedOutput()
@@ -99,30 +101,45 @@ func BenchmarkPgbenchSelect(b *testing.B) {
 		b.Fatalf("pgbench -i: %v: %s", err, out)
 	}
 	f.pg.Psql(b, "postgres", "GRANT SELECT ON ALL TABLES IN SCHEMA public TO app")
+	txRe := regexp.MustCompile(`number of transactions actually processed: ([0-9]+)`)
 	tpsRe := regexp.MustCompile(`tps = ([0-9.]+)`)
-	run := func(off bool) float64 {
-		f.mu.Lock()
-		f.off = off
-		f.mu.Unlock()
-		out, err := exec.Command("pgbench", "-S", "-n", "-c", "2", "-T", "3", f.url()).CombinedOutput()
-		if err != nil {
-			b.Fatalf("pgbench: %v: %s", err, out)
-		}
-		m := tpsRe.FindSubmatch(out)
-		if m == nil {
-			b.Fatalf("no tps in %s", out)
-		}
-		v, _ := strconv.ParseFloat(string(m[1]), 64)
-		return v
+	for _, mode := range []string{"simple", "prepared"} {
+		b.Run(mode, func(b *testing.B) {
+			run := func(off bool) (tps, cpuPerTx float64) {
+				f.mu.Lock()
+				f.off = off
+				f.mu.Unlock()
+				var before, after unix.Rusage
+				_ = unix.Getrusage(unix.RUSAGE_SELF, &before)
+				out, err := exec.Command("pgbench", "-S", "-n", "-M", mode, "-c", "2", "-T", "3", f.url()).CombinedOutput()
+				_ = unix.Getrusage(unix.RUSAGE_SELF, &after)
+				if err != nil {
+					b.Fatalf("pgbench: %v: %s", err, out)
+				}
+				m, n := tpsRe.FindSubmatch(out), txRe.FindSubmatch(out)
+				if m == nil || n == nil {
+					b.Fatalf("no tps in %s", out)
+				}
+				tps, _ = strconv.ParseFloat(string(m[1]), 64)
+				txs, _ := strconv.ParseFloat(string(n[1]), 64)
+				used := time.Duration(after.Utime.Nano() + after.Stime.Nano() - before.Utime.Nano() - before.Stime.Nano())
+				return tps, float64(used.Microseconds()) / txs
+			}
+			var on, off, cpuOn, cpuOff float64
+			for b.Loop() {
+				t, c := run(true)
+				off, cpuOff = off+t, cpuOff+c
+				t, c = run(false)
+				on, cpuOn = on+t, cpuOn+c
+			}
+			n := float64(b.N)
+			b.ReportMetric(on/n, "tps-masking")
+			b.ReportMetric(off/n, "tps-off")
+			b.ReportMetric(on/off, "ratio")
+			b.ReportMetric(cpuOn/n, "cpu-us/tx-masking")
+			b.ReportMetric(cpuOff/n, "cpu-us/tx-off")
+		})
 	}
-	var on, off float64
-	for b.Loop() {
-		off += run(true)
-		on += run(false)
-	}
-	b.ReportMetric(on/float64(b.N), "tps-masking")
-	b.ReportMetric(off/float64(b.N), "tps-off")
-	b.ReportMetric(on/off, "ratio")
 }
 
 // BenchmarkSelectTx is the stage's whole cost for one pgbench -S

@@ -29,9 +29,11 @@
 //     through the detectors.
 //
 // To know which description applies to which DataRow in the extended
-// protocol, the stage follows the client's requests in order, and after
-// every Bind it sends a Describe of the portal itself, whose answer it
-// consumes: the description then always matches the portal's formats.
+// protocol, the stage follows the client's requests in order and takes
+// every portal's description from a Describe of the portal: the client's
+// own when its next message after the Bind is one (libpq's way), else one
+// the stage sends before that next message, whose answer it consumes. The
+// description then always matches the portal's formats.
 //
 // Source lookup uses a Resolver (Catalog: its own connections, never the
 // session's, which is mid-stream); the server side of this session waits
@@ -54,8 +56,9 @@
 // upstream are the guarantee for those; masking keeps the common and the
 // reworded queries clean.
 //
-// The stage is the last client stage of a pipeline: it replaces Bind with
-// Bind + Describe, and later stages would not see the original Bind.
+// The stage is the last client stage of a pipeline: it sends its Describe
+// in place of the message it goes before, and later stages would not see
+// that message as the client sent it.
 package pgmask
 
 import (
@@ -80,6 +83,13 @@ import (
 // lookupTimeout bounds how long a result waits for its column sources.
 var lookupTimeout = 5 * time.Second
 
+// The descriptions a session keeps decided: at most maxDescs of at most
+// maxDescBytes each (a wider one is decided again when it comes back).
+const (
+	maxDescs     = 64
+	maxDescBytes = 2048
+)
+
 // Subject is who the session belongs to, for the rules' scopes. A session
 // whose origin class is not known yet counts as an agent's.
 func Subject(sess *session.Session) mask.Subject {
@@ -103,7 +113,16 @@ type Stage struct {
 	log  *slog.Logger
 
 	mu    sync.Mutex
-	queue []request // client requests awaiting their answers
+	queue requests // client requests awaiting their answers
+
+	// Client side only.
+	cbuf []byte // the stage's Describe and the message it goes before
+	// The portal of the last Bind, until the stage knows its description
+	// will come: the client's next message is the client's own Describe
+	// of it (libpq sends one after every Bind), or the stage sends its own
+	// Describe before that message.
+	pending     bool
+	pendingName []byte
 
 	// Server side only.
 	cache      map[Attr]mask.Column // decided columns by source
@@ -129,6 +148,10 @@ type Stage struct {
 	// same bytes, decided once. Dropped with the cache.
 	lastDesc   []byte
 	lastFields []field
+	// Every description decided, by its bytes, so statements run in
+	// turn (a transaction's, a pooled client's) are each decided once; a
+	// map lookup that does not allocate. Bounded; dropped with the cache.
+	descs      map[string][]field
 	unresolved atomic.Uint64
 	binaryNull atomic.Uint64
 	orig       *Originals // the compliance copy; nil: none kept
@@ -137,6 +160,9 @@ type Stage struct {
 type request struct {
 	kind   byte // Q, P, B, d (our Describe), D, E, S, F, C
 	portal string
+	// A client's Describe of a portal: its answer is also the portal's
+	// description for the stage, which then need not ask itself.
+	capture bool
 }
 
 type field struct {
@@ -155,7 +181,8 @@ func New(m *mask.Masker, res Resolver, sess *session.Session, log *slog.Logger) 
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	s := &Stage{m: m, res: res, sess: sess, log: log, cache: map[Attr]mask.Column{}, portals: map[string][]field{}}
+	s := &Stage{m: m, res: res, sess: sess, log: log, cache: map[Attr]mask.Column{}, portals: map[string][]field{},
+		descs: map[string][]field{}}
 	sess.SetMaskCounter(s.Counts)
 	return s
 }
@@ -178,55 +205,85 @@ func (s *Stage) Counts() []session.MaskCount {
 // ClientTypes: the requests whose answers the server side must match.
 func (s *Stage) ClientTypes() string { return "QPBDESFC" }
 
-// Client records each request; a Bind gets a Describe of its portal after
-// it, whose answer the server side consumes.
+// Client records each request. Every bound portal's description reaches
+// the server side before its rows: the client's own Describe of it when
+// that is the client's next message, else a Describe the stage sends
+// before that next message, whose answer the server side consumes.
 func (s *Stage) Client(m *pgwire.ClientMsg) pgwire.Verdict {
 	r := request{kind: m.Type}
-	switch m.Type {
-	case 'B':
-		var b pgproto3.Bind
-		if err := b.Decode(m.Body); err != nil {
-			break // the server rejects it; its error skips to Sync
-		}
-		s.push(r, request{kind: 'd', portal: b.DestinationPortal})
-		msg := append([]byte{'B', 0, 0, 0, 0}, m.Body...)
-		binary.BigEndian.PutUint32(msg[1:], uint32(len(m.Body)+4))
-		d, _ := (&pgproto3.Describe{ObjectType: 'P', Name: b.DestinationPortal}).Encode(msg)
-		return pgwire.Verdict{Action: pgwire.Replace, Msgs: d}
-	case 'E':
-		var e pgproto3.Execute
-		if e.Decode(m.Body) == nil {
-			r.portal = e.Portal
+	var pre []byte // the stage's Describe, sent before m
+	if m.Type == 'D' {
+		if portal, ok := describedPortal(m.Body); ok {
+			r.portal, r.capture = string(portal), true
+			if s.pending && bytes.Equal(portal, s.pendingName) {
+				s.pending = false
+			}
 		}
 	}
-	s.push(r)
-	return pgwire.Verdict{}
+	var ours request
+	if s.pending {
+		s.pending = false
+		ours = request{kind: 'd', portal: string(s.pendingName)}
+		pre = append(s.cbuf[:0], 'D', 0, 0, 0, 0, 'P')
+		pre = append(append(pre, s.pendingName...), 0)
+		binary.BigEndian.PutUint32(pre[1:], uint32(len(pre)-1))
+	}
+	switch m.Type {
+	case 'B':
+		if portal, ok := bindPortal(m.Body); ok {
+			s.pending, s.pendingName = true, append(s.pendingName[:0], portal...)
+		} // else the server rejects it; its error skips to Sync
+	case 'E':
+		if portal, ok := executePortal(m.Body); ok {
+			r.portal = string(portal)
+		}
+	}
+	if pre == nil {
+		s.push(r)
+		return pgwire.Verdict{}
+	}
+	s.push(ours, r) // in the order they go to the server
+	// The pipeline copies a replacement before the next message, so one
+	// buffer serves every statement.
+	msg := append(pre, m.Type, 0, 0, 0, 0)
+	msg = append(msg, m.Body...)
+	binary.BigEndian.PutUint32(msg[len(pre)+1:], uint32(len(m.Body)+4))
+	s.cbuf = msg
+	return pgwire.Verdict{Action: pgwire.Replace, Msgs: msg}
 }
 
 func (s *Stage) push(rs ...request) {
 	s.mu.Lock()
-	s.queue = append(s.queue, rs...)
+	s.queue.push(rs...)
 	s.mu.Unlock()
 }
 
 func (s *Stage) front() (request, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if len(s.queue) == 0 {
+	if s.queue.len() == 0 {
 		return request{}, false
 	}
-	return s.queue[0], true
+	return s.queue.front(), true
+}
+
+// popIf pops the oldest request if it is of kind k.
+func (s *Stage) popIf(k byte) (request, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.queue.len() == 0 || s.queue.front().kind != k {
+		return request{}, false
+	}
+	return s.queue.pop(), true
 }
 
 func (s *Stage) pop() request {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if len(s.queue) == 0 {
+	if s.queue.len() == 0 {
 		return request{}
 	}
-	r := s.queue[0]
-	s.queue = s.queue[1:]
-	return r
+	return s.queue.pop()
 }
 
 // ServerTypes: descriptions, rows, request completions, copy, notices,
@@ -248,10 +305,15 @@ func (s *Stage) Server(m *pgwire.ServerMsg) pgwire.Verdict {
 		if m.Type == 'T' {
 			// A description too large to decode: its rows cannot
 			// be masked, so they are withheld.
-			if r, _ := s.front(); r.kind == 'd' {
-				s.pop()
+			if r, ok := s.popIf('d'); ok {
 				s.portals[r.portal] = nil
 				return drop
+			}
+			if r, ok := s.popIf('D'); ok {
+				if r.capture {
+					s.portals[r.portal] = nil
+				}
+				return pgwire.Verdict{}
 			}
 			s.setCur(nil)
 			s.curUnknown = true
@@ -272,8 +334,13 @@ func (s *Stage) Server(m *pgwire.ServerMsg) pgwire.Verdict {
 				delete(s.portals, r.portal)
 			}
 			return drop
-		case 'D':
-			s.pop() // the client's; a portal's is also ours after Bind
+		case 'D': // the client's; a portal's is also the stage's
+			s.pop()
+			if r.capture && m.Type == 'T' {
+				s.portals[r.portal] = s.describe(m.Body)
+			} else if r.capture {
+				delete(s.portals, r.portal)
+			}
 		case 'Q':
 			if m.Type == 'T' {
 				s.setCur(s.describe(m.Body))
@@ -334,9 +401,8 @@ func (s *Stage) Server(m *pgwire.ServerMsg) pgwire.Verdict {
 func (s *Stage) popThroughSync() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for len(s.queue) > 0 {
-		k := s.queue[0].kind
-		s.queue = s.queue[1:]
+	for s.queue.len() > 0 {
+		k := s.queue.pop().kind
 		if k == 'S' || k == 'Q' || k == 'F' {
 			return
 		}
@@ -348,16 +414,17 @@ func (s *Stage) popThroughSync() {
 func (s *Stage) skipToSync() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for len(s.queue) > 0 && s.queue[0].kind != 'S' && s.queue[0].kind != 'Q' && s.queue[0].kind != 'F' {
-		s.queue = s.queue[1:]
+	for s.queue.len() > 0 {
+		if k := s.queue.front().kind; k == 'S' || k == 'Q' || k == 'F' {
+			return
+		}
+		s.queue.pop()
 	}
 }
 
 // curDone ends an Execute's answer.
 func (s *Stage) curDone() {
-	if r, ok := s.front(); ok && r.kind == 'E' {
-		s.pop()
-	}
+	s.popIf('E')
 }
 
 func (s *Stage) setCur(f []field) {
@@ -374,10 +441,15 @@ func (s *Stage) setCur(f []field) {
 // ddl drops the cached sources after a statement that may have changed
 // them.
 func (s *Stage) ddl(body []byte) {
+	if len(body) == 0 || body[0] == 'U' || body[0] == 'F' || body[0] == 'M' ||
+		bytes.HasPrefix(body, []byte("SELECT ")) && !bytes.HasPrefix(body, []byte("SELECT INTO")) {
+		return // UPDATE, FETCH, MOVE, MERGE and SELECT n, the commonest tags, settled at once
+	}
 	tag, _, _ := bytes.Cut(body, []byte{0})
 	for _, p := range []string{"CREATE", "ALTER", "DROP", "COMMENT", "GRANT", "REVOKE", "IMPORT", "SELECT INTO"} {
 		if bytes.HasPrefix(tag, []byte(p)) {
 			clear(s.cache)
+			clear(s.descs)
 			s.lastDesc, s.lastFields = s.lastDesc[:0], nil
 			return
 		}
@@ -388,6 +460,10 @@ func (s *Stage) ddl(body []byte) {
 func (s *Stage) describe(body []byte) []field {
 	if s.lastFields != nil && bytes.Equal(body, s.lastDesc) {
 		return s.lastFields
+	}
+	if f, ok := s.descs[string(body)]; ok {
+		s.lastDesc, s.lastFields = append(s.lastDesc[:0], body...), f
+		return f
 	}
 	s.missing = s.missing[:0]
 	ok := eachField(body, func(a Attr, _ uint32, _ int16) {
@@ -432,6 +508,12 @@ func (s *Stage) describe(body []byte) []field {
 	if !failed && len(out) > 0 {
 		// Shared read-only by the current result and portals.
 		s.lastDesc, s.lastFields = append(s.lastDesc[:0], body...), out
+		if len(body) <= maxDescBytes {
+			if len(s.descs) >= maxDescs {
+				clear(s.descs)
+			}
+			s.descs[string(body)] = out
+		}
 	}
 	return out
 }
@@ -694,6 +776,11 @@ func numericText(v []byte) ([]byte, bool) {
 	}
 	if sign == 0xC000 {
 		return []byte("NaN"), true
+	}
+	for i := 0; i < nd; i++ {
+		if binary.BigEndian.Uint16(v[8+2*i:]) > 9999 {
+			return nil, false // not a base-10000 digit: not PostgreSQL's numeric
+		}
 	}
 	var b []byte
 	if sign == 0x4000 {

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"gopkg.in/yaml.v3"
 
 	"github.com/airlockhq/airlock/internal/identity"
@@ -329,6 +330,66 @@ func TestBypassCorpusPgxBinary(t *testing.T) {
 	}
 }
 
+// TestBypassCorpusDescribedPortals: the corpus through pgconn's
+// ExecParams, which describes each portal itself after its Bind (as libpq
+// does), so the stage takes the portal's description from the client's
+// Describe instead of asking; text and binary results, then three
+// statements pipelined in one batch.
+func TestBypassCorpusDescribedPortals(t *testing.T) {
+	f := start(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, f.url())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	pc := conn.PgConn()
+	show := func(rs ...*pgconn.Result) string {
+		var b strings.Builder
+		for _, r := range rs {
+			for _, row := range r.Rows {
+				for _, v := range row {
+					fmt.Fprintf(&b, "%s|", v)
+				}
+				b.WriteByte('\n')
+			}
+		}
+		return b.String()
+	}
+	for _, c := range corpus {
+		if strings.HasPrefix(c.sql, "begin") {
+			continue
+		}
+		for _, format := range []int16{0, 1} {
+			t.Run(fmt.Sprintf("%s/format %d", c.name, format), func(t *testing.T) {
+				r := pc.ExecParams(ctx, c.sql, nil, nil, nil, []int16{format}).Read()
+				if r.Err != nil {
+					t.Fatalf("%s: %v", c.sql, r.Err)
+				}
+				out := show(r)
+				if l := leaks(out, c.secrets); len(l) > 0 {
+					t.Errorf("%s leaked %v:\n%s", c.sql, l, out)
+				}
+				if format == 0 && c.want != "REDACTED" && c.want != "{" && c.want != "[" && !strings.Contains(out, c.want) {
+					t.Errorf("%s: want %q in output:\n%s", c.sql, c.want, out)
+				}
+			})
+		}
+	}
+	b := &pgconn.Batch{}
+	b.ExecParams("select plan, email from users where id = 1", nil, nil, nil, []int16{1})
+	b.ExecParams("select card, name from users where id = 1", nil, nil, nil, []int16{0})
+	b.ExecParams("select id, plan from users where id = 2", nil, nil, nil, []int16{0})
+	rs, err := pc.ExecBatch(ctx, b).ReadAll()
+	if err != nil || len(rs) != 3 {
+		t.Fatalf("batch: %d results, %v", len(rs), err)
+	}
+	if got, want := show(rs...), "pro|[redacted]|\n************1111|[redacted]|\n2|free|\n"; got != want {
+		t.Errorf("batch: %q, want %q", got, want)
+	}
+}
+
 func TestOtherChannels(t *testing.T) {
 	f := start(t)
 	t.Run("copy refused", func(t *testing.T) {
@@ -454,22 +515,33 @@ func TestDDLRefreshesSources(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close(ctx)
-	f.pg.Psql(t, "postgres", "CREATE TABLE staging (id int, note text); INSERT INTO staging VALUES (1, 'nothing'); GRANT ALL ON staging TO app")
+	// The session owns both tables, so its renames below succeed.
+	f.pg.Psql(t, "postgres", "CREATE TABLE staging (id int, note text); INSERT INTO staging VALUES (1, 'nothing'); ALTER TABLE staging OWNER TO app; ALTER TABLE users OWNER TO app; GRANT CREATE ON SCHEMA public TO app")
 	var v string
 	if err := conn.QueryRow(ctx, "select note from staging", pgx.QueryExecModeSimpleProtocol).Scan(&v); err != nil || v != "nothing" {
 		t.Fatalf("before: %q %v", v, err)
+	}
+	// Described by the same bytes before and after the DDL below (alias,
+	// table OID, attribute number, type): a kept decision would be stale.
+	if err := conn.QueryRow(ctx, "select note as e from staging", pgx.QueryExecModeSimpleProtocol).Scan(&v); err != nil || v != "nothing" {
+		t.Fatalf("before, aliased: %q %v", v, err)
+	}
+	if err := conn.QueryRow(ctx, "select 'x' as other", pgx.QueryExecModeSimpleProtocol).Scan(&v); err != nil {
+		t.Fatal(err)
 	}
 	// The session moves the table under a masked name: the cached
 	// source is dropped on its DDL.
 	for _, q := range []string{"alter table users rename to users_old", "alter table staging rename to users",
 		"alter table users rename column note to email"} {
-		f.pg.Psql(t, "postgres", "GRANT ALL ON users TO app")
 		if _, err := conn.Exec(ctx, q); err != nil {
-			t.Logf("%s: %v", q, err)
+			t.Fatalf("%s: %v", q, err)
 		}
 	}
 	if err := conn.QueryRow(ctx, "select email from users", pgx.QueryExecModeSimpleProtocol).Scan(&v); err != nil || v != "[redacted]" {
 		t.Errorf("after DDL: %q %v, want [redacted]", v, err)
+	}
+	if err := conn.QueryRow(ctx, "select email as e from users", pgx.QueryExecModeSimpleProtocol).Scan(&v); err != nil || v != "[redacted]" {
+		t.Errorf("after DDL, aliased: %q %v, want [redacted]", v, err)
 	}
 }
 
