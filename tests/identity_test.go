@@ -310,9 +310,10 @@ func TestIdentityLoginAndAccess(t *testing.T) {
 	}
 
 	// The person is on the session's events.
-	if log := w.daemonOut.String(); !strings.Contains(log, "person_subject=sub-bob") || !strings.Contains(log, "kind=identity.login") {
-		t.Fatalf("daemon log lacks the person on events or the login event:\n%s", log)
-	}
+	waitFor(t, "the person on the session's events and the login event in the daemon log", 10*time.Second, func() bool {
+		log := w.daemonOut.String()
+		return strings.Contains(log, "person_subject=sub-bob") && strings.Contains(log, "kind=identity.login")
+	})
 
 	// A person in no allowed group.
 	tok, err := w.corp.IDToken(oidctest.User{Subject: "sub-carol", Name: "carol", Groups: []string{"staff"}}, oidctest.TokenOptions{})
@@ -434,9 +435,12 @@ func TestIdentityLoginAndAccess(t *testing.T) {
 	if who.LoggedInBy != 0 || who.UID != uidA {
 		t.Fatalf("whoami after root's login for uid 1: %+v", who)
 	}
-	if !regexp.MustCompile(`kind=identity.login .*uid=1 by=0 outcome=ok`).MatchString(w.daemonOut.String()) {
-		t.Fatalf("no audit event for root's login on behalf of uid 1:\n%s", w.daemonOut.String())
-	}
+	// Events reach the log from the session's event queue, after the
+	// control call has answered.
+	loginEvent := regexp.MustCompile(`kind=identity.login .*uid=1 by=0 outcome=ok`)
+	waitFor(t, "the audit event for root's login on behalf of uid 1", 10*time.Second, func() bool {
+		return loginEvent.MatchString(w.daemonOut.String())
+	})
 
 	// The issuer goes down and the daemon restarts (nothing cached): the
 	// identity it verified, still unexpired and kept encrypted at rest,
