@@ -77,6 +77,7 @@ func TestJournalDropsATornTail(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	closeJournal(t, j2)
 	recs, err := j2.read(0, 100)
 	if err != nil || len(recs) != 10 || recs[9].Seq != 10 || j2.lastSeq() != 10 {
 		t.Fatalf("after a torn tail: %d records (%v), last seq %d", len(recs), err, j2.lastSeq())
@@ -95,6 +96,7 @@ func TestJournalBoundWaitsForTheStore(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	closeJournal(t, j)
 	big := json.RawMessage(`"` + strings.Repeat("x", 850) + `"`)
 	for i := 0; i < 3; i++ {
 		if err := j.append(&pending{Kind: "statement", Data: big}); err != nil {
@@ -223,6 +225,7 @@ func TestJournalFrameIsJSON(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	closeJournal(t, j)
 	at := time.Date(2026, 1, 2, 3, 4, 5, 6, time.UTC)
 	for _, sess := range []string{"abc", "we\"ird\\\x01é"} {
 		if err := j.append(&pending{Time: at, Kind: "statement", Session: sess, Data: json.RawMessage(`{"sql":"SELECT 1"}`)}); err != nil {

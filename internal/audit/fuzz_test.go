@@ -4,7 +4,9 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"strconv"
 	"testing"
+	"time"
 )
 
 // FuzzJournalSegment feeds arbitrary bytes as the last journal segment, as a
@@ -47,6 +49,43 @@ func FuzzJournalSegment(f *testing.F) {
 		after, err := j.read(int64(last), 10)
 		if err != nil || len(after) != 1 || after[0].Seq != last+1 {
 			t.Fatalf("append after reopening (last %d, %d frames read): %+v %v", last, len(recs), after, err)
+		}
+	})
+}
+
+// FuzzDecodePayload holds the journal's own frame decoder to
+// encoding/json: whatever a payload holds, a frame it reads gives the
+// record encoding/json would, and frames encodeFrame makes are read.
+func FuzzDecodePayload(f *testing.F) {
+	at := time.Date(2026, 1, 2, 3, 4, 5, 600, time.UTC)
+	for i, p := range []pending{
+		{Seq: 1, Time: at, Kind: "statement", Session: "s", Data: json.RawMessage(`{"sql":"SELECT 1"}`)},
+		{Seq: 1 << 40, Time: at.Truncate(time.Second), Kind: "session.start", Data: json.RawMessage(`"x"`)},
+		{Seq: 7, Time: at, Kind: "k", Session: "we\"ird\\\x01é", Data: json.RawMessage(`[1, 2]`)},
+	} {
+		b, seqAt := encodeFrame(nil, &p)
+		strconv.AppendInt(b[seqAt:seqAt], p.Seq, 10)
+		payload := b[frameHeader:]
+		got, err := decodePayload(payload)
+		if err != nil || got.Seq != p.Seq || !got.Time.Equal(p.Time) || got.Kind != p.Kind || got.Session != p.Session || string(got.Data) != string(p.Data) {
+			f.Fatalf("frame %d did not round-trip: %+v %v", i, got, err)
+		}
+		f.Add(payload)
+	}
+	f.Add([]byte(`{"seq":01                 ,"time":"2026-01-02T03:04:05Z","kind":"a","session":"","data":1 }`))
+	f.Add([]byte(`{"seq":2                  ,"time":"2026-01-02T03:04:05+01:00","kind":"a","session":"","data":{},"x":1}`))
+	f.Fuzz(func(t *testing.T, payload []byte) {
+		own, ok := decodeOwn(payload)
+		if !ok {
+			return
+		}
+		var want pending
+		if err := json.Unmarshal(payload, &want); err != nil {
+			t.Fatalf("read %q, which encoding/json refuses: %v", payload, err)
+		}
+		if own.Seq != want.Seq || !own.Time.Equal(want.Time) || own.Time.Location().String() != want.Time.Location().String() ||
+			own.Kind != want.Kind || own.Session != want.Session || string(own.Data) != string(want.Data) {
+			t.Fatalf("decoded %q as %+v, encoding/json %+v", payload, own, want)
 		}
 	})
 }

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"regexp"
+	"runtime"
 	"strconv"
 	"testing"
 	"time"
@@ -152,4 +153,59 @@ func cpuTime() time.Duration {
 	var ru unix.Rusage
 	_ = unix.Getrusage(unix.RUSAGE_SELF, &ru)
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// BenchmarkWriterRecord is the data path's share of recording one
+// statement: Writer.Record of a pgbench-like statement event, with the
+// journal moved to disk every commit interval on another goroutine (as
+// the shipper's thread does). "ring" is the default journal; "write" the
+// journal without a ring (one write(2) per record).
+func BenchmarkWriterRecord(b *testing.B) {
+	for _, tc := range []struct {
+		name string
+		ring int64
+	}{{"ring", 0}, {"write", -1}} {
+		b.Run(tc.name, func(b *testing.B) {
+			w, err := Open(context.Background(), Options{StateDir: b.TempDir(), CommitInterval: benchCommit, ringSize: tc.ring})
+			if err != nil {
+				b.Fatal(err)
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				t := time.NewTicker(benchCommit)
+				defer t.Stop()
+				for {
+					select {
+					case <-ctx.Done():
+						return
+					case <-t.C:
+						_ = w.j.sync()
+						w.j.release(w.j.lastSeq()) // as if shipped: keeps the spool under its bound
+					}
+				}
+			}()
+			defer func() { cancel(); <-done; _ = w.j.close(); _ = w.store.Close() }()
+			ev := session.Event{Kind: session.KindStatement, Session: session.NewID(), Time: time.Now(),
+				Statement: &session.Statement{Protocol: "simple", SQL: "SELECT abalance FROM pgbench_accounts WHERE aid = 48213;", Tag: "SELECT 1", Rows: 1, Bytes: 11, Duration: 80 * time.Microsecond}}
+			w.Record(ev)
+			runtime.LockOSThread() // so that the thread's CPU time is the loop's
+			defer runtime.UnlockOSThread()
+			b.ReportAllocs()
+			b.ResetTimer()
+			c0 := threadCPU()
+			for i := 0; i < b.N; i++ {
+				w.Record(ev)
+			}
+			b.ReportMetric(float64(threadCPU()-c0)/float64(b.N), "cpu-ns/op")
+		})
+	}
+}
+
+// threadCPU is the CPU time of the calling thread.
+func threadCPU() time.Duration {
+	var ts unix.Timespec
+	_ = unix.ClockGettime(unix.CLOCK_THREAD_CPUTIME_ID, &ts)
+	return time.Duration(ts.Nano())
 }
