@@ -199,7 +199,7 @@ func (j *journal) openRing(size uint64) error {
 	if n > 0 {
 		j.fileMu.Lock()
 		j.mu.Lock()
-		err := j.writeLocked(buf, last)
+		err := j.writeLocked(buf, nil, last)
 		j.nextSeq = max(j.nextSeq, last+1)
 		j.total += int64(len(buf))
 		j.mu.Unlock()
@@ -286,22 +286,34 @@ func (j *journal) rotateLocked() error {
 	return nil
 }
 
-// writeLocked writes whole frames, the last of them seq last, to the
-// active segment. The caller holds fileMu and mu. A failed or short write
-// is cut off again, so the segment still ends at a frame's end.
-func (j *journal) writeLocked(b []byte, last int64) error {
+// writeLocked writes whole frames (a then b), the last of them seq last,
+// to the active segment. The caller holds fileMu and mu.
+func (j *journal) writeLocked(a, b []byte, last int64) error {
+	n, err := writeBoth(j.f, a, b)
+	return j.wroteLocked(n, last, err, nil)
+}
+
+// wroteLocked notes n bytes written to the active segment, the last frame
+// seq last, and runs then; a failed or short write is cut off again, so
+// the segment still ends at a frame's end. The caller holds fileMu and mu.
+func (j *journal) wroteLocked(n int, last int64, err error, then func()) error {
 	s := &j.segs[len(j.segs)-1]
-	if _, err := j.f.Write(b); err != nil {
-		if terr := j.f.Truncate(s.size); terr != nil {
-			// The torn frame stays at the end of this segment: start
-			// another so that it stays the last frame of its file and
-			// the next start drops it.
-			_ = j.rotateLocked()
+	if err != nil {
+		if n > 0 {
+			if terr := j.f.Truncate(s.size); terr != nil {
+				// The torn frame stays at the end of this segment:
+				// start another so that it stays the last frame of
+				// its file and the next start drops it.
+				_ = j.rotateLocked()
+			}
 		}
 		return fmt.Errorf("write audit journal: %w", err)
 	}
-	s.last, s.size = last, s.size+int64(len(b))
+	s.last, s.size = last, s.size+int64(n)
 	j.written = last
+	if then != nil {
+		then()
+	}
 	if s.size >= segmentMax {
 		return j.rotateLocked()
 	}
@@ -326,7 +338,7 @@ func appendFrameHead(b []byte, at time.Time, kind, sess string) ([]byte, int) {
 	seqAt := len(b)
 	b = append(b, "                   "[:seqWidth]...)
 	b = append(b, `,"time":"`...)
-	b = at.AppendFormat(b, time.RFC3339Nano)
+	b = appendTime(b, at)
 	b = append(b, `","kind":`...)
 	b = appendJSONString(b, kind)
 	b = append(b, `,"session":`...)
@@ -392,7 +404,7 @@ func (j *journal) appendFrame(b []byte, seqAt int) (int64, error) {
 	if err != nil {
 		return 0, err
 	}
-	if err := j.writeLocked(b, seq); err != nil {
+	if err := j.writeLocked(b, nil, seq); err != nil {
 		return 0, err
 	}
 	j.nextSeq++
@@ -417,7 +429,7 @@ func (j *journal) appendLocked(b []byte, seqAt int) (int64, error) {
 		return 0, err
 	}
 	if j.rg == nil {
-		if err := j.writeLocked(b, seq); err != nil {
+		if err := j.writeLocked(b, nil, seq); err != nil {
 			return 0, err
 		}
 	} else {
@@ -461,11 +473,7 @@ func (j *journal) drainLocked() error {
 		return nil
 	}
 	a, b := j.rg.bytes(t, h)
-	if len(b) > 0 {
-		// One write for both pieces; the copy is off the data path.
-		a = append(append(make([]byte, 0, len(a)+len(b)), a...), b...)
-	}
-	if err := j.writeLocked(a, j.ringSeq); err != nil {
+	if err := j.writeLocked(a, b, j.ringSeq); err != nil {
 		return err
 	}
 	j.rg.setTail(h)
@@ -489,27 +497,23 @@ func (j *journal) drain() error {
 	// Only this thread (holding fileMu) moves tail, and appends write
 	// only past head: the bytes in [t, h) stay put while they are written.
 	a, b := j.rg.bytes(t, h)
-	if len(b) > 0 {
-		a = append(append(make([]byte, 0, len(a)+len(b)), a...), b...)
-	}
-	s := &j.segs[len(j.segs)-1]
-	if _, err := j.f.Write(a); err != nil {
-		j.mu.Lock()
-		defer j.mu.Unlock()
-		if terr := j.f.Truncate(s.size); terr != nil {
-			_ = j.rotateLocked()
-		}
-		return fmt.Errorf("write audit journal: %w", err)
-	}
+	n, err := writeBoth(j.f, a, b)
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	s.last, s.size = last, s.size+int64(len(a))
-	j.written = last
-	j.rg.setTail(h)
-	if s.size >= segmentMax {
-		return j.rotateLocked()
+	return j.wroteLocked(n, last, err, func() { j.rg.setTail(h) })
+}
+
+// writeBoth writes a then b (the ring's bytes on either side of its end).
+// A kill between the two leaves a torn frame at the end of the segment,
+// which the next start drops: its frames are still in the ring.
+func writeBoth(f *os.File, a, b []byte) (int, error) {
+	n, err := f.Write(a)
+	if err == nil && len(b) > 0 {
+		var m int
+		m, err = f.Write(b)
+		n += m
 	}
-	return nil
+	return n, err
 }
 
 // appendJSONString appends s as a JSON string; kinds and session ids are
