@@ -2,6 +2,7 @@ package audit
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net"
 	"os"
@@ -208,4 +209,32 @@ func threadCPU() time.Duration {
 	var ts unix.Timespec
 	_ = unix.ClockGettime(unix.CLOCK_THREAD_CPUTIME_ID, &ts)
 	return time.Duration(ts.Nano())
+}
+
+// BenchmarkJournalRead is the shipper's cost of reading a statement record
+// back from the journal (per record, in batches of shipBatch).
+func BenchmarkJournalRead(b *testing.B) {
+	j, err := openJournal(b.TempDir(), 1<<40, 0)
+	if err != nil {
+		b.Fatal(err)
+	}
+	closeJournal(b, j)
+	d := json.RawMessage(`{"protocol":"simple","sql":"SELECT abalance FROM pgbench_accounts WHERE aid = 48213;","tag":"SELECT 1","rows":1,"bytes":11,"duration_us":80}`)
+	for i := 0; i < b.N; i++ {
+		if err := j.append(&pending{Time: time.Now().UTC(), Kind: "statement", Session: "abcdefghijklmnop", Data: d}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if err := j.sync(); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for n := int64(0); n < int64(b.N); {
+		recs, err := j.read(n, shipBatch)
+		if err != nil || len(recs) == 0 {
+			b.Fatalf("read after %d: %d records, %v", n, len(recs), err)
+		}
+		n += int64(len(recs))
+	}
 }
