@@ -187,12 +187,13 @@ func mapRing(path string, size uint64, dev, ino uint64) (*ring, error) {
 			total = fi.Size()
 		}
 	}
-	if fi.Size() != total {
-		if err := f.Truncate(total); err != nil {
-			return nil, fmt.Errorf("size audit journal ring: %w", err)
-		}
+	// The pages are allocated and mapped now, not one by one on the data
+	// path (a tmpfs page's first touch costs a fault and zeroing, more
+	// than a record), and a full tmpfs fails here rather than there.
+	if err := unix.Fallocate(int(f.Fd()), 0, 0, total); err != nil {
+		return nil, fmt.Errorf("allocate audit journal ring: %w", err)
 	}
-	mem, err := unix.Mmap(int(f.Fd()), 0, int(total), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	mem, err := unix.Mmap(int(f.Fd()), 0, int(total), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED|unix.MAP_POPULATE)
 	if err != nil {
 		return nil, fmt.Errorf("map audit journal ring: %w", err)
 	}
