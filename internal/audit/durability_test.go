@@ -92,35 +92,42 @@ func TestJournalDropsATornTail(t *testing.T) {
 
 // The journal's bound holds appends back until the store takes records.
 func TestJournalBoundWaitsForTheStore(t *testing.T) {
-	j, err := openJournal(t.TempDir(), 2000, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	closeJournal(t, j)
-	big := json.RawMessage(`"` + strings.Repeat("x", 850) + `"`)
-	for i := 0; i < 3; i++ {
-		if err := j.append(&pending{Kind: "statement", Data: big}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	done := make(chan struct{})
-	go func() {
-		_ = j.append(&pending{Kind: "statement", Data: big})
-		close(done)
-	}()
-	select {
-	case <-done:
-		t.Fatal("append past the bound did not wait")
-	case <-time.After(200 * time.Millisecond):
-	}
-	j.release(3)
-	select {
-	case <-done:
-	case <-time.After(5 * time.Second):
-		t.Fatal("append still waiting after the store took everything")
-	}
-	if recs, _ := j.read(3, 10); len(recs) != 1 || recs[0].Seq != 4 {
-		t.Fatalf("record after the wait: %+v", recs)
+	for _, tc := range []struct {
+		name string
+		ring uint64
+	}{{"ring", ringDefault}, {"ring of two frames", 2048}, {"no ring", 0}} {
+		t.Run(tc.name, func(t *testing.T) {
+			j, err := openJournalRing(t.TempDir(), 2000, 0, tc.ring)
+			if err != nil {
+				t.Fatal(err)
+			}
+			closeJournal(t, j)
+			big := json.RawMessage(`"` + strings.Repeat("x", 850) + `"`)
+			for i := 0; i < 3; i++ {
+				if err := j.append(&pending{Kind: "statement", Data: big}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			done := make(chan struct{})
+			go func() {
+				_ = j.append(&pending{Kind: "statement", Data: big})
+				close(done)
+			}()
+			select {
+			case <-done:
+				t.Fatal("append past the bound did not wait")
+			case <-time.After(200 * time.Millisecond):
+			}
+			j.release(3)
+			select {
+			case <-done:
+			case <-time.After(5 * time.Second):
+				t.Fatal("append still waiting after the store took everything")
+			}
+			if recs, _ := j.read(3, 10); len(recs) != 1 || recs[0].Seq != 4 {
+				t.Fatalf("record after the wait: %+v", recs)
+			}
+		})
 	}
 }
 

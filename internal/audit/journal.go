@@ -379,87 +379,94 @@ func (j *journal) appendFrame(b []byte, seqAt int) (int64, error) {
 	if len(b)-frameHeader > maxFrame {
 		return 0, fmt.Errorf("audit record of %d bytes is over the journal's %d", len(b)-frameHeader, maxFrame)
 	}
-	j.mu.Lock()
-	seq, err := j.appendLocked(b, seqAt)
-	if err != errRingFull {
+	for {
+		j.mu.Lock()
+		if err := j.waitRoomLocked(); err != nil {
+			j.mu.Unlock()
+			return 0, err
+		}
+		if j.rg != nil && j.rg.free() >= uint64(len(b)) {
+			seq := j.numberLocked(b, seqAt)
+			j.rg.put(b)
+			j.ringSeq = seq
+			j.mu.Unlock()
+			return seq, nil
+		}
 		j.mu.Unlock()
-		return seq, err
+		// No ring, or it is full (the shipper's thread is behind), or the
+		// frame is larger than the ring: through the segment, after the
+		// ring's frames, which this session moves out itself.
+		seq, retry, err := j.appendThrough(b, seqAt)
+		if !retry {
+			return seq, err
+		}
 	}
-	// The ring is full (the shipper's thread is behind) or the frame is
-	// larger than the ring: move the ring's frames out here, then try
-	// again; the frame goes straight to the segment if it cannot fit.
-	j.mu.Unlock()
+}
+
+// appendThrough journals b through the segment; retry says the bound was
+// reached meanwhile (wait for room without holding fileMu, which the
+// shipper needs to make room).
+func (j *journal) appendThrough(b []byte, seqAt int) (int64, bool, error) {
 	j.fileMu.Lock()
 	defer j.fileMu.Unlock()
 	j.mu.Lock()
 	defer j.mu.Unlock()
+	if j.closed {
+		return 0, false, errJournalClosed
+	}
+	if j.total >= j.max {
+		return 0, true, nil
+	}
 	if err := j.drainLocked(); err != nil {
-		return 0, err
+		return 0, false, err
 	}
-	seq, err = j.appendLocked(b, seqAt)
-	if err != errRingFull {
-		return seq, err
+	if j.rg != nil && j.rg.free() >= uint64(len(b)) {
+		seq := j.numberLocked(b, seqAt)
+		j.rg.put(b)
+		j.ringSeq = seq
+		return seq, false, nil
 	}
-	seq, err = j.number(b, seqAt)
-	if err != nil {
-		return 0, err
-	}
+	seq := j.nextSeq
+	strconv.AppendInt(b[seqAt:seqAt], seq, 10)
+	checksum(b)
 	if err := j.writeLocked(b, nil, seq); err != nil {
-		return 0, err
+		return 0, false, err
 	}
 	j.nextSeq++
 	j.ringSeq = seq
 	j.total += int64(len(b))
-	return seq, nil
+	return seq, false, nil
 }
 
-var errRingFull = errors.New("audit journal ring is full")
-
-// appendLocked journals b into the ring, or, without one, into the
-// segment (taking fileMu: lock order). The caller holds mu.
-func (j *journal) appendLocked(b []byte, seqAt int) (int64, error) {
-	if j.rg == nil {
-		j.mu.Unlock()
-		j.fileMu.Lock()
-		j.mu.Lock()
-		defer j.fileMu.Unlock()
-	}
-	seq, err := j.number(b, seqAt)
-	if err != nil {
-		return 0, err
-	}
-	if j.rg == nil {
-		if err := j.writeLocked(b, nil, seq); err != nil {
-			return 0, err
-		}
-	} else {
-		if j.rg.free() < uint64(len(b)) {
-			return 0, errRingFull
-		}
-		j.rg.put(b)
-		j.ringSeq = seq
-	}
-	j.nextSeq++
-	j.total += int64(len(b))
-	return seq, nil
-}
-
-// number waits for room under the bound, then writes the next seq and the
-// checksum into b. The caller holds mu.
-func (j *journal) number(b []byte, seqAt int) (int64, error) {
+// waitRoomLocked waits while the journal is at its bound. The caller holds
+// mu.
+func (j *journal) waitRoomLocked() error {
 	for j.total >= j.max && !j.closed {
 		j.waiting = true
 		j.space.Wait()
 	}
 	if j.closed {
-		return 0, errJournalClosed
+		return errJournalClosed
 	}
+	return nil
+}
+
+// numberLocked takes the next seq for b, writes it and the checksum into
+// b, and counts b in the journal's size. The caller holds mu and journals
+// b before releasing it.
+func (j *journal) numberLocked(b []byte, seqAt int) int64 {
 	seq := j.nextSeq
 	strconv.AppendInt(b[seqAt:seqAt], seq, 10) // in place, over the spaces
+	checksum(b)
+	j.nextSeq++
+	j.total += int64(len(b))
+	return seq
+}
+
+func checksum(b []byte) {
 	payload := b[frameHeader:]
 	binary.BigEndian.PutUint32(b[0:], uint32(len(payload)))
 	binary.BigEndian.PutUint32(b[4:], crc32.Checksum(payload, crcTable))
-	return seq, nil
 }
 
 // drainLocked moves the ring's frames into the active segment. The caller
