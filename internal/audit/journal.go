@@ -174,6 +174,9 @@ func (j *journal) openRing(size uint64) error {
 		return fmt.Errorf("stat audit journal %s: %w", j.dir, err)
 	}
 	rg, err := mapRing(path, size, uint64(st.Dev), st.Ino)
+	if errors.Is(err, errRingInUse) {
+		return err
+	}
 	if err != nil {
 		j.notes = append(j.notes, fmt.Sprintf("audit journal ring unusable, each record costs a write(2): %v", err))
 		return nil

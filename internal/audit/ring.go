@@ -48,10 +48,15 @@ const (
 
 type ring struct {
 	path string
-	mem  []byte // the whole mapping
-	buf  []byte // mem[ringHeader:]
+	f    *os.File // held open for its lock: one journal per ring
+	mem  []byte   // the whole mapping
+	buf  []byte   // mem[ringHeader:]
 	size uint64
 }
+
+// errRingInUse is a ring another live process holds: a second daemon on
+// the same state dir, which must not take the first one's records.
+var errRingInUse = errors.New("the audit journal is in use by another process (a second airlockd on the same state_dir?)")
 
 func (r *ring) word(off int) *uint64 { return (*uint64)(unsafe.Pointer(&r.mem[off])) }
 
@@ -89,13 +94,15 @@ func (r *ring) bytes(from, to uint64) (a, b []byte) {
 	return r.buf[s:], r.buf[:e-r.size]
 }
 
+// close unmaps the ring and lets go of its lock, as the kernel does for a
+// process that dies.
 func (r *ring) close() error {
 	if r.mem == nil {
 		return nil
 	}
 	err := unix.Munmap(r.mem)
 	r.mem, r.buf = nil, nil
-	return err
+	return errors.Join(err, r.f.Close())
 }
 
 // ringPath says where the ring of the journal in dir lives: in dir itself
@@ -173,7 +180,23 @@ func mapRing(path string, size uint64, dev, ino uint64) (*ring, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer f.Close() // the mapping stays
+	r, err := mapRingFile(f, created, size, dev, ino)
+	if err != nil {
+		_ = f.Close()
+		return nil, err
+	}
+	return r, nil
+}
+
+func mapRingFile(f *os.File, created bool, size uint64, dev, ino uint64) (*ring, error) {
+	// Held until the journal closes or the process dies (the kernel lets
+	// go of it then).
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, errRingInUse
+		}
+		return nil, fmt.Errorf("lock audit journal ring: %w", err)
+	}
 	fi, err := f.Stat()
 	if err != nil {
 		return nil, err
@@ -197,7 +220,7 @@ func mapRing(path string, size uint64, dev, ino uint64) (*ring, error) {
 	if err != nil {
 		return nil, fmt.Errorf("map audit journal ring: %w", err)
 	}
-	r := &ring{path: path, mem: mem, buf: mem[ringHeader:], size: uint64(total - ringHeader)}
+	r := &ring{path: f.Name(), f: f, mem: mem, buf: mem[ringHeader:], size: uint64(total - ringHeader)}
 	if fresh || string(mem[:8]) != ringMagic || binary.LittleEndian.Uint64(mem[offSize:]) != r.size ||
 		binary.LittleEndian.Uint64(mem[offDev:]) != dev || binary.LittleEndian.Uint64(mem[offIno:]) != ino {
 		r.reset(dev, ino)

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -411,4 +412,36 @@ func TestJournalRingConcurrent(t *testing.T) {
 			}
 		})
 	}
+}
+
+// A second journal on the same folder (a second daemon on the same state
+// dir) is refused while the first holds the ring, rather than take the
+// first one's records; once the first is gone, it opens.
+func TestJournalRingIsExclusive(t *testing.T) {
+	dir := t.TempDir()
+	if ringPath(dir) == "" {
+		t.Skip("no tmpfs for the ring")
+	}
+	j, err := openJournal(dir, 1<<30, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := j.append(ringRecord(1)); err != nil {
+		t.Fatal(err)
+	}
+	if j2, err := openJournal(dir, 1<<30, 0); !errors.Is(err, errRingInUse) {
+		if j2 != nil {
+			_ = j2.close()
+		}
+		t.Fatalf("second journal on %s: %v, want %v", dir, err, errRingInUse)
+	}
+	if err := j.close(); err != nil {
+		t.Fatal(err)
+	}
+	j2, err := openJournal(dir, 1<<30, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	closeJournal(t, j2)
+	checkRecords(t, j2, 1)
 }
