@@ -213,10 +213,11 @@ func (j *journal) openRing(size uint64) error {
 		}
 		j.notes = append(j.notes, fmt.Sprintf("moved %d records a stopped daemon left in the audit journal ring into the journal", n))
 	}
-	// Durable in the segments before the ring forgets them.
-	if err := j.f.Sync(); err != nil {
+	// Durable in the segments before the ring forgets them (j.rg is not
+	// set yet: sync has no ring to move).
+	if err := j.sync(); err != nil {
 		_ = rg.close()
-		return fmt.Errorf("sync audit journal: %w", err)
+		return err
 	}
 	rg.reset(uint64(st.Dev), st.Ino)
 	j.rg, j.ringSeq = rg, j.nextSeq-1
