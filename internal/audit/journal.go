@@ -42,7 +42,10 @@ const (
 
 var crcTable = crc32.MakeTable(crc32.Castagnoli)
 
-var errJournalClosed = errors.New("audit journal is closed")
+var (
+	errJournalClosed = errors.New("audit journal is closed")
+	errFrameTooLarge = errors.New("audit record too large")
+)
 
 type segment struct {
 	first, last int64 // seqs; last < first while empty
@@ -381,7 +384,7 @@ func (j *journal) append(p *pending) error {
 // down, nothing is dropped.
 func (j *journal) appendFrame(b []byte, seqAt int) (int64, error) {
 	if len(b)-frameHeader > maxFrame {
-		return 0, fmt.Errorf("audit record of %d bytes is over the journal's %d", len(b)-frameHeader, maxFrame)
+		return 0, fmt.Errorf("%w: %d bytes, the journal takes %d", errFrameTooLarge, len(b)-frameHeader, maxFrame)
 	}
 	for {
 		j.mu.Lock()

@@ -445,3 +445,25 @@ func TestJournalRingIsExclusive(t *testing.T) {
 	closeJournal(t, j2)
 	checkRecords(t, j2, 1)
 }
+
+// A record over the frame limit is refused at once (a session must not
+// wait for it to fit), and takes no seq.
+func TestJournalRefusesOversizedRecord(t *testing.T) {
+	j, err := openJournal(t.TempDir(), 1<<40, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	closeJournal(t, j)
+	huge := make([]byte, maxFrame+2)
+	huge[0], huge[len(huge)-1] = '"', '"'
+	for i := 1; i < len(huge)-1; i++ {
+		huge[i] = 'x'
+	}
+	if err := j.append(&pending{Kind: "statement", Data: huge}); !errors.Is(err, errFrameTooLarge) {
+		t.Fatalf("oversized record: %v, want %v", err, errFrameTooLarge)
+	}
+	if err := j.append(ringRecord(1)); err != nil {
+		t.Fatal(err)
+	}
+	checkRecords(t, j, 1)
+}

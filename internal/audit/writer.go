@@ -275,6 +275,12 @@ func (w *Writer) commit(b []byte, seqAt int, kind, sess string) int64 {
 			w.log.Error("audit: record after close", "kind", kind, "session", sess)
 			return 0
 		}
+		if errors.Is(err, errFrameTooLarge) {
+			// Waiting would not make it fit (samples and compliance
+			// copies are capped far below this).
+			w.log.Error("audit: unrecordable event", "kind", kind, "session", sess, "err", err)
+			return 0
+		}
 		if i == 0 {
 			w.log.Error("audit: cannot write the journal; the session waits until it can", "err", err)
 		}
