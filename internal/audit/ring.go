@@ -147,8 +147,10 @@ func openRingFile(path string) (*os.File, bool, error) {
 			if errors.Is(err, unix.EEXIST) {
 				continue
 			}
-			if errors.Is(err, unix.ELOOP) || errors.Is(err, unix.EACCES) || errors.Is(err, unix.EPERM) {
-				if uerr := unix.Unlink(path); uerr != nil {
+			// A link, a socket, a directory, a file we may not open.
+			if errors.Is(err, unix.ELOOP) || errors.Is(err, unix.ENXIO) || errors.Is(err, unix.EISDIR) ||
+				errors.Is(err, unix.EACCES) || errors.Is(err, unix.EPERM) {
+				if uerr := removeName(path); uerr != nil {
 					return nil, false, fmt.Errorf("remove %s, not the daemon's own: %w", path, uerr)
 				}
 				continue
@@ -162,7 +164,7 @@ func openRingFile(path string) (*os.File, bool, error) {
 		}
 		if st.Mode&unix.S_IFMT != unix.S_IFREG || st.Uid != euid || st.Mode&0o077 != 0 || st.Nlink != 1 {
 			_ = unix.Close(fd)
-			if err := unix.Unlink(path); err != nil {
+			if err := removeName(path); err != nil {
 				return nil, false, fmt.Errorf("remove %s, not the daemon's own: %w", path, err)
 			}
 			continue
@@ -170,6 +172,15 @@ func openRingFile(path string) (*os.File, bool, error) {
 		return os.NewFile(uintptr(fd), path), created, nil
 	}
 	return nil, false, fmt.Errorf("open audit journal ring %s: the name keeps being taken", path)
+}
+
+// removeName removes whatever is at path (an empty directory too).
+func removeName(path string) error {
+	err := unix.Unlink(path)
+	if errors.Is(err, unix.EISDIR) {
+		err = unix.Rmdir(path)
+	}
+	return err
 }
 
 // mapRing maps the ring at path, of the given size for a new one. dev and

@@ -268,6 +268,32 @@ func TestRingFileIsTheDaemonsOwn(t *testing.T) {
 				}
 			})
 		},
+		"fifo": func(t *testing.T, path string) {
+			if err := unix.Mkfifo(path, 0o666); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Chown(path, other, other); err != nil {
+				t.Fatal(err)
+			}
+		},
+		"socket": func(t *testing.T, path string) {
+			fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer unix.Close(fd)
+			if err := unix.Bind(fd, &unix.SockaddrUnix{Name: path}); err != nil {
+				t.Fatal(err)
+			}
+		},
+		"empty directory": func(t *testing.T, path string) {
+			if err := os.Mkdir(path, 0o777); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Chown(path, other, other); err != nil {
+				t.Fatal(err)
+			}
+		},
 		"hard link": func(t *testing.T, path string) {
 			target := filepath.Join("/dev/shm", fmt.Sprintf("airlock-test-%d", os.Getpid()))
 			if err := os.WriteFile(target, make([]byte, ringHeader+4096), 0o600); err != nil {
