@@ -65,7 +65,7 @@ type journal struct {
 	mu     sync.Mutex
 	space  *sync.Cond
 
-	f        *os.File // active segment, O_APPEND
+	f        *os.File // active segment, O_APPEND; written holding fileMu
 	segs     []segment
 	total    int64 // bytes in the segments and the ring
 	nextSeq  int64
@@ -77,7 +77,7 @@ type journal struct {
 	synced   int64      // written when the last sync began: nothing to sync while it holds
 
 	rg      *ring // nil: no tmpfs, frames go straight to the segments
-	ringSeq int64 // seq of the frame at the ring's head
+	ringSeq int64 // seq of the last frame journaled (the one the ring's head ends)
 	// notes says what opening found worth a line in the log (frames
 	// recovered from the ring, a ring that could not be used).
 	notes []string
