@@ -105,6 +105,13 @@ func (r *ring) close() error {
 	return errors.Join(err, r.f.Close())
 }
 
+// RingPath is where the journal ring of the daemon with this state dir
+// lives ("" if none): outside the state dir, so whoever removes a state
+// dir for good (tests) removes the ring too.
+func RingPath(stateDir string) string {
+	return ringPath(filepath.Join(stateDir, "audit", "journal"))
+}
+
 // ringPath says where the ring of the journal in dir lives: in dir itself
 // if it is on tmpfs, else in /dev/shm under a name derived from dir; ""
 // if there is no tmpfs (the journal then writes each frame with write(2)).
