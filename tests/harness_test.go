@@ -23,6 +23,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/airlockhq/airlock/internal/audit"
 	"github.com/airlockhq/airlock/internal/cgroups"
 	"github.com/airlockhq/airlock/internal/control"
 	"github.com/airlockhq/airlock/internal/testnet"
@@ -145,6 +146,11 @@ func newEnv(t *testing.T) *env {
 		}
 		_ = os.RemoveAll(e.bpffs)
 		_ = os.RemoveAll(e.runtime)
+		// A daemon killed and not started again leaves its journal ring
+		// in /dev/shm, which outlives the test's folders.
+		if p := audit.RingPath(e.state); p != "" {
+			_ = os.Remove(p)
+		}
 		if err := cgroups.Remove(e.cgroup); err != nil {
 			t.Logf("remove test cgroup: %v", err)
 		}

@@ -28,8 +28,11 @@ func TestJournalSurvivesAKilledWriter(t *testing.T) {
 	for i := 0; i < 100; i++ {
 		s.Emit(session.Event{Kind: session.KindStatement, Statement: &session.Statement{SQL: "SELECT " + string(rune('a'+i%26))}})
 	}
-	// Abandon w without closing anything (the journal file stays open as a
-	// killed process's would have been closed by the kernel).
+	// Abandon w without closing anything, but for what the kernel does
+	// for a killed process: its ring unmapped and unlocked.
+	if w.j.rg != nil {
+		_ = w.j.rg.close()
+	}
 
 	w2, cancel, done := openWriter(t, state, "", "", Policy{})
 	defer func() { cancel(); <-done }()
@@ -77,6 +80,7 @@ func TestJournalDropsATornTail(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	closeJournal(t, j2)
 	recs, err := j2.read(0, 100)
 	if err != nil || len(recs) != 10 || recs[9].Seq != 10 || j2.lastSeq() != 10 {
 		t.Fatalf("after a torn tail: %d records (%v), last seq %d", len(recs), err, j2.lastSeq())
@@ -91,34 +95,42 @@ func TestJournalDropsATornTail(t *testing.T) {
 
 // The journal's bound holds appends back until the store takes records.
 func TestJournalBoundWaitsForTheStore(t *testing.T) {
-	j, err := openJournal(t.TempDir(), 2000, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	big := json.RawMessage(`"` + strings.Repeat("x", 850) + `"`)
-	for i := 0; i < 3; i++ {
-		if err := j.append(&pending{Kind: "statement", Data: big}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	done := make(chan struct{})
-	go func() {
-		_ = j.append(&pending{Kind: "statement", Data: big})
-		close(done)
-	}()
-	select {
-	case <-done:
-		t.Fatal("append past the bound did not wait")
-	case <-time.After(200 * time.Millisecond):
-	}
-	j.release(3)
-	select {
-	case <-done:
-	case <-time.After(5 * time.Second):
-		t.Fatal("append still waiting after the store took everything")
-	}
-	if recs, _ := j.read(3, 10); len(recs) != 1 || recs[0].Seq != 4 {
-		t.Fatalf("record after the wait: %+v", recs)
+	for _, tc := range []struct {
+		name string
+		ring uint64
+	}{{"ring", ringDefault}, {"ring of two frames", 2048}, {"no ring", 0}} {
+		t.Run(tc.name, func(t *testing.T) {
+			j, err := openJournalRing(t.TempDir(), 2000, 0, tc.ring)
+			if err != nil {
+				t.Fatal(err)
+			}
+			closeJournal(t, j)
+			big := json.RawMessage(`"` + strings.Repeat("x", 850) + `"`)
+			for i := 0; i < 3; i++ {
+				if err := j.append(&pending{Kind: "statement", Data: big}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			done := make(chan struct{})
+			go func() {
+				_ = j.append(&pending{Kind: "statement", Data: big})
+				close(done)
+			}()
+			select {
+			case <-done:
+				t.Fatal("append past the bound did not wait")
+			case <-time.After(200 * time.Millisecond):
+			}
+			j.release(3)
+			select {
+			case <-done:
+			case <-time.After(5 * time.Second):
+				t.Fatal("append still waiting after the store took everything")
+			}
+			if recs, _ := j.read(3, 10); len(recs) != 1 || recs[0].Seq != 4 {
+				t.Fatalf("record after the wait: %+v", recs)
+			}
+		})
 	}
 }
 
@@ -223,6 +235,7 @@ func TestJournalFrameIsJSON(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	closeJournal(t, j)
 	at := time.Date(2026, 1, 2, 3, 4, 5, 6, time.UTC)
 	for _, sess := range []string{"abc", "we\"ird\\\x01é"} {
 		if err := j.append(&pending{Time: at, Kind: "statement", Session: sess, Data: json.RawMessage(`{"sql":"SELECT 1"}`)}); err != nil {

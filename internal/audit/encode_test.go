@@ -3,6 +3,7 @@ package audit
 import (
 	"encoding/json"
 	"testing"
+	"time"
 )
 
 // The hand encoder must stay byte for byte what encoding/json makes of a
@@ -47,6 +48,25 @@ func FuzzAppendString(f *testing.F) {
 		want, _ := json.Marshal(s)
 		if got := appendString(nil, s); string(got) != string(want) {
 			t.Fatalf("appendString(%q) = %s, encoding/json %s", s, got, want)
+		}
+	})
+}
+
+// FuzzAppendTime holds the frame's time encoder to time.RFC3339Nano.
+func FuzzAppendTime(f *testing.F) {
+	for _, sec := range []int64{0, 1, 1764500000, -1, -62135596800, -62167219200, -62167219201, 253402300799, 253402300800} {
+		for _, ns := range []int64{0, 1, 100000000, 123456789, 999999999} {
+			f.Add(sec, ns, false)
+		}
+	}
+	f.Add(int64(1764500000), int64(123456789), true)
+	f.Fuzz(func(t *testing.T, sec, ns int64, local bool) {
+		at := time.Unix(sec, ns).UTC()
+		if local {
+			at = at.In(time.FixedZone("X", 3600))
+		}
+		if got, want := appendTime(nil, at), at.AppendFormat(nil, time.RFC3339Nano); string(got) != string(want) {
+			t.Fatalf("appendTime(%v) = %s, want %s", at, got, want)
 		}
 	})
 }

@@ -2,6 +2,7 @@ package audit
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -15,15 +16,19 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
-// The journal is the durable spool in front of the store. A record is
-// appended to it with one write(2) before the response that completes its
-// statement is forwarded, so it is in the kernel's page cache, and survives
-// the daemon's death (kill -9, a panic, the OOM killer), before the client
-// can see the result. The writer fsyncs it at most one commit interval later
-// (the bound on what a machine crash can take), ships it to the store, and
-// deletes segments once the store has them. While a team store is down the
+// The journal is the durable spool in front of the store. A record is in
+// it before the response that completes its statement is forwarded, so it
+// survives the daemon's death (kill -9, a panic, the OOM killer) before the
+// client can see the result: copied into the ring (ring.go), a shared
+// mapping of a tmpfs file, or, without tmpfs, written to the active segment
+// with one write(2). sync moves the ring's frames into the segments and
+// fsyncs them, at most one commit interval later (the bound on what a
+// machine crash can take); the writer ships the segments to the store and
+// deletes them once the store has them. While a team store is down the
 // journal simply grows, up to its bound.
 //
 // Frame: 4-byte big-endian payload length, 4-byte CRC-32C of the payload,
@@ -33,10 +38,14 @@ const (
 	frameHeader = 8
 	maxFrame    = 64 << 20
 	segmentMax  = 8 << 20
-	memMax      = 50000 // records kept in memory for the shipper
 )
 
 var crcTable = crc32.MakeTable(crc32.Castagnoli)
+
+var (
+	errJournalClosed = errors.New("audit journal is closed")
+	errFrameTooLarge = errors.New("audit record too large")
+)
 
 type segment struct {
 	first, last int64 // seqs; last < first while empty
@@ -44,26 +53,34 @@ type segment struct {
 	size        int64
 }
 
+// Locks: fileMu serialises writes to the segments (moving the ring's
+// frames, or appending without a ring) and segment changes; mu guards the
+// rest and is the only lock an append into the ring takes. fileMu is
+// taken before mu.
 type journal struct {
 	dir string
 	max int64 // total bytes at which appends wait for the shipper
 
-	mu       sync.Mutex
-	space    *sync.Cond
-	f        *os.File // active segment, O_APPEND
+	fileMu sync.Mutex
+	mu     sync.Mutex
+	space  *sync.Cond
+
+	f        *os.File // active segment, O_APPEND; written holding fileMu
 	segs     []segment
-	total    int64
+	total    int64 // bytes in the segments and the ring
 	nextSeq  int64
+	written  int64 // last seq in the segments
 	closed   bool
 	unsynced []*os.File // rotated segments not yet fsynced
-	// mem holds recent records, in seq order, so that the shipper need not
-	// read back and decode what it was just handed; the files stay the
-	// truth, used whenever mem does not reach back far enough.
-	mem      []pending
-	memFull  bool
-	waiting  bool  // an append is waiting for space
-	dirDirty bool  // a segment was created since the folder was synced
-	synced   int64 // nextSeq when the last sync began: nothing to sync while it holds
+	waiting  bool       // an append is waiting for space
+	dirDirty bool       // a segment was created since the folder was synced
+	synced   int64      // written when the last sync began: nothing to sync while it holds
+
+	rg      *ring // nil: no tmpfs, frames go straight to the segments
+	ringSeq int64 // seq of the last frame journaled (the one the ring's head ends)
+	// notes says what opening found worth a line in the log (frames
+	// recovered from the ring, a ring that could not be used).
+	notes []string
 
 	// The reader's place, so each read starts where the last ended
 	// (the shipper is the only reader).
@@ -75,8 +92,14 @@ type journal struct {
 }
 
 // openJournal opens dir, drops a torn frame at the very end (a write the
-// machine lost half of), and returns the journal with its records.
+// machine lost half of), moves into the segments what a killed predecessor
+// left in the ring, and returns the journal with its records.
 func openJournal(dir string, max int64, after int64) (*journal, error) {
+	return openJournalRing(dir, max, after, ringDefault)
+}
+
+// openJournalRing is openJournal with a ring of ringSize bytes (0: none).
+func openJournalRing(dir string, max int64, after int64, ringSize uint64) (*journal, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create audit journal %s: %w", dir, err)
 	}
@@ -111,7 +134,9 @@ func openJournal(dir string, max int64, after int64) (*journal, error) {
 				return nil, fmt.Errorf("audit journal segment %s is damaged at byte %d (not at its end): refusing to guess; move it aside to start", name, good)
 			}
 			// Only the last frame of the last segment can be torn, by a
-			// machine crash inside the fsync window.
+			// machine crash inside the fsync window (or a kill in the
+			// middle of moving the ring's frames, which are still in
+			// the ring).
 			if err := os.Truncate(name, good); err != nil {
 				return nil, fmt.Errorf("drop torn frame at the end of %s: %w", name, err)
 			}
@@ -126,10 +151,80 @@ func openJournal(dir string, max int64, after int64) (*journal, error) {
 		}
 		j.segs = append(j.segs, s)
 	}
+	j.written = j.nextSeq - 1
 	if err := j.openActive(); err != nil {
 		return nil, err
 	}
+	if ringSize > 0 {
+		if err := j.openRing(ringSize); err != nil {
+			return nil, err
+		}
+	}
 	return j, nil
+}
+
+// openRing maps the ring and moves what it holds beyond the segments into
+// them. A ring that cannot be had (no tmpfs, a name another user keeps
+// taking) is not an error: the journal writes each frame itself.
+func (j *journal) openRing(size uint64) error {
+	path := ringPath(j.dir)
+	if path == "" {
+		j.notes = append(j.notes, "no tmpfs for the audit journal's ring: each record costs a write(2)")
+		return nil
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(j.dir, &st); err != nil {
+		return fmt.Errorf("stat audit journal %s: %w", j.dir, err)
+	}
+	rg, err := mapRing(path, size, uint64(st.Dev), st.Ino)
+	if errors.Is(err, errRingInUse) {
+		return err
+	}
+	if err != nil {
+		j.notes = append(j.notes, fmt.Sprintf("audit journal ring unusable, each record costs a write(2): %v", err))
+		return nil
+	}
+	var buf []byte
+	var n int
+	last := j.nextSeq - 1
+	werr := rg.frames(func(frame []byte, seq int64) error {
+		if seq <= last {
+			return nil // moved before the kill, its tail not yet noted
+		}
+		if seq != last+1 && last > 0 {
+			j.notes = append(j.notes, fmt.Sprintf("audit journal ring: seq %d follows %d", seq, last))
+		}
+		buf = append(buf, frame...)
+		last = seq
+		n++
+		return nil
+	})
+	if werr != nil {
+		j.notes = append(j.notes, werr.Error()+"; the frames before it are kept")
+	}
+	if n > 0 {
+		j.fileMu.Lock()
+		j.mu.Lock()
+		err := j.writeLocked(buf, nil, last)
+		j.nextSeq = max(j.nextSeq, last+1)
+		j.total += int64(len(buf))
+		j.mu.Unlock()
+		j.fileMu.Unlock()
+		if err != nil {
+			_ = rg.close()
+			return fmt.Errorf("move the audit journal ring's records into the journal: %w", err)
+		}
+		j.notes = append(j.notes, fmt.Sprintf("moved %d records a stopped daemon left in the audit journal ring into the journal", n))
+	}
+	// Durable in the segments before the ring forgets them (j.rg is not
+	// set yet: sync has no ring to move).
+	if err := j.sync(); err != nil {
+		_ = rg.close()
+		return err
+	}
+	rg.reset(uint64(st.Dev), st.Ino)
+	j.rg, j.ringSeq = rg, j.nextSeq-1
+	return nil
 }
 
 func syncFile(path string) error {
@@ -151,7 +246,7 @@ func scanSegment(path string) (int64, int64, error) {
 	defer f.Close()
 	var off int64
 	last := int64(-1)
-	r := &frameReader{f: f}
+	r := &frameReader{f: bufio.NewReaderSize(f, 256<<10)}
 	for {
 		p, n, err := r.next()
 		if err != nil {
@@ -174,23 +269,61 @@ func (j *journal) openActive() error {
 	return j.rotateLocked()
 }
 
+// rotateLocked starts a new active segment; the caller holds fileMu and
+// mu (or is opening the journal).
 func (j *journal) rotateLocked() error {
 	if j.f != nil {
 		// Synced (and closed) by the next sync, outside the lock: an
 		// fsync here would hold every session's append for its duration.
 		j.unsynced = append(j.unsynced, j.f)
 	}
-	path := filepath.Join(j.dir, fmt.Sprintf("%020d.seg", j.nextSeq))
+	// Named after the first seq it can hold: names sort in seq order.
+	first := j.written + 1
+	path := filepath.Join(j.dir, fmt.Sprintf("%020d.seg", first))
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return fmt.Errorf("create audit journal segment: %w", err)
 	}
 	j.f = f
-	j.segs = append(j.segs, segment{first: j.nextSeq, last: j.nextSeq - 1, path: path})
+	j.segs = append(j.segs, segment{first: first, last: first - 1, path: path})
 	// The folder is synced by the next sync, with the segment's frames
 	// (not here, under the lock every session's append takes): a machine
 	// crash before it loses only what that sync would cover.
 	j.dirDirty = true
+	return nil
+}
+
+// writeLocked writes whole frames (a then b), the last of them seq last,
+// to the active segment. The caller holds fileMu and mu.
+func (j *journal) writeLocked(a, b []byte, last int64) error {
+	n, err := writeBoth(j.f, a, b)
+	return j.wroteLocked(n, last, err, nil)
+}
+
+// wroteLocked notes n bytes written to the active segment, the last frame
+// seq last, and runs then; a failed or short write is cut off again, so
+// the segment still ends at a frame's end. The caller holds fileMu and mu.
+func (j *journal) wroteLocked(n int, last int64, err error, then func()) error {
+	s := &j.segs[len(j.segs)-1]
+	if err != nil {
+		if n > 0 {
+			if terr := j.f.Truncate(s.size); terr != nil {
+				// The torn frame stays at the end of this segment:
+				// start another so that it stays the last frame of
+				// its file and the next start drops it.
+				_ = j.rotateLocked()
+			}
+		}
+		return fmt.Errorf("write audit journal: %w", err)
+	}
+	s.last, s.size = last, s.size+int64(n)
+	j.written = last
+	if then != nil {
+		then()
+	}
+	if s.size >= segmentMax {
+		return j.rotateLocked()
+	}
 	return nil
 }
 
@@ -201,77 +334,200 @@ const seqWidth = 19
 
 var frameBufs = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
 
-// encodeFrame encodes p as a frame into b, with spaces where the seq goes;
-// it returns the frame and the seq's offset in it. It runs before the
-// lock is taken: sessions then hold the lock only for the seq, the
-// checksum and the write.
+// appendFrameHead starts a frame in b: the header's room, and the pending
+// record's fields up to the data, with spaces where the seq goes; it
+// returns the frame so far and the seq's offset in it. The data and a
+// closing brace follow. Frames are encoded before the lock is taken:
+// sessions then hold it only for the seq, the checksum and the copy.
+func appendFrameHead(b []byte, at time.Time, kind, sess string) ([]byte, int) {
+	b = append(b[:0], 0, 0, 0, 0, 0, 0, 0, 0)
+	b = append(b, `{"seq":`...)
+	seqAt := len(b)
+	b = append(b, "                   "[:seqWidth]...)
+	b = append(b, `,"time":"`...)
+	b = appendTime(b, at)
+	b = append(b, `","kind":`...)
+	b = appendJSONString(b, kind)
+	b = append(b, `,"session":`...)
+	b = appendJSONString(b, sess)
+	return append(b, `,"data":`...), seqAt
+}
+
+// encodeFrame encodes p as a frame into b; see appendFrameHead.
 func encodeFrame(b []byte, p *pending) ([]byte, int) {
 	// Encoded by hand: Data is already JSON, and re-validating it on the
 	// data path (as json.Marshal of a RawMessage does) costs more than
-	// the write itself.
-	b = append(b[:0], 0, 0, 0, 0, 0, 0, 0, 0)
-	b = append(b, `{"seq":`...)
-	at := len(b)
-	b = append(b, "                   "[:seqWidth]...)
-	b = append(b, `,"time":"`...)
-	b = p.Time.AppendFormat(b, time.RFC3339Nano)
-	b = append(b, `","kind":`...)
-	b = appendJSONString(b, p.Kind)
-	b = append(b, `,"session":`...)
-	b = appendJSONString(b, p.Session)
-	b = append(b, `,"data":`...)
+	// the copy itself.
+	b, at := appendFrameHead(b, p.Time, p.Kind, p.Session)
 	b = append(b, p.Data...)
-	b = append(b, '}')
-	return b, at
+	return append(b, '}'), at
 }
 
-// append numbers p and writes it; it waits while the journal is over its
-// bound (a team store long down): sessions slow down, nothing is dropped.
+// append numbers p and journals it.
 func (j *journal) append(p *pending) error {
 	bp := frameBufs.Get().(*[]byte)
 	b, at := encodeFrame(*bp, p)
-	defer func() {
-		if cap(b) <= 64<<10 {
-			*bp = b
-			frameBufs.Put(bp)
+	seq, err := j.appendFrame(b, at)
+	if cap(b) <= 64<<10 {
+		*bp = b
+		frameBufs.Put(bp)
+	}
+	if err == nil {
+		p.Seq = seq
+	}
+	return err
+}
+
+// appendFrame numbers the frame b (from appendFrameHead, the seq's room at
+// seqAt), checksums it and journals it; it returns the seq. It waits while
+// the journal is over its bound (a team store long down): sessions slow
+// down, nothing is dropped.
+func (j *journal) appendFrame(b []byte, seqAt int) (int64, error) {
+	if len(b)-frameHeader > maxFrame {
+		return 0, fmt.Errorf("%w: %d bytes, the journal takes %d", errFrameTooLarge, len(b)-frameHeader, maxFrame)
+	}
+	for {
+		j.mu.Lock()
+		if err := j.waitRoomLocked(); err != nil {
+			j.mu.Unlock()
+			return 0, err
 		}
-	}()
+		if j.rg != nil && j.rg.free() >= uint64(len(b)) {
+			seq := j.numberLocked(b, seqAt)
+			j.rg.put(b)
+			j.ringSeq = seq
+			j.mu.Unlock()
+			return seq, nil
+		}
+		j.mu.Unlock()
+		// No ring, or it is full (the shipper's thread is behind), or the
+		// frame is larger than the ring: through the segment, after the
+		// ring's frames, which this session moves out itself.
+		seq, retry, err := j.appendThrough(b, seqAt)
+		if !retry {
+			return seq, err
+		}
+	}
+}
+
+// appendThrough journals b through the segment; retry says the bound was
+// reached meanwhile (wait for room without holding fileMu, which the
+// shipper needs to make room).
+func (j *journal) appendThrough(b []byte, seqAt int) (int64, bool, error) {
+	j.fileMu.Lock()
+	defer j.fileMu.Unlock()
 	j.mu.Lock()
 	defer j.mu.Unlock()
+	if j.closed {
+		return 0, false, errJournalClosed
+	}
+	if j.total >= j.max {
+		return 0, true, nil
+	}
+	if err := j.drainLocked(); err != nil {
+		return 0, false, err
+	}
+	if j.rg != nil && j.rg.free() >= uint64(len(b)) {
+		seq := j.numberLocked(b, seqAt)
+		j.rg.put(b)
+		j.ringSeq = seq
+		return seq, false, nil
+	}
+	seq := j.nextSeq
+	strconv.AppendInt(b[seqAt:seqAt], seq, 10)
+	checksum(b)
+	if err := j.writeLocked(b, nil, seq); err != nil {
+		return 0, false, err
+	}
+	j.nextSeq++
+	j.ringSeq = seq
+	j.total += int64(len(b))
+	return seq, false, nil
+}
+
+// waitRoomLocked waits while the journal is at its bound. The caller holds
+// mu.
+func (j *journal) waitRoomLocked() error {
 	for j.total >= j.max && !j.closed {
 		j.waiting = true
 		j.space.Wait()
 	}
 	if j.closed {
-		return errors.New("audit journal is closed")
+		return errJournalClosed
 	}
-	p.Seq = j.nextSeq
-	strconv.AppendInt(b[at:at], p.Seq, 10) // in place, over the spaces
+	return nil
+}
+
+// numberLocked takes the next seq for b, writes it and the checksum into
+// b, and counts b in the journal's size. The caller holds mu and journals
+// b before releasing it.
+func (j *journal) numberLocked(b []byte, seqAt int) int64 {
+	seq := j.nextSeq
+	strconv.AppendInt(b[seqAt:seqAt], seq, 10) // in place, over the spaces
+	checksum(b)
+	j.nextSeq++
+	j.total += int64(len(b))
+	return seq
+}
+
+func checksum(b []byte) {
 	payload := b[frameHeader:]
 	binary.BigEndian.PutUint32(b[0:], uint32(len(payload)))
 	binary.BigEndian.PutUint32(b[4:], crc32.Checksum(payload, crcTable))
-	if _, err := j.f.Write(b); err != nil {
-		// A short write leaves a torn frame that the next start drops;
-		// start a fresh segment so later frames stay readable.
-		_ = j.rotateLocked()
-		return fmt.Errorf("write audit journal: %w", err)
+}
+
+// drainLocked moves the ring's frames into the active segment. The caller
+// holds fileMu and mu.
+func (j *journal) drainLocked() error {
+	if j.rg == nil {
+		return nil
 	}
-	j.nextSeq++
-	switch {
-	case len(j.mem) >= memMax:
-		j.memFull = true
-	case !j.memFull:
-		j.mem = append(j.mem, *p)
+	t, h := j.rg.tail(), j.rg.head()
+	if h == t {
+		return nil
 	}
-	s := &j.segs[len(j.segs)-1]
-	s.last, s.size = p.Seq, s.size+int64(len(b))
-	j.total += int64(len(b))
-	if s.size >= segmentMax {
-		if err := j.rotateLocked(); err != nil {
-			return err
-		}
+	a, b := j.rg.bytes(t, h)
+	if err := j.writeLocked(a, b, j.ringSeq); err != nil {
+		return err
 	}
+	j.rg.setTail(h)
 	return nil
+}
+
+// drain moves the ring's frames into the active segment without holding
+// mu for the write: sessions go on appending meanwhile.
+func (j *journal) drain() error {
+	if j.rg == nil {
+		return nil
+	}
+	j.fileMu.Lock()
+	defer j.fileMu.Unlock()
+	j.mu.Lock()
+	t, h, last := j.rg.tail(), j.rg.head(), j.ringSeq
+	j.mu.Unlock()
+	if h == t {
+		return nil
+	}
+	// Only this thread (holding fileMu) moves tail, and appends write
+	// only past head: the bytes in [t, h) stay put while they are written.
+	a, b := j.rg.bytes(t, h)
+	n, err := writeBoth(j.f, a, b)
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return j.wroteLocked(n, last, err, func() { j.rg.setTail(h) })
+}
+
+// writeBoth writes a then b (the ring's bytes on either side of its end).
+// A kill between the two leaves a torn frame at the end of the segment,
+// which the next start drops: its frames are still in the ring.
+func writeBoth(f *os.File, a, b []byte) (int, error) {
+	n, err := f.Write(a)
+	if err == nil && len(b) > 0 {
+		var m int
+		m, err = f.Write(b)
+		n += m
+	}
+	return n, err
 }
 
 // appendJSONString appends s as a JSON string; kinds and session ids are
@@ -288,10 +544,14 @@ func appendJSONString(b []byte, s string) []byte {
 	return append(b, '"')
 }
 
-// sync makes everything appended so far durable.
+// sync makes everything appended so far durable: the ring's frames moved
+// into the segments, and the segments fsynced.
 func (j *journal) sync() error {
+	if err := j.drain(); err != nil {
+		return err
+	}
 	j.mu.Lock()
-	f, old, dir, upTo := j.f, j.unsynced, j.dirDirty, j.nextSeq
+	f, old, dir, upTo := j.f, j.unsynced, j.dirDirty, j.written
 	if upTo == j.synced && !dir && len(old) == 0 {
 		// Nothing appended since the last sync: an idle daemon does not
 		// fsync twenty times a second.
@@ -349,15 +609,14 @@ func (j *journal) bytes() int64 {
 	return j.total
 }
 
-// read returns up to max records with seq > after, in order.
+// read returns up to max records with seq > after, in order. It moves the
+// ring's frames into the segments first and reads them from there (the
+// page cache, just written): the ring is for the data path only.
 func (j *journal) read(after int64, max int) ([]pending, error) {
-	j.mu.Lock()
-	if n := len(j.mem); n > 0 && j.mem[0].Seq <= after+1 && j.mem[n-1].Seq > after {
-		i := int(after + 1 - j.mem[0].Seq)
-		out := append([]pending(nil), j.mem[i:min(n, i+max)]...)
-		j.mu.Unlock()
-		return out, nil
+	if err := j.drain(); err != nil {
+		return nil, err
 	}
+	j.mu.Lock()
 	segs := append([]segment(nil), j.segs...)
 	j.mu.Unlock()
 	var out []pending
@@ -396,20 +655,13 @@ func (j *journal) read(after int64, max int) ([]pending, error) {
 // release deletes the segments whose records are all at or below seq,
 // except the active one.
 func (j *journal) release(seq int64) {
+	// What the shipper took may still be in the ring only if it read
+	// before the last appends: move it out so its segment can go.
+	_ = j.drain()
+	j.fileMu.Lock()
+	defer j.fileMu.Unlock()
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	i := 0
-	for i < len(j.mem) && j.mem[i].Seq <= seq {
-		i++
-	}
-	if i > 0 {
-		n := copy(j.mem, j.mem[i:])
-		clear(j.mem[n:])
-		j.mem = j.mem[:n]
-	}
-	if len(j.mem) == 0 {
-		j.memFull = false
-	}
 	keep := j.segs[:0]
 	for i, s := range j.segs {
 		if i < len(j.segs)-1 && s.last <= seq {
@@ -438,12 +690,21 @@ func (j *journal) release(seq int64) {
 	}
 }
 
+// close moves the ring's frames into the segments, syncs them and closes
+// the journal; the ring's file goes once it holds nothing the segments do
+// not.
 func (j *journal) close() error {
+	derr := j.drain()
+	j.fileMu.Lock()
+	defer j.fileMu.Unlock()
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	j.closed = true
 	j.space.Broadcast()
 	var errs []error
+	if derr != nil {
+		errs = append(errs, derr)
+	}
 	for _, o := range j.unsynced {
 		errs = append(errs, o.Sync())
 		_ = o.Close()
@@ -454,12 +715,24 @@ func (j *journal) close() error {
 		_ = j.f.Close()
 		j.f = nil
 	}
+	if rg := j.rg; rg != nil {
+		if errors.Join(errs...) == nil && rg.head() == rg.tail() {
+			_ = os.Remove(rg.path)
+		}
+		errs = append(errs, rg.close())
+		j.rg = nil
+	}
 	return errors.Join(errs...)
 }
 
 type frameReader struct {
 	f   io.Reader
 	hdr [frameHeader]byte
+	// slab holds the payloads read, which the records' data points into:
+	// one allocation for many records.
+	slab []byte
+	// last kind and session read: records come in runs of both.
+	kind, session string
 }
 
 // next reads one frame; any damage is an error (the caller stops there).
@@ -471,16 +744,159 @@ func (r *frameReader) next() (pending, int64, error) {
 	if n == 0 || n > maxFrame {
 		return pending{}, 0, fmt.Errorf("bad frame length %d", n)
 	}
-	payload := make([]byte, n)
+	if cap(r.slab)-len(r.slab) < int(n) {
+		r.slab = make([]byte, 0, max(int(n), 256<<10))
+	}
+	payload := r.slab[len(r.slab) : len(r.slab)+int(n)]
 	if _, err := io.ReadFull(r.f, payload); err != nil {
 		return pending{}, 0, err
 	}
+	r.slab = r.slab[:len(r.slab)+int(n)]
 	if crc32.Checksum(payload, crcTable) != binary.BigEndian.Uint32(r.hdr[4:]) {
 		return pending{}, 0, errors.New("frame checksum mismatch")
 	}
-	var p pending
-	if err := json.Unmarshal(payload, &p); err != nil {
+	p, err := decodePayload(payload, r.kind, r.session)
+	if err != nil {
 		return pending{}, 0, fmt.Errorf("decode frame: %w", err)
 	}
+	r.kind, r.session = p.Kind, p.Session
 	return p, int64(frameHeader) + int64(n), nil
+}
+
+// decodePayload decodes a frame's payload. Frames are this file's own
+// encoding (appendFrameHead): those are read field by field, and anything
+// else goes through encoding/json, which gives the same result for valid
+// JSON (a fuzz target holds the two together).
+// kind and session are the last frame's, whose strings are used again if
+// they are the same.
+func decodePayload(payload []byte, kind, session string) (pending, error) {
+	if p, ok := decodeOwn(payload, kind, session); ok {
+		return p, nil
+	}
+	var p pending
+	err := json.Unmarshal(payload, &p)
+	return p, err
+}
+
+func decodeOwn(b []byte, kind, session string) (pending, bool) {
+	var p pending
+	rest, ok := cutPrefix(b, `{"seq":`)
+	if !ok {
+		return p, false
+	}
+	p.Seq, rest, ok = paddedInt(rest)
+	if !ok {
+		return p, false
+	}
+	if rest, ok = cutPrefix(rest, `,"time":"`); !ok {
+		return p, false
+	}
+	i := bytes.IndexByte(rest, '"')
+	if i < 0 {
+		return p, false
+	}
+	t, err := time.Parse(time.RFC3339Nano, string(rest[:i]))
+	if err != nil {
+		return p, false
+	}
+	p.Time = t
+	if rest, ok = cutPrefix(rest[i+1:], `,"kind":`); !ok {
+		return p, false
+	}
+	if p.Kind, rest, ok = plainString(rest, kind); !ok {
+		return p, false
+	}
+	if rest, ok = cutPrefix(rest, `,"session":`); !ok {
+		return p, false
+	}
+	if p.Session, rest, ok = plainString(rest, session); !ok {
+		return p, false
+	}
+	if rest, ok = cutPrefix(rest, `,"data":`); !ok {
+		return p, false
+	}
+	if len(rest) < 2 || rest[len(rest)-1] != '}' {
+		return p, false
+	}
+	// The data is taken as it stands, not scanned again: the frame's
+	// checksum held, and only this daemon (root, 0600) writes frames,
+	// with data its own encoders made. What a scan would catch is a bug
+	// of those, which the encoders' own tests hold to encoding/json.
+	data := rest[:len(rest)-1]
+	if isSpace(data[0]) || isSpace(data[len(data)-1]) {
+		return p, false
+	}
+	p.Data = data
+	return p, true
+}
+
+func isSpace(c byte) bool { return c == ' ' || c == '\t' || c == '\r' || c == '\n' }
+
+func cutPrefix(b []byte, prefix string) ([]byte, bool) {
+	if len(b) < len(prefix) || string(b[:len(prefix)]) != prefix {
+		return b, false
+	}
+	return b[len(prefix):], true
+}
+
+// paddedInt reads the seq as appendFrameHead leaves it: digits, then
+// spaces up to seqWidth.
+func paddedInt(b []byte) (int64, []byte, bool) {
+	if len(b) < seqWidth {
+		return 0, b, false
+	}
+	f := b[:seqWidth]
+	n := 0
+	for n < len(f) && f[n] >= '0' && f[n] <= '9' {
+		n++
+	}
+	for k := n; k < len(f); k++ {
+		if f[k] != ' ' {
+			return 0, b, false
+		}
+	}
+	if n == 0 || (n > 1 && f[0] == '0') {
+		return 0, b, false
+	}
+	v, err := strconv.ParseInt(string(f[:n]), 10, 64)
+	if err != nil {
+		return 0, b, false
+	}
+	return v, b[seqWidth:], true
+}
+
+// plainString reads a JSON string without escapes or bytes encoding/json
+// would change (anything else is left to it); known, if it is the same.
+func plainString(b []byte, known string) (string, []byte, bool) {
+	if len(b) < 2 || b[0] != '"' {
+		return "", b, false
+	}
+	for i := 1; i < len(b); i++ {
+		switch c := b[i]; {
+		case c == '"':
+			if string(b[1:i]) == known {
+				return known, b[i+1:], true
+			}
+			return string(b[1:i]), b[i+1:], true
+		case c < 0x20 || c >= 0x7f || c == '\\':
+			return "", b, false
+		}
+	}
+	return "", b, false
+}
+
+// frameSeq reads the seq of a frame's payload.
+func frameSeq(payload []byte) (int64, bool) {
+	if rest, ok := cutPrefix(payload, `{"seq":`); ok {
+		if seq, _, ok := paddedInt(rest); ok {
+			return seq, true
+		}
+	}
+	var p struct {
+		Seq *int64 `json:"seq"`
+	}
+	if json.Unmarshal(payload, &p) != nil || p.Seq == nil {
+		return 0, false
+	}
+	return *p.Seq, true
 }

@@ -2,11 +2,13 @@ package audit
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net"
 	"os"
 	"os/exec"
 	"regexp"
+	"runtime"
 	"strconv"
 	"testing"
 	"time"
@@ -152,4 +154,87 @@ func cpuTime() time.Duration {
 	var ru unix.Rusage
 	_ = unix.Getrusage(unix.RUSAGE_SELF, &ru)
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// BenchmarkWriterRecord is the data path's share of recording one
+// statement: Writer.Record of a pgbench-like statement event, with the
+// journal moved to disk every commit interval on another goroutine (as
+// the shipper's thread does). "ring" is the default journal; "write" the
+// journal without a ring (one write(2) per record).
+func BenchmarkWriterRecord(b *testing.B) {
+	for _, tc := range []struct {
+		name string
+		ring int64
+	}{{"ring", 0}, {"write", -1}} {
+		b.Run(tc.name, func(b *testing.B) {
+			w, err := Open(context.Background(), Options{StateDir: b.TempDir(), CommitInterval: benchCommit, ringSize: tc.ring})
+			if err != nil {
+				b.Fatal(err)
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				t := time.NewTicker(benchCommit)
+				defer t.Stop()
+				for {
+					select {
+					case <-ctx.Done():
+						return
+					case <-t.C:
+						_ = w.j.sync()
+						w.j.release(w.j.lastSeq()) // as if shipped: keeps the spool under its bound
+					}
+				}
+			}()
+			defer func() { cancel(); <-done; _ = w.j.close(); _ = w.store.Close() }()
+			ev := session.Event{Kind: session.KindStatement, Session: session.NewID(), Time: time.Now(),
+				Statement: &session.Statement{Protocol: "simple", SQL: "SELECT abalance FROM pgbench_accounts WHERE aid = 48213;", Tag: "SELECT 1", Rows: 1, Bytes: 11, Duration: 80 * time.Microsecond}}
+			w.Record(ev)
+			runtime.LockOSThread() // so that the thread's CPU time is the loop's
+			defer runtime.UnlockOSThread()
+			b.ReportAllocs()
+			b.ResetTimer()
+			c0 := threadCPU()
+			for i := 0; i < b.N; i++ {
+				w.Record(ev)
+			}
+			b.ReportMetric(float64(threadCPU()-c0)/float64(b.N), "cpu-ns/op")
+		})
+	}
+}
+
+// threadCPU is the CPU time of the calling thread.
+func threadCPU() time.Duration {
+	var ts unix.Timespec
+	_ = unix.ClockGettime(unix.CLOCK_THREAD_CPUTIME_ID, &ts)
+	return time.Duration(ts.Nano())
+}
+
+// BenchmarkJournalRead is the shipper's cost of reading a statement record
+// back from the journal (per record, in batches of shipBatch).
+func BenchmarkJournalRead(b *testing.B) {
+	j, err := openJournal(b.TempDir(), 1<<40, 0)
+	if err != nil {
+		b.Fatal(err)
+	}
+	closeJournal(b, j)
+	d := json.RawMessage(`{"protocol":"simple","sql":"SELECT abalance FROM pgbench_accounts WHERE aid = 48213;","tag":"SELECT 1","rows":1,"bytes":11,"duration_us":80}`)
+	for i := 0; i < b.N; i++ {
+		if err := j.append(&pending{Time: time.Now().UTC(), Kind: "statement", Session: "abcdefghijklmnop", Data: d}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if err := j.sync(); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for n := int64(0); n < int64(b.N); {
+		recs, err := j.read(n, shipBatch)
+		if err != nil || len(recs) == 0 {
+			b.Fatalf("read after %d: %d records, %v", n, len(recs), err)
+		}
+		n += int64(len(recs))
+	}
 }

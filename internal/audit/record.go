@@ -240,15 +240,10 @@ func fromEvent(ev session.Event, pol Policy) (kind string, data any, err error) 
 		return kind, SessionEnd{Reason: e.Reason, Detail: redactSQL(e.Detail), DurationMS: e.Duration.Milliseconds(),
 			BytesIn: e.BytesIn, BytesOut: e.BytesOut, Database: e.Database, UpstreamRole: e.UpstreamRole, Masked: e.Masked}, nil
 	case ev.Statement != nil:
-		s := ev.Statement
-		st := Statement{Protocol: s.Protocol, SQL: redactSQL(s.SQL), Name: s.Name, ParamCount: len(s.Params),
-			Tag: s.Tag, SQLState: s.SQLState, Error: redactSQL(s.Error), Rows: s.Rows, Bytes: s.Bytes,
-			DurationUS: s.Duration.Microseconds(), Class: s.Class, Decision: s.Decision, Rule: s.Rule, Number: s.Number}
-		if pol.RecordParams {
-			st.Params = redactParams(s.SQL, s.Params)
-		}
-		if s.Sample != nil {
-			st.Sample = &ResultSample{Columns: s.Sample.Columns, Rows: s.Sample.Rows, Truncated: s.Sample.Truncated}
+		st := statementOf(ev.Statement, pol)
+		if s := ev.Statement.Sample; s != nil {
+			rs := sampleOf(s)
+			st.Sample = &rs
 		}
 		return kind, st, nil
 	case ev.Originals != nil:
@@ -281,6 +276,23 @@ func fromEvent(ev session.Event, pol Policy) (kind string, data any, err error) 
 		return kind, ch, nil
 	}
 	return "", nil, fmt.Errorf("event %q carries no data", ev.Kind)
+}
+
+// statementOf is a statement's record data, applying pol, but for its
+// result sample (sampleOf): built on the caller's stack, it allocates
+// nothing unless parameters are recorded.
+func statementOf(s *session.Statement, pol Policy) Statement {
+	st := Statement{Protocol: s.Protocol, SQL: redactSQL(s.SQL), Name: s.Name, ParamCount: len(s.Params),
+		Tag: s.Tag, SQLState: s.SQLState, Error: redactSQL(s.Error), Rows: s.Rows, Bytes: s.Bytes,
+		DurationUS: s.Duration.Microseconds(), Class: s.Class, Decision: s.Decision, Rule: s.Rule, Number: s.Number}
+	if pol.RecordParams {
+		st.Params = redactParams(s.SQL, s.Params)
+	}
+	return st
+}
+
+func sampleOf(s *session.Sample) ResultSample {
+	return ResultSample{Columns: s.Columns, Rows: s.Rows, Truncated: s.Truncated}
 }
 
 func refusalOf(r *session.Refusal) Refusal {

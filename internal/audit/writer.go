@@ -40,6 +40,8 @@ type Options struct {
 	Retention          time.Duration // 0 keeps records for ever
 	SpoolMax           int64         // journal bytes at which sessions wait for the store
 	Logger             *slog.Logger
+
+	ringSize int64 // tests: the journal ring's size in bytes; -1 none, 0 the default
 }
 
 // Status is what `airlock status` says about the record.
@@ -143,8 +145,15 @@ func Open(ctx context.Context, opts Options) (*Writer, error) {
 	if w.head == "" {
 		w.head = genesis
 	}
-	if w.j, err = openJournal(filepath.Join(dir, "journal"), opts.SpoolMax, hf.Seq); err != nil {
+	ring := uint64(ringDefault)
+	if opts.ringSize != 0 {
+		ring = uint64(max(opts.ringSize, 0))
+	}
+	if w.j, err = openJournalRing(filepath.Join(dir, "journal"), opts.SpoolMax, hf.Seq, ring); err != nil {
 		return nil, err
+	}
+	for _, n := range w.j.notes {
+		log.Warn("audit: " + n)
 	}
 	w.boot = w.j.lastSeq()
 	var created bool
@@ -197,10 +206,31 @@ func (w *Writer) Daemon() string { return w.daemon }
 func (w *Writer) Store() *Store { return w.store }
 
 // Record implements session.Sink. It returns once the record is in the
-// journal (the kernel's page cache): the caller may then let the client see
-// the result. It never drops a record; if the journal cannot be written it
-// retries, holding the session, and says so in the log.
+// journal (the ring, or the kernel's page cache): the caller may then let
+// the client see the result. It never drops a record; if the journal
+// cannot be written it retries, holding the session, and says so in the
+// log.
 func (w *Writer) Record(ev session.Event) {
+	if s := ev.Statement; s != nil && fastStatement {
+		// Statements come at the rate of the traffic: encoded straight
+		// into a pooled frame, nothing allocated.
+		bp := frameBufs.Get().(*[]byte)
+		b, seqAt := appendFrameHead(*bp, recordTime(ev.Time), string(ev.Kind), ev.Session)
+		st := statementOf(s, w.opts.Policy)
+		var rs ResultSample
+		if s.Sample != nil {
+			rs = sampleOf(s.Sample)
+			st.Sample = &rs
+		}
+		b = appendStatement(b, &st)
+		b = append(b, '}')
+		w.commit(b, seqAt, string(ev.Kind), ev.Session)
+		if cap(b) <= 64<<10 {
+			*bp = b
+			frameBufs.Put(bp)
+		}
+		return
+	}
 	kind, data, err := fromEvent(ev, w.opts.Policy)
 	if err != nil {
 		w.log.Error("audit: unrecordable event", "err", err)
@@ -209,23 +239,49 @@ func (w *Writer) Record(ev session.Event) {
 	w.append(kind, ev.Session, ev.Time, data)
 }
 
+func recordTime(at time.Time) time.Time {
+	if at.IsZero() {
+		at = time.Now()
+	}
+	return at.UTC()
+}
+
 func (w *Writer) append(kind, sess string, at time.Time, data any) int64 {
-	b, err := encodeData(data)
+	d, err := encodeData(data)
 	if err != nil {
 		w.log.Error("audit: encode record", "kind", kind, "err", err)
 		return 0
 	}
-	if at.IsZero() {
-		at = time.Now()
+	bp := frameBufs.Get().(*[]byte)
+	b, seqAt := appendFrameHead(*bp, recordTime(at), kind, sess)
+	b = append(b, d...)
+	b = append(b, '}')
+	seq := w.commit(b, seqAt, kind, sess)
+	if cap(b) <= 64<<10 {
+		*bp = b
+		frameBufs.Put(bp)
 	}
-	p := &pending{Time: at.UTC(), Kind: kind, Session: sess, Data: b}
+	return seq
+}
+
+// commit journals a frame and returns its seq (0 if the journal is
+// closed).
+func (w *Writer) commit(b []byte, seqAt int, kind, sess string) int64 {
+	var seq int64
 	for i := 0; ; i++ {
-		err := w.j.append(p)
+		var err error
+		seq, err = w.j.appendFrame(b, seqAt)
 		if err == nil {
 			break
 		}
-		if strings.Contains(err.Error(), "closed") {
+		if errors.Is(err, errJournalClosed) {
 			w.log.Error("audit: record after close", "kind", kind, "session", sess)
+			return 0
+		}
+		if errors.Is(err, errFrameTooLarge) {
+			// Waiting would not make it fit (samples and compliance
+			// copies are capped far below this).
+			w.log.Error("audit: unrecordable event", "kind", kind, "session", sess, "err", err)
 			return 0
 		}
 		if i == 0 {
@@ -237,7 +293,7 @@ func (w *Writer) append(kind, sess string, at time.Time, data any) int64 {
 	case w.kick <- struct{}{}:
 	default:
 	}
-	return p.Seq
+	return seq
 }
 
 // recordKey writes the audit.key record of the current key, signed by prev.
