@@ -401,8 +401,8 @@ JSON
 
 if [ -n "${BENCH_HOLD:-}" ]; then
   # For profiling by hand (perf record -g -p PID): everything stays up
-  # until this script is interrupted.
-  say "Holding (BENCH_HOLD): interrupt to tear down"
+  # until this script gets SIGTERM (a script started in the background ignores SIGINT).
+  say "Holding (BENCH_HOLD): kill -TERM $$ to tear down"
   for d in "${!DAEMON_PIDS[@]}"; do log "$d: pid ${DAEMON_PIDS[$d]}, clients in $CG/$CGNAME${d#airlock}/clients"; done
   log "airlock: rpg_in_cgroup CGROUP pgbench '$DSN_AIRLOCK' ...; direct: '$DSN_DIRECT'; pgbouncer: '$DSN_BOUNCER'"
   sleep infinity &
