@@ -24,17 +24,34 @@ var genesis = hex.EncodeToString(make([]byte, sha256.Size))
 // fixed by its predecessor's hash, so a row moved elsewhere still verifies
 // on its own and is reported as reordered, not as edited.
 func hashRecord(prev string, r *Record) string {
+	var raw [sha256.Size]byte
+	// As hex.DecodeString would: what decodes before any bad digit.
+	var pb []byte
+	if hex.DecodedLen(len(prev)) <= len(raw) {
+		n, _ := hex.Decode(raw[:], []byte(prev))
+		pb = raw[:n]
+	} else {
+		pb = make([]byte, hex.DecodedLen(len(prev)))
+		n, _ := hex.Decode(pb, []byte(prev))
+		pb = pb[:n]
+	}
+	sum := hashLink(pb, r)
+	var out [2 * sha256.Size]byte
+	hex.Encode(out[:], sum[:])
+	return string(out[:])
+}
+
+// hashLink is hashRecord over the previous hash's bytes.
+func hashLink(prev []byte, r *Record) [sha256.Size]byte {
 	// Built in one buffer and hashed at once: the shipper hashes every
 	// record, and the streaming form cost it a microsecond a record in
 	// allocations (the digest, the decoded hash, the joined header).
 	var stack [512]byte
 	b := stack[:0]
-	// As hex.DecodeString would: what decodes before any bad digit.
-	if n := hex.DecodedLen(len(prev)); n > cap(b) {
-		b = make([]byte, 0, n+256+len(r.Data))
+	if n := len(prev) + 256 + len(r.Data); n > cap(b) {
+		b = make([]byte, 0, n)
 	}
-	n, _ := hex.Decode(b[:hex.DecodedLen(len(prev))], []byte(prev))
-	b = b[:n]
+	b = append(b, prev...)
 	b = append(b, Schema+"\n"...)
 	b = append(b, r.Daemon...)
 	b = append(b, '\n')
@@ -47,10 +64,46 @@ func hashRecord(prev string, r *Record) string {
 	b = strconv.AppendInt(b, int64(len(r.Data)), 10)
 	b = append(b, '\n')
 	b = append(b, r.Data...)
-	sum := sha256.Sum256(b)
-	var out [2 * sha256.Size]byte
-	hex.Encode(out[:], sum[:])
-	return string(out[:])
+	return sha256.Sum256(b)
+}
+
+// chainRecords links recs (in order) after prev, setting each one's
+// PrevHash and Hash as hashRecord would, and returns the last hash. The
+// shipper's form: the previous hash is carried as bytes rather than
+// decoded from hex for every record, and the batch's hex hashes share one
+// string instead of an allocation each.
+func chainRecords(prev string, recs []Record) string {
+	if len(recs) == 0 {
+		return prev
+	}
+	var raw [sha256.Size]byte
+	link := raw[:]
+	if n := hex.DecodedLen(len(prev)); n == len(raw) {
+		k, _ := hex.Decode(raw[:], []byte(prev))
+		link = raw[:k]
+	} else {
+		// Not a hash this daemon wrote (genesis and its own hashes are
+		// 64 hex digits): the general form decodes it.
+		recs[0].PrevHash = prev
+		recs[0].Hash = hashRecord(prev, &recs[0])
+		prev = recs[0].Hash
+		n, _ := hex.Decode(raw[:], []byte(prev))
+		link, recs = raw[:n], recs[1:]
+	}
+	const hx = 2 * sha256.Size
+	text := make([]byte, len(recs)*hx)
+	for i := range recs {
+		sum := hashLink(link, &recs[i])
+		hex.Encode(text[i*hx:], sum[:])
+		raw, link = sum, raw[:]
+	}
+	all := string(text)
+	for i := range recs {
+		recs[i].PrevHash = prev
+		recs[i].Hash = all[i*hx : (i+1)*hx]
+		prev = recs[i].Hash
+	}
+	return prev
 }
 
 // Checkpoint is a daemon's signature over the head of its chain.

@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"strconv"
 	"strings"
 	"testing"
@@ -57,4 +58,55 @@ func FuzzHashRecord(f *testing.F) {
 			t.Fatalf("hashRecord = %s, the definition gives %s", got, want)
 		}
 	})
+}
+
+// chainRecords is the shipper's form of hashRecord: it must link every
+// record exactly as hashRecord does, whatever the previous hash is.
+func TestChainRecordsMatchesHashRecord(t *testing.T) {
+	at := time.Unix(1700000000, 123456789)
+	mk := func(n int) []Record {
+		recs := make([]Record, n)
+		for i := range recs {
+			recs[i] = Record{Schema: Schema, Daemon: "d1", Seq: int64(i + 1), Time: at.Add(time.Duration(i)), Kind: kindStatement,
+				Session: fmt.Sprintf("s%d", i%3), Data: json.RawMessage(fmt.Sprintf(`{"sql":"SELECT %d"}`, i))}
+		}
+		if n > 2 {
+			// Longer than the hash's stack buffer.
+			recs[2].Data = json.RawMessage(`{"sql":"` + strings.Repeat("x", 900) + `"}`)
+		}
+		return recs
+	}
+	for _, tc := range []struct {
+		name string
+		prev string
+		n    int
+	}{
+		{"genesis", genesis, 5},
+		{"one record", genesis, 1},
+		{"none", genesis, 0},
+		{"a stored head", hashRecord(genesis, &mk(1)[0]), 4},
+		{"short prev", "abcd", 3},
+		{"long prev", genesis + "00", 3},
+		{"bad hex digit", strings.Repeat("a", 30) + "zz" + strings.Repeat("b", 32), 3},
+		{"empty prev", "", 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			recs := mk(tc.n)
+			last := chainRecords(tc.prev, recs)
+			prev := tc.prev
+			for i := range recs {
+				if recs[i].PrevHash != prev {
+					t.Fatalf("record %d: prev_hash %q, want %q", i, recs[i].PrevHash, prev)
+				}
+				want := hashRecord(prev, &recs[i])
+				if recs[i].Hash != want {
+					t.Fatalf("record %d: hash %s, want %s", i, recs[i].Hash, want)
+				}
+				prev = want
+			}
+			if last != prev {
+				t.Fatalf("returned %s, want %s", last, prev)
+			}
+		})
+	}
 }

@@ -510,16 +510,15 @@ func (w *Writer) ship(ctx context.Context) error {
 			return w.closeInterrupted(ctx)
 		}
 		recs := make([]Record, 0, len(batch))
-		prev, next := w.head, w.stored+1
+		next := w.stored + 1
 		for _, p := range batch {
 			if p.Seq != next {
 				return w.fail(fmt.Errorf("audit journal skips from seq %d to %d", next-1, p.Seq))
 			}
-			r := Record{Schema: Schema, Daemon: w.daemon, Seq: p.Seq, Time: p.Time, Kind: p.Kind, Session: p.Session, Data: p.Data, PrevHash: prev}
-			r.Hash = hashRecord(prev, &r)
-			prev, next = r.Hash, next+1
-			recs = append(recs, r)
+			recs = append(recs, Record{Schema: Schema, Daemon: w.daemon, Seq: p.Seq, Time: p.Time, Kind: p.Kind, Session: p.Session, Data: p.Data})
+			next++
 		}
+		prev := chainRecords(w.head, recs)
 		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		err = w.store.append(cctx, recs, nil, keys)
 		cancel()
