@@ -24,6 +24,9 @@ type Store struct {
 	db       *sql.DB
 	postgres bool
 	name     string // for messages and status; never holds a password
+	// wal is an SQLite store's write-ahead log: its commits are not
+	// synced one by one (see durable).
+	wal string
 
 	// buf is reused for the text of each block (one ship batch is about
 	// 800 KB of lines): allocating it anew for every batch made the
@@ -129,15 +132,18 @@ func OpenStore(ctx context.Context, spec, password string) (*Store, error) {
 }
 
 func openSQLite(ctx context.Context, path string) (*Store, error) {
-	// WAL lets `airlock sessions` read while the writer commits; FULL
-	// syncs the WAL at every commit, because journal segments are deleted
-	// once the store has their records.
-	dsn := "file:" + path + "?_pragma=journal_mode(WAL)&_pragma=synchronous(FULL)&_pragma=busy_timeout(10000)&_txlock=immediate"
+	// WAL lets `airlock sessions` read while the writer commits. NORMAL
+	// does not sync the WAL at each commit (a commit survives the daemon's
+	// death, not the machine's): the writer syncs it before it deletes
+	// journal segments or notes the head (durable), every few shipments
+	// instead of every one. SQLite still syncs the WAL before each of its
+	// checkpoints and the database after, so the store stays consistent.
+	dsn := "file:" + path + "?_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)&_pragma=busy_timeout(10000)&_txlock=immediate"
 	db, err := sql.Open("sqlite", dsn)
 	if err != nil {
 		return nil, fmt.Errorf("open audit store %s: %w", path, err)
 	}
-	s := &Store{db: db, name: "sqlite:" + path}
+	s := &Store{db: db, name: "sqlite:" + path, wal: path + "-wal"}
 	if err := s.migrate(ctx); err != nil {
 		db.Close()
 		return nil, err
@@ -337,6 +343,30 @@ func (s *Store) append(ctx context.Context, recs []Record, cps []Checkpoint, key
 		}
 	}
 	return tx.Commit()
+}
+
+// durable makes every transaction committed so far survive a machine
+// crash. A PostgreSQL store's commits already do. SQLite's committed
+// pages are either in the database file, synced by the checkpoint that
+// moved them there (before the WAL is reused), or in the WAL, synced here.
+func (s *Store) durable() error {
+	if s.wal == "" {
+		return nil
+	}
+	f, err := os.Open(s.wal)
+	if errors.Is(err, os.ErrNotExist) {
+		// No WAL: everything is in the database file, synced when
+		// the WAL was checkpointed and removed.
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("open the audit store's WAL: %w", err)
+	}
+	defer f.Close()
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("sync the audit store's WAL: %w", err)
+	}
+	return nil
 }
 
 // Scan returns up to limit records after (daemon, seq) in (daemon, seq)
