@@ -418,3 +418,42 @@ func TestUnsettledShipmentsAreKeptInTheJournal(t *testing.T) {
 		})
 	}
 }
+
+// BenchmarkShipSteady is the shipper at a steady rate: each shipment
+// takes the records written since the last (batch of them), so that the
+// fixed costs of a shipment (its store commit and whatever it syncs) are
+// spread over batch records, as at batch records a second.
+func BenchmarkShipSteady(b *testing.B) {
+	for _, batch := range []int{100, 2000} {
+		b.Run(fmt.Sprintf("batch=%d", batch), func(b *testing.B) {
+			w, err := Open(context.Background(), Options{StateDir: b.TempDir(), CommitInterval: time.Hour})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer func() { _ = w.j.close(); _ = w.store.Close() }()
+			s := fakeSession(w, 1001, "alice", "/usr/bin/psql")
+			st := &session.Statement{Protocol: "simple", SQL: "SELECT abalance FROM pgbench_accounts WHERE aid = 48213;", Tag: "SELECT 1", Rows: 1, Bytes: 11, Duration: 80 * time.Microsecond}
+			ctx := context.Background()
+			var cpu time.Duration
+			b.ResetTimer()
+			for done := 0; done < b.N; {
+				n := min(batch, b.N-done)
+				b.StopTimer()
+				for i := 0; i < n; i++ {
+					s.Emit(session.Event{Kind: session.KindStatement, Statement: st})
+				}
+				b.StartTimer()
+				c0 := recCPU()
+				w.shipMu.Lock()
+				err := w.ship(ctx)
+				w.shipMu.Unlock()
+				cpu += recCPU() - c0
+				if err != nil {
+					b.Fatal(err)
+				}
+				done += n
+			}
+			b.ReportMetric(float64(cpu.Nanoseconds())/float64(b.N), "cpu-ns/op")
+		})
+	}
+}

@@ -618,8 +618,14 @@ func (j *journal) read(after int64, max int) ([]pending, error) {
 	}
 	j.mu.Lock()
 	segs := append([]segment(nil), j.segs...)
+	// Sized at once: growing it by appends cost the shipper a quarter of
+	// its reading (seqs may skip, so this is an upper bound).
+	size := min(int64(max), j.written-after, 1<<20)
+	if size < 0 {
+		size = 0 // the store is ahead of the journal
+	}
+	out := make([]pending, 0, size)
 	j.mu.Unlock()
-	var out []pending
 	for _, s := range segs {
 		if s.last <= after || s.last < s.first {
 			continue
