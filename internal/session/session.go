@@ -7,6 +7,7 @@ import (
 	"crypto/rand"
 	"encoding/base32"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -72,6 +73,10 @@ type Session struct {
 	Stats Stats `json:"-"`
 
 	sink Sink
+
+	// person is the copy of Person that events point to, made once and
+	// shared: a copy per event was an allocation per statement.
+	person atomic.Pointer[identity.Person]
 
 	mu           sync.Mutex
 	database     string
@@ -186,10 +191,26 @@ func (s *Session) Emit(ev Event) {
 	}
 	ev.Session = s.ID
 	if ev.Person == nil && s.Person.Name != "" {
-		p := s.Person
-		ev.Person = &p
+		ev.Person = s.personCopy()
 	}
 	s.sink.Record(ev)
+}
+
+// personCopy returns the shared copy of Person, made anew if Person was
+// changed since (events keep the person they were emitted for).
+func (s *Session) personCopy() *identity.Person {
+	if p := s.person.Load(); p != nil && samePerson(p, &s.Person) {
+		return p
+	}
+	p := s.Person
+	p.Groups = slices.Clone(p.Groups) // a later change to Person's groups must not rewrite emitted events
+	s.person.Store(&p)
+	return &p
+}
+
+func samePerson(a, b *identity.Person) bool {
+	return a.Name == b.Name && a.UID == b.UID && a.Issuer == b.Issuer && a.Subject == b.Subject &&
+		a.Email == b.Email && slices.Equal(a.Groups, b.Groups)
 }
 
 // SetAttr records a live fact about the session (never a secret).
