@@ -154,6 +154,7 @@ type pipe struct {
 	out         []session.Event // statement events held until flush
 	fatalSeen   atomic.Bool     // the upstream told the client it is ending
 	scratch     []byte
+	lastTag     string // the last CommandComplete's tag (mu held)
 }
 
 func newPipe(sess *session.Session, st Stages, budget int) *pipe {
@@ -656,11 +657,7 @@ func (pl *pipe) response(typ byte, body []byte) act {
 			pl.pop()
 		}
 	case 'C': // CommandComplete
-		tag := ""
-		var m pgproto3.CommandComplete
-		if body != nil && m.Decode(body) == nil {
-			tag = string(m.CommandTag)
-		}
+		tag := pl.commandTag(body)
 		if f != nil {
 			switch f.kind {
 			case 'Q':
@@ -712,6 +709,20 @@ func (pl *pipe) response(typ byte, body []byte) act {
 		}
 	}
 	return act{}
+}
+
+// commandTag reads a CommandComplete's tag; mu held. A session's
+// statements mostly end alike (SELECT 1), so the last tag's string is
+// reused when it repeats rather than allocated per statement.
+func (pl *pipe) commandTag(body []byte) string {
+	var m pgproto3.CommandComplete
+	if body == nil || m.Decode(body) != nil {
+		return ""
+	}
+	if string(m.CommandTag) != pl.lastTag {
+		pl.lastTag = string(m.CommandTag)
+	}
+	return pl.lastTag
 }
 
 func (pl *pipe) errorResponse(f *pending, body []byte) act {
