@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -127,11 +128,15 @@ type pipe struct {
 	holding atomic.Pointer[Holding] // the hold in progress, for cancel
 
 	// client side only
-	cmsg      ClientMsg
-	unit      unit   // the extended batch gathered for batch stages
-	decision  string // recorded on the next request pushed
-	lastParse string
-	lastQuery string
+	cmsg        ClientMsg
+	unit        unit   // the extended batch gathered for batch stages
+	decision    string // recorded on the next request pushed
+	lastParse   string
+	lastQuery   string
+	parseText   string  // the last Parse's text as SQLText gave it
+	lastBound   string  // the statement name of the last Bind
+	lastFormats []int16 // the result formats of the last Bind
+	bind        bindMsg
 
 	mu           sync.Mutex
 	queue        []pending
@@ -227,7 +232,7 @@ func (pl *pipe) clientFrom(i int, typ byte, body []byte) act {
 			}
 			// One ClientMsg per session, reused: a stage call costs no
 			// allocation.
-			pl.cmsg = ClientMsg{Type: typ, Body: body, TxStatus: pl.tx(), Session: pl.sess}
+			pl.cmsg = ClientMsg{Type: typ, Body: body, TxStatus: pl.tx(), Session: pl.sess, pl: pl}
 			v := pl.stages.Client[i].Client(&pl.cmsg)
 			if v.Action == Hold {
 				if v.Hold == nil {
@@ -417,18 +422,27 @@ func (pl *pipe) track(typ byte, body []byte) act {
 		pl.lastParse = sql
 		pl.push(pending{kind: 'P', name: string(name), sql: sql, size: len(sql), decision: d, start: now})
 	case 'B':
-		var m pgproto3.Bind
-		if body == nil || m.Decode(body) != nil {
+		m := &pl.bind
+		if body == nil || !m.decode(body) {
 			pl.push(pending{kind: 'B', start: now})
 			break
 		}
-		params, size := formatParams(m.Parameters, m.ParameterFormatCodes)
+		params, size := formatParams(m.params, m.paramFormats)
 		var formats []int16
 		if pl.samp != nil {
-			formats = make([]int16, len(m.ResultFormatCodes))
-			copy(formats, m.ResultFormatCodes)
+			// Portals keep their result formats; a client binds
+			// alike each time, so the last list is shared (never
+			// written once made).
+			// Never nil: a nil list means the portal is unknown.
+			if pl.lastFormats == nil || !slices.Equal(m.resultFormats, pl.lastFormats) {
+				pl.lastFormats = append(make([]int16, 0, len(m.resultFormats)), m.resultFormats...)
+			}
+			formats = pl.lastFormats
 		}
-		pl.push(pending{kind: 'B', name: m.DestinationPortal, stmt: m.PreparedStatement, params: params, size: size,
+		if string(m.stmt) != pl.lastBound {
+			pl.lastBound = string(m.stmt)
+		}
+		pl.push(pending{kind: 'B', name: string(m.portal), stmt: pl.lastBound, params: params, size: size,
 			formats: formats, decision: d, start: now})
 	case 'D':
 		var m pgproto3.Describe
@@ -438,12 +452,12 @@ func (pl *pipe) track(typ byte, body []byte) act {
 		}
 		pl.push(pending{kind: 'D', start: now})
 	case 'E':
-		var m pgproto3.Execute
-		if body == nil || m.Decode(body) != nil {
+		portal, ok := decodeExecute(body)
+		if !ok {
 			pl.push(pending{kind: 'E', start: now})
 			break
 		}
-		pl.push(pending{kind: 'E', name: m.Portal, decision: d, start: now})
+		pl.push(pending{kind: 'E', name: string(portal), decision: d, start: now})
 	case 'C':
 		var m pgproto3.Close
 		if body == nil || m.Decode(body) != nil {
@@ -979,4 +993,83 @@ func formatParams(values [][]byte, formats []int16) ([]string, int) {
 		size += len(out[i]) + 16
 	}
 	return out, size
+}
+
+// bindMsg is a Bind read in place: the names and values are views into the
+// body, and the slices are reused from one Bind to the next, so that
+// reading one allocates nothing once they have grown (pgproto3's Decode
+// allocates a string per name and a slice per list).
+type bindMsg struct {
+	portal, stmt  []byte
+	paramFormats  []int16
+	params        [][]byte // nil for SQL NULL
+	resultFormats []int16
+}
+
+// decode reads a Bind body, accepting exactly what pgproto3.Bind.Decode
+// accepts.
+func (m *bindMsg) decode(b []byte) bool {
+	var ok bool
+	if m.portal, ok = cstring(b); !ok {
+		return false
+	}
+	b = b[len(m.portal)+1:]
+	if m.stmt, ok = cstring(b); !ok {
+		return false
+	}
+	b = b[len(m.stmt)+1:]
+	if m.paramFormats, b, ok = int16s(m.paramFormats[:0], b); !ok {
+		return false
+	}
+	if len(b) < 2 {
+		return false
+	}
+	n := int(binary.BigEndian.Uint16(b))
+	b = b[2:]
+	m.params = m.params[:0]
+	for i := 0; i < n; i++ {
+		if len(b) < 4 {
+			return false
+		}
+		l := int(int32(binary.BigEndian.Uint32(b)))
+		b = b[4:]
+		if l == -1 {
+			m.params = append(m.params, nil)
+			continue
+		}
+		if l < 0 || len(b) < l {
+			return false
+		}
+		m.params = append(m.params, b[:l:l])
+		b = b[l:]
+	}
+	m.resultFormats, _, ok = int16s(m.resultFormats[:0], b)
+	return ok
+}
+
+// int16s appends a count-prefixed list of int16s from b to dst and returns
+// the rest of b.
+func int16s(dst []int16, b []byte) ([]int16, []byte, bool) {
+	if len(b) < 2 {
+		return dst, b, false
+	}
+	n := int(binary.BigEndian.Uint16(b))
+	b = b[2:]
+	if len(b) < 2*n {
+		return dst, b, false
+	}
+	for i := 0; i < n; i++ {
+		dst = append(dst, int16(binary.BigEndian.Uint16(b[2*i:])))
+	}
+	return dst, b[2*n:], true
+}
+
+// decodeExecute takes the portal name from an Execute body without copying
+// it, accepting what pgproto3.Execute.Decode accepts.
+func decodeExecute(body []byte) ([]byte, bool) {
+	portal, ok := cstring(body)
+	if !ok || len(body)-len(portal)-1 < 4 {
+		return nil, false
+	}
+	return portal, true
 }

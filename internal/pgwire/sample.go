@@ -250,9 +250,10 @@ func (s *sampler) reset() {
 	*s = sampler{maxRows: s.maxRows, maxBytes: s.maxBytes, lastT: s.lastT, lastDesc: s.lastDesc}
 }
 
-// describe reads a simple Query's RowDescription, reusing the last one's
-// reading when the bytes repeat (descriptions are never changed once
-// read: samples share them).
+// describe reads a RowDescription (a simple Query's, or the answer to a
+// Describe), reusing the last one's reading when the bytes repeat
+// (descriptions are never changed once read: samples, statements and
+// portals share them).
 func (s *sampler) describe(body []byte) *rowDesc {
 	if s.lastDesc != nil && bytes.Equal(body, s.lastT) {
 		return s.lastDesc
@@ -412,7 +413,7 @@ func (pl *pipe) sampleDesc(body []byte) {
 	}
 	switch f.kind {
 	case 'D':
-		d := parseRowDesc(body)
+		d := pl.samp.describe(body)
 		switch f.ctype {
 		case 'S':
 			if st, ok := pl.stmts[f.name]; ok {

@@ -63,7 +63,7 @@ func (pl *pipe) gather(typ byte, body []byte) (act, bool) {
 	u.msgs = u.msgs[:0]
 	tx := pl.tx()
 	_ = splitMessages(u.buf, func(t byte, _, b []byte) {
-		u.msgs = append(u.msgs, ClientMsg{Type: t, Body: b, TxStatus: tx, Session: pl.sess})
+		u.msgs = append(u.msgs, ClientMsg{Type: t, Body: b, TxStatus: tx, Session: pl.sess, pl: pl})
 	})
 	u.k, u.out, u.wait, u.err, u.stage = 0, u.out[:0], false, nil, 0
 	return pl.decideUnit(), true
