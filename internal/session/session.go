@@ -162,8 +162,21 @@ func (s *Session) Database() string {
 
 // Sink receives a session's events. Implementations must not block for long:
 // they are called on the data path.
+//
+// A statement event's Statement, and what it points to (parameters,
+// sample), is valid only during Record: the data path reuses that memory
+// for the session's next statements, so that recording one allocates
+// nothing. A sink that keeps a statement past Record keeps
+// Statement.Clone().
 type Sink interface {
 	Record(Event)
+}
+
+// Filter is a Sink that records only some events. A Queue in front of one
+// holds only those.
+type Filter interface {
+	Sink
+	Wants(Event) bool
 }
 
 // New returns a session with a fresh random ID.
