@@ -157,6 +157,7 @@ type pipe struct {
 	smsg        ServerMsg
 	rows, bytes int64
 	out         []session.Event // statement events held until flush
+	recs        []*stmtRec      // their memory, reused (see rec)
 	fatalSeen   atomic.Bool     // the upstream told the client it is ending
 	scratch     []byte
 	lastTag     string // the last CommandComplete's tag (mu held)
@@ -837,7 +838,9 @@ func (pl *pipe) sqlDeallocated(f *pending, tag string) {
 // messages that completed it to the client.
 func (pl *pipe) emit(p *pending, tag, code, msg string) {
 	now := time.Now()
-	st := &session.Statement{Protocol: "extended", SQL: p.sql, Params: p.params, Tag: tag,
+	r := pl.rec()
+	st := &r.st
+	*st = session.Statement{Protocol: "extended", SQL: p.sql, Params: p.params, Tag: tag,
 		Rows: rowsOf(tag, pl.rows), Bytes: pl.bytes, Duration: now.Sub(p.start), SQLState: code, Error: msg,
 		Decision: p.decision, FunctionOID: p.oid}
 	switch {
@@ -862,14 +865,32 @@ func (pl *pipe) emit(p *pending, tag, code, msg string) {
 		st.Name = p.stmt
 	}
 	if pl.samp != nil {
-		st.Sample = pl.samp.take()
+		st.Sample = pl.samp.take(r)
 	}
 	st.Number = pl.sess.Stats.Statements.Add(1)
 	pl.sess.Stats.Rows.Add(st.Rows)
 	pl.out = append(pl.out, session.Event{Time: now, Kind: session.KindStatement, Statement: st})
 }
 
-// flush hands the held statement events to the session, in order. Server
+// maxRecs bounds the statement records a session keeps for reuse: a
+// pipeline of more statements in one read allocates the rest.
+const maxRecs = 16
+
+// rec returns the memory for the next statement event in pl.out; mu held.
+func (pl *pipe) rec() *stmtRec {
+	i := len(pl.out)
+	if i < len(pl.recs) {
+		return pl.recs[i]
+	}
+	r := new(stmtRec)
+	if i == len(pl.recs) && i < maxRecs {
+		pl.recs = append(pl.recs, r)
+	}
+	return r
+}
+
+// flush hands the held statement events to the session, in order; their
+// memory is then free for the next (session.Sink keeps none of it). Server
 // side only.
 func (pl *pipe) flush() {
 	for i := range pl.out {
