@@ -107,17 +107,18 @@ func BenchmarkDaemonSelectTx(b *testing.B) {
 			// pgbench -S sends a new aid inline each time: the simple
 			// mode's text is rewritten in place, past the classifier's
 			// text cache, as pgbench's would be.
-			digits := bytes.LastIndex(m.client, []byte("1000000"))
+			client := bytes.Clone(m.client)
+			digits := bytes.LastIndex(client, []byte("1000000"))
 			aid := 1000000
 			before := sess.Stats.Statements.Load()
 			b.ReportAllocs()
 			for b.Loop() {
 				if m.name == "simple" {
 					aid = aid%8999999 + 1000000
-					strconv.AppendInt(m.client[digits:digits], int64(aid), 10)
+					strconv.AppendInt(client[digits:digits], int64(aid), 10)
 					aid++
 				}
-				d.Run(m.client, m.server)
+				d.Run(client, m.server)
 			}
 			if n := sess.Stats.Statements.Load() - before; n != int64(b.N) {
 				b.Fatalf("%d statements recorded for %d transactions", n, b.N)
