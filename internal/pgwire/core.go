@@ -79,7 +79,7 @@ type pending struct {
 	name     string // P: statement; B, E: portal; C: object
 	stmt     string // B: statement
 	ctype    byte   // C: 'S' or 'P'
-	params   []string
+	params   paramList
 	oid      uint32  // F
 	formats  []int16 // B: result formats, kept while sampling
 	decision string
@@ -89,7 +89,7 @@ type pending struct {
 
 type bound struct {
 	sql, name, decision string
-	params              []string
+	params              paramList
 	desc                *rowDesc // sampling: the portal's (or its statement's) description
 	formats             []int16  // sampling: Bind's result formats
 }
@@ -137,6 +137,7 @@ type pipe struct {
 	lastBound   string  // the statement name of the last Bind
 	lastFormats []int16 // the result formats of the last Bind
 	bind        bindMsg
+	pbuf        []byte // where parameters are rendered
 
 	mu           sync.Mutex
 	queue        []pending
@@ -428,7 +429,9 @@ func (pl *pipe) track(typ byte, body []byte) act {
 			pl.push(pending{kind: 'B', start: now})
 			break
 		}
-		params, size := formatParams(m.params, m.paramFormats)
+		var params paramList
+		var size int
+		params, pl.pbuf, size = formatParams(pl.pbuf[:0], m.params, m.paramFormats)
 		var formats []int16
 		if pl.samp != nil {
 			// Portals keep their result formats; a client binds
@@ -479,7 +482,9 @@ func (pl *pipe) track(typ byte, body []byte) act {
 		for i, f := range m.ArgFormatCodes {
 			formats[i] = int16(f)
 		}
-		params, size := formatParams(m.Arguments, formats)
+		var params paramList
+		var size int
+		params, pl.pbuf, size = formatParams(pl.pbuf[:0], m.Arguments, formats)
 		pl.push(pending{kind: 'F', oid: m.Function, sql: functionSQL(m.Function), params: params, size: size,
 			decision: d, start: now})
 	case 'X':
@@ -840,7 +845,7 @@ func (pl *pipe) emit(p *pending, tag, code, msg string) {
 	now := time.Now()
 	r := pl.rec()
 	st := &r.st
-	*st = session.Statement{Protocol: "extended", SQL: p.sql, Params: p.params, Tag: tag,
+	*st = session.Statement{Protocol: "extended", SQL: p.sql, Params: r.paramsOf(&p.params), Tag: tag,
 		Rows: rowsOf(tag, pl.rows), Bytes: pl.bytes, Duration: now.Sub(p.start), SQLState: code, Error: msg,
 		Decision: p.decision, FunctionOID: p.oid}
 	switch {
@@ -855,7 +860,7 @@ func (pl *pipe) emit(p *pending, tag, code, msg string) {
 			// query is in the record of the DECLARE.
 			b.sql = fmt.Sprintf("<portal %q declared in SQL>", p.name)
 		}
-		st.SQL, st.Name, st.Params = b.sql, b.name, b.params
+		st.SQL, st.Name, st.Params = b.sql, b.name, r.paramsOf(&b.params)
 		if st.Decision == "" {
 			st.Decision = b.decision
 		}
@@ -976,44 +981,73 @@ func rowsOf(tag string, counted int64) int64 {
 	return counted
 }
 
-// formatParams renders Bind or FunctionCall arguments for the record,
-// bounded, and returns their size.
-func formatParams(values [][]byte, formats []int16) ([]string, int) {
-	if len(values) == 0 {
-		return nil, 0
+// paramList is a Bind's or FunctionCall's arguments as recorded: their
+// renderings in one string, each after its length (4 bytes). A list of
+// strings cost an allocation for the list and one per argument, per
+// statement; and this one is small enough to keep maps of portals holding
+// their values inline.
+type paramList struct {
+	joined string
+	n      int
+}
+
+// appendTo appends the arguments to dst; nil when there are none.
+func (p *paramList) appendTo(dst []string) []string {
+	if p.n == 0 {
+		return nil
 	}
-	out := make([]string, len(values))
+	rest := p.joined
+	for i := 0; i < p.n && len(rest) >= 4; i++ {
+		l := int(rest[0])<<24 | int(rest[1])<<16 | int(rest[2])<<8 | int(rest[3])
+		dst = append(dst, rest[4:4+l])
+		rest = rest[4+l:]
+	}
+	return dst
+}
+
+// formatParams renders Bind or FunctionCall arguments for the record,
+// bounded, in buf (returned, for reuse), and returns their size.
+func formatParams(buf []byte, values [][]byte, formats []int16) (paramList, []byte, int) {
+	var p paramList
+	if len(values) == 0 {
+		return p, buf, 0
+	}
 	size := 0
 	for i, v := range values {
-		binary := false
+		bin := false
 		switch len(formats) {
 		case 0:
 		case 1:
-			binary = formats[0] == 1
+			bin = formats[0] == 1
 		default:
-			binary = i < len(formats) && formats[i] == 1
+			bin = i < len(formats) && formats[i] == 1
 		}
+		at := len(buf)
+		buf = append(buf, 0, 0, 0, 0) // its length, once known
+		start := len(buf)
 		switch {
 		case size >= maxParamsShown:
-			out[i] = "<not kept>"
+			buf = append(buf, "<not kept>"...)
 		case v == nil:
-			out[i] = "<null>"
-		case binary && len(v) <= maxBinShown:
-			out[i] = `\x` + hex.EncodeToString(v)
-		case binary:
-			out[i] = fmt.Sprintf("<binary %d bytes>", len(v))
+			buf = append(buf, "<null>"...)
+		case bin && len(v) <= maxBinShown:
+			buf = hex.AppendEncode(append(buf, `\x`...), v)
+		case bin:
+			buf = fmt.Appendf(buf, "<binary %d bytes>", len(v))
 		case len(v) > maxParamShown:
 			cut := maxParamShown
 			for cut > 0 && !utf8.RuneStart(v[cut]) {
 				cut--
 			}
-			out[i] = string(v[:cut]) + fmt.Sprintf("…<%d bytes>", len(v))
+			buf = fmt.Appendf(append(buf, v[:cut]...), "…<%d bytes>", len(v))
 		default:
-			out[i] = string(v)
+			buf = append(buf, v...)
 		}
-		size += len(out[i]) + 16
+		binary.BigEndian.PutUint32(buf[at:], uint32(len(buf)-start))
+		size += len(buf) - start + 16
 	}
-	return out, size
+	p.joined, p.n = string(buf), len(values)
+	return p, buf, size
 }
 
 // bindMsg is a Bind read in place: the names and values are views into the

@@ -263,11 +263,21 @@ func (s *sampler) reset() {
 // the sinks have had the event (session.Sink: they keep none of it), so
 // that recording a statement allocates nothing.
 type stmtRec struct {
-	st   session.Statement
-	smp  session.Sample
-	vals []string
-	ptrs []*string
-	rows [][]*string
+	st     session.Statement
+	params []string
+	smp    session.Sample
+	vals   []string
+	ptrs   []*string
+	rows   [][]*string
+}
+
+// paramsOf is p's arguments in r's memory.
+func (r *stmtRec) paramsOf(p *paramList) []string {
+	if p.n == 0 {
+		return nil
+	}
+	r.params = p.appendTo(r.params[:0])
+	return r.params
 }
 
 // sample copies s's rows into r's sample. Sample's rows are pointers (nil
