@@ -118,7 +118,7 @@ func (s *Stage) Client(m *pgwire.ClientMsg) pgwire.Verdict {
 		d := s.g.Policies.Policy().DecideFastPath("", s.who())
 		return s.verdict(d, "function", fastPathText(m.Body), nil)
 	}
-	sql := string(m.SQL())
+	sql := m.SQLText()
 	res, err := s.g.Classifier.Classify(sql)
 	d := s.decider().Decide(res, err)
 	d = s.withPrepared(d, res, err == nil)
@@ -146,14 +146,18 @@ func (s *Stage) Batch(b *pgwire.Batch) pgwire.Verdict {
 		m := &b.Msgs[i]
 		switch m.Type {
 		case 'P':
-			name, q, ok := parseBody(m.Body)
+			name, qb, ok := parseBody(m.Body)
 			if !ok {
 				continue // the pipeline refuses malformed messages itself
 			}
-			res, err := s.g.Classifier.Classify(string(q))
+			q := m.SQLText()
+			if len(q) != len(qb) {
+				q = string(qb) // the rest of the Parse is malformed: judge its text all the same
+			}
+			res, err := s.g.Classifier.Classify(q)
 			d := dec.Decide(res, err)
 			d = s.withPrepared(d, res, err == nil)
-			sql := redacted(res, err, string(q))
+			sql := redacted(res, err, q)
 			if d.Action == policy.Deny {
 				consider(d, sql, res)
 				continue
@@ -170,9 +174,9 @@ func (s *Stage) Batch(b *pgwire.Batch) pgwire.Verdict {
 			if !ok {
 				continue
 			}
-			ps, known := parsed[stmt]
+			ps, known := parsed[string(stmt)]
 			if !known {
-				ps, known = s.prepared[stmt]
+				ps, known = s.prepared[string(stmt)]
 			}
 			if known && ps.d.Action != policy.Allow {
 				consider(ps.d, ps.sql, ps.res)
@@ -362,11 +366,10 @@ func parseBody(body []byte) (name, query []byte, ok bool) {
 	return name, query, ok
 }
 
-func bindStatement(body []byte) (string, bool) {
+func bindStatement(body []byte) ([]byte, bool) {
 	portal, ok := cstr(body)
 	if !ok {
-		return "", false
+		return nil, false
 	}
-	stmt, ok := cstr(body[len(portal)+1:])
-	return string(stmt), ok
+	return cstr(body[len(portal)+1:])
 }

@@ -32,6 +32,7 @@ type sink struct {
 func (s *sink) Record(ev session.Event) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	ev.Statement = ev.Statement.Clone() // it is ours only during Record
 	s.evs = append(s.evs, ev)
 }
 

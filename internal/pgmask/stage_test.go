@@ -56,7 +56,12 @@ type sink struct {
 	evs []session.Event
 }
 
-func (s *sink) Record(ev session.Event) { s.mu.Lock(); s.evs = append(s.evs, ev); s.mu.Unlock() }
+func (s *sink) Record(ev session.Event) {
+	ev.Statement = ev.Statement.Clone() // it is ours only during Record
+	s.mu.Lock()
+	s.evs = append(s.evs, ev)
+	s.mu.Unlock()
+}
 
 type fixture struct {
 	pg     *pgtest.Server

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -78,7 +79,7 @@ type pending struct {
 	name     string // P: statement; B, E: portal; C: object
 	stmt     string // B: statement
 	ctype    byte   // C: 'S' or 'P'
-	params   []string
+	params   paramList
 	oid      uint32  // F
 	formats  []int16 // B: result formats, kept while sampling
 	decision string
@@ -88,7 +89,7 @@ type pending struct {
 
 type bound struct {
 	sql, name, decision string
-	params              []string
+	params              paramList
 	desc                *rowDesc // sampling: the portal's (or its statement's) description
 	formats             []int16  // sampling: Bind's result formats
 }
@@ -127,11 +128,16 @@ type pipe struct {
 	holding atomic.Pointer[Holding] // the hold in progress, for cancel
 
 	// client side only
-	cmsg      ClientMsg
-	unit      unit   // the extended batch gathered for batch stages
-	decision  string // recorded on the next request pushed
-	lastParse string
-	lastQuery string
+	cmsg        ClientMsg
+	unit        unit   // the extended batch gathered for batch stages
+	decision    string // recorded on the next request pushed
+	lastParse   string
+	lastQuery   string
+	parseText   string  // the last Parse's text as SQLText gave it
+	lastBound   string  // the statement name of the last Bind
+	lastFormats []int16 // the result formats of the last Bind
+	bind        bindMsg
+	pbuf        []byte // where parameters are rendered
 
 	mu           sync.Mutex
 	queue        []pending
@@ -152,8 +158,10 @@ type pipe struct {
 	smsg        ServerMsg
 	rows, bytes int64
 	out         []session.Event // statement events held until flush
+	recs        []*stmtRec      // their memory, reused (see rec)
 	fatalSeen   atomic.Bool     // the upstream told the client it is ending
 	scratch     []byte
+	lastTag     string // the last CommandComplete's tag (mu held)
 }
 
 func newPipe(sess *session.Session, st Stages, budget int) *pipe {
@@ -226,7 +234,7 @@ func (pl *pipe) clientFrom(i int, typ byte, body []byte) act {
 			}
 			// One ClientMsg per session, reused: a stage call costs no
 			// allocation.
-			pl.cmsg = ClientMsg{Type: typ, Body: body, TxStatus: pl.tx(), Session: pl.sess}
+			pl.cmsg = ClientMsg{Type: typ, Body: body, TxStatus: pl.tx(), Session: pl.sess, pl: pl}
 			v := pl.stages.Client[i].Client(&pl.cmsg)
 			if v.Action == Hold {
 				if v.Hold == nil {
@@ -416,18 +424,29 @@ func (pl *pipe) track(typ byte, body []byte) act {
 		pl.lastParse = sql
 		pl.push(pending{kind: 'P', name: string(name), sql: sql, size: len(sql), decision: d, start: now})
 	case 'B':
-		var m pgproto3.Bind
-		if body == nil || m.Decode(body) != nil {
+		m := &pl.bind
+		if body == nil || !m.decode(body) {
 			pl.push(pending{kind: 'B', start: now})
 			break
 		}
-		params, size := formatParams(m.Parameters, m.ParameterFormatCodes)
+		var params paramList
+		var size int
+		params, pl.pbuf, size = formatParams(pl.pbuf[:0], m.params, m.paramFormats)
 		var formats []int16
 		if pl.samp != nil {
-			formats = make([]int16, len(m.ResultFormatCodes))
-			copy(formats, m.ResultFormatCodes)
+			// Portals keep their result formats; a client binds
+			// alike each time, so the last list is shared (never
+			// written once made).
+			// Never nil: a nil list means the portal is unknown.
+			if pl.lastFormats == nil || !slices.Equal(m.resultFormats, pl.lastFormats) {
+				pl.lastFormats = append(make([]int16, 0, len(m.resultFormats)), m.resultFormats...)
+			}
+			formats = pl.lastFormats
 		}
-		pl.push(pending{kind: 'B', name: m.DestinationPortal, stmt: m.PreparedStatement, params: params, size: size,
+		if string(m.stmt) != pl.lastBound {
+			pl.lastBound = string(m.stmt)
+		}
+		pl.push(pending{kind: 'B', name: string(m.portal), stmt: pl.lastBound, params: params, size: size,
 			formats: formats, decision: d, start: now})
 	case 'D':
 		var m pgproto3.Describe
@@ -437,12 +456,12 @@ func (pl *pipe) track(typ byte, body []byte) act {
 		}
 		pl.push(pending{kind: 'D', start: now})
 	case 'E':
-		var m pgproto3.Execute
-		if body == nil || m.Decode(body) != nil {
+		portal, ok := decodeExecute(body)
+		if !ok {
 			pl.push(pending{kind: 'E', start: now})
 			break
 		}
-		pl.push(pending{kind: 'E', name: m.Portal, decision: d, start: now})
+		pl.push(pending{kind: 'E', name: string(portal), decision: d, start: now})
 	case 'C':
 		var m pgproto3.Close
 		if body == nil || m.Decode(body) != nil {
@@ -463,7 +482,9 @@ func (pl *pipe) track(typ byte, body []byte) act {
 		for i, f := range m.ArgFormatCodes {
 			formats[i] = int16(f)
 		}
-		params, size := formatParams(m.Arguments, formats)
+		var params paramList
+		var size int
+		params, pl.pbuf, size = formatParams(pl.pbuf[:0], m.Arguments, formats)
 		pl.push(pending{kind: 'F', oid: m.Function, sql: functionSQL(m.Function), params: params, size: size,
 			decision: d, start: now})
 	case 'X':
@@ -656,11 +677,7 @@ func (pl *pipe) response(typ byte, body []byte) act {
 			pl.pop()
 		}
 	case 'C': // CommandComplete
-		tag := ""
-		var m pgproto3.CommandComplete
-		if body != nil && m.Decode(body) == nil {
-			tag = string(m.CommandTag)
-		}
+		tag := pl.commandTag(body)
 		if f != nil {
 			switch f.kind {
 			case 'Q':
@@ -712,6 +729,20 @@ func (pl *pipe) response(typ byte, body []byte) act {
 		}
 	}
 	return act{}
+}
+
+// commandTag reads a CommandComplete's tag; mu held. A session's
+// statements mostly end alike (SELECT 1), so the last tag's string is
+// reused when it repeats rather than allocated per statement.
+func (pl *pipe) commandTag(body []byte) string {
+	var m pgproto3.CommandComplete
+	if body == nil || m.Decode(body) != nil {
+		return ""
+	}
+	if string(m.CommandTag) != pl.lastTag {
+		pl.lastTag = string(m.CommandTag)
+	}
+	return pl.lastTag
 }
 
 func (pl *pipe) errorResponse(f *pending, body []byte) act {
@@ -812,7 +843,9 @@ func (pl *pipe) sqlDeallocated(f *pending, tag string) {
 // messages that completed it to the client.
 func (pl *pipe) emit(p *pending, tag, code, msg string) {
 	now := time.Now()
-	st := &session.Statement{Protocol: "extended", SQL: p.sql, Params: p.params, Tag: tag,
+	r := pl.rec()
+	st := &r.st
+	*st = session.Statement{Protocol: "extended", SQL: p.sql, Params: r.paramsOf(&p.params), Tag: tag,
 		Rows: rowsOf(tag, pl.rows), Bytes: pl.bytes, Duration: now.Sub(p.start), SQLState: code, Error: msg,
 		Decision: p.decision, FunctionOID: p.oid}
 	switch {
@@ -827,7 +860,7 @@ func (pl *pipe) emit(p *pending, tag, code, msg string) {
 			// query is in the record of the DECLARE.
 			b.sql = fmt.Sprintf("<portal %q declared in SQL>", p.name)
 		}
-		st.SQL, st.Name, st.Params = b.sql, b.name, b.params
+		st.SQL, st.Name, st.Params = b.sql, b.name, r.paramsOf(&b.params)
 		if st.Decision == "" {
 			st.Decision = b.decision
 		}
@@ -837,14 +870,32 @@ func (pl *pipe) emit(p *pending, tag, code, msg string) {
 		st.Name = p.stmt
 	}
 	if pl.samp != nil {
-		st.Sample = pl.samp.take()
+		st.Sample = pl.samp.take(r)
 	}
 	st.Number = pl.sess.Stats.Statements.Add(1)
 	pl.sess.Stats.Rows.Add(st.Rows)
 	pl.out = append(pl.out, session.Event{Time: now, Kind: session.KindStatement, Statement: st})
 }
 
-// flush hands the held statement events to the session, in order. Server
+// maxRecs bounds the statement records a session keeps for reuse: a
+// pipeline of more statements in one read allocates the rest.
+const maxRecs = 16
+
+// rec returns the memory for the next statement event in pl.out; mu held.
+func (pl *pipe) rec() *stmtRec {
+	i := len(pl.out)
+	if i < len(pl.recs) {
+		return pl.recs[i]
+	}
+	r := new(stmtRec)
+	if i == len(pl.recs) && i < maxRecs {
+		pl.recs = append(pl.recs, r)
+	}
+	return r
+}
+
+// flush hands the held statement events to the session, in order; their
+// memory is then free for the next (session.Sink keeps none of it). Server
 // side only.
 func (pl *pipe) flush() {
 	for i := range pl.out {
@@ -930,42 +981,150 @@ func rowsOf(tag string, counted int64) int64 {
 	return counted
 }
 
-// formatParams renders Bind or FunctionCall arguments for the record,
-// bounded, and returns their size.
-func formatParams(values [][]byte, formats []int16) ([]string, int) {
-	if len(values) == 0 {
-		return nil, 0
+// paramList is a Bind's or FunctionCall's arguments as recorded: their
+// renderings in one string, each after its length (4 bytes). A list of
+// strings cost an allocation for the list and one per argument, per
+// statement; and this one is small enough to keep maps of portals holding
+// their values inline.
+type paramList struct {
+	joined string
+	n      int
+}
+
+// appendTo appends the arguments to dst; nil when there are none.
+func (p *paramList) appendTo(dst []string) []string {
+	if p.n == 0 {
+		return nil
 	}
-	out := make([]string, len(values))
+	rest := p.joined
+	for i := 0; i < p.n && len(rest) >= 4; i++ {
+		l := int(rest[0])<<24 | int(rest[1])<<16 | int(rest[2])<<8 | int(rest[3])
+		dst = append(dst, rest[4:4+l])
+		rest = rest[4+l:]
+	}
+	return dst
+}
+
+// formatParams renders Bind or FunctionCall arguments for the record,
+// bounded, in buf (returned, for reuse), and returns their size.
+func formatParams(buf []byte, values [][]byte, formats []int16) (paramList, []byte, int) {
+	var p paramList
+	if len(values) == 0 {
+		return p, buf, 0
+	}
 	size := 0
 	for i, v := range values {
-		binary := false
+		bin := false
 		switch len(formats) {
 		case 0:
 		case 1:
-			binary = formats[0] == 1
+			bin = formats[0] == 1
 		default:
-			binary = i < len(formats) && formats[i] == 1
+			bin = i < len(formats) && formats[i] == 1
 		}
+		at := len(buf)
+		buf = append(buf, 0, 0, 0, 0) // its length, once known
+		start := len(buf)
 		switch {
 		case size >= maxParamsShown:
-			out[i] = "<not kept>"
+			buf = append(buf, "<not kept>"...)
 		case v == nil:
-			out[i] = "<null>"
-		case binary && len(v) <= maxBinShown:
-			out[i] = `\x` + hex.EncodeToString(v)
-		case binary:
-			out[i] = fmt.Sprintf("<binary %d bytes>", len(v))
+			buf = append(buf, "<null>"...)
+		case bin && len(v) <= maxBinShown:
+			buf = hex.AppendEncode(append(buf, `\x`...), v)
+		case bin:
+			buf = fmt.Appendf(buf, "<binary %d bytes>", len(v))
 		case len(v) > maxParamShown:
 			cut := maxParamShown
 			for cut > 0 && !utf8.RuneStart(v[cut]) {
 				cut--
 			}
-			out[i] = string(v[:cut]) + fmt.Sprintf("…<%d bytes>", len(v))
+			buf = fmt.Appendf(append(buf, v[:cut]...), "…<%d bytes>", len(v))
 		default:
-			out[i] = string(v)
+			buf = append(buf, v...)
 		}
-		size += len(out[i]) + 16
+		binary.BigEndian.PutUint32(buf[at:], uint32(len(buf)-start))
+		size += len(buf) - start + 16
 	}
-	return out, size
+	p.joined, p.n = string(buf), len(values)
+	return p, buf, size
+}
+
+// bindMsg is a Bind read in place: the names and values are views into the
+// body, and the slices are reused from one Bind to the next, so that
+// reading one allocates nothing once they have grown (pgproto3's Decode
+// allocates a string per name and a slice per list).
+type bindMsg struct {
+	portal, stmt  []byte
+	paramFormats  []int16
+	params        [][]byte // nil for SQL NULL
+	resultFormats []int16
+}
+
+// decode reads a Bind body, accepting exactly what pgproto3.Bind.Decode
+// accepts.
+func (m *bindMsg) decode(b []byte) bool {
+	var ok bool
+	if m.portal, ok = cstring(b); !ok {
+		return false
+	}
+	b = b[len(m.portal)+1:]
+	if m.stmt, ok = cstring(b); !ok {
+		return false
+	}
+	b = b[len(m.stmt)+1:]
+	if m.paramFormats, b, ok = int16s(m.paramFormats[:0], b); !ok {
+		return false
+	}
+	if len(b) < 2 {
+		return false
+	}
+	n := int(binary.BigEndian.Uint16(b))
+	b = b[2:]
+	m.params = m.params[:0]
+	for i := 0; i < n; i++ {
+		if len(b) < 4 {
+			return false
+		}
+		l := int(int32(binary.BigEndian.Uint32(b)))
+		b = b[4:]
+		if l == -1 {
+			m.params = append(m.params, nil)
+			continue
+		}
+		if l < 0 || len(b) < l {
+			return false
+		}
+		m.params = append(m.params, b[:l:l])
+		b = b[l:]
+	}
+	m.resultFormats, _, ok = int16s(m.resultFormats[:0], b)
+	return ok
+}
+
+// int16s appends a count-prefixed list of int16s from b to dst and returns
+// the rest of b.
+func int16s(dst []int16, b []byte) ([]int16, []byte, bool) {
+	if len(b) < 2 {
+		return dst, b, false
+	}
+	n := int(binary.BigEndian.Uint16(b))
+	b = b[2:]
+	if len(b) < 2*n {
+		return dst, b, false
+	}
+	for i := 0; i < n; i++ {
+		dst = append(dst, int16(binary.BigEndian.Uint16(b[2*i:])))
+	}
+	return dst, b[2*n:], true
+}
+
+// decodeExecute takes the portal name from an Execute body without copying
+// it, accepting what pgproto3.Execute.Decode accepts.
+func decodeExecute(body []byte) ([]byte, bool) {
+	portal, ok := cstring(body)
+	if !ok || len(body)-len(portal)-1 < 4 {
+		return nil, false
+	}
+	return portal, true
 }

@@ -4,7 +4,10 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
+	"slices"
+	"strconv"
 	"testing"
 	"testing/iotest"
 
@@ -151,5 +154,54 @@ func TestPumpDecodedResultReads(t *testing.T) {
 				t.Fatalf("%d-byte result took %d reads and %d writes, want at most 3 and 2", len(stream), c.reads, c.writes)
 			}
 		})
+	}
+}
+
+// Arguments are recorded as rendered, in order, whatever their number, with
+// the caps applied.
+func TestFormatParams(t *testing.T) {
+	long := bytes.Repeat([]byte("é"), maxParamShown) // 2 bytes a rune: cut on a rune boundary
+	many := make([][]byte, 7)
+	for i := range many {
+		many[i] = []byte(strconv.Itoa(i))
+	}
+	tests := []struct {
+		name    string
+		values  [][]byte
+		formats []int16
+		want    []string
+	}{
+		{"none", nil, nil, nil},
+		{"text and null", [][]byte{[]byte("12345"), nil, {}}, nil, []string{"12345", "<null>", ""}},
+		{"binary", [][]byte{{0, 0, 0, 7}, make([]byte, maxBinShown+1)}, []int16{1}, []string{`\x00000007`, fmt.Sprintf("<binary %d bytes>", maxBinShown+1)}},
+		{"per-argument formats", [][]byte{{1}, []byte("x")}, []int16{1, 0}, []string{`\x01`, "x"}},
+		{"long text", [][]byte{long}, nil, []string{string(long[:maxParamShown]) + fmt.Sprintf("…<%d bytes>", len(long))}},
+		{"many", many, nil, []string{"0", "1", "2", "3", "4", "5", "6"}},
+	}
+	var buf []byte
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var p paramList
+			var size int
+			p, buf, size = formatParams(buf[:0], tc.values, tc.formats)
+			got := p.appendTo(nil)
+			if !slices.Equal(got, tc.want) || (got == nil) != (tc.want == nil) {
+				t.Fatalf("params %q, want %q", got, tc.want)
+			}
+			want := 0
+			for _, s := range tc.want {
+				want += len(s) + 16
+			}
+			if size != want {
+				t.Errorf("size %d, want %d", size, want)
+			}
+		})
+	}
+	// The total cap: past maxParamsShown bytes, arguments are not kept.
+	big := [][]byte{bytes.Repeat([]byte("a"), maxParamShown), bytes.Repeat([]byte("b"), maxParamShown),
+		bytes.Repeat([]byte("c"), maxParamShown), bytes.Repeat([]byte("d"), maxParamShown), []byte("e")}
+	p, _, _ := formatParams(nil, big, nil)
+	if got := p.appendTo(nil); len(got) != 5 || got[4] != "<not kept>" {
+		t.Errorf("past the cap: %d params, last %q", len(got), got[len(got)-1])
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"slices"
 	"testing"
 	"time"
 
@@ -226,6 +227,50 @@ func FuzzPipeline(f *testing.F) {
 			if err := splitMessages(down.Bytes(), nil); err != nil {
 				t.Fatalf("server side sent broken messages: %v", err)
 			}
+		}
+	})
+}
+
+// FuzzDecodeBind holds the in-place Bind and Execute readers to pgproto3's
+// decoders: the same bodies accepted, the same fields read.
+func FuzzDecodeBind(f *testing.F) {
+	for _, m := range []*pgproto3.Bind{
+		{},
+		{DestinationPortal: "p", PreparedStatement: "s1", ParameterFormatCodes: []int16{1},
+			Parameters: [][]byte{{0, 0, 0, 1}, nil, {}}, ResultFormatCodes: []int16{0, 1}},
+	} {
+		b, _ := m.Encode(nil)
+		f.Add(b[5:])
+	}
+	f.Add([]byte("p\x00s\x00\x00\x00\x00\x01\xff\xff\xff\xfe"))
+	f.Add([]byte("\x00\x00"))
+	f.Add([]byte("portal\x00\x00\x00\x00\x10"))
+	var m bindMsg
+	f.Fuzz(func(t *testing.T, body []byte) {
+		var want pgproto3.Bind
+		wantOK := want.Decode(body) == nil
+		if ok := m.decode(body); ok != wantOK {
+			t.Fatalf("bind accepted %v, pgproto3 %v", ok, wantOK)
+		}
+		if wantOK {
+			if string(m.portal) != want.DestinationPortal || string(m.stmt) != want.PreparedStatement ||
+				!slices.Equal(m.paramFormats, want.ParameterFormatCodes) || !slices.Equal(m.resultFormats, want.ResultFormatCodes) {
+				t.Fatalf("bind read %q %q %v %v, pgproto3 %+v", m.portal, m.stmt, m.paramFormats, m.resultFormats, want)
+			}
+			if len(m.params) != len(want.Parameters) {
+				t.Fatalf("%d parameters, pgproto3 %d", len(m.params), len(want.Parameters))
+			}
+			for i, p := range m.params {
+				if (p == nil) != (want.Parameters[i] == nil) || !bytes.Equal(p, want.Parameters[i]) {
+					t.Fatalf("parameter %d: %q, pgproto3 %q", i, p, want.Parameters[i])
+				}
+			}
+		}
+		var e pgproto3.Execute
+		eOK := e.Decode(body) == nil
+		portal, ok := decodeExecute(body)
+		if ok != eOK || (ok && string(portal) != e.Portal) {
+			t.Fatalf("execute %q %v, pgproto3 %q %v", portal, ok, e.Portal, eOK)
 		}
 	})
 }

@@ -31,6 +31,7 @@ type capSink struct {
 func (c *capSink) Record(ev session.Event) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	ev.Statement = ev.Statement.Clone() // it is ours only during Record
 	c.evs = append(c.evs, ev)
 }
 

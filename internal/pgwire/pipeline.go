@@ -101,6 +101,8 @@ type ClientMsg struct {
 	// ReadyForQuery: 'I' idle, 'T' in a block, 'E' in a failed block.
 	TxStatus byte
 	Session  *session.Session
+
+	pl *pipe // the pipe that shows it, whose copies of the SQL text SQLText shares
 }
 
 // SQL returns the statement text of a Query or Parse (a slice of Body),
@@ -115,6 +117,25 @@ func (m *ClientMsg) SQL() []byte {
 		return q
 	}
 	return nil
+}
+
+// SQLText is SQL() as a string. The pipe keeps the text of the statements
+// it records, and a client repeats its texts (the unnamed Parse of each
+// extended query): the string is shared with the pipe's where it can be, so
+// that a stage that needs the text as a string does not copy it each time.
+// Like Body, call it only during the stage's call.
+func (m *ClientMsg) SQLText() string {
+	q := m.SQL()
+	switch {
+	case m.pl == nil:
+		return string(q)
+	case m.Type == 'Q':
+		return m.pl.keepQuery(q)
+	}
+	if string(q) != m.pl.parseText {
+		m.pl.parseText = string(q)
+	}
+	return m.pl.parseText
 }
 
 // ServerMsg is one backend message shown to a server stage.

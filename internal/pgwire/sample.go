@@ -71,9 +71,14 @@ type sampler struct {
 	cols    []string // desc's names that fit the byte cap
 	formats []int16  // the portal's result formats from its Bind (nil: desc's)
 	copyFmt int8     // 0 none, 't' text COPY, 'b' binary COPY
-	rows    [][]*string
-	used    int
-	trunc   bool
+	// The rows so far, flat: their values (vals, with null marking SQL
+	// NULL) and where each row ends in vals. Kept from one statement to
+	// the next, so that sampling allocates nothing but value strings.
+	vals  []string
+	null  []bool
+	ends  []int
+	used  int
+	trunc bool
 
 	// The last simple-protocol description and what it said: a session
 	// that repeats a query gets the same RowDescription each time.
@@ -107,7 +112,7 @@ func (s *sampler) result(d *rowDesc, formats []int16) {
 	}
 }
 
-func (s *sampler) full() bool { return len(s.rows) >= s.maxRows || s.used >= s.maxBytes }
+func (s *sampler) full() bool { return len(s.ends) >= s.maxRows || s.used >= s.maxBytes }
 
 // format is column i's format code under Bind's rules: none means text, one
 // applies to every column, else one per column.
@@ -153,8 +158,7 @@ func (s *sampler) row(body []byte) {
 	}
 	n := int(binary.BigEndian.Uint16(body))
 	p := 2
-	row := make([]*string, 0, n)
-	vals := make([]string, n) // one allocation for the row's values, not one each
+	start := len(s.vals)
 	for i := 0; i < n; i++ {
 		if p+4 > len(body) {
 			break
@@ -162,7 +166,7 @@ func (s *sampler) row(body []byte) {
 		l := int(int32(binary.BigEndian.Uint32(body[p:])))
 		p += 4
 		if l < 0 {
-			row = append(row, nil)
+			s.vals, s.null = append(s.vals, ""), append(s.null, true)
 			s.used += 4
 			continue
 		}
@@ -181,11 +185,10 @@ func (s *sampler) row(body []byte) {
 			s.trunc = true
 		}
 		s.used += len(str)
-		vals[i] = str
-		row = append(row, &vals[i])
+		s.vals, s.null = append(s.vals, str), append(s.null, false)
 	}
-	if len(row) > 0 || n == 0 {
-		s.rows = append(s.rows, row)
+	if len(s.vals) > start || n == 0 {
+		s.ends = append(s.ends, len(s.vals))
 	}
 }
 
@@ -219,40 +222,93 @@ func (s *sampler) copyRow(body []byte) {
 		s.trunc = true
 	}
 	s.used += len(str)
-	s.rows = append(s.rows, []*string{&str})
+	s.vals, s.null = append(s.vals, str), append(s.null, false)
+	s.ends = append(s.ends, len(s.vals))
 }
 
-// take returns the statement's sample and starts afresh; nil when the
-// statement returned no result.
-func (s *sampler) take() *session.Sample {
+// Column names of a COPY's sample.
+var (
+	copyText   = []string{"copy (text)"}
+	copyBinary = []string{"copy (binary)"}
+)
+
+// take puts the statement's sample in r's memory, returns it and starts
+// afresh; nil when the statement returned no result.
+func (s *sampler) take(r *stmtRec) *session.Sample {
 	var out *session.Sample
 	switch {
 	case s.copyFmt != 0:
-		col := "copy (text)"
+		cols := copyText
 		if s.copyFmt == 'b' {
-			col = "copy (binary)"
+			cols = copyBinary
 		}
-		out = &session.Sample{Columns: []string{col}, Rows: s.rows, Truncated: s.trunc}
-	case s.desc != nil || len(s.rows) > 0:
-		out = &session.Sample{Rows: s.rows, Truncated: s.trunc}
+		out = r.sample(cols, s)
+	case s.desc != nil || len(s.ends) > 0:
+		var cols []string
 		if s.desc != nil {
-			out.Columns = s.cols
+			cols = s.cols
 		}
-		if out.Rows == nil {
-			out.Rows = [][]*string{}
-		}
+		out = r.sample(cols, s)
 	}
 	s.reset()
 	return out
 }
 
 func (s *sampler) reset() {
-	*s = sampler{maxRows: s.maxRows, maxBytes: s.maxBytes, lastT: s.lastT, lastDesc: s.lastDesc}
+	*s = sampler{maxRows: s.maxRows, maxBytes: s.maxBytes, lastT: s.lastT, lastDesc: s.lastDesc,
+		vals: s.vals[:0], null: s.null[:0], ends: s.ends[:0]}
 }
 
-// describe reads a simple Query's RowDescription, reusing the last one's
-// reading when the bytes repeat (descriptions are never changed once
-// read: samples share them).
+// stmtRec is the memory of one statement event: the pipe reuses it once
+// the sinks have had the event (session.Sink: they keep none of it), so
+// that recording a statement allocates nothing.
+type stmtRec struct {
+	st     session.Statement
+	params []string
+	smp    session.Sample
+	vals   []string
+	ptrs   []*string
+	rows   [][]*string
+}
+
+// paramsOf is p's arguments in r's memory.
+func (r *stmtRec) paramsOf(p *paramList) []string {
+	if p.n == 0 {
+		return nil
+	}
+	r.params = p.appendTo(r.params[:0])
+	return r.params
+}
+
+// sample copies s's rows into r's sample. Sample's rows are pointers (nil
+// for NULL) into r.vals, each row a slice of r.ptrs.
+func (r *stmtRec) sample(cols []string, s *sampler) *session.Sample {
+	r.vals = append(r.vals[:0], s.vals...)
+	r.ptrs = r.ptrs[:0]
+	for i := range r.vals {
+		if s.null[i] {
+			r.ptrs = append(r.ptrs, nil)
+		} else {
+			r.ptrs = append(r.ptrs, &r.vals[i])
+		}
+	}
+	if r.rows == nil {
+		r.rows = make([][]*string, 0, len(s.ends)) // never nil: an empty result has rows []
+	}
+	r.rows = r.rows[:0]
+	start := 0
+	for _, end := range s.ends {
+		r.rows = append(r.rows, r.ptrs[start:end:end])
+		start = end
+	}
+	r.smp = session.Sample{Columns: cols, Rows: r.rows, Truncated: s.trunc}
+	return &r.smp
+}
+
+// describe reads a RowDescription (a simple Query's, or the answer to a
+// Describe), reusing the last one's reading when the bytes repeat
+// (descriptions are never changed once read: samples, statements and
+// portals share them).
 func (s *sampler) describe(body []byte) *rowDesc {
 	if s.lastDesc != nil && bytes.Equal(body, s.lastT) {
 		return s.lastDesc
@@ -412,7 +468,7 @@ func (pl *pipe) sampleDesc(body []byte) {
 	}
 	switch f.kind {
 	case 'D':
-		d := parseRowDesc(body)
+		d := pl.samp.describe(body)
 		switch f.ctype {
 		case 'S':
 			if st, ok := pl.stmts[f.name]; ok {

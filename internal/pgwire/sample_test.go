@@ -340,3 +340,64 @@ func FuzzSampledStreams(f *testing.F) {
 		}
 	})
 }
+
+// Statement events' memory is reused from one flush to the next (see
+// session.Sink): each event must still carry its own statement's sample,
+// when many answers come in one read (more statements than records kept),
+// across rounds, with NULLs and empty results.
+func TestStatementMemoryReused(t *testing.T) {
+	const n = maxRecs + 4
+	rounds := []struct {
+		name string
+		val  func(stmt, row int) []byte // nil: NULL
+	}{
+		{"first", func(s, r int) []byte { return []byte(fmt.Sprintf("a%d.%d", s, r)) }},
+		{"second", func(s, r int) []byte {
+			if r == 1 {
+				return nil
+			}
+			return []byte(fmt.Sprintf("second-%d-%d", s, r))
+		}},
+	}
+	sink := &capSink{}
+	pl := newPipe(session.New(sink), Stages{}, 0)
+	pl.samp = newSampler(10, 4096)
+	for _, rd := range rounds {
+		var client, server []byte
+		for s := 0; s < n; s++ {
+			client, _ = (&pgproto3.Query{String: fmt.Sprintf("select %d", s)}).Encode(client)
+			server, _ = (&pgproto3.RowDescription{Fields: []pgproto3.FieldDescription{{Name: []byte("v"), DataTypeOID: 25}}}).Encode(server)
+			for r := 0; r < s%3; r++ {
+				server, _ = (&pgproto3.DataRow{Values: [][]byte{rd.val(s, r)}}).Encode(server)
+			}
+			server, _ = (&pgproto3.CommandComplete{CommandTag: []byte(fmt.Sprintf("SELECT %d", s%3))}).Encode(server)
+			server, _ = (&pgproto3.ReadyForQuery{TxStatus: 'I'}).Encode(server)
+		}
+		_ = newPump(bytes.NewReader(client), io.Discard, pl.fromClient, pl.clientTypes(), 1<<16, 0).run()
+		_ = newPump(bytes.NewReader(server), io.Discard, pl.fromServer, pl.serverTypes(), serverDecodeMax, 0).run()
+		pl.flush()
+	}
+	// Checked at the end: a sink that kept the pipe's memory would see
+	// the first round overwritten by the second.
+	all := sink.statements()
+	if len(all) != n*len(rounds) {
+		t.Fatalf("%d statements recorded, want %d", len(all), n*len(rounds))
+	}
+	for i, rd := range rounds {
+		got := all[i*n : (i+1)*n]
+		if len(got) != n {
+			t.Fatalf("%s: %d statements recorded, want %d", rd.name, len(got), n)
+		}
+		for s, st := range got {
+			if st.SQL != fmt.Sprintf("select %d", s) || st.Sample == nil || len(st.Sample.Rows) != s%3 {
+				t.Fatalf("%s: statement %d recorded as %q with sample %+v", rd.name, s, st.SQL, st.Sample)
+			}
+			for r, row := range st.Sample.Rows {
+				want := rd.val(s, r)
+				if len(row) != 1 || (want == nil) != (row[0] == nil) || (want != nil && *row[0] != string(want)) {
+					t.Errorf("%s: statement %d row %d is %v, want %q", rd.name, s, r, row, want)
+				}
+			}
+		}
+	}
+}

@@ -17,7 +17,7 @@ type BatchStage interface {
 
 // Batch is one unit of extended-protocol messages.
 type Batch struct {
-	Msgs     []ClientMsg // bodies valid only during the call
+	Msgs     []ClientMsg // b, its messages and bodies are valid only during the call
 	Complete bool        // ends with Sync
 }
 
@@ -33,6 +33,9 @@ type unit struct {
 	wait  bool
 	err   error
 	stage int // batch stage to run next
+	// batch is what the batch stages are shown: a field so that the
+	// pointer they get does not cost an allocation per unit.
+	batch Batch
 }
 
 // extended reports the message types that make up an extended batch.
@@ -60,7 +63,7 @@ func (pl *pipe) gather(typ byte, body []byte) (act, bool) {
 	u.msgs = u.msgs[:0]
 	tx := pl.tx()
 	_ = splitMessages(u.buf, func(t byte, _, b []byte) {
-		u.msgs = append(u.msgs, ClientMsg{Type: t, Body: b, TxStatus: tx, Session: pl.sess})
+		u.msgs = append(u.msgs, ClientMsg{Type: t, Body: b, TxStatus: tx, Session: pl.sess, pl: pl})
 	})
 	u.k, u.out, u.wait, u.err, u.stage = 0, u.out[:0], false, nil, 0
 	return pl.decideUnit(), true
@@ -69,9 +72,10 @@ func (pl *pipe) gather(typ byte, body []byte) (act, bool) {
 // decideUnit runs the batch stages from u.stage, then plays the unit.
 func (pl *pipe) decideUnit() act {
 	u := &pl.unit
-	b := Batch{Msgs: u.msgs, Complete: u.msgs[len(u.msgs)-1].Type == 'S'}
+	b := &u.batch
+	*b = Batch{Msgs: u.msgs, Complete: u.msgs[len(u.msgs)-1].Type == 'S'}
 	for ; u.stage < len(pl.stages.Batch); u.stage++ {
-		v := pl.stages.Batch[u.stage].Batch(&b)
+		v := pl.stages.Batch[u.stage].Batch(b)
 		switch v.Action {
 		case Forward:
 			continue

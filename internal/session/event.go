@@ -2,6 +2,7 @@ package session
 
 import (
 	"log/slog"
+	"slices"
 	"time"
 
 	"github.com/airlockhq/airlock/internal/identity"
@@ -147,6 +148,32 @@ type Statement struct {
 	Number int64 `json:"number,omitempty"`
 }
 
+// Clone copies st and everything it points to, for a sink that keeps it
+// past Record (see Sink).
+func (st *Statement) Clone() *Statement {
+	if st == nil {
+		return nil
+	}
+	c := *st
+	c.Params = slices.Clone(st.Params)
+	if st.Sample != nil {
+		sm := *st.Sample
+		sm.Columns = slices.Clone(sm.Columns)
+		sm.Rows = make([][]*string, len(st.Sample.Rows))
+		for i, row := range st.Sample.Rows {
+			sm.Rows[i] = make([]*string, len(row))
+			for j, v := range row {
+				if v != nil {
+					s := *v
+					sm.Rows[i][j] = &s
+				}
+			}
+		}
+		c.Sample = &sm
+	}
+	return &c
+}
+
 // Originals is one statement's compliance copy: the original values
 // masking replaced, sealed with age to the compliance public keys. Only
 // ciphertext: the originals never travel in the clear past the stage.
@@ -228,8 +255,15 @@ type Refusal struct {
 // and that rate limits drop.
 type LogSink struct{ Logger *slog.Logger }
 
+// Wants is false for the events LogSink leaves out: statements and
+// compliance copies.
+func (LogSink) Wants(ev Event) bool { return ev.Statement == nil && ev.Originals == nil }
+
 // Record logs ev at info level.
 func (l LogSink) Record(ev Event) {
+	if !l.Wants(ev) {
+		return
+	}
 	attrs := []any{"kind", string(ev.Kind), "session", ev.Session}
 	if p := ev.Person; p != nil {
 		attrs = append(attrs, "person", p.Name)
@@ -248,8 +282,6 @@ func (l LogSink) Record(ev Event) {
 		for _, m := range ev.End.Masked {
 			attrs = append(attrs, "masked."+m.Rule+"."+m.Detector, m.Values)
 		}
-	case ev.Statement != nil, ev.Originals != nil:
-		return
 	case ev.Reveal != nil:
 		r := ev.Reveal
 		attrs = append(attrs, "uid", r.UID, "by", r.Person, "revealed_session", r.Session, "statements", r.Statements, "copies", r.Copies)

@@ -55,3 +55,44 @@ func TestEndMaskCounts(t *testing.T) {
 		t.Errorf("log %q lacks the counts", b.String())
 	}
 }
+
+type keepSink struct{ evs []Event }
+
+func (k *keepSink) Record(ev Event) { k.evs = append(k.evs, ev) }
+
+// Events share one copy of the session's person until it changes; each
+// keeps the person it was emitted for, and a change to the session's
+// groups afterwards does not reach an event already emitted.
+func TestEmitPerson(t *testing.T) {
+	k := &keepSink{}
+	s := New(k)
+	steps := []struct {
+		name   string
+		change func(*Session)
+		want   string // the event's person name, "" for none
+		shared bool   // the same copy as the previous event's
+	}{
+		{"no person yet", func(*Session) {}, "", false},
+		{"set", func(s *Session) { s.Person.Name, s.Person.Groups = "alice", []string{"eng"} }, "alice", false},
+		{"unchanged", func(*Session) {}, "alice", true},
+		{"groups changed in place", func(s *Session) { s.Person.Groups[0] = "dba" }, "alice", false},
+		{"renamed", func(s *Session) { s.Person.Name = "bob" }, "bob", false},
+		{"unchanged again", func(*Session) {}, "bob", true},
+	}
+	for i, st := range steps {
+		st.change(s)
+		s.Emit(Event{Kind: KindStatement})
+		ev := k.evs[i]
+		switch {
+		case st.want == "" && ev.Person != nil:
+			t.Errorf("%s: person %+v, want none", st.name, ev.Person)
+		case st.want != "" && (ev.Person == nil || ev.Person.Name != st.want):
+			t.Errorf("%s: person %+v, want %s", st.name, ev.Person, st.want)
+		case i > 0 && st.shared != (ev.Person == k.evs[i-1].Person):
+			t.Errorf("%s: shared copy %v, want %v", st.name, !st.shared, st.shared)
+		}
+	}
+	if g := k.evs[2].Person.Groups; len(g) != 1 || g[0] != "eng" {
+		t.Errorf("an emitted event's groups became %v", g)
+	}
+}

@@ -38,8 +38,16 @@ func NewQueue(inner Sink, size int, flush func()) *Queue {
 	return q
 }
 
-// Record enqueues ev. After Close, events go straight to the inner sink.
+// Record enqueues ev, unless the inner sink is a Filter that does not want
+// it (a statement for the log: queueing it would cost the data path a lock
+// and a copy for nothing). After Close, events go straight to the inner
+// sink.
 func (q *Queue) Record(ev Event) {
+	if f, ok := q.inner.(Filter); ok && !f.Wants(ev) {
+		return
+	}
+	// The statement is the caller's only during this call (see Sink).
+	ev.Statement = ev.Statement.Clone()
 	q.mu.Lock()
 	for len(q.buf) >= q.max && !q.closed {
 		q.wake()

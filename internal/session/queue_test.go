@@ -63,3 +63,52 @@ func TestQueueCloseWithBlockedSenders(t *testing.T) {
 		t.Fatalf("delivered %d of 8", len(c.evs))
 	}
 }
+
+// The data path reuses a statement's memory once Record returns (see Sink):
+// what the queue delivers later is the statement as it was recorded.
+func TestQueueKeepsStatementCopies(t *testing.T) {
+	c := &capture{}
+	q := NewQueue(c, 16, nil)
+	v := "alice@example.com"
+	st := &Statement{SQL: "select $1", Params: []string{"1"},
+		Sample: &Sample{Columns: []string{"email"}, Rows: [][]*string{{&v, nil}}}}
+	q.Record(Event{Kind: KindStatement, Statement: st})
+	// The caller's next statement, in the same memory.
+	st.SQL, st.Params[0], st.Sample.Columns[0], v = "select 2", "2", "n", "2"
+	st.Sample.Rows[0][1] = &v
+	q.Close()
+	got := c.evs[0].Statement
+	switch {
+	case got.SQL != "select $1" || got.Params[0] != "1" || got.Sample.Columns[0] != "email":
+		t.Errorf("delivered %+v, changed after Record", got)
+	case *got.Sample.Rows[0][0] != "alice@example.com" || got.Sample.Rows[0][1] != nil:
+		t.Errorf("delivered sample row %v, changed after Record", got.Sample.Rows[0])
+	}
+}
+
+type wantsNoStatements struct{ capture }
+
+func (*wantsNoStatements) Wants(ev Event) bool { return ev.Statement == nil }
+
+// A queue in front of a Filter holds only what the filter wants.
+func TestQueueFilter(t *testing.T) {
+	tests := []struct {
+		name string
+		ev   Event
+		kept bool
+	}{
+		{"statement", Event{Kind: KindStatement, Statement: &Statement{SQL: "select 1"}}, false},
+		{"end", Event{Kind: KindSessionEnd, End: &End{Reason: "client_quit"}}, true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c := &wantsNoStatements{}
+			q := NewQueue(c, 16, nil)
+			q.Record(tc.ev)
+			q.Close()
+			if kept := len(c.evs) == 1; kept != tc.kept {
+				t.Errorf("delivered %d events, want kept=%v", len(c.evs), tc.kept)
+			}
+		})
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"crypto/rand"
 	"encoding/base32"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -72,6 +73,10 @@ type Session struct {
 	Stats Stats `json:"-"`
 
 	sink Sink
+
+	// person is the copy of Person that events point to, made once and
+	// shared: a copy per event was an allocation per statement.
+	person atomic.Pointer[identity.Person]
 
 	mu           sync.Mutex
 	database     string
@@ -157,8 +162,21 @@ func (s *Session) Database() string {
 
 // Sink receives a session's events. Implementations must not block for long:
 // they are called on the data path.
+//
+// A statement event's Statement, and what it points to (parameters,
+// sample), is valid only during Record: the data path reuses that memory
+// for the session's next statements, so that recording one allocates
+// nothing. A sink that keeps a statement past Record keeps
+// Statement.Clone().
 type Sink interface {
 	Record(Event)
+}
+
+// Filter is a Sink that records only some events. A Queue in front of one
+// holds only those.
+type Filter interface {
+	Sink
+	Wants(Event) bool
 }
 
 // New returns a session with a fresh random ID.
@@ -186,10 +204,26 @@ func (s *Session) Emit(ev Event) {
 	}
 	ev.Session = s.ID
 	if ev.Person == nil && s.Person.Name != "" {
-		p := s.Person
-		ev.Person = &p
+		ev.Person = s.personCopy()
 	}
 	s.sink.Record(ev)
+}
+
+// personCopy returns the shared copy of Person, made anew if Person was
+// changed since (events keep the person they were emitted for).
+func (s *Session) personCopy() *identity.Person {
+	if p := s.person.Load(); p != nil && samePerson(p, &s.Person) {
+		return p
+	}
+	p := s.Person
+	p.Groups = slices.Clone(p.Groups) // a later change to Person's groups must not rewrite emitted events
+	s.person.Store(&p)
+	return &p
+}
+
+func samePerson(a, b *identity.Person) bool {
+	return a.Name == b.Name && a.UID == b.UID && a.Issuer == b.Issuer && a.Subject == b.Subject &&
+		a.Email == b.Email && slices.Equal(a.Groups, b.Groups)
 }
 
 // SetAttr records a live fact about the session (never a secret).

@@ -36,6 +36,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"unsafe"
 
 	pg_query "github.com/pganalyze/pg_query_go/v6"
 	pgparser "github.com/pganalyze/pg_query_go/v6/parser"
@@ -159,9 +160,18 @@ func (c *Classifier) Classify(sql string) (*Result, error) {
 	if len(sql) > c.opts.MaxCachedSQL {
 		return c.classifyUncached(sql)
 	}
-	key, shaped := numberShape(sql)
+	bp := shapeBufs.Get().(*[]byte)
+	key, shaped := appendNumberShape((*bp)[:0], sql)
+	defer func() {
+		if cap(key) <= maxPooledShape {
+			*bp = key[:0]
+			shapeBufs.Put(bp)
+		}
+	}()
 	if shaped {
-		if st, ok := c.shape.get(key); ok {
+		// The lookup's key aliases the pooled buffer: get keeps
+		// nothing of it (put below gets a copy).
+		if st, ok := c.shape.get(unsafe.String(unsafe.SliceData(key), len(key))); ok {
 			// Not added to the text cache: a stream of new constants
 			// would only churn it, and this path is cheap already.
 			return fromShape(st, sql), nil
@@ -170,10 +180,16 @@ func (c *Classifier) Classify(sql string) (*Result, error) {
 	res, err := c.classifyUncached(sql)
 	c.text.put(sql, cached{res, err}, 3*len(sql)+256)
 	if shaped && err == nil && shareable(res, sql) {
-		c.shape.put(key, res.Statements[0], 3*len(sql)+256)
+		c.shape.put(string(key), res.Statements[0], 3*len(sql)+256)
 	}
 	return res, err
 }
+
+// shapeBufs hold the shape keys of Classify's lookups; one larger than
+// maxPooledShape is left to the collector.
+var shapeBufs = sync.Pool{New: func() any { b := make([]byte, 0, 256); return &b }}
+
+const maxPooledShape = 8 << 10
 
 func (c *Classifier) classifyUncached(sql string) (*Result, error) {
 	a := &analyzer{}

@@ -35,14 +35,22 @@ const shapeFlags = FlagNoWhere | FlagDMLInCTE
 // numberShape returns sql with each numeric literal replaced by "0", and
 // whether it did so with certainty and replaced at least one.
 func numberShape(sql string) (string, bool) {
-	var b strings.Builder
+	b, ok := appendNumberShape(nil, sql)
+	return string(b), ok
+}
+
+// appendNumberShape is numberShape appending to dst (the classifier's
+// lookups use a pooled buffer: a key string per statement was an
+// allocation per query).
+func appendNumberShape(dst []byte, sql string) ([]byte, bool) {
+	b := dst
 	last, replaced := 0, false
 	n := len(sql)
 	for i := 0; i < n; {
 		c := sql[i]
 		switch {
 		case c >= 0x80 || c == 0:
-			return "", false // identifiers in other scripts, NUL: parse
+			return dst, false // identifiers in other scripts, NUL: parse
 		case c == '-' && i+1 < n && sql[i+1] == '-':
 			j := strings.IndexByte(sql[i:], '\n')
 			if j < 0 {
@@ -64,25 +72,25 @@ func numberShape(sql string) (string, bool) {
 				}
 			}
 			if depth > 0 {
-				return "", false
+				return dst, false
 			}
 			i = j
 		case c == '\'':
 			j, ok := skipQuoted(sql, i, '\'', false)
 			if !ok {
-				return "", false
+				return dst, false
 			}
 			i = j
 		case c == '"':
 			j, ok := skipQuoted(sql, i, '"', false)
 			if !ok {
-				return "", false
+				return dst, false
 			}
 			i = j
 		case (c == 'e' || c == 'E') && i+1 < n && sql[i+1] == '\'' && !identChar(prev(sql, i)):
 			j, ok := skipQuoted(sql, i+1, '\'', true)
 			if !ok {
-				return "", false
+				return dst, false
 			}
 			i = j
 		case c == '$':
@@ -103,12 +111,12 @@ func numberShape(sql string) (string, bool) {
 				j++
 			}
 			if j >= n || sql[j] != '$' {
-				return "", false
+				return dst, false
 			}
 			tag := sql[i : j+1]
 			end := strings.Index(sql[j+1:], tag)
 			if end < 0 {
-				return "", false
+				return dst, false
 			}
 			i = j + 1 + end + len(tag)
 		case identStart(c):
@@ -123,23 +131,19 @@ func numberShape(sql string) (string, bool) {
 				j++
 			}
 			if !plainNumber(sql[i:j]) {
-				return "", false
+				return dst, false
 			}
-			if !replaced {
-				b.Grow(len(sql))
-			}
-			b.WriteString(sql[last:i])
-			b.WriteByte('0')
+			b = append(b, sql[last:i]...)
+			b = append(b, '0')
 			last, replaced, i = j, true, j
 		default:
 			i++
 		}
 	}
 	if !replaced {
-		return "", false
+		return dst, false
 	}
-	b.WriteString(sql[last:])
-	return b.String(), true
+	return append(b, sql[last:]...), true
 }
 
 // skipQuoted returns the index after the literal or identifier opening at

@@ -1,0 +1,128 @@
+package pgwire_test
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"strconv"
+	"testing"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/airlockhq/airlock/internal/guard"
+	"github.com/airlockhq/airlock/internal/identity"
+	"github.com/airlockhq/airlock/internal/mask"
+	"github.com/airlockhq/airlock/internal/pgmask"
+	"github.com/airlockhq/airlock/internal/pgwire"
+	"github.com/airlockhq/airlock/internal/policy"
+	"github.com/airlockhq/airlock/internal/session"
+	"github.com/airlockhq/airlock/internal/sqlclass"
+)
+
+type discardSink struct{}
+
+func (discardSink) Record(session.Event) {}
+
+// accountsCatalog resolves pgbench_accounts' columns (table 16400) to
+// themselves: no masking rule names that table.
+type accountsCatalog struct{}
+
+func (accountsCatalog) Resolve(_ context.Context, _ string, attrs []pgmask.Attr) (map[pgmask.Attr][]mask.Source, error) {
+	out := make(map[pgmask.Attr][]mask.Source, len(attrs))
+	for _, a := range attrs {
+		out[a] = []mask.Source{{Schema: "public", Table: "pgbench_accounts", Column: "abalance"}}
+	}
+	return out, nil
+}
+
+func encode(msgs ...interface{ Encode([]byte) ([]byte, error) }) []byte {
+	var b []byte
+	for _, m := range msgs {
+		b, _ = m.Encode(b)
+	}
+	return b
+}
+
+// BenchmarkDaemonSelectTx is one pgbench -S transaction through the pipe
+// with the stages the daemon wires for an agent's session: the guard (the
+// built-in policy), masking with rules on other tables, the result sampler
+// and the statement record to a sink that discards it. The pumps' reads
+// and writes are in memory: what is left is the proxy's own work, and its
+// allocations per transaction are each GC work on the data path.
+func BenchmarkDaemonSelectTx(b *testing.B) {
+	pol := filepath.Join(b.TempDir(), "policy.yaml")
+	if err := os.WriteFile(pol, nil, 0o600); err != nil {
+		b.Fatal(err)
+	}
+	store, err := policy.NewStore(pol)
+	if err != nil {
+		b.Fatal(err)
+	}
+	g := &guard.Guard{Connection: "bench", Policies: store, Classifier: sqlclass.New(sqlclass.Options{})}
+	rs, err := mask.Compile(mask.Policy{Rules: []mask.Rule{
+		{Name: "pii", Columns: []string{"public.users.email"}, Detectors: []string{"email"}, Strategy: "redact"},
+	}}, bytes.Repeat([]byte("k"), 32))
+	if err != nil {
+		b.Fatal(err)
+	}
+	const sql = "SELECT abalance FROM pgbench_accounts WHERE aid = $1;"
+	rd := &pgproto3.RowDescription{Fields: []pgproto3.FieldDescription{{Name: []byte("abalance"), TableOID: 16400,
+		TableAttributeNumber: 3, DataTypeOID: 23, DataTypeSize: 4, TypeModifier: -1}}}
+	result := []interface{ Encode([]byte) ([]byte, error) }{rd, &pgproto3.DataRow{Values: [][]byte{[]byte("0")}},
+		&pgproto3.CommandComplete{CommandTag: []byte("SELECT 1")}, &pgproto3.ReadyForQuery{TxStatus: 'I'}}
+	bind := &pgproto3.Bind{PreparedStatement: "P0_1", Parameters: [][]byte{[]byte("12345")}}
+	modes := []struct {
+		name           string
+		setup          [2][]byte // sent once before the loop (prepared: the Parse)
+		client, server []byte
+	}{
+		{name: "simple",
+			client: encode(&pgproto3.Query{String: "SELECT abalance FROM pgbench_accounts WHERE aid = 1000000;"}),
+			server: encode(result...)},
+		{name: "extended",
+			client: encode(&pgproto3.Parse{Query: sql}, &pgproto3.Bind{Parameters: [][]byte{[]byte("12345")}},
+				&pgproto3.Describe{ObjectType: 'P'}, &pgproto3.Execute{}, &pgproto3.Sync{}),
+			server: encode(append([]interface{ Encode([]byte) ([]byte, error) }{&pgproto3.ParseComplete{}, &pgproto3.BindComplete{}}, result...)...)},
+		{name: "prepared",
+			setup: [2][]byte{encode(&pgproto3.Parse{Name: "P0_1", Query: sql}, &pgproto3.Sync{}),
+				encode(&pgproto3.ParseComplete{}, &pgproto3.ReadyForQuery{TxStatus: 'I'})},
+			client: encode(bind, &pgproto3.Describe{ObjectType: 'P'}, &pgproto3.Execute{}, &pgproto3.Sync{}),
+			server: encode(append([]interface{ Encode([]byte) ([]byte, error) }{&pgproto3.BindComplete{}}, result...)...)},
+	}
+	for _, m := range modes {
+		b.Run(m.name, func(b *testing.B) {
+			sess := session.New(discardSink{})
+			sess.Origin.UID, sess.Origin.Class = 1000, session.ClassAgent
+			sess.Person = identity.Person{Name: "alice", UID: 1000, Groups: []string{"eng"}}
+			st := pgwire.ChainStages(g.Stages, func(s *session.Session) pgwire.Stages {
+				ms := pgmask.New(rs.ForSubject(pgmask.Subject(s)), accountsCatalog{}, s, nil)
+				return pgwire.Stages{Client: []pgwire.ClientStage{ms}, Server: []pgwire.ServerStage{ms}}
+			})(sess)
+			d := pgwire.NewTxDriver(sess, st, 10, 4096)
+			if m.setup[0] != nil {
+				d.Run(m.setup[0], m.setup[1])
+			}
+			d.Run(m.client, m.server) // the first resolves the columns and fills caches
+			// pgbench -S sends a new aid inline each time: the simple
+			// mode's text is rewritten in place, past the classifier's
+			// text cache, as pgbench's would be.
+			client := bytes.Clone(m.client)
+			digits := bytes.LastIndex(client, []byte("1000000"))
+			aid := 1000000
+			before := sess.Stats.Statements.Load()
+			b.ReportAllocs()
+			for b.Loop() {
+				if m.name == "simple" {
+					aid = aid%8999999 + 1000000
+					strconv.AppendInt(client[digits:digits], int64(aid), 10)
+					aid++
+				}
+				d.Run(client, m.server)
+			}
+			if n := sess.Stats.Statements.Load() - before; n != int64(b.N) {
+				b.Fatalf("%d statements recorded for %d transactions", n, b.N)
+			}
+		})
+	}
+}
