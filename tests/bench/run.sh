@@ -266,10 +266,10 @@ PATHS=$(cat <<JSON
 {"name": "direct", "kind": "direct", "dsn": "$DSN_DIRECT", "client_cgroup": "$HOST/pgbench",
  "note": "pgbench connects to \`$REMOTE:5432\` as the static user \`bench\` (SCRAM)."},
 {"name": "airlock", "kind": "airlock", "dsn": "$DSN_AIRLOCK", "client_cgroup": "$CG/$CGNAME/clients",
- "proxy_cgroup": "$HOST/airlock", "proxy_pid": ${DAEMON_PIDS[airlock]},
+ "proxy_cgroup": "$HOST/airlock", "proxy_pid": ${DAEMON_PIDS[airlock]}, "socket": "$DIR/run-airlock/airlock.sock",
  "note": "pgbench in a child of the attach cgroup of an airlockd (\`mode: all\`, default \`proxy.driver\`) connects to the same address as \`agent\` without a password; redirected to airlockd's front door, served with a just-in-time role (\`CREATE ROLE ... IN ROLE bench_rw\` per session), upstream TLS off, \`sslmode=disable\`, \`log_level: $BENCH_LOG_LEVEL\`."},
 {"name": "airlock-tls", "kind": "airlock-tls", "dsn": "${DSN_AIRLOCK/sslmode=disable/sslmode=require}", "client_cgroup": "$CG/$CGNAME/clients",
- "proxy_cgroup": "$HOST/airlock", "proxy_pid": ${DAEMON_PIDS[airlock]}, "only": ["select"],
+ "proxy_cgroup": "$HOST/airlock", "proxy_pid": ${DAEMON_PIDS[airlock]}, "socket": "$DIR/run-airlock/airlock.sock", "only": ["select"],
  "note": "the same airlockd with \`sslmode=require\`: TLS 1.3 on the client leg (airlockd's own certificate), plain upstream. Select-only cells only."},
 JSON
 )
@@ -280,7 +280,7 @@ for d in $BENCH_DRIVERS; do
   PATHS+=$(cat <<JSON
 
 {"name": "airlock-$d", "kind": "airlock", "dsn": "$DSN_AIRLOCK", "client_cgroup": "$CG/$CGNAME-$d/clients",
- "proxy_cgroup": "$HOST/airlock-$d", "proxy_pid": ${DAEMON_PIDS[airlock-$d]},
+ "proxy_cgroup": "$HOST/airlock-$d", "proxy_pid": ${DAEMON_PIDS[airlock-$d]}, "socket": "$DIR/run-airlock-$d/airlock.sock",
  "note": "as **airlock**, from another airlockd configured with \`proxy.driver: $d\`."},
 JSON
 )
@@ -290,7 +290,7 @@ feature_path() { # NAME FEATURE NOTE
   PATHS+=$(cat <<JSON
 
 {"name": "$1", "kind": "airlock", "feature": "$2", "dsn": "$DSN_AIRLOCK", "client_cgroup": "$CG/$CGNAME-${1#airlock-}/clients",
- "proxy_cgroup": "$HOST/$1", "proxy_pid": ${DAEMON_PIDS[$1]},
+ "proxy_cgroup": "$HOST/$1", "proxy_pid": ${DAEMON_PIDS[$1]}, "socket": "$DIR/run-$1/airlock.sock",
  "note": "$3"},
 JSON
 )
@@ -373,6 +373,7 @@ OWN=$(find "$CG/$CGNAME" "$CG/$CGNAME"-* -maxdepth 0 -type d -printf '"%p",' | s
 cat > "$DIR/setup.json" <<JSON
 {
  "dir": "$DIR",
+ "airlock": "$BIN/airlock",
  "command": "$COMMAND",
  "server_cgroup": "$HOST/server",
  "own_cgroups": [$OWN],

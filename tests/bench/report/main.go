@@ -45,7 +45,10 @@ type Path struct {
 	// ProxyCgroup holds the proxy's process (empty for direct).
 	ProxyCgroup string `json:"proxy_cgroup"`
 	// ProxyPID is the proxy's process, for its memory.
-	ProxyPID int    `json:"proxy_pid"`
+	ProxyPID int `json:"proxy_pid"`
+	// Socket is an airlockd's control socket: before each run the
+	// report waits for that daemon to have shipped its audit record.
+	Socket string `json:"socket"`
 	Note     string `json:"note"`
 	// Only restricts the path to these scripts (empty: all).
 	Only []string `json:"only"`
@@ -60,6 +63,7 @@ type Setup struct {
 	ServerCgroup string   `json:"server_cgroup"` // postgres and its backends
 	OwnCgroups   []string `json:"own_cgroups"`   // everything this benchmark runs in
 	Dir          string   `json:"dir"`
+	Airlock      string   `json:"airlock"` // the airlock CLI, for settle`
 	Idle         struct {
 		Path     string `json:"path"`   // the path whose proxy holds idle sessions
 		Binary   string `json:"binary"` // tests/bench/idle, built
@@ -231,6 +235,7 @@ var (
 
 // pgbench runs one measurement of path p and reads the CPU each part used.
 func (r *runner) pgbench(p Path, c cell, seconds int) result {
+	r.settle(p)
 	// Setting up many sessions takes seconds on a busy machine: the steady
 	// state measured starts after it, and gets its full length.
 	seconds += c.clients / 10
@@ -389,6 +394,36 @@ func runIn(ctx context.Context, cgroup string, onLine func(string), name string,
 
 // A pgbench -P report: "progress: 2.0 s, 6123.4 tps, lat ...".
 var progressTPS = regexp.MustCompile(`^progress: ([0-9.]+) s, ([0-9.]+) tps`)
+
+// settle waits (bounded) until p's airlockd has shipped every audit
+// record to its store. Shipping is deferred work: without this, a run
+// pays for the records of the run before it on the same daemon (a
+// masked cell's large result samples, say), and the comparison is off.
+func (r *runner) settle(p Path) {
+	if p.Socket == "" || r.st.Airlock == "" {
+		return
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		cmd := exec.Command(r.st.Airlock, "status", "--json")
+		cmd.Env = append(os.Environ(), "AIRLOCK_SOCKET="+p.Socket)
+		out, err := cmd.Output()
+		var st struct {
+			Audit *struct {
+				Written int64 `json:"written"`
+				Stored  int64 `json:"stored"`
+			} `json:"audit"`
+		}
+		if err == nil && json.Unmarshal(out, &st) == nil && (st.Audit == nil || st.Audit.Stored >= st.Audit.Written) {
+			return
+		}
+		if time.Now().After(deadline) {
+			logf("%s: audit record still shipping after 60 s; measuring anyway", p.Name)
+			return
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
 
 // cpuUsec is a cgroup's CPU time so far, from its cpu.stat.
 func cpuUsec(cgroup string) float64 {
