@@ -297,7 +297,7 @@ JSON
 }
 if has_feature mask; then
   head -c 48 /dev/urandom > "$DIR/secrets/mask.key"; chmod 600 "$DIR/secrets/mask.key"
-  start_daemon airlock-mask "" $((p += 1)) "" "$(cat <<YAML
+  MASK_YAML=$(cat <<YAML
 masking:
   key_file: $DIR/secrets/mask.key
   rules:
@@ -309,7 +309,8 @@ masking:
       strategy: partial
       keep: 4
 YAML
-)"
+)
+  start_daemon airlock-mask "" $((p += 1)) "" "$MASK_YAML"
   feature_path airlock-mask mask "as **airlock**, from an airlockd with masking rules on \`public.bench_people\` (\`email\`: keyed hash, \`card\`: partial, last 4 kept)."
 fi
 if has_feature guard; then
@@ -319,6 +320,13 @@ fi
 if has_feature audit; then
   start_daemon airlock-noaudit "" $((p += 1)) audit
   feature_path airlock-noaudit audit "as **airlock**, from an airlockd started with \`AIRLOCK_BENCH_OFF=audit\`: session and statement events go to the log only, not to the audit record (recording off). **airlock** records to the embedded SQLite store."
+  if has_feature mask; then
+    # Masking's cost on results it does not touch, measured with recording
+    # off on both sides: two recording daemons differ from round to round
+    # by more than the 5% this compares (the shipper's work lands unevenly).
+    start_daemon airlock-mask-noaudit "" $((p += 1)) audit "$MASK_YAML"
+    feature_path airlock-mask-noaudit mask-noaudit "as **airlock-mask**, started with \`AIRLOCK_BENCH_OFF=audit\` (recording off), compared with **airlock-noaudit**: masking alone."
+  fi
 fi
 if [ -n "${BENCH_HOLD:-}" ] && has_feature audit; then
   # For profiling a driver's own cost by hand: recording off, each driver
