@@ -71,10 +71,16 @@ func (r *runner) features(quick bool) string {
 	if withMask {
 		for _, m := range maskModes {
 			c := cell{"masked", m, clients}
-			groups = append(groups, featureGroup{c, "direct", []string{"direct", "airlock", mask}})
+			g := featureGroup{c, "direct", []string{"direct", "airlock", mask}}
 			targets = append(targets, featureTarget{"11", fmt.Sprintf("%d masked rows a transaction ≥ 0.80 × direct", r.st.MaskRows), c, mask, "direct", 0.80},
 				// No target: how much of the gap masking itself makes.
 				featureTarget{"11", "(masking's own share: the same rows through airlock unmasked)", c, mask, "airlock", 0})
+			if _, ok := r.path("pgbouncer"); ok {
+				// No target: what a proxy that does nothing to the rows keeps.
+				g.paths = append(g.paths, "pgbouncer")
+				targets = append(targets, featureTarget{"11", "(the same rows through PgBouncer, of direct)", c, "pgbouncer", "direct", 0})
+			}
+			groups = append(groups, g)
 		}
 	}
 	for _, m := range selModes {
