@@ -635,7 +635,12 @@ type shipBuf struct {
 // once buf has grown to a batch.
 func (j *journal) readInto(buf *shipBuf, after int64, max int) ([]pending, error) {
 	buf.slabs.reset()
-	return j.readWith(buf.recs[:0], &buf.slabs, after, max)
+	clear(buf.recs[:cap(buf.recs)]) // the last batch's, not kept alive by the next
+	out, err := j.readWith(buf.recs[:0], &buf.slabs, after, max)
+	if cap(out) <= 1<<16 {
+		buf.recs = out[:0]
+	}
+	return out, err
 }
 
 func (j *journal) readWith(out []pending, sl *slabs, after int64, max int) ([]pending, error) {
