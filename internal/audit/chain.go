@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"syscall"
 	"time"
+	"unsafe"
 )
 
 // genesis is the prev_hash of a daemon's first record.
@@ -73,8 +74,18 @@ func hashLink(prev []byte, r *Record) [sha256.Size]byte {
 // decoded from hex for every record, and the batch's hex hashes share one
 // string instead of an allocation each.
 func chainRecords(prev string, recs []Record) string {
+	// A buffer of their own, which nothing writes again.
+	last, _ := chainRecordsInto(nil, prev, recs)
+	return last
+}
+
+// chainRecordsInto is chainRecords with the hex hashes written into buf
+// (grown if needed, and returned): the hashes set in recs, and the one
+// returned, are strings over buf, valid until buf is written again. The
+// shipper reuses buf from batch to batch, copying only the head it keeps.
+func chainRecordsInto(buf []byte, prev string, recs []Record) (string, []byte) {
 	if len(recs) == 0 {
-		return prev
+		return prev, buf[:0]
 	}
 	var raw [sha256.Size]byte
 	link := raw[:]
@@ -91,19 +102,22 @@ func chainRecords(prev string, recs []Record) string {
 		link, recs = raw[:n], recs[1:]
 	}
 	const hx = 2 * sha256.Size
-	text := make([]byte, len(recs)*hx)
+	if need := len(recs) * hx; cap(buf) < need {
+		buf = make([]byte, need)
+	}
+	text := buf[:len(recs)*hx]
 	for i := range recs {
 		sum := hashLink(link, &recs[i])
 		hex.Encode(text[i*hx:], sum[:])
 		raw, link = sum, raw[:]
 	}
-	all := string(text)
+	all := unsafe.String(unsafe.SliceData(text), len(text))
 	for i := range recs {
 		recs[i].PrevHash = prev
 		recs[i].Hash = all[i*hx : (i+1)*hx]
 		prev = recs[i].Hash
 	}
-	return prev
+	return prev, text
 }
 
 // Checkpoint is a daemon's signature over the head of its chain.

@@ -70,7 +70,7 @@ func FuzzDecodePayload(f *testing.F) {
 		b, seqAt := encodeFrame(nil, &p)
 		strconv.AppendInt(b[seqAt:seqAt], p.Seq, 10)
 		payload := b[frameHeader:]
-		got, err := decodePayload(payload, "", "")
+		got, err := decodePayload(payload, nil)
 		if err != nil || got.Seq != p.Seq || !got.Time.Equal(p.Time) || got.Kind != p.Kind || got.Session != p.Session || string(got.Data) != string(p.Data) {
 			f.Fatalf("frame %d did not round-trip: %+v %v", i, got, err)
 		}
@@ -79,7 +79,7 @@ func FuzzDecodePayload(f *testing.F) {
 	f.Add([]byte(`{"seq":01                 ,"time":"2026-01-02T03:04:05Z","kind":"a","session":"","data":1 }`))
 	f.Add([]byte(`{"seq":2                  ,"time":"2026-01-02T03:04:05+01:00","kind":"a","session":"","data":{},"x":1}`))
 	f.Fuzz(func(t *testing.T, payload []byte) {
-		own, ok := decodeOwn(payload, "statement", "s")
+		own, ok := decodeOwn(payload, &nameCache{})
 		if !ok {
 			return
 		}

@@ -82,6 +82,10 @@ type journal struct {
 	// recovered from the ring, a ring that could not be used).
 	notes []string
 
+	// The reader's buffers, reused: the shipper is the only reader.
+	rbuf     *bufio.Reader
+	segsCopy []segment
+	names    *nameCache
 	// The reader's place, so each read starts where the last ended
 	// (the shipper is the only reader).
 	cur struct {
@@ -613,19 +617,52 @@ func (j *journal) bytes() int64 {
 // ring's frames into the segments first and reads them from there (the
 // page cache, just written): the ring is for the data path only.
 func (j *journal) read(after int64, max int) ([]pending, error) {
+	return j.readWith(nil, nil, after, max)
+}
+
+// shipBuf is the memory the shipper reads its batches into, reused from
+// one batch to the next: a batch's records and their data are valid only
+// until the next readInto. Allocating it for every batch (about 1 KB a
+// record with the read buffer) was most of what the garbage collector
+// had to collect in a recording daemon, whose data path allocates next to
+// nothing.
+type shipBuf struct {
+	recs  []pending
+	slabs slabs
+}
+
+// readInto is read into buf: the shipper's form, which allocates nothing
+// once buf has grown to a batch.
+func (j *journal) readInto(buf *shipBuf, after int64, max int) ([]pending, error) {
+	buf.slabs.reset()
+	clear(buf.recs[:cap(buf.recs)]) // the last batch's, not kept alive by the next
+	out, err := j.readWith(buf.recs[:0], &buf.slabs, after, max)
+	if cap(out) <= 1<<16 {
+		buf.recs = out[:0]
+	}
+	return out, err
+}
+
+func (j *journal) readWith(out []pending, sl *slabs, after int64, max int) ([]pending, error) {
 	if err := j.drain(); err != nil {
 		return nil, err
 	}
 	j.mu.Lock()
-	segs := append([]segment(nil), j.segs...)
+	segs := append(j.segsCopy[:0], j.segs...)
+	j.segsCopy = segs
 	// Sized at once: growing it by appends cost the shipper a quarter of
 	// its reading (seqs may skip, so this is an upper bound).
 	size := min(int64(max), j.written-after, 1<<20)
 	if size < 0 {
 		size = 0 // the store is ahead of the journal
 	}
-	out := make([]pending, 0, size)
+	if int64(cap(out)) < size {
+		out = make([]pending, 0, size)
+	}
 	j.mu.Unlock()
+	if sl == nil {
+		sl = &slabs{}
+	}
 	for _, s := range segs {
 		if s.last <= after || s.last < s.first {
 			continue
@@ -638,7 +675,14 @@ func (j *journal) read(after int64, max int) ([]pending, error) {
 		if j.cur.path == s.path && j.cur.seq <= after {
 			off = j.cur.off
 		}
-		r := &frameReader{f: bufio.NewReaderSize(io.NewSectionReader(f, off, s.size-off), 256<<10)}
+		if j.rbuf == nil {
+			j.rbuf = bufio.NewReaderSize(nil, 256<<10)
+		}
+		j.rbuf.Reset(io.NewSectionReader(f, off, s.size-off))
+		if j.names == nil {
+			j.names = &nameCache{}
+		}
+		r := &frameReader{f: j.rbuf, slab: sl, names: j.names}
 		for len(out) < max {
 			p, n, err := r.next()
 			if err != nil {
@@ -650,6 +694,7 @@ func (j *journal) read(after int64, max int) ([]pending, error) {
 				out = append(out, p)
 			}
 		}
+		j.rbuf.Reset(nil) // holds no file between reads
 		_ = f.Close()
 		if len(out) >= max {
 			break
@@ -735,10 +780,81 @@ type frameReader struct {
 	f   io.Reader
 	hdr [frameHeader]byte
 	// slab holds the payloads read, which the records' data points into:
-	// one allocation for many records.
-	slab []byte
-	// last kind and session read: records come in runs of both.
-	kind, session string
+	// one allocation for many records (nil: scanning, payloads kept in
+	// one buffer reused for each).
+	slab *slabs
+	one  []byte
+	// names keeps the kinds and session ids read: a batch has few of
+	// them, each in many records, so each is allocated once.
+	names *nameCache
+}
+
+// nameCache interns the short strings of frames (kinds, session ids).
+type nameCache struct{ m map[string]string }
+
+// namesKept bounds a nameCache: past it, it starts again.
+const namesKept = 4096
+
+func (c *nameCache) get(b []byte) string {
+	if c == nil {
+		return string(b)
+	}
+	if s, ok := c.m[string(b)]; ok {
+		return s
+	}
+	if c.m == nil || len(c.m) >= namesKept {
+		c.m = make(map[string]string, 64)
+	}
+	s := string(b)
+	c.m[s] = s
+	return s
+}
+
+// slabChunk is the size of the chunks payloads are read into.
+const slabChunk = 256 << 10
+
+// slabsKept bounds the chunks kept for the next batch (a batch of
+// pgbench-like statements takes about five).
+const slabsKept = 16
+
+// slabs is memory for payloads, in chunks: a payload never moves once
+// read (records point into it), and reset reuses the chunks.
+type slabs struct {
+	chunks [][]byte
+	cur    int
+	spill  []byte
+}
+
+func (s *slabs) reset() {
+	for i := range s.chunks {
+		s.chunks[i] = s.chunks[i][:0]
+	}
+	s.cur, s.spill = 0, nil
+}
+
+// take returns n bytes of room for a payload.
+func (s *slabs) take(n int) []byte {
+	if n > slabChunk {
+		return make([]byte, n) // a large sample: its own, not kept
+	}
+	for ; s.cur < len(s.chunks); s.cur++ {
+		if c := s.chunks[s.cur]; cap(c)-len(c) >= n {
+			s.chunks[s.cur] = c[:len(c)+n]
+			return c[len(c) : len(c)+n : len(c)+n]
+		}
+	}
+	if len(s.chunks) < slabsKept {
+		s.chunks = append(s.chunks, make([]byte, n, slabChunk))
+		s.cur = len(s.chunks) - 1
+		return s.chunks[s.cur][:n:n]
+	}
+	// A batch larger than what is kept: the rest in chunks of its own.
+	if cap(s.spill)-len(s.spill) < n {
+		s.spill = make([]byte, 0, slabChunk)
+	}
+	k := len(s.spill)
+	s.spill = s.spill[:k+n]
+	return s.spill[k : k+n : k+n]
 }
 
 // next reads one frame; any damage is an error (the caller stops there).
@@ -750,22 +866,25 @@ func (r *frameReader) next() (pending, int64, error) {
 	if n == 0 || n > maxFrame {
 		return pending{}, 0, fmt.Errorf("bad frame length %d", n)
 	}
-	if cap(r.slab)-len(r.slab) < int(n) {
-		r.slab = make([]byte, 0, max(int(n), 256<<10))
+	var payload []byte
+	if r.slab != nil {
+		payload = r.slab.take(int(n))
+	} else {
+		if cap(r.one) < int(n) {
+			r.one = make([]byte, n)
+		}
+		payload = r.one[:n]
 	}
-	payload := r.slab[len(r.slab) : len(r.slab)+int(n)]
 	if _, err := io.ReadFull(r.f, payload); err != nil {
 		return pending{}, 0, err
 	}
-	r.slab = r.slab[:len(r.slab)+int(n)]
 	if crc32.Checksum(payload, crcTable) != binary.BigEndian.Uint32(r.hdr[4:]) {
 		return pending{}, 0, errors.New("frame checksum mismatch")
 	}
-	p, err := decodePayload(payload, r.kind, r.session)
+	p, err := decodePayload(payload, r.names)
 	if err != nil {
 		return pending{}, 0, fmt.Errorf("decode frame: %w", err)
 	}
-	r.kind, r.session = p.Kind, p.Session
 	return p, int64(frameHeader) + int64(n), nil
 }
 
@@ -773,10 +892,9 @@ func (r *frameReader) next() (pending, int64, error) {
 // encoding (appendFrameHead): those are read field by field, and anything
 // else goes through encoding/json, which gives the same result for valid
 // JSON (a fuzz target holds the two together).
-// kind and session are the last frame's, whose strings are used again if
-// they are the same.
-func decodePayload(payload []byte, kind, session string) (pending, error) {
-	if p, ok := decodeOwn(payload, kind, session); ok {
+// names, if not nil, interns the kind and session strings.
+func decodePayload(payload []byte, names *nameCache) (pending, error) {
+	if p, ok := decodeOwn(payload, names); ok {
 		return p, nil
 	}
 	var p pending
@@ -784,7 +902,7 @@ func decodePayload(payload []byte, kind, session string) (pending, error) {
 	return p, err
 }
 
-func decodeOwn(b []byte, kind, session string) (pending, bool) {
+func decodeOwn(b []byte, names *nameCache) (pending, bool) {
 	var p pending
 	rest, ok := cutPrefix(b, `{"seq":`)
 	if !ok {
@@ -801,21 +919,24 @@ func decodeOwn(b []byte, kind, session string) (pending, bool) {
 	if i < 0 {
 		return p, false
 	}
-	t, err := time.Parse(time.RFC3339Nano, string(rest[:i]))
-	if err != nil {
-		return p, false
+	t, ok := parseOwnTime(rest[:i])
+	if !ok {
+		var err error
+		if t, err = time.Parse(time.RFC3339Nano, string(rest[:i])); err != nil {
+			return p, false
+		}
 	}
 	p.Time = t
 	if rest, ok = cutPrefix(rest[i+1:], `,"kind":`); !ok {
 		return p, false
 	}
-	if p.Kind, rest, ok = plainString(rest, kind); !ok {
+	if p.Kind, rest, ok = plainString(rest, names); !ok {
 		return p, false
 	}
 	if rest, ok = cutPrefix(rest, `,"session":`); !ok {
 		return p, false
 	}
-	if p.Session, rest, ok = plainString(rest, session); !ok {
+	if p.Session, rest, ok = plainString(rest, names); !ok {
 		return p, false
 	}
 	if rest, ok = cutPrefix(rest, `,"data":`); !ok {
@@ -872,23 +993,70 @@ func paddedInt(b []byte) (int64, []byte, bool) {
 }
 
 // plainString reads a JSON string without escapes or bytes encoding/json
-// would change (anything else is left to it); known, if it is the same.
-func plainString(b []byte, known string) (string, []byte, bool) {
+// would change (anything else is left to it), interned in names.
+func plainString(b []byte, names *nameCache) (string, []byte, bool) {
 	if len(b) < 2 || b[0] != '"' {
 		return "", b, false
 	}
 	for i := 1; i < len(b); i++ {
 		switch c := b[i]; {
 		case c == '"':
-			if string(b[1:i]) == known {
-				return known, b[i+1:], true
-			}
-			return string(b[1:i]), b[i+1:], true
+			return names.get(b[1:i]), b[i+1:], true
 		case c < 0x20 || c >= 0x7f || c == '\\':
 			return "", b, false
 		}
 	}
 	return "", b, false
+}
+
+// parseOwnTime reads a time as appendTime writes it in UTC
+// (2006-01-02T15:04:05[.fraction]Z, the fraction without trailing zeros);
+// ok is false for anything else, which time.Parse then reads. The shipper
+// reads every record's time: time.Parse's general layout machinery was a
+// tenth of its reading.
+func parseOwnTime(b []byte) (time.Time, bool) {
+	if len(b) < 20 || b[len(b)-1] != 'Z' || b[4] != '-' || b[7] != '-' || b[10] != 'T' || b[13] != ':' || b[16] != ':' {
+		return time.Time{}, false
+	}
+	num := func(s []byte) (int, bool) {
+		v := 0
+		for _, c := range s {
+			if c < '0' || c > '9' {
+				return 0, false
+			}
+			v = v*10 + int(c-'0')
+		}
+		return v, true
+	}
+	y, ok1 := num(b[0:4])
+	mo, ok2 := num(b[5:7])
+	d, ok3 := num(b[8:10])
+	h, ok4 := num(b[11:13])
+	mi, ok5 := num(b[14:16])
+	sec, ok6 := num(b[17:19])
+	if !(ok1 && ok2 && ok3 && ok4 && ok5 && ok6) || mo < 1 || mo > 12 || d < 1 || d > daysIn(time.Month(mo), y) || h > 23 || mi > 59 || sec > 59 {
+		return time.Time{}, false
+	}
+	ns := 0
+	if frac := b[19 : len(b)-1]; len(frac) > 0 {
+		// appendTime writes 1 to 9 digits, the last not a zero.
+		if frac[0] != '.' || len(frac) < 2 || len(frac) > 10 || frac[len(frac)-1] == '0' {
+			return time.Time{}, false
+		}
+		v, ok := num(frac[1:])
+		if !ok {
+			return time.Time{}, false
+		}
+		for k := len(frac) - 1; k < 9; k++ {
+			v *= 10
+		}
+		ns = v
+	}
+	return time.Date(y, time.Month(mo), d, h, mi, sec, ns, time.UTC), true
+}
+
+func daysIn(m time.Month, y int) int {
+	return time.Date(y, m+1, 0, 0, 0, 0, 0, time.UTC).Day()
 }
 
 // frameSeq reads the seq of a frame's payload.

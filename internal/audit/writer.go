@@ -73,6 +73,9 @@ type Writer struct {
 	boot   int64 // last seq written before this start
 
 	// shipper only
+	rbuf     shipBuf  // the batch read from the journal, reused
+	recBuf   []Record // the batch's records, reused
+	hashBuf  []byte   // the batch's hex hashes, reused
 	headNote *headNote
 	store    *Store
 	stored   int64
@@ -504,7 +507,7 @@ func (w *Writer) ship(ctx context.Context) error {
 				return err
 			}
 		}
-		batch, err := w.j.read(w.stored, shipBatch)
+		batch, err := w.j.readInto(&w.rbuf, w.stored, shipBatch)
 		if err != nil {
 			return err
 		}
@@ -517,7 +520,10 @@ func (w *Writer) ship(ctx context.Context) error {
 		if len(batch) == 0 && len(keys) == 0 {
 			return w.closeInterrupted(ctx)
 		}
-		recs := make([]Record, 0, len(batch))
+		recs := w.recBuf[:0]
+		if cap(recs) < len(batch) {
+			recs = make([]Record, 0, len(batch))
+		}
 		next := w.stored + 1
 		for _, p := range batch {
 			if p.Seq != next {
@@ -526,7 +532,11 @@ func (w *Writer) ship(ctx context.Context) error {
 			recs = append(recs, Record{Schema: Schema, Daemon: w.daemon, Seq: p.Seq, Time: p.Time, Kind: p.Kind, Session: p.Session, Data: p.Data})
 			next++
 		}
-		prev := chainRecords(w.head, recs)
+		var prev string
+		prev, w.hashBuf = chainRecordsInto(w.hashBuf, w.head, recs)
+		// The hashes live in hashBuf until the next batch: the head that
+		// outlives it is a copy.
+		prev = strings.Clone(prev)
 		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		err = w.store.append(cctx, recs, nil, keys)
 		cancel()
@@ -541,6 +551,8 @@ func (w *Writer) ship(ctx context.Context) error {
 			w.stored, w.head = recs[len(recs)-1].Seq, prev
 		}
 		w.mu.Unlock()
+		clear(recs) // holds nothing of this batch until the next
+		w.recBuf = recs[:0]
 		w.settle(false)
 		if len(batch) < shipBatch {
 			return w.closeInterrupted(ctx)
