@@ -607,6 +607,11 @@ func (s *Stage) row(m *pgwire.ServerMsg) []byte {
 		return s.failRow(m, "no description for the portal")
 	}
 	if !any {
+		if s.rowsSet {
+			// The fast path: nothing in this result to mask, and
+			// nothing to decide again at its next row.
+			m.SkipRows()
+		}
 		return nil
 	}
 	if s.curUnknown && len(cur) == 0 {

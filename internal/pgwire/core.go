@@ -131,7 +131,12 @@ type pipe struct {
 	// they have it (rowFns, nil where not).
 	rowStages []ServerStage
 	rowFns    []RowStage
-	budget    int // bytes of prepared statement text the session may keep
+	// rowSkip marks the row stages that said (ServerMsg.SkipRows) that
+	// the rest of the current result's rows are nothing to them; rowLive
+	// counts the others. Any other message ends the skip.
+	rowSkip []bool
+	rowLive int
+	budget  int // bytes of prepared statement text the session may keep
 
 	holding atomic.Pointer[Holding] // the hold in progress, for cancel
 
@@ -196,8 +201,10 @@ func newPipe(sess *session.Session, st Stages, budget int) *pipe {
 			pl.rowStages = append(pl.rowStages, s)
 			r, _ := s.(RowStage)
 			pl.rowFns = append(pl.rowFns, r)
+			pl.rowSkip = append(pl.rowSkip, false)
 		}
 	}
+	pl.rowLive = len(pl.rowStages)
 	pl.smsg.Session = sess
 	return pl
 }
@@ -602,7 +609,7 @@ func (pl *pipe) fromServer(typ byte, n int, body []byte) act {
 		// then calls only the stages that asked for rows.
 		pl.rows++
 		pl.bytes += int64(n - 4)
-		if len(pl.rowStages) == 0 {
+		if pl.rowLive == 0 {
 			if pl.samp != nil {
 				pl.sampleOut(typ, body)
 			}
@@ -612,6 +619,12 @@ func (pl *pipe) fromServer(typ byte, n int, body []byte) act {
 			return act{kind: actReplace, out: out}
 		}
 		return act{}
+	}
+	if pl.rowLive != len(pl.rowStages) {
+		// The rows a stage skipped have ended (or paused for a notice:
+		// the stage is asked again at the next row).
+		clear(pl.rowSkip)
+		pl.rowLive = len(pl.rowStages)
 	}
 	var a act
 	switch typ {
@@ -685,15 +698,21 @@ func (pl *pipe) toRowStages(n int, body []byte) []byte {
 	m := &pl.smsg
 	var out []byte
 	for i, s := range pl.rowStages {
-		m.Type, m.Body, m.Len = 'D', body, n-4
+		if pl.rowSkip[i] {
+			continue
+		}
+		m.Type, m.Body, m.Len, m.skip = 'D', body, n-4, false
 		var msgs []byte
 		if r := pl.rowFns[i]; r != nil {
-			if msgs = r.Row(m); msgs == nil {
-				continue
-			}
+			msgs = r.Row(m)
 		} else if v := s.Server(m); v.Action == Replace {
 			msgs = v.Msgs
-		} else {
+		}
+		if m.skip {
+			pl.rowSkip[i] = true
+			pl.rowLive--
+		}
+		if msgs == nil {
 			continue
 		}
 		o, b, k, ok := pl.replaced('D', msgs)

@@ -151,7 +151,17 @@ type ServerMsg struct {
 	Body    []byte
 	Len     int // body length
 	Session *session.Session
+
+	skip bool // SkipRows was called
 }
+
+// SkipRows, called by a stage on a DataRow, says that the rest of the
+// rows of the current result are nothing to it: the pipeline stops calling
+// it for rows until another message (the result's end, or a notice in the
+// middle of it) comes, so that a result the stage has nothing to do with
+// costs it one call, not one per row. The row it is called on is decided
+// by the stage's answer as usual.
+func (m *ServerMsg) SkipRows() { m.skip = true }
 
 // ClientStage decides on frontend messages.
 type ClientStage interface {
