@@ -63,9 +63,13 @@
 //
 // redact writes the marker. partial keeps the last keep letters and digits
 // (never more than half) and stars the rest. hash writes
-// [kind:16 letters], 64 bits of HMAC-SHA256 under a key derived from the
-// masking key: equal values stay equal, across column rules and detectors,
-// so joins and GROUP BY still work. null sends SQL NULL for a value masked
+// [kind:16 letters], the 64 bits of SipHash-2-4 (a keyed PRF built for
+// short inputs) under a 128-bit key derived from the masking key by
+// HMAC-SHA256: equal values stay equal, across column rules and detectors
+// and across restarts with the same key, so joins and GROUP BY still work;
+// without the key the letters say nothing about the value. (Before this
+// release the hash was HMAC-SHA256: values hashed by an older airlockd do
+// not equal the same values hashed now.) null sends SQL NULL for a value masked
 // whole (a span inside a value gets the marker). fake writes a made-up value
 // of the same format, deterministic under the key: an email at example.com, a Luhn-valid card starting with 9, an SSN in the
 // never-issued 9xx area, a phone with the same layout (555-01xx in North

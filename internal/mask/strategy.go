@@ -21,9 +21,10 @@ const (
 	// and stars the others; punctuation and spaces stay, so a card keeps its
 	// grouping.
 	Partial Strategy = "partial"
-	// Hash replaces the value with [kind:16 letters], 64 bits of
-	// HMAC-SHA256 under the masking key: equal values give equal results,
-	// so joins, DISTINCT and GROUP BY still work.
+	// Hash replaces the value with [kind:16 letters], the 64 bits of a
+	// keyed PRF (SipHash-2-4 under a key derived from the masking key):
+	// equal values give equal results, so joins, DISTINCT and GROUP BY
+	// still work, across restarts with the same key.
 	Hash Strategy = "hash"
 	// Null sends SQL NULL for a value masked whole; a found span inside a
 	// larger value cannot be null and gets the marker.
@@ -53,10 +54,11 @@ const MinKeyLen = 32
 
 // engine holds the keyed state; it is per Masker, used by one goroutine.
 type engine struct {
-	hash, fake hash.Hash // HMAC-SHA256 under keys derived from the root key
-	sum        [sha256.Size]byte
-	kind       [1]byte
-	rng        rand.ChaCha8
+	hash sipKey    // SipHash-2-4 under a key derived from the root key
+	fake hash.Hash // HMAC-SHA256 under a key derived from the root key
+	sum  [sha256.Size]byte
+	kind [1]byte
+	rng  rand.ChaCha8
 }
 
 // deriveKey separates the keys of the hash and fake strategies, so a hash
@@ -69,7 +71,9 @@ func deriveKey(root []byte, purpose string) []byte {
 
 func newEngine(root []byte) *engine {
 	return &engine{
-		hash: hmac.New(sha256.New, deriveKey(root, "hash")),
+		// Its own purpose string: the HMAC-SHA256 key the hash strategy
+		// had before is never reused under another function.
+		hash: newSipKey(deriveKey(root, "hash siphash-2-4")),
 		fake: hmac.New(sha256.New, deriveKey(root, "fake")),
 	}
 }
@@ -83,21 +87,19 @@ func appendMarker(dst []byte, marker string, k Kind) []byte {
 	return append(dst, marker...)
 }
 
-// appendHash writes [kind:xxxxxxxxxxxxxxxx], 64 bits of the MAC as 16
-// letters a-p. The kind is part of the output, not of the MAC input, so the
+// appendHash writes [kind:xxxxxxxxxxxxxxxx], the 64 bits of the keyed
+// SipHash-2-4 of v as 16 letters a-p. The kind is part of the output, not of the MAC input, so the
 // same value found by a column rule and by a detector (an email column and
 // an email inside concat()) hashes the same. Letters, not hex digits, and
 // the brackets keep the result from ever looking like a card, a phone or,
 // glued to its neighbours, a secret: masking it again changes nothing.
 func (e *engine) appendHash(dst, v []byte, k Kind) []byte {
-	e.hash.Reset()
-	e.hash.Write(v)
-	sum := e.hash.Sum(e.sum[:0])
+	h := e.hash.sum(v)
 	dst = append(dst, '[')
 	dst = append(dst, k.String()...)
 	dst = append(dst, ':')
-	for _, b := range sum[:8] {
-		dst = append(dst, 'a'+b>>4, 'a'+b&15)
+	for i := 60; i >= 0; i -= 4 {
+		dst = append(dst, 'a'+byte(h>>uint(i))&15)
 	}
 	return append(dst, ']')
 }

@@ -295,7 +295,10 @@ var drop = pgwire.Verdict{Action: pgwire.Replace, Msgs: []byte{}}
 // Server masks what leaves and keeps the request queue in step.
 func (s *Stage) Server(m *pgwire.ServerMsg) pgwire.Verdict {
 	if m.Type == 'D' {
-		return s.row(m)
+		if out := s.row(m); out != nil {
+			return pgwire.Verdict{Action: pgwire.Replace, Msgs: out}
+		}
+		return pgwire.Verdict{}
 	}
 	s.rowsSet = false
 	if s.orig != nil {
@@ -573,8 +576,15 @@ func (s *Stage) column(chain []mask.Source) mask.Column {
 	return s.m.Column(mask.Source{})
 }
 
-// row masks one DataRow of the current result.
-func (s *Stage) row(m *pgwire.ServerMsg) pgwire.Verdict {
+// Row masks a DataRow (pgwire.RowStage): the call the pipeline makes for
+// each row.
+func (s *Stage) Row(m *pgwire.ServerMsg) []byte { return s.row(m) }
+
+// row masks one DataRow of the current result: nil when the row goes as
+// it is, or as masked in place (a masked value of the original's length is
+// written over it: partial keeps the length), else the row to send
+// instead, in which the bytes between masked values are copied whole.
+func (s *Stage) row(m *pgwire.ServerMsg) []byte {
 	if !s.rowsSet {
 		// An unreadable description withholds its rows (below).
 		s.rowsCur, s.rowsAny, s.rowsPortal = s.cur, s.curAny || s.curUnknown, false
@@ -597,7 +607,12 @@ func (s *Stage) row(m *pgwire.ServerMsg) pgwire.Verdict {
 		return s.failRow(m, "no description for the portal")
 	}
 	if !any {
-		return pgwire.Verdict{}
+		if s.rowsSet {
+			// The fast path: nothing in this result to mask, and
+			// nothing to decide again at its next row.
+			m.SkipRows()
+		}
+		return nil
 	}
 	if s.curUnknown && len(cur) == 0 {
 		return s.failRow(m, "its description was too large to read")
@@ -610,18 +625,21 @@ func (s *Stage) row(m *pgwire.ServerMsg) pgwire.Verdict {
 	if n != len(cur) {
 		return s.failRow(m, "does not match its description")
 	}
-	out := append(s.buf[:0], 'D', 0, 0, 0, 0, body[0], body[1])
+	// out is started at the first value whose length changes; copied is
+	// how much of body it has (the rest goes at the end).
+	var out []byte
+	started := false
+	copied := 0
 	p := 2
-	changed := false
 	for i := 0; i < n; i++ {
 		if p+4 > len(body) {
 			return s.failRow(m, "malformed")
 		}
 		l := int(int32(binary.BigEndian.Uint32(body[p:])))
+		at := p // the value's length word
 		p += 4
 		if l < 0 {
-			out = append(out, 0xff, 0xff, 0xff, 0xff)
-			continue
+			continue // NULL stays NULL
 		}
 		if p+l > len(body) {
 			return s.failRow(m, "malformed")
@@ -630,7 +648,6 @@ func (s *Stage) row(m *pgwire.ServerMsg) pgwire.Verdict {
 		p += l
 		f := &cur[i]
 		if !f.null && !f.col.Masks() {
-			out = appendValue(out, v)
 			continue
 		}
 		var r mask.Result
@@ -642,35 +659,44 @@ func (s *Stage) row(m *pgwire.ServerMsg) pgwire.Verdict {
 			}
 			s.orig.keep(i, f, v, kept)
 		}
-		switch r {
-		case mask.Unchanged:
-			out = appendValue(out, v)
-		case mask.Masked:
-			changed = true
+		switch {
+		case r == mask.Unchanged:
+			continue
+		case r == mask.Masked && len(s.vbuf) == l:
+			copy(v, s.vbuf) // in place: the row keeps its length
+			continue
+		}
+		if !started {
+			out = append(s.buf[:0], 'D', 0, 0, 0, 0)
+			started = true
+		}
+		out = append(out, body[copied:at]...)
+		if r == mask.Masked {
 			out = appendValue(out, s.vbuf)
-		case mask.Nulled:
-			changed = true
+		} else {
 			out = append(out, 0xff, 0xff, 0xff, 0xff)
 		}
+		copied = p
 	}
 	if s.orig != nil {
 		s.orig.endRow()
 	}
-	s.buf = out
-	if !changed {
-		return pgwire.Verdict{}
+	if !started {
+		return nil
 	}
+	out = append(out, body[copied:]...)
+	s.buf = out
 	binary.BigEndian.PutUint32(out[1:], uint32(len(out)-1))
-	return pgwire.Verdict{Action: pgwire.Replace, Msgs: out}
+	return out
 }
 
 // failRow sends a row that cannot be masked as all NULLs (or not at all
 // when even its width is unknown): nothing unmasked leaves.
-func (s *Stage) failRow(m *pgwire.ServerMsg, why string) pgwire.Verdict {
+func (s *Stage) failRow(m *pgwire.ServerMsg, why string) []byte {
 	s.unresolved.Add(1)
 	s.log.Warn("pgmask: a row that could not be masked was withheld", "session", s.sess.ID, "why", why)
 	if len(m.Body) < 2 {
-		return drop
+		return []byte{} // dropped
 	}
 	n := int(binary.BigEndian.Uint16(m.Body))
 	out := append(s.buf[:0], 'D', 0, 0, 0, 0, m.Body[0], m.Body[1])
@@ -679,7 +705,7 @@ func (s *Stage) failRow(m *pgwire.ServerMsg, why string) pgwire.Verdict {
 	}
 	s.buf = out
 	binary.BigEndian.PutUint32(out[1:], uint32(len(out)-1))
-	return pgwire.Verdict{Action: pgwire.Replace, Msgs: out}
+	return out
 }
 
 func appendValue(out, v []byte) []byte {

@@ -58,14 +58,17 @@ const (
 	actHold
 )
 
-// act is the pipe's instruction to its driver for one message.
+// act is the pipe's instruction to its driver for one message. It is
+// returned for every message: kept to nine words or fewer, it comes back
+// in registers rather than copied through memory at each return (a
+// measurable share of a row's cost). Whether a hold is within a batch unit
+// is the unit's state (pipe.inUnit), not a field.
 type act struct {
 	kind  actKind
+	wait  bool     // the pending queue is full: wait for room before reading on
 	out   []byte   // actReplace: bytes to send instead
 	hold  *Holding // actHold
 	stage int      // actHold: the stage that holds
-	unit  bool     // actHold: the hold is within a batch unit
-	wait  bool     // the pending queue is full: wait for room before reading on
 	err   error    // stop after this message
 }
 
@@ -123,7 +126,17 @@ type pipe struct {
 	cwant  []typeSet // per client stage
 	swant  []typeSet // per server stage
 	anyS   typeSet   // union of swant
-	budget int       // bytes of prepared statement text the session may keep
+	// rowStages are the server stages that declared DataRow, in order:
+	// a row goes to them without a test per stage, through Row where
+	// they have it (rowFns, nil where not).
+	rowStages []ServerStage
+	rowFns    []RowStage
+	// rowSkip marks the row stages that said (ServerMsg.SkipRows) that
+	// the rest of the current result's rows are nothing to them; rowLive
+	// counts the others. Any other message ends the skip.
+	rowSkip []bool
+	rowLive int
+	budget  int // bytes of prepared statement text the session may keep
 
 	holding atomic.Pointer[Holding] // the hold in progress, for cancel
 
@@ -183,6 +196,16 @@ func newPipe(sess *session.Session, st Stages, budget int) *pipe {
 			pl.anyS[i] |= t[i]
 		}
 	}
+	for i, s := range st.Server {
+		if pl.swant[i].has('D') {
+			pl.rowStages = append(pl.rowStages, s)
+			r, _ := s.(RowStage)
+			pl.rowFns = append(pl.rowFns, r)
+			pl.rowSkip = append(pl.rowSkip, false)
+		}
+	}
+	pl.rowLive = len(pl.rowStages)
+	pl.smsg.Session = sess
 	return pl
 }
 
@@ -252,13 +275,18 @@ func (pl *pipe) clientFrom(i int, typ byte, body []byte) act {
 
 // resume continues a held message with the hold's verdict.
 func (pl *pipe) resume(a act, v Verdict, typ byte, body []byte) act {
-	if a.unit {
+	if pl.inUnit() {
 		return pl.resumeUnit(a, v)
 	}
+	return pl.resumeMsg(a.stage, v, typ, body)
+}
+
+// resumeMsg continues a message held by client stage i.
+func (pl *pipe) resumeMsg(i int, v Verdict, typ byte, body []byte) act {
 	switch v.Action {
 	case Forward:
 		pl.decision = "approved"
-		return pl.clientFrom(a.stage+1, typ, body)
+		return pl.clientFrom(i+1, typ, body)
 	case Hold:
 		return pl.refuse(typ, body, &ErrorReply{Code: codeInternal, Message: "Airlock: a hold was resolved with another hold"}, "denied")
 	}
@@ -575,11 +603,31 @@ func (pl *pipe) skipToSync() {
 // fromServer sees one server message of n bytes (length word included);
 // body is nil unless the type is decoded.
 func (pl *pipe) fromServer(typ byte, n int, body []byte) act {
-	var a act
-	switch typ {
-	case 'D':
+	if typ == 'D' {
+		// Rows are most of a result's messages: their path does no more
+		// than the counts unless a stage or the sampler wants them, and
+		// then calls only the stages that asked for rows.
 		pl.rows++
 		pl.bytes += int64(n - 4)
+		if pl.rowLive == 0 {
+			if pl.samp != nil {
+				pl.sampleOut(typ, body)
+			}
+			return act{}
+		}
+		if out := pl.toRowStages(n, body); out != nil {
+			return act{kind: actReplace, out: out}
+		}
+		return act{}
+	}
+	if pl.rowLive != len(pl.rowStages) {
+		// The rows a stage skipped have ended (or paused for a notice:
+		// the stage is asked again at the next row).
+		clear(pl.rowSkip)
+		pl.rowLive = len(pl.rowStages)
+	}
+	var a act
+	switch typ {
 	case 'd':
 		pl.bytes += int64(n - 4)
 	case 'T', 'n', 't', 'S', 'N', 'A', 'G', 'H', 'W', 'c', 'K', 'v', 'R':
@@ -598,29 +646,130 @@ func (pl *pipe) fromServer(typ byte, n int, body []byte) act {
 	default:
 		a = pl.response(typ, body)
 	}
-	if len(pl.stages.Server) > 0 && pl.anyS.has(typ) && a.kind == actForward {
-		for i, s := range pl.stages.Server {
-			if !pl.swant[i].has(typ) {
-				continue
+	if a.kind != actForward {
+		return a
+	}
+	if len(pl.stages.Server) == 0 || !pl.anyS.has(typ) {
+		if pl.samp != nil {
+			pl.sampleOut(typ, body)
+		}
+		return a
+	}
+	return pl.toStages(typ, n, body)
+}
+
+// toStages shows a message the core forwards to the server stages that
+// declared its type, in order. A stage that rewrote Body in place (same
+// length) and answered Forward has the later stages, the sample and the
+// client see its rewrite; one that answered Replace with one message of the
+// same type has the later stages see that message instead (a chain of
+// rewrites composes); another Replace (several messages, none, another
+// type) is what the client gets, unseen by the stages after it.
+func (pl *pipe) toStages(typ byte, n int, body []byte) act {
+	m := &pl.smsg
+	var out []byte
+	for i, s := range pl.stages.Server {
+		if !pl.swant[i].has(typ) {
+			continue
+		}
+		m.Type, m.Body, m.Len = typ, body, n-4
+		if v := s.Server(m); v.Action == Replace {
+			o, b, k, ok := pl.replaced(typ, v.Msgs)
+			if !ok {
+				continue // a broken rewrite is not sent
 			}
-			pl.smsg = ServerMsg{Type: typ, Body: body, Len: n - 4, Session: pl.sess}
-			v := s.Server(&pl.smsg)
-			if v.Action == Replace {
-				if splitMessages(v.Msgs, nil) != nil {
-					continue // a broken rewrite is not sent
-				}
-				if pl.samp != nil {
-					// The sample is what the client gets: the rewrite.
-					_ = splitMessages(v.Msgs, func(t byte, _, b []byte) { pl.sampleOut(t, b) })
-				}
-				return act{kind: actReplace, out: v.Msgs}
+			if out = o; b == nil {
+				break
 			}
+			body, n = b, k
 		}
 	}
-	if pl.samp != nil && a.kind == actForward {
-		pl.sampleOut(typ, body)
+	if pl.sample(typ, body, out); out != nil {
+		return act{kind: actReplace, out: out}
 	}
-	return a
+	return act{}
+}
+
+// toRowStages is toStages for a DataRow, through Row where a stage has it.
+// It returns what replaces the row, nil when the row goes as it is (or as
+// rewritten in place). Its result is a slice, not an act, and the common
+// answer (nothing) is decided without a call: this runs for every row.
+func (pl *pipe) toRowStages(n int, body []byte) []byte {
+	m := &pl.smsg
+	var out []byte
+	for i, s := range pl.rowStages {
+		if pl.rowSkip[i] {
+			continue
+		}
+		m.Type, m.Body, m.Len, m.skip = 'D', body, n-4, false
+		var msgs []byte
+		if r := pl.rowFns[i]; r != nil {
+			msgs = r.Row(m)
+		} else if v := s.Server(m); v.Action == Replace {
+			msgs = v.Msgs
+		}
+		if m.skip {
+			pl.rowSkip[i] = true
+			pl.rowLive--
+		}
+		if msgs == nil {
+			continue
+		}
+		o, b, k, ok := pl.replaced('D', msgs)
+		if !ok {
+			continue // a broken rewrite is not sent
+		}
+		if out = o; b == nil {
+			break
+		}
+		body, n = b, k
+	}
+	if pl.samp != nil {
+		pl.sample('D', body, out)
+	}
+	return out
+}
+
+// replaced takes a stage's Replace with msgs: what now goes to the client
+// (out, never nil; not ok when msgs are not whole messages: a broken
+// rewrite is not sent), and, when msgs is one message of type typ, its body
+// and length for the stages after it (body nil when they do not see it).
+func (pl *pipe) replaced(typ byte, msgs []byte) (out, body []byte, n int, ok bool) {
+	if oneMessage(msgs) {
+		if msgs[0] == typ {
+			return msgs, msgs[5:], len(msgs) - 1, true
+		}
+		return msgs, nil, 0, true
+	}
+	if splitMessages(msgs, nil) != nil {
+		return nil, nil, 0, false
+	}
+	if msgs == nil {
+		msgs = []byte{} // Replace with nothing: dropped
+	}
+	return msgs, nil, 0, true
+}
+
+// sample records what the client gets of a message the stages saw: body
+// when none replaced it, else out.
+func (pl *pipe) sample(typ byte, body, out []byte) {
+	switch {
+	case pl.samp == nil:
+	case out == nil:
+		pl.sampleOut(typ, body)
+	default:
+		_ = splitMessages(out, func(t byte, _, b []byte) { pl.sampleOut(t, b) })
+	}
+}
+
+// oneMessage reports whether b is exactly one whole protocol message: what
+// a stage that rewrites a row answers, checked without a walk.
+func oneMessage(b []byte) bool {
+	if len(b) < 5 {
+		return false
+	}
+	n := int(binary.BigEndian.Uint32(b[1:]))
+	return n >= 4 && n+1 == len(b)
 }
 
 // response matches an answer to the request it completes.

@@ -202,7 +202,7 @@ func FuzzPipeline(f *testing.F) {
 				&fuzzHold{},
 				&rewriteStage{from: "r", to: "rr"},
 			},
-			Server: []ServerStage{&maskStage{column: 0, with: []byte("*")}},
+			Server: []ServerStage{&maskStage{column: 0, with: []byte("*")}, serverOnly{&maskStage{column: 1, with: []byte("**")}}},
 		}
 		pl := newPipe(session.New(&capSink{}), st, 64)
 		var up, down bytes.Buffer

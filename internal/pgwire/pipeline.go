@@ -143,10 +143,25 @@ type ServerMsg struct {
 	Type byte
 	// Body is valid only during the call; nil when the message is larger
 	// than the decoding limit (the stage may still Replace it unseen).
+	//
+	// A stage may rewrite Body in place, keeping its length, and answer
+	// Forward: the client, the sample and the stages after it then get
+	// the rewrite, and nothing is copied (a value masked to one of the
+	// same length).
 	Body    []byte
 	Len     int // body length
 	Session *session.Session
+
+	skip bool // SkipRows was called
 }
+
+// SkipRows, called by a stage on a DataRow, says that the rest of the
+// rows of the current result are nothing to it: the pipeline stops calling
+// it for rows until another message (the result's end, or a notice in the
+// middle of it) comes, so that a result the stage has nothing to do with
+// costs it one call, not one per row. The row it is called on is decided
+// by the stage's answer as usual.
+func (m *ServerMsg) SkipRows() { m.skip = true }
 
 // ClientStage decides on frontend messages.
 type ClientStage interface {
@@ -161,6 +176,20 @@ type ServerStage interface {
 	ServerTypes() string
 	// Server answers Forward or Replace.
 	Server(m *ServerMsg) Verdict
+}
+
+// RowStage is a ServerStage that takes DataRows through a narrower call
+// than Server: rows are most of the messages of a result, and a call per
+// row that returns a whole Verdict costs a stage that rewrites nothing
+// more than its own work (issue 7). A ServerStage that declared DataRow
+// and implements RowStage gets its rows through Row, its other types
+// through Server.
+type RowStage interface {
+	// Row answers nil to forward the row (as it is, or rewritten in
+	// place as ServerMsg.Body allows), or the encoded messages to send
+	// instead: Replace with those Msgs (none: the row is dropped). The
+	// slice is the stage's until its next call.
+	Row(m *ServerMsg) []byte
 }
 
 // Stages is one session's pipeline, in order.

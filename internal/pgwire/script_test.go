@@ -531,7 +531,11 @@ func (s *scriptStages) add(t *testing.T, d []string) {
 		if err != nil {
 			t.Fatalf("mask column=N: %v", err)
 		}
-		s.Server = append(s.Server, &maskStage{column: col, with: []byte(def(kv["with"], "***"))})
+		var st ServerStage = &maskStage{column: col, with: []byte(def(kv["with"], "***"))}
+		if kv["via"] == "server" {
+			st = serverOnly{st}
+		}
+		s.Server = append(s.Server, st)
 	case "batchrefuse":
 		s.Batch = append(s.Batch, &batchStage{match: kv["match"], refuse: true})
 	case "batchhold":
@@ -611,7 +615,9 @@ func (s *rewriteStage) Client(m *ClientMsg) Verdict {
 }
 
 // maskStage replaces one column of every DataRow, the way a masking stage
-// will: the row is re-encoded and its length recomputed.
+// does: in place when the new value has the old one's length, else the row
+// re-encoded (the bytes around the value copied whole) and its length
+// recomputed.
 type maskStage struct {
 	column int
 	with   []byte
@@ -620,42 +626,45 @@ type maskStage struct {
 
 func (s *maskStage) ServerTypes() string { return "D" }
 func (s *maskStage) Server(m *ServerMsg) Verdict {
-	if m.Body == nil || len(m.Body) < 2 {
-		return Verdict{}
+	if out := s.Row(m); out != nil {
+		return Verdict{Action: Replace, Msgs: out}
+	}
+	return Verdict{}
+}
+
+func (s *maskStage) Row(m *ServerMsg) []byte {
+	if len(m.Body) < 2 {
+		return nil
 	}
 	n := int(binary.BigEndian.Uint16(m.Body))
 	if s.column >= n {
-		return Verdict{}
+		return nil
 	}
-	// Re-encode by hand: no allocation per row once buf has grown.
-	out := append(s.buf[:0], 'D', 0, 0, 0, 0)
-	out = append(out, m.Body[:2]...)
-	rest := m.Body[2:]
-	for i := 0; i < n; i++ {
-		if len(rest) < 4 {
-			return Verdict{}
+	p := 2
+	for i := 0; ; i++ {
+		if p+4 > len(m.Body) {
+			return nil
 		}
-		l := int(int32(binary.BigEndian.Uint32(rest)))
-		val := rest[:4]
-		if l > 0 {
-			if len(rest) < 4+l {
-				return Verdict{}
+		l := int(int32(binary.BigEndian.Uint32(m.Body[p:])))
+		if i == s.column {
+			if l < 0 || p+4+l > len(m.Body) {
+				return nil // NULL stays NULL
 			}
-			val = rest[:4+l]
-			rest = rest[4+l:]
-		} else {
-			rest = rest[4:]
-		}
-		if i == s.column && l >= 0 {
+			if l == len(s.with) {
+				copy(m.Body[p+4:], s.with)
+				return nil
+			}
+			out := append(s.buf[:0], 'D', 0, 0, 0, 0)
+			out = append(out, m.Body[:p]...)
 			out = binary.BigEndian.AppendUint32(out, uint32(len(s.with)))
 			out = append(out, s.with...)
-		} else {
-			out = append(out, val...)
+			out = append(out, m.Body[p+4+l:]...)
+			binary.BigEndian.PutUint32(out[1:], uint32(len(out)-1))
+			s.buf = out
+			return out
 		}
+		p += 4 + max(l, 0)
 	}
-	binary.BigEndian.PutUint32(out[1:], uint32(len(out)-1))
-	s.buf = out
-	return Verdict{Action: Replace, Msgs: out}
 }
 
 // batchStage refuses or holds a whole extended batch when any of its

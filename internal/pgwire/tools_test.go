@@ -230,11 +230,20 @@ type countRows struct{ rows atomic.Int64 }
 
 func (c *countRows) ServerTypes() string { return "D" }
 func (c *countRows) Server(m *ServerMsg) Verdict {
+	c.Row(m)
+	return Verdict{}
+}
+
+func (c *countRows) Row(m *ServerMsg) []byte {
 	if m.Body != nil {
 		c.rows.Add(1)
 	}
-	return Verdict{}
+	return nil
 }
+
+// serverOnly hides a stage's Row: its rows go through Server, the path of
+// stages that have no Row.
+type serverOnly struct{ ServerStage }
 
 // TestToolsThroughStages drives psql, pgbench (simple, extended, prepared)
 // and psycopg2 through a pipeline that refuses some statements and decodes

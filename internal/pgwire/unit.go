@@ -81,7 +81,7 @@ func (pl *pipe) decideUnit() act {
 			continue
 		case Hold:
 			if v.Hold != nil {
-				return act{kind: actHold, hold: v.Hold, stage: u.stage, unit: true}
+				return act{kind: actHold, hold: v.Hold, stage: u.stage}
 			}
 			v = Refuse(codeInternal, "Airlock: a stage held a batch without a hold")
 		}
@@ -123,7 +123,7 @@ func (pl *pipe) playUnit() act {
 		m := u.msgs[u.k]
 		a := pl.clientFrom(0, m.Type, m.Body)
 		if a.kind == actHold {
-			a.unit, a.stage = true, a.stage+len(pl.stages.Batch)
+			a.stage += len(pl.stages.Batch)
 			return a
 		}
 		pl.unitAppend(a, m)
@@ -167,15 +167,21 @@ func (pl *pipe) resumeUnit(a act, v Verdict) act {
 	}
 	// A message stage held message k of a played unit.
 	m := u.msgs[u.k]
-	r := pl.resume(act{stage: a.stage - nb}, v, m.Type, m.Body)
+	r := pl.resumeMsg(a.stage-nb, v, m.Type, m.Body)
 	if r.kind == actHold {
-		r.unit, r.stage = true, r.stage+nb
+		r.stage += nb
 		return r
 	}
 	pl.unitAppend(r, m)
 	u.k++
 	return pl.playUnit()
 }
+
+// inUnit reports whether a unit is being decided or played: a hold then is
+// within it. Its messages are kept from gather until the unit is done, and
+// nothing else reaches the stages meanwhile (the client is not read while
+// a hold is parked).
+func (pl *pipe) inUnit() bool { return len(pl.unit.msgs) > 0 }
 
 func (pl *pipe) resetUnit() {
 	u := &pl.unit
