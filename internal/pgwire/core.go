@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"slices"
 	"strconv"
@@ -616,6 +617,9 @@ func (pl *pipe) fromServer(typ byte, n int, body []byte) act {
 			return act{}
 		}
 		if out := pl.toRowStages(n, body); out != nil {
+			if len(out) == len(brokenRewrite) {
+				return act{kind: actDrop, err: errBrokenRewrite}
+			}
 			return act{kind: actReplace, out: out}
 		}
 		return act{}
@@ -676,7 +680,7 @@ func (pl *pipe) toStages(typ byte, n int, body []byte) act {
 		if v := s.Server(m); v.Action == Replace {
 			o, b, k, ok := pl.replaced(typ, v.Msgs)
 			if !ok {
-				continue // a broken rewrite is not sent
+				return act{kind: actDrop, err: errBrokenRewrite}
 			}
 			if out = o; b == nil {
 				break
@@ -717,7 +721,7 @@ func (pl *pipe) toRowStages(n int, body []byte) []byte {
 		}
 		o, b, k, ok := pl.replaced('D', msgs)
 		if !ok {
-			continue // a broken rewrite is not sent
+			return brokenRewrite
 		}
 		if out = o; b == nil {
 			break
@@ -730,9 +734,19 @@ func (pl *pipe) toRowStages(n int, body []byte) []byte {
 	return out
 }
 
+// errBrokenRewrite ends a session whose server stage answered Replace with
+// bytes that are not whole messages. Neither the broken bytes nor the
+// original go out: the original is what a masking stage meant to keep
+// from the client, so the session fails closed.
+var errBrokenRewrite = errors.New("a server stage replaced a message with bytes that are not whole messages")
+
+// brokenRewrite is toRowStages' answer for errBrokenRewrite: one byte, a
+// length no real replacement has (none is empty or at least 5 bytes).
+var brokenRewrite = []byte{0}
+
 // replaced takes a stage's Replace with msgs: what now goes to the client
 // (out, never nil; not ok when msgs are not whole messages: a broken
-// rewrite is not sent), and, when msgs is one message of type typ, its body
+// rewrite ends the session), and, when msgs is one message of type typ, its body
 // and length for the stages after it (body nil when they do not see it).
 func (pl *pipe) replaced(typ byte, msgs []byte) (out, body []byte, n int, ok bool) {
 	if oneMessage(msgs) {

@@ -295,6 +295,10 @@ func (p *Proxy) upstreamEnding(err error, t *pipe) ending {
 	if errors.As(err, &we) {
 		return ending{terminate: true} // the client is gone
 	}
+	if errors.Is(err, errBrokenRewrite) {
+		return ending{err: err, terminate: true, toClient: &fatal{codeInternal,
+			"airlock ended this session: a result could not be rewritten as policy requires (nothing of it was sent); reconnect, and report it to your Airlock administrator if it repeats"}}
+	}
 	e := ending{err: fmt.Errorf("%w: %v", ErrUpstreamClosed, err)}
 	if !t.fatalSeen.Load() {
 		// The upstream vanished without a word; say it for it, as
