@@ -104,19 +104,19 @@ func (l *staticLease) Release(context.Context) error {
 // harness is a proxy behind a loopback listener, serving each accepted
 // connection with a hand-built session, as the daemon would.
 type harness struct {
-	t      testing.TB
-	proxy  *Proxy
-	creds  *staticCreds
-	sink   *capSink
-	logs   *syncBuffer
-	addr   string
-	port   int
-	uid    atomic.Uint32
+	t     testing.TB
+	proxy *Proxy
+	creds *staticCreds
+	sink  *capSink
+	logs  *syncBuffer
+	addr  string
+	port  int
+	uid   atomic.Uint32
 	// sslmode of url (and connect): "disable" unless set, before any
 	// client connects, to test a TLS client leg.
 	sslmode string
-	person atomic.Value // string
-	cancel context.CancelFunc
+	person  atomic.Value // string
+	cancel  context.CancelFunc
 
 	mu       sync.Mutex
 	results  []error
