@@ -2,15 +2,21 @@ package pgwire
 
 import (
 	"bytes"
+	"context"
 	"crypto/tls"
 	"errors"
 	"io"
 	"net"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgproto3"
 	"golang.org/x/sys/unix"
+
+	"github.com/airlockhq/airlock/internal/pgtest"
 )
 
 // capConn holds what is written to it while hold is set, so that a test
@@ -246,4 +252,269 @@ func TestTLSGarbageRecord(t *testing.T) {
 			t.Logf("error: %v; %d bytes of alert queued", err, len(tr.out))
 		})
 	}
+}
+
+// tlsClient is a client that speaks TLS to the proxy by hand, so that a
+// test controls how its records reach the wire.
+type tlsClient struct {
+	raw  *capConn
+	conn *tls.Conn
+	fe   *pgproto3.Frontend
+	got  *recvLog
+}
+
+// recvLog keeps every byte the client received on the wire.
+type recvLog struct {
+	net.Conn
+	mu sync.Mutex
+	b  []byte
+}
+
+func (r *recvLog) Read(p []byte) (int, error) {
+	n, err := r.Conn.Read(p)
+	r.mu.Lock()
+	r.b = append(r.b, p[:n]...)
+	r.mu.Unlock()
+	return n, err
+}
+
+// dialTLS connects to h with an SSLRequest, the TLS handshake (at most
+// maxVersion; 0: any) and a StartupMessage, up to ReadyForQuery.
+func dialTLS(t *testing.T, h *harness, maxVersion uint16) *tlsClient {
+	t.Helper()
+	c, err := net.Dial("tcp", h.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	_ = c.SetDeadline(time.Now().Add(30 * time.Second))
+	if _, err := c.Write(sslReq); err != nil {
+		t.Fatal(err)
+	}
+	var s [1]byte
+	if _, err := io.ReadFull(c, s[:]); err != nil || s[0] != 'S' {
+		t.Fatalf("SSLRequest answered %q, %v", s[:], err)
+	}
+	got := &recvLog{Conn: c}
+	raw := &capConn{Conn: got}
+	tc := tls.Client(raw, &tls.Config{InsecureSkipVerify: true, MaxVersion: maxVersion})
+	cl := &tlsClient{raw: raw, conn: tc, fe: pgproto3.NewFrontend(tc, tc), got: got}
+	if _, err := tc.Write(startupPacket(3<<16, "user", "x", "database", "postgres")); err != nil {
+		t.Fatalf("startup: %v", err)
+	}
+	cl.until(t, nil)
+	return cl
+}
+
+// until reads to the next ReadyForQuery, returning the DataRows' first
+// values; a non-nil *error gets a read error instead of failing the test.
+func (c *tlsClient) until(t *testing.T, rerr *error) []string {
+	t.Helper()
+	var vals []string
+	for i := 0; i < 100000; i++ {
+		m, err := c.fe.Receive()
+		if err != nil {
+			if rerr != nil {
+				*rerr = err
+				return vals
+			}
+			t.Fatalf("receive: %v", err)
+		}
+		switch m := m.(type) {
+		case *pgproto3.DataRow:
+			vals = append(vals, string(m.Values[0]))
+		case *pgproto3.ErrorResponse:
+			t.Fatalf("error from the proxy: %s %s", m.Code, m.Message)
+		case *pgproto3.ReadyForQuery:
+			return vals
+		}
+	}
+	t.Fatal("no ReadyForQuery")
+	return nil
+}
+
+// held sends msgs as one TLS record each, all in one write on the wire,
+// with extra bytes after them.
+func (c *tlsClient) batch(t *testing.T, extra []byte, msgs ...[]byte) {
+	t.Helper()
+	c.raw.mu.Lock()
+	c.raw.hold = true
+	c.raw.mu.Unlock()
+	for _, m := range msgs {
+		if _, err := c.conn.Write(m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := c.raw.Conn.Write(append(c.raw.held(), extra...)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func queryMsg(sql string) []byte {
+	b, _ := (&pgproto3.Query{String: sql}).Encode(nil)
+	return b
+}
+
+// chopConn writes in small pieces, a little apart, so that the proxy reads
+// records in parts.
+type chopConn struct{ net.Conn }
+
+func (c chopConn) Write(b []byte) (int, error) {
+	n := 0
+	for n < len(b) {
+		k := min(7, len(b)-n)
+		m, err := c.Conn.Write(b[n : n+k])
+		n += m
+		if err != nil {
+			return n, err
+		}
+		time.Sleep(50 * time.Microsecond)
+	}
+	return n, nil
+}
+
+// A TLS client leg under each driver: how records reach the proxy (split,
+// batched, larger than a read), how the client ends it (close_notify), and
+// a client that sends garbage. The loop drives crypto/tls itself, so these
+// are its edges; the goroutine driver is the reference.
+func TestTLSClientLeg(t *testing.T) {
+	pg := pgtest.Start(t, pgtest.Options{})
+	tlsOpt, _ := clientTLS(t)
+	for _, driver := range []string{DriverLoop, DriverGoroutines} {
+		t.Run(driver, func(t *testing.T) {
+			h := newHarness(t, pg, func(o *Options) { o.Driver = driver; tlsOpt(o) })
+			h.sslmode = "require"
+			ended := 0
+			sessionEnds := func(t *testing.T) error {
+				t.Helper()
+				ended++
+				errs := h.serveResults(ended)
+				return errs[ended-1]
+			}
+
+			t.Run("records split into pieces", func(t *testing.T) {
+				cfg, err := pgx.ParseConfig(h.url("postgres"))
+				if err != nil {
+					t.Fatal(err)
+				}
+				dial := cfg.DialFunc
+				cfg.DialFunc = func(ctx context.Context, network, addr string) (net.Conn, error) {
+					c, err := dial(ctx, network, addr)
+					return chopConn{c}, err
+				}
+				c, err := pgx.ConnectConfig(ctx(t), cfg)
+				if err != nil {
+					t.Fatal(err)
+				}
+				long := strings.Repeat("p", 3000)
+				for i := 0; i < 3; i++ {
+					var s string
+					if err := c.QueryRow(ctx(t), "select $1::text || $2::text", long, itoa(i)).Scan(&s); err != nil || s != long+itoa(i) {
+						t.Fatalf("query %d: %d bytes, %v", i, len(s), err)
+					}
+				}
+				_ = c.Close(ctx(t))
+				if err := sessionEnds(t); err != nil {
+					t.Fatalf("session: %v", err)
+				}
+			})
+
+			t.Run("several records in one read, records larger than a read", func(t *testing.T) {
+				c := dialTLS(t, h, 0)
+				big := strings.Repeat("b", 100<<10) // seven records, more than the loop reads at once
+				var msgs [][]byte
+				for i := 0; i < 5; i++ {
+					msgs = append(msgs, queryMsg("select "+itoa(i)))
+				}
+				msgs = append(msgs, queryMsg("select length('"+big+"')"))
+				c.batch(t, nil, msgs...)
+				for i := 0; i < 5; i++ {
+					if v := c.until(t, nil); len(v) != 1 || v[0] != itoa(i) {
+						t.Fatalf("query %d: %q", i, v)
+					}
+				}
+				if v := c.until(t, nil); len(v) != 1 || v[0] != itoa(len(big)) {
+					t.Fatalf("large query: %q", v)
+				}
+				c.batch(t, nil, []byte{'X', 0, 0, 0, 4})
+				if err := sessionEnds(t); err != nil {
+					t.Fatalf("session: %v", err)
+				}
+			})
+
+			t.Run("close_notify", func(t *testing.T) {
+				// TLS 1.2, where an alert's record type is on the wire.
+				c := dialTLS(t, h, tls.VersionTLS12)
+				if _, err := c.conn.Write(queryMsg("select 7")); err != nil {
+					t.Fatal(err)
+				}
+				if v := c.until(t, nil); len(v) != 1 || v[0] != "7" {
+					t.Fatalf("query: %q", v)
+				}
+				// No Terminate: the client just ends its TLS session.
+				if err := c.conn.CloseWrite(); err != nil {
+					t.Fatal(err)
+				}
+				if _, err := io.Copy(io.Discard, c.conn); err != nil {
+					t.Fatalf("after close_notify: %v", err)
+				}
+				if err := sessionEnds(t); err != nil {
+					t.Fatalf("session: %v", err)
+				}
+				// The proxy answered with its own close_notify: the last
+				// record it sent is an alert.
+				last := lastRecordType(t, c.got.b)
+				if last != 21 {
+					t.Fatalf("last record from the proxy has type %d, want an alert (21)", last)
+				}
+			})
+
+			t.Run("garbage after a query", func(t *testing.T) {
+				c := dialTLS(t, h, 0)
+				sql := "select 'before the garbage'"
+				garbage := append([]byte{23, 3, 3, 0, 40}, bytes.Repeat([]byte{0x5a}, 40)...)
+				c.batch(t, garbage, queryMsg(sql))
+				// The record layer's alert ends the session: the client
+				// sees it (before the answer, which the alert may
+				// overtake: nothing may follow a fatal alert).
+				var rerr error
+				for i := 0; i < 2 && rerr == nil; i++ {
+					c.until(t, &rerr)
+				}
+				if rerr == nil || !strings.Contains(rerr.Error(), "bad record MAC") {
+					t.Fatalf("after the garbage: %v; want the proxy's bad_record_mac alert", rerr)
+				}
+				if err := sessionEnds(t); err != nil {
+					t.Fatalf("session: %v", err)
+				}
+				// Nothing lost: the query that came before the garbage
+				// ran, and is recorded with the server's answer.
+				found := false
+				for _, st := range h.sink.statements() {
+					found = found || (st.SQL == sql && st.Tag == "SELECT 1")
+				}
+				if !found {
+					t.Fatalf("%q not recorded with its outcome: %+v", sql, h.sink.statements())
+				}
+			})
+		})
+	}
+}
+
+// lastRecordType walks a TLS record stream and returns the last record's
+// content type.
+func lastRecordType(t *testing.T, b []byte) byte {
+	t.Helper()
+	var typ byte
+	for i := 0; len(b) > 0 && i < 1<<20; i++ {
+		if len(b) < 5 {
+			t.Fatalf("a record header cut short: %d bytes", len(b))
+		}
+		n := 5 + (int(b[3])<<8 | int(b[4]))
+		if len(b) < n {
+			t.Fatalf("a record cut short: %d of %d bytes", len(b), n)
+		}
+		typ, b = b[0], b[n:]
+	}
+	return typ
 }
