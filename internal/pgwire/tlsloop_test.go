@@ -7,6 +7,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"os/exec"
 	"strings"
 	"sync"
 	"testing"
@@ -517,4 +518,107 @@ func lastRecordType(t *testing.T, b []byte) byte {
 		typ, b = b[0], b[n:]
 	}
 	return typ
+}
+
+// sClient is openssl s_client speaking to the proxy: the one client at hand
+// that renegotiates (TLS 1.2) and updates keys (TLS 1.3) on command.
+type sClient struct {
+	cmd   *exec.Cmd
+	stdin io.WriteCloser
+	out   *syncBuffer
+	done  chan struct{}
+}
+
+func startSClient(t *testing.T, h *harness, version string) *sClient {
+	t.Helper()
+	cmd := exec.Command("openssl", "s_client", "-connect", h.addr, "-starttls", "postgres", version)
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &sClient{cmd: cmd, stdin: stdin, out: &syncBuffer{}, done: make(chan struct{})}
+	cmd.Stdout, cmd.Stderr = c.out, c.out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = cmd.Wait(); close(c.done) }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		<-c.done
+	})
+	if _, err := stdin.Write(startupPacket(3<<16, "user", "x", "database", "postgres")); err != nil {
+		t.Fatal(err)
+	}
+	c.waitFor(t, "Z\x00\x00\x00\x05I")
+	return c
+}
+
+// waitFor waits (bounded) until the client's output holds s.
+func (c *sClient) waitFor(t *testing.T, s string) {
+	t.Helper()
+	for i := 0; i < 1000; i++ {
+		if strings.Contains(c.out.String(), s) {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatalf("openssl s_client never printed %q:\n%q", s, c.out.String())
+}
+
+// A client that asks to renegotiate (TLS 1.2; PostgreSQL refuses it too) is
+// refused with an alert and its session ends; one that updates its keys
+// (TLS 1.3) gets the proxy's key update and its session goes on. Under the
+// loop the key update is written from inside a read of the record layer.
+func TestTLSRenegotiationAndKeyUpdate(t *testing.T) {
+	requireTools(t, "openssl")
+	pg := pgtest.Start(t, pgtest.Options{})
+	tlsOpt, _ := clientTLS(t)
+	extended := func(sql string) []byte {
+		var b []byte
+		b, _ = (&pgproto3.Parse{Query: sql}).Encode(b)
+		b, _ = (&pgproto3.Bind{}).Encode(b)
+		b, _ = (&pgproto3.Execute{}).Encode(b)
+		b, _ = (&pgproto3.Sync{}).Encode(b)
+		return b // starts with 'P': no s_client command letter
+	}
+	for _, driver := range []string{DriverLoop, DriverGoroutines} {
+		t.Run(driver, func(t *testing.T) {
+			h := newHarness(t, pg, func(o *Options) { o.Driver = driver; tlsOpt(o) })
+
+			t.Run("renegotiation refused", func(t *testing.T) {
+				c := startSClient(t, h, "-tls1_2")
+				if _, err := io.WriteString(c.stdin, "R\n"); err != nil {
+					t.Fatal(err)
+				}
+				select {
+				case <-c.done:
+				case <-time.After(20 * time.Second):
+					t.Fatalf("s_client still connected after asking to renegotiate:\n%q", c.out.String())
+				}
+				if out := c.out.String(); !strings.Contains(out, "unexpected message") {
+					t.Fatalf("s_client output does not show the refusal:\n%q", out)
+				}
+				if errs := h.serveResults(1); errs[0] != nil {
+					t.Fatalf("session: %v", errs[0])
+				}
+			})
+
+			t.Run("key update", func(t *testing.T) {
+				c := startSClient(t, h, "-tls1_3")
+				if _, err := io.WriteString(c.stdin, "K\n"); err != nil {
+					t.Fatal(err)
+				}
+				c.waitFor(t, "KEYUPDATE")
+				if _, err := c.stdin.Write(extended("select 'after the key update'")); err != nil {
+					t.Fatal(err)
+				}
+				c.waitFor(t, "after the key update")
+				c.waitFor(t, "C\x00\x00\x00\x0dSELECT 1\x00")
+				_, _ = c.stdin.Write([]byte{'X', 0, 0, 0, 4})
+				if errs := h.serveResults(2); errs[1] != nil {
+					t.Fatalf("session: %v", errs[1])
+				}
+			})
+		})
+	}
 }
