@@ -463,6 +463,13 @@ func (ls *lsess) event(s *lside, ev uint32) {
 	if ev&(unix.EPOLLIN|unix.EPOLLHUP|unix.EPOLLERR|unix.EPOLLRDHUP) != 0 {
 		if !s.paused() {
 			ls.readSide(s)
+			if ev&(unix.EPOLLHUP|unix.EPOLLRDHUP) != 0 && !s.eof {
+				// The peer's last bytes and its FIN came together and
+				// the read took only the bytes: the end is still to
+				// read, and no new notification will say so (a server
+				// answering a client that left, then closing).
+				ls.l.more = true
+			}
 		} else {
 			// Not read: poll once more before parking, after settle
 			// has taken EPOLLIN out of the interest.
