@@ -321,7 +321,9 @@ func (p *Proxy) relayLoop(ctx context.Context, client net.Conn, up *upstreamConn
 	}
 	if tl != nil {
 		tl.tr.take(cfd)
-		defer func() { tl.tr.done = true }() // after the farewells; cfd is closed
+		// Once cfd is closed its number may be reused: Serve's Close of
+		// the tls.Conn afterwards must write nothing to it.
+		defer func() { tl.tr.done = true }()
 	}
 	ufd, err := takeFD(up.conn)
 	if err != nil {
