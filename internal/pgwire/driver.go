@@ -13,11 +13,20 @@ import (
 // (docs/BENCHMARKS.md, "Drivers").
 var defaultDriver = DriverLoop
 
-// drive relays an established session with the configured driver. The event
-// loop takes plain TCP sessions; a TLS client leg stays on goroutines.
+// drive relays an established session with the configured driver.
 func (p *Proxy) drive(ctx context.Context, client net.Conn, up *upstreamConn, sess *session.Session, lease Lease, pl *pipe) error {
-	if p.opts.Driver == DriverLoop && loopable(client, up.conn) {
+	if p.driverOf(client, up) == DriverLoop {
 		return p.relayLoop(ctx, client, up, sess, lease, pl)
 	}
 	return p.relay(ctx, client, up, sess, lease, pl)
+}
+
+// driverOf is the driver a session will run on: the event loop takes plain
+// TCP sessions and TLS client legs over TCP (an upstream leg in TLS stays
+// on goroutines).
+func (p *Proxy) driverOf(client net.Conn, up *upstreamConn) string {
+	if p.opts.Driver == DriverLoop && loopable(client, up.conn) {
+		return DriverLoop
+	}
+	return DriverGoroutines
 }

@@ -104,16 +104,19 @@ func (l *staticLease) Release(context.Context) error {
 // harness is a proxy behind a loopback listener, serving each accepted
 // connection with a hand-built session, as the daemon would.
 type harness struct {
-	t      testing.TB
-	proxy  *Proxy
-	creds  *staticCreds
-	sink   *capSink
-	logs   *syncBuffer
-	addr   string
-	port   int
-	uid    atomic.Uint32
-	person atomic.Value // string
-	cancel context.CancelFunc
+	t     testing.TB
+	proxy *Proxy
+	creds *staticCreds
+	sink  *capSink
+	logs  *syncBuffer
+	addr  string
+	port  int
+	uid   atomic.Uint32
+	// sslmode of url (and connect): "disable" unless set, before any
+	// client connects, to test a TLS client leg.
+	sslmode string
+	person  atomic.Value // string
+	cancel  context.CancelFunc
 
 	mu       sync.Mutex
 	results  []error
@@ -218,7 +221,11 @@ func newHarness(t testing.TB, pg *pgtest.Server, mutate func(*Options)) *harness
 // deliberately bogus: the proxy ignores them.
 func (h *harness) url(db string, extra ...string) string {
 	u := url.URL{Scheme: "postgres", User: url.UserPassword("whoever", "ignored"), Host: h.addr, Path: "/" + db}
-	q := url.Values{"sslmode": {"disable"}}
+	mode := h.sslmode
+	if mode == "" {
+		mode = "disable"
+	}
+	q := url.Values{"sslmode": {mode}}
 	for i := 0; i+1 < len(extra); i += 2 {
 		q.Set(extra[i], extra[i+1])
 	}

@@ -2,6 +2,7 @@ package pgwire
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -38,8 +39,8 @@ import (
 // every message, so the protocol state and the record are the driver's
 // concern in neither driver.
 //
-// TLS client legs stay on the goroutine driver: the record layer lives in
-// crypto/tls and needs a net.Conn.
+// A TLS client leg runs on the loop too, with crypto/tls driven from it
+// over a transport that never blocks (tlsloop_linux.go).
 
 // Driver names for Options.Driver (proxy.driver in the config).
 const (
@@ -96,7 +97,8 @@ type evloop struct {
 	spare   []func()
 	fds     map[int32]*lside // every registered descriptor → the side that reads it
 	scratch []byte
-	more    bool // a read of this pass filled its buffer: poll again before parking
+	seal    []byte // records crypto/tls writes for a TLS client leg, before they go out
+	more    bool   // a read of this pass filled its buffer: poll again before parking
 }
 
 func newEvloop() (*evloop, error) {
@@ -216,6 +218,7 @@ type lside struct {
 	bytes    *atomic.Int64
 	msgs     *atomic.Int64
 	client   bool // reads the client
+	sealed   bool // dst is a TLS client leg: what is forwarded is plaintext
 
 	buf    []byte // unprocessed input: the loop's scratch during a pass, else owned
 	owned  []byte
@@ -245,6 +248,7 @@ type lsess struct {
 	sess     *session.Session
 	c2s, s2c *lside
 	sides    [2]lside
+	tl       *tlsLeg // the client leg's record layer; nil for plain TCP
 	why      ending
 	ended    bool
 	left     bool // the client left; the server's answers are drained
@@ -287,11 +291,12 @@ func takeFD(c net.Conn) (int, error) {
 	return fd, nil
 }
 
-// loopable reports whether the session can run on the event-loop driver.
+// loopable reports whether the session can run on the event-loop driver:
+// both legs plain TCP, or the client's TLS over plain TCP.
 func loopable(client, up net.Conn) bool {
 	_, a := client.(*net.TCPConn)
 	_, b := up.(*net.TCPConn)
-	return a && b
+	return (a || loopTLS(client) != nil) && b
 }
 
 // relayLoop is relay on an event loop. It returns when the session ended,
@@ -302,23 +307,38 @@ func (p *Proxy) relayLoop(ctx context.Context, client net.Conn, up *upstreamConn
 		p.log.Warn("pgwire: event loop unavailable; using goroutines", "err", err)
 		return p.relay(ctx, client, up, sess, lease, pl)
 	}
-	_ = client.(*net.TCPConn).SetNoDelay(true)
+	csock := client
+	var tl *tlsLeg
+	if tr := loopTLS(client); tr != nil {
+		tl = &tlsLeg{conn: client.(*tls.Conn), tr: tr}
+		csock = tr.Conn
+	}
+	_ = csock.(*net.TCPConn).SetNoDelay(true)
 	_ = up.conn.(*net.TCPConn).SetNoDelay(true)
-	cfd, err := takeFD(client)
+	cfd, err := takeFD(csock)
 	if err != nil {
 		return p.relay(ctx, client, up, sess, lease, pl)
+	}
+	if tl != nil {
+		tl.tr.take(cfd)
+		// Once cfd is closed its number may be reused: Serve's Close of
+		// the tls.Conn afterwards must write nothing to it.
+		defer func() { tl.tr.done = true }()
 	}
 	ufd, err := takeFD(up.conn)
 	if err != nil {
 		_ = unix.Close(cfd)
 		return fmt.Errorf("%w: take upstream socket: %v", ErrUpstreamClosed, err)
 	}
-	ls := &lsess{l: l, p: p, pl: pl, sess: sess, done: make(chan struct{}), stopped: make(chan struct{})}
+	ls := &lsess{l: l, p: p, pl: pl, sess: sess, tl: tl, done: make(chan struct{}), stopped: make(chan struct{})}
+	if tl != nil {
+		tl.retry = ls.retryTLS
+	}
 	ls.c2s, ls.s2c = &ls.sides[0], &ls.sides[1] // one allocation per session
 	*ls.c2s = lside{ls: ls, src: cfd, dst: ufd, on: pl.fromClient, decMax: p.opts.MaxMessageLen, maxLen: p.opts.MaxMessageLen,
 		bytes: &sess.Stats.BytesIn, msgs: &sess.Stats.MsgsIn, client: true}
 	*ls.s2c = lside{ls: ls, src: ufd, dst: cfd, on: pl.fromServer, decMax: serverDecodeMax,
-		bytes: &sess.Stats.BytesOut, msgs: &sess.Stats.MsgsOut, drain: true}
+		bytes: &sess.Stats.BytesOut, msgs: &sess.Stats.MsgsOut, drain: true, sealed: tl != nil}
 	ls.c2s.peer, ls.s2c.peer = ls.s2c, ls.c2s
 	ls.c2s.decode.add(pl.clientTypes())
 	ls.s2c.decode.add(pl.serverTypes())
@@ -353,24 +373,42 @@ func (p *Proxy) relayLoop(ctx context.Context, client net.Conn, up *upstreamConn
 	// Farewells, with the sockets back in blocking mode and a send timeout:
 	// this goroutine, not the loop, waits for them.
 	why := ls.why
-	farewell := func(s *lside, b []byte) {
-		_ = unix.SetNonblock(s.dst, false)
-		_ = unix.SetsockoptTimeval(s.dst, unix.SOL_SOCKET, unix.SO_SNDTIMEO, &unix.Timeval{Sec: 1})
+	blocking := func(fd int) {
+		_ = unix.SetNonblock(fd, false)
+		_ = unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_SNDTIMEO, &unix.Timeval{Sec: 1})
+	}
+	// intact: every write to s.dst went through, so a TLS record stream to
+	// it ends at a record boundary.
+	farewell := func(s *lside, b []byte) (intact bool) {
+		blocking(s.dst)
+		intact = !s.gone
 		if len(s.out) > 0 && !s.gone {
 			if writeAll(s.dst, s.out) != nil {
-				s.midMsg = true
+				s.midMsg, intact = true, false
 			}
 			s.out = nil
 		}
 		if b != nil && !s.midMsg && !s.gone {
-			_ = writeAll(s.dst, b)
+			if s.sealed {
+				b = tl.sealFarewell(b)
+			}
+			if writeAll(s.dst, b) != nil {
+				intact = false
+			}
 		}
+		return intact
 	}
 	if why.terminate {
 		farewell(ls.c2s, terminateMsg)
 	}
+	intact := len(ls.s2c.out) == 0 && !ls.s2c.gone
 	if why.toClient != nil {
-		farewell(ls.s2c, why.toClient.encode(nil))
+		intact = farewell(ls.s2c, why.toClient.encode(nil))
+	}
+	if tl != nil && intact && tl.clean() {
+		// As PostgreSQL and the goroutine driver (tls.Conn.Close) do.
+		blocking(cfd)
+		_ = writeAll(cfd, tl.closeNotify())
 	}
 	_ = unix.Close(cfd)
 	_ = unix.Close(ufd)
@@ -404,6 +442,12 @@ func (ls *lsess) start() {
 		ls.l.fds[int32(s.src)] = s
 		s.reg = true
 	}
+	if ls.tl != nil {
+		// crypto/tls may already hold what the client sent after its
+		// startup: no readiness event would say so.
+		ls.readSide(ls.c2s)
+		ls.settle()
+	}
 }
 
 // event handles readiness of s.src (EPOLLIN and hang-ups) and of the same
@@ -421,6 +465,13 @@ func (ls *lsess) event(s *lside, ev uint32) {
 	if ev&(unix.EPOLLIN|unix.EPOLLHUP|unix.EPOLLERR|unix.EPOLLRDHUP) != 0 {
 		if !s.paused() {
 			ls.readSide(s)
+			if ev&(unix.EPOLLHUP|unix.EPOLLRDHUP) != 0 && !s.eof {
+				// The peer's last bytes and its FIN came together and
+				// the read took only the bytes: the end is still to
+				// read, and no new notification will say so (a server
+				// answering a client that left, then closing).
+				ls.l.more = true
+			}
 		} else {
 			// Not read: poll once more before parking, after settle
 			// has taken EPOLLIN out of the interest.
@@ -454,7 +505,13 @@ func (ls *lsess) readSide(s *lside) {
 		}
 		dst = s.buf[s.w:cap(s.buf)]
 	}
-	n, err := rawRead(s.src, dst)
+	var n int
+	var err error
+	if s.client && ls.tl != nil {
+		n, err = ls.readTLS(dst)
+	} else {
+		n, err = rawRead(s.src, dst)
+	}
 	if err == unix.EINTR {
 		ls.l.more = true // nothing was read: still ready, with no new notification
 	}
@@ -671,6 +728,16 @@ func (ls *lsess) forward(s *lside, b []byte) {
 	if len(b) == 0 || s.gone || ls.ended {
 		return
 	}
+	if s.sealed {
+		ls.sealOut(s, b)
+		return
+	}
+	ls.put(s, b)
+}
+
+// put writes bytes as they go on the wire to s.dst now, or keeps them for
+// when dst has room.
+func (ls *lsess) put(s *lside, b []byte) {
 	if len(s.out) > 0 {
 		s.out = append(s.out, b...)
 		return
@@ -688,7 +755,7 @@ func (ls *lsess) forward(s *lside, b []byte) {
 			ls.writeFailed(s, err)
 			return
 		}
-		if s.bytes != nil {
+		if s.bytes != nil && !s.sealed {
 			s.bytes.Add(int64(n))
 		}
 		b = b[n:]
@@ -709,7 +776,7 @@ func (ls *lsess) flushOut(s *lside) {
 			ls.writeFailed(s, err)
 			return
 		}
-		if s.bytes != nil {
+		if s.bytes != nil && !s.sealed {
 			s.bytes.Add(int64(n))
 		}
 		s.out = s.out[n:]
@@ -818,7 +885,9 @@ func (ls *lsess) settle() {
 	}
 	if ls.left && ls.pl.outstanding() == 0 && (ls.cerrTerminate() || ls.c2s.midMsg) {
 		ls.end(ending{})
+		return
 	}
+	ls.settleTLS()
 }
 
 func (ls *lsess) cerrTerminate() bool { return errors.Is(ls.cerr, errClientTerminate) }

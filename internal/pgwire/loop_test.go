@@ -52,24 +52,48 @@ func (s *holdOnce) Client(m *ClientMsg) Verdict {
 // with AIRLOCK_PGWIRE_DRIVER=goroutines).
 //
 // The same edges run under the goroutine driver too, which stays selectable
-// (proxy.driver: goroutines) now that the loop is the default.
+// (proxy.driver: goroutines) now that the loop is the default, and each with
+// a TLS client leg: there the loop drives crypto/tls, whose records are
+// at most 16 KiB, so the large messages span many records, several of them
+// in one of the loop's reads.
 func TestLoopDriver(t *testing.T) {
 	pg := pgtest.Start(t, pgtest.Options{})
 	pg.Psql(t, "postgres", "create table blobs (id int primary key, data bytea)")
-	for i, driver := range []string{DriverLoop, DriverGoroutines} {
-		t.Run(driver, func(t *testing.T) { driverEdges(t, pg, driver, i) })
+	tlsOpt, _ := clientTLS(t)
+	id := 0
+	for _, driver := range []string{DriverLoop, DriverGoroutines} {
+		for _, sslmode := range []string{"disable", "require"} {
+			t.Run(driver+"/sslmode="+sslmode, func(t *testing.T) {
+				var opt func(*Options)
+				if sslmode != "disable" {
+					opt = tlsOpt
+				}
+				driverEdges(t, pg, driver, sslmode, opt, id)
+			})
+			id++
+		}
 	}
 }
 
 // driverEdges runs the edges above under one driver; id keeps its rows
-// apart from another driver's in the same database.
-func driverEdges(t *testing.T, pg *pgtest.Server, driver string, id int) {
+// apart from another run's in the same database.
+func driverEdges(t *testing.T, pg *pgtest.Server, driver, sslmode string, opt func(*Options), id int) {
 	stage := &holdOnce{release: make(chan struct{}), parked: make(chan struct{})}
 	h := newHarness(t, pg, func(o *Options) {
 		o.Driver = driver
 		o.Stages = func(*session.Session) Stages { return Stages{Client: []ClientStage{stage}} }
+		if opt != nil {
+			opt(o)
+		}
 	})
+	h.sslmode = sslmode
 	ctx := testCtx(t)
+	t.Cleanup(func() {
+		// Every session ran on the driver under test, TLS ones too.
+		if want := "driver=" + driver; !strings.Contains(h.logs.String(), want) || strings.Contains(h.logs.String(), "driver="+otherDriver(driver)) {
+			t.Errorf("sessions did not all run with %s:\n%s", want, h.logs.String())
+		}
+	})
 
 	t.Run("large messages", func(t *testing.T) {
 		c := h.connect(ctx, t)
@@ -174,4 +198,11 @@ func driverEdges(t *testing.T, pg *pgtest.Server, driver string, id int) {
 			t.Error(err)
 		}
 	})
+}
+
+func otherDriver(d string) string {
+	if d == DriverLoop {
+		return DriverGoroutines
+	}
+	return DriverLoop
 }

@@ -240,7 +240,7 @@ func (p *Proxy) Serve(ctx context.Context, client net.Conn, sess *session.Sessio
 	}
 	_ = client.SetDeadline(time.Time{})
 	p.log.Debug("pgwire: session relaying", "session", sess.ID, "connection", p.opts.Name,
-		"database", database, "upstream_pid", up.pid)
+		"database", database, "upstream_pid", up.pid, "driver", p.driverOf(conn, up))
 	return p.drive(ctx, conn, up, sess, lease, pl)
 }
 

@@ -45,7 +45,7 @@ func (p *Proxy) handshake(conn net.Conn) (startup, *fatal, error) {
 			return st, nil, fmt.Errorf("read startup packet: %w", err)
 		}
 		if hdr[0] == tlsRecordHdr && !encrypted && p.opts.ClientTLS != nil {
-			tc := tls.Server(&prefixConn{Conn: tlsTransport(st.conn), prefix: append([]byte(nil), hdr[:]...)}, p.opts.ClientTLS)
+			tc := tls.Server(&prefixConn{Conn: newTLSTransport(st.conn), prefix: append([]byte(nil), hdr[:]...)}, p.opts.ClientTLS)
 			if err := tc.Handshake(); err != nil {
 				return st, nil, fmt.Errorf("direct TLS handshake with client: %w", err)
 			}
@@ -78,7 +78,7 @@ func (p *Proxy) handshake(conn net.Conn) (startup, *fatal, error) {
 			}
 			// Reads above were exact, so no plaintext sent after the
 			// SSLRequest can have been buffered and mistaken for encrypted.
-			tc := tls.Server(tlsTransport(st.conn), p.opts.ClientTLS)
+			tc := tls.Server(newTLSTransport(st.conn), p.opts.ClientTLS)
 			if err := tc.Handshake(); err != nil {
 				return st, nil, fmt.Errorf("TLS handshake with client: %w", err)
 			}
