@@ -56,17 +56,22 @@ func (s *holdOnce) Client(m *ClientMsg) Verdict {
 func TestLoopDriver(t *testing.T) {
 	pg := pgtest.Start(t, pgtest.Options{})
 	pg.Psql(t, "postgres", "create table blobs (id int primary key, data bytea)")
-	for i, driver := range []string{DriverLoop, DriverGoroutines} {
-		t.Run(driver, func(t *testing.T) { driverEdges(t, pg, driver, i) })
+	for i, tc := range []struct{ name, driver, wait string }{
+		{DriverLoop, DriverLoop, ""},
+		{DriverLoop + "/" + waitRaw, DriverLoop, waitRaw}, // the loops' other wait (AIRLOCK_PGWIRE_LOOPWAIT)
+		{DriverGoroutines, DriverGoroutines, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) { driverEdges(t, pg, tc.driver, tc.wait, i) })
 	}
 }
 
 // driverEdges runs the edges above under one driver; id keeps its rows
 // apart from another driver's in the same database.
-func driverEdges(t *testing.T, pg *pgtest.Server, driver string, id int) {
+func driverEdges(t *testing.T, pg *pgtest.Server, driver, wait string, id int) {
 	stage := &holdOnce{release: make(chan struct{}), parked: make(chan struct{})}
 	h := newHarness(t, pg, func(o *Options) {
 		o.Driver = driver
+		o.loopWait = wait
 		o.Stages = func(*session.Session) Stages { return Stages{Client: []ClientStage{stage}} }
 	})
 	ctx := testCtx(t)
