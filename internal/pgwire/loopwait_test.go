@@ -2,8 +2,8 @@ package pgwire
 
 import (
 	"runtime"
-	"runtime/metrics"
 	"runtime/debug"
+	"runtime/metrics"
 	"testing"
 	"time"
 )
