@@ -242,7 +242,10 @@ func benchLoopGC(b *testing.B, mode string, busy bool) {
 	}
 	samples := []metrics.Sample{{Name: "/sched/pauses/stopping/gc:seconds"}, {Name: "/sched/pauses/total/gc:seconds"}}
 	metrics.Read(samples)
-	h0 := []*metrics.Float64Histogram{samples[0].Value.Float64Histogram(), samples[1].Value.Float64Histogram()}
+	var c0 [2][]uint64 // copied: the next Read reuses the histograms
+	for k := range samples {
+		c0[k] = append([]uint64(nil), samples[k].Value.Float64Histogram().Counts...)
+	}
 	b.ResetTimer()
 	var keep [][]byte
 	for i := 0; i < b.N; i++ {
@@ -257,7 +260,7 @@ func benchLoopGC(b *testing.B, mode string, busy bool) {
 	b.StopTimer()
 	metrics.Read(samples)
 	for k, what := range []string{"stopping", "stopped"} {
-		p50, p99, max := histDelta(h0[k], samples[k].Value.Float64Histogram())
+		p50, p99, max := histDelta(c0[k], samples[k].Value.Float64Histogram())
 		b.ReportMetric(p50*1e6, what+"-p50-µs")
 		b.ReportMetric(p99*1e6, what+"-p99-µs")
 		b.ReportMetric(max*1e6, what+"-max-µs")
@@ -274,13 +277,13 @@ func benchLoopGC(b *testing.B, mode string, busy bool) {
 }
 
 // histDelta returns the median, 99th percentile and maximum (each bucket's
-// upper bound) of what was added to a runtime/metrics histogram between two
-// reads.
-func histDelta(a, b *metrics.Float64Histogram) (p50, p99, max float64) {
+// upper bound) of what was added to a runtime/metrics histogram since it
+// held the counts a.
+func histDelta(a []uint64, b *metrics.Float64Histogram) (p50, p99, max float64) {
 	var total uint64
 	counts := make([]uint64, len(b.Counts))
 	for i := range b.Counts {
-		counts[i] = b.Counts[i] - a.Counts[i]
+		counts[i] = b.Counts[i] - a[i]
 		total += counts[i]
 	}
 	if total == 0 {
