@@ -53,8 +53,10 @@ const (
 	loopMaxBatch = 128      // events per epoll_wait
 )
 
-// How a loop waits for its descriptors (AIRLOCK_PGWIRE_LOOPWAIT, for
-// measuring; docs/BENCHMARKS.md "Drivers").
+// How a loop waits for its descriptors. Raw by default: less CPU per
+// transaction than the poller wait, measured side by side
+// (docs/BENCHMARKS.md "Drivers"); AIRLOCK_PGWIRE_LOOPWAIT=poller selects the
+// other, for measuring.
 const (
 	// waitPoller parks the loop as a goroutine through Go's poller.
 	waitPoller = "poller"
@@ -124,16 +126,17 @@ func reserveLoopPs(n int) {
 	runtime.GOMAXPROCS(runtime.GOMAXPROCS(0) + n)
 }
 
-// loopWait is the wait named by AIRLOCK_PGWIRE_LOOPWAIT. A raw wait relies on
-// the runtime's preemption signal to get the loop to stop for the GC, so
-// with asynchronous preemption turned off it would stall every
-// stop-the-world up to rawBackstop: the poller wait is used then.
+// loopWait is the wait AIRLOCK_PGWIRE_LOOPWAIT names, raw unless it says
+// poller. A raw wait relies on the runtime's preemption signal to get the
+// loop to stop for the GC, so with asynchronous preemption turned off it
+// would stall every stop-the-world up to rawBackstop: the poller wait is
+// used then.
 func loopWait() string {
 	return loopWaitOf(os.Getenv("AIRLOCK_PGWIRE_LOOPWAIT"), os.Getenv("GODEBUG"))
 }
 
 func loopWaitOf(env, godebug string) string {
-	if env != waitRaw || strings.Contains(godebug, "asyncpreemptoff=1") {
+	if env == waitPoller || strings.Contains(godebug, "asyncpreemptoff=1") {
 		return waitPoller
 	}
 	return waitRaw
@@ -146,10 +149,11 @@ type evloop struct {
 	raw        bool // waitRaw, else waitPoller
 	backstop   int  // a raw wait's timeout in ms; -1: none (tests)
 	quit       bool // set by a command: run returns (tests)
-	// The epoll descriptor is itself waited on through Go's poller (it is
-	// readable when some of its descriptors are ready): the loop parks as
-	// a goroutine, not as a thread in a blocking system call, so waking it
-	// costs what waking any goroutine does and no thread hands its P off.
+	// Under waitPoller, the epoll descriptor is itself waited on through
+	// Go's poller (it is readable when some of its descriptors are ready):
+	// the loop parks as a goroutine, not as a thread in a blocking system
+	// call, so waking it costs what waking any goroutine does and no
+	// thread hands its P off.
 	file    *os.File
 	rc      syscall.RawConn
 	mu      sync.Mutex

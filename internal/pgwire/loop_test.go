@@ -57,8 +57,8 @@ func TestLoopDriver(t *testing.T) {
 	pg := pgtest.Start(t, pgtest.Options{})
 	pg.Psql(t, "postgres", "create table blobs (id int primary key, data bytea)")
 	for i, tc := range []struct{ name, driver, wait string }{
-		{DriverLoop, DriverLoop, ""},
-		{DriverLoop + "/" + waitRaw, DriverLoop, waitRaw}, // the loops' other wait (AIRLOCK_PGWIRE_LOOPWAIT)
+		{DriverLoop, DriverLoop, waitRaw},
+		{DriverLoop + "/" + waitPoller, DriverLoop, waitPoller}, // the loops' other wait (AIRLOCK_PGWIRE_LOOPWAIT)
 		{DriverGoroutines, DriverGoroutines, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) { driverEdges(t, pg, tc.driver, tc.wait, i) })

@@ -150,12 +150,13 @@ func TestLoopWaitSelection(t *testing.T) {
 	for _, tc := range []struct {
 		env, godebug, want string
 	}{
-		{"", "", waitPoller},
+		{"", "", waitRaw},
 		{"poller", "", waitPoller},
 		{"raw", "", waitRaw},
-		{"raw", "madvdontneed=1", waitRaw},
-		{"raw", "asyncpreemptoff=1", waitPoller}, // no preemption signal: a raw wait would stall the GC
-		{"Raw", "", waitPoller},
+		{"", "madvdontneed=1", waitRaw},
+		{"", "asyncpreemptoff=1", waitPoller}, // no preemption signal: a raw wait would stall the GC
+		{"raw", "gctrace=1,asyncpreemptoff=1", waitPoller},
+		{"anything else", "", waitRaw},
 	} {
 		t.Run(tc.env+"/"+tc.godebug, func(t *testing.T) {
 			if got := loopWaitOf(tc.env, tc.godebug); got != tc.want {
