@@ -161,7 +161,7 @@ type evloop struct {
 	spare   []func()
 	fds     map[int32]*lside // every registered descriptor → the side that reads it
 	scratch []byte
-	more    bool // a read of this pass filled its buffer: poll again before parking
+	more    bool // a read of this pass filled its buffer: poll again before parking (waitPoller)
 }
 
 func newEvloop(mode string) (*evloop, error) {
@@ -272,9 +272,9 @@ func (l *evloop) run() {
 //     (GC) or preempt it (sysmon, every 10 ms of "running") it signals the
 //     thread (SIGURG), which ends the wait with EINTR; the signal handler
 //     cannot preempt inside the system call, so the loop passes a
-//     preemption point (preemptPoint) before it waits again. A signal that lands just before the wait
-//     begins is repeated by the stopping GC every 100 µs, and the wait is
-//     bounded by the backstop besides.
+//     preemption point (preemptPoint) before it waits again. A signal
+//     that lands just before the wait begins is repeated (every 100 µs by
+//     a stopping GC), and the wait is bounded by the backstop besides.
 //   - An idle loop would hold its P and be preempted every 10 ms for
 //     nothing: after a backstop period without an event it waits as a
 //     blocking system call instead (the scheduler takes the P back), and
