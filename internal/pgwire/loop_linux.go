@@ -149,6 +149,7 @@ type evloop struct {
 	raw        bool // waitRaw, else waitPoller
 	backstop   int  // a raw wait's timeout in ms; -1: none (tests)
 	quit       bool // set by a command: run returns (tests)
+	intr       int  // raw waits ended by a signal (tests)
 	// Under waitPoller, the epoll descriptor is itself waited on through
 	// Go's poller (it is readable when some of its descriptors are ready):
 	// the loop parks as a goroutine, not as a thread in a blocking system
@@ -292,6 +293,7 @@ func (l *evloop) runRaw(events []unix.EpollEvent) {
 		if e == syscall.EINTR {
 			// Most likely the runtime asking the goroutine to stop: this
 			// is the preemption point it is waiting for.
+			l.intr++
 			preemptPoint()
 			continue
 		}
