@@ -11,6 +11,7 @@ import (
 	"os"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -53,43 +54,108 @@ const (
 	loopMaxBatch = 128      // events per epoll_wait
 )
 
-var (
-	loopsOnce sync.Once
-	loops     []*evloop
-	loopsErr  error
-	loopNext  atomic.Uint32
+// How a loop waits for its descriptors. Raw by default: less CPU per
+// transaction than the poller wait, measured side by side
+// (docs/BENCHMARKS.md "Drivers"); AIRLOCK_PGWIRE_LOOPWAIT=poller selects the
+// other, for measuring.
+const (
+	// waitPoller parks the loop as a goroutine through Go's poller.
+	waitPoller = "poller"
+	// waitRaw blocks the loop's goroutine in epoll_wait without telling
+	// the scheduler (a raw system call): its thread keeps its P, and a
+	// wake-up is the kernel's alone, as for PgBouncer's single thread.
+	waitRaw = "raw"
 )
 
-// pickLoop returns one of the process's event loops, starting them the
-// first time. They live as long as the process: a loop with no session
-// costs one parked thread.
-func pickLoop() (*evloop, error) {
-	loopsOnce.Do(func() {
+// rawBackstop bounds a raw wait (ms): a loop idle that long goes back to
+// waiting through the scheduler (see runRaw), and a preemption request
+// whose signal came just before the wait began is seen by then at the
+// latest.
+const rawBackstop = 5
+
+// A set of event loops, one per core, started on first use. They live as
+// long as the process: a loop with no session costs one parked thread.
+type loopSet struct {
+	once  sync.Once
+	loops []*evloop
+	err   error
+	next  atomic.Uint32
+}
+
+// The process's loops, by wait. Only defaultLoopWait's are ever started
+// outside tests.
+var loopSets = map[string]*loopSet{waitPoller: {}, waitRaw: {}}
+
+// defaultLoopWait is how the loops wait unless a test says otherwise.
+var defaultLoopWait = loopWait()
+
+// pickLoop returns one of the process's event loops that wait as mode says,
+// starting them the first time.
+func pickLoop(mode string) (*evloop, error) {
+	set := loopSets[mode]
+	if set == nil {
+		return nil, fmt.Errorf("pgwire: event loop: unknown wait %q", mode)
+	}
+	set.once.Do(func() {
 		n := loopCount(runtime.GOMAXPROCS(0))
+		if mode == waitRaw {
+			// A loop in a raw wait holds a P the scheduler cannot hand to
+			// anyone else: without n more, the loops would leave the
+			// rest of the daemon (session setup, holds, the audit
+			// shipper, timers, the GC's workers) fewer Ps than cores,
+			// none at all with one loop per core.
+			reserveLoopPs(n)
+		}
 		for i := 0; i < n; i++ {
-			l, err := newEvloop()
+			l, err := newEvloop(mode)
 			if err != nil {
-				loopsErr = err
+				set.err = err
 				return
 			}
-			loops = append(loops, l)
+			set.loops = append(set.loops, l)
 			go l.run()
 		}
 	})
-	if loopsErr != nil {
-		return nil, loopsErr
+	if set.err != nil {
+		return nil, set.err
 	}
-	return loops[int(loopNext.Add(1))%len(loops)], nil
+	return set.loops[int(set.next.Add(1))%len(set.loops)], nil
+}
+
+// reserveLoopPs raises GOMAXPROCS by n, the Ps that n raw loops hold.
+func reserveLoopPs(n int) {
+	runtime.GOMAXPROCS(runtime.GOMAXPROCS(0) + n)
+}
+
+// loopWait is the wait AIRLOCK_PGWIRE_LOOPWAIT names, raw unless it says
+// poller. A raw wait relies on the runtime's preemption signal to get the
+// loop to stop for the GC, so with asynchronous preemption turned off it
+// would stall every stop-the-world up to rawBackstop: the poller wait is
+// used then.
+func loopWait() string {
+	return loopWaitOf(os.Getenv("AIRLOCK_PGWIRE_LOOPWAIT"), os.Getenv("GODEBUG"))
+}
+
+func loopWaitOf(env, godebug string) string {
+	if env == waitPoller || strings.Contains(godebug, "asyncpreemptoff=1") {
+		return waitPoller
+	}
+	return waitRaw
 }
 
 // evloop is one event loop: an epoll instance, its thread, and the commands
 // waiting for it.
 type evloop struct {
 	epfd, evfd int
-	// The epoll descriptor is itself waited on through Go's poller (it is
-	// readable when some of its descriptors are ready): the loop parks as
-	// a goroutine, not as a thread in a blocking system call, so waking it
-	// costs what waking any goroutine does and no thread hands its P off.
+	raw        bool // waitRaw, else waitPoller
+	backstop   int  // a raw wait's timeout in ms; -1: none (tests)
+	quit       bool // set by a command: run returns (tests)
+	intr       int  // raw waits ended by a signal (tests)
+	// Under waitPoller, the epoll descriptor is itself waited on through
+	// Go's poller (it is readable when some of its descriptors are ready):
+	// the loop parks as a goroutine, not as a thread in a blocking system
+	// call, so waking it costs what waking any goroutine does and no
+	// thread hands its P off.
 	file    *os.File
 	rc      syscall.RawConn
 	mu      sync.Mutex
@@ -98,10 +164,10 @@ type evloop struct {
 	fds     map[int32]*lside // every registered descriptor → the side that reads it
 	scratch []byte
 	seal    []byte // records crypto/tls writes for a TLS client leg, before they go out
-	more    bool   // a read of this pass filled its buffer: poll again before parking
+	more    bool   // a read of this pass filled its buffer: poll again before parking (waitPoller)
 }
 
-func newEvloop() (*evloop, error) {
+func newEvloop(mode string) (*evloop, error) {
 	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
 	if err != nil {
 		return nil, fmt.Errorf("pgwire: event loop: epoll_create1: %w", err)
@@ -116,12 +182,18 @@ func newEvloop() (*evloop, error) {
 		_ = unix.Close(evfd)
 		return nil, fmt.Errorf("pgwire: event loop: add eventfd: %w", err)
 	}
+	l := &evloop{epfd: epfd, evfd: evfd, fds: map[int32]*lside{}, scratch: make([]byte, loopScratch),
+		raw: mode == waitRaw, backstop: rawBackstop}
+	if l.raw {
+		// Not in Go's poller: its own epoll would be woken by every
+		// event of this one, a wake-up of another thread for nothing.
+		return l, nil
+	}
 	if err := unix.SetNonblock(epfd, true); err != nil {
 		_ = unix.Close(epfd)
 		_ = unix.Close(evfd)
 		return nil, fmt.Errorf("pgwire: event loop: %w", err)
 	}
-	l := &evloop{epfd: epfd, evfd: evfd, fds: map[int32]*lside{}, scratch: make([]byte, loopScratch)}
 	l.file = os.NewFile(uintptr(epfd), "pgwire-event-loop")
 	rc, err := l.file.SyscallConn()
 	if err != nil {
@@ -131,6 +203,16 @@ func newEvloop() (*evloop, error) {
 	}
 	l.rc = rc
 	return l, nil
+}
+
+// close releases a loop's descriptors once run has returned (tests).
+func (l *evloop) close() {
+	if l.file != nil {
+		_ = l.file.Close()
+	} else {
+		_ = unix.Close(l.epfd)
+	}
+	_ = unix.Close(l.evfd)
 }
 
 // post runs fn on the loop. Safe from any goroutine.
@@ -147,6 +229,10 @@ func (l *evloop) post(fn func()) {
 
 func (l *evloop) run() {
 	events := make([]unix.EpollEvent, loopMaxBatch)
+	if l.raw {
+		l.runRaw(events)
+		return
+	}
 	// One RawRead for the loop's whole life, so that a readiness
 	// notification of the epoll descriptor that arrives while the loop
 	// works is kept (RawRead resets it only on entry) and wakes the loop
@@ -158,22 +244,94 @@ func (l *evloop) run() {
 	// read filled the whole buffer), sets more and the loop polls again.
 	err := l.rc.Read(func(fd uintptr) bool {
 		for {
-			r, _, e := syscall.RawSyscall6(syscall.SYS_EPOLL_WAIT, fd, uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), 0, 0, 0)
+			n, e := epollWaitRaw(int(fd), events, 0)
 			if e == syscall.EINTR {
 				continue
 			}
 			if e != 0 {
 				panic(fmt.Sprintf("pgwire: event loop: epoll_wait: %v", e)) // a bad epfd: a bug, not a condition
 			}
-			n := int(r)
 			l.more = false
 			l.dispatch(events[:n])
+			if l.quit {
+				return true
+			}
 			if n < len(events) && !l.more {
 				return false // park until the epoll descriptor is readable
 			}
 		}
 	})
-	panic(fmt.Sprintf("pgwire: event loop: wait on the epoll descriptor: %v", err))
+	if err != nil {
+		panic(fmt.Sprintf("pgwire: event loop: wait on the epoll descriptor: %v", err))
+	}
+}
+
+// runRaw is run for waitRaw: the goroutine blocks in epoll_wait as a raw
+// system call, so the runtime takes it for running Go code. Its thread keeps
+// its P while it waits and a wake-up goes through no scheduler: the kernel
+// wakes the thread and the loop goes on. What that costs elsewhere:
+//   - A P per loop, held even while waiting: pickLoop raises GOMAXPROCS.
+//   - The runtime cannot stop the loop where it waits. To stop the world
+//     (GC) or preempt it (sysmon, every 10 ms of "running") it signals the
+//     thread (SIGURG), which ends the wait with EINTR; the signal handler
+//     cannot preempt inside the system call, so the loop passes a
+//     preemption point (preemptPoint) before it waits again. A signal
+//     that lands just before the wait begins is repeated (every 100 µs by
+//     a stopping GC), and the wait is bounded by the backstop besides.
+//   - An idle loop would hold its P and be preempted every 10 ms for
+//     nothing: after a backstop period without an event it waits as a
+//     blocking system call instead (the scheduler takes the P back), and
+//     returns to raw waits with the next event.
+//
+// The goroutine is not locked to its thread: nothing here needs the same
+// thread, and a locked goroutine's every preemption would hand its P to
+// another thread and back.
+func (l *evloop) runRaw(events []unix.EpollEvent) {
+	for !l.quit {
+		n, e := epollWaitRaw(l.epfd, events, l.backstop)
+		if e == 0 && n == 0 {
+			n, e = epollWaitBlocking(l.epfd, events)
+		}
+		if e == syscall.EINTR {
+			// Most likely the runtime asking the goroutine to stop: this
+			// is the preemption point it is waiting for.
+			l.intr++
+			preemptPoint()
+			continue
+		}
+		if e != 0 {
+			panic(fmt.Sprintf("pgwire: event loop: epoll_wait: %v", e)) // a bad epfd: a bug, not a condition
+		}
+		l.dispatch(events[:n])
+	}
+}
+
+// preemptPoint lets a pending preemption request take effect. The runtime
+// asks a running goroutine to stop by poisoning its stack bound, which the
+// check at the entry of any function that calls another trips; the runtime
+// then parks the goroutine the way the request wants (for a GC's stack scan
+// it stays parked until scanned). runtime.Gosched would not do: it makes the
+// goroutine runnable, the scheduler runs it again at once and clears the
+// request, and a GC waiting to scan the loop's stack can miss that instant
+// for seconds (measured: a 5.7 s mark phase).
+//
+//go:noinline
+func preemptPoint() { preemptNop() }
+
+//go:noinline
+func preemptNop() {}
+
+// epollWaitRaw is epoll_wait(2) without the scheduler's knowledge.
+func epollWaitRaw(epfd int, events []unix.EpollEvent, msec int) (int, syscall.Errno) {
+	r, _, e := syscall.RawSyscall6(syscall.SYS_EPOLL_WAIT, uintptr(epfd), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), uintptr(msec), 0, 0)
+	return int(r), e
+}
+
+// epollWaitBlocking is epoll_wait(2) with no timeout as a blocking system
+// call: the thread lets go of its P while it waits.
+func epollWaitBlocking(epfd int, events []unix.EpollEvent) (int, syscall.Errno) {
+	r, _, e := syscall.Syscall6(syscall.SYS_EPOLL_WAIT, uintptr(epfd), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), ^uintptr(0), 0, 0)
+	return int(r), e
 }
 
 func (l *evloop) dispatch(events []unix.EpollEvent) {
@@ -302,7 +460,11 @@ func loopable(client, up net.Conn) bool {
 // relayLoop is relay on an event loop. It returns when the session ended,
 // for the same reasons and with the same farewells as relay.
 func (p *Proxy) relayLoop(ctx context.Context, client net.Conn, up *upstreamConn, sess *session.Session, lease Lease, pl *pipe) error {
-	l, err := pickLoop()
+	mode := p.opts.loopWait
+	if mode == "" {
+		mode = defaultLoopWait
+	}
+	l, err := pickLoop(mode)
 	if err != nil {
 		p.log.Warn("pgwire: event loop unavailable; using goroutines", "err", err)
 		return p.relay(ctx, client, up, sess, lease, pl)

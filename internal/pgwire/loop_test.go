@@ -61,14 +61,18 @@ func TestLoopDriver(t *testing.T) {
 	pg.Psql(t, "postgres", "create table blobs (id int primary key, data bytea)")
 	tlsOpt, _ := clientTLS(t)
 	id := 0
-	for _, driver := range []string{DriverLoop, DriverGoroutines} {
+	for _, tc := range []struct{ name, driver, wait string }{
+		{DriverLoop, DriverLoop, waitRaw},
+		{DriverLoop + "/" + waitPoller, DriverLoop, waitPoller}, // the loops' other wait (AIRLOCK_PGWIRE_LOOPWAIT)
+		{DriverGoroutines, DriverGoroutines, ""},
+	} {
 		for _, sslmode := range []string{"disable", "require"} {
-			t.Run(driver+"/sslmode="+sslmode, func(t *testing.T) {
+			t.Run(tc.name+"/sslmode="+sslmode, func(t *testing.T) {
 				var opt func(*Options)
 				if sslmode != "disable" {
 					opt = tlsOpt
 				}
-				driverEdges(t, pg, driver, sslmode, opt, id)
+				driverEdges(t, pg, tc.driver, tc.wait, sslmode, opt, id)
 			})
 			id++
 		}
@@ -77,10 +81,11 @@ func TestLoopDriver(t *testing.T) {
 
 // driverEdges runs the edges above under one driver; id keeps its rows
 // apart from another run's in the same database.
-func driverEdges(t *testing.T, pg *pgtest.Server, driver, sslmode string, opt func(*Options), id int) {
+func driverEdges(t *testing.T, pg *pgtest.Server, driver, wait, sslmode string, opt func(*Options), id int) {
 	stage := &holdOnce{release: make(chan struct{}), parked: make(chan struct{})}
 	h := newHarness(t, pg, func(o *Options) {
 		o.Driver = driver
+		o.loopWait = wait
 		o.Stages = func(*session.Session) Stages { return Stages{Client: []ClientStage{stage}} }
 		if opt != nil {
 			opt(o)

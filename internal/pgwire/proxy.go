@@ -87,6 +87,8 @@ type Options struct {
 	// record keeps (the first rows as the client got them); either 0 keeps
 	// none.
 	SampleRows, SampleBytes int
+
+	loopWait string // the loops' wait (tests); "": defaultLoopWait
 }
 
 // frontdoorIdentityError is frontdoor.AttrIdentityError (frontdoor
