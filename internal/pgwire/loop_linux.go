@@ -252,6 +252,8 @@ type lsess struct {
 	stopped  chan struct{}
 	cerr     error
 	timers   []*time.Timer
+	stopCtx  func() bool // stops the context's watch
+	expiry   *time.Timer // the credential's end; nil if it has none
 }
 
 func (s *lside) paused() bool {
@@ -296,22 +298,45 @@ func loopable(client, up net.Conn) bool {
 
 // relayLoop is relay on an event loop. It returns when the session ended,
 // for the same reasons and with the same farewells as relay.
+//
+// While the session lives, this goroutine only waits: its frame is kept
+// small (setup in loopStart, the tail in finish) because the stack of an
+// idle session's goroutine is what it holds most of (docs/BENCHMARKS.md,
+// "Idle sessions"): the garbage collector shrinks a waiting goroutine's
+// stack to no less than four times what its frames use.
 func (p *Proxy) relayLoop(ctx context.Context, client net.Conn, up *upstreamConn, sess *session.Session, lease Lease, pl *pipe) error {
+	ls, err := p.loopStart(ctx, client, up, sess, lease, pl)
+	if errors.Is(err, errNoLoop) {
+		return p.relay(ctx, client, up, sess, lease, pl)
+	}
+	if err != nil {
+		return err
+	}
+	<-ls.done
+	return ls.finish()
+}
+
+// errNoLoop: the session cannot go on a loop, and is relayed by goroutines.
+var errNoLoop = errors.New("no event loop")
+
+// loopStart hands the session to a loop, or says why not (errNoLoop: use
+// the goroutine driver).
+func (p *Proxy) loopStart(ctx context.Context, client net.Conn, up *upstreamConn, sess *session.Session, lease Lease, pl *pipe) (*lsess, error) {
 	l, err := pickLoop()
 	if err != nil {
 		p.log.Warn("pgwire: event loop unavailable; using goroutines", "err", err)
-		return p.relay(ctx, client, up, sess, lease, pl)
+		return nil, errNoLoop
 	}
 	_ = client.(*net.TCPConn).SetNoDelay(true)
 	_ = up.conn.(*net.TCPConn).SetNoDelay(true)
 	cfd, err := takeFD(client)
 	if err != nil {
-		return p.relay(ctx, client, up, sess, lease, pl)
+		return nil, errNoLoop
 	}
 	ufd, err := takeFD(up.conn)
 	if err != nil {
 		_ = unix.Close(cfd)
-		return fmt.Errorf("%w: take upstream socket: %v", ErrUpstreamClosed, err)
+		return nil, fmt.Errorf("%w: take upstream socket: %v", ErrUpstreamClosed, err)
 	}
 	ls := &lsess{l: l, p: p, pl: pl, sess: sess, done: make(chan struct{}), stopped: make(chan struct{})}
 	ls.c2s, ls.s2c = &ls.sides[0], &ls.sides[1] // one allocation per session
@@ -324,21 +349,29 @@ func (p *Proxy) relayLoop(ctx context.Context, client net.Conn, up *upstreamConn
 	ls.s2c.decode.add(pl.serverTypes())
 
 	l.post(ls.start)
-	stopCtx := context.AfterFunc(ctx, func() {
+	ls.stopCtx = context.AfterFunc(ctx, func() {
 		e := stopEnding(ctx)
 		l.post(func() { ls.end(e) })
 	})
 	if exp := lease.Expires(); !exp.IsZero() {
-		t := time.AfterFunc(time.Until(exp), func() {
+		ls.expiry = time.AfterFunc(time.Until(exp), func() {
 			l.post(func() {
 				ls.end(ending{err: ErrExpired, terminate: true,
 					toClient: &fatal{codeAdminShutdown, "just-in-time credential expired; reconnect"}})
 			})
 		})
-		defer t.Stop()
 	}
-	<-ls.done
-	stopCtx()
+	return ls, nil
+}
+
+// finish is the session's tail, after the loop ended it: the record of what
+// the server never answered, the farewells, the sockets closed. It returns
+// what Serve returns.
+func (ls *lsess) finish() error {
+	ls.stopCtx()
+	if ls.expiry != nil {
+		ls.expiry.Stop()
+	}
 	for _, t := range ls.timers {
 		t.Stop()
 	}
@@ -347,8 +380,8 @@ func (p *Proxy) relayLoop(ctx context.Context, client net.Conn, up *upstreamConn
 	if ls.left {
 		outcome = "unknown: client left"
 	}
-	pl.flush()
-	pl.abandon(outcome)
+	ls.pl.flush()
+	ls.pl.abandon(outcome)
 
 	// Farewells, with the sockets back in blocking mode and a send timeout:
 	// this goroutine, not the loop, waits for them.
@@ -372,8 +405,8 @@ func (p *Proxy) relayLoop(ctx context.Context, client net.Conn, up *upstreamConn
 	if why.toClient != nil {
 		farewell(ls.s2c, why.toClient.encode(nil))
 	}
-	_ = unix.Close(cfd)
-	_ = unix.Close(ufd)
+	_ = unix.Close(ls.c2s.src)
+	_ = unix.Close(ls.s2c.src)
 	return why.err
 }
 
