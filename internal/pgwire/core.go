@@ -94,6 +94,61 @@ type bound struct {
 	formats             []int16  // sampling: Bind's result formats
 }
 
+// portalTable is a session's open portals. The unnamed one, which every
+// extended-protocol query of libpq and pgx binds, has a field of its own: a
+// map's first entry costs a group of eight slots (about 1 KB with bound's
+// size), which every idle session that ever ran such a query would hold.
+type portalTable struct {
+	unnamed    bound
+	hasUnnamed bool
+	named      map[string]bound // nil until a named portal is bound
+}
+
+func (t *portalTable) get(name string) (bound, bool) {
+	if name == "" {
+		return t.unnamed, t.hasUnnamed
+	}
+	b, ok := t.named[name]
+	return b, ok
+}
+
+func (t *portalTable) set(name string, b bound) {
+	if name == "" {
+		t.unnamed, t.hasUnnamed = b, true
+		return
+	}
+	if t.named == nil {
+		t.named = map[string]bound{}
+	}
+	t.named[name] = b
+}
+
+func (t *portalTable) del(name string) {
+	if name == "" {
+		t.unnamed, t.hasUnnamed = bound{}, false
+		return
+	}
+	delete(t.named, name)
+}
+
+// clear forgets every portal, as the end of a transaction does.
+func (t *portalTable) clear() {
+	t.unnamed, t.hasUnnamed = bound{}, false
+	clear(t.named)
+}
+
+// len is how many named portals are open (the unnamed one is always
+// room for one more).
+func (t *portalTable) len() int { return len(t.named) }
+
+// evictOne forgets one named portal.
+func (t *portalTable) evictOne() {
+	for k := range t.named {
+		delete(t.named, k)
+		return
+	}
+}
+
 // prepared is a statement the server has under a name.
 type prepared struct {
 	sql, decision string
@@ -146,7 +201,7 @@ type pipe struct {
 	stmts        map[string]prepared // statements the server has, by name
 	stmtBytes    int
 	pendingParse int // statement bytes of Parses not yet answered
-	portals      map[string]bound
+	portals      portalTable
 	copyRefusal  *ErrorReply // a refused CopyData: the error ending the COPY is ours
 	txStatus     byte
 	space        chan struct{} // signalled when the queue drains below its bounds
@@ -168,7 +223,7 @@ func newPipe(sess *session.Session, st Stages, budget int) *pipe {
 	if budget <= 0 {
 		budget = defaultStmtBudget
 	}
-	pl := &pipe{sess: sess, stages: st, budget: budget, stmts: map[string]prepared{}, portals: map[string]bound{},
+	pl := &pipe{sess: sess, stages: st, budget: budget, stmts: map[string]prepared{},
 		txStatus: 'I', space: make(chan struct{}, 1)}
 	for _, s := range st.Client {
 		var t typeSet
@@ -345,7 +400,8 @@ func (pl *pipe) refuse(typ byte, body []byte, e *ErrorReply, why string) act {
 			var m pgproto3.Execute
 			if m.Decode(body) == nil {
 				pl.mu.Lock()
-				sql = pl.portals[m.Portal].sql
+				b, _ := pl.portals.get(m.Portal)
+				sql = b.sql
 				pl.mu.Unlock()
 			}
 		}
@@ -642,14 +698,11 @@ func (pl *pipe) response(typ byte, body []byte) act {
 		}
 	case '2': // BindComplete
 		if f != nil && f.kind == 'B' {
-			if _, ok := pl.portals[f.name]; !ok && len(pl.portals) >= maxPrepared {
+			if _, ok := pl.portals.get(f.name); !ok && f.name != "" && pl.portals.len() >= maxPrepared {
 				// Portals end with their transaction; thousands open
 				// at once is a client gone wrong, and the oldest
 				// forgotten is still recorded by name.
-				for k := range pl.portals {
-					delete(pl.portals, k)
-					break
-				}
+				pl.portals.evictOne()
 			}
 			st, ok := pl.stmts[f.stmt]
 			if !ok {
@@ -661,7 +714,7 @@ func (pl *pipe) response(typ byte, body []byte) act {
 			if d == "" {
 				d = st.decision
 			}
-			pl.portals[f.name] = bound{sql: st.sql, name: f.stmt, params: f.params, decision: d, desc: st.desc, formats: f.formats}
+			pl.portals.set(f.name, bound{sql: st.sql, name: f.stmt, params: f.params, decision: d, desc: st.desc, formats: f.formats})
 			pl.pop()
 		}
 	case '3': // CloseComplete
@@ -672,7 +725,7 @@ func (pl *pipe) response(typ byte, body []byte) act {
 					delete(pl.stmts, f.name)
 				}
 			} else {
-				delete(pl.portals, f.name)
+				pl.portals.del(f.name)
 			}
 			pl.pop()
 		}
@@ -720,7 +773,7 @@ func (pl *pipe) response(typ byte, body []byte) act {
 			if body[0] == 'I' {
 				// Portals, the unnamed one too, live until their
 				// transaction ends, not until Sync.
-				clear(pl.portals)
+				pl.portals.clear()
 			}
 		}
 		pl.rows, pl.bytes = 0, 0
@@ -811,7 +864,8 @@ func (pl *pipe) sqlDeallocated(f *pending, tag string) {
 	}
 	sql := f.sql
 	if f.kind == 'E' {
-		sql = pl.portals[f.name].sql
+		b, _ := pl.portals.get(f.name)
+		sql = b.sql
 	}
 	// DEALLOCATE [PREPARE] name, alone in its Query: anything fancier
 	// keeps the statement counted, which is only conservative.
@@ -854,7 +908,7 @@ func (pl *pipe) emit(p *pending, tag, code, msg string) {
 	case p.kind == 'Q':
 		st.Protocol = "simple"
 	case p.kind == 'E':
-		b, ok := pl.portals[p.name]
+		b, ok := pl.portals.get(p.name)
 		if !ok {
 			// The server has it, so SQL DECLARE made it: the cursor's
 			// query is in the record of the DECLARE.
