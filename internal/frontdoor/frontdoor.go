@@ -210,7 +210,7 @@ func (s *Server) closeListeners() {
 }
 
 // Serve accepts until ctx is done, then closes the listeners and waits for
-// every session's handler to return (handlers see ctx cancelled).
+// every session to end (handlers see ctx cancelled).
 func (s *Server) Serve(ctx context.Context) error {
 	errc := make(chan error, len(s.listeners))
 	for _, l := range s.listeners {
@@ -265,30 +265,47 @@ func (s *Server) acceptLoop(ctx context.Context, l net.Listener) error {
 			failed, backoff = 0, 0
 		}
 		s.wg.Add(1)
-		go func() {
-			defer s.wg.Done()
-			s.handle(ctx, conn)
-		}()
+		go s.handle(ctx, conn, s.wg.Done)
 	}
 }
 
-// handle serves one accepted connection. Its frame stays small: it is on
-// the stack of the goroutine that waits out the session, and an idle
-// session's memory is mostly that stack (docs/BENCHMARKS.md, "Idle
-// sessions"); admit and ended do the work before and after.
-func (s *Server) handle(ctx context.Context, conn net.Conn) {
-	var a admission
-	ctx, ok := s.admit(ctx, conn, &a)
+// Detacher is a Handler that can serve a session without holding the
+// calling goroutine until it ends: done gets what Serve would return, once,
+// from whichever goroutine ends the session. A session with no goroutine
+// waiting for it costs no stack while it idles.
+type Detacher interface {
+	ServeDetached(ctx context.Context, conn net.Conn, sess *session.Session, done func(error))
+}
+
+// handle serves one accepted connection and calls finished once the
+// session is over, possibly after handle returned (a Detacher's session).
+// Its frame stays small: for a handler that does not detach it is on the
+// stack of the goroutine that waits out the session, and an idle session's
+// memory is mostly that stack (docs/BENCHMARKS.md, "Idle sessions"); admit
+// and ended do the work before and after.
+func (s *Server) handle(ctx context.Context, conn net.Conn, finished func()) {
+	a := &admission{}
+	ctx, ok := s.admit(ctx, conn, a)
 	if !ok {
+		finished()
 		return
 	}
-	defer s.dismiss(&a)
 	// The handler gets the bare *net.TCPConn: a wrapper here would cost
 	// every read and write on the data path, and hide the socket from
 	// handlers that use it directly. Handlers count what they relay in
 	// sess.Stats.
+	if d, ok := a.route.Handler.(Detacher); ok {
+		d.ServeDetached(ctx, conn, a.sess, func(err error) {
+			s.ended(ctx, a.sess, err)
+			s.dismiss(a)
+			finished()
+		})
+		return
+	}
 	err := a.route.Handler.Serve(ctx, conn, a.sess)
 	s.ended(ctx, a.sess, err)
+	s.dismiss(a)
+	finished()
 }
 
 // admission is what a served connection holds until its session ends.

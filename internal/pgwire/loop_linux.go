@@ -254,6 +254,7 @@ type lsess struct {
 	timers   []*time.Timer
 	stopCtx  func() bool // stops the context's watch
 	expiry   *time.Timer // the credential's end; nil if it has none
+	onEnd    func(*lsess)
 }
 
 func (s *lside) paused() bool {
@@ -305,7 +306,7 @@ func loopable(client, up net.Conn) bool {
 // "Idle sessions"): the garbage collector shrinks a waiting goroutine's
 // stack to no less than four times what its frames use.
 func (p *Proxy) relayLoop(ctx context.Context, client net.Conn, up *upstreamConn, sess *session.Session, lease Lease, pl *pipe) error {
-	ls, err := p.loopStart(ctx, client, up, sess, lease, pl)
+	ls, err := p.loopStart(ctx, client, up, sess, lease, pl, nil)
 	if errors.Is(err, errNoLoop) {
 		return p.relay(ctx, client, up, sess, lease, pl)
 	}
@@ -320,8 +321,10 @@ func (p *Proxy) relayLoop(ctx context.Context, client net.Conn, up *upstreamConn
 var errNoLoop = errors.New("no event loop")
 
 // loopStart hands the session to a loop, or says why not (errNoLoop: use
-// the goroutine driver).
-func (p *Proxy) loopStart(ctx context.Context, client net.Conn, up *upstreamConn, sess *session.Session, lease Lease, pl *pipe) (*lsess, error) {
+// the goroutine driver). onEnd, if not nil, runs on the loop once the
+// session ended (after done is closed); it must not block.
+func (p *Proxy) loopStart(ctx context.Context, client net.Conn, up *upstreamConn, sess *session.Session, lease Lease, pl *pipe,
+	onEnd func(*lsess)) (*lsess, error) {
 	l, err := pickLoop()
 	if err != nil {
 		p.log.Warn("pgwire: event loop unavailable; using goroutines", "err", err)
@@ -347,6 +350,7 @@ func (p *Proxy) loopStart(ctx context.Context, client net.Conn, up *upstreamConn
 	ls.c2s.peer, ls.s2c.peer = ls.s2c, ls.c2s
 	ls.c2s.decode.add(pl.clientTypes())
 	ls.s2c.decode.add(pl.serverTypes())
+	ls.onEnd = onEnd
 
 	l.post(ls.start)
 	ls.stopCtx = context.AfterFunc(ctx, func() {
@@ -897,7 +901,7 @@ func (ls *lsess) sideEnded(s *lside, err error) {
 }
 
 // end stops the session (on the loop): its descriptors leave the loop and
-// the goroutine in relayLoop says the farewells.
+// the goroutine in relayLoop, or the one onEnd starts, says the farewells.
 func (ls *lsess) end(e ending) {
 	if ls.ended {
 		return
@@ -918,6 +922,9 @@ func (ls *lsess) end(e ending) {
 	}
 	close(ls.stopped)
 	close(ls.done)
+	if ls.onEnd != nil {
+		ls.onEnd(ls)
+	}
 }
 
 // loopCount is how many loops serve sessions: one per core, or

@@ -169,6 +169,37 @@ func (p *Proxy) Serve(ctx context.Context, client net.Conn, sess *session.Sessio
 	return p.drive(ctx, lv.conn, lv.up, sess, lv.lease, lv.pl)
 }
 
+// ServeDetached is Serve for a caller that need not wait for the session's
+// end: done gets what Serve would return, once, after everything Serve
+// releases is released. A session the event loop takes holds no goroutine
+// while it lives (the stack of the one waiting was most of an idle
+// session's memory, docs/BENCHMARKS.md "Idle sessions"): ServeDetached
+// returns once it is on the loop, and the session's tail runs in a
+// goroutine started when it ends, which calls done. Any other session is
+// served on the calling goroutine, which calls done before returning.
+func (p *Proxy) ServeDetached(ctx context.Context, client net.Conn, sess *session.Session, done func(error)) {
+	lv := &live{client: client}
+	ok, err := p.open(ctx, lv, sess)
+	if ok && p.opts.Driver == DriverLoop && loopable(lv.conn, lv.up.conn) {
+		_, err = p.loopStart(ctx, lv.conn, lv.up, sess, lv.lease, lv.pl, func(ls *lsess) {
+			go func() {
+				err := ls.finish()
+				lv.close(p, sess)
+				done(err)
+			}()
+		})
+		if err == nil {
+			return
+		}
+		ok = errors.Is(err, errNoLoop) // relayed by goroutines instead
+	}
+	if ok {
+		err = p.relay(ctx, lv.conn, lv.up, sess, lv.lease, lv.pl)
+	}
+	lv.close(p, sess)
+	done(err)
+}
+
 // live is what an established session holds until it ends, and gives back
 // in close.
 type live struct {
