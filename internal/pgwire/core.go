@@ -149,6 +149,54 @@ func (t *portalTable) evictOne() {
 	}
 }
 
+// stmtTable is the statements the server has, by name. The unnamed one
+// has a field of its own, for the reason portalTable's has.
+type stmtTable struct {
+	unnamed    prepared
+	hasUnnamed bool
+	named      map[string]prepared // nil until a named statement is parsed
+}
+
+func (t *stmtTable) get(name string) (prepared, bool) {
+	if name == "" {
+		return t.unnamed, t.hasUnnamed
+	}
+	st, ok := t.named[name]
+	return st, ok
+}
+
+func (t *stmtTable) set(name string, st prepared) {
+	if name == "" {
+		t.unnamed, t.hasUnnamed = st, true
+		return
+	}
+	if t.named == nil {
+		t.named = map[string]prepared{}
+	}
+	t.named[name] = st
+}
+
+func (t *stmtTable) del(name string) {
+	if name == "" {
+		t.unnamed, t.hasUnnamed = prepared{}, false
+		return
+	}
+	delete(t.named, name)
+}
+
+func (t *stmtTable) clear() {
+	t.unnamed, t.hasUnnamed = prepared{}, false
+	clear(t.named)
+}
+
+// len counts the statements, the unnamed one too.
+func (t *stmtTable) len() int {
+	if t.hasUnnamed {
+		return len(t.named) + 1
+	}
+	return len(t.named)
+}
+
 // prepared is a statement the server has under a name.
 type prepared struct {
 	sql, decision string
@@ -198,7 +246,7 @@ type pipe struct {
 	queue        []pending
 	head         int
 	pendBytes    int
-	stmts        map[string]prepared // statements the server has, by name
+	stmts        stmtTable // statements the server has, by name
 	stmtBytes    int
 	pendingParse int // statement bytes of Parses not yet answered
 	portals      portalTable
@@ -223,7 +271,7 @@ func newPipe(sess *session.Session, st Stages, budget int) *pipe {
 	if budget <= 0 {
 		budget = defaultStmtBudget
 	}
-	pl := &pipe{sess: sess, stages: st, budget: budget, stmts: map[string]prepared{},
+	pl := &pipe{sess: sess, stages: st, budget: budget,
 		txStatus: 'I', space: make(chan struct{}, 1)}
 	for _, s := range st.Client {
 		var t typeSet
@@ -393,7 +441,8 @@ func (pl *pipe) refuse(typ byte, body []byte, e *ErrorReply, why string) act {
 			var m pgproto3.Bind
 			if m.Decode(body) == nil {
 				pl.mu.Lock()
-				sql = pl.stmts[m.PreparedStatement].sql
+				st, _ := pl.stmts.get(m.PreparedStatement)
+				sql = st.sql
 				pl.mu.Unlock()
 			}
 		case 'E':
@@ -453,7 +502,7 @@ func (pl *pipe) track(typ byte, body []byte) act {
 			break
 		}
 		pl.mu.Lock()
-		prev, known := pl.stmts[string(name)]
+		prev, known := pl.stmts.get(string(name))
 		old := prev.sql
 		// Clients that re-Parse the same statement (the unnamed one, each
 		// time) share one copy of its text.
@@ -463,10 +512,10 @@ func (pl *pipe) track(typ byte, body []byte) act {
 			if known {
 				size -= len(old)
 			}
-			if pl.stmtBytes+pl.pendingParse+size > pl.budget || (!known && len(pl.stmts) >= maxPrepared) {
+			if pl.stmtBytes+pl.pendingParse+size > pl.budget || (!known && pl.stmts.len() >= maxPrepared) {
 				pl.mu.Unlock()
 				return pl.refuse('P', body, &ErrorReply{Code: codeProgramLimit,
-					Message: fmt.Sprintf("Airlock: this session holds %d prepared statements (%d bytes of SQL), its limit", len(pl.stmts), pl.stmtBytes),
+					Message: fmt.Sprintf("Airlock: this session holds %d prepared statements (%d bytes of SQL), its limit", pl.stmts.len(), pl.stmtBytes),
 					Hint:    "Close or DEALLOCATE prepared statements you no longer use."}, "refused")
 			}
 			if pl.lastParse == string(query) {
@@ -688,10 +737,10 @@ func (pl *pipe) response(typ byte, body []byte) act {
 	case '1': // ParseComplete: the statement now exists under its name
 		if f != nil && f.kind == 'P' {
 			if !f.poison {
-				if old, known := pl.stmts[f.name]; known {
+				if old, known := pl.stmts.get(f.name); known {
 					pl.stmtBytes -= len(old.sql)
 				}
-				pl.stmts[f.name] = prepared{sql: f.sql, decision: f.decision}
+				pl.stmts.set(f.name, prepared{sql: f.sql, decision: f.decision})
 				pl.stmtBytes += len(f.sql)
 			}
 			pl.pop()
@@ -704,7 +753,7 @@ func (pl *pipe) response(typ byte, body []byte) act {
 				// forgotten is still recorded by name.
 				pl.portals.evictOne()
 			}
-			st, ok := pl.stmts[f.stmt]
+			st, ok := pl.stmts.get(f.stmt)
 			if !ok {
 				// The server has it, so SQL PREPARE made it: that
 				// statement's text is in the record of the PREPARE.
@@ -720,9 +769,9 @@ func (pl *pipe) response(typ byte, body []byte) act {
 	case '3': // CloseComplete
 		if f != nil && f.kind == 'C' {
 			if f.ctype == 'S' {
-				if old, ok := pl.stmts[f.name]; ok {
+				if old, ok := pl.stmts.get(f.name); ok {
 					pl.stmtBytes -= len(old.sql)
-					delete(pl.stmts, f.name)
+					pl.stmts.del(f.name)
 				}
 			} else {
 				pl.portals.del(f.name)
@@ -836,7 +885,8 @@ func (pl *pipe) errorResponse(f *pending, body []byte) act {
 			}
 		case 'P', 'B', 'E':
 			if f.kind == 'B' {
-				f.sql = pl.stmts[f.stmt].sql
+				st, _ := pl.stmts.get(f.stmt)
+				f.sql = st.sql
 			}
 			pl.emit(f, "", code, msg)
 			pl.pop()
@@ -855,7 +905,7 @@ func (pl *pipe) errorResponse(f *pending, body []byte) act {
 func (pl *pipe) sqlDeallocated(f *pending, tag string) {
 	switch tag {
 	case "DEALLOCATE ALL", "DISCARD ALL":
-		clear(pl.stmts)
+		pl.stmts.clear()
 		pl.stmtBytes = 0
 		return
 	case "DEALLOCATE":
@@ -886,9 +936,9 @@ func (pl *pipe) sqlDeallocated(f *pending, tag string) {
 	} else {
 		name = strings.ToLower(name)
 	}
-	if old, ok := pl.stmts[name]; ok {
+	if old, ok := pl.stmts.get(name); ok {
 		pl.stmtBytes -= len(old.sql)
-		delete(pl.stmts, name)
+		pl.stmts.del(name)
 	}
 }
 

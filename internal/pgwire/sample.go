@@ -471,9 +471,9 @@ func (pl *pipe) sampleDesc(body []byte) {
 		d := pl.samp.describe(body)
 		switch f.ctype {
 		case 'S':
-			if st, ok := pl.stmts[f.name]; ok {
+			if st, ok := pl.stmts.get(f.name); ok {
 				st.desc = d
-				pl.stmts[f.name] = st
+				pl.stmts.set(f.name, st)
 			}
 		case 'P':
 			if b, ok := pl.portals.get(f.name); ok {
