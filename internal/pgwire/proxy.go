@@ -181,10 +181,14 @@ func (p *Proxy) ServeDetached(ctx context.Context, client net.Conn, sess *sessio
 	lv := &live{client: client}
 	ok, err := p.open(ctx, lv, sess)
 	if ok && p.opts.Driver == DriverLoop && loopable(lv.conn, lv.up.conn) {
+		// On the loop the sockets are the loop's descriptors (their
+		// net.Conns closed); the tail needs only what else lv holds, and
+		// the session keeps no more than that.
+		rest := &live{lease: lv.lease, key: lv.key, keyed: lv.keyed}
 		_, err = p.loopStart(ctx, lv.conn, lv.up, sess, lv.lease, lv.pl, func(ls *lsess) {
 			go func() {
 				err := ls.finish()
-				lv.close(p, sess)
+				rest.close(p, sess)
 				done(err)
 			}()
 		})
@@ -228,7 +232,9 @@ func (lv *live) close(p *Proxy, sess *session.Session) {
 	if lv.conn != nil && lv.conn != lv.client {
 		_ = lv.conn.Close()
 	}
-	_ = lv.client.Close()
+	if lv.client != nil {
+		_ = lv.client.Close()
+	}
 }
 
 // open sets a session up: the client's startup, its admission, the
