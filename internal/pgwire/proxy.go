@@ -185,13 +185,18 @@ func (p *Proxy) ServeDetached(ctx context.Context, client net.Conn, sess *sessio
 		// net.Conns closed); the tail needs only what else lv holds, and
 		// the session keeps no more than that.
 		rest := &live{lease: lv.lease, key: lv.key, keyed: lv.keyed}
+		// The session may end on the loop before loopStart has returned
+		// (and set what finish reads): the tail waits for it.
+		started := make(chan struct{})
 		_, err = p.loopStart(ctx, lv.conn, lv.up, sess, lv.lease, lv.pl, func(ls *lsess) {
 			go func() {
+				<-started
 				err := ls.finish()
 				rest.close(p, sess)
 				done(err)
 			}()
 		})
+		close(started)
 		if err == nil {
 			return
 		}
