@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"sort"
 	"strconv"
 	"sync"
@@ -163,6 +164,7 @@ type Server struct {
 	acceptE       string
 	acceptAt      time.Time
 	wg            sync.WaitGroup
+	origins       originCache
 }
 
 // Listen binds the proxy port on both loopbacks.
@@ -208,7 +210,7 @@ func (s *Server) closeListeners() {
 }
 
 // Serve accepts until ctx is done, then closes the listeners and waits for
-// every session's handler to return (handlers see ctx cancelled).
+// every session to end (handlers see ctx cancelled).
 func (s *Server) Serve(ctx context.Context) error {
 	errc := make(chan error, len(s.listeners))
 	for _, l := range s.listeners {
@@ -263,14 +265,62 @@ func (s *Server) acceptLoop(ctx context.Context, l net.Listener) error {
 			failed, backoff = 0, 0
 		}
 		s.wg.Add(1)
-		go func() {
-			defer s.wg.Done()
-			s.handle(ctx, conn)
-		}()
+		go s.handle(ctx, conn, s.wg.Done)
 	}
 }
 
-func (s *Server) handle(ctx context.Context, conn net.Conn) {
+// Detacher is a Handler that can serve a session without holding the
+// calling goroutine until it ends: done gets what Serve would return, once,
+// from whichever goroutine ends the session. A session with no goroutine
+// waiting for it costs no stack while it idles.
+type Detacher interface {
+	ServeDetached(ctx context.Context, conn net.Conn, sess *session.Session, done func(error))
+}
+
+// handle serves one accepted connection and calls finished once the
+// session is over, possibly after handle returned (a Detacher's session).
+// Its frame stays small: for a handler that does not detach it is on the
+// stack of the goroutine that waits out the session, and an idle session's
+// memory is mostly that stack (docs/BENCHMARKS.md, "Idle sessions"); admit
+// and ended do the work before and after.
+func (s *Server) handle(ctx context.Context, conn net.Conn, finished func()) {
+	a := &admission{}
+	ctx, ok := s.admit(ctx, conn, a)
+	if !ok {
+		finished()
+		return
+	}
+	// The handler gets the bare *net.TCPConn: a wrapper here would cost
+	// every read and write on the data path, and hide the socket from
+	// handlers that use it directly. Handlers count what they relay in
+	// sess.Stats.
+	if d, ok := a.route.Handler.(Detacher); ok {
+		d.ServeDetached(ctx, conn, a.sess, func(err error) {
+			s.ended(ctx, a.sess, err)
+			s.dismiss(a)
+			finished()
+		})
+		return
+	}
+	err := a.route.Handler.Serve(ctx, conn, a.sess)
+	s.ended(ctx, a.sess, err)
+	s.dismiss(a)
+	finished()
+}
+
+// admission is what a served connection holds until its session ends.
+type admission struct {
+	route    Route
+	sess     *session.Session
+	uid      uint32
+	counted  bool   // counted against the caps (else it holds an exempt slot)
+	stopKeep func() // stops the identity keeper; nil without one
+}
+
+// admit refuses the connection (and reports false), or starts its session:
+// counted against the caps, its person resolved, watched by the identity
+// keeper, recorded as started. The context returned is the session's.
+func (s *Server) admit(ctx context.Context, conn net.Conn, a *admission) (context.Context, bool) {
 	log := s.opts.Logger
 	client := addrPort(conn.RemoteAddr())
 	rec, err := s.opts.Records.Lookup(client)
@@ -287,7 +337,7 @@ func (s *Server) handle(ctx context.Context, conn net.Conn) {
 		s.recordRefusal(a, Refusal{Reason: ReasonNoRecord,
 			Message: "connection to Airlock's proxy port that the kernel did not redirect: its process is unknown, so it is closed"})
 		_ = conn.Close()
-		return
+		return ctx, false
 	}
 	route, ok := s.opts.Router.Route(rec.Orig)
 	if !ok {
@@ -297,21 +347,21 @@ func (s *Server) handle(ctx context.Context, conn net.Conn) {
 		s.recordRefusal(s.attempt(Route{}, rec, client), Refusal{Reason: ReasonNotATarget,
 			Message: "redirected connection to " + rec.Orig.String() + ", which is no longer a registered target: closed"})
 		_ = conn.Close()
-		return
+		return ctx, false
 	}
 	if route.Refusal != nil {
 		s.refuse(ctx, conn, route, rec, client, *route.Refusal)
-		return
+		return ctx, false
 	}
 	if r, ok := s.acquire(rec.UID); !ok {
 		if !s.exempt(route, conn) {
 			s.refuse(ctx, conn, route, rec, client, r)
-			return
+			return ctx, false
 		}
-		defer s.unexempt()
 	} else {
-		defer s.release(rec.UID)
+		a.counted = true
 	}
+	a.uid, a.route = rec.UID, route
 
 	sess := session.New(s.opts.Sink)
 	sess.Target, sess.Connection, sess.Protocol = route.Target, route.Connection, route.Protocol
@@ -330,7 +380,7 @@ func (s *Server) handle(ctx context.Context, conn net.Conn) {
 		sess.Person = p
 	}
 	s.add(sess)
-	defer s.remove(sess)
+	a.sess = sess
 
 	// A person whose identity expires mid-session: the keeper renews it or,
 	// failing that, ends the session through its context, with the cause.
@@ -338,23 +388,37 @@ func (s *Server) handle(ctx context.Context, conn net.Conn) {
 		sctx, cancel := context.WithCancelCause(ctx)
 		kctx, stopKeep := context.WithCancel(sctx)
 		kdone := make(chan struct{})
+		uid, person := rec.UID, sess.Person
 		go func() {
 			defer close(kdone)
-			if err := k.Keep(kctx, rec.UID, sess.Person); err != nil {
-				log.Warn("ending session: identity lost", "session", sess.ID, "uid", rec.UID, "err", err)
+			if err := k.Keep(kctx, uid, person); err != nil {
+				log.Warn("ending session: identity lost", "session", sess.ID, "uid", uid, "err", err)
 				cancel(err)
 			}
 		}()
-		defer func() { stopKeep(); <-kdone; cancel(nil) }()
+		a.stopKeep = func() { stopKeep(); <-kdone; cancel(nil) }
 		ctx = sctx
 	}
 
 	sess.Emit(session.Event{Kind: session.KindSessionStart, Start: sess})
-	// The handler gets the bare *net.TCPConn: a wrapper here would cost
-	// every read and write on the data path, and hide the socket from
-	// handlers that use it directly. Handlers count what they relay in
-	// sess.Stats.
-	err = route.Handler.Serve(ctx, conn, sess)
+	return ctx, true
+}
+
+// dismiss gives back what admit took, in the reverse order.
+func (s *Server) dismiss(a *admission) {
+	if a.stopKeep != nil {
+		a.stopKeep()
+	}
+	s.remove(a.sess)
+	if a.counted {
+		s.release(a.uid)
+	} else {
+		s.unexempt()
+	}
+}
+
+// ended records the end of a session that its handler returned err for.
+func (s *Server) ended(ctx context.Context, sess *session.Session, err error) {
 	reason, detail := "client_quit", ""
 	if err != nil {
 		reason, detail = "error", err.Error()
@@ -555,7 +619,52 @@ func (s *Server) origin(rec intercept.Record) session.Origin {
 			o.Parents = append(o.Parents, session.Proc{PID: p.PID, Exe: p.Exe, Cmdline: p.Cmdline, UID: p.UID})
 		}
 	}
+	s.origins.share(&o)
 	return o
+}
+
+// originCache lets the sessions of one process share the memory of their
+// origins' details: a pool of connections holds as many copies of the same
+// command lines and ancestry, a few KB each, for as long as it is open.
+// Only what was just read and found equal is shared, so a reused PID never
+// lends a session another process's details. Nothing mutates an origin
+// after the front door builds it.
+type originCache struct {
+	mu    sync.Mutex
+	byPID map[uint32]*session.Origin // the last origin seen of each process
+}
+
+// originCacheSize bounds the processes remembered; when full it starts
+// over (only sharing is lost).
+const originCacheSize = 256
+
+func (c *originCache) share(o *session.Origin) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if prev := c.byPID[o.PID]; prev != nil {
+		// Equal strings, but the new one's bytes become garbage.
+		if o.Exe == prev.Exe {
+			o.Exe = prev.Exe
+		}
+		if slices.Equal(o.Cmdline, prev.Cmdline) {
+			o.Cmdline = prev.Cmdline
+		}
+		if o.CgroupPath == prev.CgroupPath {
+			o.CgroupPath = prev.CgroupPath
+		}
+		if slices.EqualFunc(o.Parents, prev.Parents, sameProc) {
+			o.Parents = prev.Parents
+		}
+	}
+	if c.byPID == nil || len(c.byPID) >= originCacheSize {
+		c.byPID = map[uint32]*session.Origin{}
+	}
+	kept := *o
+	c.byPID[o.PID] = &kept
+}
+
+func sameProc(a, b session.Proc) bool {
+	return a.PID == b.PID && a.UID == b.UID && a.Exe == b.Exe && slices.Equal(a.Cmdline, b.Cmdline)
 }
 
 func (s *Server) add(sess *session.Session) {

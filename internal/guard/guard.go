@@ -76,7 +76,7 @@ func (g *Guard) currentApprover() Approver {
 
 // Stages returns the session's guard stage, for pgwire.Options.Stages.
 func (g *Guard) Stages(sess *session.Session) pgwire.Stages {
-	s := &Stage{g: g, sess: sess, prepared: map[string]preparedStmt{}}
+	s := &Stage{g: g, sess: sess}
 	return pgwire.Stages{Batch: []pgwire.BatchStage{s}, Client: []pgwire.ClientStage{s}}
 }
 
@@ -87,8 +87,51 @@ type Stage struct {
 	sess *session.Session
 	// prepared maps a prepared statement's name to its decision. SQL
 	// PREPARE and protocol Parse share PostgreSQL's one namespace.
-	prepared map[string]preparedStmt
+	prepared stmtTable
 	memo     *policy.Memo // decisions of the policy in force, per classification
+}
+
+// stmtTable maps prepared statement names to their decisions. The unnamed
+// statement, which every extended query of libpq and pgx parses, has a
+// field of its own: a map's first entry costs a group of eight slots (about
+// 800 bytes), which every idle session that ever ran such a query would
+// hold.
+type stmtTable struct {
+	unnamed    preparedStmt
+	hasUnnamed bool
+	named      map[string]preparedStmt // nil until a named statement is prepared
+}
+
+func (t *stmtTable) get(name string) (preparedStmt, bool) {
+	if name == "" {
+		return t.unnamed, t.hasUnnamed
+	}
+	ps, ok := t.named[name]
+	return ps, ok
+}
+
+func (t *stmtTable) set(name string, ps preparedStmt) {
+	if name == "" {
+		t.unnamed, t.hasUnnamed = ps, true
+		return
+	}
+	if t.named == nil {
+		t.named = map[string]preparedStmt{}
+	}
+	t.named[name] = ps
+}
+
+func (t *stmtTable) del(name string) {
+	if name == "" {
+		t.unnamed, t.hasUnnamed = preparedStmt{}, false
+		return
+	}
+	delete(t.named, name)
+}
+
+func (t *stmtTable) clear() {
+	t.unnamed, t.hasUnnamed = preparedStmt{}, false
+	clear(t.named)
 }
 
 // decider is the session's memo of the policy in force; a reload starts a
@@ -176,7 +219,7 @@ func (s *Stage) Batch(b *pgwire.Batch) pgwire.Verdict {
 			}
 			ps, known := parsed[string(stmt)]
 			if !known {
-				ps, known = s.prepared[string(stmt)]
+				ps, known = s.prepared.get(string(stmt))
 			}
 			if known && ps.d.Action != policy.Allow {
 				consider(ps.d, ps.sql, ps.res)
@@ -192,10 +235,10 @@ func (s *Stage) Batch(b *pgwire.Batch) pgwire.Verdict {
 	v := s.verdict(best, "extended", bestSQL, bestRes)
 	if v.Action != pgwire.Reply {
 		for name := range closed {
-			delete(s.prepared, name)
+			s.prepared.del(name)
 		}
 		for name, ps := range parsed {
-			s.prepared[name] = ps
+			s.prepared.set(name, ps)
 		}
 	}
 	return v
@@ -222,7 +265,7 @@ func (s *Stage) withPrepared(d policy.Decision, res *sqlclass.Result, ok bool) p
 		if !st.Flags.Has(sqlclass.FlagRunsPrepared) || st.PreparedName == "" {
 			return
 		}
-		if ps, ok := s.prepared[st.PreparedName]; ok && strictness(ps.d.Action) > strictness(d.Action) {
+		if ps, ok := s.prepared.get(st.PreparedName); ok && strictness(ps.d.Action) > strictness(d.Action) {
 			d = ps.d
 		}
 	})
@@ -235,12 +278,12 @@ func (s *Stage) remember(res *sqlclass.Result, d policy.Decision) {
 	for _, st := range res.Statements {
 		switch {
 		case st.Flags.Has(sqlclass.FlagPrepare) && st.PreparedName != "":
-			s.prepared[st.PreparedName] = preparedStmt{s.decider().Policy().DecidePrepared(st, s.who()), heldText{st.Redacted, res}}
+			s.prepared.set(st.PreparedName, preparedStmt{s.decider().Policy().DecidePrepared(st, s.who()), heldText{st.Redacted, res}})
 		case st.Flags.Has(sqlclass.FlagDeallocate):
 			if st.PreparedName == "" {
-				clear(s.prepared)
+				s.prepared.clear()
 			} else {
-				delete(s.prepared, st.PreparedName)
+				s.prepared.del(st.PreparedName)
 			}
 		}
 	}

@@ -295,6 +295,12 @@ func TestGuardPreparedStatementsKeepTheirDecision(t *testing.T) {
 	refused(t, "prepared wipe", err, policy.RuleAgentHolds)
 	_, err = c.Exec(ctx, "wipe")
 	refused(t, "prepared wipe again", err, policy.RuleAgentHolds)
+	// The unnamed statement too: parsed in one batch, run by a later one.
+	if _, err := c.PgConn().Prepare(ctx, "", "DELETE FROM victim", nil); err != nil {
+		t.Fatal(err)
+	}
+	err = c.PgConn().ExecPrepared(ctx, "", nil, nil, nil).Read().Err
+	refused(t, "unnamed prepared wipe", err, policy.RuleAgentHolds)
 	// SQL PREPARE then EXECUTE by name.
 	if _, err := c.Exec(ctx, "PREPARE wipe2 AS DELETE FROM victim", pgx.QueryExecModeSimpleProtocol); err != nil {
 		t.Fatal(err)

@@ -104,7 +104,12 @@ func TestPgbenchRatio(t *testing.T) {
 }
 
 // TestIdleSessionMemory bounds what an idle relayed session costs the
-// daemon: both pumps, the goroutine, the sockets and the tracker.
+// daemon (heap in use and goroutine stacks after two collections): on the
+// loop driver the sockets, the pipe and the loop's state and no goroutine,
+// served detached as the daemon's front door serves sessions; on the
+// goroutine driver also its two pumps and their buffers. The bounds leave
+// about twice the room of what was measured (docs/BENCHMARKS.md, "Idle
+// sessions"): 7.3 KB on the loop.
 func TestIdleSessionMemory(t *testing.T) {
 	pg := pgtest.Start(t, pgtest.Options{Conf: []string{"max_connections = 300"}})
 	h := newHarness(t, pg, nil)
@@ -113,14 +118,25 @@ func TestIdleSessionMemory(t *testing.T) {
 	// Warm up so that one-time allocations do not count.
 	warm := idleClients(t, h, login, 5)
 	defer closeAll(warm)
-	before := heapAndStacks()
+	heap0, stack0 := heapAndStacks()
+	g0 := runtime.NumGoroutine()
 	conns := idleClients(t, h, login, n)
 	defer closeAll(conns)
 	time.Sleep(200 * time.Millisecond)
-	per := (heapAndStacks() - before) / n
-	t.Logf("idle session: %d bytes in the daemon (heap in use + stacks), client side excluded", per)
-	if per > 64<<10 {
-		t.Fatalf("idle session costs %d bytes, want < 64 KiB", per)
+	heap1, stack1 := heapAndStacks()
+	goroutines := runtime.NumGoroutine() - g0
+	heap, stack := (heap1-heap0)/n, (stack1-stack0)/n
+	t.Logf("idle session: %d bytes in the daemon (heap in use %d + stacks %d), %d goroutines for %d sessions, client side excluded",
+		heap+stack, heap, stack, goroutines, n)
+	limit, maxGoroutines := int64(64<<10), 2*n+n/10
+	if defaultDriver == DriverLoop {
+		limit, maxGoroutines = 16<<10, n/10
+	}
+	if heap+stack > limit {
+		t.Errorf("idle session costs %d bytes, want < %d", heap+stack, limit)
+	}
+	if goroutines > maxGoroutines {
+		t.Errorf("%d goroutines for %d idle sessions, want at most %d", goroutines, n, maxGoroutines)
 	}
 }
 
@@ -167,12 +183,12 @@ func closeAll(cs []net.Conn) {
 	}
 }
 
-func heapAndStacks() int64 {
+func heapAndStacks() (heap, stacks int64) {
 	runtime.GC()
 	runtime.GC()
 	var m runtime.MemStats
 	runtime.ReadMemStats(&m)
-	return int64(m.HeapInuse + m.StackInuse)
+	return int64(m.HeapInuse), int64(m.StackInuse)
 }
 
 // startPgBouncer runs a session-pooling PgBouncer in front of pg, as the

@@ -98,6 +98,109 @@ type bound struct {
 	formats             []int16  // sampling: Bind's result formats
 }
 
+// portalTable is a session's open portals. The unnamed one, which every
+// extended-protocol query of libpq and pgx binds, has a field of its own: a
+// map's first entry costs a group of eight slots (about 1 KB with bound's
+// size), which every idle session that ever ran such a query would hold.
+type portalTable struct {
+	unnamed    bound
+	hasUnnamed bool
+	named      map[string]bound // nil until a named portal is bound
+}
+
+func (t *portalTable) get(name string) (bound, bool) {
+	if name == "" {
+		return t.unnamed, t.hasUnnamed
+	}
+	b, ok := t.named[name]
+	return b, ok
+}
+
+func (t *portalTable) set(name string, b bound) {
+	if name == "" {
+		t.unnamed, t.hasUnnamed = b, true
+		return
+	}
+	if t.named == nil {
+		t.named = map[string]bound{}
+	}
+	t.named[name] = b
+}
+
+func (t *portalTable) del(name string) {
+	if name == "" {
+		t.unnamed, t.hasUnnamed = bound{}, false
+		return
+	}
+	delete(t.named, name)
+}
+
+// clear forgets every portal, as the end of a transaction does.
+func (t *portalTable) clear() {
+	t.unnamed, t.hasUnnamed = bound{}, false
+	clear(t.named)
+}
+
+// len is how many named portals are open (the unnamed one is always
+// room for one more).
+func (t *portalTable) len() int { return len(t.named) }
+
+// evictOne forgets one named portal.
+func (t *portalTable) evictOne() {
+	for k := range t.named {
+		delete(t.named, k)
+		return
+	}
+}
+
+// stmtTable is the statements the server has, by name. The unnamed one
+// has a field of its own, for the reason portalTable's has.
+type stmtTable struct {
+	unnamed    prepared
+	hasUnnamed bool
+	named      map[string]prepared // nil until a named statement is parsed
+}
+
+func (t *stmtTable) get(name string) (prepared, bool) {
+	if name == "" {
+		return t.unnamed, t.hasUnnamed
+	}
+	st, ok := t.named[name]
+	return st, ok
+}
+
+func (t *stmtTable) set(name string, st prepared) {
+	if name == "" {
+		t.unnamed, t.hasUnnamed = st, true
+		return
+	}
+	if t.named == nil {
+		t.named = map[string]prepared{}
+	}
+	t.named[name] = st
+}
+
+func (t *stmtTable) del(name string) {
+	if name == "" {
+		t.unnamed, t.hasUnnamed = prepared{}, false
+		return
+	}
+	delete(t.named, name)
+}
+
+func (t *stmtTable) clear() {
+	t.unnamed, t.hasUnnamed = prepared{}, false
+	clear(t.named)
+}
+
+// len counts the statements, the unnamed one too.
+func (t *stmtTable) len() int {
+	if t.hasUnnamed {
+		return len(t.named) + 1
+	}
+	return len(t.named)
+}
+
 // prepared is a statement the server has under a name.
 type prepared struct {
 	sql, decision string
@@ -157,10 +260,10 @@ type pipe struct {
 	queue        []pending
 	head         int
 	pendBytes    int
-	stmts        map[string]prepared // statements the server has, by name
+	stmts        stmtTable // statements the server has, by name
 	stmtBytes    int
 	pendingParse int // statement bytes of Parses not yet answered
-	portals      map[string]bound
+	portals      portalTable
 	copyRefusal  *ErrorReply // a refused CopyData: the error ending the COPY is ours
 	txStatus     byte
 	space        chan struct{} // signalled when the queue drains below its bounds
@@ -182,7 +285,7 @@ func newPipe(sess *session.Session, st Stages, budget int) *pipe {
 	if budget <= 0 {
 		budget = defaultStmtBudget
 	}
-	pl := &pipe{sess: sess, stages: st, budget: budget, stmts: map[string]prepared{}, portals: map[string]bound{},
+	pl := &pipe{sess: sess, stages: st, budget: budget,
 		txStatus: 'I', space: make(chan struct{}, 1)}
 	for _, s := range st.Client {
 		var t typeSet
@@ -367,14 +470,16 @@ func (pl *pipe) refuse(typ byte, body []byte, e *ErrorReply, why string) act {
 			var m pgproto3.Bind
 			if m.Decode(body) == nil {
 				pl.mu.Lock()
-				sql = pl.stmts[m.PreparedStatement].sql
+				st, _ := pl.stmts.get(m.PreparedStatement)
+				sql = st.sql
 				pl.mu.Unlock()
 			}
 		case 'E':
 			var m pgproto3.Execute
 			if m.Decode(body) == nil {
 				pl.mu.Lock()
-				sql = pl.portals[m.Portal].sql
+				b, _ := pl.portals.get(m.Portal)
+				sql = b.sql
 				pl.mu.Unlock()
 			}
 		}
@@ -426,7 +531,7 @@ func (pl *pipe) track(typ byte, body []byte) act {
 			break
 		}
 		pl.mu.Lock()
-		prev, known := pl.stmts[string(name)]
+		prev, known := pl.stmts.get(string(name))
 		old := prev.sql
 		// Clients that re-Parse the same statement (the unnamed one, each
 		// time) share one copy of its text.
@@ -436,10 +541,10 @@ func (pl *pipe) track(typ byte, body []byte) act {
 			if known {
 				size -= len(old)
 			}
-			if pl.stmtBytes+pl.pendingParse+size > pl.budget || (!known && len(pl.stmts) >= maxPrepared) {
+			if pl.stmtBytes+pl.pendingParse+size > pl.budget || (!known && pl.stmts.len() >= maxPrepared) {
 				pl.mu.Unlock()
 				return pl.refuse('P', body, &ErrorReply{Code: codeProgramLimit,
-					Message: fmt.Sprintf("Airlock: this session holds %d prepared statements (%d bytes of SQL), its limit", len(pl.stmts), pl.stmtBytes),
+					Message: fmt.Sprintf("Airlock: this session holds %d prepared statements (%d bytes of SQL), its limit", pl.stmts.len(), pl.stmtBytes),
 					Hint:    "Close or DEALLOCATE prepared statements you no longer use."}, "refused")
 			}
 			if pl.lastParse == string(query) {
@@ -795,26 +900,23 @@ func (pl *pipe) response(typ byte, body []byte) act {
 	case '1': // ParseComplete: the statement now exists under its name
 		if f != nil && f.kind == 'P' {
 			if !f.poison {
-				if old, known := pl.stmts[f.name]; known {
+				if old, known := pl.stmts.get(f.name); known {
 					pl.stmtBytes -= len(old.sql)
 				}
-				pl.stmts[f.name] = prepared{sql: f.sql, decision: f.decision}
+				pl.stmts.set(f.name, prepared{sql: f.sql, decision: f.decision})
 				pl.stmtBytes += len(f.sql)
 			}
 			pl.pop()
 		}
 	case '2': // BindComplete
 		if f != nil && f.kind == 'B' {
-			if _, ok := pl.portals[f.name]; !ok && len(pl.portals) >= maxPrepared {
+			if _, ok := pl.portals.get(f.name); !ok && f.name != "" && pl.portals.len() >= maxPrepared {
 				// Portals end with their transaction; thousands open
 				// at once is a client gone wrong, and the oldest
 				// forgotten is still recorded by name.
-				for k := range pl.portals {
-					delete(pl.portals, k)
-					break
-				}
+				pl.portals.evictOne()
 			}
-			st, ok := pl.stmts[f.stmt]
+			st, ok := pl.stmts.get(f.stmt)
 			if !ok {
 				// The server has it, so SQL PREPARE made it: that
 				// statement's text is in the record of the PREPARE.
@@ -824,18 +926,18 @@ func (pl *pipe) response(typ byte, body []byte) act {
 			if d == "" {
 				d = st.decision
 			}
-			pl.portals[f.name] = bound{sql: st.sql, name: f.stmt, params: f.params, decision: d, desc: st.desc, formats: f.formats}
+			pl.portals.set(f.name, bound{sql: st.sql, name: f.stmt, params: f.params, decision: d, desc: st.desc, formats: f.formats})
 			pl.pop()
 		}
 	case '3': // CloseComplete
 		if f != nil && f.kind == 'C' {
 			if f.ctype == 'S' {
-				if old, ok := pl.stmts[f.name]; ok {
+				if old, ok := pl.stmts.get(f.name); ok {
 					pl.stmtBytes -= len(old.sql)
-					delete(pl.stmts, f.name)
+					pl.stmts.del(f.name)
 				}
 			} else {
-				delete(pl.portals, f.name)
+				pl.portals.del(f.name)
 			}
 			pl.pop()
 		}
@@ -883,7 +985,7 @@ func (pl *pipe) response(typ byte, body []byte) act {
 			if body[0] == 'I' {
 				// Portals, the unnamed one too, live until their
 				// transaction ends, not until Sync.
-				clear(pl.portals)
+				pl.portals.clear()
 			}
 		}
 		pl.rows, pl.bytes = 0, 0
@@ -946,7 +1048,8 @@ func (pl *pipe) errorResponse(f *pending, body []byte) act {
 			}
 		case 'P', 'B', 'E':
 			if f.kind == 'B' {
-				f.sql = pl.stmts[f.stmt].sql
+				st, _ := pl.stmts.get(f.stmt)
+				f.sql = st.sql
 			}
 			pl.emit(f, "", code, msg)
 			pl.pop()
@@ -965,7 +1068,7 @@ func (pl *pipe) errorResponse(f *pending, body []byte) act {
 func (pl *pipe) sqlDeallocated(f *pending, tag string) {
 	switch tag {
 	case "DEALLOCATE ALL", "DISCARD ALL":
-		clear(pl.stmts)
+		pl.stmts.clear()
 		pl.stmtBytes = 0
 		return
 	case "DEALLOCATE":
@@ -974,7 +1077,8 @@ func (pl *pipe) sqlDeallocated(f *pending, tag string) {
 	}
 	sql := f.sql
 	if f.kind == 'E' {
-		sql = pl.portals[f.name].sql
+		b, _ := pl.portals.get(f.name)
+		sql = b.sql
 	}
 	// DEALLOCATE [PREPARE] name, alone in its Query: anything fancier
 	// keeps the statement counted, which is only conservative.
@@ -995,9 +1099,9 @@ func (pl *pipe) sqlDeallocated(f *pending, tag string) {
 	} else {
 		name = strings.ToLower(name)
 	}
-	if old, ok := pl.stmts[name]; ok {
+	if old, ok := pl.stmts.get(name); ok {
 		pl.stmtBytes -= len(old.sql)
-		delete(pl.stmts, name)
+		pl.stmts.del(name)
 	}
 }
 
@@ -1017,7 +1121,7 @@ func (pl *pipe) emit(p *pending, tag, code, msg string) {
 	case p.kind == 'Q':
 		st.Protocol = "simple"
 	case p.kind == 'E':
-		b, ok := pl.portals[p.name]
+		b, ok := pl.portals.get(p.name)
 		if !ok {
 			// The server has it, so SQL DECLARE made it: the cursor's
 			// query is in the record of the DECLARE.

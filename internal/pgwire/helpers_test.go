@@ -199,14 +199,16 @@ func newHarness(t testing.TB, pg *pgtest.Server, mutate func(*Options)) *harness
 			h.mu.Lock()
 			h.sessions = append(h.sessions, sess)
 			h.mu.Unlock()
+			// As the daemon's front door serves sessions: detached, so
+			// that the tests cover the path where no goroutine waits for
+			// a session on the loop (pgwiretest's users cover Serve).
 			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				err := p.Serve(ctx, c, sess)
+			go p.ServeDetached(ctx, c, sess, func(err error) {
 				h.mu.Lock()
 				h.results = append(h.results, err)
 				h.mu.Unlock()
-			}()
+				wg.Done()
+			})
 		}
 	}()
 	t.Cleanup(func() {

@@ -414,6 +414,9 @@ type lsess struct {
 	stopped  chan struct{}
 	cerr     error
 	timers   []*time.Timer
+	stopCtx  func() bool // stops the context's watch
+	expiry   *time.Timer // the credential's end; nil if it has none
+	onEnd    func(*lsess)
 }
 
 func (s *lside) paused() bool {
@@ -459,7 +462,32 @@ func loopable(client, up net.Conn) bool {
 
 // relayLoop is relay on an event loop. It returns when the session ended,
 // for the same reasons and with the same farewells as relay.
+//
+// While the session lives, this goroutine only waits: its frame is kept
+// small (setup in loopStart, the tail in finish) because the stack of an
+// idle session's goroutine is what it holds most of (docs/BENCHMARKS.md,
+// "Idle sessions"): the garbage collector shrinks a waiting goroutine's
+// stack to no less than four times what its frames use.
 func (p *Proxy) relayLoop(ctx context.Context, client net.Conn, up *upstreamConn, sess *session.Session, lease Lease, pl *pipe) error {
+	ls, err := p.loopStart(ctx, client, up, sess, lease, pl, nil)
+	if errors.Is(err, errNoLoop) {
+		return p.relay(ctx, client, up, sess, lease, pl)
+	}
+	if err != nil {
+		return err
+	}
+	<-ls.done
+	return ls.finish()
+}
+
+// errNoLoop: the session cannot go on a loop, and is relayed by goroutines.
+var errNoLoop = errors.New("no event loop")
+
+// loopStart hands the session to a loop, or says why not (errNoLoop: use
+// the goroutine driver). onEnd, if not nil, runs on the loop once the
+// session ended (after done is closed); it must not block.
+func (p *Proxy) loopStart(ctx context.Context, client net.Conn, up *upstreamConn, sess *session.Session, lease Lease, pl *pipe,
+	onEnd func(*lsess)) (*lsess, error) {
 	mode := p.opts.loopWait
 	if mode == "" {
 		mode = defaultLoopWait
@@ -467,7 +495,7 @@ func (p *Proxy) relayLoop(ctx context.Context, client net.Conn, up *upstreamConn
 	l, err := pickLoop(mode)
 	if err != nil {
 		p.log.Warn("pgwire: event loop unavailable; using goroutines", "err", err)
-		return p.relay(ctx, client, up, sess, lease, pl)
+		return nil, errNoLoop
 	}
 	csock := client
 	var tl *tlsLeg
@@ -479,18 +507,18 @@ func (p *Proxy) relayLoop(ctx context.Context, client net.Conn, up *upstreamConn
 	_ = up.conn.(*net.TCPConn).SetNoDelay(true)
 	cfd, err := takeFD(csock)
 	if err != nil {
-		return p.relay(ctx, client, up, sess, lease, pl)
+		return nil, errNoLoop
 	}
 	if tl != nil {
 		tl.tr.take(cfd)
-		// Once cfd is closed its number may be reused: Serve's Close of
-		// the tls.Conn afterwards must write nothing to it.
-		defer func() { tl.tr.done = true }()
 	}
 	ufd, err := takeFD(up.conn)
 	if err != nil {
+		if tl != nil {
+			tl.tr.done = true // see finish
+		}
 		_ = unix.Close(cfd)
-		return fmt.Errorf("%w: take upstream socket: %v", ErrUpstreamClosed, err)
+		return nil, fmt.Errorf("%w: take upstream socket: %v", ErrUpstreamClosed, err)
 	}
 	ls := &lsess{l: l, p: p, pl: pl, sess: sess, tl: tl, done: make(chan struct{}), stopped: make(chan struct{})}
 	if tl != nil {
@@ -504,23 +532,32 @@ func (p *Proxy) relayLoop(ctx context.Context, client net.Conn, up *upstreamConn
 	ls.c2s.peer, ls.s2c.peer = ls.s2c, ls.c2s
 	ls.c2s.decode.add(pl.clientTypes())
 	ls.s2c.decode.add(pl.serverTypes())
+	ls.onEnd = onEnd
 
 	l.post(ls.start)
-	stopCtx := context.AfterFunc(ctx, func() {
+	ls.stopCtx = context.AfterFunc(ctx, func() {
 		e := stopEnding(ctx)
 		l.post(func() { ls.end(e) })
 	})
 	if exp := lease.Expires(); !exp.IsZero() {
-		t := time.AfterFunc(time.Until(exp), func() {
+		ls.expiry = time.AfterFunc(time.Until(exp), func() {
 			l.post(func() {
 				ls.end(ending{err: ErrExpired, terminate: true,
 					toClient: &fatal{codeAdminShutdown, "just-in-time credential expired; reconnect"}})
 			})
 		})
-		defer t.Stop()
 	}
-	<-ls.done
-	stopCtx()
+	return ls, nil
+}
+
+// finish is the session's tail, after the loop ended it: the record of what
+// the server never answered, the farewells, the sockets closed. It returns
+// what Serve returns.
+func (ls *lsess) finish() error {
+	ls.stopCtx()
+	if ls.expiry != nil {
+		ls.expiry.Stop()
+	}
 	for _, t := range ls.timers {
 		t.Stop()
 	}
@@ -529,12 +566,13 @@ func (p *Proxy) relayLoop(ctx context.Context, client net.Conn, up *upstreamConn
 	if ls.left {
 		outcome = "unknown: client left"
 	}
-	pl.flush()
-	pl.abandon(outcome)
+	ls.pl.flush()
+	ls.pl.abandon(outcome)
 
 	// Farewells, with the sockets back in blocking mode and a send timeout:
 	// this goroutine, not the loop, waits for them.
 	why := ls.why
+	tl, cfd := ls.tl, ls.c2s.src
 	blocking := func(fd int) {
 		_ = unix.SetNonblock(fd, false)
 		_ = unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_SNDTIMEO, &unix.Timeval{Sec: 1})
@@ -572,8 +610,13 @@ func (p *Proxy) relayLoop(ctx context.Context, client net.Conn, up *upstreamConn
 		blocking(cfd)
 		_ = writeAll(cfd, tl.closeNotify())
 	}
+	if tl != nil {
+		// Once cfd is closed its number may be reused: a Close of the
+		// tls.Conn afterwards (Serve's) must write nothing to it.
+		tl.tr.done = true
+	}
 	_ = unix.Close(cfd)
-	_ = unix.Close(ufd)
+	_ = unix.Close(ls.s2c.src)
 	return why.err
 }
 
@@ -1095,7 +1138,7 @@ func (ls *lsess) sideEnded(s *lside, err error) {
 }
 
 // end stops the session (on the loop): its descriptors leave the loop and
-// the goroutine in relayLoop says the farewells.
+// the goroutine in relayLoop, or the one onEnd starts, says the farewells.
 func (ls *lsess) end(e ending) {
 	if ls.ended {
 		return
@@ -1116,6 +1159,9 @@ func (ls *lsess) end(e ending) {
 	}
 	close(ls.stopped)
 	close(ls.done)
+	if ls.onEnd != nil {
+		ls.onEnd(ls)
+	}
 }
 
 // loopCount is how many loops serve sessions: one per core, or

@@ -156,24 +156,115 @@ func New(opts Options) (*Proxy, error) {
 // ErrUpstreamClosed, ErrProtocol, wrapped with detail. It also records the
 // bytes and messages relayed, and the statements, in sess.Stats.
 func (p *Proxy) Serve(ctx context.Context, client net.Conn, sess *session.Session) error {
-	defer func() { _ = client.Close() }()
+	// The session's setup runs in open, whose frame (and the startup
+	// parameters, the upstream's ParameterStatus map, pgconn's state) is
+	// gone by the time this goroutine waits for the session's end: what an
+	// idle session keeps on its stack is this frame and drive's, and the
+	// garbage collector shrinks the stack grown during setup to fit them.
+	var lv live
+	lv.client = client
+	defer lv.close(p, sess)
+	ok, err := p.open(ctx, &lv, sess)
+	if !ok {
+		return err
+	}
+	return p.drive(ctx, lv.conn, lv.up, sess, lv.lease, lv.pl)
+}
+
+// ServeDetached is Serve for a caller that need not wait for the session's
+// end: done gets what Serve would return, once, after everything Serve
+// releases is released. A session the event loop takes holds no goroutine
+// while it lives (the stack of the one waiting was most of an idle
+// session's memory, docs/BENCHMARKS.md "Idle sessions"): ServeDetached
+// returns once it is on the loop, and the session's tail runs in a
+// goroutine started when it ends, which calls done. Any other session is
+// served on the calling goroutine, which calls done before returning.
+func (p *Proxy) ServeDetached(ctx context.Context, client net.Conn, sess *session.Session, done func(error)) {
+	lv := &live{client: client}
+	ok, err := p.open(ctx, lv, sess)
+	if ok && p.driverOf(lv.conn, lv.up) == DriverLoop {
+		// On the loop the sockets are the loop's descriptors (their
+		// net.Conns closed); the tail needs only what else lv holds, and
+		// the session keeps no more than that.
+		rest := &live{lease: lv.lease, key: lv.key, keyed: lv.keyed}
+		// The session may end on the loop before loopStart has returned
+		// (and set what finish reads): the tail waits for it.
+		started := make(chan struct{})
+		_, err = p.loopStart(ctx, lv.conn, lv.up, sess, lv.lease, lv.pl, func(ls *lsess) {
+			go func() {
+				<-started
+				err := ls.finish()
+				rest.close(p, sess)
+				done(err)
+			}()
+		})
+		close(started)
+		if err == nil {
+			return
+		}
+		ok = errors.Is(err, errNoLoop) // relayed by goroutines instead
+	}
+	if ok {
+		err = p.relay(ctx, lv.conn, lv.up, sess, lv.lease, lv.pl)
+	}
+	lv.close(p, sess)
+	done(err)
+}
+
+// live is what an established session holds until it ends, and gives back
+// in close.
+type live struct {
+	client net.Conn
+	conn   net.Conn // the client, TLS-wrapped if it asked for TLS
+	up     *upstreamConn
+	lease  Lease
+	key    cancelKey
+	keyed  bool
+	pl     *pipe
+}
+
+// close releases what open took, in the reverse order: the cancel key, the
+// upstream backend, then the credential (whose role can only be dropped
+// once its backend is gone), then the client.
+func (lv *live) close(p *Proxy, sess *session.Session) {
+	if lv.keyed {
+		p.cancels.unregister(lv.key)
+	}
+	if lv.up != nil {
+		_ = lv.up.conn.Close()
+	}
+	if lv.lease != nil {
+		p.release(sess, lv.lease)
+	}
+	if lv.conn != nil && lv.conn != lv.client {
+		_ = lv.conn.Close()
+	}
+	if lv.client != nil {
+		_ = lv.client.Close()
+	}
+}
+
+// open sets a session up: the client's startup, its admission, the
+// credential, the upstream login, the greeting. It reports whether the
+// session is ready to relay; if not, err is what Serve returns. What it
+// took is in lv, for lv.close, whether or not it succeeded.
+func (p *Proxy) open(ctx context.Context, lv *live, sess *session.Session) (bool, error) {
+	client := lv.client
 	_ = client.SetDeadline(time.Now().Add(startupTimeout))
 	st, f, err := p.handshake(client)
 	conn := st.conn
-	if conn != client {
-		defer func() { _ = conn.Close() }()
-	}
+	lv.conn = conn
 	if err != nil {
 		if clientGone(err) {
-			return nil
+			return false, nil
 		}
-		return fmt.Errorf("pgwire: client startup: %w", err)
+		return false, fmt.Errorf("pgwire: client startup: %w", err)
 	}
 	if f != nil {
-		return p.refuse(conn, sess, *f)
+		return false, p.refuse(conn, sess, *f)
 	}
 	if st.cancel != nil {
-		return p.serveCancel(ctx, sess, *st.cancel)
+		return false, p.serveCancel(ctx, sess, *st.cancel)
 	}
 
 	if sess.Person.Name == "" {
@@ -181,13 +272,13 @@ func (p *Proxy) Serve(ctx context.Context, client net.Conn, sess *session.Sessio
 		if msg == "" {
 			msg = fmt.Sprintf("no identity for uid %d: run `airlock login`", sess.Origin.UID)
 		}
-		return p.refuse(conn, sess, fatal{codeInvalidAuth, "Airlock: " + msg})
+		return false, p.refuse(conn, sess, fatal{codeInvalidAuth, "Airlock: " + msg})
 	}
 	var roles []string
 	if p.opts.Access != nil {
 		d, err := p.opts.Access.Decide(sess.Person)
 		if err != nil {
-			return p.refuse(conn, sess, fatal{codeInvalidAuth, "Airlock: " + err.Error()})
+			return false, p.refuse(conn, sess, fatal{codeInvalidAuth, "Airlock: " + err.Error()})
 		}
 		roles = d.Roles
 		if d.Groups != nil {
@@ -199,7 +290,7 @@ func (p *Proxy) Serve(ctx context.Context, client net.Conn, sess *session.Sessio
 		database = st.params["user"] // PostgreSQL's default
 	}
 	if !slices.Contains(p.opts.Databases, database) {
-		return p.refuse(conn, sess, fatal{codeInvalidDatabase, p.databaseRefusal(database)})
+		return false, p.refuse(conn, sess, fatal{codeInvalidDatabase, p.databaseRefusal(database)})
 	}
 	sess.SetDatabase(database)
 
@@ -212,19 +303,19 @@ func (p *Proxy) Serve(ctx context.Context, client net.Conn, sess *session.Sessio
 	}
 	cancel()
 	if err != nil {
-		return p.refuse(conn, sess, fatal{codeInvalidAuth, fmt.Sprintf(
+		return false, p.refuse(conn, sess, fatal{codeInvalidAuth, fmt.Sprintf(
 			"could not create a just-in-time credential for connection %s: %v; ask your Airlock admin", p.opts.Name, err)})
 	}
-	defer p.release(sess, lease)
+	lv.lease = lease
 	sess.SetUpstreamRole(lease.User())
 
 	up, f := p.connectUpstream(ctx, sess, lease, database, st.params)
 	if f != nil {
-		return p.refuse(conn, sess, *f)
+		return false, p.refuse(conn, sess, *f)
 	}
-	defer func() { _ = up.conn.Close() }()
+	lv.up = up
 	if f := p.revokeLogin(ctx, sess, lease); f != nil {
-		return p.refuse(conn, sess, *f)
+		return false, p.refuse(conn, sess, *f)
 	}
 
 	var stages Stages
@@ -233,17 +324,19 @@ func (p *Proxy) Serve(ctx context.Context, client net.Conn, sess *session.Sessio
 	}
 	pl := newPipe(sess, stages, p.opts.MaxPreparedBytes)
 	pl.samp = newSampler(p.opts.SampleRows, p.opts.SampleBytes)
-	key := p.cancels.register(cancelTarget{addr: up.conn.RemoteAddr().String(), pid: up.pid,
+	lv.key = p.cancels.register(cancelTarget{addr: up.conn.RemoteAddr().String(), pid: up.pid,
 		secret: up.secret, uid: sess.Origin.UID, session: sess.ID, hold: pl.cancelHold})
-	defer p.cancels.unregister(key)
+	lv.keyed = true
 
-	if err := p.greet(conn, st, up, key); err != nil {
-		return nil // the client left while we connected
+	if err := p.greet(conn, st, up, lv.key); err != nil {
+		return false, nil // the client left while we connected
 	}
+	up.params = nil // the greeting's: only the socket is needed from here on
+	lv.pl = pl
 	_ = client.SetDeadline(time.Time{})
 	p.log.Debug("pgwire: session relaying", "session", sess.ID, "connection", p.opts.Name,
 		"database", database, "upstream_pid", up.pid, "driver", p.driverOf(conn, up))
-	return p.drive(ctx, conn, up, sess, lease, pl)
+	return true, nil
 }
 
 func (p *Proxy) databaseRefusal(db string) string {

@@ -471,14 +471,14 @@ func (pl *pipe) sampleDesc(body []byte) {
 		d := pl.samp.describe(body)
 		switch f.ctype {
 		case 'S':
-			if st, ok := pl.stmts[f.name]; ok {
+			if st, ok := pl.stmts.get(f.name); ok {
 				st.desc = d
-				pl.stmts[f.name] = st
+				pl.stmts.set(f.name, st)
 			}
 		case 'P':
-			if b, ok := pl.portals[f.name]; ok {
+			if b, ok := pl.portals.get(f.name); ok {
 				b.desc = d
-				pl.portals[f.name] = b
+				pl.portals.set(f.name, b)
 			}
 		}
 	case 'Q':
@@ -497,7 +497,7 @@ func (pl *pipe) sampleOut(typ byte, body []byte) {
 			// columns are and in which formats they come.
 			pl.mu.Lock()
 			if f := pl.front(); f != nil && f.kind == 'E' {
-				b := pl.portals[f.name]
+				b, _ := pl.portals.get(f.name)
 				formats := b.formats
 				if formats == nil {
 					formats = []int16{}
