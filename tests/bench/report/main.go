@@ -49,7 +49,7 @@ type Path struct {
 	// Socket is an airlockd's control socket: before each run the
 	// report waits for that daemon to have shipped its audit record.
 	Socket string `json:"socket"`
-	Note     string `json:"note"`
+	Note   string `json:"note"`
 	// Only restricts the path to these scripts (empty: all).
 	Only []string `json:"only"`
 	// Feature marks a path that only the feature comparisons use (mask,
