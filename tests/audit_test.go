@@ -29,6 +29,16 @@ import (
 // configuration (log_statement, for comparing with the server's own log).
 func newAuditWorld(t *testing.T, auditYAML string, pgConf ...string) *pgWorld {
 	t.Helper()
+	w := configAuditWorld(t, auditYAML, pgConf...)
+	w.startDaemon()
+	w.dsn = fmt.Sprintf("host=%s port=5432 dbname=app user=agent sslmode=disable connect_timeout=10", w.host.V4)
+	return w
+}
+
+// configAuditWorld is newAuditWorld up to the daemon's configuration
+// written, not started (for a test that changes it first).
+func configAuditWorld(t *testing.T, auditYAML string, pgConf ...string) *pgWorld {
+	t.Helper()
 	w := &pgWorld{env: newEnv(t)}
 	w.host = testnet.NewHost(t)
 	w.srv = pgtest.Start(t, pgtest.Options{Host: w.host, Conf: pgConf})
@@ -59,8 +69,6 @@ connections:
         group_roles: [app_rw]
         ttl: 10m
 %s`, w.host.V4, w.pwFile, auditYAML))
-	w.startDaemon()
-	w.dsn = fmt.Sprintf("host=%s port=5432 dbname=app user=agent sslmode=disable connect_timeout=10", w.host.V4)
 	return w
 }
 

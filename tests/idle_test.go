@@ -11,9 +11,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/airlockhq/airlock/internal/pgtest"
-	"github.com/airlockhq/airlock/internal/testnet"
 )
 
 // TestIdleSessionRSS measures what an idle session costs a real airlockd:
@@ -37,35 +34,7 @@ func TestIdleSessionRSS(t *testing.T) {
 	}
 	_ = os.Chmod(filepath.Dir(idleBin), 0o755)
 
-	w := &pgWorld{env: newEnv(t)}
-	w.host = testnet.NewHost(t)
-	w.srv = pgtest.Start(t, pgtest.Options{Host: w.host, Conf: []string{fmt.Sprintf("max_connections = %d", n+50)}})
-	w.srv.Psql(t, "postgres", pgSetup)
-	w.srv.Psql(t, "app", pgAppSetup)
-	w.pwFile = filepath.Join(t.TempDir(), "admin-password")
-	if err := os.WriteFile(w.pwFile, []byte("admin-secret-1234\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	w.config(fmt.Sprintf(`intercept:
-  mode: all
-targets:
-  - name: appdb
-    address: %s:5432
-connections:
-  - name: appdb
-    protocol: postgres
-    targets: [appdb]
-    postgres:
-      databases: [app]
-      upstream:
-        tls: {mode: disable}
-      credential:
-        mode: ephemeral
-        admin_user: airlock_admin
-        admin_password_file: %s
-        group_roles: [app_rw]
-        ttl: 10m
-`, w.host.V4, w.pwFile))
+	w := configAuditWorld(t, "", fmt.Sprintf("max_connections = %d", n+50))
 	// As the bench's daemons: debug logging's allocations are not a
 	// session's.
 	cfg, err := os.ReadFile(w.cfgPath)
