@@ -30,6 +30,9 @@
 #                      tables no rule names (against airlock, masking off)
 #     airlock-noguard  AIRLOCK_BENCH_OFF=guard: no SQL policy stage
 #     airlock-noaudit  AIRLOCK_BENCH_OFF=audit: events to the log only
+#     airlock-pgstore  recording into a PostgreSQL team store (a database
+#                      of its own on the same server) instead of SQLite
+#   BENCH_ROUNDS [3]           rounds of the feature comparisons
 #   BENCH_LOOPS [cores]        event loops of the loop driver (AIRLOCK_PGWIRE_LOOPS)
 #   BENCH_IDLE [1000]          idle sessions held open for the memory figure (0: skip)
 #   BENCH_SCALE [10]           pgbench -i -s
@@ -53,7 +56,7 @@ FEATURES=" $(echo "$BENCH_FEATURES" | tr ',' ' ') "
 [[ $FEATURES == *" none "* ]] && FEATURES=" "
 has_feature() { [[ $FEATURES == *" $1 "* ]]; }
 OUT=${BENCH_OUT:-docs/BENCHMARKS.md}
-COMMAND="sudo make bench  # BENCH_QUICK=${BENCH_QUICK:-0} BENCH_SECONDS=${BENCH_SECONDS:-} BENCH_CLIENTS='${BENCH_CLIENTS:-}' BENCH_MODES='${BENCH_MODES:-}' BENCH_SCRIPTS='${BENCH_SCRIPTS:-}' BENCH_DRIVERS='$BENCH_DRIVERS' BENCH_FEATURES='$BENCH_FEATURES' BENCH_IDLE=$BENCH_IDLE BENCH_SCALE=$BENCH_SCALE BENCH_LOG_LEVEL=$BENCH_LOG_LEVEL (empty: the default)"
+COMMAND="sudo make bench  # BENCH_QUICK=${BENCH_QUICK:-0} BENCH_SECONDS=${BENCH_SECONDS:-} BENCH_CLIENTS='${BENCH_CLIENTS:-}' BENCH_MODES='${BENCH_MODES:-}' BENCH_SCRIPTS='${BENCH_SCRIPTS:-}' BENCH_DRIVERS='$BENCH_DRIVERS' BENCH_FEATURES='$BENCH_FEATURES' BENCH_ROUNDS=${BENCH_ROUNDS:-} BENCH_IDLE=$BENCH_IDLE BENCH_SCALE=$BENCH_SCALE BENCH_LOG_LEVEL=$BENCH_LOG_LEVEL (empty: the default)"
 
 # Names and addresses of its own: never those of the demo (airlock-demo,
 # 10.250.77.x, 15432) or of the Go tests.
@@ -70,6 +73,7 @@ DIR=/tmp/airlock-bench
 BIN=$ROOT/bin
 BENCH_PW=bench-static-pw-4711
 ADMIN_PW=bench-admin-pw-4711
+AUDIT_PW=bench-audit-pw-4711
 
 say() { printf '\n\033[1m== %s\033[0m\n' "$*" >&2; }
 log() { printf '   %s\n' "$*" >&2; }
@@ -165,6 +169,14 @@ SQL
   cat > "$DIR/masked.sql" <<'SQL'
 \set a random(1, 99981)
 SELECT id, name, email, card, plan FROM bench_people WHERE id BETWEEN :a AND :a + 19;
+SQL
+fi
+if has_feature audit; then
+  # The team store of airlock-pgstore: its own role and database on the
+  # same server (a team's store is another machine; here it shares the cores).
+  "${ADMIN[@]}" -d postgres <<SQL
+CREATE ROLE airlock_audit LOGIN PASSWORD '$AUDIT_PW';
+CREATE DATABASE airlock_audit OWNER airlock_audit;
 SQL
 fi
 "${ADMIN[@]}" -d bench <<SQL
@@ -320,6 +332,15 @@ fi
 if has_feature audit; then
   start_daemon airlock-noaudit "" $((p += 1)) audit
   feature_path airlock-noaudit audit "as **airlock**, from an airlockd started with \`AIRLOCK_BENCH_OFF=audit\`: session and statement events go to the log only, not to the audit record (recording off). **airlock** records to the embedded SQLite store."
+  echo "$AUDIT_PW" > "$DIR/secrets/audit"; chmod 600 "$DIR/secrets/audit"
+  PGSTORE_YAML=$(cat <<YAML
+audit:
+  store: postgres://airlock_audit@$REMOTE:5432/airlock_audit?sslmode=disable
+  password_file: $DIR/secrets/audit
+YAML
+)
+  start_daemon airlock-pgstore "" $((p += 1)) "" "$PGSTORE_YAML"
+  feature_path airlock-pgstore audit-pgstore "as **airlock**, recording into a PostgreSQL store (\`audit.store: postgres://…\`, a database of its own on the same server) instead of SQLite; compared with **airlock-noaudit**."
   if has_feature mask; then
     # Masking's cost on results it does not touch, measured with recording
     # off on both sides: two recording daemons differ from round to round
@@ -368,7 +389,7 @@ if has_feature mask; then
   [ "$plain" = "user1@corp-mail.com 4000000000000001" ] && [ -n "$masked" ] && [[ $masked != *user1@* && $masked != *400000000000* ]] ||
     { echo "bench: masking is not in force on airlock-mask" >&2; exit 1; }
 fi
-for n in noguard noaudit; do
+for n in noguard noaudit pgstore; do
   [ -d "$CG/$CGNAME-$n" ] || continue
   who=$(rpg_in_cgroup "$CG/$CGNAME-$n/clients" timeout 30 psql -X -At "$DSN_AIRLOCK" -c "SELECT current_user" 2>&1)
   log "airlock-$n: connected as $who"
