@@ -51,9 +51,11 @@ func TestRenderValue(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			got, cut := renderValue(c.v, c.oid, c.format, c.limit)
-			if got != c.want || cut != c.cut {
-				t.Fatalf("renderValue = %q (cut %v), want %q (cut %v)", got, cut, c.want, c.cut)
+			// Appended after what the buffer already holds, which stays.
+			b, cut := appendRendered([]byte("prev"), c.v, c.oid, c.format, c.limit)
+			got, ok := strings.CutPrefix(string(b), "prev")
+			if !ok || got != c.want || cut != c.cut {
+				t.Fatalf("appendRendered = %q (cut %v), want %q (cut %v)", b, cut, "prev"+c.want, c.cut)
 			}
 			if len(got) > c.limit {
 				t.Fatalf("%q is longer than the limit %d", got, c.limit)
