@@ -123,7 +123,8 @@ func reservedDomain(dom []byte) bool {
 			return false
 		}
 		rest := dom[:i]
-		return bytes.EqualFold(rest[bytes.LastIndexByte(rest, '.')+1:], []byte("example"))
+		rest = rest[bytes.LastIndexByte(rest, '.')+1:]
+		return len(rest) == len("example") && bytes.EqualFold(rest, []byte("example"))
 	case 4:
 		return bytes.EqualFold(last, []byte("test"))
 	case 7:
