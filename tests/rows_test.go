@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -25,7 +26,9 @@ import (
 // (/proc/PID/stat, all threads), which on a shared machine moves less than
 // throughput. With AIRLOCK_PERF_OTHER_BINDIR (a directory with another
 // build's airlockd) every round runs that build's daemons too, for A/B in
-// one run. Slow and load-sensitive: only with AIRLOCK_PERF=1.
+// one run; with AIRLOCK_PERF_RECORD (a directory) the first round's
+// windows are also recorded by perf record -g there. Slow and
+// load-sensitive: only with AIRLOCK_PERF=1.
 func TestMaskedRowsDaemonCPU(t *testing.T) {
 	if os.Getenv("AIRLOCK_PERF") == "" {
 		t.Skip("set AIRLOCK_PERF=1 to measure airlockd's CPU per masked transaction")
@@ -144,9 +147,22 @@ connections:
 				w.startDaemon()
 				pgbench(1) // sessions, credentials and caches set up
 				pid := w.daemon.Process.Pid
+				var rec *exec.Cmd
+				if out := os.Getenv("AIRLOCK_PERF_RECORD"); out != "" && r == 0 {
+					// A profile of the measured window, for perf report.
+					rec = exec.Command("perf", "record", "-F", "999", "-g", "-p", strconv.Itoa(pid),
+						"-o", filepath.Join(out, fmt.Sprintf("build%d-%s.data", bi, c.name)))
+					if err := rec.Start(); err != nil {
+						t.Fatalf("perf record: %v", err)
+					}
+				}
 				before := procCPU(t, pid)
 				txs := pgbench(seconds)
 				used := procCPU(t, pid) - before
+				if rec != nil {
+					_ = rec.Process.Signal(os.Interrupt)
+					_ = rec.Wait()
+				}
 				w.stopDaemon()
 				t.Logf("round %d build %d %-14s %6.1f µs CPU/tx  %6.0f tps", r+1, bi, c.name,
 					float64(used.Microseconds())/float64(txs), float64(txs)/float64(seconds))
