@@ -262,9 +262,19 @@ func (s *sampler) take(r *stmtRec) *session.Sample {
 	return out
 }
 
+// maxKeptText bounds the rendering buffer a session keeps between
+// statements: an idle session must not hold a large sample's worth of
+// memory (audit.sample_bytes may be 1 MiB); a larger one is made again by
+// the next statement that needs it.
+const maxKeptText = 1024
+
 func (s *sampler) reset() {
+	text := s.text[:0]
+	if cap(text) > maxKeptText {
+		text = nil
+	}
 	*s = sampler{maxRows: s.maxRows, maxBytes: s.maxBytes, lastT: s.lastT, lastDesc: s.lastDesc,
-		text: s.text[:0], offs: s.offs[:0], null: s.null[:0], ends: s.ends[:0]}
+		text: text, offs: s.offs[:0], null: s.null[:0], ends: s.ends[:0]}
 }
 
 // stmtRec is the memory of one statement event: the pipe reuses it once
