@@ -145,6 +145,12 @@ connections:
 					t.Fatal(err)
 				}
 				w.startDaemon()
+				// The configuration is in force: masked exactly where masking is.
+				got := w.psql(t, dsn, "-F", " ", "-c", "SELECT email, card FROM bench_people WHERE id = 1")
+				if plain := got == "user1@corp-mail.com 4000000000000001"; plain == strings.HasPrefix(c.name, "masked") ||
+					!plain && (strings.Contains(got, "user1@") || strings.Contains(got, "400000000000")) {
+					t.Fatalf("%s: bench_people row 1 reads %q", c.name, got)
+				}
 				pgbench(1) // sessions, credentials and caches set up
 				pid := w.daemon.Process.Pid
 				var rec *exec.Cmd

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -108,6 +109,13 @@ VACUUM ANALYZE bench_people;`)
 		}, nil)
 		f := &fixture{addr: addr}
 		urls[i] = f.url()
+		// The configuration is in force: masked exactly where masking is.
+		out, err := exec.Command("psql", "-X", "-At", "-F", " ", "-c", "SELECT email, card FROM bench_people WHERE id = 1", urls[i]).CombinedOutput()
+		got := strings.TrimSpace(string(out))
+		if plain := got == "user1@corp-mail.com 4000000000000001"; err != nil || plain == c.masking ||
+			!plain && (strings.Contains(got, "user1@") || strings.Contains(got, "400000000000")) {
+			t.Fatalf("%s: bench_people row 1 reads %q (%v)", c.name, got, err)
+		}
 	}
 	txRe := regexp.MustCompile(`number of transactions actually processed: ([0-9]+)`)
 	tpsRe := regexp.MustCompile(`tps = ([0-9.]+)`)
