@@ -2,8 +2,8 @@ package mask
 
 import (
 	"crypto/hmac"
-	"encoding/binary"
 	"crypto/sha256"
+	"encoding/binary"
 	"hash"
 	"math/rand/v2"
 	"net/netip"
