@@ -48,6 +48,24 @@ func (d *detector) emails() {
 	}
 }
 
+// wholeEmail says whether emails would find exactly one address in t, all
+// of t, without collecting spans: that address can only start at t's
+// start, so it is the one of t's first '@', with every character before it
+// a local one (a later '@' has that one's domain, or other characters,
+// before it).
+func wholeEmail(t []byte) bool {
+	a := bytes.IndexByte(t, '@')
+	if a <= 0 || t[0] == '.' || t[a-1] == '.' {
+		return false
+	}
+	for _, c := range t[:a] {
+		if !isLocal(c) {
+			return false
+		}
+	}
+	return domainEnd(t, a+1) == len(t) && !reservedDomain(t[a+1:])
+}
+
 func domainEnd(s []byte, p int) int {
 	j, labels, end := p, 0, 0
 	for {
@@ -94,11 +112,19 @@ func reservedDomain(dom []byte) bool {
 	last := dom[i+1:]
 	switch len(last) {
 	case 3:
-		if i < 0 || !bytes.EqualFold(last, []byte("com")) && !bytes.EqualFold(last, []byte("net")) && !bytes.EqualFold(last, []byte("org")) {
+		// Folded by setting bit 5: of the bytes a domain has, only a
+		// letter's two cases land on a lower-case letter.
+		switch string([]byte{last[0] | 0x20, last[1] | 0x20, last[2] | 0x20}) {
+		case "com", "net", "org":
+		default:
+			return false
+		}
+		if i < 0 {
 			return false
 		}
 		rest := dom[:i]
-		return bytes.EqualFold(rest[bytes.LastIndexByte(rest, '.')+1:], []byte("example"))
+		rest = rest[bytes.LastIndexByte(rest, '.')+1:]
+		return len(rest) == len("example") && bytes.EqualFold(rest, []byte("example"))
 	case 4:
 		return bytes.EqualFold(last, []byte("test"))
 	case 7:

@@ -2,6 +2,8 @@ package mask
 
 import (
 	"encoding/binary"
+	"fmt"
+	"strings"
 	"testing"
 )
 
@@ -46,4 +48,35 @@ func hexOf(b []byte) string {
 		out = append(out, digits[c>>4], digits[c&15])
 	}
 	return string(out)
+}
+
+// TestHashLetters holds the hash strategy's output to its definition: the
+// 64 bits of the keyed SipHash, most significant nibble first, each nibble
+// as a letter a-p (the hexadecimal digits 0-f moved to a-p).
+func TestHashLetters(t *testing.T) {
+	e := newEngine([]byte("0123456789abcdef0123456789abcdef"))
+	hexToLetters := strings.NewReplacer("0", "a", "1", "b", "2", "c", "3", "d", "4", "e", "5", "f", "6", "g", "7", "h",
+		"8", "i", "9", "j", "a", "k", "b", "l", "c", "m", "d", "n", "e", "o", "f", "p")
+	for _, tt := range []struct {
+		v    string
+		kind Kind
+	}{
+		{"", KindNone},
+		{"user41000@corp-mail.com", KindEmail},
+		{"4000000000041000", KindCard},
+		{"a value longer than one SipHash word, and then some", KindNone},
+	} {
+		got := string(e.appendHash([]byte("prefix"), []byte(tt.v), tt.kind))
+		want := "prefix[" + tt.kind.String() + ":" + hexToLetters.Replace(fmt.Sprintf("%016x", e.hash.sum([]byte(tt.v)))) + "]"
+		if got != want {
+			t.Errorf("appendHash(%q) = %q, want %q", tt.v, got, want)
+		}
+	}
+	for _, x := range []uint32{0, 1, 0xf, 0x10, 0x89abcdef, 0xffffffff, 0x7f3e0a51} {
+		var b [8]byte
+		binary.BigEndian.PutUint64(b[:], nibbleLetters(x))
+		if got, want := string(b[:]), hexToLetters.Replace(fmt.Sprintf("%08x", x)); got != want {
+			t.Errorf("nibbleLetters(%#x) = %q, want %q", x, got, want)
+		}
+	}
 }

@@ -3,6 +3,7 @@ package mask
 import (
 	"crypto/hmac"
 	"crypto/sha256"
+	"encoding/binary"
 	"hash"
 	"math/rand/v2"
 	"net/netip"
@@ -95,13 +96,29 @@ func appendMarker(dst []byte, marker string, k Kind) []byte {
 // glued to its neighbours, a secret: masking it again changes nothing.
 func (e *engine) appendHash(dst, v []byte, k Kind) []byte {
 	h := e.hash.sum(v)
+	// The sixteen letters are made eight at a time (each nibble of a
+	// 32-bit half spread to a byte of its own, then 'a' added to every
+	// byte), not in a loop of shifts and appends, which cost more than
+	// the hash itself.
+	var l [16]byte
+	binary.BigEndian.PutUint64(l[:8], nibbleLetters(uint32(h>>32)))
+	binary.BigEndian.PutUint64(l[8:], nibbleLetters(uint32(h)))
 	dst = append(dst, '[')
 	dst = append(dst, k.String()...)
 	dst = append(dst, ':')
-	for i := 60; i >= 0; i -= 4 {
-		dst = append(dst, 'a'+byte(h>>uint(i))&15)
-	}
+	dst = append(dst, l[:]...)
 	return append(dst, ']')
+}
+
+// nibbleLetters spreads x's eight nibbles to the bytes of the result, the
+// most significant nibble in the most significant byte, each as a letter
+// a-p.
+func nibbleLetters(x uint32) uint64 {
+	v := uint64(x)
+	v = (v | v<<16) & 0x0000ffff0000ffff
+	v = (v | v<<8) & 0x00ff00ff00ff00ff
+	v = (v | v<<4) & 0x0f0f0f0f0f0f0f0f
+	return v + 0x6161616161616161 // 'a' in every byte: no carry, each is at most 15
 }
 
 // appendPartial stars every letter, digit and non-ASCII character except

@@ -51,9 +51,11 @@ func TestRenderValue(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			got, cut := renderValue(c.v, c.oid, c.format, c.limit)
-			if got != c.want || cut != c.cut {
-				t.Fatalf("renderValue = %q (cut %v), want %q (cut %v)", got, cut, c.want, c.cut)
+			// Appended after what the buffer already holds, which stays.
+			b, cut := appendRendered([]byte("prev"), c.v, c.oid, c.format, c.limit)
+			got, ok := strings.CutPrefix(string(b), "prev")
+			if !ok || got != c.want || cut != c.cut {
+				t.Fatalf("appendRendered = %q (cut %v), want %q (cut %v)", b, cut, "prev"+c.want, c.cut)
 			}
 			if len(got) > c.limit {
 				t.Fatalf("%q is longer than the limit %d", got, c.limit)
@@ -339,6 +341,50 @@ func FuzzSampledStreams(f *testing.F) {
 			}
 		}
 	})
+}
+
+// The sampler keeps its rendering buffer between statements only while it
+// is small: a session that once sampled a large result does not hold that
+// much memory while it idles, and the record it made is whole.
+func TestSamplerKeepsLittle(t *testing.T) {
+	for _, tt := range []struct {
+		name  string
+		value int // bytes of each of the result's values
+		kept  bool
+	}{
+		{"small sample kept", 20, true},
+		{"large sample released", 200, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			sink := &capSink{}
+			pl := newPipe(session.New(sink), Stages{}, 0)
+			pl.samp = newSampler(10, 1<<20)
+			client, _ := (&pgproto3.Query{String: "select v"}).Encode(nil)
+			server, _ := (&pgproto3.RowDescription{Fields: []pgproto3.FieldDescription{{Name: []byte("v"), DataTypeOID: 25}}}).Encode(nil)
+			val := bytes.Repeat([]byte("x"), tt.value)
+			for range 10 {
+				server, _ = (&pgproto3.DataRow{Values: [][]byte{val}}).Encode(server)
+			}
+			server, _ = (&pgproto3.CommandComplete{CommandTag: []byte("SELECT 10")}).Encode(server)
+			server, _ = (&pgproto3.ReadyForQuery{TxStatus: 'I'}).Encode(server)
+			_ = newPump(bytes.NewReader(client), io.Discard, pl.fromClient, pl.clientTypes(), 1<<16, 0).run()
+			_ = newPump(bytes.NewReader(server), io.Discard, pl.fromServer, pl.serverTypes(), serverDecodeMax, 0).run()
+			pl.flush()
+			sts := sink.statements()
+			if len(sts) != 1 || sts[0].Sample == nil || len(sts[0].Sample.Rows) != 10 {
+				t.Fatalf("recorded %+v", sts)
+			}
+			for _, row := range sts[0].Sample.Rows {
+				if len(row) != 1 || row[0] == nil || *row[0] != string(val) {
+					t.Fatalf("sample row %v, want %q", row, val)
+				}
+			}
+			if kept := cap(pl.samp.text) > 0; kept != tt.kept || cap(pl.samp.text) > maxKeptText {
+				t.Fatalf("the sampler keeps %d bytes after a sample of %d (kept: %v, want %v, at most %d)",
+					cap(pl.samp.text), 10*tt.value, kept, tt.kept, maxKeptText)
+			}
+		})
+	}
 }
 
 // Statement events' memory is reused from one flush to the next (see
