@@ -178,7 +178,7 @@ func (s *Store) insertRows(ctx context.Context, tx *sql.Tx, table, cols string, 
 			q.WriteString(one)
 			args = append(args, r...)
 		}
-		if _, err := tx.ExecContext(ctx, s.q(q.String()), args...); err != nil {
+		if err := s.exec(ctx, tx, q.String(), args...); err != nil {
 			return err
 		}
 	}
@@ -234,7 +234,7 @@ func (s *Store) writeBlock(ctx context.Context, tx *sql.Tx, recs []Record, cols 
 	first, last := &recs[0], &recs[len(recs)-1]
 	// The drivers copy the text while binding it and keep nothing after
 	// the call: a string over the buffer spares a copy of the block.
-	if _, err := tx.ExecContext(ctx, s.q(`INSERT INTO audit_blocks (daemon, first_seq, last_seq, last_ns, records) VALUES (?, ?, ?, ?, ?)`),
+	if err := s.exec(ctx, tx, `INSERT INTO audit_blocks (daemon, first_seq, last_seq, last_ns, records) VALUES (?, ?, ?, ?, ?)`,
 		first.Daemon, first.Seq, last.Seq, last.Time.UnixNano(), unsafe.String(unsafe.SliceData(text), len(text))); err != nil {
 		return fmt.Errorf("insert the block of records %d to %d: %w", first.Seq, last.Seq, err)
 	}

@@ -107,3 +107,31 @@ func BenchmarkSQLClean(b *testing.B) {
 		}
 	}
 }
+
+// TestSuspect holds suspect to the triggers, where a pair of bytes starts
+// one trigger but the text goes on as another's.
+func TestSuspect(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want bool
+	}{
+		{"", false},
+		{"s", false},
+		{"SELECT 1", false},
+		{"seonfig", false}, // "se" starts "secret", "onfig" ends "sconfig"
+		{"SCONFIG", true},
+		{"x sk-", true},
+		{"sk", false},
+		{"a secret", true},
+		{"a SeCrEt", true},
+		{"ends in passw", true},
+		{"ends in pass", false},
+		{"://", true},
+	} {
+		t.Run(tc.in, func(t *testing.T) {
+			if got := suspect(tc.in); got != tc.want || got != containsTrigger(tc.in) {
+				t.Fatalf("suspect(%q) = %v, want %v (triggers: %v)", tc.in, got, tc.want, containsTrigger(tc.in))
+			}
+		})
+	}
+}
