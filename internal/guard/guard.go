@@ -162,14 +162,42 @@ func (s *Stage) Client(m *pgwire.ClientMsg) pgwire.Verdict {
 		return s.verdict(d, "function", fastPathText(m.Body), nil)
 	}
 	sql := m.SQLText()
-	res, err := s.g.Classifier.Classify(sql)
-	d := s.decider().Decide(res, err)
-	d = s.withPrepared(d, res, err == nil)
+	d, res, err := s.decide(s.decider(), sql)
+	if silent(d) {
+		if res != nil {
+			s.remember(res, d)
+		}
+		return pgwire.Verdict{Action: pgwire.Forward}
+	}
 	v := s.verdict(d, "simple", redacted(res, err, sql), res)
 	if v.Action != pgwire.Reply && res != nil {
 		s.remember(res, d)
 	}
 	return v
+}
+
+// silent is the decision of nearly every statement: allowed by no rule,
+// nothing to record or show.
+func silent(d policy.Decision) bool { return d.Action == policy.Allow && d.Rule == "" }
+
+// decide classifies sql and decides it. A text the classifier serves by
+// its shape (sqlclass.Classifier.ClassifyShape) is decided on the shape's
+// Result, which the memo has seen before, unless a rule matches the text;
+// res is then the shape's, good for nothing but remember, and only when
+// the decision is silent: a decision that is shown or kept gets sql's own
+// Result.
+func (s *Stage) decide(dec *policy.Memo, sql string) (policy.Decision, *sqlclass.Result, error) {
+	res, shape, err := s.g.Classifier.ClassifyShape(sql)
+	if shape && dec.Policy().ReadsText() {
+		res, err = s.g.Classifier.Classify(sql)
+		shape = false
+	}
+	d := dec.Decide(res, err)
+	d = s.withPrepared(d, res, err == nil)
+	if shape && !silent(d) {
+		res, err = s.g.Classifier.Classify(sql)
+	}
+	return d, res, err
 }
 
 // Batch decides an extended batch as a whole.
@@ -197,9 +225,13 @@ func (s *Stage) Batch(b *pgwire.Batch) pgwire.Verdict {
 			if len(q) != len(qb) {
 				q = string(qb) // the rest of the Parse is malformed: judge its text all the same
 			}
-			res, err := s.g.Classifier.Classify(q)
-			d := dec.Decide(res, err)
-			d = s.withPrepared(d, res, err == nil)
+			d, res, err := s.decide(dec, q)
+			if silent(d) {
+				// Nothing of it is ever shown (res may be its shape's).
+				parsed[string(name)] = preparedStmt{d: d}
+				delete(closed, string(name))
+				continue
+			}
 			sql := redacted(res, err, q)
 			if d.Action == policy.Deny {
 				consider(d, sql, res)

@@ -226,11 +226,13 @@ func BenchmarkStagePgbench(b *testing.B) {
 			}
 			b.ReportAllocs()
 			start := processCPU()
+			m := &pgwire.ClientMsg{Type: 'Q', TxStatus: 'I', Session: sess} // the pipeline reuses its message too
 			i := 0
 			for b.Loop() {
 				i++
 				for _, body := range txs[i%n] {
-					if v := cs.Client(&pgwire.ClientMsg{Type: 'Q', Body: body, TxStatus: 'I', Session: sess}); v.Action != pgwire.Forward {
+					m.Body = body
+					if v := cs.Client(m); v.Action != pgwire.Forward {
 						b.Fatalf("verdict %+v", v)
 					}
 				}

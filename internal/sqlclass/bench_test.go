@@ -118,11 +118,12 @@ var pgbenchStatements = []struct {
 }
 
 // BenchmarkClassifyPgbench classifies each of pgbench's statements with
-// new constants every time. The texts are built before the loop, so the
-// allocations reported are the classifier's.
+// new constants every time, through Classify (a Result for the text) and
+// ClassifyShape (the guard's: the shape's Result). The texts are built
+// before the loop, so the allocations reported are the classifier's.
 func BenchmarkClassifyPgbench(b *testing.B) {
 	for _, st := range pgbenchStatements {
-		b.Run(st.name, func(b *testing.B) {
+		b.Run("classify/"+st.name, func(b *testing.B) {
 			c := New(Options{})
 			texts := make([]string, 1<<14)
 			for i := range texts {
@@ -137,6 +138,25 @@ func BenchmarkClassifyPgbench(b *testing.B) {
 			for b.Loop() {
 				i++
 				if _, err := c.Classify(texts[i%len(texts)]); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+		b.Run("shape/"+st.name, func(b *testing.B) {
+			c := New(Options{})
+			texts := make([]string, 1<<14)
+			for i := range texts {
+				texts[i] = st.sql(i)
+			}
+			if _, err := c.Classify(texts[0]); err != nil {
+				b.Fatal(err)
+			}
+			b.ReportAllocs()
+			defer reportCPU(b, cpuTime())
+			i := 0
+			for b.Loop() {
+				i++
+				if _, _, err := c.ClassifyShape(texts[i%len(texts)]); err != nil {
 					b.Fatal(err)
 				}
 			}

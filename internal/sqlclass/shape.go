@@ -223,6 +223,22 @@ func shapeText(sql string) string {
 	return strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(sql), ";"))
 }
 
+// shapeResult is the Result the shape cache keeps for key, the shape of
+// a text classified as st: st with the shape's text, so that nothing of
+// the first text's constants is shown for another's.
+func shapeResult(st *Statement, key string) *Result {
+	x := &struct {
+		r    Result
+		st   Statement
+		list [1]*Statement
+	}{st: *st}
+	x.st.Text = shapeText(key)
+	x.st.Redacted = x.st.Text
+	x.list[0] = &x.st
+	x.r = Result{SQL: key, Statements: x.list[:]}
+	return &x.r
+}
+
 // fromShape is the Result for sql from the shared statement of its shape.
 func fromShape(st *Statement, sql string) *Result {
 	// One allocation for the Result, its statement and the list.
