@@ -206,8 +206,7 @@ func (s *Stage) Batch(b *pgwire.Batch) pgwire.Verdict {
 	best := policy.Decision{Action: policy.Allow}
 	var bestSQL string
 	var bestRes *sqlclass.Result
-	parsed := map[string]preparedStmt{} // names parsed in this batch
-	closed := map[string]bool{}
+	var names batchNames // statements parsed or closed in this batch
 	consider := func(d policy.Decision, sql string, res *sqlclass.Result) {
 		if strictness(d.Action) > strictness(best.Action) || (bestSQL == "" && d.Rule != "") {
 			best, bestSQL, bestRes = d, sql, res
@@ -228,8 +227,7 @@ func (s *Stage) Batch(b *pgwire.Batch) pgwire.Verdict {
 			d, res, err := s.decide(dec, q)
 			if silent(d) {
 				// Nothing of it is ever shown (res may be its shape's).
-				parsed[string(name)] = preparedStmt{d: d}
-				delete(closed, string(name))
+				names.parse(name, preparedStmt{d: d})
 				continue
 			}
 			sql := redacted(res, err, q)
@@ -239,8 +237,7 @@ func (s *Stage) Batch(b *pgwire.Batch) pgwire.Verdict {
 			}
 			// A Parse that is only prepared runs nothing: a hold waits
 			// for the Bind that runs it (in this batch or a later one).
-			parsed[string(name)] = preparedStmt{d, heldText{sql, res}}
-			delete(closed, string(name))
+			names.parse(name, preparedStmt{d, heldText{sql, res}})
 			if d.Rule != "" && d.Action == policy.Allow {
 				consider(d, sql, res)
 			}
@@ -249,7 +246,7 @@ func (s *Stage) Batch(b *pgwire.Batch) pgwire.Verdict {
 			if !ok {
 				continue
 			}
-			ps, known := parsed[string(stmt)]
+			ps, known := names.parsed(stmt)
 			if !known {
 				ps, known = s.prepared.get(string(stmt))
 			}
@@ -259,21 +256,101 @@ func (s *Stage) Batch(b *pgwire.Batch) pgwire.Verdict {
 		case 'C':
 			if len(m.Body) > 1 && m.Body[0] == 'S' {
 				name, _ := cstr(m.Body[1:])
-				closed[string(name)] = true
-				delete(parsed, string(name))
+				names.close(name)
 			}
 		}
 	}
 	v := s.verdict(best, "extended", bestSQL, bestRes)
 	if v.Action != pgwire.Reply {
-		for name := range closed {
-			s.prepared.del(name)
-		}
-		for name, ps := range parsed {
-			s.prepared.set(name, ps)
+		for i := range names.len() {
+			if e := names.at(i); e.closed {
+				s.prepared.del(e.name)
+			} else {
+				s.prepared.set(e.name, e.ps)
+			}
 		}
 	}
 	return v
+}
+
+// batchNames are the statements a batch parses or closes, by name, the
+// last message for a name deciding. Nearly every batch names one (the
+// unnamed statement) or a few: they live in an array on the stack and are
+// found by comparing names; a batch naming more gets a slice and a map,
+// so that a pipelined batch of many Parses stays linear.
+type batchNames struct {
+	arr   [smallBatch]batchName
+	n     int            // of arr used
+	more  []batchName    // past arr
+	index map[string]int // every position, once more is used
+}
+
+type batchName struct {
+	name   string
+	ps     preparedStmt // when parsed
+	closed bool
+}
+
+const smallBatch = 4
+
+func (t *batchNames) len() int { return t.n + len(t.more) }
+
+func (t *batchNames) at(i int) *batchName {
+	if i < smallBatch {
+		return &t.arr[i]
+	}
+	return &t.more[i-smallBatch]
+}
+
+func (t *batchNames) find(name []byte) int {
+	if t.index != nil {
+		if i, ok := t.index[string(name)]; ok {
+			return i
+		}
+		return -1
+	}
+	for i := range t.n {
+		if t.arr[i].name == string(name) {
+			return i
+		}
+	}
+	return -1
+}
+
+func (t *batchNames) set(name []byte, e batchName) {
+	if i := t.find(name); i >= 0 {
+		p := t.at(i)
+		e.name = p.name
+		*p = e
+		return
+	}
+	e.name = string(name)
+	if t.n < smallBatch {
+		t.arr[t.n] = e
+		t.n++
+		return
+	}
+	if t.index == nil {
+		t.index = make(map[string]int, 4*smallBatch)
+		for i := range t.n {
+			t.index[t.arr[i].name] = i
+		}
+	}
+	t.more = append(t.more, e)
+	t.index[e.name] = t.len() - 1
+}
+
+func (t *batchNames) parse(name []byte, ps preparedStmt) { t.set(name, batchName{ps: ps}) }
+
+func (t *batchNames) close(name []byte) { t.set(name, batchName{closed: true}) }
+
+// parsed is the statement the batch parsed under name, if it did and did
+// not close it after.
+func (t *batchNames) parsed(name []byte) (preparedStmt, bool) {
+	if i := t.find(name); i >= 0 && !t.at(i).closed {
+		return t.at(i).ps, true
+	}
+	return preparedStmt{}, false
 }
 
 type heldText struct {
