@@ -216,7 +216,7 @@ func skipDollar(sql string, i int) (int, bool) {
 }
 
 // skipQuoted returns the index after the literal or identifier opening at
-// sql[i] (quote q, doubled to escape; backslash escapes in E'' strings).
+// sql[i] (quote q, doubled to escape; backslash escapes in E” strings).
 func skipQuoted(sql string, i int, q byte, backslash bool) (int, bool) {
 	for j := i + 1; j < len(sql); j++ {
 		switch sql[j] {
