@@ -118,8 +118,8 @@ type Options struct {
 // concurrent use.
 type Classifier struct {
 	opts  Options
-	text  *lru[string, cached]
-	shape *lru[string, *Result] // shape results, see shape.go
+	text  *lru[cached]
+	shape *lru[*Result] // shape results, see shape.go
 }
 
 type cached struct {
@@ -140,8 +140,8 @@ func New(opts Options) *Classifier {
 	}
 	return &Classifier{
 		opts:  opts,
-		text:  newLRU[string, cached](opts.MaxEntries, opts.MaxBytes, hashString),
-		shape: newLRU[string, *Result](opts.MaxEntries, opts.MaxBytes/4, hashString),
+		text:  newLRU[cached](opts.MaxEntries, opts.MaxBytes),
+		shape: newLRU[*Result](opts.MaxEntries, opts.MaxBytes/4),
 	}
 }
 
@@ -180,17 +180,13 @@ func (c *Classifier) ClassifyShape(sql string) (res *Result, shape bool, err err
 		res, err := c.classifyUncached(sql)
 		return res, false, err
 	}
-	bp := shapeBufs.Get().(*[]byte)
-	key, shaped := appendNumberShape((*bp)[:0], sql)
-	defer func() {
-		if cap(key) <= maxPooledShape {
-			*bp = key[:0]
-			shapeBufs.Put(bp)
-		}
-	}()
+	// The shape key is built on the stack (a key string per statement
+	// was an allocation per query); a longer one grows on the heap.
+	var buf [256]byte
+	key, shaped := appendNumberShape(buf[:0], sql)
 	if shaped {
-		// The lookup's key aliases the pooled buffer: get keeps
-		// nothing of it (put below gets a copy).
+		// The lookup's key aliases buf: get keeps nothing of it (put
+		// below gets a copy).
 		if r, ok := c.shape.get(unsafe.String(unsafe.SliceData(key), len(key))); ok {
 			// Not added to the text cache: a stream of new constants
 			// would only churn it, and this path is cheap already.
@@ -205,12 +201,6 @@ func (c *Classifier) ClassifyShape(sql string) (res *Result, shape bool, err err
 	}
 	return res, false, err
 }
-
-// shapeBufs hold the shape keys of Classify's lookups; one larger than
-// maxPooledShape is left to the collector.
-var shapeBufs = sync.Pool{New: func() any { b := make([]byte, 0, 256); return &b }}
-
-const maxPooledShape = 8 << 10
 
 func (c *Classifier) classifyUncached(sql string) (*Result, error) {
 	a := &analyzer{}
