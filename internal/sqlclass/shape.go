@@ -293,22 +293,14 @@ func shapeText(sql string) string {
 // shapeResult is the Result the shape cache keeps for key, the shape of
 // a text classified as st: st with the shape's text, so that nothing of
 // the first text's constants is shown for another's.
-func shapeResult(st *Statement, key string) *Result {
-	x := &struct {
-		r    Result
-		st   Statement
-		list [1]*Statement
-	}{st: *st}
-	x.st.Text = shapeText(key)
-	x.st.Redacted = x.st.Text
-	x.list[0] = &x.st
-	x.r = Result{SQL: key, Statements: x.list[:]}
-	return &x.r
-}
+func shapeResult(st *Statement, key string) *Result { return withText(st, key, false) }
 
 // fromShape is the Result for sql from the shared statement of its shape.
-func fromShape(st *Statement, sql string) *Result {
-	// One allocation for the Result, its statement and the list.
+func fromShape(st *Statement, sql string) *Result { return withText(st, sql, true) }
+
+// withText is a Result for sql whose one statement is st with sql's text,
+// in one allocation for the Result, its statement and the list.
+func withText(st *Statement, sql string, transient bool) *Result {
 	x := &struct {
 		r    Result
 		st   Statement
@@ -317,6 +309,6 @@ func fromShape(st *Statement, sql string) *Result {
 	x.st.Text = shapeText(sql)
 	x.st.Redacted = x.st.Text
 	x.list[0] = &x.st
-	x.r = Result{SQL: sql, Statements: x.list[:], transient: true}
+	x.r = Result{SQL: sql, Statements: x.list[:], transient: transient}
 	return &x.r
 }
