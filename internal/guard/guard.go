@@ -162,14 +162,42 @@ func (s *Stage) Client(m *pgwire.ClientMsg) pgwire.Verdict {
 		return s.verdict(d, "function", fastPathText(m.Body), nil)
 	}
 	sql := m.SQLText()
-	res, err := s.g.Classifier.Classify(sql)
-	d := s.decider().Decide(res, err)
-	d = s.withPrepared(d, res, err == nil)
+	d, res, err := s.decide(s.decider(), sql)
+	if silent(d) {
+		if res != nil {
+			s.remember(res, d)
+		}
+		return pgwire.Verdict{Action: pgwire.Forward}
+	}
 	v := s.verdict(d, "simple", redacted(res, err, sql), res)
 	if v.Action != pgwire.Reply && res != nil {
 		s.remember(res, d)
 	}
 	return v
+}
+
+// silent is the decision of nearly every statement: allowed by no rule,
+// nothing to record or show.
+func silent(d policy.Decision) bool { return d.Action == policy.Allow && d.Rule == "" }
+
+// decide classifies sql and decides it. A text the classifier serves by
+// its shape (sqlclass.Classifier.ClassifyShape) is decided on the shape's
+// Result, which the memo has seen before, unless a rule matches the text;
+// res is then the shape's, good for nothing but remember, and only when
+// the decision is silent: a decision that is shown or kept gets sql's own
+// Result.
+func (s *Stage) decide(dec *policy.Memo, sql string) (policy.Decision, *sqlclass.Result, error) {
+	res, shape, err := s.g.Classifier.ClassifyShape(sql)
+	if shape && dec.Policy().ReadsText() {
+		res, err = s.g.Classifier.Classify(sql)
+		shape = false
+	}
+	d := dec.Decide(res, err)
+	d = s.withPrepared(d, res, err == nil)
+	if shape && !silent(d) {
+		res, err = s.g.Classifier.Classify(sql)
+	}
+	return d, res, err
 }
 
 // Batch decides an extended batch as a whole.
@@ -178,8 +206,7 @@ func (s *Stage) Batch(b *pgwire.Batch) pgwire.Verdict {
 	best := policy.Decision{Action: policy.Allow}
 	var bestSQL string
 	var bestRes *sqlclass.Result
-	parsed := map[string]preparedStmt{} // names parsed in this batch
-	closed := map[string]bool{}
+	var names batchNames // statements parsed or closed in this batch
 	consider := func(d policy.Decision, sql string, res *sqlclass.Result) {
 		if strictness(d.Action) > strictness(best.Action) || (bestSQL == "" && d.Rule != "") {
 			best, bestSQL, bestRes = d, sql, res
@@ -197,9 +224,12 @@ func (s *Stage) Batch(b *pgwire.Batch) pgwire.Verdict {
 			if len(q) != len(qb) {
 				q = string(qb) // the rest of the Parse is malformed: judge its text all the same
 			}
-			res, err := s.g.Classifier.Classify(q)
-			d := dec.Decide(res, err)
-			d = s.withPrepared(d, res, err == nil)
+			d, res, err := s.decide(dec, q)
+			if silent(d) {
+				// Nothing of it is ever shown (res may be its shape's).
+				names.parse(name, preparedStmt{d: d})
+				continue
+			}
 			sql := redacted(res, err, q)
 			if d.Action == policy.Deny {
 				consider(d, sql, res)
@@ -207,8 +237,7 @@ func (s *Stage) Batch(b *pgwire.Batch) pgwire.Verdict {
 			}
 			// A Parse that is only prepared runs nothing: a hold waits
 			// for the Bind that runs it (in this batch or a later one).
-			parsed[string(name)] = preparedStmt{d, heldText{sql, res}}
-			delete(closed, string(name))
+			names.parse(name, preparedStmt{d, heldText{sql, res}})
 			if d.Rule != "" && d.Action == policy.Allow {
 				consider(d, sql, res)
 			}
@@ -217,7 +246,7 @@ func (s *Stage) Batch(b *pgwire.Batch) pgwire.Verdict {
 			if !ok {
 				continue
 			}
-			ps, known := parsed[string(stmt)]
+			ps, known := names.parsed(stmt)
 			if !known {
 				ps, known = s.prepared.get(string(stmt))
 			}
@@ -227,21 +256,101 @@ func (s *Stage) Batch(b *pgwire.Batch) pgwire.Verdict {
 		case 'C':
 			if len(m.Body) > 1 && m.Body[0] == 'S' {
 				name, _ := cstr(m.Body[1:])
-				closed[string(name)] = true
-				delete(parsed, string(name))
+				names.close(name)
 			}
 		}
 	}
 	v := s.verdict(best, "extended", bestSQL, bestRes)
 	if v.Action != pgwire.Reply {
-		for name := range closed {
-			s.prepared.del(name)
-		}
-		for name, ps := range parsed {
-			s.prepared.set(name, ps)
+		for i := range names.len() {
+			if e := names.at(i); e.closed {
+				s.prepared.del(e.name)
+			} else {
+				s.prepared.set(e.name, e.ps)
+			}
 		}
 	}
 	return v
+}
+
+// batchNames are the statements a batch parses or closes, by name, the
+// last message for a name deciding. Nearly every batch names one (the
+// unnamed statement) or a few: they live in an array on the stack and are
+// found by comparing names; a batch naming more gets a slice and a map,
+// so that a pipelined batch of many Parses stays linear.
+type batchNames struct {
+	arr   [smallBatch]batchName
+	n     int            // of arr used
+	more  []batchName    // past arr
+	index map[string]int // every position, once more is used
+}
+
+type batchName struct {
+	name   string
+	ps     preparedStmt // when parsed
+	closed bool
+}
+
+const smallBatch = 4
+
+func (t *batchNames) len() int { return t.n + len(t.more) }
+
+func (t *batchNames) at(i int) *batchName {
+	if i < smallBatch {
+		return &t.arr[i]
+	}
+	return &t.more[i-smallBatch]
+}
+
+func (t *batchNames) find(name []byte) int {
+	if t.index != nil {
+		if i, ok := t.index[string(name)]; ok {
+			return i
+		}
+		return -1
+	}
+	for i := range t.n {
+		if t.arr[i].name == string(name) {
+			return i
+		}
+	}
+	return -1
+}
+
+func (t *batchNames) set(name []byte, e batchName) {
+	if i := t.find(name); i >= 0 {
+		p := t.at(i)
+		e.name = p.name
+		*p = e
+		return
+	}
+	e.name = string(name)
+	if t.n < smallBatch {
+		t.arr[t.n] = e
+		t.n++
+		return
+	}
+	if t.index == nil {
+		t.index = make(map[string]int, 4*smallBatch)
+		for i := range t.n {
+			t.index[t.arr[i].name] = i
+		}
+	}
+	t.more = append(t.more, e)
+	t.index[e.name] = t.len() - 1
+}
+
+func (t *batchNames) parse(name []byte, ps preparedStmt) { t.set(name, batchName{ps: ps}) }
+
+func (t *batchNames) close(name []byte) { t.set(name, batchName{closed: true}) }
+
+// parsed is the statement the batch parsed under name, if it did and did
+// not close it after.
+func (t *batchNames) parsed(name []byte) (preparedStmt, bool) {
+	if i := t.find(name); i >= 0 && !t.at(i).closed {
+		return t.at(i).ps, true
+	}
+	return preparedStmt{}, false
 }
 
 type heldText struct {

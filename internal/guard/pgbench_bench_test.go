@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgproto3"
+
 	"github.com/airlockhq/airlock/internal/guard"
 	"github.com/airlockhq/airlock/internal/identity"
 	"github.com/airlockhq/airlock/internal/pgtest"
@@ -163,4 +165,126 @@ func BenchmarkStageSelectOnly(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(processCPU()-start)/float64(b.N), "cpu-ns/op")
+}
+
+// benchStage is the guard stage of an agent's session under the built-in
+// policy.
+func benchStage(b *testing.B) (pgwire.ClientStage, pgwire.BatchStage, *session.Session) {
+	b.Helper()
+	pol := filepath.Join(b.TempDir(), "policy.yaml")
+	if err := os.WriteFile(pol, nil, 0o600); err != nil {
+		b.Fatal(err)
+	}
+	store, err := policy.NewStore(pol)
+	if err != nil {
+		b.Fatal(err)
+	}
+	g := &guard.Guard{Connection: "bench", Policies: store, Classifier: sqlclass.New(sqlclass.Options{})}
+	sess := session.New(discard{})
+	sess.Origin.UID, sess.Origin.Class = 1000, session.ClassAgent
+	sess.Person = identity.Person{Name: "alice", UID: 1000}
+	st := g.Stages(sess)
+	return st.Client[0], st.Batch[0], sess
+}
+
+// BenchmarkStagePgbench is the guard's cost per pgbench transaction
+// (classifying and deciding each statement) with new constants each time,
+// for -S and TPC-B in the simple protocol, and -S in the extended protocol
+// (Parse with $1, Bind, Describe, Execute, Sync) and prepared (Bind
+// onwards). The message bodies are built before the loop. ClientMsg's
+// SQLText copies the text once per new statement here, where the pipeline
+// shares its copy with the record instead: one allocation of the simple
+// rows is the harness's.
+func BenchmarkStagePgbench(b *testing.B) {
+	const n = 1 << 13
+	tpcb := func(i int) []string {
+		aid, tid, delta := strconv.Itoa(i%100000+1), strconv.Itoa(i%10+1), strconv.Itoa(i%10001-5000)
+		return []string{
+			"BEGIN;",
+			"UPDATE pgbench_accounts SET abalance = abalance + " + delta + " WHERE aid = " + aid + ";",
+			"SELECT abalance FROM pgbench_accounts WHERE aid = " + aid + ";",
+			"UPDATE pgbench_tellers SET tbalance = tbalance + " + delta + " WHERE tid = " + tid + ";",
+			"UPDATE pgbench_branches SET bbalance = bbalance + " + delta + " WHERE bid = 1;",
+			"INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (" + tid + ", 1, " + aid + ", " + delta + ", CURRENT_TIMESTAMP);",
+			"END;",
+		}
+	}
+	simple := map[string]func(i int) []string{
+		"select-only": func(i int) []string {
+			return []string{"SELECT abalance FROM pgbench_accounts WHERE aid = " + strconv.Itoa(i%100000+1) + ";"}
+		},
+		"tpcb": tpcb,
+	}
+	for _, name := range []string{"select-only", "tpcb"} {
+		b.Run("simple/"+name, func(b *testing.B) {
+			cs, _, sess := benchStage(b)
+			txs := make([][][]byte, n)
+			for i := range txs {
+				for _, q := range simple[name](i) {
+					txs[i] = append(txs[i], append([]byte(q), 0))
+				}
+			}
+			b.ReportAllocs()
+			start := processCPU()
+			m := &pgwire.ClientMsg{Type: 'Q', TxStatus: 'I', Session: sess} // the pipeline reuses its message too
+			i := 0
+			for b.Loop() {
+				i++
+				for _, body := range txs[i%n] {
+					m.Body = body
+					if v := cs.Client(m); v.Action != pgwire.Forward {
+						b.Fatalf("verdict %+v", v)
+					}
+				}
+			}
+			b.ReportMetric(float64(processCPU()-start)/float64(b.N), "cpu-ns/tx")
+		})
+	}
+	body := func(m interface{ Encode([]byte) ([]byte, error) }) []byte {
+		out, err := m.Encode(nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		return out[5:] // after the type and the length
+	}
+	const sql = "SELECT abalance FROM pgbench_accounts WHERE aid = $1;"
+	bind := func(stmt string, i int) []byte {
+		return body(&pgproto3.Bind{PreparedStatement: stmt, Parameters: [][]byte{[]byte(strconv.Itoa(i%100000 + 1))}})
+	}
+	for _, mode := range []string{"extended", "prepared"} {
+		b.Run(mode+"/select-only", func(b *testing.B) {
+			_, bs, sess := benchStage(b)
+			stmt := ""
+			if mode == "prepared" {
+				stmt = "P0_1"
+				prep := &pgwire.Batch{Complete: true, Msgs: []pgwire.ClientMsg{
+					{Type: 'P', Body: body(&pgproto3.Parse{Name: stmt, Query: sql}), Session: sess}, {Type: 'S', Session: sess}}}
+				if v := bs.Batch(prep); v.Action != pgwire.Forward {
+					b.Fatalf("verdict %+v", v)
+				}
+			}
+			batches := make([]pgwire.Batch, n)
+			for i := range batches {
+				var msgs []pgwire.ClientMsg
+				if mode == "extended" {
+					msgs = append(msgs, pgwire.ClientMsg{Type: 'P', Body: body(&pgproto3.Parse{Query: sql}), Session: sess})
+				}
+				msgs = append(msgs, pgwire.ClientMsg{Type: 'B', Body: bind(stmt, i), Session: sess},
+					pgwire.ClientMsg{Type: 'D', Body: body(&pgproto3.Describe{ObjectType: 'P'}), Session: sess},
+					pgwire.ClientMsg{Type: 'E', Body: body(&pgproto3.Execute{}), Session: sess},
+					pgwire.ClientMsg{Type: 'S', Session: sess})
+				batches[i] = pgwire.Batch{Complete: true, Msgs: msgs}
+			}
+			b.ReportAllocs()
+			start := processCPU()
+			i := 0
+			for b.Loop() {
+				i++
+				if v := bs.Batch(&batches[i%n]); v.Action != pgwire.Forward {
+					b.Fatalf("verdict %+v", v)
+				}
+			}
+			b.ReportMetric(float64(processCPU()-start)/float64(b.N), "cpu-ns/tx")
+		})
+	}
 }

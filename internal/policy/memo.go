@@ -23,6 +23,9 @@ func (p *Policy) Memo(w Who) *Memo {
 // Policy is the policy the memo decides with.
 func (m *Memo) Policy() *Policy { return m.p }
 
+// Who is the session the memo decides for.
+func (m *Memo) Who() Who { return m.who }
+
 // Decide is m.Policy().Decide for the memo's session.
 func (m *Memo) Decide(res *sqlclass.Result, err error) Decision {
 	if err != nil || res == nil {

@@ -194,6 +194,7 @@ func compile(name string, f *file, lines []int) (*Policy, error) {
 		seen[r.Name] = true
 		r.Line = line
 		p.rules = append(p.rules, r)
+		p.readsText = p.readsText || r.regex != nil
 	}
 	return p, nil
 }

@@ -128,7 +128,15 @@ type Policy struct {
 	fastPathPerson    Action
 	agentExecutables  []string
 	unparseableReason string
+	readsText         bool // a rule matches the text (regex)
 }
+
+// ReadsText reports whether a decision may depend on a statement's text
+// beyond what the classifier says of it: a rule matches its regex against
+// Statement.Text. Otherwise two statements alike in everything the
+// classifier reports get the same decision, whatever their constants
+// (sqlclass.Classifier.ClassifyShape).
+func (p *Policy) ReadsText() bool { return p.readsText }
 
 // Default is the policy with only the built-in rules, in force when no
 // policy file is configured.

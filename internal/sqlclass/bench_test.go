@@ -88,3 +88,78 @@ func BenchmarkClassifyUncachedDO(b *testing.B) {
 		}
 	}
 }
+
+// pgbenchStatements are the statements pgbench sends, as functions of a
+// counter: -S's SELECT and TPC-B's set with a new account, teller, branch
+// and delta each time (simple protocol: the constants are inline), and
+// the extended protocol's Parse text, the same each time.
+var pgbenchStatements = []struct {
+	name string
+	sql  func(i int) string
+}{
+	{"select-only", func(i int) string {
+		return "SELECT abalance FROM pgbench_accounts WHERE aid = " + strconv.Itoa(i%100000+1) + ";"
+	}},
+	{"begin", func(int) string { return "BEGIN;" }},
+	{"update-accounts", func(i int) string {
+		return "UPDATE pgbench_accounts SET abalance = abalance + " + strconv.Itoa(i%10001-5000) +
+			" WHERE aid = " + strconv.Itoa(i%100000+1) + ";"
+	}},
+	{"update-tellers", func(i int) string {
+		return "UPDATE pgbench_tellers SET tbalance = tbalance + " + strconv.Itoa(i%10001-5000) +
+			" WHERE tid = " + strconv.Itoa(i%10+1) + ";"
+	}},
+	{"insert-history", func(i int) string {
+		return "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (" + strconv.Itoa(i%10+1) + ", 1, " +
+			strconv.Itoa(i%100000+1) + ", " + strconv.Itoa(i%10001-5000) + ", CURRENT_TIMESTAMP);"
+	}},
+	{"end", func(int) string { return "END;" }},
+	{"extended-parse", func(int) string { return "SELECT abalance FROM pgbench_accounts WHERE aid = $1;" }},
+}
+
+// BenchmarkClassifyPgbench classifies each of pgbench's statements with
+// new constants every time, through Classify (a Result for the text) and
+// ClassifyShape (the guard's: the shape's Result). The texts are built
+// before the loop, so the allocations reported are the classifier's.
+func BenchmarkClassifyPgbench(b *testing.B) {
+	for _, st := range pgbenchStatements {
+		b.Run("classify/"+st.name, func(b *testing.B) {
+			c := New(Options{})
+			texts := make([]string, 1<<14)
+			for i := range texts {
+				texts[i] = st.sql(i)
+			}
+			if _, err := c.Classify(texts[0]); err != nil {
+				b.Fatal(err)
+			}
+			b.ReportAllocs()
+			defer reportCPU(b, cpuTime())
+			i := 0
+			for b.Loop() {
+				i++
+				if _, err := c.Classify(texts[i%len(texts)]); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+		b.Run("shape/"+st.name, func(b *testing.B) {
+			c := New(Options{})
+			texts := make([]string, 1<<14)
+			for i := range texts {
+				texts[i] = st.sql(i)
+			}
+			if _, err := c.Classify(texts[0]); err != nil {
+				b.Fatal(err)
+			}
+			b.ReportAllocs()
+			defer reportCPU(b, cpuTime())
+			i := 0
+			for b.Loop() {
+				i++
+				if _, _, err := c.ClassifyShape(texts[i%len(texts)]); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}

@@ -5,14 +5,15 @@ import (
 	"sync"
 )
 
-// lru is a size-bounded least-recently-used map, split into shards so that
-// sessions on different cores rarely wait for one another. Each shard
-// evicts on its own when its entry count or its byte budget is exceeded, so
-// an adversary sending unique statements costs at most the budget.
-type lru[K comparable, V any] struct {
+// lru is a size-bounded least-recently-used map of strings, split into
+// shards so that sessions on different cores rarely wait for one another.
+// Each shard evicts on its own when its entry count or its byte budget is
+// exceeded, so an adversary sending unique statements costs at most the
+// budget. A lookup's key does not escape (the shape lookups pass a key
+// built on the caller's stack).
+type lru[V any] struct {
 	seed   maphash.Seed
-	shards []lruShard[K, V]
-	hash   func(maphash.Seed, K) uint64
+	shards []lruShard[string, V]
 }
 
 type lruShard[K comparable, V any] struct {
@@ -33,24 +34,24 @@ type lruEntry[K comparable, V any] struct {
 
 const lruShards = 16
 
-func newLRU[K comparable, V any](maxEntries, maxBytes int, hash func(maphash.Seed, K) uint64) *lru[K, V] {
-	c := &lru[K, V]{seed: maphash.MakeSeed(), shards: make([]lruShard[K, V], lruShards), hash: hash}
+func newLRU[V any](maxEntries, maxBytes int) *lru[V] {
+	c := &lru[V]{seed: maphash.MakeSeed(), shards: make([]lruShard[string, V], lruShards)}
 	perEntries := max(1, maxEntries/lruShards)
 	perBytes := max(1, maxBytes/lruShards)
 	for i := range c.shards {
 		s := &c.shards[i]
-		s.items = make(map[K]*lruEntry[K, V])
+		s.items = make(map[string]*lruEntry[string, V])
 		s.head.next, s.head.prev = &s.head, &s.head
 		s.maxEntries, s.maxBytes = perEntries, perBytes
 	}
 	return c
 }
 
-func (c *lru[K, V]) shard(k K) *lruShard[K, V] {
-	return &c.shards[c.hash(c.seed, k)%lruShards]
+func (c *lru[V]) shard(k string) *lruShard[string, V] {
+	return &c.shards[maphash.String(c.seed, k)%lruShards]
 }
 
-func (c *lru[K, V]) get(k K) (V, bool) {
+func (c *lru[V]) get(k string) (V, bool) {
 	s := c.shard(k)
 	s.mu.Lock()
 	e, ok := s.items[k]
@@ -59,8 +60,10 @@ func (c *lru[K, V]) get(k K) (V, bool) {
 		var zero V
 		return zero, false
 	}
-	s.unlink(e)
-	s.pushFront(e)
+	if s.head.next != e {
+		s.unlink(e)
+		s.pushFront(e)
+	}
 	v := e.val
 	s.mu.Unlock()
 	return v, true
@@ -68,7 +71,7 @@ func (c *lru[K, V]) get(k K) (V, bool) {
 
 // put stores v under k; size is what the entry costs against the byte
 // budget. An entry larger than a shard's whole budget is not stored.
-func (c *lru[K, V]) put(k K, v V, size int) {
+func (c *lru[V]) put(k string, v V, size int) {
 	s := c.shard(k)
 	if size > s.maxBytes {
 		return
@@ -81,7 +84,7 @@ func (c *lru[K, V]) put(k K, v V, size int) {
 		s.unlink(e)
 		s.pushFront(e)
 	} else {
-		e := &lruEntry[K, V]{key: k, val: v, size: size}
+		e := &lruEntry[string, V]{key: k, val: v, size: size}
 		s.items[k] = e
 		s.bytes += size
 		s.pushFront(e)
@@ -94,7 +97,7 @@ func (c *lru[K, V]) put(k K, v V, size int) {
 	}
 }
 
-func (c *lru[K, V]) len() int {
+func (c *lru[V]) len() int {
 	n := 0
 	for i := range c.shards {
 		s := &c.shards[i]
@@ -105,7 +108,7 @@ func (c *lru[K, V]) len() int {
 	return n
 }
 
-func (c *lru[K, V]) sizeBytes() int {
+func (c *lru[V]) sizeBytes() int {
 	n := 0
 	for i := range c.shards {
 		s := &c.shards[i]
@@ -125,5 +128,3 @@ func (s *lruShard[K, V]) pushFront(e *lruEntry[K, V]) {
 	s.head.next.prev = e
 	s.head.next = e
 }
-
-func hashString(seed maphash.Seed, s string) uint64 { return maphash.String(seed, s) }

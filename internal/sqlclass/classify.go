@@ -118,8 +118,8 @@ type Options struct {
 // concurrent use.
 type Classifier struct {
 	opts  Options
-	text  *lru[string, cached]
-	shape *lru[string, *Statement] // see shape.go
+	text  *lru[cached]
+	shape *lru[*Result] // shape results, see shape.go
 }
 
 type cached struct {
@@ -140,8 +140,8 @@ func New(opts Options) *Classifier {
 	}
 	return &Classifier{
 		opts:  opts,
-		text:  newLRU[string, cached](opts.MaxEntries, opts.MaxBytes, hashString),
-		shape: newLRU[string, *Statement](opts.MaxEntries, opts.MaxBytes/4, hashString),
+		text:  newLRU[cached](opts.MaxEntries, opts.MaxBytes),
+		shape: newLRU[*Result](opts.MaxEntries, opts.MaxBytes/4),
 	}
 }
 
@@ -154,42 +154,53 @@ func Classify(sql string) (*Result, error) { return defaultClassifier.Classify(s
 // rejects returns a *ParseError: callers deny it. The Result is shared with
 // other callers through the cache and must not be modified.
 func (c *Classifier) Classify(sql string) (*Result, error) {
-	if e, ok := c.text.get(sql); ok {
-		return e.res, e.err
-	}
-	if len(sql) > c.opts.MaxCachedSQL {
-		return c.classifyUncached(sql)
-	}
-	bp := shapeBufs.Get().(*[]byte)
-	key, shaped := appendNumberShape((*bp)[:0], sql)
-	defer func() {
-		if cap(key) <= maxPooledShape {
-			*bp = key[:0]
-			shapeBufs.Put(bp)
-		}
-	}()
-	if shaped {
-		// The lookup's key aliases the pooled buffer: get keeps
-		// nothing of it (put below gets a copy).
-		if st, ok := c.shape.get(unsafe.String(unsafe.SliceData(key), len(key))); ok {
-			// Not added to the text cache: a stream of new constants
-			// would only churn it, and this path is cheap already.
-			return fromShape(st, sql), nil
-		}
-	}
-	res, err := c.classifyUncached(sql)
-	c.text.put(sql, cached{res, err}, 3*len(sql)+256)
-	if shaped && err == nil && shareable(res, sql) {
-		c.shape.put(string(key), res.Statements[0], 3*len(sql)+256)
+	res, shape, err := c.ClassifyShape(sql)
+	if shape {
+		return fromShape(res.Statements[0], sql), nil
 	}
 	return res, err
 }
 
-// shapeBufs hold the shape keys of Classify's lookups; one larger than
-// maxPooledShape is left to the collector.
-var shapeBufs = sync.Pool{New: func() any { b := make([]byte, 0, 256); return &b }}
-
-const maxPooledShape = 8 << 10
+// ClassifyShape is Classify for a caller that decides on the
+// classification and needs sql's own Result only now and then (to show
+// or keep its text). When the shape cache serves sql (a statement seen
+// before with other numbers in it, see shape.go), it returns the shape's
+// Result as it is cached, with shape true, instead of building one for
+// sql: everything in it is what sql's Result says, except SQL, Text and
+// Redacted, which are the shape's (each number written 0), not sql's. A
+// caller that shows, keeps or matches the text (a policy rule's regex)
+// calls Classify(sql) for sql's own. The shape's Result is the same
+// pointer for as long as the cache keeps it, so a cache of decisions keyed
+// by the Result serves every text of the shape.
+func (c *Classifier) ClassifyShape(sql string) (res *Result, shape bool, err error) {
+	if e, ok := c.text.get(sql); ok {
+		return e.res, false, e.err
+	}
+	if len(sql) > c.opts.MaxCachedSQL {
+		res, err := c.classifyUncached(sql)
+		return res, false, err
+	}
+	// The shape key is built on the stack (a key string per statement
+	// was an allocation per query); a longer one grows on the heap.
+	var buf [256]byte
+	key, shaped := appendNumberShape(buf[:0], sql)
+	if shaped {
+		// The lookup's key aliases buf: get keeps nothing of it (put
+		// below gets a copy).
+		if r, ok := c.shape.get(unsafe.String(unsafe.SliceData(key), len(key))); ok {
+			// Not added to the text cache: a stream of new constants
+			// would only churn it, and this path is cheap already.
+			return r, true, nil
+		}
+	}
+	res, err = c.classifyUncached(sql)
+	c.text.put(sql, cached{res, err}, 3*len(sql)+256)
+	if shaped && err == nil && shareable(res, sql) {
+		k := string(key)
+		c.shape.put(k, shapeResult(res.Statements[0], k), 3*len(sql)+256)
+	}
+	return res, false, err
+}
 
 func (c *Classifier) classifyUncached(sql string) (*Result, error) {
 	a := &analyzer{}

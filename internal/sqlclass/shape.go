@@ -41,91 +41,38 @@ func numberShape(sql string) (string, bool) {
 
 // appendNumberShape is numberShape appending to dst (the classifier's
 // lookups use a pooled buffer: a key string per statement was an
-// allocation per query).
+// allocation per query). It runs on every statement the text cache does
+// not know, so the common bytes (letters, digits, blanks) are told apart
+// by one table lookup each.
 func appendNumberShape(dst []byte, sql string) ([]byte, bool) {
 	b := dst
 	last, replaced := 0, false
 	n := len(sql)
 	for i := 0; i < n; {
 		c := sql[i]
-		switch {
-		case c >= 0x80 || c == 0:
+		switch lexClass[c] {
+		case lxOther:
+			i++
+		case lxStop:
 			return dst, false // identifiers in other scripts, NUL: parse
-		case c == '-' && i+1 < n && sql[i+1] == '-':
-			j := strings.IndexByte(sql[i:], '\n')
-			if j < 0 {
-				i = n
-			} else {
-				i += j + 1
-			}
-		case c == '/' && i+1 < n && sql[i+1] == '*':
-			// Comments nest in PostgreSQL.
-			depth, j := 1, i+2
-			for j < n && depth > 0 {
-				switch {
-				case sql[j] == '/' && j+1 < n && sql[j+1] == '*':
-					depth, j = depth+1, j+2
-				case sql[j] == '*' && j+1 < n && sql[j+1] == '/':
-					depth, j = depth-1, j+2
-				default:
-					j++
+		case lxIdent:
+			if (c == 'e' || c == 'E') && i+1 < n && sql[i+1] == '\'' && !identChar(prev(sql, i)) {
+				j, ok := skipQuoted(sql, i+1, '\'', true)
+				if !ok {
+					return dst, false
 				}
-			}
-			if depth > 0 {
-				return dst, false
-			}
-			i = j
-		case c == '\'':
-			j, ok := skipQuoted(sql, i, '\'', false)
-			if !ok {
-				return dst, false
-			}
-			i = j
-		case c == '"':
-			j, ok := skipQuoted(sql, i, '"', false)
-			if !ok {
-				return dst, false
-			}
-			i = j
-		case (c == 'e' || c == 'E') && i+1 < n && sql[i+1] == '\'' && !identChar(prev(sql, i)):
-			j, ok := skipQuoted(sql, i+1, '\'', true)
-			if !ok {
-				return dst, false
-			}
-			i = j
-		case c == '$':
-			if identChar(prev(sql, i)) {
-				i++ // part of an identifier (a$1)
+				i = j
 				continue
 			}
-			j := i + 1
-			for j < n && sql[j] >= '0' && sql[j] <= '9' {
-				j++
+			i++
+			for i < n && identChar(sql[i]) {
+				i++
 			}
-			if j > i+1 {
-				i = j // a parameter, $1: kept
+		case lxDigit, lxDot:
+			if c == '.' && (i+1 >= n || sql[i+1] < '0' || sql[i+1] > '9') {
+				i++
 				continue
 			}
-			// A dollar quote: $$...$$ or $tag$...$tag$.
-			for j < n && (identStart(sql[j]) || (j > i+1 && sql[j] >= '0' && sql[j] <= '9')) {
-				j++
-			}
-			if j >= n || sql[j] != '$' {
-				return dst, false
-			}
-			tag := sql[i : j+1]
-			end := strings.Index(sql[j+1:], tag)
-			if end < 0 {
-				return dst, false
-			}
-			i = j + 1 + end + len(tag)
-		case identStart(c):
-			j := i + 1
-			for j < n && identChar(sql[j]) {
-				j++
-			}
-			i = j
-		case (c >= '0' && c <= '9') || (c == '.' && i+1 < n && sql[i+1] >= '0' && sql[i+1] <= '9'):
 			j := i
 			for j < n && (identChar(sql[j]) || sql[j] == '.') {
 				j++
@@ -136,14 +83,136 @@ func appendNumberShape(dst []byte, sql string) ([]byte, bool) {
 			b = append(b, sql[last:i]...)
 			b = append(b, '0')
 			last, replaced, i = j, true, j
-		default:
+		case lxDash:
+			if i+1 < n && sql[i+1] == '-' {
+				j := strings.IndexByte(sql[i:], '\n')
+				if j < 0 {
+					i = n
+				} else {
+					i += j + 1
+				}
+				continue
+			}
 			i++
+		case lxSlash:
+			if i+1 < n && sql[i+1] == '*' {
+				j, ok := skipComment(sql, i)
+				if !ok {
+					return dst, false
+				}
+				i = j
+				continue
+			}
+			i++
+		case lxQuote:
+			j, ok := skipQuoted(sql, i, c, false)
+			if !ok {
+				return dst, false
+			}
+			i = j
+		case lxDollar:
+			j, ok := skipDollar(sql, i)
+			if !ok {
+				return dst, false
+			}
+			i = j
 		}
 	}
 	if !replaced {
 		return dst, false
 	}
 	return append(b, sql[last:]...), true
+}
+
+// Byte classes of appendNumberShape's lexer.
+const (
+	lxOther = iota // blanks, operators, punctuation: nothing to do
+	lxStop         // NUL, non-ASCII: the lexer declines
+	lxIdent        // starts an identifier or keyword (or an E'' string)
+	lxDigit
+	lxDot   // a number when a digit follows
+	lxDash  // a comment when another follows
+	lxSlash // a comment when '*' follows
+	lxQuote // ' or "
+	lxDollar
+)
+
+var lexClass = func() (t [256]uint8) {
+	for c := range 256 {
+		switch {
+		case c == 0 || c >= 0x80:
+			t[c] = lxStop
+		case identStart(byte(c)):
+			t[c] = lxIdent
+		case c >= '0' && c <= '9':
+			t[c] = lxDigit
+		case c == '.':
+			t[c] = lxDot
+		case c == '-':
+			t[c] = lxDash
+		case c == '/':
+			t[c] = lxSlash
+		case c == '\'' || c == '"':
+			t[c] = lxQuote
+		case c == '$':
+			t[c] = lxDollar
+		}
+	}
+	return t
+}()
+
+// identChars are the bytes that continue an identifier.
+var identChars = func() (t [256]bool) {
+	for c := range 256 {
+		t[c] = identStart(byte(c)) || (c >= '0' && c <= '9') || c == '$'
+	}
+	return t
+}()
+
+// skipComment returns the index after the /* comment opening at sql[i];
+// comments nest in PostgreSQL.
+func skipComment(sql string, i int) (int, bool) {
+	depth, j, n := 1, i+2, len(sql)
+	for j < n && depth > 0 {
+		switch {
+		case sql[j] == '/' && j+1 < n && sql[j+1] == '*':
+			depth, j = depth+1, j+2
+		case sql[j] == '*' && j+1 < n && sql[j+1] == '/':
+			depth, j = depth-1, j+2
+		default:
+			j++
+		}
+	}
+	return j, depth == 0
+}
+
+// skipDollar returns the index after what a '$' at sql[i] opens: a
+// parameter ($1, kept), a dollar-quoted string ($$...$$, $tag$...$tag$),
+// or just the '$' inside an identifier (a$1).
+func skipDollar(sql string, i int) (int, bool) {
+	n := len(sql)
+	if identChar(prev(sql, i)) {
+		return i + 1, true
+	}
+	j := i + 1
+	for j < n && sql[j] >= '0' && sql[j] <= '9' {
+		j++
+	}
+	if j > i+1 {
+		return j, true
+	}
+	for j < n && (identStart(sql[j]) || (j > i+1 && sql[j] >= '0' && sql[j] <= '9')) {
+		j++
+	}
+	if j >= n || sql[j] != '$' {
+		return 0, false
+	}
+	tag := sql[i : j+1]
+	end := strings.Index(sql[j+1:], tag)
+	if end < 0 {
+		return 0, false
+	}
+	return j + 1 + end + len(tag), true
 }
 
 // skipQuoted returns the index after the literal or identifier opening at
@@ -177,9 +246,7 @@ func identStart(c byte) bool {
 	return c == '_' || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')
 }
 
-func identChar(c byte) bool {
-	return identStart(c) || (c >= '0' && c <= '9') || c == '$'
-}
+func identChar(c byte) bool { return identChars[c] }
 
 // plainNumber: digits with at most one '.', nothing else (no exponent, no
 // 0x, no underscores, no trailing letters).
@@ -223,9 +290,17 @@ func shapeText(sql string) string {
 	return strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(sql), ";"))
 }
 
+// shapeResult is the Result the shape cache keeps for key, the shape of
+// a text classified as st: st with the shape's text, so that nothing of
+// the first text's constants is shown for another's.
+func shapeResult(st *Statement, key string) *Result { return withText(st, key, false) }
+
 // fromShape is the Result for sql from the shared statement of its shape.
-func fromShape(st *Statement, sql string) *Result {
-	// One allocation for the Result, its statement and the list.
+func fromShape(st *Statement, sql string) *Result { return withText(st, sql, true) }
+
+// withText is a Result for sql whose one statement is st with sql's text,
+// in one allocation for the Result, its statement and the list.
+func withText(st *Statement, sql string, transient bool) *Result {
 	x := &struct {
 		r    Result
 		st   Statement
@@ -234,6 +309,6 @@ func fromShape(st *Statement, sql string) *Result {
 	x.st.Text = shapeText(sql)
 	x.st.Redacted = x.st.Text
 	x.list[0] = &x.st
-	x.r = Result{SQL: sql, Statements: x.list[:], transient: true}
+	x.r = Result{SQL: sql, Statements: x.list[:], transient: transient}
 	return &x.r
 }

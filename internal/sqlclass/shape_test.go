@@ -60,15 +60,65 @@ func shapeAgrees(t *testing.T, sql, variant string) bool {
 	if ok1 && ok2 && k1 == k2 {
 		_, hit = c.shape.get(k1)
 	}
+	shaped, isShape, serr := c.ClassifyShape(variant)
 	got, gerr := c.Classify(variant)
 	want, werr := New(Options{}).Classify(variant)
-	if (gerr == nil) != (werr == nil) {
-		t.Fatalf("%q after %q: errors differ: %v / %v", variant, sql, gerr, werr)
+	if (gerr == nil) != (werr == nil) || (serr == nil) != (werr == nil) {
+		t.Fatalf("%q after %q: errors differ: %v / %v / %v", variant, sql, gerr, serr, werr)
 	}
 	if gerr == nil && (got.SQL != want.SQL || fmt.Sprintf("%+v", flatten(got)) != fmt.Sprintf("%+v", flatten(want))) {
 		t.Fatalf("%q after %q (shape hit %v):\n got %+v\nwant %+v", variant, sql, hit, flatten(got), flatten(want))
 	}
+	if isShape && !hit {
+		t.Fatalf("%q after %q: ClassifyShape says shape, the cache has none", variant, sql)
+	}
+	if serr == nil && !isShape && shaped != got {
+		t.Fatalf("%q after %q: ClassifyShape and Classify gave different cached Results", variant, sql)
+	}
+	if isShape {
+		// The shape's Result says what the text's does, but for the
+		// text, which is the shape's own.
+		key, _ := numberShape(variant)
+		if shaped.SQL != key || shaped.Redacted() != key || len(shaped.Statements) != 1 ||
+			shaped.Statements[0].Text != shapeText(key) || shaped.Statements[0].Redacted != shapeText(key) {
+			t.Fatalf("%q after %q: the shape's Result carries another text: %q / %q", variant, sql, shaped.SQL, shaped.Statements[0].Text)
+		}
+		if fmt.Sprintf("%+v", untexted(shaped)) != fmt.Sprintf("%+v", untexted(want)) {
+			t.Fatalf("%q after %q: the shape's Result differs from a parse:\n got %+v\nwant %+v", variant, sql, untexted(shaped), untexted(want))
+		}
+	}
 	return hit
+}
+
+// untexted is flatten without the statements' texts.
+func untexted(r *Result) []Statement {
+	out := flatten(r)
+	for i := range out {
+		out[i].Text, out[i].Redacted = "", ""
+	}
+	return out
+}
+
+// digitVariants are sql with its digit runs replaced: all of them by each
+// of a few numbers, and each run alone (the first 8) by another.
+func digitVariants(sql string) []string {
+	var out []string
+	for _, n := range []string{"0", "7", "12345", "1.5"} {
+		out = append(out, digitRuns.ReplaceAllString(sql, n))
+	}
+	for k := range min(8, len(digitRuns.FindAllStringIndex(sql, -1))) {
+		out = append(out, replaceRun(sql, k, "98"))
+	}
+	return out
+}
+
+// replaceRun replaces sql's k-th digit run (from 0) by n.
+func replaceRun(sql string, k int, n string) string {
+	runs := digitRuns.FindAllStringIndex(sql, -1)
+	if k < 0 || k >= len(runs) {
+		return sql
+	}
+	return sql[:runs[k][0]] + n + sql[runs[k][1]:]
 }
 
 // A shape hit is exactly what parsing the text gives, over the corpus
@@ -107,8 +157,8 @@ func TestShapeMatchesParse(t *testing.T) {
 	}
 	hits := 0
 	for _, sql := range sqls {
-		for _, n := range []string{"0", "7", "12345", "1.5"} {
-			if shapeAgrees(t, sql, digitRuns.ReplaceAllString(sql, n)) {
+		for _, v := range digitVariants(sql) {
+			if shapeAgrees(t, sql, v) {
 				hits++
 			}
 		}
@@ -129,10 +179,16 @@ func FuzzShape(f *testing.F) {
 	f.Add("UPDATE t SET a = 1 WHERE id = 5 -- 6", uint16(0))
 	f.Add("EXPLAIN (ANALYZE 0) DELETE FROM t", uint16(1))
 	f.Add("SELECT $a$ 1 $a$, 'x''1', \"c1\", E'\\'2', 3", uint16(9))
+	f.Add("SELECT 'a'';1', 2 FROM t WHERE b = U&'\\0031' AND c = 3", uint16(4))
+	f.Add("SELECT 1 /* ; DELETE FROM t WHERE id = 2 */", uint16(3))
+	f.Add("SELECT $$ 1 $$ || 2; SELECT 3", uint16(5))
+	f.Add("SELECT \"1\" FROM t1 WHERE x = 1", uint16(2))
 	f.Fuzz(func(t *testing.T, sql string, n uint16) {
 		if len(sql) > 2000 {
 			return
 		}
 		shapeAgrees(t, sql, digitRuns.ReplaceAllString(sql, strconv.Itoa(int(n))))
+		// One number changed, the others kept.
+		shapeAgrees(t, sql, replaceRun(sql, int(n%8), strconv.Itoa(int(n))))
 	})
 }
