@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -48,7 +49,15 @@ func configAuditWorld(t *testing.T, auditYAML string, pgConf ...string) *pgWorld
 	if err := os.WriteFile(w.pwFile, []byte("admin-secret-1234\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	w.config(fmt.Sprintf(`intercept:
+	w.config(appdbConfig(w.host.V4, w.pwFile) + auditYAML)
+	return w
+}
+
+// appdbConfig is a daemon configuration intercepting every process's
+// connections to host's appdb and serving them with ephemeral roles in
+// app_rw, made with the admin password in pwFile.
+func appdbConfig(host netip.Addr, pwFile string) string {
+	return fmt.Sprintf(`intercept:
   mode: all
 targets:
   - name: appdb
@@ -68,8 +77,7 @@ connections:
         admin_password_file: %s
         group_roles: [app_rw]
         ttl: 10m
-%s`, w.host.V4, w.pwFile, auditYAML))
-	return w
+`, host, pwFile)
 }
 
 // airlock runs the CLI as uid against the test daemon.

@@ -61,27 +61,7 @@ VACUUM ANALYZE bench_people;`)
 		t.Fatal(err)
 	}
 	_ = os.Chmod(dir, 0o755) // pgbench runs as root, but in the clients' cgroup
-	base := fmt.Sprintf(`intercept:
-  mode: all
-targets:
-  - name: appdb
-    address: %s:5432
-connections:
-  - name: appdb
-    protocol: postgres
-    targets: [appdb]
-    postgres:
-      databases: [app]
-      upstream:
-        tls:
-          mode: disable
-      credential:
-        mode: ephemeral
-        admin_user: airlock_admin
-        admin_password_file: %s
-        group_roles: [app_rw]
-        ttl: 10m
-`, w.host.V4, w.pwFile)
+	base := appdbConfig(w.host.V4, w.pwFile)
 	masking := fmt.Sprintf(`masking:
   key_file: %s
   rules:

@@ -457,3 +457,55 @@ func BenchmarkShipSteady(b *testing.B) {
 		})
 	}
 }
+
+// A daemon killed after its first shipment, between creating the head file
+// and writing its first slot, leaves the file empty: the next start treats
+// that as no head yet (the state before the first), ships what the journal
+// holds, and the chain verifies. It used to refuse to start.
+func TestEmptyHeadFileAfterAKill(t *testing.T) {
+	state := t.TempDir()
+	ctx := context.Background()
+	w, err := Open(ctx, Options{StateDir: state, CommitInterval: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := fakeSession(w, 1001, "alice", "/usr/bin/psql")
+	s.Emit(session.Event{Kind: session.KindSessionStart, Start: s})
+	for i := 0; i < 30; i++ {
+		s.Emit(session.Event{Kind: session.KindStatement, Statement: &session.Statement{SQL: fmt.Sprintf("SELECT %d", i)}})
+	}
+	w.shipMu.Lock()
+	err = w.ship(ctx)
+	w.shipMu.Unlock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 30; i < 50; i++ {
+		s.Emit(session.Event{Kind: session.KindStatement, Statement: &session.Statement{SQL: fmt.Sprintf("SELECT %d", i)}})
+	}
+	if err := os.WriteFile(filepath.Join(state, "audit", "head"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if w.j.rg != nil { // killed: what the kernel does for it
+		_ = w.j.rg.close()
+	}
+	_ = w.store.Close()
+
+	w2, cancel, done := openWriter(t, state, "", "", Policy{})
+	defer func() { cancel(); <-done }()
+	for range 2 { // the second ships the interrupted end the first appended
+		if err := w2.Flush(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	d, err := w2.Store().Session(ctx, s.ID, nil)
+	if err != nil || d == nil {
+		t.Fatalf("session lost: %v", err)
+	}
+	if d.Statements != 50 || d.End == nil || d.End.Reason != ReasonInterrupted {
+		t.Fatalf("want 50 statements and an interrupted end, got %d, %+v", d.Statements, d.End)
+	}
+	if rep, err := Verify(ctx, w2.Store(), "", w2.Expect()); err != nil || !rep.OK {
+		t.Fatalf("verify: %v %+v", err, rep)
+	}
+}

@@ -49,6 +49,15 @@ func readHead(path string) (headFile, *headNote, error) {
 	if err != nil {
 		return headFile{}, nil, err
 	}
+	if unwritten(b) {
+		// The first write creates the file, then writes its slot: a
+		// kill between the two (or a machine crash before the slot's
+		// data reached the disk) leaves it empty or zeroed, which no
+		// finished write does. That is the state before the first head:
+		// the journal still holds every record (segments are released
+		// only against a written head) and the store is read at start.
+		return headFile{}, h, nil
+	}
 	best, found := headFile{}, -1
 	for i := 0; i < 2 && len(b) >= (i+1)*headSlot; i++ {
 		hf, ok := parseHeadSlot(b[i*headSlot : (i+1)*headSlot])
@@ -68,6 +77,16 @@ func readHead(path string) (headFile, *headNote, error) {
 	}
 	h.next = 1
 	return hf, h, nil
+}
+
+// unwritten says b, a head file's content, is empty or all zero bytes.
+func unwritten(b []byte) bool {
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
 }
 
 func parseHeadSlot(s []byte) (headFile, bool) {

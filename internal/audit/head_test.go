@@ -36,6 +36,13 @@ func TestHeadNote(t *testing.T) {
 		wantErr bool
 	}{
 		{"no file", "", nil, nil, 0, false},
+		// A kill between creating the file and writing its first slot.
+		{"created, never written", "", nil, func(t *testing.T, path string) {
+			if err := os.WriteFile(path, nil, 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}, 0, false},
+		{"created, size but no data", strings.Repeat("\x00", headSlot), nil, nil, 0, false},
 		{"previous layout", legacy, nil, nil, 5, false},
 		{"previous layout, then a write", legacy, []headFile{h1}, nil, 7, false},
 		{"previous layout, first write cut short", legacy, []headFile{h1}, spoil(headSlot + 20), 5, false},
