@@ -43,14 +43,22 @@ func TestJournalSurvivesAKilledWriter(t *testing.T) {
 	if err := w2.Flush(ctx); err != nil { // ships the interrupted end appended by the first
 		t.Fatal(err)
 	}
-	d, err := w2.Store().Session(ctx, s.ID, nil)
+	wantInterrupted(t, ctx, w2, s, 100)
+}
+
+// wantInterrupted checks, after a restart, that the session s of a killed
+// daemon is in w's store with its n statements and an interrupted end,
+// and that the chain verifies.
+func wantInterrupted(t *testing.T, ctx context.Context, w *Writer, s *session.Session, n int64) {
+	t.Helper()
+	d, err := w.Store().Session(ctx, s.ID, nil)
 	if err != nil || d == nil {
 		t.Fatalf("session lost: %v", err)
 	}
-	if d.Statements != 100 || d.End == nil || d.End.Reason != ReasonInterrupted {
-		t.Fatalf("want 100 statements and an interrupted end, got %d, %+v", d.Statements, d.End)
+	if d.Statements != n || d.End == nil || d.End.Reason != ReasonInterrupted {
+		t.Fatalf("want %d statements and an interrupted end, got %d, %+v", n, d.Statements, d.End)
 	}
-	if rep, err := Verify(ctx, w2.Store(), "", w2.Expect()); err != nil || !rep.OK {
+	if rep, err := Verify(ctx, w.Store(), "", w.Expect()); err != nil || !rep.OK {
 		t.Fatalf("verify: %v %+v", err, rep)
 	}
 }
@@ -405,16 +413,7 @@ func TestUnsettledShipmentsAreKeptInTheJournal(t *testing.T) {
 			if st := w2.Status(); st.Problem != "" {
 				t.Fatalf("false alarm: %s", st.Problem)
 			}
-			d, err := w2.Store().Session(ctx, s.ID, nil)
-			if err != nil || d == nil {
-				t.Fatalf("session lost: %v", err)
-			}
-			if d.Statements != 100 || d.End == nil || d.End.Reason != ReasonInterrupted {
-				t.Fatalf("want 100 statements and an interrupted end, got %d, %+v", d.Statements, d.End)
-			}
-			if rep, err := Verify(ctx, w2.Store(), "", w2.Expect()); err != nil || !rep.OK {
-				t.Fatalf("verify: %v %+v", err, rep)
-			}
+			wantInterrupted(t, ctx, w2, s, 100)
 		})
 	}
 }
@@ -498,14 +497,5 @@ func TestEmptyHeadFileAfterAKill(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	d, err := w2.Store().Session(ctx, s.ID, nil)
-	if err != nil || d == nil {
-		t.Fatalf("session lost: %v", err)
-	}
-	if d.Statements != 50 || d.End == nil || d.End.Reason != ReasonInterrupted {
-		t.Fatalf("want 50 statements and an interrupted end, got %d, %+v", d.Statements, d.End)
-	}
-	if rep, err := Verify(ctx, w2.Store(), "", w2.Expect()); err != nil || !rep.OK {
-		t.Fatalf("verify: %v %+v", err, rep)
-	}
+	wantInterrupted(t, ctx, w2, s, 50)
 }
