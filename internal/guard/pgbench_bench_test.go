@@ -141,19 +141,7 @@ func BenchmarkPgbenchGuard(b *testing.B) {
 // The pgbench runs above give the proxy's whole CPU per transaction to
 // compare it with; on a shared machine this figure is the steadier one.
 func BenchmarkStageSelectOnly(b *testing.B) {
-	pol := filepath.Join(b.TempDir(), "policy.yaml")
-	if err := os.WriteFile(pol, nil, 0o600); err != nil {
-		b.Fatal(err)
-	}
-	store, err := policy.NewStore(pol)
-	if err != nil {
-		b.Fatal(err)
-	}
-	g := &guard.Guard{Connection: "bench", Policies: store, Classifier: sqlclass.New(sqlclass.Options{})}
-	sess := session.New(discard{})
-	sess.Origin.UID, sess.Origin.Class = 1000, session.ClassAgent
-	sess.Person = identity.Person{Name: "alice", UID: 1000}
-	st := g.Stages(sess).Client[0]
+	st, _, sess := benchStage(b)
 	b.ReportAllocs()
 	start := processCPU()
 	i := 0

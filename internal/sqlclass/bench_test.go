@@ -123,43 +123,30 @@ var pgbenchStatements = []struct {
 // before the loop, so the allocations reported are the classifier's.
 func BenchmarkClassifyPgbench(b *testing.B) {
 	for _, st := range pgbenchStatements {
-		b.Run("classify/"+st.name, func(b *testing.B) {
-			c := New(Options{})
-			texts := make([]string, 1<<14)
-			for i := range texts {
-				texts[i] = st.sql(i)
-			}
-			if _, err := c.Classify(texts[0]); err != nil {
-				b.Fatal(err)
-			}
-			b.ReportAllocs()
-			defer reportCPU(b, cpuTime())
-			i := 0
-			for b.Loop() {
-				i++
-				if _, err := c.Classify(texts[i%len(texts)]); err != nil {
+		classify := map[string]func(c *Classifier, sql string) error{
+			"classify": func(c *Classifier, sql string) error { _, err := c.Classify(sql); return err },
+			"shape":    func(c *Classifier, sql string) error { _, _, err := c.ClassifyShape(sql); return err },
+		}
+		for _, way := range []string{"classify", "shape"} {
+			b.Run(way+"/"+st.name, func(b *testing.B) {
+				c := New(Options{})
+				texts := make([]string, 1<<14)
+				for i := range texts {
+					texts[i] = st.sql(i)
+				}
+				if _, err := c.Classify(texts[0]); err != nil {
 					b.Fatal(err)
 				}
-			}
-		})
-		b.Run("shape/"+st.name, func(b *testing.B) {
-			c := New(Options{})
-			texts := make([]string, 1<<14)
-			for i := range texts {
-				texts[i] = st.sql(i)
-			}
-			if _, err := c.Classify(texts[0]); err != nil {
-				b.Fatal(err)
-			}
-			b.ReportAllocs()
-			defer reportCPU(b, cpuTime())
-			i := 0
-			for b.Loop() {
-				i++
-				if _, _, err := c.ClassifyShape(texts[i%len(texts)]); err != nil {
-					b.Fatal(err)
+				b.ReportAllocs()
+				defer reportCPU(b, cpuTime())
+				i := 0
+				for b.Loop() {
+					i++
+					if err := classify[way](c, texts[i%len(texts)]); err != nil {
+						b.Fatal(err)
+					}
 				}
-			}
-		})
+			})
+		}
 	}
 }
