@@ -277,7 +277,7 @@ func TestAuditKill9UnderPgbenchLosesNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Kill once statements are flowing.
-	waitFor(t, "pgbench load through airlockd", 30*time.Second, func() bool {
+	waitFor(t, "pgbench load through airlockd", 90*time.Second, func() bool {
 		b, _ := os.ReadFile(filepath.Join(w.srv.Dir, "server.log"))
 		return strings.Count(string(b), "'k9'") > 2000
 	})
@@ -286,7 +286,7 @@ func TestAuditKill9UnderPgbenchLosesNothing(t *testing.T) {
 
 	w.startDaemon()
 	var recs []audit.Record
-	waitFor(t, "the journal shipped and interrupted sessions closed", 30*time.Second, func() bool {
+	waitFor(t, "the journal shipped and interrupted sessions closed", 90*time.Second, func() bool {
 		recs = w.exportRecords(t)
 		ends := 0
 		for _, r := range recs {
