@@ -185,7 +185,11 @@ func verifyChain(ctx context.Context, s *Store, daemon string, ex *Expect) (*Cha
 		before := found
 		lost := errors.Is(b.TextErr, errTextCut) || errors.Is(b.TextErr, errTextMissing)
 		if b.Err != nil && !lost { // text cut short does not parse to its end: reported as lost below
-			add(b.First, BreakEdited, "the block of records stored from seq %d was edited: it no longer reads as records (%v)", b.First, b.Err)
+			why := b.Err.Error()
+			if b.TextErr != nil {
+				why += "; " + b.TextErr.Error()
+			}
+			add(b.First, BreakEdited, "the block of records stored from seq %d was edited: it no longer reads as records (%s)", b.First, why)
 		}
 		if n := len(b.Records); n > 0 && (b.Records[0].Seq != b.First || (!lost && b.Records[n-1].Seq != b.Last)) {
 			add(b.First, BreakEdited, "the block stored as seq %d to %d holds records %d to %d: its columns were edited", b.First, b.Last, b.Records[0].Seq, b.Records[n-1].Seq)
