@@ -106,6 +106,9 @@ func (f *blockFiles) prepare(ctx context.Context, end endsFunc) error {
 	if err := os.MkdirAll(f.dir, 0o700); err != nil {
 		return fmt.Errorf("create the block file directory: %w", err)
 	}
+	if err := os.Chmod(f.dir, 0o700); err != nil {
+		return fmt.Errorf("restrict the block file directory: %w", err)
+	}
 	names, err := f.list()
 	if err != nil {
 		return err

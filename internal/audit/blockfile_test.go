@@ -35,6 +35,28 @@ func TestBlockFileNames(t *testing.T) {
 	}
 }
 
+// The name of a block file comes from a row of the store, which whoever
+// can write the database controls: nothing accepted leads out of the
+// directory, and what is accepted is a name the store itself makes.
+func FuzzParseBlockFileName(f *testing.F) {
+	for _, s := range []string{blockFileName("20261130", 1), "../20261130-000001.blocks", "20261130-000001.blocks/x", "", "x.blocks"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, name string) {
+		day, n, ok := parseBlockFileName(name)
+		if !ok {
+			return
+		}
+		if filepath.Base(name) != name || strings.ContainsAny(name, "/\\\x00") || strings.Contains(name, "..") {
+			t.Fatalf("%q accepted as a block file name", name)
+		}
+		d2, n2, ok2 := parseBlockFileName(blockFileName(day, n))
+		if !ok2 || d2 != day || n2 != n {
+			t.Fatalf("%q read as day %s, file %d, which do not name a file the same way", name, day, n)
+		}
+	})
+}
+
 // indexedBytes is, for each block file the store's rows name, where the
 // last block indexed in it ends.
 func indexedBytes(t *testing.T, st *Store) map[string]int64 {
