@@ -87,14 +87,16 @@ func parseBlockFileName(name string) (day string, n int, ok bool) {
 	return day, n, true
 }
 
-// ends returns, for a block file, the end of the last block the store's
-// rows place in it.
-type endsFunc func(ctx context.Context, name string) (int64, error)
+// endsFunc returns, from the store's rows, where the last block they place
+// in the block file name ends, and the newest block file any row names.
+type endsFunc func(ctx context.Context, name string) (end int64, newest string, err error)
 
 // prepare finds the file to append to: the newest, cut back to the end of
 // the last block the store indexes in it (bytes after it were written by
 // a shipment whose commit never happened: a kill between the two, or a
-// failed transaction; the journal still has their records).
+// failed transaction; the journal still has their records). A new file
+// never takes the name of one the rows name, even if it was removed: its
+// blocks are then reported missing, not read from another file's bytes.
 func (f *blockFiles) prepare(ctx context.Context, end endsFunc) error {
 	if f.ready && !f.redo {
 		return nil
@@ -113,18 +115,25 @@ func (f *blockFiles) prepare(ctx context.Context, end endsFunc) error {
 	if err != nil {
 		return err
 	}
+	last := ""
+	if len(names) > 0 {
+		last = names[len(names)-1]
+	}
+	e, newest, err := end(ctx, last)
+	if err != nil {
+		return fmt.Errorf("find the end of the block files: %w", err)
+	}
 	f.lastN = 0
-	if len(names) == 0 {
+	if _, n, ok := parseBlockFileName(newest); ok {
+		f.lastN = n
+	}
+	day, n, ok := parseBlockFileName(last)
+	if !ok || n < f.lastN {
+		// No file, or the newest the rows name is gone.
 		f.ready, f.redo = true, false
 		return nil
 	}
-	last := names[len(names)-1]
-	day, n, _ := parseBlockFileName(last)
 	f.lastN = n
-	e, err := end(ctx, last)
-	if err != nil {
-		return fmt.Errorf("find the end of block file %s: %w", last, err)
-	}
 	fh, err := os.OpenFile(filepath.Join(f.dir, last), os.O_RDWR, 0)
 	if err != nil {
 		return fmt.Errorf("open block file %s: %w", last, err)
@@ -388,13 +397,16 @@ func (s *Store) blockText(records string, file sql.NullString, off, length sql.N
 	return string(b), err
 }
 
-// endsIn finds, through tx, where the last block indexed in a block file
-// ends.
+// endsIn is prepare's view of the rows, through tx.
 func (s *Store) endsIn(tx *sql.Tx) endsFunc {
-	return func(ctx context.Context, name string) (int64, error) {
+	return func(ctx context.Context, name string) (int64, string, error) {
 		var end int64
-		err := tx.QueryRowContext(ctx, s.q(`SELECT COALESCE(MAX(file_off + file_len), 0) FROM audit_blocks WHERE file = ?`), name).Scan(&end)
-		return end, err
+		var newest string
+		// Names sort as they were made (the day, then a counter of six
+		// digits or more, which grows with the days).
+		err := tx.QueryRowContext(ctx, s.q(`SELECT COALESCE(MAX(CASE WHEN file = ? THEN file_off + file_len END), 0), COALESCE(MAX(file), '')
+			FROM audit_blocks`), name).Scan(&end, &newest)
+		return end, newest, err
 	}
 }
 

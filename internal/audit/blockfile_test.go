@@ -105,6 +105,11 @@ func TestBlockFilesAtRestart(t *testing.T) {
 				t.Fatal(err)
 			}
 		}, "were deleted: the text of the block stored"},
+		{"a settled block file removed", func(t *testing.T, path string, _ fileRef) {
+			if err := os.Remove(path); err != nil {
+				t.Fatal(err)
+			}
+		}, "is missing"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -129,10 +134,7 @@ func TestBlockFilesAtRestart(t *testing.T) {
 			st.Close()
 			path := filepath.Join(state, "audit", "blocks", last.name)
 			tc.damage(t, path, last)
-			damaged, err := os.ReadFile(path)
-			if err != nil {
-				t.Fatal(err)
-			}
+			damaged, damagedErr := os.ReadFile(path)
 
 			w2, cancel2, done2 := openWriter(t, state, "", "", Policy{})
 			defer func() { cancel2(); <-done2 }()
@@ -164,11 +166,12 @@ func TestBlockFilesAtRestart(t *testing.T) {
 			if rep.OK || rep.First.Kind != BreakDeleted || !strings.Contains(rep.First.Message, tc.wantBreak) {
 				t.Fatalf("verify after the restart: first break %+v, want one mentioning %q", rep.First, tc.wantBreak)
 			}
-			// Reported, not repaired: the damaged file is as it was left,
-			// and the new records went elsewhere.
+			// Reported, not repaired: the damaged file is as it was left
+			// (a removed one not made again), and the new records went
+			// elsewhere.
 			now, err := os.ReadFile(path)
-			if err != nil || string(now) != string(damaged) {
-				t.Fatalf("the damaged block file was changed by the restart (%v)", err)
+			if (err == nil) != (damagedErr == nil) || string(now) != string(damaged) {
+				t.Fatalf("the damaged block file was changed by the restart (%v, before %v)", err, damagedErr)
 			}
 		})
 	}
