@@ -470,9 +470,11 @@ func moveBlocksIntoFiles(ctx context.Context, s *Store, tx *sql.Tx) error {
 // can reach the disk on its own (an SQLite checkpoint, the kernel's
 // writeback) before the block file is synced, which happens only when the
 // shipment is settled. Blocks at or before settled are never touched:
-// damage there is for verify to report. Once per open; a no-op for the
-// team store.
-func (s *Store) dropUnsettled(ctx context.Context, daemon string, settled int64) (int64, error) {
+// damage there is for verify to report; so are blocks the journal could
+// not ship again (it ends at journalLast: a journal removed or cut with
+// the store's files is not a crash). Once per open; a no-op for the team
+// store.
+func (s *Store) dropUnsettled(ctx context.Context, daemon string, settled, journalLast int64) (int64, error) {
 	if s.files == nil || !s.filesOn || s.recovered {
 		return 0, nil
 	}
@@ -499,9 +501,14 @@ func (s *Store) dropUnsettled(ctx context.Context, daemon string, settled int64)
 		return 0, err
 	}
 	defer tx.Rollback()
-	var n int64
-	if err := tx.QueryRowContext(ctx, s.q(`SELECT COALESCE(SUM(last_seq - first_seq + 1), 0) FROM audit_blocks WHERE daemon = ? AND first_seq >= ?`), daemon, from).Scan(&n); err != nil {
+	var n, last int64
+	if err := tx.QueryRowContext(ctx, s.q(`SELECT COALESCE(SUM(last_seq - first_seq + 1), 0), COALESCE(MAX(last_seq), 0) FROM audit_blocks WHERE daemon = ? AND first_seq >= ?`),
+		daemon, from).Scan(&n, &last); err != nil {
 		return 0, err
+	}
+	if last > journalLast {
+		s.recovered = true
+		return 0, nil
 	}
 	for _, q := range []string{
 		`DELETE FROM audit_blocks WHERE daemon = ? AND first_seq >= ?`,

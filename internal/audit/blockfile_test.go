@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/airlockhq/airlock/internal/session"
 )
 
 func TestBlockFileNames(t *testing.T) {
@@ -339,5 +341,66 @@ func TestRetentionRemovesPrunedBlockFiles(t *testing.T) {
 	}
 	if rep, err := Verify(ctx, w.Store(), "", w.Expect()); err != nil || !rep.OK {
 		t.Fatalf("verify after pruning files: %v %+v", err, rep)
+	}
+}
+
+// Unsettled blocks whose text is gone are shipped again only from a
+// journal that still has their records: with the journal gone as well (not
+// what a crash does), nothing is dropped, and verify reports the loss.
+func TestUnsettledBlocksKeptWithoutTheirJournal(t *testing.T) {
+	ctx := context.Background()
+	state := t.TempDir()
+	w, err := Open(ctx, Options{StateDir: state, CommitInterval: time.Hour, ringSize: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := fakeSession(w, 1001, "alice", "/usr/bin/psql")
+	s.Emit(session.Event{Kind: session.KindSessionStart, Start: s})
+	ship := func(n int) {
+		for i := 0; i < n; i++ {
+			s.Emit(session.Event{Kind: session.KindStatement, Statement: &session.Statement{SQL: fmt.Sprintf("SELECT %d", i)}})
+		}
+		w.shipMu.Lock()
+		defer w.shipMu.Unlock()
+		if err := w.ship(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ship(20) // settled: the first shipment
+	dir := filepath.Join(state, "audit")
+	files, _ := filepath.Glob(filepath.Join(dir, "blocks", "*.blocks"))
+	if len(files) != 1 {
+		t.Fatalf("block files %v, want one", files)
+	}
+	settledText, err := os.ReadFile(files[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	ship(20) // not settled
+	stored := w.stored
+	_ = w.j.close()
+	_ = w.store.Close()
+	if err := os.WriteFile(files[0], settledText, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	segs, _ := filepath.Glob(filepath.Join(dir, "journal", "*.seg"))
+	for _, seg := range segs {
+		if err := os.Remove(seg); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	w2, cancel, done := openWriter(t, state, "", "", Policy{})
+	defer func() { cancel(); <-done }()
+	var blocks int64
+	if err := w2.store.db.QueryRow(`SELECT MAX(last_seq) FROM audit_blocks`).Scan(&blocks); err != nil || blocks != stored {
+		t.Fatalf("the store ends at seq %d (%v) after the restart, want the %d it had: nothing dropped", blocks, err, stored)
+	}
+	rep, err := Verify(ctx, w2.Store(), "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.OK || rep.First.Kind != BreakDeleted || !strings.Contains(rep.First.Message, "is gone") {
+		t.Fatalf("verify: first break %+v, want the lost block reported", rep.First)
 	}
 }

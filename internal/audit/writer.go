@@ -438,7 +438,7 @@ func (w *Writer) sync(ctx context.Context) error {
 	if err := w.store.Migrate(ctx); err != nil {
 		return err
 	}
-	if n, err := w.store.dropUnsettled(ctx, w.daemon, w.noted); err != nil {
+	if n, err := w.store.dropUnsettled(ctx, w.daemon, w.noted, w.j.lastSeq()); err != nil {
 		return fmt.Errorf("check the audit blocks shipped after seq %d: %w", w.noted, err)
 	} else if n > 0 {
 		w.log.Warn("audit: blocks shipped but not settled before a crash lost their text; they are shipped again from the journal", "after_seq", w.noted, "records", n)
