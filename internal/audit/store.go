@@ -606,7 +606,8 @@ func (s *Store) openSessions(ctx context.Context, daemon string, seq int64) ([]s
 
 // prune deletes daemon's blocks up to seq, with their index rows, and
 // returns how many records went; the caller makes sure a signed
-// checkpoint stands at seq, and pruneTarget that a block ends there.
+// checkpoint stands at seq, and pruneTarget that a block ends there. An
+// error with a count > 0 is the block files that could not be removed.
 func (s *Store) prune(ctx context.Context, daemon string, seq int64) (int64, error) {
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
@@ -632,10 +633,13 @@ func (s *Store) prune(ctx context.Context, daemon string, seq int64) (int64, err
 	if err := tx.Commit(); err != nil {
 		return 0, err
 	}
+	n := seq - first.Int64 + 1
+	// The records are pruned either way: a file that could not be
+	// removed is tried again at the next pruning.
 	if err := s.removePrunedFiles(ctx); err != nil {
-		return 0, err
+		return n, err
 	}
-	return seq - first.Int64 + 1, nil
+	return n, nil
 }
 
 // removePrunedFiles deletes the block files whose blocks are all pruned.

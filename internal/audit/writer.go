@@ -680,8 +680,11 @@ func (w *Writer) prune(ctx context.Context, before time.Time) (int64, error) {
 		return 0, err
 	}
 	n, err := w.store.prune(ctx, w.daemon, seq)
-	if err != nil {
+	if err != nil && n == 0 {
 		return 0, fmt.Errorf("prune audit records: %w", err)
+	}
+	if err != nil {
+		w.log.Warn("audit: remove pruned block files (tried again at the next pruning)", "err", err)
 	}
 	if n > 0 {
 		w.append(KindPrune, "", time.Now(), PruneData{ThroughSeq: seq, Before: before.UTC()})
