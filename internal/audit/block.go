@@ -236,7 +236,7 @@ func (s *Store) writeBlock(ctx context.Context, tx *sql.Tx, recs []Record, cols 
 	}
 	first, last := &recs[0], &recs[len(recs)-1]
 	if s.filesOn {
-		ref, err := s.files.write(ctx, s.endsIn(tx), text)
+		ref, err := s.files.write(ctx, first.Daemon, s.endsIn(tx), text)
 		if err != nil {
 			return fmt.Errorf("store the block of records %d to %d: %w", first.Seq, last.Seq, err)
 		}

@@ -25,9 +25,9 @@ import (
 // audit_blocks row holds where they are and their SHA-256. The team store
 // keeps its text inline (its server is elsewhere).
 //
-// Files are named DAY-N.blocks (DAY the UTC date of their creation, N a
-// counter over the directory) and roll at blockFileMax bytes or at a new
-// day, so that retention can delete whole files and a pruned record never
+// Files are named CHAIN-DAY-N.blocks (CHAIN from the daemon's id, DAY the
+// UTC date of their creation, N a counter of the chain's files) and roll
+// at blockFileMax bytes or at a new day, so that retention can delete whole files and a pruned record never
 // sits in a file much longer than a day after its block was pruned.
 
 // blockFileMax is the size at which a block file rolls.
@@ -38,72 +38,103 @@ const blockFileMax = 64 << 20
 // that an edited row cannot make a reader allocate without bound.
 const maxBlockText = maxBlockBytes + maxFrame + 4096
 
-// blockFiles appends block text to the newest block file. Only the
-// shipper writes; readers open the files themselves.
+// blockFiles appends block text to block files. Each daemon's chain has
+// files of its own (daemons may share an SQLite file, and each ships on
+// its own): only the shipper of that daemon writes them, readers open the
+// files themselves.
 type blockFiles struct {
 	dir string
 
 	mu     sync.Mutex
-	ready  bool     // cur is the file to append to (or none yet)
-	cur    *os.File // nil until the first block after a start or a roll
-	name   string
-	n      int    // cur's counter
-	day    string // cur's day
-	size   int64  // bytes of cur that are in use
-	dirty  bool   // cur written since it was last synced
-	lastN  int    // the highest counter in the directory
-	redo   bool   // a write or its commit failed: ready again before the next
+	chains map[string]*chainFiles // by daemon
 	now    func() time.Time
 	closed bool
 }
 
-func newBlockFiles(dir string) *blockFiles {
-	return &blockFiles{dir: dir, now: time.Now}
+// chainFiles is where one daemon's blocks are appended.
+type chainFiles struct {
+	prefix string   // of its files' names
+	ready  bool     // cur is the file to append to (or none yet)
+	redo   bool     // a write or its commit failed: ready again before the next
+	cur    *os.File // nil until the first block after a start or a roll
+	name   string
+	day    string // cur's day
+	size   int64  // bytes of cur that are in use
+	dirty  bool   // cur written since it was last synced
+	lastN  int    // the highest counter of the chain's files
 }
 
-// blockFileName is the name of the n-th block file, made on day.
-func blockFileName(day string, n int) string {
-	return fmt.Sprintf("%s-%06d.blocks", day, n)
+func newBlockFiles(dir string) *blockFiles {
+	return &blockFiles{dir: dir, now: time.Now, chains: map[string]*chainFiles{}}
+}
+
+// chainPrefix names a daemon's block files: daemon ids are whatever the
+// daemon-id file holds, so its hash, not the id, goes into a file name.
+func chainPrefix(daemon string) string {
+	sum := sha256.Sum256([]byte(daemon))
+	return hex.EncodeToString(sum[:8])
+}
+
+// blockFileName is the name of a chain's n-th block file, made on day.
+func blockFileName(prefix, day string, n int) string {
+	return fmt.Sprintf("%s-%s-%06d.blocks", prefix, day, n)
 }
 
 // parseBlockFileName reads a block file's name; the names come from the
 // store's rows, which whoever can write the database controls, so nothing
 // that could lead out of the directory passes.
-func parseBlockFileName(name string) (day string, n int, ok bool) {
+func parseBlockFileName(name string) (prefix, day string, n int, ok bool) {
 	base, found := strings.CutSuffix(name, ".blocks")
-	if !found || len(base) < 10 || base[8] != '-' {
-		return "", 0, false
+	if !found || len(base) < 27 || base[16] != '-' || base[25] != '-' {
+		return "", "", 0, false
 	}
-	day, num := base[:8], base[9:]
+	prefix, day, num := base[:16], base[17:25], base[26:]
+	for _, c := range []byte(prefix) {
+		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return "", "", 0, false
+		}
+	}
 	for _, c := range []byte(day + num) {
 		if c < '0' || c > '9' {
-			return "", 0, false
+			return "", "", 0, false
 		}
 	}
 	n, err := strconv.Atoi(num)
 	if err != nil || n <= 0 || len(num) > 12 {
-		return "", 0, false
+		return "", "", 0, false
 	}
-	return day, n, true
+	return prefix, day, n, true
 }
 
 // endsFunc returns, from the store's rows, where the last block they place
-// in the block file name ends, and the newest block file any row names.
-type endsFunc func(ctx context.Context, name string) (end int64, newest string, err error)
+// in the block file name ends, and the newest block file any row of
+// daemon names.
+type endsFunc func(ctx context.Context, daemon, name string) (end int64, newest string, err error)
 
-// prepare finds the file to append to: the newest, cut back to the end of
-// the last block the store indexes in it (bytes after it were written by
-// a shipment whose commit never happened: a kill between the two, or a
-// failed transaction; the journal still has their records). A new file
-// never takes the name of one the rows name, even if it was removed: its
-// blocks are then reported missing, not read from another file's bytes.
-func (f *blockFiles) prepare(ctx context.Context, end endsFunc) error {
-	if f.ready && !f.redo {
+// chain is daemon's state, made on first use. The caller holds mu.
+func (f *blockFiles) chain(daemon string) *chainFiles {
+	c := f.chains[daemon]
+	if c == nil {
+		c = &chainFiles{prefix: chainPrefix(daemon)}
+		f.chains[daemon] = c
+	}
+	return c
+}
+
+// prepare finds the file to append daemon's blocks to: its newest, cut
+// back to the end of the last block the store indexes in it (bytes after
+// it were written by a shipment whose commit never happened: a kill
+// between the two, or a failed transaction; the journal still has their
+// records). A new file never takes the name of one the rows name, even if
+// it was removed: its blocks are then reported missing, not read from
+// another file's bytes. The caller holds mu.
+func (f *blockFiles) prepare(ctx context.Context, daemon string, c *chainFiles, end endsFunc) error {
+	if c.ready && !c.redo {
 		return nil
 	}
-	if f.cur != nil {
-		_ = f.cur.Close()
-		f.cur = nil
+	if c.cur != nil {
+		_ = c.cur.Close()
+		c.cur = nil
 	}
 	if err := os.MkdirAll(f.dir, 0o700); err != nil {
 		return fmt.Errorf("create the block file directory: %w", err)
@@ -111,7 +142,7 @@ func (f *blockFiles) prepare(ctx context.Context, end endsFunc) error {
 	if err := os.Chmod(f.dir, 0o700); err != nil {
 		return fmt.Errorf("restrict the block file directory: %w", err)
 	}
-	names, err := f.list()
+	names, err := f.list(c.prefix)
 	if err != nil {
 		return err
 	}
@@ -119,21 +150,21 @@ func (f *blockFiles) prepare(ctx context.Context, end endsFunc) error {
 	if len(names) > 0 {
 		last = names[len(names)-1]
 	}
-	e, newest, err := end(ctx, last)
+	e, newest, err := end(ctx, daemon, last)
 	if err != nil {
 		return fmt.Errorf("find the end of the block files: %w", err)
 	}
-	f.lastN = 0
-	if _, n, ok := parseBlockFileName(newest); ok {
-		f.lastN = n
+	c.lastN = 0
+	if p, _, n, ok := parseBlockFileName(newest); ok && p == c.prefix {
+		c.lastN = n
 	}
-	day, n, ok := parseBlockFileName(last)
-	if !ok || n < f.lastN {
+	_, day, n, ok := parseBlockFileName(last)
+	if !ok || n < c.lastN {
 		// No file, or the newest the rows name is gone.
-		f.ready, f.redo = true, false
+		c.ready, c.redo = true, false
 		return nil
 	}
-	f.lastN = n
+	c.lastN = n
 	fh, err := os.OpenFile(filepath.Join(f.dir, last), os.O_RDWR, 0)
 	if err != nil {
 		return fmt.Errorf("open block file %s: %w", last, err)
@@ -157,18 +188,19 @@ func (f *blockFiles) prepare(ctx context.Context, end endsFunc) error {
 	// it is not appended to, so that the damage stays as it was found.
 	if fi.Size() < e || e >= blockFileMax || day != f.today() {
 		fh.Close()
-		f.ready, f.redo = true, false
+		c.ready, c.redo = true, false
 		return nil
 	}
-	f.cur, f.name, f.n, f.day, f.size, f.dirty = fh, last, n, day, e, false
-	f.ready, f.redo = true, false
+	c.cur, c.name, c.day, c.size, c.dirty = fh, last, day, e, false
+	c.ready, c.redo = true, false
 	return nil
 }
 
 func (f *blockFiles) today() string { return f.now().UTC().Format("20060102") }
 
-// list returns the block files' names, oldest first.
-func (f *blockFiles) list() ([]string, error) {
+// list returns the names of the block files of the chain with prefix (all
+// chains for ""), oldest first.
+func (f *blockFiles) list(prefix string) ([]string, error) {
 	ents, err := os.ReadDir(f.dir)
 	if err != nil {
 		return nil, fmt.Errorf("list the block files: %w", err)
@@ -179,7 +211,7 @@ func (f *blockFiles) list() ([]string, error) {
 	}
 	var ns []named
 	for _, e := range ents {
-		if _, n, ok := parseBlockFileName(e.Name()); ok && e.Type().IsRegular() {
+		if p, _, n, ok := parseBlockFileName(e.Name()); ok && e.Type().IsRegular() && (prefix == "" || p == prefix) {
 			ns = append(ns, named{e.Name(), n})
 		}
 	}
@@ -191,21 +223,21 @@ func (f *blockFiles) list() ([]string, error) {
 	return out, nil
 }
 
-// roll syncs and closes the current file and makes the next one.
-func (f *blockFiles) roll() error {
-	if f.cur != nil {
-		if f.dirty {
-			if err := f.cur.Sync(); err != nil {
-				return fmt.Errorf("sync block file %s: %w", f.name, err)
+// roll syncs and closes the chain's current file and makes the next one.
+func (f *blockFiles) roll(c *chainFiles) error {
+	if c.cur != nil {
+		if c.dirty {
+			if err := c.cur.Sync(); err != nil {
+				return fmt.Errorf("sync block file %s: %w", c.name, err)
 			}
 		}
-		if err := f.cur.Close(); err != nil {
-			return fmt.Errorf("close block file %s: %w", f.name, err)
+		if err := c.cur.Close(); err != nil {
+			return fmt.Errorf("close block file %s: %w", c.name, err)
 		}
-		f.cur = nil
+		c.cur = nil
 	}
 	day := f.today()
-	name := blockFileName(day, f.lastN+1)
+	name := blockFileName(c.prefix, day, c.lastN+1)
 	fh, err := os.OpenFile(filepath.Join(f.dir, name), os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return fmt.Errorf("create block file %s: %w", name, err)
@@ -216,8 +248,8 @@ func (f *blockFiles) roll() error {
 		fh.Close()
 		return err
 	}
-	f.lastN++
-	f.cur, f.name, f.n, f.day, f.size, f.dirty = fh, name, f.lastN, day, 0, false
+	c.lastN++
+	c.cur, c.name, c.day, c.size, c.dirty = fh, name, day, 0, false
 	return nil
 }
 
@@ -241,39 +273,53 @@ type fileRef struct {
 	sum    string // hex SHA-256 of the text
 }
 
-// write appends text with one write(2) and returns where it is. The bytes
-// are in the page cache: sync makes them durable.
-func (f *blockFiles) write(ctx context.Context, end endsFunc, text []byte) (fileRef, error) {
+// write appends text, a block of daemon's, with one write(2) and returns
+// where it is. The bytes are in the page cache: sync makes them durable.
+func (f *blockFiles) write(ctx context.Context, daemon string, end endsFunc, text []byte) (fileRef, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.closed {
 		return fileRef{}, errors.New("block files closed")
 	}
-	if err := f.prepare(ctx, end); err != nil {
+	c := f.chain(daemon)
+	if err := f.prepare(ctx, daemon, c, end); err != nil {
 		return fileRef{}, err
 	}
-	if f.cur == nil || f.day != f.today() || (f.size > 0 && f.size+int64(len(text)) > blockFileMax) {
-		if err := f.roll(); err != nil {
+	if c.cur == nil || c.day != f.today() || (c.size > 0 && c.size+int64(len(text)) > blockFileMax) {
+		if err := f.roll(c); err != nil {
 			return fileRef{}, err
 		}
 	}
 	sum := sha256.Sum256(text)
-	ref := fileRef{name: f.name, off: f.size, length: int64(len(text)), sum: hex.EncodeToString(sum[:])}
-	f.dirty = true
-	if _, err := f.cur.WriteAt(text, f.size); err != nil {
-		f.redo = true
-		return fileRef{}, fmt.Errorf("append to block file %s: %w", f.name, err)
+	ref := fileRef{name: c.name, off: c.size, length: int64(len(text)), sum: hex.EncodeToString(sum[:])}
+	c.dirty = true
+	if _, err := c.cur.WriteAt(text, c.size); err != nil {
+		c.redo = true
+		return fileRef{}, fmt.Errorf("append to block file %s: %w", c.name, err)
 	}
-	f.size += int64(len(text))
+	c.size += int64(len(text))
 	return ref, nil
 }
 
+// current is the file daemon's blocks are appended to ("" before the
+// first).
+func (f *blockFiles) current(daemon string) string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if c := f.chains[daemon]; c != nil && c.cur != nil {
+		return c.name
+	}
+	return ""
+}
+
 // failed says the transaction that referenced the last writes did not
-// commit: the file is cut back to what the store indexes before the next
-// write.
+// commit: the files are cut back to what the store indexes before the
+// next write.
 func (f *blockFiles) failed() {
 	f.mu.Lock()
-	f.redo = true
+	for _, c := range f.chains {
+		c.redo = true
+	}
 	f.mu.Unlock()
 }
 
@@ -283,13 +329,15 @@ func (f *blockFiles) failed() {
 func (f *blockFiles) sync() error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if f.cur == nil || !f.dirty {
-		return nil
+	for _, c := range f.chains {
+		if c.cur == nil || !c.dirty {
+			continue
+		}
+		if err := c.cur.Sync(); err != nil {
+			return fmt.Errorf("sync block file %s: %w", c.name, err)
+		}
+		c.dirty = false
 	}
-	if err := f.cur.Sync(); err != nil {
-		return fmt.Errorf("sync block file %s: %w", f.name, err)
-	}
-	f.dirty = false
 	return nil
 }
 
@@ -297,26 +345,30 @@ func (f *blockFiles) close() error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.closed = true
-	if f.cur == nil {
-		return nil
+	var errs []error
+	for _, c := range f.chains {
+		if c.cur != nil {
+			errs = append(errs, c.cur.Close())
+			c.cur = nil
+		}
 	}
-	err := f.cur.Close()
-	f.cur = nil
-	return err
+	return errors.Join(errs...)
 }
 
-// removeUnused deletes the block files no row names (every block in them
-// pruned), but the one being appended to.
-func (f *blockFiles) removeUnused(used map[string]bool) (int, error) {
+// removeUnused deletes daemon's block files no row names (every block in
+// them pruned), but the one being appended to. Other daemons' files are
+// theirs to remove: one may be new and not yet named by a committed row.
+func (f *blockFiles) removeUnused(daemon string, used map[string]bool) (int, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	names, err := f.list()
+	c := f.chain(daemon)
+	names, err := f.list(c.prefix)
 	if err != nil {
 		return 0, err
 	}
 	removed := 0
 	for _, name := range names {
-		if used[name] || (f.cur != nil && name == f.name) {
+		if used[name] || (c.cur != nil && name == c.name) {
 			continue
 		}
 		if err := os.Remove(filepath.Join(f.dir, name)); err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -345,7 +397,7 @@ var (
 // with errTextMismatch, so that verify can still name the records in it
 // that changed.
 func (f *blockFiles) readText(ref fileRef) ([]byte, error) {
-	if _, _, ok := parseBlockFileName(ref.name); !ok {
+	if _, _, _, ok := parseBlockFileName(ref.name); !ok {
 		return nil, fmt.Errorf("its row names %q, which is not a block file: %w", ref.name, errTextMissing)
 	}
 	if ref.off < 0 || ref.length < 0 || ref.length > maxBlockText {
@@ -399,13 +451,13 @@ func (s *Store) blockText(records string, file sql.NullString, off, length sql.N
 
 // endsIn is prepare's view of the rows, through tx.
 func (s *Store) endsIn(tx *sql.Tx) endsFunc {
-	return func(ctx context.Context, name string) (int64, string, error) {
+	return func(ctx context.Context, daemon, name string) (int64, string, error) {
 		var end int64
 		var newest string
-		// Names sort as they were made (the day, then a counter of six
-		// digits or more, which grows with the days).
+		// A chain's names sort as they were made (the day, then a
+		// counter of six digits or more, which grows with the days).
 		err := tx.QueryRowContext(ctx, s.q(`SELECT COALESCE(MAX(CASE WHEN file = ? THEN file_off + file_len END), 0), COALESCE(MAX(file), '')
-			FROM audit_blocks`), name).Scan(&end, &newest)
+			FROM audit_blocks WHERE daemon = ?`), name, daemon).Scan(&end, &newest)
 		return end, newest, err
 	}
 }
@@ -445,7 +497,7 @@ func moveBlocksIntoFiles(ctx context.Context, s *Store, tx *sql.Tx) error {
 			return fmt.Errorf("read the blocks to move into files: %w", err)
 		}
 		for _, b := range page {
-			ref, err := s.files.write(ctx, end, []byte(b.text))
+			ref, err := s.files.write(ctx, b.daemon, end, []byte(b.text))
 			if err != nil {
 				return err
 			}

@@ -17,21 +17,24 @@ func TestBlockFileNames(t *testing.T) {
 		name string
 		ok   bool
 	}{
-		{blockFileName("20261130", 1), true},
-		{"20261130-000042.blocks", true},
-		{"20261130-1234567.blocks", true},
-		{"../20261130-000001.blocks", false},
-		{"20261130-000001.blocks/..", false},
-		{"/etc/20261130-000001.blocks", false},
-		{"2026113-000001.blocks", false},
-		{"20261130-000000.blocks", false},
-		{"20261130-.blocks", false},
-		{"20261130_000001.blocks", false},
-		{"20261130-000001.blocks.tmp", false},
+		{blockFileName(chainPrefix("host-1"), "20261130", 1), true},
+		{"0123456789abcdef-20261130-000042.blocks", true},
+		{"0123456789abcdef-20261130-1234567.blocks", true},
+		{"../0123456789abcdef-20261130-000001.blocks", false},
+		{"0123456789abcdef-20261130-000001.blocks/..", false},
+		{"/etc/0123456789abcdef-20261130-000001.blocks", false},
+		{"0123456789ABCDEF-20261130-000001.blocks", false},
+		{"0123456789abcde/-20261130-000001.blocks", false},
+		{"0123456789abcdef-2026113-000001.blocks", false},
+		{"0123456789abcdef-20261130-000000.blocks", false},
+		{"0123456789abcdef-20261130-.blocks", false},
+		{"0123456789abcdef-20261130_000001.blocks", false},
+		{"0123456789abcdef-20261130-000001.blocks.tmp", false},
+		{"20261130-000001.blocks", false},
 		{"audit.db", false},
 		{"", false},
 	} {
-		if _, _, ok := parseBlockFileName(tc.name); ok != tc.ok {
+		if _, _, _, ok := parseBlockFileName(tc.name); ok != tc.ok {
 			t.Errorf("parseBlockFileName(%q) ok = %v, want %v", tc.name, ok, tc.ok)
 		}
 	}
@@ -41,19 +44,19 @@ func TestBlockFileNames(t *testing.T) {
 // can write the database controls: nothing accepted leads out of the
 // directory, and what is accepted is a name the store itself makes.
 func FuzzParseBlockFileName(f *testing.F) {
-	for _, s := range []string{blockFileName("20261130", 1), "../20261130-000001.blocks", "20261130-000001.blocks/x", "", "x.blocks"} {
+	for _, s := range []string{blockFileName(chainPrefix("d"), "20261130", 1), "../0123456789abcdef-20261130-000001.blocks", "0123456789abcdef-20261130-000001.blocks/x", "", "x.blocks"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, name string) {
-		day, n, ok := parseBlockFileName(name)
+		prefix, day, n, ok := parseBlockFileName(name)
 		if !ok {
 			return
 		}
 		if filepath.Base(name) != name || strings.ContainsAny(name, "/\\\x00") || strings.Contains(name, "..") {
 			t.Fatalf("%q accepted as a block file name", name)
 		}
-		d2, n2, ok2 := parseBlockFileName(blockFileName(day, n))
-		if !ok2 || d2 != day || n2 != n {
+		p2, d2, n2, ok2 := parseBlockFileName(blockFileName(prefix, day, n))
+		if !ok2 || p2 != prefix || d2 != day || n2 != n {
 			t.Fatalf("%q read as day %s, file %d, which do not name a file the same way", name, day, n)
 		}
 	})
@@ -328,7 +331,7 @@ func TestRetentionRemovesPrunedBlockFiles(t *testing.T) {
 	left := files()
 	used := indexedBytes(t, w.store)
 	for _, f := range left {
-		if _, ok := used[filepath.Base(f)]; !ok && filepath.Base(f) != w.store.files.name {
+		if _, ok := used[filepath.Base(f)]; !ok && filepath.Base(f) != w.store.files.current(w.Daemon()) {
 			t.Fatalf("block file %s kept with no block in it", f)
 		}
 	}

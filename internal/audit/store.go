@@ -636,18 +636,19 @@ func (s *Store) prune(ctx context.Context, daemon string, seq int64) (int64, err
 	n := seq - first.Int64 + 1
 	// The records are pruned either way: a file that could not be
 	// removed is tried again at the next pruning.
-	if err := s.removePrunedFiles(ctx); err != nil {
+	if err := s.removePrunedFiles(ctx, daemon); err != nil {
 		return n, err
 	}
 	return n, nil
 }
 
-// removePrunedFiles deletes the block files whose blocks are all pruned.
-func (s *Store) removePrunedFiles(ctx context.Context) error {
+// removePrunedFiles deletes daemon's block files whose blocks are all
+// pruned.
+func (s *Store) removePrunedFiles(ctx context.Context, daemon string) error {
 	if s.files == nil || !s.filesOn {
 		return nil
 	}
-	rows, err := s.db.QueryContext(ctx, `SELECT DISTINCT file FROM audit_blocks WHERE file IS NOT NULL`)
+	rows, err := s.db.QueryContext(ctx, s.q(`SELECT DISTINCT file FROM audit_blocks WHERE daemon = ? AND file IS NOT NULL`), daemon)
 	if err != nil {
 		return fmt.Errorf("list the block files in use: %w", err)
 	}
@@ -664,7 +665,7 @@ func (s *Store) removePrunedFiles(ctx context.Context) error {
 	if err := rows.Err(); err != nil {
 		return fmt.Errorf("list the block files in use: %w", err)
 	}
-	_, err = s.files.removeUnused(used)
+	_, err = s.files.removeUnused(daemon, used)
 	return err
 }
 
