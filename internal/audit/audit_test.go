@@ -179,12 +179,12 @@ func TestVerifyCatchesTampering(t *testing.T) {
 		}, BreakEdited, 5, "was edited"},
 		{"edit a byte between records in a block file", nil, nil, func(t *testing.T, st *Store, daemon string) {
 			// A space where the line ends: every record still reads and
-			// hashes as it did; only the block's SHA-256 tells.
+			// hashes as it did; only the block's checksum tells.
 			editBlockText(t, st, daemon, 4, func(b []byte) []byte {
 				b[bytes.IndexByte(b, '\n')] = ' '
 				return b
 			})
-		}, BreakEdited, 4, "no longer matches its SHA-256"},
+		}, BreakEdited, 4, "no longer matches its checksum"},
 		{"cut a block file", nil, nil, func(t *testing.T, st *Store, daemon string) {
 			ref := blockRef(t, st, daemon, 4)
 			if err := os.Truncate(filepath.Join(st.files.dir, ref.name), ref.off); err != nil {
@@ -214,10 +214,10 @@ func TestVerifyCatchesTampering(t *testing.T) {
 			if err := os.WriteFile(path, swapped, 0o600); err != nil {
 				t.Fatal(err)
 			}
-		}, BreakEdited, 4, "no longer matches its SHA-256"},
+		}, BreakEdited, 4, "no longer matches its checksum"},
 		{"swap two blocks' places in their rows", nil, []string{
 			`UPDATE audit_blocks SET file_off = (SELECT file_off FROM audit_blocks WHERE first_seq = 7), file_len = (SELECT file_len FROM audit_blocks WHERE first_seq = 7),
-				sha256 = (SELECT sha256 FROM audit_blocks WHERE first_seq = 7) WHERE daemon = '%s' AND first_seq = 4`}, nil,
+				text_crc = (SELECT text_crc FROM audit_blocks WHERE first_seq = 7) WHERE daemon = '%s' AND first_seq = 4`}, nil,
 			BreakEdited, 4, "holds records 7 to 9"},
 		{"edit statement text, blocks rewritten", func(rs []Record) []Record {
 			rs[4].Data = json.RawMessage(strings.Replace(string(rs[4].Data), "SELECT 2", "SELECT 9", 1))

@@ -121,7 +121,7 @@ type block struct {
 	Records     []Record
 	Err         error // the text did not parse; Records holds what did
 	// TextErr: the text is not in its block file as stored (missing, cut,
-	// or not matching the row's SHA-256); Records holds what was there.
+	// or not matching the row's checksum); Records holds what was there.
 	TextErr error
 }
 
@@ -240,7 +240,7 @@ func (s *Store) writeBlock(ctx context.Context, tx *sql.Tx, recs []Record, cols 
 		if err != nil {
 			return fmt.Errorf("store the block of records %d to %d: %w", first.Seq, last.Seq, err)
 		}
-		if err := s.exec(ctx, tx, `INSERT INTO audit_blocks (daemon, first_seq, last_seq, last_ns, records, file, file_off, file_len, sha256) VALUES (?, ?, ?, ?, '', ?, ?, ?, ?)`,
+		if err := s.exec(ctx, tx, `INSERT INTO audit_blocks (daemon, first_seq, last_seq, last_ns, records, file, file_off, file_len, text_crc) VALUES (?, ?, ?, ?, '', ?, ?, ?, ?)`,
 			first.Daemon, first.Seq, last.Seq, last.Time.UnixNano(), ref.name, ref.off, ref.length, ref.sum); err != nil {
 			return fmt.Errorf("insert the block of records %d to %d: %w", first.Seq, last.Seq, err)
 		}
@@ -335,7 +335,7 @@ func (s *Store) eachBlock(ctx context.Context, daemon string, afterSeq int64, fn
 
 // fileCols are the columns that say where a block's text is (NULL when
 // it is inline).
-const fileCols = `file, file_off, file_len, sha256`
+const fileCols = `file, file_off, file_len, text_crc`
 
 // sessionBlocks returns the audit_session_blocks rows of daemon's block
 // that starts at first.

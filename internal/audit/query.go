@@ -136,7 +136,7 @@ func (s *Store) Session(ctx context.Context, id string, uid *uint32) (*SessionDe
 		}
 	}
 	// The blocks that hold the session's records, read and filtered.
-	brows, err := s.db.QueryContext(ctx, s.q(`SELECT b.daemon, b.first_seq, b.records, b.file, b.file_off, b.file_len, b.sha256 FROM audit_session_blocks sb
+	brows, err := s.db.QueryContext(ctx, s.q(`SELECT b.daemon, b.first_seq, b.records, b.file, b.file_off, b.file_len, b.text_crc FROM audit_session_blocks sb
 		JOIN audit_blocks b ON b.daemon = sb.daemon AND b.first_seq = sb.first_seq
 		WHERE sb.session = ? ORDER BY b.daemon, b.first_seq`), id)
 	if err != nil {

@@ -132,7 +132,7 @@ var migrations = []string{
 	`ALTER TABLE audit_blocks ADD COLUMN file TEXT;
 	ALTER TABLE audit_blocks ADD COLUMN file_off BIGINT;
 	ALTER TABLE audit_blocks ADD COLUMN file_len BIGINT;
-	ALTER TABLE audit_blocks ADD COLUMN sha256 TEXT`,
+	ALTER TABLE audit_blocks ADD COLUMN text_crc TEXT`,
 }
 
 // migrationCode runs, by schema version, after that migration's SQL, in
@@ -383,7 +383,7 @@ func (s *Store) head(ctx context.Context, daemon string) (int64, string, error) 
 	var last int64
 	var file, sum sql.NullString
 	var off, length sql.NullInt64
-	err := s.db.QueryRowContext(ctx, s.q(`SELECT last_seq, records, file, file_off, file_len, sha256 FROM audit_blocks
+	err := s.db.QueryRowContext(ctx, s.q(`SELECT last_seq, records, file, file_off, file_len, text_crc FROM audit_blocks
 		WHERE daemon = ? ORDER BY first_seq DESC LIMIT 1`), daemon).Scan(&last, &text, &file, &off, &length, &sum)
 	if errors.Is(err, sql.ErrNoRows) {
 		return 0, "", nil

@@ -237,7 +237,7 @@ func verifyChain(ctx context.Context, s *Store, daemon string, ex *Expect) (*Cha
 			add(from, BreakDeleted, "seq %d to %d were deleted: the text of the block stored from seq %d to %d is gone (%v)", from, b.Last, b.First, b.Last, b.TextErr)
 		case b.TextErr != nil && found == before:
 			// Nothing in the records themselves shows it (their hashes
-			// and links hold): the SHA-256 of the block's text does.
+			// and links hold): the checksum of the block's text does.
 			add(b.First, BreakEdited, "the block of records stored from seq %d to %d was edited: %v", b.First, b.Last, b.TextErr)
 		}
 		return true, nil
