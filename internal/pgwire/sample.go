@@ -301,8 +301,9 @@ func (s *sampler) take(r *stmtRec) *session.Sample {
 // maxKeptText bounds the buffer a session keeps between statements: an
 // idle session must not hold a large sample's worth of memory
 // (audit.sample_bytes may be 1 MiB); a larger one is made again by the
-// next statement that needs it.
-const maxKeptText = 1024
+// next statement that needs it. A sample of the default caps' ten rows
+// of a few short columns fits, with room to grow (append doubles).
+const maxKeptText = 4096
 
 func (s *sampler) reset() {
 	raw := s.raw[:0]

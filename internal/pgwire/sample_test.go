@@ -341,23 +341,24 @@ func FuzzSampledStreams(f *testing.F) {
 func TestSamplerKeepsLittle(t *testing.T) {
 	for _, tt := range []struct {
 		name  string
+		rows  int
 		value int // bytes of each of the result's values
 		kept  bool
 	}{
-		{"small sample kept", 20, true},
-		{"large sample released", 200, false},
+		{"small sample kept", 10, 20, true},
+		{"large sample released", 40, 200, false},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			sink := &capSink{}
 			pl := newPipe(session.New(sink), Stages{}, 0)
-			pl.samp = newSampler(10, 1<<20)
+			pl.samp = newSampler(100, 1<<20)
 			client, _ := (&pgproto3.Query{String: "select v"}).Encode(nil)
 			server, _ := (&pgproto3.RowDescription{Fields: []pgproto3.FieldDescription{{Name: []byte("v"), DataTypeOID: 25}}}).Encode(nil)
 			val := bytes.Repeat([]byte("x"), tt.value)
-			for range 10 {
+			for range tt.rows {
 				server, _ = (&pgproto3.DataRow{Values: [][]byte{val}}).Encode(server)
 			}
-			server, _ = (&pgproto3.CommandComplete{CommandTag: []byte("SELECT 10")}).Encode(server)
+			server, _ = (&pgproto3.CommandComplete{CommandTag: []byte("SELECT " + strconv.Itoa(tt.rows))}).Encode(server)
 			server, _ = (&pgproto3.ReadyForQuery{TxStatus: 'I'}).Encode(server)
 			// Twice: the sampler's buffer goes to the statement's
 			// record, which gives back the one it had, so what the
@@ -373,7 +374,7 @@ func TestSamplerKeepsLittle(t *testing.T) {
 			}
 			for _, st := range sts {
 				rows := rendered(t, st.Sample)
-				if len(rows) != 10 {
+				if len(rows) != tt.rows {
 					t.Fatalf("recorded %+v", st)
 				}
 				for _, row := range rows {
@@ -384,7 +385,7 @@ func TestSamplerKeepsLittle(t *testing.T) {
 			}
 			if kept := cap(pl.samp.raw) > 0; kept != tt.kept || cap(pl.samp.raw) > maxKeptText {
 				t.Fatalf("the sampler keeps %d bytes after a sample of %d (kept: %v, want %v, at most %d)",
-					cap(pl.samp.raw), 10*tt.value, kept, tt.kept, maxKeptText)
+					cap(pl.samp.raw), tt.rows*tt.value, kept, tt.kept, maxKeptText)
 			}
 		})
 	}
