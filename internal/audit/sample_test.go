@@ -78,7 +78,7 @@ func TestRenderSample(t *testing.T) {
 			rendered(ResultSample{Columns: []string{"id", "email"}, Rows: [][]*string{{v("1"), v("[redacted]")}, {v("2"), nil}}, Truncated: true})},
 		{"stored binary", "statement",
 			rendered(ResultSample{Columns: []string{"n", "b"}, OIDs: []uint32{23, 17}, Formats: []int16{1},
-				Data: []byte{0, 2, 0, 0, 0, 4, 0xff, 0xff, 0xff, 0xfe, 0xff, 0xff, 0xff, 0xfc, 0xab, 0xcd}}),
+				Data: rowsample.AppendValue(rowsample.AppendValue(rowsample.AppendCount(nil, 2), []byte{0xff, 0xff, 0xff, 0xfe}, false), []byte{0xab, 0xcd}, true)}),
 			rendered(ResultSample{Columns: []string{"n", "b"}, Rows: [][]*string{{v("-2"), v(`\xabcd…`)}}})},
 		{"stored empty result", "statement",
 			rendered(ResultSample{Columns: []string{"one"}, OIDs: []uint32{23}}),
@@ -111,9 +111,10 @@ func TestRenderSampleMalformed(t *testing.T) {
 		data []byte
 	}{
 		{"no value count", []byte{0}},
-		{"no length", []byte{0, 1, 0, 0}},
-		{"longer than the rest", append([]byte{0, 1, 0, 0, 0, 9}, "secret"...)},
-		{"cut longer than the rest", append([]byte{0, 1, 0x80, 0, 0, 0}, "secret"...)},
+		{"no tag", []byte{0, 1}},
+		{"longer than the rest", append([]byte{0, 1, 1 + 9<<1}, "secret"...)},
+		{"cut longer than the rest", append([]byte{0, 1, 1 + (9<<1 | 1)}, "secret"...)},
+		{"a tag past 64 bits", append([]byte{0, 1, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01}, "secret"...)},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			data := appendStatement(nil, &Statement{Protocol: "simple", SQL: "select", Sample: &ResultSample{Columns: []string{"v"}, Data: tc.data}})
@@ -138,8 +139,8 @@ func TestRenderSampleMalformed(t *testing.T) {
 // export shape.
 func FuzzRenderSample(f *testing.F) {
 	f.Add(storedRows([]string{"1", "x"}, []string{"<null>"}), []byte{0, 1}, uint32(23))
-	f.Add([]byte{0, 1, 0xff, 0xff, 0xff, 0xfc, 0xab, 0xcd}, []byte{1}, uint32(17))
-	f.Add([]byte{0, 1, 0, 0, 0, 1, 1}, []byte{1}, uint32(3802))
+	f.Add(rowsample.AppendValue(rowsample.AppendCount(nil, 1), []byte{0xab, 0xcd}, true), []byte{1}, uint32(17))
+	f.Add(rowsample.AppendValue(rowsample.AppendCount(nil, 1), []byte{1}, false), []byte{1}, uint32(3802))
 	f.Add([]byte{0, 0, 0, 0}, []byte(nil), uint32(0))
 	f.Fuzz(func(t *testing.T, data, formats []byte, oid uint32) {
 		var fm []int16

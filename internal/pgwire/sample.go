@@ -18,10 +18,10 @@ import (
 //
 // Cost: with sampling off the pipe has no sampler and nothing more is
 // decoded. With it on, the first rows of a result are copied as the wire
-// bytes they were (package rowsample's stored form: a row the caps leave
-// whole is one copy of its DataRow body), with each column's type and
-// format; nothing is rendered or escaped on the data path, only when the
-// record is read. The rest of the rows are counted by the pipe as before
+// bytes they were (package rowsample's stored form: each value's bytes
+// behind a one- or two-byte tag), with each column's type and format;
+// nothing is rendered or escaped on the data path, only when the record
+// is read. The rest of the rows are counted by the pipe as before
 // and only set the truncated flag. The bytes go into one buffer kept from
 // statement to statement and handed to the statement's record in exchange
 // for the record's last one: sampling allocates nothing per statement.
@@ -140,54 +140,10 @@ func (s *sampler) row(body []byte) {
 	if len(body) < 2 {
 		return
 	}
-	if !s.wholeRow(body) {
-		s.cutRow(body)
-	}
-}
-
-// wholeRow keeps a row the caps leave whole as the one copy of its body it
-// is, and says whether it did (nothing changed if not).
-func (s *sampler) wholeRow(body []byte) bool {
-	n := int(binary.BigEndian.Uint16(body))
-	p, used := 2, s.used
-	for i := 0; i < n; i++ {
-		if p+4 > len(body) {
-			return false
-		}
-		l := int(int32(binary.BigEndian.Uint32(body[p:])))
-		p += 4
-		if l < 0 {
-			used += 4
-			continue
-		}
-		if p+l > len(body) {
-			return false
-		}
-		left := min(rowsample.MaxValue, s.maxBytes-used)
-		if left < rowsample.MinValue {
-			return false
-		}
-		if _, cut := rowsample.Keep(body[p:p+l], s.oid(i), s.format(i), left); cut {
-			return false
-		}
-		used += l
-		p += l
-	}
-	s.raw = append(s.raw, body[:p]...)
-	s.used = used
-	s.rows++
-	s.width = max(s.width, n)
-	return true
-}
-
-// cutRow keeps what the caps allow of a row, value by value: values cut
-// (truncated), the row ended where the byte cap leaves no room, or where
-// the body is malformed.
-func (s *sampler) cutRow(body []byte) {
 	n := int(binary.BigEndian.Uint16(body))
 	p := 2
 	start := len(s.raw)
-	s.raw = append(s.raw, 0, 0)
+	s.raw = rowsample.AppendCount(s.raw, 0)
 	kept := 0
 	for i := 0; i < n; i++ {
 		if p+4 > len(body) {
@@ -256,7 +212,7 @@ func (s *sampler) copyRow(body []byte) {
 	if cut {
 		s.trunc = true
 	}
-	s.raw = rowsample.AppendValue(append(s.raw, 0, 1), v[:k], cut)
+	s.raw = rowsample.AppendValue(rowsample.AppendCount(s.raw, 1), v[:k], cut)
 	s.used += k
 	s.rows++
 	s.width = 1

@@ -201,7 +201,7 @@ func TestResultSamples(t *testing.T) {
 }
 
 // storedSize is what a sample's stored rows count against the byte cap:
-// the bytes kept of each value, 4 for a NULL.
+// the bytes kept of each value, 4 for a NULL (package rowsample's form).
 func storedSize(t testing.TB, data []byte) int {
 	t.Helper()
 	size := 0
@@ -209,18 +209,18 @@ func storedSize(t testing.TB, data []byte) int {
 		n := int(binary.BigEndian.Uint16(data[p:]))
 		p += 2
 		for range n {
-			l := int(int32(binary.BigEndian.Uint32(data[p:])))
-			p += 4
-			switch {
-			case l == -1:
-				size += 4
-			case l < -1:
-				l = -l - 2
-				fallthrough
-			default:
-				size += l
-				p += l
+			tag, k := binary.Uvarint(data[p:])
+			if k <= 0 {
+				t.Fatalf("stored rows % x do not parse at %d", data, p)
 			}
+			p += k
+			if tag == 0 {
+				size += 4
+				continue
+			}
+			l := int((tag - 1) >> 1)
+			size += l
+			p += l
 		}
 	}
 	return size

@@ -14,7 +14,7 @@ import (
 func captured(t testing.TB, v []byte, oid uint32, format int16, limit int) (string, bool) {
 	t.Helper()
 	n, cut := Keep(v, oid, format, limit)
-	data := AppendValue([]byte{0, 1}, v[:n], cut)
+	data := AppendValue(AppendCount(nil, 1), v[:n], cut)
 	rows, err := Render(data, []uint32{oid}, []int16{format})
 	if err != nil {
 		t.Fatalf("Render of a captured value: %v", err)
@@ -111,7 +111,7 @@ func TestCapturedRendersAsBefore(t *testing.T) {
 // rules, as a reader renders them.
 func TestRender(t *testing.T) {
 	row := func(vals ...[]byte) []byte {
-		b := binary.BigEndian.AppendUint16(nil, uint16(len(vals)))
+		b := AppendCount(nil, len(vals))
 		for _, v := range vals {
 			if v == nil {
 				b = AppendNull(b)
@@ -191,12 +191,13 @@ func TestRenderMalformed(t *testing.T) {
 		data []byte
 	}{
 		{"half a count", []byte{0}},
-		{"a count and no length", []byte{0, 1}},
-		{"half a length", []byte{0, 1, 0, 0}},
-		{"a value past the end", append([]byte{0, 1, 0, 0, 0, 10}, "secret"...)},
-		{"a cut value past the end", append([]byte{0, 1, 0xff, 0xff, 0xff, 0x00}, "secret"...)},
-		{"the smallest length", append([]byte{0, 1, 0x80, 0, 0, 0}, "secret"...)},
-		{"a second row short", append(AppendValue([]byte{0, 1}, []byte("ok"), false), 0, 2, 0, 0, 0, 0)},
+		{"a count and no tag", []byte{0, 1}},
+		{"a tag cut short", []byte{0, 1, 0x80}},
+		{"a tag past 64 bits", append([]byte{0, 1, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01}, "secret"...)},
+		{"a value past the end", append([]byte{0, 1, 1 + 10<<1}, "secret"...)},
+		{"a cut value past the end", append([]byte{0, 1, 1 + (10<<1 | 1)}, "secret"...)},
+		{"the largest length", append([]byte{0, 1, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01}, "secret"...)},
+		{"a second row short", append(AppendValue(AppendCount(nil, 1), []byte("ok"), false), 0, 2, 0)},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			rows, err := Render(tc.data, []uint32{25}, nil)
@@ -232,9 +233,9 @@ func FuzzCapturedRendersAsBefore(f *testing.F) {
 // FuzzRender reads stored rows as an attacker with access to the store
 // could have edited them: rows or an error, never a panic.
 func FuzzRender(f *testing.F) {
-	f.Add(AppendValue([]byte{0, 1}, []byte("x"), false), []byte{1}, uint32(25))
-	f.Add(AppendValue([]byte{0, 2}, []byte{0, 0, 0, 7}, true), []byte{1, 0}, uint32(23))
-	f.Add(AppendNull([]byte{0, 1}), []byte(nil), uint32(0))
+	f.Add(AppendValue(AppendCount(nil, 1), []byte("x"), false), []byte{1}, uint32(25))
+	f.Add(AppendValue(AppendCount(nil, 2), []byte{0, 0, 0, 7}, true), []byte{1, 0}, uint32(23))
+	f.Add(AppendNull(AppendCount(nil, 1)), []byte(nil), uint32(0))
 	f.Fuzz(func(t *testing.T, data, formats []byte, oid uint32) {
 		var fm []int16
 		for _, c := range formats {

@@ -3,12 +3,14 @@
 // (the proxy copies them and renders nothing), and rendered as text only
 // when a record is read (sessions show, replay, audit export).
 //
-// The stored rows are a sequence of rows, each laid out as a DataRow body
-// is: a big-endian uint16 count of values, then each value as a big-endian
-// int32 length and its bytes. A length of -1 is SQL NULL, as on the wire;
-// a length L of -2 or less is a value cut by the sample's caps, of which
-// the first -(L+2) bytes were kept (rendered with a trailing "…"). A COPY
-// TO STDOUT line is a row of one value.
+// The stored rows are a sequence of rows, each a big-endian uint16 count
+// of values and then each value: a uvarint tag, 0 for SQL NULL, else 1 +
+// (n<<1 | cut), followed by the n bytes kept of the value as the client
+// got it (cut: the sample's caps cut it there; it is rendered with a
+// trailing "…"). Kept values are at most a few hundred bytes, so a tag is
+// one or two bytes: the form is about as large as the rendered text would
+// be as JSON, with nothing rendered or escaped to make it. A COPY TO STDOUT
+// line is a row of one value.
 package rowsample
 
 import (
@@ -66,15 +68,18 @@ func fixedSize(oid uint32, n int) bool {
 // AppendValue appends a value the sample keeps: v (already cut to what
 // Keep said) and whether it was cut.
 func AppendValue(dst, v []byte, cut bool) []byte {
-	l := int32(len(v))
+	tag := uint64(len(v)) << 1
 	if cut {
-		l = -l - 2
+		tag |= 1
 	}
-	return append(binary.BigEndian.AppendUint32(dst, uint32(l)), v...)
+	return append(binary.AppendUvarint(dst, tag+1), v...)
 }
 
 // AppendNull appends SQL NULL.
-func AppendNull(dst []byte) []byte { return binary.BigEndian.AppendUint32(dst, math.MaxUint32) }
+func AppendNull(dst []byte) []byte { return append(dst, 0) }
+
+// AppendCount appends a row's count of values.
+func AppendCount(dst []byte, n int) []byte { return binary.BigEndian.AppendUint16(dst, uint16(n)) }
 
 // Format is column i's format code under Bind's rules: none means text, one
 // applies to every column, else one per column (text past the list).
@@ -120,22 +125,21 @@ func Render(data []byte, oids []uint32, formats []int16) ([][]*string, error) {
 		n := int(binary.BigEndian.Uint16(data[p:]))
 		p += 2
 		for i := 0; i < n; i++ {
-			if len(data)-p < 4 {
-				return nil, fmt.Errorf("%w: value %d of row %d has no length", ErrMalformed, i, len(widths))
+			tag, k := binary.Uvarint(data[p:])
+			if k <= 0 {
+				return nil, fmt.Errorf("%w: value %d of row %d has no tag", ErrMalformed, i, len(widths))
 			}
-			l := int(int32(binary.BigEndian.Uint32(data[p:])))
-			p += 4
-			if l == -1 {
+			p += k
+			if tag == 0 {
 				cells = append(cells, cell{null: true})
 				continue
 			}
-			cut := l < -1
-			if cut {
-				l = -l - 2
-			}
-			if l > len(data)-p {
+			tag--
+			cut := tag&1 == 1
+			if tag>>1 > uint64(len(data)-p) {
 				return nil, fmt.Errorf("%w: value %d of row %d is longer than the rest", ErrMalformed, i, len(widths))
 			}
+			l := int(tag >> 1)
 			v := data[p : p+l]
 			p += l
 			start := len(text)

@@ -70,13 +70,13 @@ func TestQueueCloseWithBlockedSenders(t *testing.T) {
 func TestQueueKeepsStatementCopies(t *testing.T) {
 	c := &capture{}
 	q := NewQueue(c, 16, nil)
-	row := []byte("\x00\x01\x00\x00\x00\x11alice@example.com")
+	row := []byte("\x00\x01#alice@example.com") // one row of one value (package rowsample)
 	st := &Statement{SQL: "select $1", Params: []string{"1"},
 		Sample: &Sample{Columns: []string{"email"}, OIDs: []uint32{25}, Formats: []int16{1}, Data: bytes.Clone(row)}}
 	q.Record(Event{Kind: KindStatement, Statement: st})
 	// The caller's next statement, in the same memory.
 	st.SQL, st.Params[0], st.Sample.Columns[0], st.Sample.OIDs[0], st.Sample.Formats[0] = "select 2", "2", "n", 23, 0
-	copy(st.Sample.Data[6:], "bob")
+	copy(st.Sample.Data[3:], "bob")
 	q.Close()
 	got := c.evs[0].Statement
 	switch {
