@@ -3,8 +3,10 @@ package audit
 import (
 	"bytes"
 	"encoding/base64"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strconv"
 
 	"github.com/airlockhq/airlock/internal/rowsample"
@@ -54,10 +56,39 @@ func appendSample(b []byte, s *ResultSample) []byte {
 	}
 	if len(s.Data) > 0 {
 		b = append(b, `,"data":"`...)
-		b = base64.StdEncoding.AppendEncode(b, s.Data)
+		b = appendBase64(b, s.Data)
 		b = append(b, '"')
 	}
 	return append(b, '}')
+}
+
+// base64Pairs is standard base64's two characters for each 12 bits.
+var base64Pairs = func() (t [1 << 12]uint16) {
+	const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+	for i := range t {
+		t[i] = uint16(alphabet[i>>6]) | uint16(alphabet[i&63])<<8
+	}
+	return t
+}()
+
+// appendBase64 appends src in standard base64 with padding, as
+// encoding/json writes a []byte: four table look-ups and one store per six
+// bytes where encoding/base64 makes eight look-ups and stores (it was a
+// third of recording a 10-row sample, BenchmarkWriterRecordSample).
+func appendBase64(dst, src []byte) []byte {
+	n := base64.StdEncoding.EncodedLen(len(src))
+	dst = slices.Grow(dst, n)
+	out := dst[len(dst) : len(dst)+n]
+	i, o := 0, 0
+	// Six bytes at a time, read as eight (the last two are the next
+	// round's), written as eight characters in one store.
+	for ; len(src)-i >= 8 && len(out)-o >= 8; i, o = i+6, o+8 {
+		v := binary.BigEndian.Uint64(src[i:])
+		binary.LittleEndian.PutUint64(out[o:], uint64(base64Pairs[v>>52])|uint64(base64Pairs[v>>40&0xfff])<<16|
+			uint64(base64Pairs[v>>28&0xfff])<<32|uint64(base64Pairs[v>>16&0xfff])<<48)
+	}
+	base64.StdEncoding.Encode(out[o:], src[i:]) // the last few bytes, padded
+	return dst[:len(dst)+n]
 }
 
 // Stored is whether s is in the stored form (see ResultSample): its rows

@@ -1,7 +1,9 @@
 package audit
 
 import (
+	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -160,6 +162,39 @@ func FuzzRenderSample(f *testing.F) {
 			t.Fatalf("not the rendered form: %s", r.Data)
 		}
 	})
+}
+
+// FuzzAppendBase64 holds the sample's base64 to encoding/base64's (what
+// encoding/json writes of a []byte).
+func FuzzAppendBase64(f *testing.F) {
+	for _, s := range []string{"", "a", "ab", "abc", "abcd", "\x00\xff\xfe\x80\x7f"} {
+		f.Add([]byte("prefix"), []byte(s))
+	}
+	f.Fuzz(func(t *testing.T, prefix, src []byte) {
+		want := base64.StdEncoding.AppendEncode(bytes.Clone(prefix), src)
+		if got := appendBase64(bytes.Clone(prefix), src); !bytes.Equal(got, want) {
+			t.Fatalf("appendBase64(% x) = %q, encoding/base64 %q", src, got, want)
+		}
+	})
+}
+
+func BenchmarkAppendBase64(b *testing.B) {
+	src := storedRows([]string{"41000", "Person 41000", "h:3f9a0c1e5b7d2a64", "**** **** **** 1000", "pro"})
+	for range 3 {
+		src = append(src, src...)
+	}
+	for _, tc := range []struct {
+		name string
+		enc  func([]byte, []byte) []byte
+	}{{"std", base64.StdEncoding.AppendEncode}, {"pairs", appendBase64}} {
+		b.Run(tc.name, func(b *testing.B) {
+			buf := make([]byte, 0, 2*len(src))
+			b.SetBytes(int64(len(src)))
+			for b.Loop() {
+				buf = tc.enc(buf[:0], src)
+			}
+		})
+	}
 }
 
 // BenchmarkWriterRecordSample is BenchmarkWriterRecord's statement with a
