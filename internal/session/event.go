@@ -189,8 +189,9 @@ type Reveal struct {
 
 // Sample is a bounded prefix of a statement's result as the client saw it
 // (after masking), as the wire bytes it was: Data holds the rows in
-// package rowsample's stored form (each a DataRow body, values the caps
-// cut marked so), OIDs and Formats say how to render them (Formats by
+// package rowsample's stored form (each value's bytes behind a short tag
+// that marks NULL and values the caps cut), OIDs and Formats say how to
+// render them (Formats by
 // Bind's rules: none is all text). Nothing is rendered until the record
 // is read (rowsample.Render). Truncated says rows, or parts of values,
 // were left out by the caps.
