@@ -191,10 +191,9 @@ type Reveal struct {
 // (after masking), as the wire bytes it was: Data holds the rows in
 // package rowsample's stored form (each value's bytes behind a short tag
 // that marks NULL and values the caps cut), OIDs and Formats say how to
-// render them (Formats by
-// Bind's rules: none is all text). Nothing is rendered until the record
-// is read (rowsample.Render). Truncated says rows, or parts of values,
-// were left out by the caps.
+// render them (Formats by Bind's rules: none is all text). Nothing is
+// rendered until the record is read (rowsample.Render). Truncated says
+// rows, or parts of values, were left out by the caps.
 type Sample struct {
 	Columns   []string `json:"columns"`
 	OIDs      []uint32 `json:"oids,omitempty"`
