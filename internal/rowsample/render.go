@@ -11,26 +11,26 @@ import (
 
 // Type OIDs rendered from the binary format.
 const (
-	OIDBool        = 16
-	OIDBytea       = 17
-	OIDChar        = 18
-	OIDName        = 19
-	OIDInt8        = 20
-	OIDInt2        = 21
-	OIDInt4        = 23
-	OIDText        = 25
-	OIDOID         = 26
-	OIDJSON        = 114
-	OIDXML         = 142
-	OIDFloat4      = 700
-	OIDFloat8      = 701
-	OIDBPChar      = 1042
-	OIDVarchar     = 1043
-	OIDDate        = 1082
-	OIDTimestamp   = 1114
-	OIDTimestampTZ = 1184
-	OIDUUID        = 2950
-	OIDJSONB       = 3802
+	oidBool        = 16
+	oidBytea       = 17
+	oidChar        = 18
+	oidName        = 19
+	oidInt8        = 20
+	oidInt2        = 21
+	oidInt4        = 23
+	oidText        = 25
+	oidOID         = 26
+	oidJSON        = 114
+	oidXML         = 142
+	oidFloat4      = 700
+	oidFloat8      = 701
+	oidBPChar      = 1042
+	oidVarchar     = 1043
+	oidDate        = 1082
+	oidTimestamp   = 1114
+	oidTimestampTZ = 1184
+	oidUUID        = 2950
+	oidJSONB       = 3802
 )
 
 var pgEpoch = time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC)
@@ -40,57 +40,57 @@ const ellipsis = "…"
 // textOID is whether a binary value of type oid is its text.
 func textOID(oid uint32) bool {
 	switch oid {
-	case OIDText, OIDVarchar, OIDBPChar, OIDName, OIDJSON, OIDXML, OIDChar:
+	case oidText, oidVarchar, oidBPChar, oidName, oidJSON, oidXML, oidChar:
 		return true
 	}
 	return false
 }
 
-// AppendRendered appends one result value as a sample shows it, at most
+// appendRendered appends one result value as a sample shows it, at most
 // limit bytes (cut reports that it was shortened). Text-format values are
 // kept as the client got them; binary values of common types are rendered
 // as their text form would read, any other binary value as \x hex.
-func AppendRendered(dst, v []byte, oid uint32, format int16, limit int) ([]byte, bool) {
+func appendRendered(dst, v []byte, oid uint32, format int16, limit int) ([]byte, bool) {
 	if format != 1 || textOID(oid) {
 		return appendText(dst, v, limit)
 	}
 	switch oid {
-	case OIDJSONB:
+	case oidJSONB:
 		if len(v) > 0 && v[0] == 1 {
 			return appendText(dst, v[1:], limit)
 		}
-	case OIDBool:
+	case oidBool:
 		if len(v) == 1 {
 			if v[0] != 0 {
 				return append(dst, 't'), false
 			}
 			return append(dst, 'f'), false
 		}
-	case OIDInt2:
+	case oidInt2:
 		if len(v) == 2 {
 			return strconv.AppendInt(dst, int64(int16(binary.BigEndian.Uint16(v))), 10), false
 		}
-	case OIDInt4:
+	case oidInt4:
 		if len(v) == 4 {
 			return strconv.AppendInt(dst, int64(int32(binary.BigEndian.Uint32(v))), 10), false
 		}
-	case OIDOID:
+	case oidOID:
 		if len(v) == 4 {
 			return strconv.AppendUint(dst, uint64(binary.BigEndian.Uint32(v)), 10), false
 		}
-	case OIDInt8:
+	case oidInt8:
 		if len(v) == 8 {
 			return strconv.AppendInt(dst, int64(binary.BigEndian.Uint64(v)), 10), false
 		}
-	case OIDFloat4:
+	case oidFloat4:
 		if len(v) == 4 {
 			return strconv.AppendFloat(dst, float64(math.Float32frombits(binary.BigEndian.Uint32(v))), 'g', -1, 32), false
 		}
-	case OIDFloat8:
+	case oidFloat8:
 		if len(v) == 8 {
 			return strconv.AppendFloat(dst, math.Float64frombits(binary.BigEndian.Uint64(v)), 'g', -1, 64), false
 		}
-	case OIDUUID:
+	case oidUUID:
 		if len(v) == 16 {
 			dst = hex.AppendEncode(dst, v[:4])
 			for _, part := range [][]byte{v[4:6], v[6:8], v[8:10], v[10:]} {
@@ -98,7 +98,7 @@ func AppendRendered(dst, v []byte, oid uint32, format int16, limit int) ([]byte,
 			}
 			return dst, false
 		}
-	case OIDDate:
+	case oidDate:
 		if len(v) == 4 {
 			d := int32(binary.BigEndian.Uint32(v))
 			switch d {
@@ -109,7 +109,7 @@ func AppendRendered(dst, v []byte, oid uint32, format int16, limit int) ([]byte,
 			}
 			return pgEpoch.AddDate(0, 0, int(d)).AppendFormat(dst, "2006-01-02"), false
 		}
-	case OIDTimestamp, OIDTimestampTZ:
+	case oidTimestamp, oidTimestampTZ:
 		if len(v) == 8 {
 			us := int64(binary.BigEndian.Uint64(v))
 			switch us {
@@ -119,7 +119,7 @@ func AppendRendered(dst, v []byte, oid uint32, format int16, limit int) ([]byte,
 				return append(dst, "-infinity"...), false
 			}
 			t := pgEpoch.Add(time.Duration(us/1e6) * time.Second).Add(time.Duration(us%1e6) * time.Microsecond)
-			if oid == OIDTimestampTZ {
+			if oid == oidTimestampTZ {
 				return t.AppendFormat(dst, "2006-01-02 15:04:05.999999Z07:00"), false
 			}
 			return t.AppendFormat(dst, "2006-01-02 15:04:05.999999"), false

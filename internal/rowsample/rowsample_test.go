@@ -27,7 +27,7 @@ func captured(t testing.TB, v []byte, oid uint32, format int16, limit int) (stri
 
 // Every type docs/AUDIT.md lists, in both formats, whole and cut: what a
 // reader renders of the captured bytes is what the proxy rendered when it
-// rendered on the data path (AppendRendered at the value's limit), and
+// rendered on the data path (appendRendered at the value's limit), and
 // that is the value's text form.
 func TestCapturedRendersAsBefore(t *testing.T) {
 	be32 := func(v uint32) []byte { return binary.BigEndian.AppendUint32(nil, v) }
@@ -42,59 +42,59 @@ func TestCapturedRendersAsBefore(t *testing.T) {
 		want   string
 		cut    bool
 	}{
-		{"text as sent", []byte("ada@example.com"), OIDText, 0, 256, "ada@example.com", false},
-		{"text format ignores the type", []byte("42"), OIDInt4, 0, 256, "42", false},
-		{"text cut at a rune", []byte("ééééé"), OIDText, 0, 6, "é…", true},
-		{"text cut at 256", []byte(long), OIDText, 0, 256, strings.Repeat("é", 126) + "…", true},
-		{"text cut to nothing", []byte("abcdef"), OIDText, 0, 2, "…", true},
-		{"text at the limit exactly", []byte("abcdefgh"), OIDText, 0, 8, "abcdefgh", false},
-		{"binary text", []byte("x"), OIDText, 1, 256, "x", false},
-		{"binary varchar", []byte("x"), OIDVarchar, 1, 256, "x", false},
-		{"binary bpchar cut", []byte(long), OIDBPChar, 1, 20, strings.Repeat("é", 8) + "…", true},
-		{"binary name", []byte("pg_class"), OIDName, 1, 256, "pg_class", false},
-		{"binary char", []byte("r"), OIDChar, 1, 256, "r", false},
-		{"binary json", []byte(`{"a":1}`), OIDJSON, 1, 256, `{"a":1}`, false},
-		{"binary xml cut", []byte("<a>" + long + "</a>"), OIDXML, 1, 10, "<a>éé…", true},
-		{"binary jsonb", append([]byte{1}, `{"a":1}`...), OIDJSONB, 1, 256, `{"a":1}`, false},
-		{"binary jsonb cut", append([]byte{1}, `{"a":"`+long+`"}`...), OIDJSONB, 1, 12, `{"a":"é…`, true},
-		{"binary jsonb cut to nothing", append([]byte{1}, `{"a":1}`...), OIDJSONB, 1, 3, "…", true},
-		{"binary jsonb of another version is hex", []byte{2, 0xab}, OIDJSONB, 1, 256, `\x02ab`, false},
-		{"binary jsonb of another version cut", bytes.Repeat([]byte{2}, 100), OIDJSONB, 1, 11, `\x020202…`, true},
-		{"binary bool", []byte{1}, OIDBool, 1, 256, "t", false},
-		{"binary bool false", []byte{0}, OIDBool, 1, 256, "f", false},
-		{"binary int2", []byte{0xff, 0xfe}, OIDInt2, 1, 256, "-2", false},
-		{"binary int4", be32(7), OIDInt4, 1, 256, "7", false},
-		{"binary int4 past a small limit", be32(math.MaxUint32 >> 1), OIDInt4, 1, 8, "2147483647", false},
-		{"binary oid", be32(math.MaxUint32), OIDOID, 1, 256, "4294967295", false},
-		{"binary int8", be64(math.MaxUint64), OIDInt8, 1, 256, "-1", false},
-		{"binary float8", be64(math.Float64bits(1.5)), OIDFloat8, 1, 256, "1.5", false},
-		{"binary float4", be32(math.Float32bits(0.25)), OIDFloat4, 1, 256, "0.25", false},
-		{"binary float8 NaN", be64(math.Float64bits(math.NaN())), OIDFloat8, 1, 256, "NaN", false},
-		{"binary uuid", bytes.Repeat([]byte{0xab}, 16), OIDUUID, 1, 256, "abababab-abab-abab-abab-abababababab", false},
-		{"binary uuid past a small limit", bytes.Repeat([]byte{0xab}, 16), OIDUUID, 1, 8, "abababab-abab-abab-abab-abababababab", false},
-		{"binary date", be32(math.MaxUint32), OIDDate, 1, 256, "1999-12-31", false},
-		{"binary date infinity", be32(math.MaxInt32), OIDDate, 1, 256, "infinity", false},
-		{"binary date -infinity", be32(1 << 31), OIDDate, 1, 256, "-infinity", false},
-		{"binary timestamp", be64(1_500_000), OIDTimestamp, 1, 256, "2000-01-01 00:00:01.5", false},
-		{"binary timestamp infinity", be64(math.MaxInt64), OIDTimestamp, 1, 256, "infinity", false},
-		{"binary timestamptz", be64(0), OIDTimestampTZ, 1, 256, "2000-01-01 00:00:00Z", false},
+		{"text as sent", []byte("ada@example.com"), oidText, 0, 256, "ada@example.com", false},
+		{"text format ignores the type", []byte("42"), oidInt4, 0, 256, "42", false},
+		{"text cut at a rune", []byte("ééééé"), oidText, 0, 6, "é…", true},
+		{"text cut at 256", []byte(long), oidText, 0, 256, strings.Repeat("é", 126) + "…", true},
+		{"text cut to nothing", []byte("abcdef"), oidText, 0, 2, "…", true},
+		{"text at the limit exactly", []byte("abcdefgh"), oidText, 0, 8, "abcdefgh", false},
+		{"binary text", []byte("x"), oidText, 1, 256, "x", false},
+		{"binary varchar", []byte("x"), oidVarchar, 1, 256, "x", false},
+		{"binary bpchar cut", []byte(long), oidBPChar, 1, 20, strings.Repeat("é", 8) + "…", true},
+		{"binary name", []byte("pg_class"), oidName, 1, 256, "pg_class", false},
+		{"binary char", []byte("r"), oidChar, 1, 256, "r", false},
+		{"binary json", []byte(`{"a":1}`), oidJSON, 1, 256, `{"a":1}`, false},
+		{"binary xml cut", []byte("<a>" + long + "</a>"), oidXML, 1, 10, "<a>éé…", true},
+		{"binary jsonb", append([]byte{1}, `{"a":1}`...), oidJSONB, 1, 256, `{"a":1}`, false},
+		{"binary jsonb cut", append([]byte{1}, `{"a":"`+long+`"}`...), oidJSONB, 1, 12, `{"a":"é…`, true},
+		{"binary jsonb cut to nothing", append([]byte{1}, `{"a":1}`...), oidJSONB, 1, 3, "…", true},
+		{"binary jsonb of another version is hex", []byte{2, 0xab}, oidJSONB, 1, 256, `\x02ab`, false},
+		{"binary jsonb of another version cut", bytes.Repeat([]byte{2}, 100), oidJSONB, 1, 11, `\x020202…`, true},
+		{"binary bool", []byte{1}, oidBool, 1, 256, "t", false},
+		{"binary bool false", []byte{0}, oidBool, 1, 256, "f", false},
+		{"binary int2", []byte{0xff, 0xfe}, oidInt2, 1, 256, "-2", false},
+		{"binary int4", be32(7), oidInt4, 1, 256, "7", false},
+		{"binary int4 past a small limit", be32(math.MaxUint32 >> 1), oidInt4, 1, 8, "2147483647", false},
+		{"binary oid", be32(math.MaxUint32), oidOID, 1, 256, "4294967295", false},
+		{"binary int8", be64(math.MaxUint64), oidInt8, 1, 256, "-1", false},
+		{"binary float8", be64(math.Float64bits(1.5)), oidFloat8, 1, 256, "1.5", false},
+		{"binary float4", be32(math.Float32bits(0.25)), oidFloat4, 1, 256, "0.25", false},
+		{"binary float8 NaN", be64(math.Float64bits(math.NaN())), oidFloat8, 1, 256, "NaN", false},
+		{"binary uuid", bytes.Repeat([]byte{0xab}, 16), oidUUID, 1, 256, "abababab-abab-abab-abab-abababababab", false},
+		{"binary uuid past a small limit", bytes.Repeat([]byte{0xab}, 16), oidUUID, 1, 8, "abababab-abab-abab-abab-abababababab", false},
+		{"binary date", be32(math.MaxUint32), oidDate, 1, 256, "1999-12-31", false},
+		{"binary date infinity", be32(math.MaxInt32), oidDate, 1, 256, "infinity", false},
+		{"binary date -infinity", be32(1 << 31), oidDate, 1, 256, "-infinity", false},
+		{"binary timestamp", be64(1_500_000), oidTimestamp, 1, 256, "2000-01-01 00:00:01.5", false},
+		{"binary timestamp infinity", be64(math.MaxInt64), oidTimestamp, 1, 256, "infinity", false},
+		{"binary timestamptz", be64(0), oidTimestampTZ, 1, 256, "2000-01-01 00:00:00Z", false},
 		{"binary numeric is hex", []byte{0, 1, 0, 0, 0, 0, 0, 0, 0, 7}, 1700, 1, 256, `\x00010000000000000007`, false},
-		{"binary int4 of a wrong size is hex", []byte{1, 2}, OIDInt4, 1, 256, `\x0102`, false},
-		{"binary int4 of a wrong size cut", bytes.Repeat([]byte{1}, 300), OIDInt4, 1, 13, `\x01010101…`, true},
-		{"binary int4 cut to four bytes stays hex", bytes.Repeat([]byte{0xff}, 9), OIDInt4, 1, 13, `\xffffffff…`, true},
-		{"binary bytea", []byte{0xde, 0xad}, OIDBytea, 1, 256, `\xdead`, false},
-		{"binary hex cut", bytes.Repeat([]byte{0xff}, 100), OIDBytea, 1, 13, `\xffffffff…`, true},
-		{"binary hex cut to nothing", []byte{1, 2, 3}, OIDBytea, 1, 6, `\x…`, true},
-		{"binary empty bytea", nil, OIDBytea, 1, 256, `\x`, false},
+		{"binary int4 of a wrong size is hex", []byte{1, 2}, oidInt4, 1, 256, `\x0102`, false},
+		{"binary int4 of a wrong size cut", bytes.Repeat([]byte{1}, 300), oidInt4, 1, 13, `\x01010101…`, true},
+		{"binary int4 cut to four bytes stays hex", bytes.Repeat([]byte{0xff}, 9), oidInt4, 1, 13, `\xffffffff…`, true},
+		{"binary bytea", []byte{0xde, 0xad}, oidBytea, 1, 256, `\xdead`, false},
+		{"binary hex cut", bytes.Repeat([]byte{0xff}, 100), oidBytea, 1, 13, `\xffffffff…`, true},
+		{"binary hex cut to nothing", []byte{1, 2, 3}, oidBytea, 1, 6, `\x…`, true},
+		{"binary empty bytea", nil, oidBytea, 1, 256, `\x`, false},
 		{"binary unknown type", []byte("x"), 0, 1, 256, `\x78`, false},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			// Appended after what the buffer already holds, which stays.
-			b, cut := AppendRendered([]byte("prev"), c.v, c.oid, c.format, c.limit)
+			b, cut := appendRendered([]byte("prev"), c.v, c.oid, c.format, c.limit)
 			old, ok := strings.CutPrefix(string(b), "prev")
 			if !ok || old != c.want || cut != c.cut {
-				t.Fatalf("AppendRendered = %q (cut %v), want %q (cut %v)", b, cut, "prev"+c.want, c.cut)
+				t.Fatalf("appendRendered = %q (cut %v), want %q (cut %v)", b, cut, "prev"+c.want, c.cut)
 			}
 			got, cut := captured(t, c.v, c.oid, c.format, c.limit)
 			if got != old || cut != c.cut {
@@ -214,7 +214,7 @@ func TestRenderMalformed(t *testing.T) {
 // FuzzCapturedRendersAsBefore holds capture then rendering to rendering at
 // once, for any value, type, format and limit a sample can give.
 func FuzzCapturedRendersAsBefore(f *testing.F) {
-	for _, oid := range []uint32{0, OIDBool, OIDBytea, OIDInt4, OIDText, OIDJSONB, OIDUUID, OIDTimestampTZ} {
+	for _, oid := range []uint32{0, oidBool, oidBytea, oidInt4, oidText, oidJSONB, oidUUID, oidTimestampTZ} {
 		f.Add([]byte("ééé\x01\xffabc"), oid, int16(1), 8)
 		f.Add([]byte{1, 'x', 'y'}, oid, int16(0), 256)
 	}
@@ -222,7 +222,7 @@ func FuzzCapturedRendersAsBefore(f *testing.F) {
 		if limit < MinValue || limit > MaxValue {
 			return // the sampler stops below MinValue and never asks more than MaxValue
 		}
-		old, oldCut := AppendRendered(nil, v, oid, format, limit)
+		old, oldCut := appendRendered(nil, v, oid, format, limit)
 		got, cut := captured(t, v, oid, format, limit)
 		if got != string(old) || cut != oldCut {
 			t.Fatalf("captured then rendered %q (cut %v), rendered at once %q (cut %v)", got, cut, old, oldCut)
@@ -241,7 +241,7 @@ func FuzzRender(f *testing.F) {
 		for _, c := range formats {
 			fm = append(fm, int16(c%3))
 		}
-		rows, err := Render(data, []uint32{oid, OIDJSONB, OIDUUID}, fm)
+		rows, err := Render(data, []uint32{oid, oidJSONB, oidUUID}, fm)
 		if err != nil {
 			if !errors.Is(err, ErrMalformed) || rows != nil {
 				t.Fatalf("Render = %v, %v", rows, err)

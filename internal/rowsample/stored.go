@@ -31,14 +31,14 @@ const (
 
 // Keep is how many bytes of value v (of type oid, in format) a sample
 // keeps so that its rendering is at most limit bytes, and whether that
-// cuts it: the very prefix AppendRendered(v, oid, format, limit) renders.
+// cuts it: the very prefix appendRendered(v, oid, format, limit) renders.
 // Values of fixed-size binary types are never cut.
 func Keep(v []byte, oid uint32, format int16, limit int) (int, bool) {
 	if format != 1 || textOID(oid) {
 		return textCut(v, limit)
 	}
 	switch {
-	case oid == OIDJSONB && len(v) > 0 && v[0] == 1:
+	case oid == oidJSONB && len(v) > 0 && v[0] == 1:
 		n, cut := textCut(v[1:], limit)
 		return 1 + n, cut
 	case fixedSize(oid, len(v)):
@@ -48,18 +48,18 @@ func Keep(v []byte, oid uint32, format int16, limit int) (int, bool) {
 }
 
 // fixedSize is whether a binary value of type oid and n bytes renders as
-// its type's text form (AppendRendered's cases that ignore the limit).
+// its type's text form (appendRendered's cases that ignore the limit).
 func fixedSize(oid uint32, n int) bool {
 	switch oid {
-	case OIDBool:
+	case oidBool:
 		return n == 1
-	case OIDInt2:
+	case oidInt2:
 		return n == 2
-	case OIDInt4, OIDOID, OIDFloat4, OIDDate:
+	case oidInt4, oidOID, oidFloat4, oidDate:
 		return n == 4
-	case OIDInt8, OIDFloat8, OIDTimestamp, OIDTimestampTZ:
+	case oidInt8, oidFloat8, oidTimestamp, oidTimestampTZ:
 		return n == 8
-	case OIDUUID:
+	case oidUUID:
 		return n == 16
 	}
 	return false
@@ -146,7 +146,7 @@ func Render(data []byte, oids []uint32, formats []int16) ([][]*string, error) {
 			if cut {
 				text = appendCut(text, v, oidOf(oids, i), Format(formats, i))
 			} else {
-				text, _ = AppendRendered(text, v, oidOf(oids, i), Format(formats, i), math.MaxInt)
+				text, _ = appendRendered(text, v, oidOf(oids, i), Format(formats, i), math.MaxInt)
 			}
 			cells = append(cells, cell{start: start, end: len(text)})
 		}
@@ -171,11 +171,11 @@ func Render(data []byte, oids []uint32, formats []int16) ([][]*string, error) {
 }
 
 // appendCut renders a value the caps cut, v being what was kept: as the
-// cut rendering AppendRendered made of the whole value.
+// cut rendering appendRendered made of the whole value.
 func appendCut(dst, v []byte, oid uint32, format int16) []byte {
 	switch {
 	case format != 1 || textOID(oid):
-	case oid == OIDJSONB && len(v) > 0 && v[0] == 1:
+	case oid == oidJSONB && len(v) > 0 && v[0] == 1:
 		v = v[1:]
 	default:
 		dst, _ = appendHex(dst, v, math.MaxInt)
