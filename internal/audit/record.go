@@ -39,6 +39,11 @@ type Record struct {
 	Data     json.RawMessage `json:"data"`
 	PrevHash string          `json:"prev_hash"`
 	Hash     string          `json:"hash"`
+	// HashedData is set only on a record handed out with its data
+	// rewritten for reading (RenderSample: a result sample stored as wire
+	// bytes, rendered): the data as stored, the bytes the chain hashed, so
+	// that an export can still be checked link by link without the store.
+	HashedData json.RawMessage `json:"hashed_data,omitempty"`
 }
 
 // SessionStart is the data of a session.start record.

@@ -119,8 +119,9 @@ var sampleKey = []byte(`"sample":`)
 // RenderSample rewrites the data of a statement record whose sample is
 // stored with the sample rendered: what export, sessions show and replay
 // hand out (the airlock.audit/1 shape). Other records are left as they
-// are. The rewritten data is no longer the bytes the chain hashed (verify
-// reads the store, never this). On error r is left as it was.
+// are. The rewritten data is no longer the bytes the chain hashed, so
+// those are kept in HashedData (verify reads the store, never this). On
+// error r is left as it was.
 func RenderSample(r *Record) error {
 	if r.Kind != "statement" || !bytes.Contains(r.Data, sampleKey) {
 		return nil
@@ -139,6 +140,6 @@ func RenderSample(r *Record) error {
 	if err != nil {
 		return fmt.Errorf("seq %d: encode the statement: %w", r.Seq, err)
 	}
-	r.Data = d
+	r.HashedData, r.Data = r.Data, d
 	return nil
 }

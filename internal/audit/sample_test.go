@@ -101,6 +101,12 @@ func TestRenderSample(t *testing.T) {
 			if string(r.Data) != string(tc.want) {
 				t.Fatalf("got  %s\nwant %s", r.Data, tc.want)
 			}
+			// What was hashed stays with a rewritten record, and only
+			// with one.
+			changed := string(tc.data) != string(tc.want)
+			if changed && string(r.HashedData) != string(tc.data) || !changed && r.HashedData != nil {
+				t.Fatalf("hashed_data %q, the data as stored %q", r.HashedData, tc.data)
+			}
 		})
 	}
 }
@@ -279,6 +285,16 @@ func TestStoredSampleThroughTheStore(t *testing.T) {
 				stored := string(r.Data)
 				if err := RenderSample(&r); err != nil {
 					t.Fatal(err)
+				}
+				// An export's record checks against its chain link
+				// without the store: by hashed_data where data was
+				// rendered.
+				hashed := r
+				if r.HashedData != nil {
+					hashed.Data = r.HashedData
+				}
+				if h := hashRecord(r.PrevHash, &hashed); h != r.Hash {
+					t.Errorf("the record as handed out does not hash to its link: %s, want %s", h, r.Hash)
 				}
 				var st Statement
 				if err := json.Unmarshal(r.Data, &st); err != nil {
