@@ -1,14 +1,13 @@
+//go:build perf
+
 package audit
 
 import (
 	"context"
 	"fmt"
-	"os"
 	"runtime"
 	"testing"
 	"time"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/airlockhq/airlock/internal/pgtest"
 	"github.com/airlockhq/airlock/internal/session"
@@ -21,11 +20,9 @@ import (
 // (getrusage), not throughput: it is the figure that holds on a busy
 // machine. The data path's share is the CPU of the thread the statements
 // are recorded on (Session.Emit, which includes copying the session's
-// person, and Writer.Record). AIRLOCK_PERF=1 only.
+// person, and Writer.Record). A measurement: built with -tags perf
+// only.
 func TestRecordingCPU(t *testing.T) {
-	if os.Getenv("AIRLOCK_PERF") == "" {
-		t.Skip("set AIRLOCK_PERF=1 to measure the recording's CPU cost per record")
-	}
 	srv := pgtest.Start(t, pgtest.Options{})
 	srv.Psql(t, "postgres", "CREATE DATABASE audit_cpu")
 	stores := []struct{ name, spec, pw string }{
@@ -97,10 +94,4 @@ func TestRecordingCPU(t *testing.T) {
 				sk.name, rate, float64(all.Microseconds())/float64(n), float64(data.Microseconds())/float64(n), float64(path.Nanoseconds())/1e3/float64(n))
 		}
 	}
-}
-
-func recCPU() time.Duration {
-	var ru unix.Rusage
-	_ = unix.Getrusage(unix.RUSAGE_SELF, &ru)
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
