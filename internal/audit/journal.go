@@ -16,6 +16,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -32,7 +33,11 @@ import (
 // journal simply grows, up to its bound.
 //
 // Frame: 4-byte big-endian payload length, 4-byte CRC-32C of the payload,
-// payload (the pending record as JSON).
+// payload (the pending record as JSON):
+// {"seq":N,"time_ns":N,"kind":"…","session":"…","data":…}, the seq padded
+// with spaces. Frames written before 2026-11-30 carry "time" as RFC 3339
+// text instead of "time_ns"; they are read as well (a journal or ring left
+// by the previous version at an upgrade).
 
 const (
 	frameHeader = 8
@@ -348,9 +353,12 @@ func appendFrameHead(b []byte, at time.Time, kind, sess string) ([]byte, int) {
 	b = append(b, `{"seq":`...)
 	seqAt := len(b)
 	b = append(b, "                   "[:seqWidth]...)
-	b = append(b, `,"time":"`...)
-	b = appendTime(b, at)
-	b = append(b, `","kind":`...)
+	// The time as the chain hashes it (Unix nanoseconds): formatting it
+	// as text cost the data path a third of the frame's head, and reading
+	// it back the shipper a tenth of its decoding.
+	b = append(b, `,"time_ns":`...)
+	b = strconv.AppendInt(b, at.UnixNano(), 10)
+	b = append(b, `,"kind":`...)
 	b = appendJSONString(b, kind)
 	b = append(b, `,"session":`...)
 	b = appendJSONString(b, sess)
@@ -897,9 +905,15 @@ func decodePayload(payload []byte, names *nameCache) (pending, error) {
 	if p, ok := decodeOwn(payload, names); ok {
 		return p, nil
 	}
-	var p pending
-	err := json.Unmarshal(payload, &p)
-	return p, err
+	var f struct {
+		pending
+		TimeNS *int64 `json:"time_ns"`
+	}
+	err := json.Unmarshal(payload, &f)
+	if f.TimeNS != nil {
+		f.Time = time.Unix(0, *f.TimeNS).UTC()
+	}
+	return f.pending, err
 }
 
 func decodeOwn(b []byte, names *nameCache) (pending, bool) {
@@ -912,22 +926,32 @@ func decodeOwn(b []byte, names *nameCache) (pending, bool) {
 	if !ok {
 		return p, false
 	}
-	if rest, ok = cutPrefix(rest, `,"time":"`); !ok {
-		return p, false
-	}
-	i := bytes.IndexByte(rest, '"')
-	if i < 0 {
-		return p, false
-	}
-	t, ok := parseOwnTime(rest[:i])
-	if !ok {
-		var err error
-		if t, err = time.Parse(time.RFC3339Nano, string(rest[:i])); err != nil {
+	if r, ok := cutPrefix(rest, `,"time_ns":`); ok {
+		var ns int64
+		if ns, rest, ok = jsonInt(r); !ok {
 			return p, false
 		}
+		p.Time = time.Unix(0, ns).UTC()
+	} else {
+		// A frame of the previous version: the time as RFC 3339 text.
+		if rest, ok = cutPrefix(rest, `,"time":"`); !ok {
+			return p, false
+		}
+		i := bytes.IndexByte(rest, '"')
+		if i < 0 {
+			return p, false
+		}
+		t, ok := parseOwnTime(rest[:i])
+		if !ok {
+			var err error
+			if t, err = time.Parse(time.RFC3339Nano, string(rest[:i])); err != nil {
+				return p, false
+			}
+		}
+		p.Time = t
+		rest = rest[i+1:]
 	}
-	p.Time = t
-	if rest, ok = cutPrefix(rest[i+1:], `,"kind":`); !ok {
+	if rest, ok = cutPrefix(rest, `,"kind":`); !ok {
 		return p, false
 	}
 	if p.Kind, rest, ok = plainString(rest, names); !ok {
@@ -955,6 +979,27 @@ func decodeOwn(b []byte, names *nameCache) (pending, bool) {
 	}
 	p.Data = data
 	return p, true
+}
+
+// jsonInt reads an integer as JSON writes it (-?(0|[1-9][0-9]*)) that
+// fits an int64, followed by more of the object.
+func jsonInt(b []byte) (int64, []byte, bool) {
+	n := 0
+	if n < len(b) && b[n] == '-' {
+		n++
+	}
+	d := n
+	for n < len(b) && n-d < 20 && b[n] >= '0' && b[n] <= '9' {
+		n++
+	}
+	if n == d || (n-d > 1 && b[d] == '0') || n >= len(b) || b[n] != ',' {
+		return 0, b, false
+	}
+	v, err := strconv.ParseInt(unsafe.String(unsafe.SliceData(b), n), 10, 64)
+	if err != nil {
+		return 0, b, false
+	}
+	return v, b[n:], true
 }
 
 func isSpace(c byte) bool { return c == ' ' || c == '\t' || c == '\r' || c == '\n' }

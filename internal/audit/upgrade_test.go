@@ -1,0 +1,170 @@
+package audit
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// oldFramePayload is p's payload as journals before time_ns wrote it: the
+// time as RFC 3339 text.
+func oldFramePayload(p *pending) []byte {
+	b := []byte(`{"seq":`)
+	b = append(b, fmt.Sprintf("%-*d", seqWidth, p.Seq)...)
+	b = append(b, `,"time":"`...)
+	b = appendTime(b, p.Time)
+	b = append(b, `","kind":`...)
+	b = appendJSONString(b, p.Kind)
+	b = append(b, `,"session":`...)
+	b = appendJSONString(b, p.Session)
+	b = append(b, `,"data":`...)
+	b = append(b, p.Data...)
+	return append(b, '}')
+}
+
+// oldFrame is p as a whole frame of the previous version.
+func oldFrame(p *pending) []byte {
+	payload := oldFramePayload(p)
+	b := make([]byte, frameHeader, frameHeader+len(payload))
+	b = append(b, payload...)
+	checksum(b)
+	return b
+}
+
+// oldRecords are what a daemon of the previous version journaled: a
+// session's start, statements, its end.
+func oldRecords(n int) []pending {
+	at := time.Date(2026, 11, 29, 23, 59, 59, 123456700, time.UTC)
+	out := []pending{{Seq: 1, Time: at, Kind: kindStart, Session: "old-session",
+		Data: json.RawMessage(`{"connection":"prod","target":"db","protocol":"postgres","person":{"name":"alice","uid":1001},"process":{"pid":4242,"exe":"/usr/bin/psql"}}`)}}
+	for i := 0; i < n; i++ {
+		out = append(out, pending{Seq: int64(len(out) + 1), Time: at.Add(time.Duration(i+1) * time.Millisecond), Kind: kindStatement, Session: "old-session",
+			Data: json.RawMessage(`{"protocol":"simple","sql":"SELECT ` + strconv.Itoa(i) + `","rows":1,"bytes":1,"duration_us":5,"number":` + strconv.Itoa(i+1) + `}`)})
+	}
+	// A whole second: no fraction in the old text.
+	return append(out, pending{Seq: int64(len(out) + 1), Time: at.Truncate(time.Second).Add(time.Second), Kind: kindEnd, Session: "old-session",
+		Data: json.RawMessage(`{"reason":"client_quit","duration_ms":3,"bytes_in":1,"bytes_out":1}`)})
+}
+
+// plantRing writes frames as the ring a killed daemon left for the journal
+// folder dir (created if need be).
+func plantRing(t *testing.T, dir string, frames []byte) {
+	t.Helper()
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(dir, &st); err != nil {
+		t.Fatal(err)
+	}
+	path := ringPath(dir)
+	if path == "" {
+		t.Skip("no tmpfs for a ring here")
+	}
+	const size = 1 << 16
+	mem := make([]byte, ringHeader+size)
+	copy(mem, ringMagic)
+	binary.LittleEndian.PutUint64(mem[offSize:], size)
+	binary.LittleEndian.PutUint64(mem[offDev:], uint64(st.Dev))
+	binary.LittleEndian.PutUint64(mem[offIno:], st.Ino)
+	binary.LittleEndian.PutUint64(mem[offHead:], uint64(len(frames)))
+	copy(mem[ringHeader:], frames)
+	if err := os.WriteFile(path, mem, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.Remove(path) })
+}
+
+// A journal left by the previous version at an upgrade (frames with the
+// time as text, in the segments, in the ring a killed daemon left, or
+// both) is read, shipped and chained as it would have been: the same
+// times, so the same hashes; new frames follow it.
+func TestJournalOfThePreviousVersion(t *testing.T) {
+	const statements = 40
+	for _, tc := range []struct {
+		name      string
+		inSegment int // how many of the records are in a segment; the rest in the ring
+	}{
+		{"segment", statements + 2},
+		{"ring", 0},
+		{"segment and ring", statements / 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			recs := oldRecords(statements)
+			state := t.TempDir()
+			dir := filepath.Join(state, "audit", "journal")
+			if err := os.MkdirAll(dir, 0o700); err != nil {
+				t.Fatal(err)
+			}
+			var seg, rg []byte
+			for i := range recs {
+				if i < tc.inSegment {
+					seg = append(seg, oldFrame(&recs[i])...)
+				} else {
+					rg = append(rg, oldFrame(&recs[i])...)
+				}
+			}
+			if err := os.WriteFile(filepath.Join(dir, fmt.Sprintf("%020d.seg", 1)), seg, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if len(rg) > 0 {
+				plantRing(t, dir, rg)
+			}
+
+			ctx := context.Background()
+			w, err := Open(ctx, Options{StateDir: state, CommitInterval: time.Hour})
+			if err != nil {
+				t.Fatal(err)
+			}
+			// Then the new daemon's first key, in the new form.
+			got, err := w.j.read(0, 1000)
+			if err != nil || len(got) != len(recs)+1 || got[len(recs)].Kind != KindKey {
+				t.Fatalf("read %d records, want the %d of the previous version and a key: %v", len(got), len(recs), err)
+			}
+			for i, p := range got[:len(recs)] {
+				want := recs[i]
+				if p.Seq != want.Seq || !p.Time.Equal(want.Time) || p.Kind != want.Kind || p.Session != want.Session || string(p.Data) != string(want.Data) {
+					t.Fatalf("record %d read as %+v, want %+v", i+1, p, want)
+				}
+			}
+			// A new record after them, in the new form.
+			s := fakeSession(w, 1001, "alice", "/usr/bin/psql")
+			writeSession(s, 1)
+			if err := w.Seal(ctx); err != nil {
+				t.Fatal(err)
+			}
+			stored, err := w.Store().Scan(ctx, "", 0, 1000)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(stored) != len(recs)+4 {
+				t.Fatalf("store holds %d records, want %d", len(stored), len(recs)+4)
+			}
+			// The chain over the old records, computed from what the
+			// previous version journaled, is the stored one.
+			want := make([]Record, len(recs))
+			for i, p := range recs {
+				want[i] = Record{Schema: Schema, Daemon: w.Daemon(), Seq: p.Seq, Time: p.Time, Kind: p.Kind, Session: p.Session, Data: p.Data}
+			}
+			chainRecords(genesis, want)
+			for i := range want {
+				if g := stored[i]; g.Hash != want[i].Hash || g.PrevHash != want[i].PrevHash || !g.Time.Equal(want[i].Time) {
+					t.Fatalf("record %d stored as %+v, want %+v", i+1, g, want[i])
+				}
+			}
+			if rep, err := Verify(ctx, w.Store(), "", w.Expect()); err != nil || !rep.OK {
+				t.Fatalf("verify: %v %+v", err, rep.First)
+			}
+			_ = w.j.close()
+			_ = w.store.Close()
+		})
+	}
+}
