@@ -545,11 +545,9 @@ func writeBoth(f *os.File, a, b []byte) (int, error) {
 // appendJSONString appends s as a JSON string; kinds and session ids are
 // plain ASCII, anything else goes through encoding/json.
 func appendJSONString(b []byte, s string) []byte {
-	for i := 0; i < len(s); i++ {
-		if c := s[i]; c < 0x20 || c >= 0x7f || c == '"' || c == '\\' {
-			q, _ := json.Marshal(s)
-			return append(b, q...)
-		}
+	if plainPrefix(s) < len(s) {
+		q, _ := json.Marshal(s)
+		return append(b, q...)
 	}
 	b = append(b, '"')
 	b = append(b, s...)
