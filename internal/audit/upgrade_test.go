@@ -168,3 +168,31 @@ func TestJournalOfThePreviousVersion(t *testing.T) {
 		})
 	}
 }
+
+// digits gives what strconv.ParseInt does for what it reads, at the edges
+// of int64 and past them.
+func TestDigits(t *testing.T) {
+	for _, tc := range []struct {
+		in  string
+		neg bool
+		ok  bool
+	}{
+		{"0", false, true}, {"7", true, true}, {"1764500000123456789", false, true},
+		{"9223372036854775807", false, true}, {"9223372036854775808", false, false},
+		{"9223372036854775808", true, true}, {"9223372036854775809", true, false},
+		{"9999999999999999999", false, false}, {"12345678901234567890", false, false},
+		{"", false, false}, {"1a", false, false}, {"1 ", false, false},
+	} {
+		t.Run(tc.in, func(t *testing.T) {
+			got, ok := digits([]byte(tc.in), tc.neg)
+			s := tc.in
+			if tc.neg {
+				s = "-" + s
+			}
+			want, err := strconv.ParseInt(s, 10, 64)
+			if ok != tc.ok || ok != (err == nil) || (ok && got != want) {
+				t.Fatalf("digits(%q, %v) = %d, %v; ParseInt(%q) = %d, %v", tc.in, tc.neg, got, ok, s, want, err)
+			}
+		})
+	}
+}
