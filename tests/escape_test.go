@@ -474,10 +474,11 @@ func TestTrackedMapFullFailsClosed(t *testing.T) {
 		_ = m.Delete(k)
 	}
 	filler = nil
-	deadline := time.Now().Add(15 * time.Second)
+	// Bounded generously: the rebuild walks /proc, slow on a loaded machine.
+	deadline := time.Now().Add(45 * time.Second)
 	for e.status().Selection.TrackingIncomplete {
 		if time.Now().After(deadline) {
-			t.Fatalf("tracking still incomplete 15s after the map had room:\n%s", e.daemonOut.String())
+			t.Fatalf("tracking still incomplete 45s after the map had room:\n%s", e.daemonOut.String())
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
@@ -591,7 +592,7 @@ func TestTreeContainment(t *testing.T) {
 	// Cursor and its child end up in one tree cgroup under airlock.tree.
 	treeRoot := filepath.Join(e.cgroupRel, intercept.TreeCgroupName) + "/"
 	var cg string
-	deadline := time.Now().Add(15 * time.Second)
+	deadline := time.Now().Add(45 * time.Second) // generous: a loaded machine
 	for {
 		cg = procCgroup(cmd.Process.Pid)
 		kids := childPIDs(cmd.Process.Pid)

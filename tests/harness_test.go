@@ -7,8 +7,10 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	mrand "math/rand/v2"
 	"net"
 	"net/netip"
 	"os"
@@ -474,14 +476,52 @@ func echoServer(t *testing.T, h *testnet.Host, name, addr string) {
 	t.Fatalf("echo server at %s did not come up", addr)
 }
 
+// freePort picks a port for a daemon to bind later on both loopbacks. It
+// is taken below the kernel's ephemeral range, and never twice in one
+// run: a port the kernel handed out (net.Listen on :0) and that was then
+// released can be taken again as the source port of any outgoing
+// connection (pgbench's, the tests' own) before the daemon binds it, which
+// under load made a daemon fail with "address already in use".
 func freePort(t *testing.T) int {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	t.Helper()
+	lo, hi := 20000, 32000
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		var elo, ehi int
+		if n, _ := fmt.Sscan(string(b), &elo, &ehi); n == 2 && elo <= hi && ehi >= lo {
+			// A machine whose ephemeral range covers ours: below it.
+			lo, hi = 10000, elo
+		}
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	portsMu.Lock()
+	defer portsMu.Unlock()
+	for range 500 {
+		p := lo + mrand.IntN(hi-lo)
+		if portsGiven[p] {
+			continue
+		}
+		l4, err := net.Listen("tcp4", fmt.Sprintf("127.0.0.1:%d", p))
+		if err != nil {
+			continue
+		}
+		l6, err := net.Listen("tcp6", fmt.Sprintf("[::1]:%d", p))
+		l4.Close()
+		if err != nil && !errors.Is(err, syscall.EADDRNOTAVAIL) {
+			continue
+		}
+		if l6 != nil {
+			l6.Close()
+		}
+		portsGiven[p] = true
+		return p
+	}
+	t.Fatalf("no free port between %d and %d", lo, hi)
+	return 0
 }
+
+var (
+	portsMu    sync.Mutex
+	portsGiven = map[int]bool{}
+)
 
 type lockedBuffer struct {
 	mu sync.Mutex

@@ -322,6 +322,11 @@ result sample the client saw where one was recorded.
 				fmt.Printf("    → %s\n", outcome(st))
 				if sm := st.Sample; sm != nil {
 					fmt.Printf("    | %s\n", strings.Join(sm.Columns, " | "))
+					// airlockd renders stored samples; one it could
+					// not render comes as stored, and says why here.
+					if err := sm.Render(); err != nil {
+						fmt.Printf("    | (%v)\n", err)
+					}
 					for _, row := range sm.Rows {
 						cells := make([]string, len(row))
 						for i, v := range row {

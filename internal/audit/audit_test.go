@@ -1,7 +1,9 @@
 package audit
 
 import (
+	"bytes"
 	"context"
+	"database/sql"
 	"encoding/json"
 	"fmt"
 	"net/netip"
@@ -160,51 +162,100 @@ func TestVerifyCatchesTampering(t *testing.T) {
 		rs[i], rs[j] = rs[j], rs[i]
 		return renumber(rs)
 	}
+	// files tamper with an embedded store's block files (nothing to do on
+	// the team store, whose text is inline).
+	type filesTamper func(t *testing.T, st *Store, daemon string)
 	cases := []struct {
 		name    string
 		chain   func(rs []Record) []Record // rs[i] is seq i+1
 		tamper  []string                   // SQL after the chain tamper, %s = daemon
-		kind    string
+		files   filesTamper
+		kind    string // cases with "block file" or "rows" in the name tamper with what only the embedded store has
 		seq     int64
 		message string
 	}{
-		{"edit statement text in a block", nil,
-			[]string{`UPDATE audit_blocks SET records = REPLACE(records, 'SELECT 2', 'SELECT 9') WHERE daemon = '%s' AND first_seq = 4`},
-			BreakEdited, 5, "was edited"},
+		{"edit statement text in a block", nil, nil, func(t *testing.T, st *Store, daemon string) {
+			editBlockText(t, st, daemon, 4, func(b []byte) []byte { return bytes.Replace(b, []byte("SELECT 2"), []byte("SELECT 9"), 1) })
+		}, BreakEdited, 5, "was edited"},
+		{"edit a byte between records in a block file", nil, nil, func(t *testing.T, st *Store, daemon string) {
+			// A space where the line ends: every record still reads and
+			// hashes as it did; only the block's checksum tells.
+			editBlockText(t, st, daemon, 4, func(b []byte) []byte {
+				b[bytes.IndexByte(b, '\n')] = ' '
+				return b
+			})
+		}, BreakEdited, 4, "no longer matches its checksum"},
+		{"cut a block file", nil, nil, func(t *testing.T, st *Store, daemon string) {
+			ref := blockRef(t, st, daemon, 4)
+			if err := os.Truncate(filepath.Join(st.files.dir, ref.name), ref.off); err != nil {
+				t.Fatal(err)
+			}
+		}, BreakDeleted, 4, "seq 4 to 6 were deleted: the text of the block stored from seq 4 to 6 is gone"},
+		{"cut a block file inside a record", nil, nil, func(t *testing.T, st *Store, daemon string) {
+			ref := blockRef(t, st, daemon, 4)
+			text, _ := st.files.readText(ref)
+			if err := os.Truncate(filepath.Join(st.files.dir, ref.name), ref.off+int64(bytes.IndexByte(text, '\n'))+5); err != nil {
+				t.Fatal(err)
+			}
+		}, BreakDeleted, 5, "seq 5 to 6 were deleted"},
+		{"remove a block file", nil, nil, func(t *testing.T, st *Store, daemon string) {
+			if err := os.Remove(filepath.Join(st.files.dir, blockRef(t, st, daemon, 4).name)); err != nil {
+				t.Fatal(err)
+			}
+		}, BreakDeleted, 1, "seq 1 to 3 were deleted"},
+		{"swap two blocks' bytes in their file", nil, nil, func(t *testing.T, st *Store, daemon string) {
+			a, b := blockRef(t, st, daemon, 4), blockRef(t, st, daemon, 7)
+			path := filepath.Join(st.files.dir, a.name)
+			f, err := os.ReadFile(path)
+			if err != nil || b.name != a.name || a.off+a.length != b.off {
+				t.Fatalf("blocks 4 and 7 not side by side in one file: %+v %+v %v", a, b, err)
+			}
+			swapped := slices.Concat(f[:a.off], f[b.off:b.off+b.length], f[a.off:a.off+a.length], f[b.off+b.length:])
+			if err := os.WriteFile(path, swapped, 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}, BreakEdited, 4, "no longer matches its checksum"},
+		{"swap two blocks' places in their rows", nil, []string{
+			`UPDATE audit_blocks SET file_off = (SELECT file_off FROM audit_blocks WHERE first_seq = 7), file_len = (SELECT file_len FROM audit_blocks WHERE first_seq = 7),
+				text_crc = (SELECT text_crc FROM audit_blocks WHERE first_seq = 7) WHERE daemon = '%s' AND first_seq = 4`}, nil,
+			BreakEdited, 4, "holds records 7 to 9"},
 		{"edit statement text, blocks rewritten", func(rs []Record) []Record {
 			rs[4].Data = json.RawMessage(strings.Replace(string(rs[4].Data), "SELECT 2", "SELECT 9", 1))
 			return rs
-		}, nil, BreakEdited, 5, "was edited"},
+		}, nil, nil, BreakEdited, 5, "was edited"},
 		{"edit a search column", nil, []string{`UPDATE audit_sessions SET person = 'mallory' WHERE daemon = '%s'`},
-			BreakEdited, 2, "search columns"},
+			nil, BreakEdited, 2, "search columns"},
 		{"hide a session from the list", nil, []string{`DELETE FROM audit_sessions WHERE daemon = '%s'`},
-			BreakEdited, 2, "search columns"},
+			nil, BreakEdited, 2, "search columns"},
 		{"edit the session index", nil, []string{`UPDATE audit_session_blocks SET statements = 0 WHERE daemon = '%s' AND first_seq = 4`},
-			BreakEdited, 4, "session index"},
+			nil, BreakEdited, 4, "session index"},
 		{"delete a record", func(rs []Record) []Record { return slices.Delete(rs, 3, 4) }, nil,
-			BreakDeleted, 4, "seq 4 to 4 were deleted"},
+			nil, BreakDeleted, 4, "seq 4 to 4 were deleted"},
 		{"delete a block", nil, []string{`DELETE FROM audit_blocks WHERE daemon = '%s' AND first_seq = 4`},
-			BreakDeleted, 4, "seq 4 to 6 were deleted"},
+			nil, BreakDeleted, 4, "seq 4 to 6 were deleted"},
 		{"delete the first records", func(rs []Record) []Record { return rs[2:] }, nil,
-			BreakDeleted, 3, "records before seq 3 were deleted"},
+			nil, BreakDeleted, 3, "records before seq 3 were deleted"},
 		{"reorder two records", func(rs []Record) []Record { return swap(rs, 3, 4) }, nil,
-			BreakReordered, 4, "was reordered"},
+			nil, BreakReordered, 4, "was reordered"},
 		{"reorder two blocks", func(rs []Record) []Record {
 			return renumber(slices.Concat(rs[:3], rs[6:9], rs[3:6]))
-		}, nil, BreakReordered, 4, "now at seq 9"},
+		}, nil, nil, BreakReordered, 4, "now at seq 9"},
 		{"truncate the tail", nil, []string{`DELETE FROM audit_blocks WHERE daemon = '%s' AND first_seq > 6`},
-			BreakTruncated, 7, "tail truncated"},
+			nil, BreakTruncated, 7, "tail truncated"},
 		{"truncate the tail, blocks rewritten", func(rs []Record) []Record { return rs[:6] }, nil,
-			BreakTruncated, 7, "tail truncated"},
+			nil, BreakTruncated, 7, "tail truncated"},
 		{"truncate the tail with its checkpoints", nil, []string{`DELETE FROM audit_blocks WHERE daemon = '%s' AND first_seq > 6`,
 			`DELETE FROM audit_checkpoints WHERE daemon = '%s'`},
-			BreakTruncated, 7, "tail truncated"},
+			nil, BreakTruncated, 7, "tail truncated"},
 		{"forge a checkpoint", nil, []string{`UPDATE audit_checkpoints SET hash = '` + genesis + `' WHERE daemon = '%s'`},
-			BreakForged, 0, "does not verify"},
+			nil, BreakForged, 0, "does not verify"},
 	}
 	for _, sk := range stores(t) {
 		for _, tc := range cases {
 			t.Run(sk.name+"/"+tc.name, func(t *testing.T) {
+				if sk.name != "sqlite" && (strings.Contains(tc.name, "file") || strings.Contains(tc.name, "rows")) {
+					t.Skip("the team store keeps its text inline")
+				}
 				spec, pw := sk.open(t)
 				state := t.TempDir()
 				w, cancel, done := openWriter(t, state, spec, pw, Policy{})
@@ -240,6 +291,9 @@ func TestVerifyCatchesTampering(t *testing.T) {
 						t.Fatalf("tamper %q changed nothing", q)
 					}
 				}
+				if tc.files != nil {
+					tc.files(t, st, exp.Daemon)
+				}
 				rep, err := Verify(ctx, st, "", exp)
 				if err != nil {
 					t.Fatal(err)
@@ -258,6 +312,54 @@ func TestVerifyCatchesTampering(t *testing.T) {
 				}
 			})
 		}
+	}
+}
+
+// blockRef is where the text of daemon's block from first is kept.
+func blockRef(t *testing.T, st *Store, daemon string, first int64) fileRef {
+	t.Helper()
+	var file, sum sql.NullString
+	var off, length sql.NullInt64
+	if err := st.db.QueryRow(st.q(`SELECT `+fileCols+` FROM audit_blocks WHERE daemon = ? AND first_seq = ?`), daemon, first).Scan(&file, &off, &length, &sum); err != nil {
+		t.Fatalf("find the block from seq %d: %v", first, err)
+	}
+	ref, ok := textRef(file, off, length, sum)
+	if !ok {
+		t.Fatalf("the block from seq %d has its text inline", first)
+	}
+	return ref
+}
+
+// editBlockText changes the text of daemon's block from first by edit, as
+// whoever can write the store's files would: in its block file, where the
+// text is kept there, else in its row.
+func editBlockText(t *testing.T, st *Store, daemon string, first int64, edit func([]byte) []byte) {
+	t.Helper()
+	var text string
+	var file, sum sql.NullString
+	var off, length sql.NullInt64
+	if err := st.db.QueryRow(st.q(`SELECT records, `+fileCols+` FROM audit_blocks WHERE daemon = ? AND first_seq = ?`), daemon, first).Scan(&text, &file, &off, &length, &sum); err != nil {
+		t.Fatalf("find the block from seq %d: %v", first, err)
+	}
+	ref, inFile := textRef(file, off, length, sum)
+	if !inFile {
+		if _, err := st.db.Exec(st.q(`UPDATE audit_blocks SET records = ? WHERE daemon = ? AND first_seq = ?`), string(edit([]byte(text))), daemon, first); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	path := filepath.Join(st.files.dir, ref.name)
+	f, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := slices.Clone(f[ref.off : ref.off+ref.length])
+	edited := edit(slices.Clone(old))
+	if bytes.Equal(edited, old) {
+		t.Fatalf("the edit of the block from seq %d changed nothing", first)
+	}
+	if err := os.WriteFile(path, slices.Concat(f[:ref.off], edited, f[ref.off+ref.length:]), 0o600); err != nil {
+		t.Fatal(err)
 	}
 }
 

@@ -120,6 +120,9 @@ type block struct {
 	First, Last int64
 	Records     []Record
 	Err         error // the text did not parse; Records holds what did
+	// TextErr: the text is not in its block file as stored (missing, cut,
+	// or not matching the row's checksum); Records holds what was there.
+	TextErr error
 }
 
 // sessionBlock is one audit_session_blocks row: what a block holds of a
@@ -232,9 +235,18 @@ func (s *Store) writeBlock(ctx context.Context, tx *sql.Tx, recs []Record, cols 
 		s.buf = text
 	}
 	first, last := &recs[0], &recs[len(recs)-1]
-	// The drivers copy the text while binding it and keep nothing after
-	// the call: a string over the buffer spares a copy of the block.
-	if err := s.exec(ctx, tx, `INSERT INTO audit_blocks (daemon, first_seq, last_seq, last_ns, records) VALUES (?, ?, ?, ?, ?)`,
+	if s.filesOn {
+		ref, err := s.files.write(ctx, first.Daemon, s.endsIn(tx), text)
+		if err != nil {
+			return fmt.Errorf("store the block of records %d to %d: %w", first.Seq, last.Seq, err)
+		}
+		if err := s.exec(ctx, tx, `INSERT INTO audit_blocks (daemon, first_seq, last_seq, last_ns, records, file, file_off, file_len, text_crc) VALUES (?, ?, ?, ?, '', ?, ?, ?, ?)`,
+			first.Daemon, first.Seq, last.Seq, last.Time.UnixNano(), ref.name, ref.off, ref.length, ref.sum); err != nil {
+			return fmt.Errorf("insert the block of records %d to %d: %w", first.Seq, last.Seq, err)
+		}
+	} else if err := s.exec(ctx, tx, `INSERT INTO audit_blocks (daemon, first_seq, last_seq, last_ns, records) VALUES (?, ?, ?, ?, ?)`,
+		// The drivers copy the text while binding it and keep nothing
+		// after the call: a string over the buffer spares a copy.
 		first.Daemon, first.Seq, last.Seq, last.Time.UnixNano(), unsafe.String(unsafe.SliceData(text), len(text))); err != nil {
 		return fmt.Errorf("insert the block of records %d to %d: %w", first.Seq, last.Seq, err)
 	}
@@ -281,10 +293,10 @@ func (s *Store) eachBlock(ctx context.Context, daemon string, afterSeq int64, fn
 		var rows *sql.Rows
 		var err error
 		if firstQ {
-			rows, err = s.db.QueryContext(ctx, s.q(`SELECT first_seq, last_seq, records FROM audit_blocks
+			rows, err = s.db.QueryContext(ctx, s.q(`SELECT first_seq, last_seq, records, `+fileCols+` FROM audit_blocks
 				WHERE daemon = ? AND last_seq > ? ORDER BY first_seq LIMIT ?`), daemon, afterSeq, blocksPage)
 		} else {
-			rows, err = s.db.QueryContext(ctx, s.q(`SELECT first_seq, last_seq, records FROM audit_blocks
+			rows, err = s.db.QueryContext(ctx, s.q(`SELECT first_seq, last_seq, records, `+fileCols+` FROM audit_blocks
 				WHERE daemon = ? AND first_seq > ? ORDER BY first_seq LIMIT ?`), daemon, afterFirst, blocksPage)
 		}
 		if err != nil {
@@ -294,10 +306,13 @@ func (s *Store) eachBlock(ctx context.Context, daemon string, afterSeq int64, fn
 		for rows.Next() {
 			b := &block{}
 			var text string
-			if err := rows.Scan(&b.First, &b.Last, &text); err != nil {
+			var file, sum sql.NullString
+			var off, length sql.NullInt64
+			if err := rows.Scan(&b.First, &b.Last, &text, &file, &off, &length, &sum); err != nil {
 				rows.Close()
 				return fmt.Errorf("read the audit records of %s: %w", daemon, err)
 			}
+			text, b.TextErr = s.blockText(text, file, off, length, sum)
 			b.Records, b.Err = parseBlock(daemon, text)
 			page = append(page, b)
 		}
@@ -317,6 +332,10 @@ func (s *Store) eachBlock(ctx context.Context, daemon string, afterSeq int64, fn
 		firstQ, afterFirst = false, page[len(page)-1].First
 	}
 }
+
+// fileCols are the columns that say where a block's text is (NULL when
+// it is inline).
+const fileCols = `file, file_off, file_len, text_crc`
 
 // sessionBlocks returns the audit_session_blocks rows of daemon's block
 // that starts at first.

@@ -144,10 +144,12 @@ func TestDamagedNewestBlockKeepsRecording(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			res, err := st.db.ExecContext(ctx, `UPDATE audit_blocks SET records = 'not records' WHERE first_seq = (SELECT MAX(first_seq) FROM audit_blocks)`)
-			if n, _ := res.RowsAffected(); err != nil || n != 1 {
-				t.Fatalf("damage the newest block: %v", err)
+			var daemon string
+			var newest int64
+			if err := st.db.QueryRowContext(ctx, `SELECT daemon, first_seq FROM audit_blocks ORDER BY first_seq DESC LIMIT 1`).Scan(&daemon, &newest); err != nil {
+				t.Fatal(err)
 			}
+			editBlockText(t, st, daemon, newest, func(b []byte) []byte { return append([]byte("not records"), b[len("not records"):]...) })
 			st.Close()
 
 			w2, cancel2, done2 := openWriter(t, state, spec, pw, Policy{})
@@ -202,7 +204,7 @@ func TestBlocksBoundedInBytes(t *testing.T) {
 				t.Fatal(err)
 			}
 			var blocks, longest int
-			if err := st.db.QueryRowContext(ctx, `SELECT count(*), max(length(records)) FROM audit_blocks`).Scan(&blocks, &longest); err != nil {
+			if err := st.db.QueryRowContext(ctx, `SELECT count(*), max(file_len) FROM audit_blocks`).Scan(&blocks, &longest); err != nil {
 				t.Fatal(err)
 			}
 			if blocks < tc.minBlocks || blocks > tc.maxBlocks || (tc.dataBytes < maxBlockBytes && longest > maxBlockBytes) {

@@ -24,7 +24,8 @@ var statementFields = []string{
 	"Number number,omitempty",
 }
 
-var sampleFields = []string{"Columns columns", "Rows rows", "Truncated truncated,omitempty"}
+var sampleFields = []string{"Columns columns", "Rows rows", "Truncated truncated,omitempty",
+	"OIDs oids,omitempty", "Formats formats,omitempty", "Data data,omitempty"}
 
 // fastStatement is whether Statement (and ResultSample) still have exactly
 // the fields appendStatement encodes.
@@ -82,25 +83,7 @@ func appendStatement(b []byte, st *Statement) []byte {
 	b = appendOpt(b, `,"decision":`, st.Decision)
 	b = appendOpt(b, `,"rule":`, st.Rule)
 	if s := st.Sample; s != nil {
-		b = append(b, `,"sample":{"columns":`...)
-		b = appendStrings(b, s.Columns)
-		b = append(b, `,"rows":`...)
-		if s.Rows == nil {
-			b = append(b, "null"...)
-		} else {
-			b = append(b, '[')
-			for i, r := range s.Rows {
-				if i > 0 {
-					b = append(b, ',')
-				}
-				b = appendNullableStrings(b, r)
-			}
-			b = append(b, ']')
-		}
-		if s.Truncated {
-			b = append(b, `,"truncated":true`...)
-		}
-		b = append(b, '}')
+		b = appendSample(b, s)
 	}
 	if st.Number != 0 {
 		b = append(b, `,"number":`...)

@@ -2,6 +2,7 @@ package audit
 
 import (
 	"context"
+	"database/sql"
 	"encoding/json"
 	"fmt"
 	"strings"
@@ -135,7 +136,7 @@ func (s *Store) Session(ctx context.Context, id string, uid *uint32) (*SessionDe
 		}
 	}
 	// The blocks that hold the session's records, read and filtered.
-	brows, err := s.db.QueryContext(ctx, s.q(`SELECT b.daemon, b.first_seq, b.records FROM audit_session_blocks sb
+	brows, err := s.db.QueryContext(ctx, s.q(`SELECT b.daemon, b.first_seq, b.records, b.file, b.file_off, b.file_len, b.text_crc FROM audit_session_blocks sb
 		JOIN audit_blocks b ON b.daemon = sb.daemon AND b.first_seq = sb.first_seq
 		WHERE sb.session = ? ORDER BY b.daemon, b.first_seq`), id)
 	if err != nil {
@@ -145,8 +146,14 @@ func (s *Store) Session(ctx context.Context, id string, uid *uint32) (*SessionDe
 	for brows.Next() {
 		var daemon, text string
 		var first int64
-		if err := brows.Scan(&daemon, &first, &text); err != nil {
+		var file, sum sql.NullString
+		var off, length sql.NullInt64
+		if err := brows.Scan(&daemon, &first, &text, &file, &off, &length, &sum); err != nil {
 			return nil, fmt.Errorf("read session %s: %w", id, err)
+		}
+		text, err := s.blockText(text, file, off, length, sum)
+		if err != nil {
+			return nil, fmt.Errorf("read session %s: the block at seq %d of %s cannot be read (airlock audit verify names the damage): %w", id, first, daemon, err)
 		}
 		recs, err := parseBlock(daemon, text)
 		if err != nil {

@@ -39,6 +39,11 @@ type Record struct {
 	Data     json.RawMessage `json:"data"`
 	PrevHash string          `json:"prev_hash"`
 	Hash     string          `json:"hash"`
+	// HashedData is set only on a record handed out with its data
+	// rewritten for reading (RenderSample: a result sample stored as wire
+	// bytes, rendered): the data as stored, the bytes the chain hashed, so
+	// that an export can still be checked link by link without the store.
+	HashedData json.RawMessage `json:"hashed_data,omitempty"`
 }
 
 // SessionStart is the data of a session.start record.
@@ -138,10 +143,21 @@ type RevealData = session.Reveal
 // ResultSample is a bounded prefix of a result exactly as the client saw it
 // (after masking): column names, the first rows (null for SQL NULL), and
 // whether the caps (audit.sample_rows, audit.sample_bytes) left some out.
+//
+// It has two forms. Rendered (what export, replay and records written
+// before the stored form have): Rows. Stored (what the daemon writes):
+// Rows null, the rows as the wire bytes they were in Data (package
+// rowsample's form, base64 in JSON), with each column's type (OIDs) and
+// format (Formats, by Bind's rules); Render turns it into the rendered
+// form when a record is read, so the data path neither renders nor
+// escapes values.
 type ResultSample struct {
 	Columns   []string    `json:"columns"`
 	Rows      [][]*string `json:"rows"`
 	Truncated bool        `json:"truncated,omitempty"`
+	OIDs      []uint32    `json:"oids,omitempty"`
+	Formats   []int16     `json:"formats,omitempty"`
+	Data      []byte      `json:"data,omitempty"`
 }
 
 // Credential is the data of credential.create, .revoke and .sweep records.
@@ -291,8 +307,10 @@ func statementOf(s *session.Statement, pol Policy) Statement {
 	return st
 }
 
+// sampleOf is a sample's record data in the stored form (it shares s's
+// memory: the record is encoded before Record returns).
 func sampleOf(s *session.Sample) ResultSample {
-	return ResultSample{Columns: s.Columns, Rows: s.Rows, Truncated: s.Truncated}
+	return ResultSample{Columns: s.Columns, Truncated: s.Truncated, OIDs: s.OIDs, Formats: s.Formats, Data: s.Data}
 }
 
 func refusalOf(r *session.Refusal) Refusal {

@@ -346,7 +346,7 @@ func TestRecordStatementAllocatesNothing(t *testing.T) {
 	}{
 		{"simple", session.Statement{Protocol: "simple", SQL: "SELECT abalance FROM pgbench_accounts WHERE aid = 48213;", Tag: "SELECT 1", Rows: 1, Bytes: 11, Duration: 80 * time.Microsecond}},
 		{"with a sample", session.Statement{Protocol: "extended", SQL: "SELECT $1", Params: []string{"x"}, Tag: "SELECT 1", Rows: 1,
-			Sample: &session.Sample{Columns: []string{"a"}, Rows: [][]*string{{ptr("x")}}}}},
+			Sample: &session.Sample{Columns: []string{"a"}, OIDs: []uint32{25}, Data: storedRows([]string{"x"})}}},
 		{"failed", session.Statement{Protocol: "simple", SQL: "SELECT * FROM nope", SQLState: "42P01", Error: `relation "nope" does not exist`}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

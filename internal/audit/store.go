@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net/url"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -39,6 +40,14 @@ type Store struct {
 	// pgbench rates (docs/AUDIT.md, Cost).
 	stmtMu sync.Mutex
 	stmts  map[string]*sql.Stmt
+
+	// files holds an SQLite store's block text (blockfile.go); filesOn
+	// once the schema has the columns that say where (version 3).
+	files   *blockFiles
+	filesOn bool
+	// recovered: blocks a machine crash left unsettled were checked
+	// (dropUnsettled), once per open.
+	recovered bool
 }
 
 // migrations are applied in order at open; each runs once. Only append.
@@ -117,6 +126,13 @@ var migrations = []string{
 		PRIMARY KEY (session, daemon, first_seq)
 	);
 	CREATE INDEX audit_session_blocks_block ON audit_session_blocks (daemon, first_seq)`,
+	// 3: an SQLite store's block text in block files (blockfile.go): the
+	// row says where, records is left empty. The team store keeps its
+	// text in records and these columns NULL.
+	`ALTER TABLE audit_blocks ADD COLUMN file TEXT;
+	ALTER TABLE audit_blocks ADD COLUMN file_off BIGINT;
+	ALTER TABLE audit_blocks ADD COLUMN file_len BIGINT;
+	ALTER TABLE audit_blocks ADD COLUMN text_crc TEXT`,
 }
 
 // migrationCode runs, by schema version, after that migration's SQL, in
@@ -124,6 +140,7 @@ var migrations = []string{
 // stores.
 var migrationCode = map[int]func(ctx context.Context, s *Store, tx *sql.Tx) error{
 	2: moveLegacyRecords,
+	3: moveBlocksIntoFiles,
 }
 
 // OpenStore opens spec: a file path (SQLite) or a postgres:// URL, logging
@@ -149,7 +166,7 @@ func openSQLite(ctx context.Context, path string) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open audit store %s: %w", path, err)
 	}
-	s := &Store{db: db, name: "sqlite:" + path, wal: path + "-wal"}
+	s := &Store{db: db, name: "sqlite:" + path, wal: path + "-wal", files: newBlockFiles(filepath.Join(filepath.Dir(path), "blocks"))}
 	if err := s.migrate(ctx); err != nil {
 		db.Close()
 		return nil, err
@@ -181,7 +198,7 @@ func openPostgres(ctx context.Context, spec, password string) (*Store, error) {
 		u.User = url.User(u.User.Username())
 		name = u.Redacted()
 	}
-	db := stdlib.OpenDB(*cfg)
+	db := stdlib.OpenDB(*cfg, stdlib.OptionAfterConnect(preferLZ4))
 	db.SetMaxOpenConns(4)
 	db.SetConnMaxIdleTime(time.Minute)
 	s := &Store{db: db, postgres: true, name: name}
@@ -190,6 +207,19 @@ func openPostgres(ctx context.Context, spec, password string) (*Store, error) {
 		return s, err
 	}
 	return s, nil
+}
+
+// preferLZ4 has the server compress the blocks this connection stores
+// with lz4 rather than its default, pglz: a block's text is TOASTed, and
+// pglz took the team server about 14 µs of CPU per record against lz4's
+// 5 (docs/AUDIT.md "Cost"), on a server that may also be the one the
+// agents query. A server without lz4 (before PostgreSQL 14, or built
+// without it) refuses the setting; it then keeps its default, since the
+// setting only trades CPU for nothing else: what is stored reads and
+// verifies the same either way.
+func preferLZ4(ctx context.Context, c *pgx.Conn) error {
+	_, _ = c.Exec(ctx, "SET default_toast_compression = 'lz4'")
+	return nil
 }
 
 func redactURL(s string) string {
@@ -213,6 +243,9 @@ func (s *Store) Close() error {
 		delete(s.stmts, q)
 	}
 	s.stmtMu.Unlock()
+	if s.files != nil {
+		errs = append(errs, s.files.close())
+	}
 	return errors.Join(append(errs, s.db.Close())...)
 }
 
@@ -263,12 +296,12 @@ func (s *Store) q(query string) string {
 }
 
 func (s *Store) migrate(ctx context.Context) error {
-	// A store of the first layout has its records moved into blocks in
-	// the migration: that takes time in proportion to the store, so it
-	// gets more than a schema change does.
+	// A store of an earlier layout has its records moved (into blocks,
+	// into block files) in the migration: that takes time in proportion
+	// to the store, so it gets more than a schema change does.
 	timeout := 30 * time.Second
 	var v0 int
-	if s.db.QueryRowContext(ctx, `SELECT COALESCE(MAX(version), 0) FROM audit_schema`).Scan(&v0) == nil && v0 == 1 {
+	if s.db.QueryRowContext(ctx, `SELECT COALESCE(MAX(version), 0) FROM audit_schema`).Scan(&v0) == nil && v0 >= 1 && v0 < len(migrations) {
 		timeout = 30 * time.Minute
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
@@ -309,7 +342,14 @@ func (s *Store) migrate(ctx context.Context) error {
 			return fmt.Errorf("audit store %s: record migration %d: %w", s.name, i+1, err)
 		}
 	}
-	return tx.Commit()
+	if err := tx.Commit(); err != nil {
+		if s.files != nil {
+			s.files.failed()
+		}
+		return fmt.Errorf("audit store %s: commit the migration: %w", s.name, err)
+	}
+	s.filesOn = s.files != nil
+	return nil
 }
 
 // Migrate brings the schema up to date (for a store that was down at open).
@@ -341,7 +381,10 @@ func colsOf(kind string, data []byte) indexCols {
 func (s *Store) head(ctx context.Context, daemon string) (int64, string, error) {
 	var text string
 	var last int64
-	err := s.db.QueryRowContext(ctx, s.q(`SELECT last_seq, records FROM audit_blocks WHERE daemon = ? ORDER BY first_seq DESC LIMIT 1`), daemon).Scan(&last, &text)
+	var file, sum sql.NullString
+	var off, length sql.NullInt64
+	err := s.db.QueryRowContext(ctx, s.q(`SELECT last_seq, records, file, file_off, file_len, text_crc FROM audit_blocks
+		WHERE daemon = ? ORDER BY first_seq DESC LIMIT 1`), daemon).Scan(&last, &text, &file, &off, &length, &sum)
 	if errors.Is(err, sql.ErrNoRows) {
 		return 0, "", nil
 	}
@@ -351,6 +394,10 @@ func (s *Store) head(ctx context.Context, daemon string) (int64, string, error) 
 	// Only the last line is needed. A block damaged there still has its
 	// last seq: recording goes on (the hash does not link, and verify
 	// reports the damage) rather than stopping for good.
+	text, err = s.blockText(text, file, off, length, sum)
+	if err != nil && !errors.Is(err, errTextMismatch) {
+		return last, "", nil
+	}
 	t := strings.TrimRight(text, "\n")
 	recs, err := parseBlock(daemon, t[strings.LastIndexByte(t, '\n')+1:])
 	if err != nil || len(recs) != 1 {
@@ -369,6 +416,7 @@ func (s *Store) append(ctx context.Context, recs []Record, cps []Checkpoint, key
 	}
 	defer tx.Rollback()
 	if err := s.writeBlocks(ctx, tx, recs, nil, nil); err != nil {
+		s.filesFailed()
 		return err
 	}
 	for _, k := range keys {
@@ -383,16 +431,38 @@ func (s *Store) append(ctx context.Context, recs []Record, cps []Checkpoint, key
 			return fmt.Errorf("insert checkpoint %d: %w", c.Seq, err)
 		}
 	}
-	return tx.Commit()
+	if err := tx.Commit(); err != nil {
+		s.filesFailed()
+		return err
+	}
+	return nil
+}
+
+// filesFailed says the block text written for a transaction that did not
+// commit is not indexed: the file is cut back before the next write.
+func (s *Store) filesFailed() {
+	if s.files != nil {
+		s.files.failed()
+	}
 }
 
 // durable makes every transaction committed so far survive a machine
 // crash. A PostgreSQL store's commits already do. SQLite's committed
 // pages are either in the database file, synced by the checkpoint that
 // moved them there (before the WAL is reused), or in the WAL, synced here.
+// The block files are synced first: a row the caller then takes as
+// settled never names bytes a crash could take (docs/AUDIT.md,
+// Durability). Rows that reach the disk earlier, by SQLite's own
+// checkpoints or the kernel's writeback, are not settled: dropUnsettled
+// checks them at the next start.
 func (s *Store) durable() error {
 	if s.wal == "" {
 		return nil
+	}
+	if s.files != nil {
+		if err := s.files.sync(); err != nil {
+			return err
+		}
 	}
 	f, err := os.Open(s.wal)
 	if errors.Is(err, os.ErrNotExist) {
@@ -427,6 +497,9 @@ func (s *Store) Scan(ctx context.Context, afterDaemon string, afterSeq int64, li
 			after = afterSeq
 		}
 		err := s.eachBlock(ctx, d, after, func(b *block) (bool, error) {
+			if b.TextErr != nil {
+				return false, fmt.Errorf("read the audit records of %s: block at seq %d: %w", d, b.First, b.TextErr)
+			}
 			if b.Err != nil {
 				return false, fmt.Errorf("read the audit records of %s: block at seq %d: %w", d, b.First, b.Err)
 			}
@@ -533,7 +606,8 @@ func (s *Store) openSessions(ctx context.Context, daemon string, seq int64) ([]s
 
 // prune deletes daemon's blocks up to seq, with their index rows, and
 // returns how many records went; the caller makes sure a signed
-// checkpoint stands at seq, and pruneTarget that a block ends there.
+// checkpoint stands at seq, and pruneTarget that a block ends there. An
+// error with a count > 0 is the block files that could not be removed.
 func (s *Store) prune(ctx context.Context, daemon string, seq int64) (int64, error) {
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
@@ -559,7 +633,40 @@ func (s *Store) prune(ctx context.Context, daemon string, seq int64) (int64, err
 	if err := tx.Commit(); err != nil {
 		return 0, err
 	}
-	return seq - first.Int64 + 1, nil
+	n := seq - first.Int64 + 1
+	// The records are pruned either way: a file that could not be
+	// removed is tried again at the next pruning.
+	if err := s.removePrunedFiles(ctx, daemon); err != nil {
+		return n, err
+	}
+	return n, nil
+}
+
+// removePrunedFiles deletes daemon's block files whose blocks are all
+// pruned.
+func (s *Store) removePrunedFiles(ctx context.Context, daemon string) error {
+	if s.files == nil || !s.filesOn {
+		return nil
+	}
+	rows, err := s.db.QueryContext(ctx, s.q(`SELECT DISTINCT file FROM audit_blocks WHERE daemon = ? AND file IS NOT NULL`), daemon)
+	if err != nil {
+		return fmt.Errorf("list the block files in use: %w", err)
+	}
+	used := map[string]bool{}
+	for rows.Next() {
+		var f string
+		if err := rows.Scan(&f); err != nil {
+			rows.Close()
+			return fmt.Errorf("list the block files in use: %w", err)
+		}
+		used[f] = true
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("list the block files in use: %w", err)
+	}
+	_, err = s.files.removeUnused(daemon, used)
+	return err
 }
 
 // pruneTarget is the newest checkpoint of daemon older than before at

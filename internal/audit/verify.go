@@ -3,6 +3,7 @@ package audit
 import (
 	"context"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -93,7 +94,9 @@ func Verify(ctx context.Context, s *Store, daemon string, expect *Expect) (*Repo
 
 func verifyChain(ctx context.Context, s *Store, daemon string, ex *Expect) (*ChainReport, error) {
 	cr := &ChainReport{Daemon: daemon}
+	found := 0 // breaks found, also past maxBreaks
 	add := func(seq int64, kind, format string, args ...any) {
+		found++
 		if len(cr.Breaks) < maxBreaks {
 			cr.Breaks = append(cr.Breaks, Break{Daemon: daemon, Seq: seq, Kind: kind, Message: fmt.Sprintf(format, args...)})
 		}
@@ -179,17 +182,23 @@ func verifyChain(ctx context.Context, s *Store, daemon string, ex *Expect) (*Cha
 	var prev *storedRecord
 	err = s.eachBlock(ctx, daemon, 0, func(b *block) (bool, error) {
 		blocks[b.First] = true
-		if b.Err != nil {
-			add(b.First, BreakEdited, "the block of records stored from seq %d was edited: it no longer reads as records (%v)", b.First, b.Err)
+		before := found
+		lost := errors.Is(b.TextErr, errTextCut) || errors.Is(b.TextErr, errTextMissing)
+		if b.Err != nil && !lost { // text cut short does not parse to its end: reported as lost below
+			why := b.Err.Error()
+			if b.TextErr != nil {
+				why += "; " + b.TextErr.Error()
+			}
+			add(b.First, BreakEdited, "the block of records stored from seq %d was edited: it no longer reads as records (%s)", b.First, why)
 		}
-		if n := len(b.Records); n > 0 && (b.Records[0].Seq != b.First || b.Records[n-1].Seq != b.Last) {
+		if n := len(b.Records); n > 0 && (b.Records[0].Seq != b.First || (!lost && b.Records[n-1].Seq != b.Last)) {
 			add(b.First, BreakEdited, "the block stored as seq %d to %d holds records %d to %d: its columns were edited", b.First, b.Last, b.Records[0].Seq, b.Records[n-1].Seq)
 		}
 		idx, err := s.sessionBlocks(ctx, daemon, b.First)
 		if err != nil {
 			return false, err
 		}
-		if !sameSessionBlocks(sessionBlocksOf(b.Records), idx) {
+		if !lost && !sameSessionBlocks(sessionBlocksOf(b.Records), idx) {
 			add(b.First, BreakEdited, "the session index of the block from seq %d to %d no longer matches its records: it was edited", b.First, b.Last)
 		}
 		for i := range b.Records {
@@ -216,6 +225,20 @@ func verifyChain(ctx context.Context, s *Store, daemon string, ex *Expect) (*Cha
 				}
 			}
 			prev = r
+		}
+		switch {
+		case lost:
+			// The records after what is left of the text are gone; each
+			// line that is left was checked above like any other.
+			from := b.First
+			if n := len(b.Records); n > 0 {
+				from = b.Records[n-1].Seq + 1
+			}
+			add(from, BreakDeleted, "seq %d to %d were deleted: the text of the block stored from seq %d to %d is gone (%v)", from, b.Last, b.First, b.Last, b.TextErr)
+		case b.TextErr != nil && found == before:
+			// Nothing in the records themselves shows it (their hashes
+			// and links hold): the checksum of the block's text does.
+			add(b.First, BreakEdited, "the block of records stored from seq %d to %d was edited: %v", b.First, b.Last, b.TextErr)
 		}
 		return true, nil
 	})

@@ -438,6 +438,11 @@ func (w *Writer) sync(ctx context.Context) error {
 	if err := w.store.Migrate(ctx); err != nil {
 		return err
 	}
+	if n, err := w.store.dropUnsettled(ctx, w.daemon, w.noted, w.j.lastSeq()); err != nil {
+		return fmt.Errorf("check the audit blocks shipped after seq %d: %w", w.noted, err)
+	} else if n > 0 {
+		w.log.Warn("audit: blocks shipped but not settled before a crash lost their text; they are shipped again from the journal", "after_seq", w.noted, "records", n)
+	}
 	seq, hash, err := w.store.head(ctx, w.daemon)
 	if err != nil {
 		return fmt.Errorf("read the audit chain head: %w", err)
@@ -675,8 +680,11 @@ func (w *Writer) prune(ctx context.Context, before time.Time) (int64, error) {
 		return 0, err
 	}
 	n, err := w.store.prune(ctx, w.daemon, seq)
-	if err != nil {
+	if err != nil && n == 0 {
 		return 0, fmt.Errorf("prune audit records: %w", err)
+	}
+	if err != nil {
+		w.log.Warn("audit: remove pruned block files (tried again at the next pruning)", "err", err)
 	}
 	if n > 0 {
 		w.append(KindPrune, "", time.Now(), PruneData{ThroughSeq: seq, Before: before.UTC()})

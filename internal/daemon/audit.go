@@ -143,7 +143,25 @@ func (d *Daemon) Audit(ctx context.Context, p control.Peer, op string, q *contro
 	if err != nil {
 		return nil, err
 	}
+	if rep.Session != nil {
+		d.renderSamples(rep.Session.Records)
+	}
+	d.renderSamples(rep.Records)
 	return rep, nil
+}
+
+// renderSamples turns the result samples of statement records, stored as
+// the wire bytes the client got, into the text rows the export schema has
+// (docs/AUDIT.md, Result samples). A record whose stored sample does not
+// read (the store was edited) is handed out as stored, and said so here;
+// `airlock audit verify` names the edit.
+func (d *Daemon) renderSamples(recs []audit.Record) {
+	for i := range recs {
+		if err := audit.RenderSample(&recs[i]); err != nil {
+			d.log.Warn("audit: a stored result sample does not read; the record is handed out as stored",
+				"daemon", recs[i].Daemon, "err", err)
+		}
+	}
 }
 
 // reveal hands an auditor a session's compliance copies, still encrypted,

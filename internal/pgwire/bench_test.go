@@ -10,7 +10,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"runtime"
 	"strconv"
 	"syscall"
@@ -63,43 +62,6 @@ func BenchmarkSelect1(b *testing.B) {
 				b.ReportMetric(float64(cpuTime()-cpu0)/float64(b.N), "cpu-ns/op")
 			})
 		}
-	}
-}
-
-// TestPgbenchRatio compares pgbench TPS direct and through the proxy. It is
-// slow and load-sensitive, so it only runs with AIRLOCK_PERF=1.
-func TestPgbenchRatio(t *testing.T) {
-	if os.Getenv("AIRLOCK_PERF") == "" {
-		t.Skip("set AIRLOCK_PERF=1 to compare pgbench throughput")
-	}
-	pg := pgtest.Start(t, pgtest.Options{})
-	h := newHarness(t, pg, nil)
-	direct := []string{"PGPORT=" + itoa(pg.Port), "PGUSER=" + pg.AdminUser, "PGPASSWORD=" + pg.AdminPassword}
-	run(t, h, direct, "pgbench", "-i", "-q", "-s", "10")
-	tps := regexp.MustCompile(`tps = ([0-9.]+) \(without initial`)
-	measure := func(env []string, args ...string) float64 {
-		out := run(t, h, env, "pgbench", append([]string{"-n", "-T", "8"}, args...)...)
-		m := tps.FindStringSubmatch(out)
-		if m == nil {
-			t.Fatalf("no tps in %s", out)
-		}
-		f, _ := strconv.ParseFloat(m[1], 64)
-		return f
-	}
-	bouncer := startPgBouncer(t, pg)
-	cases := [][]string{{"-c", "1", "-S"}, {"-c", "10", "-j", "2", "-S"}, {"-c", "10", "-j", "2"}, {"-c", "10", "-j", "2", "-M", "prepared"}}
-	if os.Getenv("AIRLOCK_PERF") == "quick" {
-		cases = cases[:2]
-	}
-	for _, tc := range cases {
-		d := measure(direct, tc...)
-		p := measure(nil, tc...)
-		line := fmt.Sprintf("pgbench %v: direct %.0f tps, proxy %.0f tps (%.2f)", tc, d, p, p/d)
-		if bouncer != 0 {
-			b := measure([]string{"PGPORT=" + itoa(bouncer)}, tc...)
-			line += fmt.Sprintf(", pgbouncer %.0f tps (%.2f)", b, b/d)
-		}
-		t.Log(line)
 	}
 }
 

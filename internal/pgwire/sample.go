@@ -3,12 +3,8 @@ package pgwire
 import (
 	"bytes"
 	"encoding/binary"
-	"encoding/hex"
-	"math"
-	"strconv"
-	"time"
-	"unicode/utf8"
 
+	"github.com/airlockhq/airlock/internal/rowsample"
 	"github.com/airlockhq/airlock/internal/session"
 )
 
@@ -21,20 +17,14 @@ import (
 // its own asking that the client never sees).
 //
 // Cost: with sampling off the pipe has no sampler and nothing more is
-// decoded. With it on, only the first rows of a result are rendered; the
-// rest are counted by the pipe as before and only set the truncated flag.
-// The rendered values go into one buffer kept from statement to statement,
-// and the record gets them as substrings of one string made from it: one
-// allocation per sampled statement, not one per value (a 10-row sample of
-// five columns made 50, the sample's largest cost on the data path).
-
-// maxSampleValue bounds one value in a sample (bytes of its rendering);
-// with less than minSampleValue left under the byte cap, the sample ends
-// (a cut value needs room for a few bytes and its ellipsis).
-const (
-	maxSampleValue = 256
-	minSampleValue = 8
-)
+// decoded. With it on, the first rows of a result are copied as the wire
+// bytes they were (package rowsample's stored form: each value's bytes
+// behind a one- or two-byte tag), with each column's type and format;
+// nothing is rendered or escaped on the data path, only when the record
+// is read. The rest of the rows are counted by the pipe as before
+// and only set the truncated flag. The bytes go into one buffer kept from
+// statement to statement and handed to the statement's record in exchange
+// for the record's last one: sampling allocates nothing per statement.
 
 // rowDesc is what a RowDescription says of a result's columns.
 type rowDesc struct {
@@ -75,14 +65,11 @@ type sampler struct {
 	cols    []string // desc's names that fit the byte cap
 	formats []int16  // the portal's result formats from its Bind (nil: desc's)
 	copyFmt int8     // 0 none, 't' text COPY, 'b' binary COPY
-	// The rows so far, flat: their values rendered one after the other
-	// in text, where each value ends in text (offs; null marks SQL NULL),
-	// and where each row ends in offs. Kept from one statement to the
-	// next, so that sampling allocates nothing until take.
-	text  []byte
-	offs  []int
-	null  []bool
-	ends  []int
+	// The rows so far in rowsample's stored form, rows of them, the
+	// widest of width values. Kept from one statement to the next.
+	raw   []byte
+	rows  int
+	width int
 	used  int
 	trunc bool
 
@@ -118,22 +105,13 @@ func (s *sampler) result(d *rowDesc, formats []int16) {
 	}
 }
 
-func (s *sampler) full() bool { return len(s.ends) >= s.maxRows || s.used >= s.maxBytes }
+func (s *sampler) full() bool { return s.rows >= s.maxRows || s.used >= s.maxBytes }
 
-// format is column i's format code under Bind's rules: none means text, one
-// applies to every column, else one per column.
+// format is column i's format code: the portal's Bind's, else the
+// description's.
 func (s *sampler) format(i int) int16 {
 	if s.formats != nil {
-		switch len(s.formats) {
-		case 0:
-			return 0
-		case 1:
-			return s.formats[0]
-		}
-		if i < len(s.formats) {
-			return s.formats[i]
-		}
-		return 0
+		return rowsample.Format(s.formats, i)
 	}
 	if s.desc != nil && i < len(s.desc.formats) {
 		return s.desc.formats[i]
@@ -164,7 +142,9 @@ func (s *sampler) row(body []byte) {
 	}
 	n := int(binary.BigEndian.Uint16(body))
 	p := 2
-	start := len(s.offs)
+	start := len(s.raw)
+	s.raw = rowsample.AppendCount(s.raw, 0)
+	kept := 0
 	for i := 0; i < n; i++ {
 		if p+4 > len(body) {
 			break
@@ -172,8 +152,9 @@ func (s *sampler) row(body []byte) {
 		l := int(int32(binary.BigEndian.Uint32(body[p:])))
 		p += 4
 		if l < 0 {
-			s.offs, s.null = append(s.offs, len(s.text)), append(s.null, true)
+			s.raw = rowsample.AppendNull(s.raw)
 			s.used += 4
+			kept++
 			continue
 		}
 		if p+l > len(body) {
@@ -181,23 +162,26 @@ func (s *sampler) row(body []byte) {
 		}
 		v := body[p : p+l]
 		p += l
-		left := min(maxSampleValue, s.maxBytes-s.used)
-		if left < minSampleValue {
+		left := min(rowsample.MaxValue, s.maxBytes-s.used)
+		if left < rowsample.MinValue {
 			s.trunc = true
 			break
 		}
-		at := len(s.text)
-		var cut bool
-		s.text, cut = appendRendered(s.text, v, s.oid(i), s.format(i), left)
+		k, cut := rowsample.Keep(v, s.oid(i), s.format(i), left)
 		if cut {
 			s.trunc = true
 		}
-		s.used += len(s.text) - at
-		s.offs, s.null = append(s.offs, len(s.text)), append(s.null, false)
+		s.raw = rowsample.AppendValue(s.raw, v[:k], cut)
+		s.used += k
+		kept++
 	}
-	if len(s.offs) > start || n == 0 {
-		s.ends = append(s.ends, len(s.offs))
+	if kept == 0 && n > 0 {
+		s.raw = s.raw[:start]
+		return
 	}
+	binary.BigEndian.PutUint16(s.raw[start:], uint16(kept))
+	s.rows++
+	s.width = max(s.width, kept)
 }
 
 // copyStart notes a COPY TO STDOUT: its rows are CopyData lines.
@@ -209,35 +193,43 @@ func (s *sampler) copyStart(body []byte) {
 	}
 }
 
-// copyRow samples one CopyData of a COPY TO STDOUT as one value.
+// copyRow samples one CopyData of a COPY TO STDOUT as a row of one value:
+// a text line without its newline, a binary one as bytes (rendered \x hex).
 func (s *sampler) copyRow(body []byte) {
 	if s.copyFmt == 0 {
 		return
 	}
-	left := min(maxSampleValue, s.maxBytes-s.used)
-	if s.full() || body == nil || left < minSampleValue {
+	left := min(rowsample.MaxValue, s.maxBytes-s.used)
+	if s.full() || body == nil || left < rowsample.MinValue {
 		s.trunc = true
 		return
 	}
-	at := len(s.text)
-	var cut bool
-	if s.copyFmt == 'b' {
-		s.text, cut = appendHex(s.text, body, left)
-	} else {
-		s.text, cut = appendText(s.text, bytes.TrimSuffix(body, []byte{'\n'}), left)
+	v := body
+	if s.copyFmt == 't' {
+		v = bytes.TrimSuffix(body, []byte{'\n'})
 	}
+	k, cut := rowsample.Keep(v, 0, copyFormat(s.copyFmt), left)
 	if cut {
 		s.trunc = true
 	}
-	s.used += len(s.text) - at
-	s.offs, s.null = append(s.offs, len(s.text)), append(s.null, false)
-	s.ends = append(s.ends, len(s.offs))
+	s.raw = rowsample.AppendValue(rowsample.AppendCount(s.raw, 1), v[:k], cut)
+	s.used += k
+	s.rows++
+	s.width = 1
 }
 
-// Column names of a COPY's sample.
+func copyFormat(f int8) int16 {
+	if f == 'b' {
+		return 1
+	}
+	return 0
+}
+
+// Column names and formats of a COPY's sample.
 var (
-	copyText   = []string{"copy (text)"}
-	copyBinary = []string{"copy (binary)"}
+	copyText     = []string{"copy (text)"}
+	copyBinary   = []string{"copy (binary)"}
+	copyBinaryFm = []int16{1}
 )
 
 // take puts the statement's sample in r's memory, returns it and starts
@@ -245,36 +237,36 @@ var (
 func (s *sampler) take(r *stmtRec) *session.Sample {
 	var out *session.Sample
 	switch {
-	case s.copyFmt != 0:
-		cols := copyText
-		if s.copyFmt == 'b' {
-			cols = copyBinary
+	case s.copyFmt == 't':
+		out = r.sample(copyText, nil, nil, s)
+	case s.copyFmt == 'b':
+		out = r.sample(copyBinary, nil, copyBinaryFm, s)
+	case s.desc != nil:
+		formats := s.formats
+		if formats == nil {
+			formats = s.desc.formats
 		}
-		out = r.sample(cols, s)
-	case s.desc != nil || len(s.ends) > 0:
-		var cols []string
-		if s.desc != nil {
-			cols = s.cols
-		}
-		out = r.sample(cols, s)
+		out = r.sample(s.cols, s.desc.oids, formats, s)
+	case s.rows > 0:
+		out = r.sample(nil, nil, s.formats, s)
 	}
 	s.reset()
 	return out
 }
 
-// maxKeptText bounds the rendering buffer a session keeps between
-// statements: an idle session must not hold a large sample's worth of
-// memory (audit.sample_bytes may be 1 MiB); a larger one is made again by
-// the next statement that needs it.
-const maxKeptText = 1024
+// maxKeptText bounds the buffer a session keeps between statements: an
+// idle session must not hold a large sample's worth of memory
+// (audit.sample_bytes may be 1 MiB); a larger one is made again by the
+// next statement that needs it. A sample of the default caps' ten rows
+// of a few short columns fits, with room to grow (append doubles).
+const maxKeptText = 4096
 
 func (s *sampler) reset() {
-	text := s.text[:0]
-	if cap(text) > maxKeptText {
-		text = nil
+	raw := s.raw[:0]
+	if cap(raw) > maxKeptText {
+		raw = nil
 	}
-	*s = sampler{maxRows: s.maxRows, maxBytes: s.maxBytes, lastT: s.lastT, lastDesc: s.lastDesc,
-		text: text, offs: s.offs[:0], null: s.null[:0], ends: s.ends[:0]}
+	*s = sampler{maxRows: s.maxRows, maxBytes: s.maxBytes, lastT: s.lastT, lastDesc: s.lastDesc, raw: raw}
 }
 
 // stmtRec is the memory of one statement event: the pipe reuses it once
@@ -284,9 +276,7 @@ type stmtRec struct {
 	st     session.Statement
 	params []string
 	smp    session.Sample
-	vals   []string
-	ptrs   []*string
-	rows   [][]*string
+	raw    []byte
 }
 
 // paramsOf is p's arguments in r's memory.
@@ -298,37 +288,26 @@ func (r *stmtRec) paramsOf(p *paramList) []string {
 	return r.params
 }
 
-// sample copies s's rows into r's sample. Sample's rows are pointers (nil
-// for NULL) into r.vals, each row a slice of r.ptrs. The values are
-// substrings of one string holding all of them: a sink that keeps a value
-// (Statement.Clone) keeps an immutable string, as before, only one that
-// shares its memory with its neighbours.
-func (r *stmtRec) sample(cols []string, s *sampler) *session.Sample {
-	all := string(s.text)
-	r.vals = r.vals[:0]
-	r.ptrs = r.ptrs[:0]
-	start := 0
-	for _, end := range s.offs {
-		r.vals = append(r.vals, all[start:end])
-		start = end
+// sample makes r's sample of s's rows, columns, oids and formats (Bind's
+// rules), trimmed to the widest row (a long list of a result whose rows
+// the caps cut short would only make the record larger). The rows' buffer
+// moves to r, and r's last one to s: no copy.
+func (r *stmtRec) sample(cols []string, oids []uint32, formats []int16, s *sampler) *session.Sample {
+	if len(oids) > s.width {
+		oids = oids[:s.width]
 	}
-	for i := range r.vals {
-		if s.null[i] {
-			r.ptrs = append(r.ptrs, nil)
-		} else {
-			r.ptrs = append(r.ptrs, &r.vals[i])
-		}
+	if len(formats) > 1 && len(formats) > s.width {
+		formats = formats[:s.width]
 	}
-	if r.rows == nil {
-		r.rows = make([][]*string, 0, len(s.ends)) // never nil: an empty result has rows []
+	text := true
+	for _, f := range formats {
+		text = text && f == 0
 	}
-	r.rows = r.rows[:0]
-	start = 0
-	for _, end := range s.ends {
-		r.rows = append(r.rows, r.ptrs[start:end:end])
-		start = end
+	if text {
+		formats = nil
 	}
-	r.smp = session.Sample{Columns: cols, Rows: r.rows, Truncated: s.trunc}
+	r.raw, s.raw = s.raw, r.raw[:0]
+	r.smp = session.Sample{Columns: cols, OIDs: oids, Formats: formats, Data: r.raw, Truncated: s.trunc}
 	return &r.smp
 }
 
@@ -345,147 +324,6 @@ func (s *sampler) describe(body []byte) *rowDesc {
 		s.lastT, s.lastDesc = append(s.lastT[:0], body...), d
 	}
 	return d
-}
-
-// Type OIDs the sampler renders from the binary format.
-const (
-	oidBool        = 16
-	oidBytea       = 17
-	oidChar        = 18
-	oidName        = 19
-	oidInt8        = 20
-	oidInt2        = 21
-	oidInt4        = 23
-	oidText        = 25
-	oidOID         = 26
-	oidJSON        = 114
-	oidXML         = 142
-	oidFloat4      = 700
-	oidFloat8      = 701
-	oidBPChar      = 1042
-	oidVarchar     = 1043
-	oidDate        = 1082
-	oidTimestamp   = 1114
-	oidTimestampTZ = 1184
-	oidUUID        = 2950
-	oidJSONB       = 3802
-)
-
-var pgEpoch = time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC)
-
-// appendRendered appends one result value as a sample shows it, at most
-// limit bytes (cut reports that it was shortened). Text-format values are
-// kept as the client got them; binary values of common types are rendered
-// as their text form would read, any other binary value as \x hex.
-func appendRendered(dst, v []byte, oid uint32, format int16, limit int) ([]byte, bool) {
-	if format != 1 {
-		return appendText(dst, v, limit)
-	}
-	switch oid {
-	case oidText, oidVarchar, oidBPChar, oidName, oidJSON, oidXML, oidChar:
-		return appendText(dst, v, limit)
-	case oidJSONB:
-		if len(v) > 0 && v[0] == 1 {
-			return appendText(dst, v[1:], limit)
-		}
-	case oidBool:
-		if len(v) == 1 {
-			if v[0] != 0 {
-				return append(dst, 't'), false
-			}
-			return append(dst, 'f'), false
-		}
-	case oidInt2:
-		if len(v) == 2 {
-			return strconv.AppendInt(dst, int64(int16(binary.BigEndian.Uint16(v))), 10), false
-		}
-	case oidInt4:
-		if len(v) == 4 {
-			return strconv.AppendInt(dst, int64(int32(binary.BigEndian.Uint32(v))), 10), false
-		}
-	case oidOID:
-		if len(v) == 4 {
-			return strconv.AppendUint(dst, uint64(binary.BigEndian.Uint32(v)), 10), false
-		}
-	case oidInt8:
-		if len(v) == 8 {
-			return strconv.AppendInt(dst, int64(binary.BigEndian.Uint64(v)), 10), false
-		}
-	case oidFloat4:
-		if len(v) == 4 {
-			return strconv.AppendFloat(dst, float64(math.Float32frombits(binary.BigEndian.Uint32(v))), 'g', -1, 32), false
-		}
-	case oidFloat8:
-		if len(v) == 8 {
-			return strconv.AppendFloat(dst, math.Float64frombits(binary.BigEndian.Uint64(v)), 'g', -1, 64), false
-		}
-	case oidUUID:
-		if len(v) == 16 {
-			dst = hex.AppendEncode(dst, v[:4])
-			for _, part := range [][]byte{v[4:6], v[6:8], v[8:10], v[10:]} {
-				dst = hex.AppendEncode(append(dst, '-'), part)
-			}
-			return dst, false
-		}
-	case oidDate:
-		if len(v) == 4 {
-			d := int32(binary.BigEndian.Uint32(v))
-			switch d {
-			case math.MaxInt32:
-				return append(dst, "infinity"...), false
-			case math.MinInt32:
-				return append(dst, "-infinity"...), false
-			}
-			return pgEpoch.AddDate(0, 0, int(d)).AppendFormat(dst, "2006-01-02"), false
-		}
-	case oidTimestamp, oidTimestampTZ:
-		if len(v) == 8 {
-			us := int64(binary.BigEndian.Uint64(v))
-			switch us {
-			case math.MaxInt64:
-				return append(dst, "infinity"...), false
-			case math.MinInt64:
-				return append(dst, "-infinity"...), false
-			}
-			t := pgEpoch.Add(time.Duration(us/1e6) * time.Second).Add(time.Duration(us%1e6) * time.Microsecond)
-			if oid == oidTimestampTZ {
-				return t.AppendFormat(dst, "2006-01-02 15:04:05.999999Z07:00"), false
-			}
-			return t.AppendFormat(dst, "2006-01-02 15:04:05.999999"), false
-		}
-	}
-	return appendHex(dst, v, limit)
-}
-
-// appendText appends v as text, cut at a rune boundary to at most limit
-// bytes (an ellipsis, counted, marks the cut).
-func appendText(dst, v []byte, limit int) ([]byte, bool) {
-	if len(v) <= limit {
-		return append(dst, v...), false
-	}
-	const ell = "…"
-	cut := max(limit-len(ell), 0)
-	for cut > 0 && cut < len(v) && !utf8.RuneStart(v[cut]) {
-		cut--
-	}
-	return append(append(dst, v[:cut]...), ell...), true
-}
-
-// appendHex appends v as \x hex (PostgreSQL's bytea output), cut to limit
-// bytes.
-func appendHex(dst, v []byte, limit int) ([]byte, bool) {
-	n := (limit - 2 - len("…")) / 2
-	if 2+2*len(v) <= limit {
-		n = len(v)
-	}
-	if n < 0 {
-		n = 0
-	}
-	dst = hex.AppendEncode(append(dst, `\x`...), v[:n])
-	if n < len(v) {
-		return append(dst, "…"...), true
-	}
-	return dst, false
 }
 
 // sampleDesc takes a RowDescription as the server sent it; mu held. The

@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
-	"math"
 	"strconv"
 	"strings"
 	"testing"
@@ -14,60 +13,25 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/airlockhq/airlock/internal/pgtest"
+	"github.com/airlockhq/airlock/internal/rowsample"
 	"github.com/airlockhq/airlock/internal/session"
 )
 
-func TestRenderValue(t *testing.T) {
-	be32 := func(v uint32) []byte { return binary.BigEndian.AppendUint32(nil, v) }
-	be64 := func(v uint64) []byte { return binary.BigEndian.AppendUint64(nil, v) }
-	cases := []struct {
-		name   string
-		v      []byte
-		oid    uint32
-		format int16
-		limit  int
-		want   string
-		cut    bool
-	}{
-		{"text as sent", []byte("ada@example.com"), oidText, 0, 256, "ada@example.com", false},
-		{"text format ignores the type", []byte("42"), oidInt4, 0, 256, "42", false},
-		{"text cut at a rune", []byte("ééééé"), oidText, 0, 6, "é…", true},
-		{"binary text", []byte("x"), oidVarchar, 1, 256, "x", false},
-		{"binary jsonb", append([]byte{1}, `{"a":1}`...), oidJSONB, 1, 256, `{"a":1}`, false},
-		{"binary bool", []byte{1}, oidBool, 1, 256, "t", false},
-		{"binary int2", []byte{0xff, 0xfe}, oidInt2, 1, 256, "-2", false},
-		{"binary int4", be32(7), oidInt4, 1, 256, "7", false},
-		{"binary int8", be64(math.MaxUint64), oidInt8, 1, 256, "-1", false},
-		{"binary float8", be64(math.Float64bits(1.5)), oidFloat8, 1, 256, "1.5", false},
-		{"binary float4", be32(math.Float32bits(0.25)), oidFloat4, 1, 256, "0.25", false},
-		{"binary uuid", bytes.Repeat([]byte{0xab}, 16), oidUUID, 1, 256, "abababab-abab-abab-abab-abababababab", false},
-		{"binary date", be32(math.MaxUint32), oidDate, 1, 256, "1999-12-31", false},
-		{"binary date infinity", be32(math.MaxInt32), oidDate, 1, 256, "infinity", false},
-		{"binary timestamp", be64(1_500_000), oidTimestamp, 1, 256, "2000-01-01 00:00:01.5", false},
-		{"binary timestamptz", be64(0), oidTimestampTZ, 1, 256, "2000-01-01 00:00:00Z", false},
-		{"binary numeric is hex", []byte{0, 1, 0, 0, 0, 0, 0, 0, 0, 7}, 1700, 1, 256, `\x00010000000000000007`, false},
-		{"binary int4 of a wrong size is hex", []byte{1, 2}, oidInt4, 1, 256, `\x0102`, false},
-		{"binary hex cut", bytes.Repeat([]byte{0xff}, 100), oidBytea, 1, 13, `\xffffffff…`, true},
+// rendered is a sample's rows as a record's reader renders them.
+func rendered(t testing.TB, s *session.Sample) [][]*string {
+	t.Helper()
+	rows, err := rowsample.Render(s.Data, s.OIDs, s.Formats)
+	if err != nil {
+		t.Fatalf("the sample does not render: %v", err)
 	}
-	for _, c := range cases {
-		t.Run(c.name, func(t *testing.T) {
-			// Appended after what the buffer already holds, which stays.
-			b, cut := appendRendered([]byte("prev"), c.v, c.oid, c.format, c.limit)
-			got, ok := strings.CutPrefix(string(b), "prev")
-			if !ok || got != c.want || cut != c.cut {
-				t.Fatalf("appendRendered = %q (cut %v), want %q (cut %v)", b, cut, "prev"+c.want, c.cut)
-			}
-			if len(got) > c.limit {
-				t.Fatalf("%q is longer than the limit %d", got, c.limit)
-			}
-		})
-	}
+	return rows
 }
 
-// sampleOf is the cell values of a sample, NULL as "<null>".
-func sampleOf(s *session.Sample) [][]string {
+// sampleOf is the cell values of a sample as rendered, NULL as "<null>".
+func sampleOf(t testing.TB, s *session.Sample) [][]string {
+	t.Helper()
 	var out [][]string
-	for _, r := range s.Rows {
+	for _, r := range rendered(t, s) {
 		var row []string
 		for _, v := range r {
 			if v == nil {
@@ -121,7 +85,7 @@ func TestResultSamples(t *testing.T) {
 				t.Fatalf("columns %q", got)
 			}
 			want := [][]string{{"1", "***", "<null>"}, {"2", "***", "<null>"}, {"3", "***", "<null>"}}
-			if got := sampleOf(st.Sample); !equalRows(got, want) || !st.Sample.Truncated {
+			if got := sampleOf(t, st.Sample); !equalRows(got, want) || !st.Sample.Truncated {
 				t.Fatalf("sample %v truncated=%v, want %v truncated", got, st.Sample.Truncated, want)
 			}
 			if st.Rows != 5 {
@@ -152,7 +116,7 @@ func TestResultSamples(t *testing.T) {
 				if c := strings.Join(st.Sample.Columns, ","); c != "i,t,b" {
 					t.Fatalf("columns %q", c)
 				}
-				if r := sampleOf(st.Sample); !equalRows(r, [][]string{{"7", "***", "t"}}) || st.Sample.Truncated {
+				if r := sampleOf(t, st.Sample); !equalRows(r, [][]string{{"7", "***", "t"}}) || st.Sample.Truncated {
 					t.Fatalf("sample %v truncated=%v", r, st.Sample.Truncated)
 				}
 			}
@@ -168,7 +132,7 @@ func TestResultSamples(t *testing.T) {
 			if _, err := c.Exec(ctx(t), "SELECT 1 AS one WHERE false /*empty*/", pgx.QueryExecModeSimpleProtocol); err != nil {
 				t.Fatal(err)
 			}
-			if st := lastStatement(t, h, "/*empty*/"); st.Sample == nil || len(st.Sample.Rows) != 0 || st.Sample.Columns[0] != "one" {
+			if st := lastStatement(t, h, "/*empty*/"); st.Sample == nil || len(rendered(t, st.Sample)) != 0 || st.Sample.Columns[0] != "one" {
 				t.Fatalf("empty result sample: %+v", st.Sample)
 			}
 
@@ -181,7 +145,7 @@ func TestResultSamples(t *testing.T) {
 			if st.Sample == nil || st.Sample.Columns[0] != "copy (text)" {
 				t.Fatalf("copy sample: %+v", st.Sample)
 			}
-			if r := sampleOf(st.Sample); !equalRows(r, [][]string{{"1\tc1"}, {"2\tc2"}, {"3\tc3"}}) || !st.Sample.Truncated {
+			if r := sampleOf(t, st.Sample); !equalRows(r, [][]string{{"1\tc1"}, {"2\tc2"}, {"3\tc3"}}) || !st.Sample.Truncated {
 				t.Fatalf("copy sample %q truncated=%v", r, st.Sample.Truncated)
 			}
 		})
@@ -198,13 +162,13 @@ func TestResultSamples(t *testing.T) {
 			t.Fatalf("sample %+v: want truncated", st.Sample)
 		}
 		size := 0
-		for _, r := range sampleOf(st.Sample) {
+		for _, r := range sampleOf(t, st.Sample) {
 			for _, v := range r {
 				size += len(v)
 			}
 		}
-		if size > 300 || len(st.Sample.Rows) == 0 || len(st.Sample.Rows) >= 10 {
-			t.Fatalf("%d rows, %d bytes: want some rows within 300 bytes", len(st.Sample.Rows), size)
+		if size > 300 || len(rendered(t, st.Sample)) == 0 || len(rendered(t, st.Sample)) >= 10 {
+			t.Fatalf("%d rows, %d bytes: want some rows within 300 bytes", len(rendered(t, st.Sample)), size)
 		}
 	})
 
@@ -234,6 +198,32 @@ func TestResultSamples(t *testing.T) {
 			t.Fatalf("sampling off, yet a sample: %+v", st.Sample)
 		}
 	})
+}
+
+// storedSize is what a sample's stored rows count against the byte cap:
+// the bytes kept of each value, 4 for a NULL (package rowsample's form).
+func storedSize(t testing.TB, data []byte) int {
+	t.Helper()
+	size := 0
+	for p := 0; p < len(data); {
+		n := int(binary.BigEndian.Uint16(data[p:]))
+		p += 2
+		for range n {
+			tag, k := binary.Uvarint(data[p:])
+			if k <= 0 {
+				t.Fatalf("stored rows % x do not parse at %d", data, p)
+			}
+			p += k
+			if tag == 0 {
+				size += 4
+				continue
+			}
+			l := int((tag - 1) >> 1)
+			size += l
+			p += l
+		}
+	}
+	return size
 }
 
 func equalRows(a, b [][]string) bool {
@@ -329,59 +319,73 @@ func FuzzSampledStreams(f *testing.F) {
 			for _, n := range sm.Columns {
 				size += len(n)
 			}
-			for _, r := range sm.Rows {
+			size += storedSize(t, sm.Data)
+			rows := rendered(t, sm)
+			if len(rows) > 3 || size > 256 {
+				t.Fatalf("sample over its caps: %d rows, %d bytes", len(rows), size)
+			}
+			for _, r := range rows {
 				for _, v := range r {
-					if v != nil {
-						size += len(*v)
+					if v != nil && len(*v) > rowsample.MaxValue {
+						t.Fatalf("a value rendered as %d bytes, over %d", len(*v), rowsample.MaxValue)
 					}
 				}
-			}
-			if len(sm.Rows) > 3 || size > 256 {
-				t.Fatalf("sample over its caps: %d rows, %d bytes", len(sm.Rows), size)
 			}
 		}
 	})
 }
 
-// The sampler keeps its rendering buffer between statements only while it
+// The sampler keeps its buffer between statements only while it
 // is small: a session that once sampled a large result does not hold that
 // much memory while it idles, and the record it made is whole.
 func TestSamplerKeepsLittle(t *testing.T) {
 	for _, tt := range []struct {
 		name  string
+		rows  int
 		value int // bytes of each of the result's values
 		kept  bool
 	}{
-		{"small sample kept", 20, true},
-		{"large sample released", 200, false},
+		{"small sample kept", 10, 20, true},
+		{"large sample released", 40, 200, false},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			sink := &capSink{}
 			pl := newPipe(session.New(sink), Stages{}, 0)
-			pl.samp = newSampler(10, 1<<20)
+			pl.samp = newSampler(100, 1<<20)
 			client, _ := (&pgproto3.Query{String: "select v"}).Encode(nil)
 			server, _ := (&pgproto3.RowDescription{Fields: []pgproto3.FieldDescription{{Name: []byte("v"), DataTypeOID: 25}}}).Encode(nil)
 			val := bytes.Repeat([]byte("x"), tt.value)
-			for range 10 {
+			for range tt.rows {
 				server, _ = (&pgproto3.DataRow{Values: [][]byte{val}}).Encode(server)
 			}
-			server, _ = (&pgproto3.CommandComplete{CommandTag: []byte("SELECT 10")}).Encode(server)
+			server, _ = (&pgproto3.CommandComplete{CommandTag: []byte("SELECT " + strconv.Itoa(tt.rows))}).Encode(server)
 			server, _ = (&pgproto3.ReadyForQuery{TxStatus: 'I'}).Encode(server)
-			_ = newPump(bytes.NewReader(client), io.Discard, pl.fromClient, pl.clientTypes(), 1<<16, 0).run()
-			_ = newPump(bytes.NewReader(server), io.Discard, pl.fromServer, pl.serverTypes(), serverDecodeMax, 0).run()
-			pl.flush()
+			// Twice: the sampler's buffer goes to the statement's
+			// record, which gives back the one it had, so what the
+			// sampler keeps shows from the second statement on.
+			for range 2 {
+				_ = newPump(bytes.NewReader(client), io.Discard, pl.fromClient, pl.clientTypes(), 1<<16, 0).run()
+				_ = newPump(bytes.NewReader(server), io.Discard, pl.fromServer, pl.serverTypes(), serverDecodeMax, 0).run()
+				pl.flush()
+			}
 			sts := sink.statements()
-			if len(sts) != 1 || sts[0].Sample == nil || len(sts[0].Sample.Rows) != 10 {
+			if len(sts) != 2 {
 				t.Fatalf("recorded %+v", sts)
 			}
-			for _, row := range sts[0].Sample.Rows {
-				if len(row) != 1 || row[0] == nil || *row[0] != string(val) {
-					t.Fatalf("sample row %v, want %q", row, val)
+			for _, st := range sts {
+				rows := rendered(t, st.Sample)
+				if len(rows) != tt.rows {
+					t.Fatalf("recorded %+v", st)
+				}
+				for _, row := range rows {
+					if len(row) != 1 || row[0] == nil || *row[0] != string(val) {
+						t.Fatalf("sample row %v, want %q", row, val)
+					}
 				}
 			}
-			if kept := cap(pl.samp.text) > 0; kept != tt.kept || cap(pl.samp.text) > maxKeptText {
+			if kept := cap(pl.samp.raw) > 0; kept != tt.kept || cap(pl.samp.raw) > maxKeptText {
 				t.Fatalf("the sampler keeps %d bytes after a sample of %d (kept: %v, want %v, at most %d)",
-					cap(pl.samp.text), 10*tt.value, kept, tt.kept, maxKeptText)
+					cap(pl.samp.raw), tt.rows*tt.value, kept, tt.kept, maxKeptText)
 			}
 		})
 	}
@@ -435,10 +439,10 @@ func TestStatementMemoryReused(t *testing.T) {
 			t.Fatalf("%s: %d statements recorded, want %d", rd.name, len(got), n)
 		}
 		for s, st := range got {
-			if st.SQL != fmt.Sprintf("select %d", s) || st.Sample == nil || len(st.Sample.Rows) != s%3 {
+			if st.SQL != fmt.Sprintf("select %d", s) || st.Sample == nil || len(rendered(t, st.Sample)) != s%3 {
 				t.Fatalf("%s: statement %d recorded as %q with sample %+v", rd.name, s, st.SQL, st.Sample)
 			}
-			for r, row := range st.Sample.Rows {
+			for r, row := range rendered(t, st.Sample) {
 				want := rd.val(s, r)
 				if len(row) != 1 || (want == nil) != (row[0] == nil) || (want != nil && *row[0] != string(want)) {
 					t.Errorf("%s: statement %d row %d is %v, want %q", rd.name, s, r, row, want)

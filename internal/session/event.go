@@ -159,16 +159,9 @@ func (st *Statement) Clone() *Statement {
 	if st.Sample != nil {
 		sm := *st.Sample
 		sm.Columns = slices.Clone(sm.Columns)
-		sm.Rows = make([][]*string, len(st.Sample.Rows))
-		for i, row := range st.Sample.Rows {
-			sm.Rows[i] = make([]*string, len(row))
-			for j, v := range row {
-				if v != nil {
-					s := *v
-					sm.Rows[i][j] = &s
-				}
-			}
-		}
+		sm.OIDs = slices.Clone(sm.OIDs)
+		sm.Formats = slices.Clone(sm.Formats)
+		sm.Data = slices.Clone(sm.Data)
 		c.Sample = &sm
 	}
 	return &c
@@ -195,13 +188,18 @@ type Reveal struct {
 }
 
 // Sample is a bounded prefix of a statement's result as the client saw it
-// (after masking). A nil value is SQL NULL; binary-format values are
-// rendered as their text form for common types, else as \x hex. Truncated
-// says rows, or parts of values, were left out by the caps.
+// (after masking), as the wire bytes it was: Data holds the rows in
+// package rowsample's stored form (each value's bytes behind a short tag
+// that marks NULL and values the caps cut), OIDs and Formats say how to
+// render them (Formats by Bind's rules: none is all text). Nothing is
+// rendered until the record is read (rowsample.Render). Truncated says
+// rows, or parts of values, were left out by the caps.
 type Sample struct {
-	Columns   []string    `json:"columns"`
-	Rows      [][]*string `json:"rows"`
-	Truncated bool        `json:"truncated,omitempty"`
+	Columns   []string `json:"columns"`
+	OIDs      []uint32 `json:"oids,omitempty"`
+	Formats   []int16  `json:"formats,omitempty"`
+	Data      []byte   `json:"data,omitempty"`
+	Truncated bool     `json:"truncated,omitempty"`
 }
 
 // Decision is what the SQL policy decided for a statement.

@@ -1,6 +1,7 @@
 package session
 
 import (
+	"bytes"
 	"context"
 	"sync"
 	"testing"
@@ -69,20 +70,20 @@ func TestQueueCloseWithBlockedSenders(t *testing.T) {
 func TestQueueKeepsStatementCopies(t *testing.T) {
 	c := &capture{}
 	q := NewQueue(c, 16, nil)
-	v := "alice@example.com"
+	row := []byte("\x00\x01#alice@example.com") // one row of one value (package rowsample)
 	st := &Statement{SQL: "select $1", Params: []string{"1"},
-		Sample: &Sample{Columns: []string{"email"}, Rows: [][]*string{{&v, nil}}}}
+		Sample: &Sample{Columns: []string{"email"}, OIDs: []uint32{25}, Formats: []int16{1}, Data: bytes.Clone(row)}}
 	q.Record(Event{Kind: KindStatement, Statement: st})
 	// The caller's next statement, in the same memory.
-	st.SQL, st.Params[0], st.Sample.Columns[0], v = "select 2", "2", "n", "2"
-	st.Sample.Rows[0][1] = &v
+	st.SQL, st.Params[0], st.Sample.Columns[0], st.Sample.OIDs[0], st.Sample.Formats[0] = "select 2", "2", "n", 23, 0
+	copy(st.Sample.Data[3:], "bob")
 	q.Close()
 	got := c.evs[0].Statement
 	switch {
 	case got.SQL != "select $1" || got.Params[0] != "1" || got.Sample.Columns[0] != "email":
 		t.Errorf("delivered %+v, changed after Record", got)
-	case *got.Sample.Rows[0][0] != "alice@example.com" || got.Sample.Rows[0][1] != nil:
-		t.Errorf("delivered sample row %v, changed after Record", got.Sample.Rows[0])
+	case got.Sample.OIDs[0] != 25 || got.Sample.Formats[0] != 1 || !bytes.Equal(got.Sample.Data, row):
+		t.Errorf("delivered sample %+v, changed after Record", got.Sample)
 	}
 }
 

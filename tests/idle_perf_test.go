@@ -1,3 +1,5 @@
+//go:build perf
+
 package tests
 
 import (
@@ -19,11 +21,8 @@ import (
 // so that they run on the loop driver, as in `make bench`. It is the bench's
 // idle figure without the bench's shared setup, for comparing builds
 // (AIRLOCK_E2E_BINDIR) in one run; RSS depends on the machine and the
-// moment, so it only runs with AIRLOCK_PERF=1.
+// moment, so it is a measurement, built with -tags perf only.
 func TestIdleSessionRSS(t *testing.T) {
-	if os.Getenv("AIRLOCK_PERF") == "" {
-		t.Skip("set AIRLOCK_PERF=1 to measure idle sessions' memory in airlockd")
-	}
 	n := 600
 	if v, err := strconv.Atoi(os.Getenv("AIRLOCK_IDLE_N")); err == nil && v > 0 && v <= 2000 {
 		n = v

@@ -1,3 +1,5 @@
+//go:build perf
+
 package tests
 
 import (
@@ -28,11 +30,8 @@ import (
 // build's airlockd) every round runs that build's daemons too, for A/B in
 // one run; with AIRLOCK_PERF_RECORD (a directory) the first round's
 // windows are also recorded by perf record -g there. Slow and
-// load-sensitive: only with AIRLOCK_PERF=1.
+// load-sensitive: a measurement, built with -tags perf only.
 func TestMaskedRowsDaemonCPU(t *testing.T) {
-	if os.Getenv("AIRLOCK_PERF") == "" {
-		t.Skip("set AIRLOCK_PERF=1 to measure airlockd's CPU per masked transaction")
-	}
 	w := &pgWorld{env: newEnv(t)}
 	w.host = testnet.NewHost(t)
 	w.srv = pgtest.Start(t, pgtest.Options{Host: w.host})

@@ -1,3 +1,5 @@
+//go:build perf
+
 package pgwire
 
 import (
@@ -18,12 +20,9 @@ import (
 // context switches and read/write system calls of this process (the proxy;
 // pgbench and PostgreSQL are other processes), per transaction. Counts, not
 // throughput, are what to compare on a shared machine. Slow and
-// load-sensitive: AIRLOCK_PERF=1 only (AIRLOCK_PERF_CLIENTS, _SECONDS,
+// load-sensitive: built with -tags perf only (AIRLOCK_PERF_CLIENTS, _SECONDS,
 // _ROUNDS, _ARGS change the run).
 func TestTLSLegCost(t *testing.T) {
-	if os.Getenv("AIRLOCK_PERF") == "" {
-		t.Skip("set AIRLOCK_PERF=1 to measure the TLS client leg's cost")
-	}
 	requireTools(t, "pgbench")
 	pg := pgtest.Start(t, pgtest.Options{})
 	tlsOpt, _ := clientTLS(t)

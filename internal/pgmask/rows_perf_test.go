@@ -1,3 +1,5 @@
+//go:build perf
+
 package pgmask
 
 import (
@@ -40,11 +42,8 @@ func (c *countSink) Record(ev session.Event) {
 // daemon's default) or without. It reports the proxy's CPU per transaction
 // (this process's getrusage: only the proxy runs in it; pgbench and the
 // server are other processes), steadier than throughput on a shared
-// machine. Slow and load-sensitive: only with AIRLOCK_PERF=1.
+// machine. Slow and load-sensitive: built with -tags perf only.
 func TestMaskedRowsCPU(t *testing.T) {
-	if os.Getenv("AIRLOCK_PERF") == "" {
-		t.Skip("set AIRLOCK_PERF=1 to measure the proxy's CPU per masked transaction")
-	}
 	if _, err := exec.LookPath("pgbench"); err != nil {
 		t.Skip("pgbench not installed")
 	}
