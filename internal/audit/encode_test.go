@@ -2,8 +2,10 @@ package audit
 
 import (
 	"encoding/json"
+	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 )
 
 // The hand encoder must stay byte for byte what encoding/json makes of a
@@ -38,10 +40,31 @@ func TestAppendStatementMatchesEncodingJSON(t *testing.T) {
 	}
 }
 
+// plainPrefix, eight bytes at a time, stops at the first byte a JSON
+// string does not hold as it is, wherever it is in a word or after the
+// last whole one: every byte value at every place.
+func TestPlainPrefix(t *testing.T) {
+	for c := 0; c < 256; c++ {
+		plain := c < utf8.RuneSelf && plainASCII[c]
+		for at := 0; at < 19; at++ {
+			b := []byte(strings.Repeat("a", 19))
+			b[at] = byte(c)
+			want := at
+			if plain {
+				want = len(b)
+			}
+			if got := plainPrefix(string(b)); got != want {
+				t.Fatalf("plainPrefix with byte %#x at %d = %d, want %d", c, at, got, want)
+			}
+		}
+	}
+}
+
 // FuzzAppendString holds the string encoder to encoding/json on any input
 // (statement text is the client's, so anything at all).
 func FuzzAppendString(f *testing.F) {
-	for _, s := range []string{"", "SELECT 1", "a\"b\\c", "\x00\xff<>&", "\u2028é😀", "\xed\xa0\x80"} {
+	for _, s := range []string{"", "SELECT 1", "a\"b\\c", "\x00\xff<>&", "\u2028é😀", "\xed\xa0\x80",
+		"SELECT abalance FROM pgbench_accounts WHERE aid = 48213;", "SELECT 'é' <> \"a&b\" FROM\tx\n"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {
@@ -85,4 +108,32 @@ func BenchmarkEncodeStatement(b *testing.B) {
 			_, _ = json.Marshal(st)
 		}
 	})
+}
+
+// appendTime appends t as time.RFC3339Nano does: how frames of the
+// previous version carried their time (parseOwnTime reads it); a UTC time
+// of years 0 to 9999 without time's general formatter.
+func appendTime(b []byte, t time.Time) []byte {
+	y, mo, d := t.Date()
+	if t.Location() != time.UTC || y < 0 || y > 9999 {
+		return t.AppendFormat(b, time.RFC3339Nano)
+	}
+	h, mi, s := t.Clock()
+	b = append(b, byte('0'+y/1000), byte('0'+y/100%10), byte('0'+y/10%10), byte('0'+y%10), '-',
+		byte('0'+mo/10), byte('0'+mo%10), '-', byte('0'+d/10), byte('0'+d%10), 'T',
+		byte('0'+h/10), byte('0'+h%10), ':', byte('0'+mi/10), byte('0'+mi%10), ':', byte('0'+s/10), byte('0'+s%10))
+	if ns := t.Nanosecond(); ns != 0 {
+		var frac [10]byte
+		frac[0] = '.'
+		for i := 9; i > 0; i-- {
+			frac[i] = byte('0' + ns%10)
+			ns /= 10
+		}
+		n := 10
+		for frac[n-1] == '0' {
+			n--
+		}
+		b = append(b, frac[:n]...)
+	}
+	return append(b, 'Z')
 }

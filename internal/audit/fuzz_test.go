@@ -76,6 +76,11 @@ func FuzzDecodePayload(f *testing.F) {
 		}
 		f.Add(payload)
 	}
+	// Frames of the previous version, the time as text.
+	f.Add(oldFramePayload(&pending{Seq: 3, Time: at, Kind: "statement", Session: "s", Data: json.RawMessage(`{"sql":"SELECT 1"}`)}))
+	f.Add([]byte(`{"seq":4                  ,"time_ns":-5,"kind":"a","session":"","data":1}`))
+	f.Add([]byte(`{"seq":5                  ,"time_ns":012,"kind":"a","session":"","data":1}`))
+	f.Add([]byte(`{"seq":6                  ,"time_ns":99999999999999999999,"kind":"a","session":"","data":1}`))
 	f.Add([]byte(`{"seq":01                 ,"time":"2026-01-02T03:04:05Z","kind":"a","session":"","data":1 }`))
 	f.Add([]byte(`{"seq":2                  ,"time":"2026-01-02T03:04:05+01:00","kind":"a","session":"","data":{},"x":1}`))
 	f.Fuzz(func(t *testing.T, payload []byte) {
@@ -86,9 +91,16 @@ func FuzzDecodePayload(f *testing.F) {
 		if !json.Valid(own.Data) {
 			return // the data is not scanned again (see decodeOwn)
 		}
-		var want pending
-		if err := json.Unmarshal(payload, &want); err != nil {
+		var w struct {
+			pending
+			TimeNS *int64 `json:"time_ns"`
+		}
+		if err := json.Unmarshal(payload, &w); err != nil {
 			t.Fatalf("read %q, which encoding/json refuses: %v", payload, err)
+		}
+		want := w.pending
+		if w.TimeNS != nil {
+			want.Time = time.Unix(0, *w.TimeNS).UTC()
 		}
 		if own.Seq != want.Seq || !own.Time.Equal(want.Time) || own.Time.Location().String() != want.Time.Location().String() ||
 			own.Kind != want.Kind || own.Session != want.Session || string(own.Data) != string(want.Data) {

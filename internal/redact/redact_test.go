@@ -127,6 +127,18 @@ func TestSuspect(t *testing.T) {
 		{"ends in passw", true},
 		{"ends in pass", false},
 		{"://", true},
+		// Triggers at odd and even offsets, found by their first pair or
+		// by their second; pairs of one trigger around another's start.
+		{"xapi", true},
+		{"xxapi", true},
+		{"xxxmd5", true},
+		{"abcde SK-", true},
+		{"ap", false},
+		{"xap", false},
+		{"pasSw", true},
+		{"opassw", true},
+		{"ecr", false},
+		{"secre", false},
 	} {
 		t.Run(tc.in, func(t *testing.T) {
 			if got := suspect(tc.in); got != tc.want || got != containsTrigger(tc.in) {
@@ -134,4 +146,21 @@ func TestSuspect(t *testing.T) {
 			}
 		})
 	}
+}
+
+// FuzzSuspect holds suspect, which looks at every other pair of bytes, to
+// the plain search for every trigger, on any text.
+func FuzzSuspect(f *testing.F) {
+	for _, s := range []string{"", "SELECT 1", "a secret", "xx SK-abc", "x://y", "-----BEGIN ", "pgp_sym_encrypt", "xpgp_sy"} {
+		f.Add(s)
+	}
+	for _, t := range triggers {
+		f.Add("x" + strings.ToUpper(t))
+		f.Add(t[:len(t)-1])
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		if got, want := suspect(s), containsTrigger(s); got != want {
+			t.Fatalf("suspect(%q) = %v, the triggers say %v", s, got, want)
+		}
+	})
 }
