@@ -321,16 +321,18 @@ func preemptPoint() { preemptNop() }
 //go:noinline
 func preemptNop() {}
 
-// epollWaitRaw is epoll_wait(2) without the scheduler's knowledge.
+// epollWaitRaw is epoll_wait(2) without the scheduler's knowledge. Both
+// waits are made as epoll_pwait with no signal mask, which is epoll_wait:
+// arm64 has only epoll_pwait.
 func epollWaitRaw(epfd int, events []unix.EpollEvent, msec int) (int, syscall.Errno) {
-	r, _, e := syscall.RawSyscall6(syscall.SYS_EPOLL_WAIT, uintptr(epfd), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), uintptr(msec), 0, 0)
+	r, _, e := syscall.RawSyscall6(syscall.SYS_EPOLL_PWAIT, uintptr(epfd), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), uintptr(msec), 0, 0)
 	return int(r), e
 }
 
 // epollWaitBlocking is epoll_wait(2) with no timeout as a blocking system
 // call: the thread lets go of its P while it waits.
 func epollWaitBlocking(epfd int, events []unix.EpollEvent) (int, syscall.Errno) {
-	r, _, e := syscall.Syscall6(syscall.SYS_EPOLL_WAIT, uintptr(epfd), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), ^uintptr(0), 0, 0)
+	r, _, e := syscall.Syscall6(syscall.SYS_EPOLL_PWAIT, uintptr(epfd), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), ^uintptr(0), 0, 0)
 	return int(r), e
 }
 
