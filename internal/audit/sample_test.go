@@ -7,7 +7,6 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"errors"
-	"runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -239,15 +238,7 @@ func BenchmarkWriterRecordSample(b *testing.B) {
 			Sample: &session.Sample{Columns: []string{"id", "name", "email", "card", "plan"}, OIDs: []uint32{23, 25, 25, 25, 25},
 				Data: storedRows(rows...), Truncated: true}}}
 	w.Record(ev)
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	b.ReportAllocs()
-	b.ResetTimer()
-	c0 := threadCPU()
-	for i := 0; i < b.N; i++ {
-		w.Record(ev)
-	}
-	b.ReportMetric(float64(threadCPU()-c0)/float64(b.N), "cpu-ns/op")
+	recordLoop(b, w, ev)
 }
 
 // On both stores: a sample is stored as wire bytes, reads rendered, and a
