@@ -30,32 +30,7 @@ func BenchmarkWriterRecord(b *testing.B) {
 		ring int64
 	}{{"ring", 0}, {"write", -1}} {
 		b.Run(tc.name, func(b *testing.B) {
-			w, err := Open(context.Background(), Options{StateDir: b.TempDir(), CommitInterval: benchCommit, ringSize: tc.ring})
-			if err != nil {
-				b.Fatal(err)
-			}
-			ctx, cancel := context.WithCancel(context.Background())
-			done := make(chan struct{})
-			go func() {
-				defer close(done)
-				// More often than the daemon's 50 ms: this loop records
-				// a statement a microsecond, not one every hundred, and
-				// a ring filled between syncs would have the recording
-				// thread write(2) the frames itself, which the daemon's
-				// does not.
-				t := time.NewTicker(benchCommit / 10)
-				defer t.Stop()
-				for {
-					select {
-					case <-ctx.Done():
-						return
-					case <-t.C:
-						_ = w.j.sync()
-						w.j.release(w.j.lastSeq()) // as if shipped: keeps the spool under its bound
-					}
-				}
-			}()
-			defer func() { cancel(); <-done; _ = w.j.close(); _ = w.store.Close() }()
+			w := benchWriter(b, tc.ring)
 			ev := session.Event{Kind: session.KindStatement, Session: session.NewID(), Time: time.Now(),
 				Statement: &session.Statement{Protocol: "simple", SQL: "SELECT abalance FROM pgbench_accounts WHERE aid = 48213;", Tag: "SELECT 1", Rows: 1, Bytes: 11, Duration: 80 * time.Microsecond}}
 			w.Record(ev)
@@ -119,4 +94,36 @@ func recordLoop(b *testing.B, w *Writer, ev session.Event) {
 		w.Record(ev)
 	}
 	b.ReportMetric(float64(threadCPU()-c0)/float64(b.N), "cpu-ns/op")
+}
+
+// benchWriter opens a writer for a benchmark of the data path, with a
+// goroutine standing in for the shipper: it moves the ring's frames out
+// and releases them ten times per commit interval, more often than the
+// daemon's shipper, since these loops record a statement a microsecond
+// rather than one every hundred, and a ring filled between syncs would
+// have the recording thread write(2) the frames itself, which the
+// daemon's does not. ring is Options.ringSize (-1: no ring).
+func benchWriter(b *testing.B, ring int64) *Writer {
+	w, err := Open(context.Background(), Options{StateDir: b.TempDir(), CommitInterval: benchCommit, ringSize: ring})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(benchCommit / 10)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				_ = w.j.sync()
+				w.j.release(w.j.lastSeq()) // as if shipped: keeps the spool under its bound
+			}
+		}
+	}()
+	b.Cleanup(func() { cancel(); <-done; _ = w.j.close(); _ = w.store.Close() })
+	return w
 }

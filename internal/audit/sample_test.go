@@ -206,27 +206,7 @@ func BenchmarkAppendBase64(b *testing.B) {
 // 10-row sample of five columns (BenchmarkMaskedRowsTx's rows, masked): the
 // data path's cost of recording a sample.
 func BenchmarkWriterRecordSample(b *testing.B) {
-	w, err := Open(context.Background(), Options{StateDir: b.TempDir(), CommitInterval: benchCommit})
-	if err != nil {
-		b.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		t := time.NewTicker(benchCommit)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-				_ = w.j.sync()
-				w.j.release(w.j.lastSeq())
-			}
-		}
-	}()
-	defer func() { cancel(); <-done; _ = w.j.close(); _ = w.store.Close() }()
+	w := benchWriter(b, 0)
 	var rows [][]string
 	for g := 41000; g < 41010; g++ {
 		id := strconv.Itoa(g)
