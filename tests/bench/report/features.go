@@ -182,7 +182,7 @@ func (r *runner) features(quick bool) string {
 	pf("\n## Feature overhead (issues 9, 10, 11)\n\n")
 	pf("Each cell below ran on every listed path back to back, %d rounds, the order rotated from one round to the next,\n", rounds)
 	pf("`pgbench -n -T %d -c %d -j 2` (the cells ending in /1: `-c 1`). Figures are the means over the rounds; a ratio is taken within each round\n", r.seconds, clients)
-	pf("(the two runs it compares were back to back) and given as the mean of the rounds' ratios with their range.\n")
+	pf("(the two runs it compares were back to back) and given as the rounds' geometric mean with their range and a confidence interval.\n")
 	pf("**airlock** has guardrails (the SQL policy stage, built-in rules) and recording (embedded SQLite) on and no masking.\n")
 	if withMask {
 		pf("The masked script (`-f`): `SELECT id, name, email, card, plan FROM bench_people WHERE id BETWEEN :a AND :a + %d`\n", r.st.MaskRows-1)
@@ -220,12 +220,100 @@ func (r *runner) features(quick bool) string {
 			pf("| %s | %s (%s) | no complete round | | **not measured** |\n", t.issue, t.what, t.c)
 			continue
 		}
-		mean, lo, hi := stats(ratios)
+		_, lo, hi := stats(ratios)
+		est := ratioCI(ratios)
 		mon, moff := meanResult(on), meanResult(off)
-		pf("| %s | %s (%s) | %.2f × (%.2f–%.2f); proxy CPU %s vs %s µs/tx | %d | %s |\n", t.issue, t.what, t.c, mean, lo, hi,
-			us(mon.cpu["proxy"]), us(moff.cpu["proxy"]), len(ratios), map[bool]string{true: "no target", false: metStr(mean >= t.min)}[t.min == 0])
+		verdict := "no target"
+		if t.min > 0 {
+			verdict = est.verdict(t.min)
+		}
+		pf("| %s | %s (%s) | %.2f × (rounds %.2f–%.2f; 90%% CI %s); proxy CPU %s vs %s µs/tx | %d | %s |\n", t.issue, t.what, t.c, est.mean, lo, hi,
+			est.interval(), us(mon.cpu["proxy"]), us(moff.cpu["proxy"]), len(ratios), verdict)
 	}
+	pf("\nA ratio is the geometric mean of the rounds' ratios; its 90%% confidence interval is Student's t on their logarithms\n")
+	pf("(the rounds taken as independent pairs). A target is **met** when the whole interval is at or above it, **missed** when\n")
+	pf("the whole interval is below it, and **not resolved** when the interval straddles it: the rounds cannot tell which.\n")
 	return w.String()
+}
+
+// estimate is a ratio's geometric mean over rounds with its confidence
+// interval. A target called met or missed on a mean alone flipped from run
+// to run on this machine (rounds swing by ±15–30%), so the verdict says so
+// when the rounds cannot decide.
+type estimate struct {
+	mean, lo, hi float64
+	n            int
+}
+
+func ratioCI(ratios []float64) estimate {
+	e := estimate{n: len(ratios)}
+	var logs []float64
+	for _, r := range ratios {
+		if r > 0 {
+			logs = append(logs, math.Log(r))
+		}
+	}
+	if len(logs) == 0 {
+		return estimate{mean: math.NaN(), lo: math.NaN(), hi: math.NaN()}
+	}
+	var m float64
+	for _, l := range logs {
+		m += l
+	}
+	m /= float64(len(logs))
+	e.mean = math.Exp(m)
+	if len(logs) < 2 {
+		e.lo, e.hi = math.NaN(), math.NaN()
+		return e
+	}
+	var ss float64
+	for _, l := range logs {
+		ss += (l - m) * (l - m)
+	}
+	half := t90(len(logs)-1) * math.Sqrt(ss/float64(len(logs)-1)/float64(len(logs)))
+	e.lo, e.hi = math.Exp(m-half), math.Exp(m+half)
+	return e
+}
+
+func (e estimate) interval() string {
+	if math.IsNaN(e.lo) {
+		return "– (one round)"
+	}
+	return fmt.Sprintf("%.2f–%.2f", e.lo, e.hi)
+}
+
+func (e estimate) verdict(min float64) string {
+	switch {
+	case math.IsNaN(e.lo):
+		return "**not resolved** (one round)"
+	case e.lo >= min:
+		return "**met**"
+	case e.hi < min:
+		return "**missed**"
+	case e.mean >= min:
+		return "**not resolved** (mean at or above)"
+	default:
+		return "**not resolved** (mean below)"
+	}
+}
+
+// t90 is Student's t for a two-sided 90% interval with df degrees of
+// freedom.
+func t90(df int) float64 {
+	table := []float64{6.314, 2.920, 2.353, 2.132, 2.015, 1.943, 1.895, 1.860, 1.833, 1.812,
+		1.796, 1.782, 1.771, 1.761, 1.753, 1.746, 1.740, 1.734, 1.729, 1.725}
+	switch {
+	case df < 1:
+		return math.NaN()
+	case df <= len(table):
+		return table[df-1]
+	case df <= 30:
+		return 1.697
+	case df <= 60:
+		return 1.671
+	default:
+		return 1.645
+	}
 }
 
 func metStr(ok bool) string {
