@@ -49,14 +49,22 @@ type blockLine struct {
 // the very bytes that were hashed.
 func appendLine(b []byte, r *Record) []byte {
 	b = append(b, `{"seq":`...)
-	b = strconv.AppendInt(b, r.Seq, 10)
-	b = append(b, `,"time_ns":`...)
-	b = strconv.AppendInt(b, r.Time.UnixNano(), 10)
-	b = append(b, `,"kind":`...)
-	b = appendPlain(b, r.Kind)
-	if r.Session != "" {
-		b = append(b, `,"session":`...)
-		b = appendPlain(b, r.Session)
+	if r.frame.head != nil {
+		// From the journal frame, whose bytes are the line's up to the
+		// hashes (decodeOwn sets head only then): copied, not
+		// formatted and quoted field by field again.
+		b = append(b, r.frame.seq...)
+		b = append(b, r.frame.head...)
+	} else {
+		b = strconv.AppendInt(b, r.Seq, 10)
+		b = append(b, `,"time_ns":`...)
+		b = strconv.AppendInt(b, r.Time.UnixNano(), 10)
+		b = append(b, `,"kind":`...)
+		b = appendPlain(b, r.Kind)
+		if r.Session != "" {
+			b = append(b, `,"session":`...)
+			b = appendPlain(b, r.Session)
+		}
 	}
 	b = append(b, `,"prev_hash":`...)
 	b = appendPlain(b, r.PrevHash)
@@ -71,21 +79,11 @@ func appendLine(b []byte, r *Record) []byte {
 	return append(b, "}\n"...)
 }
 
-// plainByte is whether encoding/json writes a byte of a string as it is.
-var plainByte = func() (t [256]bool) {
-	for c := 0x20; c < 0x80; c++ {
-		t[c] = c != '"' && c != '\\' && c != '<' && c != '>' && c != '&'
-	}
-	return t
-}()
-
 // appendPlain is appendString with a fast path for the common case (hex
 // hashes, kinds, session ids), where nothing needs escaping.
 func appendPlain(b []byte, s string) []byte {
-	for i := 0; i < len(s); i++ {
-		if !plainByte[s[i]] {
-			return appendString(b, s)
-		}
+	if plainPrefix(s) < len(s) {
+		return appendString(b, s)
 	}
 	b = append(b, '"')
 	b = append(b, s...)

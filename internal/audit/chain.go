@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -44,28 +45,69 @@ func hashRecord(prev string, r *Record) string {
 
 // hashLink is hashRecord over the previous hash's bytes.
 func hashLink(prev []byte, r *Record) [sha256.Size]byte {
-	// Built in one buffer and hashed at once: the shipper hashes every
-	// record, and the streaming form cost it a microsecond a record in
-	// allocations (the digest, the decoded hash, the joined header).
-	var stack [512]byte
-	b := stack[:0]
-	if n := len(prev) + 256 + len(r.Data); n > cap(b) {
-		b = make([]byte, 0, n)
+	var l linker
+	return l.link(prev, r)
+}
+
+// linkJoined is the largest hash input hashed from one buffer on the
+// stack; a larger record streams through the linker's reused digest.
+const linkJoined = 512
+
+// linker computes chain links. The shipper keeps one: a record's link is
+// the SHA-256 of its header and data, and a record with a result sample
+// (a kilobyte or more) used to be copied into a buffer allocated for it
+// before hashing; streamed, it is hashed where it lies.
+type linker struct {
+	d   hash.Hash // made on first use
+	hdr []byte
+	sum []byte
+}
+
+// link is the link of r after the previous hash prev (its bytes).
+func (l *linker) link(prev []byte, r *Record) [sha256.Size]byte {
+	if len(prev)+linkHeaderMax(r)+len(r.Data) <= linkJoined {
+		// Small: one Sum256 over a stack buffer beats the streaming
+		// digest's calls through an interface and its partial blocks.
+		var stack [linkJoined]byte
+		b := appendLinkHeader(stack[:0], prev, r)
+		return sha256.Sum256(append(b, r.Data...))
 	}
+	if l.d == nil {
+		l.d = sha256.New()
+	}
+	l.hdr = appendLinkHeader(l.hdr[:0], prev, r)
+	l.d.Reset()
+	l.d.Write(l.hdr)
+	l.d.Write(r.Data)
+	l.sum = l.d.Sum(l.sum[:0])
+	return [sha256.Size]byte(l.sum)
+}
+
+// linkHeaderMax bounds what appendLinkHeader writes, but for prev.
+func linkHeaderMax(r *Record) int {
+	return len(Schema) + len(r.Daemon) + len(r.Kind) + len(r.Session) + 2*20 + 6
+}
+
+// appendLinkHeader appends what the chain hashes before a record's data
+// (docs/AUDIT.md, Tamper evidence). The time's digits are the journal
+// frame's when the record came from one: not formatted again.
+func appendLinkHeader(b, prev []byte, r *Record) []byte {
 	b = append(b, prev...)
 	b = append(b, Schema+"\n"...)
 	b = append(b, r.Daemon...)
 	b = append(b, '\n')
-	b = strconv.AppendInt(b, r.Time.UnixNano(), 10)
+	if r.frame.ns != nil {
+		b = append(b, r.frame.ns...)
+	} else {
+		b = strconv.AppendInt(b, r.Time.UnixNano(), 10)
+	}
 	b = append(b, '\n')
 	b = append(b, r.Kind...)
 	b = append(b, '\n')
 	b = append(b, r.Session...)
 	b = append(b, '\n')
 	b = strconv.AppendInt(b, int64(len(r.Data)), 10)
-	b = append(b, '\n')
-	b = append(b, r.Data...)
-	return sha256.Sum256(b)
+	return append(b, '\n')
 }
 
 // chainRecords links recs (in order) after prev, setting each one's
@@ -75,15 +117,16 @@ func hashLink(prev []byte, r *Record) [sha256.Size]byte {
 // string instead of an allocation each.
 func chainRecords(prev string, recs []Record) string {
 	// A buffer of their own, which nothing writes again.
-	last, _ := chainRecordsInto(nil, prev, recs)
+	var l linker
+	last, _ := l.chainInto(nil, prev, recs)
 	return last
 }
 
-// chainRecordsInto is chainRecords with the hex hashes written into buf
-// (grown if needed, and returned): the hashes set in recs, and the one
-// returned, are strings over buf, valid until buf is written again. The
-// shipper reuses buf from batch to batch, copying only the head it keeps.
-func chainRecordsInto(buf []byte, prev string, recs []Record) (string, []byte) {
+// chainInto is chainRecords with the hex hashes written into buf (grown
+// if needed, and returned): the hashes set in recs, and the one returned,
+// are strings over buf, valid until buf is written again. The shipper
+// reuses buf from batch to batch, copying only the head it keeps.
+func (l *linker) chainInto(buf []byte, prev string, recs []Record) (string, []byte) {
 	if len(recs) == 0 {
 		return prev, buf[:0]
 	}
@@ -107,7 +150,7 @@ func chainRecordsInto(buf []byte, prev string, recs []Record) (string, []byte) {
 	}
 	text := buf[:len(recs)*hx]
 	for i := range recs {
-		sum := hashLink(link, &recs[i])
+		sum := l.link(link, &recs[i])
 		hex.Encode(text[i*hx:], sum[:])
 		raw, link = sum, raw[:]
 	}

@@ -74,6 +74,10 @@ func TestChainRecordsMatchesHashRecord(t *testing.T) {
 			// Longer than the hash's stack buffer.
 			recs[2].Data = json.RawMessage(`{"sql":"` + strings.Repeat("x", 900) + `"}`)
 		}
+		if n > 3 {
+			// Another, longer, through the same reused digest.
+			recs[3].Data = json.RawMessage(`{"sql":"` + strings.Repeat("y", 5000) + `"}`)
+		}
 		return recs
 	}
 	for _, tc := range []struct {

@@ -1,6 +1,7 @@
 package audit
 
 import (
+	"crypto/sha256"
 	"encoding/binary"
 	"encoding/json"
 	"os"
@@ -88,6 +89,7 @@ func FuzzDecodePayload(f *testing.F) {
 		if !ok {
 			return
 		}
+		sameAsFormatted(t, &own)
 		if !json.Valid(own.Data) {
 			return // the data is not scanned again (see decodeOwn)
 		}
@@ -173,4 +175,65 @@ func FuzzRingRecovery(f *testing.F) {
 			t.Fatalf("append after recovery (last %d): %+v %v", last, after, err)
 		}
 	})
+}
+
+// sameAsFormatted fails t unless p's record, with the frame's bytes the
+// decoder kept, hashes and stores as the same record formatted field by
+// field: the frame's bytes are only a shortcut.
+func sameAsFormatted(t *testing.T, p *pending) {
+	t.Helper()
+	r := Record{Daemon: "d", Seq: p.Seq, Time: p.Time, Kind: p.Kind, Session: p.Session, Data: p.Data, PrevHash: genesis, Hash: genesis, frame: p.frame}
+	plain := r
+	plain.frame = frameText{}
+	if got, want := appendLine(nil, &r), appendLine(nil, &plain); string(got) != string(want) {
+		t.Fatalf("line from the frame %q, formatted %q", got, want)
+	}
+	prev := make([]byte, sha256.Size)
+	if got, want := hashLink(prev, &r), hashLink(prev, &plain); got != want {
+		t.Fatalf("hash from the frame %x, formatted %x", got, want)
+	}
+}
+
+// The record read from a frame takes its seq, time, kind and session
+// bytes from the frame where they stand in the line and hash as they are,
+// and is formatted where they do not (the line escapes <, > and &, leaves
+// out an empty session; a frame of the previous version has the time as
+// text): either way the same line and hash.
+func TestFrameTextStandsIn(t *testing.T) {
+	at := time.Unix(1764500000, 123456789)
+	for _, tc := range []struct {
+		name     string
+		p        pending
+		old      bool // the previous version's frame
+		wantHead bool
+	}{
+		{"statement", pending{Seq: 5, Time: at, Kind: kindStatement, Session: "0f3c9a", Data: json.RawMessage(`{"sql":"SELECT 1"}`)}, false, true},
+		{"largest seq", pending{Seq: 1<<63 - 1, Time: at, Kind: kindStatement, Session: "s", Data: json.RawMessage(`1`)}, false, true},
+		{"before 1970", pending{Seq: 9, Time: time.Unix(-3, 5), Kind: "k", Session: "s", Data: json.RawMessage(`1`)}, false, true},
+		{"at 1970", pending{Seq: 9, Time: time.Unix(0, 0), Kind: "k", Session: "s", Data: json.RawMessage(`1`)}, false, true},
+		{"no session", pending{Seq: 6, Time: at, Kind: "credential.sweep", Data: json.RawMessage(`{}`)}, false, false},
+		{"session the line escapes", pending{Seq: 7, Time: at, Kind: "k", Session: "a<b>&c", Data: json.RawMessage(`{}`)}, false, false},
+		{"kind the line escapes", pending{Seq: 7, Time: at, Kind: "k&", Session: "s", Data: json.RawMessage(`{}`)}, false, false},
+		{"escaped in the frame", pending{Seq: 8, Time: at, Kind: "k", Session: "we\"ird\x01é", Data: json.RawMessage(`{}`)}, false, false},
+		{"previous version", pending{Seq: 3, Time: at, Kind: kindStatement, Session: "s", Data: json.RawMessage(`{}`)}, true, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var payload []byte
+			if tc.old {
+				payload = oldFramePayload(&tc.p)
+			} else {
+				b, seqAt := encodeFrame(nil, &tc.p)
+				strconv.AppendInt(b[seqAt:seqAt], tc.p.Seq, 10)
+				payload = b[frameHeader:]
+			}
+			got, err := decodePayload(payload, nil)
+			if err != nil || got.Seq != tc.p.Seq || !got.Time.Equal(tc.p.Time) || got.Kind != tc.p.Kind || got.Session != tc.p.Session {
+				t.Fatalf("decoded %+v (%v), want %+v", got, err, tc.p)
+			}
+			if (got.frame.head != nil) != tc.wantHead {
+				t.Fatalf("frame text kept for the line: %q, want it %v", got.frame.head, tc.wantHead)
+			}
+			sameAsFormatted(t, &got)
+		})
+	}
 }

@@ -969,16 +969,27 @@ func decodeOwn(b []byte, names *nameCache) (pending, bool) {
 	if !ok {
 		return p, false
 	}
+	seqText := rest
 	p.Seq, rest, ok = paddedInt(rest)
 	if !ok {
 		return p, false
 	}
+	if n := bytes.IndexByte(seqText[:seqWidth], ' '); n >= 0 {
+		seqText = seqText[:n]
+	} else {
+		seqText = seqText[:seqWidth]
+	}
+	head := rest
+	var nsText []byte
 	if r, ok := cutPrefix(rest, `,"time_ns":`); ok {
 		var ns int64
 		if ns, rest, ok = jsonInt(r); !ok {
 			return p, false
 		}
 		p.Time = time.Unix(0, ns).UTC()
+		if nsText = r[:len(r)-len(rest)]; nsText[0] == '-' && nsText[1] == '0' {
+			nsText = nil // -0: not how AppendInt writes it
+		}
 	} else {
 		// A frame of the previous version: the time as RFC 3339 text.
 		if rest, ok = cutPrefix(rest, `,"time":"`); !ok {
@@ -1001,17 +1012,27 @@ func decodeOwn(b []byte, names *nameCache) (pending, bool) {
 	if rest, ok = cutPrefix(rest, `,"kind":`); !ok {
 		return p, false
 	}
-	if p.Kind, rest, ok = plainString(rest, names); !ok {
+	var kindAsIs, sessAsIs bool
+	if p.Kind, rest, kindAsIs, ok = plainString(rest, names); !ok {
 		return p, false
 	}
 	if rest, ok = cutPrefix(rest, `,"session":`); !ok {
 		return p, false
 	}
-	if p.Session, rest, ok = plainString(rest, names); !ok {
+	if p.Session, rest, sessAsIs, ok = plainString(rest, names); !ok {
 		return p, false
 	}
+	head = head[:len(head)-len(rest)]
 	if rest, ok = cutPrefix(rest, `,"data":`); !ok {
 		return p, false
+	}
+	if nsText != nil {
+		p.frame.seq, p.frame.ns = seqText, nsText
+		// The line leaves out an empty session and escapes what
+		// appendPlain escapes: only then does it differ from the frame.
+		if kindAsIs && sessAsIs && p.Session != "" {
+			p.frame.head = head
+		}
 	}
 	if len(rest) < 2 || rest[len(rest)-1] != '}' {
 		return p, false
@@ -1111,20 +1132,24 @@ func paddedInt(b []byte) (int64, []byte, bool) {
 }
 
 // plainString reads a JSON string without escapes or bytes encoding/json
-// would change (anything else is left to it), interned in names.
-func plainString(b []byte, names *nameCache) (string, []byte, bool) {
+// would change (anything else is left to it), interned in names. asIs is
+// whether appendPlain writes it back as the same bytes (no < > &).
+func plainString(b []byte, names *nameCache) (s string, rest []byte, asIs, ok bool) {
 	if len(b) < 2 || b[0] != '"' {
-		return "", b, false
+		return "", b, false, false
 	}
+	asIs = true
 	for i := 1; i < len(b); i++ {
 		switch c := b[i]; {
 		case c == '"':
-			return names.get(b[1:i]), b[i+1:], true
+			return names.get(b[1:i]), b[i+1:], asIs, true
 		case c < 0x20 || c >= 0x7f || c == '\\':
-			return "", b, false
+			return "", b, false, false
+		case c == '<' || c == '>' || c == '&':
+			asIs = false
 		}
 	}
-	return "", b, false
+	return "", b, false, false
 }
 
 // parseOwnTime reads a time as appendTime writes it in UTC

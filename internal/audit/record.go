@@ -44,6 +44,21 @@ type Record struct {
 	// bytes, rendered): the data as stored, the bytes the chain hashed, so
 	// that an export can still be checked link by link without the store.
 	HashedData json.RawMessage `json:"hashed_data,omitempty"`
+
+	// frame is set on a record the shipper read from the journal: the
+	// frame's bytes that stand as they are in the record's hash and line.
+	frame frameText
+}
+
+// frameText is what of a journal frame a record's hash and block line can
+// take as it is, instead of formatting the seq and the time again and
+// quoting the kind and session: slices of the frame, valid as long as its
+// data. nil slices where the frame cannot stand in (a frame of the
+// previous version, a kind or session the line would escape).
+type frameText struct {
+	seq  []byte // the seq's digits
+	ns   []byte // the time's Unix nanoseconds, as AppendInt writes them
+	head []byte // ,"time_ns":…,"kind":"…","session":"…" exactly as the line has them
 }
 
 // SessionStart is the data of a session.start record.
@@ -243,6 +258,7 @@ type pending struct {
 	Kind    string          `json:"kind"`
 	Session string          `json:"session,omitempty"`
 	Data    json.RawMessage `json:"data"`
+	frame   frameText
 }
 
 // fromEvent turns a session event into record data, applying pol.

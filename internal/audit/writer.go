@@ -76,6 +76,7 @@ type Writer struct {
 	rbuf     shipBuf  // the batch read from the journal, reused
 	recBuf   []Record // the batch's records, reused
 	hashBuf  []byte   // the batch's hex hashes, reused
+	linker   linker   // the shipper's, reused
 	headNote *headNote
 	store    *Store
 	stored   int64
@@ -534,11 +535,11 @@ func (w *Writer) ship(ctx context.Context) error {
 			if p.Seq != next {
 				return w.fail(fmt.Errorf("audit journal skips from seq %d to %d", next-1, p.Seq))
 			}
-			recs = append(recs, Record{Schema: Schema, Daemon: w.daemon, Seq: p.Seq, Time: p.Time, Kind: p.Kind, Session: p.Session, Data: p.Data})
+			recs = append(recs, Record{Schema: Schema, Daemon: w.daemon, Seq: p.Seq, Time: p.Time, Kind: p.Kind, Session: p.Session, Data: p.Data, frame: p.frame})
 			next++
 		}
 		var prev string
-		prev, w.hashBuf = chainRecordsInto(w.hashBuf, w.head, recs)
+		prev, w.hashBuf = w.linker.chainInto(w.hashBuf, w.head, recs)
 		// The hashes live in hashBuf until the next batch: the head that
 		// outlives it is a copy.
 		prev = strings.Clone(prev)
