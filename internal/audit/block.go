@@ -66,10 +66,18 @@ func appendLine(b []byte, r *Record) []byte {
 			b = appendPlain(b, r.Session)
 		}
 	}
-	b = append(b, `,"prev_hash":`...)
-	b = appendPlain(b, r.PrevHash)
-	b = append(b, `,"hash":`...)
-	b = appendPlain(b, r.Hash)
+	if r.hexLinks {
+		b = append(b, `,"prev_hash":"`...)
+		b = append(b, r.PrevHash...)
+		b = append(b, `","hash":"`...)
+		b = append(b, r.Hash...)
+		b = append(b, '"')
+	} else {
+		b = append(b, `,"prev_hash":`...)
+		b = appendPlain(b, r.PrevHash)
+		b = append(b, `,"hash":`...)
+		b = appendPlain(b, r.Hash)
+	}
 	b = append(b, `,"data":`...)
 	if len(r.Data) == 0 {
 		b = append(b, "null"...)

@@ -132,9 +132,10 @@ func (l *linker) chainInto(buf []byte, prev string, recs []Record) (string, []by
 	}
 	var raw [sha256.Size]byte
 	link := raw[:]
+	hexPrev := true // prev is what the first record of the loop below links to
 	if n := hex.DecodedLen(len(prev)); n == len(raw) {
 		k, _ := hex.Decode(raw[:], []byte(prev))
-		link = raw[:k]
+		link, hexPrev = raw[:k], k == len(raw)
 	} else {
 		// Not a hash this daemon wrote (genesis and its own hashes are
 		// 64 hex digits): the general form decodes it.
@@ -158,6 +159,7 @@ func (l *linker) chainInto(buf []byte, prev string, recs []Record) (string, []by
 	for i := range recs {
 		recs[i].PrevHash = prev
 		recs[i].Hash = all[i*hx : (i+1)*hx]
+		recs[i].hexLinks = i > 0 || hexPrev
 		prev = recs[i].Hash
 	}
 	return prev, text

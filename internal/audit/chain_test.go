@@ -92,6 +92,8 @@ func TestChainRecordsMatchesHashRecord(t *testing.T) {
 		{"short prev", "abcd", 3},
 		{"long prev", genesis + "00", 3},
 		{"bad hex digit", strings.Repeat("a", 30) + "zz" + strings.Repeat("b", 32), 3},
+		{"a hash's length, not hex, escaped in a line", strings.Repeat("a", 30) + "<&" + strings.Repeat("b", 32), 3},
+		{"not hex, escaped in a line", "<prev>", 3},
 		{"empty prev", "", 2},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -106,10 +108,48 @@ func TestChainRecordsMatchesHashRecord(t *testing.T) {
 				if recs[i].Hash != want {
 					t.Fatalf("record %d: hash %s, want %s", i, recs[i].Hash, want)
 				}
+				// Its line quotes the hashes unseen only where
+				// that is what quoting them would give.
+				plain := recs[i]
+				plain.hexLinks = false
+				if got, want := appendLine(nil, &recs[i]), appendLine(nil, &plain); string(got) != string(want) {
+					t.Fatalf("record %d: line %s, want %s", i, got, want)
+				}
 				prev = want
 			}
 			if last != prev {
 				t.Fatalf("returned %s, want %s", last, prev)
+			}
+		})
+	}
+}
+
+// BenchmarkLinkForms compares the two ways linker.link hashes a record:
+// one Sum256 over a joined stack buffer, and the reused streaming digest
+// over the header and the data where they lie. linkJoined is where the
+// second starts to win.
+func BenchmarkLinkForms(b *testing.B) {
+	prev := make([]byte, sha256.Size)
+	for _, size := range []int{100, 300, 450, 1300} {
+		r := Record{Daemon: "3f0c9a2e", Time: time.Unix(1764500000, 123456789), Kind: kindStatement,
+			Session: "0f3c9a2e5b7d1c4a", Data: json.RawMessage(strings.Repeat("x", size))}
+		b.Run(fmt.Sprintf("data=%d/joined", size), func(b *testing.B) {
+			b.ReportAllocs()
+			buf := make([]byte, 0, 2048)
+			for range b.N {
+				buf = appendLinkHeader(buf[:0], prev, &r)
+				_ = sha256.Sum256(append(buf, r.Data...))
+			}
+		})
+		b.Run(fmt.Sprintf("data=%d/streamed", size), func(b *testing.B) {
+			b.ReportAllocs()
+			l := linker{d: sha256.New()}
+			for range b.N {
+				l.hdr = appendLinkHeader(l.hdr[:0], prev, &r)
+				l.d.Reset()
+				l.d.Write(l.hdr)
+				l.d.Write(r.Data)
+				l.sum = l.d.Sum(l.sum[:0])
 			}
 		})
 	}

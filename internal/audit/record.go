@@ -48,6 +48,9 @@ type Record struct {
 	// frame is set on a record the shipper read from the journal: the
 	// frame's bytes that stand as they are in the record's hash and line.
 	frame frameText
+	// hexLinks says PrevHash and Hash are hex digits, as the shipper's
+	// chaining set them: the line quotes them without looking at them.
+	hexLinks bool
 }
 
 // frameText is what of a journal frame a record's hash and block line can
