@@ -237,3 +237,24 @@ func TestFrameTextStandsIn(t *testing.T) {
 		})
 	}
 }
+
+// A nameCache hands back each name as it is, whichever of its recent
+// slots and map it comes from: names that share a slot (same length, same
+// last and middle bytes), the empty name, and more names than the map
+// keeps.
+func TestNameCache(t *testing.T) {
+	var c nameCache
+	names := []string{"statement", "abcdefgh1", "zbcdefgh1", "statement", "", "s", "t", "s",
+		"abcdefgh1", "session.start", "zbcdefgh1"}
+	for i := 0; i < 3*namesKept; i++ {
+		names = append(names, strconv.Itoa(i), "statement")
+	}
+	for i, n := range names {
+		if got := c.get([]byte(n)); got != n {
+			t.Fatalf("name %d: got %q, want %q", i, got, n)
+		}
+	}
+	if len(c.m) > namesKept {
+		t.Fatalf("the map holds %d names, more than %d", len(c.m), namesKept)
+	}
+}

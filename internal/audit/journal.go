@@ -834,7 +834,14 @@ type frameReader struct {
 }
 
 // nameCache interns the short strings of frames (kinds, session ids).
-type nameCache struct{ m map[string]string }
+type nameCache struct {
+	m map[string]string
+	// recent holds the last names seen, by their length and two bytes:
+	// a batch's few kinds and sessions mostly hit it, at a comparison
+	// instead of the map's hashing (two look-ups were a fifth of
+	// decoding a frame).
+	recent [64]string
+}
 
 // namesKept bounds a nameCache: past it, it starts again.
 const namesKept = 4096
@@ -843,14 +850,22 @@ func (c *nameCache) get(b []byte) string {
 	if c == nil {
 		return string(b)
 	}
-	if s, ok := c.m[string(b)]; ok {
-		return s
+	if len(b) == 0 {
+		return ""
 	}
-	if c.m == nil || len(c.m) >= namesKept {
-		c.m = make(map[string]string, 64)
+	slot := &c.recent[(len(b)^int(b[len(b)-1])^int(b[len(b)/2])<<2)&(len(c.recent)-1)]
+	if *slot == string(b) {
+		return *slot
 	}
-	s := string(b)
-	c.m[s] = s
+	s, ok := c.m[string(b)]
+	if !ok {
+		if c.m == nil || len(c.m) >= namesKept {
+			c.m = make(map[string]string, 64)
+		}
+		s = string(b)
+		c.m[s] = s
+	}
+	*slot = s
 	return s
 }
 
@@ -1053,21 +1068,35 @@ func decodeOwn(b []byte, names *nameCache) (pending, bool) {
 // fits an int64, followed by more of the object.
 func jsonInt(b []byte) (int64, []byte, bool) {
 	n := 0
-	if n < len(b) && b[n] == '-' {
+	neg := len(b) > 0 && b[0] == '-'
+	if neg {
 		n++
 	}
 	d := n
-	for n < len(b) && n-d < 20 && b[n] >= '0' && b[n] <= '9' {
+	// Scanned and valued in one pass (the time's 19 digits are in every
+	// frame); 19 digits do not overflow v, more are refused below.
+	var v uint64
+	for n < len(b) && n-d < 20 {
+		c := b[n] - '0'
+		if c > 9 {
+			break
+		}
+		v = v*10 + uint64(c)
 		n++
 	}
-	if n == d || (n-d > 1 && b[d] == '0') || n >= len(b) || b[n] != ',' {
+	if n == d || n-d > 19 || (n-d > 1 && b[d] == '0') || n >= len(b) || b[n] != ',' {
 		return 0, b, false
 	}
-	v, ok := digits(b[d:n], d > 0)
-	if !ok {
+	if neg {
+		if v > 1<<63 {
+			return 0, b, false
+		}
+		return int64(-v), b[n:], true
+	}
+	if v > 1<<63-1 {
 		return 0, b, false
 	}
-	return v, b[n:], true
+	return int64(v), b[n:], true
 }
 
 // digits is the value of 1 to 19 decimal digits (negated if neg), if an
@@ -1140,17 +1169,43 @@ func plainString(b []byte, names *nameCache) (s string, rest []byte, asIs, ok bo
 	}
 	asIs = true
 	for i := 1; i < len(b); i++ {
-		switch c := b[i]; {
-		case c == '"':
+		k := nameClass[b[i]]
+		if k == nameByte {
+			continue // one look-up for the bytes of every kind and session id
+		}
+		switch k {
+		case nameQuote:
 			return names.get(b[1:i]), b[i+1:], asIs, true
-		case c < 0x20 || c >= 0x7f || c == '\\':
-			return "", b, false, false
-		case c == '<' || c == '>' || c == '&':
+		case nameEscaped:
 			asIs = false
+		default:
+			return "", b, false, false
 		}
 	}
 	return "", b, false, false
 }
+
+const (
+	nameByte    = iota // as it is, in the frame and in a line
+	nameQuote          // the string's end
+	nameEscaped        // < > &: as it is in the frame, escaped in a line
+	nameBad            // what plainString leaves to encoding/json
+)
+
+// nameClass is what plainString makes of each byte.
+var nameClass = func() (t [256]uint8) {
+	for c := range t {
+		switch {
+		case c == '"':
+			t[c] = nameQuote
+		case c < 0x20 || c >= 0x7f || c == '\\':
+			t[c] = nameBad
+		case c == '<' || c == '>' || c == '&':
+			t[c] = nameEscaped
+		}
+	}
+	return t
+}()
 
 // parseOwnTime reads a time as appendTime writes it in UTC
 // (2006-01-02T15:04:05[.fraction]Z, the fraction without trailing zeros);
