@@ -985,15 +985,12 @@ func decodeOwn(b []byte, names *nameCache) (pending, bool) {
 		return p, false
 	}
 	seqText := rest
-	p.Seq, rest, ok = paddedInt(rest)
+	var seqDigits int
+	p.Seq, seqDigits, rest, ok = paddedInt(rest)
 	if !ok {
 		return p, false
 	}
-	if n := bytes.IndexByte(seqText[:seqWidth], ' '); n >= 0 {
-		seqText = seqText[:n]
-	} else {
-		seqText = seqText[:seqWidth]
-	}
+	seqText = seqText[:seqDigits]
 	head := rest
 	var nsText []byte
 	if r, ok := cutPrefix(rest, `,"time_ns":`); ok {
@@ -1134,11 +1131,11 @@ func cutPrefix(b []byte, prefix string) ([]byte, bool) {
 	return b[len(prefix):], true
 }
 
-// paddedInt reads the seq as appendFrameHead leaves it: digits, then
-// spaces up to seqWidth.
-func paddedInt(b []byte) (int64, []byte, bool) {
+// paddedInt reads the seq as appendFrameHead leaves it: digits (how many
+// is returned too), then spaces up to seqWidth.
+func paddedInt(b []byte) (int64, int, []byte, bool) {
 	if len(b) < seqWidth {
-		return 0, b, false
+		return 0, 0, b, false
 	}
 	f := b[:seqWidth]
 	n := 0
@@ -1147,17 +1144,17 @@ func paddedInt(b []byte) (int64, []byte, bool) {
 	}
 	for k := n; k < len(f); k++ {
 		if f[k] != ' ' {
-			return 0, b, false
+			return 0, 0, b, false
 		}
 	}
 	if n == 0 || (n > 1 && f[0] == '0') {
-		return 0, b, false
+		return 0, 0, b, false
 	}
 	v, ok := digits(f[:n], false)
 	if !ok {
-		return 0, b, false
+		return 0, 0, b, false
 	}
-	return v, b[seqWidth:], true
+	return v, n, b[seqWidth:], true
 }
 
 // plainString reads a JSON string without escapes or bytes encoding/json
@@ -1260,7 +1257,7 @@ func daysIn(m time.Month, y int) int {
 // frameSeq reads the seq of a frame's payload.
 func frameSeq(payload []byte) (int64, bool) {
 	if rest, ok := cutPrefix(payload, `{"seq":`); ok {
-		if seq, _, ok := paddedInt(rest); ok {
+		if seq, _, _, ok := paddedInt(rest); ok {
 			return seq, true
 		}
 	}
