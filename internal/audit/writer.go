@@ -531,7 +531,8 @@ func (w *Writer) ship(ctx context.Context) error {
 			recs = make([]Record, 0, len(batch))
 		}
 		next := w.stored + 1
-		for _, p := range batch {
+		for i := range batch {
+			p := &batch[i] // not copied: a pending is 160 bytes
 			if p.Seq != next {
 				return w.fail(fmt.Errorf("audit journal skips from seq %d to %d", next-1, p.Seq))
 			}
