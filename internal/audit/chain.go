@@ -43,10 +43,15 @@ func hashRecord(prev string, r *Record) string {
 	return string(out[:])
 }
 
-// hashLink is hashRecord over the previous hash's bytes.
+// hashLink is hashRecord over the previous hash's bytes: verify's form,
+// which allocates one buffer for a large record rather than a digest.
 func hashLink(prev []byte, r *Record) [sha256.Size]byte {
-	var l linker
-	return l.link(prev, r)
+	n := len(prev) + linkHeaderMax(r) + len(r.Data)
+	if n <= linkJoined {
+		return linkOnStack(prev, r)
+	}
+	b := appendLinkHeader(make([]byte, 0, n), prev, r)
+	return sha256.Sum256(append(b, r.Data...))
 }
 
 // linkJoined is the largest hash input hashed from one buffer on the
@@ -66,11 +71,7 @@ type linker struct {
 // link is the link of r after the previous hash prev (its bytes).
 func (l *linker) link(prev []byte, r *Record) [sha256.Size]byte {
 	if len(prev)+linkHeaderMax(r)+len(r.Data) <= linkJoined {
-		// Small: one Sum256 over a stack buffer beats the streaming
-		// digest's calls through an interface and its partial blocks.
-		var stack [linkJoined]byte
-		b := appendLinkHeader(stack[:0], prev, r)
-		return sha256.Sum256(append(b, r.Data...))
+		return linkOnStack(prev, r)
 	}
 	if l.d == nil {
 		l.d = sha256.New()
@@ -81,6 +82,15 @@ func (l *linker) link(prev []byte, r *Record) [sha256.Size]byte {
 	l.d.Write(r.Data)
 	l.sum = l.d.Sum(l.sum[:0])
 	return [sha256.Size]byte(l.sum)
+}
+
+// linkOnStack is the link of a small record: one Sum256 over a stack
+// buffer, a little cheaper than the streaming digest's calls through an
+// interface and its partial blocks.
+func linkOnStack(prev []byte, r *Record) [sha256.Size]byte {
+	var stack [linkJoined]byte
+	b := appendLinkHeader(stack[:0], prev, r)
+	return sha256.Sum256(append(b, r.Data...))
 }
 
 // linkHeaderMax bounds what appendLinkHeader writes, but for prev.
