@@ -192,8 +192,8 @@ func (s *Store) insertRows(ctx context.Context, tx *sql.Tx, table, cols string, 
 // most shipBatch records, cut also after every seq in cutAfter. cols, if
 // set, are the search columns of each record (a store of the previous
 // layout brings its own, edited or not); otherwise they are derived.
-// conn, if set, is the connection tx runs on: a PostgreSQL store streams
-// the block text over it with COPY (writeBlockCopy).
+// conn, if set, is the connection tx runs on: a PostgreSQL store sends the
+// block text over it without database/sql's copies (writeBlockParams).
 func (s *Store) writeBlocks(ctx context.Context, tx *sql.Tx, conn *sql.Conn, recs []Record, cols []indexCols, cutAfter map[int64]bool) error {
 	for start := 0; start < len(recs); {
 		end, size := start+1, lineSize(&recs[start])
@@ -247,7 +247,7 @@ func (s *Store) writeBlock(ctx context.Context, tx *sql.Tx, conn *sql.Conn, recs
 			return fmt.Errorf("insert the block of records %d to %d: %w", first.Seq, last.Seq, err)
 		}
 	} else if s.postgres && conn != nil {
-		if err := s.writeBlockCopy(ctx, conn, first.Daemon, first.Seq, last.Seq, last.Time.UnixNano(), text); err != nil {
+		if err := s.writeBlockParams(ctx, conn, first.Daemon, first.Seq, last.Seq, last.Time.UnixNano(), text); err != nil {
 			return fmt.Errorf("insert the block of records %d to %d: %w", first.Seq, last.Seq, err)
 		}
 	} else if err := s.exec(ctx, tx, `INSERT INTO audit_blocks (daemon, first_seq, last_seq, last_ns, records) VALUES (?, ?, ?, ?, ?)`,

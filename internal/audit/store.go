@@ -411,7 +411,7 @@ func (s *Store) head(ctx context.Context, daemon string) (int64, string, error) 
 // batch is the group commit.
 func (s *Store) append(ctx context.Context, recs []Record, cps []Checkpoint, keys []Key) error {
 	// A PostgreSQL store's transaction runs on a connection of its own,
-	// which writeBlock also streams the block text over (COPY).
+	// which writeBlock also sends the block text over (writeBlockParams).
 	var conn *sql.Conn
 	begin := s.db.BeginTx
 	if s.postgres {

@@ -33,8 +33,8 @@ func chainOf(t *testing.T, daemon string, first int64, prev string, n int, sqls 
 }
 
 // TestStoreBlockText: what a store keeps of a block is its lines byte for
-// byte, whatever the statements hold (a team store's text goes in by
-// binary COPY, the embedded store's to a block file), and a shipment that
+// byte, whatever the statements hold (a team store's text goes in as a
+// raw parameter, the embedded store's to a block file), and a shipment that
 // cannot be stored leaves nothing behind and does not spoil the next one.
 func TestStoreBlockText(t *testing.T) {
 	cases := []struct {
