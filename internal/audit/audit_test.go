@@ -396,7 +396,7 @@ func relayout(t *testing.T, st *Store, daemon string, size int, change func([]Re
 		}
 	}
 	for i := 0; i < len(recs); i += size {
-		if err := st.writeBlock(ctx, tx, recs[i:min(i+size, len(recs))], nil); err != nil {
+		if err := st.writeBlock(ctx, tx, nil, recs[i:min(i+size, len(recs))], nil); err != nil {
 			t.Fatal(err)
 		}
 	}

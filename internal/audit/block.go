@@ -198,7 +198,9 @@ func (s *Store) insertRows(ctx context.Context, tx *sql.Tx, table, cols string, 
 // most shipBatch records, cut also after every seq in cutAfter. cols, if
 // set, are the search columns of each record (a store of the previous
 // layout brings its own, edited or not); otherwise they are derived.
-func (s *Store) writeBlocks(ctx context.Context, tx *sql.Tx, recs []Record, cols []indexCols, cutAfter map[int64]bool) error {
+// conn, if set, is the connection tx runs on: a PostgreSQL store sends the
+// block text over it without database/sql's copies (writeBlockParams).
+func (s *Store) writeBlocks(ctx context.Context, tx *sql.Tx, conn *sql.Conn, recs []Record, cols []indexCols, cutAfter map[int64]bool) error {
 	for start := 0; start < len(recs); {
 		end, size := start+1, lineSize(&recs[start])
 		for end < len(recs) && end-start < shipBatch && recs[end].Daemon == recs[start].Daemon &&
@@ -210,7 +212,7 @@ func (s *Store) writeBlocks(ctx context.Context, tx *sql.Tx, recs []Record, cols
 		if cols != nil {
 			bc = cols[start:end]
 		}
-		if err := s.writeBlock(ctx, tx, recs[start:end], bc); err != nil {
+		if err := s.writeBlock(ctx, tx, conn, recs[start:end], bc); err != nil {
 			return err
 		}
 		start = end
@@ -218,7 +220,7 @@ func (s *Store) writeBlocks(ctx context.Context, tx *sql.Tx, recs []Record, cols
 	return nil
 }
 
-func (s *Store) writeBlock(ctx context.Context, tx *sql.Tx, recs []Record, cols []indexCols) error {
+func (s *Store) writeBlock(ctx context.Context, tx *sql.Tx, conn *sql.Conn, recs []Record, cols []indexCols) error {
 	s.bufMu.Lock()
 	defer s.bufMu.Unlock()
 	text := s.buf[:0]
@@ -248,6 +250,10 @@ func (s *Store) writeBlock(ctx context.Context, tx *sql.Tx, recs []Record, cols 
 		}
 		if err := s.exec(ctx, tx, `INSERT INTO audit_blocks (daemon, first_seq, last_seq, last_ns, records, file, file_off, file_len, text_crc) VALUES (?, ?, ?, ?, '', ?, ?, ?, ?)`,
 			first.Daemon, first.Seq, last.Seq, last.Time.UnixNano(), ref.name, ref.off, ref.length, ref.sum); err != nil {
+			return fmt.Errorf("insert the block of records %d to %d: %w", first.Seq, last.Seq, err)
+		}
+	} else if s.postgres && conn != nil {
+		if err := s.writeBlockParams(ctx, conn, first.Daemon, first.Seq, last.Seq, last.Time.UnixNano(), text); err != nil {
 			return fmt.Errorf("insert the block of records %d to %d: %w", first.Seq, last.Seq, err)
 		}
 	} else if err := s.exec(ctx, tx, `INSERT INTO audit_blocks (daemon, first_seq, last_seq, last_ns, records) VALUES (?, ?, ?, ?, ?)`,

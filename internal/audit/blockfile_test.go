@@ -226,7 +226,7 @@ func TestMigrateBlocksIntoFiles(t *testing.T) {
 				t.Fatal(err)
 			}
 			for i := 0; i < len(want); i += 7 { // several blocks
-				if err := raw.writeBlock(ctx, tx, want[i:min(i+7, len(want))], nil); err != nil {
+				if err := raw.writeBlock(ctx, tx, nil, want[i:min(i+7, len(want))], nil); err != nil {
 					t.Fatal(err)
 				}
 			}

@@ -410,12 +410,24 @@ func (s *Store) head(ctx context.Context, daemon string) (int64, string, error) 
 // checkpoints and keys, in one transaction: one commit (one fsync) per
 // batch is the group commit.
 func (s *Store) append(ctx context.Context, recs []Record, cps []Checkpoint, keys []Key) error {
-	tx, err := s.db.BeginTx(ctx, nil)
+	// A PostgreSQL store's transaction runs on a connection of its own,
+	// which writeBlock also sends the block text over (writeBlockParams).
+	var conn *sql.Conn
+	begin := s.db.BeginTx
+	if s.postgres {
+		c, err := s.db.Conn(ctx)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		conn, begin = c, c.BeginTx
+	}
+	tx, err := begin(ctx, nil)
 	if err != nil {
 		return err
 	}
 	defer tx.Rollback()
-	if err := s.writeBlocks(ctx, tx, recs, nil, nil); err != nil {
+	if err := s.writeBlocks(ctx, tx, conn, recs, nil, nil); err != nil {
 		s.filesFailed()
 		return err
 	}
@@ -748,7 +760,7 @@ func moveLegacyRecords(ctx context.Context, s *Store, tx *sql.Tx) error {
 					cuts[recs[i-1].Seq] = true
 				}
 			}
-			if err := s.writeBlocks(ctx, tx, recs, cols, cuts); err != nil {
+			if err := s.writeBlocks(ctx, tx, nil, recs, cols, cuts); err != nil {
 				return fmt.Errorf("move the records of %s into blocks: %w", d, err)
 			}
 			after = rs[len(rs)-1].Seq

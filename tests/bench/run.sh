@@ -38,7 +38,9 @@
 #   BENCH_SCALE [10]           pgbench -i -s
 #   BENCH_LOG_LEVEL [info]     airlockd's log_level
 #   BENCH_OUT [docs/BENCHMARKS.md]
-#   BENCH_HOLD [""]           1: set everything up, then wait (to profile by hand)
+#   BENCH_HOLD [""]           1: set everything up, then wait (to profile by hand);
+#                              BENCH_HOLD_BIN, _ENV, _OFF, _PGSTORE: a further daemon (below);
+#                              BENCH_HOLD_PGCONF: one more postgresql.conf line
 # Runs as root. Everything it creates (namespace, cgroups, pins, servers,
 # files) is removed on exit.
 set -euo pipefail
@@ -143,7 +145,7 @@ say "Remote PostgreSQL in namespace $NS at $REMOTE"
 rpg_netns_up "$NS" "$HOST_IF" "$NS_IF" "$LOCAL" "$REMOTE" 30
 rpg_pg_init "$DIR" bench-superuser-pw "$REMOTE" \
   "max_connections = 1400" "shared_buffers = 256MB" "fsync = off" "synchronous_commit = off" \
-  "full_page_writes = off" "max_wal_size = 4GB" "log_min_messages = warning"
+  "full_page_writes = off" "max_wal_size = 4GB" "log_min_messages = warning" ${BENCH_HOLD:+"${BENCH_HOLD_PGCONF:-}"}
 echo $$ > "$HOST/server/cgroup.procs"
 rpg_pg_start "$NS" "$DIR"; PG_PID=$RPG_PG_PID
 echo $$ > "$HOST/script/cgroup.procs"
@@ -356,8 +358,16 @@ if [ -n "${BENCH_HOLD:-}" ] && has_feature audit; then
   # BENCH_HOLD_ENV="GOMAXPROCS=1 ..." and/or BENCH_HOLD_BIN=path/to/airlockd
   # (another build, for A/B in one setup): one more with those, named
   # airlock-env, recording off unless BENCH_HOLD_OFF says otherwise ("").
+  # BENCH_HOLD_PGSTORE=1: airlock-env records into a team store of its own
+  # (database airlock_audit_env), so that two builds whose schemas differ
+  # are compared against the same server.
   if [ -n "${BENCH_HOLD_ENV:-}${BENCH_HOLD_BIN:-}" ]; then
-    DAEMON_ENV=${BENCH_HOLD_ENV:-} DAEMON_BIN=${BENCH_HOLD_BIN:-} start_daemon airlock-env "" $((p += 1)) "${BENCH_HOLD_OFF-audit}"
+    ENV_YAML=""
+    if [ -n "${BENCH_HOLD_PGSTORE:-}" ]; then
+      "${ADMIN[@]}" -d postgres -c "CREATE DATABASE airlock_audit_env OWNER airlock_audit"
+      ENV_YAML=${PGSTORE_YAML/\/airlock_audit\?//airlock_audit_env?}
+    fi
+    DAEMON_ENV=${BENCH_HOLD_ENV:-} DAEMON_BIN=${BENCH_HOLD_BIN:-} start_daemon airlock-env "" $((p += 1)) "${BENCH_HOLD_OFF-audit}" "$ENV_YAML"
   fi
 fi
 PATHS+=$(cat <<JSON
