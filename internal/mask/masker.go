@@ -39,8 +39,8 @@ func (m *Masker) settle(p *plan) {
 	p.settles = true
 	for k := KindPEMKey; k < numKinds; k++ {
 		if p.kinds.Has(k) {
-			switch m.rs.rules[p.rule[k]].spec.Strategy {
-			case Partial, Fake:
+			switch m.rs.rules[p.rule[k]].strat {
+			case sPartial, sFake:
 				p.settles = false
 			}
 		}
@@ -265,34 +265,37 @@ func (m *Masker) count(rule int, k Kind) {
 func (m *Masker) maskWhole(dst, v []byte, ri int, json bool) ([]byte, Result) {
 	r := &m.rs.rules[ri]
 	m.count(ri, KindNone)
-	if r.spec.Strategy == Null {
+	switch {
+	case r.strat == sNull:
 		return dst, Nulled
+	case json:
+		return m.maskWholeJSON(dst, v, r), Masked
 	}
-	if json {
-		dst = append(dst, '"')
-	}
-	switch r.spec.Strategy {
-	case Redact:
+	switch r.strat {
+	case sRedact:
 		dst = appendMarker(dst, r.marker, KindNone)
-	case Partial:
-		if json {
-			dst = appendMarker(dst, r.marker, KindNone)
-		} else {
-			dst = appendPartial(dst, v, r.keep)
-		}
-	case Hash:
+	case sPartial:
+		dst = appendPartial(dst, v, r.keep)
+	case sHash:
 		dst = m.eng.appendHash(dst, v, m.wholeKind(v))
-	case Fake:
-		if json {
-			dst = appendMarker(dst, r.marker, KindNone)
-		} else {
-			dst = m.eng.appendFake(dst, v, m.wholeKind(v), r.marker)
-		}
-	}
-	if json {
-		dst = append(dst, '"')
+	case sFake:
+		dst = m.eng.appendFake(dst, v, m.wholeKind(v), r.marker)
 	}
 	return dst, Masked
+}
+
+// maskWholeJSON is maskWhole for a json or jsonb value: the masked value
+// as a JSON string; partial and fake, which keep the value's format (of a
+// JSON document, not of a value they know), give the marker.
+func (m *Masker) maskWholeJSON(dst, v []byte, r *compiled) []byte {
+	dst = append(dst, '"')
+	switch r.strat {
+	case sHash:
+		dst = m.eng.appendHash(dst, v, m.wholeKind(v))
+	default:
+		dst = appendMarker(dst, r.marker, KindNone)
+	}
+	return append(dst, '"')
 }
 
 // wholeKind is what the whole value is, if one detector finds exactly it
@@ -378,14 +381,14 @@ func (m *Masker) replace(dst, v []byte, sp []Span, p *plan, json bool) []byte {
 			dst = append(dst, '"')
 		}
 		val := v[s.Start:s.End]
-		switch r.spec.Strategy {
-		case Redact, Null:
+		switch r.strat {
+		case sRedact, sNull:
 			dst = appendMarker(dst, r.marker, s.Kind)
-		case Partial:
+		case sPartial:
 			dst = appendPartial(dst, val, r.keep)
-		case Hash:
+		case sHash:
 			dst = m.eng.appendHash(dst, val, s.Kind)
-		case Fake:
+		case sFake:
 			dst = m.eng.appendFake(dst, val, s.Kind, r.marker)
 		}
 		if q {

@@ -35,12 +35,36 @@ const (
 	Fake Strategy = "fake"
 )
 
-func (s Strategy) valid() bool {
+func (s Strategy) valid() bool { return s.code() != badStrategy }
+
+// strategyCode is a Strategy as a small number: the masking of every value
+// switches on it, where comparing the strings cost more than some of the
+// strategies themselves.
+type strategyCode uint8
+
+const (
+	badStrategy strategyCode = iota
+	sRedact
+	sPartial
+	sHash
+	sNull
+	sFake
+)
+
+func (s Strategy) code() strategyCode {
 	switch s {
-	case Redact, Partial, Hash, Null, Fake:
-		return true
+	case Redact:
+		return sRedact
+	case Partial:
+		return sPartial
+	case Hash:
+		return sHash
+	case Null:
+		return sNull
+	case Fake:
+		return sFake
 	}
-	return false
+	return badStrategy
 }
 
 // DefaultMarker is the redact marker when a rule gives none; "{kind}" in a
@@ -135,6 +159,15 @@ func appendPartial(dst, v []byte, keep int) []byte {
 		n += int(partialCounts[c])
 	}
 	star := n - min(keep, n/2)
+	if n == len(v) {
+		// Every character counts (a card's or an account's bare
+		// number): the first star of them are starred.
+		for ; star > len(stars); star -= len(stars) {
+			dst = append(dst, stars...)
+		}
+		dst = append(dst, stars[:star]...)
+		return append(dst, v[n-min(keep, n/2):]...)
+	}
 	start := len(dst)
 	dst = append(dst, v...)
 	out := dst[start:]
@@ -146,6 +179,8 @@ func appendPartial(dst, v []byte, keep int) []byte {
 	}
 	return dst
 }
+
+const stars = "****************************************************************"
 
 // partialCounts marks the ASCII characters partial counts (and stars):
 // letters, digits, and stars themselves.
