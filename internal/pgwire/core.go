@@ -876,6 +876,10 @@ func (pl *pipe) sample(typ byte, body, out []byte) {
 	case pl.samp == nil:
 	case out == nil:
 		pl.sampleOut(typ, body)
+	case oneMessage(out):
+		// A rewritten row (every row of a masked result): its body is
+		// out's after the type and length, with no walk or callback.
+		pl.sampleOut(out[0], out[5:])
 	default:
 		_ = splitMessages(out, func(t byte, _, b []byte) { pl.sampleOut(t, b) })
 	}
