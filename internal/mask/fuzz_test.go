@@ -156,8 +156,19 @@ func FuzzShortcuts(f *testing.F) {
 		}
 		// wholeEmail's one pass against the email detector itself.
 		sp := Detect(nil, v, KindSet(0).With(KindEmail))
-		if got, want := wholeEmail(v), len(sp) == 1 && sp[0].Start == 0 && sp[0].End == len(v); got != want {
+		want := len(sp) == 1 && sp[0].Start == 0 && sp[0].End == len(v)
+		if got := wholeEmail(v, nil); got != want {
 			t.Fatalf("wholeEmail(%q) = %v, the email detector finds %v", v, got, sp)
+		}
+		// The memo of a domain accepted before changes no answer: after
+		// v's own (v again), and after another address's.
+		var memo domainMemo
+		for _, first := range [][]byte{v, []byte("u@corp-mail.com"), append([]byte("u"), v[bytes.IndexByte(v, '@')+1:]...)} {
+			memo = domainMemo{}
+			wholeEmail(first, &memo)
+			if got := wholeEmail(v, &memo); got != want {
+				t.Fatalf("wholeEmail(%q) after %q = %v, the email detector finds %v", v, first, got, sp)
+			}
 		}
 	})
 }

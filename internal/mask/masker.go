@@ -59,6 +59,7 @@ type Masker struct {
 	eng      *engine
 	spans    []Span
 	tmp      []byte
+	domain   domainMemo // wholeKind's last email domain
 }
 
 // ForSubject returns a Masker with the rules that apply to s.
@@ -302,7 +303,7 @@ func (m *Masker) maskWholeJSON(dst, v []byte, r *compiled) []byte {
 // (spaces around allowed); KindNone otherwise.
 func (m *Masker) wholeKind(v []byte) Kind {
 	t := bytes.TrimSpace(v)
-	if wholeEmail(t) {
+	if wholeEmail(t, &m.domain) {
 		// An email column, hashed or faked, is the common case: when the
 		// email detector alone finds exactly the whole value, every
 		// detector together would too, since whatever else they found lies

@@ -518,6 +518,16 @@ func TestWholeKind(t *testing.T) {
 		{"+44 20 7946 0958", KindPhone},
 		{"@@@", KindNone},
 		{"Alice Zephyrine", KindNone},
+		// In turn on one Masker, which remembers the last domain
+		// accepted: the same domain, then near misses of it.
+		{"bob@corp-mail.com", KindEmail},
+		{"carol@corp-mail.com", KindEmail},
+		{"carol@corp-mail.com.", KindNone},
+		{"carol@corp-mail.co", KindEmail},
+		{"carol@corp-mail.c", KindNone},
+		{"carol@corp-mail.com@corp-mail.com", KindEmail}, // as the detectors read it
+		{".carol@corp-mail.com", KindNone},
+		{"carol@sub.corp-mail.com", KindEmail},
 	} {
 		if got := m.wholeKind([]byte(tt.v)); got != tt.want {
 			t.Errorf("wholeKind(%q) = %s, want %s", tt.v, got, tt.want)

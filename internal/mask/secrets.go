@@ -53,10 +53,10 @@ func (d *detector) emails() {
 // start, so it is the one of t's first '@', with every character before it
 // a local one (a later '@' has that one's domain, or other characters,
 // before it). It runs for every value of a hashed or faked email column,
-// so it reads t once: domainEnd(t, a+1) == len(t) holds exactly when every
-// dot-separated label after the '@' is a valid one, there are at least two
-// and the last is a top level, which is checked label by label here.
-func wholeEmail(t []byte) bool {
+// so it reads t once. memo, when not nil, is the last domain accepted
+// (and remembers the next): an email column's values share a few domains,
+// and comparing the bytes costs less than checking the labels again.
+func wholeEmail(t []byte, memo *domainMemo) bool {
 	a := 0
 	for a < len(t) && class[t[a]]&cMail != 0 {
 		a++
@@ -65,6 +65,29 @@ func wholeEmail(t []byte) bool {
 		return false
 	}
 	d := t[a+1:]
+	if memo != nil && memo.n > 0 && bytes.Equal(d, memo.b[:memo.n]) {
+		return true
+	}
+	if !wholeDomain(d) {
+		return false
+	}
+	if memo != nil && len(d) <= len(memo.b) {
+		memo.n = copy(memo.b[:], d)
+	}
+	return true
+}
+
+// domainMemo is one domain wholeDomain accepted.
+type domainMemo struct {
+	b [64]byte
+	n int
+}
+
+// wholeDomain says whether domainEnd(d, 0) == len(d) and d is not
+// reserved: every dot-separated label of d is a valid one, there are at
+// least two, and the last is a top level. Checked label by label in one
+// pass rather than by walking domainEnd's longest prefix.
+func wholeDomain(d []byte) bool {
 	labels, ls, prev := 0, 0, 0
 	for i := 0; i <= len(d); i++ {
 		if i < len(d) && d[i] != '.' {
