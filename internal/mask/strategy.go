@@ -7,6 +7,7 @@ import (
 	"hash"
 	"math/rand/v2"
 	"net/netip"
+	"slices"
 	"strings"
 	"unicode/utf8"
 )
@@ -123,15 +124,18 @@ func (e *engine) appendHash(dst, v []byte, k Kind) []byte {
 	// The sixteen letters are made eight at a time (each nibble of a
 	// 32-bit half spread to a byte of its own, then 'a' added to every
 	// byte), not in a loop of shifts and appends, which cost more than
-	// the hash itself.
-	var l [16]byte
-	binary.BigEndian.PutUint64(l[:8], nibbleLetters(uint32(h>>32)))
-	binary.BigEndian.PutUint64(l[8:], nibbleLetters(uint32(h)))
-	dst = append(dst, '[')
-	dst = append(dst, k.String()...)
-	dst = append(dst, ':')
-	dst = append(dst, l[:]...)
-	return append(dst, ']')
+	// the hash itself; the output is sized once and written in place.
+	name := k.String()
+	n := len(dst)
+	dst = slices.Grow(dst, len(name)+19)[:n+len(name)+19]
+	out := dst[n:]
+	out[0] = '['
+	p := 1 + copy(out[1:], name)
+	out[p] = ':'
+	binary.BigEndian.PutUint64(out[p+1:], nibbleLetters(uint32(h>>32)))
+	binary.BigEndian.PutUint64(out[p+9:], nibbleLetters(uint32(h)))
+	out[p+17] = ']'
+	return dst
 }
 
 // nibbleLetters spreads x's eight nibbles to the bytes of the result, the
