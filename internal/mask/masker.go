@@ -50,16 +50,22 @@ func (m *Masker) settle(p *plan) {
 // Masker applies the rules in force for one session. Column is cheap but
 // not free (pattern matching): call it once per RowDescription field and
 // keep the Column. Mask and Text reuse scratch space and must be called from
-// one goroutine at a time; Counts may be called from any goroutine.
+// one goroutine at a time, and so must Publish; Counts may be called from
+// any goroutine, and counts what was masked up to the last Publish.
 type Masker struct {
 	rs       *RuleSet
 	active   []int // indexes into rs.rules, in policy order
 	computed plan
-	counts   []atomic.Uint64 // rule × kind
-	eng      *engine
-	spans    []Span
-	tmp      []byte
-	domain   domainMemo // wholeKind's last email domain
+	counts   []atomic.Uint64 // rule × kind, as published
+	// What Mask and Text masked since the last Publish, rule × kind: a
+	// plain add per value, where an atomic one cost more than some of
+	// the strategies (a locked instruction per value).
+	pending []uint64
+	unpub   bool
+	eng     *engine
+	spans   []Span
+	tmp     []byte
+	domain  domainMemo // wholeKind's last email domain
 }
 
 // ForSubject returns a Masker with the rules that apply to s.
@@ -70,7 +76,8 @@ func (rs *RuleSet) ForSubject(s Subject) *Masker {
 // Masker returns a Masker with the rules for which in returns true (the
 // caller's scoping decision).
 func (rs *RuleSet) Masker(in func(*Rule) bool) *Masker {
-	m := &Masker{rs: rs, counts: make([]atomic.Uint64, len(rs.rules)*int(numKinds))}
+	m := &Masker{rs: rs, counts: make([]atomic.Uint64, len(rs.rules)*int(numKinds)),
+		pending: make([]uint64, len(rs.rules)*int(numKinds))}
 	if len(rs.key) > 0 {
 		m.eng = newEngine(rs.key)
 	}
@@ -260,7 +267,26 @@ func (c Column) MaskBinary(oid uint32, dst, v []byte) (out []byte, r Result, ok 
 }
 
 func (m *Masker) count(rule int, k Kind) {
-	m.counts[rule*int(numKinds)+int(k)].Add(1)
+	m.pending[rule*int(numKinds)+int(k)]++
+	m.unpub = true
+}
+
+// Publish makes what was masked since the last call visible to Counts.
+// Call it from the goroutine that masks, before the masked values can
+// reach anyone (the PostgreSQL stage: before every write to the client)
+// and when the session ends: so one atomic add per counter per write, not
+// one per value.
+func (m *Masker) Publish() {
+	if !m.unpub {
+		return
+	}
+	for i, n := range m.pending {
+		if n != 0 {
+			m.counts[i].Add(n)
+			m.pending[i] = 0
+		}
+	}
+	m.unpub = false
 }
 
 func (m *Masker) maskWhole(dst, v []byte, ri int, json bool) ([]byte, Result) {
@@ -448,7 +474,8 @@ type Count struct {
 	Values   uint64   `json:"values"`
 }
 
-// Counts returns the non-zero counters, by rule then detector.
+// Counts returns the non-zero counters, by rule then detector, as of the
+// last Publish.
 func (m *Masker) Counts() []Count {
 	var out []Count
 	for ri := range m.rs.rules {
