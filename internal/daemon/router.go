@@ -71,7 +71,7 @@ type lookupFunc func(ctx context.Context, host string) ([]string, error)
 
 func newRouter(ctx context.Context, cfg *config.Config, set *targets.Set, dialer upstream.Dialer, lookup lookupFunc, log *slog.Logger, d *Daemon) (*router, error) {
 	r := &router{set: set, hosts: map[string]string{}, byTarget: map[string]frontdoor.Route{}, fallback: relay.TCP{Dialer: dialer}, stateDir: cfg.StateDir}
-	r.sampleRows, r.sampleBytes = cfg.Audit.Samples()
+	r.sampleRows, r.sampleBytes = benchSamples(cfg.Audit.Samples())
 	if d != nil && d.audit != nil {
 		r.events = d.audit
 	}

@@ -41,6 +41,8 @@ const (
 	cHex   // 0-9 a-f A-F
 	cTok   // + / _ - : may continue a token (base64, base64url, identifiers)
 	cLocal // may appear in an email's local part besides letters and digits
+	cMail  // what isLocal accepts: letters, digits and . _ % + -
+	cLabel // may appear in a domain label: letters, digits and -
 	cAlnum = cDigit | cUpper | cLower
 )
 
@@ -61,6 +63,15 @@ var class = func() (t [256]uint8) {
 	for _, c := range ".!#$%&'*+/=?^_`{|}~-" {
 		t[c] |= cLocal
 	}
+	for c := range t {
+		if t[c]&cAlnum != 0 {
+			t[c] |= cMail | cLabel
+		}
+	}
+	for _, c := range "._%+-" {
+		t[c] |= cMail
+	}
+	t['-'] |= cLabel
 	return t
 }()
 

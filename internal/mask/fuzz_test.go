@@ -137,7 +137,8 @@ func reservedDomainList(dom []byte) bool {
 // email detector passes it (letters, digits, '-' and '.').
 func FuzzShortcuts(f *testing.F) {
 	for _, s := range []string{"4111 1111 1111 1111", "a@b.io", "***1", "Zoë Ünal", "", "corp.example.COM", "x.localhost",
-		"example.org", "examplexcom", "a.b.test", "invalid", "mail.example.net.", "sub.Example.Org"} {
+		"example.org", "examplexcom", "a.b.test", "invalid", "mail.example.net.", "sub.Example.Org",
+		"user41000@corp-mail.com", "a@b.example.com", "a.@b.com", ".a@b.com", "a@b..com", "a@-b.com", "a@b.c0m", "a@b.xn--p1ai", "a@b@c.com", "a@b.com."} {
 		f.Add([]byte(s), uint8(4))
 	}
 	f.Fuzz(func(t *testing.T, v []byte, keep uint8) {
@@ -152,6 +153,22 @@ func FuzzShortcuts(f *testing.F) {
 		}, v)
 		if got, want := reservedDomain(dom), reservedDomainList(dom); got != want {
 			t.Fatalf("reservedDomain(%q) = %v, want %v", dom, got, want)
+		}
+		// wholeEmail's one pass against the email detector itself.
+		sp := Detect(nil, v, KindSet(0).With(KindEmail))
+		want := len(sp) == 1 && sp[0].Start == 0 && sp[0].End == len(v)
+		if got := wholeEmail(v, nil); got != want {
+			t.Fatalf("wholeEmail(%q) = %v, the email detector finds %v", v, got, sp)
+		}
+		// The memo of a domain accepted before changes no answer: after
+		// v's own (v again), and after another address's.
+		var memo domainMemo
+		for _, first := range [][]byte{v, []byte("u@corp-mail.com"), append([]byte("u"), v[bytes.IndexByte(v, '@')+1:]...)} {
+			memo = domainMemo{}
+			wholeEmail(first, &memo)
+			if got := wholeEmail(v, &memo); got != want {
+				t.Fatalf("wholeEmail(%q) after %q = %v, the email detector finds %v", v, first, got, sp)
+			}
 		}
 	})
 }

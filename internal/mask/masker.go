@@ -39,8 +39,8 @@ func (m *Masker) settle(p *plan) {
 	p.settles = true
 	for k := KindPEMKey; k < numKinds; k++ {
 		if p.kinds.Has(k) {
-			switch m.rs.rules[p.rule[k]].spec.Strategy {
-			case Partial, Fake:
+			switch m.rs.rules[p.rule[k]].strat {
+			case sPartial, sFake:
 				p.settles = false
 			}
 		}
@@ -50,15 +50,22 @@ func (m *Masker) settle(p *plan) {
 // Masker applies the rules in force for one session. Column is cheap but
 // not free (pattern matching): call it once per RowDescription field and
 // keep the Column. Mask and Text reuse scratch space and must be called from
-// one goroutine at a time; Counts may be called from any goroutine.
+// one goroutine at a time, and so must Publish; Counts may be called from
+// any goroutine, and counts what was masked up to the last Publish.
 type Masker struct {
 	rs       *RuleSet
 	active   []int // indexes into rs.rules, in policy order
 	computed plan
-	counts   []atomic.Uint64 // rule × kind
-	eng      *engine
-	spans    []Span
-	tmp      []byte
+	counts   []atomic.Uint64 // rule × kind, as published
+	// What Mask and Text masked since the last Publish, rule × kind: a
+	// plain add per value, where an atomic one cost more than some of
+	// the strategies (a locked instruction per value).
+	pending []uint64
+	unpub   bool
+	eng     *engine
+	spans   []Span
+	tmp     []byte
+	domain  domainMemo // wholeKind's last email domain
 }
 
 // ForSubject returns a Masker with the rules that apply to s.
@@ -69,7 +76,8 @@ func (rs *RuleSet) ForSubject(s Subject) *Masker {
 // Masker returns a Masker with the rules for which in returns true (the
 // caller's scoping decision).
 func (rs *RuleSet) Masker(in func(*Rule) bool) *Masker {
-	m := &Masker{rs: rs, counts: make([]atomic.Uint64, len(rs.rules)*int(numKinds))}
+	m := &Masker{rs: rs, counts: make([]atomic.Uint64, len(rs.rules)*int(numKinds)),
+		pending: make([]uint64, len(rs.rules)*int(numKinds))}
 	if len(rs.key) > 0 {
 		m.eng = newEngine(rs.key)
 	}
@@ -259,47 +267,69 @@ func (c Column) MaskBinary(oid uint32, dst, v []byte) (out []byte, r Result, ok 
 }
 
 func (m *Masker) count(rule int, k Kind) {
-	m.counts[rule*int(numKinds)+int(k)].Add(1)
+	m.pending[rule*int(numKinds)+int(k)]++
+	m.unpub = true
+}
+
+// Publish makes what was masked since the last call visible to Counts.
+// Call it from the goroutine that masks, before the masked values can
+// reach anyone (the PostgreSQL stage: before every write to the client)
+// and when the session ends: so one atomic add per counter per write, not
+// one per value.
+func (m *Masker) Publish() {
+	if !m.unpub {
+		return
+	}
+	for i, n := range m.pending {
+		if n != 0 {
+			m.counts[i].Add(n)
+			m.pending[i] = 0
+		}
+	}
+	m.unpub = false
 }
 
 func (m *Masker) maskWhole(dst, v []byte, ri int, json bool) ([]byte, Result) {
 	r := &m.rs.rules[ri]
 	m.count(ri, KindNone)
-	if r.spec.Strategy == Null {
+	switch {
+	case r.strat == sNull:
 		return dst, Nulled
+	case json:
+		return m.maskWholeJSON(dst, v, r), Masked
 	}
-	if json {
-		dst = append(dst, '"')
-	}
-	switch r.spec.Strategy {
-	case Redact:
+	switch r.strat {
+	case sRedact:
 		dst = appendMarker(dst, r.marker, KindNone)
-	case Partial:
-		if json {
-			dst = appendMarker(dst, r.marker, KindNone)
-		} else {
-			dst = appendPartial(dst, v, r.keep)
-		}
-	case Hash:
+	case sPartial:
+		dst = appendPartial(dst, v, r.keep)
+	case sHash:
 		dst = m.eng.appendHash(dst, v, m.wholeKind(v))
-	case Fake:
-		if json {
-			dst = appendMarker(dst, r.marker, KindNone)
-		} else {
-			dst = m.eng.appendFake(dst, v, m.wholeKind(v), r.marker)
-		}
-	}
-	if json {
-		dst = append(dst, '"')
+	case sFake:
+		dst = m.eng.appendFake(dst, v, m.wholeKind(v), r.marker)
 	}
 	return dst, Masked
+}
+
+// maskWholeJSON is maskWhole for a json or jsonb value: the masked value
+// as a JSON string; partial and fake, which keep the value's format (of a
+// JSON document, not of a value they know), give the marker.
+func (m *Masker) maskWholeJSON(dst, v []byte, r *compiled) []byte {
+	dst = append(dst, '"')
+	switch r.strat {
+	case sHash:
+		dst = m.eng.appendHash(dst, v, m.wholeKind(v))
+	default:
+		dst = appendMarker(dst, r.marker, KindNone)
+	}
+	return append(dst, '"')
 }
 
 // wholeKind is what the whole value is, if one detector finds exactly it
 // (spaces around allowed); KindNone otherwise.
 func (m *Masker) wholeKind(v []byte) Kind {
 	t := bytes.TrimSpace(v)
-	if wholeEmail(t) {
+	if wholeEmail(t, &m.domain) {
 		// An email column, hashed or faked, is the common case: when the
 		// email detector alone finds exactly the whole value, every
 		// detector together would too, since whatever else they found lies
@@ -378,14 +408,14 @@ func (m *Masker) replace(dst, v []byte, sp []Span, p *plan, json bool) []byte {
 			dst = append(dst, '"')
 		}
 		val := v[s.Start:s.End]
-		switch r.spec.Strategy {
-		case Redact, Null:
+		switch r.strat {
+		case sRedact, sNull:
 			dst = appendMarker(dst, r.marker, s.Kind)
-		case Partial:
+		case sPartial:
 			dst = appendPartial(dst, val, r.keep)
-		case Hash:
+		case sHash:
 			dst = m.eng.appendHash(dst, val, s.Kind)
-		case Fake:
+		case sFake:
 			dst = m.eng.appendFake(dst, val, s.Kind, r.marker)
 		}
 		if q {
@@ -444,7 +474,8 @@ type Count struct {
 	Values   uint64   `json:"values"`
 }
 
-// Counts returns the non-zero counters, by rule then detector.
+// Counts returns the non-zero counters, by rule then detector, as of the
+// last Publish.
 func (m *Masker) Counts() []Count {
 	var out []Count
 	for ri := range m.rs.rules {

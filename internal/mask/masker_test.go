@@ -228,6 +228,10 @@ func TestMaskComputed(t *testing.T) {
 	if r != Masked || bytes.Contains(out, []byte("alice")) {
 		t.Errorf("Text: %q %v", out, r)
 	}
+	if got := m.Counts(); len(got) != 0 {
+		t.Errorf("counts before Publish: %+v", got)
+	}
+	m.Publish()
 	counts := map[string]uint64{}
 	for _, n := range m.Counts() {
 		counts[n.Rule+"/"+n.Detector+"/"+string(n.Strategy)] = n.Values
@@ -488,7 +492,11 @@ func TestCountsWhileMasking(t *testing.T) {
 	}()
 	for i := 0; i < 200; i++ {
 		c.Mask(nil, []byte("card 4111 1111 1111 1111"))
+		if i%7 == 0 {
+			m.Publish()
+		}
 	}
+	m.Publish()
 	<-done
 	got := m.Counts()
 	if len(got) != 1 || got[0].Rule != "cards" || got[0].Detector != "card" || got[0].Values != 200 {
@@ -518,6 +526,16 @@ func TestWholeKind(t *testing.T) {
 		{"+44 20 7946 0958", KindPhone},
 		{"@@@", KindNone},
 		{"Alice Zephyrine", KindNone},
+		// In turn on one Masker, which remembers the last domain
+		// accepted: the same domain, then near misses of it.
+		{"bob@corp-mail.com", KindEmail},
+		{"carol@corp-mail.com", KindEmail},
+		{"carol@corp-mail.com.", KindNone},
+		{"carol@corp-mail.co", KindEmail},
+		{"carol@corp-mail.c", KindNone},
+		{"carol@corp-mail.com@corp-mail.com", KindEmail}, // as the detectors read it
+		{".carol@corp-mail.com", KindNone},
+		{"carol@sub.corp-mail.com", KindEmail},
 	} {
 		if got := m.wholeKind([]byte(tt.v)); got != tt.want {
 			t.Errorf("wholeKind(%q) = %s, want %s", tt.v, got, tt.want)

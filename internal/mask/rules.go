@@ -155,6 +155,7 @@ func lowerASCII(c byte) byte {
 
 type compiled struct {
 	spec    Rule
+	strat   strategyCode // spec.Strategy, compared per masked value
 	columns []pattern
 	scan    []pattern
 	kinds   KindSet
@@ -199,7 +200,7 @@ func compileRules(rules []Rule) ([]compiled, error) {
 			return nil, at("name", fmt.Sprintf("%q is used by an earlier rule", r.Name))
 		}
 		names[r.Name] = true
-		c := compiled{spec: r, keep: DefaultKeep, marker: DefaultMarker}
+		c := compiled{spec: r, strat: r.Strategy.code(), keep: DefaultKeep, marker: DefaultMarker}
 		if len(r.Columns) == 0 && len(r.Detectors) == 0 {
 			return nil, at("columns", "a rule needs columns, detectors or both")
 		}

@@ -52,18 +52,59 @@ func (d *detector) emails() {
 // of t, without collecting spans: that address can only start at t's
 // start, so it is the one of t's first '@', with every character before it
 // a local one (a later '@' has that one's domain, or other characters,
-// before it).
-func wholeEmail(t []byte) bool {
-	a := bytes.IndexByte(t, '@')
-	if a <= 0 || t[0] == '.' || t[a-1] == '.' {
+// before it). It runs for every value of a hashed or faked email column,
+// so it reads t once. memo, when not nil, is the last domain accepted
+// (and remembers the next): an email column's values share a few domains,
+// and comparing the bytes costs less than checking the labels again.
+func wholeEmail(t []byte, memo *domainMemo) bool {
+	a := 0
+	for a < len(t) && class[t[a]]&cMail != 0 {
+		a++
+	}
+	if a == 0 || a == len(t) || t[a] != '@' || t[0] == '.' || t[a-1] == '.' {
 		return false
 	}
-	for _, c := range t[:a] {
-		if !isLocal(c) {
+	d := t[a+1:]
+	if memo != nil && memo.n > 0 && bytes.Equal(d, memo.b[:memo.n]) {
+		return true
+	}
+	if !wholeDomain(d) {
+		return false
+	}
+	if memo != nil && len(d) <= len(memo.b) {
+		memo.n = copy(memo.b[:], d)
+	}
+	return true
+}
+
+// domainMemo is one domain wholeDomain accepted.
+type domainMemo struct {
+	b [64]byte
+	n int
+}
+
+// wholeDomain says whether domainEnd(d, 0) == len(d) and d is not
+// reserved: every dot-separated label of d is a valid one, there are at
+// least two, and the last is a top level. Checked label by label in one
+// pass rather than by walking domainEnd's longest prefix.
+func wholeDomain(d []byte) bool {
+	labels, ls, prev := 0, 0, 0
+	for i := 0; i <= len(d); i++ {
+		if i < len(d) && d[i] != '.' {
+			if class[d[i]]&cLabel == 0 {
+				return false
+			}
+			continue
+		}
+		if i == ls || i-ls > 63 || d[ls] == '-' || d[i-1] == '-' {
 			return false
 		}
+		labels++
+		if i < len(d) {
+			prev, ls = ls, i+1
+		}
 	}
-	return domainEnd(t, a+1) == len(t) && !reservedDomain(t[a+1:])
+	return labels >= 2 && tld(d[ls:]) && !reservedLabels(d[prev:max(prev, ls-1)], d[ls:])
 }
 
 func domainEnd(s []byte, p int) int {
@@ -109,7 +150,16 @@ func tld(l []byte) bool {
 // last label's length first: one comparison for most domains.
 func reservedDomain(dom []byte) bool {
 	i := bytes.LastIndexByte(dom, '.')
-	last := dom[i+1:]
+	if i < 0 {
+		return reservedLabels(nil, dom)
+	}
+	rest := dom[:i]
+	return reservedLabels(rest[bytes.LastIndexByte(rest, '.')+1:], dom[i+1:])
+}
+
+// reservedLabels is reservedDomain for a domain whose last two labels are
+// prev and last (prev empty when there is one label).
+func reservedLabels(prev, last []byte) bool {
 	switch len(last) {
 	case 3:
 		// Folded by setting bit 5: of the bytes a domain has, only a
@@ -119,12 +169,7 @@ func reservedDomain(dom []byte) bool {
 		default:
 			return false
 		}
-		if i < 0 {
-			return false
-		}
-		rest := dom[:i]
-		rest = rest[bytes.LastIndexByte(rest, '.')+1:]
-		return len(rest) == len("example") && bytes.EqualFold(rest, []byte("example"))
+		return len(prev) == len("example") && bytes.EqualFold(prev, []byte("example"))
 	case 4:
 		return bytes.EqualFold(last, []byte("test"))
 	case 7:

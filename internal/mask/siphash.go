@@ -37,13 +37,13 @@ func sipRound(v0, v1, v2, v3 uint64) (uint64, uint64, uint64, uint64) {
 	return v0, v1, v2, v3
 }
 
-// sum is SipHash-2-4 of m.
-func (k sipKey) sum(m []byte) uint64 {
+// sum is SipHash-2-4 of b.
+func (k sipKey) sum(b []byte) uint64 {
 	v0 := k.k0 ^ 0x736f6d6570736575
 	v1 := k.k1 ^ 0x646f72616e646f6d
 	v2 := k.k0 ^ 0x6c7967656e657261
 	v3 := k.k1 ^ 0x7465646279746573
-	n := len(m)
+	n, m := len(b), b
 	for len(m) >= 8 {
 		w := binary.LittleEndian.Uint64(m)
 		v3 ^= w
@@ -55,8 +55,14 @@ func (k sipKey) sum(m []byte) uint64 {
 	// The last word: the remaining bytes, little-endian, and the length
 	// (mod 256) in the top byte.
 	w := uint64(n) << 56
-	for i := len(m) - 1; i >= 0; i-- {
-		w |= uint64(m[i]) << (8 * uint(i))
+	if r := len(m); r > 0 && n >= 8 {
+		// They are the top r of b's last eight: one load, not a loop
+		// of r.
+		w |= binary.LittleEndian.Uint64(b[n-8:]) >> (64 - 8*uint(r))
+	} else {
+		for i := r - 1; i >= 0; i-- {
+			w |= uint64(m[i]) << (8 * uint(i))
+		}
 	}
 	v3 ^= w
 	v0, v1, v2, v3 = sipRound(v0, v1, v2, v3)

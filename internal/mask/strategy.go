@@ -7,6 +7,7 @@ import (
 	"hash"
 	"math/rand/v2"
 	"net/netip"
+	"slices"
 	"strings"
 	"unicode/utf8"
 )
@@ -35,12 +36,36 @@ const (
 	Fake Strategy = "fake"
 )
 
-func (s Strategy) valid() bool {
+func (s Strategy) valid() bool { return s.code() != badStrategy }
+
+// strategyCode is a Strategy as a small number: the masking of every value
+// switches on it, where comparing the strings cost more than some of the
+// strategies themselves.
+type strategyCode uint8
+
+const (
+	badStrategy strategyCode = iota
+	sRedact
+	sPartial
+	sHash
+	sNull
+	sFake
+)
+
+func (s Strategy) code() strategyCode {
 	switch s {
-	case Redact, Partial, Hash, Null, Fake:
-		return true
+	case Redact:
+		return sRedact
+	case Partial:
+		return sPartial
+	case Hash:
+		return sHash
+	case Null:
+		return sNull
+	case Fake:
+		return sFake
 	}
-	return false
+	return badStrategy
 }
 
 // DefaultMarker is the redact marker when a rule gives none; "{kind}" in a
@@ -99,15 +124,18 @@ func (e *engine) appendHash(dst, v []byte, k Kind) []byte {
 	// The sixteen letters are made eight at a time (each nibble of a
 	// 32-bit half spread to a byte of its own, then 'a' added to every
 	// byte), not in a loop of shifts and appends, which cost more than
-	// the hash itself.
-	var l [16]byte
-	binary.BigEndian.PutUint64(l[:8], nibbleLetters(uint32(h>>32)))
-	binary.BigEndian.PutUint64(l[8:], nibbleLetters(uint32(h)))
-	dst = append(dst, '[')
-	dst = append(dst, k.String()...)
-	dst = append(dst, ':')
-	dst = append(dst, l[:]...)
-	return append(dst, ']')
+	// the hash itself; the output is sized once and written in place.
+	name := k.String()
+	n := len(dst)
+	dst = slices.Grow(dst, len(name)+19)[:n+len(name)+19]
+	out := dst[n:]
+	out[0] = '['
+	p := 1 + copy(out[1:], name)
+	out[p] = ':'
+	binary.BigEndian.PutUint64(out[p+1:], nibbleLetters(uint32(h>>32)))
+	binary.BigEndian.PutUint64(out[p+9:], nibbleLetters(uint32(h)))
+	out[p+17] = ']'
+	return dst
 }
 
 // nibbleLetters spreads x's eight nibbles to the bytes of the result, the
@@ -125,8 +153,20 @@ func nibbleLetters(x uint32) uint64 {
 // the last keep of them, and never keeps more than half of them (a short
 // value keeps less, so "a@b.io" does not come out whole).
 func appendPartial(dst, v []byte, keep int) []byte {
-	// ASCII (cards, phones, most emails): one pass to count, a copy, and
-	// stars written over the copy up to the last character starred.
+	if allCount(v) {
+		// Every character counts (a card's or an account's bare
+		// number): the first star of them are starred.
+		n := len(v)
+		star := n - min(keep, n/2)
+		for ; star > len(stars); star -= len(stars) {
+			dst = append(dst, stars...)
+		}
+		dst = append(dst, stars[:star]...)
+		return append(dst, v[n-min(keep, n/2):]...)
+	}
+	// Other ASCII (phones, grouped cards, most emails): one pass to
+	// count, a copy, and stars written over the copy up to the last
+	// character starred.
 	n := 0
 	for _, c := range v {
 		if c >= utf8.RuneSelf {
@@ -146,6 +186,29 @@ func appendPartial(dst, v []byte, keep int) []byte {
 	}
 	return dst
 }
+
+const stars = "****************************************************************"
+
+// allCount says whether partial counts every byte of v: looked up eight
+// at a time and and-ed, with no branch per byte.
+func allCount(v []byte) bool {
+	acc := uint8(1)
+	for len(v) >= 8 {
+		acc &= partialAll[v[0]] & partialAll[v[1]] & partialAll[v[2]] & partialAll[v[3]] &
+			partialAll[v[4]] & partialAll[v[5]] & partialAll[v[6]] & partialAll[v[7]]
+		v = v[8:]
+	}
+	for _, c := range v {
+		acc &= partialAll[c]
+	}
+	return acc == 1
+}
+
+// partialAll is partialCounts over every byte value (0 for non-ASCII).
+var partialAll = func() (t [256]uint8) {
+	copy(t[:], partialCounts[:])
+	return t
+}()
 
 // partialCounts marks the ASCII characters partial counts (and stars):
 // letters, digits, and stars themselves.

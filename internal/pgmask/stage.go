@@ -187,6 +187,11 @@ func New(m *mask.Masker, res Resolver, sess *session.Session, log *slog.Logger) 
 	return s
 }
 
+// Publish makes the values masked so far visible to Counts
+// (pgwire.Publisher: the pipe calls it before every write to the client
+// and at the session's end).
+func (s *Stage) Publish() { s.m.Publish() }
+
 // Counts is the masker's counters and the stage's own NULLs.
 func (s *Stage) Counts() []session.MaskCount {
 	var out []session.MaskCount

@@ -235,6 +235,8 @@ type pipe struct {
 	// they have it (rowFns, nil where not).
 	rowStages []ServerStage
 	rowFns    []RowStage
+	// publishers are the server stages to Publish at every flush.
+	publishers []Publisher
 	// rowSkip marks the row stages that said (ServerMsg.SkipRows) that
 	// the rest of the current result's rows are nothing to them; rowLive
 	// counts the others. Any other message ends the skip.
@@ -298,6 +300,11 @@ func newPipe(sess *session.Session, st Stages, budget int) *pipe {
 		pl.swant = append(pl.swant, t)
 		for i := range t {
 			pl.anyS[i] |= t[i]
+		}
+	}
+	for _, s := range st.Server {
+		if p, ok := s.(Publisher); ok {
+			pl.publishers = append(pl.publishers, p)
 		}
 	}
 	for i, s := range st.Server {
@@ -876,6 +883,10 @@ func (pl *pipe) sample(typ byte, body, out []byte) {
 	case pl.samp == nil:
 	case out == nil:
 		pl.sampleOut(typ, body)
+	case oneMessage(out):
+		// A rewritten row (every row of a masked result): its body is
+		// out's after the type and length, with no walk or callback.
+		pl.sampleOut(out[0], out[5:])
 	default:
 		_ = splitMessages(out, func(t byte, _, b []byte) { pl.sampleOut(t, b) })
 	}
@@ -1162,9 +1173,12 @@ func (pl *pipe) rec() *stmtRec {
 }
 
 // flush hands the held statement events to the session, in order; their
-// memory is then free for the next (session.Sink keeps none of it). Server
-// side only.
+// memory is then free for the next (session.Sink keeps none of it), and
+// has the stages publish their counters. Server side only.
 func (pl *pipe) flush() {
+	for _, p := range pl.publishers {
+		p.Publish()
+	}
 	for i := range pl.out {
 		pl.sess.Emit(pl.out[i])
 		pl.out[i] = session.Event{}

@@ -923,9 +923,11 @@ func (ls *lsess) count(s *lside, msgs *int64) {
 
 // flushed hands the statement events a run completes to the session
 // BEFORE the run is written: the audit journal must hold a statement
-// before its result can reach the client (docs/AUDIT.md).
+// before its result can reach the client (docs/AUDIT.md). Replacements
+// gathered for the write (s.co) count too: the stages publish their
+// counters of what they rewrote before it goes out.
 func (ls *lsess) flushed(s *lside, start, end int) {
-	if !s.client && end > start {
+	if !s.client && (end > start || len(s.co) > 0) {
 		ls.pl.flush()
 	}
 }

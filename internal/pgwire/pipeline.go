@@ -192,6 +192,15 @@ type RowStage interface {
 	Row(m *ServerMsg) []byte
 }
 
+// Publisher is a server stage that keeps bookkeeping of the messages it
+// handles (counters) where only its own goroutine touches it, and makes it
+// visible to others in Publish. The pipe calls Publish on the server side
+// before it writes anything to the client and when the session ends, so
+// whatever the client has seen is published.
+type Publisher interface {
+	Publish()
+}
+
 // Stages is one session's pipeline, in order.
 type Stages struct {
 	Batch  []BatchStage // see each extended batch whole, before Client
