@@ -79,7 +79,7 @@ func appendBase64(dst, src []byte) []byte {
 	n := base64.StdEncoding.EncodedLen(len(src))
 	dst = slices.Grow(dst, n)
 	out := dst[len(dst) : len(dst)+n]
-	i, o := 0, 0
+	i, o := appendBase64Blocks(out, src)
 	// Six bytes at a time, read as eight (the last two are the next
 	// round's), written as eight characters in one store.
 	for ; len(src)-i >= 8 && len(out)-o >= 8; i, o = i+6, o+8 {
