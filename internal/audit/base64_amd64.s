@@ -65,7 +65,7 @@ TEXT ·base64Blocks(SB), NOSPLIT, $0-24
 	MOVOU b64mulBD<>(SB), X12
 	MOVOU b64c51<>(SB), X13
 	MOVOU b64c26<>(SB), X14
-	MOVOU b64c13<>(SB), X15
+	MOVOU b64c13<>(SB), X6
 	MOVOU b64offsets<>(SB), X7
 loop:
 	MOVOU (SI), X0
@@ -80,7 +80,7 @@ loop:
 	PSUBUSB X13, X2 // 0 for 0-51, 1-12 for 52-63
 	MOVO X14, X3
 	PCMPGTB X0, X3  // 0xff for 0-25
-	PAND X15, X3
+	PAND X6, X3
 	POR X3, X2      // the class
 	MOVO X7, X4
 	PSHUFB X2, X4   // the class's offset
