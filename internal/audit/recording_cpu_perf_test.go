@@ -6,6 +6,7 @@ import (
 	"context"
 	"fmt"
 	"runtime"
+	"strconv"
 	"testing"
 	"time"
 
@@ -54,44 +55,70 @@ func TestRecordingCPU(t *testing.T) {
 		}()
 		t.Logf("no recording at %d records/s: %.1f µs CPU per record (the pacing loop, subtracted below)", rate, float64(base.Microseconds())/float64(rate*4))
 		for _, sk := range stores {
-			w, err := Open(context.Background(), Options{StateDir: t.TempDir(), Store: sk.spec, Password: sk.pw})
-			if err != nil {
-				t.Fatal(err)
-			}
-			ctx, cancel := context.WithCancel(context.Background())
-			done := make(chan struct{})
-			go func() { defer close(done); w.Run(ctx) }()
-			s := fakeSession(w, 1001, "alice", "/usr/bin/psql")
-			s.Emit(session.Event{Kind: session.KindSessionStart, Start: s})
-			if err := w.Flush(context.Background()); err != nil {
-				t.Fatal(err)
-			}
-			st := &session.Statement{Protocol: "simple", SQL: "SELECT abalance FROM pgbench_accounts WHERE aid = 48213;", Tag: "SELECT 1", Rows: 1, Bytes: 11, Duration: 80 * time.Microsecond}
-			const secs = 4
-			n := rate * secs
-			tick := time.NewTicker(10 * time.Millisecond)
-			// The sessions' side is this thread: Record's own cost,
-			// without the shipper's thread running beside it.
-			runtime.LockOSThread()
-			c0, t0 := recCPU(), threadCPU()
-			for i := 0; i < n; {
-				<-tick.C
-				for k := 0; k < rate/100 && i < n; k++ {
-					s.Emit(session.Event{Kind: session.KindStatement, Statement: st})
-					i++
+			for _, stk := range recordingCPUStatements() {
+				w, err := Open(context.Background(), Options{StateDir: t.TempDir(), Store: sk.spec, Password: sk.pw})
+				if err != nil {
+					t.Fatal(err)
 				}
+				ctx, cancel := context.WithCancel(context.Background())
+				done := make(chan struct{})
+				go func() { defer close(done); w.Run(ctx) }()
+				s := fakeSession(w, 1001, "alice", "/usr/bin/psql")
+				s.Emit(session.Event{Kind: session.KindSessionStart, Start: s})
+				if err := w.Flush(context.Background()); err != nil {
+					t.Fatal(err)
+				}
+				st := stk.st
+				const secs = 4
+				n := rate * secs
+				tick := time.NewTicker(10 * time.Millisecond)
+				// The sessions' side is this thread: Record's own cost,
+				// without the shipper's thread running beside it.
+				runtime.LockOSThread()
+				c0, t0 := recCPU(), threadCPU()
+				for i := 0; i < n; {
+					<-tick.C
+					for k := 0; k < rate/100 && i < n; k++ {
+						s.Emit(session.Event{Kind: session.KindStatement, Statement: st})
+						i++
+					}
+				}
+				tick.Stop()
+				data, path := recCPU()-c0-base, threadCPU()-t0-baseThread
+				runtime.UnlockOSThread()
+				if err := w.Flush(context.Background()); err != nil {
+					t.Fatal(err)
+				}
+				all := recCPU() - c0 - base
+				cancel()
+				<-done
+				t.Logf("%s store, %s at %d records/s: %.1f µs CPU per record (%.1f while recording, the rest shipping after; %.2f on the data path)",
+					sk.name, stk.name, rate, float64(all.Microseconds())/float64(n), float64(data.Microseconds())/float64(n), float64(path.Nanoseconds())/1e3/float64(n))
 			}
-			tick.Stop()
-			data, path := recCPU()-c0-base, threadCPU()-t0-baseThread
-			runtime.UnlockOSThread()
-			if err := w.Flush(context.Background()); err != nil {
-				t.Fatal(err)
-			}
-			all := recCPU() - c0 - base
-			cancel()
-			<-done
-			t.Logf("%s store at %d records/s: %.1f µs CPU per record (%.1f while recording, the rest shipping after; %.2f on the data path)",
-				sk.name, rate, float64(all.Microseconds())/float64(n), float64(data.Microseconds())/float64(n), float64(path.Nanoseconds())/1e3/float64(n))
 		}
+	}
+}
+
+// recordingCPUStatements are the statements TestRecordingCPU records: a
+// pgbench -S one, and the masked script's 20-row one with the 10-row sample
+// of five columns the proxy takes of it (BenchmarkWriterRecordSample's).
+func recordingCPUStatements() []struct {
+	name string
+	st   *session.Statement
+} {
+	var rows [][]string
+	for g := 41000; g < 41010; g++ {
+		id := strconv.Itoa(g)
+		rows = append(rows, []string{id, "Person " + id, "h:3f9a0c1e5b7d2a64", "**** **** **** " + id[1:], "pro"})
+	}
+	return []struct {
+		name string
+		st   *session.Statement
+	}{
+		{"pgbench -S", &session.Statement{Protocol: "simple", SQL: "SELECT abalance FROM pgbench_accounts WHERE aid = 48213;", Tag: "SELECT 1", Rows: 1, Bytes: 11, Duration: 80 * time.Microsecond}},
+		{"20 rows, 10 sampled", &session.Statement{Protocol: "simple", SQL: "SELECT id, name, email, card, plan FROM bench_people WHERE id BETWEEN 41000 AND 41000 + 19;",
+			Tag: "SELECT 20", Rows: 20, Bytes: 1400, Duration: 300 * time.Microsecond,
+			Sample: &session.Sample{Columns: []string{"id", "name", "email", "card", "plan"}, OIDs: []uint32{23, 25, 25, 25, 25},
+				Data: storedRows(rows...), Truncated: true}}},
 	}
 }

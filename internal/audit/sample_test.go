@@ -7,6 +7,8 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"math/rand/v2"
 	"strconv"
 	"strings"
 	"testing"
@@ -181,6 +183,42 @@ func FuzzAppendBase64(f *testing.F) {
 			t.Fatalf("appendBase64(% x) = %q, encoding/base64 %q", src, got, want)
 		}
 	})
+}
+
+// appendBase64 writes what encoding/base64 writes, with the vector encoder
+// and without it: every byte value in every place of a group, every length
+// about the vector blocks' edges, and a large random input.
+func TestAppendBase64(t *testing.T) {
+	every := make([]byte, 3*256)
+	for i := range 256 {
+		every[i], every[256+(i+85)%256], every[512+(i+170)%256] = byte(i), byte(i), byte(i)
+	}
+	random := make([]byte, 4099)
+	rng := rand.New(rand.NewPCG(1, 2))
+	for i := range random {
+		random[i] = byte(rng.Uint32())
+	}
+	cases := []struct {
+		name string
+		src  []byte
+	}{{"empty", nil}, {"every byte", every}, {"random", random}}
+	for n := 1; n <= 64; n++ {
+		cases = append(cases, struct {
+			name string
+			src  []byte
+		}{fmt.Sprintf("length %d", n), every[:n]})
+	}
+	simd := base64SIMD
+	defer func() { base64SIMD = simd }()
+	for _, vec := range []bool{false, simd} {
+		base64SIMD = vec
+		for _, tc := range cases {
+			want := base64.StdEncoding.AppendEncode([]byte("p"), tc.src)
+			if got := appendBase64([]byte("p"), tc.src); !bytes.Equal(got, want) {
+				t.Errorf("vector %v, %s: got %q, want %q", vec, tc.name, got, want)
+			}
+		}
+	}
 }
 
 func BenchmarkAppendBase64(b *testing.B) {

@@ -61,6 +61,7 @@ type sampler struct {
 	maxRows, maxBytes int
 
 	started bool     // the current result's description was looked up
+	binary  bool     // some column may come in the binary format
 	desc    *rowDesc // the current result's columns (nil: unknown)
 	cols    []string // desc's names that fit the byte cap
 	formats []int16  // the portal's result formats from its Bind (nil: desc's)
@@ -90,6 +91,7 @@ func newSampler(rows, bytes int) *sampler {
 // portal's: formats are the portal's Bind result formats).
 func (s *sampler) result(d *rowDesc, formats []int16) {
 	s.desc, s.formats, s.started = d, formats, true
+	s.binary = !allText(formats) || formats == nil && d != nil && !allText(d.formats)
 	if d == nil {
 		return
 	}
@@ -103,6 +105,16 @@ func (s *sampler) result(d *rowDesc, formats []int16) {
 		}
 		s.used += len(n)
 	}
+}
+
+// allText is whether formats, by Bind's rules, make every column text.
+func allText(formats []int16) bool {
+	for _, f := range formats {
+		if f != 0 {
+			return false
+		}
+	}
+	return true
 }
 
 func (s *sampler) full() bool { return s.rows >= s.maxRows || s.used >= s.maxBytes }
@@ -142,8 +154,11 @@ func (s *sampler) row(body []byte) {
 	}
 	n := int(binary.BigEndian.Uint16(body))
 	p := 2
-	start := len(s.raw)
-	s.raw = rowsample.AppendCount(s.raw, 0)
+	// The row is built in a local: the sampler's fields are stores the
+	// compiler cannot keep in registers across the appends.
+	raw, used := s.raw, s.used
+	start := len(raw)
+	raw = rowsample.AppendCount(raw, 0)
 	kept := 0
 	for i := 0; i < n; i++ {
 		if p+4 > len(body) {
@@ -152,8 +167,8 @@ func (s *sampler) row(body []byte) {
 		l := int(int32(binary.BigEndian.Uint32(body[p:])))
 		p += 4
 		if l < 0 {
-			s.raw = rowsample.AppendNull(s.raw)
-			s.used += 4
+			raw = rowsample.AppendNull(raw)
+			used += 4
 			kept++
 			continue
 		}
@@ -162,24 +177,29 @@ func (s *sampler) row(body []byte) {
 		}
 		v := body[p : p+l]
 		p += l
-		left := min(rowsample.MaxValue, s.maxBytes-s.used)
+		left := min(rowsample.MaxValue, s.maxBytes-used)
 		if left < rowsample.MinValue {
 			s.trunc = true
 			break
 		}
-		k, cut := rowsample.Keep(v, s.oid(i), s.format(i), left)
-		if cut {
-			s.trunc = true
+		// A text value that fits is kept whole (what Keep says of it):
+		// most values of most results, without the call.
+		k, cut := l, false
+		if s.binary || l > left {
+			k, cut = rowsample.Keep(v, s.oid(i), s.format(i), left)
+			s.trunc = s.trunc || cut
 		}
-		s.raw = rowsample.AppendValue(s.raw, v[:k], cut)
-		s.used += k
+		raw = rowsample.AppendValue(raw, v[:k], cut)
+		used += k
 		kept++
 	}
+	s.used = used
 	if kept == 0 && n > 0 {
-		s.raw = s.raw[:start]
+		s.raw = raw[:start]
 		return
 	}
-	binary.BigEndian.PutUint16(s.raw[start:], uint16(kept))
+	binary.BigEndian.PutUint16(raw[start:], uint16(kept))
+	s.raw = raw
 	s.rows++
 	s.width = max(s.width, kept)
 }

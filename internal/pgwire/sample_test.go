@@ -451,3 +451,173 @@ func TestStatementMemoryReused(t *testing.T) {
 		}
 	}
 }
+
+// keptByKeep is the stored form of rows as the sampler is specified to keep
+// them: every value through rowsample.Keep, under the caps, column i in
+// format(i). The sampler skips the call for text values that fit; it must
+// keep the same.
+func keptByKeep(rows [][][]byte, oids []uint32, format func(int) int16, maxRows, maxBytes, used int) (raw []byte, trunc bool) {
+	for r, row := range rows {
+		if r >= maxRows || used >= maxBytes {
+			return raw, true
+		}
+		start := len(raw)
+		raw = rowsample.AppendCount(raw, 0)
+		kept := 0
+		for i, v := range row {
+			if v == nil {
+				raw, used, kept = rowsample.AppendNull(raw), used+4, kept+1
+				continue
+			}
+			left := min(rowsample.MaxValue, maxBytes-used)
+			if left < rowsample.MinValue {
+				trunc = true
+				break
+			}
+			var oid uint32
+			if i < len(oids) {
+				oid = oids[i]
+			}
+			k, cut := rowsample.Keep(v, oid, format(i), left)
+			trunc = trunc || cut
+			raw, used, kept = rowsample.AppendValue(raw, v[:k], cut), used+k, kept+1
+		}
+		if kept == 0 && len(row) > 0 {
+			raw = raw[:start]
+			continue
+		}
+		binary.BigEndian.PutUint16(raw[start:], uint16(kept))
+	}
+	return raw, trunc
+}
+
+// sampleRows runs rows (nil values are NULL) through a sampler whose
+// result's description has columns of oids in descFormats (one a column)
+// and whose portal's Bind asked bindFormats (nil: a simple query's result),
+// and holds what it kept to keptByKeep.
+func sampleRows(t testing.TB, rows [][][]byte, oids []uint32, descFormats, bindFormats []int16, maxRows, maxBytes int) {
+	t.Helper()
+	s := newSampler(maxRows, maxBytes)
+	d := &rowDesc{oids: oids, formats: descFormats}
+	for i := range oids {
+		d.names = append(d.names, fmt.Sprint("c", i))
+	}
+	s.result(d, bindFormats)
+	names := s.used
+	for _, row := range rows {
+		msg, _ := (&pgproto3.DataRow{Values: row}).Encode(nil)
+		s.row(msg[5:])
+	}
+	format := func(i int) int16 {
+		if bindFormats != nil {
+			return rowsample.Format(bindFormats, i)
+		}
+		if i < len(descFormats) {
+			return descFormats[i]
+		}
+		return 0
+	}
+	want, wantTrunc := keptByKeep(rows, oids, format, maxRows, maxBytes, names)
+	if !bytes.Equal(s.raw, want) || s.trunc != wantTrunc {
+		t.Fatalf("kept % x truncated %v, want % x truncated %v", s.raw, s.trunc, want, wantTrunc)
+	}
+	formats := bindFormats
+	if formats == nil {
+		formats = descFormats
+	}
+	if _, err := rowsample.Render(s.raw, oids, formats); err != nil {
+		t.Fatalf("the kept rows do not render: %v", err)
+	}
+}
+
+// The sampler keeps of each row exactly what Keep says, text or binary,
+// whole or cut, under both caps.
+func TestSamplerRowKeepsAsKeep(t *testing.T) {
+	long := bytes.Repeat([]byte("é"), 200) // 400 bytes: cut at a rune
+	text := [][][]byte{{[]byte("41000"), []byte("Person 41000"), nil, []byte("**** 1000")}, {[]byte("x"), long, []byte(""), nil}}
+	// Just over a value's cap, and just over what the byte cap leaves
+	// of a 100-byte sample after the names and the first value.
+	edges := [][][]byte{{bytes.Repeat([]byte("v"), rowsample.MaxValue+1), []byte("y")}, {[]byte("x"), bytes.Repeat([]byte("w"), 100-4-1-3)}}
+	// A bytea that fits the caps as bytes, not as its \x hex rendering.
+	bin := [][][]byte{{{0, 0, 0, 7}, bytes.Repeat([]byte{0xab}, 200), []byte("text")}, {{0, 0, 0, 8}, nil, long}}
+	textOIDs, binOIDs := []uint32{23, 25, 25, 25}, []uint32{23, 17, 25}
+	for _, tc := range []struct {
+		name              string
+		rows              [][][]byte
+		oids              []uint32
+		desc, bind        []int16
+		maxRows, maxBytes int
+	}{
+		{"text", text, textOIDs, []int16{0, 0, 0, 0}, nil, 10, 4096},
+		{"text, empty Bind formats", text, textOIDs, []int16{0, 0, 0, 0}, []int16{}, 10, 4096},
+		{"text, one zero Bind format", text, textOIDs, []int16{0, 0, 0, 0}, []int16{0}, 10, 4096},
+		{"text, byte cap in the second row", text, textOIDs, []int16{0, 0, 0, 0}, nil, 10, 60},
+		{"text, byte cap in the first row", text, textOIDs, []int16{0, 0, 0, 0}, nil, 10, 20},
+		{"text, row cap", text, textOIDs, []int16{0, 0, 0, 0}, nil, 1, 4096},
+		{"text, just over the caps", edges, textOIDs[1:3], []int16{0, 0}, nil, 10, 400},
+		{"text, just over the byte cap", edges[1:], textOIDs[1:3], []int16{0, 0}, nil, 10, 100},
+		{"binary, every column", bin, binOIDs, []int16{0, 0, 0}, []int16{1}, 10, 4096},
+		{"binary, per column", bin, binOIDs, []int16{0, 0, 0}, []int16{1, 1, 0}, 10, 4096},
+		{"binary, byte cap", bin, binOIDs, []int16{0, 0, 0}, []int16{1, 0}, 10, 150},
+		{"binary in the description", bin, binOIDs, []int16{1, 1, 0}, nil, 10, 4096},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			sampleRows(t, tc.rows, tc.oids, tc.desc, tc.bind, tc.maxRows, tc.maxBytes)
+		})
+	}
+}
+
+// FuzzSamplerRow holds the sampler to Keep for any values, types, formats
+// and caps (a row's values are split from data at the 0xff bytes, "\x00" a
+// NULL).
+func FuzzSamplerRow(f *testing.F) {
+	f.Add([]byte("41000\xffPerson 41000\xff\x00\xff**** 1000"), uint32(25), int16(0), false, uint16(4096))
+	f.Add([]byte("\x00\x00\x00\x07\xffxyz"), uint32(23), int16(1), true, uint16(40))
+	f.Add(bytes.Repeat([]byte("\xc3\xa9"), 300), uint32(17), int16(1), false, uint16(300))
+	f.Fuzz(func(t *testing.T, data []byte, oid uint32, format int16, bind bool, maxBytes uint16) {
+		var row [][]byte
+		for _, v := range bytes.Split(data, []byte{0xff}) {
+			if len(v) == 1 && v[0] == 0 {
+				v = nil
+			}
+			row = append(row, v)
+		}
+		oids := make([]uint32, len(row))
+		desc := make([]int16, len(row))
+		for i := range oids {
+			oids[i] = []uint32{oid, 25}[i%2]
+			desc[i] = []int16{format, 0}[i%2]
+		}
+		var bindFormats []int16
+		if bind {
+			bindFormats = []int16{format}
+		}
+		sampleRows(t, [][][]byte{row, row}, oids, desc, bindFormats, 10, int(maxBytes)+1)
+	})
+}
+
+// BenchmarkSamplerRows is the sampler's share of the masked script's
+// statement (BenchmarkMaskedRowsTx): its 20 rows, as the client gets them,
+// of which the default caps keep 10, and the statement's sample taken.
+func BenchmarkSamplerRows(b *testing.B) {
+	var bodies [][]byte
+	for g := 41000; g < 41020; g++ {
+		id := strconv.Itoa(g)
+		msg, _ := (&pgproto3.DataRow{Values: [][]byte{[]byte(id), []byte("Person " + id), []byte("h:3f9a0c1e5b7d2a64"),
+			[]byte("**** **** **** " + id[1:]), []byte([]string{"free", "pro", "team"}[g%3])}}).Encode(nil)
+		bodies = append(bodies, msg[5:])
+	}
+	d := &rowDesc{names: []string{"id", "name", "email", "card", "plan"}, oids: []uint32{23, 25, 25, 25, 25}, formats: make([]int16, 5)}
+	s := newSampler(10, 4096)
+	var r stmtRec
+	b.ReportAllocs()
+	for b.Loop() {
+		s.result(d, nil)
+		for _, body := range bodies {
+			s.row(body)
+		}
+		if sm := s.take(&r); sm == nil || len(sm.Data) == 0 {
+			b.Fatal("nothing sampled")
+		}
+	}
+}
