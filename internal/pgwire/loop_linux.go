@@ -852,9 +852,12 @@ func (ls *lsess) process(s *lside) error {
 			var a act
 			if s.resumed != nil {
 				a, s.resumed = *s.resumed, nil
+			} else if msgs++; s.client {
+				// Written out rather than through on: this runs
+				// for every row, and on is too big to be inlined.
+				a = ls.pl.fromClient(typ, n, body)
 			} else {
-				msgs++
-				a = ls.on(s, typ, n, body)
+				a = ls.pl.fromServer(typ, n, body)
 			}
 			if a.kind == actHold {
 				ls.count(s, &msgs)
