@@ -142,6 +142,7 @@ type Stage struct {
 	rowsSet    bool
 	rowsCur    []field
 	rowsAny    bool
+	rowsEnd    int  // 1 + the last field of rowsCur that acts: the walk stops there
 	rowsPortal bool // rows of an Execute: no description means fail closed
 	// The last description decided, and its fields: a statement run again
 	// (pgbench, a prepared statement's every Execute) is described by the
@@ -170,6 +171,9 @@ type field struct {
 	oid    uint32
 	format int16
 	null   bool // source unknown: fail closed
+	// acts is null or col.Masks(): the row walk looks at this value.
+	// Decided with the description, not per row.
+	acts bool
 }
 
 // New returns the stage for a session with masker m (nil when m is Empty:
@@ -440,7 +444,7 @@ func (s *Stage) setCur(f []field) {
 	s.curUnknown = false
 	s.curAny = false
 	for i := range f {
-		if f[i].null || f[i].col.Masks() {
+		if f[i].acts {
 			s.curAny = true
 		}
 	}
@@ -511,6 +515,7 @@ func (s *Stage) describe(body []byte) []field {
 		if typ == oidJSON || typ == oidJSONB {
 			f.col = f.col.JSON()
 		}
+		f.acts = f.null || f.col.Masks()
 		out = append(out, f)
 	})
 	if !failed && len(out) > 0 {
@@ -595,12 +600,16 @@ func (s *Stage) row(m *pgwire.ServerMsg) []byte {
 		s.rowsCur, s.rowsAny, s.rowsPortal = s.cur, s.curAny || s.curUnknown, false
 		r, ok := s.front()
 		if ok && r.kind == 'E' {
-			s.rowsCur, s.rowsAny, s.rowsPortal = s.portals[r.portal], false, true
-			for i := range s.rowsCur {
-				if s.rowsCur[i].null || s.rowsCur[i].col.Masks() {
-					s.rowsAny = true
-				}
+			s.rowsCur, s.rowsPortal = s.portals[r.portal], true
+		}
+		s.rowsEnd = 0
+		for i := range s.rowsCur {
+			if s.rowsCur[i].acts {
+				s.rowsEnd = i + 1
 			}
+		}
+		if s.rowsPortal {
+			s.rowsAny = s.rowsEnd > 0
 		}
 		// With no request in the queue a later one could still become
 		// the front: decided again at the next row.
@@ -631,18 +640,28 @@ func (s *Stage) row(m *pgwire.ServerMsg) []byte {
 		return s.failRow(m, "does not match its description")
 	}
 	// out is started at the first value whose length changes; copied is
-	// how much of body it has (the rest goes at the end).
+	// how much of body it has (the rest goes at the end). The walk ends
+	// at the last value that can change: what follows goes as it is, so
+	// its length words are the client's to read, as they are for a
+	// result with nothing to mask.
 	var out []byte
 	started := false
 	copied := 0
 	p := 2
-	for i := 0; i < n; i++ {
+	for i := 0; i < s.rowsEnd; i++ {
 		if p+4 > len(body) {
 			return s.failRow(m, "malformed")
 		}
 		l := int(int32(binary.BigEndian.Uint32(body[p:])))
 		at := p // the value's length word
 		p += 4
+		f := &cur[i]
+		if !f.acts {
+			// Passed over: a value too long for the row is caught
+			// at the next one's length word or at the walk's end.
+			p += max(l, 0)
+			continue
+		}
 		if l < 0 {
 			continue // NULL stays NULL
 		}
@@ -651,10 +670,6 @@ func (s *Stage) row(m *pgwire.ServerMsg) []byte {
 		}
 		v := body[p : p+l]
 		p += l
-		f := &cur[i]
-		if !f.null && !f.col.Masks() {
-			continue
-		}
 		var r mask.Result
 		s.vbuf, r = s.maskValue(f, s.vbuf[:0], v)
 		if s.orig != nil && r != mask.Unchanged {
@@ -682,6 +697,9 @@ func (s *Stage) row(m *pgwire.ServerMsg) []byte {
 			out = append(out, 0xff, 0xff, 0xff, 0xff)
 		}
 		copied = p
+	}
+	if p > len(body) {
+		return s.failRow(m, "malformed")
 	}
 	if s.orig != nil {
 		s.orig.endRow()

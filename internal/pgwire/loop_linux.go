@@ -156,12 +156,16 @@ type evloop struct {
 	// the loop parks as a goroutine, not as a thread in a blocking system
 	// call, so waking it costs what waking any goroutine does and no
 	// thread hands its P off.
-	file    *os.File
-	rc      syscall.RawConn
-	mu      sync.Mutex
-	cmds    []func()
-	spare   []func()
-	fds     map[int32]*lside // every registered descriptor → the side that reads it
+	file  *os.File
+	rc    syscall.RawConn
+	mu    sync.Mutex
+	cmds  []func()
+	spare []func()
+	// fds is every registered descriptor → the side that reads it,
+	// indexed by the descriptor: looked up at every event, where a map
+	// costs a hash and probe. Descriptors are small and reused lowest
+	// first, so it is as long as the highest one open at once.
+	fds     []*lside
 	scratch []byte
 	seal    []byte // records crypto/tls writes for a TLS client leg, before they go out
 	more    bool   // a read of this pass filled its buffer: poll again before parking (waitPoller)
@@ -182,7 +186,7 @@ func newEvloop(mode string) (*evloop, error) {
 		_ = unix.Close(evfd)
 		return nil, fmt.Errorf("pgwire: event loop: add eventfd: %w", err)
 	}
-	l := &evloop{epfd: epfd, evfd: evfd, fds: map[int32]*lside{}, scratch: make([]byte, loopScratch),
+	l := &evloop{epfd: epfd, evfd: evfd, scratch: make([]byte, loopScratch),
 		raw: mode == waitRaw, backstop: rawBackstop}
 	if l.raw {
 		// Not in Go's poller: its own epoll would be woken by every
@@ -345,12 +349,31 @@ func (l *evloop) dispatch(events []unix.EpollEvent) {
 			l.runCmds()
 			continue
 		}
-		s := l.fds[ev.Fd]
+		s := l.side(ev.Fd)
 		if s == nil {
 			continue // removed by an earlier event of this batch
 		}
 		s.ls.event(s, ev.Events)
 	}
+}
+
+// side is the side registered for descriptor fd, nil when none is.
+func (l *evloop) side(fd int32) *lside {
+	if fd < 0 || int(fd) >= len(l.fds) {
+		return nil
+	}
+	return l.fds[fd]
+}
+
+// setSide registers s for fd (nil: none).
+func (l *evloop) setSide(fd int, s *lside) {
+	if fd >= len(l.fds) {
+		if s == nil {
+			return
+		}
+		l.fds = append(l.fds, make([]*lside, fd+1-len(l.fds))...)
+	}
+	l.fds[fd] = s
 }
 
 func (l *evloop) runCmds() {
@@ -370,8 +393,7 @@ func (l *evloop) runCmds() {
 type lside struct {
 	ls       *lsess
 	src, dst int
-	peer     *lside // the other direction: its src is our dst
-	on       func(typ byte, n int, body []byte) act
+	peer     *lside  // the other direction: its src is our dst
 	decode   typeSet // 32 bytes, not a [256]bool: an idle session holds two
 	decMax   int
 	maxLen   int
@@ -527,9 +549,9 @@ func (p *Proxy) loopStart(ctx context.Context, client net.Conn, up *upstreamConn
 		tl.retry = ls.retryTLS
 	}
 	ls.c2s, ls.s2c = &ls.sides[0], &ls.sides[1] // one allocation per session
-	*ls.c2s = lside{ls: ls, src: cfd, dst: ufd, on: pl.fromClient, decMax: p.opts.MaxMessageLen, maxLen: p.opts.MaxMessageLen,
+	*ls.c2s = lside{ls: ls, src: cfd, dst: ufd, decMax: p.opts.MaxMessageLen, maxLen: p.opts.MaxMessageLen,
 		bytes: &sess.Stats.BytesIn, msgs: &sess.Stats.MsgsIn, client: true}
-	*ls.s2c = lside{ls: ls, src: ufd, dst: cfd, on: pl.fromServer, decMax: serverDecodeMax,
+	*ls.s2c = lside{ls: ls, src: ufd, dst: cfd, decMax: serverDecodeMax,
 		bytes: &sess.Stats.BytesOut, msgs: &sess.Stats.MsgsOut, drain: true, sealed: tl != nil}
 	ls.c2s.peer, ls.s2c.peer = ls.s2c, ls.c2s
 	ls.c2s.decode.add(pl.clientTypes())
@@ -646,7 +668,7 @@ func (ls *lsess) start() {
 			ls.end(ending{err: fmt.Errorf("%w: event loop: %v", ErrUpstreamClosed, err)})
 			return
 		}
-		ls.l.fds[int32(s.src)] = s
+		ls.l.setSide(s.src, s)
 		s.reg = true
 	}
 	if ls.tl != nil {
@@ -830,9 +852,12 @@ func (ls *lsess) process(s *lside) error {
 			var a act
 			if s.resumed != nil {
 				a, s.resumed = *s.resumed, nil
+			} else if msgs++; s.client {
+				// Written out rather than through on: this runs
+				// for every row, and on is too big to be inlined.
+				a = ls.pl.fromClient(typ, n, body)
 			} else {
-				msgs++
-				a = s.on(typ, n, body)
+				a = ls.pl.fromServer(typ, n, body)
 			}
 			if a.kind == actHold {
 				ls.count(s, &msgs)
@@ -883,7 +908,7 @@ func (ls *lsess) process(s *lside) error {
 		if s.msgs != nil {
 			s.msgs.Add(1)
 		}
-		a := s.on(typ, n, nil)
+		a := ls.on(s, typ, n, nil)
 		if a.err != nil {
 			return a.err
 		}
@@ -895,6 +920,15 @@ func (ls *lsess) process(s *lside) error {
 		s.midMsg = !s.skip
 	}
 	return nil
+}
+
+// on asks the pipe about one message s read: a direct call, not through a
+// func value, since it runs for every message (every row).
+func (ls *lsess) on(s *lside, typ byte, n int, body []byte) act {
+	if s.client {
+		return ls.pl.fromClient(typ, n, body)
+	}
+	return ls.pl.fromServer(typ, n, body)
 }
 
 // run forwards b after whatever replaced messages are queued before it, in
@@ -1150,8 +1184,8 @@ func (ls *lsess) end(e ending) {
 	ls.ended = true
 	ls.why = e
 	for _, s := range []*lside{ls.c2s, ls.s2c} {
-		if ls.l.fds[int32(s.src)] == s {
-			delete(ls.l.fds, int32(s.src))
+		if ls.l.side(int32(s.src)) == s {
+			ls.l.setSide(s.src, nil)
 		}
 		if s.reg {
 			s.reg = false
