@@ -41,6 +41,8 @@
 #   BENCH_HOLD [""]           1: set everything up, then wait (to profile by hand);
 #                              BENCH_HOLD_BIN, _ENV, _OFF, _PGSTORE: a further daemon (below);
 #                              BENCH_HOLD_PGCONF: one more postgresql.conf line
+#                              BENCH_HOLD_YAML: config lines for that further daemon (e.g. the
+#                              masking rules, to compare two builds masked)
 # Runs as root. Everything it creates (namespace, cgroups, pins, servers,
 # files) is removed on exit.
 set -euo pipefail
@@ -362,7 +364,7 @@ if [ -n "${BENCH_HOLD:-}" ] && has_feature audit; then
   # (database airlock_audit_env), so that two builds whose schemas differ
   # are compared against the same server.
   if [ -n "${BENCH_HOLD_ENV:-}${BENCH_HOLD_BIN:-}" ]; then
-    ENV_YAML=""
+    ENV_YAML=${BENCH_HOLD_YAML:-}
     if [ -n "${BENCH_HOLD_PGSTORE:-}" ]; then
       "${ADMIN[@]}" -d postgres -c "CREATE DATABASE airlock_audit_env OWNER airlock_audit"
       ENV_YAML=${PGSTORE_YAML/\/airlock_audit\?//airlock_audit_env?}
