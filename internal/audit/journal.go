@@ -555,9 +555,12 @@ func (j *journal) drainKeeping() error {
 	// Only this thread (holding fileMu) moves tail, and appends write
 	// only past head: the bytes in [t, h) stay put while they are written.
 	a, b := j.rg.bytes(t, h)
-	keep := j.cur.path == s.path && j.cur.off == s.size && len(j.kept.buf)+int(h-t) <= keptMax
+	// What is kept lies in one segment, from kept.off on.
+	keep := j.cur.path == s.path && j.cur.off == s.size && (len(j.kept.buf) == 0 || j.kept.path == s.path) &&
+		len(j.kept.buf)+int(h-t) <= keptMax
 	n, err := writeBoth(j.f, a, b)
-	if err == nil && keep {
+	keep = keep && err == nil
+	if keep {
 		if len(j.kept.buf) == 0 {
 			j.kept.path, j.kept.off, j.kept.after = s.path, s.size, j.cur.seq
 		}
@@ -566,7 +569,13 @@ func (j *journal) drainKeeping() error {
 	}
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	return j.wroteLocked(n, last, err, func() { j.rg.setTail(h) })
+	err = j.wroteLocked(n, last, err, func() { j.rg.setTail(h) })
+	if act := j.segs[len(j.segs)-1]; keep && act.path != s.path && act.size == 0 {
+		// The segment was full and another begun: the reader's place
+		// is as well its start, where the next frames go.
+		j.cur.path, j.cur.off = act.path, 0
+	}
+	return err
 }
 
 // writeBoth writes a then b (the ring's bytes on either side of its end).
