@@ -86,6 +86,10 @@ type journal struct {
 	// recovered from the ring, a ring that could not be used).
 	notes []string
 
+	// readMu is held by the reader for a whole read, and by drain while
+	// it keeps frames for it: cur and kept are the reader's. It is taken
+	// before fileMu.
+	readMu sync.Mutex
 	// The reader's buffers, reused: the shipper is the only reader.
 	segsCopy []segment
 	names    *nameCache
@@ -96,7 +100,25 @@ type journal struct {
 		off  int64
 		seq  int64 // of the frame that ends at off
 	}
+	// kept holds the frames drain moved from the ring into the segments
+	// while the reader's place was at the end of the active segment: a
+	// copy taken from the ring as they are written, so the reader takes
+	// them from memory instead of reading them back from the segment
+	// (a system call and a copy out of the page cache, per batch, of
+	// bytes that were in the shipper's hands a moment before). The
+	// frames are those of the segment kept.path from kept.off up to
+	// cur, whole, headers included.
+	kept struct {
+		buf   []byte
+		path  string
+		off   int64
+		after int64 // seq of the frame before the first kept
+	}
 }
+
+// keptMax bounds the frames kept for the reader: past it, drain stops
+// keeping them and the reader reads the rest back from the segment.
+const keptMax = 4 << 20
 
 // openJournal opens dir, drops a torn frame at the very end (a write the
 // machine lost half of), moves into the segments what a killed predecessor
@@ -510,10 +532,22 @@ func (j *journal) drain() error {
 	if j.rg == nil {
 		return nil
 	}
+	j.readMu.Lock()
+	defer j.readMu.Unlock()
+	return j.drainKeeping()
+}
+
+// drainKeeping is drain with readMu held: when the reader has read
+// everything before the frames moved, it keeps a copy of them (kept).
+func (j *journal) drainKeeping() error {
+	if j.rg == nil {
+		return nil
+	}
 	j.fileMu.Lock()
 	defer j.fileMu.Unlock()
 	j.mu.Lock()
 	t, h, last := j.rg.tail(), j.rg.head(), j.ringSeq
+	s := j.segs[len(j.segs)-1]
 	j.mu.Unlock()
 	if h == t {
 		return nil
@@ -521,10 +555,27 @@ func (j *journal) drain() error {
 	// Only this thread (holding fileMu) moves tail, and appends write
 	// only past head: the bytes in [t, h) stay put while they are written.
 	a, b := j.rg.bytes(t, h)
+	// What is kept lies in one segment, from kept.off on.
+	keep := j.cur.path == s.path && j.cur.off == s.size && (len(j.kept.buf) == 0 || j.kept.path == s.path) &&
+		len(j.kept.buf)+int(h-t) <= keptMax
 	n, err := writeBoth(j.f, a, b)
+	keep = keep && err == nil
+	if keep {
+		if len(j.kept.buf) == 0 {
+			j.kept.path, j.kept.off, j.kept.after = s.path, s.size, j.cur.seq
+		}
+		j.kept.buf = append(append(j.kept.buf, a...), b...)
+		j.cur.off, j.cur.seq = s.size+int64(n), last
+	}
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	return j.wroteLocked(n, last, err, func() { j.rg.setTail(h) })
+	err = j.wroteLocked(n, last, err, func() { j.rg.setTail(h) })
+	if act := j.segs[len(j.segs)-1]; keep && act.path != s.path && act.size == 0 {
+		// The segment was full and another begun: the reader's place
+		// is as well its start, where the next frames go.
+		j.cur.path, j.cur.off = act.path, 0
+	}
+	return err
 }
 
 // writeBoth writes a then b (the ring's bytes on either side of its end).
@@ -621,7 +672,7 @@ func (j *journal) bytes() int64 {
 // ring's frames into the segments first and reads them from there (the
 // page cache, just written): the ring is for the data path only.
 func (j *journal) read(after int64, max int) ([]pending, error) {
-	return j.readWith(nil, nil, after, max)
+	return j.readWith(nil, nil, nil, after, max)
 }
 
 // shipBuf is the memory the shipper reads its batches into, reused from
@@ -633,6 +684,9 @@ func (j *journal) read(after int64, max int) ([]pending, error) {
 type shipBuf struct {
 	recs  []pending
 	slabs slabs
+	// kept is the journal's kept frames this batch was read from; the
+	// next read gives it back to the journal to keep frames in again.
+	kept []byte
 }
 
 // readInto is read into buf: the shipper's form, which allocates nothing
@@ -640,15 +694,20 @@ type shipBuf struct {
 func (j *journal) readInto(buf *shipBuf, after int64, max int) ([]pending, error) {
 	buf.slabs.reset()
 	clear(buf.recs[:cap(buf.recs)]) // the last batch's, not kept alive by the next
-	out, err := j.readWith(buf.recs[:0], &buf.slabs, after, max)
+	out, err := j.readWith(buf.recs[:0], &buf.slabs, &buf.kept, after, max)
 	if cap(out) <= 1<<16 {
 		buf.recs = out[:0]
 	}
 	return out, err
 }
 
-func (j *journal) readWith(out []pending, sl *slabs, after int64, max int) ([]pending, error) {
-	if err := j.drain(); err != nil {
+// readWith reads into out, the payloads into sl; spare, if not nil, is a
+// buffer the last batch was read from (no longer used), given to the
+// journal to keep frames in, and gets the one this batch is read from.
+func (j *journal) readWith(out []pending, sl *slabs, spare *[]byte, after int64, max int) ([]pending, error) {
+	j.readMu.Lock()
+	defer j.readMu.Unlock()
+	if err := j.drainKeeping(); err != nil {
 		return nil, err
 	}
 	j.mu.Lock()
@@ -667,6 +726,51 @@ func (j *journal) readWith(out []pending, sl *slabs, after int64, max int) ([]pe
 	if sl == nil {
 		sl = &slabs{}
 	}
+	if j.names == nil {
+		j.names = &nameCache{}
+	}
+	if k := &j.kept; len(k.buf) > 0 {
+		buf := k.buf
+		var free []byte // to keep frames in from now on
+		if spare != nil {
+			free, *spare = (*spare)[:0], buf
+		}
+		k.buf = free
+		if k.after <= after {
+			// The records after after start in what was kept (or
+			// before any of it): taken from there. Otherwise (a
+			// shipment failed and is read again) they are read from
+			// the segments, as before.
+			var used int
+			var last int64
+			var whole bool
+			out, used, last, whole = j.parseFrames(buf, out, after, max, false)
+			switch {
+			case !whole:
+				// Not what drain kept: read from the segment
+				// from here on, which stops where it is damaged.
+				j.cur.path, j.cur.off, j.cur.seq = k.path, k.off+int64(used), k.after
+				if used > 0 {
+					j.cur.seq = last
+				}
+			case used < len(buf):
+				// The batch is full: the rest stays kept for the
+				// next read, moved to the free buffer (this one is
+				// the batch's).
+				k.buf = append(k.buf, buf[used:]...)
+				if used > 0 {
+					k.off, k.after = k.off+int64(used), last
+				}
+				return out, nil
+			}
+			if len(out) >= max {
+				return out, nil
+			}
+			if j.cur.seq > after {
+				after = j.cur.seq
+			}
+		}
+	}
 	for _, s := range segs {
 		if s.last <= after || s.last < s.first {
 			continue
@@ -678,9 +782,6 @@ func (j *journal) readWith(out []pending, sl *slabs, after int64, max int) ([]pe
 		var off int64
 		if j.cur.path == s.path && j.cur.seq <= after {
 			off = j.cur.off
-		}
-		if j.names == nil {
-			j.names = &nameCache{}
 		}
 		out = j.readSegment(f, s, off, out, sl, after, max)
 		_ = f.Close()
@@ -711,44 +812,70 @@ func (j *journal) readSegment(f *os.File, s segment, off int64, out []pending, s
 			return out // shorter than it was: nothing more to read
 		}
 		buf = buf[:n]
-		used := 0
-		for len(out) < max {
-			rest := buf[used:]
-			if len(rest) < frameHeader {
-				need = frameHeader
-				break
-			}
-			ln := int(binary.BigEndian.Uint32(rest[:4]))
-			if ln == 0 || ln > maxFrame {
-				sl.use(used)
-				return out
-			}
-			if len(rest) < frameHeader+ln {
-				need = frameHeader + ln
-				break
-			}
-			payload := rest[frameHeader : frameHeader+ln : frameHeader+ln]
-			if crc32.Checksum(payload, crcTable) != binary.BigEndian.Uint32(rest[4:]) {
-				sl.use(used)
-				return out
-			}
-			p, err := decodePayload(payload, j.names)
-			if err != nil {
-				sl.use(used)
-				return out
-			}
-			used += frameHeader + ln
-			off += int64(frameHeader + ln)
-			j.cur.path, j.cur.off, j.cur.seq = s.path, off, p.Seq
-			if p.Seq > after {
-				out = append(out, p)
-			}
+		var used int
+		var last int64
+		var whole bool
+		out, used, last, whole = j.parseFrames(buf, out, after, max, true)
+		if used > 0 {
+			off += int64(used)
+			j.cur.path, j.cur.off, j.cur.seq = s.path, off, last
 		}
 		// The frames' bytes stay (the records point into them); the
 		// rest of what was read is read again with the next frame.
 		sl.use(used)
+		if !whole {
+			return out // damaged here
+		}
+		if len(out) < max {
+			need = frameHeader
+			if rest := buf[used:]; len(rest) >= frameHeader {
+				need += int(binary.BigEndian.Uint32(rest[:4]))
+			}
+		}
 	}
 	return out
+}
+
+// parseFrames appends to out the records after seq after of the frames
+// in buf, until out holds max or buf ends. It returns how many bytes of
+// buf it took (whole frames), the seq of the last frame taken, and false
+// if it stopped at a damaged frame rather than at buf's end or max. The
+// records' data are buf's bytes. check says to check each frame's
+// checksum: frames read from a segment may be torn or damaged there;
+// kept frames are this process's own copy of complete frames in the ring
+// (below its head), checksummed by the session that wrote them a moment
+// before, and a checksum is no defence against whoever could write into
+// the ring (root: it could as well write a matching one).
+func (j *journal) parseFrames(buf []byte, out []pending, after int64, max int, check bool) ([]pending, int, int64, bool) {
+	used := 0
+	var last int64
+	for len(out) < max {
+		rest := buf[used:]
+		if len(rest) < frameHeader {
+			break
+		}
+		ln := int(binary.BigEndian.Uint32(rest[:4]))
+		if ln == 0 || ln > maxFrame {
+			return out, used, last, false
+		}
+		if len(rest) < frameHeader+ln {
+			break
+		}
+		payload := rest[frameHeader : frameHeader+ln : frameHeader+ln]
+		if check && crc32.Checksum(payload, crcTable) != binary.BigEndian.Uint32(rest[4:]) {
+			return out, used, last, false
+		}
+		p, err := decodePayload(payload, j.names)
+		if err != nil {
+			return out, used, last, false
+		}
+		used += frameHeader + ln
+		last = p.Seq
+		if p.Seq > after {
+			out = append(out, p)
+		}
+	}
+	return out, used, last, true
 }
 
 // release deletes the segments whose records are all at or below seq,
