@@ -31,9 +31,17 @@ func TestJournalKeptFramesConcurrent(t *testing.T) {
 		ring      uint64
 		max       int
 		failEvery int
+		// pause is the shipment's time: a slow store lets the kept
+		// frames reach keptMax, past which they are read back.
+		pause time.Duration
+		// kept is whether records must come from the kept frames (a
+		// small ring's frames are mostly moved by the sessions), full
+		// whether the kept frames must reach their bound.
+		kept, full bool
 	}{
-		{"default ring", ringDefault, 700, 5},
-		{"small ring", 8192, 300, 3},
+		{"default ring", ringDefault, 700, 5, 300 * time.Microsecond, true, false},
+		{"small ring", 8192, 300, 3, 300 * time.Microsecond, false, false},
+		{"slow shipments, kept frames past their bound", ringDefault, 30000, 4, 600 * time.Millisecond, true, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			j, err := openJournalRing(t.TempDir(), 1<<30, 0, tc.ring)
@@ -59,10 +67,13 @@ func TestJournalKeptFramesConcurrent(t *testing.T) {
 							return
 						}
 						if n%50 == g {
+							// The commit interval's sync, at a
+							// pace the shipper can keep up with.
 							if err := j.sync(); err != nil {
 								errs <- err
 								return
 							}
+							time.Sleep(time.Millisecond)
 						}
 					}
 				}()
@@ -74,7 +85,7 @@ func TestJournalKeptFramesConcurrent(t *testing.T) {
 			var buf shipBuf
 			var stored int64
 			next := make([]int, appenders)
-			reads := 0
+			reads, fromKept, keptFull := 0, 0, false
 			finished := false
 			for stored < appenders*each {
 				if ctx.Err() != nil {
@@ -87,6 +98,14 @@ func TestJournalKeptFramesConcurrent(t *testing.T) {
 					finished = true
 				default:
 				}
+				// Frames kept, and then some not (past the bound):
+				// the reader must read those back from the segment.
+				j.readMu.Lock()
+				j.mu.Lock()
+				act := j.segs[len(j.segs)-1]
+				keptFull = keptFull || len(j.kept.buf) > keptMax/2 && (j.cur.path != act.path || j.cur.off != act.size)
+				j.mu.Unlock()
+				j.readMu.Unlock()
 				recs, err := j.readInto(&buf, stored, tc.max)
 				if err != nil {
 					t.Fatal(err)
@@ -98,7 +117,7 @@ func TestJournalKeptFramesConcurrent(t *testing.T) {
 				}
 				// Drains by the sessions meanwhile, as while a batch
 				// is shipped.
-				time.Sleep(time.Duration(rnd.IntN(300)) * time.Microsecond)
+				time.Sleep(time.Duration(rnd.Int64N(int64(tc.pause))))
 				for i := range recs {
 					r := &recs[i]
 					if want := stored + int64(i) + 1; r.Seq != want {
@@ -112,6 +131,9 @@ func TestJournalKeptFramesConcurrent(t *testing.T) {
 					continue // the store refused it: read again
 				}
 				for i := range recs {
+					if within(recs[i].Data, buf.kept) {
+						fromKept++
+					}
 					var d struct{ G, N int }
 					if err := json.Unmarshal(recs[i].Data, &d); err != nil {
 						t.Fatalf("record %d: %v: %q", recs[i].Seq, err, recs[i].Data)
@@ -136,7 +158,13 @@ func TestJournalKeptFramesConcurrent(t *testing.T) {
 			if stored != appenders*each {
 				t.Fatalf("stored through %d, %d appended", stored, appenders*each)
 			}
-			t.Logf("%d reads", reads)
+			t.Logf("%d reads, %d of %d records from the kept frames, kept frames past their bound: %v", reads, fromKept, stored, keptFull)
+			if tc.full && !keptFull {
+				t.Fatal("the kept frames never reached their bound: the test did not reach it")
+			}
+			if tc.kept && fromKept == 0 {
+				t.Fatal("no record came from the kept frames: the test did not reach them")
+			}
 		})
 	}
 }
