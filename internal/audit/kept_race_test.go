@@ -38,13 +38,17 @@ func TestJournalKeptFramesConcurrent(t *testing.T) {
 		// small ring's frames are mostly moved by the sessions), full
 		// whether the kept frames must reach their bound.
 		kept, full bool
+		// bound is the journal's: a small one makes sessions wait for
+		// the shipper's releases, which then rotate the active segment.
+		bound int64
 	}{
-		{"default ring", ringDefault, 700, 5, 300 * time.Microsecond, true, false},
-		{"small ring", 8192, 300, 3, 300 * time.Microsecond, false, false},
-		{"slow shipments, kept frames past their bound", ringDefault, 30000, 4, 600 * time.Millisecond, true, true},
+		{"default ring", ringDefault, 700, 5, 300 * time.Microsecond, true, false, 1 << 30},
+		{"small ring", 8192, 300, 3, 300 * time.Microsecond, false, false, 1 << 30},
+		{"slow shipments, kept frames past their bound", ringDefault, 30000, 4, 600 * time.Millisecond, true, true, 1 << 30},
+		{"journal at its bound", ringDefault, 700, 5, 300 * time.Microsecond, false, false, 2 << 20},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			j, err := openJournalRing(t.TempDir(), 1<<30, 0, tc.ring)
+			j, err := openJournalRing(t.TempDir(), tc.bound, 0, tc.ring)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -86,6 +90,7 @@ func TestJournalKeptFramesConcurrent(t *testing.T) {
 			var stored int64
 			next := make([]int, appenders)
 			reads, fromKept, keptFull := 0, 0, false
+			actives := map[string]bool{}
 			finished := false
 			for stored < appenders*each {
 				if ctx.Err() != nil {
@@ -103,6 +108,7 @@ func TestJournalKeptFramesConcurrent(t *testing.T) {
 				j.readMu.Lock()
 				j.mu.Lock()
 				act := j.segs[len(j.segs)-1]
+				actives[act.path] = true
 				keptFull = keptFull || len(j.kept.buf) > keptMax/2 && (j.cur.path != act.path || j.cur.off != act.size)
 				j.mu.Unlock()
 				j.readMu.Unlock()
@@ -147,7 +153,7 @@ func TestJournalKeptFramesConcurrent(t *testing.T) {
 					next[d.G] = d.N
 				}
 				stored += int64(len(recs))
-				if rnd.IntN(5) == 0 {
+				if rnd.IntN(5) == 0 || tc.bound < 1<<30 {
 					j.release(stored)
 				}
 				if len(recs) == 0 && finished {
@@ -158,7 +164,10 @@ func TestJournalKeptFramesConcurrent(t *testing.T) {
 			if stored != appenders*each {
 				t.Fatalf("stored through %d, %d appended", stored, appenders*each)
 			}
-			t.Logf("%d reads, %d of %d records from the kept frames, kept frames past their bound: %v", reads, fromKept, stored, keptFull)
+			t.Logf("%d reads, %d of %d records from the kept frames, kept frames past their bound: %v, %d active segments", reads, fromKept, stored, keptFull, len(actives))
+			if tc.bound < 1<<30 && len(actives) < 3 {
+				t.Fatalf("%d active segments at the bound: the releases did not rotate it", len(actives))
+			}
 			if tc.full && !keptFull {
 				t.Fatal("the kept frames never reached their bound: the test did not reach it")
 			}
