@@ -114,3 +114,38 @@ func TestRowWalk(t *testing.T) {
 		})
 	}
 }
+
+// TestUnreadableDescriptionWithholdsRows: a simple query's RowDescription
+// that does not parse (a field cut short, a count that lies) leaves the
+// stage no column sources, so the result's rows are withheld (sent NULL)
+// rather than passed as if nothing in them were masked.
+func TestUnreadableDescriptionWithholdsRows(t *testing.T) {
+	const email = "a@corp-mail.com"
+	mail := pgproto3.FieldDescription{Name: []byte("email"), TableOID: 1, TableAttributeNumber: 1, DataTypeOID: 25, DataTypeSize: -1, TypeModifier: -1}
+	whole := enc(&pgproto3.RowDescription{Fields: []pgproto3.FieldDescription{mail}})[5:]
+	for _, tt := range []struct {
+		name string
+		desc []byte
+	}{
+		{"a field cut short", whole[:len(whole)-6]},
+		{"more fields counted than sent", append([]byte{0, 2}, whole[2:]...)},
+		{"a name without its end", []byte{0, 1, 'e', 'm'}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			s := fuzzStage(t)
+			s.push(request{kind: 'Q'})
+			if v := s.Server(&pgwire.ServerMsg{Type: 'T', Body: tt.desc, Len: len(tt.desc)}); v.Action != pgwire.Forward {
+				t.Fatalf("description: %v", v.Action)
+			}
+			body := rowBody(1, text(email))
+			v := s.Server(&pgwire.ServerMsg{Type: 'D', Body: body, Len: len(body)})
+			got := v.Msgs
+			if v.Action != pgwire.Replace {
+				got = message(body)
+			}
+			if !bytes.Equal(got, allNull(1)) {
+				t.Fatalf("got %q, want the row withheld (%q)", got, allNull(1))
+			}
+		})
+	}
+}

@@ -341,7 +341,8 @@ func (s *Stage) Server(m *pgwire.ServerMsg) pgwire.Verdict {
 		case 'd': // ours: the portal's description, consumed
 			s.pop()
 			if m.Type == 'T' {
-				s.portals[r.portal] = s.describe(m.Body)
+				// An unreadable description is nil: its rows fail closed.
+				s.portals[r.portal], _ = s.describe(m.Body)
 			} else {
 				delete(s.portals, r.portal)
 			}
@@ -349,13 +350,17 @@ func (s *Stage) Server(m *pgwire.ServerMsg) pgwire.Verdict {
 		case 'D': // the client's; a portal's is also the stage's
 			s.pop()
 			if r.capture && m.Type == 'T' {
-				s.portals[r.portal] = s.describe(m.Body)
+				s.portals[r.portal], _ = s.describe(m.Body)
 			} else if r.capture {
 				delete(s.portals, r.portal)
 			}
 		case 'Q':
 			if m.Type == 'T' {
-				s.setCur(s.describe(m.Body))
+				// A description that cannot be read withholds its rows
+				// rather than letting them pass as if nothing were masked.
+				f, ok := s.describe(m.Body)
+				s.setCur(f)
+				s.curUnknown = !ok
 			}
 		}
 	case 'C', 's', 'I':
@@ -468,14 +473,15 @@ func (s *Stage) ddl(body []byte) {
 	}
 }
 
-// describe decides every field of a RowDescription.
-func (s *Stage) describe(body []byte) []field {
+// describe decides every field of a RowDescription; false if body is not
+// one.
+func (s *Stage) describe(body []byte) ([]field, bool) {
 	if s.lastFields != nil && bytes.Equal(body, s.lastDesc) {
-		return s.lastFields
+		return s.lastFields, true
 	}
 	if f, ok := s.descs[string(body)]; ok {
 		s.lastDesc, s.lastFields = append(s.lastDesc[:0], body...), f
-		return f
+		return f, true
 	}
 	s.missing = s.missing[:0]
 	ok := eachField(body, func(a Attr, _ uint32, _ int16) {
@@ -486,7 +492,7 @@ func (s *Stage) describe(body []byte) []field {
 		}
 	})
 	if !ok {
-		return nil
+		return nil, false
 	}
 	failed := false
 	if len(s.missing) > 0 {
@@ -528,7 +534,7 @@ func (s *Stage) describe(body []byte) []field {
 			s.descs[string(body)] = out
 		}
 	}
-	return out
+	return out, true
 }
 
 // eachField walks a RowDescription without decoding names; false when it is
@@ -629,7 +635,7 @@ func (s *Stage) row(m *pgwire.ServerMsg) []byte {
 		return nil
 	}
 	if s.curUnknown && len(cur) == 0 {
-		return s.failRow(m, "its description was too large to read")
+		return s.failRow(m, "its description could not be read")
 	}
 	body := m.Body
 	if body == nil || len(body) < 2 {
