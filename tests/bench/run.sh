@@ -367,7 +367,7 @@ if [ -n "${BENCH_HOLD:-}" ] && has_feature audit; then
     ENV_YAML=${BENCH_HOLD_YAML:-}
     if [ -n "${BENCH_HOLD_PGSTORE:-}" ]; then
       "${ADMIN[@]}" -d postgres -c "CREATE DATABASE airlock_audit_env OWNER airlock_audit"
-      ENV_YAML=${PGSTORE_YAML/\/airlock_audit\?//airlock_audit_env?}
+      ENV_YAML=${PGSTORE_YAML/\/airlock_audit\?//airlock_audit_env?}${BENCH_HOLD_YAML:+$'\n'$BENCH_HOLD_YAML}
     fi
     DAEMON_ENV=${BENCH_HOLD_ENV:-} DAEMON_BIN=${BENCH_HOLD_BIN:-} start_daemon airlock-env "" $((p += 1)) "${BENCH_HOLD_OFF-audit}" "$ENV_YAML"
   fi
