@@ -41,7 +41,7 @@ func BenchmarkShipSteadyAged(b *testing.B) {
 		b.Run(fill.name, func(b *testing.B) {
 			a := agedWriters[fill.name]
 			if a == nil {
-				a = newAgedWriter(b, fill.size, fill.sessionLen, st)
+				a = newAgedWriter(b, parent.TempDir(), fill.size, fill.sessionLen, st)
 				agedWriters[fill.name] = a
 				parent.Cleanup(func() { delete(agedWriters, fill.name); a.close() })
 			}
@@ -96,16 +96,12 @@ type agedWriter struct {
 	emitted  int
 }
 
-func newAgedWriter(b *testing.B, size, sessionLen int, st *session.Statement) *agedWriter {
+// newAgedWriter fills a writer's store in dir, the benchmark's (not the
+// sub-benchmark's run's: the store outlives the run).
+func newAgedWriter(b *testing.B, dir string, size, sessionLen int, st *session.Statement) *agedWriter {
 	b.Helper()
-	// Not b.TempDir: the store outlives this run of the sub-benchmark.
-	dir, err := os.MkdirTemp("", "airlock-aged-*")
-	if err != nil {
-		b.Fatal(err)
-	}
 	w, err := Open(context.Background(), Options{StateDir: dir, CommitInterval: time.Hour})
 	if err != nil {
-		_ = os.RemoveAll(dir)
 		b.Fatal(err)
 	}
 	a := &agedWriter{w: w, dir: dir}
@@ -179,5 +175,4 @@ func sysCPU() time.Duration {
 func (a *agedWriter) close() {
 	_ = a.w.j.close()
 	_ = a.w.store.Close()
-	_ = os.RemoveAll(a.dir)
 }
