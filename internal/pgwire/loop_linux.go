@@ -852,12 +852,15 @@ func (ls *lsess) process(s *lside) error {
 			var a act
 			if s.resumed != nil {
 				a, s.resumed = *s.resumed, nil
-			} else if msgs++; s.client {
+			} else {
+				msgs++
 				// Written out rather than through on: this runs
 				// for every row, and on is too big to be inlined.
-				a = ls.pl.fromClient(typ, n, body)
-			} else {
-				a = ls.pl.fromServer(typ, n, body)
+				if s.client {
+					a = ls.pl.fromClient(typ, n, body)
+				} else {
+					a = ls.pl.fromServer(typ, n, body)
+				}
 			}
 			if a.kind == actHold {
 				ls.count(s, &msgs)
