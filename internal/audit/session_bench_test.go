@@ -17,7 +17,7 @@ import (
 // cpu-ns/op is the process's CPU per session for shipping and settling
 // (the emitting is not timed). The filled store is kept for the
 // sub-benchmark's runs and removed at the end, unless
-// AIRLOCK_BENCH_SESSIONS_DIR names a directory to keep it in across
+// AIRLOCK_BENCH_SESSIONS_DIR names a directory to keep filled ones in across
 // processes (filling a million sessions takes minutes: alternated
 // before/after runs reuse it; each build of the code needs its own).
 func BenchmarkShipShortSessions(b *testing.B) {
@@ -81,7 +81,7 @@ type shortWriter struct {
 func newShortWriter(b *testing.B, parent *testing.B, name string, size int, st *session.Statement) *shortWriter {
 	b.Helper()
 	dir := parent.TempDir()
-	if keep := os.Getenv("AIRLOCK_BENCH_SESSIONS_DIR"); keep != "" {
+	if keep := os.Getenv("AIRLOCK_BENCH_SESSIONS_DIR"); keep != "" && size > 0 {
 		dir = keep + "/" + name
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			b.Fatal(err)
