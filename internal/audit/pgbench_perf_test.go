@@ -106,7 +106,7 @@ func TestPgbenchRecordingOverhead(t *testing.T) {
 		w    *Writer
 	}
 	modes := []mode{{"off", serveProxy(t, pg, discard{}), nil}, {"sqlite", serveProxy(t, pg, wl), wl}, {"postgres", serveProxy(t, pg, wp), wp}}
-	tps := regexp.MustCompile(`tps = ([0-9.]+) \(without initial`)
+	tps := regexp.MustCompile(`tps = ([0-9.]+) \((?:without initial|including reconnection)`) // -C says the latter
 	txs := regexp.MustCompile(`number of transactions actually processed: ([0-9]+)`)
 	measure := func(m mode, args []string) (float64, float64) {
 		c0 := cpuTime()
