@@ -35,7 +35,7 @@ func BenchmarkShipSteadyAged(b *testing.B) {
 		{"records=5000000", 5_000_000, agedSessionLen},
 		// Ten sessions started every 20 statements (two statements
 		// each, 500,000 sessions): the session tables and their
-		// indexes, keyed by random session ids, grow with the store.
+		// indexes, keyed by session ids, grow with the store.
 		{"short-sessions-records=1000000", 1_000_000, 20},
 	} {
 		b.Run(fill.name, func(b *testing.B) {
