@@ -4,6 +4,8 @@ package audit
 
 import (
 	"context"
+	"errors"
+	"io/fs"
 	"log/slog"
 	"net"
 	"os"
@@ -28,7 +30,8 @@ import (
 // or off ("off": the queue alone, no samples, as AIRLOCK_BENCH_OFF=audit
 // does): the modes AIRLOCK_PERF_MODE lists, "off,sqlite" by default. Run
 // with one mode per process, alternately, each process can be profiled on
-// its own (perf record -p the pid written to AIRLOCK_PERF_READY), so that
+// its own (perf record -p the pid written to the file AIRLOCK_PERF_READY
+// names, which the test waits for the profiler to remove), so that
 // what recording adds is compared by symbol in like runs; the in-process
 // test (TestPgbenchRecordingOverhead) takes no samples and shares one
 // profile between its modes. It reports the process's CPU per transaction
@@ -101,11 +104,22 @@ func pgbenchOneMode(t *testing.T, mode string) {
 	_, ps, _ := net.SplitHostPort(addr)
 	port, _ := strconv.Atoi(ps)
 	if f := os.Getenv("AIRLOCK_PERF_READY"); f != "" {
-		// The profiler attaches after the set-up, before the load.
+		// The profiler attaches after the set-up, before the load: it
+		// reads the pid from f and removes f once it is recording (on a
+		// loaded machine perf takes seconds to start; a profile that
+		// missed the start of the run was a fraction of the CPU it ran).
 		if err := os.WriteFile(f, []byte(strconv.Itoa(os.Getpid())), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		time.Sleep(time.Second)
+		for i := 0; ; i++ {
+			if _, err := os.Stat(f); errors.Is(err, fs.ErrNotExist) {
+				break
+			}
+			if i == 600 {
+				t.Fatalf("%s still there after a minute: no profiler took it", f)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
 	}
 	c0 := cpuTime()
 	out := pgbench(port, "-n", "-T", secs, "-c", "10", "-j", "2", "-S", "postgres")
