@@ -1,0 +1,139 @@
+//go:build perf
+
+package audit
+
+import (
+	"context"
+	"errors"
+	"io/fs"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/airlockhq/airlock/internal/config"
+	"github.com/airlockhq/airlock/internal/identity"
+	"github.com/airlockhq/airlock/internal/pgtest"
+	"github.com/airlockhq/airlock/internal/pgwire"
+	"github.com/airlockhq/airlock/internal/pgwire/pgwiretest"
+	"github.com/airlockhq/airlock/internal/session"
+)
+
+// TestPgbenchOneMode runs pgbench -S -c 10 -j 2 through the proxy set up as
+// airlockd sets it up with recording on ("sqlite": the audit writer and
+// the log's queue behind a Fanout, result samples at the default bounds)
+// or off ("off": the queue alone, no samples, as AIRLOCK_BENCH_OFF=audit
+// does): the modes AIRLOCK_PERF_MODE lists, "off,sqlite" by default. Run
+// with one mode per process, alternately, each process can be profiled on
+// its own (perf record -p the pid written to the file AIRLOCK_PERF_READY
+// names, which the test waits for the profiler to remove), so that
+// what recording adds is compared by symbol in like runs; the in-process
+// test (TestPgbenchRecordingOverhead) takes no samples and shares one
+// profile between its modes. It reports the process's CPU per transaction
+// from the moment the proxy is ready, the shipping still to do included.
+func TestPgbenchOneMode(t *testing.T) {
+	modes := "off,sqlite"
+	if m := os.Getenv("AIRLOCK_PERF_MODE"); m != "" {
+		modes = m
+	}
+	for _, mode := range strings.Split(modes, ",") {
+		if mode != "off" && mode != "sqlite" {
+			t.Fatalf("AIRLOCK_PERF_MODE: %q is not off or sqlite", mode)
+		}
+		t.Run(mode, func(t *testing.T) { pgbenchOneMode(t, mode) })
+	}
+}
+
+func pgbenchOneMode(t *testing.T, mode string) {
+	secs := "8"
+	if s := os.Getenv("AIRLOCK_PERF_SECONDS"); s != "" {
+		secs = s
+	}
+	pg := pgtest.Start(t, pgtest.Options{Conf: []string{"fsync = off", "synchronous_commit = off"}})
+	env := []string{"PGUSER=" + pg.AdminUser, "PGPASSWORD=" + pg.AdminPassword, "PGHOST=" + pg.Addr}
+	pgbench := func(port int, args ...string) string {
+		cmd := exec.Command("pgbench", append([]string{"-p", strconv.Itoa(port)}, args...)...)
+		cmd.Env = append(os.Environ(), env...)
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("pgbench %v: %v\n%s", args, err, out)
+		}
+		return string(out)
+	}
+	pgbench(pg.Port, "-i", "-q", "-s", "10", "postgres")
+	q := session.NewQueue(session.LogSink{Logger: slog.New(slog.DiscardHandler)}, 4096, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	qdone := make(chan struct{})
+	go func() { defer close(qdone); q.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-qdone })
+	sink := session.Fanout{q}
+	opts := pgwire.Options{Name: "bench", Databases: []string{"postgres"},
+		Upstream:    pgwire.Upstream{Host: pg.Addr, Port: pg.Port, TLSMode: "disable"},
+		Credentials: staticLease{pg.AdminUser, pg.AdminPassword}}
+	var w *Writer
+	if mode == "sqlite" {
+		var err error
+		w, err = Open(context.Background(), Options{StateDir: t.TempDir()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		wctx, wcancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { defer close(done); w.Run(wctx) }()
+		t.Cleanup(func() { wcancel(); <-done })
+		sink = session.Fanout{w, q}
+		opts.SampleRows, opts.SampleBytes = config.DefaultSampleRows, config.DefaultSampleBytes
+	}
+	p, err := pgwire.New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := pgwiretest.Serve(t, p, func() *session.Session {
+		s := session.New(sink)
+		s.Person = identity.Person{Name: "bench", UID: 1000}
+		s.Emit(session.Event{Kind: session.KindSessionStart, Start: s})
+		return s
+	}, func(s *session.Session) {
+		s.Emit(session.Event{Kind: session.KindSessionEnd, End: &session.End{Reason: "client_quit"}})
+	})
+	_, ps, _ := net.SplitHostPort(addr)
+	port, _ := strconv.Atoi(ps)
+	if f := os.Getenv("AIRLOCK_PERF_READY"); f != "" {
+		// The profiler attaches after the set-up, before the load: it
+		// reads the pid from f and removes f once it is recording (on a
+		// loaded machine perf takes seconds to start; a profile that
+		// missed the start of the run was a fraction of the CPU it ran).
+		if err := os.WriteFile(f, []byte(strconv.Itoa(os.Getpid())), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		for i := 0; ; i++ {
+			if _, err := os.Stat(f); errors.Is(err, fs.ErrNotExist) {
+				break
+			}
+			if i == 600 {
+				t.Fatalf("%s still there after a minute: no profiler took it", f)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	c0 := cpuTime()
+	out := pgbench(port, "-n", "-T", secs, "-c", "10", "-j", "2", "-S", "postgres")
+	if w != nil {
+		if err := w.Flush(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cpu := cpuTime() - c0
+	m := regexp.MustCompile(`number of transactions actually processed: ([0-9]+)`).FindStringSubmatch(out)
+	tp := regexp.MustCompile(`tps = ([0-9.]+) \(without initial`).FindStringSubmatch(out)
+	if m == nil || tp == nil {
+		t.Fatalf("no result in %s", out)
+	}
+	n, _ := strconv.ParseFloat(m[1], 64)
+	t.Logf("RESULT mode=%s tps=%s tx=%.0f cpu_us_per_tx=%.2f", mode, tp[1], n, float64(cpu.Microseconds())/n)
+}
