@@ -367,16 +367,21 @@ func (t *blockText) writeAt(fh *os.File, off int64) (uint32, error) {
 		return err
 	}
 	piece := func(b []byte) error {
-		if len(b) == 0 {
-			return nil
-		}
-		sum = crc32.Update(sum, crcTable, b)
-		var v unix.Iovec
-		v.Base = &b[0]
-		v.SetLen(len(b))
-		iov = append(iov, v)
-		if pending += len(b); pending >= textChunk || len(iov) == iovMax {
-			return flush()
+		// A long piece (the lines of small records, built in own) is cut
+		// into chunks as well.
+		for len(b) > 0 {
+			k := min(len(b), textChunk)
+			sum = crc32.Update(sum, crcTable, b[:k])
+			var v unix.Iovec
+			v.Base = &b[0]
+			v.SetLen(k)
+			iov = append(iov, v)
+			b = b[k:]
+			if pending += k; pending >= textChunk || len(iov) == iovMax {
+				if err := flush(); err != nil {
+					return err
+				}
+			}
 		}
 		return nil
 	}
