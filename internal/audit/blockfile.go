@@ -385,17 +385,17 @@ func (t *blockText) writeAt(fh *os.File, off int64) (uint32, error) {
 		}
 		return nil
 	}
+	var err error
 	from := 0
-	for i, d := range t.data {
-		if err := piece(t.own[from:t.cuts[i]]); err != nil {
-			return 0, err
-		}
-		if err := piece(d); err != nil {
-			return 0, err
+	for i := 0; i < len(t.data) && err == nil; i++ {
+		if err = piece(t.own[from:t.cuts[i]]); err == nil {
+			err = piece(t.data[i])
 		}
 		from = t.cuts[i]
 	}
-	err := piece(t.own[from:])
+	if err == nil {
+		err = piece(t.own[from:])
+	}
 	if err == nil {
 		err = flush()
 	}
@@ -425,20 +425,26 @@ func pwritev(fh *os.File, iov []unix.Iovec, off int64) (int, error) {
 		}
 		total += int(n)
 		off += int64(n)
-		// Past what was written: whole pieces dropped, a part cut.
-		for n > 0 && len(iov) > 0 {
-			if l := uintptr(iov[0].Len); n >= l {
-				n -= l
-				iov = iov[1:]
-				continue
-			}
-			iov[0].Base = (*byte)(unsafe.Add(unsafe.Pointer(iov[0].Base), n))
-			iov[0].SetLen(int(iov[0].Len) - int(n))
-			n = 0
-		}
+		iov = pastWritten(iov, int(n))
 	}
 	runtime.KeepAlive(fh)
 	return total, nil
+}
+
+// pastWritten is what of iov is left to write after its first n bytes
+// were: the pieces written dropped, the one written in part cut.
+func pastWritten(iov []unix.Iovec, n int) []unix.Iovec {
+	for n > 0 && len(iov) > 0 {
+		if l := int(iov[0].Len); n >= l {
+			n -= l
+			iov = iov[1:]
+			continue
+		}
+		iov[0].Base = (*byte)(unsafe.Add(unsafe.Pointer(iov[0].Base), n))
+		iov[0].SetLen(int(iov[0].Len) - n)
+		n = 0
+	}
+	return iov
 }
 
 // writeText appends text, a block of daemon's, and returns where it is.

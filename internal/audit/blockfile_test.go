@@ -10,8 +10,10 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/airlockhq/airlock/internal/session"
+	"golang.org/x/sys/unix"
 )
 
 func TestBlockFileNames(t *testing.T) {
@@ -494,4 +496,31 @@ func repeatSizes(n, large, small int) []int {
 		}
 	}
 	return out
+}
+
+// After a short pwritev, what is left to write is exactly the bytes after
+// the first n.
+func TestPastWritten(t *testing.T) {
+	pieces := []string{"abc", "", "defgh", "i", "jklmnop"}
+	all := strings.Join(pieces, "")
+	for n := 0; n <= len(all); n++ {
+		var iov []unix.Iovec
+		for _, p := range pieces {
+			if p == "" {
+				continue
+			}
+			b := []byte(p)
+			var v unix.Iovec
+			v.Base = &b[0]
+			v.SetLen(len(b))
+			iov = append(iov, v)
+		}
+		var left []byte
+		for _, v := range pastWritten(iov, n) {
+			left = append(left, unsafe.Slice(v.Base, v.Len)...)
+		}
+		if string(left) != all[n:] {
+			t.Fatalf("after %d bytes: %q left, want %q", n, left, all[n:])
+		}
+	}
 }
