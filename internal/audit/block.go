@@ -48,16 +48,6 @@ type blockLine struct {
 // would re-encode (compact, HTML-escape) the data, and the data must stay
 // the very bytes that were hashed.
 func appendLine(b []byte, r *Record) []byte {
-	b = appendLineHead(b, r)
-	b = append(b, r.Data...)
-	return append(b, "}\n"...)
-}
-
-// appendLineHead writes r's line up to its data: the line is this, then
-// r.Data, then "}\n" (an empty r.Data is written here as null). The
-// embedded store writes the data into its block file from where it lies
-// (blockText) rather than copying it into the line first.
-func appendLineHead(b []byte, r *Record) []byte {
 	b = append(b, `{"seq":`...)
 	if r.frame.head != nil {
 		// From the journal frame, whose bytes are the line's up to the
@@ -91,29 +81,11 @@ func appendLineHead(b []byte, r *Record) []byte {
 	b = append(b, `,"data":`...)
 	if len(r.Data) == 0 {
 		b = append(b, "null"...)
-	}
-	return b
-}
-
-// addLine appends r's line to t: a large data (a result sample) is
-// written from where it lies, a small one copied with the line's other
-// bytes. A piece of its own costs a separate checksum call, and the CRC
-// of short pieces runs at a third of its speed over long runs (the
-// instructions' latency is not hidden): for a pgbench record's 170 bytes
-// that made a separate piece dearer than the copy.
-func (t *blockText) addLine(r *Record) {
-	t.own = appendLineHead(t.own, r)
-	if len(r.Data) >= pieceMin {
-		t.add(r.Data)
 	} else {
-		t.own = append(t.own, r.Data...)
+		b = append(b, r.Data...)
 	}
-	t.own = append(t.own, "}\n"...)
+	return append(b, "}\n"...)
 }
-
-// pieceMin is the size from which a record's data is a piece of its
-// block's text rather than copied (see addLine).
-const pieceMin = 512
 
 // appendPlain is appendString with a fast path for the common case (hex
 // hashes, kinds, session ids), where nothing needs escaping.
@@ -252,16 +224,10 @@ func (s *Store) writeBlock(ctx context.Context, tx *sql.Tx, conn *sql.Conn, recs
 	s.bufMu.Lock()
 	defer s.bufMu.Unlock()
 	text := s.buf[:0]
-	pieces := &s.pieces
-	pieces.reset()
 	var starts [][]any
 	for i := range recs {
 		r := &recs[i]
-		if s.filesOn {
-			pieces.addLine(r)
-		} else {
-			text = appendLine(text, r)
-		}
+		text = appendLine(text, r)
 		if r.Kind != kindStart {
 			continue
 		}
@@ -278,11 +244,7 @@ func (s *Store) writeBlock(ctx context.Context, tx *sql.Tx, conn *sql.Conn, recs
 	}
 	first, last := &recs[0], &recs[len(recs)-1]
 	if s.filesOn {
-		ref, err := s.files.writeText(ctx, first.Daemon, s.endsIn(tx), pieces)
-		pieces.reset()
-		if cap(pieces.own) > maxKeptBuf {
-			pieces.own = nil
-		}
+		ref, err := s.files.write(ctx, first.Daemon, s.endsIn(tx), text)
 		if err != nil {
 			return fmt.Errorf("store the block of records %d to %d: %w", first.Seq, last.Seq, err)
 		}

@@ -4,24 +4,18 @@ import (
 	"context"
 	"crypto/sha256"
 	"database/sql"
-	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"hash/crc32"
 	"io"
-	"math/bits"
 	"os"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
-	"unsafe"
-
-	"golang.org/x/sys/unix"
 )
 
 // The embedded store keeps each block's text out of SQLite: SQLite passed
@@ -291,165 +285,12 @@ type fileRef struct {
 // of every block cost the shipper about 0.4 µs a statement, more than the
 // chain's own hashing; this costs a tenth of it.
 func textSum(text []byte) string {
-	return formatSum(crc32.Checksum(text, crcTable))
+	return fmt.Sprintf("%08x", crc32.Checksum(text, crcTable))
 }
 
-// formatSum is a text checksum as its row holds it: eight hex digits.
-func formatSum(sum uint32) string {
-	var b [4]byte
-	binary.BigEndian.PutUint32(b[:], sum)
-	return hex.EncodeToString(b[:])
-}
-
-// write appends text, a block of daemon's, and returns where it is. The
-// bytes are in the page cache: sync makes them durable.
+// write appends text, a block of daemon's, with one write(2) and returns
+// where it is. The bytes are in the page cache: sync makes them durable.
 func (f *blockFiles) write(ctx context.Context, daemon string, end endsFunc, text []byte) (fileRef, error) {
-	return f.writeText(ctx, daemon, end, &blockText{own: text})
-}
-
-// blockText is a block's text in pieces: the lines' own parts (fields,
-// hashes, line ends), built in own, and between them each record's data
-// where it already lies (the journal's frames the shipper read). The
-// shipper used to copy every record's data into one buffer for a single
-// write(2), then read that buffer again for its checksum: for a record
-// with a result sample, a kilobyte and more copied and read cold, a tenth
-// of what shipping it cost.
-type blockText struct {
-	own  []byte
-	cuts []int    // where in own each of data goes, ascending
-	data [][]byte // nil when the text is all in own
-	iov  []unix.Iovec
-}
-
-// add appends a record's data to t, after what own holds so far.
-func (t *blockText) add(data []byte) {
-	t.cuts = append(t.cuts, len(t.own))
-	t.data = append(t.data, data)
-}
-
-// reset empties t for the next block, keeping its buffers but not the
-// records' data alive.
-func (t *blockText) reset() {
-	clear(t.data)
-	t.own, t.cuts, t.data = t.own[:0], t.cuts[:0], t.data[:0]
-}
-
-// size is the text's length in bytes.
-func (t *blockText) size() int64 {
-	n := len(t.own)
-	for _, d := range t.data {
-		n += len(d)
-	}
-	return int64(n)
-}
-
-// Each pwritev takes the pieces of about textChunk bytes (and at most
-// iovMax of them): written while the checksum has just brought them into
-// the cache, rather than after the whole block went through it.
-const (
-	textChunk = 128 << 10
-	iovMax    = 1024 // IOV_MAX
-)
-
-// writeAt writes t to fh at off, piece by piece, and returns its checksum
-// (textSum's CRC). A failed write may have written part of t.
-func (t *blockText) writeAt(fh *os.File, off int64) (uint32, error) {
-	var sum uint32
-	iov := t.iov[:0]
-	pending := 0
-	flush := func() error {
-		if len(iov) == 0 {
-			return nil
-		}
-		n, err := pwritev(fh, iov, off)
-		off += int64(n)
-		iov, pending = iov[:0], 0
-		return err
-	}
-	piece := func(b []byte) error {
-		// A long piece (the lines of small records, built in own) is cut
-		// into chunks as well.
-		for len(b) > 0 {
-			k := min(len(b), textChunk)
-			sum = crc32.Update(sum, crcTable, b[:k])
-			var v unix.Iovec
-			v.Base = &b[0]
-			v.SetLen(k)
-			iov = append(iov, v)
-			b = b[k:]
-			if pending += k; pending >= textChunk || len(iov) == iovMax {
-				if err := flush(); err != nil {
-					return err
-				}
-			}
-		}
-		return nil
-	}
-	var err error
-	from := 0
-	for i := 0; i < len(t.data) && err == nil; i++ {
-		if err = piece(t.own[from:t.cuts[i]]); err == nil {
-			err = piece(t.data[i])
-		}
-		from = t.cuts[i]
-	}
-	if err == nil {
-		err = piece(t.own[from:])
-	}
-	if err == nil {
-		err = flush()
-	}
-	clear(iov[:cap(iov)]) // holds no pointer into the records until the next
-	t.iov = iov[:0]
-	return sum, err
-}
-
-// pwritev writes all of iov at off with pwritev(2), going on after a
-// short write; it returns how many bytes it wrote. iov is consumed.
-func pwritev(fh *os.File, iov []unix.Iovec, off int64) (int, error) {
-	fd := fh.Fd()
-	total := 0
-	for len(iov) > 0 {
-		n, _, errno := unix.Syscall6(unix.SYS_PWRITEV, fd, uintptr(unsafe.Pointer(&iov[0])), uintptr(len(iov)),
-			uintptr(off), uintptr(uint64(off)>>(bits.UintSize/2)>>(bits.UintSize/2)), 0)
-		if errno == unix.EINTR {
-			continue
-		}
-		if errno != 0 {
-			runtime.KeepAlive(fh)
-			return total, &os.PathError{Op: "pwritev", Path: fh.Name(), Err: errno}
-		}
-		if n == 0 {
-			runtime.KeepAlive(fh)
-			return total, io.ErrShortWrite
-		}
-		total += int(n)
-		off += int64(n)
-		iov = pastWritten(iov, int(n))
-	}
-	runtime.KeepAlive(fh)
-	return total, nil
-}
-
-// pastWritten is what of iov is left to write after its first n bytes
-// were: the pieces written dropped, the one written in part cut.
-func pastWritten(iov []unix.Iovec, n int) []unix.Iovec {
-	for n > 0 && len(iov) > 0 {
-		if l := int(iov[0].Len); n >= l {
-			n -= l
-			iov = iov[1:]
-			continue
-		}
-		iov[0].Base = (*byte)(unsafe.Add(unsafe.Pointer(iov[0].Base), n))
-		iov[0].SetLen(int(iov[0].Len) - n)
-		n = 0
-	}
-	return iov
-}
-
-// writeText appends text, a block of daemon's, and returns where it is.
-// The bytes are in the page cache: sync makes them durable.
-func (f *blockFiles) writeText(ctx context.Context, daemon string, end endsFunc, text *blockText) (fileRef, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.closed {
@@ -459,20 +300,18 @@ func (f *blockFiles) writeText(ctx context.Context, daemon string, end endsFunc,
 	if err := f.prepare(ctx, daemon, c, end); err != nil {
 		return fileRef{}, err
 	}
-	length := text.size()
-	if c.cur == nil || c.day != f.today() || (c.size > 0 && c.size+length > blockFileMax) {
+	if c.cur == nil || c.day != f.today() || (c.size > 0 && c.size+int64(len(text)) > blockFileMax) {
 		if err := f.roll(c); err != nil {
 			return fileRef{}, err
 		}
 	}
+	ref := fileRef{name: c.name, off: c.size, length: int64(len(text)), sum: textSum(text)}
 	c.dirty = true
-	sum, err := text.writeAt(c.cur, c.size)
-	if err != nil {
+	if _, err := c.cur.WriteAt(text, c.size); err != nil {
 		c.redo = true
 		return fileRef{}, fmt.Errorf("append to block file %s: %w", c.name, err)
 	}
-	ref := fileRef{name: c.name, off: c.size, length: length, sum: formatSum(sum)}
-	c.size += length
+	c.size += int64(len(text))
 	return ref, nil
 }
 

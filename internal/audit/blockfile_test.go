@@ -1,19 +1,15 @@
 package audit
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
-	"unsafe"
 
 	"github.com/airlockhq/airlock/internal/session"
-	"golang.org/x/sys/unix"
 )
 
 func TestBlockFileNames(t *testing.T) {
@@ -409,118 +405,5 @@ func TestUnsettledBlocksKeptWithoutTheirJournal(t *testing.T) {
 	}
 	if rep.OK || rep.First.Kind != BreakDeleted || !strings.Contains(rep.First.Message, "is gone") {
 		t.Fatalf("verify: first break %+v, want the lost block reported", rep.First)
-	}
-}
-
-// A block's text written in pieces (blockText: the records' large data
-// from where they lie, in pwritev calls of many pieces) is byte for byte
-// the lines appendLine builds, at the place the file had reached, and its
-// checksum is textSum of those bytes: whatever the mix of data sizes, the
-// number of pieces and of bytes (past a chunk, within one piece too).
-func TestBlockTextPieces(t *testing.T) {
-	data := func(n int, c byte) json.RawMessage {
-		if n == 0 {
-			return nil
-		}
-		return json.RawMessage(`"` + strings.Repeat(string(c), n-2) + `"`)
-	}
-	for _, tc := range []struct {
-		name  string
-		sizes []int
-	}{
-		{"one small", []int{40}},
-		{"one large", []int{pieceMin}},
-		{"no data", []int{0, 0}},
-		{"around the piece size", []int{pieceMin - 1, pieceMin, pieceMin + 1, 2, 0, pieceMin}},
-		{"many pieces", repeatSizes(iovMax, pieceMin, 3)},
-		{"more than a chunk in one piece", []int{textChunk + 10, 30, 3 * textChunk}},
-		{"samples of a batch", repeatSizes(shipBatch, 1700, 300)},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			recs := make([]Record, len(tc.sizes))
-			for i, n := range tc.sizes {
-				recs[i] = Record{Schema: Schema, Daemon: "d1", Seq: int64(i + 1), Time: time.Unix(1764500000, int64(i)), Kind: kindStatement,
-					Session: "0f3c9a2e5b7d1c4a", Data: data(n, byte('a'+i%26))}
-			}
-			chainRecords(genesis, recs)
-			var want []byte
-			var text blockText
-			for i := range recs {
-				want = appendLine(want, &recs[i])
-				text.addLine(&recs[i])
-			}
-			if got := text.size(); got != int64(len(want)) {
-				t.Fatalf("size %d, want %d", got, len(want))
-			}
-			path := filepath.Join(t.TempDir(), "t.blocks")
-			before := []byte("what the file held already\n")
-			if err := os.WriteFile(path, before, 0o600); err != nil {
-				t.Fatal(err)
-			}
-			fh, err := os.OpenFile(path, os.O_RDWR, 0)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer fh.Close()
-			for round := range 2 { // buffers reused
-				sum, err := text.writeAt(fh, int64(len(before)))
-				if err != nil {
-					t.Fatal(err)
-				}
-				got, err := os.ReadFile(path)
-				if err != nil {
-					t.Fatal(err)
-				}
-				if !bytes.Equal(got, append(append([]byte(nil), before...), want...)) {
-					t.Fatalf("round %d: the file differs from the lines (%d bytes, want %d)", round, len(got), len(before)+len(want))
-				}
-				if formatSum(sum) != textSum(want) {
-					t.Fatalf("round %d: checksum %s, want %s", round, formatSum(sum), textSum(want))
-				}
-			}
-			text.reset()
-			if text.size() != 0 || len(text.data) != 0 {
-				t.Fatalf("reset left %d bytes, %d pieces", text.size(), len(text.data))
-			}
-		})
-	}
-}
-
-// repeatSizes is n sizes, alternately large and small.
-func repeatSizes(n, large, small int) []int {
-	out := make([]int, n)
-	for i := range out {
-		out[i] = large
-		if i%2 == 1 {
-			out[i] = small
-		}
-	}
-	return out
-}
-
-// After a short pwritev, what is left to write is exactly the bytes after
-// the first n.
-func TestPastWritten(t *testing.T) {
-	pieces := []string{"abc", "", "defgh", "i", "jklmnop"}
-	all := strings.Join(pieces, "")
-	for n := 0; n <= len(all); n++ {
-		var iov []unix.Iovec
-		for _, p := range pieces {
-			if p == "" {
-				continue
-			}
-			b := []byte(p)
-			var v unix.Iovec
-			v.Base = &b[0]
-			v.SetLen(len(b))
-			iov = append(iov, v)
-		}
-		var left []byte
-		for _, v := range pastWritten(iov, n) {
-			left = append(left, unsafe.Slice(v.Base, v.Len)...)
-		}
-		if string(left) != all[n:] {
-			t.Fatalf("after %d bytes: %q left, want %q", n, left, all[n:])
-		}
 	}
 }

@@ -34,8 +34,6 @@ type Store struct {
 	// garbage collector work for the shipper.
 	bufMu sync.Mutex
 	buf   []byte
-	// pieces is buf's counterpart for a block written to a block file.
-	pieces blockText
 
 	// stmts holds the shipper's inserts prepared once: SQLite parsing
 	// them anew for every shipment cost about 0.15 µs a record at
