@@ -541,3 +541,151 @@ func TestEmptyHeadFileAfterAKill(t *testing.T) {
 	}
 	wantInterrupted(t, ctx, w2, s, 50)
 }
+
+// A segment that cannot be created leaves the active one active: appends
+// go on into it, a sync keeps it open, and the next rotation that can
+// create its file takes over. (Rotating used to hand the active file to
+// the next sync first, which closed it under every later append.)
+func TestJournalRotateFailureKeepsActiveSegment(t *testing.T) {
+	dir := t.TempDir()
+	j, err := openJournal(dir, 1<<30, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	closeJournal(t, j)
+	appendN := func(n int) {
+		t.Helper()
+		for i := 0; i < n; i++ {
+			if err := j.append(&pending{Time: time.Now(), Kind: "statement", Session: "s", Data: json.RawMessage(`{"sql":"SELECT 1"}`)}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	appendN(3)
+	if err := j.sync(); err != nil {
+		t.Fatal(err)
+	}
+	// A directory where the next segment's file would go: creating it fails,
+	// as on a full or read-only file system.
+	blocker := filepath.Join(dir, fmt.Sprintf("%020d.seg", j.lastSeq()+1))
+	if err := os.Mkdir(blocker, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	j.fileMu.Lock()
+	j.mu.Lock()
+	rerr := j.rotateLocked()
+	unsynced := len(j.unsynced)
+	j.mu.Unlock()
+	j.fileMu.Unlock()
+	if rerr == nil {
+		t.Fatal("rotating onto a directory succeeded")
+	}
+	if unsynced != 0 {
+		t.Fatalf("a failed rotation queued %d files for the next sync to close", unsynced)
+	}
+	for round := 0; round < 2; round++ {
+		appendN(2)
+		if err := j.sync(); err != nil {
+			t.Fatalf("sync after a failed rotation (round %d): %v", round, err)
+		}
+	}
+	if err := os.Remove(blocker); err != nil {
+		t.Fatal(err)
+	}
+	j.fileMu.Lock()
+	j.mu.Lock()
+	rerr = j.rotateLocked()
+	j.mu.Unlock()
+	j.fileMu.Unlock()
+	if rerr != nil {
+		t.Fatalf("rotating once the file can be made: %v", rerr)
+	}
+	appendN(1)
+	if err := j.sync(); err != nil {
+		t.Fatal(err)
+	}
+	recs, err := j.read(0, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(recs) != 8 {
+		t.Fatalf("read %d records back, want 8", len(recs))
+	}
+	for i, r := range recs {
+		if r.Seq != int64(i+1) {
+			t.Fatalf("record %d has seq %d", i, r.Seq)
+		}
+	}
+}
+
+// A torn frame left at the end of the active segment (its write failed and
+// could not be cut off) is never followed by another frame in that file: a
+// reader stops at a damaged frame, so whatever came after would be lost.
+func TestJournalWritesNothingAfterATornFrame(t *testing.T) {
+	dir := t.TempDir()
+	j, err := openJournal(dir, 1<<30, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	closeJournal(t, j)
+	add := func() error {
+		return j.append(&pending{Time: time.Now(), Kind: "statement", Session: "s", Data: json.RawMessage(`{"sql":"SELECT 1"}`)})
+	}
+	// The journal's first segment holds no whole frame: rotating would
+	// reopen the same file, which must be refused, not done.
+	j.fileMu.Lock()
+	j.mu.Lock()
+	rerr := j.rotateLocked()
+	j.mu.Unlock()
+	j.fileMu.Unlock()
+	if rerr == nil {
+		t.Fatal("rotating an empty active segment onto itself succeeded")
+	}
+	for i := 0; i < 2; i++ {
+		if err := add(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := j.sync(); err != nil {
+		t.Fatal(err)
+	}
+	// The state a failed write leaves when neither its cut nor a new
+	// segment worked: half a frame at the end, marked torn.
+	j.fileMu.Lock()
+	j.mu.Lock()
+	if _, err := j.f.Write([]byte{0, 0, 0, 40, 1, 2, 3, 4, '{', '"'}); err != nil {
+		t.Fatal(err)
+	}
+	j.torn = true
+	j.mu.Unlock()
+	j.fileMu.Unlock()
+	for i := 0; i < 3; i++ {
+		if err := add(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := j.sync(); err != nil {
+		t.Fatal(err)
+	}
+	recs, err := j.read(0, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(recs) != 5 {
+		t.Fatalf("read %d records back, want 5 (records after the torn frame lost)", len(recs))
+	}
+	// A new journal over the same folder (the next start) reads them too.
+	closeJ := j.close()
+	if closeJ != nil {
+		t.Fatal(closeJ)
+	}
+	j2, err := openJournal(dir, 1<<30, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer j2.close()
+	recs, err = j2.read(0, 100)
+	if err != nil || len(recs) != 5 {
+		t.Fatalf("after reopening: %d records, %v; want 5", len(recs), err)
+	}
+}

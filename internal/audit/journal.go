@@ -78,6 +78,11 @@ type journal struct {
 	unsynced []*os.File // rotated segments not yet fsynced
 	waiting  bool       // an append is waiting for space
 	dirDirty bool       // a segment was created since the folder was synced
+	// torn: the active segment ends in a torn frame that could neither be
+	// cut off nor left behind in a segment of its own. A frame written
+	// after it would never be read back (a reader stops at a damaged
+	// frame), so no write goes there until one of the two succeeds.
+	torn bool
 	synced   int64      // written when the last sync began: nothing to sync while it holds
 
 	rg      *ring // nil: no tmpfs, frames go straight to the segments
@@ -301,17 +306,25 @@ func (j *journal) openActive() error {
 // rotateLocked starts a new active segment; the caller holds fileMu and
 // mu (or is opening the journal).
 func (j *journal) rotateLocked() error {
+	// Named after the first seq it can hold: names sort in seq order.
+	first := j.written + 1
+	path := filepath.Join(j.dir, fmt.Sprintf("%020d.seg", first))
+	if n := len(j.segs); n > 0 && j.segs[n-1].path == path {
+		// The active segment holds no whole frame yet (a torn one at
+		// most): "rotating" would only open it again.
+		return fmt.Errorf("create audit journal segment: %s is the active segment and holds no whole record", filepath.Base(path))
+	}
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		// The active segment stays active (and open): handing it to the
+		// next sync before the new one exists would have that sync close
+		// the file every later append still goes to.
+		return fmt.Errorf("create audit journal segment: %w", err)
+	}
 	if j.f != nil {
 		// Synced (and closed) by the next sync, outside the lock: an
 		// fsync here would hold every session's append for its duration.
 		j.unsynced = append(j.unsynced, j.f)
-	}
-	// Named after the first seq it can hold: names sort in seq order.
-	first := j.written + 1
-	path := filepath.Join(j.dir, fmt.Sprintf("%020d.seg", first))
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-	if err != nil {
-		return fmt.Errorf("create audit journal segment: %w", err)
 	}
 	j.f = f
 	j.segs = append(j.segs, segment{first: first, last: first - 1, path: path})
@@ -325,8 +338,27 @@ func (j *journal) rotateLocked() error {
 // writeLocked writes whole frames (a then b), the last of them seq last,
 // to the active segment. The caller holds fileMu and mu.
 func (j *journal) writeLocked(a, b []byte, last int64) error {
+	if err := j.untearLocked(); err != nil {
+		return err
+	}
 	n, err := writeBoth(j.f, a, b)
 	return j.wroteLocked(n, last, err, nil)
+}
+
+// untearLocked makes the active segment fit to write to again after a
+// torn frame was left at its end (torn): cut off, or left behind in a
+// segment of its own. The caller holds fileMu and mu.
+func (j *journal) untearLocked() error {
+	if !j.torn {
+		return nil
+	}
+	if err := j.f.Truncate(j.segs[len(j.segs)-1].size); err != nil {
+		if rerr := j.rotateLocked(); rerr != nil {
+			return fmt.Errorf("write audit journal: the active segment ends in a torn record that can be neither cut off (%v) nor left behind: %w", err, rerr)
+		}
+	}
+	j.torn = false
+	return nil
 }
 
 // wroteLocked notes n bytes written to the active segment, the last frame
@@ -339,8 +371,11 @@ func (j *journal) wroteLocked(n int, last int64, err error, then func()) error {
 			if terr := j.f.Truncate(s.size); terr != nil {
 				// The torn frame stays at the end of this segment:
 				// start another so that it stays the last frame of
-				// its file and the next start drops it.
-				_ = j.rotateLocked()
+				// its file and the next start drops it; failing that,
+				// write nothing after it (torn).
+				if j.rotateLocked() != nil {
+					j.torn = true
+				}
 			}
 		}
 		return fmt.Errorf("write audit journal: %w", err)
@@ -546,6 +581,10 @@ func (j *journal) drainKeeping() error {
 	j.fileMu.Lock()
 	defer j.fileMu.Unlock()
 	j.mu.Lock()
+	if err := j.untearLocked(); err != nil {
+		j.mu.Unlock()
+		return err
+	}
 	t, h, last := j.rg.tail(), j.rg.head(), j.ringSeq
 	s := j.segs[len(j.segs)-1]
 	j.mu.Unlock()
