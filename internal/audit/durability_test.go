@@ -689,3 +689,34 @@ func TestJournalWritesNothingAfterATornFrame(t *testing.T) {
 		t.Fatalf("after reopening: %d records, %v; want 5", len(recs), err)
 	}
 }
+
+// The shipper may drain the ring while the journal closes (shutdown): the
+// drain finds the ring gone and does nothing, never a nil ring (run with
+// -race: the ring's presence is read under the journal's lock).
+func TestJournalDrainWhileClosing(t *testing.T) {
+	for round := 0; round < 20; round++ {
+		j, err := openJournal(t.TempDir(), 1<<30, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := 0; i < 50; i++ {
+			if err := j.append(ringRecord(i)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		done := make(chan error, 1)
+		go func() {
+			var err error
+			for i := 0; i < 200 && err == nil; i++ {
+				err = j.drain()
+			}
+			done <- err
+		}()
+		if err := j.close(); err != nil {
+			t.Fatal(err)
+		}
+		if err := <-done; err != nil {
+			t.Fatalf("round %d: drain while closing: %v", round, err)
+		}
+	}
+}

@@ -561,10 +561,18 @@ func (j *journal) drainLocked() error {
 	return nil
 }
 
+// hasRing is whether the journal has a ring still: close drops it (under
+// mu), possibly while the shipper drains.
+func (j *journal) hasRing() bool {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return j.rg != nil
+}
+
 // drain moves the ring's frames into the active segment without holding
 // mu for the write: sessions go on appending meanwhile.
 func (j *journal) drain() error {
-	if j.rg == nil {
+	if !j.hasRing() {
 		return nil
 	}
 	j.readMu.Lock()
@@ -575,12 +583,18 @@ func (j *journal) drain() error {
 // drainKeeping is drain with readMu held: when the reader has read
 // everything before the frames moved, it keeps a copy of them (kept).
 func (j *journal) drainKeeping() error {
-	if j.rg == nil {
+	if !j.hasRing() {
 		return nil
 	}
 	j.fileMu.Lock()
 	defer j.fileMu.Unlock()
 	j.mu.Lock()
+	if j.rg == nil {
+		// close ran since the look above (it drops the ring under
+		// fileMu and mu, once the ring's frames are in the segments).
+		j.mu.Unlock()
+		return nil
+	}
 	if err := j.untearLocked(); err != nil {
 		j.mu.Unlock()
 		return err
