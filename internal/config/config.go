@@ -59,7 +59,7 @@ type Proxy struct {
 	MaxSessions       int `yaml:"max_sessions"`
 	MaxSessionsPerUID int `yaml:"max_sessions_per_uid"`
 	// Driver runs PostgreSQL sessions' data path: "loop" (the default:
-	// epoll event loops, one per core; TLS client legs stay on goroutines)
+	// epoll event loops, one per core, TLS client legs included)
 	// or "goroutines" (two per session). See docs/BENCHMARKS.md.
 	Driver string `yaml:"driver"`
 }
