@@ -2,6 +2,7 @@ package frontdoor
 
 import (
 	"slices"
+	"sync"
 	"testing"
 
 	"github.com/airlockhq/airlock/internal/session"
@@ -64,5 +65,37 @@ func TestLiveSessionIDsUnique(t *testing.T) {
 	// Its id is free again once it ended.
 	if d := start(b.ID); d.ID != b.ID {
 		t.Fatalf("the id of an ended session %s was not given again: %s", b.ID, d.ID)
+	}
+}
+
+// TestLiveSessionIDsUniqueConcurrently: sessions admitted at once, all
+// made with one id, end up under distinct ids.
+func TestLiveSessionIDsUniqueConcurrently(t *testing.T) {
+	s := &Server{sessions: map[string]*session.Session{}}
+	const workers, each = 8, 50
+	clash := session.NewID()
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range each {
+				sess := session.New(nil)
+				sess.ID = clash
+				s.reserve(sess)
+				s.add(sess)
+			}
+		}()
+	}
+	wg.Wait()
+	seen := map[string]bool{}
+	for _, v := range s.Sessions() {
+		if seen[v.ID] {
+			t.Fatalf("two live sessions under %s", v.ID)
+		}
+		seen[v.ID] = true
+	}
+	if len(seen) != workers*each || !seen[clash] {
+		t.Fatalf("%d live sessions (one under %s: %v), want %d", len(seen), clash, seen[clash], workers*each)
 	}
 }
