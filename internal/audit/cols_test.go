@@ -3,6 +3,7 @@ package audit
 import (
 	"encoding/json"
 	"testing"
+	"unicode/utf8"
 
 	"github.com/airlockhq/airlock/internal/session"
 )
@@ -51,6 +52,12 @@ func TestColsOf(t *testing.T) {
 		{"keys match whatever their case", kindStart, []byte(`{"CONNECTION":"c","Person":{"NAME":"bob","Uid":7}}`),
 			indexCols{person: "bob", uid: 7, connection: "c"}},
 		{"null person", kindStart, []byte(`{"person":null,"connection":"c"}`), indexCols{connection: "c"}},
+		// Only a store edit makes such a start (the daemon's always decode
+		// whole, FuzzStartColsFromSession), and verify names it by its
+		// hash before it compares columns; rows are written and checked
+		// through colsOf alike.
+		{"another field does not decode", kindStart, []byte(`{"person":{"name":"a","uid":1},"process":{"pid":2,"cmdline":5},"started":"x"}`),
+			indexCols{person: "a", uid: 1, pid: 2}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got := colsOf(tc.kind, tc.data)
@@ -79,6 +86,40 @@ func FuzzColsOf(f *testing.F) {
 		got := colsOf(kindStart, data)
 		if full, ok := fullCols(data); ok && full != got {
 			t.Fatalf("colsOf(%q) = %+v, decoding the whole start gives %+v", data, got, full)
+		}
+	})
+}
+
+// FuzzStartColsFromSession: the agent writes its own executable path,
+// command line and process name (any bytes but NUL), and its parents'. The
+// start record the daemon makes of them decodes whole, and its index
+// columns are the session's own uid, pid, person and connection: no
+// process text hides the session from its person's `airlock sessions`
+// (a start that does not decode is indexed under uid -1) or files it
+// under another uid.
+func FuzzStartColsFromSession(f *testing.F) {
+	f.Add("/usr/bin/psql", "psql", "-c", "/bin/sh", uint32(1001), uint32(4242))
+	f.Add("/tmp/x\xff\xfe", "a\"b\\c", `","person":{"name":"root","uid":0},"x":"`, "\u2028\x00", uint32(0), uint32(1))
+	f.Add(`/p","uid":0,"exe":"/bin/ok`, "\x7f\x1b", `}}{"person":{"uid":0}}`, "\xed\xa0\x80", uint32(4294967295), uint32(4294967295))
+	f.Fuzz(func(t *testing.T, exe, comm, arg, parent string, uid, pid uint32) {
+		s := fakeSession(nil, uid, "alice", exe)
+		s.Origin.Comm, s.Origin.PID = comm, pid
+		s.Origin.Cmdline = []string{exe, arg}
+		s.Origin.Parents = []session.Proc{{PID: 1, Exe: parent, Cmdline: []string{parent, arg}}}
+		data := startData(t, s)
+		full, ok := fullCols(data)
+		if !ok {
+			t.Fatalf("the start record of exe %q, comm %q, arg %q does not decode: %s", exe, comm, arg, data)
+		}
+		got := colsOf(kindStart, data)
+		if got != full {
+			t.Fatalf("colsOf = %+v, decoding the whole start gives %+v", got, full)
+		}
+		if got.uid != int64(uid) || got.pid != int64(pid) || got.person != "alice" || got.connection != s.Connection {
+			t.Fatalf("exe %q, arg %q: columns %+v, want uid %d, pid %d, alice, %s", exe, arg, got, uid, pid, s.Connection)
+		}
+		if utf8.ValidString(exe) && got.exe != exe {
+			t.Fatalf("exe %q indexed as %q", exe, got.exe)
 		}
 	})
 }

@@ -130,6 +130,19 @@ func (s *Store) Session(ctx context.Context, id string, uid *uint32) (*SessionDe
 		if uid != nil && r.cols.uid != int64(*uid) {
 			return nil, nil
 		}
+	}
+	if len(starts) > 1 {
+		// Two sessions under one id (a clash of random ids, or a start
+		// written twice): their records, and the reveal records naming
+		// the id, cannot be told apart by id, and merging them would show
+		// one session's statements as the other's person's.
+		where := make([]string, len(starts))
+		for i, r := range starts {
+			where[i] = fmt.Sprintf("%s seq %d", r.Daemon, r.Seq)
+		}
+		return nil, fmt.Errorf("session id %s names %d sessions (started at %s): not read as one; `airlock audit export` has each with its daemon", id, len(starts), strings.Join(where, ", "))
+	}
+	for _, r := range starts {
 		d.ID, d.Daemon = r.Session, r.Daemon
 		if err := json.Unmarshal([]byte(r.Data), &d.Start); err != nil {
 			return nil, fmt.Errorf("session %s: decode start: %w", id, err)

@@ -364,6 +364,7 @@ func (s *Server) admit(ctx context.Context, conn net.Conn, a *admission) (contex
 	a.uid, a.route = rec.UID, route
 
 	sess := session.New(s.opts.Sink)
+	s.reserve(sess)
 	sess.Target, sess.Connection, sess.Protocol = route.Target, route.Connection, route.Protocol
 	sess.Dest, sess.Client = rec.Orig, client
 	sess.Origin = s.origin(rec)
@@ -667,6 +668,30 @@ func sameProc(a, b session.Proc) bool {
 	return a.PID == b.PID && a.UID == b.UID && a.Exe == b.Exe && slices.Equal(a.Cmdline, b.Cmdline)
 }
 
+// reserve gives sess an id no live session has, and holds it until add.
+// Ids are random (and the second they were made in), so a clash is
+// unlikely, not impossible: two live sessions under one id would share an
+// upstream role name and their audit records, and the first to end would
+// drop the other from the live list.
+func (s *Server) reserve(sess *session.Session) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	// 60 fresh random bits each time: a second clash in a row would
+	// take a broken random source, and NewID panics on one that fails.
+	for range maxIDTries {
+		if _, taken := s.sessions[sess.ID]; !taken {
+			break
+		}
+		sess.ID = session.NewID()
+	}
+	if _, taken := s.sessions[sess.ID]; taken {
+		panic("frontdoor: no session id that a live session does not have: the random source repeats")
+	}
+	s.sessions[sess.ID] = nil
+}
+
+const maxIDTries = 16
+
 func (s *Server) add(sess *session.Session) {
 	s.mu.Lock()
 	s.sessions[sess.ID] = sess
@@ -684,7 +709,9 @@ func (s *Server) Sessions() []*session.Session {
 	s.mu.Lock()
 	out := make([]*session.Session, 0, len(s.sessions))
 	for _, v := range s.sessions {
-		out = append(out, v)
+		if v != nil { // reserved, not yet started
+			out = append(out, v)
+		}
 	}
 	s.mu.Unlock()
 	sort.Slice(out, func(i, j int) bool { return out[i].Started.Before(out[j].Started) })

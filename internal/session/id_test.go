@@ -75,3 +75,28 @@ func TestNewIDRandomPart(t *testing.T) {
 		}
 	}
 }
+
+// TestNewIDAnyClock: whatever the clock says (before 1970, far ahead, the
+// zero time), an id is 16 characters of the alphabet, which is what a
+// role name (a prefix and the id) and application_name take unquoted.
+func TestNewIDAnyClock(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		at   time.Time
+	}{
+		{"zero time", time.Time{}},
+		{"before 1970", time.Unix(-1, 0)},
+		{"the epoch", time.Unix(0, 0)},
+		{"past 2106", time.Unix(1<<33, 0)},
+		{"now", time.Now()},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			for range 100 {
+				id := newID(tc.at)
+				if len(id) != 16 || strings.Trim(id, idAlphabet) != "" {
+					t.Fatalf("id %q at %s: want 16 characters of %s", id, tc.at, idAlphabet)
+				}
+			}
+		})
+	}
+}
