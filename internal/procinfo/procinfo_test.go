@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -333,4 +334,39 @@ func TestReadFile(t *testing.T) {
 			t.Fatalf("readFile of a missing file: %v, want a *os.PathError for ErrNotExist", err)
 		}
 	})
+}
+
+// TestDirHandleStaysWithItsProcess is what Read's freedom from PID reuse
+// rests on: a handle of /proc/PID reads nothing once its process has been
+// reaped, whatever process the PID names next.
+func TestDirHandleStaysWithItsProcess(t *testing.T) {
+	cmd := exec.Command("sleep", "30")
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("cannot start sleep: %v", err)
+	}
+	pid := uint32(cmd.Process.Pid)
+	dir := pidDir(pid)
+	d, err := openDir(dir)
+	if err != nil {
+		cmd.Process.Kill()
+		cmd.Wait()
+		t.Fatal(err)
+	}
+	defer syscall.Close(d)
+	st, err := readStat(d, dir)
+	if err != nil || st.PID != pid {
+		t.Fatalf("stat of the live process: %+v, %v", st, err)
+	}
+	if err := cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	_ = cmd.Wait() // reaped: the PID is free for the next process
+	for _, name := range []string{"stat", "status", "cmdline"} {
+		if b, err := readFileAt(d, dir, name); err == nil {
+			t.Errorf("%s of a reaped process read through its handle: %q", name, b)
+		}
+	}
+	if exe, err := readlinkAt(d, "exe"); err == nil {
+		t.Errorf("exe of a reaped process read through its handle: %q", exe)
+	}
 }
