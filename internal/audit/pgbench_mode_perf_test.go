@@ -24,7 +24,8 @@ import (
 	"github.com/airlockhq/airlock/internal/session"
 )
 
-// TestPgbenchOneMode runs pgbench -S -c 10 -j 2 through the proxy set up as
+// TestPgbenchOneMode runs pgbench -S -c 10 -j 2 (or the options
+// AIRLOCK_PERF_PGBENCH gives) through the proxy set up as
 // airlockd sets it up with recording on ("sqlite": the audit writer and
 // the log's queue behind a Fanout, result samples at the default bounds)
 // or off ("off": the queue alone, no samples, as AIRLOCK_BENCH_OFF=audit
