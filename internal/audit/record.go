@@ -8,7 +8,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"regexp"
+	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/airlockhq/airlock/internal/redact"
 	"github.com/airlockhq/airlock/internal/session"
@@ -394,12 +396,39 @@ func redactArgs(args []string) []string {
 	}
 	out := make([]string, len(args))
 	for i, a := range args {
-		a = connPassword.ReplaceAllString(a, "${1}"+redacted)
-		a = urlPassword.ReplaceAllString(a, "${1}"+redacted+"@")
+		// Every session's start record redacts the client's and each
+		// ancestor's command line, a few KB; the two patterns, which
+		// Go's regexp cannot anchor on a literal, were a tenth of a new
+		// connection's CPU. They run only where they could match.
+		if mayHoldConnPassword(a) {
+			a = connPassword.ReplaceAllString(a, "${1}"+redacted)
+		}
+		if strings.Contains(a, "://") {
+			a = urlPassword.ReplaceAllString(a, "${1}"+redacted+"@")
+		}
 		a = redactSQL(a)
 		out[i] = a
 	}
 	return out
+}
+
+// mayHoldConnPassword reports whether connPassword could match a: only
+// where "password" occurs in some case. The check is ASCII, so any other
+// byte sends a to the regexp (whose case folding also matches, say, the
+// long s U+017F for "s").
+func mayHoldConnPassword(a string) bool {
+	const word = "password"
+	for i := 0; i < len(a); i++ {
+		if a[i] >= utf8.RuneSelf {
+			return true
+		}
+	}
+	for i := 0; i+len(word) <= len(a); i++ {
+		if a[i]|0x20 == 'p' && strings.EqualFold(a[i:i+len(word)], word) {
+			return true
+		}
+	}
+	return false
 }
 
 // redactParams keeps parameters, except every one of a statement that names

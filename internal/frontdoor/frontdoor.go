@@ -605,8 +605,9 @@ func (s *Server) origin(rec intercept.Record) session.Origin {
 		Comm: rec.Comm, CgroupID: rec.CgroupID, ConnectAt: rec.At}
 	// The process may be gone already (a short-lived client): the kernel's
 	// record still stands; /proc only adds detail.
-	if p, err := procinfo.Read(rec.TGID); err == nil {
-		o.Exe, o.Cmdline = p.Exe, p.Cmdline
+	client, cerr := procinfo.Read(rec.TGID)
+	if cerr == nil {
+		o.Exe, o.Cmdline = client.Exe, client.Cmdline
 	}
 	if cg, err := procinfo.CgroupPath(rec.TGID); err == nil {
 		o.CgroupPath = cg
@@ -615,9 +616,15 @@ func (s *Server) origin(rec intercept.Record) session.Origin {
 		}
 	}
 	stop := func(p procinfo.Proc) bool { return s.opts.IsRoot != nil && s.opts.IsRoot(p.PID) }
-	if chain, err := procinfo.Ancestry(rec.TGID, stop, 16); err == nil {
-		for _, p := range chain {
-			o.Parents = append(o.Parents, session.Proc{PID: p.PID, Exe: p.Exe, Cmdline: p.Cmdline, UID: p.UID})
+	// The ancestry starts from the client just read: reading it again
+	// cost a new connection as much as one more ancestor. A client that
+	// could not be read has no ancestry either (it exited, or its PID
+	// names another process by now).
+	if cerr == nil {
+		if chain, err := procinfo.AncestryOf(client, stop, 16); err == nil {
+			for _, p := range chain {
+				o.Parents = append(o.Parents, session.Proc{PID: p.PID, Exe: p.Exe, Cmdline: p.Cmdline, UID: p.UID})
+			}
 		}
 	}
 	s.origins.share(&o)

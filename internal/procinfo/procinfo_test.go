@@ -1,6 +1,7 @@
 package procinfo
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"os"
@@ -8,6 +9,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -208,6 +210,25 @@ func TestAncestry(t *testing.T) {
 			t.Fatalf("Ancestry(max 1) = %v, want [%d]", pids(chain), self)
 		}
 	})
+	t.Run("of a process already read", func(t *testing.T) {
+		p, err := Read(child)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, err := Ancestry(child, nil, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := AncestryOf(p, nil, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.EqualFunc(got, want, func(a, b Proc) bool {
+			return a.PID == b.PID && a.StartTime == b.StartTime && a.Exe == b.Exe && slices.Equal(a.Cmdline, b.Cmdline)
+		}) {
+			t.Fatalf("AncestryOf = %v, Ancestry = %v", pids(got), pids(want))
+		}
+	})
 	t.Run("of pid 1", func(t *testing.T) {
 		chain, err := Ancestry(1, nil, 0)
 		if err != nil {
@@ -271,5 +292,81 @@ func TestList(t *testing.T) {
 	}
 	if !slices.IsSorted(pids) {
 		t.Fatalf("List() not sorted")
+	}
+}
+
+func TestReadFile(t *testing.T) {
+	dir := t.TempDir()
+	type tc struct{ name, path string }
+	var cases []tc
+	for _, n := range []int{0, 1, 2047, 2048, 2049, 4096, 100_000} {
+		path := filepath.Join(dir, fmt.Sprintf("f%d", n))
+		b := make([]byte, n)
+		for i := range b {
+			b[i] = byte(i*7 + n)
+		}
+		if err := os.WriteFile(path, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		cases = append(cases, tc{fmt.Sprintf("%d bytes", n), path})
+	}
+	// procfs: a file whose size stat does not tell, stable while read.
+	cases = append(cases, tc{"proc cmdline", "/proc/self/cmdline"}, tc{"proc cgroup", "/proc/self/cgroup"})
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			want, err := os.ReadFile(c.path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := readFile(c.path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(got, want) {
+				t.Fatalf("readFile read %d bytes, os.ReadFile %d, or different ones", len(got), len(want))
+			}
+		})
+	}
+	t.Run("missing", func(t *testing.T) {
+		_, err := readFile(filepath.Join(dir, "none"))
+		var pe *os.PathError
+		if !errors.Is(err, os.ErrNotExist) || !errors.As(err, &pe) {
+			t.Fatalf("readFile of a missing file: %v, want a *os.PathError for ErrNotExist", err)
+		}
+	})
+}
+
+// TestDirHandleStaysWithItsProcess is what Read's freedom from PID reuse
+// rests on: a handle of /proc/PID reads nothing once its process has been
+// reaped, whatever process the PID names next.
+func TestDirHandleStaysWithItsProcess(t *testing.T) {
+	cmd := exec.Command("sleep", "30")
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("cannot start sleep: %v", err)
+	}
+	pid := uint32(cmd.Process.Pid)
+	dir := pidDir(pid)
+	d, err := openDir(dir)
+	if err != nil {
+		cmd.Process.Kill()
+		cmd.Wait()
+		t.Fatal(err)
+	}
+	defer syscall.Close(d)
+	st, err := readStat(d, dir)
+	if err != nil || st.PID != pid {
+		t.Fatalf("stat of the live process: %+v, %v", st, err)
+	}
+	if err := cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	_ = cmd.Wait() // reaped: the PID is free for the next process
+	for _, name := range []string{"stat", "status", "cmdline"} {
+		if b, err := readFileAt(d, dir, name); err == nil {
+			t.Errorf("%s of a reaped process read through its handle: %q", name, b)
+		}
+	}
+	if exe, err := readlinkAt(d, "exe"); err == nil {
+		t.Errorf("exe of a reaped process read through its handle: %q", exe)
 	}
 }
