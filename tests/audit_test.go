@@ -146,7 +146,9 @@ func TestAuditRecordsSessions(t *testing.T) {
 	}
 	w := newAuditWorld(t, "audit:\n  commit_interval: 10ms\npolicy_file: "+policyFile+"\n")
 	secret := "ALTER ROLE CURRENT_USER PASSWORD 'hunter2-top-secret'"
-	w.psql(t, w.dsn, "-c", "SELECT count(*) FROM customers WHERE id < 10", "-c", "SELECT 'audit-marker-42'", "-c", secret+"; SELECT 1")
+	// A secret on the client's command line too (psql -v sets a variable):
+	// the session's start record keeps the command line, not the secret.
+	w.psql(t, w.dsn, "-v", "api_token=sekrit-cmdline-77", "-c", "SELECT count(*) FROM customers WHERE id < 10", "-c", "SELECT 'audit-marker-42'", "-c", secret+"; SELECT 1")
 
 	// psql may exit before the proxy has released the role and recorded
 	// the session's end; the record has it shortly after.
@@ -195,6 +197,13 @@ func TestAuditRecordsSessions(t *testing.T) {
 	}
 	if strings.Contains(replay, "hunter2") {
 		t.Fatalf("a password reached the audit record:\n%s", replay)
+	}
+	cmdShow := w.mustAirlock(t, "sessions", "show", s.ID)
+	if !strings.Contains(cmdShow, "api_token=<redacted>") {
+		t.Fatalf("sessions show lacks the client's redacted command line:\n%s", cmdShow)
+	}
+	if export := w.mustAirlock(t, "audit", "export", "--format", "jsonl"); strings.Contains(cmdShow+export, "sekrit-cmdline-77") {
+		t.Fatalf("a secret on the client's command line reached the audit record:\n%s", cmdShow)
 	}
 	if i, j := strings.Index(replay, "customers"), strings.Index(replay, "audit-marker-42"); i < 0 || j < i {
 		t.Fatalf("replay out of order:\n%s", replay)

@@ -380,6 +380,15 @@ var (
 	connPassword = regexp.MustCompile(`(?i)(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s'"]+)`)
 	urlPassword  = regexp.MustCompile(`(?i)(\b[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s]+@`)
 	secretWords  = regexp.MustCompile(`(?i)password|passwd|secret|token|api_?key|credential|private_?key`)
+	// The credentials of an HTTP Authorization header (curl -H
+	// "Authorization: Bearer …"), with or without a scheme.
+	authHeader = regexp.MustCompile(`(?i)(\bauthorization\s*:\s*(?:[a-z][a-z0-9_-]*\s+)?)\S+`)
+	// KEY=value where KEY is a word naming a secret, anywhere in an
+	// argument: a variable (PGPASSWORD=…, also inside sh -c "…"), an
+	// option (--client-secret=…). The value quoted or not.
+	secretAssign = regexp.MustCompile(`(?i)([a-z0-9_.-]*(?:pass|secret|token|api[_-]?key|credential|private[_-]?key)[a-z0-9_.-]*\s*=\s*)('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*"|[^\s'"]+)`)
+	// --option value inside one argument (sh -c "mysql --password x").
+	secretFlagValue = regexp.MustCompile(`(?i)(--[a-z0-9_.-]*(?:pass|secret|token|api[_-]?key|credential|private[_-]?key)[a-z0-9_.-]*\s+)('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*"|[^\s'"-][^\s'"]*)`)
 	secretValue  = regexp.MustCompile(`^(?:SCRAM-SHA-256\$|md5[0-9a-f]{32}$|eyJ[A-Za-z0-9_-]+\.|-----BEGIN |AKIA[0-9A-Z]{16}$|gh[pousr]_[A-Za-z0-9]{20,}|sk-[A-Za-z0-9]{20,}|xox[abpr]-)`)
 )
 
@@ -388,19 +397,42 @@ var (
 // PASSWORD).
 func redactSQL(sql string) string { return redact.SQL(sql) }
 
-// redactArgs removes passwords from a command line: SQL password literals,
-// connection-string passwords and URL user passwords.
+// redactArgs removes secrets from a command line: SQL password literals,
+// connection-string passwords, URL user passwords, an Authorization
+// header's credentials, the value of an option or variable named for a
+// secret (--token=X, --api-key X, PGPASSWORD=X) and any argument that is a
+// credential on its own (a JWT, an AWS key id, a GitHub token, ...).
+// Command lines are the agent's to write, and auditors are not meant to
+// read its credentials.
 func redactArgs(args []string) []string {
 	if len(args) == 0 {
 		return nil
 	}
 	out := make([]string, len(args))
 	for i, a := range args {
+		if i > 0 && secretOption(args[i-1]) && !strings.HasPrefix(a, "-") {
+			// --password hunter2: the value is the argument after the
+			// option.
+			out[i] = redacted
+			continue
+		}
+		if secretValue.MatchString(a) {
+			out[i] = redacted
+			continue
+		}
+		w := wordsOf(a)
+		if w.secret {
+			a = secretAssign.ReplaceAllString(a, "${1}"+redacted)
+			a = secretFlagValue.ReplaceAllStringFunc(a, redactFlagValue)
+		}
+		if w.auth {
+			a = authHeader.ReplaceAllString(a, "${1}"+redacted)
+		}
 		// Every session's start record redacts the client's and each
 		// ancestor's command line, a few KB; the two patterns, which
 		// Go's regexp cannot anchor on a literal, were a tenth of a new
 		// connection's CPU. They run only where they could match.
-		if mayHoldConnPassword(a) {
+		if w.password {
 			a = connPassword.ReplaceAllString(a, "${1}"+redacted)
 		}
 		if strings.Contains(a, "://") {
@@ -412,23 +444,90 @@ func redactArgs(args []string) []string {
 	return out
 }
 
-// mayHoldConnPassword reports whether connPassword could match a: only
-// where "password" occurs in some case. The check is ASCII, so any other
-// byte sends a to the regexp (whose case folding also matches, say, the
-// long s U+017F for "s").
-func mayHoldConnPassword(a string) bool {
-	const word = "password"
+// argWords says which of the patterns that redactArgs runs could match an
+// argument: each starts from a word (matched case-insensitively), and an
+// argument without the word cannot match. Found in one pass over the
+// argument, ASCII only: any other byte makes every pattern run (the
+// regexps' case folding also matches, say, the long s U+017F for "s" or
+// the Kelvin sign for "k").
+type argWords struct {
+	secret   bool // secretAssign, secretFlagValue: pass, secret, token, key, credential
+	password bool // connPassword
+	auth     bool // authHeader
+}
+
+func wordsOf(a string) argWords {
+	var w argWords
 	for i := 0; i < len(a); i++ {
 		if a[i] >= utf8.RuneSelf {
-			return true
+			return argWords{secret: true, password: true, auth: true}
 		}
 	}
-	for i := 0; i+len(word) <= len(a); i++ {
-		if a[i]|0x20 == 'p' && strings.EqualFold(a[i:i+len(word)], word) {
-			return true
+	has := func(i int, word string) bool {
+		return len(a)-i >= len(word) && strings.EqualFold(a[i:i+len(word)], word)
+	}
+	for i := 0; i < len(a); i++ {
+		if w.secret && w.auth && w.password {
+			break
+		}
+		switch a[i] | 0x20 {
+		case 'p':
+			if has(i, "pass") {
+				w.secret = true
+				w.password = w.password || has(i, "password")
+			}
+		case 's':
+			w.secret = w.secret || has(i, "secret")
+		case 't':
+			w.secret = w.secret || has(i, "token")
+		case 'k':
+			w.secret = w.secret || has(i, "key")
+		case 'c':
+			w.secret = w.secret || has(i, "credential")
+		case 'a':
+			w.auth = w.auth || has(i, "authorization")
 		}
 	}
-	return false
+	return w
+}
+
+// redactFlagValue is secretFlagValue's replacement: the value after a
+// secret's option goes, unless the option is a negation (--no-password),
+// which takes no value.
+func redactFlagValue(m string) string {
+	sub := secretFlagValue.FindStringSubmatch(m)
+	if len(sub) != 3 || strings.HasPrefix(strings.ToLower(sub[1]), "--no-") {
+		return m
+	}
+	return sub[1] + redacted
+}
+
+// secretKey is whether k, the part of an argument before its first "=",
+// names a secret: an option (--client-secret=…) or a variable
+// (PGPASSWORD=…, as env(1) takes them). Only a single word is a key: in
+// "psql -c 'SELECT a=1'" the text before "=" is not one.
+func secretKey(k string) bool {
+	k = strings.TrimLeft(k, "-")
+	if k == "" {
+		return false
+	}
+	for i := 0; i < len(k); i++ {
+		c := k[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-' || c == '.') {
+			return false
+		}
+	}
+	return secretWords.MatchString(strings.ReplaceAll(k, "-", "_"))
+}
+
+// secretOption is whether arg is a long option named for a secret that
+// takes its value as the next argument (--password hunter2, --api-key
+// …). A negated one (--no-password) takes none.
+func secretOption(arg string) bool {
+	if !strings.HasPrefix(arg, "--") || strings.Contains(arg, "=") || strings.HasPrefix(arg, "--no-") {
+		return false
+	}
+	return secretKey(arg)
 }
 
 // redactParams keeps parameters, except every one of a statement that names

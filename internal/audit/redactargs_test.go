@@ -14,11 +14,67 @@ func redactArgsEveryPattern(args []string) []string {
 	}
 	out := make([]string, len(args))
 	for i, a := range args {
+		if i > 0 && secretOption(args[i-1]) && !strings.HasPrefix(a, "-") {
+			out[i] = redacted
+			continue
+		}
+		if secretValue.MatchString(a) {
+			out[i] = redacted
+			continue
+		}
+		a = secretAssign.ReplaceAllString(a, "${1}"+redacted)
+		a = secretFlagValue.ReplaceAllStringFunc(a, redactFlagValue)
+		a = authHeader.ReplaceAllString(a, "${1}"+redacted)
 		a = connPassword.ReplaceAllString(a, "${1}"+redacted)
 		a = urlPassword.ReplaceAllString(a, "${1}"+redacted+"@")
 		out[i] = redactSQL(a)
 	}
 	return out
+}
+
+// TestRedactArgsSecretsInCommandLines: what an agent's tools put on their
+// command lines reaches the audit record without the credentials in it.
+func TestRedactArgsSecretsInCommandLines(t *testing.T) {
+	jwt := "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2ln"
+	for _, tc := range []struct {
+		name       string
+		args, want []string
+	}{
+		{"option and value", []string{"tool", "--api-key", "k-12345", "--model", "m"},
+			[]string{"tool", "--api-key", redacted, "--model", "m"}},
+		{"password option", []string{"mysql", "--password", "hunter2", "-h", "db"},
+			[]string{"mysql", "--password", redacted, "-h", "db"}},
+		{"option=value", []string{"tool", "--client-secret=s3cr3t", "--TOKEN=abc"},
+			[]string{"tool", "--client-secret=" + redacted, "--TOKEN=" + redacted}},
+		{"env variable", []string{"env", "PGPASSWORD=hunter2", "GITHUB_TOKEN=x", "LANG=C", "psql"},
+			[]string{"env", "PGPASSWORD=" + redacted, "GITHUB_TOKEN=" + redacted, "LANG=C", "psql"}},
+		{"bearer header", []string{"curl", "-H", "Authorization: Bearer abc.def", "https://api"},
+			[]string{"curl", "-H", "Authorization: Bearer " + redacted, "https://api"}},
+		{"header without scheme", []string{"curl", "-H", "authorization:abc", "-H", "Accept: x"},
+			[]string{"curl", "-H", "authorization:" + redacted, "-H", "Accept: x"}},
+		{"credential on its own", []string{"tool", jwt, "AKIAABCDEFGHIJKLMNOP", "plain"},
+			[]string{"tool", redacted, redacted, "plain"}},
+		{"negated option takes no value", []string{"psql", "--no-password", "app"},
+			[]string{"psql", "--no-password", "app"}},
+		{"option followed by an option", []string{"tool", "--token", "--verbose"},
+			[]string{"tool", "--token", "--verbose"}},
+		{"SQL with = is not a key", []string{"psql", "-c", "SELECT 1 WHERE a=1"},
+			[]string{"psql", "-c", "SELECT 1 WHERE a=1"}},
+		{"inside a shell command", []string{"sh", "-c", `DB_PASSWORD="a b" ./run --api-key k1 --no-password x && curl -H 'Authorization: Bearer t0k' u`},
+			[]string{"sh", "-c", "DB_PASSWORD=" + redacted + " ./run --api-key " + redacted + " --no-password x && curl -H 'Authorization: Bearer " + redacted + " u"}},
+		{"ordinary options", []string{"node", "cli.js", "--author", "ada", "--port=5432"},
+			[]string{"node", "cli.js", "--author", "ada", "--port=5432"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := redactArgs(tc.args)
+			if !slices.Equal(got, tc.want) {
+				t.Fatalf("redactArgs(%q) = %q, want %q", tc.args, got, tc.want)
+			}
+			if ref := redactArgsEveryPattern(tc.args); !slices.Equal(got, ref) {
+				t.Fatalf("redactArgs(%q) = %q, every pattern gives %q", tc.args, got, ref)
+			}
+		})
+	}
 }
 
 func TestRedactArgsSkipsOnlyWhatCannotMatch(t *testing.T) {
@@ -34,8 +90,13 @@ func TestRedactArgsSkipsOnlyWhatCannotMatch(t *testing.T) {
 		{"postgres://bob:hunter2@db/app", "postgres://bob:" + redacted + "@db/app"},
 		{"HTTPS://bob:hunter2@example.com", "HTTPS://bob:" + redacted + "@example.com"},
 		{"--db=postgresql://bob:hunter2@db password=x", "--db=postgresql://bob:" + redacted + "@db password=" + redacted},
-		{"xpassword=hunter2", ""}, // no word boundary: not a libpq keyword
-		{"passwor=hunter2", ""},
+		// Not a libpq keyword (no word boundary), but a variable named for
+		// a password (as DB_PASSWORD=…): its value goes.
+		{"xpassword=hunter2", "xpassword=" + redacted},
+		{"a xpassword=hunter2", "a xpassword=" + redacted},
+		{"passwor=hunter2", "passwor=" + redacted}, // pass…=: any word with "pass" in it
+		{"passer=hunter2", "passer=" + redacted},
+		{"pas=hunter2", ""},
 		{"--no-password", ""},
 		{"postgres://db/app", ""},
 		{"bob:hunter2@db", ""},
