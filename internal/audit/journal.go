@@ -82,8 +82,8 @@ type journal struct {
 	// cut off nor left behind in a segment of its own. A frame written
 	// after it would never be read back (a reader stops at a damaged
 	// frame), so no write goes there until one of the two succeeds.
-	torn bool
-	synced   int64      // written when the last sync began: nothing to sync while it holds
+	torn   bool
+	synced int64 // written when the last sync began: nothing to sync while it holds
 
 	rg      *ring // nil: no tmpfs, frames go straight to the segments
 	ringSeq int64 // seq of the last frame journaled (the one the ring's head ends)

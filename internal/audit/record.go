@@ -389,7 +389,7 @@ var (
 	secretAssign = regexp.MustCompile(`(?i)([a-z0-9_.-]*(?:pass|secret|token|api[_-]?key|credential|private[_-]?key)[a-z0-9_.-]*\s*=\s*)('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*"|[^\s'"]+)`)
 	// --option value inside one argument (sh -c "mysql --password x").
 	secretFlagValue = regexp.MustCompile(`(?i)(--[a-z0-9_.-]*(?:pass|secret|token|api[_-]?key|credential|private[_-]?key)[a-z0-9_.-]*\s+)('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*"|[^\s'"-][^\s'"]*)`)
-	secretValue  = regexp.MustCompile(`^(?:SCRAM-SHA-256\$|md5[0-9a-f]{32}$|eyJ[A-Za-z0-9_-]+\.|-----BEGIN |AKIA[0-9A-Z]{16}$|gh[pousr]_[A-Za-z0-9]{20,}|sk-[A-Za-z0-9]{20,}|xox[abpr]-)`)
+	secretValue     = regexp.MustCompile(`^(?:SCRAM-SHA-256\$|md5[0-9a-f]{32}$|eyJ[A-Za-z0-9_-]+\.|-----BEGIN |AKIA[0-9A-Z]{16}$|gh[pousr]_[A-Za-z0-9]{20,}|sk-[A-Za-z0-9]{20,}|xox[abpr]-)`)
 )
 
 // redactSQL removes secret-bearing constants from statement text (see
@@ -404,7 +404,11 @@ func redactSQL(sql string) string { return redact.SQL(sql) }
 // credential on its own (a JWT, an AWS key id, a GitHub token, ...).
 // Command lines are the agent's to write, and auditors are not meant to
 // read its credentials.
-func redactArgs(args []string) []string {
+func redactArgs(args []string) []string { return redactArgsWith(args, wordsOf) }
+
+// redactArgsWith is redactArgs with words saying which patterns may match
+// an argument (tests pass one that runs them all).
+func redactArgsWith(args []string, words func(string) argWords) []string {
 	if len(args) == 0 {
 		return nil
 	}
@@ -420,7 +424,7 @@ func redactArgs(args []string) []string {
 			out[i] = redacted
 			continue
 		}
-		w := wordsOf(a)
+		w := words(a)
 		if w.secret {
 			a = secretAssign.ReplaceAllString(a, "${1}"+redacted)
 			a = secretFlagValue.ReplaceAllStringFunc(a, redactFlagValue)

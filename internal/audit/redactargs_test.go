@@ -9,27 +9,7 @@ import (
 // redactArgsEveryPattern is redactArgs without the checks that skip a
 // pattern: what it must always agree with.
 func redactArgsEveryPattern(args []string) []string {
-	if len(args) == 0 {
-		return nil
-	}
-	out := make([]string, len(args))
-	for i, a := range args {
-		if i > 0 && secretOption(args[i-1]) && !strings.HasPrefix(a, "-") {
-			out[i] = redacted
-			continue
-		}
-		if secretValue.MatchString(a) {
-			out[i] = redacted
-			continue
-		}
-		a = secretAssign.ReplaceAllString(a, "${1}"+redacted)
-		a = secretFlagValue.ReplaceAllStringFunc(a, redactFlagValue)
-		a = authHeader.ReplaceAllString(a, "${1}"+redacted)
-		a = connPassword.ReplaceAllString(a, "${1}"+redacted)
-		a = urlPassword.ReplaceAllString(a, "${1}"+redacted+"@")
-		out[i] = redactSQL(a)
-	}
-	return out
+	return redactArgsWith(args, func(string) argWords { return argWords{secret: true, password: true, auth: true} })
 }
 
 // TestRedactArgsSecretsInCommandLines: what an agent's tools put on their
