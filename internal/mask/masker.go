@@ -364,8 +364,9 @@ func (m *Masker) wholeKind(v []byte) Kind {
 }
 
 // asciiGraphic says whether c is a printable ASCII character other than
-// the space: no space TrimSpace removes (ASCII or Unicode) starts or ends
-// with one.
+// the space. Every space TrimSpace removes is 0x09-0x0d, 0x20 or a rune
+// of several bytes, all at least 0x80: a value whose first and last bytes
+// are such characters has none to remove.
 func asciiGraphic(c byte) bool { return c > ' ' && c < 0x7f }
 
 func (m *Masker) maskSpans(dst, v []byte, p *plan, json bool) ([]byte, Result) {
