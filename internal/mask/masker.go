@@ -328,7 +328,13 @@ func (m *Masker) maskWholeJSON(dst, v []byte, r *compiled) []byte {
 // wholeKind is what the whole value is, if one detector finds exactly it
 // (spaces around allowed); KindNone otherwise.
 func (m *Masker) wholeKind(v []byte) Kind {
-	t := bytes.TrimSpace(v)
+	t := v
+	if n := len(v); n == 0 || !asciiGraphic(v[0]) || !asciiGraphic(v[n-1]) {
+		// Only a value that may start or end with a space (ASCII or
+		// not) needs trimming: most start and end with a printable
+		// ASCII character, and TrimSpace is a call and two scans.
+		t = bytes.TrimSpace(v)
+	}
 	if wholeEmail(t, &m.domain) {
 		// An email column, hashed or faked, is the common case: when the
 		// email detector alone finds exactly the whole value, every
@@ -356,6 +362,12 @@ func (m *Masker) wholeKind(v []byte) Kind {
 	}
 	return KindNone
 }
+
+// asciiGraphic says whether c is a printable ASCII character other than
+// the space. Every space TrimSpace removes is 0x09-0x0d, 0x20 or a rune
+// of several bytes, all at least 0x80: a value whose first and last bytes
+// are such characters has none to remove.
+func asciiGraphic(c byte) bool { return c > ' ' && c < 0x7f }
 
 func (m *Masker) maskSpans(dst, v []byte, p *plan, json bool) ([]byte, Result) {
 	sp := Detect(m.spans[:0], v, p.kinds)

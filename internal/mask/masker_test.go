@@ -536,6 +536,16 @@ func TestWholeKind(t *testing.T) {
 		{"carol@corp-mail.com@corp-mail.com", KindEmail}, // as the detectors read it
 		{".carol@corp-mail.com", KindNone},
 		{"carol@sub.corp-mail.com", KindEmail},
+		// Spaces, ASCII and not, around a value are trimmed; a byte
+		// that only looks like one (0x85 alone, 0x7f) is not.
+		{"\u00a0carol@corp-mail.com", KindEmail},
+		{"carol@corp-mail.com\u2003", KindEmail},
+		{"\u0085carol@corp-mail.com\u3000", KindEmail},
+		{"\tcarol@corp-mail.com", KindEmail},
+		{"4111111111111111\u00a0", KindCard},
+		{"\x85carol@corp-mail.com", KindNone},
+		{"carol@corp-mail.com\x7f", KindNone},
+		{"\x7f4111111111111111", KindNone},
 	} {
 		if got := m.wholeKind([]byte(tt.v)); got != tt.want {
 			t.Errorf("wholeKind(%q) = %s, want %s", tt.v, got, tt.want)

@@ -69,8 +69,11 @@ func (k sipKey) sum(b []byte) uint64 {
 	v0, v1, v2, v3 = sipRound(v0, v1, v2, v3)
 	v0 ^= w
 	v2 ^= 0xff
-	for i := 0; i < 4; i++ {
-		v0, v1, v2, v3 = sipRound(v0, v1, v2, v3)
-	}
+	// The four finalization rounds written out: the compiler does not
+	// unroll loops, and this runs for every hashed value.
+	v0, v1, v2, v3 = sipRound(v0, v1, v2, v3)
+	v0, v1, v2, v3 = sipRound(v0, v1, v2, v3)
+	v0, v1, v2, v3 = sipRound(v0, v1, v2, v3)
+	v0, v1, v2, v3 = sipRound(v0, v1, v2, v3)
 	return v0 ^ v1 ^ v2 ^ v3
 }

@@ -171,6 +171,9 @@ type field struct {
 	oid    uint32
 	format int16
 	null   bool // source unknown: fail closed
+	// text: a masked value in text format can go as masked (textual),
+	// decided with the description rather than per value.
+	text bool
 	// acts is null or col.Masks(): the row walk looks at this value.
 	// Decided with the description, not per row.
 	acts bool
@@ -510,7 +513,7 @@ func (s *Stage) describe(body []byte) ([]field, bool) {
 	}
 	var out []field
 	eachField(body, func(a Attr, typ uint32, format int16) {
-		f := field{oid: typ, format: format}
+		f := field{oid: typ, format: format, text: textual(typ)}
 		if a.Table == 0 {
 			f.col = s.m.Column(mask.Source{})
 		} else if c, ok := s.cache[a]; ok {
@@ -654,14 +657,18 @@ func (s *Stage) row(m *pgwire.ServerMsg) []byte {
 	started := false
 	copied := 0
 	p := 2
-	for i := 0; i < s.rowsEnd; i++ {
+	// The walk's bound and fields in locals: the calls below could
+	// change s for all the compiler knows, so s.rowsEnd would be read
+	// again at every value.
+	walk := cur[:s.rowsEnd]
+	for i := range walk {
 		if p+4 > len(body) {
 			return s.failRow(m, "malformed")
 		}
 		l := int(int32(binary.BigEndian.Uint32(body[p:])))
 		at := p // the value's length word
 		p += 4
-		f := &cur[i]
+		f := &walk[i]
 		if !f.acts {
 			// Passed over: a value too long for the row is caught
 			// at the next one's length word or at the walk's end.
@@ -769,7 +776,7 @@ func (s *Stage) maskValue(f *field, dst, v []byte) ([]byte, mask.Result) {
 	}
 	if f.format == 0 {
 		out, r := f.col.Mask(dst, v)
-		if r == mask.Masked && !textual(f.oid) {
+		if r == mask.Masked && !f.text {
 			return dst, mask.Nulled
 		}
 		return out, r
