@@ -462,13 +462,34 @@ func BenchmarkShipSteadySample(b *testing.B) {
 	b.Run("batch=2000", func(b *testing.B) { shipSteady(b, 2000, st) })
 }
 
-func shipSteady(b *testing.B, batch int, st *session.Statement) {
+// BenchmarkShipSteadyPgbench is the shipper's load in TestPgbenchOneMode
+// (pgbench -S -c 10 through the proxy, recording with samples): its
+// statement with the one-row sample the proxy takes, from ten sessions
+// whose records interleave, in shipments of 2,000 (the benchmark's above)
+// and of 4,500, what the shipper found waiting a shipment there (199,000
+// records in 44 shipments, 2026-12-01).
+func BenchmarkShipSteadyPgbench(b *testing.B) {
+	st := &session.Statement{Protocol: "simple", SQL: "SELECT abalance FROM pgbench_accounts WHERE aid = 48213;", Tag: "SELECT 1", Rows: 1, Bytes: 11, Duration: 80 * time.Microsecond,
+		Sample: &session.Sample{Columns: []string{"abalance"}, OIDs: []uint32{23}, Data: storedRows([]string{"0"})}}
+	for _, batch := range []int{2000, 4500} {
+		b.Run(fmt.Sprintf("batch=%d", batch), func(b *testing.B) { shipSteadyFrom(b, batch, 10, st) })
+	}
+}
+
+func shipSteady(b *testing.B, batch int, st *session.Statement) { shipSteadyFrom(b, batch, 1, st) }
+
+// shipSteadyFrom is shipSteady with the statements spread over sessions
+// sessions in turn.
+func shipSteadyFrom(b *testing.B, batch, sessions int, st *session.Statement) {
 	w, err := Open(context.Background(), Options{StateDir: b.TempDir(), CommitInterval: time.Hour})
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer func() { _ = w.j.close(); _ = w.store.Close() }()
-	s := fakeSession(w, 1001, "alice", "/usr/bin/psql")
+	ss := make([]*session.Session, sessions)
+	for i := range ss {
+		ss[i] = fakeSession(w, 1001, "alice", "/usr/bin/psql")
+	}
 	ctx := context.Background()
 	// The shipper's own thread as well as the process: the process's
 	// figure takes in the garbage collector's work for the emits, which
@@ -482,7 +503,7 @@ func shipSteady(b *testing.B, batch int, st *session.Statement) {
 		n := min(batch, b.N-done)
 		b.StopTimer()
 		for i := 0; i < n; i++ {
-			s.Emit(session.Event{Kind: session.KindStatement, Statement: st})
+			ss[(done+i)%sessions].Emit(session.Event{Kind: session.KindStatement, Statement: st})
 		}
 		b.StartTimer()
 		c0, t0 := recCPU(), threadCPU()
