@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/airlockhq/airlock/internal/config"
 	"github.com/airlockhq/airlock/internal/identity"
 	"github.com/airlockhq/airlock/internal/pgtest"
@@ -128,19 +130,74 @@ func pgbenchOneMode(t *testing.T, mode string) {
 		// transaction, what a new connection costs the proxy.
 		args = strings.Fields(a)
 	}
-	c0 := cpuTime()
+	var ship shipperThread
+	if w != nil {
+		ship = findShipper(t)
+	}
+	c0, s0 := cpuTime(), ship.cpu(t)
 	out := pgbench(port, append(append([]string{"-n", "-T", secs}, args...), "postgres")...)
 	if w != nil {
 		if err := w.Flush(context.Background()); err != nil {
 			t.Fatal(err)
 		}
 	}
-	cpu := cpuTime() - c0
+	cpu, shipCPU := cpuTime()-c0, ship.cpu(t)-s0
 	m := regexp.MustCompile(`number of transactions actually processed: ([0-9]+)`).FindStringSubmatch(out)
 	tp := regexp.MustCompile(`tps = ([0-9.]+) \((?:without initial|including reconnection)`).FindStringSubmatch(out)
 	if m == nil || tp == nil {
 		t.Fatalf("no result in %s", out)
 	}
 	n, _ := strconv.ParseFloat(m[1], 64)
-	t.Logf("RESULT mode=%s tps=%s tx=%.0f cpu_us_per_tx=%.2f", mode, tp[1], n, float64(cpu.Microseconds())/n)
+	t.Logf("RESULT mode=%s tps=%s tx=%.0f cpu_us_per_tx=%.2f shipper_us_per_tx=%.2f", mode, tp[1], n, float64(cpu.Microseconds())/n, float64(shipCPU.Nanoseconds())/1e3/n)
+}
+
+// shipperThread is the shipper's thread in this process (0: none).
+type shipperThread int
+
+// findShipper finds the shipper's thread, the one thread at shipNice
+// (Writer.Run sets it as it starts, so it is waited for a little), so
+// that its CPU can be told from the proxy's: the shipping is deferred
+// work, at a lower priority, that a loaded machine makes cost more.
+func findShipper(t *testing.T) shipperThread {
+	t.Helper()
+	for range 100 {
+		tasks, err := os.ReadDir("/proc/self/task")
+		if err != nil {
+			t.Fatalf("list this process's threads: %v", err)
+		}
+		for _, e := range tasks {
+			tid, err := strconv.Atoi(e.Name())
+			if err != nil {
+				continue
+			}
+			if nice, err := unix.Getpriority(unix.PRIO_PROCESS, tid); err == nil && 20-nice == shipNice {
+				return shipperThread(tid)
+			}
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatalf("no thread at nice %d: the shipper did not start", shipNice)
+	return 0
+}
+
+// cpu is the thread's CPU time so far (its schedstat's, in ns); 0 for no
+// thread. It must be read while the writer runs: the thread ends with Run.
+func (s shipperThread) cpu(t *testing.T) time.Duration {
+	t.Helper()
+	if s == 0 {
+		return 0
+	}
+	b, err := os.ReadFile("/proc/self/task/" + strconv.Itoa(int(s)) + "/schedstat")
+	if err != nil {
+		t.Fatalf("read the shipper thread's CPU: %v", err)
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		t.Fatalf("the shipper thread's schedstat is empty")
+	}
+	ns, err := strconv.ParseInt(f[0], 10, 64)
+	if err != nil {
+		t.Fatalf("the shipper thread's schedstat %q: %v", b, err)
+	}
+	return time.Duration(ns)
 }
