@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unsafe"
 
 	"crypto/rand"
 	"encoding/hex"
@@ -222,6 +223,12 @@ func (w *Writer) Record(ev session.Event) {
 		// nothing allocated, straight into the ring where it has room
 		// (only the encoding is under the journal's lock: redaction and
 		// the rest are done before).
+		if len(ev.Session) > 0 {
+			// The session's id was written at its start, and under load
+			// is out of cache by its next statement: its line comes in
+			// while the statement is redacted.
+			prefetchLine(unsafe.Pointer(unsafe.StringData(ev.Session)))
+		}
 		at := recordTime(ev.Time)
 		st := statementOf(s, w.opts.Policy)
 		var rs ResultSample
