@@ -167,9 +167,15 @@ func plainPrefix(s string) int {
 			break
 		}
 	}
-	for ; i < len(s) && s[i] < utf8.RuneSelf && plainASCII[s[i]]; i++ {
+	for ; i < len(s) && plainByte(s[i]); i++ {
 	}
 	return i
+}
+
+// plainByte is plainASCII[c] without the table, which under load is out
+// of cache when a record's last few bytes of a string come to it.
+func plainByte(c byte) bool {
+	return c >= 0x20 && c < utf8.RuneSelf && c != '"' && c != '\\' && c != '<' && c != '>' && c != '&'
 }
 
 // appendString quotes s as encoding/json does by default: <, > and & as
