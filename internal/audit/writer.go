@@ -70,6 +70,7 @@ type Writer struct {
 	dir    string
 	daemon string
 	j      *journal
+	inRing bool // the journal has a ring to encode statements into
 	kick   chan struct{}
 	boot   int64 // last seq written before this start
 
@@ -159,6 +160,7 @@ func Open(ctx context.Context, opts Options) (*Writer, error) {
 	if w.j, err = openJournalRing(filepath.Join(dir, "journal"), opts.SpoolMax, hf.Seq, ring); err != nil {
 		return nil, err
 	}
+	w.inRing = w.j.rg != nil
 	for _, n := range w.j.notes {
 		log.Warn("audit: " + n)
 	}
@@ -241,7 +243,12 @@ func (w *Writer) Record(ev session.Event) {
 			b = appendStatement(b, &st)
 			return append(b, '}'), seqAt
 		}
-		_, b, seqAt, ok := w.j.appendInRing(enc)
+		var b []byte
+		var seqAt int
+		var ok bool
+		if w.inRing {
+			_, b, seqAt, ok = w.j.appendInRing(enc)
+		}
 		if ok {
 			w.kickShipper()
 			return
