@@ -7,3 +7,8 @@ import "unsafe"
 //
 //go:noescape
 func prefetchLines(p unsafe.Pointer)
+
+// prefetchLine is prefetchLines for the one cache line at p.
+//
+//go:noescape
+func prefetchLine(p unsafe.Pointer)

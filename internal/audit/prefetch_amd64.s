@@ -12,3 +12,9 @@ TEXT ·prefetchLines(SB), NOSPLIT, $0-8
 	PREFETCHT0 384(AX)
 	PREFETCHT0 448(AX)
 	RET
+
+// func prefetchLine(p unsafe.Pointer)
+TEXT ·prefetchLine(SB), NOSPLIT, $0-8
+	MOVQ p+0(FP), AX
+	PREFETCHT0 (AX)
+	RET

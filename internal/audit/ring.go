@@ -78,7 +78,20 @@ func (r *ring) put(b []byte) {
 	at := h % r.size
 	n := copy(r.buf[at:], b)
 	copy(r.buf, b[n:])
-	h += uint64(len(b))
+	r.publish(h + uint64(len(b)))
+}
+
+// room returns head and the ring's free bytes there that are contiguous
+// (up to its end), to encode a frame into in place.
+func (r *ring) room() (uint64, []byte) {
+	h := r.head()
+	at := h % r.size
+	n := min(r.size-(h-r.tail()), r.size-at)
+	return h, r.buf[at : at : at+n]
+}
+
+// publish advances head to h, over frames already in the ring's memory.
+func (r *ring) publish(h uint64) {
 	r.setHead(h)
 	// The next frame's lines, fetched now rather than by its stores: the
 	// ring is megabytes, written once every few seconds, so its lines are
@@ -90,6 +103,42 @@ func (r *ring) put(b []byte) {
 		prefetchLines(unsafe.Pointer(&r.buf[at]))
 	}
 }
+
+// appendInRing journals the frame enc encodes (as appendFrameHead starts
+// it, returning it and its seq's offset), encoded straight into the ring
+// at head under mu: no pooled frame to write and copy, and the checksum
+// reads lines just written. Head moves over the frame only once it is
+// numbered and checksummed, as put's copy does, so a process killed
+// mid-encoding leaves the ring as it was. ok says it is journaled, with
+// seq; otherwise frame is what enc encoded (into memory of its own, when
+// it outgrew the room before the ring's end) for appendFrame, or nil
+// when enc was not called (no ring, the journal closed or at its bound).
+func (j *journal) appendInRing(enc func([]byte) ([]byte, int)) (seq int64, frame []byte, seqAt int, ok bool) {
+	j.mu.Lock()
+	// Deferred, not inline: a panic while encoding must not leave every
+	// session waiting for the journal.
+	defer j.mu.Unlock()
+	if j.rg == nil || j.closed || j.total >= j.max {
+		return 0, nil, 0, false
+	}
+	h, room := j.rg.room()
+	if cap(room) < minRoom {
+		return 0, nil, 0, false
+	}
+	b, seqAt := enc(room)
+	if len(b) == 0 || &b[0] != &room[:1][0] || len(b)-frameHeader > maxFrame {
+		return 0, b, seqAt, false
+	}
+	seq = j.numberLocked(b, seqAt)
+	j.rg.publish(h + uint64(len(b)))
+	j.ringSeq = seq
+	return seq, nil, 0, true
+}
+
+// minRoom is the least room appendInRing encodes into: with less (the
+// ring's end near, or the ring full), the frame is encoded into a pooled
+// buffer rather than outgrow the room (an allocation) most of the time.
+const minRoom = 1024
 
 // prefetchSpan is what prefetchLines fetches: a statement record or two.
 const prefetchSpan = 512

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unsafe"
 
 	"crypto/rand"
 	"encoding/hex"
@@ -69,6 +70,7 @@ type Writer struct {
 	dir    string
 	daemon string
 	j      *journal
+	inRing bool // the journal has a ring to encode statements into
 	kick   chan struct{}
 	boot   int64 // last seq written before this start
 
@@ -158,6 +160,7 @@ func Open(ctx context.Context, opts Options) (*Writer, error) {
 	if w.j, err = openJournalRing(filepath.Join(dir, "journal"), opts.SpoolMax, hf.Seq, ring); err != nil {
 		return nil, err
 	}
+	w.inRing = w.j.rg != nil
 	for _, n := range w.j.notes {
 		log.Warn("audit: " + n)
 	}
@@ -218,18 +221,46 @@ func (w *Writer) Store() *Store { return w.store }
 // log.
 func (w *Writer) Record(ev session.Event) {
 	if s := ev.Statement; s != nil && fastStatement {
-		// Statements come at the rate of the traffic: encoded straight
-		// into a pooled frame, nothing allocated.
-		bp := frameBufs.Get().(*[]byte)
-		b, seqAt := appendFrameHead(*bp, recordTime(ev.Time), string(ev.Kind), ev.Session)
+		// Statements come at the rate of the traffic: encoded by hand,
+		// nothing allocated, straight into the ring where it has room
+		// (only the encoding is under the journal's lock: redaction and
+		// the rest are done before).
+		if len(ev.Session) > 0 {
+			// The session's id was written at its start, and under load
+			// is out of cache by its next statement: its line comes in
+			// while the statement is redacted.
+			prefetchLine(unsafe.Pointer(unsafe.StringData(ev.Session)))
+		}
+		at := recordTime(ev.Time)
 		st := statementOf(s, w.opts.Policy)
 		var rs ResultSample
 		if s.Sample != nil {
 			rs = sampleOf(s.Sample)
 			st.Sample = &rs
 		}
-		b = appendStatement(b, &st)
-		b = append(b, '}')
+		enc := func(b []byte) ([]byte, int) {
+			b, seqAt := appendFrameHead(b, at, string(ev.Kind), ev.Session)
+			b = appendStatement(b, &st)
+			return append(b, '}'), seqAt
+		}
+		var b []byte
+		var seqAt int
+		var ok bool
+		if w.inRing {
+			_, b, seqAt, ok = w.j.appendInRing(enc)
+		}
+		if ok {
+			w.kickShipper()
+			return
+		}
+		if b != nil {
+			// Encoded, but it outgrew the ring's room: appendFrame
+			// copies it in around the ring's end.
+			w.commit(b, seqAt, string(ev.Kind), ev.Session)
+			return
+		}
+		bp := frameBufs.Get().(*[]byte)
+		b, seqAt = enc(*bp)
 		w.commit(b, seqAt, string(ev.Kind), ev.Session)
 		if cap(b) <= 64<<10 {
 			*bp = b
@@ -295,11 +326,22 @@ func (w *Writer) commit(b []byte, seqAt int, kind, sess string) int64 {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+	w.kickShipper()
+	return seq
+}
+
+// kickShipper tells the shipper a record is waiting. Most records find
+// the last kick still pending (the shipper gathers a batch for the
+// commit interval after taking one): len reads the buffer's count
+// without the channel's lock, which a send takes, even one that fails.
+func (w *Writer) kickShipper() {
+	if len(w.kick) > 0 {
+		return
+	}
 	select {
 	case w.kick <- struct{}{}:
 	default:
 	}
-	return seq
 }
 
 // recordKey writes the audit.key record of the current key, signed by prev.
