@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"math"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -256,4 +257,34 @@ func FuzzParseBlock(f *testing.F) {
 			}
 		}
 	})
+}
+
+// writeBlock sizes its text buffer by blockSize once, rather than let
+// append grow it a dozen times: the size must not fall short of the lines
+// for the records a recorder writes, whatever their seq, time or data.
+func TestBlockSizeCoversItsLines(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		rec  Record
+	}{
+		{"pgbench statement", Record{Seq: 48213, Time: time.Unix(1764582000, 123456789), Kind: kindStatement, Session: "0193a5c2-7d1e-7b40-9f2a-5c1d2e3f4a5b",
+			Data: json.RawMessage(`{"sql":"SELECT abalance FROM pgbench_accounts WHERE aid = 48213;","tag":"SELECT 1","rows":1}`)}},
+		{"largest seq and time, no session", Record{Seq: math.MaxInt64, Time: time.Unix(0, math.MaxInt64), Kind: kindStart, Data: json.RawMessage(`{}`)}},
+		{"no data", Record{Seq: 1, Time: time.Unix(0, 1), Kind: kindEnd, Session: "s"}},
+		{"long data", Record{Seq: 7, Time: time.Unix(0, 7), Kind: kindStatement, Session: "s", Data: json.RawMessage(`{"sql":"` + strings.Repeat("y", 100000) + `"}`)}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := tc.rec
+			r.Schema, r.Daemon, r.PrevHash = Schema, "d", genesis
+			r.Hash = hashRecord(r.PrevHash, &r)
+			recs := []Record{r, r, r}
+			var text []byte
+			for i := range recs {
+				text = appendLine(text, &recs[i])
+			}
+			if size := blockSize(recs); size < len(text) {
+				t.Fatalf("blockSize %d for %d bytes of lines", size, len(text))
+			}
+		})
+	}
 }

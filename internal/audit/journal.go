@@ -125,6 +125,30 @@ type journal struct {
 // keeping them and the reader reads the rest back from the segment.
 const keptMax = 4 << 20
 
+// keptSmall is the first size of a kept-frames buffer.
+const keptSmall = 64 << 10
+
+// roomKept returns b, or a copy of it, with room for n more bytes. A
+// buffer that must grow past keptSmall grows to keptMax at once, which it
+// never outgrows (drain keeps no more): grown by append, 1.25 times at a
+// step, each of the two buffers went through a dozen sizes on its way to
+// keptMax, every one of them fresh pages to fault in, most of the
+// shipper's page faults under pgbench. The two buffers stay (shipBuf and
+// the journal swap them), so a burst pins at most 2 × keptMax.
+func roomKept(b []byte, n int) []byte {
+	need := len(b) + n
+	if need <= cap(b) {
+		return b
+	}
+	c := keptMax
+	if need <= keptSmall {
+		c = keptSmall
+	}
+	grown := make([]byte, len(b), max(c, need))
+	copy(grown, b)
+	return grown
+}
+
 // openJournal opens dir, drops a torn frame at the very end (a write the
 // machine lost half of), moves into the segments what a killed predecessor
 // left in the ring, and returns the journal with its records.
@@ -617,7 +641,7 @@ func (j *journal) drainKeeping() error {
 		if len(j.kept.buf) == 0 {
 			j.kept.path, j.kept.off, j.kept.after = s.path, s.size, j.cur.seq
 		}
-		j.kept.buf = append(append(j.kept.buf, a...), b...)
+		j.kept.buf = append(append(roomKept(j.kept.buf, len(a)+len(b)), a...), b...)
 		j.cur.off, j.cur.seq = s.size+int64(n), last
 	}
 	j.mu.Lock()
@@ -810,7 +834,7 @@ func (j *journal) readWith(out []pending, sl *slabs, spare *[]byte, after int64,
 				// The batch is full: the rest stays kept for the
 				// next read, moved to the free buffer (this one is
 				// the batch's).
-				k.buf = append(k.buf, buf[used:]...)
+				k.buf = append(roomKept(k.buf, len(buf)-used), buf[used:]...)
 				if used > 0 {
 					k.off, k.after = k.off+int64(used), last
 				}

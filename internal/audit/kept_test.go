@@ -118,3 +118,48 @@ func within(b, buf []byte) bool {
 	p, lo := uintptr(unsafe.Pointer(unsafe.SliceData(b))), uintptr(unsafe.Pointer(unsafe.SliceData(buf)))
 	return p >= lo && p < lo+uintptr(cap(buf))
 }
+
+// A kept-frames buffer grows at most twice, to keptSmall and then to
+// keptMax, which drain never needs more than; a buffer with room is
+// returned as it is (no copy), and a grown one holds the same bytes.
+func TestRoomKeptGrowsOnceToItsBound(t *testing.T) {
+	full := func(n, c int) []byte {
+		b := make([]byte, n, c)
+		for i := range b {
+			b[i] = byte(i)
+		}
+		return b
+	}
+	for _, tc := range []struct {
+		name    string
+		b       []byte
+		n       int
+		wantCap int
+		same    bool
+	}{
+		{"nil, one frame", nil, 300, keptSmall, false},
+		{"nil, a drain past small", nil, keptSmall + 1, keptMax, false},
+		{"room left", full(100, keptSmall), 1000, keptSmall, true},
+		{"small outgrown", full(keptSmall-10, keptSmall), 11, keptMax, false},
+		{"at the bound", full(keptMax-5, keptMax), 5, keptMax, true},
+		{"past the bound (drain never asks)", full(keptMax, keptMax), 1, keptMax + 1, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := roomKept(tc.b, tc.n)
+			if cap(got) != tc.wantCap {
+				t.Fatalf("cap %d, want %d", cap(got), tc.wantCap)
+			}
+			if len(got) != len(tc.b) {
+				t.Fatalf("len %d, want %d", len(got), len(tc.b))
+			}
+			if same := len(tc.b) > 0 && unsafe.SliceData(got) == unsafe.SliceData(tc.b); same != tc.same {
+				t.Fatalf("same buffer %v, want %v", same, tc.same)
+			}
+			for i := range got {
+				if got[i] != byte(i) {
+					t.Fatalf("byte %d is %d after growing, want %d", i, got[i], byte(i))
+				}
+			}
+		})
+	}
+}
