@@ -1,17 +1,14 @@
 package audit
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -178,40 +175,8 @@ func TestRecordInRingSurvivesKill9(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			state := t.TempDir()
-			exe, err := os.Executable()
-			if err != nil {
-				t.Fatal(err)
-			}
-			cmd := exec.Command(exe, "-test.run=^TestRecordInRingSurvivesKill9$")
-			cmd.Env = append(os.Environ(), "AIRLOCK_INRING_CHILD="+state,
+			acked := killChildAfter(t, "TestRecordInRingSurvivesKill9", int64(tc.killAt), "AIRLOCK_INRING_CHILD="+state,
 				"AIRLOCK_INRING_SIZE="+strconv.FormatInt(tc.ring, 10), "AIRLOCK_INRING_SYNC="+tc.sync.String())
-			out, err := cmd.StdoutPipe()
-			if err != nil {
-				t.Fatal(err)
-			}
-			cmd.Stderr = os.Stderr
-			if err := cmd.Start(); err != nil {
-				t.Fatal(err)
-			}
-			acked := 0
-			sc := bufio.NewScanner(out)
-			for sc.Scan() {
-				n, err := strconv.Atoi(sc.Text())
-				if err != nil {
-					continue // the test framework's own output
-				}
-				acked = n
-				if n == tc.killAt {
-					_ = cmd.Process.Signal(syscall.SIGKILL)
-				}
-			}
-			err = cmd.Wait()
-			if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); !ok || !ws.Signaled() || ws.Signal() != syscall.SIGKILL {
-				t.Fatalf("child did not die of SIGKILL: %v", err)
-			}
-			if acked < tc.killAt {
-				t.Fatalf("child acknowledged %d statements, stopped before %d", acked, tc.killAt)
-			}
 			ring := uint64(ringDefault)
 			if tc.ring > 0 {
 				ring = uint64(tc.ring)
@@ -235,7 +200,7 @@ func TestRecordInRingSurvivesKill9(t *testing.T) {
 					t.Fatalf("statement %d:\n got %s\nwant %s", n, r.Data, want)
 				}
 			}
-			if n < acked {
+			if int64(n) < acked {
 				t.Fatalf("%d statements acknowledged, %d in the journal", acked, n)
 			}
 			t.Logf("%d statements acknowledged, %d in the journal; %q", acked, n, j.notes)

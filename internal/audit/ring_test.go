@@ -148,40 +148,8 @@ func TestJournalRingSurvivesKill9(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
-			exe, err := os.Executable()
-			if err != nil {
-				t.Fatal(err)
-			}
-			cmd := exec.Command(exe, "-test.run=^TestJournalRingSurvivesKill9$")
-			cmd.Env = append(os.Environ(), "AIRLOCK_RING_CHILD="+dir,
+			acked := killChildAfter(t, "TestJournalRingSurvivesKill9", tc.killAt, "AIRLOCK_RING_CHILD="+dir,
 				"AIRLOCK_RING_SIZE="+strconv.FormatUint(tc.ring, 10), "AIRLOCK_RING_SYNC="+tc.sync.String())
-			out, err := cmd.StdoutPipe()
-			if err != nil {
-				t.Fatal(err)
-			}
-			cmd.Stderr = os.Stderr
-			if err := cmd.Start(); err != nil {
-				t.Fatal(err)
-			}
-			var acked int64
-			sc := bufio.NewScanner(out)
-			for sc.Scan() {
-				n, err := strconv.ParseInt(sc.Text(), 10, 64)
-				if err != nil {
-					continue // the test framework's own output
-				}
-				acked = n
-				if n == tc.killAt {
-					_ = cmd.Process.Signal(syscall.SIGKILL)
-				}
-			}
-			err = cmd.Wait()
-			if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); !ok || !ws.Signaled() || ws.Signal() != syscall.SIGKILL {
-				t.Fatalf("child did not die of SIGKILL: %v", err)
-			}
-			if acked < tc.killAt {
-				t.Fatalf("child acknowledged %d records, stopped before %d", acked, tc.killAt)
-			}
 			j, err := openJournalRing(dir, 1<<30, 0, tc.ring)
 			if err != nil {
 				t.Fatal(err)
@@ -191,6 +159,48 @@ func TestJournalRingSurvivesKill9(t *testing.T) {
 			t.Logf("%d records acknowledged, %d in the journal; %q", acked, j.lastSeq(), j.notes)
 		})
 	}
+}
+
+// killChildAfter runs the test binary's test named run as a child with env
+// added, reads the numbers the child prints as it acknowledges records,
+// kills it with SIGKILL once it has acknowledged killAt, and returns the
+// last number it read (the child may print a few more before it dies).
+func killChildAfter(t *testing.T, run string, killAt int64, env ...string) int64 {
+	t.Helper()
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(exe, "-test.run=^"+run+"$")
+	cmd.Env = append(os.Environ(), env...)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var acked int64
+	sc := bufio.NewScanner(out)
+	for sc.Scan() {
+		n, err := strconv.ParseInt(sc.Text(), 10, 64)
+		if err != nil {
+			continue // the test framework's own output
+		}
+		acked = n
+		if n == killAt {
+			_ = cmd.Process.Signal(syscall.SIGKILL)
+		}
+	}
+	err = cmd.Wait()
+	if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); !ok || !ws.Signaled() || ws.Signal() != syscall.SIGKILL {
+		t.Fatalf("child did not die of SIGKILL: %v", err)
+	}
+	if acked < killAt {
+		t.Fatalf("child acknowledged %d records, stopped before %d", acked, killAt)
+	}
+	return acked
 }
 
 // ringChild is the killed process of TestJournalRingSurvivesKill9.
