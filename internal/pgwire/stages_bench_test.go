@@ -60,15 +60,7 @@ func encode(msgs ...interface{ Encode([]byte) ([]byte, error) }) []byte {
 // and writes are in memory: what is left is the proxy's own work, and its
 // allocations per transaction are each GC work on the data path.
 func BenchmarkDaemonSelectTx(b *testing.B) {
-	pol := filepath.Join(b.TempDir(), "policy.yaml")
-	if err := os.WriteFile(pol, nil, 0o600); err != nil {
-		b.Fatal(err)
-	}
-	store, err := policy.NewStore(pol)
-	if err != nil {
-		b.Fatal(err)
-	}
-	g := &guard.Guard{Connection: "bench", Policies: store, Classifier: sqlclass.New(sqlclass.Options{})}
+	g := benchGuard(b)
 	rs, err := mask.Compile(mask.Policy{Rules: []mask.Rule{
 		{Name: "pii", Columns: []string{"public.users.email"}, Detectors: []string{"email"}, Strategy: "redact"},
 	}}, bytes.Repeat([]byte("k"), 32))
@@ -224,15 +216,7 @@ func BenchmarkMaskedRowsTx(b *testing.B) {
 	msgs = append(msgs, &pgproto3.CommandComplete{CommandTag: []byte("SELECT 20")}, &pgproto3.ReadyForQuery{TxStatus: 'I'})
 	server := encode(msgs...)
 	client := encode(&pgproto3.Query{String: "SELECT id, name, email, card, plan FROM bench_people WHERE id BETWEEN 41000 AND 41000 + 19;"})
-	pol := filepath.Join(b.TempDir(), "policy.yaml")
-	if err := os.WriteFile(pol, nil, 0o600); err != nil {
-		b.Fatal(err)
-	}
-	store, err := policy.NewStore(pol)
-	if err != nil {
-		b.Fatal(err)
-	}
-	g := &guard.Guard{Connection: "bench", Policies: store, Classifier: sqlclass.New(sqlclass.Options{})}
+	g := benchGuard(b)
 	for _, c := range []struct {
 		name           string
 		masking, guard bool
@@ -281,4 +265,19 @@ func BenchmarkMaskedRowsTx(b *testing.B) {
 			}
 		})
 	}
+}
+
+// benchGuard is the guard the daemon wires for an agent's session: the
+// built-in policy (an empty policy file) and a fresh classifier.
+func benchGuard(b *testing.B) *guard.Guard {
+	b.Helper()
+	pol := filepath.Join(b.TempDir(), "policy.yaml")
+	if err := os.WriteFile(pol, nil, 0o600); err != nil {
+		b.Fatal(err)
+	}
+	store, err := policy.NewStore(pol)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return &guard.Guard{Connection: "bench", Policies: store, Classifier: sqlclass.New(sqlclass.Options{})}
 }
