@@ -127,15 +127,7 @@ func TestRecordInRing(t *testing.T) {
 			rec.Wait()
 			close(stop)
 			ship.Wait()
-			got := <-shipped
-			rest, err := w.j.read(base+int64(len(got)), sessions*each)
-			if err != nil {
-				t.Fatal(err)
-			}
-			got = append(got, rest...)
-			if len(got) != sessions*each {
-				t.Fatalf("%d records, want %d", len(got), sessions*each)
-			}
+			got := withRest(t, w.j, base, <-shipped, sessions*each)
 			next := map[string]int{}
 			for k, r := range got {
 				if r.Seq != base+int64(k)+1 {

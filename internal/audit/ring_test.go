@@ -427,15 +427,7 @@ func TestJournalRingConcurrent(t *testing.T) {
 				}
 			}
 			close(stop)
-			got := <-shipped
-			rest, err := j.read(int64(len(got)), sessions*each)
-			if err != nil {
-				t.Fatal(err)
-			}
-			got = append(got, rest...)
-			if len(got) != sessions*each {
-				t.Fatalf("%d records, want %d", len(got), sessions*each)
-			}
+			got := withRest(t, j, 0, <-shipped, sessions*each)
 			next := map[string]int{}
 			for i, r := range got {
 				if r.Seq != int64(i+1) {
@@ -502,4 +494,19 @@ func TestJournalRefusesOversizedRecord(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkRecords(t, j, 1)
+}
+
+// withRest is what a test's shipper read (got, the records after seq
+// base) and the rest of j after it: want records in all, or the test fails.
+func withRest(t *testing.T, j *journal, base int64, got []pending, want int) []pending {
+	t.Helper()
+	rest, err := j.read(base+int64(len(got)), want)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got = append(got, rest...)
+	if len(got) != want {
+		t.Fatalf("%d records, want %d", len(got), want)
+	}
+	return got
 }
