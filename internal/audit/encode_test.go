@@ -4,6 +4,8 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"math/rand/v2"
+	"runtime"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -207,4 +209,65 @@ func FuzzStatementPlain(f *testing.F) {
 			t.Fatalf("%q: %s, encoding/json %s", sql, got, want)
 		}
 	})
+}
+
+// BenchmarkStatementText is the data path's work on a statement's text,
+// redaction and encoding (and the scans alone, "-scan"), as two passes (redact.SQL, then appendStatement
+// looking for bytes to escape) and as one (redact.SQLPlain, then copying
+// the plain bytes). "cold" takes each statement from 32 MiB of distinct
+// texts, out of cache as the daemon's are under load; "hot" reuses one.
+func BenchmarkStatementText(b *testing.B) {
+	const n = 1 << 19 // 64-byte texts, 32 MiB
+	texts := make([]string, n)
+	for i := range texts {
+		texts[i] = "SELECT abalance FROM pgbench_accounts WHERE aid = " + strconv.Itoa(1e6+i) + ";     "
+	}
+	for _, tc := range []struct {
+		name string
+		enc  func([]byte, *session.Statement) []byte
+	}{
+		// The scans alone: SQL and then plainPrefix, or SQLPlain.
+		{"two-passes-scan", func(buf []byte, s *session.Statement) []byte {
+			sql := redact.SQL(s.SQL)
+			return append(buf, byte(plainPrefix(sql)))
+		}},
+		{"one-pass-scan", func(buf []byte, s *session.Statement) []byte {
+			_, plain := redact.SQLPlain(s.SQL)
+			return append(buf, byte(plain))
+		}},
+		{"two-passes", func(buf []byte, s *session.Statement) []byte {
+			st := Statement{Protocol: s.Protocol, SQL: redact.SQL(s.SQL), Tag: s.Tag, Rows: s.Rows}
+			return appendStatement(buf, &st)
+		}},
+		{"one-pass", func(buf []byte, s *session.Statement) []byte {
+			sql, plain := redact.SQLPlain(s.SQL)
+			st := Statement{Protocol: s.Protocol, SQL: sql, Tag: s.Tag, Rows: s.Rows}
+			return appendStatementPlain(buf, &st, plain)
+		}},
+	} {
+		for _, cold := range []bool{false, true} {
+			name := tc.name + "/hot"
+			if cold {
+				name = tc.name + "/cold"
+			}
+			b.Run(name, func(b *testing.B) {
+				buf := make([]byte, 0, 256)
+				s := session.Statement{Protocol: "simple", SQL: texts[0], Tag: "SELECT 1", Rows: 1}
+				i := 0
+				runtime.LockOSThread()
+				defer runtime.UnlockOSThread()
+				c0 := threadCPU()
+				for b.Loop() {
+					if cold {
+						// A stride of 4 KiB and more so that no prefetcher
+						// brings the next text in.
+						i = (i + 4099) % n
+						s.SQL = texts[i]
+					}
+					buf = tc.enc(buf[:0], &s)
+				}
+				b.ReportMetric(float64(threadCPU()-c0)/float64(b.N), "cpu-ns/op")
+			})
+		}
+	}
 }
