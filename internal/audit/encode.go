@@ -7,6 +7,8 @@ import (
 	"strconv"
 	"unicode/utf8"
 	"unsafe"
+
+	"github.com/airlockhq/airlock/internal/redact"
 )
 
 // Statement records are the one kind written at the rate of the traffic:
@@ -53,11 +55,16 @@ func encodeData(data any) ([]byte, error) {
 	return json.Marshal(data)
 }
 
-func appendStatement(b []byte, st *Statement) []byte {
+func appendStatement(b []byte, st *Statement) []byte { return appendStatementPlain(b, st, 0) }
+
+// appendStatementPlain is appendStatement for a statement whose text's
+// first sqlPlain bytes are known plain (redact.SQLPlain): they are copied
+// without being looked at again.
+func appendStatementPlain(b []byte, st *Statement, sqlPlain int) []byte {
 	b = append(b, `{"protocol":`...)
 	b = appendString(b, st.Protocol)
 	b = append(b, `,"sql":`...)
-	b = appendString(b, st.SQL)
+	b = appendStringPlain(b, st.SQL, sqlPlain)
 	if st.Name != "" {
 		b = append(b, `,"name":`...)
 		b = appendString(b, st.Name)
@@ -138,53 +145,33 @@ var plainASCII = func() (t [utf8.RuneSelf]bool) {
 	return t
 }()
 
-const (
-	lsb = 0x0101010101010101
-	msb = 0x8080808080808080
-)
-
-// plainWord is whether all 8 bytes of x are plainASCII: printable ASCII
-// but for " \ < > &. One expression, small enough to be inlined (the call
-// per word was a fifth of plainPrefix): " (0x22) and & (0x26) are the only
-// bytes that are 0x26 with bit 2 set, < (0x3c) and > (0x3e) the only ones
-// that are 0x3e with bit 1 set. Each term's top bits are set where a byte
-// is one of the bytes it looks for (and may be above it, never where
-// there is none), so their union is empty only for a plain word.
-func plainWord(x uint64) bool {
-	q := x | lsb*4 ^ lsb*0x26
-	a := x | lsb*2 ^ lsb*0x3e
-	s := x ^ lsb*'\\'
-	return (x|(x-lsb*0x20)&^x|(q-lsb)&^q|(a-lsb)&^a|(s-lsb)&^s)&msb == 0
-}
-
 // plainPrefix is how many bytes at the start of s a JSON string holds as
 // they are. Eight at a time: statement text is most of a record's bytes,
 // and a table look-up and a branch per byte were a sixth of encoding it.
 func plainPrefix(s string) int {
 	i := 0
 	for ; i+8 <= len(s); i += 8 {
-		if !plainWord(binary.LittleEndian.Uint64(unsafe.Slice(unsafe.StringData(s[i:]), 8))) {
+		if !redact.PlainWord(binary.LittleEndian.Uint64(unsafe.Slice(unsafe.StringData(s[i:]), 8))) {
 			break
 		}
 	}
-	for ; i < len(s) && plainByte(s[i]); i++ {
+	for ; i < len(s) && redact.PlainByte(s[i]); i++ {
 	}
 	return i
-}
-
-// plainByte is plainASCII[c] without the table, which under load is out
-// of cache when a record's last few bytes of a string come to it.
-func plainByte(c byte) bool {
-	return c >= 0x20 && c < utf8.RuneSelf && c != '"' && c != '\\' && c != '<' && c != '>' && c != '&'
 }
 
 // appendString quotes s as encoding/json does by default: <, > and & as
 // \u escapes, control characters escaped, invalid UTF-8 as U+FFFD, and
 // U+2028 and U+2029 escaped.
-func appendString(b []byte, s string) []byte {
+func appendString(b []byte, s string) []byte { return appendStringPlain(b, s, 0) }
+
+// appendStringPlain is appendString for an s whose first plain bytes are
+// plain (redact.PlainByte; at most len(s)). A count too high would let the
+// text out of its JSON string: it comes from the one scan that judged them.
+func appendStringPlain(b []byte, s string, plain int) []byte {
 	b = append(b, '"')
 	start := 0
-	for i := 0; i < len(s); {
+	for i := plain; i < len(s); {
 		if n := plainPrefix(s[i:]); n > 0 {
 			i += n
 			continue

@@ -4,10 +4,15 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"math/rand/v2"
+	"runtime"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 	"unicode/utf8"
+
+	"github.com/airlockhq/airlock/internal/redact"
+	"github.com/airlockhq/airlock/internal/session"
 )
 
 // The hand encoder must stay byte for byte what encoding/json makes of a
@@ -140,8 +145,8 @@ func appendTime(b []byte, t time.Time) []byte {
 	return append(b, 'Z')
 }
 
-// plainWord agrees with plainASCII byte by byte on words mixing every
-// byte plainWord tests for with their neighbours (where a subtraction's
+// redact.PlainWord agrees with plainASCII, the JSON encoder's own class,
+// byte by byte on words mixing every byte it tests for with their neighbours (where a subtraction's
 // borrow or a merged test could go wrong), in every combination of
 // places.
 func TestPlainWordIsPlainASCII(t *testing.T) {
@@ -157,8 +162,112 @@ func TestPlainWordIsPlainASCII(t *testing.T) {
 			}
 			want = want && w[i] < utf8.RuneSelf && plainASCII[w[i]]
 		}
-		if got := plainWord(binary.LittleEndian.Uint64(w[:])); got != want {
-			t.Fatalf("plainWord(% x) = %v, want %v", w, got, want)
+		if got := redact.PlainWord(binary.LittleEndian.Uint64(w[:])); got != want {
+			t.Fatalf("redact.PlainWord(% x) = %v, want %v", w, got, want)
+		}
+	}
+}
+
+// redact.PlainByte is plainASCII: the bytes the scan for secrets counts as
+// plain are those appendString copies as they are.
+func TestPlainByteIsPlainASCII(t *testing.T) {
+	for c := 0; c < 256; c++ {
+		if got, want := redact.PlainByte(byte(c)), c < utf8.RuneSelf && plainASCII[c]; got != want {
+			t.Fatalf("redact.PlainByte(%#x) = %v, want %v", c, got, want)
+		}
+	}
+}
+
+// FuzzStatementPlain holds the data path's statement encoding, which takes
+// the text's plain bytes from the redaction's scan instead of looking
+// again, to the two passes it replaces (redact.SQL, then appendStatement)
+// and to encoding/json, on any text: the agent writes it, and a byte
+// wrongly counted plain would let it out of its JSON string.
+func FuzzStatementPlain(f *testing.F) {
+	for _, s := range []string{"", "SELECT abalance FROM pgbench_accounts WHERE aid = 48213;", "SELECT 1 /*<>*/",
+		"ALTER ROLE x PASSWORD 'hunter2'", "select \"token\" from t -- \n", "SELECT 'é\u2028' <> 'a&b'", "selecT * FROM secrets\x00",
+		"x'://a:b@c'", "SELECT 12345678\"", "\xff\xfe SELECT"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, sql string) {
+		st, plain := statementOf(&session.Statement{Protocol: "simple", SQL: sql, Tag: "SELECT 1", Rows: 1}, Policy{})
+		if st.SQL != redact.SQL(sql) {
+			t.Fatalf("statementOf(%q).SQL = %q, redact.SQL %q", sql, st.SQL, redact.SQL(sql))
+		}
+		if plain < 0 || plain > plainPrefix(st.SQL) {
+			t.Fatalf("%q: %d bytes counted plain, %d are", st.SQL, plain, plainPrefix(st.SQL))
+		}
+		got := appendStatementPlain(nil, &st, plain)
+		if two := appendStatement(nil, &st); string(got) != string(two) {
+			t.Fatalf("%q: one pass %s, two passes %s", sql, got, two)
+		}
+		want, err := json.Marshal(st)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(got) != string(want) {
+			t.Fatalf("%q: %s, encoding/json %s", sql, got, want)
+		}
+	})
+}
+
+// BenchmarkStatementText is the data path's work on a statement's text,
+// redaction and encoding (and the scans alone, "-scan"), as two passes (redact.SQL, then appendStatement
+// looking for bytes to escape) and as one (redact.SQLPlain, then copying
+// the plain bytes). "cold" takes each statement from 32 MiB of distinct
+// texts, out of cache as the daemon's are under load; "hot" reuses one.
+func BenchmarkStatementText(b *testing.B) {
+	const n = 1 << 19 // 64-byte texts, 32 MiB
+	texts := make([]string, n)
+	for i := range texts {
+		texts[i] = "SELECT abalance FROM pgbench_accounts WHERE aid = " + strconv.Itoa(1e6+i) + ";     "
+	}
+	for _, tc := range []struct {
+		name string
+		enc  func([]byte, *session.Statement) []byte
+	}{
+		// The scans alone: SQL and then plainPrefix, or SQLPlain.
+		{"two-passes-scan", func(buf []byte, s *session.Statement) []byte {
+			sql := redact.SQL(s.SQL)
+			return append(buf, byte(plainPrefix(sql)))
+		}},
+		{"one-pass-scan", func(buf []byte, s *session.Statement) []byte {
+			_, plain := redact.SQLPlain(s.SQL)
+			return append(buf, byte(plain))
+		}},
+		{"two-passes", func(buf []byte, s *session.Statement) []byte {
+			st := Statement{Protocol: s.Protocol, SQL: redact.SQL(s.SQL), Tag: s.Tag, Rows: s.Rows}
+			return appendStatement(buf, &st)
+		}},
+		{"one-pass", func(buf []byte, s *session.Statement) []byte {
+			sql, plain := redact.SQLPlain(s.SQL)
+			st := Statement{Protocol: s.Protocol, SQL: sql, Tag: s.Tag, Rows: s.Rows}
+			return appendStatementPlain(buf, &st, plain)
+		}},
+	} {
+		for _, cold := range []bool{false, true} {
+			name := tc.name + "/hot"
+			if cold {
+				name = tc.name + "/cold"
+			}
+			b.Run(name, func(b *testing.B) {
+				buf := make([]byte, 0, 256)
+				s := session.Statement{Protocol: "simple", SQL: texts[0], Tag: "SELECT 1", Rows: 1}
+				i := 0
+				runtime.LockOSThread()
+				defer runtime.UnlockOSThread()
+				c0 := threadCPU()
+				for b.Loop() {
+					if cold {
+						// A stride of 4 KiB and more so that no prefetcher
+						// brings the next text in.
+						i = (i + 4099) % n
+						s.SQL = texts[i]
+					}
+					buf = tc.enc(buf[:0], &s)
+				}
+				b.ReportMetric(float64(threadCPU()-c0)/float64(b.N), "cpu-ns/op")
+			})
 		}
 	}
 }

@@ -44,7 +44,7 @@ func inRingStatement(sess string, i int) session.Event {
 func wantInRing(t testing.TB, sess string, i int) []byte {
 	t.Helper()
 	ev := inRingStatement(sess, i)
-	st := statementOf(ev.Statement, Policy{})
+	st, _ := statementOf(ev.Statement, Policy{})
 	if s := ev.Statement.Sample; s != nil {
 		rs := sampleOf(s)
 		st.Sample = &rs

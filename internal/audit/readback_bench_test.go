@@ -65,7 +65,7 @@ func BenchmarkEncodeStatementFrame(b *testing.B) {
 	c0 := threadCPU()
 	for i := 0; i < b.N; i++ {
 		fb, _ := appendFrameHead(buf, at, "statement", sess)
-		st := statementOf(s, Policy{})
+		st, _ := statementOf(s, Policy{})
 		buf = append(appendStatement(fb, &st), '}')
 	}
 	b.ReportMetric(float64(threadCPU()-c0)/float64(b.N), "cpu-ns/op")

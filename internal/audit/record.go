@@ -277,7 +277,7 @@ func fromEvent(ev session.Event, pol Policy) (kind string, data any, err error) 
 		return kind, SessionEnd{Reason: e.Reason, Detail: redactSQL(e.Detail), DurationMS: e.Duration.Milliseconds(),
 			BytesIn: e.BytesIn, BytesOut: e.BytesOut, Database: e.Database, UpstreamRole: e.UpstreamRole, Masked: e.Masked}, nil
 	case ev.Statement != nil:
-		st := statementOf(ev.Statement, pol)
+		st, _ := statementOf(ev.Statement, pol)
 		if s := ev.Statement.Sample; s != nil {
 			rs := sampleOf(s)
 			st.Sample = &rs
@@ -317,15 +317,18 @@ func fromEvent(ev session.Event, pol Policy) (kind string, data any, err error) 
 
 // statementOf is a statement's record data, applying pol, but for its
 // result sample (sampleOf): built on the caller's stack, it allocates
-// nothing unless parameters are recorded.
-func statementOf(s *session.Statement, pol Policy) Statement {
-	st := Statement{Protocol: s.Protocol, SQL: redactSQL(s.SQL), Name: s.Name, ParamCount: len(s.Params),
+// nothing unless parameters are recorded. sqlPlain is how many bytes at the
+// start of its text are known plain (appendStatementPlain), found by the
+// same pass over the text as its redaction.
+func statementOf(s *session.Statement, pol Policy) (st Statement, sqlPlain int) {
+	sql, sqlPlain := redact.SQLPlain(s.SQL)
+	st = Statement{Protocol: s.Protocol, SQL: sql, Name: s.Name, ParamCount: len(s.Params),
 		Tag: s.Tag, SQLState: s.SQLState, Error: redactSQL(s.Error), Rows: s.Rows, Bytes: s.Bytes,
 		DurationUS: s.Duration.Microseconds(), Class: s.Class, Decision: s.Decision, Rule: s.Rule, Number: s.Number}
 	if pol.RecordParams {
 		st.Params = redactParams(s.SQL, s.Params)
 	}
-	return st
+	return st, sqlPlain
 }
 
 // sampleOf is a sample's record data in the stored form (it shares s's

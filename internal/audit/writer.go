@@ -232,7 +232,7 @@ func (w *Writer) Record(ev session.Event) {
 			prefetchLine(unsafe.Pointer(unsafe.StringData(ev.Session)))
 		}
 		at := recordTime(ev.Time)
-		st := statementOf(s, w.opts.Policy)
+		st, sqlPlain := statementOf(s, w.opts.Policy)
 		var rs ResultSample
 		if s.Sample != nil {
 			rs = sampleOf(s.Sample)
@@ -240,7 +240,7 @@ func (w *Writer) Record(ev session.Event) {
 		}
 		enc := func(b []byte) ([]byte, int) {
 			b, seqAt := appendFrameHead(b, at, string(ev.Kind), ev.Session)
-			b = appendStatement(b, &st)
+			b = appendStatementPlain(b, &st, sqlPlain)
 			return append(b, '}'), seqAt
 		}
 		var b []byte

@@ -164,3 +164,77 @@ func FuzzSuspect(f *testing.F) {
 		}
 	})
 }
+
+// TestSQLPlain holds the one pass to the two it replaces (SQL, then
+// counting plain bytes one by one) where the scan changes hands: a trigger
+// or a byte to escape in each place of a word, the last whole word and the
+// bytes after it.
+func TestSQLPlain(t *testing.T) {
+	for _, tc := range []struct{ name, in string }{
+		{"empty", ""},
+		{"pgbench", "SELECT abalance FROM pgbench_accounts WHERE aid = 48213;"},
+		{"redacted", "ALTER ROLE x PASSWORD 'hunter2'"},
+		{"trigger kept", "SELECT * FROM tokens WHERE id = 1"},
+		{"quote then trigger", `SELECT "a" FROM t WHERE secret = 'x'`},
+		{"newline", "SELECT 1\nFROM t"},
+		{"non-ASCII", "SELECT 'é' FROM t"},
+	} {
+		t.Run(tc.name, func(t *testing.T) { checkSQLPlain(t, tc.in) })
+	}
+	for _, odd := range []string{"api", "\"", "<", "\n", "\x80", "sk-"} {
+		for at := 0; at < 20; at++ {
+			checkSQLPlain(t, strings.Repeat("a", at)+odd+strings.Repeat("b", 20-at))
+		}
+	}
+}
+
+// FuzzSQLPlain holds SQLPlain to SQL and to the plain bytes counted one by
+// one, on any text.
+func FuzzSQLPlain(f *testing.F) {
+	for _, s := range []string{"", "SELECT 1", "SELECT abalance FROM pgbench_accounts WHERE aid = 48213;",
+		"ALTER ROLE x PASSWORD 'hunter2'", "select 1 -- <b>\n", "xxxxxxxAPI", "xxxxxxxxsk-", "x://y", "\xff"} {
+		f.Add(s)
+	}
+	f.Fuzz(checkSQLPlain)
+}
+
+// checkSQLPlain: the text is SQL's; the plain bytes counted are plain, and
+// all of them where the text holds no trigger (a suspect text is rare, and
+// the encoder looks at the rest itself).
+func checkSQLPlain(t *testing.T, in string) {
+	out, plain := SQLPlain(in)
+	if want := SQL(in); out != want {
+		t.Fatalf("SQLPlain(%q) = %q, SQL %q", in, out, want)
+	}
+	n := 0
+	for n < len(out) && plainByte(out[n]) {
+		n++
+	}
+	if plain < 0 || plain > n {
+		t.Fatalf("SQLPlain(%q): %d bytes counted plain, %d are", in, plain, n)
+	}
+	if !suspect(in) && plain != n {
+		t.Fatalf("SQLPlain(%q): %d bytes counted plain, all %d could be", in, plain, n)
+	}
+}
+
+// plainByte is PlainByte's definition, one byte at a time.
+func plainByte(c byte) bool {
+	return c >= 0x20 && c < 0x80 && !strings.ContainsRune(`"\<>&`, rune(c))
+}
+
+// TestPlainWord holds PlainWord to PlainByte on each byte in each place of
+// a word, and PlainByte to plainByte.
+func TestPlainWord(t *testing.T) {
+	for c := 0; c < 256; c++ {
+		if PlainByte(byte(c)) != plainByte(byte(c)) {
+			t.Fatalf("PlainByte(%#x) = %v", c, PlainByte(byte(c)))
+		}
+		for at := 0; at < 8; at++ {
+			x := uint64(0x6161616161616161)&^(0xff<<(8*at)) | uint64(c)<<(8*at)
+			if PlainWord(x) != plainByte(byte(c)) {
+				t.Fatalf("PlainWord with %#x at %d = %v", c, at, PlainWord(x))
+			}
+		}
+	}
+}
