@@ -182,6 +182,9 @@ func printAuditStatus(w io.Writer, a *audit.Status) {
 		fmt.Fprintf(w, "  spooled\t%d records (%d of %d MiB) waiting in the local journal, shipped in order when the store is back\n",
 			a.Spooled, a.SpoolBytes>>20, a.SpoolMax>>20)
 	}
+	if a.RingFull > 0 {
+		fmt.Fprintf(w, "  ring full\t%d records waited for a journal write on the data path (the shipper fell behind)\n", a.RingFull)
+	}
 	if a.Problem != "" {
 		fmt.Fprintf(w, "  PROBLEM\t%s\n", a.Problem)
 	}

@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -87,6 +88,10 @@ type journal struct {
 
 	rg      *ring // nil: no tmpfs, frames go straight to the segments
 	ringSeq int64 // seq of the last frame journaled (the one the ring's head ends)
+	// ringFull counts appends that found the ring full and moved its
+	// frames out themselves (the shipper's thread behind): a session
+	// then waits for a segment write on the data path.
+	ringFull atomic.Int64
 	// notes says what opening found worth a line in the log (frames
 	// recovered from the ring, a ring that could not be used).
 	notes []string
@@ -490,10 +495,14 @@ func (j *journal) appendFrame(b []byte, seqAt int) (int64, error) {
 			j.mu.Unlock()
 			return seq, nil
 		}
+		full := j.rg != nil
 		j.mu.Unlock()
 		// No ring, or it is full (the shipper's thread is behind), or the
 		// frame is larger than the ring: through the segment, after the
 		// ring's frames, which this session moves out itself.
+		if full {
+			j.ringFull.Add(1)
+		}
 		seq, retry, err := j.appendThrough(b, seqAt)
 		if !retry {
 			return seq, err

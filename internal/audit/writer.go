@@ -43,6 +43,25 @@ type Options struct {
 	Logger             *slog.Logger
 
 	ringSize int64 // tests: the journal ring's size in bytes; -1 none, 0 the default
+
+	// Bench takes steps out of recording, for a benchmark that measures
+	// each step's cost against the one above (AIRLOCK_BENCH_OFF, which
+	// only whoever starts airlockd sets; never from a configuration file).
+	// A record kept with any of them set does not verify.
+	Bench BenchSkip
+}
+
+// BenchSkip names the steps of recording a benchmark leaves out. Each
+// leaves out everything the one after it does.
+type BenchSkip struct {
+	// Store: records are journaled (ring, segments, fsync) as ever, and
+	// the shipper releases them without reading them back, chaining or
+	// storing them.
+	Store bool
+	// StoreSync: records are shipped and stored, but the store is never
+	// made durable (no WAL or block-file fsync, no head note), so the
+	// journal's segments are released unsynced in the store.
+	StoreSync bool
 }
 
 // Status is what `airlock status` says about the record.
@@ -61,6 +80,10 @@ type Status struct {
 	CheckpointSeq  int64     `json:"checkpoint_seq"`
 	CheckpointTime time.Time `json:"checkpoint_time,omitempty"`
 	Problem        string    `json:"problem,omitempty"` // the store disagrees with what this daemon wrote
+	// RingFull counts records a session journaled through a segment
+	// because the journal's ring was full: each made that session wait
+	// for a file write.
+	RingFull int64 `json:"ring_full,omitempty"`
 }
 
 // Writer is the session.Sink that records to the audit store.
@@ -549,6 +572,13 @@ func (w *Writer) ship(ctx context.Context) error {
 		if err := w.j.sync(); err != nil {
 			w.log.Error("audit: fsync journal", "err", err)
 		}
+		if w.opts.Bench.Store {
+			w.mu.Lock()
+			w.stored = w.j.lastSeq()
+			w.mu.Unlock()
+			w.settle(false)
+			return nil
+		}
 		if !w.isUp() {
 			if err := w.sync(ctx); err != nil {
 				w.setDown(err)
@@ -628,6 +658,12 @@ func (w *Writer) settle(force bool) {
 		return
 	}
 	w.settled = time.Now()
+	if w.opts.Bench.Store || w.opts.Bench.StoreSync {
+		// Benchmark: nothing to make durable, or not made durable.
+		w.noted = w.stored
+		w.j.release(w.stored)
+		return
+	}
 	if err := w.store.durable(); err != nil {
 		w.log.Error("audit: sync the store", "err", err)
 		return
@@ -671,6 +707,9 @@ func (w *Writer) closeInterrupted(ctx context.Context) error {
 
 // checkpoint signs the head of the chain when one is due (or force).
 func (w *Writer) checkpoint(ctx context.Context, force bool) {
+	if w.opts.Bench.Store {
+		return // nothing stored to sign
+	}
 	if w.stored == 0 || w.stored == w.lastCP.Seq || (!force && time.Now().Before(w.cpDue)) {
 		return
 	}
@@ -789,6 +828,7 @@ func (w *Writer) Status() Status {
 	written := w.j.lastSeq()
 	st := Status{Store: w.store.Name(), Daemon: w.daemon, KeyID: w.sig.id, Written: written, Stored: w.stored,
 		Spooled: written - w.stored, SpoolBytes: w.j.bytes(), SpoolMax: w.opts.SpoolMax, Reachable: w.reachable,
-		Error: w.lastErr, DownSince: w.downSince, CheckpointSeq: w.lastCP.Seq, CheckpointTime: w.lastCP.Time, Problem: w.problem}
+		Error: w.lastErr, DownSince: w.downSince, CheckpointSeq: w.lastCP.Seq, CheckpointTime: w.lastCP.Time, Problem: w.problem,
+		RingFull: w.j.ringFull.Load()}
 	return st
 }

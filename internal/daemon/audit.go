@@ -34,6 +34,7 @@ func (d *Daemon) openAudit(ctx context.Context) error {
 		Retention:          time.Duration(a.RetentionDays) * 24 * time.Hour,
 		SpoolMax:           int64(a.SpoolMaxMB) << 20,
 		Logger:             d.log,
+		Bench:              benchAuditSkip(),
 	})
 	if err != nil {
 		return fmt.Errorf("open the audit record: %w", err)

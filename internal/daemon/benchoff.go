@@ -1,20 +1,43 @@
 package daemon
 
 import (
+	"context"
+	"errors"
+	"fmt"
 	"log/slog"
+	"net"
+	"net/http"
+	"net/http/pprof"
 	"os"
+	"path/filepath"
+	"runtime"
 	"strings"
+	"time"
+
+	"github.com/airlockhq/airlock/internal/audit"
 )
 
 // benchOffEnv names the parts of the data path a benchmark runs without,
 // comma-separated: "guard" (the SQL policy stage) and "audit" (statement
 // and session events go to the log only, not to the audit record, and no
-// result samples are taken). It
-// exists so tests/bench can measure what each costs against the same
+// result samples are taken). Between recording off and on, a ladder of
+// steps, each doing all the work of the one before it:
+//
+//	record     result samples are taken as for recording, events go to the log only
+//	ship       recorded into the journal (ring, segments, fsync); the shipper
+//	           releases records without reading, chaining or storing them
+//	storesync  shipped and stored, the store never made durable
+//
+// It exists so tests/bench can measure what each costs against the same
 // daemon with it on, in the same run; no configuration file can turn these
 // off, and only whoever starts airlockd (root) sets its environment. Every
-// part turned off is logged as a warning at start.
+// part turned off is logged as a warning at start. The record a daemon
+// keeps with "ship" or "storesync" does not verify.
 const benchOffEnv = "AIRLOCK_BENCH_OFF"
+
+// benchParts are the parts benchOffEnv can name, in the order they are
+// reported.
+var benchParts = []string{"guard", "audit", "record", "ship", "storesync"}
 
 // benchOff reports whether the benchmark turned part off.
 func benchOff(part string) bool {
@@ -29,7 +52,7 @@ func benchOff(part string) bool {
 // benchOffParts lists the parts turned off, for the log and `airlock status`.
 func benchOffParts() []string {
 	var off []string
-	for _, p := range []string{"guard", "audit"} {
+	for _, p := range benchParts {
 		if benchOff(p) {
 			off = append(off, p)
 		}
@@ -43,13 +66,86 @@ func warnBenchOff(log *slog.Logger) {
 	}
 }
 
+// benchRecords reports whether session and statement events go to the
+// audit record.
+func benchRecords() bool {
+	return !benchOff("audit") && !benchOff("record")
+}
+
+// benchAuditSkip is the steps of recording the audit writer leaves out.
+func benchAuditSkip() audit.BenchSkip {
+	return audit.BenchSkip{Store: benchOff("ship"), StoreSync: benchOff("storesync")}
+}
+
 // benchSamples is the result sample bounds a session gets: none with
 // recording off. A sample only ever goes into the audit record, so taking
 // one that is not recorded would make "recording off" pay for part of
 // recording, and the on/off comparison would not measure recording alone.
+// The "record" step takes them, to measure the sampler alone.
 func benchSamples(rows, bytes int) (int, int) {
 	if benchOff("audit") {
 		return 0, 0
 	}
 	return rows, bytes
+}
+
+// benchProfileEnv, set to a folder, makes airlockd record lock contention
+// and blocking and serve Go's profiles on a unix socket there
+// (pprof.sock: `curl --unix-socket DIR/pprof.sock
+// http://x/debug/pprof/mutex?seconds=10`), for a benchmark to see where
+// the data path waits. Only root, starting airlockd, sets it; the socket
+// is root's only.
+const benchProfileEnv = "AIRLOCK_BENCH_PROFILE"
+
+// benchProfileRates: one contention event in mutexFraction is recorded,
+// and a blocking event about every blockRate nanoseconds blocked. Sampled,
+// so that profiling changes the figures it explains as little as it can.
+const (
+	mutexFraction = 5
+	blockRate     = 10000
+)
+
+// serveBenchProfile serves the profiles until ctx is done, when
+// benchProfileEnv is set.
+func serveBenchProfile(ctx context.Context, log *slog.Logger) (func(), error) {
+	dir := os.Getenv(benchProfileEnv)
+	if dir == "" {
+		return func() {}, nil
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("create the profile folder: %w", err)
+	}
+	path := filepath.Join(dir, "pprof.sock")
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("remove an old profile socket: %w", err)
+	}
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("listen for profiles: %w", err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("restrict the profile socket: %w", err)
+	}
+	runtime.SetMutexProfileFraction(mutexFraction)
+	runtime.SetBlockProfileRate(blockRate)
+	log.Warn("benchmark setting: serving Go profiles", "env", benchProfileEnv, "socket", path)
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Warn("profile server stopped", "err", err)
+		}
+	}()
+	stop := context.AfterFunc(ctx, func() { _ = srv.Close() })
+	return func() {
+		stop()
+		_ = srv.Close()
+		<-done
+		_ = os.Remove(path)
+	}, nil
 }

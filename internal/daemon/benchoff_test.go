@@ -2,45 +2,46 @@ package daemon
 
 import (
 	"log/slog"
+	"slices"
 	"testing"
 
+	"github.com/airlockhq/airlock/internal/audit"
 	"github.com/airlockhq/airlock/internal/config"
 	"github.com/airlockhq/airlock/internal/upstream"
 )
 
 func TestBenchOff(t *testing.T) {
 	tests := []struct {
-		env         string
-		guard, audt bool
+		env     string
+		off     []string
+		records bool
+		skip    audit.BenchSkip
 	}{
-		{"", false, false},
-		{"guard", true, false},
-		{"audit", false, true},
-		{"guard, audit", true, true},
-		{"guardrails,auditing", false, false}, // whole names only
+		{"", nil, true, audit.BenchSkip{}},
+		{"guard", []string{"guard"}, true, audit.BenchSkip{}},
+		{"audit", []string{"audit"}, false, audit.BenchSkip{}},
+		{"guard, audit", []string{"guard", "audit"}, false, audit.BenchSkip{}},
+		{"record", []string{"record"}, false, audit.BenchSkip{}},
+		{"ship", []string{"ship"}, true, audit.BenchSkip{Store: true}},
+		{"storesync", []string{"storesync"}, true, audit.BenchSkip{StoreSync: true}},
+		{"storesync,ship", []string{"ship", "storesync"}, true, audit.BenchSkip{Store: true, StoreSync: true}},
+		{"guardrails,auditing,shipper", nil, true, audit.BenchSkip{}}, // whole names only
 	}
 	for _, tc := range tests {
 		t.Run(tc.env, func(t *testing.T) {
 			t.Setenv(benchOffEnv, tc.env)
-			if got := benchOff("guard"); got != tc.guard {
-				t.Errorf("guard off = %v, want %v", got, tc.guard)
-			}
-			if got := benchOff("audit"); got != tc.audt {
-				t.Errorf("audit off = %v, want %v", got, tc.audt)
-			}
 			// What status shows is what is off.
-			if got := len(benchOffParts()); got != b2i(tc.guard)+b2i(tc.audt) {
-				t.Errorf("status lists %d parts off, want %d", got, b2i(tc.guard)+b2i(tc.audt))
+			if got := benchOffParts(); !slices.Equal(got, tc.off) {
+				t.Errorf("parts off %q, want %q", got, tc.off)
+			}
+			if got := benchRecords(); got != tc.records {
+				t.Errorf("events recorded = %v, want %v", got, tc.records)
+			}
+			if got := benchAuditSkip(); got != tc.skip {
+				t.Errorf("audit skips %+v, want %+v", got, tc.skip)
 			}
 		})
 	}
-}
-
-func b2i(b bool) int {
-	if b {
-		return 1
-	}
-	return 0
 }
 
 // TestBenchOffAuditSamples: with recording off the router gives sessions
@@ -56,6 +57,10 @@ func TestBenchOffAuditSamples(t *testing.T) {
 		{"guard", rows, bytes},
 		{"audit", 0, 0},
 		{"guard,audit", 0, 0},
+		// The ladder's steps above "audit" all sample, as recording does.
+		{"record", rows, bytes},
+		{"ship", rows, bytes},
+		{"storesync", rows, bytes},
 	}
 	for _, tc := range tests {
 		t.Run(tc.env, func(t *testing.T) {

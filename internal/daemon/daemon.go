@@ -213,9 +213,14 @@ func (d *Daemon) start(ctx context.Context) error {
 	d.closers = append(d.closers, d.watch(context.WithoutCancel(ctx), q.Run))
 	sink := session.Fanout{d.audit, q}
 	warnBenchOff(d.log)
-	if benchOff("audit") {
+	if !benchRecords() {
 		sink = session.Fanout{q}
 	}
+	stopProfile, err := serveBenchProfile(ctx, d.log)
+	if err != nil {
+		return err
+	}
+	d.closers = append(d.closers, stopProfile)
 	if err := d.startApprovals(ctx, sink); err != nil {
 		return fmt.Errorf("set up approvals: %w", err)
 	}

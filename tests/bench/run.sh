@@ -41,6 +41,7 @@
 #   BENCH_HOLD [""]           1: set everything up, then wait (to profile by hand);
 #                              BENCH_HOLD_BIN, _ENV, _OFF, _PGSTORE: a further daemon (below);
 #                              BENCH_HOLD_PGCONF: one more postgresql.conf line
+#                              BENCH_HOLD_LADDER: recording's steps, one daemon each (below)
 #                              BENCH_HOLD_YAML: config lines for that further daemon (e.g. the
 #                              masking rules, to compare two builds masked)
 # Runs as root. Everything it creates (namespace, cgroups, pins, servers,
@@ -371,6 +372,19 @@ if [ -n "${BENCH_HOLD:-}" ] && has_feature audit; then
     fi
     DAEMON_ENV=${BENCH_HOLD_ENV:-} DAEMON_BIN=${BENCH_HOLD_BIN:-} start_daemon airlock-env "" $((p += 1)) "${BENCH_HOLD_OFF-audit}" "$ENV_YAML"
   fi
+  # BENCH_HOLD_LADDER="audit record ship storesync none": one daemon per
+  # AIRLOCK_BENCH_OFF step of recording (internal/daemon/benchoff.go;
+  # "none": recording on), named airlock-l-STEP, all started alike (with
+  # BENCH_HOLD_LADDER_ENV, e.g. GODEBUG=gctrace=1), so that the ladder is
+  # measured against itself. BENCH_HOLD_PROFILE=1: each serves Go's
+  # profiles on $DIR/prof-airlock-l-STEP/pprof.sock.
+  for step in ${BENCH_HOLD_LADDER:-}; do
+    off=$step
+    [ "$step" = none ] && off=""
+    prof=""
+    [ -n "${BENCH_HOLD_PROFILE:-}" ] && prof=AIRLOCK_BENCH_PROFILE=$DIR/prof-airlock-l-$step
+    DAEMON_ENV="${BENCH_HOLD_LADDER_ENV:-} $prof" start_daemon "airlock-l-$step" "" $((p += 1)) "$off"
+  done
 fi
 PATHS+=$(cat <<JSON
 
