@@ -410,11 +410,13 @@ func TestUnsettledBlocksKeptWithoutTheirJournal(t *testing.T) {
 	}
 }
 
-// Appends written directly (O_DIRECT: each rewrites the file's last
-// partial page and pads to a page) leave the files exactly as appends
+// Appends written directly (O_DIRECT, blocks of directMin or more: each
+// rewrites the file's last partial page and pads to a page), mixed with
+// small ones through the page cache, leave the files exactly as appends
 // through the page cache did: every block's text where its reference
-// says, nothing after the last, across rolls and a restart that takes up
-// a file whose end is not on a page.
+// says, and after a settle (sync) or closing nothing after the last,
+// across rolls and a restart that takes up a file whose end is not on a
+// page.
 func TestBlockFileDirectAppends(t *testing.T) {
 	rnd := rand.New(rand.NewPCG(9, 11))
 	for _, tc := range []struct {
@@ -422,8 +424,9 @@ func TestBlockFileDirectAppends(t *testing.T) {
 		sizes []int
 	}{
 		{"small blocks within a page", []int{1, 2, 100, 3000, 990}},
-		{"page-sized and around", []int{4095, 1, 4096, 4097, 8191, 2}},
-		{"large blocks", []int{3 << 20, 12345, 1 << 20}},
+		{"small ones around pages", []int{4095, 1, 4096, 4097, 8191, 2}},
+		{"direct between small ones", []int{4095, directMin + 1, 1, 4096, directMin, 3, directMin + 4095, 2, directMin}},
+		{"direct ones", []int{3 << 20, directMin + 12345, directMin, directMin + 1, 5 << 20}},
 		{"one byte at a time", []int{1, 1, 1, 1, 1, 1, 1}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -470,6 +473,19 @@ func TestBlockFileDirectAppends(t *testing.T) {
 				want[ref.name] = append(want[ref.name], text...)
 				newest = ref.name
 				refs, texts = append(refs, ref), append(texts, text)
+				if i%3 == 2 {
+					// A settle: the file ends where its blocks do.
+					if err := f.sync(); err != nil {
+						t.Fatal(err)
+					}
+					fi, err := os.Stat(filepath.Join(dir, ref.name))
+					if err != nil {
+						t.Fatal(err)
+					}
+					if fi.Size() != int64(len(want[ref.name])) {
+						t.Fatalf("after a settle, block file %s is %d bytes, its blocks %d", ref.name, fi.Size(), len(want[ref.name]))
+					}
+				}
 			}
 			for name, w := range want {
 				got, err := os.ReadFile(filepath.Join(dir, name))
