@@ -15,7 +15,9 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
+	"unsafe"
 )
 
 // The embedded store keeps each block's text out of SQLite: SQLite passed
@@ -50,6 +52,7 @@ type blockFiles struct {
 	chains map[string]*chainFiles // by daemon
 	now    func() time.Time
 	closed bool
+	dbuf   []byte // writeDirect's, page-aligned
 }
 
 // chainFiles is where one daemon's blocks are appended.
@@ -63,6 +66,16 @@ type chainFiles struct {
 	size   int64  // bytes of cur that are in use
 	dirty  bool   // cur written since it was last synced
 	lastN  int    // the highest counter of the chain's files
+
+	// dio is cur opened again with O_DIRECT (nil where the file system
+	// refuses it): large appends go through it, not the page cache (see
+	// writeDirect). tail is cur's bytes from the last dioAlign boundary
+	// to size, which the next direct append writes again; padded is
+	// whether cur holds a direct write's zero padding after size, which
+	// cutPadding removes.
+	dio    *os.File
+	tail   []byte
+	padded bool
 }
 
 func newBlockFiles(dir string) *blockFiles {
@@ -133,6 +146,7 @@ func (f *blockFiles) prepare(ctx context.Context, daemon string, c *chainFiles, 
 	if c.ready && !c.redo {
 		return nil
 	}
+	c.closeDirect()
 	if c.cur != nil {
 		_ = c.cur.Close()
 		c.cur = nil
@@ -194,7 +208,7 @@ func (f *blockFiles) prepare(ctx context.Context, daemon string, c *chainFiles, 
 	}
 	c.cur, c.name, c.day, c.size, c.dirty = fh, last, day, e, false
 	c.ready, c.redo = true, false
-	return nil
+	return c.openDirect(filepath.Join(f.dir, last))
 }
 
 func (f *blockFiles) today() string { return f.now().UTC().Format("20060102") }
@@ -227,11 +241,15 @@ func (f *blockFiles) list(prefix string) ([]string, error) {
 // roll syncs and closes the chain's current file and makes the next one.
 func (f *blockFiles) roll(c *chainFiles) error {
 	if c.cur != nil {
+		if err := c.cutPadding(); err != nil {
+			return err
+		}
 		if c.dirty {
 			if err := c.cur.Sync(); err != nil {
 				return fmt.Errorf("sync block file %s: %w", c.name, err)
 			}
 		}
+		c.closeDirect()
 		if err := c.cur.Close(); err != nil {
 			return fmt.Errorf("close block file %s: %w", c.name, err)
 		}
@@ -251,7 +269,7 @@ func (f *blockFiles) roll(c *chainFiles) error {
 	}
 	c.lastN++
 	c.cur, c.name, c.day, c.size, c.dirty = fh, name, day, 0, false
-	return nil
+	return c.openDirect(filepath.Join(f.dir, name))
 }
 
 func syncDir(dir string) error {
@@ -307,12 +325,138 @@ func (f *blockFiles) write(ctx context.Context, daemon string, end endsFunc, tex
 	}
 	ref := fileRef{name: c.name, off: c.size, length: int64(len(text)), sum: textSum(text)}
 	c.dirty = true
-	if _, err := c.cur.WriteAt(text, c.size); err != nil {
+	var err error
+	if c.dio != nil && len(text) >= directMin {
+		err = f.writeDirect(c, text)
+	} else if _, err = c.cur.WriteAt(text, c.size); err == nil && c.dio != nil {
+		c.keepTail(text)
+	}
+	if err != nil {
 		c.redo = true
 		return fileRef{}, fmt.Errorf("append to block file %s: %w", c.name, err)
 	}
 	c.size += int64(len(text))
 	return ref, nil
+}
+
+// dioAlign is what O_DIRECT asks a write's offset, length and memory to
+// be multiples of: a page, which covers every device's logical block.
+const dioAlign = 4096
+
+// Appending a large block's text through the page cache cost the shipper
+// more than anything else it does with a sampled record: the kernel takes
+// a fresh page for every 4 KiB and copies into it, and its writeback
+// handles each page again later; about 0.3 to 1 ns of CPU a byte here
+// against 0.1 for a direct write, which the device reads from the
+// shipper's own buffer (docs/AUDIT.md, Cost). A direct write has a fixed
+// cost (the wait for the device, its submission), so small blocks still
+// go through the page cache (directMin). What is durable when does not
+// change: a direct write is on the device when it returns (a kill -9
+// leaves it there, as it left the page cache), and sync's fsync still
+// makes every append survive a power loss, at the same points. Readers
+// keep reading through the page cache, which the kernel keeps coherent
+// with direct writes.
+
+// directMin is the smallest block text appended with a direct write: a
+// shipment of 2,000 pgbench statements is about 0.9 MB, of sampled 20-row
+// statements 3.6 MB.
+const directMin = 1 << 20
+
+// openDirect opens the chain's current file again for direct appends,
+// and reads its tail. A file system that refuses O_DIRECT (tmpfs of old
+// kernels) is appended to through the page cache, as before.
+func (c *chainFiles) openDirect(path string) error {
+	c.closeDirect()
+	fh, err := os.OpenFile(path, os.O_WRONLY|syscall.O_DIRECT, 0)
+	if err != nil {
+		if errors.Is(err, syscall.EINVAL) {
+			return nil
+		}
+		return fmt.Errorf("open block file %s for direct writes: %w", c.name, err)
+	}
+	start := c.size &^ (dioAlign - 1)
+	tail := make([]byte, c.size-start, dioAlign)
+	if _, err := c.cur.ReadAt(tail, start); err != nil {
+		fh.Close()
+		return fmt.Errorf("read the end of block file %s: %w", c.name, err)
+	}
+	c.dio, c.tail, c.padded = fh, tail, false
+	return nil
+}
+
+// closeDirect closes the direct handle: cur stays, and appends go through
+// it until openDirect.
+func (c *chainFiles) closeDirect() {
+	if c.dio != nil {
+		_ = c.dio.Close()
+	}
+	c.dio, c.tail = nil, nil
+}
+
+// keepTail notes the file's new last partial page after text was
+// appended at c.size.
+func (c *chainFiles) keepTail(text []byte) {
+	t := int((c.size + int64(len(text))) & (dioAlign - 1))
+	if len(text) >= t {
+		c.tail = append(c.tail[:0], text[len(text)-t:]...)
+		return
+	}
+	c.tail = append(c.tail, text...)
+}
+
+// writeDirect appends text at c.size with a direct write: the last
+// partial page again (c.tail), then text, padded with zeros to a page, in
+// one pwrite from a page-aligned buffer. The padding stays after the
+// end until cutPadding (a settle, a roll, closing): cutting it at every
+// append made ext4 read the last block back from the device to zero its
+// end. Nothing reads a file past the blocks its rows index, and a start
+// cuts a file back to them (prepare). A file system that refuses the
+// write (EINVAL: an alignment it does not take) is appended to through
+// the page cache from then on.
+func (f *blockFiles) writeDirect(c *chainFiles, text []byte) error {
+	start := c.size &^ (dioAlign - 1)
+	n := len(c.tail) + len(text)
+	buf := f.scratch((n + dioAlign - 1) &^ (dioAlign - 1))
+	copy(buf, c.tail)
+	copy(buf[len(c.tail):], text)
+	clear(buf[n:])
+	if _, err := c.dio.WriteAt(buf, start); err != nil {
+		if errors.Is(err, syscall.EINVAL) {
+			c.closeDirect()
+			_, err = c.cur.WriteAt(text, c.size)
+		}
+		return err
+	}
+	c.padded = c.padded || len(buf) > n
+	c.tail = append(c.tail[:0], buf[n&^(dioAlign-1):n]...)
+	return nil
+}
+
+// cutPadding cuts cur back to its blocks' end after direct writes.
+func (c *chainFiles) cutPadding() error {
+	if !c.padded {
+		return nil
+	}
+	if err := c.cur.Truncate(c.size); err != nil {
+		return fmt.Errorf("cut block file %s back to its end: %w", c.name, err)
+	}
+	c.padded = false
+	return nil
+}
+
+// scratch is a page-aligned buffer of n bytes, kept for the next block
+// while blocks are no larger than maxKeptBuf.
+func (f *blockFiles) scratch(n int) []byte {
+	if cap(f.dbuf) < n {
+		b := make([]byte, n+n/4+dioAlign)
+		off := int(-uintptr(unsafe.Pointer(unsafe.SliceData(b)))) & (dioAlign - 1)
+		b = b[off : off+n+n/4]
+		if n > maxKeptBuf {
+			return b[:n]
+		}
+		f.dbuf = b
+	}
+	return f.dbuf[:n]
 }
 
 // current is the file daemon's blocks are appended to ("" before the
@@ -347,6 +491,9 @@ func (f *blockFiles) sync() error {
 		if c.cur == nil || !c.dirty {
 			continue
 		}
+		if err := c.cutPadding(); err != nil {
+			return err
+		}
 		if err := c.cur.Sync(); err != nil {
 			return fmt.Errorf("sync block file %s: %w", c.name, err)
 		}
@@ -361,6 +508,10 @@ func (f *blockFiles) close() error {
 	f.closed = true
 	var errs []error
 	for _, c := range f.chains {
+		if c.cur != nil {
+			errs = append(errs, c.cutPadding())
+		}
+		c.closeDirect()
 		if c.cur != nil {
 			errs = append(errs, c.cur.Close())
 			c.cur = nil
