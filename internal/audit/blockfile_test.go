@@ -325,7 +325,12 @@ func TestRetentionRemovesPrunedBlockFiles(t *testing.T) {
 		t.Fatalf("%d block files, want one a day (3)", n)
 	}
 	// Everything is older than now: all but what the last checkpoint
-	// leaves goes, and with it every file whose blocks all went.
+	// leaves goes, and with it every file whose blocks all went but the
+	// one being appended to. The prune's own record, shipped in the
+	// background, may start the next day's file meanwhile: the file that
+	// was current when pruning began may then be left empty (until the
+	// next pruning), and so may the new one.
+	appending := w.store.files.current(w.Daemon())
 	n, err := w.Prune(ctx, time.Now().Add(time.Hour))
 	if err != nil || n == 0 {
 		t.Fatalf("prune: %d %v", n, err)
@@ -333,7 +338,8 @@ func TestRetentionRemovesPrunedBlockFiles(t *testing.T) {
 	left := files()
 	used := indexedBytes(t, w.store)
 	for _, f := range left {
-		if _, ok := used[filepath.Base(f)]; !ok && filepath.Base(f) != w.store.files.current(w.Daemon()) {
+		b := filepath.Base(f)
+		if _, ok := used[b]; !ok && b != appending && b != w.store.files.current(w.Daemon()) {
 			t.Fatalf("block file %s kept with no block in it", f)
 		}
 	}
