@@ -7,10 +7,10 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/http/pprof"
 	"os"
 	"path/filepath"
 	"runtime"
+	"runtime/pprof"
 	"strings"
 	"time"
 
@@ -92,8 +92,9 @@ func benchSamples(rows, bytes int) (int, int) {
 // benchProfileEnv, set to a folder, makes airlockd record lock contention
 // and blocking and serve Go's profiles on a unix socket there
 // (pprof.sock: `curl --unix-socket DIR/pprof.sock
-// http://x/debug/pprof/mutex?seconds=10`), for a benchmark to see where
-// the data path waits. Only root, starting airlockd, sets it; the socket
+// http://x/debug/pprof/mutex`: the profile since start; take two and
+// compare them with `go tool pprof -base` for a window), for a benchmark
+// to see where the data path waits. Only root, starting airlockd, sets it; the socket
 // is root's only.
 const benchProfileEnv = "AIRLOCK_BENCH_PROFILE"
 
@@ -130,10 +131,7 @@ func serveBenchProfile(ctx context.Context, log *slog.Logger) (func(), error) {
 	runtime.SetMutexProfileFraction(mutexFraction)
 	runtime.SetBlockProfileRate(blockRate)
 	log.Warn("benchmark setting: serving Go profiles", "env", benchProfileEnv, "socket", path)
-	mux := http.NewServeMux()
-	mux.HandleFunc("/debug/pprof/", pprof.Index)
-	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: http.HandlerFunc(serveNamedProfile), ReadHeaderTimeout: 10 * time.Second}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -148,4 +146,20 @@ func serveBenchProfile(ctx context.Context, log *slog.Logger) (func(), error) {
 		<-done
 		_ = os.Remove(path)
 	}, nil
+}
+
+// serveNamedProfile writes the runtime profile a request names
+// (/debug/pprof/mutex, block, goroutine, heap, ...). It is not
+// net/http/pprof: importing that registers its handlers on
+// http.DefaultServeMux, where any later listener that serves the default
+// mux (a metrics port, say) would hand them to every local process.
+func serveNamedProfile(w http.ResponseWriter, r *http.Request) {
+	name, ok := strings.CutPrefix(r.URL.Path, "/debug/pprof/")
+	p := pprof.Lookup(name)
+	if !ok || p == nil {
+		http.Error(w, "no such profile: ask for /debug/pprof/mutex, block, goroutine, heap, allocs or threadcreate", http.StatusNotFound)
+		return
+	}
+	w.Header().Set("Content-Type", "application/octet-stream")
+	_ = p.WriteTo(w, 0)
 }

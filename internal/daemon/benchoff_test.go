@@ -1,7 +1,15 @@
 package daemon
 
 import (
+	"context"
+	"errors"
+	"io"
 	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"slices"
 	"testing"
 
@@ -75,5 +83,64 @@ func TestBenchOffAuditSamples(t *testing.T) {
 				t.Errorf("sample bounds %d rows, %d bytes; want %d, %d", r.sampleRows, r.sampleBytes, tc.wantRows, tc.wantBy)
 			}
 		})
+	}
+}
+
+// The benchmark's profile socket serves the runtime's named profiles to
+// root only, and leaves http.DefaultServeMux empty: a listener serving
+// the default mux must never hand profiles to the agent.
+func TestBenchProfileSocket(t *testing.T) {
+	dir := t.TempDir()
+	t.Setenv(benchProfileEnv, dir)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	stop, err := serveBenchProfile(ctx, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stop()
+	sock := filepath.Join(dir, "pprof.sock")
+	fi, err := os.Stat(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() != 0o600 {
+		t.Fatalf("socket mode %v, want 0600", fi.Mode().Perm())
+	}
+	c := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", sock)
+	}}}
+	for _, tc := range []struct {
+		path string
+		code int
+	}{
+		{"/debug/pprof/mutex", http.StatusOK},
+		{"/debug/pprof/block", http.StatusOK},
+		{"/debug/pprof/goroutine", http.StatusOK},
+		{"/debug/pprof/nothing", http.StatusNotFound},
+		{"/debug/pprof/", http.StatusNotFound},
+		{"/elsewhere", http.StatusNotFound},
+	} {
+		resp, err := c.Get("http://airlockd" + tc.path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != tc.code {
+			t.Fatalf("%s: status %d, want %d", tc.path, resp.StatusCode, tc.code)
+		}
+		// A profile is gzipped protobuf.
+		if tc.code == http.StatusOK && (len(body) < 2 || body[0] != 0x1f || body[1] != 0x8b) {
+			t.Fatalf("%s: %d bytes, not a gzipped profile", tc.path, len(body))
+		}
+	}
+	req := httptest.NewRequest("GET", "/debug/pprof/goroutine", nil)
+	if _, pattern := http.DefaultServeMux.Handler(req); pattern != "" {
+		t.Fatalf("http.DefaultServeMux serves %q", pattern)
+	}
+	stop()
+	if _, err := os.Stat(sock); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("socket left after stop: %v", err)
 	}
 }
