@@ -252,10 +252,13 @@ func TestVerifyCatchesTampering(t *testing.T) {
 	}
 	for _, sk := range stores(t) {
 		for _, tc := range cases {
+			if sk.name != "sqlite" && (strings.Contains(tc.name, "file") || strings.Contains(tc.name, "rows")) {
+				// Block files exist only in the embedded store: the team
+				// store keeps its text inline, so these tamperings have
+				// nothing to act on there (not a skip: no such case).
+				continue
+			}
 			t.Run(sk.name+"/"+tc.name, func(t *testing.T) {
-				if sk.name != "sqlite" && (strings.Contains(tc.name, "file") || strings.Contains(tc.name, "rows")) {
-					t.Skip("the team store keeps its text inline")
-				}
 				spec, pw := sk.open(t)
 				state := t.TempDir()
 				w, cancel, done := openWriter(t, state, spec, pw, Policy{})
