@@ -187,14 +187,6 @@ func (c Column) Masks() bool { return c.whole > 0 || c.plan != nil }
 // opposed to read by detectors.
 func (c Column) Whole() bool { return c.whole > 0 }
 
-// Resizes says whether the column's masked values seldom keep their length:
-// masked whole by a rule that writes a hash, a marker, a fake or NULL
-// rather than starring the value (partial). A row walk builds the row anew
-// from such a value on instead of trying it in place first.
-func (c Column) Resizes() bool {
-	return c.whole > 0 && c.m.rs.rules[c.whole-1].strat != sPartial
-}
-
 // JSON returns c for a json or jsonb column: replacements that land
 // outside a JSON string, and whole values, are written as JSON strings so
 // the document stays valid.

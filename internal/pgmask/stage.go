@@ -177,9 +177,6 @@ type field struct {
 	// acts is null or col.Masks(): the row walk looks at this value.
 	// Decided with the description, not per row.
 	acts bool
-	// resizes: col.Resizes(), the row is rebuilt from this value on
-	// rather than tried in place.
-	resizes bool
 }
 
 // New returns the stage for a session with masker m (nil when m is Empty:
@@ -528,7 +525,6 @@ func (s *Stage) describe(body []byte) ([]field, bool) {
 			f.col = f.col.JSON()
 		}
 		f.acts = f.null || f.col.Masks()
-		f.resizes = !f.null && f.col.Resizes()
 		out = append(out, f)
 	})
 	if !failed && len(out) > 0 {
@@ -652,14 +648,11 @@ func (s *Stage) row(m *pgwire.ServerMsg) []byte {
 	if n != len(cur) {
 		return s.failRow(m, "does not match its description")
 	}
-	// out is started at the first value whose length changes, or at the
-	// first of a column whose masked values seldom keep theirs (a keyed
-	// hash, a marker); copied is how much of body it has (the rest goes at
-	// the end). Once it is started, values are masked straight into it
-	// behind their length word: no copy through s.vbuf. The walk ends at
-	// the last value that can change: what follows goes as it is, so its
-	// length words are the client's to read, as they are for a result with
-	// nothing to mask.
+	// out is started at the first value whose length changes; copied is
+	// how much of body it has (the rest goes at the end). The walk ends
+	// at the last value that can change: what follows goes as it is, so
+	// its length words are the client's to read, as they are for a
+	// result with nothing to mask.
 	var out []byte
 	started := false
 	copied := 0
@@ -690,36 +683,7 @@ func (s *Stage) row(m *pgwire.ServerMsg) []byte {
 		}
 		v := body[p : p+l]
 		p += l
-		if !started && f.resizes {
-			out = append(s.buf[:0], 'D', 0, 0, 0, 0)
-			started = true
-		}
 		var r mask.Result
-		if started {
-			out = append(out, body[copied:at]...)
-			lw := len(out)
-			var masked []byte
-			masked, r = s.maskValue(f, append(out, 0, 0, 0, 0), v)
-			if s.orig != nil && r != mask.Unchanged {
-				var kept []byte
-				if r == mask.Masked {
-					kept = masked[lw+4:]
-				}
-				s.orig.keep(i, f, v, kept)
-			}
-			switch r {
-			case mask.Unchanged:
-				out, copied = out[:lw], at // the value goes from body
-				continue
-			case mask.Masked:
-				out = masked
-				binary.BigEndian.PutUint32(out[lw:], uint32(len(out)-lw-4))
-			default:
-				out = append(out[:lw], 0xff, 0xff, 0xff, 0xff)
-			}
-			copied = p
-			continue
-		}
 		s.vbuf, r = s.maskValue(f, s.vbuf[:0], v)
 		if s.orig != nil && r != mask.Unchanged {
 			kept := s.vbuf
@@ -739,8 +703,10 @@ func (s *Stage) row(m *pgwire.ServerMsg) []byte {
 			copy(v, s.vbuf) // in place: the row keeps its length
 			continue
 		}
-		out = append(s.buf[:0], 'D', 0, 0, 0, 0)
-		started = true
+		if !started {
+			out = append(s.buf[:0], 'D', 0, 0, 0, 0)
+			started = true
+		}
 		out = append(out, body[copied:at]...)
 		if r == mask.Masked {
 			out = appendValue(out, s.vbuf)
