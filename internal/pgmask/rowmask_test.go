@@ -42,14 +42,7 @@ rules:
 // them: the row walk may write in place, build the row anew or switch from
 // one to the other in the middle of a row, and none of it may show.
 func TestRowEachStrategy(t *testing.T) {
-	var pol mask.Policy
-	if err := yamlStrict(rowRules, &pol); err != nil {
-		t.Fatal(err)
-	}
-	rs, err := mask.Compile(pol, bytes.Repeat([]byte("k"), 32))
-	if err != nil {
-		t.Fatal(err)
-	}
+	rs := compileRules(t, rowRules)
 	subject := mask.Subject{Process: "agent"}
 	names := []string{"", "hashed", "starred", "redacted", "nulled", "plain"}
 	cat := fixedCatalog{}
