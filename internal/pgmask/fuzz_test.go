@@ -27,15 +27,22 @@ func (c fixedCatalog) Resolve(_ context.Context, _ string, attrs []Attr) (map[At
 	return out, nil
 }
 
-func fuzzStage(t testing.TB) *Stage {
+// compileRules compiles a policy's YAML under the tests' masking key.
+func compileRules(t testing.TB, yaml string) *mask.RuleSet {
+	t.Helper()
 	var pol mask.Policy
-	if err := yamlStrict(policyYAML, &pol); err != nil {
+	if err := yamlStrict(yaml, &pol); err != nil {
 		t.Fatal(err)
 	}
 	rs, err := mask.Compile(pol, bytes.Repeat([]byte("k"), 32))
 	if err != nil {
 		t.Fatal(err)
 	}
+	return rs
+}
+
+func fuzzStage(t testing.TB) *Stage {
+	rs := compileRules(t, policyYAML)
 	cat := fixedCatalog{{1, 1}: {{Schema: "public", Table: "users", Column: "email"}}, {1, 2}: {{Schema: "public", Table: "users", Column: "plan"}}}
 	return New(rs.ForSubject(mask.Subject{Process: "agent"}), cat, session.New(nil), nil)
 }

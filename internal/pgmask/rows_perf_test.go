@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -81,6 +82,20 @@ VACUUM ANALYZE bench_people;`)
 		sample  int
 	}
 	configs := []config{{"plain", false, 0}, {"plain+sample", false, 10}, {"masked", true, 0}, {"masked+sample", true, 10}}
+	if only := os.Getenv("AIRLOCK_PERF_CONFIGS"); only != "" {
+		// Some of them only ("masked+sample"), so that a profile of the
+		// process (perf record -p) is of one configuration.
+		var some []config
+		for _, c := range configs {
+			if slices.Contains(strings.Split(only, ","), c.name) {
+				some = append(some, c)
+			}
+		}
+		if len(some) == 0 {
+			t.Fatalf("AIRLOCK_PERF_CONFIGS=%q names none of the configurations", only)
+		}
+		configs = some
+	}
 	urls := make([]string, len(configs))
 	for i, c := range configs {
 		p, err := pgwire.New(pgwire.Options{
@@ -122,7 +137,7 @@ VACUUM ANALYZE bench_people;`)
 	if seconds == "" {
 		seconds = "5"
 	}
-	run := func(u string) (cpuPerTx, tps float64) {
+	run := func(u string) (cpuPerTx, userPerTx, tps float64) {
 		var before, after syscall.Rusage
 		_ = syscall.Getrusage(syscall.RUSAGE_SELF, &before)
 		out, err := exec.Command("pgbench", "-n", "-M", "simple", "-c", "10", "-j", "2", "-T", seconds, "-f", script, u).CombinedOutput()
@@ -136,8 +151,9 @@ VACUUM ANALYZE bench_people;`)
 		}
 		tps, _ = strconv.ParseFloat(string(m[1]), 64)
 		txs, _ := strconv.ParseFloat(string(n[1]), 64)
-		used := after.Utime.Nano() + after.Stime.Nano() - before.Utime.Nano() - before.Stime.Nano()
-		return float64(used) / 1e3 / txs, tps
+		user := after.Utime.Nano() - before.Utime.Nano()
+		used := user + after.Stime.Nano() - before.Stime.Nano()
+		return float64(used) / 1e3 / txs, float64(user) / 1e3 / txs, tps
 	}
 	rounds := 3
 	if r, err := strconv.Atoi(os.Getenv("AIRLOCK_PERF_ROUNDS")); err == nil && r > 0 && r <= 20 {
@@ -147,8 +163,8 @@ VACUUM ANALYZE bench_people;`)
 		// Rotated, so no configuration always runs first.
 		for k := range configs {
 			i := (k + r) % len(configs)
-			cpu, tps := run(urls[i])
-			t.Logf("round %d %-14s %6.1f µs CPU/tx  %7.0f tps", r+1, configs[i].name, cpu, tps)
+			cpu, user, tps := run(urls[i])
+			t.Logf("round %d %-14s %6.1f µs CPU/tx (user %5.1f)  %7.0f tps", r+1, configs[i].name, cpu, user, tps)
 		}
 	}
 }

@@ -689,6 +689,10 @@ func (s *Stage) row(m *pgwire.ServerMsg) []byte {
 			kept := s.vbuf
 			if r == mask.Nulled {
 				kept = nil
+			} else if kept == nil {
+				// Masked to nothing before s.vbuf had an array:
+				// an empty value, not NULL, in the copy.
+				kept = []byte{}
 			}
 			s.orig.keep(i, f, v, kept)
 		}

@@ -17,7 +17,6 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/airlockhq/airlock/internal/identity"
-	"github.com/airlockhq/airlock/internal/mask"
 	"github.com/airlockhq/airlock/internal/pgtest"
 	"github.com/airlockhq/airlock/internal/pgwire"
 	"github.com/airlockhq/airlock/internal/pgwire/pgwiretest"
@@ -111,14 +110,7 @@ CREATE VIEW contacts2 AS SELECT uid, mail FROM contacts;
 GRANT SELECT, INSERT ON ALL TABLES IN SCHEMA public TO app;
 `, name, email, card, token))
 
-	var pol mask.Policy
-	if err := yamlStrict(policyYAML, &pol); err != nil {
-		t.Fatal(err)
-	}
-	rs, err := mask.Compile(pol, bytes.Repeat([]byte("k"), 32))
-	if err != nil {
-		t.Fatal(err)
-	}
+	rs := compileRules(t, policyYAML)
 	adminCfg, err := pgx.ParseConfig(pg.AdminURL("postgres"))
 	if err != nil {
 		t.Fatal(err)

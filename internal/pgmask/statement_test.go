@@ -37,14 +37,7 @@ const (
 )
 
 func benchStage(b testing.TB) *Stage {
-	var pol mask.Policy
-	if err := yamlStrict(benchPolicyYAML, &pol); err != nil {
-		b.Fatal(err)
-	}
-	rs, err := mask.Compile(pol, bytes.Repeat([]byte("k"), 32))
-	if err != nil {
-		b.Fatal(err)
-	}
+	rs := compileRules(b, benchPolicyYAML)
 	cat := fixedCatalog{}
 	cols := []string{"id", "name", "email", "card", "plan"}
 	for i, c := range cols {
