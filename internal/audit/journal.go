@@ -32,6 +32,39 @@ import (
 // deletes them once the store has them. While a team store is down the
 // journal simply grows, up to its bound.
 //
+// Store-direct. A segment duplicates what the store holds a moment later,
+// so while the store is caught up (every record of the segments in it)
+// and a tick finds at least ringDirectMin bytes in the ring, the shipper
+// skips the segment: it copies the ring's frames (readRing), notes in the
+// head file that the store may hold them (pending, fsynced), stores them
+// (the embedded store's block text fsynced before the commit, its WAL
+// after; a team store's commit is durable on the server) and only then
+// lets the ring go (releaseRing). So at every moment each record is in
+// the ring (tmpfs: survives a kill, not a machine crash), or in a
+// fsynced segment, or durably in the store:
+//   - killed before the commit: the ring has the frames; the next start
+//     moves them into a segment and ships them (the store's last seq
+//     decides where to start: nothing is stored twice);
+//   - killed between the commit and the release: the ring's frames are in
+//     the store too; moved into a segment at start and skipped there;
+//   - killed after the release, or a machine crash at any point: the
+//     store may hold records that no journal does, up to the head file's
+//     pending seq, which the start takes as this daemon's own (no alarm
+//     of foreign records); a crash loses what was only in the ring, at
+//     most one commit interval of records, as before;
+//   - the ring fills (the shipper behind, the store slow): sessions move
+//     its frames into the segments themselves, as before, and never wait
+//     for the store; the shipper then ships the segments first, in order,
+//     and goes back to the ring once the store has them;
+//   - the store down: the ring is moved into the segments each commit
+//     interval (bounded by audit.spool_max_mb, fsynced) and shipped in
+//     order when it is back, segments first;
+//   - light load (under ringDirectMin a tick) or no tmpfs: segments, as
+//     before, where one write and fsync cost less than a store commit and
+//     its syncs.
+// An upgrade finds a ring and segments the previous version left (no
+// pending in its head file) and ships them through the segments as ever.
+//
 // Frame: 4-byte big-endian payload length, 4-byte CRC-32C of the payload,
 // payload (the pending record as JSON):
 // {"seq":N,"time_ns":N,"kind":"…","session":"…","data":…}, the seq padded
