@@ -24,6 +24,22 @@ func directStatement(i int) session.Event {
 		SQL: fmt.Sprintf("SELECT %d, '%s'", i, strings.Repeat("p", 200)), Tag: "SELECT 1", Rows: 1}}
 }
 
+// directEmitter starts a session on w and returns what emits its next k
+// statements (directStatement, numbered from 1) and how many it emitted.
+func directEmitter(w *Writer) (emit func(k int), emitted func() int) {
+	s := fakeSession(w, 1001, "alice", "/usr/bin/psql")
+	s.Emit(session.Event{Kind: session.KindSessionStart, Start: s})
+	n := 0
+	return func(k int) {
+			for i := 0; i < k; i++ {
+				n++
+				s.Emit(directStatement(n))
+			}
+		}, func() int {
+			return n
+		}
+}
+
 // wantChain checks the store holds exactly statements 1 to n of one
 // session, each once and in order, in a chain that verifies with no
 // problem raised, and returns the session's detail.
@@ -179,15 +195,7 @@ func TestShipDirectAfterTheRingFills(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	s := fakeSession(w, 1001, "alice", "/usr/bin/psql")
-	s.Emit(session.Event{Kind: session.KindSessionStart, Start: s})
-	next := 1
-	emit := func(k int) {
-		for i := 0; i < k; i++ {
-			s.Emit(directStatement(next))
-			next++
-		}
-	}
+	emit, emitted := directEmitter(w)
 	emit(300) // about 120 KB: straight from the ring
 	ship()
 	if w.directBatches == 0 {
@@ -208,7 +216,7 @@ func TestShipDirectAfterTheRingFills(t *testing.T) {
 	if w.directBatches == direct {
 		t.Fatal("not back to shipping from the ring once the store had the segments")
 	}
-	wantChain(t, w, next-1)
+	wantChain(t, w, emitted())
 	if err := w.Flush(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -243,15 +251,7 @@ func TestShipDirectStoreDownAndBack(t *testing.T) {
 		defer w.shipMu.Unlock()
 		return w.ship(ctx)
 	}
-	s := fakeSession(w, 1001, "alice", "/usr/bin/psql")
-	s.Emit(session.Event{Kind: session.KindSessionStart, Start: s})
-	next := 1
-	emit := func(k int) {
-		for i := 0; i < k; i++ {
-			s.Emit(directStatement(next))
-			next++
-		}
-	}
+	emit, emitted := directEmitter(w)
 	emit(300)
 	if err := ship(); err != nil {
 		t.Fatal(err)
@@ -282,5 +282,5 @@ func TestShipDirectStoreDownAndBack(t *testing.T) {
 	if w.directBatches == direct {
 		t.Fatal("not back to shipping from the ring after the store came back")
 	}
-	wantChain(t, w, next-1)
+	wantChain(t, w, emitted())
 }
