@@ -32,39 +32,6 @@ import (
 // deletes them once the store has them. While a team store is down the
 // journal simply grows, up to its bound.
 //
-// Store-direct. A segment duplicates what the store holds a moment later,
-// so while the store is caught up (every record of the segments in it)
-// and a tick finds at least ringDirectMin bytes in the ring, the shipper
-// skips the segment: it copies the ring's frames (readRing), notes in the
-// head file that the store may hold them (pending, fsynced), stores them
-// (the embedded store's block text fsynced before the commit, its WAL
-// after; a team store's commit is durable on the server) and only then
-// lets the ring go (releaseRing). So at every moment each record is in
-// the ring (tmpfs: survives a kill, not a machine crash), or in a
-// fsynced segment, or durably in the store:
-//   - killed before the commit: the ring has the frames; the next start
-//     moves them into a segment and ships them (the store's last seq
-//     decides where to start: nothing is stored twice);
-//   - killed between the commit and the release: the ring's frames are in
-//     the store too; moved into a segment at start and skipped there;
-//   - killed after the release, or a machine crash at any point: the
-//     store may hold records that no journal does, up to the head file's
-//     pending seq, which the start takes as this daemon's own (no alarm
-//     of foreign records); a crash loses what was only in the ring, at
-//     most one commit interval of records, as before;
-//   - the ring fills (the shipper behind, the store slow): sessions move
-//     its frames into the segments themselves, as before, and never wait
-//     for the store; the shipper then ships the segments first, in order,
-//     and goes back to the ring once the store has them;
-//   - the store down: the ring is moved into the segments each commit
-//     interval (bounded by audit.spool_max_mb, fsynced) and shipped in
-//     order when it is back, segments first;
-//   - light load (under ringDirectMin a tick) or no tmpfs: segments, as
-//     before, where one write and fsync cost less than a store commit and
-//     its syncs.
-// An upgrade finds a ring and segments the previous version left (no
-// pending in its head file) and ships them through the segments as ever.
-//
 // Frame: 4-byte big-endian payload length, 4-byte CRC-32C of the payload,
 // payload (the pending record as JSON):
 // {"seq":N,"time_ns":N,"kind":"…","session":"…","data":…}, the seq padded
@@ -121,9 +88,6 @@ type journal struct {
 
 	rg      *ring // nil: no tmpfs, frames go straight to the segments
 	ringSeq int64 // seq of the last frame journaled (the one the ring's head ends)
-	// ringOut is the seq of the last frame that left the ring, into a
-	// segment or (releaseRing) as stored: the ring holds ringOut+1 on.
-	ringOut int64
 	// ringFull counts appends that found the ring full and moved its
 	// frames out themselves (the shipper's thread behind): a session
 	// then waits for a segment write on the data path.
@@ -322,7 +286,7 @@ func (j *journal) openRing(size uint64) error {
 		return err
 	}
 	rg.reset(uint64(st.Dev), st.Ino)
-	j.rg, j.ringSeq, j.ringOut = rg, j.nextSeq-1, j.nextSeq-1
+	j.rg, j.ringSeq = rg, j.nextSeq-1
 	return nil
 }
 
@@ -576,7 +540,7 @@ func (j *journal) appendThrough(b []byte, seqAt int) (int64, bool, error) {
 		return 0, false, err
 	}
 	j.nextSeq++
-	j.ringSeq, j.ringOut = seq, seq // the ring is empty: drained above
+	j.ringSeq = seq
 	j.total += int64(len(b))
 	return seq, false, nil
 }
@@ -627,7 +591,6 @@ func (j *journal) drainLocked() error {
 		return err
 	}
 	j.rg.setTail(h)
-	j.ringOut = j.ringSeq
 	return nil
 }
 
@@ -692,7 +655,7 @@ func (j *journal) drainKeeping() error {
 	}
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	err = j.wroteLocked(n, last, err, func() { j.rg.setTail(h); j.ringOut = last })
+	err = j.wroteLocked(n, last, err, func() { j.rg.setTail(h) })
 	if act := j.segs[len(j.segs)-1]; keep && act.path != s.path && act.size == 0 {
 		// The segment was full and another begun: the reader's place
 		// is as well its start, where the next frames go.
@@ -810,9 +773,6 @@ type shipBuf struct {
 	// kept is the journal's kept frames this batch was read from; the
 	// next read gives it back to the journal to keep frames in again.
 	kept []byte
-	// ring is the copy of the ring's frames a direct batch (readRing)
-	// was read from.
-	ring []byte
 }
 
 // readInto is read into buf: the shipper's form, which allocates nothing
@@ -1004,118 +964,12 @@ func (j *journal) parseFrames(buf []byte, out []pending, after int64, max int, c
 	return out, used, last, true
 }
 
-// ringTake is what readRing took from the ring: the stream offsets of
-// its first byte and of the byte after its last whole frame, for
-// releaseRing once the store holds the frames durably.
-type ringTake struct {
-	from, to uint64
-	last     int64 // seq of the last frame taken
-}
-
-// ringDirectMin is the least the ring must hold for the shipper to take it
-// straight into the store: below it (an idle or light daemon) a store
-// transaction and its fsyncs cost more than the segment's write and
-// fsync, and the frames go into the segments as before.
-const ringDirectMin = 64 << 10
-
-// ringReady says whether the ring holds at least ringDirectMin bytes and
-// nothing in the segments is after seq after (the store, which is at
-// after, has every segment's records): the state in which readRing
-// takes the next batch.
-func (j *journal) ringReady(after int64) bool {
-	j.mu.Lock()
-	defer j.mu.Unlock()
-	return j.rg != nil && !j.closed && j.written <= after && j.rg.head()-j.rg.tail() >= ringDirectMin
-}
-
-// readRing is the store-direct read (docs/AUDIT.md, Durability): while
-// every record in the segments is in the store (seq after), the next
-// records are the ring's, and it returns up to max of them, copied out of
-// the ring into buf, without writing them to a segment. The ring keeps
-// them until releaseRing: a kill before then finds them there at the next
-// start. ok false: the segments hold records the store has not (a store
-// that was behind or down, sessions that moved a full ring's frames
-// themselves), which are read first, by readInto.
-func (j *journal) readRing(buf *shipBuf, after int64, max int) (out []pending, take ringTake, ok bool) {
-	j.readMu.Lock()
-	defer j.readMu.Unlock()
-	// fileMu holds the ring's tail while the frames are copied: sessions
-	// write only past head, and move tail (draining a full ring) only
-	// holding fileMu.
-	j.fileMu.Lock()
-	j.mu.Lock()
-	if j.rg == nil || j.closed || j.written > after {
-		j.mu.Unlock()
-		j.fileMu.Unlock()
-		return nil, ringTake{}, false
-	}
-	t, h := j.rg.tail(), j.rg.head()
-	j.mu.Unlock()
-	// A batch is at most max records: copy no more than keptMax of the
-	// ring (a frame cut at the bound is taken with the next batch).
-	a, b := j.rg.bytes(t, min(h, t+keptMax))
-	cp := buf.ring[:0]
-	if cap(cp) < len(a)+len(b) {
-		cp = make([]byte, 0, len(a)+len(b)+keptSmall)
-	}
-	cp = append(append(cp, a...), b...)
-	j.fileMu.Unlock()
-	buf.ring = cp
-	buf.slabs.reset()
-	clear(buf.recs[:cap(buf.recs)])
-	if j.names == nil {
-		j.names = &nameCache{}
-	}
-	out, used, last, whole := j.parseFrames(cp, buf.recs[:0], after, max, false)
-	if cap(out) <= 1<<16 {
-		buf.recs = out[:0]
-	}
-	if !whole || (used == 0 && len(cp) > 0) {
-		// This process's own complete frames do not parse, or the
-		// first is larger than a copy: leave them to the segments'
-		// path, which checks and reports them.
-		return nil, ringTake{}, false
-	}
-	return out, ringTake{from: t, to: t + uint64(used), last: last}, true
-}
-
-// releaseRing lets the ring's frames of take go: the store holds them
-// durably. If a session moved them into a segment meanwhile (the ring
-// was full), they are the segment's now and go with it (release).
-func (j *journal) releaseRing(take ringTake) {
-	if take.to == take.from {
-		return
-	}
-	j.fileMu.Lock()
-	defer j.fileMu.Unlock()
-	j.mu.Lock()
-	defer j.mu.Unlock()
-	if j.rg == nil || j.rg.tail() != take.from {
-		return
-	}
-	j.rg.setTail(take.to)
-	j.ringOut = take.last
-	j.total -= int64(take.to - take.from)
-	if j.total < j.max {
-		j.waiting = false
-		j.space.Broadcast()
-	}
-}
-
 // release deletes the segments whose records are all at or below seq,
 // except the active one.
 func (j *journal) release(seq int64) {
 	// What the shipper took may still be in the ring only if it read
-	// before the last appends: move it out so its segment can go. Not
-	// otherwise: the ring's frames are all after the segments' (written),
-	// and after seq they wait for the shipper, which takes them straight
-	// into the store (readRing) rather than through a segment.
-	j.mu.Lock()
-	behind := j.rg != nil && j.rg.head() != j.rg.tail() && j.ringOut < seq
-	j.mu.Unlock()
-	if behind {
-		_ = j.drain()
-	}
+	// before the last appends: move it out so its segment can go.
+	_ = j.drain()
 	j.fileMu.Lock()
 	defer j.fileMu.Unlock()
 	j.mu.Lock()

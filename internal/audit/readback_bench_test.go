@@ -2,7 +2,6 @@ package audit
 
 import (
 	"encoding/json"
-	"errors"
 	"runtime"
 	"strings"
 	"testing"
@@ -75,22 +74,9 @@ func BenchmarkEncodeStatementFrame(b *testing.B) {
 // BenchmarkJournalSyncRead is the shipper's side of the journal at a
 // steady rate: each round, sessions' worth of records (batch) reach the
 // ring, the commit interval's sync moves them into the segment and the
-// shipper reads them ("segment"), or the shipper takes them straight from
-// the ring and releases them ("ring", store-direct: what the store's
-// fsyncs replace is not in it). cpu-ns/op is the shipper thread's CPU
-// time for the sync and the read, per record (the appends are not
-// counted).
+// shipper reads them. cpu-ns/op is the shipper thread's CPU time for the
+// sync and the read, per record (the appends are not counted).
 func BenchmarkJournalSyncRead(b *testing.B) {
-	for _, direct := range []bool{false, true} {
-		name := "segment"
-		if direct {
-			name = "ring"
-		}
-		b.Run(name, func(b *testing.B) { journalSyncRead(b, direct) })
-	}
-}
-
-func journalSyncRead(b *testing.B, direct bool) {
 	for _, tc := range []struct {
 		name string
 		data json.RawMessage
@@ -120,22 +106,10 @@ func journalSyncRead(b *testing.B, direct bool) {
 					}
 				}
 				c0 := threadCPU()
-				var recs []pending
-				var err error
-				if direct {
-					var take ringTake
-					var ok bool
-					if recs, take, ok = j.readRing(&buf, int64(n), shipBatch); ok {
-						j.releaseRing(take)
-					} else {
-						err = errors.New("the ring was not read")
-					}
-				} else {
-					if err := j.sync(); err != nil {
-						b.Fatal(err)
-					}
-					recs, err = j.readInto(&buf, int64(n), shipBatch)
+				if err := j.sync(); err != nil {
+					b.Fatal(err)
 				}
+				recs, err := j.readInto(&buf, int64(n), shipBatch)
 				if err != nil || len(recs) != k {
 					b.Fatalf("read after %d: %d records, want %d, %v", n, len(recs), k, err)
 				}

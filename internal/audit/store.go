@@ -427,15 +427,6 @@ func (s *Store) head(ctx context.Context, daemon string) (int64, string, error) 
 // checkpoints and keys, in one transaction: one commit (one fsync) per
 // batch is the group commit.
 func (s *Store) append(ctx context.Context, recs []Record, cps []Checkpoint, keys []Key) error {
-	return s.appendSynced(ctx, recs, cps, keys, false)
-}
-
-// appendSynced is append; syncText says to make the block files durable
-// before the commit, so that the rows, however soon they reach the disk,
-// never name text a machine crash could take: the shipper's store-direct
-// batches, which no journal segment holds, then sync the commit itself
-// (durable) before the ring lets them go.
-func (s *Store) appendSynced(ctx context.Context, recs []Record, cps []Checkpoint, keys []Key, syncText bool) error {
 	// A PostgreSQL store's transaction runs on a connection of its own,
 	// which writeBlock also sends the block text over (writeBlockParams).
 	var conn *sql.Conn
@@ -467,12 +458,6 @@ func (s *Store) appendSynced(ctx context.Context, recs []Record, cps []Checkpoin
 		if _, err := tx.ExecContext(ctx, s.q(`INSERT INTO audit_checkpoints (daemon, seq, hash, time_ns, key_id, signature)
 			VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (daemon, seq) DO NOTHING`), c.Daemon, c.Seq, c.Hash, c.Time.UnixNano(), c.KeyID, c.Signature); err != nil {
 			return fmt.Errorf("insert checkpoint %d: %w", c.Seq, err)
-		}
-	}
-	if syncText && s.files != nil {
-		if err := s.files.sync(); err != nil {
-			s.filesFailed()
-			return fmt.Errorf("sync the block files before the commit: %w", err)
 		}
 	}
 	if err := tx.Commit(); err != nil {

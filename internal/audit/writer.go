@@ -115,17 +115,6 @@ type Writer struct {
 	shipped  time.Time // last ship
 	settled  time.Time // last settle
 	noted    int64     // seq in the head file
-	// pending is the head file's pending seq: records after noted up to
-	// it may be in the store and in no journal (shipped straight from the
-	// ring, the ring lost with the machine).
-	pending int64
-	// durableTo is the seq through which the store is known durable.
-	durableTo int64
-	// directBatches counts batches shipped straight from the ring.
-	directBatches int64
-	// directed, if set (tests only), is called at each stage of a
-	// store-direct batch.
-	directed func(shipStage)
 
 	rotate    sync.Mutex
 	shipMu    sync.Mutex // one shipper at a time: Run, Flush
@@ -140,10 +129,6 @@ type headFile struct {
 	Seq  int64  `json:"seq"`
 	Hash string `json:"hash"`
 	Gen  uint64 `json:"gen,omitempty"` // which of head.go's two slots is newer
-	// Pending: the store may hold records after Seq up to Pending, shipped
-	// straight from the ring (store-direct; Writer.notePending). Absent in
-	// a head file of a version before it: nothing pending.
-	Pending int64 `json:"pending,omitempty"`
 }
 
 // Open prepares the record: the daemon's id and signing key, the journal
@@ -187,7 +172,7 @@ func Open(ctx context.Context, opts Options) (*Writer, error) {
 	if _, err := readJSON(filepath.Join(dir, "checkpoint"), &w.lastCP); err != nil {
 		return nil, fmt.Errorf("read last audit checkpoint: %w", err)
 	}
-	w.stored, w.head, w.noted, w.pending, w.durableTo = hf.Seq, hf.Hash, hf.Seq, hf.Pending, hf.Seq
+	w.stored, w.head, w.noted = hf.Seq, hf.Hash, hf.Seq
 	if w.head == "" {
 		w.head = genesis
 	}
@@ -437,7 +422,7 @@ func (w *Writer) Run(ctx context.Context) {
 		case <-t.C:
 		}
 		w.shipMu.Lock()
-		if time.Now().Before(retryAt) || !(w.shipDue() || w.j.ringReady(w.stored)) {
+		if time.Now().Before(retryAt) || !w.shipDue() {
 			w.shipMu.Unlock()
 			// Between shipments (or while the store is down) the journal
 			// is still fsynced on time.
@@ -543,14 +528,7 @@ func (w *Writer) sync(ctx context.Context) error {
 	}
 	switch {
 	case seq > w.stored:
-		if last := w.j.lastSeq(); seq > last && seq <= w.pending {
-			// Shipped straight from the ring by a predecessor whose
-			// ring a machine crash took (or that was killed after the
-			// ring let them go): this daemon's records, which the
-			// head file announced before they were stored.
-			w.j.skipTo(seq)
-			w.boot = max(w.boot, seq)
-		} else if seq > last {
+		if last := w.j.lastSeq(); seq > last {
 			// Records the journal never held: someone wrote into this
 			// daemon's chain. The chain goes on (recording must not
 			// stop), but says so in a record the next checkpoint signs.
@@ -591,8 +569,10 @@ const shipNice = 10
 func (w *Writer) ship(ctx context.Context) error {
 	w.shipped = time.Now()
 	for {
+		if err := w.j.sync(); err != nil {
+			w.log.Error("audit: fsync journal", "err", err)
+		}
 		if w.opts.Bench.Store {
-			w.syncJournal()
 			w.mu.Lock()
 			w.stored = w.j.lastSeq()
 			w.mu.Unlock()
@@ -601,29 +581,13 @@ func (w *Writer) ship(ctx context.Context) error {
 		}
 		if !w.isUp() {
 			if err := w.sync(ctx); err != nil {
-				w.syncJournal() // the spool is fsynced on time while the store is down
 				w.setDown(err)
 				return err
 			}
 		}
-		// Store-direct (docs/AUDIT.md, Durability): while the store has
-		// every record of the segments, the ring's records go straight
-		// into it, and no segment is written.
-		var batch []pending
-		var take ringTake
-		direct := false
-		if w.j.ringReady(w.stored) {
-			batch, take, direct = w.j.readRing(&w.rbuf, w.stored, shipBatch)
-			if direct && w.directed != nil {
-				w.directed(shipRead)
-			}
-		}
-		if !direct {
-			w.syncJournal()
-			var err error
-			if batch, err = w.j.readInto(&w.rbuf, w.stored, shipBatch); err != nil {
-				return err
-			}
+		batch, err := w.j.readInto(&w.rbuf, w.stored, shipBatch)
+		if err != nil {
+			return err
 		}
 		var keys []Key
 		w.mu.Lock()
@@ -652,34 +616,10 @@ func (w *Writer) ship(ctx context.Context) error {
 		// The hashes live in hashBuf until the next batch: the head that
 		// outlives it is a copy.
 		prev = strings.Clone(prev)
-		// Shipped straight from the ring, the batch is in no segment:
-		// the store makes it durable before the ring lets it go, the
-		// block text before the rows that name it; and the head file
-		// says first that the store may hold it (pending).
-		durable := direct && !w.opts.Bench.StoreSync
-		if durable {
-			if err := w.notePending(recs[len(recs)-1].Seq); err != nil {
-				w.syncJournal()
-				return w.fail(err)
-			}
-		}
 		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		err := w.store.appendSynced(cctx, recs, nil, keys, durable)
+		err = w.store.append(cctx, recs, nil, keys)
 		cancel()
-		if err == nil && durable {
-			if err = w.store.durable(); err != nil {
-				err = fmt.Errorf("sync: %w", err)
-			}
-		}
-		if err == nil && durable {
-			w.durableTo = recs[len(recs)-1].Seq
-		}
 		if err != nil {
-			if direct {
-				// The batch is in the ring only: into the segments,
-				// fsynced, as if the store had been down all along.
-				w.syncJournal()
-			}
 			return w.fail(fmt.Errorf("write %d records to the audit store %s: %w", len(recs), w.store.Name(), err))
 		}
 		w.mu.Lock()
@@ -692,39 +632,12 @@ func (w *Writer) ship(ctx context.Context) error {
 		w.mu.Unlock()
 		clear(recs) // holds nothing of this batch until the next
 		w.recBuf = recs[:0]
-		if direct {
-			w.directBatches++
-			if w.directed != nil {
-				w.directed(shipStored)
-			}
-			w.j.releaseRing(take)
-			if w.directed != nil {
-				w.directed(shipReleased)
-			}
-		}
 		w.settle(false)
 		if len(batch) < shipBatch {
 			return w.closeInterrupted(ctx)
 		}
 	}
 }
-
-// syncJournal moves the ring's frames into the segments and fsyncs them.
-func (w *Writer) syncJournal() {
-	if err := w.j.sync(); err != nil {
-		w.log.Error("audit: fsync journal", "err", err)
-	}
-}
-
-// shipStage names a point of a store-direct batch, for tests that kill
-// the shipper there (Writer.directed).
-type shipStage int
-
-const (
-	shipRead     shipStage = iota // taken from the ring, not yet stored
-	shipStored                    // stored durably, the ring not yet released
-	shipReleased                  // the ring released
-)
 
 // settleEvery is how often what was shipped is made durable in the store,
 // noted in the head file and released from the journal. Shipping syncs
@@ -755,35 +668,12 @@ func (w *Writer) settle(force bool) {
 		w.log.Error("audit: sync the store", "err", err)
 		return
 	}
-	w.durableTo = w.stored
 	if err := w.headNote.write(headFile{Seq: w.stored, Hash: w.head}); err != nil {
 		w.log.Error("audit: note the stored head", "err", err)
 		return
 	}
-	w.noted, w.pending = w.stored, 0
+	w.noted = w.stored
 	w.j.release(w.stored)
-}
-
-// notePending notes in the head file, before a store-direct batch is
-// stored, that the store may hold records up to seq, which no segment
-// does: a start after the ring is lost (a machine crash) or has let them
-// go (a kill after the release) finds them in the store, and must know
-// them for this daemon's own rather than raise the alarm of records it
-// never wrote. The head it notes is the stored one, made durable first
-// if shipments since the last settle left it otherwise.
-func (w *Writer) notePending(seq int64) error {
-	if w.durableTo != w.stored {
-		if err := w.store.durable(); err != nil {
-			return fmt.Errorf("sync the audit store: %w", err)
-		}
-		w.durableTo = w.stored
-	}
-	if err := w.headNote.write(headFile{Seq: w.stored, Hash: w.head, Pending: seq}); err != nil {
-		return fmt.Errorf("note the audit head: %w", err)
-	}
-	w.noted, w.pending = w.stored, seq
-	w.j.release(w.stored)
-	return nil
 }
 
 func (w *Writer) fail(err error) error {
