@@ -82,6 +82,10 @@ type Intercept struct {
 	// <attach_cgroup>/airlock.tree/..., which no unprivileged process can
 	// leave. Default true.
 	Contain *bool `yaml:"contain"`
+	// Sockhash carries the client leg (agent <-> proxy) through a kernel
+	// sockhash instead of loopback TCP where the kernel allows. Default
+	// true; false keeps plain loopback TCP (e.g. to capture it with tcpdump).
+	Sockhash *bool `yaml:"sockhash"`
 	// NetnsAddresses are host addresses (at most one IPv4, one IPv6) where
 	// selected processes in other network namespaces reach the proxy; the
 	// proxy listens there too. Empty: their target connects are refused.
@@ -311,6 +315,9 @@ func Load(path string) (*Config, error) {
 
 // ContainTrees reports intercept.contain (default true).
 func (i Intercept) ContainTrees() bool { return i.Contain == nil || *i.Contain }
+
+// RedirectClientLeg reports intercept.sockhash (default true).
+func (i Intercept) RedirectClientLeg() bool { return i.Sockhash == nil || *i.Sockhash }
 
 // File is the path the configuration came from.
 func (c *Config) File() string { return c.file }
