@@ -1,43 +1,52 @@
 // SPDX-License-Identifier: GPL-2.0-only OR BSD-2-Clause
 //
-// The client leg without the loopback TCP stack.
+// The client leg without the loopback TCP stack, from the agent to the proxy.
 //
-// Both ends of an intercepted connection, the agent's socket (joined here by
-// sockops when its connect to the proxy completes) and the proxy's accepted
-// socket (joined by the daemon right after accept, before it reads or answers
-// anything), go into airlock_socks under their own 4-tuple. On a send from
-// either, airlock_redirect looks up the reversed tuple and hands the bytes to
-// the peer's receive queue directly (bpf_msg_redirect_hash, BPF_F_INGRESS):
-// no TCP transmit, loopback device, softirq or TCP receive. Without a peer in
-// the map the send goes through TCP as before.
+// The agent's socket of an intercepted connection joins airlock_socks (by
+// sockops, when its connect to the proxy completes); the proxy's accepted
+// socket joins airlock_proxy_socks (by the daemon, right after accept, before
+// it reads or answers anything). On each send from an agent's socket,
+// airlock_redirect looks its peer up by the reversed 4-tuple and hands the
+// bytes to the proxy socket's receive queue directly (bpf_msg_redirect_hash,
+// BPF_F_INGRESS): no TCP transmit, loopback device, softirq or TCP receive.
+// Without a peer the send goes through TCP as before.
+//
+// One direction only. Bytes redirected into a socket wait in a queue of its
+// own that only recvmsg reads: splice() (Go's io.Copy between sockets, many
+// forwarders) reads the TCP queue alone and would lose them. The proxy reads
+// with read(2), so it may be a target; the agent's programs are not ours to
+// vouch for, so nothing is ever redirected to them, and the proxy's socket
+// has no sk_msg program (its sends are plain TCP at plain TCP's cost).
 //
 // A separate object from airlock.c, so that a kernel without sockhash or
 // sk_msg still loads interception itself (the daemon falls back to TCP).
-// The sockhash is pinned like the core's maps, and with it the sk_msg program
-// attached to it: freeing the map would drop what the proxy had already
-// handed to a client's socket and the client had not read yet.
+// The maps are pinned like the core's, and with airlock_socks the sk_msg
+// program attached to it: freeing a map would drop what the agent had
+// already handed to a proxy socket.
 //
 // Why the agent cannot use this to reach anything but its own proxy socket:
 // - only sockets connect4/6 redirected to the proxy (they have an
 //   airlock_peers entry) and whose peer is a loopback address are joined by
-//   the kernel; the daemon joins only sockets it accepted on loopback;
+//   the kernel; only the daemon, which alone can write the maps, puts the
+//   proxy's sockets in airlock_proxy_socks, and only ones it accepted on
+//   loopback;
 // - keys are the sockets' real 4-tuples, unique among open TCP sockets of a
-//   network namespace, and the agent cannot write the map; entries are
-//   inserted with BPF_NOEXIST and the kernel removes a socket's entry when
-//   it closes, so a key names one live socket, and the reversed tuple of a
-//   socket is by construction the other end of the same connection;
-// - so a send is redirected to its connection's peer or not at all. When
-//   the daemon dies its sockets close and leave the map: the agent's sends
-//   go to TCP, meet a closed socket and fail; new connects are refused as
-//   before (nothing listens).
+//   network namespace; entries are inserted with BPF_NOEXIST and the kernel
+//   removes a socket's entry when it closes, so a key names one live socket,
+//   and the reversed tuple of an agent's socket names the other end of the
+//   same connection or nothing;
+// - so a send is redirected to its own connection's proxy socket or goes by
+//   TCP. When the daemon dies its sockets close and leave the map: the
+//   agent's sends go to TCP, meet a closed socket and fail; new connects are
+//   refused as before (nothing listens).
 // Ordering: the kernel (tcp_bpf) reads a socket's redirected queue before
 // its TCP receive queue. The daemon joins its socket before it answers, so
 // everything a client sends in reply to the proxy arrives redirected; only
 // what it sent before the join went by TCP. A client that sends more before
-// the proxy's first answer (pipelining past the startup or TLS request) may
-// see its own later bytes read first: that scrambles its own stream, which
-// the proxy then parses and rejects like any other malformed input; no other
-// connection's bytes are involved.
+// the proxy's first answer (pipelining past the startup or TLS request, which
+// no PostgreSQL client does) may have its own later bytes read first: that
+// scrambles its own stream, which the proxy parses like any other input from
+// it; no other connection's bytes are involved.
 
 #include <linux/bpf.h>
 #include <linux/types.h>
@@ -70,19 +79,29 @@ struct {
 	__type(value, struct peer);
 } airlock_peers SEC(".maps");
 
+// The agents' sockets; airlock_redirect is attached here.
 struct {
 	__uint(type, BPF_MAP_TYPE_SOCKHASH);
-	__uint(max_entries, 131072); // two per connection
+	__uint(max_entries, 65536);
 	__type(key, struct sock_key);
 	__type(value, __u64);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } airlock_socks SEC(".maps");
 
+// The proxy's ends: redirect targets only, no program.
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKHASH);
+	__uint(max_entries, 65536);
+	__type(key, struct sock_key);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} airlock_proxy_socks SEC(".maps");
+
 enum sockmap_stat {
 	SOCKMAP_JOINED, // client sockets joined by sockops
 	SOCKMAP_JOIN_FAILED, // map full or the socket could not be joined
-	SOCKMAP_REDIRECTED, // sends handed to the peer directly
-	SOCKMAP_PASSED, // sends with no peer in the map, through TCP
+	SOCKMAP_REDIRECTED, // agents' sends handed to the proxy socket directly
+	SOCKMAP_PASSED, // agents' sends with no proxy socket in the map, through TCP
 	SOCKMAP_STAT_MAX,
 };
 
@@ -206,7 +225,7 @@ int airlock_redirect(struct sk_msg_md *msg)
 	peer.local_port = remote_port(msg->remote_port);
 	peer.remote_port = msg->local_port;
 	// On a miss the helper sets no redirect, and SK_PASS sends through TCP.
-	if (bpf_msg_redirect_hash(msg, &airlock_socks, &peer, BPF_F_INGRESS) == SK_PASS)
+	if (bpf_msg_redirect_hash(msg, &airlock_proxy_socks, &peer, BPF_F_INGRESS) == SK_PASS)
 		sockmap_stat(SOCKMAP_REDIRECTED);
 	else
 		sockmap_stat(SOCKMAP_PASSED);

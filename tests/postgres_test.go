@@ -61,6 +61,13 @@ func newPGWorldPolicy(t *testing.T, ttl, policy string) *pgWorld {
 // newPGWorldWith: tree intercepts in tree mode (Cursor's tree only).
 func newPGWorldWith(t *testing.T, ttl, policy string, tree bool) *pgWorld {
 	t.Helper()
+	return newPGWorldConfig(t, ttl, policy, tree, nil)
+}
+
+// newPGWorldConfig is newPGWorldWith with a chance to edit the daemon's
+// configuration before it starts.
+func newPGWorldConfig(t *testing.T, ttl, policy string, tree bool, edit func(string) string) *pgWorld {
+	t.Helper()
 	w := &pgWorld{env: newEnv(t), tree: tree}
 	if policy != "" {
 		w.policyFile = filepath.Join(t.TempDir(), "policy.yaml")
@@ -79,6 +86,9 @@ func newPGWorldWith(t *testing.T, ttl, policy string, tree bool) *pgWorld {
 	cfg := w.daemonConfig(ttl)
 	if w.tree {
 		cfg = strings.Replace(cfg, "  mode: all\n", "  mode: tree\n  executables: [cursor]\n", 1)
+	}
+	if edit != nil {
+		cfg = edit(cfg)
 	}
 	w.config(cfg)
 	w.startDaemon()
@@ -286,6 +296,18 @@ c.close()
 		}
 	})
 
+	t.Run("the client leg went through the sockhash", func(t *testing.T) {
+		st := w.status()
+		// Every session above sent and received through it: psql, TLS,
+		// COPY both ways, pgbench, pgx's large result.
+		if st.Daemon.ClientLeg != "sockhash" || st.Counters["client_leg_redirected"] < 1000 || st.Counters["client_leg_joined"] == 0 {
+			t.Fatalf("client leg %q, counters %v: want sockhash, joined, redirected sends", st.Daemon.ClientLeg, st.Counters)
+		}
+		if out := w.mustAirlock(t, "status"); !strings.Contains(out, "client leg") || !strings.Contains(out, "sockhash") {
+			t.Fatalf("airlock status does not show the client leg:\n%s", out)
+		}
+	})
+
 	t.Run("two sessions of one person get two roles, each only in app_rw", func(t *testing.T) {
 		a := w.pgxHold(t, w.dsn)
 		defer a.release()
@@ -305,6 +327,21 @@ c.close()
 		b.release()
 		waitFor(t, "both roles dropped after their sessions", 15*time.Second, func() bool { return len(w.ourRoles(t)) == 0 })
 	})
+}
+
+// TestClientLegOptOut: with intercept.sockhash: false the client leg stays
+// on loopback TCP, status says so, and clients are served as before.
+func TestClientLegOptOut(t *testing.T) {
+	w := newPGWorldConfig(t, "10m", "", false, func(cfg string) string {
+		return strings.Replace(cfg, "  mode: all\n", "  mode: all\n  sockhash: false\n", 1)
+	})
+	if out := w.psql(t, w.dsn, "-c", "SELECT count(*) FROM customers"); out != "1000" {
+		t.Fatalf("psql got %q", out)
+	}
+	st := w.status()
+	if st.Daemon.ClientLeg != "tcp (disabled)" || st.Counters["client_leg_redirected"] != 0 {
+		t.Fatalf("client leg %q, counters %v: want tcp (disabled), nothing redirected", st.Daemon.ClientLeg, st.Counters)
+	}
 }
 
 func TestEphemeralRoleLifetime(t *testing.T) {

@@ -38,7 +38,7 @@ func (d *Daemon) Status(_ context.Context, p control.Peer) (*control.Status, err
 		st.Counters["client_leg_"+name] = v
 	}
 	if leg.Counters != nil {
-		st.MapEntries["socks"] = leg.Sockets
+		st.MapEntries["socks"], st.MapEntries["proxy_socks"] = leg.Sockets, leg.ProxySockets
 	}
 	st.Selection = d.selectionStatus(ist)
 	if d.audit != nil {

@@ -425,6 +425,7 @@ type dialResult struct {
 	Echoed    int64  `json:"echoed"`
 	TCPSent   uint64 `json:"tcp_sent"`
 	TCPRecved uint64 `json:"tcp_recved"`
+	Spurious  int    `json:"spurious"` // EAGAINs from blocking reads
 }
 
 // helperSpec describes a helper run. Depth is how many generations the
@@ -441,7 +442,8 @@ type helperSpec struct {
 	Exe      string
 	ChildExe string
 	Bench    int
-	Echo     int // bytes to send and read back (proxy.echo)
+	Echo     int  // bytes to send and read back (proxy.echo)
+	Splice   bool // read the echo with splice(2)
 }
 
 type helperProc struct {
@@ -480,6 +482,7 @@ func startHelper(t testing.TB, s helperSpec) *helperProc {
 		"HELPER_CHILD_EXE="+s.ChildExe,
 		"HELPER_BENCH="+strconv.Itoa(s.Bench),
 		"HELPER_ECHO="+strconv.Itoa(s.Echo),
+		"HELPER_SPLICE="+map[bool]string{true: "1"}[s.Splice],
 	)
 	cmd.Stderr = os.Stderr
 	if s.Cgroup != "" {

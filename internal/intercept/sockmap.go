@@ -28,8 +28,8 @@ type ClientLegState struct {
 	// Mode is "sockhash" (redirected in the kernel), "tcp (disabled)" or
 	// "tcp (unavailable: ...)".
 	Mode string
-	// Sockets in the sockhash now (two per joined connection).
-	Sockets int
+	// Sockets joined now: agents' and proxy's ends.
+	Sockets, ProxySockets int
 	// Counters: joined, join_failed (client sockets, by sockops),
 	// proxy_join_failed, redirected and passed (sends).
 	Counters map[string]uint64
@@ -46,11 +46,19 @@ func (i *Interceptor) openClientLeg() (*clientLeg, error) {
 		return nil, fmt.Errorf("parse embedded sockmap object: %w", err)
 	}
 	leg := &clientLeg{}
-	err = spec.LoadAndAssign(&leg.objs, &ebpf.CollectionOptions{
+	opts := &ebpf.CollectionOptions{
 		Maps: ebpf.MapOptions{PinPath: i.opts.PinDir},
 		// Which sockets were redirected to the proxy is the core's to say.
 		MapReplacements: map[string]*ebpf.Map{"airlock_peers": i.objs.AirlockPeers},
-	})
+	}
+	err = spec.LoadAndAssign(&leg.objs, opts)
+	if errors.Is(err, ebpf.ErrMapIncompatible) {
+		// Another build's maps: they hold only live sockets, which keep
+		// their redirect until they close, so start new ones beside them.
+		i.log.Info("replacing another build's sockhash pins", "err", err)
+		i.unpinClientLegMaps()
+		err = spec.LoadAndAssign(&leg.objs, opts)
+	}
 	if err != nil {
 		var verr *ebpf.VerifierError
 		if errors.As(err, &verr) {
@@ -91,7 +99,11 @@ func (i *Interceptor) dropClientLeg() {
 		_ = l.Unpin()
 		l.Close()
 	}
-	for _, name := range []string{"airlock_socks", "airlock_sockmap_stats"} {
+	i.unpinClientLegMaps()
+}
+
+func (i *Interceptor) unpinClientLegMaps() {
+	for _, name := range []string{"airlock_socks", "airlock_proxy_socks", "airlock_sockmap_stats"} {
 		_ = os.Remove(filepath.Join(i.opts.PinDir, name))
 	}
 }
@@ -105,11 +117,11 @@ func sockKey(local, remote netip.AddrPort) sockmapSockKey {
 }
 
 // JoinClientLeg puts the proxy's end of an accepted connection into the
-// sockhash, so that the client's sends reach it, and its sends reach the
-// client, without the loopback TCP stack. Call it right after accept,
-// before anything is read or written (see the ordering note in
-// bpf/sockmap.c), and only for handlers that read with read(2): splice
-// reads the TCP queue alone and would miss redirected bytes. It does
+// sockhash, so that the client's sends reach it without the loopback TCP
+// stack (its own sends stay on TCP). Call it right after accept, before
+// anything is read or written (see the ordering note in bpf/sockmap.c), and
+// only for handlers that read with read(2): splice reads the TCP queue
+// alone and would miss redirected bytes. It does
 // nothing when the redirect is off or the connection is not on loopback; a
 // failure leaves the connection on TCP, which is always correct.
 func (i *Interceptor) JoinClientLeg(conn net.Conn) {
@@ -128,7 +140,7 @@ func (i *Interceptor) JoinClientLeg(conn net.Conn) {
 		return
 	}
 	key := sockKey(local, remote)
-	if err := updateSock(leg.objs.AirlockSocks, key, tc); err != nil {
+	if err := updateSock(leg.objs.AirlockProxySocks, key, tc); err != nil {
 		if leg.joinFailed.Add(1) == 1 {
 			i.log.Warn("a proxy socket could not join the sockhash; its connection uses loopback TCP (logged once)", "client", remote.String(), "err", err)
 		}
@@ -167,6 +179,7 @@ func (i *Interceptor) ClientLeg() ClientLegState {
 	}
 	st := ClientLegState{Mode: "sockhash", Counters: map[string]uint64{"proxy_join_failed": leg.joinFailed.Load()}}
 	st.Sockets, _ = countKeys(leg.objs.AirlockSocks)
+	st.ProxySockets, _ = countKeys(leg.objs.AirlockProxySocks)
 	for idx, name := range sockmapStatNames {
 		var perCPU []uint64
 		if err := leg.objs.AirlockSockmapStats.Lookup(uint32(idx), &perCPU); err != nil {

@@ -33,6 +33,7 @@ type sockmapSockKey struct {
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	sockmapMapAirlockPeers        = "airlock_peers"
+	sockmapMapAirlockProxySocks   = "airlock_proxy_socks"
 	sockmapMapAirlockSockmapStats = "airlock_sockmap_stats"
 	sockmapMapAirlockSocks        = "airlock_socks"
 	sockmapProgAirlockRedirect    = "airlock_redirect"
@@ -90,6 +91,7 @@ type sockmapProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type sockmapMapSpecs struct {
 	AirlockPeers        *ebpf.MapSpec `ebpf:"airlock_peers"`
+	AirlockProxySocks   *ebpf.MapSpec `ebpf:"airlock_proxy_socks"`
 	AirlockSockmapStats *ebpf.MapSpec `ebpf:"airlock_sockmap_stats"`
 	AirlockSocks        *ebpf.MapSpec `ebpf:"airlock_socks"`
 }
@@ -121,6 +123,7 @@ func (o *sockmapObjects) Close() error {
 // It can be passed to loadSockmapObjects or ebpf.CollectionSpec.LoadAndAssign.
 type sockmapMaps struct {
 	AirlockPeers        *ebpf.Map `ebpf:"airlock_peers"`
+	AirlockProxySocks   *ebpf.Map `ebpf:"airlock_proxy_socks"`
 	AirlockSockmapStats *ebpf.Map `ebpf:"airlock_sockmap_stats"`
 	AirlockSocks        *ebpf.Map `ebpf:"airlock_socks"`
 }
@@ -128,6 +131,7 @@ type sockmapMaps struct {
 func (m *sockmapMaps) Close() error {
 	return _SockmapClose(
 		m.AirlockPeers,
+		m.AirlockProxySocks,
 		m.AirlockSockmapStats,
 		m.AirlockSocks,
 	)
