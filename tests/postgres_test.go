@@ -172,7 +172,19 @@ func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) {
 }
 
 func TestPostgresThroughAirlock(t *testing.T) {
-	w := newPGWorld(t, "10m")
+	for _, sockhash := range []bool{false, true} {
+		t.Run(fmt.Sprintf("sockhash=%v", sockhash), func(t *testing.T) {
+			w := newPGWorldConfig(t, "10m", "", false, func(cfg string) string {
+				return strings.Replace(cfg, "  mode: all\n", fmt.Sprintf("  mode: all\n  sockhash: %v\n", sockhash), 1)
+			})
+			testPostgresThroughAirlock(t, w, sockhash)
+		})
+	}
+}
+
+// testPostgresThroughAirlock runs real clients through w's daemon, with the
+// client leg on loopback TCP or through the sockhash.
+func testPostgresThroughAirlock(t *testing.T, w *pgWorld, sockhash bool) {
 
 	t.Run("psql reaches the real server as a just-in-time role", func(t *testing.T) {
 		out := w.psql(t, w.dsn, "-c", "SELECT current_user, current_setting('application_name'), count(*) FROM customers")
@@ -296,14 +308,21 @@ c.close()
 		}
 	})
 
-	t.Run("the client leg went through the sockhash", func(t *testing.T) {
+	t.Run("the client leg went where configured", func(t *testing.T) {
 		st := w.status()
-		// Every session above sent and received through it: psql, TLS,
-		// COPY both ways, pgbench, pgx's large result.
-		if st.Daemon.ClientLeg != "sockhash" || st.Counters["client_leg_redirected"] < 1000 || st.Counters["client_leg_joined"] == 0 {
-			t.Fatalf("client leg %q, counters %v: want sockhash, joined, redirected sends", st.Daemon.ClientLeg, st.Counters)
+		want := "tcp (disabled)"
+		if sockhash {
+			want = "sockhash"
 		}
-		if out := w.mustAirlock(t, "status"); !strings.Contains(out, "client leg") || !strings.Contains(out, "sockhash") {
+		if st.Daemon.ClientLeg != want {
+			t.Fatalf("client leg %q, want %q", st.Daemon.ClientLeg, want)
+		}
+		// With the sockhash every client above sent through it: psql, TLS,
+		// COPY both ways, pgbench, pgx; without it nothing.
+		if redirected := st.Counters["client_leg_redirected"]; sockhash != (redirected >= 1000 && st.Counters["client_leg_joined"] > 0) {
+			t.Fatalf("client leg %q, counters %v", st.Daemon.ClientLeg, st.Counters)
+		}
+		if out := w.mustAirlock(t, "status"); !strings.Contains(out, "client leg") || !strings.Contains(out, want) {
 			t.Fatalf("airlock status does not show the client leg:\n%s", out)
 		}
 	})
@@ -327,21 +346,6 @@ c.close()
 		b.release()
 		waitFor(t, "both roles dropped after their sessions", 15*time.Second, func() bool { return len(w.ourRoles(t)) == 0 })
 	})
-}
-
-// TestClientLegOptOut: with intercept.sockhash: false the client leg stays
-// on loopback TCP, status says so, and clients are served as before.
-func TestClientLegOptOut(t *testing.T) {
-	w := newPGWorldConfig(t, "10m", "", false, func(cfg string) string {
-		return strings.Replace(cfg, "  mode: all\n", "  mode: all\n  sockhash: false\n", 1)
-	})
-	if out := w.psql(t, w.dsn, "-c", "SELECT count(*) FROM customers"); out != "1000" {
-		t.Fatalf("psql got %q", out)
-	}
-	st := w.status()
-	if st.Daemon.ClientLeg != "tcp (disabled)" || st.Counters["client_leg_redirected"] != 0 {
-		t.Fatalf("client leg %q, counters %v: want tcp (disabled), nothing redirected", st.Daemon.ClientLeg, st.Counters)
-	}
 }
 
 func TestEphemeralRoleLifetime(t *testing.T) {

@@ -444,6 +444,7 @@ type helperSpec struct {
 	Bench    int
 	Echo     int  // bytes to send and read back (proxy.echo)
 	Splice   bool // read the echo with splice(2)
+	PingPong int  // round trips of 100 bytes (proxy.echo)
 }
 
 type helperProc struct {
@@ -483,6 +484,7 @@ func startHelper(t testing.TB, s helperSpec) *helperProc {
 		"HELPER_BENCH="+strconv.Itoa(s.Bench),
 		"HELPER_ECHO="+strconv.Itoa(s.Echo),
 		"HELPER_SPLICE="+map[bool]string{true: "1"}[s.Splice],
+		"HELPER_PINGPONG="+strconv.Itoa(s.PingPong),
 	)
 	cmd.Stderr = os.Stderr
 	if s.Cgroup != "" {
@@ -597,6 +599,8 @@ func runHelper() int {
 	var r dialResult
 	if n, _ := strconv.Atoi(os.Getenv("HELPER_BENCH")); n > 0 {
 		r = helperBench(n)
+	} else if n, _ := strconv.Atoi(os.Getenv("HELPER_PINGPONG")); n > 0 {
+		r = helperPingPong(n)
 	} else if n, _ := strconv.Atoi(os.Getenv("HELPER_ECHO")); n > 0 {
 		r = helperEcho(n)
 	} else {

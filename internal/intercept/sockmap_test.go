@@ -2,6 +2,7 @@ package intercept
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -250,5 +251,98 @@ func TestClientLegProxyGone(t *testing.T) {
 	}
 	if bytes.Contains([]byte(res.Line), []byte("remote")) {
 		t.Fatal("reached the remote directly")
+	}
+}
+
+// helperPingPong sends a 100-byte message and waits for its echo n times,
+// the shape of a select-only transaction on the client leg, and reports its
+// own CPU time per round trip.
+func helperPingPong(n int) dialResult {
+	r := dialResult{PID: os.Getpid()}
+	fam, sa, err := helperSockaddr()
+	if err != nil {
+		r.Err = err.Error()
+		return r
+	}
+	fd, err := unix.Socket(fam, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		r.Err = errString(err)
+		return r
+	}
+	defer unix.Close(fd)
+	if err := unix.Connect(fd, sa); err != nil {
+		r.Err = errString(err)
+		return r
+	}
+	var before, after unix.Rusage
+	msg := make([]byte, 100)
+	buf := make([]byte, 100)
+	unix.Getrusage(unix.RUSAGE_SELF, &before)
+	for k := 0; k < n; k++ {
+		if _, err := unix.Write(fd, msg); err != nil {
+			r.Err = "write: " + errString(err)
+			return r
+		}
+		for got := 0; got < len(buf); {
+			m, err := unix.Read(fd, buf[got:])
+			// See helperEcho; counted, bounded.
+			if errors.Is(err, unix.EAGAIN) && r.Spurious < 1000 {
+				r.Spurious++
+				continue
+			}
+			if err != nil || m == 0 {
+				r.Err = fmt.Sprintf("read: %d %v", m, err)
+				return r
+			}
+			got += m
+		}
+	}
+	unix.Getrusage(unix.RUSAGE_SELF, &after)
+	r.NsOp = (cpuNanos(&after) - cpuNanos(&before)) / int64(n)
+	return r
+}
+
+func cpuNanos(u *unix.Rusage) int64 {
+	return u.Utime.Nano() + u.Stime.Nano()
+}
+
+// BenchmarkClientLeg: CPU per 100-byte round trip of the client process and
+// of the proxy's (this) process, redirect on and off: what the sockhash
+// saves on the client leg, without a database in the way.
+//
+//	go test -run '^$' -bench BenchmarkClientLeg -benchtime 20000x ./internal/intercept/
+func BenchmarkClientLeg(b *testing.B) {
+	for _, on := range []bool{false, true} {
+		b.Run(fmt.Sprintf("sockhash=%v", on), func(b *testing.B) {
+			requireRoot(b)
+			e := &env{cgroup: newCgroup(b), pinDir: newPinDir(b), proxy: newProxy(b), remote: testRemote}
+			if e.remote == nil {
+				b.Fatal("no remote")
+			}
+			e.opts = Options{PinDir: e.pinDir, CgroupPath: e.cgroup, ProxyPort: e.proxy.port, Mode: ModeAll, Mark: 0xa1b0c,
+				Logger: discardLogger(), ClientLegRedirect: on}
+			ic, err := Open(context.Background(), e.opts)
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.Cleanup(func() { ic.Close() })
+			e.proxy.ic.Store(ic)
+			e.proxy.echo.Store(true)
+			if err := ic.SetTargets([]Target{{Prefix: netip.PrefixFrom(e.remote.v4, 32), Port: e.remote.ports[0]}}); err != nil {
+				b.Fatal(err)
+			}
+			var before, after unix.Rusage
+			unix.Getrusage(unix.RUSAGE_SELF, &before)
+			b.ResetTimer()
+			res := startHelper(b, helperSpec{Cgroup: e.cgroup, Addr: netip.AddrPortFrom(e.remote.v4, e.remote.ports[0]), PingPong: b.N, WaitAt: -1}).result(b)
+			b.StopTimer()
+			unix.Getrusage(unix.RUSAGE_SELF, &after)
+			if res.Err != "" {
+				b.Fatalf("ping-pong: %+v", res)
+			}
+			b.ReportMetric(float64(res.NsOp), "client-cpu-ns/op")
+			b.ReportMetric(float64(res.Spurious), "spurious-EAGAIN")
+			b.ReportMetric(float64(cpuNanos(&after)-cpuNanos(&before))/float64(b.N), "proxy-cpu-ns/op")
+		})
 	}
 }
