@@ -145,6 +145,18 @@ static __always_inline int loopback(const __u8 *a)
 	return a[15] == 1;
 }
 
+// Copies an IPv6 address out of a context: volatile 4-byte loads, since clang
+// would merge them into 8-byte loads, which the verifier rejects there.
+#define load_ip6(dst, src)                                  \
+	do {                                                \
+		__u32 ip6_[4];                              \
+		ip6_[0] = *(volatile __u32 *)&(src)[0];     \
+		ip6_[1] = *(volatile __u32 *)&(src)[1];     \
+		ip6_[2] = *(volatile __u32 *)&(src)[2];     \
+		ip6_[3] = *(volatile __u32 *)&(src)[3];     \
+		__builtin_memcpy((dst), ip6_, 16);          \
+	} while (0)
+
 // remote_port is in network order; little-endian kernels shift the 16-bit
 // value into the upper half (sockops always, sk_msg on newer kernels), so
 // take whichever half holds it.
@@ -170,19 +182,8 @@ int airlock_sockops_join(struct bpf_sock_ops *ctx)
 		v4mapped(k.local, ctx->local_ip4);
 		v4mapped(k.remote, ctx->remote_ip4);
 	} else if (ctx->family == AF_INET6) {
-		// volatile: clang would merge these into 8-byte loads, which the
-		// verifier rejects for bpf_sock_ops.
-		__u32 ip6[4];
-		ip6[0] = *(volatile __u32 *)&ctx->local_ip6[0];
-		ip6[1] = *(volatile __u32 *)&ctx->local_ip6[1];
-		ip6[2] = *(volatile __u32 *)&ctx->local_ip6[2];
-		ip6[3] = *(volatile __u32 *)&ctx->local_ip6[3];
-		__builtin_memcpy(k.local, ip6, 16);
-		ip6[0] = *(volatile __u32 *)&ctx->remote_ip6[0];
-		ip6[1] = *(volatile __u32 *)&ctx->remote_ip6[1];
-		ip6[2] = *(volatile __u32 *)&ctx->remote_ip6[2];
-		ip6[3] = *(volatile __u32 *)&ctx->remote_ip6[3];
-		__builtin_memcpy(k.remote, ip6, 16);
+		load_ip6(k.local, ctx->local_ip6);
+		load_ip6(k.remote, ctx->remote_ip6);
 	} else {
 		return 1;
 	}
@@ -208,17 +209,8 @@ int airlock_redirect(struct sk_msg_md *msg)
 		v4mapped(peer.local, msg->remote_ip4);
 		v4mapped(peer.remote, msg->local_ip4);
 	} else if (msg->family == AF_INET6) {
-		__u32 ip6[4];
-		ip6[0] = *(volatile __u32 *)&msg->remote_ip6[0];
-		ip6[1] = *(volatile __u32 *)&msg->remote_ip6[1];
-		ip6[2] = *(volatile __u32 *)&msg->remote_ip6[2];
-		ip6[3] = *(volatile __u32 *)&msg->remote_ip6[3];
-		__builtin_memcpy(peer.local, ip6, 16);
-		ip6[0] = *(volatile __u32 *)&msg->local_ip6[0];
-		ip6[1] = *(volatile __u32 *)&msg->local_ip6[1];
-		ip6[2] = *(volatile __u32 *)&msg->local_ip6[2];
-		ip6[3] = *(volatile __u32 *)&msg->local_ip6[3];
-		__builtin_memcpy(peer.remote, ip6, 16);
+		load_ip6(peer.local, msg->remote_ip6);
+		load_ip6(peer.remote, msg->local_ip6);
 	} else {
 		return SK_PASS;
 	}

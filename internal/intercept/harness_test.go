@@ -426,6 +426,7 @@ type dialResult struct {
 	TCPSent   uint64 `json:"tcp_sent"`
 	TCPRecved uint64 `json:"tcp_recved"`
 	Spurious  int    `json:"spurious"` // EAGAINs from blocking reads
+	SegsOut   uint32 `json:"segs_out"`
 }
 
 // helperSpec describes a helper run. Depth is how many generations the

@@ -181,15 +181,9 @@ func (i *Interceptor) ClientLeg() ClientLegState {
 	st.Sockets, _ = countKeys(leg.objs.AirlockSocks)
 	st.ProxySockets, _ = countKeys(leg.objs.AirlockProxySocks)
 	for idx, name := range sockmapStatNames {
-		var perCPU []uint64
-		if err := leg.objs.AirlockSockmapStats.Lookup(uint32(idx), &perCPU); err != nil {
-			continue
+		if sum, err := sumPerCPU(leg.objs.AirlockSockmapStats, uint32(idx)); err == nil {
+			st.Counters[name] = sum
 		}
-		var sum uint64
-		for _, v := range perCPU {
-			sum += v
-		}
-		st.Counters[name] = sum
 	}
 	return st
 }
