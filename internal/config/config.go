@@ -85,7 +85,7 @@ type Intercept struct {
 	// Sockhash carries what PostgreSQL clients send to the proxy through a
 	// kernel sockhash instead of loopback TCP where the kernel allows
 	// (bpf/sockmap.c). Default false: on Linux 6.18 a blocking read(2) on a
-	// socket in a sockhash can fail with EAGAIN (rarely: 2 of 6 runs of
+	// socket in a sockhash can fail with EAGAIN (rarely: 4 of 15 runs of
 	// 20,000 round trips in BenchmarkClientLeg, and at the peer's close),
 	// which a client on blocking sockets that does not retry (Python's
 	// plain sockets) reports as an error; libpq, Go, Java's socket
