@@ -354,3 +354,33 @@ func BenchmarkClientLeg(b *testing.B) {
 		})
 	}
 }
+
+// TestClientLegClientKilled: a client killed in the middle of a large send
+// leaves nothing behind: both ends leave the sockhashes when they close, so
+// no stale entry can name a later connection's socket.
+func TestClientLegClientKilled(t *testing.T) {
+	e := newEnvWith(t, ModeAll, func(o *Options) { o.ClientLegRedirect = true })
+	e.proxy.echo.Store(true)
+	r := e.remote
+	if err := e.ic.SetTargets([]Target{e.target(r.v4, r.ports[0])}); err != nil {
+		t.Fatal(err)
+	}
+	h := startHelper(t, helperSpec{Cgroup: e.cgroup, Addr: netip.AddrPortFrom(r.v4, r.ports[0]), Echo: 1 << 30, WaitAt: -1})
+	// Bounded wait until the stream is under way (both ends joined).
+	for k := 0; k < 100 && e.ic.ClientLeg().ProxySockets == 0; k++ {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if st := e.ic.ClientLeg(); st.Sockets != 1 || st.ProxySockets != 1 {
+		t.Fatalf("while streaming: %d agent and %d proxy sockets joined, want 1 and 1", st.Sockets, st.ProxySockets)
+	}
+	h.cmd.Process.Kill()
+	h.cmd.Wait()
+	var st ClientLegState
+	for k := 0; k < 250; k++ {
+		if st = e.ic.ClientLeg(); st.Sockets == 0 && st.ProxySockets == 0 {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("after the client was killed: %d agent and %d proxy sockets still joined", st.Sockets, st.ProxySockets)
+}
