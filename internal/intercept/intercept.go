@@ -405,7 +405,7 @@ func (i *Interceptor) closeFDs() error {
 	}
 	i.links = map[string]link.Link{}
 	if leg := i.leg.Swap(nil); leg != nil {
-		if err := leg.objs.Close(); err != nil {
+		if err := leg.close(); err != nil {
 			errs = append(errs, fmt.Errorf("close sockmap objects: %w", err))
 		}
 	}

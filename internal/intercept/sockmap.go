@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"sync"
 	"sync/atomic"
 	"syscall"
 
@@ -18,7 +19,11 @@ import (
 // TCP stack (bpf/sockmap.c). Map and join link are pinned with the core's
 // state (see the note on pinning in bpf/sockmap.c).
 type clientLeg struct {
-	objs sockmapObjects
+	// mu orders joins and status reads (read lock) before the close (write
+	// lock): the front door may still be accepting while the daemon stops.
+	mu     sync.RWMutex
+	closed bool
+	objs   sockmapObjects
 	// joinFailed counts proxy sockets that could not join (they use TCP).
 	joinFailed atomic.Uint64
 }
@@ -85,6 +90,15 @@ func (i *Interceptor) openClientLeg() (*clientLeg, error) {
 	return leg, nil
 }
 
+// close releases the leg's handles once no join or status read uses them.
+// The pinned maps and program stay (see bpf/sockmap.c).
+func (l *clientLeg) close() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.closed = true
+	return l.objs.Close()
+}
+
 // joinAttachment is the sockops program that joins the agents' sockets; a
 // second sockops program in the attach cgroup, beside the core's.
 var joinAttachment = attachment{name: "sockops_join", cgroup: true, attach: ebpf.AttachCGroupSockOps}
@@ -140,6 +154,11 @@ func (i *Interceptor) JoinClientLeg(conn net.Conn) {
 		return
 	}
 	key := sockKey(local, remote)
+	leg.mu.RLock()
+	defer leg.mu.RUnlock()
+	if leg.closed {
+		return
+	}
 	if err := updateSock(leg.objs.AirlockProxySocks, key, tc); err != nil {
 		if leg.joinFailed.Add(1) == 1 {
 			i.log.Warn("a proxy socket could not join the sockhash; its connection uses loopback TCP (logged once)", "client", remote.String(), "err", err)
@@ -176,6 +195,11 @@ func (i *Interceptor) ClientLeg() ClientLegState {
 	leg := i.leg.Load()
 	if leg == nil {
 		return ClientLegState{Mode: "tcp (" + i.legOff + ")"}
+	}
+	leg.mu.RLock()
+	defer leg.mu.RUnlock()
+	if leg.closed {
+		return ClientLegState{Mode: "tcp (closed)"}
 	}
 	st := ClientLegState{Mode: "sockhash", Counters: map[string]uint64{"proxy_join_failed": leg.joinFailed.Load()}}
 	st.Sockets, _ = countKeys(leg.objs.AirlockSocks)
