@@ -61,6 +61,13 @@ func newPGWorldPolicy(t *testing.T, ttl, policy string) *pgWorld {
 // newPGWorldWith: tree intercepts in tree mode (Cursor's tree only).
 func newPGWorldWith(t *testing.T, ttl, policy string, tree bool) *pgWorld {
 	t.Helper()
+	return newPGWorldConfig(t, ttl, policy, tree, nil)
+}
+
+// newPGWorldConfig is newPGWorldWith with a chance to edit the daemon's
+// configuration before it starts.
+func newPGWorldConfig(t *testing.T, ttl, policy string, tree bool, edit func(string) string) *pgWorld {
+	t.Helper()
 	w := &pgWorld{env: newEnv(t), tree: tree}
 	if policy != "" {
 		w.policyFile = filepath.Join(t.TempDir(), "policy.yaml")
@@ -79,6 +86,9 @@ func newPGWorldWith(t *testing.T, ttl, policy string, tree bool) *pgWorld {
 	cfg := w.daemonConfig(ttl)
 	if w.tree {
 		cfg = strings.Replace(cfg, "  mode: all\n", "  mode: tree\n  executables: [cursor]\n", 1)
+	}
+	if edit != nil {
+		cfg = edit(cfg)
 	}
 	w.config(cfg)
 	w.startDaemon()
@@ -162,7 +172,19 @@ func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) {
 }
 
 func TestPostgresThroughAirlock(t *testing.T) {
-	w := newPGWorld(t, "10m")
+	for _, sockhash := range []bool{false, true} {
+		t.Run(fmt.Sprintf("sockhash=%v", sockhash), func(t *testing.T) {
+			w := newPGWorldConfig(t, "10m", "", false, func(cfg string) string {
+				return strings.Replace(cfg, "  mode: all\n", fmt.Sprintf("  mode: all\n  sockhash: %v\n", sockhash), 1)
+			})
+			testPostgresThroughAirlock(t, w, sockhash)
+		})
+	}
+}
+
+// testPostgresThroughAirlock runs real clients through w's daemon, with the
+// client leg on loopback TCP or through the sockhash.
+func testPostgresThroughAirlock(t *testing.T, w *pgWorld, sockhash bool) {
 
 	t.Run("psql reaches the real server as a just-in-time role", func(t *testing.T) {
 		out := w.psql(t, w.dsn, "-c", "SELECT current_user, current_setting('application_name'), count(*) FROM customers")
@@ -283,6 +305,25 @@ c.close()
 		}
 		if strings.Contains(w.daemonOut.String(), "panic") {
 			t.Fatal("daemon panicked")
+		}
+	})
+
+	t.Run("the client leg went where configured", func(t *testing.T) {
+		st := w.status()
+		want := "tcp (disabled)"
+		if sockhash {
+			want = "sockhash"
+		}
+		if st.Daemon.ClientLeg != want {
+			t.Fatalf("client leg %q, want %q", st.Daemon.ClientLeg, want)
+		}
+		// With the sockhash every client above sent through it: psql, TLS,
+		// COPY both ways, pgbench, pgx; without it nothing.
+		if redirected := st.Counters["client_leg_redirected"]; sockhash != (redirected >= 1000 && st.Counters["client_leg_joined"] > 0) {
+			t.Fatalf("client leg %q, counters %v", st.Daemon.ClientLeg, st.Counters)
+		}
+		if out := w.mustAirlock(t, "status"); !strings.Contains(out, "client leg") || !strings.Contains(out, want) {
+			t.Fatalf("airlock status does not show the client leg:\n%s", out)
 		}
 	})
 

@@ -48,6 +48,9 @@ func printStatus(s *control.Status) {
 	fmt.Fprintf(w, "airlockd %s\tpid %d, up %s\n", d.Version, d.PID, time.Since(d.Started).Round(time.Second))
 	fmt.Fprintf(w, "config\t%s\n", d.Config)
 	fmt.Fprintf(w, "mode\t%s (attach cgroup %s, proxy port %d, pins %s)\n", d.Mode, d.Cgroup, d.ProxyPort, d.PinDir)
+	if d.ClientLeg != "" {
+		fmt.Fprintf(w, "client leg\t%s\n", d.ClientLeg)
+	}
 	for _, p := range d.Off {
 		fmt.Fprintf(w, "  OFF\t%s (AIRLOCK_BENCH_OFF: a benchmark setting, not for use)\n", p)
 	}

@@ -82,6 +82,15 @@ type Intercept struct {
 	// <attach_cgroup>/airlock.tree/..., which no unprivileged process can
 	// leave. Default true.
 	Contain *bool `yaml:"contain"`
+	// Sockhash carries what PostgreSQL clients send to the proxy through a
+	// kernel sockhash instead of loopback TCP where the kernel allows
+	// (bpf/sockmap.c). Default false: on Linux 6.18 a blocking read(2) on a
+	// socket in a sockhash can fail with EAGAIN (rarely: 4 of 15 runs of
+	// 20,000 round trips in BenchmarkClientLeg, and at the peer's close),
+	// which a client on blocking sockets that does not retry (Python's
+	// plain sockets) reports as an error; libpq, Go, Java's socket
+	// implementation and async clients retry.
+	Sockhash bool `yaml:"sockhash"`
 	// NetnsAddresses are host addresses (at most one IPv4, one IPv6) where
 	// selected processes in other network namespaces reach the proxy; the
 	// proxy listens there too. Empty: their target connects are refused.
@@ -311,6 +320,9 @@ func Load(path string) (*Config, error) {
 
 // ContainTrees reports intercept.contain (default true).
 func (i Intercept) ContainTrees() bool { return i.Contain == nil || *i.Contain }
+
+// RedirectClientLeg reports intercept.sockhash (default false).
+func (i Intercept) RedirectClientLeg() bool { return i.Sockhash }
 
 // File is the path the configuration came from.
 func (c *Config) File() string { return c.file }

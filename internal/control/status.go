@@ -37,6 +37,9 @@ type DaemonStatus struct {
 	Cgroup    string    `json:"attach_cgroup"`
 	ProxyPort uint16    `json:"proxy_port"`
 	PinDir    string    `json:"pin_dir"`
+	// ClientLeg is how the agent <-> proxy leg is carried: "sockhash" (in
+	// the kernel, past the loopback TCP stack) or "tcp (why)".
+	ClientLeg string `json:"client_leg,omitempty"`
 	// Off names parts of the data path turned off for a benchmark
 	// (AIRLOCK_BENCH_OFF): never silent, since it removes a guarantee.
 	Off []string `json:"off,omitempty"`

@@ -32,6 +32,14 @@ func (d *Daemon) Status(_ context.Context, p control.Peer) (*control.Status, err
 		})
 	}
 	st.Counters, st.MapEntries = ist.Counters, ist.MapEntries
+	leg := d.ic.ClientLeg()
+	st.Daemon.ClientLeg = leg.Mode
+	for name, v := range leg.Counters {
+		st.Counters["client_leg_"+name] = v
+	}
+	if leg.Counters != nil {
+		st.MapEntries["socks"], st.MapEntries["proxy_socks"] = leg.Sockets, leg.ProxySockets
+	}
 	st.Selection = d.selectionStatus(ist)
 	if d.audit != nil {
 		as := d.audit.Status()

@@ -135,8 +135,9 @@ func (d *Daemon) start(ctx context.Context) error {
 		NetnsAddrs: d.cfg.Intercept.NetnsAddrs,
 		Users:      d.cfg.Intercept.UIDs,
 		// Matched by the kernel at exec (tree mode), daemon running or not.
-		Executables: d.cfg.Intercept.Executables,
-		Logger:      d.log,
+		Executables:       d.cfg.Intercept.Executables,
+		ClientLegRedirect: d.cfg.Intercept.RedirectClientLeg(),
+		Logger:            d.log,
 	})
 	if err != nil {
 		return fmt.Errorf("set up kernel interception: %w", err)
@@ -252,6 +253,7 @@ func (d *Daemon) start(ctx context.Context) error {
 		MaxSessionsPerUID: d.cfg.Proxy.MaxSessionsPerUID,
 		// Selected processes in other network namespaces are sent here.
 		ExtraAddrs: d.cfg.Intercept.NetnsAddrs,
+		Join:       d.ic.JoinClientLeg,
 	})
 	if err != nil {
 		return err

@@ -140,6 +140,7 @@ func newRouter(ctx context.Context, cfg *config.Config, set *targets.Set, dialer
 			rt := frontdoor.Route{Target: t, Connection: conn.Name, Protocol: conn.Protocol, Handler: h, Refuser: refuser}
 			if conn.Protocol == "postgres" {
 				rt.Exempt = func(c net.Conn) bool { return pgrefuse.IsCancelRequest(c, 2*time.Second) }
+				rt.Redirectable = true // pgwire reads with read(2), never splice
 			}
 			r.byTarget[t] = rt
 		}

@@ -56,6 +56,11 @@ type Route struct {
 	// still be served (a PostgreSQL CancelRequest: short, and the way out
 	// of a runaway query). It may wait briefly for the client's first bytes.
 	Exempt func(conn net.Conn) bool
+	// Redirectable says the handler reads the client only with read(2), so
+	// its socket may join the kernel's client-leg redirect (Options.Join):
+	// splice (io.Copy between sockets) reads the TCP queue alone and would
+	// miss redirected bytes.
+	Redirectable bool
 }
 
 // Refusal is why a connection is turned away before its session starts.
@@ -114,6 +119,10 @@ type Options struct {
 	// ExtraAddrs are more addresses to listen on (with Port): where the
 	// kernel sends selected processes of other network namespaces.
 	ExtraAddrs []netip.Addr
+	// Join, if set, puts an accepted connection of a Redirectable route into
+	// the kernel's client-leg redirect (intercept.Interceptor.JoinClientLeg).
+	// It is called before anything is read from or written to the client.
+	Join func(conn net.Conn)
 }
 
 // Refused reasons counted in Stats.
@@ -348,6 +357,11 @@ func (s *Server) admit(ctx context.Context, conn net.Conn, a *admission) (contex
 			Message: "redirected connection to " + rec.Orig.String() + ", which is no longer a registered target: closed"})
 		_ = conn.Close()
 		return ctx, false
+	}
+	// Before the first byte is read or answered: what the client sends in
+	// reply to the proxy must not overtake what it sent before.
+	if route.Redirectable && s.opts.Join != nil {
+		s.opts.Join(conn)
 	}
 	if route.Refusal != nil {
 		s.refuse(ctx, conn, route, rec, client, *route.Refusal)

@@ -252,6 +252,9 @@ type proxy struct {
 	lns    []net.Listener
 	closed sync.Once
 	sink   bool // accept and close only (benchmarks)
+	// echo: join the client leg, then send back what the client sends
+	// until it half-closes (see echo).
+	echo atomic.Bool
 }
 
 func newProxy(t testing.TB) *proxy {
@@ -307,6 +310,10 @@ func (p *proxy) serve(ln net.Listener) {
 		}
 		if p.sink {
 			c.Close()
+			continue
+		}
+		if p.echo.Load() {
+			go p.echoConn(c.(*net.TCPConn))
 			continue
 		}
 		client := c.RemoteAddr().(*net.TCPAddr).AddrPort()
@@ -413,6 +420,13 @@ type dialResult struct {
 	Line  string `json:"line"`
 	Err   string `json:"err"`
 	NsOp  int64  `json:"ns_op"`
+	// Echo runs: bytes sent and read back intact, and what TCP carried
+	// of them (TCP_INFO of the client's socket).
+	Echoed    int64  `json:"echoed"`
+	TCPSent   uint64 `json:"tcp_sent"`
+	TCPRecved uint64 `json:"tcp_recved"`
+	Spurious  int    `json:"spurious"` // EAGAINs from blocking reads
+	SegsOut   uint32 `json:"segs_out"`
 }
 
 // helperSpec describes a helper run. Depth is how many generations the
@@ -429,6 +443,9 @@ type helperSpec struct {
 	Exe      string
 	ChildExe string
 	Bench    int
+	Echo     int  // bytes to send and read back (proxy.echo)
+	Splice   bool // read the echo with splice(2)
+	PingPong int  // round trips of 100 bytes (proxy.echo)
 }
 
 type helperProc struct {
@@ -466,6 +483,9 @@ func startHelper(t testing.TB, s helperSpec) *helperProc {
 		"HELPER_WAIT_AT="+strconv.Itoa(s.WaitAt),
 		"HELPER_CHILD_EXE="+s.ChildExe,
 		"HELPER_BENCH="+strconv.Itoa(s.Bench),
+		"HELPER_ECHO="+strconv.Itoa(s.Echo),
+		"HELPER_SPLICE="+map[bool]string{true: "1"}[s.Splice],
+		"HELPER_PINGPONG="+strconv.Itoa(s.PingPong),
 	)
 	cmd.Stderr = os.Stderr
 	if s.Cgroup != "" {
@@ -580,6 +600,10 @@ func runHelper() int {
 	var r dialResult
 	if n, _ := strconv.Atoi(os.Getenv("HELPER_BENCH")); n > 0 {
 		r = helperBench(n)
+	} else if n, _ := strconv.Atoi(os.Getenv("HELPER_PINGPONG")); n > 0 {
+		r = helperPingPong(n)
+	} else if n, _ := strconv.Atoi(os.Getenv("HELPER_ECHO")); n > 0 {
+		r = helperEcho(n)
 	} else {
 		r = helperDial()
 	}

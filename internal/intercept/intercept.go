@@ -21,6 +21,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -110,7 +111,11 @@ type Options struct {
 	// with them, so the kernel keeps matching while no daemon runs. An entry
 	// longer than MaxExecutableLen bytes is an error.
 	Executables []string
-	Logger      *slog.Logger
+	// ClientLegRedirect carries the client leg through a sockhash instead
+	// of loopback TCP where the kernel can (bpf/sockmap.c); where it
+	// cannot, Open logs it once and the leg stays on TCP.
+	ClientLegRedirect bool
+	Logger            *slog.Logger
 }
 
 // Interceptor is an open handle on the pinned state. Its methods are safe
@@ -125,6 +130,11 @@ type Interceptor struct {
 	objs   airlockObjects
 	links  map[string]link.Link
 	closed bool
+
+	// leg is the client-leg redirect, nil while the leg is on TCP; legOff
+	// says why it is.
+	leg    atomic.Pointer[clientLeg]
+	legOff string
 }
 
 // attachment describes one program and where it is attached. The pin file
@@ -242,6 +252,7 @@ func Open(ctx context.Context, opts Options) (*Interceptor, error) {
 			return nil, err
 		}
 	}
+	i.setupClientLeg()
 	// Both layouts' programs are attached now: a connect redirected by the
 	// old ones lands on our proxy without a record and is refused, never
 	// sent direct. Adopt again (forks tracked by the old programs only,
@@ -257,6 +268,24 @@ func Open(ctx context.Context, opts Options) (*Interceptor, error) {
 	log.Info("interception attached", "cgroup", opts.CgroupPath, "cgroup_id", cgID,
 		"pin_dir", opts.PinDir, "proxy_port", opts.ProxyPort, "mode", opts.Mode.String(), "executables", normalizeExecutables(opts.Executables))
 	return i, nil
+}
+
+// setupClientLeg turns the client-leg redirect on, or explains why not.
+func (i *Interceptor) setupClientLeg() {
+	if !i.opts.ClientLegRedirect {
+		i.legOff = "disabled"
+		i.dropClientLeg()
+		return
+	}
+	leg, err := i.openClientLeg()
+	if err != nil {
+		i.legOff = "unavailable: " + err.Error()
+		i.dropClientLeg()
+		i.log.Warn("client leg stays on loopback TCP: this kernel cannot redirect it through a sockhash", "err", err)
+		return
+	}
+	i.leg.Store(leg)
+	i.log.Info("client leg redirected through a sockhash")
 }
 
 func (i *Interceptor) writeConfig() error {
@@ -288,8 +317,11 @@ func (i *Interceptor) writeConfig() error {
 // attach makes sure a's program is attached and pinned, replacing a link a
 // previous daemon left behind without a moment in which neither is attached.
 func (i *Interceptor) attach(a attachment) error {
+	return i.attachProgram(a, a.prog(&i.objs))
+}
+
+func (i *Interceptor) attachProgram(a attachment, prog *ebpf.Program) error {
 	pin := filepath.Join(i.linkDir, a.name)
-	prog := a.prog(&i.objs)
 
 	old, err := link.LoadPinnedLink(pin, nil)
 	switch {
@@ -372,6 +404,11 @@ func (i *Interceptor) closeFDs() error {
 		}
 	}
 	i.links = map[string]link.Link{}
+	if leg := i.leg.Swap(nil); leg != nil {
+		if err := leg.close(); err != nil {
+			errs = append(errs, fmt.Errorf("close sockmap objects: %w", err))
+		}
+	}
 	if err := i.objs.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("close BPF objects: %w", err))
 	}

@@ -114,18 +114,27 @@ func (i *Interceptor) Status() Status {
 		s.Errors = append(s.Errors, err.Error())
 	}
 	for idx, name := range statNames {
-		var perCPU []uint64
-		if err := i.objs.AirlockStats.Lookup(uint32(idx), &perCPU); err != nil {
+		sum, err := sumPerCPU(i.objs.AirlockStats, uint32(idx))
+		if err != nil {
 			s.Errors = append(s.Errors, fmt.Sprintf("counter %s: %v", name, err))
 			continue
-		}
-		var sum uint64
-		for _, v := range perCPU {
-			sum += v
 		}
 		s.Counters[name] = sum
 	}
 	return s
+}
+
+// sumPerCPU reads one counter of a per-CPU array, summed over the CPUs.
+func sumPerCPU(m *ebpf.Map, idx uint32) (uint64, error) {
+	var perCPU []uint64
+	if err := m.Lookup(idx, &perCPU); err != nil {
+		return 0, err
+	}
+	var sum uint64
+	for _, v := range perCPU {
+		sum += v
+	}
+	return sum, nil
 }
 
 func countKeys(m *ebpf.Map) (int, error) {
