@@ -667,7 +667,7 @@ func helperDial() dialResult {
 	tv := unix.Timeval{Sec: 3}
 	unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_SNDTIMEO, &tv)
 	unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
-	if err := unix.Connect(fd, sa); err != nil {
+	if err := connectFD(fd, sa); err != nil {
 		r.Err = errString(err)
 		return r
 	}
@@ -681,7 +681,7 @@ func helperDial() dialResult {
 		return r
 	}
 	buf := make([]byte, 64)
-	n, err := unix.Read(fd, buf)
+	n, err := readFD(fd, buf)
 	if err != nil {
 		r.Err = errString(err)
 		return r
@@ -706,7 +706,7 @@ func helperBench(n int) dialResult {
 			r.Err = errString(err)
 			return r
 		}
-		if err := unix.Connect(fd, sa); err != nil {
+		if err := connectFD(fd, sa); err != nil {
 			unix.Close(fd)
 			r.Err = errString(err)
 			return r
@@ -719,3 +719,59 @@ func helperBench(n int) dialResult {
 }
 
 func discardLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+// The helper's blocking socket calls are not restarted after a signal when
+// the socket has a send or receive timeout (signal(7)), and the Go runtime
+// does signal its threads (preemption, GC): without these the helper would
+// report a stray EINTR as the connection's fate.
+
+// connectFD connects a blocking socket. After EINTR the kernel goes on
+// connecting: wait until it is done and take its result.
+func connectFD(fd int, sa unix.Sockaddr) error {
+	err := unix.Connect(fd, sa)
+	if err != unix.EINTR {
+		return err
+	}
+	pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT}}
+	for tries := 0; ; tries++ {
+		n, err := unix.Poll(pfd, 20_000)
+		if err == unix.EINTR && tries < 100 {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if n == 0 {
+			return unix.ETIMEDOUT
+		}
+		break
+	}
+	soErr, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR)
+	if err != nil {
+		return err
+	}
+	if soErr != 0 {
+		return unix.Errno(soErr)
+	}
+	return nil
+}
+
+// readFD and writeFD are read(2) and write(2), again after EINTR (nothing
+// was transferred then), a bounded number of times.
+func readFD(fd int, b []byte) (int, error) {
+	for tries := 0; ; tries++ {
+		n, err := unix.Read(fd, b)
+		if err != unix.EINTR || tries == 100 {
+			return n, err
+		}
+	}
+}
+
+func writeFD(fd int, b []byte) (int, error) {
+	for tries := 0; ; tries++ {
+		n, err := unix.Write(fd, b)
+		if err != unix.EINTR || tries == 100 {
+			return n, err
+		}
+	}
+}

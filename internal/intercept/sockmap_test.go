@@ -57,7 +57,7 @@ func helperConnect(timeout int64) (int, error) {
 		unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_SNDTIMEO, &tv)
 		unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
 	}
-	if err := unix.Connect(fd, sa); err != nil {
+	if err := connectFD(fd, sa); err != nil {
 		unix.Close(fd)
 		return -1, errors.New(errString(err))
 	}
@@ -84,12 +84,12 @@ func helperEcho(n int) dialResult {
 	for j := range first {
 		first[j] = echoPattern(int64(j))
 	}
-	if _, err := unix.Write(fd, first); err != nil {
+	if _, err := writeFD(fd, first); err != nil {
 		r.Err = "write first: " + errString(err)
 		return r
 	}
 	for got := 0; got < len(first); {
-		m, err := unix.Read(fd, first[got:])
+		m, err := readFD(fd, first[got:])
 		if err != nil || m == 0 {
 			r.Err = fmt.Sprintf("read first: %d %v", m, err)
 			return r
@@ -111,7 +111,7 @@ func helperEcho(n int) dialResult {
 			for j := range size {
 				buf[j] = echoPattern(off + j)
 			}
-			if _, err := unix.Write(fd, buf[:size]); err != nil {
+			if _, err := writeFD(fd, buf[:size]); err != nil {
 				sent <- fmt.Errorf("write at %d: %w", off, err)
 				return
 			}
@@ -122,7 +122,7 @@ func helperEcho(n int) dialResult {
 	buf := make([]byte, 50000)
 	got := int64(len(first))
 	// HELPER_SPLICE: read the answers as forwarders do, through splice(2).
-	read := func(b []byte) (int, error) { return unix.Read(fd, b) }
+	read := func(b []byte) (int, error) { return readFD(fd, b) }
 	if os.Getenv("HELPER_SPLICE") == "1" {
 		var p [2]int
 		if err := unix.Pipe2(p[:], unix.O_CLOEXEC); err != nil {
@@ -133,6 +133,9 @@ func helperEcho(n int) dialResult {
 		defer unix.Close(p[1])
 		read = func(b []byte) (int, error) {
 			m, err := unix.Splice(fd, nil, p[1], nil, len(b), 0)
+			for tries := 0; err == unix.EINTR && tries < 100; tries++ {
+				m, err = unix.Splice(fd, nil, p[1], nil, len(b), 0)
+			}
 			if m <= 0 || err != nil {
 				return int(m), err
 			}
@@ -281,12 +284,12 @@ func helperPingPong(n int) dialResult {
 	buf := make([]byte, 100)
 	unix.Getrusage(unix.RUSAGE_SELF, &before)
 	for k := 0; k < n; k++ {
-		if _, err := unix.Write(fd, msg); err != nil {
+		if _, err := writeFD(fd, msg); err != nil {
 			r.Err = "write: " + errString(err)
 			return r
 		}
 		for got := 0; got < len(buf); {
-			m, err := unix.Read(fd, buf[got:])
+			m, err := readFD(fd, buf[got:])
 			// See helperEcho; counted, bounded.
 			if errors.Is(err, unix.EAGAIN) && r.Spurious < 1000 {
 				r.Spurious++
