@@ -106,6 +106,42 @@ type item struct {
 type scope struct {
 	items  []item
 	parent *scope
+	// rels caches the base relations of this level and, in all, of the
+	// outer levels too, sorted and de-duplicated: an unqualified name
+	// lists them all, and building the list per reference would be
+	// quadratic in a FROM list of thousands.
+	rels, all []string
+	cached    bool
+}
+
+func (sc *scope) add(it item) {
+	sc.items = append(sc.items, it)
+	sc.cached = false
+}
+
+// relations returns this level's base relations and those of every level.
+func (sc *scope) relations() (own, all []string) {
+	if sc.cached {
+		return sc.rels, sc.all
+	}
+	var set nameSet
+	for i := range sc.items {
+		if it := &sc.items[i]; it.d == nil && len(it.aliased) == 0 {
+			set.add(it.rel[0])
+		}
+	}
+	sc.rels = slices.Clip(set.sorted())
+	sc.all = sc.rels
+	if sc.parent != nil {
+		if _, outer := sc.parent.relations(); len(outer) > 0 {
+			for _, r := range outer {
+				set.add(r)
+			}
+			sc.all = slices.Clip(set.sorted())
+		}
+	}
+	sc.cached = true
+	return sc.rels, sc.all
 }
 
 // sink is where the references of an expression go: into the statement's
@@ -228,6 +264,23 @@ func (l *lineageWalker) statement(node *pg_query.Node, st *Statement) {
 		// A view stores no values, but hands the query's columns out under
 		// the view's name, where masking by source would not know them.
 		l.queryNode(n.ViewStmt.Query, sink{roles: roleCopy}, nil, 0)
+	case *pg_query.Node_RuleStmt:
+		// A rule's actions run later, on other statements' rows.
+		for _, a := range n.RuleStmt.Actions {
+			inner := &Statement{}
+			statementLineage(a, inner)
+			l.addLineage(inner.Lineage, roleCopy, roleCopy, roleCopy)
+		}
+	case *pg_query.Node_AlterTableStmt:
+		// Generated columns, USING and defaults compute stored values from
+		// the table's own columns.
+		if rv := n.AlterTableStmt.Relation; rv != nil {
+			sc := &scope{}
+			l.rangeVar(rv, sc)
+			for _, c := range n.AlterTableStmt.Cmds {
+				l.generic(protoMessage(c), sink{roles: roleCopy}, sc, 1)
+			}
+		}
 	case *pg_query.Node_RefreshMatViewStmt:
 		if rv := n.RefreshMatViewStmt.Relation; rv != nil {
 			l.emit(sink{roles: roleCopy}, ColumnRef{Relations: l.one(relName(rv))})
@@ -379,6 +432,16 @@ func (l *lineageWalker) pushCTEs(with *pg_query.WithClause, outer *scope, depth 
 	if with == nil {
 		return k
 	}
+	if with.Recursive {
+		// WITH RECURSIVE lets a CTE read one defined after it. Their names
+		// are visible from the start, without columns (d nil) until done:
+		// reading one of those makes the lineage Unknown.
+		for _, c := range with.Ctes {
+			if ce := c.GetCommonTableExpr(); ce != nil {
+				l.ctes = append(l.ctes, cte{name: ce.Ctename})
+			}
+		}
+	}
 	for _, c := range with.Ctes {
 		ce := c.GetCommonTableExpr()
 		if ce == nil {
@@ -391,6 +454,9 @@ func (l *lineageWalker) pushCTEs(with *pg_query.WithClause, outer *scope, depth 
 			d = l.subquery(ce.Ctequery, outer, depth+1)
 		}
 		d = renameColumns(d, ce.Aliascolnames)
+		if d == nil {
+			d = &derived{}
+		}
 		// Read whether or not anything uses it.
 		l.emitDerived(sink{roles: roleFilter}, d)
 		l.ctes = append(l.ctes, cte{name: ce.Ctename, d: d})
@@ -634,7 +700,7 @@ func (l *lineageWalker) starInto(d *derived, cr *pg_query.ColumnRef, sc *scope) 
 	}
 	// A qualifier naming nothing in scope: keep it as written.
 	if q := qualifier(cr.Fields[:len(cr.Fields)-1]); q != "" {
-		d.stars = append(d.stars, l.one(q))
+		addStar(d, l.one(q))
 	}
 }
 
@@ -642,8 +708,25 @@ func (l *lineageWalker) starInto(d *derived, cr *pg_query.ColumnRef, sc *scope) 
 func passThrough(d *derived, it *item) {
 	switch {
 	case it.d != nil:
-		d.cols = append(d.cols, it.d.cols...)
-		d.stars = append(d.stars, it.d.stars...)
+		if len(d.cols)+len(it.d.cols) > maxDerivedColumns {
+			// More columns than PostgreSQL allows (self-joins of CTEs
+			// double them at each step): keep the references, not the
+			// names, so the walk stays linear.
+			d.anyName = true
+			for _, cols := range [][]dcol{d.cols, it.d.cols} {
+				for i := range cols {
+					for _, r := range cols[i].refs.list {
+						d.opaque.add(r)
+					}
+				}
+			}
+			d.cols = nil
+		} else {
+			d.cols = append(d.cols, it.d.cols...)
+		}
+		for _, rel := range it.d.stars {
+			addStar(d, rel)
+		}
 		if it.d.anyName {
 			d.anyName = true
 		}
@@ -655,8 +738,20 @@ func passThrough(d *derived, it *item) {
 		d.anyName = true
 		d.opaque.add(ColumnRef{Relations: it.rel})
 	default:
-		d.stars = append(d.stars, it.rel)
+		addStar(d, it.rel)
 	}
+}
+
+// maxDerivedColumns is PostgreSQL's limit on a target list's length.
+const maxDerivedColumns = 1664
+
+func addStar(d *derived, rel []string) {
+	for _, r := range d.stars {
+		if slices.Equal(r, rel) {
+			return
+		}
+	}
+	d.stars = append(d.stars, rel)
 }
 
 // qualifier joins the name parts of a reference's qualifier.
@@ -721,7 +816,7 @@ func (l *lineageWalker) fromItem(n *pg_query.Node, sc *scope, depth int) {
 			for i := start; i < len(sc.items); i++ {
 				passThrough(d, &sc.items[i])
 			}
-			sc.items = append(sc.items, item{name: j.Alias.Aliasname, d: renameColumns(d, j.Alias.Colnames)})
+			sc.add(item{name: j.Alias.Aliasname, d: renameColumns(d, j.Alias.Colnames)})
 		}
 	case *pg_query.Node_RangeSubselect:
 		rs := v.RangeSubselect
@@ -731,13 +826,16 @@ func (l *lineageWalker) fromItem(n *pg_query.Node, sc *scope, depth int) {
 			outer = sc
 		}
 		d := l.subquery(rs.Subquery, outer, depth+1)
+		if d == nil {
+			d = &derived{}
+		}
 		l.emitDerived(sink{roles: roleFilter}, d)
 		name := ""
 		if rs.Alias != nil {
 			name = rs.Alias.Aliasname
 			d = renameColumns(d, rs.Alias.Colnames)
 		}
-		sc.items = append(sc.items, item{name: name, d: d})
+		sc.add(item{name: name, d: d})
 	case *pg_query.Node_RangeFunction:
 		// Functions in FROM see the items before them (implicitly LATERAL);
 		// the columns they return are computed from all their arguments.
@@ -757,7 +855,7 @@ func (l *lineageWalker) fromItem(n *pg_query.Node, sc *scope, depth int) {
 				}
 			}
 		}
-		sc.items = append(sc.items, item{name: name, d: d})
+		sc.add(item{name: name, d: d})
 	case *pg_query.Node_RangeTableSample:
 		ts := v.RangeTableSample
 		l.fromItem(ts.Relation, sc, depth+1)
@@ -772,7 +870,7 @@ func (l *lineageWalker) fromItem(n *pg_query.Node, sc *scope, depth int) {
 		if a := aliasOf(n); a != nil {
 			name = a.Aliasname
 		}
-		sc.items = append(sc.items, item{name: name, d: d})
+		sc.add(item{name: name, d: d})
 	}
 }
 
@@ -795,10 +893,14 @@ func (l *lineageWalker) rangeVar(rv *pg_query.RangeVar, sc *scope) {
 		for i := len(l.ctes) - 1; i >= 0; i-- {
 			if l.ctes[i].name == rv.Relname {
 				d := l.ctes[i].d
+				if d == nil {
+					l.unknown = true
+					d = &derived{}
+				}
 				if rv.Alias != nil {
 					d = renameColumns(d, rv.Alias.Colnames)
 				}
-				sc.items = append(sc.items, item{name: name, d: d})
+				sc.add(item{name: name, d: d})
 				return
 			}
 		}
@@ -807,7 +909,7 @@ func (l *lineageWalker) rangeVar(rv *pg_query.RangeVar, sc *scope) {
 	if rv.Alias != nil && len(rv.Alias.Colnames) > 0 {
 		it.aliased = nameParts(rv.Alias.Colnames)
 	}
-	sc.items = append(sc.items, it)
+	sc.add(it)
 }
 
 // dml walks INSERT, UPDATE, DELETE or MERGE and returns its RETURNING
@@ -851,7 +953,7 @@ func (l *lineageWalker) dml(n *pg_query.Node, outer *scope, depth int) *derived 
 		if oc := s.OnConflictClause; oc != nil {
 			if target != nil {
 				// excluded is the row proposed for insertion: the target's.
-				sc.items = append(sc.items, item{name: "excluded", rel: l.one(relName(target))})
+				sc.add(item{name: "excluded", rel: l.one(relName(target))})
 			}
 			if oc.Infer != nil {
 				l.generic(oc.Infer.ProtoReflect(), f, sc, depth+1)
@@ -1116,12 +1218,13 @@ func (l *lineageWalker) wholeRow(it *item, s sink) {
 // as it would end PostgreSQL's), and the whole row of an item so named
 // (SELECT t FROM t).
 func (l *lineageWalker) unqualified(name string, s sink, sc *scope) {
-	var buf [4]string
-	rels := buf[:0]
 	found := false
 	var whole *item
-	for lv := sc; lv != nil; lv = lv.parent {
-		exact := false
+	// stop is the level where PostgreSQL's search certainly ends: one with
+	// a derived column of that name. Base relations of every level up to
+	// it could hold the name.
+	var stop *scope
+	for lv := sc; lv != nil && stop == nil; lv = lv.parent {
 		for i := range lv.items {
 			it := &lv.items[i]
 			if whole == nil && it.name == name {
@@ -1131,7 +1234,7 @@ func (l *lineageWalker) unqualified(name string, s sink, sc *scope) {
 			case it.d != nil:
 				for j := range it.d.cols {
 					if it.d.cols[j].name == name {
-						exact = true
+						stop = lv
 					}
 				}
 				if l.lookup(s, it.d, name) {
@@ -1139,26 +1242,30 @@ func (l *lineageWalker) unqualified(name string, s sink, sc *scope) {
 				}
 			case slices.Contains(it.aliased, name):
 				l.emit(s, ColumnRef{Relations: it.rel})
-				found, exact = true, true
-			default:
-				if !slices.Contains(rels, it.rel[0]) {
-					rels = append(rels, it.rel[0])
-				}
+				found, stop = true, lv
 			}
 		}
-		if exact {
-			break
+	}
+	var rels []string
+	if sc != nil {
+		if stop == nil {
+			_, rels = sc.relations()
+		} else {
+			var set nameSet
+			for lv := sc; lv != nil; lv = lv.parent {
+				own, _ := lv.relations()
+				for _, r := range own {
+					set.add(r)
+				}
+				if lv == stop {
+					break
+				}
+			}
+			rels = slices.Clip(set.sorted())
 		}
 	}
-	switch len(rels) {
-	case 0:
-	case 1:
-		l.emit(s, ColumnRef{Relations: l.one(rels[0]), Column: name})
-		found = true
-	default:
-		all := slices.Clone(rels)
-		slices.Sort(all)
-		l.emit(s, ColumnRef{Relations: all, Column: name})
+	if len(rels) > 0 {
+		l.emit(s, ColumnRef{Relations: rels, Column: name})
 		found = true
 	}
 	switch {
