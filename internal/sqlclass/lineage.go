@@ -84,6 +84,7 @@ type dcol struct {
 // derived is what a query hands to the query around it.
 type derived struct {
 	cols []dcol
+	buf  [1]dcol // cols of a one-column query
 	// stars are base relations whose every column passes through under
 	// its own name (SELECT * over a table).
 	stars [][]string
@@ -106,12 +107,19 @@ type item struct {
 type scope struct {
 	items  []item
 	parent *scope
+	buf    [2]item // items of the common one- and two-relation FROM
 	// rels caches the base relations of this level and, in all, of the
 	// outer levels too, sorted and de-duplicated: an unqualified name
 	// lists them all, and building the list per reference would be
 	// quadratic in a FROM list of thousands.
 	rels, all []string
 	cached    bool
+}
+
+func newScope(parent *scope) *scope {
+	sc := &scope{parent: parent}
+	sc.items = sc.buf[:0]
+	return sc
 }
 
 func (sc *scope) add(it item) {
@@ -125,19 +133,42 @@ func (sc *scope) relations() (own, all []string) {
 		return sc.rels, sc.all
 	}
 	var set nameSet
+	var first []string
+	n := 0
 	for i := range sc.items {
 		if it := &sc.items[i]; it.d == nil && len(it.aliased) == 0 {
-			set.add(it.rel[0])
+			if first == nil {
+				first = it.rel
+			}
+			n++
 		}
 	}
-	sc.rels = slices.Clip(set.sorted())
+	switch n {
+	case 0:
+		sc.rels = nil
+	case 1:
+		sc.rels = first // already a one-entry slice: no copy
+	default:
+		for i := range sc.items {
+			if it := &sc.items[i]; it.d == nil && len(it.aliased) == 0 {
+				set.add(it.rel[0])
+			}
+		}
+		sc.rels = slices.Clip(set.sorted())
+		if len(sc.rels) == 1 {
+			sc.rels = first
+		}
+	}
 	sc.all = sc.rels
 	if sc.parent != nil {
 		if _, outer := sc.parent.relations(); len(outer) > 0 {
-			for _, r := range outer {
-				set.add(r)
+			var all nameSet
+			for _, list := range [][]string{sc.rels, outer} {
+				for _, r := range list {
+					all.add(r)
+				}
 			}
-			sc.all = slices.Clip(set.sorted())
+			sc.all = slices.Clip(all.sorted())
 		}
 	}
 	sc.cached = true
@@ -189,7 +220,8 @@ func (l *lineageWalker) emitAll(s sink, refs *refList) {
 // array (one allocation for many references).
 func (l *lineageWalker) one(name string) []string {
 	if len(l.names) == cap(l.names) {
-		l.names = make([]string, 0, 8)
+		// Most statements name one or two relations.
+		l.names = make([]string, 0, min(2*cap(l.names)+2, 16))
 	}
 	l.names = append(l.names, name)
 	n := len(l.names)
@@ -236,7 +268,13 @@ func (l *lineageWalker) lookup(s sink, d *derived, name string) bool {
 
 // statementLineage fills st.Lineage (and CursorName) from its node.
 func statementLineage(node *pg_query.Node, st *Statement) {
-	l := &lineageWalker{}
+	(&lineageWalker{}).run(node, st)
+}
+
+// run is statementLineage with the walker's state in l, which the
+// classifier's walker holds (the generic walk's closures would move a
+// walker of its own to the heap: one allocation per statement).
+func (l *lineageWalker) run(node *pg_query.Node, st *Statement) {
 	if node != nil {
 		l.statement(node, st)
 	}
@@ -255,9 +293,9 @@ func (l *lineageWalker) statement(node *pg_query.Node, st *Statement) {
 		if n.SelectStmt.IntoClause != nil {
 			r = roleCopy
 		}
-		l.emitDerived(sink{roles: r}, l.query(n.SelectStmt, nil, 0))
+		l.query(n.SelectStmt, nil, 0, &sink{roles: r})
 	case *pg_query.Node_InsertStmt, *pg_query.Node_UpdateStmt, *pg_query.Node_DeleteStmt, *pg_query.Node_MergeStmt:
-		l.emitDerived(sink{roles: roleOutput}, l.dml(node, nil, 0))
+		l.dml(node, nil, 0, &sink{roles: roleOutput})
 	case *pg_query.Node_CreateTableAsStmt:
 		l.queryNode(n.CreateTableAsStmt.Query, sink{roles: roleCopy}, nil, 0)
 	case *pg_query.Node_ViewStmt:
@@ -275,7 +313,7 @@ func (l *lineageWalker) statement(node *pg_query.Node, st *Statement) {
 		// Generated columns, USING and defaults compute stored values from
 		// the table's own columns.
 		if rv := n.AlterTableStmt.Relation; rv != nil {
-			sc := &scope{}
+			sc := newScope(nil)
 			l.rangeVar(rv, sc)
 			for _, c := range n.AlterTableStmt.Cmds {
 				l.generic(protoMessage(c), sink{roles: roleCopy}, sc, 1)
@@ -405,20 +443,22 @@ func (l *lineageWalker) copyStmt(c *pg_query.CopyStmt) {
 // queryNode handles a node that holds a query (SELECT or DML with
 // RETURNING) and emits its result columns into s.
 func (l *lineageWalker) queryNode(n *pg_query.Node, s sink, outer *scope, depth int) {
-	l.emitDerived(s, l.subquery(n, outer, depth))
+	l.subquery(n, outer, depth, &s)
 }
 
-// subquery returns the derived relation of a query node.
-func (l *lineageWalker) subquery(n *pg_query.Node, outer *scope, depth int) *derived {
+// subquery walks a query node. With into nil it returns the derived
+// relation of its result columns; else it emits them into *into (cheaper:
+// nothing is kept per column) and returns nil.
+func (l *lineageWalker) subquery(n *pg_query.Node, outer *scope, depth int, into *sink) *derived {
 	if n == nil {
 		return nil
 	}
 	if sel := n.GetSelectStmt(); sel != nil {
-		return l.query(sel, outer, depth)
+		return l.query(sel, outer, depth, into)
 	}
 	switch n.Node.(type) {
 	case *pg_query.Node_InsertStmt, *pg_query.Node_UpdateStmt, *pg_query.Node_DeleteStmt, *pg_query.Node_MergeStmt:
-		return l.dml(n, outer, depth)
+		return l.dml(n, outer, depth, into)
 	}
 	// EXECUTE name inside CREATE TABLE AS and the like: the consumer looks
 	// up the prepared statement.
@@ -451,7 +491,7 @@ func (l *lineageWalker) pushCTEs(with *pg_query.WithClause, outer *scope, depth 
 		if sel := ce.Ctequery.GetSelectStmt(); with.Recursive && sel != nil && sel.Op != pg_query.SetOperation_SETOP_NONE {
 			d = l.recursiveCTE(ce.Ctename, sel, outer, depth)
 		} else {
-			d = l.subquery(ce.Ctequery, outer, depth+1)
+			d = l.subquery(ce.Ctequery, outer, depth+1, nil)
 		}
 		d = renameColumns(d, ce.Aliascolnames)
 		if d == nil {
@@ -469,13 +509,13 @@ func (l *lineageWalker) pushCTEs(with *pg_query.WithClause, outer *scope, depth 
 func (l *lineageWalker) recursiveCTE(name string, sel *pg_query.SelectStmt, outer *scope, depth int) *derived {
 	all := &derived{anyName: true}
 	if sel.Larg != nil {
-		all.opaque = allRefs(l.query(sel.Larg, outer, depth+1))
+		all.opaque = allRefs(l.query(sel.Larg, outer, depth+1, nil))
 	}
 	l.ctes = append(l.ctes, cte{name: name, d: all})
 	k := len(l.ctes)
 	var right *derived
 	if sel.Rarg != nil {
-		right = l.query(sel.Rarg, outer, depth+1)
+		right = l.query(sel.Rarg, outer, depth+1, nil)
 	}
 	l.ctes = l.ctes[:k-1]
 	res := &derived{anyName: true}
@@ -533,7 +573,7 @@ func renameColumns(d *derived, names []*pg_query.Node) *derived {
 // query walks one SELECT (plain, VALUES or a set operation) whose outer
 // scope is outer, emitting what it reads to choose rows as Filter, and
 // returns its result columns.
-func (l *lineageWalker) query(sel *pg_query.SelectStmt, outer *scope, depth int) *derived {
+func (l *lineageWalker) query(sel *pg_query.SelectStmt, outer *scope, depth int, into *sink) *derived {
 	if sel == nil {
 		return nil
 	}
@@ -545,21 +585,40 @@ func (l *lineageWalker) query(sel *pg_query.SelectStmt, outer *scope, depth int)
 	defer func() { l.ctes = l.ctes[:k] }()
 
 	if sel.Op != pg_query.SetOperation_SETOP_NONE {
-		d := setOp(l.query(sel.Larg, outer, depth+1), l.query(sel.Rarg, outer, depth+1))
+		if into != nil {
+			l.query(sel.Larg, outer, depth+1, into)
+			l.query(sel.Rarg, outer, depth+1, into)
+			// ORDER BY names result columns, all of them already in
+			// *into; what else it reads is Filter.
+			l.filterClauses(sel, newScope(outer), depth)
+			return nil
+		}
+		d := setOp(l.query(sel.Larg, outer, depth+1, nil), l.query(sel.Rarg, outer, depth+1, nil))
 		// ORDER BY and LIMIT of a set operation name its result columns.
-		sc := &scope{parent: outer, items: []item{{name: "", d: d}}}
+		sc := newScope(outer)
+		sc.add(item{d: d})
 		l.filterClauses(sel, sc, depth)
 		return d
 	}
-	sc := &scope{parent: outer}
+	sc := newScope(outer)
 	for _, f := range sel.FromClause {
 		l.fromItem(f, sc, depth+1)
 	}
 	if len(sel.ValuesLists) > 0 {
+		if into != nil {
+			l.exprs(sel.ValuesLists, *into, sc, depth+1)
+			return nil
+		}
 		return l.values(sel.ValuesLists, sc, depth)
 	}
 	l.filterClauses(sel, sc, depth)
+	if into != nil {
+		// A star is a whole-row reference to what it names here.
+		l.exprs(sel.TargetList, *into, sc, depth+1)
+		return nil
+	}
 	d := &derived{}
+	d.cols = d.buf[:0]
 	for _, t := range sel.TargetList {
 		rt := t.GetResTarget()
 		if rt == nil {
@@ -825,7 +884,7 @@ func (l *lineageWalker) fromItem(n *pg_query.Node, sc *scope, depth int) {
 		if rs.Lateral {
 			outer = sc
 		}
-		d := l.subquery(rs.Subquery, outer, depth+1)
+		d := l.subquery(rs.Subquery, outer, depth+1, nil)
 		if d == nil {
 			d = &derived{}
 		}
@@ -914,7 +973,7 @@ func (l *lineageWalker) rangeVar(rv *pg_query.RangeVar, sc *scope) {
 
 // dml walks INSERT, UPDATE, DELETE or MERGE and returns its RETURNING
 // columns.
-func (l *lineageWalker) dml(n *pg_query.Node, outer *scope, depth int) *derived {
+func (l *lineageWalker) dml(n *pg_query.Node, outer *scope, depth int, into *sink) *derived {
 	if depth > maxLineageDepth {
 		l.unknown = true
 		return nil
@@ -939,7 +998,7 @@ func (l *lineageWalker) dml(n *pg_query.Node, outer *scope, depth int) *derived 
 	k := l.pushCTEs(with, outer, depth)
 	defer func() { l.ctes = l.ctes[:k] }()
 
-	sc := &scope{parent: outer}
+	sc := newScope(outer)
 	if target != nil {
 		l.rangeVar(target, sc)
 	}
@@ -987,6 +1046,10 @@ func (l *lineageWalker) dml(n *pg_query.Node, outer *scope, depth int) *derived 
 			l.exprs(m.TargetList, cp, sc, depth+1)
 			l.exprs(m.Values, cp, sc, depth+1)
 		}
+	}
+	if into != nil {
+		l.exprs(returning, *into, sc, depth+1)
+		return nil
 	}
 	d := &derived{}
 	for _, t := range returning {
@@ -1056,7 +1119,7 @@ func (l *lineageWalker) expr(n *pg_query.Node, s sink, sc *scope, depth int) {
 		}
 		l.queryNode(sl.Subselect, inner, sc, depth+1)
 	case *pg_query.Node_SelectStmt:
-		l.emitDerived(s, l.query(v.SelectStmt, sc, depth+1))
+		l.query(v.SelectStmt, sc, depth+1, &s)
 	case *pg_query.Node_WindowDef:
 		l.window(v.WindowDef, sc, depth)
 	default:
@@ -1095,7 +1158,7 @@ func (l *lineageWalker) generic(m protoreflect.Message, s sink, sc *scope, depth
 		l.window(v, sc, depth)
 		return
 	case *pg_query.SelectStmt:
-		l.emitDerived(s, l.query(v, sc, depth+1))
+		l.query(v, sc, depth+1, &s)
 		return
 	case *pg_query.TypeName, *pg_query.Alias, *pg_query.RangeVar:
 		return
