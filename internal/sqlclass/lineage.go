@@ -136,7 +136,7 @@ func (sc *scope) relations() (own, all []string) {
 	var first []string
 	n := 0
 	for i := range sc.items {
-		if it := &sc.items[i]; it.d == nil && len(it.aliased) == 0 {
+		if it := &sc.items[i]; it.d == nil {
 			if first == nil {
 				first = it.rel
 			}
@@ -150,7 +150,7 @@ func (sc *scope) relations() (own, all []string) {
 		sc.rels = first // already a one-entry slice: no copy
 	default:
 		for i := range sc.items {
-			if it := &sc.items[i]; it.d == nil && len(it.aliased) == 0 {
+			if it := &sc.items[i]; it.d == nil {
 				set.add(it.rel[0])
 			}
 		}
@@ -303,11 +303,22 @@ func (l *lineageWalker) statement(node *pg_query.Node, st *Statement) {
 		// the view's name, where masking by source would not know them.
 		l.queryNode(n.ViewStmt.Query, sink{roles: roleCopy}, nil, 0)
 	case *pg_query.Node_RuleStmt:
-		// A rule's actions run later, on other statements' rows.
-		for _, a := range n.RuleStmt.Actions {
+		// A rule's actions run later, on other statements' rows (NEW and
+		// OLD are rows of its relation).
+		r := n.RuleStmt
+		if r.Relation != nil {
+			l.emit(sink{roles: roleCopy}, ColumnRef{Relations: l.one(relName(r.Relation))})
+		}
+		for _, a := range r.Actions {
 			inner := &Statement{}
 			statementLineage(a, inner)
 			l.addLineage(inner.Lineage, roleCopy, roleCopy, roleCopy)
+		}
+	case *pg_query.Node_CreateTrigStmt:
+		// A row trigger hands every row written to its function, which may
+		// store it anywhere: UPDATE t SET id = id then copies the table.
+		if rv := n.CreateTrigStmt.Relation; rv != nil {
+			l.emit(sink{roles: roleCopy}, ColumnRef{Relations: l.one(relName(rv))})
 		}
 	case *pg_query.Node_AlterTableStmt:
 		// Generated columns, USING and defaults compute stored values from
