@@ -107,7 +107,8 @@ type item struct {
 type scope struct {
 	items  []item
 	parent *scope
-	buf    [2]item // items of the common one- and two-relation FROM
+	buf    [2]item   // items of the common one- and two-relation FROM
+	nbuf   [2]string // see newScope
 	// rels caches the base relations of this level and, in all, of the
 	// outer levels too, sorted and de-duplicated: an unqualified name
 	// lists them all, and building the list per reference would be
@@ -116,9 +117,14 @@ type scope struct {
 	cached    bool
 }
 
-func newScope(parent *scope) *scope {
+func (l *lineageWalker) newScope(parent *scope) *scope {
 	sc := &scope{parent: parent}
 	sc.items = sc.buf[:0]
+	if len(l.names) == cap(l.names) {
+		// The relation names of a small statement live in its scope's
+		// allocation.
+		l.names = sc.nbuf[:0]
+	}
 	return sc
 }
 
@@ -192,7 +198,8 @@ type lineageWalker struct {
 	out, filter, copy refList
 	unknown           bool
 	ctes              []cte
-	names             []string // backing store of one-entry Relations slices
+	names             []string    // backing store of one-entry Relations slices
+	slab              []ColumnRef // backing store of the lists' first entries
 }
 
 func (l *lineageWalker) emit(s sink, r ColumnRef) {
@@ -200,14 +207,27 @@ func (l *lineageWalker) emit(s sink, r ColumnRef) {
 		s.col.add(r)
 	}
 	if s.roles&roleOutput != 0 {
-		l.out.add(r)
+		l.list(&l.out).add(r)
 	}
 	if s.roles&roleFilter != 0 {
-		l.filter.add(r)
+		l.list(&l.filter).add(r)
 	}
 	if s.roles&roleCopy != 0 {
-		l.copy.add(r)
+		l.list(&l.copy).add(r)
 	}
+}
+
+// list gives a statement's list its first two entries from a shared
+// allocation: most statements list a column or two in two of the lists.
+func (l *lineageWalker) list(rl *refList) *refList {
+	if rl.list == nil {
+		if len(l.slab) < 2 {
+			l.slab = make([]ColumnRef, 4)
+		}
+		rl.list = l.slab[:0:2]
+		l.slab = l.slab[2:]
+	}
+	return rl
 }
 
 func (l *lineageWalker) emitAll(s sink, refs *refList) {
@@ -268,12 +288,10 @@ func (l *lineageWalker) lookup(s sink, d *derived, name string) bool {
 
 // statementLineage fills st.Lineage (and CursorName) from its node.
 func statementLineage(node *pg_query.Node, st *Statement) {
-	(&lineageWalker{}).run(node, st)
+	var l lineageWalker // on the stack: nothing keeps it
+	l.run(node, st)
 }
 
-// run is statementLineage with the walker's state in l, which the
-// classifier's walker holds (the generic walk's closures would move a
-// walker of its own to the heap: one allocation per statement).
 func (l *lineageWalker) run(node *pg_query.Node, st *Statement) {
 	if node != nil {
 		l.statement(node, st)
@@ -324,7 +342,7 @@ func (l *lineageWalker) statement(node *pg_query.Node, st *Statement) {
 		// Generated columns, USING and defaults compute stored values from
 		// the table's own columns.
 		if rv := n.AlterTableStmt.Relation; rv != nil {
-			sc := newScope(nil)
+			sc := l.newScope(nil)
 			l.rangeVar(rv, sc)
 			for _, c := range n.AlterTableStmt.Cmds {
 				l.generic(protoMessage(c), sink{roles: roleCopy}, sc, 1)
@@ -601,17 +619,17 @@ func (l *lineageWalker) query(sel *pg_query.SelectStmt, outer *scope, depth int,
 			l.query(sel.Rarg, outer, depth+1, into)
 			// ORDER BY names result columns, all of them already in
 			// *into; what else it reads is Filter.
-			l.filterClauses(sel, newScope(outer), depth)
+			l.filterClauses(sel, l.newScope(outer), depth)
 			return nil
 		}
 		d := setOp(l.query(sel.Larg, outer, depth+1, nil), l.query(sel.Rarg, outer, depth+1, nil))
 		// ORDER BY and LIMIT of a set operation name its result columns.
-		sc := newScope(outer)
+		sc := l.newScope(outer)
 		sc.add(item{d: d})
 		l.filterClauses(sel, sc, depth)
 		return d
 	}
-	sc := newScope(outer)
+	sc := l.newScope(outer)
 	for _, f := range sel.FromClause {
 		l.fromItem(f, sc, depth+1)
 	}
@@ -1009,7 +1027,7 @@ func (l *lineageWalker) dml(n *pg_query.Node, outer *scope, depth int, into *sin
 	k := l.pushCTEs(with, outer, depth)
 	defer func() { l.ctes = l.ctes[:k] }()
 
-	sc := newScope(outer)
+	sc := l.newScope(outer)
 	if target != nil {
 		l.rangeVar(target, sc)
 	}
@@ -1179,20 +1197,24 @@ func (l *lineageWalker) generic(m protoreflect.Message, s sink, sc *scope, depth
 			l.unqualified(v.Name, s, sc)
 		}
 	}
-	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
-		if fd.Kind() != protoreflect.MessageKind {
-			return true
+	// A loop over the fields rather than m.Range: a closure handed to
+	// Range would move the walker to the heap on every statement.
+	fields := m.Descriptor().Fields()
+	for i := 0; i < fields.Len(); i++ {
+		fd := fields.Get(i)
+		if fd.Kind() != protoreflect.MessageKind || fd.IsMap() || !m.Has(fd) {
+			continue
 		}
+		v := m.Get(fd)
 		if fd.IsList() {
 			lst := v.List()
-			for i := 0; i < lst.Len(); i++ {
-				l.generic(lst.Get(i).Message(), s, sc, depth+1)
+			for j := 0; j < lst.Len(); j++ {
+				l.generic(lst.Get(j).Message(), s, sc, depth+1)
 			}
-		} else if !fd.IsMap() {
+		} else {
 			l.generic(v.Message(), s, sc, depth+1)
 		}
-		return true
-	})
+	}
 }
 
 func (l *lineageWalker) funcCall(fc *pg_query.FuncCall, s sink, sc *scope, depth int) {
