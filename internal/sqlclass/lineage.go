@@ -107,8 +107,7 @@ type item struct {
 type scope struct {
 	items  []item
 	parent *scope
-	buf    [2]item   // items of the common one- and two-relation FROM
-	nbuf   [2]string // see newScope
+	buf    [2]item // items of the common one- and two-relation FROM
 	// rels caches the base relations of this level and, in all, of the
 	// outer levels too, sorted and de-duplicated: an unqualified name
 	// lists them all, and building the list per reference would be
@@ -120,11 +119,6 @@ type scope struct {
 func (l *lineageWalker) newScope(parent *scope) *scope {
 	sc := &scope{parent: parent}
 	sc.items = sc.buf[:0]
-	if len(l.names) == cap(l.names) {
-		// The relation names of a small statement live in its scope's
-		// allocation.
-		l.names = sc.nbuf[:0]
-	}
 	return sc
 }
 
@@ -200,6 +194,26 @@ type lineageWalker struct {
 	ctes              []cte
 	names             []string    // backing store of one-entry Relations slices
 	slab              []ColumnRef // backing store of the lists' first entries
+	buf               *lineageBuf
+}
+
+// lineageBuf is the first backing store of names and slab: one allocation
+// for what a small statement's Lineage keeps (the scopes and derived
+// relations of the walk are garbage at its end, never held by the cache).
+type lineageBuf struct {
+	refs  [4]ColumnRef
+	names [2]string
+}
+
+// firstBuf reports whether it set names and slab to the first store.
+func (l *lineageWalker) firstBuf() bool {
+	if l.buf != nil {
+		return false
+	}
+	l.buf = &lineageBuf{}
+	l.names = l.buf.names[:0]
+	l.slab = l.buf.refs[:]
+	return true
 }
 
 func (l *lineageWalker) emit(s sink, r ColumnRef) {
@@ -221,7 +235,7 @@ func (l *lineageWalker) emit(s sink, r ColumnRef) {
 // allocation: most statements list a column or two in two of the lists.
 func (l *lineageWalker) list(rl *refList) *refList {
 	if rl.list == nil {
-		if len(l.slab) < 2 {
+		if len(l.slab) < 2 && !l.firstBuf() {
 			l.slab = make([]ColumnRef, 4)
 		}
 		rl.list = l.slab[:0:2]
@@ -239,8 +253,7 @@ func (l *lineageWalker) emitAll(s sink, refs *refList) {
 // one returns a one-entry Relations slice for name, from a shared backing
 // array (one allocation for many references).
 func (l *lineageWalker) one(name string) []string {
-	if len(l.names) == cap(l.names) {
-		// Most statements name one or two relations.
+	if len(l.names) == cap(l.names) && !l.firstBuf() {
 		l.names = make([]string, 0, min(2*cap(l.names)+2, 16))
 	}
 	l.names = append(l.names, name)
@@ -407,7 +420,10 @@ func (l *lineageWalker) dynamicNested(node *pg_query.Node, st *Statement) {
 	if len(st.Nested) == 0 {
 		return
 	}
-	stores := false
+	// The call's value is stored when the statement stores what it
+	// computes (CREATE TABLE AS, INSERT, COPY to a file, ...) or the
+	// function itself writes (dblink_exec).
+	stores := st.Kind != KindRead || st.Flags&(FlagCopyFile|FlagCopyProgram) != 0
 	for _, se := range st.SideEffects {
 		if sqlTextFunctions[lastName(se.Function)] {
 			stores = true

@@ -168,6 +168,8 @@ var lineageCases = []lineageCase{
 		copied: []string{"users:name"}},
 	{name: "c function", sql: "CREATE FUNCTION f() RETURNS int LANGUAGE c AS 'lib', 'sym'", unknown: true},
 	{name: "query_to_xml", sql: "SELECT query_to_xml('SELECT name FROM users', true, true, '')", out: []string{"users:name"}},
+	{name: "query_to_xml stored", sql: "CREATE TABLE t AS SELECT query_to_xml('SELECT name FROM users', true, true, '')",
+		out: []string{"users:name"}, copied: []string{"users:name"}},
 	{name: "dblink_exec", sql: "SELECT dblink_exec('conn', 'INSERT INTO t SELECT name FROM users')", copied: []string{"users:name"}},
 
 	// Bookkeeping statements.
