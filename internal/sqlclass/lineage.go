@@ -657,14 +657,20 @@ func (l *lineageWalker) query(sel *pg_query.SelectStmt, outer *scope, depth int,
 		return l.values(sel.ValuesLists, sc, depth)
 	}
 	l.filterClauses(sel, sc, depth)
+	return l.targetList(sel.TargetList, sc, depth, into)
+}
+
+// targetList walks a target or RETURNING list in scope sc: into *into
+// when given (a star is then a whole-row reference to what it names),
+// else into the derived relation it returns.
+func (l *lineageWalker) targetList(targets []*pg_query.Node, sc *scope, depth int, into *sink) *derived {
 	if into != nil {
-		// A star is a whole-row reference to what it names here.
-		l.exprs(sel.TargetList, *into, sc, depth+1)
+		l.exprs(targets, *into, sc, depth+1)
 		return nil
 	}
 	d := &derived{}
 	d.cols = d.buf[:0]
-	for _, t := range sel.TargetList {
+	for _, t := range targets {
 		rt := t.GetResTarget()
 		if rt == nil {
 			continue
@@ -1092,25 +1098,7 @@ func (l *lineageWalker) dml(n *pg_query.Node, outer *scope, depth int, into *sin
 			l.exprs(m.Values, cp, sc, depth+1)
 		}
 	}
-	if into != nil {
-		l.exprs(returning, *into, sc, depth+1)
-		return nil
-	}
-	d := &derived{}
-	for _, t := range returning {
-		rt := t.GetResTarget()
-		if rt == nil {
-			continue
-		}
-		if cr := rt.Val.GetColumnRef(); cr != nil && isStar(cr) {
-			l.starInto(d, cr, sc)
-			continue
-		}
-		d.cols = append(d.cols, dcol{name: targetName(rt)})
-		c := &d.cols[len(d.cols)-1]
-		l.expr(rt.Val, sink{col: &c.refs}, sc, depth+1)
-	}
-	return d
+	return l.targetList(returning, sc, depth, into)
 }
 
 func (l *lineageWalker) exprs(ns []*pg_query.Node, s sink, sc *scope, depth int) {

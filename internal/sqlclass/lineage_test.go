@@ -334,15 +334,22 @@ func TestLineageCachedAndShaped(t *testing.T) {
 // Deep nesting ends in the classifier's existing error or a result, never
 // a crash, and what the lineage walk gives up on is Unknown.
 func TestLineageDeep(t *testing.T) {
-	for _, n := range []int{10, 100, 1000} {
-		sql := strings.Repeat("SELECT * FROM (", n) + "SELECT name FROM users" + strings.Repeat(") s", n)
+	var sqls []string
+	for _, n := range []int{10, 100, 1000, 6000} {
+		sqls = append(sqls,
+			strings.Repeat("SELECT * FROM (", n)+"SELECT name FROM users"+strings.Repeat(") s", n),
+			"SELECT "+strings.Repeat("upper(", n)+"name"+strings.Repeat(")", n)+" FROM users",
+			"SELECT "+strings.Repeat("(SELECT ", n)+"name"+strings.Repeat(")", n)+" FROM users")
+	}
+	for _, sql := range sqls {
+		n := len(sql)
 		res, err := New(Options{}).Classify(sql)
 		if err != nil {
 			continue
 		}
 		st := res.Statements[0]
 		if !st.Lineage.Unknown && !slices.Contains(refStrings(st.Lineage.Output), "users:name") {
-			t.Errorf("depth %d: name lost: %v", n, refStrings(st.Lineage.Output))
+			t.Errorf("%d bytes: name lost: %v", n, refStrings(st.Lineage.Output))
 		}
 	}
 }
