@@ -149,6 +149,60 @@ type SideEffect struct {
 	Reason   string
 }
 
+// ColumnRef is one reference to a column, or to a whole row, of a relation.
+type ColumnRef struct {
+	// Relations the reference may belong to, as written (schema-qualified
+	// when written so: "public.users", else "users"; identifiers as
+	// PostgreSQL folds them), aliases resolved to the relation they stand
+	// for. One entry when the reference is qualified (u.email) or its scope
+	// has one relation; every relation of its scope (outer scopes included)
+	// when it is unqualified and the scope has several: the parser alone
+	// cannot tell which one has the column. A qualifier naming nothing in
+	// scope (a PL/pgSQL record, a rule's NEW) is kept as written; an
+	// unqualified name with no relation in scope at all (a PL/pgSQL
+	// variable) is not listed. Never empty.
+	Relations []string
+	// Column name as PostgreSQL folds it; "" for a whole-row reference
+	// (`u`, `u.*`, `*`, `row_to_json(u)`, `t` in `SELECT t FROM t`).
+	Column string
+}
+
+// Lineage says whose values a statement can hand back, and whose it stores.
+// Lists are de-duplicated; their order is not significant; a column may be
+// in several (SELECT name ... WHERE name = 'x').
+type Lineage struct {
+	// Output: columns whose values can reach what the statement returns:
+	// every target list at every level (subqueries in FROM, CTEs, set
+	// operations, scalar subqueries in a target list, LATERAL, VALUES),
+	// RETURNING lists, and everything inside expressions there (function
+	// arguments, casts, CASE, aggregates, window functions). A reference to
+	// a CTE's or a FROM-subquery's own column is not listed: the columns in
+	// its target list are, in the role of the reference (a CTE column
+	// nothing outside reads is in Filter only).
+	Output []ColumnRef
+	// Filter: columns read only to choose or order rows (WHERE, JOIN ... ON /
+	// USING, GROUP BY, HAVING, ORDER BY, window PARTITION/ORDER, LIMIT/OFFSET,
+	// DISTINCT ON, EXISTS), and every column a CTE or FROM subquery
+	// computes (evaluated, and quoted by an error, even when unused).
+	Filter []ColumnRef
+	// Copy: columns whose values the statement stores where a later
+	// statement can read them back: CREATE TABLE AS, SELECT INTO, CREATE
+	// MATERIALIZED VIEW (and REFRESH of one), INSERT ... SELECT/VALUES,
+	// UPDATE ... SET / FROM, MERGE, COPY (query) TO a file or program,
+	// arguments of set_config(), pg_notify() and of every function the
+	// classifier lists in SideEffects (lo_from_bytea, lo_put, dblink_exec,
+	// ...), and every reference inside a DO block or a function/procedure
+	// body the statement creates or runs inline (their Output, Filter and
+	// Copy alike). Also CREATE VIEW's query and a rule's actions (they hand
+	// columns out later under another name), expressions of ALTER TABLE
+	// (generated columns, USING), and CALL's arguments.
+	Copy []ColumnRef
+	// Unknown: part of the statement could not be read (FlagOpaque: dynamic
+	// SQL built at run time, a language other than SQL or PL/pgSQL): treat
+	// every column of every relation it names as Output and Copy.
+	Unknown bool
+}
+
 // Statement is one statement of a query string, or one statement found
 // inside another (a DO block's body, a function body, a constant EXECUTE).
 // Statements are shared through the cache: never modify one.
@@ -181,9 +235,21 @@ type Statement struct {
 	Setting string
 	// PreparedName is the name of PREPARE, EXECUTE or DEALLOCATE.
 	PreparedName string
+	// CursorName is the cursor of DECLARE, FETCH, MOVE and CLOSE (empty
+	// for CLOSE ALL).
+	CursorName string
 	// Nested are the statements found inside this one: DO and function
 	// bodies, the statement of PREPARE, constant dynamic SQL.
 	Nested []*Statement
+	// Lineage says which columns the statement reads and in which role.
+	// Filled for every statement, nested ones included; a statement
+	// holding nested bodies (DO, CREATE FUNCTION/PROCEDURE) carries in its
+	// own Copy what they read, so a consumer may look at top-level
+	// statements only. PREPARE's own Lineage is empty: Nested[0] (the
+	// prepared statement) has it. DECLARE CURSOR's Output is its query's
+	// (no rows come back at DECLARE: the consumer keeps it under
+	// CursorName for FETCH). EXECUTE and FETCH carry none of their own.
+	Lineage Lineage
 
 	secretValues []string
 }
