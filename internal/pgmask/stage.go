@@ -123,9 +123,14 @@ type Stage struct {
 	// Describe before that message.
 	pending     bool
 	pendingName []byte
+	lin         *lineage // nil: no rule masks named columns, or lineage not tracked
+
+	// gen counts the session's DDL (server side), after which the
+	// client side's lineage caches are stale.
+	gen atomic.Uint64
 
 	// Server side only.
-	cache      map[Attr]mask.Column // decided columns by source
+	cache      map[Attr]decided // decided columns by source
 	missing    []Attr
 	portals    map[string][]field
 	cur        []field
@@ -152,8 +157,17 @@ type Stage struct {
 	// Every description decided, by its bytes, so statements run in
 	// turn (a transaction's, a pooled client's) are each decided once; a
 	// map lookup that does not allocate. Bounded; dropped with the cache.
-	descs      map[string][]field
-	unresolved atomic.Uint64
+	descs map[string][]field
+	// The last description decided for a tainted statement, with its
+	// computed columns masked whole.
+	taintDesc   []byte
+	taintFields []field
+	unresolved  atomic.Uint64
+	// unseen: a column the catalog did not show was decided (masked
+	// whole); decided again once the session is out of its transaction.
+	unseen    bool
+	wholeCols bool // a rule masks named columns whole
+	derived     atomic.Uint64 // computed values of tainted statements
 	binaryNull atomic.Uint64
 	orig       *Originals // the compliance copy; nil: none kept
 }
@@ -164,6 +178,17 @@ type request struct {
 	// A client's Describe of a portal: its answer is also the portal's
 	// description for the stage, which then need not ask itself.
 	capture bool
+	// The statement's taint (lineage.go): computed columns masked whole;
+	// error texts lose their quoted values.
+	out, echo bool
+}
+
+// decided is a column's decision by its source.
+type decided struct {
+	col mask.Column
+	// derived: masked whole by the stage itself (the planner's sample
+	// values, a source the catalog does not show).
+	derived bool
 }
 
 type field struct {
@@ -177,6 +202,9 @@ type field struct {
 	// acts is null or col.Masks(): the row walk looks at this value.
 	// Decided with the description, not per row.
 	acts bool
+	// computed: no source (table OID 0); derived: masked whole by the
+	// stage (a tainted statement's computed column, a statistics value).
+	computed, derived bool
 }
 
 // New returns the stage for a session with masker m (nil when m is Empty:
@@ -188,8 +216,8 @@ func New(m *mask.Masker, res Resolver, sess *session.Session, log *slog.Logger) 
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	s := &Stage{m: m, res: res, sess: sess, log: log, cache: map[Attr]mask.Column{}, portals: map[string][]field{},
-		descs: map[string][]field{}}
+	s := &Stage{m: m, res: res, sess: sess, log: log, cache: map[Attr]decided{}, portals: map[string][]field{},
+		descs: map[string][]field{}, wholeCols: m.WholeColumns()}
 	sess.SetMaskCounter(s.Counts)
 	return s
 }
@@ -211,6 +239,9 @@ func (s *Stage) Counts() []session.MaskCount {
 	if n := s.binaryNull.Load(); n > 0 {
 		out = append(out, session.MaskCount{Rule: "airlock", Detector: "binary", Strategy: "null", Values: n})
 	}
+	if n := s.derived.Load(); n > 0 {
+		out = append(out, session.MaskCount{Rule: "airlock", Detector: "derived", Strategy: "redact", Values: n})
+	}
 	return out
 }
 
@@ -223,6 +254,17 @@ func (s *Stage) ClientTypes() string { return "QPBDESFC" }
 // before that next message, whose answer the server side consumes.
 func (s *Stage) Client(m *pgwire.ClientMsg) pgwire.Verdict {
 	r := request{kind: m.Type}
+	if s.lin != nil {
+		if v, refused := s.lineageClient(m, &r); refused {
+			// In place of m the server gets the pipeline's poison, whose
+			// error the request stands for. A Describe the stage owed
+			// the last Bind is not sent: that portal's rows, were any
+			// to come, fail closed.
+			s.pending = false
+			s.push(r)
+			return v
+		}
+	}
 	var pre []byte // the stage's Describe, sent before m
 	if m.Type == 'D' {
 		if portal, ok := describedPortal(m.Body); ok {
@@ -236,6 +278,10 @@ func (s *Stage) Client(m *pgwire.ClientMsg) pgwire.Verdict {
 	if s.pending {
 		s.pending = false
 		ours = request{kind: 'd', portal: string(s.pendingName)}
+		if s.lin != nil {
+			t := s.lin.portals[ours.portal]
+			ours.out, ours.echo = t.out, t.echo
+		}
 		pre = append(s.cbuf[:0], 'D', 0, 0, 0, 0, 'P')
 		pre = append(append(pre, s.pendingName...), 0)
 		binary.BigEndian.PutUint32(pre[1:], uint32(len(pre)-1))
@@ -345,7 +391,7 @@ func (s *Stage) Server(m *pgwire.ServerMsg) pgwire.Verdict {
 			s.pop()
 			if m.Type == 'T' {
 				// An unreadable description is nil: its rows fail closed.
-				s.portals[r.portal], _ = s.describe(m.Body)
+				s.portals[r.portal], _ = s.describeFor(m.Body, r.out)
 			} else {
 				delete(s.portals, r.portal)
 			}
@@ -353,7 +399,7 @@ func (s *Stage) Server(m *pgwire.ServerMsg) pgwire.Verdict {
 		case 'D': // the client's; a portal's is also the stage's
 			s.pop()
 			if r.capture && m.Type == 'T' {
-				s.portals[r.portal], _ = s.describe(m.Body)
+				s.portals[r.portal], _ = s.describeFor(m.Body, r.out)
 			} else if r.capture {
 				delete(s.portals, r.portal)
 			}
@@ -361,7 +407,7 @@ func (s *Stage) Server(m *pgwire.ServerMsg) pgwire.Verdict {
 			if m.Type == 'T' {
 				// A description that cannot be read withholds its rows
 				// rather than letting them pass as if nothing were masked.
-				f, ok := s.describe(m.Body)
+				f, ok := s.describeFor(m.Body, r.out)
 				s.setCur(f)
 				s.curUnknown = !ok
 			}
@@ -381,16 +427,23 @@ func (s *Stage) Server(m *pgwire.ServerMsg) pgwire.Verdict {
 		s.popThroughSync()
 		if len(m.Body) > 0 && m.Body[0] == 'I' {
 			clear(s.portals)
+			if s.unseen {
+				// A relation the catalog did not show may have
+				// committed since.
+				s.forget()
+			}
 		}
 		s.refusing, s.copying = false, false
 	case 'E':
 		s.refusing, s.copying = false, false
-		if r, ok := s.front(); ok && r.kind != 'Q' && r.kind != 'F' && r.kind != 'S' {
+		r, ok := s.front()
+		if ok && r.kind != 'Q' && r.kind != 'F' && r.kind != 'S' {
 			s.skipToSync()
 		}
-		return s.notice(m)
+		return s.notice(m, ok && r.echo)
 	case 'N':
-		return s.notice(m)
+		r, ok := s.front()
+		return s.notice(m, ok && r.echo)
 	case 'H', 'W':
 		return s.copyOut(m)
 	case 'd':
@@ -468,12 +521,65 @@ func (s *Stage) ddl(body []byte) {
 	tag, _, _ := bytes.Cut(body, []byte{0})
 	for _, p := range []string{"CREATE", "ALTER", "DROP", "COMMENT", "GRANT", "REVOKE", "IMPORT", "SELECT INTO"} {
 		if bytes.HasPrefix(tag, []byte(p)) {
-			clear(s.cache)
-			clear(s.descs)
-			s.lastDesc, s.lastFields = s.lastDesc[:0], nil
+			s.forget()
 			return
 		}
 	}
+}
+
+// forget drops every decision kept, the client side's lineage ones too.
+func (s *Stage) forget() {
+	clear(s.cache)
+	clear(s.descs)
+	s.lastDesc, s.lastFields = s.lastDesc[:0], nil
+	s.taintDesc, s.taintFields = s.taintDesc[:0], nil
+	s.unseen = false
+	s.gen.Add(1)
+}
+
+// describeFor is describe for a statement's result: a tainted statement's
+// computed columns are masked whole.
+func (s *Stage) describeFor(body []byte, tainted bool) ([]field, bool) {
+	f, ok := s.describe(body)
+	if !ok || !tainted {
+		return f, ok
+	}
+	if s.taintFields != nil && bytes.Equal(body, s.taintDesc) {
+		return s.taintFields, true
+	}
+	var out []field
+	for i := range f {
+		if f[i].computed && !f[i].derived {
+			if out == nil {
+				out = append([]field(nil), f...)
+			}
+			out[i].derived, out[i].acts, out[i].null = true, true, false
+		}
+	}
+	if out == nil {
+		return f, true
+	}
+	s.taintDesc, s.taintFields = append(s.taintDesc[:0], body...), out
+	return out, true
+}
+
+// decide decides a column by its chain; found is false when the catalog
+// does not show the column (a relation created in a transaction not
+// committed yet, or dropped meanwhile).
+func (s *Stage) decide(chain []mask.Source, found bool) decided {
+	if s.wholeCols {
+		if !found {
+			// It could be a view over a masked column: fail closed.
+			s.unseen = true
+			return decided{derived: true}
+		}
+		for _, src := range chain {
+			if statsSource(src) {
+				return decided{derived: true}
+			}
+		}
+	}
+	return decided{col: s.column(chain)}
 }
 
 // describe decides every field of a RowDescription; false if body is not
@@ -507,24 +613,25 @@ func (s *Stage) describe(body []byte) ([]field, bool) {
 			failed = true
 		} else {
 			for _, a := range s.missing {
-				s.cache[a] = s.column(got[a])
+				chain, found := got[a]
+				s.cache[a] = s.decide(chain, found)
 			}
 		}
 	}
 	var out []field
 	eachField(body, func(a Attr, typ uint32, format int16) {
-		f := field{oid: typ, format: format, text: textual(typ)}
+		f := field{oid: typ, format: format, text: textual(typ), computed: a.Table == 0}
 		if a.Table == 0 {
 			f.col = s.m.Column(mask.Source{})
-		} else if c, ok := s.cache[a]; ok {
-			f.col = c
+		} else if d, ok := s.cache[a]; ok {
+			f.col, f.derived = d.col, d.derived
 		} else {
 			f.null = failed
 		}
 		if typ == oidJSON || typ == oidJSONB {
 			f.col = f.col.JSON()
 		}
-		f.acts = f.null || f.col.Masks()
+		f.acts = f.null || f.derived || f.col.Masks()
 		out = append(out, f)
 	})
 	if !failed && len(out) > 0 {
@@ -778,6 +885,9 @@ func (s *Stage) maskValue(f *field, dst, v []byte) ([]byte, mask.Result) {
 		s.unresolved.Add(1)
 		return dst, mask.Nulled
 	}
+	if f.derived {
+		return s.derivedValue(f, dst)
+	}
 	if f.format == 0 {
 		out, r := f.col.Mask(dst, v)
 		if r == mask.Masked && !f.text {
@@ -917,8 +1027,10 @@ func (s *Stage) text(typ byte, prefix, v []byte) pgwire.Verdict {
 	return pgwire.Verdict{Action: pgwire.Replace, Msgs: out}
 }
 
-// notice masks the free-text fields of a NoticeResponse or ErrorResponse.
-func (s *Stage) notice(m *pgwire.ServerMsg) pgwire.Verdict {
+// notice masks the free-text fields of a NoticeResponse or ErrorResponse;
+// echo: the statement reads a masked column, whose values any quoted run
+// of the texts may be.
+func (s *Stage) notice(m *pgwire.ServerMsg, echo bool) pgwire.Verdict {
 	type kv struct {
 		k byte
 		v []byte
@@ -952,6 +1064,14 @@ func (s *Stage) notice(m *pgwire.ServerMsg) pgwire.Verdict {
 		if f.k == 'D' && table != "" {
 			if w, ok := s.withhold(schema, table, v); ok {
 				v, changed = w, true
+			}
+		}
+		if echo {
+			switch f.k {
+			case 'M', 'D', 'H', 'W', 'q':
+				if w, ok := scrubValues(v); ok {
+					v, changed = w, true
+				}
 			}
 		}
 		if strings.HasPrefix(code, "22") && (f.k == 'M' || f.k == 'D') && s.m.NamesColumns() {

@@ -21,6 +21,7 @@ import (
 	"github.com/airlockhq/airlock/internal/pgwire"
 	"github.com/airlockhq/airlock/internal/pgwire/pgwiretest"
 	"github.com/airlockhq/airlock/internal/session"
+	"github.com/airlockhq/airlock/internal/sqlclass"
 )
 
 // The sensitive values of the fixture. name has no detector: only source
@@ -122,6 +123,7 @@ GRANT SELECT, INSERT ON ALL TABLES IN SCHEMA public TO app;
 	t.Cleanup(cat.Close)
 
 	f := &fixture{pg: pg, class: session.ClassAgent}
+	classifier := sqlclass.New(sqlclass.Options{})
 	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	p, err := pgwire.New(pgwire.Options{
 		Name: "testdb", Databases: []string{"postgres"},
@@ -139,6 +141,7 @@ GRANT SELECT, INSERT ON ALL TABLES IN SCHEMA public TO app;
 			if st == nil {
 				return pgwire.Stages{}
 			}
+			st.TrackLineage(classifier)
 			return pgwire.Stages{Client: []pgwire.ClientStage{st}, Server: []pgwire.ServerStage{st}}
 		},
 	})
