@@ -165,9 +165,9 @@ type Stage struct {
 	unresolved  atomic.Uint64
 	// unseen: a column the catalog did not show was decided (masked
 	// whole); decided again once the session is out of its transaction.
-	unseen    bool
-	wholeCols bool // a rule masks named columns whole
-	derived     atomic.Uint64 // computed values of tainted statements
+	unseen     bool
+	wholeCols  bool          // a rule masks named columns whole
+	derived    atomic.Uint64 // computed values of tainted statements
 	binaryNull atomic.Uint64
 	orig       *Originals // the compliance copy; nil: none kept
 }
