@@ -86,7 +86,9 @@ func (a *analyzer) analyzeNode(node *pg_query.Node, text string, nesting int) (*
 	if w.err != nil {
 		return nil, w.err
 	}
-	return w.finish(), nil
+	st := w.finish()
+	statementLineage(node, st)
+	return st, nil
 }
 
 func (w *walker) finish() *Statement {
