@@ -1066,15 +1066,16 @@ func (s *Stage) notice(m *pgwire.ServerMsg, echo bool) pgwire.Verdict {
 				v, changed = w, true
 			}
 		}
+		scrubbed := false
 		if echo {
 			switch f.k {
 			case 'M', 'D', 'H', 'W', 'q':
 				if w, ok := scrubValues(v); ok {
-					v, changed = w, true
+					v, changed, scrubbed = w, true, true
 				}
 			}
 		}
-		if strings.HasPrefix(code, "22") && (f.k == 'M' || f.k == 'D') && s.m.NamesColumns() {
+		if !scrubbed && strings.HasPrefix(code, "22") && (f.k == 'M' || f.k == 'D') && s.m.NamesColumns() {
 			// A data exception quotes the value it could not take
 			// (invalid input syntax for type integer: "..."), which
 			// may be a masked column's, cast by the query.
