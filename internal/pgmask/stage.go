@@ -6,7 +6,8 @@
 //
 //   - DataRow, text format: each column whose source a rule names is masked
 //     whole; computed columns (table OID 0) and columns of views computed
-//     from expressions go through the detectors; other columns are
+//     from expressions go through the detectors (masked whole when the
+//     statement is tainted, below); other columns are
 //     forwarded untouched, and a result with no such column is forwarded
 //     without decoding a value (the fast path). A masked value of a type
 //     that has no text form for a marker (numbers, dates, uuids, arrays,
@@ -22,7 +23,8 @@
 //     client gets an ErrorResponse, as if the statement had failed). With
 //     detector rules only, text and CSV rows go through the detectors.
 //   - NoticeResponse and ErrorResponse: message, detail, hint, context and
-//     internal query go through the detectors; a detail echoing values of
+//     internal query go through the detectors, and lose their quoted values
+//     when the statement reads a masked column; a detail echoing values of
 //     the table in the error ("Key (...)=(...)", "Failing row contains")
 //     has its values withheld when a rule could name that table's columns.
 //   - NotificationResponse payloads and fast-path function results go
@@ -46,15 +48,24 @@
 // views; a view column computed from an expression, and a whole-row value,
 // is masked whole when it reads a column a rule masks whole.
 //
-// Limits: the guarantee covers values that keep their source. A query that
-// computes on a column (upper(name), row_to_json(u), a function, a
-// RAISE with the value, set_config then SHOW) produces a column with no
-// source, which only the detectors read: a column rule on values no
-// detector recognises (names) does not follow it. So does data the session
-// copies into a table no rule names (CREATE TABLE AS, INSERT ... SELECT),
-// or a column the session renames (it needs ownership). Grants on the
-// upstream are the guarantee for those; masking keeps the common and the
-// reworded queries clean.
+// Lineage (taint.go): while a rule masks named columns, each statement's
+// lineage is read before it reaches the server. A statement whose output
+// can name a masked column has its computed columns masked whole; one
+// that would copy a masked column elsewhere (a table, a setting, a
+// function body) is refused; one reading a masked column anywhere has the
+// quoted values of its error and notice texts withheld. The planner's
+// sample values (pg_stats and the catalogs under it) are masked whole.
+//
+// Limits: a WHERE, ORDER BY or join on a masked column still runs, so
+// many statements together can confirm or bisect a value (an oracle the
+// audit record and rate limits answer, not masking). Functions and views
+// already in the database are not read: a function returning a masked
+// column is a computed column of a statement naming none. Data someone
+// else copied is the copy's table's, for its own rules and grants. A
+// relation created in a transaction not yet committed is not in the
+// catalog the stage reads: its columns are masked whole until then, and a
+// view replaced in such a transaction is judged by its committed
+// definition. Grants on the upstream are the guarantee for those.
 //
 // The stage is the last client stage of a pipeline: it sends its Describe
 // in place of the message it goes before, and later stages would not see
