@@ -139,6 +139,12 @@ type Stage struct {
 	// gen counts the session's DDL (server side), after which the
 	// client side's lineage caches are stale.
 	gen atomic.Uint64
+	// ddlOpen: the session may have schema changes not committed yet,
+	// which the catalog's connections do not see: a view it replaced is
+	// shown as it was. Set by either side (a DDL statement sent, a DDL
+	// tag answered), cleared by the server side at an idle ReadyForQuery
+	// with no DDL request left; written under mu.
+	ddlOpen atomic.Bool
 
 	// Server side only.
 	cache      map[Attr]decided // decided columns by source
@@ -189,9 +195,9 @@ type request struct {
 	// A client's Describe of a portal: its answer is also the portal's
 	// description for the stage, which then need not ask itself.
 	capture bool
-	// The statement's taint (lineage.go): computed columns masked whole;
-	// error texts lose their quoted values.
-	out, echo bool
+	// The statement's taint (taint.go): computed columns masked whole;
+	// error texts lose their quoted values; ddl: it changes the schema.
+	out, echo, ddl bool
 }
 
 // decided is a column's decision by its source.
@@ -290,8 +296,11 @@ func (s *Stage) Client(m *pgwire.ClientMsg) pgwire.Verdict {
 		s.pending = false
 		ours = request{kind: 'd', portal: string(s.pendingName)}
 		if s.lin != nil {
-			t := s.lin.portals[ours.portal]
-			ours.out, ours.echo = t.out, t.echo
+			mk, known := s.lin.portals.get(s.pendingName)
+			if !known {
+				mk = tainted.marks()
+			}
+			ours.out, ours.echo = mk.out, mk.echo
 		}
 		pre = append(s.cbuf[:0], 'D', 0, 0, 0, 0, 'P')
 		pre = append(append(pre, s.pendingName...), 0)
@@ -324,6 +333,11 @@ func (s *Stage) Client(m *pgwire.ClientMsg) pgwire.Verdict {
 func (s *Stage) push(rs ...request) {
 	s.mu.Lock()
 	s.queue.push(rs...)
+	for i := range rs {
+		if rs[i].ddl {
+			s.ddlOpen.Store(true)
+		}
+	}
 	s.mu.Unlock()
 }
 
@@ -438,10 +452,11 @@ func (s *Stage) Server(m *pgwire.ServerMsg) pgwire.Verdict {
 		s.popThroughSync()
 		if len(m.Body) > 0 && m.Body[0] == 'I' {
 			clear(s.portals)
-			if s.unseen {
-				// A relation the catalog did not show may have
-				// committed since.
+			if s.unseen || s.ddlOpen.Load() {
+				// A relation the catalog did not show, or showed as
+				// it was, may have committed since.
 				s.forget()
+				s.closeDDL()
 			}
 		}
 		s.refusing, s.copying = false, false
@@ -533,9 +548,27 @@ func (s *Stage) ddl(body []byte) {
 	for _, p := range []string{"CREATE", "ALTER", "DROP", "COMMENT", "GRANT", "REVOKE", "IMPORT", "SELECT INTO"} {
 		if bytes.HasPrefix(tag, []byte(p)) {
 			s.forget()
+			if s.wholeCols {
+				s.mu.Lock()
+				s.ddlOpen.Store(true)
+				s.mu.Unlock()
+			}
 			return
 		}
 	}
+}
+
+// closeDDL: out of any transaction, the session's DDL is committed (or
+// rolled back), unless a DDL request is still on its way.
+func (s *Stage) closeDDL() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for i := range s.queue.len() {
+		if s.queue.at(i).ddl {
+			return
+		}
+	}
+	s.ddlOpen.Store(false)
 }
 
 // forget drops every decision kept, the client side's lineage ones too.
@@ -582,6 +615,11 @@ func (s *Stage) decide(chain []mask.Source, found bool) decided {
 		if !found {
 			// It could be a view over a masked column: fail closed.
 			s.unseen = true
+			return decided{derived: true}
+		}
+		if len(chain) > 1 && s.ddlOpen.Load() {
+			// A view's column, while the session may have replaced the
+			// view: the catalog shows its committed definition.
 			return decided{derived: true}
 		}
 		for _, src := range chain {

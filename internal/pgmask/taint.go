@@ -44,6 +44,7 @@ type taint struct {
 	// outCol names a masked column its output reads: what a CREATE TABLE
 	// AS EXECUTE of it would copy.
 	outCol, outRule string
+	ddl             bool // the string changes the schema
 }
 
 var tainted = taint{out: true, echo: true}
@@ -57,6 +58,7 @@ func (t taint) or(u taint) taint {
 	if t.outCol == "" {
 		t.outCol, t.outRule = u.outCol, u.outRule
 	}
+	t.ddl = t.ddl || u.ddl
 	return t
 }
 
@@ -70,10 +72,16 @@ const (
 // lineage is the client side's view of a session's statements.
 type lineage struct {
 	cls     *sqlclass.Classifier
-	stmts   map[string]taint // prepared statements (Parse and PREPARE share a namespace)
-	portals map[string]taint
-	cursors map[string]taint
+	stmts   names[taint] // prepared statements (Parse and PREPARE share a namespace)
+	portals names[marks]
+	cursors names[taint]
 	decided map[*sqlclass.Result]taint
+	// The last text decided, and its decision: a statement parsed again
+	// and again (the unnamed statement of every extended query) is
+	// decided without a lookup in the classifier's cache.
+	lastSQL string
+	lastRes *sqlclass.Result
+	lastT   taint
 	rels    map[string]relTaint
 	gen     uint64 // the stage's DDL generation the caches are of
 }
@@ -82,6 +90,10 @@ type lineage struct {
 type relTaint struct {
 	cols map[string]masked // by column name, masked ones only
 	any  masked            // the first masked column: a whole row has it
+	// Columns of views: while the session's DDL is not committed, the
+	// catalog may show an older definition than the one the session runs.
+	views   map[string]bool
+	anyView bool
 }
 
 type masked struct{ col, rule string }
@@ -94,8 +106,7 @@ func (s *Stage) TrackLineage(cls *sqlclass.Classifier) {
 	if cls == nil || !s.m.WholeColumns() {
 		return
 	}
-	s.lin = &lineage{cls: cls, stmts: map[string]taint{}, portals: map[string]taint{}, cursors: map[string]taint{},
-		decided: map[*sqlclass.Result]taint{}, rels: map[string]relTaint{}}
+	s.lin = &lineage{cls: cls, decided: map[*sqlclass.Result]taint{}, rels: map[string]relTaint{}}
 }
 
 // fresh drops what the session's DDL may have changed.
@@ -105,6 +116,7 @@ func (s *Stage) fresh() {
 		l.gen = g
 		clear(l.decided)
 		clear(l.rels)
+		l.lastSQL, l.lastRes = "", nil
 	}
 }
 
@@ -114,33 +126,40 @@ func (s *Stage) fresh() {
 func (s *Stage) classify(sql string) (taint, *sqlclass.Result) {
 	s.fresh()
 	l := s.lin
+	open := s.ddlOpen.Load()
+	if l.lastRes != nil && !open && sql == l.lastSQL {
+		return l.lastT, l.lastRes
+	}
 	res, _, err := l.cls.ClassifyShape(sql)
 	if err != nil || res == nil {
 		// The server's grammar rejects it too; whatever it answers is
 		// read as if it could echo a value.
 		return tainted, nil
 	}
-	if t, ok := l.decided[res]; ok {
+	// While the session's DDL is not committed, decisions depend on it:
+	// none is kept or reused.
+	if t, ok := l.decided[res]; ok && !open {
+		l.lastSQL, l.lastRes, l.lastT = sql, res, t
 		return t, res
 	}
 	var t taint
-	ddl := false
 	for _, st := range res.Statements {
 		t = t.or(s.statement(st))
-		ddl = ddl || st.Kind == sqlclass.KindDDL || st.Kind == sqlclass.KindDCL
+		t.ddl = t.ddl || st.Kind == sqlclass.KindDDL || st.Kind == sqlclass.KindDCL
 	}
-	if ddl && len(res.Statements) > 1 {
+	if t.ddl && len(res.Statements) > 1 || open {
 		// Later statements may read what an earlier one defines, which
 		// the catalog does not show before it commits.
 		t.out, t.echo = true, true
 	}
 	// Prepared statements and cursors are remembered as a side effect:
 	// a string that defines one is decided again each time.
-	if !res.Transient() && !definesNames(res) {
+	if !res.Transient() && !definesNames(res) && !open {
 		if len(l.decided) >= maxDecided {
 			clear(l.decided)
 		}
 		l.decided[res] = t
+		l.lastSQL, l.lastRes, l.lastT = sql, res, t
 	}
 	return t, res
 }
@@ -154,11 +173,56 @@ func definesNames(res *sqlclass.Result) bool {
 	return false
 }
 
-func setName(m map[string]taint, name string, t taint) {
-	if _, ok := m[name]; !ok && len(m) >= maxNames {
-		clear(m)
+// marks is what the server side needs of a taint, kept per portal.
+type marks struct{ out, echo bool }
+
+func (t taint) marks() marks { return marks{t.out, t.echo} }
+
+// names maps statement, portal or cursor names to what they stand for.
+// The unnamed one, which libpq and pgx use for nearly every statement,
+// has a field of its own: no map operation on the common path. Bounded:
+// past maxNames the map starts over (a forgotten name counts as tainted).
+type names[V comparable] struct {
+	unnamed    V
+	hasUnnamed bool
+	named      map[string]V
+}
+
+func (t *names[V]) get(name []byte) (V, bool) {
+	if len(name) == 0 {
+		return t.unnamed, t.hasUnnamed
 	}
-	m[name] = t
+	v, ok := t.named[string(name)]
+	return v, ok
+}
+
+func (t *names[V]) set(name []byte, v V) {
+	if len(name) == 0 {
+		t.unnamed, t.hasUnnamed = v, true
+		return
+	}
+	if old, ok := t.named[string(name)]; ok && old == v {
+		return // a statement run again: no assignment, no new key
+	}
+	if t.named == nil || len(t.named) >= maxNames {
+		t.named = map[string]V{}
+	}
+	t.named[string(name)] = v
+}
+
+func (t *names[V]) del(name []byte) {
+	if len(name) == 0 {
+		var zero V
+		t.unnamed, t.hasUnnamed = zero, false
+		return
+	}
+	delete(t.named, string(name))
+}
+
+func (t *names[V]) clear() {
+	var zero V
+	t.unnamed, t.hasUnnamed = zero, false
+	t.named = nil
 }
 
 // statement decides one top-level statement.
@@ -172,40 +236,40 @@ func (s *Stage) statement(st *sqlclass.Statement) taint {
 		} else {
 			t = tainted
 		}
-		setName(l.stmts, st.PreparedName, t)
+		l.stmts.set([]byte(st.PreparedName), t)
 		// PREPARE runs nothing, but a copy is refused now rather than
 		// at each EXECUTE.
 		return taint{copy: t.copy, rule: t.rule}
 	case st.Flags.Has(sqlclass.FlagDeallocate):
 		if st.PreparedName == "" {
-			clear(l.stmts)
+			l.stmts.clear()
 		} else {
-			delete(l.stmts, st.PreparedName)
+			l.stmts.del([]byte(st.PreparedName))
 		}
 		return taint{}
 	case st.Flags.Has(sqlclass.FlagRunsPrepared):
 		t := tainted // a name prepared before the stage knew it: can't tell
-		if pt, ok := l.stmts[st.PreparedName]; ok {
+		if pt, ok := l.stmts.get([]byte(st.PreparedName)); ok {
 			t = pt
 		}
-		if st.Kind != sqlclass.KindExecute && t.outCol != "" {
+		if st.Kind == sqlclass.KindDDL && t.outCol != "" {
 			// CREATE TABLE ... AS EXECUTE: the output is stored.
 			t.copy, t.rule = t.outCol, t.outRule
-		} else if st.Kind != sqlclass.KindExecute && t.out {
+		} else if st.Kind == sqlclass.KindDDL && t.out {
 			t.copy, t.rule = "the output of prepared statement "+st.PreparedName, "airlock"
 		}
 		return t.or(s.lineageOf(st))
 	case st.CursorName != "" && st.Command == "DECLARE CURSOR":
 		t := s.lineageOf(st)
-		setName(l.cursors, st.CursorName, t)
+		l.cursors.set([]byte(st.CursorName), t)
 		return t
 	case st.CursorName != "" && st.Command == "FETCH":
-		if t, ok := l.cursors[st.CursorName]; ok {
+		if t, ok := l.cursors.get([]byte(st.CursorName)); ok {
 			return t
 		}
 		return tainted
 	case st.CursorName != "" && st.Command == "CLOSE":
-		delete(l.cursors, st.CursorName)
+		l.cursors.del([]byte(st.CursorName))
 		return taint{}
 	}
 	return s.lineageOf(st)
@@ -296,6 +360,9 @@ func (s *Stage) ref(r sqlclass.ColumnRef) (masked, bool) {
 			}
 			continue
 		}
+		if s.ddlOpen.Load() && (r.Column == "" && rt.anyView || rt.views[r.Column]) {
+			return masked{rel + "." + nonEmpty(r.Column, "*"), "airlock"}, true
+		}
 		if r.Column == "" {
 			if rt.any.col != "" {
 				return rt.any, true
@@ -338,9 +405,12 @@ func (s *Stage) relation(name string) (rt relTaint, found, ok bool) {
 		// Not kept, so that it is found once it exists.
 		return relTaint{}, false, true
 	}
-	rt = relTaint{cols: map[string]masked{}}
+	rt = relTaint{cols: map[string]masked{}, views: map[string]bool{}}
 	for _, rel := range got[name] {
 		for col, chain := range rel.Columns {
+			if len(chain) > 1 {
+				rt.views[col], rt.anyView = true, true
+			}
 			c := s.column(chain)
 			if !c.Whole() {
 				continue
@@ -371,6 +441,7 @@ func (s *Stage) lineageClient(m *pgwire.ClientMsg, r *request) (v pgwire.Verdict
 	case 'Q':
 		sql := m.SQLText()
 		t, _ = s.classify(sql)
+		r.ddl = t.ddl
 		if t.copy != "" {
 			return s.refuseCopy(t, "simple", sql), true
 		}
@@ -381,11 +452,12 @@ func (s *Stage) lineageClient(m *pgwire.ClientMsg, r *request) (v pgwire.Verdict
 		}
 		sql := m.SQLText()
 		t, _ = s.classify(sql)
+		r.ddl = t.ddl
 		if t.copy != "" {
-			delete(l.stmts, string(name))
+			l.stmts.del(name)
 			return s.refuseCopy(t, "extended", sql), true
 		}
-		setName(l.stmts, string(name), t)
+		l.stmts.set(name, t)
 	case 'B':
 		portal, ok := cstring(m.Body)
 		if !ok {
@@ -395,11 +467,11 @@ func (s *Stage) lineageClient(m *pgwire.ClientMsg, r *request) (v pgwire.Verdict
 		if !ok {
 			return pgwire.Verdict{}, false
 		}
-		st, known := l.stmts[string(stmt)]
+		st, known := l.stmts.get(stmt)
 		if !known {
 			st = tainted // prepared before the stage could read it
 		}
-		setName(l.portals, string(portal), st)
+		l.portals.set(portal, st.marks())
 		t = st
 	case 'D', 'E':
 		var portal []byte
@@ -410,19 +482,20 @@ func (s *Stage) lineageClient(m *pgwire.ClientMsg, r *request) (v pgwire.Verdict
 			portal, ok = executePortal(m.Body)
 		}
 		if ok {
-			var known bool
-			if t, known = l.portals[string(portal)]; !known {
-				t = tainted
+			mk, known := l.portals.get(portal)
+			if !known {
+				mk = tainted.marks()
 			}
+			t.out, t.echo = mk.out, mk.echo
 		}
 	case 'C':
 		if len(m.Body) > 1 {
 			if name, ok := cstring(m.Body[1:]); ok {
 				switch m.Body[0] {
 				case 'S':
-					delete(l.stmts, string(name))
+					l.stmts.del(name)
 				case 'P':
-					delete(l.portals, string(name))
+					l.portals.del(name)
 				}
 			}
 		}
@@ -446,8 +519,12 @@ func (s *Stage) refuseCopy(t taint, protocol, sql string) pgwire.Verdict {
 	if res, err := s.lin.cls.Classify(sql); err == nil {
 		text = res.Redacted() // its own, not its shape's
 	}
+	hint := "Masking follows values only on their way to you. Ask for a group exempt from masking rule " + t.rule +
+		", or for access through the database's own grants."
+	if t.rule == "airlock" {
+		hint = "Airlock cannot tell what this copies (code it cannot read, or a definition changed in this transaction): " +
+			"commit schema changes first, or ask for access through the database's own grants; groups exempt from masking are not refused."
+	}
 	return guard.Refuse(s.sess, t.rule, "copies masked column "+t.copy, protocol, text,
-		"Airlock: this statement would copy the masked column "+t.copy+" where a later statement could read it unmasked",
-		"Masking follows values only on their way to you. Ask for a group exempt from masking rule "+t.rule+
-			", or for access through the database's own grants.")
+		"Airlock: this statement would copy the masked column "+t.copy+" where a later statement could read it unmasked", hint)
 }

@@ -396,3 +396,59 @@ func TestStatisticsMasked(t *testing.T) {
 		t.Errorf("pg_stats: %q %v", out, err)
 	}
 }
+
+// A view replaced in a transaction not committed yet is shown by the
+// catalog's connections as it was: until the session's schema changes
+// commit, view columns are masked whole, computed columns too, and copies
+// out of views are refused; afterwards the view reads as usual again.
+func TestUncommittedViewChange(t *testing.T) {
+	f := start(t)
+	f.pg.Psql(t, "postgres", `CREATE VIEW plans AS SELECT id, plan FROM users; ALTER VIEW plans OWNER TO app;
+GRANT CREATE ON SCHEMA public TO app; GRANT UPDATE ON other TO app`)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, f.url())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	read := func(q string) string {
+		t.Helper()
+		var v *string
+		if err := conn.QueryRow(ctx, q).Scan(&v); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+		if v == nil {
+			return "NULL"
+		}
+		return *v
+	}
+	if got := read("select plan from plans where id = 1"); got != "pro" {
+		t.Fatalf("before: %q", got)
+	}
+	for _, q := range []string{"begin", "create or replace view plans as select id, name as plan from users"} {
+		if _, err := conn.Exec(ctx, q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	for _, q := range []string{"select plan from plans where id = 1", "select upper(plan) from plans where id = 1",
+		"select plan || '' from plans where id = 1"} {
+		if got := read(q); got != "[redacted]" && got != "NULL" {
+			t.Errorf("in the transaction, %s: %q", q, got)
+		}
+	}
+	_, err = conn.Exec(ctx, "insert into other select id, plan from plans")
+	var pe *pgconn.PgError
+	if !errors.As(err, &pe) || pe.Code != "42501" {
+		t.Errorf("copy out of a replaced view: %v", err)
+	}
+	if _, err := conn.Exec(ctx, "rollback"); err != nil {
+		t.Fatal(err)
+	}
+	if got := read("select plan from plans where id = 1"); got != "pro" {
+		t.Errorf("after: %q", got)
+	}
+	if got := read("select upper(plan) from plans where id = 2"); got != "FREE" {
+		t.Errorf("after, computed: %q", got)
+	}
+}
