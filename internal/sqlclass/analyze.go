@@ -69,6 +69,8 @@ type walker struct {
 	writes  bool
 	secrets []string
 	err     error
+	// lin computes the statement's Lineage (lineage.go).
+	lin lineageWalker
 }
 
 func (a *analyzer) newWalker(text string, nesting int) *walker {
@@ -87,7 +89,7 @@ func (a *analyzer) analyzeNode(node *pg_query.Node, text string, nesting int) (*
 		return nil, w.err
 	}
 	st := w.finish()
-	statementLineage(node, st)
+	w.lin.run(node, st)
 	return st, nil
 }
 

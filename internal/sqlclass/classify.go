@@ -26,6 +26,15 @@
 //     around the string no longer holds for the rest.
 //   - Result.ChangesRoleOrPassword is what issue 6 asks the proxy to refuse.
 //   - Log Result.Redacted, never SQL, when Has(FlagSecret).
+//   - Statement.Lineage says which columns a statement reads and how:
+//     Output (can reach the rows returned), Filter (only chooses rows),
+//     Copy (stored where a later statement can read it: CREATE TABLE AS,
+//     INSERT ... SELECT, set_config, DO and function bodies, ...), and
+//     Unknown for code it cannot read. It comes from names alone (no
+//     catalog): an unqualified column lists every relation that could
+//     hold it, "" is a whole row, and anything unsure errs towards more.
+//     PREPARE's lies in Nested[0]; DECLARE's is its query's, kept by the
+//     caller under CursorName for FETCH.
 //
 // The fast-path FunctionCall message names a function by OID, not by SQL:
 // the caller resolves the OID to a name and calls FastPathCall.

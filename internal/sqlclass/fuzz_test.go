@@ -11,7 +11,7 @@ import (
 
 // FuzzClassify feeds the classifier arbitrary strings: it must never
 // panic, must return either a ParseError or statements that each have a
-// kind and a command, must be deterministic, and its redacted form must not
+// kind, a command and a well-formed Lineage, must be deterministic, and its redacted form must not
 // keep the secrets it found.
 func FuzzClassify(f *testing.F) {
 	b, err := os.ReadFile("testdata/corpus.yaml")
@@ -25,6 +25,9 @@ func FuzzClassify(f *testing.F) {
 	for _, c := range cases {
 		f.Add(c.SQL)
 	}
+	for _, c := range lineageCases {
+		f.Add(c.sql)
+	}
 	f.Fuzz(func(t *testing.T, sql string) {
 		c := New(Options{})
 		res, err := c.Classify(sql)
@@ -36,6 +39,7 @@ func FuzzClassify(f *testing.F) {
 			return
 		}
 		res.Walk(func(s *Statement) {
+			lineageWellFormed(t, sql, s)
 			if s.Kind == "" || s.Command == "" {
 				t.Fatalf("%q: statement without kind or command: %+v", sql, s)
 			}
@@ -53,6 +57,11 @@ func FuzzClassify(f *testing.F) {
 		}
 		if len(again.Statements) != len(res.Statements) || again.Flags() != res.Flags() {
 			t.Fatalf("%q: classification not deterministic", sql)
+		}
+		for i, s := range res.Statements {
+			if !sameLineage(s.Lineage, again.Statements[i].Lineage) {
+				t.Fatalf("%q: lineage not deterministic", sql)
+			}
 		}
 	})
 }

@@ -84,6 +84,7 @@ type dcol struct {
 // derived is what a query hands to the query around it.
 type derived struct {
 	cols []dcol
+	buf  [1]dcol // cols of a one-column query
 	// stars are base relations whose every column passes through under
 	// its own name (SELECT * over a table).
 	stars [][]string
@@ -106,6 +107,72 @@ type item struct {
 type scope struct {
 	items  []item
 	parent *scope
+	buf    [2]item // items of the common one- and two-relation FROM
+	// rels caches the base relations of this level and, in all, of the
+	// outer levels too, sorted and de-duplicated: an unqualified name
+	// lists them all, and building the list per reference would be
+	// quadratic in a FROM list of thousands.
+	rels, all []string
+	cached    bool
+}
+
+func newScope(parent *scope) *scope {
+	sc := &scope{parent: parent}
+	sc.items = sc.buf[:0]
+	return sc
+}
+
+func (sc *scope) add(it item) {
+	sc.items = append(sc.items, it)
+	sc.cached = false
+}
+
+// relations returns this level's base relations and those of every level.
+func (sc *scope) relations() (own, all []string) {
+	if sc.cached {
+		return sc.rels, sc.all
+	}
+	var set nameSet
+	var first []string
+	n := 0
+	for i := range sc.items {
+		if it := &sc.items[i]; it.d == nil {
+			if first == nil {
+				first = it.rel
+			}
+			n++
+		}
+	}
+	switch n {
+	case 0:
+		sc.rels = nil
+	case 1:
+		sc.rels = first // already a one-entry slice: no copy
+	default:
+		for i := range sc.items {
+			if it := &sc.items[i]; it.d == nil {
+				set.add(it.rel[0])
+			}
+		}
+		sc.rels = slices.Clip(set.sorted())
+		if len(sc.rels) == 1 {
+			sc.rels = first
+		}
+	}
+	sc.all = sc.rels
+	if sc.parent != nil {
+		if _, outer := sc.parent.relations(); len(outer) > 0 {
+			var all nameSet
+			for _, list := range [][]string{sc.rels, outer} {
+				for _, r := range list {
+					all.add(r)
+				}
+			}
+			sc.all = slices.Clip(all.sorted())
+		}
+	}
+	sc.cached = true
+	return sc.rels, sc.all
 }
 
 // sink is where the references of an expression go: into the statement's
@@ -153,7 +220,8 @@ func (l *lineageWalker) emitAll(s sink, refs *refList) {
 // array (one allocation for many references).
 func (l *lineageWalker) one(name string) []string {
 	if len(l.names) == cap(l.names) {
-		l.names = make([]string, 0, 8)
+		// Most statements name one or two relations.
+		l.names = make([]string, 0, min(2*cap(l.names)+2, 16))
 	}
 	l.names = append(l.names, name)
 	n := len(l.names)
@@ -200,7 +268,13 @@ func (l *lineageWalker) lookup(s sink, d *derived, name string) bool {
 
 // statementLineage fills st.Lineage (and CursorName) from its node.
 func statementLineage(node *pg_query.Node, st *Statement) {
-	l := &lineageWalker{}
+	(&lineageWalker{}).run(node, st)
+}
+
+// run is statementLineage with the walker's state in l, which the
+// classifier's walker holds (the generic walk's closures would move a
+// walker of its own to the heap: one allocation per statement).
+func (l *lineageWalker) run(node *pg_query.Node, st *Statement) {
 	if node != nil {
 		l.statement(node, st)
 	}
@@ -219,15 +293,43 @@ func (l *lineageWalker) statement(node *pg_query.Node, st *Statement) {
 		if n.SelectStmt.IntoClause != nil {
 			r = roleCopy
 		}
-		l.emitDerived(sink{roles: r}, l.query(n.SelectStmt, nil, 0))
+		l.query(n.SelectStmt, nil, 0, &sink{roles: r})
 	case *pg_query.Node_InsertStmt, *pg_query.Node_UpdateStmt, *pg_query.Node_DeleteStmt, *pg_query.Node_MergeStmt:
-		l.emitDerived(sink{roles: roleOutput}, l.dml(node, nil, 0))
+		l.dml(node, nil, 0, &sink{roles: roleOutput})
 	case *pg_query.Node_CreateTableAsStmt:
 		l.queryNode(n.CreateTableAsStmt.Query, sink{roles: roleCopy}, nil, 0)
 	case *pg_query.Node_ViewStmt:
 		// A view stores no values, but hands the query's columns out under
 		// the view's name, where masking by source would not know them.
 		l.queryNode(n.ViewStmt.Query, sink{roles: roleCopy}, nil, 0)
+	case *pg_query.Node_RuleStmt:
+		// A rule's actions run later, on other statements' rows (NEW and
+		// OLD are rows of its relation).
+		r := n.RuleStmt
+		if r.Relation != nil {
+			l.emit(sink{roles: roleCopy}, ColumnRef{Relations: l.one(relName(r.Relation))})
+		}
+		for _, a := range r.Actions {
+			inner := &Statement{}
+			statementLineage(a, inner)
+			l.addLineage(inner.Lineage, roleCopy, roleCopy, roleCopy)
+		}
+	case *pg_query.Node_CreateTrigStmt:
+		// A row trigger hands every row written to its function, which may
+		// store it anywhere: UPDATE t SET id = id then copies the table.
+		if rv := n.CreateTrigStmt.Relation; rv != nil {
+			l.emit(sink{roles: roleCopy}, ColumnRef{Relations: l.one(relName(rv))})
+		}
+	case *pg_query.Node_AlterTableStmt:
+		// Generated columns, USING and defaults compute stored values from
+		// the table's own columns.
+		if rv := n.AlterTableStmt.Relation; rv != nil {
+			sc := newScope(nil)
+			l.rangeVar(rv, sc)
+			for _, c := range n.AlterTableStmt.Cmds {
+				l.generic(protoMessage(c), sink{roles: roleCopy}, sc, 1)
+			}
+		}
 	case *pg_query.Node_RefreshMatViewStmt:
 		if rv := n.RefreshMatViewStmt.Relation; rv != nil {
 			l.emit(sink{roles: roleCopy}, ColumnRef{Relations: l.one(relName(rv))})
@@ -352,20 +454,22 @@ func (l *lineageWalker) copyStmt(c *pg_query.CopyStmt) {
 // queryNode handles a node that holds a query (SELECT or DML with
 // RETURNING) and emits its result columns into s.
 func (l *lineageWalker) queryNode(n *pg_query.Node, s sink, outer *scope, depth int) {
-	l.emitDerived(s, l.subquery(n, outer, depth))
+	l.subquery(n, outer, depth, &s)
 }
 
-// subquery returns the derived relation of a query node.
-func (l *lineageWalker) subquery(n *pg_query.Node, outer *scope, depth int) *derived {
+// subquery walks a query node. With into nil it returns the derived
+// relation of its result columns; else it emits them into *into (cheaper:
+// nothing is kept per column) and returns nil.
+func (l *lineageWalker) subquery(n *pg_query.Node, outer *scope, depth int, into *sink) *derived {
 	if n == nil {
 		return nil
 	}
 	if sel := n.GetSelectStmt(); sel != nil {
-		return l.query(sel, outer, depth)
+		return l.query(sel, outer, depth, into)
 	}
 	switch n.Node.(type) {
 	case *pg_query.Node_InsertStmt, *pg_query.Node_UpdateStmt, *pg_query.Node_DeleteStmt, *pg_query.Node_MergeStmt:
-		return l.dml(n, outer, depth)
+		return l.dml(n, outer, depth, into)
 	}
 	// EXECUTE name inside CREATE TABLE AS and the like: the consumer looks
 	// up the prepared statement.
@@ -379,6 +483,16 @@ func (l *lineageWalker) pushCTEs(with *pg_query.WithClause, outer *scope, depth 
 	if with == nil {
 		return k
 	}
+	if with.Recursive {
+		// WITH RECURSIVE lets a CTE read one defined after it. Their names
+		// are visible from the start, without columns (d nil) until done:
+		// reading one of those makes the lineage Unknown.
+		for _, c := range with.Ctes {
+			if ce := c.GetCommonTableExpr(); ce != nil {
+				l.ctes = append(l.ctes, cte{name: ce.Ctename})
+			}
+		}
+	}
 	for _, c := range with.Ctes {
 		ce := c.GetCommonTableExpr()
 		if ce == nil {
@@ -388,9 +502,12 @@ func (l *lineageWalker) pushCTEs(with *pg_query.WithClause, outer *scope, depth 
 		if sel := ce.Ctequery.GetSelectStmt(); with.Recursive && sel != nil && sel.Op != pg_query.SetOperation_SETOP_NONE {
 			d = l.recursiveCTE(ce.Ctename, sel, outer, depth)
 		} else {
-			d = l.subquery(ce.Ctequery, outer, depth+1)
+			d = l.subquery(ce.Ctequery, outer, depth+1, nil)
 		}
 		d = renameColumns(d, ce.Aliascolnames)
+		if d == nil {
+			d = &derived{}
+		}
 		// Read whether or not anything uses it.
 		l.emitDerived(sink{roles: roleFilter}, d)
 		l.ctes = append(l.ctes, cte{name: ce.Ctename, d: d})
@@ -403,13 +520,13 @@ func (l *lineageWalker) pushCTEs(with *pg_query.WithClause, outer *scope, depth 
 func (l *lineageWalker) recursiveCTE(name string, sel *pg_query.SelectStmt, outer *scope, depth int) *derived {
 	all := &derived{anyName: true}
 	if sel.Larg != nil {
-		all.opaque = allRefs(l.query(sel.Larg, outer, depth+1))
+		all.opaque = allRefs(l.query(sel.Larg, outer, depth+1, nil))
 	}
 	l.ctes = append(l.ctes, cte{name: name, d: all})
 	k := len(l.ctes)
 	var right *derived
 	if sel.Rarg != nil {
-		right = l.query(sel.Rarg, outer, depth+1)
+		right = l.query(sel.Rarg, outer, depth+1, nil)
 	}
 	l.ctes = l.ctes[:k-1]
 	res := &derived{anyName: true}
@@ -467,7 +584,7 @@ func renameColumns(d *derived, names []*pg_query.Node) *derived {
 // query walks one SELECT (plain, VALUES or a set operation) whose outer
 // scope is outer, emitting what it reads to choose rows as Filter, and
 // returns its result columns.
-func (l *lineageWalker) query(sel *pg_query.SelectStmt, outer *scope, depth int) *derived {
+func (l *lineageWalker) query(sel *pg_query.SelectStmt, outer *scope, depth int, into *sink) *derived {
 	if sel == nil {
 		return nil
 	}
@@ -479,21 +596,40 @@ func (l *lineageWalker) query(sel *pg_query.SelectStmt, outer *scope, depth int)
 	defer func() { l.ctes = l.ctes[:k] }()
 
 	if sel.Op != pg_query.SetOperation_SETOP_NONE {
-		d := setOp(l.query(sel.Larg, outer, depth+1), l.query(sel.Rarg, outer, depth+1))
+		if into != nil {
+			l.query(sel.Larg, outer, depth+1, into)
+			l.query(sel.Rarg, outer, depth+1, into)
+			// ORDER BY names result columns, all of them already in
+			// *into; what else it reads is Filter.
+			l.filterClauses(sel, newScope(outer), depth)
+			return nil
+		}
+		d := setOp(l.query(sel.Larg, outer, depth+1, nil), l.query(sel.Rarg, outer, depth+1, nil))
 		// ORDER BY and LIMIT of a set operation name its result columns.
-		sc := &scope{parent: outer, items: []item{{name: "", d: d}}}
+		sc := newScope(outer)
+		sc.add(item{d: d})
 		l.filterClauses(sel, sc, depth)
 		return d
 	}
-	sc := &scope{parent: outer}
+	sc := newScope(outer)
 	for _, f := range sel.FromClause {
 		l.fromItem(f, sc, depth+1)
 	}
 	if len(sel.ValuesLists) > 0 {
+		if into != nil {
+			l.exprs(sel.ValuesLists, *into, sc, depth+1)
+			return nil
+		}
 		return l.values(sel.ValuesLists, sc, depth)
 	}
 	l.filterClauses(sel, sc, depth)
+	if into != nil {
+		// A star is a whole-row reference to what it names here.
+		l.exprs(sel.TargetList, *into, sc, depth+1)
+		return nil
+	}
 	d := &derived{}
+	d.cols = d.buf[:0]
 	for _, t := range sel.TargetList {
 		rt := t.GetResTarget()
 		if rt == nil {
@@ -634,7 +770,7 @@ func (l *lineageWalker) starInto(d *derived, cr *pg_query.ColumnRef, sc *scope) 
 	}
 	// A qualifier naming nothing in scope: keep it as written.
 	if q := qualifier(cr.Fields[:len(cr.Fields)-1]); q != "" {
-		d.stars = append(d.stars, l.one(q))
+		addStar(d, l.one(q))
 	}
 }
 
@@ -642,8 +778,25 @@ func (l *lineageWalker) starInto(d *derived, cr *pg_query.ColumnRef, sc *scope) 
 func passThrough(d *derived, it *item) {
 	switch {
 	case it.d != nil:
-		d.cols = append(d.cols, it.d.cols...)
-		d.stars = append(d.stars, it.d.stars...)
+		if len(d.cols)+len(it.d.cols) > maxDerivedColumns {
+			// More columns than PostgreSQL allows (self-joins of CTEs
+			// double them at each step): keep the references, not the
+			// names, so the walk stays linear.
+			d.anyName = true
+			for _, cols := range [][]dcol{d.cols, it.d.cols} {
+				for i := range cols {
+					for _, r := range cols[i].refs.list {
+						d.opaque.add(r)
+					}
+				}
+			}
+			d.cols = nil
+		} else {
+			d.cols = append(d.cols, it.d.cols...)
+		}
+		for _, rel := range it.d.stars {
+			addStar(d, rel)
+		}
 		if it.d.anyName {
 			d.anyName = true
 		}
@@ -655,8 +808,20 @@ func passThrough(d *derived, it *item) {
 		d.anyName = true
 		d.opaque.add(ColumnRef{Relations: it.rel})
 	default:
-		d.stars = append(d.stars, it.rel)
+		addStar(d, it.rel)
 	}
+}
+
+// maxDerivedColumns is PostgreSQL's limit on a target list's length.
+const maxDerivedColumns = 1664
+
+func addStar(d *derived, rel []string) {
+	for _, r := range d.stars {
+		if slices.Equal(r, rel) {
+			return
+		}
+	}
+	d.stars = append(d.stars, rel)
 }
 
 // qualifier joins the name parts of a reference's qualifier.
@@ -721,7 +886,7 @@ func (l *lineageWalker) fromItem(n *pg_query.Node, sc *scope, depth int) {
 			for i := start; i < len(sc.items); i++ {
 				passThrough(d, &sc.items[i])
 			}
-			sc.items = append(sc.items, item{name: j.Alias.Aliasname, d: renameColumns(d, j.Alias.Colnames)})
+			sc.add(item{name: j.Alias.Aliasname, d: renameColumns(d, j.Alias.Colnames)})
 		}
 	case *pg_query.Node_RangeSubselect:
 		rs := v.RangeSubselect
@@ -730,14 +895,17 @@ func (l *lineageWalker) fromItem(n *pg_query.Node, sc *scope, depth int) {
 		if rs.Lateral {
 			outer = sc
 		}
-		d := l.subquery(rs.Subquery, outer, depth+1)
+		d := l.subquery(rs.Subquery, outer, depth+1, nil)
+		if d == nil {
+			d = &derived{}
+		}
 		l.emitDerived(sink{roles: roleFilter}, d)
 		name := ""
 		if rs.Alias != nil {
 			name = rs.Alias.Aliasname
 			d = renameColumns(d, rs.Alias.Colnames)
 		}
-		sc.items = append(sc.items, item{name: name, d: d})
+		sc.add(item{name: name, d: d})
 	case *pg_query.Node_RangeFunction:
 		// Functions in FROM see the items before them (implicitly LATERAL);
 		// the columns they return are computed from all their arguments.
@@ -757,7 +925,7 @@ func (l *lineageWalker) fromItem(n *pg_query.Node, sc *scope, depth int) {
 				}
 			}
 		}
-		sc.items = append(sc.items, item{name: name, d: d})
+		sc.add(item{name: name, d: d})
 	case *pg_query.Node_RangeTableSample:
 		ts := v.RangeTableSample
 		l.fromItem(ts.Relation, sc, depth+1)
@@ -772,7 +940,7 @@ func (l *lineageWalker) fromItem(n *pg_query.Node, sc *scope, depth int) {
 		if a := aliasOf(n); a != nil {
 			name = a.Aliasname
 		}
-		sc.items = append(sc.items, item{name: name, d: d})
+		sc.add(item{name: name, d: d})
 	}
 }
 
@@ -795,10 +963,14 @@ func (l *lineageWalker) rangeVar(rv *pg_query.RangeVar, sc *scope) {
 		for i := len(l.ctes) - 1; i >= 0; i-- {
 			if l.ctes[i].name == rv.Relname {
 				d := l.ctes[i].d
+				if d == nil {
+					l.unknown = true
+					d = &derived{}
+				}
 				if rv.Alias != nil {
 					d = renameColumns(d, rv.Alias.Colnames)
 				}
-				sc.items = append(sc.items, item{name: name, d: d})
+				sc.add(item{name: name, d: d})
 				return
 			}
 		}
@@ -807,12 +979,12 @@ func (l *lineageWalker) rangeVar(rv *pg_query.RangeVar, sc *scope) {
 	if rv.Alias != nil && len(rv.Alias.Colnames) > 0 {
 		it.aliased = nameParts(rv.Alias.Colnames)
 	}
-	sc.items = append(sc.items, it)
+	sc.add(it)
 }
 
 // dml walks INSERT, UPDATE, DELETE or MERGE and returns its RETURNING
 // columns.
-func (l *lineageWalker) dml(n *pg_query.Node, outer *scope, depth int) *derived {
+func (l *lineageWalker) dml(n *pg_query.Node, outer *scope, depth int, into *sink) *derived {
 	if depth > maxLineageDepth {
 		l.unknown = true
 		return nil
@@ -837,7 +1009,7 @@ func (l *lineageWalker) dml(n *pg_query.Node, outer *scope, depth int) *derived 
 	k := l.pushCTEs(with, outer, depth)
 	defer func() { l.ctes = l.ctes[:k] }()
 
-	sc := &scope{parent: outer}
+	sc := newScope(outer)
 	if target != nil {
 		l.rangeVar(target, sc)
 	}
@@ -851,7 +1023,7 @@ func (l *lineageWalker) dml(n *pg_query.Node, outer *scope, depth int) *derived 
 		if oc := s.OnConflictClause; oc != nil {
 			if target != nil {
 				// excluded is the row proposed for insertion: the target's.
-				sc.items = append(sc.items, item{name: "excluded", rel: l.one(relName(target))})
+				sc.add(item{name: "excluded", rel: l.one(relName(target))})
 			}
 			if oc.Infer != nil {
 				l.generic(oc.Infer.ProtoReflect(), f, sc, depth+1)
@@ -885,6 +1057,10 @@ func (l *lineageWalker) dml(n *pg_query.Node, outer *scope, depth int) *derived 
 			l.exprs(m.TargetList, cp, sc, depth+1)
 			l.exprs(m.Values, cp, sc, depth+1)
 		}
+	}
+	if into != nil {
+		l.exprs(returning, *into, sc, depth+1)
+		return nil
 	}
 	d := &derived{}
 	for _, t := range returning {
@@ -954,7 +1130,7 @@ func (l *lineageWalker) expr(n *pg_query.Node, s sink, sc *scope, depth int) {
 		}
 		l.queryNode(sl.Subselect, inner, sc, depth+1)
 	case *pg_query.Node_SelectStmt:
-		l.emitDerived(s, l.query(v.SelectStmt, sc, depth+1))
+		l.query(v.SelectStmt, sc, depth+1, &s)
 	case *pg_query.Node_WindowDef:
 		l.window(v.WindowDef, sc, depth)
 	default:
@@ -993,7 +1169,7 @@ func (l *lineageWalker) generic(m protoreflect.Message, s sink, sc *scope, depth
 		l.window(v, sc, depth)
 		return
 	case *pg_query.SelectStmt:
-		l.emitDerived(s, l.query(v, sc, depth+1))
+		l.query(v, sc, depth+1, &s)
 		return
 	case *pg_query.TypeName, *pg_query.Alias, *pg_query.RangeVar:
 		return
@@ -1116,12 +1292,13 @@ func (l *lineageWalker) wholeRow(it *item, s sink) {
 // as it would end PostgreSQL's), and the whole row of an item so named
 // (SELECT t FROM t).
 func (l *lineageWalker) unqualified(name string, s sink, sc *scope) {
-	var buf [4]string
-	rels := buf[:0]
 	found := false
 	var whole *item
-	for lv := sc; lv != nil; lv = lv.parent {
-		exact := false
+	// stop is the level where PostgreSQL's search certainly ends: one with
+	// a derived column of that name. Base relations of every level up to
+	// it could hold the name.
+	var stop *scope
+	for lv := sc; lv != nil && stop == nil; lv = lv.parent {
 		for i := range lv.items {
 			it := &lv.items[i]
 			if whole == nil && it.name == name {
@@ -1131,7 +1308,7 @@ func (l *lineageWalker) unqualified(name string, s sink, sc *scope) {
 			case it.d != nil:
 				for j := range it.d.cols {
 					if it.d.cols[j].name == name {
-						exact = true
+						stop = lv
 					}
 				}
 				if l.lookup(s, it.d, name) {
@@ -1139,26 +1316,30 @@ func (l *lineageWalker) unqualified(name string, s sink, sc *scope) {
 				}
 			case slices.Contains(it.aliased, name):
 				l.emit(s, ColumnRef{Relations: it.rel})
-				found, exact = true, true
-			default:
-				if !slices.Contains(rels, it.rel[0]) {
-					rels = append(rels, it.rel[0])
-				}
+				found, stop = true, lv
 			}
 		}
-		if exact {
-			break
+	}
+	var rels []string
+	if sc != nil {
+		if stop == nil {
+			_, rels = sc.relations()
+		} else {
+			var set nameSet
+			for lv := sc; lv != nil; lv = lv.parent {
+				own, _ := lv.relations()
+				for _, r := range own {
+					set.add(r)
+				}
+				if lv == stop {
+					break
+				}
+			}
+			rels = slices.Clip(set.sorted())
 		}
 	}
-	switch len(rels) {
-	case 0:
-	case 1:
-		l.emit(s, ColumnRef{Relations: l.one(rels[0]), Column: name})
-		found = true
-	default:
-		all := slices.Clone(rels)
-		slices.Sort(all)
-		l.emit(s, ColumnRef{Relations: all, Column: name})
+	if len(rels) > 0 {
+		l.emit(s, ColumnRef{Relations: rels, Column: name})
 		found = true
 	}
 	switch {

@@ -58,3 +58,18 @@ func BenchmarkPartWalk(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkPartLineage is the lineage walk alone, on a parsed tree.
+func BenchmarkPartLineage(b *testing.B) {
+	tree, err := pg_query.Parse(partsSQL)
+	if err != nil {
+		b.Fatal(err)
+	}
+	node := tree.Stmts[0].Stmt
+	b.ReportAllocs()
+	defer reportCPU(b, cpuTime())
+	for b.Loop() {
+		var w walker
+		w.lin.run(node, &Statement{})
+	}
+}

@@ -157,7 +157,10 @@ type ColumnRef struct {
 	// for. One entry when the reference is qualified (u.email) or its scope
 	// has one relation; every relation of its scope (outer scopes included)
 	// when it is unqualified and the scope has several: the parser alone
-	// cannot tell which one has the column.
+	// cannot tell which one has the column. A qualifier naming nothing in
+	// scope (a PL/pgSQL record, a rule's NEW) is kept as written; an
+	// unqualified name with no relation in scope at all (a PL/pgSQL
+	// variable) is not listed. Never empty.
 	Relations []string
 	// Column name as PostgreSQL folds it; "" for a whole-row reference
 	// (`u`, `u.*`, `*`, `row_to_json(u)`, `t` in `SELECT t FROM t`).
@@ -165,7 +168,8 @@ type ColumnRef struct {
 }
 
 // Lineage says whose values a statement can hand back, and whose it stores.
-// Lists are de-duplicated; their order is not significant.
+// Lists are de-duplicated; their order is not significant; a column may be
+// in several (SELECT name ... WHERE name = 'x').
 type Lineage struct {
 	// Output: columns whose values can reach what the statement returns:
 	// every target list at every level (subqueries in FROM, CTEs, set
@@ -173,11 +177,13 @@ type Lineage struct {
 	// RETURNING lists, and everything inside expressions there (function
 	// arguments, casts, CASE, aggregates, window functions). A reference to
 	// a CTE's or a FROM-subquery's own column is not listed: the columns in
-	// its target list are.
+	// its target list are, in the role of the reference (a CTE column
+	// nothing outside reads is in Filter only).
 	Output []ColumnRef
 	// Filter: columns read only to choose or order rows (WHERE, JOIN ... ON /
 	// USING, GROUP BY, HAVING, ORDER BY, window PARTITION/ORDER, LIMIT/OFFSET,
-	// DISTINCT ON).
+	// DISTINCT ON, EXISTS), and every column a CTE or FROM subquery
+	// computes (evaluated, and quoted by an error, even when unused).
 	Filter []ColumnRef
 	// Copy: columns whose values the statement stores where a later
 	// statement can read them back: CREATE TABLE AS, SELECT INTO, CREATE
@@ -187,7 +193,9 @@ type Lineage struct {
 	// classifier lists in SideEffects (lo_from_bytea, lo_put, dblink_exec,
 	// ...), and every reference inside a DO block or a function/procedure
 	// body the statement creates or runs inline (their Output, Filter and
-	// Copy alike).
+	// Copy alike). Also CREATE VIEW's query and a rule's actions (they hand
+	// columns out later under another name), expressions of ALTER TABLE
+	// (generated columns, USING), and CALL's arguments.
 	Copy []ColumnRef
 	// Unknown: part of the statement could not be read (FlagOpaque: dynamic
 	// SQL built at run time, a language other than SQL or PL/pgSQL): treat
