@@ -36,6 +36,19 @@ var laundering = []struct{ name, sql string }{
 	{"statistics", "select histogram_bounds::text from pg_stats where tablename = 'users' and attname = 'name'"},
 }
 
+// connect opens a pgx connection through the proxy for the test's length.
+func (f *fixture) connect(t *testing.T) (context.Context, *pgx.Conn) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	t.Cleanup(cancel)
+	conn, err := pgx.Connect(ctx, f.url())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = conn.Close(context.Background()) })
+	return ctx, conn
+}
+
 // derivedOK: what a laundered column may come back as.
 func derivedOK(v any) bool {
 	switch v := v.(type) {
@@ -90,13 +103,7 @@ func TestLaunderingPsql(t *testing.T) {
 func TestLaunderingPgx(t *testing.T) {
 	f := start(t)
 	analyzeUsers(t, f)
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	conn, err := pgx.Connect(ctx, f.url())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(ctx)
+	ctx, conn := f.connect(t)
 	for _, c := range laundering {
 		t.Run(c.name, func(t *testing.T) {
 			// Twice: the second run Binds pgx's cached statement.
@@ -139,13 +146,7 @@ func TestLaunderingPgx(t *testing.T) {
 func TestLaunderingDescribedPortals(t *testing.T) {
 	f := start(t)
 	analyzeUsers(t, f)
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	conn, err := pgx.Connect(ctx, f.url())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(ctx)
+	ctx, conn := f.connect(t)
 	for _, c := range laundering {
 		for _, format := range []int16{0, 1} {
 			t.Run(fmt.Sprintf("%s/format %d", c.name, format), func(t *testing.T) {
@@ -200,19 +201,13 @@ var copying = []struct {
 
 func TestCopyRefused(t *testing.T) {
 	f := start(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
 	f.pg.Psql(t, "postgres", "GRANT CREATE ON SCHEMA public TO app; GRANT UPDATE ON other TO app")
+	ctx, conn := f.connect(t)
 	admin, err := pgx.Connect(ctx, f.pg.AdminURL("postgres"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer admin.Close(ctx)
-	conn, err := pgx.Connect(ctx, f.url())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(ctx)
 	for _, c := range copying {
 		for _, mode := range []pgx.QueryExecMode{pgx.QueryExecModeSimpleProtocol, pgx.QueryExecModeCacheStatement} {
 			t.Run(fmt.Sprintf("%s/%v", c.name, mode), func(t *testing.T) {
@@ -265,13 +260,7 @@ func TestCopyRefused(t *testing.T) {
 // message's shape stay.
 func TestErrorTextsScrubbed(t *testing.T) {
 	f := start(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	conn, err := pgx.Connect(ctx, f.url())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(ctx)
+	ctx, conn := f.connect(t)
 	for _, q := range []string{
 		"select name::int from users",
 		"select id from users where name::int = 1",
@@ -293,7 +282,7 @@ func TestErrorTextsScrubbed(t *testing.T) {
 		}
 	}
 	// The shape stays: the client still learns what went wrong.
-	_, err = conn.Exec(ctx, "select name::int from users", pgx.QueryExecModeSimpleProtocol)
+	_, err := conn.Exec(ctx, "select name::int from users", pgx.QueryExecModeSimpleProtocol)
 	var pe *pgconn.PgError
 	if !errors.As(err, &pe) || pe.Code != "22P02" || pe.Message != `invalid input syntax for type integer: "[redacted]"` {
 		t.Errorf("got %v", err)
@@ -405,13 +394,7 @@ func TestUncommittedViewChange(t *testing.T) {
 	f := start(t)
 	f.pg.Psql(t, "postgres", `CREATE VIEW plans AS SELECT id, plan FROM users; ALTER VIEW plans OWNER TO app;
 GRANT CREATE ON SCHEMA public TO app; GRANT UPDATE ON other TO app`)
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	conn, err := pgx.Connect(ctx, f.url())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(ctx)
+	ctx, conn := f.connect(t)
 	read := func(q string) string {
 		t.Helper()
 		var v *string
@@ -431,7 +414,7 @@ GRANT CREATE ON SCHEMA public TO app; GRANT UPDATE ON other TO app`)
 	}
 	// A view that hands a masked column out under another name is
 	// refused outright (the view's query is a copy)...
-	_, err = conn.Exec(ctx, "create or replace view plans as select id, name as plan from users")
+	_, err := conn.Exec(ctx, "create or replace view plans as select id, name as plan from users")
 	var pe *pgconn.PgError
 	if !errors.As(err, &pe) || pe.Code != "42501" {
 		t.Fatalf("a view renaming a masked column: %v", err)
