@@ -69,8 +69,6 @@ type walker struct {
 	writes  bool
 	secrets []string
 	err     error
-	// lin computes the statement's Lineage (lineage.go).
-	lin lineageWalker
 }
 
 func (a *analyzer) newWalker(text string, nesting int) *walker {
@@ -89,7 +87,7 @@ func (a *analyzer) analyzeNode(node *pg_query.Node, text string, nesting int) (*
 		return nil, w.err
 	}
 	st := w.finish()
-	w.lin.run(node, st)
+	statementLineage(node, st)
 	return st, nil
 }
 

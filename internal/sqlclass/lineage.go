@@ -116,7 +116,7 @@ type scope struct {
 	cached    bool
 }
 
-func newScope(parent *scope) *scope {
+func (l *lineageWalker) newScope(parent *scope) *scope {
 	sc := &scope{parent: parent}
 	sc.items = sc.buf[:0]
 	return sc
@@ -192,7 +192,28 @@ type lineageWalker struct {
 	out, filter, copy refList
 	unknown           bool
 	ctes              []cte
-	names             []string // backing store of one-entry Relations slices
+	names             []string    // backing store of one-entry Relations slices
+	slab              []ColumnRef // backing store of the lists' first entries
+	buf               *lineageBuf
+}
+
+// lineageBuf is the first backing store of names and slab: one allocation
+// for what a small statement's Lineage keeps (the scopes and derived
+// relations of the walk are garbage at its end, never held by the cache).
+type lineageBuf struct {
+	refs  [4]ColumnRef
+	names [2]string
+}
+
+// firstBuf reports whether it set names and slab to the first store.
+func (l *lineageWalker) firstBuf() bool {
+	if l.buf != nil {
+		return false
+	}
+	l.buf = &lineageBuf{}
+	l.names = l.buf.names[:0]
+	l.slab = l.buf.refs[:]
+	return true
 }
 
 func (l *lineageWalker) emit(s sink, r ColumnRef) {
@@ -200,14 +221,27 @@ func (l *lineageWalker) emit(s sink, r ColumnRef) {
 		s.col.add(r)
 	}
 	if s.roles&roleOutput != 0 {
-		l.out.add(r)
+		l.list(&l.out).add(r)
 	}
 	if s.roles&roleFilter != 0 {
-		l.filter.add(r)
+		l.list(&l.filter).add(r)
 	}
 	if s.roles&roleCopy != 0 {
-		l.copy.add(r)
+		l.list(&l.copy).add(r)
 	}
+}
+
+// list gives a statement's list its first two entries from a shared
+// allocation: most statements list a column or two in two of the lists.
+func (l *lineageWalker) list(rl *refList) *refList {
+	if rl.list == nil {
+		if len(l.slab) < 2 && !l.firstBuf() {
+			l.slab = make([]ColumnRef, 4)
+		}
+		rl.list = l.slab[:0:2]
+		l.slab = l.slab[2:]
+	}
+	return rl
 }
 
 func (l *lineageWalker) emitAll(s sink, refs *refList) {
@@ -219,8 +253,7 @@ func (l *lineageWalker) emitAll(s sink, refs *refList) {
 // one returns a one-entry Relations slice for name, from a shared backing
 // array (one allocation for many references).
 func (l *lineageWalker) one(name string) []string {
-	if len(l.names) == cap(l.names) {
-		// Most statements name one or two relations.
+	if len(l.names) == cap(l.names) && !l.firstBuf() {
 		l.names = make([]string, 0, min(2*cap(l.names)+2, 16))
 	}
 	l.names = append(l.names, name)
@@ -268,12 +301,10 @@ func (l *lineageWalker) lookup(s sink, d *derived, name string) bool {
 
 // statementLineage fills st.Lineage (and CursorName) from its node.
 func statementLineage(node *pg_query.Node, st *Statement) {
-	(&lineageWalker{}).run(node, st)
+	var l lineageWalker // on the stack: nothing keeps it
+	l.run(node, st)
 }
 
-// run is statementLineage with the walker's state in l, which the
-// classifier's walker holds (the generic walk's closures would move a
-// walker of its own to the heap: one allocation per statement).
 func (l *lineageWalker) run(node *pg_query.Node, st *Statement) {
 	if node != nil {
 		l.statement(node, st)
@@ -324,7 +355,7 @@ func (l *lineageWalker) statement(node *pg_query.Node, st *Statement) {
 		// Generated columns, USING and defaults compute stored values from
 		// the table's own columns.
 		if rv := n.AlterTableStmt.Relation; rv != nil {
-			sc := newScope(nil)
+			sc := l.newScope(nil)
 			l.rangeVar(rv, sc)
 			for _, c := range n.AlterTableStmt.Cmds {
 				l.generic(protoMessage(c), sink{roles: roleCopy}, sc, 1)
@@ -389,7 +420,10 @@ func (l *lineageWalker) dynamicNested(node *pg_query.Node, st *Statement) {
 	if len(st.Nested) == 0 {
 		return
 	}
-	stores := false
+	// The call's value is stored when the statement stores what it
+	// computes (CREATE TABLE AS, INSERT, COPY to a file, ...) or the
+	// function itself writes (dblink_exec).
+	stores := st.Kind != KindRead || st.Flags&(FlagCopyFile|FlagCopyProgram) != 0
 	for _, se := range st.SideEffects {
 		if sqlTextFunctions[lastName(se.Function)] {
 			stores = true
@@ -601,17 +635,17 @@ func (l *lineageWalker) query(sel *pg_query.SelectStmt, outer *scope, depth int,
 			l.query(sel.Rarg, outer, depth+1, into)
 			// ORDER BY names result columns, all of them already in
 			// *into; what else it reads is Filter.
-			l.filterClauses(sel, newScope(outer), depth)
+			l.filterClauses(sel, l.newScope(outer), depth)
 			return nil
 		}
 		d := setOp(l.query(sel.Larg, outer, depth+1, nil), l.query(sel.Rarg, outer, depth+1, nil))
 		// ORDER BY and LIMIT of a set operation name its result columns.
-		sc := newScope(outer)
+		sc := l.newScope(outer)
 		sc.add(item{d: d})
 		l.filterClauses(sel, sc, depth)
 		return d
 	}
-	sc := newScope(outer)
+	sc := l.newScope(outer)
 	for _, f := range sel.FromClause {
 		l.fromItem(f, sc, depth+1)
 	}
@@ -623,14 +657,20 @@ func (l *lineageWalker) query(sel *pg_query.SelectStmt, outer *scope, depth int,
 		return l.values(sel.ValuesLists, sc, depth)
 	}
 	l.filterClauses(sel, sc, depth)
+	return l.targetList(sel.TargetList, sc, depth, into)
+}
+
+// targetList walks a target or RETURNING list in scope sc: into *into
+// when given (a star is then a whole-row reference to what it names),
+// else into the derived relation it returns.
+func (l *lineageWalker) targetList(targets []*pg_query.Node, sc *scope, depth int, into *sink) *derived {
 	if into != nil {
-		// A star is a whole-row reference to what it names here.
-		l.exprs(sel.TargetList, *into, sc, depth+1)
+		l.exprs(targets, *into, sc, depth+1)
 		return nil
 	}
 	d := &derived{}
 	d.cols = d.buf[:0]
-	for _, t := range sel.TargetList {
+	for _, t := range targets {
 		rt := t.GetResTarget()
 		if rt == nil {
 			continue
@@ -1009,7 +1049,7 @@ func (l *lineageWalker) dml(n *pg_query.Node, outer *scope, depth int, into *sin
 	k := l.pushCTEs(with, outer, depth)
 	defer func() { l.ctes = l.ctes[:k] }()
 
-	sc := newScope(outer)
+	sc := l.newScope(outer)
 	if target != nil {
 		l.rangeVar(target, sc)
 	}
@@ -1058,25 +1098,7 @@ func (l *lineageWalker) dml(n *pg_query.Node, outer *scope, depth int, into *sin
 			l.exprs(m.Values, cp, sc, depth+1)
 		}
 	}
-	if into != nil {
-		l.exprs(returning, *into, sc, depth+1)
-		return nil
-	}
-	d := &derived{}
-	for _, t := range returning {
-		rt := t.GetResTarget()
-		if rt == nil {
-			continue
-		}
-		if cr := rt.Val.GetColumnRef(); cr != nil && isStar(cr) {
-			l.starInto(d, cr, sc)
-			continue
-		}
-		d.cols = append(d.cols, dcol{name: targetName(rt)})
-		c := &d.cols[len(d.cols)-1]
-		l.expr(rt.Val, sink{col: &c.refs}, sc, depth+1)
-	}
-	return d
+	return l.targetList(returning, sc, depth, into)
 }
 
 func (l *lineageWalker) exprs(ns []*pg_query.Node, s sink, sc *scope, depth int) {
@@ -1179,20 +1201,24 @@ func (l *lineageWalker) generic(m protoreflect.Message, s sink, sc *scope, depth
 			l.unqualified(v.Name, s, sc)
 		}
 	}
-	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
-		if fd.Kind() != protoreflect.MessageKind {
-			return true
+	// A loop over the fields rather than m.Range: a closure handed to
+	// Range would move the walker to the heap on every statement.
+	fields := m.Descriptor().Fields()
+	for i := 0; i < fields.Len(); i++ {
+		fd := fields.Get(i)
+		if fd.Kind() != protoreflect.MessageKind || fd.IsMap() || !m.Has(fd) {
+			continue
 		}
+		v := m.Get(fd)
 		if fd.IsList() {
 			lst := v.List()
-			for i := 0; i < lst.Len(); i++ {
-				l.generic(lst.Get(i).Message(), s, sc, depth+1)
+			for j := 0; j < lst.Len(); j++ {
+				l.generic(lst.Get(j).Message(), s, sc, depth+1)
 			}
-		} else if !fd.IsMap() {
+		} else {
 			l.generic(v.Message(), s, sc, depth+1)
 		}
-		return true
-	})
+	}
 }
 
 func (l *lineageWalker) funcCall(fc *pg_query.FuncCall, s sink, sc *scope, depth int) {

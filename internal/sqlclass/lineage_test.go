@@ -101,6 +101,14 @@ var lineageCases = []lineageCase{
 	{name: "union in subquery", sql: "SELECT s.v FROM (SELECT name AS v FROM users EXCEPT SELECT nick FROM bans) s",
 		out: []string{"users:name", "bans:nick"}, filter: []string{"users:name", "bans:nick"}},
 	{name: "values", sql: "VALUES (1, 'a')"},
+	{name: "array sublink", sql: "SELECT ARRAY(SELECT card FROM payments)", out: []string{"payments:card"}},
+	{name: "set operation renamed", sql: "SELECT a FROM (SELECT name FROM users UNION SELECT email FROM admins) s(a)",
+		out: []string{"users:name", "admins:email"}, filter: []string{"users:name", "admins:email"}},
+	{name: "record functions", sql: "SELECT * FROM json_to_recordset((SELECT json_agg(u) FROM users u)) AS x(name text)",
+		out: []string{"users:*", "users:u"}, filter: []string{"users:*", "users:u"}},
+	{name: "json_table", sql: "SELECT x.a FROM users, JSON_TABLE(doc, '$' COLUMNS (a text PATH '$.a')) x",
+		out: []string{"users:doc"}, filter: []string{"users:doc"}},
+	{name: "error quoting read", sql: "SELECT 1 FROM users WHERE name::int = 1", filter: []string{"users:name"}},
 	{name: "recursive with forward reference", sql: "WITH RECURSIVE a AS (SELECT * FROM b), b AS (SELECT name FROM users) SELECT * FROM a",
 		filter: []string{"users:name"}, unknown: true},
 	{name: "forward reference without recursive is a table", sql: "WITH a AS (SELECT * FROM b), b AS (SELECT name FROM users) SELECT * FROM a",
@@ -168,6 +176,8 @@ var lineageCases = []lineageCase{
 		copied: []string{"users:name"}},
 	{name: "c function", sql: "CREATE FUNCTION f() RETURNS int LANGUAGE c AS 'lib', 'sym'", unknown: true},
 	{name: "query_to_xml", sql: "SELECT query_to_xml('SELECT name FROM users', true, true, '')", out: []string{"users:name"}},
+	{name: "query_to_xml stored", sql: "CREATE TABLE t AS SELECT query_to_xml('SELECT name FROM users', true, true, '')",
+		out: []string{"users:name"}, copied: []string{"users:name"}},
 	{name: "dblink_exec", sql: "SELECT dblink_exec('conn', 'INSERT INTO t SELECT name FROM users')", copied: []string{"users:name"}},
 
 	// Bookkeeping statements.
@@ -332,15 +342,22 @@ func TestLineageCachedAndShaped(t *testing.T) {
 // Deep nesting ends in the classifier's existing error or a result, never
 // a crash, and what the lineage walk gives up on is Unknown.
 func TestLineageDeep(t *testing.T) {
-	for _, n := range []int{10, 100, 1000} {
-		sql := strings.Repeat("SELECT * FROM (", n) + "SELECT name FROM users" + strings.Repeat(") s", n)
+	var sqls []string
+	for _, n := range []int{10, 100, 1000, 6000} {
+		sqls = append(sqls,
+			strings.Repeat("SELECT * FROM (", n)+"SELECT name FROM users"+strings.Repeat(") s", n),
+			"SELECT "+strings.Repeat("upper(", n)+"name"+strings.Repeat(")", n)+" FROM users",
+			"SELECT "+strings.Repeat("(SELECT ", n)+"name"+strings.Repeat(")", n)+" FROM users")
+	}
+	for _, sql := range sqls {
+		n := len(sql)
 		res, err := New(Options{}).Classify(sql)
 		if err != nil {
 			continue
 		}
 		st := res.Statements[0]
 		if !st.Lineage.Unknown && !slices.Contains(refStrings(st.Lineage.Output), "users:name") {
-			t.Errorf("depth %d: name lost: %v", n, refStrings(st.Lineage.Output))
+			t.Errorf("%d bytes: name lost: %v", n, refStrings(st.Lineage.Output))
 		}
 	}
 }

@@ -69,7 +69,6 @@ func BenchmarkPartLineage(b *testing.B) {
 	b.ReportAllocs()
 	defer reportCPU(b, cpuTime())
 	for b.Loop() {
-		var w walker
-		w.lin.run(node, &Statement{})
+		statementLineage(node, &Statement{})
 	}
 }
