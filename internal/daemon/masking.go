@@ -83,6 +83,9 @@ func (r *router) maskingStages(cc *pgx.ConnConfig, log *slog.Logger) func(*sessi
 		if st == nil {
 			return pgwire.Stages{}
 		}
+		// Statements' lineage, read with the guard's classifier: what
+		// a query computes from or copies out of a masked column.
+		st.TrackLineage(r.classifier)
 		if r.sealer != nil {
 			st.KeepOriginals(pgmask.NewOriginals(r.sealer, sess, r.sealMax, log))
 		}

@@ -53,6 +53,9 @@ type router struct {
 	// guards enforce the policy, one per PostgreSQL connection; approvals
 	// plug in with setApprover.
 	guards []*guard.Guard
+	// classifier is the SQL classifier the guards and the masking stages
+	// share (one cache of classifications).
+	classifier *sqlclass.Classifier
 	// events records what happens outside any session (roles swept at
 	// start); nil without an audit record.
 	events session.Sink
@@ -99,6 +102,7 @@ func newRouter(ctx context.Context, cfg *config.Config, set *targets.Set, dialer
 		r.closers = append(r.closers, stop)
 	}
 	classifier := sqlclass.New(sqlclass.Options{})
+	r.classifier = classifier
 	var clientTLS *tls.Config
 	for _, conn := range cfg.Connections {
 		var h frontdoor.Handler

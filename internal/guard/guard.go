@@ -478,10 +478,28 @@ func nonEmpty(s, def string) string {
 
 // record emits the decision as a session event.
 func (s *Stage) record(d policy.Decision, protocol, sql, by string) {
-	s.sess.Emit(session.Event{Kind: session.KindDecision, Decision: &session.Decision{
+	recordDecision(s.sess, s.who().Class, d, protocol, sql, by)
+}
+
+func recordDecision(sess *session.Session, class string, d policy.Decision, protocol, sql, by string) {
+	sess.Emit(session.Event{Kind: session.KindDecision, Decision: &session.Decision{
 		Action: d.Action.String(), Rule: d.Rule, Reason: d.Reason, Protocol: protocol,
-		SQL: sql, Class: s.who().Class, By: by,
+		SQL: sql, Class: class, By: by,
 	}})
+}
+
+// Refuse is how a stage other than the guard refuses a statement for a
+// rule of its own (masking: a statement that would copy a masked column):
+// recorded as the guard records its refusals (a deny decision naming the
+// rule and why, with sql, which must already be redacted), answered with
+// 42501, msg and hint.
+func Refuse(sess *session.Session, rule, reason, protocol, sql, msg, hint string) pgwire.Verdict {
+	class := sess.Origin.Class
+	if class == "" {
+		class = policy.ClassPerson
+	}
+	recordDecision(sess, class, policy.Decision{Action: policy.Deny, Rule: rule, Reason: reason}, protocol, sql, "")
+	return refuse(msg, hint, sql)
 }
 
 // redacted is the statement text fit for records: secrets replaced, and

@@ -115,6 +115,42 @@ func (m *Masker) NamesColumns() bool {
 	return false
 }
 
+// WholeColumns says whether a rule in force masks named columns whole
+// (a columns: list): only then can a query launder a value no detector
+// recognises, so only then are statements' lineages checked.
+func (m *Masker) WholeColumns() bool {
+	for _, i := range m.active {
+		if len(m.rs.rules[i].columns) > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// NamedRule is the first rule in force whose columns: pattern can name a
+// column written as src in a statement, where an empty part matches
+// anything: an unqualified relation (no Schema) may be in any schema, and
+// an empty Column stands for every column of the relation (a whole-row
+// reference). ok is false when no rule can name it.
+func (m *Masker) NamedRule(src Source) (rule string, ok bool) {
+	names := [3]string{src.Column, src.Table, src.Schema}
+	for _, i := range m.active {
+		for _, p := range m.rs.rules[i].columns {
+			match := true
+			for k, g := range p.seg {
+				if names[k] != "" && !glob(g, names[k]) {
+					match = false
+					break
+				}
+			}
+			if match {
+				return m.rs.rules[i].spec.Name, true
+			}
+		}
+	}
+	return "", false
+}
+
 // Column is the masking decision for one result column.
 type Column struct {
 	m     *Masker

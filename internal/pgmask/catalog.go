@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 
 	"github.com/jackc/pgx/v5"
@@ -329,7 +330,9 @@ func lookupAttrs(ctx context.Context, conn *pgx.Conn, attrs []Attr) (map[Attr]re
 		if err := rows.Scan(&rel, &num, &r.src.Schema, &r.src.Table, &r.src.Column, &kind); err != nil {
 			return nil, fmt.Errorf("read result columns from the catalog: %w", err)
 		}
-		r.view = kind == "v"
+		// A materialized view keeps its query as a view does: its
+		// columns are followed to what it reads.
+		r.view = kind == "v" || kind == "m"
 		info[Attr{uint32(rel), num}] = r
 	}
 	return info, rows.Err()
@@ -433,4 +436,104 @@ func TargetOrigins(action string) map[int16]Attr {
 		}
 	}
 	return out
+}
+
+// Relation is a relation a statement names, found by name, with the chain
+// of every column (as Resolve gives it for the column's attr).
+type Relation struct {
+	Schema, Name string
+	Columns      map[string][]mask.Source // by column name
+}
+
+// RelationFinder is a Resolver that also finds relations by the names
+// statements use: the lineage check of statements needs the views among
+// them and what they read.
+type RelationFinder interface {
+	Relations(ctx context.Context, database string, names []string) (map[string][]Relation, error)
+}
+
+const relSQL = `SELECT c.oid::int8, n.nspname, c.relname, a.attnum, a.attname
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+WHERE c.relname = ANY($1::text[])`
+
+// Relations finds each name ("schema.table" or "table", as PostgreSQL
+// folds identifiers): a qualified one in its schema, an unqualified one in
+// every schema (the session's search_path is not known here, so every
+// relation it could mean is returned). A name found nowhere is absent.
+func (c *Catalog) Relations(ctx context.Context, database string, names []string) (map[string][]Relation, error) {
+	conn, err := c.acquire(ctx, database)
+	if err != nil {
+		return nil, err
+	}
+	out, err := relationsOn(ctx, conn, names)
+	c.release(database, conn, err == nil)
+	return out, err
+}
+
+// splitName is a relation name as a statement writes it: schema and
+// table (a database part, catalog.schema.table, is dropped).
+func splitName(name string) (schema, table string) {
+	parts := strings.Split(name, ".")
+	if len(parts) == 1 {
+		return "", name
+	}
+	return parts[len(parts)-2], parts[len(parts)-1]
+}
+
+func relationsOn(ctx context.Context, conn *pgx.Conn, names []string) (map[string][]Relation, error) {
+	tables := make([]string, 0, len(names))
+	for _, n := range names {
+		_, t := splitName(n)
+		tables = append(tables, t)
+	}
+	rows, err := conn.Query(ctx, relSQL, tables)
+	if err != nil {
+		return nil, fmt.Errorf("look up relations by name: %w", err)
+	}
+	type col struct {
+		schema, table, name string
+		attr                Attr
+	}
+	var cols []col
+	for rows.Next() {
+		var rel int64
+		var c col
+		if err := rows.Scan(&rel, &c.schema, &c.table, &c.attr.Num, &c.name); err != nil {
+			rows.Close()
+			return nil, fmt.Errorf("read relations by name: %w", err)
+		}
+		c.attr.Table = uint32(rel)
+		cols = append(cols, c)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("read relations by name: %w", err)
+	}
+	attrs := make([]Attr, len(cols))
+	for i, c := range cols {
+		attrs[i] = c.attr
+	}
+	chains, err := resolveOn(ctx, conn, attrs)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string][]Relation{}
+	for _, n := range names {
+		schema, table := splitName(n)
+		byOID := map[uint32]int{}
+		for _, c := range cols {
+			if c.table != table || schema != "" && c.schema != schema {
+				continue
+			}
+			i, ok := byOID[c.attr.Table]
+			if !ok {
+				i = len(out[n])
+				byOID[c.attr.Table] = i
+				out[n] = append(out[n], Relation{Schema: c.schema, Name: c.table, Columns: map[string][]mask.Source{}})
+			}
+			out[n][i].Columns[c.name] = chains[c.attr]
+		}
+	}
+	return out, nil
 }

@@ -27,6 +27,26 @@ func (c fixedCatalog) Resolve(_ context.Context, _ string, attrs []Attr) (map[At
 	return out, nil
 }
 
+// Relations finds the relations the map's chains start at, by name.
+func (c fixedCatalog) Relations(_ context.Context, _ string, names []string) (map[string][]Relation, error) {
+	out := map[string][]Relation{}
+	for _, n := range names {
+		schema, table := splitName(n)
+		var rel *Relation
+		for _, chain := range c {
+			if len(chain) == 0 || chain[0].Table != table || schema != "" && chain[0].Schema != schema {
+				continue
+			}
+			if rel == nil {
+				out[n] = append(out[n], Relation{Schema: chain[0].Schema, Name: table, Columns: map[string][]mask.Source{}})
+				rel = &out[n][len(out[n])-1]
+			}
+			rel.Columns[chain[0].Column] = chain
+		}
+	}
+	return out, nil
+}
+
 // compileRules compiles a policy's YAML under the tests' masking key.
 func compileRules(t testing.TB, yaml string) *mask.RuleSet {
 	t.Helper()

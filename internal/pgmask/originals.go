@@ -51,6 +51,8 @@ func (o *Originals) keep(col int, f *field, v, masked []byte) {
 	rule := f.col.RuleName()
 	if f.null {
 		rule = "airlock: source unknown"
+	} else if f.derived {
+		rule = "airlock: derived"
 	}
 	o.add(col, rule, orig, masked)
 }

@@ -23,6 +23,9 @@ func (r *requests) push(rs ...request) {
 
 func (r *requests) len() int { return len(r.q) - r.head }
 
+// at is the i-th oldest request; i must be below len.
+func (r *requests) at(i int) *request { return &r.q[r.head+i] }
+
 // front is the oldest request; the queue must not be empty.
 func (r *requests) front() request { return r.q[r.head] }
 

@@ -6,7 +6,8 @@
 //
 //   - DataRow, text format: each column whose source a rule names is masked
 //     whole; computed columns (table OID 0) and columns of views computed
-//     from expressions go through the detectors; other columns are
+//     from expressions go through the detectors (masked whole when the
+//     statement is tainted, below); other columns are
 //     forwarded untouched, and a result with no such column is forwarded
 //     without decoding a value (the fast path). A masked value of a type
 //     that has no text form for a marker (numbers, dates, uuids, arrays,
@@ -22,7 +23,8 @@
 //     client gets an ErrorResponse, as if the statement had failed). With
 //     detector rules only, text and CSV rows go through the detectors.
 //   - NoticeResponse and ErrorResponse: message, detail, hint, context and
-//     internal query go through the detectors; a detail echoing values of
+//     internal query go through the detectors, and lose their quoted values
+//     when the statement reads a masked column; a detail echoing values of
 //     the table in the error ("Key (...)=(...)", "Failing row contains")
 //     has its values withheld when a rule could name that table's columns.
 //   - NotificationResponse payloads and fast-path function results go
@@ -46,15 +48,24 @@
 // views; a view column computed from an expression, and a whole-row value,
 // is masked whole when it reads a column a rule masks whole.
 //
-// Limits: the guarantee covers values that keep their source. A query that
-// computes on a column (upper(name), row_to_json(u), a function, a
-// RAISE with the value, set_config then SHOW) produces a column with no
-// source, which only the detectors read: a column rule on values no
-// detector recognises (names) does not follow it. So does data the session
-// copies into a table no rule names (CREATE TABLE AS, INSERT ... SELECT),
-// or a column the session renames (it needs ownership). Grants on the
-// upstream are the guarantee for those; masking keeps the common and the
-// reworded queries clean.
+// Lineage (taint.go): while a rule masks named columns, each statement's
+// lineage is read before it reaches the server. A statement whose output
+// can name a masked column has its computed columns masked whole; one
+// that would copy a masked column elsewhere (a table, a setting, a
+// function body) is refused; one reading a masked column anywhere has the
+// quoted values of its error and notice texts withheld. The planner's
+// sample values (pg_stats and the catalogs under it) are masked whole.
+//
+// Limits: a WHERE, ORDER BY or join on a masked column still runs, so
+// many statements together can confirm or bisect a value (an oracle the
+// audit record and rate limits answer, not masking). Functions and views
+// already in the database are not read: a function returning a masked
+// column is a computed column of a statement naming none. Data someone
+// else copied is the copy's table's, for its own rules and grants. A
+// relation created in a transaction not yet committed is not in the
+// catalog the stage reads: its columns are masked whole until then, and a
+// view replaced in such a transaction is judged by its committed
+// definition. Grants on the upstream are the guarantee for those.
 //
 // The stage is the last client stage of a pipeline: it sends its Describe
 // in place of the message it goes before, and later stages would not see
@@ -123,9 +134,20 @@ type Stage struct {
 	// Describe before that message.
 	pending     bool
 	pendingName []byte
+	lin         *lineage // nil: no rule masks named columns, or lineage not tracked
+
+	// gen counts the session's DDL (server side), after which the
+	// client side's lineage caches are stale.
+	gen atomic.Uint64
+	// ddlOpen: the session may have schema changes not committed yet,
+	// which the catalog's connections do not see: a view it replaced is
+	// shown as it was. Set by either side (a DDL statement sent, a DDL
+	// tag answered), cleared by the server side at an idle ReadyForQuery
+	// with no DDL request left; written under mu.
+	ddlOpen atomic.Bool
 
 	// Server side only.
-	cache      map[Attr]mask.Column // decided columns by source
+	cache      map[Attr]decided // decided columns by source
 	missing    []Attr
 	portals    map[string][]field
 	cur        []field
@@ -152,8 +174,17 @@ type Stage struct {
 	// Every description decided, by its bytes, so statements run in
 	// turn (a transaction's, a pooled client's) are each decided once; a
 	// map lookup that does not allocate. Bounded; dropped with the cache.
-	descs      map[string][]field
-	unresolved atomic.Uint64
+	descs map[string][]field
+	// The last description decided for a tainted statement, with its
+	// computed columns masked whole.
+	taintDesc   []byte
+	taintFields []field
+	unresolved  atomic.Uint64
+	// unseen: a column the catalog did not show was decided (masked
+	// whole); decided again once the session is out of its transaction.
+	unseen     bool
+	wholeCols  bool          // a rule masks named columns whole
+	derived    atomic.Uint64 // computed values of tainted statements
 	binaryNull atomic.Uint64
 	orig       *Originals // the compliance copy; nil: none kept
 }
@@ -164,6 +195,17 @@ type request struct {
 	// A client's Describe of a portal: its answer is also the portal's
 	// description for the stage, which then need not ask itself.
 	capture bool
+	// The statement's taint (taint.go): computed columns masked whole;
+	// error texts lose their quoted values; ddl: it changes the schema.
+	out, echo, ddl bool
+}
+
+// decided is a column's decision by its source.
+type decided struct {
+	col mask.Column
+	// derived: masked whole by the stage itself (the planner's sample
+	// values, a source the catalog does not show).
+	derived bool
 }
 
 type field struct {
@@ -177,6 +219,9 @@ type field struct {
 	// acts is null or col.Masks(): the row walk looks at this value.
 	// Decided with the description, not per row.
 	acts bool
+	// computed: no source (table OID 0); derived: masked whole by the
+	// stage (a tainted statement's computed column, a statistics value).
+	computed, derived bool
 }
 
 // New returns the stage for a session with masker m (nil when m is Empty:
@@ -188,8 +233,8 @@ func New(m *mask.Masker, res Resolver, sess *session.Session, log *slog.Logger) 
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	s := &Stage{m: m, res: res, sess: sess, log: log, cache: map[Attr]mask.Column{}, portals: map[string][]field{},
-		descs: map[string][]field{}}
+	s := &Stage{m: m, res: res, sess: sess, log: log, cache: map[Attr]decided{}, portals: map[string][]field{},
+		descs: map[string][]field{}, wholeCols: m.WholeColumns()}
 	sess.SetMaskCounter(s.Counts)
 	return s
 }
@@ -211,6 +256,9 @@ func (s *Stage) Counts() []session.MaskCount {
 	if n := s.binaryNull.Load(); n > 0 {
 		out = append(out, session.MaskCount{Rule: "airlock", Detector: "binary", Strategy: "null", Values: n})
 	}
+	if n := s.derived.Load(); n > 0 {
+		out = append(out, session.MaskCount{Rule: "airlock", Detector: "derived", Strategy: "redact", Values: n})
+	}
 	return out
 }
 
@@ -223,6 +271,17 @@ func (s *Stage) ClientTypes() string { return "QPBDESFC" }
 // before that next message, whose answer the server side consumes.
 func (s *Stage) Client(m *pgwire.ClientMsg) pgwire.Verdict {
 	r := request{kind: m.Type}
+	if s.lin != nil {
+		if v, refused := s.lineageClient(m, &r); refused {
+			// In place of m the server gets the pipeline's poison, whose
+			// error the request stands for. A Describe the stage owed
+			// the last Bind is not sent: that portal's rows, were any
+			// to come, fail closed.
+			s.pending = false
+			s.push(r)
+			return v
+		}
+	}
 	var pre []byte // the stage's Describe, sent before m
 	if m.Type == 'D' {
 		if portal, ok := describedPortal(m.Body); ok {
@@ -236,6 +295,13 @@ func (s *Stage) Client(m *pgwire.ClientMsg) pgwire.Verdict {
 	if s.pending {
 		s.pending = false
 		ours = request{kind: 'd', portal: string(s.pendingName)}
+		if s.lin != nil {
+			mk, known := s.lin.portals.get(s.pendingName)
+			if !known {
+				mk = tainted.marks()
+			}
+			ours.out, ours.echo = mk.out, mk.echo
+		}
 		pre = append(s.cbuf[:0], 'D', 0, 0, 0, 0, 'P')
 		pre = append(append(pre, s.pendingName...), 0)
 		binary.BigEndian.PutUint32(pre[1:], uint32(len(pre)-1))
@@ -267,6 +333,11 @@ func (s *Stage) Client(m *pgwire.ClientMsg) pgwire.Verdict {
 func (s *Stage) push(rs ...request) {
 	s.mu.Lock()
 	s.queue.push(rs...)
+	for i := range rs {
+		if rs[i].ddl {
+			s.ddlOpen.Store(true)
+		}
+	}
 	s.mu.Unlock()
 }
 
@@ -345,7 +416,7 @@ func (s *Stage) Server(m *pgwire.ServerMsg) pgwire.Verdict {
 			s.pop()
 			if m.Type == 'T' {
 				// An unreadable description is nil: its rows fail closed.
-				s.portals[r.portal], _ = s.describe(m.Body)
+				s.portals[r.portal], _ = s.describeFor(m.Body, r.out)
 			} else {
 				delete(s.portals, r.portal)
 			}
@@ -353,7 +424,7 @@ func (s *Stage) Server(m *pgwire.ServerMsg) pgwire.Verdict {
 		case 'D': // the client's; a portal's is also the stage's
 			s.pop()
 			if r.capture && m.Type == 'T' {
-				s.portals[r.portal], _ = s.describe(m.Body)
+				s.portals[r.portal], _ = s.describeFor(m.Body, r.out)
 			} else if r.capture {
 				delete(s.portals, r.portal)
 			}
@@ -361,7 +432,7 @@ func (s *Stage) Server(m *pgwire.ServerMsg) pgwire.Verdict {
 			if m.Type == 'T' {
 				// A description that cannot be read withholds its rows
 				// rather than letting them pass as if nothing were masked.
-				f, ok := s.describe(m.Body)
+				f, ok := s.describeFor(m.Body, r.out)
 				s.setCur(f)
 				s.curUnknown = !ok
 			}
@@ -381,16 +452,24 @@ func (s *Stage) Server(m *pgwire.ServerMsg) pgwire.Verdict {
 		s.popThroughSync()
 		if len(m.Body) > 0 && m.Body[0] == 'I' {
 			clear(s.portals)
+			if s.unseen || s.ddlOpen.Load() {
+				// A relation the catalog did not show, or showed as
+				// it was, may have committed since.
+				s.forget()
+				s.closeDDL()
+			}
 		}
 		s.refusing, s.copying = false, false
 	case 'E':
 		s.refusing, s.copying = false, false
-		if r, ok := s.front(); ok && r.kind != 'Q' && r.kind != 'F' && r.kind != 'S' {
+		r, ok := s.front()
+		if ok && r.kind != 'Q' && r.kind != 'F' && r.kind != 'S' {
 			s.skipToSync()
 		}
-		return s.notice(m)
+		return s.notice(m, ok && r.echo)
 	case 'N':
-		return s.notice(m)
+		r, ok := s.front()
+		return s.notice(m, ok && r.echo)
 	case 'H', 'W':
 		return s.copyOut(m)
 	case 'd':
@@ -468,12 +547,88 @@ func (s *Stage) ddl(body []byte) {
 	tag, _, _ := bytes.Cut(body, []byte{0})
 	for _, p := range []string{"CREATE", "ALTER", "DROP", "COMMENT", "GRANT", "REVOKE", "IMPORT", "SELECT INTO"} {
 		if bytes.HasPrefix(tag, []byte(p)) {
-			clear(s.cache)
-			clear(s.descs)
-			s.lastDesc, s.lastFields = s.lastDesc[:0], nil
+			s.forget()
+			if s.wholeCols {
+				s.mu.Lock()
+				s.ddlOpen.Store(true)
+				s.mu.Unlock()
+			}
 			return
 		}
 	}
+}
+
+// closeDDL: out of any transaction, the session's DDL is committed (or
+// rolled back), unless a DDL request is still on its way.
+func (s *Stage) closeDDL() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for i := range s.queue.len() {
+		if s.queue.at(i).ddl {
+			return
+		}
+	}
+	s.ddlOpen.Store(false)
+}
+
+// forget drops every decision kept, the client side's lineage ones too.
+func (s *Stage) forget() {
+	clear(s.cache)
+	clear(s.descs)
+	s.lastDesc, s.lastFields = s.lastDesc[:0], nil
+	s.taintDesc, s.taintFields = s.taintDesc[:0], nil
+	s.unseen = false
+	s.gen.Add(1)
+}
+
+// describeFor is describe for a statement's result: a tainted statement's
+// computed columns are masked whole.
+func (s *Stage) describeFor(body []byte, tainted bool) ([]field, bool) {
+	f, ok := s.describe(body)
+	if !ok || !tainted {
+		return f, ok
+	}
+	if s.taintFields != nil && bytes.Equal(body, s.taintDesc) {
+		return s.taintFields, true
+	}
+	var out []field
+	for i := range f {
+		if f[i].computed && !f[i].derived {
+			if out == nil {
+				out = append([]field(nil), f...)
+			}
+			out[i].derived, out[i].acts, out[i].null = true, true, false
+		}
+	}
+	if out == nil {
+		return f, true
+	}
+	s.taintDesc, s.taintFields = append(s.taintDesc[:0], body...), out
+	return out, true
+}
+
+// decide decides a column by its chain; found is false when the catalog
+// does not show the column (a relation created in a transaction not
+// committed yet, or dropped meanwhile).
+func (s *Stage) decide(chain []mask.Source, found bool) decided {
+	if s.wholeCols {
+		if !found {
+			// It could be a view over a masked column: fail closed.
+			s.unseen = true
+			return decided{derived: true}
+		}
+		if len(chain) > 1 && s.ddlOpen.Load() {
+			// A view's column, while the session may have replaced the
+			// view: the catalog shows its committed definition.
+			return decided{derived: true}
+		}
+		for _, src := range chain {
+			if statsSource(src) {
+				return decided{derived: true}
+			}
+		}
+	}
+	return decided{col: s.column(chain)}
 }
 
 // describe decides every field of a RowDescription; false if body is not
@@ -507,24 +662,25 @@ func (s *Stage) describe(body []byte) ([]field, bool) {
 			failed = true
 		} else {
 			for _, a := range s.missing {
-				s.cache[a] = s.column(got[a])
+				chain, found := got[a]
+				s.cache[a] = s.decide(chain, found)
 			}
 		}
 	}
 	var out []field
 	eachField(body, func(a Attr, typ uint32, format int16) {
-		f := field{oid: typ, format: format, text: textual(typ)}
+		f := field{oid: typ, format: format, text: textual(typ), computed: a.Table == 0}
 		if a.Table == 0 {
 			f.col = s.m.Column(mask.Source{})
-		} else if c, ok := s.cache[a]; ok {
-			f.col = c
+		} else if d, ok := s.cache[a]; ok {
+			f.col, f.derived = d.col, d.derived
 		} else {
 			f.null = failed
 		}
 		if typ == oidJSON || typ == oidJSONB {
 			f.col = f.col.JSON()
 		}
-		f.acts = f.null || f.col.Masks()
+		f.acts = f.null || f.derived || f.col.Masks()
 		out = append(out, f)
 	})
 	if !failed && len(out) > 0 {
@@ -778,6 +934,9 @@ func (s *Stage) maskValue(f *field, dst, v []byte) ([]byte, mask.Result) {
 		s.unresolved.Add(1)
 		return dst, mask.Nulled
 	}
+	if f.derived {
+		return s.derivedValue(f, dst)
+	}
 	if f.format == 0 {
 		out, r := f.col.Mask(dst, v)
 		if r == mask.Masked && !f.text {
@@ -917,8 +1076,10 @@ func (s *Stage) text(typ byte, prefix, v []byte) pgwire.Verdict {
 	return pgwire.Verdict{Action: pgwire.Replace, Msgs: out}
 }
 
-// notice masks the free-text fields of a NoticeResponse or ErrorResponse.
-func (s *Stage) notice(m *pgwire.ServerMsg) pgwire.Verdict {
+// notice masks the free-text fields of a NoticeResponse or ErrorResponse;
+// echo: the statement reads a masked column, whose values any quoted run
+// of the texts may be.
+func (s *Stage) notice(m *pgwire.ServerMsg, echo bool) pgwire.Verdict {
 	type kv struct {
 		k byte
 		v []byte
@@ -954,7 +1115,16 @@ func (s *Stage) notice(m *pgwire.ServerMsg) pgwire.Verdict {
 				v, changed = w, true
 			}
 		}
-		if strings.HasPrefix(code, "22") && (f.k == 'M' || f.k == 'D') && s.m.NamesColumns() {
+		scrubbed := false
+		if echo {
+			switch f.k {
+			case 'M', 'D', 'H', 'W', 'q':
+				if w, ok := scrubValues(v); ok {
+					v, changed, scrubbed = w, true, true
+				}
+			}
+		}
+		if !scrubbed && strings.HasPrefix(code, "22") && (f.k == 'M' || f.k == 'D') && s.m.NamesColumns() {
 			// A data exception quotes the value it could not take
 			// (invalid input syntax for type integer: "..."), which
 			// may be a masked column's, cast by the query.

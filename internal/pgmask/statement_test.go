@@ -14,6 +14,7 @@ import (
 	"github.com/airlockhq/airlock/internal/mask"
 	"github.com/airlockhq/airlock/internal/pgwire"
 	"github.com/airlockhq/airlock/internal/session"
+	"github.com/airlockhq/airlock/internal/sqlclass"
 )
 
 // benchPolicyYAML is tests/bench/run.sh's airlock-mask rules: bench_people's
@@ -47,8 +48,14 @@ func benchStage(b testing.TB) *Stage {
 	for i, c := range []string{"aid", "bid", "abalance", "filler"} {
 		cat[Attr{oidAccounts, int16(i + 1)}] = []mask.Source{{Schema: "public", Table: "pgbench_accounts", Column: c}}
 	}
-	return New(rs.ForSubject(mask.Subject{Process: "agent"}), cat, session.New(nil), nil)
+	s := New(rs.ForSubject(mask.Subject{Process: "agent"}), cat, session.New(nil), nil)
+	s.TrackLineage(benchClassifier)
+	return s
 }
+
+// benchClassifier is the daemon's shared classifier: the guard has
+// classified each text before the stage sees it.
+var benchClassifier = sqlclass.New(sqlclass.Options{})
 
 // statement is one request and the server's answer to it, as the stage
 // sees them (the server's answer includes the portal description the

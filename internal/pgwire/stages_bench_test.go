@@ -45,6 +45,18 @@ func (accountsCatalog) Resolve(_ context.Context, _ string, attrs []pgmask.Attr)
 	return out, nil
 }
 
+// Relations finds pgbench_accounts by name.
+func (accountsCatalog) Relations(_ context.Context, _ string, names []string) (map[string][]pgmask.Relation, error) {
+	out := map[string][]pgmask.Relation{}
+	for _, n := range names {
+		if n == "pgbench_accounts" || n == "public.pgbench_accounts" {
+			out[n] = []pgmask.Relation{{Schema: "public", Name: "pgbench_accounts", Columns: map[string][]mask.Source{
+				"abalance": {{Schema: "public", Table: "pgbench_accounts", Column: "abalance"}}}}}
+		}
+	}
+	return out, nil
+}
+
 func encode(msgs ...interface{ Encode([]byte) ([]byte, error) }) []byte {
 	var b []byte
 	for _, m := range msgs {
@@ -98,6 +110,7 @@ func BenchmarkDaemonSelectTx(b *testing.B) {
 			sess.Person = identity.Person{Name: "alice", UID: 1000, Groups: []string{"eng"}}
 			st := pgwire.ChainStages(g.Stages, func(s *session.Session) pgwire.Stages {
 				ms := pgmask.New(rs.ForSubject(pgmask.Subject(s)), accountsCatalog{}, s, nil)
+				ms.TrackLineage(g.Classifier) // as the daemon wires it
 				return pgwire.Stages{Client: []pgwire.ClientStage{ms}, Server: []pgwire.ServerStage{ms}}
 			})(sess)
 			d := pgwire.NewTxDriver(sess, st, 10, 4096)
@@ -182,6 +195,22 @@ func (peopleCatalog) Resolve(_ context.Context, _ string, attrs []pgmask.Attr) (
 	return out, nil
 }
 
+// Relations finds bench_people by name, as the catalog would.
+func (peopleCatalog) Relations(_ context.Context, _ string, names []string) (map[string][]pgmask.Relation, error) {
+	out := map[string][]pgmask.Relation{}
+	for _, n := range names {
+		if n != "bench_people" && n != "public.bench_people" {
+			continue
+		}
+		rel := pgmask.Relation{Schema: "public", Name: "bench_people", Columns: map[string][]mask.Source{}}
+		for _, c := range peopleCols {
+			rel.Columns[c] = []mask.Source{{Schema: "public", Table: "bench_people", Column: c}}
+		}
+		out[n] = []pgmask.Relation{rel}
+	}
+	return out, nil
+}
+
 // BenchmarkMaskedRowsTx is the bench's masked script (`SELECT id, name,
 // email, card, plan FROM bench_people WHERE id BETWEEN :a AND :a + 19`,
 // simple protocol) through the pipe as the daemon wires it: 20 rows, email
@@ -230,6 +259,8 @@ func BenchmarkMaskedRowsTx(b *testing.B) {
 			var st pgwire.Stages
 			if c.masking {
 				ms := pgmask.New(rs.ForSubject(pgmask.Subject(sess)), peopleCatalog{}, sess, nil)
+				// As the daemon wires it: the guard's classifier.
+				ms.TrackLineage(g.Classifier)
 				st = pgwire.Stages{Client: []pgwire.ClientStage{ms}, Server: []pgwire.ServerStage{ms}}
 			}
 			if c.guard {
