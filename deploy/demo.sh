@@ -190,6 +190,8 @@ psql -X "host=$REMOTE port=5432 dbname=app user=agent sslmode=prefer" \
   -c "SELECT current_user AS upstream_role, current_setting('application_name') AS attributed_as" \
   -c "SELECT id, name, email, card FROM customers ORDER BY id" \
   -c "SELECT c.email AS e, upper(c.card) AS looks_harmless FROM (SELECT * FROM customers) c WHERE id = 1" \
+  -c "SELECT reverse(email) AS backwards, translate(card, '0123456789', 'abcdefghij') AS as_letters FROM customers WHERE id = 1" \
+  -c "SELECT set_config('demo.stash', email, false) FROM customers WHERE id = 1" -c "SHOW demo.stash" \
   -c "SELECT pg_sleep(3)" >"$DIR/agent.out" 2>&1
 AGENT
 # The cgroup is the demo's: Cursor is recognised by its executable.
