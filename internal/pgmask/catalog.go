@@ -108,8 +108,21 @@ func (c *Catalog) Close() {
 	}
 }
 
-const attrSQL = `SELECT a.attrelid::int8, a.attnum, n.nspname, c.relname, a.attname, c.relkind::text
-FROM unnest($1::oid[], $2::int2[]) AS k(rel, num)
+// attrSQL also lists each relation's ancestors (partitioned parents and
+// inheritance parents, transitively): a partition or child table holds
+// the parent's rows under a name no rule need mention, and inherited
+// columns keep their names. Both arrays are in the same order.
+const attrSQL = `WITH RECURSIVE k(rel, num) AS (SELECT * FROM unnest($1::oid[], $2::int2[])),
+up(child, parent) AS (
+  SELECT i.inhrelid, i.inhparent FROM pg_inherits i WHERE i.inhrelid IN (SELECT rel FROM k)
+  UNION
+  SELECT up.child, i.inhparent FROM up JOIN pg_inherits i ON i.inhrelid = up.parent)
+SELECT a.attrelid::int8, a.attnum, n.nspname, c.relname, a.attname, c.relkind::text,
+  ARRAY(SELECT pn.nspname FROM up JOIN pg_class pc ON pc.oid = up.parent
+    JOIN pg_namespace pn ON pn.oid = pc.relnamespace WHERE up.child = c.oid ORDER BY up.parent)::text[],
+  ARRAY(SELECT pc.relname FROM up JOIN pg_class pc ON pc.oid = up.parent
+    WHERE up.child = c.oid ORDER BY up.parent)::text[]
+FROM k
 JOIN pg_attribute a ON a.attrelid = k.rel AND a.attnum = k.num
 JOIN pg_class c ON c.oid = a.attrelid
 JOIN pg_namespace n ON n.oid = c.relnamespace`
@@ -142,10 +155,12 @@ func (c *Catalog) Resolve(ctx context.Context, database string, attrs []Attr) (m
 	return out, err
 }
 
-// resolved is one column with what its view maps to.
+// resolved is one column with what its view maps to, and the same column
+// of the relation's ancestors (partitioned or inheritance parents).
 type resolved struct {
-	src  mask.Source
-	view bool
+	src       mask.Source
+	view      bool
+	ancestors []mask.Source
 }
 
 func resolveOn(ctx context.Context, conn *pgx.Conn, attrs []Attr) (map[Attr][]mask.Source, error) {
@@ -224,6 +239,7 @@ func resolveDepth(ctx context.Context, conn *pgx.Conn, attrs []Attr, level int) 
 				continue
 			}
 			out[orig] = append(out[orig], r.src)
+			out[orig] = append(out[orig], r.ancestors...)
 			if r.view {
 				if o, ok := origins[c.Table][c.Num]; ok && o.Table != 0 {
 					cur[orig] = o
@@ -327,8 +343,12 @@ func lookupAttrs(ctx context.Context, conn *pgx.Conn, attrs []Attr) (map[Attr]re
 		var num int16
 		var r resolved
 		var kind string
-		if err := rows.Scan(&rel, &num, &r.src.Schema, &r.src.Table, &r.src.Column, &kind); err != nil {
+		var ancSchemas, ancTables []string
+		if err := rows.Scan(&rel, &num, &r.src.Schema, &r.src.Table, &r.src.Column, &kind, &ancSchemas, &ancTables); err != nil {
 			return nil, fmt.Errorf("read result columns from the catalog: %w", err)
+		}
+		for i := range min(len(ancSchemas), len(ancTables)) {
+			r.ancestors = append(r.ancestors, mask.Source{Schema: ancSchemas[i], Table: ancTables[i], Column: r.src.Column})
 		}
 		// A materialized view keeps its query as a view does: its
 		// columns are followed to what it reads.

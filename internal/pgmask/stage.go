@@ -43,6 +43,9 @@
 // looked up is sent NULL (fail closed). Lookups are cached per session and
 // dropped when the session runs DDL.
 //
+// Partitions and inheritance children: a column of one is also read as the
+// same column of each ancestor, so a rule on the parent masks it.
+//
 // Views: a view's column is followed to the table column it shows (the
 // origin PostgreSQL stored with the view's query), through views over
 // views; a view column computed from an expression, and a whole-row value,

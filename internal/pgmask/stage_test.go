@@ -85,7 +85,7 @@ type fixture struct {
 const policyYAML = `
 rules:
   - name: pii
-    columns: [public.users.email, public.users.name]
+    columns: [public.users.email, public.users.name, public.people.name]
     detectors: [email]
     strategy: redact
   - name: cards
@@ -232,6 +232,43 @@ var corpus = []struct {
 	{"scan column", "select body from tickets", []string{token}, "please rotate"},
 	{"cursor", "begin; declare c cursor for select * from users; fetch all c; commit", allSecrets[:3], "free"},
 	{"other table", "select * from other", nil, "row 2"},
+}
+
+// A child table (INHERITS) or a partition holds its parent's rows under a
+// name no rule mentions: a rule on the parent masks them there too, named
+// directly or through an expression.
+func TestInheritedAndPartitionedTables(t *testing.T) {
+	f := start(t)
+	f.pg.Psql(t, "postgres", `
+CREATE TABLE users_archive () INHERITS (users);
+INSERT INTO users_archive VALUES (3, 'Carol Inherited', 'carol@example.com', '4111111111111111', 'pro');
+CREATE TABLE people (id int, name text, plan text) PARTITION BY RANGE (id);
+CREATE TABLE people_p1 PARTITION OF people FOR VALUES FROM (0) TO (100);
+CREATE TABLE people_p1a PARTITION OF people FOR VALUES FROM (100) TO (200) PARTITION BY RANGE (id);
+CREATE TABLE people_p1a_x PARTITION OF people_p1a FOR VALUES FROM (100) TO (200);
+INSERT INTO people VALUES (1, 'Dana Partitioned', 'pro'), (150, 'Eve Subpartitioned', 'free');
+GRANT SELECT ON users_archive, people, people_p1, people_p1a, people_p1a_x TO app;`)
+	secrets := []string{"Carol Inherited", "carol@example.com", "4111111111111111", "Dana Partitioned", "Eve Subpartitioned"}
+	for _, c := range []struct{ sql, want string }{
+		{"select id, name, email, card from users_archive", "3|[redacted]|[redacted]|************1111"},
+		{"select upper(name), reverse(card) from users_archive", "[redacted]|[redacted]"},
+		{"select name, plan from people order by id", "[redacted]|pro\n[redacted]|free"},
+		{"select name, plan from people_p1", "[redacted]|pro"},
+		{"select name, plan from people_p1a_x", "[redacted]|free"},
+		{"select lower(p.name) from people_p1a_x p", "[redacted]"},
+		{"select id, plan from people_p1 where name is not null", "1|pro"},
+	} {
+		out, err := f.psql(t, c.sql)
+		if err != nil {
+			t.Fatalf("%s: %v\n%s", c.sql, err, out)
+		}
+		if l := leaks(out, secrets); len(l) > 0 {
+			t.Errorf("%s leaked %v:\n%s", c.sql, l, out)
+		}
+		if got := strings.TrimSpace(out); got != c.want {
+			t.Errorf("%s: got %q, want %q", c.sql, got, c.want)
+		}
+	}
 }
 
 func TestBypassCorpusPsql(t *testing.T) {
