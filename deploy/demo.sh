@@ -239,7 +239,11 @@ say "airlock audit verify: the hash chain and signed checkpoints are intact"
 "$BIN/airlock" audit verify
 
 say "The just-in-time role is gone (airlock_orphans, the NOLOGIN owner of anything a session leaves behind, stays)"
-"${PSQL_ADMIN[@]}" -d postgres -At -c "SELECT 'session roles left by airlock: ' || count(*) FROM pg_roles WHERE rolname LIKE 'airlock\_%' AND rolname NOT IN ('airlock_admin', 'airlock_orphans')"
+# The last session's role is dropped as its session ends, just after the
+# client quits: give it a moment (bounded) before counting.
+ROLES_LEFT="SELECT count(*) FROM pg_roles WHERE rolname LIKE 'airlock\_%' AND rolname NOT IN ('airlock_admin', 'airlock_orphans')"
+for _ in $(seq 50); do [ "$("${PSQL_ADMIN[@]}" -d postgres -At -c "$ROLES_LEFT")" = 0 ] && break; sleep 0.1; done
+echo "session roles left by airlock: $("${PSQL_ADMIN[@]}" -d postgres -At -c "$ROLES_LEFT")"
 
 say "Fail closed: with airlockd stopped, the same connection is refused, not sent around it"
 kill "$DAEMON_PID"; wait "$DAEMON_PID" 2>/dev/null || true; DAEMON_PID=""
