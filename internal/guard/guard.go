@@ -144,11 +144,16 @@ func (s *Stage) decider() *policy.Memo {
 }
 
 func (s *Stage) who() policy.Who {
-	class := s.sess.Origin.Class
-	if class == "" {
-		class = policy.ClassPerson
+	return policy.Who{Connection: s.g.Connection, Groups: s.sess.Person.Groups, Class: classOf(s.sess)}
+}
+
+// classOf is the session's process class as the policy reads it: a
+// session whose origin has none is a person's.
+func classOf(sess *session.Session) string {
+	if sess.Origin.Class == "" {
+		return policy.ClassPerson
 	}
-	return policy.Who{Connection: s.g.Connection, Groups: s.sess.Person.Groups, Class: class}
+	return sess.Origin.Class
 }
 
 // ClientTypes: simple queries and fast-path calls; extended batches come
@@ -494,11 +499,7 @@ func recordDecision(sess *session.Session, class string, d policy.Decision, prot
 // rule and why, with sql, which must already be redacted), answered with
 // 42501, msg and hint.
 func Refuse(sess *session.Session, rule, reason, protocol, sql, msg, hint string) pgwire.Verdict {
-	class := sess.Origin.Class
-	if class == "" {
-		class = policy.ClassPerson
-	}
-	recordDecision(sess, class, policy.Decision{Action: policy.Deny, Rule: rule, Reason: reason}, protocol, sql, "")
+	recordDecision(sess, classOf(sess), policy.Decision{Action: policy.Deny, Rule: rule, Reason: reason}, protocol, sql, "")
 	return refuse(msg, hint, sql)
 }
 
