@@ -136,7 +136,7 @@ type headFile struct {
 // store that cannot be reached is not an error: records spool until it is.
 func Open(ctx context.Context, opts Options) (*Writer, error) {
 	if opts.CommitInterval <= 0 {
-		opts.CommitInterval = 50 * time.Millisecond
+		opts.CommitInterval = 200 * time.Millisecond
 	}
 	if opts.ShipInterval <= 0 {
 		opts.ShipInterval = time.Second

@@ -250,7 +250,7 @@ type Audit struct {
 	RecordParams       bool     `yaml:"record_params"`       // keep statement parameters (secrets redacted); default off
 	RetentionDays      int      `yaml:"retention_days"`      // 0 keeps records for ever
 	AuditorGroup       string   `yaml:"auditor_group"`       // members see every session; others their own
-	CommitInterval     Duration `yaml:"commit_interval"`     // fsync and commit window; default 50ms
+	CommitInterval     Duration `yaml:"commit_interval"`     // fsync and commit window; default 200ms
 	CheckpointInterval Duration `yaml:"checkpoint_interval"` // how often the chain head is signed; default 1m
 	SpoolMaxMB         int      `yaml:"spool_max_mb"`        // journal bound while the store is down; default 1024
 	// SampleRows and SampleBytes bound the result sample each statement

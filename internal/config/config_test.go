@@ -71,7 +71,7 @@ func TestParseValid(t *testing.T) {
 		pg.Credential.Leftovers != "reassign" || pg.Credential.LeftoversOwner != "" {
 		t.Errorf("credential: %+v", pg.Credential)
 	}
-	if a := c.Audit; a.Store != "" || a.RecordParams || a.CommitInterval.D() != 50*time.Millisecond || a.SpoolMaxMB != 1024 {
+	if a := c.Audit; a.Store != "" || a.RecordParams || a.CommitInterval.D() != 200*time.Millisecond || a.SpoolMaxMB != 1024 {
 		t.Errorf("audit defaults: %+v", a)
 	}
 	if rows, bytes := c.Audit.Samples(); rows != 10 || bytes != 4096 {

@@ -225,7 +225,7 @@ func (c *Config) defaults() {
 		}
 	}
 	if c.Audit.CommitInterval == 0 {
-		c.Audit.CommitInterval = Duration(50 * time.Millisecond)
+		c.Audit.CommitInterval = Duration(200 * time.Millisecond)
 	}
 	if c.Audit.CheckpointInterval == 0 {
 		c.Audit.CheckpointInterval = Duration(time.Minute)
