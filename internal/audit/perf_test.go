@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"runtime"
+	"sync"
 	"testing"
 	"time"
 
@@ -42,6 +43,42 @@ func BenchmarkWriterRecord(b *testing.B) {
 			recordLoop(b, w, ev)
 		})
 	}
+}
+
+// BenchmarkWriterRecordParallel is BenchmarkWriterRecord's "ring-sample"
+// from two goroutines at once, each on a thread of its own, as the
+// daemon's two event loops record: what the journal's lock and the lines
+// both write cost when they move between cores, which one loop never
+// sees. cpu-ns/op is the two threads' CPU per record.
+func BenchmarkWriterRecordParallel(b *testing.B) {
+	const loops = 2
+	oneRow := &session.Sample{Columns: []string{"abalance"}, OIDs: []uint32{23}, Data: storedRows([]string{"-4821"})}
+	w := benchWriter(b, 0)
+	var evs [loops]session.Event
+	for i := range evs {
+		evs[i] = session.Event{Kind: session.KindStatement, Session: session.NewID(), Time: time.Now(),
+			Statement: &session.Statement{Protocol: "simple", SQL: "SELECT abalance FROM pgbench_accounts WHERE aid = 48213;", Tag: "SELECT 1", Rows: 1, Bytes: 11, Duration: 80 * time.Microsecond, Sample: oneRow}}
+		w.Record(evs[i])
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	var cpu [loops]time.Duration
+	var wg sync.WaitGroup
+	for i := range evs {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			runtime.LockOSThread()
+			defer runtime.UnlockOSThread()
+			c0 := threadCPU()
+			for n := i; n < b.N; n += loops {
+				w.Record(evs[i])
+			}
+			cpu[i] = threadCPU() - c0
+		}(i)
+	}
+	wg.Wait()
+	b.ReportMetric(float64(cpu[0]+cpu[1])/float64(b.N), "cpu-ns/op")
 }
 
 // threadCPU is the CPU time of the calling thread.
