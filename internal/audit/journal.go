@@ -92,6 +92,12 @@ type journal struct {
 	// frames out themselves (the shipper's thread behind): a session
 	// then waits for a segment write on the data path.
 	ringFull atomic.Int64
+	// pressure is signalled (never blocking) by an append that leaves the
+	// ring more than half full: the writer then drains it into the
+	// segments at once rather than at the end of its commit interval, so
+	// that a burst does not fill the ring and put sessions on the slow
+	// path (ringFull).
+	pressure chan struct{}
 	// notes says what opening found worth a line in the log (frames
 	// recovered from the ring, a ring that could not be used).
 	notes []string
@@ -166,7 +172,7 @@ func openJournalRing(dir string, max int64, after int64, ringSize uint64) (*jour
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create audit journal %s: %w", dir, err)
 	}
-	j := &journal{dir: dir, max: max, nextSeq: after + 1}
+	j := &journal{dir: dir, max: max, nextSeq: after + 1, pressure: make(chan struct{}, 1)}
 	j.space = sync.NewCond(&j.mu)
 	names, err := filepath.Glob(filepath.Join(dir, "*.seg"))
 	if err != nil {
@@ -492,6 +498,7 @@ func (j *journal) appendFrame(b []byte, seqAt int) (int64, error) {
 			seq := j.numberLocked(b, seqAt)
 			j.rg.put(b)
 			j.ringSeq = seq
+			j.notePressureLocked()
 			j.mu.Unlock()
 			return seq, nil
 		}

@@ -132,7 +132,19 @@ func (j *journal) appendInRing(enc func([]byte) ([]byte, int)) (seq int64, frame
 	seq = j.numberLocked(b, seqAt)
 	j.rg.publish(h + uint64(len(b)))
 	j.ringSeq = seq
+	j.notePressureLocked()
 	return seq, nil, 0, true
+}
+
+// notePressureLocked signals pressure when the ring is more than half
+// full. The caller holds mu and has just appended to the ring.
+func (j *journal) notePressureLocked() {
+	if j.rg.free() < j.rg.size/2 && len(j.pressure) == 0 {
+		select {
+		case j.pressure <- struct{}{}:
+		default:
+		}
+	}
 }
 
 // minRoom is the least room appendInRing encodes into: with less (the

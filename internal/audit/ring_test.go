@@ -510,3 +510,66 @@ func withRest(t *testing.T, j *journal, base int64, got []pending, want int) []p
 	}
 	return got
 }
+
+// A burst that fills the ring past half is drained into the segments at
+// once, not at the end of the commit interval (an hour here): sessions
+// keep appending into the ring instead of writing segments themselves,
+// and no record is lost or reordered on the way.
+func TestRingPressureDrainsBeforeTheInterval(t *testing.T) {
+	state := t.TempDir()
+	if ringPath(filepath.Join(state, "audit", "journal")) == "" {
+		t.Skip("no tmpfs for the ring")
+	}
+	const ringSize = 64 << 10
+	w, err := Open(context.Background(), Options{StateDir: state, CommitInterval: time.Hour, ringSize: ringSize})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); w.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	if w.j.rg == nil {
+		t.Fatal("the writer has no ring")
+	}
+	used := func() uint64 { return w.j.rg.head() - w.j.rg.tail() }
+	s := fakeSession(w, 1001, "alice", "/usr/bin/psql")
+	st := &session.Statement{Protocol: "simple", SQL: "SELECT abalance FROM pgbench_accounts WHERE aid = 48213;", Tag: "SELECT 1", Rows: 1, Bytes: 11, Duration: 80 * time.Microsecond}
+	sent := 0
+	for round := 0; round < 5; round++ {
+		// Past half the ring, well short of full.
+		for used() <= ringSize/2+ringSize/8 {
+			s.Emit(session.Event{Kind: session.KindStatement, Statement: st})
+			sent++
+		}
+		deadline := time.Now().Add(10 * time.Second)
+		for used() > ringSize/2 && time.Now().Before(deadline) {
+			time.Sleep(time.Millisecond)
+		}
+		if u := used(); u > ringSize/2 {
+			t.Fatalf("round %d: the ring stayed %d of %d bytes full for 10 s (commit interval an hour)", round, u, ringSize)
+		}
+	}
+	if n := w.Status().RingFull; n != 0 {
+		t.Fatalf("%d appends found the ring full", n)
+	}
+	if err := w.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	recs, err := w.Store().Scan(context.Background(), "", 0, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := 0
+	for i, r := range recs {
+		if r.Seq != int64(i+1) {
+			t.Fatalf("record %d has seq %d", i, r.Seq)
+		}
+		if r.Kind == string(session.KindStatement) {
+			got++
+		}
+	}
+	if got != sent {
+		t.Fatalf("%d statement records stored, %d sent", got, sent)
+	}
+}

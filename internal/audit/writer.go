@@ -415,11 +415,12 @@ func (w *Writer) Run(ctx context.Context) {
 		case <-w.kick:
 			// Let the batch gather for the rest of the window: one
 			// fsync and one commit for everything in it.
-			select {
-			case <-time.After(w.opts.CommitInterval):
-			case <-ctx.Done():
+			if !w.gather(ctx) {
 				continue
 			}
+		case <-w.j.pressure:
+			w.relieve()
+			continue
 		case <-t.C:
 		}
 		w.shipMu.Lock()
@@ -448,6 +449,31 @@ func (w *Writer) Run(ctx context.Context) {
 			continue
 		}
 		backoff = 0
+	}
+}
+
+// gather waits out a commit interval for a batch to gather, draining the
+// ring whenever an append finds it half full; false if ctx ended first.
+func (w *Writer) gather(ctx context.Context) bool {
+	window := time.NewTimer(w.opts.CommitInterval)
+	defer window.Stop()
+	for {
+		select {
+		case <-window.C:
+			return true
+		case <-w.j.pressure:
+			w.relieve()
+		case <-ctx.Done():
+			return false
+		}
+	}
+}
+
+// relieve moves the ring's frames into the segments (no fsync: the commit
+// interval's covers them), making room for the sessions.
+func (w *Writer) relieve() {
+	if err := w.j.drain(); err != nil {
+		w.log.Error("audit: drain the journal's ring", "err", err)
 	}
 }
 
