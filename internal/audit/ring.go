@@ -52,14 +52,6 @@ type ring struct {
 	mem  []byte   // the whole mapping
 	buf  []byte   // mem[ringHeader:]
 	size uint64
-
-	// carry is the ring's bytes from carryAt (a stream offset, a multiple
-	// of ntChunk) to head, as putNT last wrote them, when carryOK: the
-	// next putNT writes the chunk they share whole without reading it
-	// back. Any other write into the ring clears carryOK.
-	carry   [ntChunk]byte
-	carryAt uint64
-	carryOK bool
 }
 
 // errRingInUse is a ring another live process holds: a second daemon on
@@ -89,79 +81,6 @@ func (r *ring) put(b []byte) {
 	r.publish(h + uint64(len(b)))
 }
 
-// ntChunk is what ntCopy stores at a time, aligned in the ring.
-const ntChunk = 16
-
-// zeroChunk pads a frame for putNT.
-var zeroChunk [ntChunk]byte
-
-// padForNT makes b's backing array hold ntChunk zero bytes past its end,
-// which putNT reads: its last chunk is written whole, and the bytes past
-// the frame (past head, free) are then zeros rather than stale memory.
-func padForNT(b []byte) []byte {
-	return append(b, zeroChunk[:]...)[:len(b)]
-}
-
-// canPutNT is whether putNT can take a frame of n bytes now: the ring's
-// size a whole number of chunks, and room for the frame and the rest of
-// its last chunk.
-func (r *ring) canPutNT(n int) bool {
-	return r.size%ntChunk == 0 && r.free() >= uint64(n)+ntChunk
-}
-
-// putNT copies b (padded by padForNT) in at head with non-temporal
-// stores and advances head, as put does. The ring is megabytes and
-// written once every few seconds, so the lines a frame goes into are long
-// out of cache, and a plain store first reads its line for ownership;
-// the shipper reads them only a commit interval later. So every chunk is
-// written whole: the first one with the bytes before head it shares with
-// the last frame (carry: the same values again, so a reader of [tail,
-// head) sees no change), the last one with zeros past the frame, in the
-// free space after head. The fence orders all of them before head moves:
-// a process killed at any point leaves head over complete frames only.
-// The caller made sure canPutNT and is the only one appending.
-func (r *ring) putNT(b []byte) {
-	h := r.head()
-	k := h % ntChunk
-	start := h - k
-	var first [ntChunk]byte
-	if k > 0 {
-		if r.carryOK && r.carryAt == start {
-			copy(first[:k], r.carry[:k])
-		} else {
-			// Written by put or in place: read back, once.
-			copy(first[:k], r.buf[start%r.size:])
-		}
-	}
-	src := b[:len(b)+ntChunk] // padForNT's zeros
-	rest := src[copy(first[k:], src):]
-	ntCopy(&r.buf[start%r.size], &first[0], 1)
-	end := h + uint64(len(b))
-	if end > start+ntChunk {
-		// Chunks never straddle the ring's end (its size is a multiple):
-		// at most two runs.
-		at := (start + ntChunk) % r.size
-		chunks := int((end - start - 1) / ntChunk) // after the first
-		if n := int((r.size - at) / ntChunk); chunks > n {
-			ntCopy(&r.buf[at], &rest[0], n)
-			ntCopy(&r.buf[0], &rest[n*ntChunk], chunks-n)
-		} else {
-			ntCopy(&r.buf[at], &rest[0], chunks)
-		}
-	}
-	storeFence()
-	r.setHead(end)
-	r.carryAt = end - end%ntChunk
-	r.carryOK = true
-	switch tail := int(end % ntChunk); {
-	case tail == 0:
-	case r.carryAt == start: // the frame ended in its first chunk
-		r.carry = first
-	default:
-		copy(r.carry[:tail], b[len(b)-tail:])
-	}
-}
-
 // room returns head and the ring's free bytes there that are contiguous
 // (up to its end), to encode a frame into in place.
 func (r *ring) room() (uint64, []byte) {
@@ -173,7 +92,6 @@ func (r *ring) room() (uint64, []byte) {
 
 // publish advances head to h, over frames already in the ring's memory.
 func (r *ring) publish(h uint64) {
-	r.carryOK = false
 	r.setHead(h)
 	// The next frame's lines, fetched now rather than by its stores: the
 	// ring is megabytes, written once every few seconds, so its lines are
@@ -219,23 +137,20 @@ func (j *journal) appendInRing(enc func([]byte) ([]byte, int)) (seq int64, frame
 }
 
 // appendCopied journals the frame b (encoded, as appendFrameHead starts
-// it, into memory of the caller's that stays in cache) into the ring:
-// numbered and checksummed there, then copied in with non-temporal stores
-// if nt, else as put copies. ok says it is journaled, with seq; otherwise
-// nothing was (no ring, the journal closed or at its bound, no room) and
-// the caller journals b with appendFrame.
-func (j *journal) appendCopied(b []byte, seqAt int, nt bool) (seq int64, ok bool) {
+// it, into memory of the caller's) into the ring: numbered and
+// checksummed there, then copied in as put copies. ok says it is
+// journaled, with seq; otherwise nothing was (no ring, the journal closed
+// or at its bound, no room) and the caller journals b with appendFrame.
+// Only the benchmark's "ringcopy" step records this way (BenchSkip.Copy):
+// appendInRing is the data path's.
+func (j *journal) appendCopied(b []byte, seqAt int) (seq int64, ok bool) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	if j.rg == nil || j.closed || j.total >= j.max || len(b)-frameHeader > maxFrame || !j.rg.canPutNT(len(b)) {
+	if j.rg == nil || j.closed || j.total >= j.max || len(b)-frameHeader > maxFrame || j.rg.free() < uint64(len(b)) {
 		return 0, false
 	}
 	seq = j.numberLocked(b, seqAt)
-	if nt {
-		j.rg.putNT(b)
-	} else {
-		j.rg.put(b)
-	}
+	j.rg.put(b)
 	j.ringSeq = seq
 	j.notePressureLocked()
 	return seq, true
@@ -427,7 +342,6 @@ func mapRingFile(f *os.File, created bool, size uint64, dev, ino uint64) (*ring,
 
 // reset empties the ring.
 func (r *ring) reset(dev, ino uint64) {
-	r.carryOK = false
 	r.setHead(0)
 	r.setTail(0)
 	binary.LittleEndian.PutUint64(r.mem[offSize:], r.size)

@@ -68,16 +68,15 @@ type BenchSkip struct {
 	// cache, and dropped; the other records are journaled as with Store.
 	Ring bool
 	// Copy (the "ringcopy" step): a statement's record is encoded into
-	// such a buffer, numbered there and copied into the ring (CopyNT:
-	// with non-temporal stores) rather than encoded in the ring in place;
-	// the rest as with Store.
-	Copy, CopyNT bool
+	// such a buffer, numbered there and copied into the ring rather than
+	// encoded in the ring in place; the rest as with Store.
+	Copy bool
 }
 
 // diagnostic is whether s changes how a statement's record is journaled:
 // those steps measure where its cost is, and store nothing, so that such
 // a record never verifies as a real one.
-func (s BenchSkip) diagnostic() bool { return s.Ring || s.Copy || s.CopyNT }
+func (s BenchSkip) diagnostic() bool { return s.Ring || s.Copy }
 
 // Status is what `airlock status` says about the record.
 type Status struct {
@@ -332,8 +331,7 @@ func (w *Writer) benchStatement(enc func([]byte) ([]byte, int), kind, sess strin
 	bp := frameBufs.Get().(*[]byte)
 	b, seqAt := enc(*bp)
 	if !w.opts.Bench.Ring {
-		b = padForNT(b)
-		if _, ok := w.j.appendCopied(b, seqAt, w.opts.Bench.CopyNT); ok {
+		if _, ok := w.j.appendCopied(b, seqAt); ok {
 			w.kickShipper()
 		} else {
 			w.commit(b, seqAt, kind, sess)

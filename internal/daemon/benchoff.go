@@ -28,7 +28,6 @@ import (
 //	           that stays in cache and dropped; the rest as "ship"
 //	ringcopy   as "ship", but a statement's record is encoded into that
 //	           buffer and copied into the ring, not encoded in it in place
-//	ntcopy     as "ringcopy", copied with non-temporal stores (amd64)
 //	ship       recorded into the journal (ring, segments, fsync); the shipper
 //	           releases records without reading, chaining or storing them
 //	storesync  shipped and stored, the store never made durable
@@ -37,15 +36,15 @@ import (
 // daemon with it on, in the same run; no configuration file can turn these
 // off, and only whoever starts airlockd (root) sets its environment. Every
 // part turned off is logged as a warning at start. The record a daemon
-// keeps with "encode", "ringcopy", "ntcopy", "ship" or "storesync" does
-// not verify (the first four store nothing). encode, ringcopy and ntcopy
-// say where Writer.Record's cost is: the encoding's own work, or its
-// stores into the ring's lines.
+// keeps with "encode", "ringcopy", "ship" or "storesync" does not verify
+// (the first three store nothing). encode and ringcopy say where
+// Writer.Record's cost is: the encoding's own work, or its stores into the
+// ring's lines (docs/AUDIT.md, "Where the record's in-situ cost is").
 const benchOffEnv = "AIRLOCK_BENCH_OFF"
 
 // benchParts are the parts benchOffEnv can name, in the order they are
 // reported.
-var benchParts = []string{"guard", "audit", "record", "encode", "ringcopy", "ntcopy", "ship", "storesync"}
+var benchParts = []string{"guard", "audit", "record", "encode", "ringcopy", "ship", "storesync"}
 
 // benchOff reports whether the benchmark turned part off.
 func benchOff(part string) bool {
@@ -83,7 +82,7 @@ func benchRecords() bool {
 // benchAuditSkip is the steps of recording the audit writer leaves out.
 func benchAuditSkip() audit.BenchSkip {
 	return audit.BenchSkip{Store: benchOff("ship"), StoreSync: benchOff("storesync"),
-		Ring: benchOff("encode"), Copy: benchOff("ringcopy"), CopyNT: benchOff("ntcopy")}
+		Ring: benchOff("encode"), Copy: benchOff("ringcopy")}
 }
 
 // benchSamples is the result sample bounds a session gets: none with
