@@ -61,20 +61,27 @@ func wantInRing(t testing.TB, sess string, i int) []byte {
 // there, rings smaller than minRoom, no ring) while a shipper moves and
 // reads the frames: each is in the journal once, in seq order, each
 // session's in its order, with the bytes encoding/json gives its data.
+// The same when they are encoded apart and copied in (the benchmark's
+// ringcopy step).
 func TestRecordInRing(t *testing.T) {
 	for _, tc := range []struct {
-		name string
-		ring int64
+		name  string
+		ring  int64
+		bench BenchSkip
 	}{
-		{"default", 0},
-		{"small, wraps", 8192},
-		{"small, odd size", 8192 + 13},
-		{"barely above minRoom", minRoom + 300},
-		{"below minRoom", minRoom - 1},
-		{"no ring", -1},
+		{"default", 0, BenchSkip{}},
+		{"small, wraps", 8192, BenchSkip{}},
+		{"small, odd size", 8192 + 13, BenchSkip{}},
+		{"barely above minRoom", minRoom + 300, BenchSkip{}},
+		{"below minRoom", minRoom - 1, BenchSkip{}},
+		{"no ring", -1, BenchSkip{}},
+		{"copied in", 0, BenchSkip{Copy: true}},
+		{"copied in, small, wraps", 8192, BenchSkip{Copy: true}},
+		{"copied in, small, odd size", 8192 + 13, BenchSkip{Copy: true}},
+		{"copied in, no ring", -1, BenchSkip{Copy: true}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			w, err := Open(context.Background(), Options{StateDir: t.TempDir(), CommitInterval: time.Hour, ringSize: tc.ring})
+			w, err := Open(context.Background(), Options{StateDir: t.TempDir(), CommitInterval: time.Hour, ringSize: tc.ring, Bench: tc.bench})
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -136,6 +136,26 @@ func (j *journal) appendInRing(enc func([]byte) ([]byte, int)) (seq int64, frame
 	return seq, nil, 0, true
 }
 
+// appendCopied journals the frame b (encoded, as appendFrameHead starts
+// it, into memory of the caller's) into the ring: numbered and
+// checksummed there, then copied in as put copies. ok says it is
+// journaled, with seq; otherwise nothing was (no ring, the journal closed
+// or at its bound, no room) and the caller journals b with appendFrame.
+// Only the benchmark's "ringcopy" step records this way (BenchSkip.Copy):
+// appendInRing is the data path's.
+func (j *journal) appendCopied(b []byte, seqAt int) (seq int64, ok bool) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if j.rg == nil || j.closed || j.total >= j.max || len(b)-frameHeader > maxFrame || j.rg.free() < uint64(len(b)) {
+		return 0, false
+	}
+	seq = j.numberLocked(b, seqAt)
+	j.rg.put(b)
+	j.ringSeq = seq
+	j.notePressureLocked()
+	return seq, true
+}
+
 // notePressureLocked signals pressure when the ring is more than half
 // full. The caller holds mu and has just appended to the ring.
 func (j *journal) notePressureLocked() {

@@ -63,7 +63,20 @@ type BenchSkip struct {
 	// made durable (no WAL or block-file fsync, no head note), so the
 	// journal's segments are released unsynced in the store.
 	StoreSync bool
+	// Ring (the "encode" step, between recording's "record" and "ship"):
+	// a statement's record is encoded in full into a buffer that stays in
+	// cache, and dropped; the other records are journaled as with Store.
+	Ring bool
+	// Copy (the "ringcopy" step): a statement's record is encoded into
+	// such a buffer, numbered there and copied into the ring rather than
+	// encoded in the ring in place; the rest as with Store.
+	Copy bool
 }
+
+// diagnostic is whether s changes how a statement's record is journaled:
+// those steps measure where its cost is, and store nothing, so that such
+// a record never verifies as a real one.
+func (s BenchSkip) diagnostic() bool { return s.Ring || s.Copy }
 
 // Status is what `airlock status` says about the record.
 type Status struct {
@@ -146,6 +159,9 @@ func Open(ctx context.Context, opts Options) (*Writer, error) {
 	opts.ShipInterval = max(opts.ShipInterval, opts.CommitInterval)
 	if opts.CheckpointInterval <= 0 {
 		opts.CheckpointInterval = time.Minute
+	}
+	if opts.Bench.diagnostic() {
+		opts.Bench.Store = true
 	}
 	if opts.SpoolMax <= 0 {
 		opts.SpoolMax = 1 << 30
@@ -268,6 +284,9 @@ func (w *Writer) Record(ev session.Event) {
 			b = appendStatementPlain(b, &st, sqlPlain)
 			return append(b, '}'), seqAt
 		}
+		if w.opts.Bench.diagnostic() && w.benchStatement(enc, string(ev.Kind), ev.Session) {
+			return
+		}
 		var b []byte
 		var seqAt int
 		var ok bool
@@ -299,6 +318,30 @@ func (w *Writer) Record(ev session.Event) {
 		return
 	}
 	w.append(kind, ev.Session, ev.Time, data)
+}
+
+// benchStatement journals a statement's record as w.opts.Bench's
+// diagnostic steps say; false if it was left to the usual path (no ring).
+// The buffer comes from a sync.Pool: each P keeps the last one it used,
+// so an event loop finds its own, in its cache.
+func (w *Writer) benchStatement(enc func([]byte) ([]byte, int), kind, sess string) bool {
+	if !w.inRing {
+		return false
+	}
+	bp := frameBufs.Get().(*[]byte)
+	b, seqAt := enc(*bp)
+	if !w.opts.Bench.Ring {
+		if _, ok := w.j.appendCopied(b, seqAt); ok {
+			w.kickShipper()
+		} else {
+			w.commit(b, seqAt, kind, sess)
+		}
+	}
+	if cap(b) <= 64<<10 {
+		*bp = b
+		frameBufs.Put(bp)
+	}
+	return true
 }
 
 func recordTime(at time.Time) time.Time {

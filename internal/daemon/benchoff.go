@@ -24,6 +24,10 @@ import (
 // steps, each doing all the work of the one before it:
 //
 //	record     result samples are taken as for recording, events go to the log only
+//	encode     recorded, but a statement's record is encoded into a buffer
+//	           that stays in cache and dropped; the rest as "ship"
+//	ringcopy   as "ship", but a statement's record is encoded into that
+//	           buffer and copied into the ring, not encoded in it in place
 //	ship       recorded into the journal (ring, segments, fsync); the shipper
 //	           releases records without reading, chaining or storing them
 //	storesync  shipped and stored, the store never made durable
@@ -32,12 +36,15 @@ import (
 // daemon with it on, in the same run; no configuration file can turn these
 // off, and only whoever starts airlockd (root) sets its environment. Every
 // part turned off is logged as a warning at start. The record a daemon
-// keeps with "ship" or "storesync" does not verify.
+// keeps with "encode", "ringcopy", "ship" or "storesync" does not verify
+// (the first three store nothing). encode and ringcopy say where
+// Writer.Record's cost is: the encoding's own work, or its stores into the
+// ring's lines (docs/AUDIT.md, "Where the record's in-situ cost is").
 const benchOffEnv = "AIRLOCK_BENCH_OFF"
 
 // benchParts are the parts benchOffEnv can name, in the order they are
 // reported.
-var benchParts = []string{"guard", "audit", "record", "ship", "storesync"}
+var benchParts = []string{"guard", "audit", "record", "encode", "ringcopy", "ship", "storesync"}
 
 // benchOff reports whether the benchmark turned part off.
 func benchOff(part string) bool {
@@ -74,7 +81,8 @@ func benchRecords() bool {
 
 // benchAuditSkip is the steps of recording the audit writer leaves out.
 func benchAuditSkip() audit.BenchSkip {
-	return audit.BenchSkip{Store: benchOff("ship"), StoreSync: benchOff("storesync")}
+	return audit.BenchSkip{Store: benchOff("ship"), StoreSync: benchOff("storesync"),
+		Ring: benchOff("encode"), Copy: benchOff("ringcopy")}
 }
 
 // benchSamples is the result sample bounds a session gets: none with
