@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
-	"strconv"
 
 	"github.com/airlockhq/airlock/internal/rowsample"
 )
@@ -17,7 +16,20 @@ import (
 // are base64 of the wire bytes: no value is rendered or escaped here.
 func appendSample(b []byte, s *ResultSample) []byte {
 	b = append(b, `,"sample":{"columns":`...)
-	b = appendStrings(b, s.Columns)
+	// Written out, not appendStrings: a sample has a column or two,
+	// and the generic list calls through a function value per name.
+	if s.Columns == nil {
+		b = append(b, "null"...)
+	} else {
+		b = append(b, '[')
+		for i, c := range s.Columns {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = appendString(b, c)
+		}
+		b = append(b, ']')
+	}
 	b = append(b, `,"rows":`...)
 	if s.Rows == nil {
 		b = append(b, "null"...)
@@ -40,7 +52,7 @@ func appendSample(b []byte, s *ResultSample) []byte {
 			if i > 0 {
 				b = append(b, ',')
 			}
-			b = strconv.AppendUint(b, uint64(o), 10)
+			b = appendUint(b, uint64(o))
 		}
 		b = append(b, ']')
 	}
@@ -50,7 +62,7 @@ func appendSample(b []byte, s *ResultSample) []byte {
 			if i > 0 {
 				b = append(b, ',')
 			}
-			b = strconv.AppendInt(b, int64(f), 10)
+			b = appendInt(b, int64(f))
 		}
 		b = append(b, ']')
 	}
