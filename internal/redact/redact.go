@@ -14,6 +14,7 @@ package redact
 
 import (
 	"encoding/binary"
+	"math/bits"
 	"regexp"
 	"strings"
 	"unicode/utf8"
@@ -54,7 +55,7 @@ func SQLPlain(sql string) (string, int) {
 		}
 		// Its four pairs at even offsets (see pairs), tested at once:
 		// most words have none (written out, as a call per word cost more).
-		if pairAt(x, 0)|pairAt(x, 1)|pairAt(x, 2)|pairAt(x, 3) != 0 && triggerInWord(sql, i, x) {
+		if pairBit(pairAt(x, 0))|pairBit(pairAt(x, 1))|pairBit(pairAt(x, 2))|pairBit(pairAt(x, 3)) != 0 && triggerInWord(sql, i, x) {
 			return redacted(sql, i)
 		}
 	}
@@ -138,14 +139,7 @@ var byFirst = func() (m [256][]string) {
 // starts, one of those two pairs begins at an even offset: suspect looks
 // at every other pair only, at one table look-up each, and most
 // statements (pgbench's, an ORM's) have none of them.
-//
-// A pair is keyed by its bytes' low six bits (pairBit), so some pairs
-// share a bit with a trigger's (a digit and a letter of p–y, say): those
-// cost a triggerAt that finds nothing. The table is then 512 bytes, eight
-// cache lines; keyed by the whole bytes it was 8 KiB, and a statement's
-// pairs touched a line for nearly each distinct first byte, out of cache
-// by the next statement under load.
-var pairs = func() (bits [64]uint64) {
+var pairs = func() (bits [1 << 16 / 64]uint64) {
 	cases := func(c byte) []byte {
 		if c >= 'a' && c <= 'z' {
 			return []byte{c, c - 'a' + 'A'}
@@ -159,7 +153,8 @@ var pairs = func() (bits [64]uint64) {
 		for at := 0; at < 2; at++ {
 			for _, a := range cases(t[at]) {
 				for _, b := range cases(t[at+1]) {
-					bits[a&63] |= 1 << (b & 63)
+					k := uint16(a)<<8 | uint16(b)
+					bits[k/64] |= 1 << (k % 64)
 				}
 			}
 		}
@@ -177,7 +172,8 @@ func suspect(sql string) bool { return suspectFrom(sql, 0) }
 // even (SQLPlain has looked at the pairs before).
 func suspectFrom(sql string, from int) bool {
 	for i := from; i+1 < len(sql); i += 2 {
-		if pairBit(sql[i], sql[i+1]) == 0 {
+		k := uint16(sql[i])<<8 | uint16(sql[i+1])
+		if pairs[k/64]&(1<<(k%64)) == 0 {
 			continue
 		}
 		// The pair is a trigger's first (starting at i) or its second
@@ -189,18 +185,17 @@ func suspectFrom(sql string, from int) bool {
 	return false
 }
 
-// pairBit is pairs' bit for the pair a, b: nonzero if it may be a
-// trigger's.
-func pairBit(a, b byte) uint64 { return pairs[a&63] & (1 << (b & 63)) }
+// pairAt is the pair of bytes at byte 2*n of the little-endian word x, as
+// pairs numbers it (first byte high).
+func pairAt(x uint64, n int) uint16 { return bits.ReverseBytes16(uint16(x >> (16 * n))) }
 
-// pairAt is pairBit for the pair at byte 2*n of the little-endian word x.
-func pairAt(x uint64, n int) uint64 { return pairBit(byte(x>>(16*n)), byte(x>>(16*n+8))) }
+func pairBit(k uint16) uint64 { return pairs[k/64] & (1 << (k % 64)) }
 
 // triggerInWord is suspect's test for the pairs of the word x at sql[at]:
 // whether a trigger starts at one of them or a byte before.
 func triggerInWord(sql string, at int, x uint64) bool {
 	for n := 0; n < 4; n++ {
-		if pairAt(x, n) == 0 {
+		if pairBit(pairAt(x, n)) == 0 {
 			continue
 		}
 		i := at + 2*n
