@@ -16,20 +16,7 @@ import (
 // are base64 of the wire bytes: no value is rendered or escaped here.
 func appendSample(b []byte, s *ResultSample) []byte {
 	b = append(b, `,"sample":{"columns":`...)
-	// Written out, not appendStrings: a sample has a column or two,
-	// and the generic list calls through a function value per name.
-	if s.Columns == nil {
-		b = append(b, "null"...)
-	} else {
-		b = append(b, '[')
-		for i, c := range s.Columns {
-			if i > 0 {
-				b = append(b, ',')
-			}
-			b = appendString(b, c)
-		}
-		b = append(b, ']')
-	}
+	b = appendStrings(b, s.Columns)
 	b = append(b, `,"rows":`...)
 	if s.Rows == nil {
 		b = append(b, "null"...)
