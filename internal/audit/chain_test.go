@@ -60,6 +60,20 @@ func FuzzHashRecord(f *testing.F) {
 	})
 }
 
+func TestHexSumMatchesHex(t *testing.T) {
+	var count, ones, mixed [sha256.Size]byte
+	for i := range count {
+		count[i], ones[i], mixed[i] = byte(i), 0xff, byte(i*37+11)
+	}
+	for _, sum := range [][sha256.Size]byte{{}, count, ones, mixed, sha256.Sum256([]byte("airlock"))} {
+		var got [2 * sha256.Size]byte
+		hexSum(&got, &sum)
+		if want := hex.EncodeToString(sum[:]); string(got[:]) != want {
+			t.Fatalf("hexSum(%x) = %s, want %s", sum, got, want)
+		}
+	}
+}
+
 // chainRecords is the shipper's form of hashRecord: it must link every
 // record exactly as hashRecord does, whatever the previous hash is.
 func TestChainRecordsMatchesHashRecord(t *testing.T) {

@@ -17,6 +17,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -775,7 +776,10 @@ func (j *journal) read(after int64, max int) ([]pending, error) {
 // had to collect in a recording daemon, whose data path allocates next to
 // nothing.
 type shipBuf struct {
-	recs  []pending
+	recs []pending
+	// dirty is how many of recs' first slots hold an earlier batch's
+	// records.
+	dirty int
 	slabs slabs
 	// kept is the journal's kept frames this batch was read from; the
 	// next read gives it back to the journal to keep frames in again.
@@ -786,10 +790,21 @@ type shipBuf struct {
 // once buf has grown to a batch.
 func (j *journal) readInto(buf *shipBuf, after int64, max int) ([]pending, error) {
 	buf.slabs.reset()
-	clear(buf.recs[:cap(buf.recs)]) // the last batch's, not kept alive by the next
 	out, err := j.readWith(buf.recs[:0], &buf.slabs, &buf.kept, after, max)
+	// What an earlier batch left in the slots this one did not overwrite
+	// is cleared, so that it keeps no buffer alive (a large frame's own).
+	// Clearing every slot before the read cost ~1% of the shipper: a
+	// full batch's 2,000 pendings of 160 bytes, all overwritten anyway.
+	if unsafe.SliceData(out) == unsafe.SliceData(buf.recs) {
+		if buf.dirty > len(out) {
+			clear(buf.recs[len(out):buf.dirty])
+		}
+	} else {
+		clear(buf.recs[:buf.dirty])
+	}
+	buf.dirty = 0
 	if cap(out) <= 1<<16 {
-		buf.recs = out[:0]
+		buf.recs, buf.dirty = out[:0], len(out)
 	}
 	return out, err
 }

@@ -61,16 +61,32 @@ func TestJournalKeptFramesConcurrent(t *testing.T) {
 			defer cancel()
 			var wg sync.WaitGroup
 			errs := make(chan error, appenders+1)
+			// In the "full" case the appenders wait, after appender 0's
+			// first record, for the reader to have read it: the journal
+			// keeps frames only from where its reader has been, and
+			// appenders quicker than the reader's first pause would
+			// otherwise leave nothing kept.
+			gate := make(chan struct{})
+			if !tc.full {
+				close(gate)
+			}
 			for g := range appenders {
 				wg.Add(1)
 				go func() {
 					defer wg.Done()
 					for n := 1; n <= each && ctx.Err() == nil; n++ {
+						if n == 1 && g != 0 || n == 2 && g == 0 {
+							select {
+							case <-gate:
+							case <-ctx.Done():
+								return
+							}
+						}
 						if err := j.append(keptRecord(g, n)); err != nil {
 							errs <- err
 							return
 						}
-						if n%50 == g {
+						if n%50 == g || tc.full && g == 0 && n == 1 {
 							// The commit interval's sync, at a
 							// pace the shipper can keep up with.
 							if err := j.sync(); err != nil {
@@ -92,6 +108,18 @@ func TestJournalKeptFramesConcurrent(t *testing.T) {
 			reads, fromKept, keptFull := 0, 0, false
 			actives := map[string]bool{}
 			finished := false
+			// pastHalf is whether the kept frames are past half their
+			// bound with records still unread: what the "full" case
+			// must reach.
+			pastHalf := func() bool {
+				j.readMu.Lock()
+				defer j.readMu.Unlock()
+				j.mu.Lock()
+				defer j.mu.Unlock()
+				act := j.segs[len(j.segs)-1]
+				actives[act.path] = true
+				return len(j.kept.buf) > keptMax/2 && (j.cur.path != act.path || j.cur.off != act.size)
+			}
 			for stored < appenders*each {
 				if ctx.Err() != nil {
 					t.Fatalf("stored through %d of %d before the deadline", stored, appenders*each)
@@ -105,13 +133,7 @@ func TestJournalKeptFramesConcurrent(t *testing.T) {
 				}
 				// Frames kept, and then some not (past the bound):
 				// the reader must read those back from the segment.
-				j.readMu.Lock()
-				j.mu.Lock()
-				act := j.segs[len(j.segs)-1]
-				actives[act.path] = true
-				keptFull = keptFull || len(j.kept.buf) > keptMax/2 && (j.cur.path != act.path || j.cur.off != act.size)
-				j.mu.Unlock()
-				j.readMu.Unlock()
+				keptFull = pastHalf() || keptFull
 				recs, err := j.readInto(&buf, stored, tc.max)
 				if err != nil {
 					t.Fatal(err)
@@ -124,6 +146,18 @@ func TestJournalKeptFramesConcurrent(t *testing.T) {
 				// Drains by the sessions meanwhile, as while a batch
 				// is shipped.
 				time.Sleep(time.Duration(rnd.Int64N(int64(tc.pause))))
+				if tc.full && !keptFull && len(recs) > 0 {
+					// On a loaded machine the appenders may not fill
+					// half the bound within any one random pause: the
+					// shipment lasts until they have (they append 18 MB
+					// in all, the bound is 4 MiB).
+					if !isDone(gate) {
+						close(gate)
+					}
+					for !pastHalf() && ctx.Err() == nil && !isDone(done) {
+						time.Sleep(time.Millisecond)
+					}
+				}
 				for i := range recs {
 					r := &recs[i]
 					if want := stored + int64(i) + 1; r.Seq != want {
@@ -175,5 +209,15 @@ func TestJournalKeptFramesConcurrent(t *testing.T) {
 				t.Fatal("no record came from the kept frames: the test did not reach them")
 			}
 		})
+	}
+}
+
+// isDone says whether done is closed, without waiting.
+func isDone(done <-chan struct{}) bool {
+	select {
+	case <-done:
+		return true
+	default:
+		return false
 	}
 }

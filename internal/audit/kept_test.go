@@ -2,6 +2,7 @@ package audit
 
 import (
 	"math/rand/v2"
+	"reflect"
 	"testing"
 	"unsafe"
 )
@@ -64,6 +65,13 @@ func TestJournalReadsKeptFrames(t *testing.T) {
 						t.Fatal(err)
 					}
 					reads++
+					// No slot past the batch holds an earlier one's
+					// record (it would keep that one's bytes alive).
+					for i, p := range buf.recs[len(recs):cap(buf.recs)] {
+						if !reflect.ValueOf(p).IsZero() {
+							t.Fatalf("read %d: slot %d past the batch of %d holds seq %d", reads, len(recs)+i, len(recs), p.Seq)
+						}
+					}
 					kept := 0
 					for i := range recs {
 						r := &recs[i]

@@ -3,6 +3,7 @@ package audit
 import (
 	"context"
 	"fmt"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -109,6 +110,15 @@ func TestShipBatchesKeepTheirRecords(t *testing.T) {
 			if err := w.Flush(ctx); err != nil {
 				t.Fatal(err)
 			}
+			// The last batch was shorter than the full ones before it:
+			// the reused slots past it hold none of theirs.
+			w.shipMu.Lock()
+			for i, r := range w.recBuf[len(w.recBuf):cap(w.recBuf)] {
+				if !reflect.ValueOf(r).IsZero() {
+					t.Errorf("slot %d past the last batch of %d holds record %d", len(w.recBuf)+i, len(w.recBuf), r.Seq)
+				}
+			}
+			w.shipMu.Unlock()
 			recs, err := w.Store().Scan(ctx, "", 0, n+100)
 			if err != nil {
 				t.Fatal(err)

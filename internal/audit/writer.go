@@ -667,6 +667,9 @@ func (w *Writer) ship(ctx context.Context) error {
 		}
 		w.mu.Unlock()
 		if len(batch) == 0 && len(keys) == 0 {
+			// Idle: the last batch's records keep nothing alive meanwhile.
+			clear(w.recBuf)
+			w.recBuf = w.recBuf[:0]
 			return w.closeInterrupted(ctx)
 		}
 		recs := w.recBuf[:0]
@@ -682,6 +685,11 @@ func (w *Writer) ship(ctx context.Context) error {
 			recs = append(recs, Record{Schema: Schema, Daemon: w.daemon, Seq: p.Seq, Time: p.Time, Kind: p.Kind, Session: p.Session, Data: p.Data, frame: p.frame})
 			next++
 		}
+		// The last batch's records that this one did not overwrite.
+		if old := w.recBuf; unsafe.SliceData(old) == unsafe.SliceData(recs) && len(old) > len(recs) {
+			clear(old[len(recs):])
+		}
+		w.recBuf = recs
 		var prev string
 		prev, w.hashBuf = w.linker.chainInto(w.hashBuf, w.head, recs)
 		// The hashes live in hashBuf until the next batch: the head that
@@ -701,8 +709,9 @@ func (w *Writer) ship(ctx context.Context) error {
 			w.stored, w.head = recs[len(recs)-1].Seq, prev
 		}
 		w.mu.Unlock()
-		clear(recs) // holds nothing of this batch until the next
-		w.recBuf = recs[:0]
+		// The records stay until the next batch overwrites them, as the
+		// pendings they point into stay until the next read: clearing
+		// a full batch of them here cost ~0.5% of the shipper.
 		w.settle(false)
 		if len(batch) < shipBatch {
 			return w.closeInterrupted(ctx)
