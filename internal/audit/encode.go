@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"reflect"
-	"strconv"
 	"unicode/utf8"
 	"unsafe"
 
@@ -75,17 +74,17 @@ func appendStatementPlain(b []byte, st *Statement, sqlPlain int) []byte {
 	}
 	if st.ParamCount != 0 {
 		b = append(b, `,"param_count":`...)
-		b = strconv.AppendInt(b, int64(st.ParamCount), 10)
+		b = appendInt(b, int64(st.ParamCount))
 	}
 	b = appendOpt(b, `,"tag":`, st.Tag)
 	b = appendOpt(b, `,"sqlstate":`, st.SQLState)
 	b = appendOpt(b, `,"error":`, st.Error)
 	b = append(b, `,"rows":`...)
-	b = strconv.AppendInt(b, st.Rows, 10)
+	b = appendInt(b, st.Rows)
 	b = append(b, `,"bytes":`...)
-	b = strconv.AppendInt(b, st.Bytes, 10)
+	b = appendInt(b, st.Bytes)
 	b = append(b, `,"duration_us":`...)
-	b = strconv.AppendInt(b, st.DurationUS, 10)
+	b = appendInt(b, st.DurationUS)
 	b = appendOpt(b, `,"class":`, st.Class)
 	b = appendOpt(b, `,"decision":`, st.Decision)
 	b = appendOpt(b, `,"rule":`, st.Rule)
@@ -94,7 +93,7 @@ func appendStatementPlain(b []byte, st *Statement, sqlPlain int) []byte {
 	}
 	if st.Number != 0 {
 		b = append(b, `,"number":`...)
-		b = strconv.AppendInt(b, st.Number, 10)
+		b = appendInt(b, st.Number)
 	}
 	return append(b, '}')
 }
@@ -160,6 +159,35 @@ func plainPrefix(s string) int {
 	return i
 }
 
+// allPlain is whether every byte of s is plain (redact.PlainByte). Most
+// strings of a record are short (the protocol, the tag, a column's name,
+// the kind, the session id) and plain: their bytes are looked at as one
+// or two words, overlapping where the length is not a multiple of eight,
+// where plainPrefix took the last few a byte and a call at a time.
+func allPlain(s string) bool {
+	n := len(s)
+	if n < 4 {
+		for i := 0; i < n; i++ {
+			if !redact.PlainByte(s[i]) {
+				return false
+			}
+		}
+		return true
+	}
+	p := unsafe.StringData(s)
+	if n < 8 {
+		lo := binary.LittleEndian.Uint32(unsafe.Slice(p, 4))
+		hi := binary.LittleEndian.Uint32(unsafe.Slice((*byte)(unsafe.Add(unsafe.Pointer(p), n-4)), 4))
+		return redact.PlainWord(uint64(lo) | uint64(hi)<<32)
+	}
+	for i := 0; i < n-8; i += 8 {
+		if !redact.PlainWord(binary.LittleEndian.Uint64(unsafe.Slice((*byte)(unsafe.Add(unsafe.Pointer(p), i)), 8))) {
+			return false
+		}
+	}
+	return redact.PlainWord(binary.LittleEndian.Uint64(unsafe.Slice((*byte)(unsafe.Add(unsafe.Pointer(p), n-8)), 8)))
+}
+
 // appendString quotes s as encoding/json does by default: <, > and & as
 // \u escapes, control characters escaped, invalid UTF-8 as U+FFFD, and
 // U+2028 and U+2029 escaped.
@@ -169,6 +197,11 @@ func appendString(b []byte, s string) []byte { return appendStringPlain(b, s, 0)
 // plain (redact.PlainByte; at most len(s)). A count too high would let the
 // text out of its JSON string: it comes from the one scan that judged them.
 func appendStringPlain(b []byte, s string, plain int) []byte {
+	if plain == len(s) || allPlain(s) {
+		b = append(b, '"')
+		b = append(b, s...)
+		return append(b, '"')
+	}
 	b = append(b, '"')
 	start := 0
 	for i := plain; i < len(s); {

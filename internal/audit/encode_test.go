@@ -67,6 +67,31 @@ func TestPlainPrefix(t *testing.T) {
 	}
 }
 
+// allPlain reads short strings as one or two overlapping words: every
+// byte value at every place of every length up to past two words, and
+// appendString's answer for it the same as encoding/json's.
+func TestAllPlain(t *testing.T) {
+	for n := 0; n <= 19; n++ {
+		if !allPlain(strings.Repeat("a", n)) {
+			t.Fatalf("allPlain of %d plain bytes = false", n)
+		}
+		for c := 0; c < 256; c++ {
+			plain := c < utf8.RuneSelf && plainASCII[c]
+			for at := 0; at < n; at++ {
+				b := []byte(strings.Repeat("a", n))
+				b[at] = byte(c)
+				if got := allPlain(string(b)); got != plain {
+					t.Fatalf("allPlain of %d bytes with %#x at %d = %v, want %v", n, c, at, got, plain)
+				}
+				want, _ := json.Marshal(string(b))
+				if got := appendString(nil, string(b)); string(got) != string(want) {
+					t.Fatalf("appendString(%q) = %s, encoding/json %s", b, got, want)
+				}
+			}
+		}
+	}
+}
+
 // FuzzAppendString holds the string encoder to encoding/json on any input
 // (statement text is the client's, so anything at all).
 func FuzzAppendString(f *testing.F) {

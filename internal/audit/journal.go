@@ -448,7 +448,7 @@ func appendFrameHead(b []byte, at time.Time, kind, sess string) ([]byte, int) {
 	// as text cost the data path a third of the frame's head, and reading
 	// it back the shipper a tenth of its decoding.
 	b = append(b, `,"time_ns":`...)
-	b = strconv.AppendInt(b, at.UnixNano(), 10)
+	b = appendInt(b, at.UnixNano())
 	b = append(b, `,"kind":`...)
 	b = appendJSONString(b, kind)
 	b = append(b, `,"session":`...)
@@ -571,7 +571,7 @@ func (j *journal) waitRoomLocked() error {
 // b before releasing it.
 func (j *journal) numberLocked(b []byte, seqAt int) int64 {
 	seq := j.nextSeq
-	strconv.AppendInt(b[seqAt:seqAt], seq, 10) // in place, over the spaces
+	appendInt(b[seqAt:seqAt], seq) // in place, over the spaces
 	checksum(b)
 	j.nextSeq++
 	j.total += int64(len(b))
@@ -688,7 +688,7 @@ func writeBoth(f *os.File, a, b []byte) (int, error) {
 // appendJSONString appends s as a JSON string; kinds and session ids are
 // plain ASCII, anything else goes through encoding/json.
 func appendJSONString(b []byte, s string) []byte {
-	if plainPrefix(s) < len(s) {
+	if !allPlain(s) {
 		q, _ := json.Marshal(s)
 		return append(b, q...)
 	}

@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
-	"strconv"
 
 	"github.com/airlockhq/airlock/internal/rowsample"
 )
@@ -40,7 +39,7 @@ func appendSample(b []byte, s *ResultSample) []byte {
 			if i > 0 {
 				b = append(b, ',')
 			}
-			b = strconv.AppendUint(b, uint64(o), 10)
+			b = appendUint(b, uint64(o))
 		}
 		b = append(b, ']')
 	}
@@ -50,7 +49,7 @@ func appendSample(b []byte, s *ResultSample) []byte {
 			if i > 0 {
 				b = append(b, ',')
 			}
-			b = strconv.AppendInt(b, int64(f), 10)
+			b = appendInt(b, int64(f))
 		}
 		b = append(b, ']')
 	}

@@ -186,6 +186,18 @@ func TestSQLPlain(t *testing.T) {
 			checkSQLPlain(t, strings.Repeat("a", at)+odd+strings.Repeat("b", 20-at))
 		}
 	}
+	// Every length around the last whole word, the odd byte at each place
+	// (the tail is read as a word overlapping the one before).
+	for n := 0; n <= 25; n++ {
+		checkSQLPlain(t, strings.Repeat("c", n))
+		for _, odd := range []byte{'"', '<', '\\', '&', '\n', 0x7f, 0x80, 0xff} {
+			for at := 0; at < n; at++ {
+				b := []byte(strings.Repeat("c", n))
+				b[at] = odd
+				checkSQLPlain(t, string(b))
+			}
+		}
+	}
 }
 
 // FuzzSQLPlain holds SQLPlain to SQL and to the plain bytes counted one by
@@ -235,6 +247,16 @@ func TestPlainWord(t *testing.T) {
 			if PlainWord(x) != plainByte(byte(c)) {
 				t.Fatalf("PlainWord with %#x at %d = %v", c, at, PlainWord(x))
 			}
+		}
+	}
+}
+
+// BenchmarkSQLPlain is the recorder's pass over pgbench -S's statement.
+func BenchmarkSQLPlain(b *testing.B) {
+	s := "SELECT abalance FROM pgbench_accounts WHERE aid = 48213;"
+	for b.Loop() {
+		if out, plain := SQLPlain(s); out != s || plain != len(s) {
+			b.Fatal("changed")
 		}
 	}
 }
