@@ -197,7 +197,10 @@ func appendString(b []byte, s string) []byte { return appendStringPlain(b, s, 0)
 // plain (redact.PlainByte; at most len(s)). A count too high would let the
 // text out of its JSON string: it comes from the one scan that judged them.
 func appendStringPlain(b []byte, s string, plain int) []byte {
-	if plain == len(s) || allPlain(s) {
+	// The first plain bytes are known plain: only the rest is looked at
+	// (a text the redaction scan found not all plain is not scanned again
+	// from its start).
+	if plain == len(s) || allPlain(s[plain:]) {
 		b = append(b, '"')
 		b = append(b, s...)
 		return append(b, '"')
