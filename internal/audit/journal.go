@@ -103,6 +103,13 @@ type journal struct {
 	// recovered from the ring, a ring that could not be used).
 	notes []string
 
+	// What the drains turn the ring's raw statement frames into encoded
+	// ones with (rawframe.go), under fileMu: the decoder, the frames
+	// encoded, and room for a frame that wraps around the ring's end.
+	raw     rawDecoder
+	conv    []byte
+	scratch []byte
+
 	// readMu is held by the reader for a whole read, and by drain while
 	// it keeps frames for it: cur and kept are the reader's. It is taken
 	// before fileMu.
@@ -264,7 +271,11 @@ func (j *journal) openRing(size uint64) error {
 		if seq != last+1 && last > 0 {
 			j.notes = append(j.notes, fmt.Sprintf("audit journal ring: seq %d follows %d", seq, last))
 		}
-		buf = append(buf, frame...)
+		if isRaw(frame[frameHeader:]) {
+			buf = j.raw.appendEncoded(buf, frame)
+		} else {
+			buf = append(buf, frame...)
+		}
 		last = seq
 		n++
 		return nil
@@ -571,7 +582,11 @@ func (j *journal) waitRoomLocked() error {
 // b before releasing it.
 func (j *journal) numberLocked(b []byte, seqAt int) int64 {
 	seq := j.nextSeq
-	appendInt(b[seqAt:seqAt], seq) // in place, over the spaces
+	if b[frameHeader] == rawVersion {
+		binary.LittleEndian.PutUint64(b[seqAt:], uint64(seq))
+	} else {
+		appendInt(b[seqAt:seqAt], seq) // in place, over the spaces
+	}
 	checksum(b)
 	j.nextSeq++
 	j.total += int64(len(b))
@@ -594,12 +609,52 @@ func (j *journal) drainLocked() error {
 	if h == t {
 		return nil
 	}
-	a, b := j.rg.bytes(t, h)
+	a, b, err := j.encodedRing(t, h)
+	if err != nil {
+		return err
+	}
 	if err := j.writeLocked(a, b, j.ringSeq); err != nil {
 		return err
 	}
+	j.total += int64(len(a)+len(b)) - int64(h-t)
 	j.rg.setTail(h)
 	return nil
+}
+
+// encodedRing returns the ring's frames in [t, h) as the segments hold
+// them: the ring's own bytes, or, when raw statement frames are among
+// them, a copy (valid until the next call) with each encoded. The caller
+// holds fileMu (the ring's bytes there stay put while it does). A ring
+// whose frames cannot be walked is an error: its bytes are not written
+// as they are, raw text and all.
+func (j *journal) encodedRing(t, h uint64) ([]byte, []byte, error) {
+	conv := j.conv[:0]
+	found := false
+	err := j.rg.walk(t, h, false, &j.scratch, func(off uint64, frame []byte) error {
+		switch {
+		case isRaw(frame[frameHeader:]):
+			if !found {
+				found = true
+				a, b := j.rg.bytes(t, off)
+				conv = append(append(conv, a...), b...)
+			}
+			conv = j.raw.appendEncoded(conv, frame)
+		case found:
+			conv = append(conv, frame...)
+		}
+		return nil
+	})
+	if cap(conv) <= 2*ringDefault {
+		j.conv = conv // a burst's worth is kept; a larger ring's is not
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("move the audit journal ring's records: %w", err)
+	}
+	if !found {
+		a, b := j.rg.bytes(t, h)
+		return a, b, nil
+	}
+	return conv, nil, nil
 }
 
 // hasRing is whether the journal has a ring still: close drops it (under
@@ -648,10 +703,14 @@ func (j *journal) drainKeeping() error {
 	}
 	// Only this thread (holding fileMu) moves tail, and appends write
 	// only past head: the bytes in [t, h) stay put while they are written.
-	a, b := j.rg.bytes(t, h)
+	a, b, err := j.encodedRing(t, h)
+	if err != nil {
+		return err
+	}
+	grown := int64(len(a)+len(b)) - int64(h-t)
 	// What is kept lies in one segment, from kept.off on.
 	keep := j.cur.path == s.path && j.cur.off == s.size && (len(j.kept.buf) == 0 || j.kept.path == s.path) &&
-		len(j.kept.buf)+int(h-t) <= keptMax
+		len(j.kept.buf)+len(a)+len(b) <= keptMax
 	n, err := writeBoth(j.f, a, b)
 	keep = keep && err == nil
 	if keep {
@@ -663,7 +722,10 @@ func (j *journal) drainKeeping() error {
 	}
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	err = j.wroteLocked(n, last, err, func() { j.rg.setTail(h) })
+	err = j.wroteLocked(n, last, err, func() {
+		j.rg.setTail(h)
+		j.total += grown
+	})
 	if act := j.segs[len(j.segs)-1]; keep && act.path != s.path && act.size == 0 {
 		// The segment was full and another begun: the reader's place
 		// is as well its start, where the next frames go.
@@ -1491,6 +1553,12 @@ func daysIn(m time.Month, y int) int {
 
 // frameSeq reads the seq of a frame's payload.
 func frameSeq(payload []byte) (int64, bool) {
+	if isRaw(payload) {
+		if len(payload) < 9 {
+			return 0, false
+		}
+		return int64(binary.LittleEndian.Uint64(payload[1:])), true
+	}
 	if rest, ok := cutPrefix(payload, `{"seq":`); ok {
 		if seq, _, _, ok := paddedInt(rest); ok {
 			return seq, true
