@@ -304,6 +304,10 @@ func (j *journal) openRing(size uint64) error {
 		return err
 	}
 	rg.reset(uint64(st.Dev), st.Ino)
+	// Raw statement frames hold unredacted text: what a predecessor left
+	// is encoded in the segments now, and goes from memory too rather
+	// than wait for the ring to wrap over it.
+	clear(rg.buf)
 	j.rg, j.ringSeq = rg, j.nextSeq-1
 	return nil
 }

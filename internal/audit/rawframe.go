@@ -137,10 +137,13 @@ type rawStatement struct {
 	recorded   bool
 }
 
-// rawDecoder decodes raw frames, reusing its slices from one to the next:
-// the drain's, used under the journal's fileMu.
+// rawDecoder decodes raw frames, reusing its record and slices from one
+// to the next (a record decoded on the stack escaped to the heap, an
+// allocation a statement): the drain's, used under the journal's fileMu.
 type rawDecoder struct {
-	p       []byte
+	r       rawStatement
+	p       []byte // what is left of the payload
+	bad     error  // the first thing found wrong; reads after it give zeros
 	params  []string
 	columns []string
 	oids    []uint32
@@ -149,91 +152,84 @@ type rawDecoder struct {
 
 var errRawShort = errors.New("raw audit frame: truncated")
 
-func (d *rawDecoder) take(n int) ([]byte, error) {
+// take returns the next n bytes, or nil once the payload is found short
+// (bad says so: the decoder reads on to the end, checking once).
+func (d *rawDecoder) take(n int) []byte {
 	if n < 0 || n > len(d.p) {
-		return nil, errRawShort
+		if d.bad == nil {
+			d.bad = errRawShort
+		}
+		d.p = nil
+		return nil
 	}
-	b := d.p[:n]
+	b := d.p[:n:n]
 	d.p = d.p[n:]
-	return b, nil
+	return b
 }
 
-func (d *rawDecoder) u32() (uint32, error) {
-	b, err := d.take(4)
-	if err != nil {
-		return 0, err
+func (d *rawDecoder) u8() byte {
+	if b := d.take(1); b != nil {
+		return b[0]
 	}
-	return binary.LittleEndian.Uint32(b), nil
+	return 0
 }
 
-func (d *rawDecoder) u64() (uint64, error) {
-	b, err := d.take(8)
-	if err != nil {
-		return 0, err
+func (d *rawDecoder) u32() uint32 {
+	if b := d.take(4); b != nil {
+		return binary.LittleEndian.Uint32(b)
 	}
-	return binary.LittleEndian.Uint64(b), nil
+	return 0
+}
+
+func (d *rawDecoder) u64() uint64 {
+	if b := d.take(8); b != nil {
+		return binary.LittleEndian.Uint64(b)
+	}
+	return 0
 }
 
 // count reads a count of items of at least each bytes apiece: never more
 // than the rest of the frame could hold, whatever the frame says (it is
 // read from a file root could have edited).
-func (d *rawDecoder) count(each int) (int, error) {
-	n, err := d.u32()
-	if err != nil {
-		return 0, err
-	}
+func (d *rawDecoder) count(each int) int {
+	n := d.u32()
 	if uint64(n)*uint64(each) > uint64(len(d.p)) {
-		return 0, fmt.Errorf("raw audit frame: %d items cannot fit in %d bytes", n, len(d.p))
+		if d.bad == nil {
+			d.bad = fmt.Errorf("raw audit frame: %d items cannot fit in %d bytes", n, len(d.p))
+		}
+		d.p = nil
+		return 0
 	}
-	return int(n), nil
+	return int(n)
 }
 
-func (d *rawDecoder) str() (string, error) {
-	n, err := d.u32()
-	if err != nil {
-		return "", err
+func (d *rawDecoder) str() string {
+	b := d.take(int(min(d.u32(), 1<<31-1)))
+	if len(b) == 0 {
+		return ""
 	}
-	b, err := d.take(int(min(n, 1<<31-1)))
-	if err != nil || len(b) == 0 {
-		return "", err
-	}
-	return unsafe.String(&b[0], len(b)), nil
+	return unsafe.String(&b[0], len(b))
 }
 
-// decode reads the payload of a raw frame into r. Every length is checked
-// against what is left of the payload, and the payload must end where the
-// record does.
-func (d *rawDecoder) decode(payload []byte, r *rawStatement) error {
+// decode reads the payload of a raw frame into d.r. Every length is
+// checked against what is left of the payload, and the payload must end
+// where the record does.
+func (d *rawDecoder) decode(payload []byte) error {
+	r := &d.r
 	*r = rawStatement{}
 	if !isRaw(payload) {
 		return errors.New("raw audit frame: not one")
 	}
-	d.p = payload[1:]
-	seq, err := d.u64()
-	if err != nil {
-		return err
-	}
-	ns, err := d.u64()
-	if err != nil {
-		return err
-	}
-	r.seq, r.ns = int64(seq), int64(ns)
+	d.p, d.bad = payload[1:], nil
+	r.seq, r.ns = int64(d.u64()), int64(d.u64())
 	s := &r.st
-	for _, f := range [...]*string{&r.kind, &r.sess, &s.Protocol, &s.SQL, &s.Name, &s.Tag, &s.SQLState, &s.Error, &s.Class, &s.Decision, &s.Rule} {
-		if *f, err = d.str(); err != nil {
-			return err
-		}
-	}
-	pc, err := d.u32()
-	if err != nil {
-		return err
-	}
-	rec, err := d.take(1)
-	if err != nil {
-		return err
-	}
+	r.kind, r.sess = d.str(), d.str()
+	s.Protocol, s.SQL, s.Name = d.str(), d.str(), d.str()
+	s.Tag, s.SQLState, s.Error = d.str(), d.str(), d.str()
+	s.Class, s.Decision, s.Rule = d.str(), d.str(), d.str()
+	pc := d.u32()
 	r.paramCount = int(min(pc, 1<<31-1))
-	switch rec[0] {
+	switch rec := d.u8(); rec {
 	case 0:
 	case 1:
 		r.recorded = true
@@ -241,37 +237,27 @@ func (d *rawDecoder) decode(payload []byte, r *rawStatement) error {
 			return fmt.Errorf("raw audit frame: %d parameters cannot fit in %d bytes", pc, len(d.p))
 		}
 		d.params = d.params[:0]
-		for i := 0; i < r.paramCount; i++ {
-			p, err := d.str()
-			if err != nil {
-				return err
-			}
-			d.params = append(d.params, p)
+		for i := 0; i < r.paramCount && d.bad == nil; i++ {
+			d.params = append(d.params, d.str())
 		}
 		s.Params = d.params
 	default:
-		return fmt.Errorf("raw audit frame: parameters flag %d", rec[0])
-	}
-	var ints [4]uint64
-	for i := range ints {
-		if ints[i], err = d.u64(); err != nil {
-			return err
+		if d.bad == nil {
+			return fmt.Errorf("raw audit frame: parameters flag %d", rec)
 		}
 	}
-	s.Rows, s.Bytes, s.Duration, s.Number = int64(ints[0]), int64(ints[1]), time.Duration(ints[2]), int64(ints[3])
-	fl, err := d.take(1)
-	if err != nil {
-		return err
-	}
-	flags := fl[0]
+	s.Rows, s.Bytes = int64(d.u64()), int64(d.u64())
+	s.Duration, s.Number = time.Duration(d.u64()), int64(d.u64())
+	flags := d.u8()
 	if flags&^(rawSample|rawColumns|rawTruncated) != 0 || (flags&rawSample == 0 && flags != 0) {
 		return fmt.Errorf("raw audit frame: sample flags %#x", flags)
 	}
 	if flags&rawSample != 0 {
-		if err := d.decodeSample(&r.sample, flags); err != nil {
-			return err
-		}
+		d.decodeSample(&r.sample, flags)
 		s.Sample = &r.sample
+	}
+	if d.bad != nil {
+		return d.bad
 	}
 	if len(d.p) != 0 {
 		return fmt.Errorf("raw audit frame: %d bytes past the record", len(d.p))
@@ -279,47 +265,34 @@ func (d *rawDecoder) decode(payload []byte, r *rawStatement) error {
 	return nil
 }
 
-func (d *rawDecoder) decodeSample(sm *session.Sample, flags byte) error {
+func (d *rawDecoder) decodeSample(sm *session.Sample, flags byte) {
 	sm.Truncated = flags&rawTruncated != 0
 	if flags&rawColumns != 0 {
-		n, err := d.count(4)
-		if err != nil {
-			return err
+		n := d.count(4)
+		if d.columns == nil {
+			d.columns = make([]string, 0, 4) // not nil: [] and null differ
 		}
 		d.columns = d.columns[:0]
-		for i := 0; i < n; i++ {
-			c, err := d.str()
-			if err != nil {
-				return err
-			}
-			d.columns = append(d.columns, c)
+		for i := 0; i < n && d.bad == nil; i++ {
+			d.columns = append(d.columns, d.str())
 		}
 		sm.Columns = d.columns
 	}
-	n, err := d.count(4)
-	if err != nil {
-		return err
-	}
-	b, _ := d.take(4 * n)
+	n := d.count(4)
+	b := d.take(4 * n)
 	d.oids = d.oids[:0]
-	for i := 0; i < n; i++ {
+	for i := 0; i < n && d.bad == nil; i++ {
 		d.oids = append(d.oids, binary.LittleEndian.Uint32(b[4*i:]))
 	}
 	sm.OIDs = d.oids
-	if n, err = d.count(2); err != nil {
-		return err
-	}
-	b, _ = d.take(2 * n)
+	n = d.count(2)
+	b = d.take(2 * n)
 	d.formats = d.formats[:0]
-	for i := 0; i < n; i++ {
+	for i := 0; i < n && d.bad == nil; i++ {
 		d.formats = append(d.formats, int16(binary.LittleEndian.Uint16(b[2*i:])))
 	}
 	sm.Formats = d.formats
-	if n, err = d.count(1); err != nil {
-		return err
-	}
-	sm.Data, _ = d.take(n)
-	return nil
+	sm.Data = d.take(d.count(1))
 }
 
 // appendEncoded appends to dst the encoded frame for the raw frame raw
@@ -328,8 +301,8 @@ func (d *rawDecoder) decodeSample(sm *session.Sample, flags byte) error {
 // file edited) becomes an audit.alert record of the same seq saying so:
 // its text is never copied, and the seqs stay whole.
 func (d *rawDecoder) appendEncoded(dst, raw []byte) []byte {
-	var r rawStatement
-	err := d.decode(raw[frameHeader:], &r)
+	err := d.decode(raw[frameHeader:])
+	r := &d.r
 	at := len(dst)
 	var fr []byte
 	var seqAt int

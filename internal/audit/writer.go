@@ -108,8 +108,11 @@ type Writer struct {
 	daemon string
 	j      *journal
 	inRing bool // the journal has a ring to encode statements into
-	kick   chan struct{}
-	boot   int64 // last seq written before this start
+	// noRaw (tests) encodes statements on the data path, as before raw
+	// frames (rawframe.go).
+	noRaw bool
+	kick  chan struct{}
+	boot  int64 // last seq written before this start
 
 	// shipper only
 	rbuf          shipBuf  // the batch read from the journal, reused
@@ -272,7 +275,7 @@ func (w *Writer) Record(ev session.Event) {
 			prefetchLine(unsafe.Pointer(unsafe.StringData(ev.Session)))
 		}
 		at := recordTime(ev.Time)
-		if w.inRing && !w.opts.Bench.diagnostic() && w.j.appendRaw(at.UnixNano(), string(ev.Kind), ev.Session, s, w.opts.Policy.RecordParams) {
+		if w.inRing && !w.noRaw && !w.opts.Bench.diagnostic() && w.j.appendRaw(at.UnixNano(), string(ev.Kind), ev.Session, s, w.opts.Policy.RecordParams) {
 			w.kickShipper()
 			return
 		}
