@@ -142,157 +142,178 @@ type rawStatement struct {
 // allocation a statement): the drain's, used under the journal's fileMu.
 type rawDecoder struct {
 	r       rawStatement
-	p       []byte // what is left of the payload
-	bad     error  // the first thing found wrong; reads after it give zeros
 	params  []string
 	columns []string
 	oids    []uint32
 	formats []int16
 }
 
-var errRawShort = errors.New("raw audit frame: truncated")
-
-// take returns the next n bytes, or nil once the payload is found short
-// (bad says so: the decoder reads on to the end, checking once).
-func (d *rawDecoder) take(n int) []byte {
-	if n < 0 || n > len(d.p) {
-		if d.bad == nil {
-			d.bad = errRawShort
-		}
-		d.p = nil
-		return nil
+// The readers of a raw frame's fields: each reads at i in p and returns
+// the offset after it, or -1 if p ends first (and -1 stays -1, so a
+// frame is checked once, at the end). Plain functions of locals: a
+// reader kept in a struct of the decoder's was loaded, stored and
+// write-barriered at every field, a third of decoding a frame.
+func rawU8(p []byte, i int) (byte, int) {
+	if i < 0 || i >= len(p) {
+		return 0, -1
 	}
-	b := d.p[:n:n]
-	d.p = d.p[n:]
-	return b
+	return p[i], i + 1
 }
 
-func (d *rawDecoder) u8() byte {
-	if b := d.take(1); b != nil {
-		return b[0]
+func rawU32(p []byte, i int) (uint32, int) {
+	if i < 0 || len(p)-i < 4 {
+		return 0, -1
 	}
-	return 0
+	return binary.LittleEndian.Uint32(p[i:]), i + 4
 }
 
-func (d *rawDecoder) u32() uint32 {
-	if b := d.take(4); b != nil {
-		return binary.LittleEndian.Uint32(b)
+func rawU64(p []byte, i int) (uint64, int) {
+	if i < 0 || len(p)-i < 8 {
+		return 0, -1
 	}
-	return 0
+	return binary.LittleEndian.Uint64(p[i:]), i + 8
 }
 
-func (d *rawDecoder) u64() uint64 {
-	if b := d.take(8); b != nil {
-		return binary.LittleEndian.Uint64(b)
+// rawBytes reads a length and that many bytes.
+func rawBytes(p []byte, i int) ([]byte, int) {
+	n, i := rawU32(p, i)
+	if i < 0 || uint64(n) > uint64(len(p)-i) {
+		return nil, -1
 	}
-	return 0
+	return p[i : i+int(n) : i+int(n)], i + int(n)
 }
 
-// count reads a count of items of at least each bytes apiece: never more
-// than the rest of the frame could hold, whatever the frame says (it is
-// read from a file root could have edited).
-func (d *rawDecoder) count(each int) int {
-	n := d.u32()
-	if uint64(n)*uint64(each) > uint64(len(d.p)) {
-		if d.bad == nil {
-			d.bad = fmt.Errorf("raw audit frame: %d items cannot fit in %d bytes", n, len(d.p))
-		}
-		d.p = nil
-		return 0
-	}
-	return int(n)
-}
-
-func (d *rawDecoder) str() string {
-	b := d.take(int(min(d.u32(), 1<<31-1)))
+func rawStr(p []byte, i int) (string, int) {
+	b, i := rawBytes(p, i)
 	if len(b) == 0 {
-		return ""
+		return "", i
 	}
-	return unsafe.String(&b[0], len(b))
+	return unsafe.String(&b[0], len(b)), i
 }
 
-// decode reads the payload of a raw frame into d.r. Every length is
-// checked against what is left of the payload, and the payload must end
-// where the record does.
-func (d *rawDecoder) decode(payload []byte) error {
+// rawCount reads a count of items of at least each bytes apiece: never
+// more than the rest of the frame could hold, whatever the frame says
+// (it is read from a file root could have edited).
+func rawCount(p []byte, i, each int) (int, int) {
+	n, i := rawU32(p, i)
+	if i < 0 || uint64(n)*uint64(each) > uint64(len(p)-i) {
+		return 0, -1
+	}
+	return int(n), i
+}
+
+var errRawShort = errors.New("raw audit frame: truncated, or a count or length past its end")
+
+// decode reads the payload of a raw frame into d.r. Every length and
+// count is checked against what is left of the payload, and the payload
+// must end where the record does.
+func (d *rawDecoder) decode(p []byte) error {
 	r := &d.r
 	*r = rawStatement{}
-	if !isRaw(payload) {
+	if !isRaw(p) {
 		return errors.New("raw audit frame: not one")
 	}
-	d.p, d.bad = payload[1:], nil
-	r.seq, r.ns = int64(d.u64()), int64(d.u64())
+	i := 1
+	var u uint64
+	u, i = rawU64(p, i)
+	r.seq = int64(u)
+	u, i = rawU64(p, i)
+	r.ns = int64(u)
 	s := &r.st
-	r.kind, r.sess = d.str(), d.str()
-	s.Protocol, s.SQL, s.Name = d.str(), d.str(), d.str()
-	s.Tag, s.SQLState, s.Error = d.str(), d.str(), d.str()
-	s.Class, s.Decision, s.Rule = d.str(), d.str(), d.str()
-	pc := d.u32()
+	r.kind, i = rawStr(p, i)
+	r.sess, i = rawStr(p, i)
+	s.Protocol, i = rawStr(p, i)
+	s.SQL, i = rawStr(p, i)
+	s.Name, i = rawStr(p, i)
+	s.Tag, i = rawStr(p, i)
+	s.SQLState, i = rawStr(p, i)
+	s.Error, i = rawStr(p, i)
+	s.Class, i = rawStr(p, i)
+	s.Decision, i = rawStr(p, i)
+	s.Rule, i = rawStr(p, i)
+	var pc uint32
+	pc, i = rawU32(p, i)
 	r.paramCount = int(min(pc, 1<<31-1))
-	switch rec := d.u8(); rec {
-	case 0:
-	case 1:
+	var rec byte
+	rec, i = rawU8(p, i)
+	switch {
+	case i < 0:
+		return errRawShort
+	case rec == 1:
 		r.recorded = true
-		if uint64(pc)*4 > uint64(len(d.p)) {
-			return fmt.Errorf("raw audit frame: %d parameters cannot fit in %d bytes", pc, len(d.p))
+		if uint64(pc)*4 > uint64(len(p)-i) {
+			return errRawShort
 		}
 		d.params = d.params[:0]
-		for i := 0; i < r.paramCount && d.bad == nil; i++ {
-			d.params = append(d.params, d.str())
+		for k := 0; k < r.paramCount && i >= 0; k++ {
+			var v string
+			v, i = rawStr(p, i)
+			d.params = append(d.params, v)
 		}
 		s.Params = d.params
-	default:
-		if d.bad == nil {
-			return fmt.Errorf("raw audit frame: parameters flag %d", rec)
-		}
+	case rec != 0:
+		return fmt.Errorf("raw audit frame: parameters flag %d", rec)
 	}
-	s.Rows, s.Bytes = int64(d.u64()), int64(d.u64())
-	s.Duration, s.Number = time.Duration(d.u64()), int64(d.u64())
-	flags := d.u8()
+	u, i = rawU64(p, i)
+	s.Rows = int64(u)
+	u, i = rawU64(p, i)
+	s.Bytes = int64(u)
+	u, i = rawU64(p, i)
+	s.Duration = time.Duration(u)
+	u, i = rawU64(p, i)
+	s.Number = int64(u)
+	var flags byte
+	flags, i = rawU8(p, i)
+	if i < 0 {
+		return errRawShort
+	}
 	if flags&^(rawSample|rawColumns|rawTruncated) != 0 || (flags&rawSample == 0 && flags != 0) {
 		return fmt.Errorf("raw audit frame: sample flags %#x", flags)
 	}
 	if flags&rawSample != 0 {
-		d.decodeSample(&r.sample, flags)
+		i = d.decodeSample(p, i, &r.sample, flags)
 		s.Sample = &r.sample
 	}
-	if d.bad != nil {
-		return d.bad
+	if i < 0 {
+		return errRawShort
 	}
-	if len(d.p) != 0 {
-		return fmt.Errorf("raw audit frame: %d bytes past the record", len(d.p))
+	if i != len(p) {
+		return fmt.Errorf("raw audit frame: %d bytes past the record", len(p)-i)
 	}
 	return nil
 }
 
-func (d *rawDecoder) decodeSample(sm *session.Sample, flags byte) {
+// decodeSample reads a sample's fields at i in p (see rawU8).
+func (d *rawDecoder) decodeSample(p []byte, i int, sm *session.Sample, flags byte) int {
 	sm.Truncated = flags&rawTruncated != 0
+	var n int
 	if flags&rawColumns != 0 {
-		n := d.count(4)
+		n, i = rawCount(p, i, 4)
 		if d.columns == nil {
 			d.columns = make([]string, 0, 4) // not nil: [] and null differ
 		}
 		d.columns = d.columns[:0]
-		for i := 0; i < n && d.bad == nil; i++ {
-			d.columns = append(d.columns, d.str())
+		for k := 0; k < n && i >= 0; k++ {
+			var c string
+			c, i = rawStr(p, i)
+			d.columns = append(d.columns, c)
 		}
 		sm.Columns = d.columns
 	}
-	n := d.count(4)
-	b := d.take(4 * n)
+	n, i = rawCount(p, i, 4)
 	d.oids = d.oids[:0]
-	for i := 0; i < n && d.bad == nil; i++ {
-		d.oids = append(d.oids, binary.LittleEndian.Uint32(b[4*i:]))
+	for k := 0; k < n; k, i = k+1, i+4 {
+		d.oids = append(d.oids, binary.LittleEndian.Uint32(p[i:]))
 	}
 	sm.OIDs = d.oids
-	n = d.count(2)
-	b = d.take(2 * n)
+	n, i = rawCount(p, i, 2)
 	d.formats = d.formats[:0]
-	for i := 0; i < n && d.bad == nil; i++ {
-		d.formats = append(d.formats, int16(binary.LittleEndian.Uint16(b[2*i:])))
+	for k := 0; k < n; k, i = k+1, i+2 {
+		d.formats = append(d.formats, int16(binary.LittleEndian.Uint16(p[i:])))
 	}
 	sm.Formats = d.formats
-	sm.Data = d.take(d.count(1))
+	sm.Data, i = rawBytes(p, i)
+	return i
 }
 
 // appendEncoded appends to dst the encoded frame for the raw frame raw
