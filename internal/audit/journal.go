@@ -38,7 +38,9 @@ import (
 // {"seq":N,"time_ns":N,"kind":"…","session":"…","data":…}, the seq padded
 // with spaces. Frames written before 2026-11-30 carry "time" as RFC 3339
 // text instead of "time_ns"; they are read as well (a journal or ring left
-// by the previous version at an upgrade).
+// by the previous version at an upgrade). In the ring only, a statement's
+// frame may be raw (rawframe.go: a first byte no JSON starts with), which
+// every move into the segments encodes first: segments hold JSON only.
 
 const (
 	frameHeader = 8
@@ -547,7 +549,7 @@ func (j *journal) appendThrough(b []byte, seqAt int) (int64, bool, error) {
 	if j.total >= j.max {
 		return 0, true, nil
 	}
-	if err := j.drainLocked(); err != nil {
+	if err := j.drainLocked(uint64(len(b))); err != nil {
 		return 0, false, err
 	}
 	if j.rg != nil && j.rg.free() >= uint64(len(b)) {
@@ -603,9 +605,13 @@ func checksum(b []byte) {
 	binary.BigEndian.PutUint32(b[4:], crc32.Checksum(payload, crcTable))
 }
 
-// drainLocked moves the ring's frames into the active segment. The caller
-// holds fileMu and mu.
-func (j *journal) drainLocked() error {
+// drainLocked moves the ring's oldest frames into the active segment
+// until the ring has need bytes free, or is empty. The caller holds
+// fileMu and mu: a session that found the ring full, so every other
+// waits meanwhile. Raw frames are encoded as they move (a few hundred ns
+// each), so it moves no more than it needs, plus drainSlack, where moving
+// the whole ring would hold them all for tens of milliseconds.
+func (j *journal) drainLocked(need uint64) error {
 	if j.rg == nil {
 		return nil
 	}
@@ -613,28 +619,41 @@ func (j *journal) drainLocked() error {
 	if h == t {
 		return nil
 	}
-	a, b, err := j.encodedRing(t, h)
+	want := h - t
+	if free := j.rg.free(); need+drainSlack < want+free {
+		want = max(need+drainSlack-free, 1)
+	}
+	a, b, end, last, err := j.encodedRing(t, h, want)
 	if err != nil {
 		return err
 	}
-	if err := j.writeLocked(a, b, j.ringSeq); err != nil {
+	if err := j.writeLocked(a, b, last); err != nil {
 		return err
 	}
-	j.total += int64(len(a)+len(b)) - int64(h-t)
-	j.rg.setTail(h)
+	j.total += int64(len(a)+len(b)) - int64(end-t)
+	j.rg.setTail(end)
 	return nil
 }
 
-// encodedRing returns the ring's frames in [t, h) as the segments hold
-// them: the ring's own bytes, or, when raw statement frames are among
-// them, a copy (valid until the next call) with each encoded. The caller
-// holds fileMu (the ring's bytes there stay put while it does). A ring
-// whose frames cannot be walked is an error: its bytes are not written
-// as they are, raw text and all.
-func (j *journal) encodedRing(t, h uint64) ([]byte, []byte, error) {
+// drainSlack is what drainLocked frees beyond the frame it makes room
+// for, so that the next appends do not find the ring full at once.
+const drainSlack = 256 << 10
+
+// encodedRing returns the ring's oldest frames from t (up to h), at least
+// want bytes of them (whole frames), as the segments hold them: the
+// ring's own bytes, or, when raw statement frames are among them, a copy
+// (valid until the next call) with each encoded; where the frames taken
+// end, and the last one's seq. The caller holds fileMu (the ring's bytes
+// there stay put while it does). A ring whose frames cannot be walked is
+// an error: its bytes are not written as they are, raw text and all.
+func (j *journal) encodedRing(t, h, want uint64) ([]byte, []byte, uint64, int64, error) {
 	conv := j.conv[:0]
 	found := false
+	end, last := t, int64(0)
 	err := j.rg.walk(t, h, false, &j.scratch, func(off uint64, frame []byte) error {
+		if off-t >= want {
+			return errEnough
+		}
 		switch {
 		case isRaw(frame[frameHeader:]):
 			if !found {
@@ -646,20 +665,25 @@ func (j *journal) encodedRing(t, h uint64) ([]byte, []byte, error) {
 		case found:
 			conv = append(conv, frame...)
 		}
+		end = off + uint64(len(frame))
+		last, _ = frameSeq(frame[frameHeader:])
 		return nil
 	})
 	if cap(conv) <= 2*ringDefault {
 		j.conv = conv // a burst's worth is kept; a larger ring's is not
 	}
-	if err != nil {
-		return nil, nil, fmt.Errorf("move the audit journal ring's records: %w", err)
+	if err != nil && !errors.Is(err, errEnough) {
+		return nil, nil, 0, 0, fmt.Errorf("move the audit journal ring's records: %w", err)
 	}
 	if !found {
-		a, b := j.rg.bytes(t, h)
-		return a, b, nil
+		a, b := j.rg.bytes(t, end)
+		return a, b, end, last, nil
 	}
-	return conv, nil, nil
+	return conv, nil, end, last, nil
 }
+
+// errEnough stops a walk of the ring's frames.
+var errEnough = errors.New("enough frames")
 
 // hasRing is whether the journal has a ring still: close drops it (under
 // mu), possibly while the shipper drains.
@@ -707,7 +731,7 @@ func (j *journal) drainKeeping() error {
 	}
 	// Only this thread (holding fileMu) moves tail, and appends write
 	// only past head: the bytes in [t, h) stay put while they are written.
-	a, b, err := j.encodedRing(t, h)
+	a, b, _, _, err := j.encodedRing(t, h, h-t)
 	if err != nil {
 		return err
 	}

@@ -28,7 +28,9 @@ import (
 // into them, in order, before anything else is appended.
 //
 // Layout: a header page, then the ring. The frames in the ring are the
-// journal's frames, byte for byte, and may wrap around its end. head and
+// journal's frames, byte for byte, and may wrap around its end, but for
+// statements copied in raw (rawframe.go), which never wrap and are
+// encoded as they move into the segments. head and
 // tail count bytes since the ring was last emptied: head is advanced
 // (atomically, after the frame is copied) once a frame is complete, tail
 // once the frames before it are in a segment. So [tail, head) holds
