@@ -1585,7 +1585,10 @@ func frameSeq(payload []byte) (int64, bool) {
 		if len(payload) < 9 {
 			return 0, false
 		}
-		return int64(binary.LittleEndian.Uint64(payload[1:])), true
+		if seq := int64(binary.LittleEndian.Uint64(payload[1:])); seq > 0 {
+			return seq, true
+		}
+		return 0, false
 	}
 	if rest, ok := cutPrefix(payload, `{"seq":`); ok {
 		if seq, _, _, ok := paddedInt(rest); ok {

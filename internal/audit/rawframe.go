@@ -217,6 +217,10 @@ func (d *rawDecoder) decode(p []byte) error {
 	var u uint64
 	u, i = rawU64(p, i)
 	r.seq = int64(u)
+	if i > 0 && r.seq < 1 {
+		// Not a seq the journal gives; nor one its padded slot holds.
+		return fmt.Errorf("raw audit frame: seq %d", r.seq)
+	}
 	u, i = rawU64(p, i)
 	r.ns = int64(u)
 	s := &r.st
@@ -233,7 +237,7 @@ func (d *rawDecoder) decode(p []byte) error {
 	s.Rule, i = rawStr(p, i)
 	var pc uint32
 	pc, i = rawU32(p, i)
-	r.paramCount = int(min(pc, 1<<31-1))
+	r.paramCount = int(pc)
 	var rec byte
 	rec, i = rawU8(p, i)
 	switch {
@@ -328,7 +332,7 @@ func (d *rawDecoder) appendEncoded(dst, raw []byte) []byte {
 	var fr []byte
 	var seqAt int
 	if err != nil {
-		seq, _ := frameSeq(raw[frameHeader:])
+		seq, _ := frameSeq(raw[frameHeader:]) // 0 if none: the frame's own is not written
 		fr, seqAt = appendFrameHead(dst[at:], time.Now().UTC(), KindAlert, "")
 		data, _ := encodeData(AlertData{Message: fmt.Sprintf("audit journal ring: statement record %d could not be read back (%v)", seq, err)})
 		fr = append(append(fr, data...), '}')
