@@ -649,7 +649,8 @@ const drainSlack = 256 << 10
 func (j *journal) encodedRing(t, h, want uint64) ([]byte, []byte, uint64, int64, error) {
 	conv := j.conv[:0]
 	found := false
-	end, last := t, int64(0)
+	end := t
+	var lastFrame []byte
 	err := j.rg.walk(t, h, false, &j.scratch, func(off uint64, frame []byte) error {
 		if off-t >= want {
 			return errEnough
@@ -665,10 +666,15 @@ func (j *journal) encodedRing(t, h, want uint64) ([]byte, []byte, uint64, int64,
 		case found:
 			conv = append(conv, frame...)
 		}
-		end = off + uint64(len(frame))
-		last, _ = frameSeq(frame[frameHeader:])
+		end, lastFrame = off+uint64(len(frame)), frame
 		return nil
 	})
+	// The last frame taken is still where walk left it: in the ring, or
+	// in scratch if it was the one that wraps (at most one does).
+	var last int64
+	if lastFrame != nil {
+		last, _ = frameSeq(lastFrame[frameHeader:])
+	}
 	if cap(conv) <= 2*ringDefault {
 		j.conv = conv // a burst's worth is kept; a larger ring's is not
 	}
