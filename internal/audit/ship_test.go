@@ -90,7 +90,7 @@ func TestShipBatchesKeepTheirRecords(t *testing.T) {
 				s.Emit(session.Event{Kind: session.KindSessionStart, Start: s})
 				sess = append(sess, s)
 			}
-			const n = 2*shipBatch + 123
+			const n = 2*shipTx + 123
 			for i := range n {
 				// A long statement now and then: payloads of
 				// different sizes across the read buffer's chunks.
@@ -99,7 +99,7 @@ func TestShipBatchesKeepTheirRecords(t *testing.T) {
 					sql += " -- " + strings.Repeat("x", 3000+i)
 				}
 				sess[i%3].Emit(session.Event{Kind: session.KindStatement, Statement: &session.Statement{Protocol: "simple", SQL: sql, Tag: "SELECT 1"}})
-				if i == shipBatch/2 || i == shipBatch+7 {
+				if i == shipTx/2 || i == shipTx+7 {
 					// Shipments that end mid-way through the
 					// writing, as at a steady rate.
 					if err := w.Flush(ctx); err != nil {
