@@ -196,9 +196,9 @@ func (s *Store) insertRows(ctx context.Context, tx *sql.Tx, table, cols string, 
 
 // writeBlocks stores recs (consecutive records, in order) as blocks of at
 // most blockRecords records and maxBlockBytes, cut also after every seq in
-// cutAfter. cols, if
-// set, are the search columns of each record (a store of the previous
-// layout brings its own, edited or not); otherwise they are derived.
+// cutAfter. cols, if set, are the search columns of each record (a store
+// of the previous layout brings its own, edited or not); otherwise they
+// are derived.
 // conn, if set, is the connection tx runs on: a PostgreSQL store sends the
 // block text over it without database/sql's copies (writeBlockParams).
 func (s *Store) writeBlocks(ctx context.Context, tx *sql.Tx, conn *sql.Conn, recs []Record, cols []indexCols, cutAfter map[int64]bool) error {
