@@ -126,6 +126,11 @@ func FuzzRingRecovery(f *testing.F) {
 	for i := 1; i <= 3; i++ {
 		_ = j.append(ringRecord(i))
 	}
+	// And two statements copied in raw (rawframe.go), for the start to
+	// encode.
+	for _, tc := range rawCases()[3:5] {
+		j.appendRaw(1764500000e9, tc.kind, tc.sess, &tc.st, true)
+	}
 	body := append([]byte(nil), j.rg.buf...)
 	head := j.rg.head()
 	_ = j.close()

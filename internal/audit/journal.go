@@ -38,7 +38,9 @@ import (
 // {"seq":N,"time_ns":N,"kind":"…","session":"…","data":…}, the seq padded
 // with spaces. Frames written before 2026-11-30 carry "time" as RFC 3339
 // text instead of "time_ns"; they are read as well (a journal or ring left
-// by the previous version at an upgrade).
+// by the previous version at an upgrade). In the ring only, a statement's
+// frame may be raw (rawframe.go: a first byte no JSON starts with), which
+// every move into the segments encodes first: segments hold JSON only.
 
 const (
 	frameHeader = 8
@@ -102,6 +104,13 @@ type journal struct {
 	// notes says what opening found worth a line in the log (frames
 	// recovered from the ring, a ring that could not be used).
 	notes []string
+
+	// What the drains turn the ring's raw statement frames into encoded
+	// ones with (rawframe.go), under fileMu: the decoder, the frames
+	// encoded, and room for a frame that wraps around the ring's end.
+	raw     rawDecoder
+	conv    []byte
+	scratch []byte
 
 	// readMu is held by the reader for a whole read, and by drain while
 	// it keeps frames for it: cur and kept are the reader's. It is taken
@@ -264,7 +273,11 @@ func (j *journal) openRing(size uint64) error {
 		if seq != last+1 && last > 0 {
 			j.notes = append(j.notes, fmt.Sprintf("audit journal ring: seq %d follows %d", seq, last))
 		}
-		buf = append(buf, frame...)
+		if isRaw(frame[frameHeader:]) {
+			buf = j.raw.appendEncoded(buf, frame)
+		} else {
+			buf = append(buf, frame...)
+		}
 		last = seq
 		n++
 		return nil
@@ -293,6 +306,10 @@ func (j *journal) openRing(size uint64) error {
 		return err
 	}
 	rg.reset(uint64(st.Dev), st.Ino)
+	// Raw statement frames hold unredacted text: what a predecessor left
+	// is encoded in the segments now, and goes from memory too rather
+	// than wait for the ring to wrap over it.
+	clear(rg.buf)
 	j.rg, j.ringSeq = rg, j.nextSeq-1
 	return nil
 }
@@ -532,7 +549,7 @@ func (j *journal) appendThrough(b []byte, seqAt int) (int64, bool, error) {
 	if j.total >= j.max {
 		return 0, true, nil
 	}
-	if err := j.drainLocked(); err != nil {
+	if err := j.drainLocked(uint64(len(b))); err != nil {
 		return 0, false, err
 	}
 	if j.rg != nil && j.rg.free() >= uint64(len(b)) {
@@ -571,7 +588,11 @@ func (j *journal) waitRoomLocked() error {
 // b before releasing it.
 func (j *journal) numberLocked(b []byte, seqAt int) int64 {
 	seq := j.nextSeq
-	appendInt(b[seqAt:seqAt], seq) // in place, over the spaces
+	if b[frameHeader] == rawVersion {
+		binary.LittleEndian.PutUint64(b[seqAt:], uint64(seq))
+	} else {
+		appendInt(b[seqAt:seqAt], seq) // in place, over the spaces
+	}
 	checksum(b)
 	j.nextSeq++
 	j.total += int64(len(b))
@@ -584,9 +605,13 @@ func checksum(b []byte) {
 	binary.BigEndian.PutUint32(b[4:], crc32.Checksum(payload, crcTable))
 }
 
-// drainLocked moves the ring's frames into the active segment. The caller
-// holds fileMu and mu.
-func (j *journal) drainLocked() error {
+// drainLocked moves the ring's oldest frames into the active segment
+// until the ring has need bytes free, or is empty. The caller holds
+// fileMu and mu: a session that found the ring full, so every other
+// waits meanwhile. Raw frames are encoded as they move (a few hundred ns
+// each), so it moves no more than it needs, plus drainSlack, where moving
+// the whole ring would hold them all for tens of milliseconds.
+func (j *journal) drainLocked(need uint64) error {
 	if j.rg == nil {
 		return nil
 	}
@@ -594,13 +619,77 @@ func (j *journal) drainLocked() error {
 	if h == t {
 		return nil
 	}
-	a, b := j.rg.bytes(t, h)
-	if err := j.writeLocked(a, b, j.ringSeq); err != nil {
+	want := h - t
+	if free := j.rg.free(); need+drainSlack < want+free {
+		want = max(need+drainSlack-free, 1)
+	}
+	a, b, end, last, err := j.encodedRing(t, h, want)
+	if err != nil {
 		return err
 	}
-	j.rg.setTail(h)
+	if err := j.writeLocked(a, b, last); err != nil {
+		return err
+	}
+	j.total += int64(len(a)+len(b)) - int64(end-t)
+	j.rg.setTail(end)
 	return nil
 }
+
+// drainSlack is what drainLocked frees beyond the frame it makes room
+// for, so that the next appends do not find the ring full at once.
+const drainSlack = 256 << 10
+
+// encodedRing returns the ring's oldest frames from t (up to h), at least
+// want bytes of them (whole frames), as the segments hold them: the
+// ring's own bytes, or, when raw statement frames are among them, a copy
+// (valid until the next call) with each encoded; where the frames taken
+// end, and the last one's seq. The caller holds fileMu (the ring's bytes
+// there stay put while it does). A ring whose frames cannot be walked is
+// an error: its bytes are not written as they are, raw text and all.
+func (j *journal) encodedRing(t, h, want uint64) ([]byte, []byte, uint64, int64, error) {
+	conv := j.conv[:0]
+	found := false
+	end := t
+	var lastFrame []byte
+	err := j.rg.walk(t, h, false, &j.scratch, func(off uint64, frame []byte) error {
+		if off-t >= want {
+			return errEnough
+		}
+		switch {
+		case isRaw(frame[frameHeader:]):
+			if !found {
+				found = true
+				a, b := j.rg.bytes(t, off)
+				conv = append(append(conv, a...), b...)
+			}
+			conv = j.raw.appendEncoded(conv, frame)
+		case found:
+			conv = append(conv, frame...)
+		}
+		end, lastFrame = off+uint64(len(frame)), frame
+		return nil
+	})
+	// The last frame taken is still where walk left it: in the ring, or
+	// in scratch if it was the one that wraps (at most one does).
+	var last int64
+	if lastFrame != nil {
+		last, _ = frameSeq(lastFrame[frameHeader:])
+	}
+	if cap(conv) <= 2*ringDefault {
+		j.conv = conv // a burst's worth is kept; a larger ring's is not
+	}
+	if err != nil && !errors.Is(err, errEnough) {
+		return nil, nil, 0, 0, fmt.Errorf("move the audit journal ring's records: %w", err)
+	}
+	if !found {
+		a, b := j.rg.bytes(t, end)
+		return a, b, end, last, nil
+	}
+	return conv, nil, end, last, nil
+}
+
+// errEnough stops a walk of the ring's frames.
+var errEnough = errors.New("enough frames")
 
 // hasRing is whether the journal has a ring still: close drops it (under
 // mu), possibly while the shipper drains.
@@ -648,10 +737,14 @@ func (j *journal) drainKeeping() error {
 	}
 	// Only this thread (holding fileMu) moves tail, and appends write
 	// only past head: the bytes in [t, h) stay put while they are written.
-	a, b := j.rg.bytes(t, h)
+	a, b, _, _, err := j.encodedRing(t, h, h-t)
+	if err != nil {
+		return err
+	}
+	grown := int64(len(a)+len(b)) - int64(h-t)
 	// What is kept lies in one segment, from kept.off on.
 	keep := j.cur.path == s.path && j.cur.off == s.size && (len(j.kept.buf) == 0 || j.kept.path == s.path) &&
-		len(j.kept.buf)+int(h-t) <= keptMax
+		len(j.kept.buf)+len(a)+len(b) <= keptMax
 	n, err := writeBoth(j.f, a, b)
 	keep = keep && err == nil
 	if keep {
@@ -663,7 +756,10 @@ func (j *journal) drainKeeping() error {
 	}
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	err = j.wroteLocked(n, last, err, func() { j.rg.setTail(h) })
+	err = j.wroteLocked(n, last, err, func() {
+		j.rg.setTail(h)
+		j.total += grown
+	})
 	if act := j.segs[len(j.segs)-1]; keep && act.path != s.path && act.size == 0 {
 		// The segment was full and another begun: the reader's place
 		// is as well its start, where the next frames go.
@@ -1491,6 +1587,15 @@ func daysIn(m time.Month, y int) int {
 
 // frameSeq reads the seq of a frame's payload.
 func frameSeq(payload []byte) (int64, bool) {
+	if isRaw(payload) {
+		if len(payload) < 9 {
+			return 0, false
+		}
+		if seq := int64(binary.LittleEndian.Uint64(payload[1:])); seq > 0 {
+			return seq, true
+		}
+		return 0, false
+	}
 	if rest, ok := cutPrefix(payload, `{"seq":`); ok {
 		if seq, _, _, ok := paddedInt(rest); ok {
 			return seq, true

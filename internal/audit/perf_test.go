@@ -136,6 +136,10 @@ func recordLoop(b *testing.B, w *Writer, ev session.Event) {
 		w.Record(ev)
 	}
 	b.ReportMetric(float64(threadCPU()-c0)/float64(b.N), "cpu-ns/op")
+	// Records that found the ring full, and moved its frames out on the
+	// recording thread: the daemon's data path does not, so a figure
+	// with many is not the data path's alone.
+	b.ReportMetric(float64(w.j.ringFull.Load())/float64(b.N), "ringfull/op")
 }
 
 // benchWriter opens a writer for a benchmark of the data path, with a

@@ -321,11 +321,19 @@ func fromEvent(ev session.Event, pol Policy) (kind string, data any, err error) 
 // start of its text are known plain (appendStatementPlain), found by the
 // same pass over the text as its redaction.
 func statementOf(s *session.Statement, pol Policy) (st Statement, sqlPlain int) {
+	return statementOfCount(s, len(s.Params), pol.RecordParams)
+}
+
+// statementOfCount is statementOf for a statement that bound paramCount
+// parameters, of which s.Params holds those to record, if record: a raw
+// frame (rawframe.go) holds the parameters only where the policy records
+// them, and their count.
+func statementOfCount(s *session.Statement, paramCount int, record bool) (st Statement, sqlPlain int) {
 	sql, sqlPlain := redact.SQLPlain(s.SQL)
-	st = Statement{Protocol: s.Protocol, SQL: sql, Name: s.Name, ParamCount: len(s.Params),
+	st = Statement{Protocol: s.Protocol, SQL: sql, Name: s.Name, ParamCount: paramCount,
 		Tag: s.Tag, SQLState: s.SQLState, Error: redactSQL(s.Error), Rows: s.Rows, Bytes: s.Bytes,
 		DurationUS: s.Duration.Microseconds(), Class: s.Class, Decision: s.Decision, Rule: s.Rule, Number: s.Number}
-	if pol.RecordParams {
+	if record {
 		st.Params = redactParams(s.SQL, s.Params)
 	}
 	return st, sqlPlain

@@ -28,7 +28,9 @@ import (
 // into them, in order, before anything else is appended.
 //
 // Layout: a header page, then the ring. The frames in the ring are the
-// journal's frames, byte for byte, and may wrap around its end. head and
+// journal's frames, byte for byte, and may wrap around its end, but for
+// statements copied in raw (rawframe.go), which never wrap and are
+// encoded as they move into the segments. head and
 // tail count bytes since the ring was last emptied: head is advanced
 // (atomically, after the frame is copied) once a frame is complete, tail
 // once the frames before it are in a segment. So [tail, head) holds
@@ -354,11 +356,25 @@ func (r *ring) reset(dev, ino uint64) {
 // frame's bytes (header included; valid until the ring changes) and its
 // seq. It stops at the first damaged frame and says where.
 func (r *ring) frames(each func(frame []byte, seq int64) error) error {
-	t, h := r.tail(), r.head()
+	var scratch []byte
+	return r.walk(r.tail(), r.head(), true, &scratch, func(off uint64, frame []byte) error {
+		seq, ok := frameSeq(frame[frameHeader:])
+		if !ok {
+			return fmt.Errorf("audit journal ring: frame at %d has no seq", off)
+		}
+		return each(frame, seq)
+	})
+}
+
+// walk calls each with every frame in [t, h) and its offset: the ring's
+// own bytes, or a copy in *scratch (reused) for one that wraps around the
+// ring's end. check says to check each frame's checksum (frames a
+// predecessor left); otherwise only that its length fits. It stops at the
+// first damaged frame and says where.
+func (r *ring) walk(t, h uint64, check bool, scratch *[]byte, each func(off uint64, frame []byte) error) error {
 	if h < t || h-t > r.size {
 		return fmt.Errorf("audit journal ring: head %d and tail %d are inconsistent", h, t)
 	}
-	var scratch []byte
 	for off := t; off < h; {
 		if h-off < frameHeader {
 			return fmt.Errorf("audit journal ring: %d stray bytes at its end", h-off)
@@ -373,18 +389,13 @@ func (r *ring) frames(each func(frame []byte, seq int64) error) error {
 		a, b = r.bytes(off, off+frameHeader+n)
 		frame := a
 		if len(b) > 0 {
-			scratch = append(append(scratch[:0], a...), b...)
-			frame = scratch
+			*scratch = append(append((*scratch)[:0], a...), b...)
+			frame = *scratch
 		}
-		payload := frame[frameHeader:]
-		if crc32.Checksum(payload, crcTable) != binary.BigEndian.Uint32(hdr[4:]) {
+		if check && crc32.Checksum(frame[frameHeader:], crcTable) != binary.BigEndian.Uint32(hdr[4:]) {
 			return fmt.Errorf("audit journal ring: checksum mismatch at %d", off)
 		}
-		seq, ok := frameSeq(payload)
-		if !ok {
-			return fmt.Errorf("audit journal ring: frame at %d has no seq", off)
-		}
-		if err := each(frame, seq); err != nil {
+		if err := each(off, frame); err != nil {
 			return err
 		}
 		off += frameHeader + n

@@ -108,8 +108,11 @@ type Writer struct {
 	daemon string
 	j      *journal
 	inRing bool // the journal has a ring to encode statements into
-	kick   chan struct{}
-	boot   int64 // last seq written before this start
+	// noRaw (tests) encodes statements on the data path, as before raw
+	// frames (rawframe.go).
+	noRaw bool
+	kick  chan struct{}
+	boot  int64 // last seq written before this start
 
 	// shipper only
 	rbuf          shipBuf  // the batch read from the journal, reused
@@ -262,10 +265,9 @@ func (w *Writer) Store() *Store { return w.store }
 // log.
 func (w *Writer) Record(ev session.Event) {
 	if s := ev.Statement; s != nil && fastStatement {
-		// Statements come at the rate of the traffic: encoded by hand,
-		// nothing allocated, straight into the ring where it has room
-		// (only the encoding is under the journal's lock: redaction and
-		// the rest are done before).
+		// Statements come at the rate of the traffic: copied raw into
+		// the ring where it has room, to be redacted and encoded by the
+		// drain (rawframe.go); else encoded by hand, nothing allocated.
 		if len(ev.Session) > 0 {
 			// The session's id was written at its start, and under load
 			// is out of cache by its next statement: its line comes in
@@ -273,6 +275,12 @@ func (w *Writer) Record(ev session.Event) {
 			prefetchLine(unsafe.Pointer(unsafe.StringData(ev.Session)))
 		}
 		at := recordTime(ev.Time)
+		if w.inRing && !w.noRaw && !w.opts.Bench.diagnostic() && w.j.appendRaw(at.UnixNano(), string(ev.Kind), ev.Session, s, w.opts.Policy.RecordParams) {
+			w.kickShipper()
+			return
+		}
+		// No room for the raw frame before the ring's end: encoded here,
+		// as the drain would.
 		st, sqlPlain := statementOf(s, w.opts.Policy)
 		var rs ResultSample
 		if s.Sample != nil {
