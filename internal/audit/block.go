@@ -195,16 +195,15 @@ func (s *Store) insertRows(ctx context.Context, tx *sql.Tx, table, cols string, 
 }
 
 // writeBlocks stores recs (consecutive records, in order) as blocks of at
-// most blockRecords records and maxBlockBytes, cut also after every seq in
-// cutAfter. cols, if set, are the search columns of each record (a store
-// of the previous layout brings its own, edited or not); otherwise they
-// are derived.
+// most shipBatch records, cut also after every seq in cutAfter. cols, if
+// set, are the search columns of each record (a store of the previous
+// layout brings its own, edited or not); otherwise they are derived.
 // conn, if set, is the connection tx runs on: a PostgreSQL store sends the
 // block text over it without database/sql's copies (writeBlockParams).
 func (s *Store) writeBlocks(ctx context.Context, tx *sql.Tx, conn *sql.Conn, recs []Record, cols []indexCols, cutAfter map[int64]bool) error {
 	for start := 0; start < len(recs); {
 		end, size := start+1, lineSize(&recs[start])
-		for end < len(recs) && end-start < blockRecords && recs[end].Daemon == recs[start].Daemon &&
+		for end < len(recs) && end-start < shipBatch && recs[end].Daemon == recs[start].Daemon &&
 			!cutAfter[recs[end-1].Seq] && size+lineSize(&recs[end]) <= maxBlockBytes {
 			size += lineSize(&recs[end])
 			end++
@@ -282,14 +281,6 @@ func (s *Store) writeBlock(ctx context.Context, tx *sql.Tx, conn *sql.Conn, recs
 	}
 	return nil
 }
-
-// blockRecords bounds the records of a block: a shipment's, so that a
-// steady load's shipment (what a commit interval brought, a little over
-// shipBatch) is one block, one audit_blocks row, one audit_session_blocks
-// row a session and one append, not a full block and a small one for the
-// rest. What a reader holds of a block is bounded by maxBlockBytes, which
-// this does not change.
-const blockRecords = shipTx
 
 // maxBlockBytes bounds a block's text (but a block holds at least one
 // record): statements with long texts or large result samples would

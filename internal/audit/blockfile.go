@@ -358,8 +358,7 @@ const dioAlign = 4096
 // with direct writes.
 
 // directMin is the smallest block text appended with a direct write: a
-// shipment of 2,000 pgbench statements is about 0.9 MB (a commit interval's
-// under pgbench -S -c 10, ~2,200, just over directMin), of sampled 20-row
+// shipment of 2,000 pgbench statements is about 0.9 MB, of sampled 20-row
 // statements 3.6 MB.
 const directMin = 1 << 20
 

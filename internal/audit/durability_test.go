@@ -12,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/airlockhq/airlock/internal/pgtest"
 	"github.com/airlockhq/airlock/internal/session"
 )
 
@@ -466,37 +465,14 @@ func BenchmarkShipSteadySample(b *testing.B) {
 // BenchmarkShipSteadyPgbench is the shipper's load in TestPgbenchOneMode
 // (pgbench -S -c 10 through the proxy, recording with samples): its
 // statement with the one-row sample the proxy takes, from ten sessions
-// whose records interleave, in shipments of 2,000 (the benchmark's above),
-// of 2,200 (one commit interval's records at the ~11,000 statements a
-// second of pgbench -S -c 10: the shipper ships at each interval once
-// 2,000 wait) and of 4,500, what the shipper found waiting a shipment
-// there (199,000 records in 44 shipments, 2026-12-01).
+// whose records interleave, in shipments of 2,000 (the benchmark's above)
+// and of 4,500, what the shipper found waiting a shipment there (199,000
+// records in 44 shipments, 2026-12-01).
 func BenchmarkShipSteadyPgbench(b *testing.B) {
 	st := &session.Statement{Protocol: "simple", SQL: "SELECT abalance FROM pgbench_accounts WHERE aid = 48213;", Tag: "SELECT 1", Rows: 1, Bytes: 11, Duration: 80 * time.Microsecond,
 		Sample: &session.Sample{Columns: []string{"abalance"}, OIDs: []uint32{23}, Data: storedRows([]string{"0"})}}
-	for _, batch := range []int{2000, 2200, 4500} {
+	for _, batch := range []int{2000, 4500} {
 		b.Run(fmt.Sprintf("batch=%d", batch), func(b *testing.B) { shipSteadyFrom(b, batch, 10, st) })
-	}
-}
-
-// BenchmarkShipSteadyTeam is BenchmarkShipSteadyPgbench into the team
-// store (a PostgreSQL server of its own): the shipper's thread, not the
-// server's CPU.
-func BenchmarkShipSteadyTeam(b *testing.B) {
-	if testing.Short() {
-		b.Skip("needs a PostgreSQL server")
-	}
-	pg := pgtest.Start(b, pgtest.Options{})
-	st := &session.Statement{Protocol: "simple", SQL: "SELECT abalance FROM pgbench_accounts WHERE aid = 48213;", Tag: "SELECT 1", Rows: 1, Bytes: 11, Duration: 80 * time.Microsecond,
-		Sample: &session.Sample{Columns: []string{"abalance"}, OIDs: []uint32{23}, Data: storedRows([]string{"0"})}}
-	for _, batch := range []int{2200, 4500} {
-		b.Run(fmt.Sprintf("batch=%d", batch), func(b *testing.B) {
-			pgN++
-			db := fmt.Sprintf("audit_ship_%d_%d", os.Getpid(), pgN)
-			pg.Psql(b, "postgres", "CREATE DATABASE "+db)
-			spec := fmt.Sprintf("postgres://%s@%s:%d/%s?sslmode=disable", pg.AdminUser, pg.Addr, pg.Port, db)
-			shipSteadyOn(b, spec, pg.AdminPassword, batch, 10, st)
-		})
 	}
 }
 
@@ -505,12 +481,7 @@ func shipSteady(b *testing.B, batch int, st *session.Statement) { shipSteadyFrom
 // shipSteadyFrom is shipSteady with the statements spread over sessions
 // sessions in turn.
 func shipSteadyFrom(b *testing.B, batch, sessions int, st *session.Statement) {
-	shipSteadyOn(b, "", "", batch, sessions, st)
-}
-
-// shipSteadyOn is shipSteadyFrom into the store spec ("" the embedded one).
-func shipSteadyOn(b *testing.B, spec, pw string, batch, sessions int, st *session.Statement) {
-	w, err := Open(context.Background(), Options{StateDir: b.TempDir(), CommitInterval: time.Hour, Store: spec, Password: pw})
+	w, err := Open(context.Background(), Options{StateDir: b.TempDir(), CommitInterval: time.Hour})
 	if err != nil {
 		b.Fatal(err)
 	}

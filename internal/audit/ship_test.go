@@ -90,7 +90,7 @@ func TestShipBatchesKeepTheirRecords(t *testing.T) {
 				s.Emit(session.Event{Kind: session.KindSessionStart, Start: s})
 				sess = append(sess, s)
 			}
-			const n = 2*shipTx + 123
+			const n = 2*shipBatch + 123
 			for i := range n {
 				// A long statement now and then: payloads of
 				// different sizes across the read buffer's chunks.
@@ -99,7 +99,7 @@ func TestShipBatchesKeepTheirRecords(t *testing.T) {
 					sql += " -- " + strings.Repeat("x", 3000+i)
 				}
 				sess[i%3].Emit(session.Event{Kind: session.KindStatement, Statement: &session.Statement{Protocol: "simple", SQL: sql, Tag: "SELECT 1"}})
-				if i == shipTx/2 || i == shipTx+7 {
+				if i == shipBatch/2 || i == shipBatch+7 {
 					// Shipments that end mid-way through the
 					// writing, as at a steady rate.
 					if err := w.Flush(ctx); err != nil {
@@ -140,67 +140,6 @@ func TestShipBatchesKeepTheirRecords(t *testing.T) {
 			}
 			if rep, err := Verify(ctx, w.Store(), "", w.Expect()); err != nil || !rep.OK {
 				t.Fatalf("verify: %v %+v", err, rep)
-			}
-		})
-	}
-}
-
-// A shipment of more than shipBatch records is one block (up to shipTx
-// records): its sessions read back whole, retention prunes up to a
-// checkpoint after such a block, and what is left verifies, on both
-// stores.
-func TestBlocksOfMoreThanShipBatchRecords(t *testing.T) {
-	for _, sk := range stores(t) {
-		t.Run(sk.name, func(t *testing.T) {
-			spec, pw := sk.open(t)
-			ctx := context.Background()
-			w, err := Open(ctx, Options{StateDir: t.TempDir(), Store: spec, Password: pw, CommitInterval: time.Hour, CheckpointInterval: time.Hour})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer func() { _ = w.j.close(); _ = w.store.Close() }()
-			ship := func(n int) *session.Session {
-				t.Helper()
-				s := fakeSession(w, 1001, "alice", "/usr/bin/psql")
-				writeSession(s, n)
-				if err := w.Flush(ctx); err != nil {
-					t.Fatal(err)
-				}
-				d, err := w.Store().Session(ctx, s.ID, nil)
-				if err != nil || d == nil {
-					t.Fatalf("session %s: %v", s.ID, err)
-				}
-				if d.Statements != int64(n) || len(d.Records) != n+2 {
-					t.Fatalf("session of %d statements read back with %d statements and %d records", n, d.Statements, len(d.Records))
-				}
-				return s
-			}
-			ship(shipBatch + 500)
-			var most int64
-			if err := w.Store().db.QueryRowContext(ctx, `SELECT MAX(last_seq - first_seq + 1) FROM audit_blocks`).Scan(&most); err != nil {
-				t.Fatal(err)
-			}
-			if most <= shipBatch || most > blockRecords {
-				t.Fatalf("the largest block holds %d records, want more than %d and at most %d", most, shipBatch, blockRecords)
-			}
-			w.shipMu.Lock()
-			w.checkpoint(ctx, true)
-			w.shipMu.Unlock()
-			sealed := w.Expect().Checkpoint.Seq
-			later := ship(shipBatch + 100)
-			n, err := w.Prune(ctx, time.Now().Add(time.Hour))
-			if err != nil || n != sealed {
-				t.Fatalf("pruned %d records (%v), want the %d up to the checkpoint", n, err, sealed)
-			}
-			if d, err := w.Store().Session(ctx, later.ID, nil); err != nil || d == nil || d.Statements != shipBatch+100 {
-				t.Fatalf("the session after the pruned block: %+v, %v", d, err)
-			}
-			rep, err := Verify(ctx, w.Store(), "", w.Expect())
-			if err != nil || !rep.OK {
-				t.Fatalf("verify: %v %+v", err, rep)
-			}
-			if c := rep.Chains[0]; c.First != sealed+1 {
-				t.Fatalf("chain after prune starts at %d, want %d", c.First, sealed+1)
 			}
 		})
 	}

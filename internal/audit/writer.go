@@ -639,22 +639,7 @@ func (w *Writer) prunedAll(ctx context.Context) bool {
 	return err == nil && len(cps) > 0 && cps[len(cps)-1].Seq == w.stored
 }
 
-// shipBatch is how many waiting records have the shipper ship before its
-// interval is up (at the next commit interval): what keeps the store's lag
-// behind the journal short under load.
 const shipBatch = 2000
-
-// shipTx is the most records one shipment takes, in one read of the
-// journal, one store transaction and one block (blockRecords; fewer if
-// maxBlockBytes cuts it). Under a steady load of more than shipBatch
-// records an interval, shipments capped at shipBatch left a remainder
-// that paid a transaction and a block of its own at every interval:
-// BEGIN, COMMIT and their ~20 WAL pages (the index pages of
-// audit_session_blocks, one per session, and of audit_blocks), the rows
-// and the append are about 0.2 ms of the shipper's CPU here, whatever
-// the number of records (docs/AUDIT.md, Cost). Larger pins more after a
-// burst: the batch's pendings, records and hashes are kept for the next.
-const shipTx = 4 * shipBatch
 
 // shipNice is the shipper thread's nice value.
 const shipNice = 10
@@ -679,7 +664,7 @@ func (w *Writer) ship(ctx context.Context) error {
 				return err
 			}
 		}
-		batch, err := w.j.readInto(&w.rbuf, w.stored, shipTx)
+		batch, err := w.j.readInto(&w.rbuf, w.stored, shipBatch)
 		if err != nil {
 			return err
 		}
@@ -736,7 +721,7 @@ func (w *Writer) ship(ctx context.Context) error {
 		// pendings they point into stay until the next read: clearing
 		// a full batch of them here cost ~0.5% of the shipper.
 		w.settle(false)
-		if len(batch) < shipTx {
+		if len(batch) < shipBatch {
 			return w.closeInterrupted(ctx)
 		}
 	}
