@@ -354,16 +354,12 @@ func (d *rawDecoder) appendEncoded(dst, raw []byte) []byte {
 	return append(dst, fr...)
 }
 
-// appendRaw journals s's record as a raw frame, built in the ring's
-// stage and streamed into it (appendStaged) or, where that cannot be,
-// copied into the ring at head under mu (as appendInRing encodes one);
-// false if it was not (no ring, the journal closed or at its bound, less
-// contiguous room than the frame): the caller then encodes it.
+// appendRaw journals s's record as a raw frame, copied into the ring at
+// head under mu (as appendInRing encodes one); false if it was not (no
+// ring, the journal closed or at its bound, less contiguous room than
+// the frame): the caller then encodes it.
 func (j *journal) appendRaw(ns int64, kind, sess string, s *session.Statement, record bool) bool {
 	n := rawStatementSize(kind, sess, s, record)
-	if ntStores && j.appendStaged(n, rawSeqAt, func(b []byte) []byte { return appendRawStatement(b, ns, kind, sess, s, record) }) {
-		return true
-	}
 	_, _, _, ok := j.appendInRing(func(room []byte) ([]byte, int) {
 		if n > cap(room) {
 			return nil, 0

@@ -54,19 +54,6 @@ type ring struct {
 	mem  []byte   // the whole mapping
 	buf  []byte   // mem[ringHeader:]
 	size uint64
-
-	// stage is where the data path builds a frame to stream into the
-	// ring (putStaged): ringLine bytes of room before it, for the bytes
-	// its first line shares with the frame before, and its last line's
-	// padding after. Reused under the journal's mu, so it stays in cache.
-	stage []byte
-	// carry is the ring's bytes from carryAt (a stream offset, a whole
-	// number of lines) to head, as putStaged last wrote them, if carryOK:
-	// the next frame's first line is written whole from them, not read
-	// back from memory. Any other write at head clears carryOK.
-	carry   [ringLine]byte
-	carryAt uint64
-	carryOK bool
 }
 
 // errRingInUse is a ring another live process holds: a second daemon on
@@ -107,17 +94,14 @@ func (r *ring) room() (uint64, []byte) {
 
 // publish advances head to h, over frames already in the ring's memory.
 func (r *ring) publish(h uint64) {
-	r.carryOK = false
 	r.setHead(h)
 	// The next frame's lines, fetched now rather than by its stores: the
 	// ring is megabytes, written once every few seconds, so its lines are
 	// long out of cache, and the barrier of setHead (an XCHG on amd64; the
 	// lock's release after it is another) waited for the stores' misses,
 	// a sixth of Writer.Record in a profile. A prefetch does not wait, and
-	// has until the next record to complete. Not where statements are
-	// streamed in (putStaged): they write their lines without reading
-	// them, and a line prefetched would only be evicted by them.
-	if at := h % r.size; !ntStores && at+prefetchSpan <= r.size {
+	// has until the next record to complete.
+	if at := h % r.size; at+prefetchSpan <= r.size {
 		prefetchLines(unsafe.Pointer(&r.buf[at]))
 	}
 }
@@ -152,98 +136,6 @@ func (j *journal) appendInRing(enc func([]byte) ([]byte, int)) (seq int64, frame
 	j.ringSeq = seq
 	j.notePressureLocked()
 	return seq, nil, 0, true
-}
-
-// ringLine is a cache line: what putStaged writes at a time.
-const ringLine = 64
-
-// stageMax bounds the stage: a larger frame is encoded in the ring in
-// place, as before, rather than keep a large buffer for good.
-const stageMax = 16 << 10
-
-// staged returns head and the stage's room for a frame of n bytes, to be
-// built there and streamed in with putStaged; ok is false when it cannot
-// be (no non-temporal stores here, a ring not of whole lines, a frame
-// over stageMax, or too little contiguous room before the ring's end for
-// the frame and its last line's padding, which never wraps).
-func (r *ring) staged(n int) (h uint64, room []byte, ok bool) {
-	if !ntStores || r.size%ringLine != 0 || n <= 0 || n > stageMax {
-		return 0, nil, false
-	}
-	h = r.head()
-	at := h % r.size
-	end := (at + uint64(n) + ringLine - 1) &^ (ringLine - 1)
-	if end > r.size || r.free() < uint64(n)+ringLine {
-		return 0, nil, false
-	}
-	if need := ringLine + n + ringLine; cap(r.stage) < need {
-		// Grown to the largest frame yet, within stageMax.
-		r.stage = make([]byte, min(max(need, 4096), stageMax+2*ringLine))
-	}
-	return h, r.stage[ringLine : ringLine : ringLine+n], true
-}
-
-// putStaged streams the n bytes built in the stage (as staged gave it at
-// head h) into the ring and advances head over them. The ring is
-// megabytes, each line written once a pass and read only by the drain a
-// commit interval later: plain stores would read each line in for
-// ownership and leave it in the cache the proxy shares with the client
-// and the server on two cores. So every line is written whole with
-// non-temporal stores: the first with the bytes before head it shares
-// with the frame before (the same values again: a reader of [tail, head)
-// sees no change), the last with zeros past the frame, in free space. The
-// fence orders them all before head moves: a process killed at any point
-// leaves head over complete frames only, as put does. The caller holds
-// the journal's mu.
-func (r *ring) putStaged(h uint64, n int) {
-	at := h % r.size
-	k := int(at % ringLine)
-	s := r.stage[ringLine-k:]
-	if k > 0 {
-		if r.carryOK && r.carryAt == h-uint64(k) {
-			copy(s[:k], r.carry[:k])
-		} else {
-			// Written by put or in place, so in cache: read back once.
-			copy(s[:k], r.buf[at-uint64(k):at])
-		}
-	}
-	lines := (k + n + ringLine - 1) &^ (ringLine - 1)
-	clear(s[k+n : lines])
-	streamCopy(r.buf[at-uint64(k):], s[:lines])
-	storeFence()
-	end := h + uint64(n)
-	r.setHead(end)
-	t := int(end % ringLine)
-	r.carryAt, r.carryOK = end-uint64(t), t > 0
-	copy(r.carry[:t], s[lines-ringLine:])
-}
-
-// appendStaged journals the frame of n bytes build writes (into the room
-// it is given, the seq's place at seqAt) by streaming it into the ring
-// (staged, putStaged), numbered and checksummed before it goes. ok says
-// it is journaled; otherwise nothing was, and the caller journals the
-// frame another way.
-func (j *journal) appendStaged(n, seqAt int, build func([]byte) []byte) bool {
-	j.mu.Lock()
-	defer j.mu.Unlock() // deferred: see appendInRing
-	if j.rg == nil || j.closed || j.total >= j.max || n-frameHeader > maxFrame {
-		return false
-	}
-	h, room, ok := j.rg.staged(n)
-	if !ok {
-		return false
-	}
-	b := build(room)
-	if len(b) != n || &b[0] != &room[:1][0] {
-		// Not the size promised: never streamed, and the stage's bytes
-		// are dropped (the caller's way writes its frame afresh).
-		return false
-	}
-	seq := j.numberLocked(b, seqAt)
-	j.rg.putStaged(h, n)
-	j.ringSeq = seq
-	j.notePressureLocked()
-	return true
 }
 
 // appendCopied journals the frame b (encoded, as appendFrameHead starts
@@ -452,7 +344,6 @@ func mapRingFile(f *os.File, created bool, size uint64, dev, ino uint64) (*ring,
 
 // reset empties the ring.
 func (r *ring) reset(dev, ino uint64) {
-	r.carryOK = false
 	r.setHead(0)
 	r.setTail(0)
 	binary.LittleEndian.PutUint64(r.mem[offSize:], r.size)
