@@ -39,7 +39,8 @@ import (
 // what recording adds is compared by symbol in like runs; the in-process
 // test (TestPgbenchRecordingOverhead) takes no samples and shares one
 // profile between its modes. AIRLOCK_PERF_SCRIPT=people runs the
-// benchmark's 20-row script instead of -S. It reports the process's CPU per transaction
+// benchmark's 20-row script instead of -S; AIRLOCK_PERF_COMMIT sets
+// the writer's commit interval (a Go duration). It reports the process's CPU per transaction
 // from the moment the proxy is ready, the shipping still to do included.
 func TestPgbenchOneMode(t *testing.T) {
 	modes := "off,sqlite"
@@ -104,7 +105,15 @@ func pgbenchOneMode(t *testing.T, mode string) {
 	var w *Writer
 	if mode == "sqlite" {
 		var err error
-		w, err = Open(context.Background(), Options{StateDir: t.TempDir()})
+		wopts := Options{StateDir: t.TempDir()}
+		if ci := os.Getenv("AIRLOCK_PERF_COMMIT"); ci != "" {
+			// Another commit interval (a Go duration), to tell what the
+			// shipper pays per interval from what it pays per record.
+			if wopts.CommitInterval, err = time.ParseDuration(ci); err != nil {
+				t.Fatalf("AIRLOCK_PERF_COMMIT: %v", err)
+			}
+		}
+		w, err = Open(context.Background(), wopts)
 		if err != nil {
 			t.Fatal(err)
 		}
