@@ -44,6 +44,8 @@
 #                              BENCH_HOLD_LADDER: recording's steps, one daemon each (below)
 #                              BENCH_HOLD_YAML: config lines for that further daemon (e.g. the
 #                              masking rules, to compare two builds masked)
+#                              While held, `report -compare A,B` measures two of the paths
+#                              (the held ones included) in pairs of back-to-back runs.
 # Runs as root. Everything it creates (namespace, cgroups, pins, servers,
 # files) is removed on exit.
 set -euo pipefail
@@ -371,6 +373,7 @@ if [ -n "${BENCH_HOLD:-}" ] && has_feature audit; then
       ENV_YAML=${PGSTORE_YAML/\/airlock_audit\?//airlock_audit_env?}${BENCH_HOLD_YAML:+$'\n'$BENCH_HOLD_YAML}
     fi
     DAEMON_ENV=${BENCH_HOLD_ENV:-} DAEMON_BIN=${BENCH_HOLD_BIN:-} start_daemon airlock-env "" $((p += 1)) "${BENCH_HOLD_OFF-audit}" "$ENV_YAML"
+    feature_path airlock-env hold "held only: ${BENCH_HOLD_BIN:-this build}, AIRLOCK_BENCH_OFF=${BENCH_HOLD_OFF-audit}."
   fi
   # BENCH_HOLD_LADDER="audit record ship storesync none": one daemon per
   # AIRLOCK_BENCH_OFF step of recording (internal/daemon/benchoff.go;
@@ -387,6 +390,7 @@ if [ -n "${BENCH_HOLD:-}" ] && has_feature audit; then
     prof=""
     [ -n "${BENCH_HOLD_PROFILE:-}" ] && prof=AIRLOCK_BENCH_PROFILE=$DIR/prof-airlock-l-$step
     DAEMON_ENV="${BENCH_HOLD_LADDER_ENV:-} $prof" start_daemon "airlock-l-$step" "" $((p += 1)) "$off"
+    feature_path "airlock-l-$step" hold "held only: recording's step $step."
   done
 fi
 PATHS+=$(cat <<JSON
@@ -464,6 +468,7 @@ if [ -n "${BENCH_HOLD:-}" ]; then
   say "Holding (BENCH_HOLD): kill -TERM $$ to tear down"
   for d in "${!DAEMON_PIDS[@]}"; do log "$d: pid ${DAEMON_PIDS[$d]}, clients in $CG/$CGNAME${d#airlock}/clients"; done
   log "airlock: rpg_in_cgroup CGROUP pgbench '$DSN_AIRLOCK' ...; direct: '$DSN_DIRECT'; pgbouncer: '$DSN_BOUNCER'"
+  log "two paths in pairs of runs: $DIR/report -setup $DIR/setup.json -compare A,B -pairs 24 -seconds 5 [-cell select/simple/10]"
   sleep infinity &
   wait $! || true
 fi

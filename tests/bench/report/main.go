@@ -115,6 +115,9 @@ func main() {
 	modes := flag.String("modes", envStr("BENCH_MODES", "simple extended prepared"), "pgbench -M values")
 	scripts := flag.String("scripts", envStr("BENCH_SCRIPTS", "select tpcb"), "select and/or tpcb")
 	quick := flag.Bool("quick", os.Getenv("BENCH_QUICK") == "1", "fewer cells: 1/10/50 clients, 5 s")
+	compare := flag.String("compare", "", "A,B: measure held path B against A in pairs of runs (compare.go) and print the result; no report is written")
+	pairs := flag.Int("pairs", 16, "pairs of runs for -compare")
+	compareCell := flag.String("cell", "select/simple/10", "SCRIPT/MODE/CLIENTS for -compare (script: select, tpcb or masked)")
 	flag.Parse()
 	if *quick {
 		if os.Getenv("BENCH_CLIENTS") == "" {
@@ -136,6 +139,19 @@ func main() {
 		fatalf("parse %s: %v", *setupFile, err)
 	}
 	r := &runner{st: st, seconds: *seconds, results: map[string]result{}}
+	if *compare != "" {
+		ab := strings.Split(*compare, ",")
+		c, err := parseCell(*compareCell)
+		if len(ab) != 2 || err != nil {
+			fatalf("usage: report -setup FILE -compare A,B [-pairs N] [-cell SCRIPT/MODE/CLIENTS] [-seconds S]: %v", err)
+		}
+		out, err := r.compare(ab[0], ab[1], *pairs, c)
+		if err != nil {
+			fatalf("compare: %v", err)
+		}
+		fmt.Println(out)
+		return
+	}
 	loadStart := loadavg()
 	started := time.Now().UTC()
 
