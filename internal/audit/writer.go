@@ -538,7 +538,7 @@ func (w *Writer) shipDue() bool {
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	return w.newKey != nil || w.j.lastSeq()-w.stored >= shipBatch
+	return w.newKey != nil || w.j.lastSeq()-w.stored >= shipBatch || (hackTick && w.j.lastSeq() > w.stored)
 }
 
 // Flush ships everything written so far (tests, verify).
@@ -653,7 +653,11 @@ const shipNice = 10
 func (w *Writer) ship(ctx context.Context) error {
 	w.shipped = time.Now()
 	for {
-		if err := w.syncJournal(); err != nil {
+		if hackTick && w.isUp() {
+			if err := w.j.drain(); err != nil {
+				w.log.Error("audit: drain journal", "err", err)
+			}
+		} else if err := w.syncJournal(); err != nil {
 			w.log.Error("audit: fsync journal", "err", err)
 		}
 		if w.opts.Bench.Store {
@@ -725,7 +729,7 @@ func (w *Writer) ship(ctx context.Context) error {
 		// The records stay until the next batch overwrites them, as the
 		// pendings they point into stay until the next read: clearing
 		// a full batch of them here cost ~0.5% of the shipper.
-		w.settle(false)
+		w.settle(hackTick)
 		if len(batch) < shipBatch {
 			return w.closeInterrupted(ctx)
 		}
