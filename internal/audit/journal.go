@@ -652,15 +652,6 @@ const convKeep = 2 << 20
 // there stay put while it does). A ring whose frames cannot be walked is
 // an error: its bytes are not written as they are, raw text and all.
 func (j *journal) encodedRing(t, h, want uint64) ([]byte, []byte, uint64, int64, error) {
-	if hackNoEnc {
-		a, b := j.rg.bytes(t, h)
-		var last int64
-		_ = j.rg.walk(t, h, false, &j.scratch, func(off uint64, frame []byte) error {
-			last, _ = frameSeq(frame[frameHeader:])
-			return nil
-		})
-		return a, b, h, last, nil
-	}
 	conv := j.conv[:0]
 	found := false
 	end := t
@@ -765,12 +756,7 @@ func (j *journal) drainKeeping() error {
 	// What is kept lies in one segment, from kept.off on.
 	keep := j.cur.path == s.path && j.cur.off == s.size && (len(j.kept.buf) == 0 || j.kept.path == s.path) &&
 		len(j.kept.buf)+len(a)+len(b) <= keptMax
-	var n int
-	if hackNoSeg {
-		n = len(a) + len(b)
-	} else {
-		n, err = writeBoth(j.f, a, b)
-	}
+	n, err := writeBoth(j.f, a, b)
 	keep = keep && err == nil
 	if keep {
 		if len(j.kept.buf) == 0 {
@@ -842,16 +828,12 @@ func (j *journal) sync() error {
 		}
 	}
 	for _, o := range old {
-		if hackNoSync {
-			_ = o.Close()
-			continue
-		}
 		if err := o.Sync(); err != nil {
 			errs = append(errs, err)
 		}
 		_ = o.Close()
 	}
-	if f != nil && !hackNoSeg && !hackNoSync {
+	if f != nil {
 		if err := f.Sync(); err != nil && !errors.Is(err, os.ErrClosed) {
 			errs = append(errs, err)
 		}
@@ -1637,18 +1619,4 @@ func frameSeq(payload []byte) (int64, bool) {
 		return 0, false
 	}
 	return *p.Seq, true
-}
-
-// Measurement hack (ladder2, never merged): AIRLOCK_BENCH_OFF noseg / noenc / ringonly.
-var hackNoSync, hackTick = hackHas("nosync"), hackHas("tick")
-
-var hackNoSeg, hackNoEnc = hackHas("noseg") || hackHas("ringonly"), hackHas("noenc") || hackHas("ringonly")
-
-func hackHas(p string) bool {
-	for _, x := range strings.Split(os.Getenv("AIRLOCK_BENCH_OFF"), ",") {
-		if x == p {
-			return true
-		}
-	}
-	return false
 }

@@ -538,7 +538,7 @@ func (w *Writer) shipDue() bool {
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	return w.newKey != nil || w.j.lastSeq()-w.stored >= shipBatch || (hackTick && w.j.lastSeq() > w.stored)
+	return w.newKey != nil || w.j.lastSeq()-w.stored >= shipBatch
 }
 
 // Flush ships everything written so far (tests, verify).
@@ -653,11 +653,7 @@ const shipNice = 10
 func (w *Writer) ship(ctx context.Context) error {
 	w.shipped = time.Now()
 	for {
-		if hackTick && w.isUp() {
-			if err := w.j.drain(); err != nil {
-				w.log.Error("audit: drain journal", "err", err)
-			}
-		} else if err := w.syncJournal(); err != nil {
+		if err := w.syncJournal(); err != nil {
 			w.log.Error("audit: fsync journal", "err", err)
 		}
 		if w.opts.Bench.Store {
@@ -729,7 +725,7 @@ func (w *Writer) ship(ctx context.Context) error {
 		// The records stay until the next batch overwrites them, as the
 		// pendings they point into stay until the next read: clearing
 		// a full batch of them here cost ~0.5% of the shipper.
-		w.settle(hackTick)
+		w.settle(false)
 		if len(batch) < shipBatch {
 			return w.closeInterrupted(ctx)
 		}

@@ -44,7 +44,7 @@ const benchOffEnv = "AIRLOCK_BENCH_OFF"
 
 // benchParts are the parts benchOffEnv can name, in the order they are
 // reported.
-var benchParts = []string{"guard", "audit", "record", "encode", "ringcopy", "ship", "storesync", "noseg", "noenc", "ringonly", "nosync", "tick"}
+var benchParts = []string{"guard", "audit", "record", "encode", "ringcopy", "ship", "storesync"}
 
 // benchOff reports whether the benchmark turned part off.
 func benchOff(part string) bool {
@@ -81,7 +81,7 @@ func benchRecords() bool {
 
 // benchAuditSkip is the steps of recording the audit writer leaves out.
 func benchAuditSkip() audit.BenchSkip {
-	return audit.BenchSkip{Store: benchOff("ship") || benchOff("noseg") || benchOff("noenc") || benchOff("ringonly") || benchOff("nosync"), StoreSync: benchOff("storesync"),
+	return audit.BenchSkip{Store: benchOff("ship"), StoreSync: benchOff("storesync"),
 		Ring: benchOff("encode"), Copy: benchOff("ringcopy")}
 }
 
