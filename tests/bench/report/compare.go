@@ -82,13 +82,18 @@ func (s pairSummary) String() string {
 
 // compare measures path b against path a in n pairs of cell c.
 func (r *runner) compare(a, b string, n int, c cell) (string, error) {
+	if a == b {
+		// Each pair's two runs are told apart by name: a path against
+		// itself would compare a run with itself.
+		return "", fmt.Errorf("%q against itself: name two different paths", a)
+	}
 	pa, ok := r.path(a)
 	if !ok {
-		return "", fmt.Errorf("no path %q in the setup (held paths: %s)", a, strings.Join(r.names(), ", "))
+		return "", fmt.Errorf("no path %q in the setup (its paths: %s)", a, strings.Join(r.names(), ", "))
 	}
 	pb, ok := r.path(b)
 	if !ok {
-		return "", fmt.Errorf("no path %q in the setup (held paths: %s)", b, strings.Join(r.names(), ", "))
+		return "", fmt.Errorf("no path %q in the setup (its paths: %s)", b, strings.Join(r.names(), ", "))
 	}
 	if n < 2 {
 		return "", fmt.Errorf("%d pairs: at least 2 are needed for an interval", n)

@@ -97,3 +97,24 @@ func TestParseCell(t *testing.T) {
 		}
 	}
 }
+
+// compare refuses what it cannot measure before running anything: a path
+// against itself, a path the setup does not have, fewer than two pairs.
+func TestCompareRefuses(t *testing.T) {
+	r := &runner{st: Setup{Paths: []Path{{Name: "airlock"}, {Name: "airlock-noaudit"}}}, seconds: 1}
+	c := cell{"select", "simple", 10}
+	for _, tc := range []struct {
+		a, b  string
+		pairs int
+		want  string
+	}{
+		{"airlock", "airlock", 8, "against itself"},
+		{"airlock-noaudit", "airlock-env", 8, `no path "airlock-env"`},
+		{"nope", "airlock", 8, `no path "nope"`},
+		{"airlock-noaudit", "airlock", 1, "at least 2"},
+	} {
+		if _, err := r.compare(tc.a, tc.b, tc.pairs, c); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("compare(%s, %s, %d) = %v, want an error with %q", tc.a, tc.b, tc.pairs, err, tc.want)
+		}
+	}
+}

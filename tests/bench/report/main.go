@@ -141,9 +141,12 @@ func main() {
 	r := &runner{st: st, seconds: *seconds, results: map[string]result{}}
 	if *compare != "" {
 		ab := strings.Split(*compare, ",")
+		if len(ab) != 2 {
+			fatalf("-compare %q: want two paths, A,B (usage: report -setup FILE -compare A,B [-pairs N] [-cell SCRIPT/MODE/CLIENTS] [-seconds S])", *compare)
+		}
 		c, err := parseCell(*compareCell)
-		if len(ab) != 2 || err != nil {
-			fatalf("usage: report -setup FILE -compare A,B [-pairs N] [-cell SCRIPT/MODE/CLIENTS] [-seconds S]: %v", err)
+		if err != nil {
+			fatalf("-cell: %v", err)
 		}
 		out, err := r.compare(ab[0], ab[1], *pairs, c)
 		if err != nil {
