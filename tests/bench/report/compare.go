@@ -87,18 +87,17 @@ func (r *runner) compare(a, b string, n int, c cell) (string, error) {
 		// itself would compare a run with itself.
 		return "", fmt.Errorf("%q against itself: name two different paths", a)
 	}
-	pa, ok := r.path(a)
-	if !ok {
-		return "", fmt.Errorf("no path %q in the setup (its paths: %s)", a, strings.Join(r.names(), ", "))
-	}
-	pb, ok := r.path(b)
-	if !ok {
-		return "", fmt.Errorf("no path %q in the setup (its paths: %s)", b, strings.Join(r.names(), ", "))
+	byName := map[string]Path{}
+	for _, name := range []string{a, b} {
+		p, ok := r.path(name)
+		if !ok {
+			return "", fmt.Errorf("no path %q in the setup (its paths: %s)", name, strings.Join(r.names(), ", "))
+		}
+		byName[name] = p
 	}
 	if n < 2 {
 		return "", fmt.Errorf("%d pairs: at least 2 are needed for an interval", n)
 	}
-	byName := map[string]Path{a: pa, b: pb}
 	pairs := make([][2]result, 0, n)
 	for i := 0; i < n; i++ {
 		got := map[string]result{}
