@@ -3,6 +3,7 @@ package audit
 import (
 	"bufio"
 	"bytes"
+	"crypto/sha256"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -111,6 +112,13 @@ type journal struct {
 	raw     rawDecoder
 	conv    []byte
 	scratch []byte
+
+	// benchLink (BenchSkip.Fused, measurement only): each frame a drain
+	// moves is chained and its hashes written into it; linkPrev is the
+	// last link, linkBuf the hash input's room. Under fileMu.
+	benchLink bool
+	linkPrev  [sha256.Size]byte
+	linkBuf   []byte
 
 	// readMu is held by the reader for a whole read, and by drain while
 	// it keeps frames for it: cur and kept are the reader's. It is taken
@@ -653,7 +661,7 @@ const convKeep = 2 << 20
 // an error: its bytes are not written as they are, raw text and all.
 func (j *journal) encodedRing(t, h, want uint64) ([]byte, []byte, uint64, int64, error) {
 	conv := j.conv[:0]
-	found := false
+	found := j.benchLink // every frame copied, to be linked
 	end := t
 	var lastFrame []byte
 	err := j.rg.walk(t, h, false, &j.scratch, func(off uint64, frame []byte) error {
@@ -667,9 +675,11 @@ func (j *journal) encodedRing(t, h, want uint64) ([]byte, []byte, uint64, int64,
 				a, b := j.rg.bytes(t, off)
 				conv = append(append(conv, a...), b...)
 			}
-			conv = j.raw.appendEncoded(conv, frame)
+			at := len(conv)
+			conv = j.benchLinked(j.raw.appendEncoded(conv, frame), at)
 		case found:
-			conv = append(conv, frame...)
+			at := len(conv)
+			conv = j.benchLinked(append(conv, frame...), at)
 		}
 		end, lastFrame = off+uint64(len(frame)), frame
 		return nil
@@ -697,6 +707,30 @@ func (j *journal) encodedRing(t, h, want uint64) ([]byte, []byte, uint64, int64,
 		return a, b, end, last, nil
 	}
 	return conv, nil, end, last, nil
+}
+
+// benchLinked chains the frame at conv[at:] after the last one and writes
+// its previous and own hash into its payload (benchLink only; else conv
+// as it is).
+func (j *journal) benchLinked(conv []byte, at int) []byte {
+	if !j.benchLink || len(conv) <= at+frameHeader {
+		return conv
+	}
+	payload := conv[at+frameHeader:]
+	j.linkBuf = append(append(j.linkBuf[:0], j.linkPrev[:]...), payload...)
+	sum := sha256.Sum256(j.linkBuf)
+	var hp, hs [2 * sha256.Size]byte
+	hexSum(&hp, &j.linkPrev)
+	hexSum(&hs, &sum)
+	j.linkPrev = sum
+	conv = conv[:len(conv)-1] // the payload's closing brace
+	conv = append(conv, `,"prev_hash":"`...)
+	conv = append(conv, hp[:]...)
+	conv = append(conv, `","hash":"`...)
+	conv = append(conv, hs[:]...)
+	conv = append(conv, `"}`...)
+	checksum(conv[at:])
+	return conv
 }
 
 // errEnough stops a walk of the ring's frames.

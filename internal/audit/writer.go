@@ -71,6 +71,11 @@ type BenchSkip struct {
 	// such a buffer, numbered there and copied into the ring rather than
 	// encoded in the ring in place; the rest as with Store.
 	Copy bool
+	// Fused (measurement only): as Store, but the drain chains each
+	// record as it moves it into the segments and writes its two hashes
+	// into the frame: the passes a record path built around one durable
+	// write would keep (docs/AUDIT.md, "What one write would save").
+	Fused bool
 }
 
 // diagnostic is whether s changes how a statement's record is journaled:
@@ -163,7 +168,7 @@ func Open(ctx context.Context, opts Options) (*Writer, error) {
 	if opts.CheckpointInterval <= 0 {
 		opts.CheckpointInterval = time.Minute
 	}
-	if opts.Bench.diagnostic() {
+	if opts.Bench.diagnostic() || opts.Bench.Fused {
 		opts.Bench.Store = true
 	}
 	if opts.SpoolMax <= 0 {
@@ -201,7 +206,10 @@ func Open(ctx context.Context, opts Options) (*Writer, error) {
 	if opts.ringSize != 0 {
 		ring = uint64(max(opts.ringSize, 0))
 	}
-	if w.j, err = openJournalRing(filepath.Join(dir, "journal"), opts.SpoolMax, hf.Seq, ring); err != nil {
+	if w.j, err = openJournalRing(filepath.Join(dir, "journal"), opts.SpoolMax, hf.Seq, ring); err == nil {
+		w.j.benchLink = opts.Bench.Fused
+	}
+	if err != nil {
 		return nil, err
 	}
 	w.inRing = w.j.rg != nil

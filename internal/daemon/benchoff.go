@@ -32,11 +32,16 @@ import (
 //	           releases records without reading, chaining or storing them
 //	storesync  shipped and stored, the store never made durable
 //
+// and beside it, "fused": as "ship", but the drain chains each record as
+// it moves it into the segments and writes its two hashes there, nothing
+// stored (what a record path built around one durable write would at
+// least do: docs/AUDIT.md, "What one write would save").
+//
 // It exists so tests/bench can measure what each costs against the same
 // daemon with it on, in the same run; no configuration file can turn these
 // off, and only whoever starts airlockd (root) sets its environment. Every
 // part turned off is logged as a warning at start. The record a daemon
-// keeps with "encode", "ringcopy", "ship" or "storesync" does not verify
+// keeps with "encode", "ringcopy", "ship", "fused" or "storesync" does not verify
 // (the first three store nothing). encode and ringcopy say where
 // Writer.Record's cost is: the encoding's own work, or its stores into the
 // ring's lines (docs/AUDIT.md, "Where the record's in-situ cost is").
@@ -44,7 +49,7 @@ const benchOffEnv = "AIRLOCK_BENCH_OFF"
 
 // benchParts are the parts benchOffEnv can name, in the order they are
 // reported.
-var benchParts = []string{"guard", "audit", "record", "encode", "ringcopy", "ship", "storesync"}
+var benchParts = []string{"guard", "audit", "record", "encode", "ringcopy", "ship", "storesync", "fused"}
 
 // benchOff reports whether the benchmark turned part off.
 func benchOff(part string) bool {
@@ -82,7 +87,7 @@ func benchRecords() bool {
 // benchAuditSkip is the steps of recording the audit writer leaves out.
 func benchAuditSkip() audit.BenchSkip {
 	return audit.BenchSkip{Store: benchOff("ship"), StoreSync: benchOff("storesync"),
-		Ring: benchOff("encode"), Copy: benchOff("ringcopy")}
+		Ring: benchOff("encode"), Copy: benchOff("ringcopy"), Fused: benchOff("fused")}
 }
 
 // benchSamples is the result sample bounds a session gets: none with

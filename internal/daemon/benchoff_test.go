@@ -33,6 +33,7 @@ func TestBenchOff(t *testing.T) {
 		{"ship", []string{"ship"}, true, audit.BenchSkip{Store: true}},
 		{"storesync", []string{"storesync"}, true, audit.BenchSkip{StoreSync: true}},
 		{"storesync,ship", []string{"ship", "storesync"}, true, audit.BenchSkip{Store: true, StoreSync: true}},
+		{"fused", []string{"fused"}, true, audit.BenchSkip{Fused: true}},
 		{"guardrails,auditing,shipper", nil, true, audit.BenchSkip{}}, // whole names only
 	}
 	for _, tc := range tests {

@@ -379,7 +379,9 @@ if [ -n "${BENCH_HOLD:-}" ] && has_feature audit; then
   # AIRLOCK_BENCH_OFF step of recording (internal/daemon/benchoff.go;
   # "none": recording on; "encode" and "ringcopy", between record and
   # ship, split Writer.Record's cost: a statement's record encoded into a
-  # buffer in cache and dropped, or copied from it into the ring), named
+  # buffer in cache and dropped, or copied from it into the ring; "fused",
+  # ship with each record chained by the drain, about the least a record
+  # path built around one write would do), named
   # airlock-l-STEP, all started alike (with
   # BENCH_HOLD_LADDER_ENV, e.g. GODEBUG=gctrace=1), so that the ladder is
   # measured against itself. BENCH_HOLD_PROFILE=1: each serves Go's
