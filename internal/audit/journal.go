@@ -676,10 +676,16 @@ func (j *journal) encodedRing(t, h, want uint64) ([]byte, []byte, uint64, int64,
 				conv = append(append(conv, a...), b...)
 			}
 			at := len(conv)
-			conv = j.benchLinked(j.raw.appendEncoded(conv, frame), at)
+			conv = j.raw.appendEncoded(conv, frame)
+			if j.benchLink {
+				conv = j.benchLinked(conv, at)
+			}
 		case found:
 			at := len(conv)
-			conv = j.benchLinked(append(conv, frame...), at)
+			conv = append(conv, frame...)
+			if j.benchLink {
+				conv = j.benchLinked(conv, at)
+			}
 		}
 		end, lastFrame = off+uint64(len(frame)), frame
 		return nil
@@ -710,10 +716,9 @@ func (j *journal) encodedRing(t, h, want uint64) ([]byte, []byte, uint64, int64,
 }
 
 // benchLinked chains the frame at conv[at:] after the last one and writes
-// its previous and own hash into its payload (benchLink only; else conv
-// as it is).
+// its previous and own hash into its payload (benchLink only).
 func (j *journal) benchLinked(conv []byte, at int) []byte {
-	if !j.benchLink || len(conv) <= at+frameHeader {
+	if len(conv) <= at+frameHeader {
 		return conv
 	}
 	payload := conv[at+frameHeader:]
