@@ -206,12 +206,10 @@ func Open(ctx context.Context, opts Options) (*Writer, error) {
 	if opts.ringSize != 0 {
 		ring = uint64(max(opts.ringSize, 0))
 	}
-	if w.j, err = openJournalRing(filepath.Join(dir, "journal"), opts.SpoolMax, hf.Seq, ring); err == nil {
-		w.j.benchLink = opts.Bench.Fused
-	}
-	if err != nil {
+	if w.j, err = openJournalRing(filepath.Join(dir, "journal"), opts.SpoolMax, hf.Seq, ring); err != nil {
 		return nil, err
 	}
+	w.j.benchLink = opts.Bench.Fused
 	w.inRing = w.j.rg != nil
 	for _, n := range w.j.notes {
 		log.Warn("audit: " + n)
